@@ -1,0 +1,316 @@
+"""Builds tiny, real model artifacts on disk for tests and benchmarks; no hub, no network.
+
+Each `make_*` function writes a directory that the matching backend loads exactly like a
+user's model: transformers models via `save_pretrained` (safetensors) with a tokenizer or
+image processor built locally, TorchScript via `torch.jit.save` (+ optional signature
+sidecar), Keras via `model.export` (SavedModel) or `model.save` (`.keras`). Frameworks are
+imported inside the functions, so importing this module costs nothing.
+
+The models are random-initialised unless a function says otherwise; keep them tiny so a
+test loads and runs one in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# A small English-ish vocabulary: enough for WordPiece to tokenize test sentences.
+_WORDS = (
+    "the a an is was be to of and in on for with this that it not no yes good bad great "
+    "terrible awful love hate movie film book food service day night happy sad fine ok "
+    "very really quite so but or i you we they he she my your our their hello world test "
+    "model server serve predict input output token text image cat dog one two three four "
+    "five six seven eight nine ten"
+).split()
+_BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+
+
+def _bert_vocab() -> list[str]:
+    vocab = list(_BERT_SPECIAL) + _CHARS + ["##" + c for c in _CHARS] + _WORDS
+    seen: dict[str, None] = {}
+    for tok in vocab:
+        seen.setdefault(tok, None)
+    return list(seen)
+
+
+def make_bert_tokenizer(path: str | Path) -> Any:
+    """Write a WordPiece (BERT) tokenizer with a small local vocabulary into `path`."""
+    from transformers import BertTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(_bert_vocab()) + "\n", encoding="utf-8")
+    tok = BertTokenizer(vocab=str(vocab_file), do_lower_case=True, model_max_length=128)
+    tok.save_pretrained(path)
+    return tok
+
+
+def make_text_classifier(
+    path: str | Path,
+    num_labels: int = 2,
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 128,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    save: bool = True,
+) -> Any:
+    """A random-init BERT sequence classifier + local WordPiece tokenizer; returns the model.
+
+    Labels default to NEGATIVE/POSITIVE for two classes, LABEL_i otherwise. With the
+    default sizes the model has ~40k parameters. `save=False` only builds it (benchmarks
+    train it first and save afterwards).
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    tok = make_bert_tokenizer(path)
+    if labels is None:
+        labels = (
+            ["NEGATIVE", "POSITIVE"] if num_labels == 2 else [f"LABEL_{i}" for i in range(num_labels)]
+        )
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        num_labels=num_labels,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tok.pad_token_id,
+    )
+    model = BertForSequenceClassification(config).eval()
+    if save:
+        model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def make_text_generator(
+    path: str | Path,
+    *,
+    n_embd: int = 32,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_positions: int = 128,
+    seed: int = 0,
+) -> Any:
+    """A random-init GPT-2 LM + a byte-level BPE tokenizer built locally; returns the model."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    # Byte-level BPE: the 256 byte symbols cover any input; a few merges make real tokens.
+    byte_symbols = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for sym in byte_symbols:
+        vocab.setdefault(sym, len(vocab))
+    merges: list[str] = []
+    space = byte_symbols[ord(" ")]
+    for word in _WORDS[:40]:
+        cur = word[0]
+        for ch in word[1:]:
+            merges.append(f"{cur} {ch}")
+            cur = cur + ch
+            vocab.setdefault(cur, len(vocab))
+        merges.append(f"{space} {word}" if len(word) > 1 else f"{space} {word}")
+        vocab.setdefault(space + word, len(vocab))
+    vocab.setdefault("<|endoftext|>", len(vocab))
+    # dedupe merges while keeping order
+    merges = list(dict.fromkeys(merges))
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tok = GPT2Tokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
+    tok.save_pretrained(path)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    model.generation_config.pad_token_id = tok.eos_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's reversible byte -> printable unicode mapping, in byte order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    mapping = dict(zip(bs, cs, strict=True))
+    return [chr(mapping[b]) for b in range(256)]
+
+
+def make_image_classifier(
+    path: str | Path,
+    num_labels: int = 3,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    seed: int = 0,
+) -> Any:
+    """A random-init ViT image classifier + image processor config (32x32 RGB input)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    labels = ["cat", "dog", "bird"][:num_labels] + [
+        f"LABEL_{i}" for i in range(3, num_labels)
+    ]
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=3,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        num_labels=num_labels,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return model
+
+
+def make_png(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
+    """Encoded PNG bytes of a random RGB image (input for image-classification tests)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_torchscript(
+    path: str | Path,
+    *,
+    in_features: int = 8,
+    hidden: int = 16,
+    out_features: int = 4,
+    signature: bool = True,
+    seed: int = 0,
+) -> Any:
+    """A scripted MLP (FP32 [-1, in] -> FP32 [-1, out]) saved as `model.pt`.
+
+    With `signature=True` a `signature.json` sidecar names the tensors `input`/`logits`;
+    without it the backend's default names INPUT__0 / OUTPUT__0 apply.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    module = nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+    ).eval()
+    scripted = torch.jit.script(module)
+    torch.jit.save(scripted, str(path / "model.pt"))
+    if signature:
+        sig = {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, in_features]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, out_features]}],
+        }
+        (path / "signature.json").write_text(json.dumps(sig, indent=2))
+    return scripted
+
+
+def make_identity_torchscript(path: str | Path, *, width: int = 16) -> Any:
+    """A scripted identity module (FP32 [-1, width] in == out): for overhead benchmarks."""
+    import torch
+    from torch import nn
+
+    class Identity(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    scripted = torch.jit.script(Identity().eval())
+    torch.jit.save(scripted, str(path / "model.pt"))
+    sig = {
+        "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, width]}],
+        "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, width]}],
+    }
+    (path / "signature.json").write_text(json.dumps(sig, indent=2))
+    return scripted
+
+
+def build_keras_cnn(num_classes: int = 10, *, filters: int = 8, seed: int = 0) -> Any:
+    """A small CIFAR-10-shaped CNN (32x32x3 -> `num_classes` softmax), not saved."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(32, 32, 3), name="image")
+    x = keras.layers.Conv2D(filters, 3, activation="relu", padding="same", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(filters * 2, 3, activation="relu", padding="same", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(32, activation="relu", name="dense1")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="cifar_cnn")
+
+
+def make_keras_cnn(
+    path: str | Path, format: str = "savedmodel", *, num_classes: int = 10, seed: int = 0
+) -> Any:
+    """Save a small CIFAR-10-shaped CNN; returns the Keras model.
+
+    format="savedmodel": `path` becomes a SavedModel directory (serving_default signature).
+    format="keras": `path` is a directory holding `model.keras`.
+    """
+    model = build_keras_cnn(num_classes, seed=seed)
+    path = Path(path)
+    if format == "savedmodel":
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    elif format == "keras":
+        path.mkdir(parents=True, exist_ok=True)
+        model.save(str(path / "model.keras"))
+    else:
+        raise ValueError(f"format must be 'savedmodel' or 'keras', not {format!r}")
+    return model
