@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # A small English-ish vocabulary: enough for WordPiece to tokenize test sentences.
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a readable word list
     "the a an is was be to of and in on for with this that it not no yes good bad great "
     "terrible awful love hate movie film book food service day night happy sad fine ok "
     "very really quite so but or i you we they he she my your our their hello world test "
@@ -75,9 +75,10 @@ def make_text_classifier(
     path = Path(path)
     tok = make_bert_tokenizer(path)
     if labels is None:
-        labels = (
-            ["NEGATIVE", "POSITIVE"] if num_labels == 2 else [f"LABEL_{i}" for i in range(num_labels)]
-        )
+        if num_labels == 2:
+            labels = ["NEGATIVE", "POSITIVE"]
+        else:
+            labels = [f"LABEL_{i}" for i in range(num_labels)]
     config = BertConfig(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -125,7 +126,7 @@ def make_text_generator(
             merges.append(f"{cur} {ch}")
             cur = cur + ch
             vocab.setdefault(cur, len(vocab))
-        merges.append(f"{space} {word}" if len(word) > 1 else f"{space} {word}")
+        merges.append(f"{space} {word}")
         vocab.setdefault(space + word, len(vocab))
     vocab.setdefault("<|endoftext|>", len(vocab))
     # dedupe merges while keeping order
@@ -180,9 +181,7 @@ def make_image_classifier(
     torch.manual_seed(seed)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    labels = ["cat", "dog", "bird"][:num_labels] + [
-        f"LABEL_{i}" for i in range(3, num_labels)
-    ]
+    labels = ["cat", "dog", "bird"][:num_labels] + [f"LABEL_{i}" for i in range(3, num_labels)]
     config = ViTConfig(
         image_size=image_size,
         patch_size=patch_size,
