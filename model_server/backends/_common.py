@@ -1,0 +1,181 @@
+"""Helpers shared by the framework backends: input checks, BYTES decoding, OIP dtype maps.
+
+Framework-free (numpy only). Errors for bad client input are `InvalidInput` (HTTP 400,
+decided in model_server.errors); errors in the model directory are `ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_server.backends.base import ModelLoadError, TensorSpec
+
+# OIP v2 datatype <-> numpy dtype
+OIP_TO_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+NUMPY_TO_OIP: dict[Any, str] = {np.dtype(v): k for k, v in OIP_TO_NUMPY.items()}
+
+
+def invalid(message: str) -> Exception:
+    """An InvalidInput (HTTP 400) carrying `message`."""
+    from model_server.errors import InvalidInput
+
+    return InvalidInput(message)
+
+
+def oip_datatype(dtype: Any) -> str:
+    """OIP v2 datatype name for a numpy dtype (BYTES for object/str arrays)."""
+    dt = np.dtype(dtype)
+    if dt.kind in ("O", "U", "S"):
+        return "BYTES"
+    try:
+        return NUMPY_TO_OIP[dt]
+    except KeyError:
+        raise ModelLoadError(f"unsupported tensor dtype {dt}") from None
+
+
+def require(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """The input called `name`, or InvalidInput naming what is missing and what came."""
+    if name not in inputs:
+        got = ", ".join(sorted(inputs)) or "none"
+        raise invalid(f"missing input {name!r} (got: {got})")
+    return inputs[name]
+
+
+def check_unknown(inputs: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> None:
+    """InvalidInput when a request names an input the model does not have."""
+    known = {s.name for s in specs}
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise invalid(
+            f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(sorted(known))}"
+        )
+
+
+def as_strings(array: np.ndarray, name: str) -> list[str]:
+    """A batch of strings from a BYTES input of shape [batch] or [batch, 1]."""
+    arr = np.asarray(array, dtype=object)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise invalid(
+            f"input {name!r} must have shape [batch] or [batch, 1], got {list(arr.shape)}"
+        )
+    out: list[str] = []
+    for i, item in enumerate(arr):
+        if isinstance(item, (bytes, bytearray)):
+            try:
+                out.append(bytes(item).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise invalid(f"input {name!r}[{i}] is not valid UTF-8") from None
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise invalid(f"input {name!r}[{i}] must be a string, got {type(item).__name__}")
+    return out
+
+
+def as_blobs(array: np.ndarray, name: str) -> list[bytes]:
+    """A batch of raw byte strings (e.g. encoded images) from a BYTES input."""
+    arr = np.asarray(array, dtype=object)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise invalid(
+            f"input {name!r} must have shape [batch] or [batch, 1], got {list(arr.shape)}"
+        )
+    out: list[bytes] = []
+    for i, item in enumerate(arr):
+        if isinstance(item, (bytes, bytearray)):
+            out.append(bytes(item))
+        elif isinstance(item, str):
+            out.append(item.encode("latin-1", errors="strict"))
+        else:
+            raise invalid(f"input {name!r}[{i}] must be bytes, got {type(item).__name__}")
+    return out
+
+
+def bytes_array(values: list[str]) -> np.ndarray:
+    """A 1-D numpy object array of UTF-8 bytes (an OIP BYTES tensor)."""
+    arr = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        arr[i] = value.encode("utf-8")
+    return arr
+
+
+def check_tensor(array: np.ndarray, spec: TensorSpec, accept: tuple[str, ...] = ()) -> np.ndarray:
+    """Check a numeric input against its spec (datatype and rank/fixed dims); return it.
+
+    `accept` lists extra datatypes that are converted to the spec's datatype.
+    """
+    arr = np.asarray(array)
+    got = oip_datatype(arr.dtype)
+    if got != spec.datatype:
+        if got in accept:
+            arr = arr.astype(OIP_TO_NUMPY[spec.datatype])
+        else:
+            raise invalid(f"input {spec.name!r} must be {spec.datatype}, got {got}")
+    if spec.shape and len(spec.shape) != arr.ndim:
+        raise invalid(
+            f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(arr.shape)}"
+        )
+    for i, (want, have) in enumerate(zip(spec.shape, arr.shape, strict=False)):
+        if want != -1 and want != have:
+            raise invalid(
+                f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(arr.shape)}"
+                f" (dimension {i})"
+            )
+    return arr
+
+
+def read_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+    """Inputs/outputs from a `signature.json` sidecar, or None when there is none.
+
+    Format: {"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}.
+    """
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        specs = tuple(
+            [
+                TensorSpec(
+                    name=str(t["name"]),
+                    datatype=str(t["datatype"]).upper(),
+                    shape=tuple(int(d) for d in t["shape"]),
+                )
+                for t in doc[key]
+            ]
+            for key in ("inputs", "outputs")
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid signature file: {exc!r}") from exc
+    for spec in (*specs[0], *specs[1]):
+        if spec.datatype not in OIP_TO_NUMPY:
+            raise ModelLoadError(f"{path.name}: unknown datatype {spec.datatype!r}")
+    if not specs[0] or not specs[1]:
+        raise ModelLoadError(f"{path.name} must list at least one input and one output")
+    return specs[0], specs[1]
+
+
+def dir_size(path: Path, patterns: tuple[str, ...]) -> int:
+    """Total bytes of files matching `patterns` below `path`."""
+    return sum(f.stat().st_size for p in patterns for f in path.rglob(p) if f.is_file())

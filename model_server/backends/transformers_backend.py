@@ -1,0 +1,444 @@
+"""transformers backend on torch: text classification, text generation, image classification.
+
+Follows the transformers pipelines' task semantics (tokenize / process, run, softmax and
+label) but drives the model directly, so batches stay tensors and logits reach the client.
+
+Tensors per task (the first dimension is the batch):
+
+- text-classification: in `text` BYTES [-1];
+  out `label` BYTES [-1], `score` FP32 [-1], `logits` FP32 [-1, labels].
+- text-generation: in `text` BYTES [-1]; out `text_output` BYTES [-1] (the continuation);
+  `generate()` streams one prompt (max_new_tokens, temperature, top_p, top_k, seed).
+- image-classification: in exactly one of `image` BYTES [-1] (encoded PNG/JPEG),
+  `pixel_values` FP32 [-1, 3, H, W] (already processed) or UINT8 [-1, H, W, 3] (raw
+  pixels, processed here); out `label`, `score`, `logits` as for text classification.
+
+Safety: `trust_remote_code` only when the option says so; weights from safetensors when
+the directory has them, otherwise transformers' `torch.load(weights_only=True)`.
+Optimizations run in this order at load: structured/unstructured pruning, then
+dynamic-int8 (CPU) or float16/bfloat16, then the move to the device.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_server.backends._common import (
+    as_blobs,
+    as_strings,
+    bytes_array,
+    check_tensor,
+    check_unknown,
+    invalid,
+)
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+
+TASKS = ("text-classification", "text-generation", "image-classification")
+DEFAULT_MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS_LIMIT = 1024
+
+
+def infer_task(config: Any) -> str | None:
+    """Guess the task from config.architectures (None when it is not one we serve)."""
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "text-classification"
+        if arch.endswith(("LMHeadModel", "ForCausalLM")):
+            return "text-generation"
+        if arch.endswith("ForImageClassification"):
+            return "image-classification"
+    return None
+
+
+class TransformersBackend(Backend):
+    """One transformers model for one task, optimized at load."""
+
+    framework = "transformers"
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.processor: Any = None
+        self.task: str = ""
+        self.device: str = "cpu"
+        self.options = LoadOptions()
+        self.model_dir: Path | None = None
+        self._info: BackendInfo | None = None
+        self._labels: list[str] = []
+        self._dtype: Any = None
+        self._image_size: tuple[int, int] | None = None
+        self._structured_removed = 0
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self, model_dir: Path, options: LoadOptions) -> None:
+        from model_server.optimize.device import configure_torch_threads, select_torch_device
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"model directory {model_dir} does not exist")
+        if not (model_dir / "config.json").is_file():
+            raise ModelLoadError(
+                f"{model_dir} has no config.json: not a transformers model directory "
+                "(save it with save_pretrained)"
+            )
+        configure_torch_threads(options.torch_threads)
+        self.device = select_torch_device(options.device)
+        if options.quantization == "dynamic-int8" and self.device != "cpu":
+            raise ModelLoadError(
+                "dynamic-int8 quantization runs on CPU only; use float16/bfloat16 on CUDA "
+                "or set device=cpu"
+            )
+        self.options = options
+        self.model_dir = model_dir
+        model, config = self._load_model(model_dir, options)
+        model = self._apply_optimizations(model, options)
+        if options.quantization != "dynamic-int8":
+            model = model.to(self.device)
+        self.model = model.eval()
+        self._labels = self._label_list(config)
+        self._info = self._measure()
+
+    def _load_model(self, model_dir: Path, options: LoadOptions) -> tuple[Any, Any]:
+        import torch
+        import transformers
+        from transformers import AutoConfig
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            config = AutoConfig.from_pretrained(
+                model_dir, trust_remote_code=options.trust_remote_code, local_files_only=True
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
+        task = options.task or infer_task(config)
+        if task not in TASKS:
+            raise ModelLoadError(
+                f"task {task!r} is not served by the transformers backend; "
+                f"expected one of {', '.join(TASKS)}"
+            )
+        self.task = task
+        has_safetensors = any(model_dir.glob("*.safetensors"))
+        has_bin = any(model_dir.glob("*.bin"))
+        if not has_safetensors and not has_bin:
+            raise ModelLoadError(f"{model_dir} has no weights (*.safetensors or *.bin)")
+        auto = {
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "text-generation": transformers.AutoModelForCausalLM,
+            "image-classification": transformers.AutoModelForImageClassification,
+        }[task]
+        try:
+            model = auto.from_pretrained(
+                model_dir,
+                config=config,
+                trust_remote_code=options.trust_remote_code,
+                use_safetensors=True if has_safetensors else None,
+                local_files_only=True,
+                dtype=torch.float32,
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the {task} model from {model_dir}: {exc}") from exc
+        try:
+            if task == "image-classification":
+                from transformers import AutoImageProcessor
+
+                self.processor = AutoImageProcessor.from_pretrained(
+                    model_dir, trust_remote_code=options.trust_remote_code, local_files_only=True
+                )
+                self._image_size = _processor_size(self.processor)
+            else:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    model_dir, trust_remote_code=options.trust_remote_code, local_files_only=True
+                )
+                if task == "text-generation":
+                    self.tokenizer.padding_side = "left"
+                    if self.tokenizer.pad_token is None:
+                        self.tokenizer.pad_token = self.tokenizer.eos_token
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the tokenizer/processor from {model_dir}: {exc}"
+            ) from exc
+        return model, config
+
+    def _apply_optimizations(self, model: Any, options: LoadOptions) -> Any:
+        from model_server.optimize import prune, quantize
+
+        self._dtype = None
+        if options.pruning_method == "unstructured":
+            prune.prune_unstructured(model, options.pruning_amount)
+        elif options.pruning_method == "structured":
+            self._structured_removed = prune.prune_structured_ffn(model, options.pruning_amount)
+        elif options.pruning_method != "none":
+            raise ModelLoadError(f"unknown pruning method {options.pruning_method!r}")
+        if options.quantization == "dynamic-int8":
+            model = quantize.quantize_dynamic_int8(model)
+        elif options.quantization in ("float16", "bfloat16"):
+            quantize.to_half(model, options.quantization)
+            self._dtype = quantize.torch_dtype(options.quantization)
+        elif options.quantization != "none":
+            raise ModelLoadError(f"unknown quantization {options.quantization!r}")
+        return model  # quantize_dynamic returns a new module
+
+    def _label_list(self, config: Any) -> list[str]:
+        id2label = getattr(config, "id2label", None) or {}
+        n = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
+        return [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+
+    def _measure(self) -> BackendInfo:
+        from model_server.optimize.stats import torch_param_stats, torch_sparsity
+
+        params, size = torch_param_stats(self.model)
+        extra: dict[str, Any] = {"task": self.task}
+        if self.options.pruning_method == "structured":
+            extra["ffn_neurons_removed"] = self._structured_removed
+        if self.options.pruning_method == "unstructured":
+            extra["note"] = "unstructured sparsity: zeros are stored densely, no speedup"
+        return BackendInfo(
+            framework=self.framework,
+            device=self.device,
+            quantization=self.options.quantization,
+            pruning_method=self.options.pruning_method,
+            sparsity=round(torch_sparsity(self.model), 6),
+            parameters=params,
+            size_bytes=size,
+            extra=extra,
+        )
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def inputs(self) -> list[TensorSpec]:
+        if self.task == "image-classification":
+            h, w = self._image_size or (-1, -1)
+            return [
+                TensorSpec("image", "BYTES", (-1,)),
+                TensorSpec("pixel_values", "FP32", (-1, 3, h, w)),
+            ]
+        return [TensorSpec("text", "BYTES", (-1,))]
+
+    def outputs(self) -> list[TensorSpec]:
+        if self.task == "text-generation":
+            return [TensorSpec("text_output", "BYTES", (-1,))]
+        return [
+            TensorSpec("label", "BYTES", (-1,)),
+            TensorSpec("score", "FP32", (-1,)),
+            TensorSpec("logits", "FP32", (-1, len(self._labels))),
+        ]
+
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise ModelLoadError("model not loaded")
+        return self._info
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.model is None:
+            raise ModelLoadError("model not loaded")
+        check_unknown(inputs, self.inputs())
+        if self.task == "text-classification":
+            texts = as_strings(_require_one(inputs, "text"), "text")
+            return self._classify(self._tokenize(texts))
+        if self.task == "image-classification":
+            return self._classify({"pixel_values": self._pixels(inputs)})
+        texts = as_strings(_require_one(inputs, "text"), "text")
+        return {"text_output": bytes_array(self._generate_batch(texts, {}))}
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Any]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def _classify(self, features: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(**features).logits.float()
+            probs = torch.softmax(logits, dim=-1)
+            score, idx = probs.max(dim=-1)
+        labels = [self._labels[i] if i < len(self._labels) else f"LABEL_{i}" for i in idx.tolist()]
+        return {
+            "label": bytes_array(labels),
+            "score": score.cpu().numpy().astype(np.float32),
+            "logits": logits.cpu().numpy().astype(np.float32),
+        }
+
+    def _pixels(self, inputs: Mapping[str, np.ndarray]) -> Any:
+        import torch
+
+        has_image = "image" in inputs
+        has_pixels = "pixel_values" in inputs
+        if has_image == has_pixels:
+            raise invalid("send exactly one of the inputs 'image' (BYTES) or 'pixel_values'")
+        if has_image:
+            from PIL import Image, UnidentifiedImageError
+
+            images = []
+            for i, blob in enumerate(as_blobs(inputs["image"], "image")):
+                try:
+                    images.append(Image.open(io.BytesIO(blob)).convert("RGB"))
+                except (UnidentifiedImageError, OSError, ValueError):
+                    raise invalid(f"input 'image'[{i}] is not a decodable PNG/JPEG image") from None
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        else:
+            arr = np.asarray(inputs["pixel_values"])
+            if arr.dtype == np.uint8:
+                if arr.ndim != 4 or arr.shape[-1] != 3:
+                    raise invalid(
+                        "UINT8 'pixel_values' must be raw images [batch, H, W, 3], "
+                        f"got {list(arr.shape)}"
+                    )
+                pixels = self.processor(images=list(arr), return_tensors="pt")["pixel_values"]
+            else:
+                spec = self.inputs()[1]
+                arr = check_tensor(arr, spec, accept=("FP64", "FP16"))
+                pixels = torch.from_numpy(np.ascontiguousarray(arr))
+        dtype = self._dtype or torch.float32
+        return pixels.to(self.device, dtype=dtype)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def supports_generate(self) -> bool:
+        return self.task == "text-generation"
+
+    def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            max_new = int(parameters.get("max_new_tokens", parameters.get("max_tokens", 0)) or 0)
+        except (TypeError, ValueError):
+            raise invalid("parameter 'max_new_tokens' must be an integer") from None
+        max_new = max_new or DEFAULT_MAX_NEW_TOKENS
+        if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
+            raise invalid(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new}")
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        temperature = parameters.get("temperature")
+        do_sample = bool(parameters.get("do_sample", temperature not in (None, 0, 0.0)))
+        kwargs["do_sample"] = do_sample
+        if do_sample:
+            try:
+                kwargs["temperature"] = float(temperature if temperature is not None else 1.0)
+                if "top_p" in parameters:
+                    kwargs["top_p"] = float(parameters["top_p"])
+                if "top_k" in parameters:
+                    kwargs["top_k"] = int(parameters["top_k"])
+            except (TypeError, ValueError):
+                raise invalid("temperature/top_p/top_k must be numbers") from None
+            if kwargs["temperature"] <= 0:
+                raise invalid("temperature must be > 0 when sampling")
+        if "seed" in parameters:
+            import torch
+
+            try:
+                torch.manual_seed(int(parameters["seed"]))
+            except (TypeError, ValueError):
+                raise invalid("parameter 'seed' must be an integer") from None
+        return kwargs
+
+    def _generate_batch(self, texts: list[str], parameters: Mapping[str, Any]) -> list[str]:
+        import torch
+
+        kwargs = self._gen_kwargs(parameters)
+        enc = self._tokenize(texts)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
+        """Stream the continuation of `prompt` piece by piece (TextIteratorStreamer)."""
+        if not self.supports_generate():
+            raise invalid(f"model task {self.task!r} does not support generate")
+        import torch
+        from transformers import TextIteratorStreamer
+
+        kwargs = self._gen_kwargs(parameters)
+        enc = self._tokenize([prompt])
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0
+        )
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**enc, **kwargs, streamer=streamer)
+            except BaseException as exc:  # surfaced to the consumer below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    # -- export (offline optimize) -----------------------------------------------------------
+
+    def export(self, out_dir: Path) -> list[str]:
+        """Write a loadable artifact of the optimized model; returns notes for the report.
+
+        Pruned and half-precision models are saved with save_pretrained (safetensors). The
+        dynamic-int8 packed weights have no safetensors form: the (pruned) float weights are
+        written and int8 is re-applied at load with MODEL_SERVER_QUANTIZATION=dynamic-int8,
+        which takes well under a second per 100M parameters.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
+        model = self.model
+        if self.options.quantization == "dynamic-int8":
+            model = self._float_model_for_export()
+            notes.append(
+                "dynamic-int8 is applied at load: serve with MODEL_SERVER_QUANTIZATION=dynamic-int8"
+            )
+        model.save_pretrained(out_dir, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out_dir)
+        if self.processor is not None:
+            self.processor.save_pretrained(out_dir)
+        return notes
+
+    def _float_model_for_export(self) -> Any:
+        assert self.model_dir is not None
+        reload = TransformersBackend()
+        reload.load(
+            self.model_dir,
+            LoadOptions(
+                task=self.task,
+                device="cpu",
+                pruning_method=self.options.pruning_method,
+                pruning_amount=self.options.pruning_amount,
+                trust_remote_code=self.options.trust_remote_code,
+            ),
+        )
+        return reload.model
+
+
+def _require_one(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in inputs:
+        got = ", ".join(sorted(inputs)) or "none"
+        raise invalid(f"missing input {name!r} (got: {got})")
+    return inputs[name]
+
+
+def _processor_size(processor: Any) -> tuple[int, int] | None:
+    size = getattr(processor, "size", None)
+    if isinstance(size, Mapping) and "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    height = getattr(size, "height", None)
+    width = getattr(size, "width", None)
+    if height and width:
+        return int(height), int(width)
+    return None

@@ -1,0 +1,259 @@
+"""Pruning: unstructured magnitude pruning (sparsity only) and structured FFN pruning (smaller).
+
+Unstructured pruning zeroes the smallest-magnitude weights of every prunable layer with
+`torch.nn.utils.prune.l1_unstructured` and makes it permanent (`prune.remove`). Dense
+kernels do not skip zeros, so the model is exactly as large and as fast as before: it is
+reported as sparsity, never as a speedup.
+
+Structured pruning physically removes a fraction of the feed-forward (FFN) intermediate
+neurons of every transformer block: the up-projection loses output rows, the
+down-projection the matching input columns. Neurons are ranked per layer by the product
+of the L2 norms of their incoming and outgoing weights. Every block keeps the same width
+(rounded to a multiple of 8), and the config's intermediate size is updated, so the
+pruned model saves and reloads with `save_pretrained` / `from_pretrained`.
+Supported layouts: BERT/RoBERTa-style (`intermediate.dense` + `output.dense`),
+ViT/CLIP-style (`mlp.fc1` + `mlp.fc2`), DistilBERT (`ffn.lin1` + `ffn.lin2`),
+GPT-2 (`mlp.c_fc` + `mlp.c_proj`, Conv1D),
+Llama/Mistral-style (`mlp.gate_proj` + `up_proj` + `down_proj`).
+
+TensorFlow models get the unstructured variant on their kernels (`prune_tf_variables`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from model_server.backends.base import ModelLoadError
+from model_server.optimize.stats import prunable_torch_modules
+
+
+def check_amount(amount: float) -> None:
+    """Pruning amount must be a fraction in (0, 1)."""
+    if not 0.0 < amount < 1.0:
+        raise ModelLoadError(f"pruning amount must be in (0, 1), not {amount}")
+
+
+def prune_unstructured(model: Any, amount: float) -> Any:
+    """Zero the `amount` smallest-|w| weights of each prunable layer, permanently."""
+    from torch.nn.utils import prune
+
+    check_amount(amount)
+    modules = prunable_torch_modules(model)
+    if not modules:
+        raise ModelLoadError("unstructured pruning found no Linear/Conv layers to prune")
+    for _, module in modules:
+        prune.l1_unstructured(module, name="weight", amount=amount)
+        prune.remove(module, "weight")
+    return model
+
+
+def prune_script_module_unstructured(module: Any, amount: float) -> Any:
+    """Unstructured magnitude pruning of a TorchScript module: zero weights in place.
+
+    Scripted modules cannot take pruning hooks, so every floating parameter of rank >= 2
+    (the weight matrices and conv kernels) is thresholded at its own `amount` quantile.
+    """
+    import torch
+
+    check_amount(amount)
+    touched = 0
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() >= 2 and param.dtype.is_floating_point:
+                _zero_smallest(param, amount)
+                touched += 1
+    if not touched:
+        raise ModelLoadError("unstructured pruning found no weight matrices in the module")
+    return module
+
+
+def _zero_smallest(param: Any, amount: float) -> None:
+    import torch
+
+    k = round(amount * param.numel())
+    if k == 0:
+        return
+    flat = param.detach().abs().flatten().float()
+    idx = torch.topk(flat, k, largest=False).indices
+    mask = torch.ones_like(flat)
+    mask[idx] = 0
+    param.mul_(mask.view_as(param).to(param.dtype))
+
+
+def _keep_count(width: int, amount: float) -> int:
+    keep = width * (1.0 - amount)
+    if width >= 64:
+        keep = math.ceil(keep / 8) * 8
+    return max(1, min(width, round(keep)))
+
+
+def _linear_rows(linear: Any, keep: Any) -> Any:
+    """nn.Linear keeping output features `keep`."""
+    import torch
+    from torch import nn
+
+    new = nn.Linear(linear.in_features, len(keep), bias=linear.bias is not None)
+    new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[keep])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias[keep])
+    return new
+
+
+def _linear_cols(linear: Any, keep: Any) -> Any:
+    """nn.Linear keeping input features `keep`."""
+    import torch
+    from torch import nn
+
+    new = nn.Linear(len(keep), linear.out_features, bias=linear.bias is not None)
+    new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[:, keep])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias)
+    return new
+
+
+def _conv1d_cols(conv: Any, keep: Any) -> Any:
+    """GPT-2 Conv1D (weight [in, out]) keeping output features `keep`."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    new = Conv1D(len(keep), conv.weight.shape[0]).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[:, keep])
+        new.bias.copy_(conv.bias[keep])
+    return new
+
+
+def _conv1d_rows(conv: Any, keep: Any) -> Any:
+    """GPT-2 Conv1D keeping input features `keep`."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    new = Conv1D(conv.weight.shape[1], len(keep)).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[keep])
+        new.bias.copy_(conv.bias)
+    return new
+
+
+def _top(score: Any, keep: int) -> Any:
+    import torch
+
+    return torch.sort(torch.topk(score, keep).indices).values
+
+
+def prune_structured_ffn(model: Any, amount: float) -> int:
+    """Remove `amount` of the FFN neurons of every block; returns the neurons removed.
+
+    Raises ModelLoadError when the architecture has no FFN layout this function knows.
+    """
+    import torch
+
+    check_amount(amount)
+    removed = 0
+    new_width: int | None = None
+    with torch.no_grad():
+        for module in list(model.modules()):
+            inter: Any = getattr(module, "intermediate", None)
+            out: Any = getattr(module, "output", None)
+            ffn: Any = getattr(module, "ffn", None)
+            mlp: Any = getattr(module, "mlp", None)
+            if (
+                isinstance(getattr(inter, "dense", None), torch.nn.Linear)
+                and isinstance(getattr(out, "dense", None), torch.nn.Linear)
+                and out.dense.in_features == inter.dense.out_features
+            ):
+                up, down = inter.dense, out.dense
+                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+                keep = _top(score, _keep_count(up.out_features, amount))
+                removed += up.out_features - len(keep)
+                inter.dense, out.dense = _linear_rows(up, keep), _linear_cols(down, keep)
+                new_width = len(keep)
+            elif isinstance(getattr(ffn, "lin1", None), torch.nn.Linear):
+                up, down = ffn.lin1, ffn.lin2
+                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+                keep = _top(score, _keep_count(up.out_features, amount))
+                removed += up.out_features - len(keep)
+                ffn.lin1, ffn.lin2 = _linear_rows(up, keep), _linear_cols(down, keep)
+                new_width = len(keep)
+            elif isinstance(getattr(mlp, "fc1", None), torch.nn.Linear) and isinstance(
+                getattr(mlp, "fc2", None), torch.nn.Linear
+            ):
+                up, down = mlp.fc1, mlp.fc2
+                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+                keep = _top(score, _keep_count(up.out_features, amount))
+                removed += up.out_features - len(keep)
+                mlp.fc1, mlp.fc2 = _linear_rows(up, keep), _linear_cols(down, keep)
+                new_width = len(keep)
+            elif mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
+                up, down = mlp.c_fc, mlp.c_proj  # Conv1D: weight [in, out]
+                width = up.weight.shape[1]
+                score = up.weight.norm(dim=0) * down.weight.norm(dim=1)
+                keep = _top(score, _keep_count(width, amount))
+                removed += width - len(keep)
+                mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
+                new_width = len(keep)
+            elif mlp is not None and all(
+                isinstance(getattr(mlp, n, None), torch.nn.Linear)
+                for n in ("gate_proj", "up_proj", "down_proj")
+            ):
+                gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+                score = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)) * down.weight.norm(dim=0)
+                keep = _top(score, _keep_count(up.out_features, amount))
+                removed += up.out_features - len(keep)
+                mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
+                mlp.down_proj = _linear_cols(down, keep)
+                new_width = len(keep)
+    if new_width is None:
+        raise ModelLoadError(
+            "structured pruning supports transformer FFN blocks (BERT/RoBERTa, ViT, DistilBERT, "
+            "GPT-2, Llama-style); this model has none"
+        )
+    config = getattr(model, "config", None)
+    if config is not None:
+        for attr in ("intermediate_size", "hidden_dim", "n_inner"):
+            if hasattr(config, attr):
+                setattr(config, attr, new_width)
+    return removed
+
+
+def prune_tf_variables(variables: Any, amount: float) -> int:
+    """Zero the smallest-|w| entries of each kernel (rank >= 2) variable; returns how many."""
+    import numpy as np
+
+    check_amount(amount)
+    touched = 0
+    for var in variables:
+        if len(var.shape) < 2 or not var.dtype.is_floating:
+            continue
+        value = var.numpy()
+        k = round(amount * value.size)
+        if k == 0:
+            continue
+        threshold = np.partition(np.abs(value).ravel(), k - 1)[k - 1]
+        mask = np.abs(value) > threshold
+        value = np.where(mask, value, 0).astype(value.dtype)
+        var.assign(value)
+        touched += 1
+    if not touched:
+        raise ModelLoadError("unstructured pruning found no kernels in the TensorFlow model")
+    return touched
+
+
+def tf_sparsity(variables: Any) -> float:
+    """Fraction of exactly-zero entries over kernel (rank >= 2) variables."""
+    import numpy as np
+
+    zeros = 0
+    total = 0
+    for var in variables:
+        if len(var.shape) < 2 or not var.dtype.is_floating:
+            continue
+        value = var.numpy()
+        zeros += int(np.count_nonzero(value == 0))
+        total += value.size
+    return zeros / total if total else 0.0

@@ -1,0 +1,146 @@
+"""Quantization and reduced precision: torch dynamic int8, half precision, TFLite dynamic range.
+
+- `quantize_dynamic_int8`: torch `quantize_dynamic` on every nn.Linear (weights int8,
+  activations quantized per batch at run time). CPU only: the quantized kernels
+  (fbgemm / onednn / qnnpack) do not run on CUDA.
+- `to_half`: casts a torch module to float16 or bfloat16. On CPU both run (bfloat16 is
+  fast on AVX512-BF16/AMX machines, float16 mostly saves memory); on CUDA both are native.
+- `tflite_convert`: TensorFlow dynamic-range (int8 weights) or float16 quantization through
+  the TFLite converter; the result runs on the TFLite interpreter shipped with tensorflow
+  (`tf.lite.Interpreter`), falling back to `ai_edge_litert` when tensorflow lacks it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from model_server.backends.base import ModelLoadError
+
+
+def quantize_dynamic_int8(model: Any) -> Any:
+    """Return `model` with its nn.Linear layers replaced by dynamic-int8 ones (CPU)."""
+    import torch
+
+    engines = torch.backends.quantized.supported_engines
+    for engine in ("fbgemm", "x86", "onednn", "qnnpack"):
+        if engine in engines:
+            torch.backends.quantized.engine = engine
+            break
+    else:
+        raise ModelLoadError(f"no int8 quantized engine in this torch build ({engines})")
+    _conv1d_to_linear(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False
+        )
+
+
+def _conv1d_to_linear(model: Any) -> None:
+    """Swap GPT-2-style Conv1D layers (weight [in, out]) for equivalent nn.Linear ones.
+
+    quantize_dynamic only knows nn.Linear; without this GPT-2's blocks would stay fp32.
+    """
+    import torch
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out).to(child.weight.device, child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+
+
+def torch_dtype(quantization: str) -> Any:
+    """torch dtype for float16 / bfloat16 (None for other settings)."""
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(quantization)
+
+
+def to_half(model: Any, quantization: str) -> Any:
+    """Cast `model` to float16 or bfloat16 in place and return it."""
+    dtype = torch_dtype(quantization)
+    if dtype is None:
+        raise ModelLoadError(f"{quantization!r} is not a half-precision setting")
+    return model.to(dtype)
+
+
+def tflite_available() -> str | None:
+    """Name of the importable TFLite interpreter module, or None."""
+    try:
+        import tensorflow as tf
+
+        if hasattr(tf, "lite") and hasattr(tf.lite, "Interpreter"):
+            return "tensorflow.lite"
+    except ImportError:
+        pass
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+
+        return "ai_edge_litert"
+    except ImportError:
+        return None
+
+
+def tflite_interpreter(model_content: bytes) -> Any:
+    """A TFLite interpreter over a flatbuffer, from tensorflow or ai_edge_litert."""
+    which = tflite_available()
+    if which == "tensorflow.lite":
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=model_content)
+    elif which == "ai_edge_litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=model_content)
+    else:
+        raise ModelLoadError(
+            "no TFLite interpreter: tensorflow lacks tf.lite and ai-edge-litert is not installed"
+        )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_convert(
+    *, quantization: str, saved_model_dir: Path | None = None, keras_model: Any = None
+) -> bytes:
+    """Convert a SavedModel directory or a Keras model to a quantized TFLite flatbuffer.
+
+    "dynamic-int8" is TFLite dynamic-range quantization (int8 weights, float activations,
+    int8 kernels where TFLite has them); "float16" stores weights in float16.
+    """
+    import tensorflow as tf
+
+    if quantization not in ("dynamic-int8", "float16"):
+        raise ModelLoadError(
+            f"TensorFlow models support quantization dynamic-int8 or float16, not {quantization!r}"
+        )
+    try:
+        if saved_model_dir is not None:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+        elif keras_model is not None:
+            converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        else:
+            raise ModelLoadError("tflite_convert needs a SavedModel directory or a Keras model")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bytes(converter.convert())
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"TFLite conversion ({quantization}) failed: {exc}") from exc
