@@ -1,0 +1,131 @@
+"""FastAPI app factory and lifespan: one model per process, loaded after the server starts.
+
+`create_app(settings, registry=None, backend=None)` builds the app without touching the
+model. The lifespan starts loading in a worker thread and returns at once, so
+`/v2/health/live` answers while a large model loads; readiness flips only after the load
+succeeded. A failed load leaves the server up and not ready, with the reason in the logs,
+the model metadata (`parameters.reason`) and every 503 body, instead of a crash loop.
+
+Tests pass a `backend` (any `model_server.backends.base.Backend`) and a fresh
+`CollectorRegistry`; in production both come from the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+from pydantic.json_schema import models_json_schema
+
+from model_server.backends import create_backend
+from model_server.backends.base import Backend, ModelLoadError
+from model_server.dataplane import SERVER_VERSION, DataPlane
+from model_server.errors import install_handlers
+from model_server.metrics import ServerMetrics
+from model_server.routers import schemas
+from model_server.routers.v2 import router
+from model_server.settings import Settings, detect_framework, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
+    def make() -> Backend:
+        if backend is not None:
+            return backend
+        model_dir = Path(settings.model_dir)
+        if not model_dir.exists():
+            raise ModelLoadError(f"model directory {model_dir} does not exist")
+        framework = settings.framework
+        if framework == "auto":
+            framework = detect_framework(model_dir)  # type: ignore[assignment]
+        return create_backend(framework)
+
+    return make
+
+
+def create_app(
+    settings: Settings | None = None,
+    registry: CollectorRegistry | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
+    """The model server app; the model loads in its lifespan, never here."""
+    settings = settings or get_settings()
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ServerMetrics(registry, settings.model_name, settings.variant)
+    dataplane = DataPlane(
+        model_name=settings.model_name,
+        model_version=settings.model_version,
+        variant=settings.variant,
+        framework=backend.framework if backend is not None else settings.framework,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_delay_ms / 1000.0,
+        max_queue=settings.max_queue,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
+    make_backend = _backend_factory(settings, backend)
+
+    async def load() -> None:
+        log.info(
+            "Loading model %s from %s",
+            settings.model_name,
+            settings.model_dir,
+            extra={"model": settings.model_name, "variant": settings.variant},
+        )
+        await asyncio.to_thread(
+            dataplane.load, make_backend, Path(settings.model_dir), settings.load_options()
+        )
+        dataplane.start_serving()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.load_task = asyncio.create_task(load(), name="model-load")
+        try:
+            yield
+        finally:
+            task: asyncio.Task[None] = app.state.load_task
+            if not task.done():
+                task.cancel()
+            await dataplane.stop()
+
+    app = FastAPI(
+        title="ModelService model server",
+        version=SERVER_VERSION,
+        description="Open Inference Protocol v2 (REST) with the generate extension",
+        lifespan=lifespan,
+    )
+    app.state.dataplane = dataplane
+    app.state.settings = settings
+    app.state.max_request_bytes = settings.max_request_bytes
+    app.state.registry = registry
+    install_handlers(app)
+    app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            _, defs = models_json_schema(
+                [(m, "validation") for m in schemas.BODY_MODELS],
+                ref_template="#/components/schemas/{model}",
+            )
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in defs.get("$defs", {}).items():
+                components.setdefault(name, schema)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

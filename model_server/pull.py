@@ -1,0 +1,302 @@
+"""`model-server pull URI DEST`: fetch a model into a local directory, atomically and checked.
+
+Sources: `file://` (a file or a directory), `http(s)://` (one file, streamed with httpx),
+`s3://bucket/key` (one object) or `s3://bucket/prefix/` (every object below the prefix;
+boto3, honouring `AWS_ENDPOINT_URL` and the usual `AWS_*` credentials). A single
+downloaded file that is a `.tar`, `.tar.gz`/`.tgz` or `.zip` archive is unpacked (members
+escaping the directory are refused); any other file keeps its name inside DEST.
+
+Atomicity: everything lands in a temporary directory on the same filesystem first and is
+verified (SHA-256 of the downloaded file when `--sha256` is given) before it is renamed to
+DEST. When DEST already exists as an empty directory (a volume mount point, which cannot be
+replaced), the temporary directory is created inside it and its entries are moved in at
+the end; a marker file `.model-pull.json` is written last, so a re-run of the same pull is a
+no-op and an interrupted one is detected. On any error nothing is left at DEST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+
+MARKER = ".model-pull.json"
+CHUNK = 1 << 20
+_ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+class PullError(Exception):
+    """The pull failed; the message says why. DEST is left untouched (or absent)."""
+
+
+class _Progress:
+    """Logs bytes received every couple of seconds and at the end."""
+
+    def __init__(self, what: str, total: int | None, interval_s: float = 2.0) -> None:
+        self.what = what
+        self.total = total
+        self.done = 0
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self._last = self.started
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self._log("Downloading")
+
+    def finish(self) -> None:
+        self._log("Downloaded")
+
+    def _log(self, verb: str) -> None:
+        mib = self.done / (1 << 20)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        extra = {"uri": self.what, "bytes": self.done, "total_bytes": self.total}
+        if self.total:
+            pct = 100.0 * self.done / self.total
+            log.info(
+                "%s %s: %.1f of %.1f MiB (%.0f%%, %.1f MiB/s)",
+                verb, self.what, mib, self.total / (1 << 20), pct, mib / elapsed, extra=extra,
+            )  # fmt: skip
+        else:
+            log.info(
+                "%s %s: %.1f MiB (%.1f MiB/s)", verb, self.what, mib, mib / elapsed, extra=extra
+            )
+
+
+def _write_stream(chunks: Iterator[bytes], target: Path, progress: _Progress) -> str:
+    """Write chunks to `target`; return the SHA-256 hex digest of what was written."""
+    digest = hashlib.sha256()
+    with target.open("wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            digest.update(chunk)
+            progress.add(len(chunk))
+    progress.finish()
+    return digest.hexdigest()
+
+
+def _file_name(path: str, default: str = "model") -> str:
+    name = Path(unquote(path)).name
+    return name if name and name not in (".", "..") else default
+
+
+# sources: each fills `staging` and returns the sha256 of the single file it fetched (or None)
+def _fetch_file(uri: str, staging: Path) -> tuple[Path | None, str | None]:
+    parsed = urlparse(uri)
+    src = (
+        Path(unquote(parsed.netloc + parsed.path)) if parsed.netloc else Path(unquote(parsed.path))
+    )
+    if not src.exists():
+        raise PullError(f"{uri}: no such file or directory")
+    if src.is_dir():
+        progress = _Progress(uri, None)
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            dest = staging / rel
+            if path.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif path.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+                progress.add(path.stat().st_size)
+        progress.finish()
+        return None, None
+    target = staging / src.name
+    progress = _Progress(uri, src.stat().st_size)
+
+    def chunks() -> Iterator[bytes]:
+        with src.open("rb") as fh:
+            while block := fh.read(CHUNK):
+                yield block
+
+    return target, _write_stream(chunks(), target, progress)
+
+
+def _fetch_http(uri: str, staging: Path) -> tuple[Path | None, str | None]:
+    import httpx
+
+    target = staging / _file_name(urlparse(uri).path)
+    try:
+        with httpx.stream("GET", uri, follow_redirects=True, timeout=60.0) as response:
+            if response.status_code != 200:
+                raise PullError(f"{uri}: HTTP {response.status_code}")
+            length = response.headers.get("content-length")
+            progress = _Progress(uri, int(length) if length and length.isdigit() else None)
+            digest = _write_stream(response.iter_bytes(CHUNK), target, progress)
+            if length and length.isdigit() and progress.done != int(length):
+                raise PullError(f"{uri}: got {progress.done} of {length} bytes")
+    except httpx.HTTPError as exc:
+        raise PullError(f"{uri}: {type(exc).__name__}: {exc}") from exc
+    return target, digest
+
+
+def _s3_client() -> object:
+    try:
+        import boto3
+    except ImportError as exc:
+        raise PullError("s3:// needs boto3 (pip install modelservice[s3])") from exc
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return boto3.client("s3", endpoint_url=endpoint or None)
+
+
+def _fetch_s3(uri: str, staging: Path) -> tuple[Path | None, str | None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket:
+        raise PullError(f"{uri}: no bucket in the URI (expected s3://bucket/key)")
+    client: object = _s3_client()
+    s3: object = client
+
+    def download(obj_key: str, target: Path, size: int | None) -> str:
+        body = s3.get_object(Bucket=bucket, Key=obj_key)["Body"]  # type: ignore[attr-defined]
+        progress = _Progress(f"s3://{bucket}/{obj_key}", size)
+        return _write_stream(body.iter_chunks(CHUNK), target, progress)
+
+    try:
+        if key and not key.endswith("/"):
+            try:
+                head = s3.head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in (
+                    "404",
+                    "NoSuchKey",
+                    "NotFound",
+                ):
+                    raise
+                head = None
+            if head is not None:
+                target = staging / _file_name(key)
+                return target, download(key, target, int(head.get("ContentLength", 0)) or None)
+            key += "/"
+        paginator = s3.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+        found = 0
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(key) :]
+                if not rel or rel.endswith("/"):
+                    continue
+                dest = (staging / rel).resolve()
+                if not dest.is_relative_to(staging.resolve()):
+                    raise PullError(f"{uri}: object key {obj['Key']!r} escapes the destination")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                download(obj["Key"], dest, int(obj.get("Size", 0)) or None)
+                found += 1
+        if not found:
+            raise PullError(f"{uri}: no objects found")
+    except (ClientError, BotoCoreError) as exc:
+        raise PullError(f"{uri}: {exc}") from exc
+    return None, None
+
+
+def _unpack(archive: Path, staging: Path) -> None:
+    """Unpack `archive` into `staging` (refusing members that escape it), then delete it."""
+    root = staging.resolve()
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if not (root / member).resolve().is_relative_to(root):
+                        raise PullError(f"archive member {member!r} escapes the destination")
+                zf.extractall(staging)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(staging, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise PullError(f"cannot unpack {archive.name}: {exc}") from exc
+    archive.unlink()
+
+
+def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool = False) -> Path:
+    """Fetch `uri` into directory `dest` atomically; return `dest`. Raises PullError."""
+    dest = Path(dest)
+    scheme = urlparse(uri).scheme
+    fetchers = {"file": _fetch_file, "http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3}
+    fetch = fetchers.get(scheme)
+    if fetch is None:
+        raise PullError(
+            f"unsupported URI scheme {scheme!r} in {uri}; use file://, http(s):// or s3://"
+        )
+    if sha256 is not None:
+        sha256 = sha256.strip().lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise PullError("--sha256 must be 64 hexadecimal characters")
+    marker = {"uri": uri, "sha256": sha256}
+    in_place = dest.is_dir()
+    if in_place:
+        existing = [p for p in dest.iterdir() if not p.name.startswith(".pull-")]
+        marker_file = dest / MARKER
+        if marker_file.is_file():
+            try:
+                previous = json.loads(marker_file.read_text())
+            except ValueError:
+                previous = None
+            if previous == marker:
+                log.info("Already pulled %s into %s", uri, dest, extra={"uri": uri})
+                return dest
+        for stale in dest.glob(".pull-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if existing:
+            if not force:
+                raise PullError(
+                    f"{dest} is not empty and was not pulled from {uri}; use --force to replace it"
+                )
+            for path in existing:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        parent = dest
+    elif dest.exists():
+        raise PullError(f"{dest} exists and is not a directory")
+    else:
+        parent = dest.parent
+        parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=parent))
+    try:
+        log.info("Pulling %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
+        single, digest = fetch(uri, staging)
+        if sha256 is not None:
+            if single is None:
+                raise PullError("--sha256 applies to a single file or archive, not a directory")
+            if digest != sha256:
+                raise PullError(
+                    f"checksum mismatch for {uri}: expected sha256 {sha256}, got {digest}"
+                )
+            log.info("Verified sha256 of %s", uri, extra={"uri": uri, "sha256": digest})
+        if single is not None and single.name.endswith(_ARCHIVES):
+            _unpack(single, staging)
+        (staging / MARKER).write_text(json.dumps(marker))
+        if in_place:
+            entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER)
+            for entry in entries:  # the marker moves last
+                entry.rename(dest / entry.name)
+            staging.rmdir()
+        else:
+            staging.rename(dest)
+    except PullError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PullError(f"{uri}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("Pulled %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
+    return dest

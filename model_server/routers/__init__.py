@@ -1,0 +1,1 @@
+"""HTTP routes of the model server (thin: they translate requests into dataplane calls)."""

@@ -1,0 +1,262 @@
+"""Open Inference Protocol v2 REST routes, the generate extension and /metrics.
+
+Handlers are thin: read the body (bounded by MODEL_SERVER_MAX_REQUEST_BYTES), call the
+dataplane, wrap its bytes in a Response, count the request. Returning a `Response` makes
+FastAPI skip `response_model` validation, so those models only document the API.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from model_server.dataplane import HEADER_LENGTH, DataPlane
+from model_server.errors import InvalidInput, ModelNotReady, PayloadTooLarge, ServerError
+from model_server.routers import schemas as s
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": s.ErrorResponse, "description": "Invalid input (names the problem)"},
+    404: {"model": s.ErrorResponse, "description": "Unknown model or version"},
+    413: {"model": s.ErrorResponse, "description": "Request body too large"},
+    503: {"model": s.ErrorResponse, "description": "Model not ready, or queue full (Retry-After)"},
+    504: {"model": s.ErrorResponse, "description": "Request timed out"},
+}
+JSON = "application/json"
+
+router = APIRouter()
+
+
+def _dp(request: Request) -> DataPlane:
+    dp: DataPlane = request.app.state.dataplane
+    return dp
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or PayloadTooLarge as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length must be an integer") from None
+        if size > limit:
+            raise PayloadTooLarge(
+                f"request body of {size} bytes exceeds the limit of {limit} bytes "
+                "(MODEL_SERVER_MAX_REQUEST_BYTES)"
+            )
+        return await request.body()
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(
+                f"request body exceeds the limit of {limit} bytes (MODEL_SERVER_MAX_REQUEST_BYTES)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# health and metadata ---------------------------------------------------------------------
+@router.get("/v2/health/live", response_model=s.ServerLive, tags=["health"])
+async def live() -> Response:
+    return Response(b'{"live":true}', media_type=JSON)
+
+
+@router.get("/v2/health/ready", response_model=s.ServerReady, responses=ERRORS, tags=["health"])
+async def ready(request: Request) -> Response:
+    dp = _dp(request)
+    if not dp.ready:
+        dp._require_ready()  # raises ModelNotReady with the state and reason
+        raise ModelNotReady("the model is not ready")
+    return Response(b'{"ready":true}', media_type=JSON)
+
+
+@router.get("/v2", response_model=s.ServerMetadata, tags=["metadata"])
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return _dp(request).server_metadata()
+
+
+@router.get(
+    "/v2/models/{model_name}", response_model=s.ModelMetadata, responses=ERRORS, tags=["metadata"]
+)
+async def model_metadata(model_name: str, request: Request) -> dict[str, Any]:
+    return _dp(request).model_metadata(model_name, None)
+
+
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}",
+    response_model=s.ModelMetadata,
+    responses=ERRORS,
+    tags=["metadata"],
+)
+async def model_version_metadata(
+    model_name: str, model_version: str, request: Request
+) -> dict[str, Any]:
+    return _dp(request).model_metadata(model_name, model_version)
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> Response:
+    dp = _dp(request)
+    if not dp.model_ready(name, version):
+        dp._require_ready()
+    return Response(b'{"name":"%s","ready":true}' % name.encode(), media_type=JSON)
+
+
+@router.get(
+    "/v2/models/{model_name}/ready", response_model=s.ModelReady, responses=ERRORS, tags=["health"]
+)
+async def model_ready(model_name: str, request: Request) -> Response:
+    return await _model_ready(request, model_name, None)
+
+
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/ready",
+    response_model=s.ModelReady,
+    responses=ERRORS,
+    tags=["health"],
+)
+async def model_version_ready(model_name: str, model_version: str, request: Request) -> Response:
+    return await _model_ready(request, model_name, model_version)
+
+
+# inference (hot path) --------------------------------------------------------------------
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    state = request.app.state
+    dp: DataPlane = state.dataplane
+    metrics = dp.metrics
+    started = time.perf_counter()
+    status = 200
+    metrics.inflight.inc()
+    try:
+        body = await read_body(request, state.max_request_bytes)
+        out, headers = await dp.infer(name, version, body, request.headers.get(HEADER_LENGTH))
+        return Response(out, media_type=JSON, headers=headers)
+    except ServerError as exc:
+        status = exc.status_code
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        metrics.inflight.dec()
+        metrics.observe_request("infer", status, time.perf_counter() - started)
+
+
+@router.post(
+    "/v2/models/{model_name}/infer",
+    response_model=s.InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=s.body_ref(s.InferenceRequest),
+    tags=["inference"],
+)
+async def infer(model_name: str, request: Request) -> Response:
+    return await _infer(request, model_name, None)
+
+
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    response_model=s.InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=s.body_ref(s.InferenceRequest),
+    tags=["inference"],
+)
+async def infer_version(model_name: str, model_version: str, request: Request) -> Response:
+    return await _infer(request, model_name, model_version)
+
+
+# generate extension ----------------------------------------------------------------------
+async def _generate(request: Request, name: str, version: str | None, stream: bool) -> Response:
+    state = request.app.state
+    dp: DataPlane = state.dataplane
+    endpoint = "generate_stream" if stream else "generate"
+    started = time.perf_counter()
+    status = 200
+    dp.metrics.inflight.inc()
+    try:
+        body = await read_body(request, state.max_request_bytes)
+        if stream:
+            events = dp.open_stream(name, version, body)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return Response(await dp.generate(name, version, body), media_type=JSON)
+    except ServerError as exc:
+        status = exc.status_code
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        dp.metrics.inflight.dec()
+        dp.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+
+@router.post(
+    "/v2/models/{model_name}/generate",
+    response_model=s.GenerateResponse,
+    responses=ERRORS,
+    openapi_extra=s.body_ref(s.GenerateRequest),
+    tags=["generate"],
+)
+async def generate(model_name: str, request: Request) -> Response:
+    return await _generate(request, model_name, None, stream=False)
+
+
+@router.post(
+    "/v2/models/{model_name}/generate_stream",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "Server-sent events, one `data: {text_output}` per piece",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    openapi_extra=s.body_ref(s.GenerateRequest),
+    tags=["generate"],
+)
+async def generate_stream(model_name: str, request: Request) -> Response:
+    return await _generate(request, model_name, None, stream=True)
+
+
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/generate",
+    response_model=s.GenerateResponse,
+    responses=ERRORS,
+    openapi_extra=s.body_ref(s.GenerateRequest),
+    tags=["generate"],
+)
+async def generate_version(model_name: str, model_version: str, request: Request) -> Response:
+    return await _generate(request, model_name, model_version, stream=False)
+
+
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/generate_stream",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "Server-sent events, one `data: {text_output}` per piece",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    openapi_extra=s.body_ref(s.GenerateRequest),
+    tags=["generate"],
+)
+async def generate_stream_version(
+    model_name: str, model_version: str, request: Request
+) -> Response:
+    return await _generate(request, model_name, model_version, stream=True)
+
+
+# metrics ---------------------------------------------------------------------------------
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    tags=["metrics"],
+)
+async def metrics(request: Request) -> Response:
+    registry = _dp(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,109 @@
+"""Every model-server setting, read from `MODEL_SERVER_*` environment variables or CLI flags.
+
+`Settings` is the single source: the CLI passes flags as init arguments (they win over the
+environment), the operator sets only environment variables (docs/architecture.md), and the
+app reads one cached instance through `get_settings()`. Tests build their own `Settings(...)`
+and hand it to `create_app`, so nothing is parsed at import time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_server.backends.base import LoadOptions
+
+
+class Settings(BaseSettings):
+    """The model server's configuration (env prefix `MODEL_SERVER_`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODEL_SERVER_",
+        extra="ignore",
+        protected_namespaces=(),
+        use_attribute_docstrings=True,
+    )
+
+    model_name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """Name the model is served under: /v2/models/{model_name}."""
+    model_version: str = Field(default="1", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """The one version this process serves (OIP v2 `versions`)."""
+    variant: str = "default"
+    """Variant label (for example `int8`), reported in metadata and metric labels."""
+    model_dir: Path = Path("/mnt/models")
+    """Local directory holding the model (pulled by `model-server pull` or mounted)."""
+    framework: Literal["auto", "transformers", "torchscript", "tensorflow"] = "auto"
+    """Backend to use; `auto` detects it from the files in model_dir."""
+    task: str | None = None
+    """transformers pipeline task (text-classification, text-generation, image-classification)."""
+    quantization: Literal["none", "dynamic-int8", "float16", "bfloat16"] = "none"
+    pruning_method: Literal["none", "unstructured", "structured"] = "none"
+    pruning_amount: float = Field(default=0.0, ge=0.0, lt=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
+    trust_remote_code: bool = False
+    """Never on by default: a model directory must not run code unless this is set."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=4096)
+    """Largest batch the dynamic batcher forms; 1 turns batching off."""
+    max_delay_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+    """How long a follow-on batch may wait to fill up; an idle server dispatches at once."""
+    max_queue: int = Field(default=256, ge=1)
+    """Requests waiting for the model beyond this get 503 + Retry-After."""
+    request_timeout_s: float = Field(default=30.0, gt=0.0)
+    """A request not answered within this gets 504."""
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Bodies larger than this get 413."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    """uvicorn's per-request access log (off: it costs more than the protocol handling)."""
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _empty_task_is_none(cls, value: object) -> object:
+        return None if value in ("", "none") else value
+
+    def load_options(self) -> LoadOptions:
+        """The subset the backend needs."""
+        return LoadOptions(
+            task=self.task,
+            device=self.device,
+            quantization=self.quantization,
+            pruning_method=self.pruning_method,
+            pruning_amount=self.pruning_amount,
+            torch_threads=self.torch_threads,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached; tests pass their own)."""
+    return Settings()
+
+
+def detect_framework(model_dir: Path) -> str:
+    """Guess the backend from the files in `model_dir` (used when framework is `auto`)."""
+    if (model_dir / "config.json").is_file():
+        return "transformers"
+    if (model_dir / "saved_model.pb").is_file() or any(model_dir.glob("*.keras")):
+        return "tensorflow"
+    if any(model_dir.glob("*.pt")) or any(model_dir.glob("*.torchscript")):
+        return "torchscript"
+    if model_dir.suffix == ".keras":
+        return "tensorflow"
+    if model_dir.suffix in (".pt", ".torchscript"):
+        return "torchscript"
+    raise ValueError(
+        f"cannot tell the framework of {model_dir}: expected config.json (transformers), "
+        "saved_model.pb or *.keras (tensorflow), or *.pt (torchscript); "
+        "set MODEL_SERVER_FRAMEWORK"
+    )
