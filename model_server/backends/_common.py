@@ -121,10 +121,13 @@ def bytes_array(values: list[str]) -> np.ndarray:
     return arr
 
 
-def check_tensor(array: np.ndarray, spec: TensorSpec, accept: tuple[str, ...] = ()) -> np.ndarray:
+def check_tensor(
+    array: np.ndarray, spec: TensorSpec, accept: tuple[str, ...] = (), check_shape: bool = True
+) -> np.ndarray:
     """Check a numeric input against its spec (datatype and rank/fixed dims); return it.
 
-    `accept` lists extra datatypes that are converted to the spec's datatype.
+    `accept` lists extra datatypes that are converted to the spec's datatype;
+    `check_shape=False` checks the datatype only (signature-less models).
     """
     arr = np.asarray(array)
     got = oip_datatype(arr.dtype)
@@ -133,6 +136,8 @@ def check_tensor(array: np.ndarray, spec: TensorSpec, accept: tuple[str, ...] = 
             arr = arr.astype(OIP_TO_NUMPY[spec.datatype])
         else:
             raise invalid(f"input {spec.name!r} must be {spec.datatype}, got {got}")
+    if not check_shape:
+        return arr
     if spec.shape and len(spec.shape) != arr.ndim:
         raise invalid(
             f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(arr.shape)}"

@@ -228,7 +228,7 @@ def prune_tf_variables(variables: Any, amount: float) -> int:
     check_amount(amount)
     touched = 0
     for var in variables:
-        if len(var.shape) < 2 or not var.dtype.is_floating:
+        if len(var.shape) < 2 or not _is_float(var):
             continue
         value = var.numpy()
         k = round(amount * value.size)
@@ -244,6 +244,17 @@ def prune_tf_variables(variables: Any, amount: float) -> int:
     return touched
 
 
+def _is_float(var: Any) -> bool:
+    """True for floating variables; TF variables carry a DType, Keras 3 ones a string."""
+    import numpy as np
+
+    dtype = getattr(var.dtype, "as_numpy_dtype", var.dtype)
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))
+    except TypeError:
+        return False
+
+
 def tf_sparsity(variables: Any) -> float:
     """Fraction of exactly-zero entries over kernel (rank >= 2) variables."""
     import numpy as np
@@ -251,7 +262,7 @@ def tf_sparsity(variables: Any) -> float:
     zeros = 0
     total = 0
     for var in variables:
-        if len(var.shape) < 2 or not var.dtype.is_floating:
+        if len(var.shape) < 2 or not _is_float(var):
             continue
         value = var.numpy()
         zeros += int(np.count_nonzero(value == 0))

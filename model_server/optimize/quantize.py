@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,9 +116,17 @@ def tflite_interpreter(model_content: bytes) -> Any:
 
 
 def tflite_convert(
-    *, quantization: str, saved_model_dir: Path | None = None, keras_model: Any = None
+    *,
+    quantization: str,
+    saved_model_dir: Path | None = None,
+    keras_model: Any = None,
+    concrete_function: Any = None,
+    trackable: Any = None,
 ) -> bytes:
-    """Convert a SavedModel directory or a Keras model to a quantized TFLite flatbuffer.
+    """Convert a SavedModel dir, Keras model or concrete function to a quantized TFLite model.
+
+    A concrete function (with the loaded object as `trackable`) converts the in-memory
+    weights, so a model pruned after loading is converted pruned.
 
     "dynamic-int8" is TFLite dynamic-range quantization (int8 weights, float activations,
     int8 kernels where TFLite has them); "float16" stores weights in float16.
@@ -128,7 +138,11 @@ def tflite_convert(
             f"TensorFlow models support quantization dynamic-int8 or float16, not {quantization!r}"
         )
     try:
-        if saved_model_dir is not None:
+        if concrete_function is not None:
+            converter = tf.lite.TFLiteConverter.from_concrete_functions(
+                [concrete_function], trackable
+            )
+        elif saved_model_dir is not None:
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
         elif keras_model is not None:
             converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
@@ -137,7 +151,9 @@ def tflite_convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        with warnings.catch_warnings():
+        # Keras prints "Saved artifact at ..." while exporting for the converter: keep
+        # stdout clean (the server logs structured lines there)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             return bytes(converter.convert())
     except ModelLoadError:
