@@ -1,0 +1,71 @@
+"""Third-party CRDs the project installs into the local cluster, taken from Go modules.
+
+``crd_files(name)`` downloads the pinned module through the Go module proxy (``go mod
+download``, cached in Go's module cache) and returns the CRD manifests it ships.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from localcluster import versions
+
+
+@dataclass(frozen=True)
+class CrdSource:
+    module: str
+    version: str
+    pattern: str  # glob inside the module
+
+
+ADDONS: dict[str, CrdSource] = {
+    "prometheus-operator": CrdSource(
+        "github.com/prometheus-operator/prometheus-operator",
+        versions.PROMETHEUS_OPERATOR,
+        "example/prometheus-operator-crd/monitoring.coreos.com_*.yaml",
+    ),
+    "gateway-api": CrdSource(
+        "sigs.k8s.io/gateway-api", versions.GATEWAY_API, "config/crd/standard/*.yaml"
+    ),
+}
+
+
+class AddonError(RuntimeError):
+    """Unknown add-on or the module could not be downloaded."""
+
+
+def module_dir(module: str, version: str) -> Path:
+    go = shutil.which("go")
+    if not go:
+        raise AddonError("the Go toolchain is not on PATH (needed to fetch CRD modules)")
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@{version}"],
+        capture_output=True, text=True, check=False, cwd=Path.home(),
+    )
+    try:
+        info = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        info = {}
+    if "Dir" not in info or not Path(info["Dir"]).is_dir():
+        reason = info.get("Error") or proc.stderr.strip() or f"exit {proc.returncode}"
+        raise AddonError(f"go mod download {module}@{version} failed: {reason}")
+    return Path(info["Dir"])
+
+
+def crd_files(name: str) -> list[Path]:
+    """CRD YAML files of add-on ``name`` (``prometheus-operator`` or ``gateway-api``)."""
+    try:
+        src = ADDONS[name]
+    except KeyError:
+        raise AddonError(f"unknown add-on {name!r}; known: {', '.join(sorted(ADDONS))}") from None
+    files = [
+        f for f in sorted(module_dir(src.module, src.version).glob(src.pattern))
+        if "kind: CustomResourceDefinition" in f.read_text()
+    ]
+    if not files:
+        raise AddonError(f"{src.module}@{src.version} has no files matching {src.pattern}")
+    return files

@@ -1,0 +1,73 @@
+"""The default simulated node pool: CPU nodes and GPU nodes shaped like real GPU pools.
+
+GPU nodes advertise ``nvidia.com/gpu`` capacity, carry the labels NVIDIA's GPU feature
+discovery sets (``nvidia.com/gpu.product``, ``.count``, ``.memory``) and the
+``nvidia.com/gpu=present:NoSchedule`` taint managed GPU pools use. kwok manages every node
+annotated ``kwok.x-k8s.io/node: fake``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    cpu: str
+    memory: str
+    instance_type: str
+    gpus: int = 0
+    gpu_product: str = ""
+    gpu_memory_mib: int = 0
+    zone: str = "local-a"
+
+
+DEFAULT_POOL: tuple[NodeSpec, ...] = (
+    NodeSpec("cpu-1", cpu="16", memory="64Gi", instance_type="cpu-16x64"),
+    NodeSpec("cpu-2", cpu="16", memory="64Gi", instance_type="cpu-16x64", zone="local-b"),
+    NodeSpec("gpu-a100-1", cpu="96", memory="1024Gi", instance_type="a100-80gb-8x", gpus=8,
+             gpu_product="NVIDIA-A100-SXM4-80GB", gpu_memory_mib=81920),
+    NodeSpec("gpu-a100-2", cpu="96", memory="1024Gi", instance_type="a100-80gb-8x", gpus=8,
+             gpu_product="NVIDIA-A100-SXM4-80GB", gpu_memory_mib=81920, zone="local-b"),
+    NodeSpec("gpu-l4-1", cpu="48", memory="192Gi", instance_type="l4-24gb-4x", gpus=4,
+             gpu_product="NVIDIA-L4", gpu_memory_mib=23034),
+)
+
+
+def node_manifest(n: NodeSpec) -> dict[str, Any]:
+    labels = {
+        "kubernetes.io/hostname": n.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": n.instance_type,
+        "topology.kubernetes.io/zone": n.zone,
+        "type": "kwok",
+    }
+    capacity = {"cpu": n.cpu, "memory": n.memory, "pods": "110", "ephemeral-storage": "500Gi"}
+    taints: list[dict[str, str]] = []
+    if n.gpus:
+        labels |= {
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": n.gpu_product,
+            "nvidia.com/gpu.count": str(n.gpus),
+            "nvidia.com/gpu.memory": str(n.gpu_memory_mib),
+        }
+        capacity[GPU_RESOURCE] = str(n.gpus)
+        taints.append(dict(GPU_TAINT))
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": n.name, "labels": labels, "annotations": {KWOK_ANNOTATION: "fake"}},
+        "spec": {"taints": taints} if taints else {},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }
+
+
+def pool_manifest(pool: tuple[NodeSpec, ...] = DEFAULT_POOL) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": [node_manifest(n) for n in pool]}

@@ -1,0 +1,117 @@
+"""Pinned versions of everything the local control plane is built from, and how to build it.
+
+One place to bump a version: the wrapper Go modules under ``localcluster/go/`` must pin the
+same versions (``build`` checks that the ``require`` line matches before it builds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KUBERNETES = "v1.35.4"
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+HELM = "v3.22.0"
+
+# Add-on CRD sources (downloaded as Go modules, never built).
+PROMETHEUS_OPERATOR = "v0.85.0"
+GATEWAY_API = "v1.6.3"
+
+KUBERNETES_BUILD_DATE = "2026-04-15T18:01:22Z"  # the release's tag time, for reproducible builds
+
+
+def _k8s_version_ldflags() -> list[str]:
+    major, minor = KUBERNETES.lstrip("v").split(".")[:2]
+    flags = []
+    for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={KUBERNETES}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={KUBERNETES_BUILD_DATE}",
+        ]
+    return flags
+
+
+def _helm_ldflags() -> list[str]:
+    # Helm's default Capabilities.KubeVersion (used by `helm template` and lint without a
+    # cluster) is set at link time; make it the version of the local control plane.
+    major, minor = KUBERNETES.lstrip("v").split(".")[:2]
+    return [
+        f"-X helm.sh/helm/v3/internal/version.version={HELM}",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major}",
+        f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}",
+        f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor={major}",
+        f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={minor}",
+    ]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One wrapper Go module and the binaries built from it."""
+
+    name: str  # wrapper module folder under localcluster/go/
+    module: str  # the upstream Go module
+    version: str
+    packages: tuple[str, ...]  # Go packages to build (main packages)
+    binaries: tuple[str, ...]  # resulting executables
+    ldflags: tuple[str, ...] = field(default=())
+
+    @property
+    def bin_dir_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        name="etcd",
+        module="go.etcd.io/etcd/server/v3",
+        version=ETCD,
+        packages=(".",),
+        binaries=("etcd",),
+        ldflags=(f"-X go.etcd.io/etcd/api/v3/version.GitSHA=release-{ETCD}",),
+    ),
+    Component(
+        name="kubernetes",
+        module="k8s.io/kubernetes",
+        version=KUBERNETES,
+        packages=tuple(
+            f"k8s.io/kubernetes/cmd/{c}"
+            for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        ),
+        binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+        ldflags=tuple(_k8s_version_ldflags()),
+    ),
+    Component(
+        name="kwok",
+        module="sigs.k8s.io/kwok",
+        version=KWOK,
+        packages=("sigs.k8s.io/kwok/cmd/kwok",),
+        binaries=("kwok",),
+        ldflags=(f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK.lstrip('v')}",),
+    ),
+    Component(
+        name="helm",
+        module="helm.sh/helm/v3",
+        version=HELM,
+        packages=("helm.sh/helm/v3/cmd/helm",),
+        binaries=("helm",),
+        ldflags=tuple(_helm_ldflags()),
+    ),
+)
+
+
+def component(name: str) -> Component:
+    for c in COMPONENTS:
+        if c.name == name:
+            return c
+    raise KeyError(f"unknown component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
+
+
+def component_of_binary(binary: str) -> Component:
+    for c in COMPONENTS:
+        if binary in c.binaries:
+            return c
+    raise KeyError(f"no component builds {binary!r}")
