@@ -9,9 +9,10 @@ Tensors per task (the first dimension is the batch):
   out `label` BYTES [-1], `score` FP32 [-1], `logits` FP32 [-1, labels].
 - text-generation: in `text` BYTES [-1]; out `text_output` BYTES [-1] (the continuation);
   `generate()` streams one prompt (max_new_tokens, temperature, top_p, top_k, seed).
-- image-classification: in exactly one of `image` BYTES [-1] (encoded PNG/JPEG),
-  `pixel_values` FP32 [-1, 3, H, W] (already processed) or UINT8 [-1, H, W, 3] (raw
-  pixels, processed here); out `label`, `score`, `logits` as for text classification.
+- image-classification: in `image` BYTES [-1] (encoded PNG/JPEG; the announced input).
+  `predict()` alternatively takes `pixel_values` FP32 [-1, 3, H, W] (already processed)
+  or UINT8 [-1, H, W, 3] (raw pixels, processed here) instead of `image`; out `label`,
+  `score`, `logits` as for text classification.
 
 Safety: `trust_remote_code` only when the option says so; weights from safetensors when
 the directory has them, otherwise transformers' `torch.load(weights_only=True)`.
@@ -217,12 +218,14 @@ class TransformersBackend(Backend):
 
     def inputs(self) -> list[TensorSpec]:
         if self.task == "image-classification":
-            h, w = self._image_size or (-1, -1)
-            return [
-                TensorSpec("image", "BYTES", (-1,)),
-                TensorSpec("pixel_values", "FP32", (-1, 3, h, w)),
-            ]
+            # Announced: encoded images. `pixel_values` is accepted by predict() too (direct
+            # callers, benchmarks) but not announced, since OIP v2 inputs are all required.
+            return [TensorSpec("image", "BYTES", (-1,))]
         return [TensorSpec("text", "BYTES", (-1,))]
+
+    def _pixel_spec(self) -> TensorSpec:
+        h, w = self._image_size or (-1, -1)
+        return TensorSpec("pixel_values", "FP32", (-1, 3, h, w))
 
     def outputs(self) -> list[TensorSpec]:
         if self.task == "text-generation":
@@ -243,7 +246,10 @@ class TransformersBackend(Backend):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.model is None:
             raise ModelLoadError("model not loaded")
-        check_unknown(inputs, self.inputs())
+        if self.task == "image-classification":
+            check_unknown(inputs, [*self.inputs(), self._pixel_spec()])
+        else:
+            check_unknown(inputs, self.inputs())
         if self.task == "text-classification":
             texts = as_strings(_require_one(inputs, "text"), "text")
             return self._classify(self._tokenize(texts))
@@ -297,8 +303,7 @@ class TransformersBackend(Backend):
                     )
                 pixels = self.processor(images=list(arr), return_tensors="pt")["pixel_values"]
             else:
-                spec = self.inputs()[1]
-                arr = check_tensor(arr, spec, accept=("FP64", "FP16"))
+                arr = check_tensor(arr, self._pixel_spec(), accept=("FP64", "FP16"))
                 pixels = torch.from_numpy(np.ascontiguousarray(arr))
         dtype = self._dtype or torch.float32
         return pixels.to(self.device, dtype=dtype)
