@@ -1,0 +1,287 @@
+"""OIP v2 REST conformance of the model server against a test-double backend."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+import numpy as np
+import orjson
+from fastapi.testclient import TestClient
+
+from .conftest import serve_app
+from .doubles import BrokenBackend, EchoBackend, GenerateBackend
+
+X = {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}
+TEXT = {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["ab", "héllo"]}
+
+
+def infer(client: TestClient, body: object, path: str = "/v2/models/echo/infer", **kw: object):
+    return client.post(path, content=orjson.dumps(body), **kw)  # type: ignore[arg-type]
+
+
+def test_health_and_server_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2").json()
+    assert meta["name"] == "modelservice"
+    assert "generate" in meta["extensions"]
+
+
+def test_model_metadata_reports_optimization(client: TestClient) -> None:
+    meta = client.get("/v2/models/echo").json()
+    assert meta["name"] == "echo"
+    assert meta["versions"] == ["1"]
+    assert meta["platform"] == "test"
+    assert {"name": "x", "datatype": "FP32", "shape": [-1, 4]} in meta["inputs"]
+    assert [o["name"] for o in meta["outputs"]] == ["y", "upper", "length"]
+    params = meta["parameters"]
+    assert params["variant"] == "int8"
+    assert params["state"] == "ready"
+    assert params["quantization"] == "dynamic-int8"
+    assert params["sparsity"] == 0.5
+    assert params["size_bytes"] == 5678
+    assert client.get("/v2/models/echo/versions/1").json() == meta
+    assert client.get("/v2/models/echo/ready").json() == {"name": "echo", "ready": True}
+    assert client.get("/v2/models/echo/versions/1/ready").status_code == 200
+
+
+def test_unknown_model_or_version_is_404(client: TestClient) -> None:
+    r = client.get("/v2/models/nope")
+    assert r.status_code == 404
+    assert "'nope'" in r.json()["error"]
+    assert client.get("/v2/models/echo/versions/7").status_code == 404
+    assert infer(client, {"inputs": [X, TEXT]}, "/v2/models/nope/infer").status_code == 404
+    assert client.get("/v2/models/nope/ready").status_code == 404
+
+
+def test_infer_fp32_and_bytes_with_id_and_nested_data(client: TestClient) -> None:
+    r = infer(client, {"id": "req-7", "inputs": [X, TEXT]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "req-7"
+    assert body["model_name"] == "echo"
+    assert body["model_version"] == "1"
+    out = {o["name"]: o for o in body["outputs"]}
+    assert out["y"]["datatype"] == "FP32"
+    assert out["y"]["shape"] == [2, 4]
+    assert out["y"]["data"] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert out["upper"] == {
+        "name": "upper",
+        "datatype": "BYTES",
+        "shape": [2],
+        "data": ["AB", "HéLLO"],
+    }
+    assert out["length"]["datatype"] == "INT64"
+    assert out["length"]["data"] == [2, 6]  # utf-8 bytes of "héllo"
+
+
+def test_requested_outputs_filter_and_version_path(client: TestClient) -> None:
+    body = {"inputs": [X, TEXT], "outputs": [{"name": "length"}]}
+    r = infer(client, body, "/v2/models/echo/versions/1/infer")
+    assert r.status_code == 200
+    assert [o["name"] for o in r.json()["outputs"]] == ["length"]
+    r = infer(client, {"inputs": [X, TEXT], "outputs": [{"name": "bogus"}]})
+    assert r.status_code == 400
+    assert "bogus" in r.json()["error"]
+
+
+def test_binary_tensor_extension_in_and_out(client: TestClient) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    words = [b"a", b"xyz"]
+    text_raw = b"".join(struct.pack("<I", len(w)) + w for w in words)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 4], "datatype": "FP32",
+                 "parameters": {"binary_data_size": x.nbytes}},
+                {"name": "text", "shape": [2], "datatype": "BYTES",
+                 "parameters": {"binary_data_size": len(text_raw)}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "upper"}],
+        }
+    )  # fmt: skip
+    r = client.post(
+        "/v2/models/echo/infer",
+        content=header + x.tobytes() + text_raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 200, r.text
+    n = int(r.headers["Inference-Header-Content-Length"])
+    meta = orjson.loads(r.content[:n])
+    y_meta = meta["outputs"][0]
+    assert y_meta["parameters"]["binary_data_size"] == 32
+    y = np.frombuffer(r.content[n : n + 32], dtype="<f4").reshape(2, 4)
+    np.testing.assert_array_equal(y, x * 2)
+    assert meta["outputs"][1]["data"] == ["A", "XYZ"]
+
+
+def test_bad_inputs_get_precise_400s(client: TestClient) -> None:
+    cases = [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (orjson.dumps({"inputs": []}), "non-empty list"),
+        (orjson.dumps({"inputs": [TEXT]}), "missing input(s): x"),
+        (orjson.dumps({"inputs": [{**X, "shape": [2, 3]}, TEXT]}), "needs 6 elements"),
+        (orjson.dumps({"inputs": [{**X, "shape": [4, 2]}, TEXT]}), "must have shape [-1, 4]"),
+        (orjson.dumps({"inputs": [{**X, "datatype": "INT32"}, TEXT]}), "must be FP32, got INT32"),
+        (orjson.dumps({"inputs": [{**X, "datatype": "FP8"}, TEXT]}), "unsupported datatype"),
+        (orjson.dumps({"inputs": [{**X, "data": ["a"] * 8}, TEXT]}), "FP32 data cannot hold"),
+        (orjson.dumps({"inputs": [X, {**TEXT, "data": [1, 2]}]}), "BYTES data must be strings"),
+        (
+            orjson.dumps({"inputs": [X, {**TEXT, "shape": [3], "data": ["a", "b", "c"]}]}),
+            "batch size",
+        ),
+        (orjson.dumps({"inputs": [X, TEXT, {**X, "name": "z"}]}), "unknown input 'z'"),
+        (orjson.dumps({"inputs": [X, X, TEXT]}), "appears twice"),
+        (orjson.dumps({"inputs": [{**X, "shape": [-2, 4]}, TEXT]}), "non-negative integers"),
+        (orjson.dumps({"id": 5, "inputs": [X, TEXT]}), "'id' must be a string"),
+        (orjson.dumps({"inputs": [X, TEXT], "outputs": "y"}), "'outputs' must be a list"),
+    ]
+    for body, message in cases:
+        r = client.post("/v2/models/echo/infer", content=body)
+        assert r.status_code == 400, (body, r.text)
+        assert message in r.json()["error"], (body, r.json())
+
+
+def test_backend_invalid_input_is_400(client: TestClient) -> None:
+    # NaN cannot travel in JSON, but it can in the binary extension; the backend rejects it.
+    x = np.full((1, 4), np.nan, dtype=np.float32)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32",
+                 "parameters": {"binary_data_size": 16}},
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+            ]
+        }
+    )  # fmt: skip
+    r = client.post(
+        "/v2/models/echo/infer",
+        content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 400
+    assert r.json() == {"error": "x contains NaN"}
+
+
+def test_payload_too_large_is_413() -> None:
+    with serve_app(max_request_bytes=2048) as (client, _, _):
+        big = {"inputs": [{**X, "shape": [200, 4], "data": [1.0] * 800}, TEXT]}
+        r = infer(client, big)
+        assert r.status_code == 413
+        assert "MODEL_SERVER_MAX_REQUEST_BYTES" in r.json()["error"]
+
+        def chunks():
+            yield orjson.dumps(big)
+
+        r = client.post("/v2/models/echo/infer", content=chunks())  # chunked, no length
+        assert r.status_code == 413
+
+
+def test_not_ready_while_loading_then_ready() -> None:
+    backend = EchoBackend()
+    backend.release_load.clear()
+    with serve_app(backend, ready=False) as (client, _, _):
+        assert client.get("/v2/health/live").status_code == 200
+        r = client.get("/v2/health/ready")
+        assert r.status_code == 503
+        assert "loading" in r.json()["error"]
+        assert infer(client, {"inputs": [X, TEXT]}).status_code == 503
+        assert client.get("/v2/models/echo").json()["parameters"]["state"] == "loading"
+        backend.release_load.set()
+        deadline = time.monotonic() + 10
+        while client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert infer(client, {"inputs": [X, TEXT]}).status_code == 200
+
+
+def test_failed_load_reports_reason_and_stays_up() -> None:
+    with serve_app(BrokenBackend(), ready=False) as (client, _, registry):
+        deadline = time.monotonic() + 10
+        while client.get("/v2/models/echo").json()["parameters"]["state"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        meta = client.get("/v2/models/echo").json()
+        assert meta["parameters"]["state"] == "failed"
+        assert "model.safetensors is corrupt" in meta["parameters"]["reason"]
+        r = infer(client, {"inputs": [X, TEXT]})
+        assert r.status_code == 503
+        assert "failed to load" in r.json()["error"]
+        assert "corrupt" in client.get("/v2/health/ready").json()["error"]
+        assert client.get("/v2/health/live").status_code == 200
+        labels = {"model": "echo", "variant": "int8"}
+        assert registry.get_sample_value("model_server_model_ready", labels) == 0.0
+
+
+def test_missing_model_dir_is_not_ready_with_reason(tmp_path) -> None:
+    from model_server.app import create_app
+    from model_server.settings import Settings
+
+    app = create_app(Settings(model_name="m", model_dir=tmp_path / "absent"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/v2/models/m").json()["parameters"]["state"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        reason = client.get("/v2/models/m").json()["parameters"]["reason"]
+        assert "does not exist" in reason
+
+
+def test_generate_and_stream() -> None:
+    with serve_app(GenerateBackend()) as (client, _, _):
+        r = client.post(
+            "/v2/models/echo/generate",
+            json={"text_input": "one two three", "parameters": {"max_tokens": 2}},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {"model_name": "echo", "model_version": "1", "text_output": "one two "}
+        with client.stream(
+            "POST", "/v2/models/echo/generate_stream", json={"text_input": "a b c"}
+        ) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = [
+                orjson.loads(line[len("data: ") :])
+                for line in stream.iter_lines()
+                if line.startswith("data: ")
+            ]
+        assert [e["text_output"] for e in events] == ["a ", "b ", "c "]
+        r = client.post("/v2/models/echo/generate", json={"text_input": 5})
+        assert r.status_code == 400
+        assert "text_input" in r.json()["error"]
+        r = client.post("/v2/models/echo/generate", json={"text_input": "x", "max_tokens": -1})
+        assert r.status_code == 400
+        assert "max_tokens" in r.json()["error"]
+
+
+def test_generate_on_a_non_generative_model_is_400(client: TestClient) -> None:
+    r = client.post("/v2/models/echo/generate", json={"text_input": "hi"})
+    assert r.status_code == 400
+    assert "does not support generate" in r.json()["error"]
+
+
+def test_concurrent_http_requests_get_their_own_rows() -> None:
+    with serve_app(EchoBackend(delay_s=0.01), max_batch_size=8) as (client, backend, _):
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            body = {
+                "inputs": [
+                    {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [i, i, i, i]},
+                    {"name": "text", "shape": [1], "datatype": "BYTES", "data": [f"w{i}"]},
+                ]
+            }
+            results[i] = infer(client, body).json()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, body in results.items():
+            out = {o["name"]: o["data"] for o in body["outputs"]}  # type: ignore[index]
+            assert out["y"] == [2 * i] * 4
+            assert out["upper"] == [f"W{i}"]
+        assert sum(backend.batches) == 12  # type: ignore[attr-defined]

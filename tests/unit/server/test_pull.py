@@ -1,0 +1,191 @@
+"""`model-server pull`: file://, http:// (local server), s3:// (moto on loopback), atomicity."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from model_server.cli import main as cli_main
+from model_server.pull import MARKER, PullError, pull
+
+
+def make_model_dir(root: Path) -> Path:
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"a": 1}')
+    (src / "sub" / "weights.bin").write_bytes(b"\x00\x01" * 1000)
+    return src
+
+
+def make_tarball(root: Path) -> Path:
+    src = make_model_dir(root)
+    archive = root / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for path in src.rglob("*"):
+            tf.add(path, arcname=str(path.relative_to(src)))
+    return archive
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_directory(tmp_path: Path) -> None:
+    src = make_model_dir(tmp_path)
+    dest = tmp_path / "out" / "model"
+    pull(src.as_uri(), dest)
+    assert (dest / "config.json").read_text() == '{"a": 1}'
+    assert (dest / "sub" / "weights.bin").read_bytes() == b"\x00\x01" * 1000
+    assert not list(dest.parent.glob(".pull-*"))
+
+
+def test_file_archive_with_checksum_is_unpacked(tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path)
+    dest = tmp_path / "model"
+    pull(archive.as_uri(), dest, sha256=sha(archive))
+    assert (dest / "config.json").is_file()
+    assert (dest / "sub" / "weights.bin").is_file()
+    assert not (dest / "model.tar.gz").exists()
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path)
+    dest = tmp_path / "model"
+    with pytest.raises(PullError, match="checksum mismatch"):
+        pull(archive.as_uri(), dest, sha256="0" * 64)
+    assert not dest.exists()
+    assert not list(tmp_path.glob(".pull-*"))
+
+
+def test_cli_reports_failure_with_exit_code(tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path)
+    dest = tmp_path / "model"
+    assert cli_main(["pull", archive.as_uri(), str(dest), "--sha256", "ab" * 32]) == 1
+    assert not dest.exists()
+    assert cli_main(["pull", archive.as_uri(), str(dest), "--sha256", sha(archive)]) == 0
+    assert (dest / "config.json").is_file()
+
+
+def test_into_empty_volume_directory_and_rerun_is_noop(tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path)
+    volume = tmp_path / "mnt"
+    volume.mkdir()  # like an emptyDir mount point that cannot be replaced
+    pull(archive.as_uri(), volume, sha256=sha(archive))
+    assert (volume / "config.json").is_file()
+    assert (volume / MARKER).is_file()
+    assert not list(volume.glob(".pull-*"))
+    pull(archive.as_uri(), volume, sha256=sha(archive))  # same pull again: nothing to do
+    other = make_model_dir(tmp_path / "x")
+    with pytest.raises(PullError, match="not empty"):
+        pull(other.as_uri(), volume)
+    pull(other.as_uri(), volume, force=True)
+    assert (volume / "sub" / "weights.bin").is_file()
+
+
+def test_archive_member_escaping_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(PullError, match="cannot unpack"):
+        pull(archive.as_uri(), tmp_path / "model")
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "model").exists()
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(PullError, match="unsupported URI scheme"):
+        pull("ftp://x/y", tmp_path / "m")
+    with pytest.raises(PullError, match="64 hexadecimal"):
+        pull((tmp_path).as_uri(), tmp_path / "m", sha256="xyz")
+    with pytest.raises(PullError, match="no such file"):
+        pull((tmp_path / "absent").as_uri(), tmp_path / "m")
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_archive_and_single_file(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    url, root = http_root
+    archive = make_tarball(tmp_path)
+    (root / "model.tar.gz").write_bytes(archive.read_bytes())
+    (root / "model.pt").write_bytes(b"torchscript-bytes")
+    pull(f"{url}/model.tar.gz", tmp_path / "a", sha256=sha(archive))
+    assert (tmp_path / "a" / "sub" / "weights.bin").is_file()
+    pull(f"{url}/model.pt", tmp_path / "b")
+    assert (tmp_path / "b" / "model.pt").read_bytes() == b"torchscript-bytes"
+    with pytest.raises(PullError, match="HTTP 404"):
+        pull(f"{url}/missing.bin", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(PullError, match="checksum mismatch"):
+        pull(f"{url}/model.pt", tmp_path / "d", sha256="1" * 64)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+    client.create_bucket(Bucket="models")
+    try:
+        yield client
+    finally:
+        server.stop()
+
+
+def test_s3_prefix_and_object(tmp_path: Path, s3: object) -> None:
+    client: object = s3
+    put = client.put_object  # type: ignore[attr-defined]
+    put(Bucket="models", Key="bert/v1/config.json", Body=b"{}")
+    put(Bucket="models", Key="bert/v1/tok/vocab.txt", Body=b"a\nb\n")
+    archive = make_tarball(tmp_path)
+    put(Bucket="models", Key="packed/model.tar.gz", Body=archive.read_bytes())
+
+    pull("s3://models/bert/v1", tmp_path / "p")
+    assert (tmp_path / "p" / "config.json").read_bytes() == b"{}"
+    assert (tmp_path / "p" / "tok" / "vocab.txt").read_bytes() == b"a\nb\n"
+
+    pull("s3://models/packed/model.tar.gz", tmp_path / "o", sha256=sha(archive))
+    assert (tmp_path / "o" / "sub" / "weights.bin").is_file()
+
+    with pytest.raises(PullError, match="checksum mismatch"):
+        pull("s3://models/packed/model.tar.gz", tmp_path / "bad", sha256="2" * 64)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(PullError, match="no objects"):
+        pull("s3://models/nothing-here/", tmp_path / "none")
+    assert not (tmp_path / "none").exists()
