@@ -69,7 +69,7 @@ def _check_pin(c: Component) -> None:
 
 
 def is_built(c: Component) -> bool:
-    d = paths.component_bin_dir(c.name)
+    d = paths.bin_root() / c.bin_dir_name
     return (d / STAMP).is_file() and all((d / b).is_file() for b in c.binaries)
 
 
@@ -99,7 +99,7 @@ def build_component(c: Component, go: str, go_version: str, *, force: bool = Fal
                     out: Callable[[str], None] = print, index: str = "") -> bool:
     """Build one component; returns True if it built, False if it was already up to date."""
     _check_pin(c)
-    target = paths.component_bin_dir(c.name)
+    target = paths.bin_root() / c.bin_dir_name
     key = _stamp_key(c, go_version)
     stamp = target / STAMP
     if not force and is_built(c) and stamp.read_text().strip() == key:

@@ -58,6 +58,18 @@ class Pki:
         return self.dir / "apiserver.key"
 
     @property
+    def front_proxy_ca(self) -> Path:
+        return self.dir / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        return self.dir / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.dir / "front-proxy-client.key"
+
+    @property
     def sa_key(self) -> Path:
         return self.dir / "sa.key"
 
@@ -111,23 +123,30 @@ def generate(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
 
-    ca_key = _key()
-    ca_name = _name("localcluster-ca")
-    ca = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+    def new_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, x509.Certificate]:
+        key = _key()
+        name = _name(cn)
+        cert = (
+            _builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
+        return key, name, cert
+
+    ca_key, ca_name, ca = new_ca("localcluster-ca")
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _write_key(pki.ca_key, ca_key)
 
     def issue(cert_path: Path, key_path: Path, subject: x509.Name, usage: x509.ObjectIdentifier,
-              sans: list[x509.GeneralName] | None = None) -> None:
+              sans: list[x509.GeneralName] | None = None,
+              signer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None = None) -> None:
+        sign_key, sign_name = signer or (ca_key, ca_name)
         key = _key()
-        b = _builder(subject, ca_name, key.public_key()).add_extension(
+        b = _builder(subject, sign_name, key.public_key()).add_extension(
             x509.ExtendedKeyUsage([usage]), critical=False
         ).add_extension(
             x509.KeyUsage(True, False, True, False, False, False, False, False, False),
@@ -136,7 +155,7 @@ def generate(directory: Path) -> Pki:
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert_path.write_bytes(
-            b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+            b.sign(sign_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         )
         _write_key(key_path, key)
 
@@ -147,6 +166,13 @@ def generate(directory: Path) -> Pki:
     for name, (cn, orgs) in CLIENTS.items():
         issue(pki.client_cert(name), pki.client_key(name), _name(cn, orgs),
               ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    # The aggregation layer (front proxy): lets extension API servers (e.g. a metrics API)
+    # trust requests the API server proxies to them.
+    fp_key, fp_name, fp_ca = new_ca("localcluster-front-proxy-ca")
+    pki.front_proxy_ca.write_bytes(fp_ca.public_bytes(serialization.Encoding.PEM))
+    issue(pki.front_proxy_client_cert, pki.front_proxy_client_key, _name("front-proxy-client"),
+          ExtendedKeyUsageOID.CLIENT_AUTH, signer=(fp_key, fp_name))
 
     sa = _key()
     _write_key(pki.sa_key, sa)

@@ -79,6 +79,27 @@ class Cluster:
         )
         return dict(os.environ, KUBECONFIG=str(self.kubeconfig), PATH=path)
 
+    def kubectl_run(self, *args: str, input: str | None = None, check: bool = True,
+                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the matching kubectl against this cluster; raises ClusterError if ``check``."""
+        proc = subprocess.run(
+            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, check=False, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def kubectl_json(self, *args: str) -> Any:
+        """``kubectl <args> -o json``, parsed."""
+        return json.loads(self.kubectl_run(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> str:
+        """``kubectl apply`` a manifest (a dict, or YAML/JSON text)."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        ns = [f"--namespace={namespace}"] if namespace else []
+        return self.kubectl_run("apply", *ns, "-f", "-", input=text).stdout
+
 
 @dataclass
 class ComponentStatus:
@@ -257,6 +278,16 @@ def _commands(state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
             f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+            f"--proxy-client-key-file={pki.front_proxy_client_key}",
+            # Endpoints may not hold loopback addresses, and nothing runs in a pod here that
+            # could reach the API server through the `kubernetes` Service anyway.
+            "--endpoint-reconciler-type=none",
             "--allow-privileged=true", "--profiling=false", "--v=1",
         ],
         "kube-controller-manager": [
@@ -313,13 +344,7 @@ def _wait(what: str, check: Callable[[], tuple[bool, str]], deadline: float,
 
 
 def _kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}", *args],
-        input=stdin, capture_output=True, text=True, check=False, timeout=60,
-    )
-    if proc.returncode != 0:
-        raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return cluster.kubectl_run(*args, input=stdin).stdout
 
 
 def api_get(cluster: Cluster, path: str) -> dict[str, Any]:
@@ -369,9 +394,11 @@ def current(state_dir: str | os.PathLike[str] | None = None) -> Cluster | None:
 
 
 def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
-       out: Callable[[str], None] = lambda _line: None) -> Cluster:
+       out: Callable[[str], None] = lambda _line: None, owner: str = "cli",
+       user: int | None = None) -> Cluster:
     """Start the control plane (or reuse a healthy one) and return when it is healthy.
 
+    ``user`` (a pid) registers that process as a user of the cluster (see ``release``).
     Raises NotBuiltError if the binaries are missing and ClusterError (naming the component
     and its log) if anything fails to become healthy within ``timeout`` seconds.
     """
@@ -383,21 +410,24 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
         )
     sd = paths.resolve_state_dir(state_dir)
     with _locked(sd):
-        existing = current(sd)
-        if existing:
-            out(f"control plane already running ({existing.server}); reusing it")
-            return existing
-        if _read_state(sd):
-            out("stopping the remains of a previous, unhealthy control plane")
-            _stop(sd)
-        try:
-            return _start(sd, timeout, out)
-        except BaseException:
-            _stop(sd)
-            raise
+        c = current(sd)
+        if c:
+            out(f"control plane already running ({c.server}); reusing it")
+        else:
+            if _read_state(sd):
+                out("stopping the remains of a previous, unhealthy control plane")
+                _stop(sd)
+            try:
+                c = _start(sd, timeout, out, owner)
+            except BaseException:
+                _stop(sd)
+                raise
+        if user:
+            acquire(sd, user)
+        return c
 
 
-def _start(sd: Path, timeout: float, out: Callable[[str], None]) -> Cluster:
+def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> Cluster:
     t0 = time.monotonic()
     deadline = t0 + timeout
     for d in ("etcd-data", "pki", "serving-controller-manager", "serving-scheduler"):
@@ -412,7 +442,8 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None]) -> Cluster:
     for client in ("controller-manager", "scheduler", "kwok"):
         _write_kubeconfig(sd / f"kubeconfig-{client}", server, pki, client)
     cmds = _commands(sd, ports)
-    state: dict[str, Any] = {"ports": ports, "pids": {}, "started_at": time.time()}
+    state: dict[str, Any] = {"ports": ports, "pids": {}, "started_at": time.time(),
+                             "owner": owner}
     _write_state(sd, state)
     urls = _endpoints(ports)
 
@@ -515,3 +546,31 @@ def down(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return []
     with _locked(sd):
         return _stop(sd)
+
+
+# ----------------------------------------------------------------------------- shared use
+
+
+def acquire(state_dir: str | os.PathLike[str] | None = None, user: int | None = None) -> None:
+    """Record that process ``user`` (default: this one) uses the cluster in ``state_dir``."""
+    d = paths.resolve_state_dir(state_dir) / "users"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / str(user or os.getpid())).touch()
+
+
+def release(state_dir: str | os.PathLike[str] | None = None, user: int | None = None) -> bool:
+    """Drop ``user``'s claim; stop the cluster if it was started for tests (owner "pytest")
+    and no other live process still uses it. Returns True if it stopped the cluster."""
+    sd = paths.resolve_state_dir(state_dir)
+    with _locked(sd):
+        d = sd / "users"
+        (d / str(user or os.getpid())).unlink(missing_ok=True)
+        others = [p for p in (d.iterdir() if d.exists() else []) if p.name.isdigit()]
+        live = [p for p in others if _proc_alive(int(p.name))]
+        for p in set(others) - set(live):
+            p.unlink(missing_ok=True)
+        state = _read_state(sd) or {}
+        if live or state.get("owner") != "pytest":
+            return False
+        _stop(sd)
+        return True

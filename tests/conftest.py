@@ -1,0 +1,75 @@
+"""Shared pytest fixtures: the local control plane (``cluster``) and a fresh ``namespace`` per test.
+
+``cluster`` is session-scoped. It reuses a healthy control plane that is already running in
+the shared state directory (``$MSV_STATE``, default ``~/.cache/modelservice/state``), or starts
+one and stops it at the end of the session, unless another live test session still uses it
+or ``MSV_KEEP_CLUSTER=1``. It never builds: missing binaries fail the test with the command to
+run. Tests that use it are marked ``cluster`` automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from localcluster import build, paths
+from localcluster import cluster as lc
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"cluster", "namespace"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[lc.Cluster]:
+    """The running local control plane (``.kubeconfig``, ``.kubectl``, ``.helm``, ``.env``)."""
+    missing = build.missing_binaries()
+    if missing:
+        pytest.fail(
+            f"the local control plane is not built (missing: {', '.join(missing)}); "
+            "run: python -m localcluster build",
+            pytrace=False,
+        )
+    state_dir = paths.resolve_state_dir()
+    try:
+        c = lc.up(state_dir, timeout=180, owner="pytest", user=os.getpid())
+    except lc.ClusterError as e:
+        pytest.fail(f"could not start the local control plane: {e}", pytrace=False)
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(c.kubeconfig)
+    try:
+        yield c
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+        if os.environ.get("MSV_KEEP_CLUSTER") == "1":
+            (state_dir / "users" / str(os.getpid())).unlink(missing_ok=True)
+        else:
+            lc.release(state_dir)
+
+
+@pytest.fixture
+def namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (with its default service account); deleted afterwards."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{base}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl_run("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while cluster.kubectl_run("get", "serviceaccount", "default", "-n", name,
+                              check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"namespace {name} never got its default service account")
+        time.sleep(0.2)
+    try:
+        yield name
+    finally:
+        cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,279 @@
+"""Proof tests for the local control plane: GPU scheduling, garbage collection, Pod Security
+admission, versions, and the up/status/down life cycle on an isolated second instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localcluster import cluster as lc
+from localcluster import nodes, paths, versions
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
+MAX_GPUS = max(n.gpus for n in nodes.DEFAULT_POOL)
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def gpu_pod_spec(gpus: int, tolerate: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [{
+            "name": "model",
+            "image": "registry.invalid/model-server:test",
+            "resources": {"limits": {"nvidia.com/gpu": str(gpus)},
+                          "requests": {"cpu": "1", "memory": "1Gi"}},
+        }],
+    }
+    if tolerate:
+        spec["tolerations"] = [GPU_TOLERATION]
+    return spec
+
+
+def deployment(name: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+        },
+    }
+
+
+def pods(cluster: lc.Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.kubectl_json(
+        "get", "pods", "-n", namespace, "-l", selector)["items"]
+    return items
+
+
+def failed_scheduling_messages(cluster: lc.Cluster, namespace: str) -> list[str]:
+    events = cluster.kubectl_json("get", "events", "-n", namespace,
+                                  "--field-selector", "reason=FailedScheduling")["items"]
+    return [e.get("message", "") for e in events]
+
+
+# ----------------------------------------------------------------------------- the node pool
+
+
+def test_node_pool_advertises_gpus_with_labels_and_taint(cluster: lc.Cluster) -> None:
+    items = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
+    assert set(items) >= {n.name for n in nodes.DEFAULT_POOL}
+    for spec in nodes.DEFAULT_POOL:
+        node = items[spec.name]
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        assert ready == "True"
+        taints = node["spec"].get("taints", [])
+        if spec.gpus:
+            assert node["status"]["allocatable"]["nvidia.com/gpu"] == str(spec.gpus)
+            assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == spec.gpu_product
+            assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(spec.gpus)
+            assert {"key": "nvidia.com/gpu", "value": "present",
+                    "effect": "NoSchedule"} in taints
+        else:
+            assert "nvidia.com/gpu" not in node["status"]["allocatable"]
+            assert not taints
+
+
+def test_kubectl_and_server_report_the_pinned_version(cluster: lc.Cluster) -> None:
+    out = cluster.kubectl_json("version")
+    assert out["clientVersion"]["gitVersion"] == versions.KUBERNETES
+    assert out["serverVersion"]["gitVersion"] == versions.KUBERNETES
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def test_gpu_deployment_is_scheduled_on_a_gpu_node_and_becomes_ready(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.apply(deployment("gpu-model", gpu_pod_spec(1, tolerate=True)), namespace)
+
+    def ready_replicas() -> int:
+        d = cluster.kubectl_json("get", "deployment", "gpu-model", "-n", namespace)
+        return int(d.get("status", {}).get("readyReplicas", 0))
+
+    assert wait_for("readyReplicas == 1", ready_replicas) == 1
+    [pod] = pods(cluster, namespace, "app=gpu-model")
+    assert pod["spec"]["nodeName"] in GPU_NODES
+    assert pod["status"]["phase"] == "Running"
+    node = cluster.kubectl_json("get", "node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"]["nvidia.com/gpu.product"].startswith("NVIDIA-")
+
+
+def test_gpu_pod_without_toleration_stays_pending_with_the_taint_as_reason(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.apply(deployment("no-toleration", gpu_pod_spec(1, tolerate=False)), namespace)
+    messages = wait_for("a FailedScheduling event",
+                        lambda: failed_scheduling_messages(cluster, namespace))
+    assert any("untolerated taint" in m and "nvidia.com/gpu" in m for m in messages), messages
+    [pod] = pods(cluster, namespace, "app=no-toleration")
+    assert pod["status"]["phase"] == "Pending"
+    assert not pod["spec"].get("nodeName")
+
+
+def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.apply(deployment("too-many-gpus", gpu_pod_spec(MAX_GPUS + 1, tolerate=True)),
+                  namespace)
+    messages = wait_for("a FailedScheduling event",
+                        lambda: failed_scheduling_messages(cluster, namespace))
+    assert any("Insufficient nvidia.com/gpu" in m for m in messages), messages
+    [pod] = pods(cluster, namespace, "app=too-many-gpus")
+    assert pod["status"]["phase"] == "Pending"
+    assert not pod["spec"].get("nodeName")
+
+
+# ----------------------------------------------------------------------------- controllers
+
+
+def test_deleting_an_owner_garbage_collects_its_dependents(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.kubectl_run("create", "configmap", "owner", "-n", namespace)
+    owner = cluster.kubectl_json("get", "configmap", "owner", "-n", namespace)
+    cluster.apply({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "dependent", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+            "uid": owner["metadata"]["uid"]}]},
+        "data": {"k": "v"},
+    }, namespace)
+    cluster.apply(deployment("web", {"containers": [{"name": "c", "image": "x.invalid/y"}]}),
+                  namespace)
+    wait_for("the deployment's pod", lambda: pods(cluster, namespace, "app=web"))
+
+    cluster.kubectl_run("delete", "configmap", "owner", "-n", namespace)
+    cluster.kubectl_run("delete", "deployment", "web", "-n", namespace)
+
+    def gone() -> bool:
+        cm = cluster.kubectl_run("get", "configmap", "dependent", "-n", namespace, check=False)
+        rs = cluster.kubectl_json("get", "replicasets", "-n", namespace, "-l", "app=web")
+        return ("NotFound" in cm.stderr and not rs["items"]
+                and not pods(cluster, namespace, "app=web"))
+
+    wait_for("dependents to be garbage-collected", gone)
+
+
+def test_pod_security_restricted_rejects_a_privileged_pod(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.kubectl_run("label", "namespace", namespace,
+                        "pod-security.kubernetes.io/enforce=restricted")
+    bad = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad"},
+           "spec": {"containers": [{"name": "c", "image": "x.invalid/y",
+                                    "securityContext": {"privileged": True}}]}}
+    proc = cluster.kubectl_run("apply", "-n", namespace, "-f", "-",
+                               input=json.dumps(bad), check=False)
+    assert proc.returncode != 0
+    assert 'violates PodSecurity "restricted' in proc.stderr
+    assert "privileged" in proc.stderr
+
+    good = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "good"},
+            "spec": {
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "c", "image": "x.invalid/y", "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.apply(good, namespace)  # a compliant pod is admitted in the same namespace
+    assert cluster.kubectl_json("get", "pod", "good", "-n", namespace)["metadata"]["name"]
+
+
+# ----------------------------------------------------------------------------- life cycle
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "localcluster", *args], capture_output=True,
+                          text=True, check=False, timeout=300, env=env)
+
+
+def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
+    again = lc.up(cluster.state_dir)
+    assert again.reused
+    assert again.ports == cluster.ports
+    proc = run_cli("status", "--state-dir", str(cluster.state_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in lc.COMPONENTS:
+        assert f"{name}" in proc.stdout
+    assert proc.stdout.count("healthy") == len(lc.COMPONENTS)
+
+
+def _pids_using(state_dir: Path) -> list[int]:
+    """Processes whose command line mentions ``state_dir`` (ours: certs, data, kubeconfigs)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(state_dir) in cmd and int(p.name) != os.getpid():
+            found.append(int(p.name))
+    return found
+
+
+@pytest.mark.slow
+def test_isolated_instance_up_twice_status_reports_a_dead_component_and_down_leaves_nothing(
+        cluster: lc.Cluster, tmp_path: Path) -> None:
+    state = tmp_path / "second"
+    try:
+        proc = run_cli("up", "--state-dir", str(state))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "control plane started" in proc.stdout
+        second = lc.current(state)
+        assert second is not None
+        # It runs next to the shared cluster: every port differs (the shared ones are busy).
+        assert not set(second.ports.values()) & set(cluster.ports.values())
+
+        proc = run_cli("up", "--state-dir", str(state))
+        assert proc.returncode == 0
+        assert "control plane reused" in proc.stdout
+        assert lc.current(state) is not None and lc.current(state).ports == second.ports  # type: ignore[union-attr]
+
+        sched = {s.name: s for s in lc.status(state)}["kube-scheduler"]
+        assert sched.pid
+        os.kill(sched.pid, signal.SIGKILL)
+        wait_for("the scheduler to exit", lambda: not lc._proc_alive(sched.pid), timeout=10)
+        proc = run_cli("status", "--state-dir", str(state))
+        assert proc.returncode == 1
+        assert "kube-scheduler           DEAD" in proc.stdout
+        assert "last lines of" in proc.stdout and "kube-scheduler.log" in proc.stdout
+
+        proc = run_cli("down", "--state-dir", str(state))
+        assert proc.returncode == 0, proc.stderr
+        assert "stopped" in proc.stdout
+        assert _pids_using(state) == []
+        assert sorted(p.name for p in state.iterdir() if p.name != ".lock") == ["logs"]
+        assert run_cli("status", "--state-dir", str(state)).returncode == 3
+    finally:
+        lc.down(state)
+    # The shared cluster was not touched.
+    assert lc.is_healthy(cluster.state_dir)
+
+
+def test_up_without_binaries_names_the_build_command(tmp_path: Path) -> None:
+    env = dict(os.environ, MSV_CACHE=str(tmp_path / "empty-cache"))
+    proc = run_cli("up", "--state-dir", str(tmp_path / "state"), env=env)
+    assert proc.returncode == 1
+    assert "python -m localcluster build" in proc.stderr
+    assert paths.binary("kube-apiserver").is_file()  # the real cache is untouched
