@@ -417,14 +417,27 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
             if _read_state(sd):
                 out("stopping the remains of a previous, unhealthy control plane")
                 _stop(sd)
-            try:
-                c = _start(sd, timeout, out, owner)
-            except BaseException:
-                _stop(sd)
-                raise
+            c = _start_retrying_busy_ports(sd, timeout, out, owner)
         if user:
             acquire(sd, user)
         return c
+
+
+def _start_retrying_busy_ports(sd: Path, timeout: float, out: Callable[[str], None],
+                               owner: str, attempts: int = 3) -> Cluster:
+    """Start; if a port picked as free was taken before a component bound it, pick new ports."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(sd, timeout, out, owner)
+        except ClusterError as e:
+            _stop(sd)
+            if "address already in use" not in str(e) or attempt == attempts:
+                raise
+            out(f"  a port was taken meanwhile ({str(e).splitlines()[0]}); retrying on new ports")
+        except BaseException:
+            _stop(sd)
+            raise
+    raise AssertionError("unreachable")
 
 
 def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> Cluster:

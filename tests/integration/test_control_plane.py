@@ -233,7 +233,7 @@ def _pids_using(state_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_isolated_instance_up_twice_status_reports_a_dead_component_and_down_leaves_nothing(
+def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leaves_nothing(
         cluster: lc.Cluster, tmp_path: Path) -> None:
     state = tmp_path / "second"
     try:
@@ -259,6 +259,13 @@ def test_isolated_instance_up_twice_status_reports_a_dead_component_and_down_lea
         assert "kube-scheduler           DEAD" in proc.stdout
         assert "last lines of" in proc.stdout and "kube-scheduler.log" in proc.stdout
 
+        # `up` on a cluster with a dead component replaces it with a healthy one.
+        proc = run_cli("up", "--state-dir", str(state))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "remains of a previous, unhealthy control plane" in proc.stdout
+        assert lc.is_healthy(state)
+        assert not lc._proc_alive(sched.pid, str(paths.binary("kube-scheduler")))
+
         proc = run_cli("down", "--state-dir", str(state))
         assert proc.returncode == 0, proc.stderr
         assert "stopped" in proc.stdout
@@ -277,3 +284,37 @@ def test_up_without_binaries_names_the_build_command(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "python -m localcluster build" in proc.stderr
     assert paths.binary("kube-apiserver").is_file()  # the real cache is untouched
+
+
+@pytest.mark.slow
+def test_up_moves_to_other_ports_when_a_chosen_port_is_busy(
+        cluster: lc.Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    real = lc._free_ports
+    calls: list[dict[str, int]] = []
+
+    def first_pick_is_busy(names: list[str]) -> dict[str, int]:
+        ports = real(names)
+        if not calls:
+            ports["kube-apiserver"] = busy_port  # as if someone grabbed it after we looked
+        calls.append(ports)
+        return ports
+
+    monkeypatch.setattr(lc, "_free_ports", first_pick_is_busy)
+    lines: list[str] = []
+    state = tmp_path / "busy"
+    try:
+        c = lc.up(state, out=lines.append)
+        assert len(calls) == 2
+        assert c.ports["kube-apiserver"] != busy_port
+        assert any("retrying on new ports" in line for line in lines), lines
+        assert lc.is_healthy(state)
+    finally:
+        lc.down(state)
+        busy.close()
+    assert _pids_using(state) == []
