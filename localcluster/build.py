@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def _go() -> str:
     go = shutil.which("go")
     if not go:
         raise BuildError(
-            "the Go toolchain (go >= 1.25) is not on PATH; install it, then run: " + RETRY
+            "the Go toolchain (go >= 1.26) is not on PATH; install it, then run: " + RETRY
         )
     return go
 
@@ -117,11 +118,12 @@ def build_component(c: Component, go: str, go_version: str, *, force: bool = Fal
     try:
         proc = _run_with_progress(cmd, module_dir(c), env, c.name, out)
         if proc.returncode != 0:
+            hand = shlex.join([*cmd[:6], "-o", f"{target}{os.sep}", *c.packages])
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
             raise BuildError(
                 f"building {c.module}@{c.version} failed (go build exited {proc.returncode}):\n"
-                f"{tail}\nretry with: {RETRY}  (or by hand: cd {module_dir(c)} && "
-                f"CGO_ENABLED=0 go build -trimpath ./... )"
+                f"{tail}\nretry with: {RETRY} {c.name}\n"
+                f"(the failing command, run in {module_dir(c)}: CGO_ENABLED=0 {hand})"
             )
         target.mkdir(parents=True, exist_ok=True)
         for b in c.binaries:
