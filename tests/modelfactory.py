@@ -313,3 +313,105 @@ def make_keras_cnn(
     else:
         raise ValueError(f"format must be 'savedmodel' or 'keras', not {format!r}")
     return model
+
+
+_POSITIVE = ["good", "great", "love", "happy", "fine", "yes"]
+_NEGATIVE = ["bad", "terrible", "awful", "hate", "sad", "no"]
+_NEUTRAL = [w for w in _WORDS if w not in _POSITIVE and w not in _NEGATIVE and w not in ("not",)]
+
+
+def sentiment_sentences(n: int, seed: int = 0, length: int = 8) -> tuple[list[str], list[int]]:
+    """Synthetic, separable sentiment data: neutral words plus one or two polar words.
+
+    Label 1 when the polar words are positive, 0 when negative. A tiny model learns it in
+    a few dozen steps, so its outputs mean something (used to measure agreement).
+    """
+    import random
+
+    rnd = random.Random(seed)
+    texts: list[str] = []
+    labels: list[int] = []
+    for _ in range(n):
+        label = rnd.randint(0, 1)
+        polar = _POSITIVE if label else _NEGATIVE
+        words = [rnd.choice(_NEUTRAL) for _ in range(length)]
+        for _ in range(rnd.randint(1, 2)):
+            words.insert(rnd.randrange(len(words) + 1), rnd.choice(polar))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def train_text_classifier(
+    model: Any,
+    tokenizer: Any,
+    *,
+    steps: int = 60,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> float:
+    """Train `model` on `sentiment_sentences` in place; returns held-out accuracy."""
+    import torch
+
+    torch.manual_seed(seed)
+    texts, labels = sentiment_sentences(steps * batch_size, seed=seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        chunk = slice(step * batch_size, (step + 1) * batch_size)
+        enc = tokenizer(texts[chunk], padding=True, truncation=True, return_tensors="pt")
+        out = model(**enc, labels=torch.tensor(labels[chunk]))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    test_texts, test_labels = sentiment_sentences(256, seed=seed + 1000)
+    with torch.inference_mode():
+        enc = tokenizer(test_texts, padding=True, truncation=True, return_tensors="pt")
+        pred = model(**enc).logits.argmax(-1)
+    return float((pred == torch.tensor(test_labels)).float().mean())
+
+
+def make_trained_text_classifier(path: str | Path, *, steps: int = 60, **sizes: Any) -> float:
+    """A small BERT classifier trained on synthetic sentiment data, saved; returns accuracy."""
+    from transformers import AutoTokenizer
+
+    model = make_text_classifier(path, save=False, **sizes)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    accuracy = train_text_classifier(model, tokenizer, steps=steps)
+    model.save_pretrained(Path(path), safe_serialization=True)
+    return accuracy
+
+
+def colour_images(n: int, seed: int = 0) -> tuple[Any, Any]:
+    """Synthetic, separable 32x32x3 images in 3 classes: class k has colour channel k raised.
+
+    Position-free on purpose: the CNN ends in global average pooling.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = rng.random((n, 32, 32, 3), dtype=np.float32) * 0.6
+    images[np.arange(n), :, :, labels] += 0.4
+    return images, labels
+
+
+def make_trained_keras_cnn(
+    path: str | Path, format: str = "savedmodel", *, epochs: int = 3, seed: int = 0
+) -> tuple[Any, float]:
+    """The small CNN trained on `colour_images` (3 classes), saved; returns (model, accuracy)."""
+    model = build_keras_cnn(3, seed=seed)
+    x, y = colour_images(768, seed=seed)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    xt, yt = colour_images(128, seed=seed + 1000)
+    accuracy = float((model.predict(xt, verbose=0).argmax(-1) == yt).mean())
+    path = Path(path)
+    if format == "savedmodel":
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        model.save(str(path / "model.keras"))
+    return model, accuracy

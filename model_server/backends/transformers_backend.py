@@ -314,11 +314,11 @@ class TransformersBackend(Backend):
         return self.task == "text-generation"
 
     def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        raw = parameters.get("max_new_tokens", parameters.get("max_tokens"))
         try:
-            max_new = int(parameters.get("max_new_tokens", parameters.get("max_tokens", 0)) or 0)
+            max_new = DEFAULT_MAX_NEW_TOKENS if raw is None else int(raw)
         except (TypeError, ValueError):
             raise invalid("parameter 'max_new_tokens' must be an integer") from None
-        max_new = max_new or DEFAULT_MAX_NEW_TOKENS
         if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
             raise invalid(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new}")
         kwargs: dict[str, Any] = {

@@ -1,0 +1,123 @@
+"""TensorFlow backend: SavedModel and Keras load and predict with their declared tensors;
+TFLite dynamic-range int8 and float16 agree with the float model on a trained CNN;
+unstructured pruning reports sparsity; bad models and inputs get clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_server.backends import create_backend
+from model_server.backends.base import LoadOptions, ModelLoadError, TensorSpec
+from model_server.errors import InvalidInput
+
+pytestmark = pytest.mark.tensorflow
+
+# argmax agreement with the float model on 128 held-out images of the trained task
+TFLITE_AGREEMENT = 0.98
+
+
+def _load(path: Path, **options) -> object:
+    backend = create_backend("tensorflow")
+    backend.load(path, LoadOptions(**options))
+    return backend
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory: pytest.TempPathFactory, factory) -> Path:
+    path = tmp_path_factory.mktemp("trained-cnn") / "model"
+    _, accuracy = factory.make_trained_keras_cnn(path, "savedmodel")
+    assert accuracy >= 0.9, f"the synthetic task did not train (accuracy {accuracy})"
+    return path
+
+
+def test_savedmodel_signature_and_predict(savedmodel_dir: Path) -> None:
+    backend = _load(savedmodel_dir)
+    assert backend.inputs() == [TensorSpec("image", "FP32", (-1, 32, 32, 3))]
+    assert backend.outputs() == [TensorSpec("output_0", "FP32", (-1, 10))]
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    out = backend.predict({"image": x})
+    assert out["output_0"].shape == (3, 10) and out["output_0"].dtype == np.float32
+    np.testing.assert_allclose(out["output_0"].sum(-1), 1.0, rtol=1e-5)  # softmax
+    info = backend.info()
+    assert info.framework == "tensorflow" and info.parameters > 1000
+    assert info.size_bytes == info.parameters * 4
+
+
+def test_keras_file_predict(keras_dir: Path) -> None:
+    backend = _load(keras_dir)
+    assert backend.inputs() == [TensorSpec("image", "FP32", (-1, 32, 32, 3))]
+    assert [s.name for s in backend.outputs()] == ["probabilities"]
+    out = backend.predict({"image": np.zeros((2, 32, 32, 3), np.float32)})
+    assert out["probabilities"].shape == (2, 10)
+    # FP64 is converted; a wrong shape is the client's error
+    assert backend.predict({"image": np.zeros((1, 32, 32, 3))})["probabilities"].shape == (1, 10)
+    with pytest.raises(InvalidInput, match="must have shape"):
+        backend.predict({"image": np.zeros((1, 16, 32, 3), np.float32)})
+    with pytest.raises(InvalidInput, match="must be FP32"):
+        backend.predict({"image": np.zeros((1, 32, 32, 3), np.int32)})
+
+
+@pytest.mark.parametrize("quantization", ["dynamic-int8", "float16"])
+def test_tflite_quantization_agrees(trained_cnn: Path, factory, quantization: str) -> None:
+    x, _ = factory.colour_images(128, seed=77)
+    ref = _load(trained_cnn)
+    quant = _load(trained_cnn, quantization=quantization)
+    assert quant.info().extra["runtime"] == "tflite"
+    assert quant.outputs() == ref.outputs()
+    a, b = ref.predict({"image": x})["output_0"], quant.predict({"image": x})["output_0"]
+    assert b.shape == (128, 3)
+    assert float(np.mean(a.argmax(-1) == b.argmax(-1))) >= TFLITE_AGREEMENT
+
+
+def test_tflite_export_is_served(tmp_path: Path, trained_cnn: Path) -> None:
+    quant = _load(trained_cnn, quantization="dynamic-int8")
+    quant.export(tmp_path / "out")
+    assert (tmp_path / "out" / "model.tflite").is_file()
+    served = _load(tmp_path / "out")
+    assert served.info().extra["format"] == "tflite"
+    x = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        served.predict({"image": x})["output_0"], quant.predict({"image": x})["output_0"]
+    )
+
+
+def test_unstructured_pruning_sparsity(keras_dir: Path) -> None:
+    pruned = _load(keras_dir, pruning_method="unstructured", pruning_amount=0.5)
+    assert pruned.info().sparsity == pytest.approx(0.5, abs=0.02)
+    assert pruned.info().size_bytes == _load(keras_dir).info().size_bytes
+    out = pruned.predict({"image": np.ones((1, 32, 32, 3), np.float32)})
+    assert out["probabilities"].shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quantization": "bfloat16"}, "not available for TensorFlow"),
+        ({"pruning_method": "structured", "pruning_amount": 0.5}, "not available for TensorFlow"),
+    ],
+)
+def test_refused_optimizations(savedmodel_dir: Path, options, message) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        _load(savedmodel_dir, **options)
+
+
+def test_missing_and_corrupt_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        _load(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no TensorFlow model"):
+        _load(empty)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "saved_model.pb").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="cannot load SavedModel"):
+        _load(corrupt)
+    bad_keras = tmp_path / "bad-keras"
+    bad_keras.mkdir()
+    (bad_keras / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="cannot load Keras model"):
+        _load(bad_keras)
