@@ -30,6 +30,7 @@ from model_server.dataplane import SERVER_VERSION, DataPlane
 from model_server.errors import install_handlers
 from model_server.metrics import ServerMetrics
 from model_server.routers import schemas
+from model_server.routers.fastpath import InferFastPath
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings
 
@@ -49,6 +50,26 @@ def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
         return create_backend(framework)
 
     return make
+
+
+class ModelServerApp(FastAPI):
+    """FastAPI with the infer hot path answered before FastAPI's own machinery.
+
+    `fast_path` (routers.fastpath.InferFastPath) sees every request first and hands all but
+    infer requests to `handle`, the normal FastAPI/Starlette stack.
+    """
+
+    fast_path: Any = None
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.fast_path is not None and scope["type"] == "http":
+            scope["app"] = self
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -96,7 +117,7 @@ def create_app(
                 task.cancel()
             await dataplane.stop()
 
-    app = FastAPI(
+    app = ModelServerApp(
         title="ModelService model server",
         version=SERVER_VERSION,
         description="Open Inference Protocol v2 (REST) with the generate extension",
@@ -108,6 +129,8 @@ def create_app(
     app.state.registry = registry
     install_handlers(app)
     app.include_router(router)
+    if settings.infer_fast_path:
+        app.fast_path = InferFastPath(app.handle)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

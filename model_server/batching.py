@@ -15,6 +15,10 @@ Policy
 
 The model runs in a single worker thread (`run_exclusive` lets the generate endpoint share
 it), so backends never see concurrent calls and the event loop never blocks on the model.
+One exception keeps tiny models fast: when the model's measured time per batch (a moving
+average) stays below `inline_below_s` (default 0.3 ms), batches run directly on the event
+loop, because the hand-off to a thread and back costs more than the model itself. A slower
+batch raises the average and sends the next ones back to the thread.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Batcher:
         timeout_s: float = 30.0,
         on_batch: Callable[[int], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        inline_below_s: float = 0.0003,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or timeout_s <= 0 or max_delay_s < 0:
             raise ValueError("batcher limits must be positive")
@@ -80,6 +85,10 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.inline_below_s = inline_below_s
+        self._avg_s: float | None = None  # moving average of the model's time per batch
+        self._exclusive = 0  # run_exclusive calls in flight (never run inline beside them)
+        self._busy = False  # a batch is being executed
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +124,15 @@ class Batcher:
                 f"the request queue is full ({self.max_queue} waiting); retry later",
                 retry_after_s=1,
             )
+        if (
+            not self._busy
+            and not self._queue
+            and not self._exclusive
+            and self._avg_s is not None
+            and self._avg_s < self.inline_below_s
+        ):
+            # Idle server, tiny model: run it right here (no queue, no thread hop).
+            return self._run_inline(inputs)
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._queue.append(_Item(inputs, future))
         if self._on_queue_depth is not None:
@@ -132,7 +150,11 @@ class Batcher:
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` in the model's worker thread (serialised with batches)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        self._exclusive += 1
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        finally:
+            self._exclusive -= 1
 
     # dispatcher --------------------------------------------------------------------------
     def _take(self, batch: list[_Item], rows: int) -> int:
@@ -187,6 +209,7 @@ class Batcher:
                     except TimeoutError:
                         pass
                     rows = self._take(batch, rows)
+            self._busy = True
             try:
                 await self._execute(batch, rows)
             except asyncio.CancelledError:
@@ -196,6 +219,8 @@ class Batcher:
                 raise
             except Exception:  # never let the dispatcher die
                 log.exception("Batch dispatch failed")
+            finally:
+                self._busy = False
 
     async def _execute(self, batch: list[_Item], rows: int) -> None:
         if len(batch) == 1:
@@ -207,9 +232,13 @@ class Batcher:
             }
         if self._on_batch is not None:
             self._on_batch(rows)
-        loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+            avg = self._avg_s
+            if avg is not None and avg < self.inline_below_s and not self._exclusive:
+                outputs = self._timed_predict(inputs)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self._timed_predict, inputs)
         except InvalidInput as exc:
             if len(batch) > 1:
                 for item in batch:
@@ -245,6 +274,40 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result({n: a[start:end] for n, a in outputs.items()})
             start = end
+
+    def _run_inline(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = next(iter(inputs.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        self._busy = True
+        try:
+            if self._on_batch is not None:
+                self._on_batch(rows)
+            try:
+                outputs = self._timed_predict(inputs)
+            except ServerError:
+                raise
+            except Exception as exc:
+                log.exception("The model failed on a batch of %d rows", rows)
+                raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    raise InternalError(
+                        f"the model returned output {name!r} without the batch dimension"
+                    )
+            return outputs
+        finally:
+            self._busy = False
+            if self._queue and self._wakeup is not None:
+                self._wakeup.set()
+
+    def _timed_predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            return self._predict(inputs)
+        finally:
+            took = time.perf_counter() - started
+            avg = self._avg_s
+            self._avg_s = took if avg is None else 0.8 * avg + 0.2 * took
 
 
 def _fail(batch: list[_Item], exc: ServerError) -> None:

@@ -26,7 +26,7 @@ import orjson
 
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
 from model_server.batching import Batcher
-from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
+from model_server.errors import InternalError, InvalidInput, ModelNotFound, ModelNotReady
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-_KIND_OK: dict[str, tuple[type, ...]] = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+# numpy kinds a JSON array may parse to, per target kind (bool → "b", ints → "i"/"u", …)
+_KIND_OK: dict[str, str] = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 PLATFORMS = {
     "transformers": "pytorch_transformers",
     "torchscript": "pytorch_libtorch",
@@ -58,13 +59,18 @@ PLATFORMS = {
 HEADER_LENGTH = "inference-header-content-length"
 
 
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {dt: name for name, dt in DTYPES.items()}
+
+
 def _oip_datatype(dtype: np.dtype[Any]) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is not None:
+        return name
     if dtype.kind in "OUS":
         return "BYTES"
-    for name, dt in DTYPES.items():
-        if dt == dtype:
-            return name
-    raise InvalidInput(f"the model produced an unsupported dtype {dtype}")
+    if dtype.byteorder in "<>" and dtype.newbyteorder("=") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.newbyteorder("=")]
+    raise InternalError(f"the model produced an unsupported dtype {dtype}")
 
 
 class ModelState:
@@ -180,7 +186,7 @@ class DataPlane:
         self.batcher = Batcher(
             backend.predict,
             on_batch=metrics.observe_batch if metrics is not None else None,
-            on_queue_depth=metrics.queue_depth.set if metrics is not None else None,
+            on_queue_depth=metrics.set_queue_depth if metrics is not None else None,
             **args,  # type: ignore[arg-type]
         )
         self.batcher.start()
@@ -361,7 +367,9 @@ class DataPlane:
         for out_name in names:
             if out_name not in outputs:
                 raise InvalidInput(f"the model did not produce output {out_name!r}")
-            arr = np.asarray(outputs[out_name])
+            arr = outputs[out_name]
+            if type(arr) is not np.ndarray:
+                arr = np.asarray(arr)
             datatype = _oip_datatype(arr.dtype)
             entry: dict[str, Any] = {
                 "name": out_name,
@@ -557,15 +565,22 @@ def _decode_tensor(
             else:
                 raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {item!r:.40}")
         return arr.reshape(shape), 0
-    allowed = _KIND_OK[dtype.kind]
-    for item in data:
-        if type(item) not in allowed:
-            raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {item!r:.40}")
+    if not data:
+        return np.empty(shape, dtype=dtype), 0
     try:
-        arr = np.array(data, dtype=dtype)
+        parsed = np.array(data)  # one C pass; its kind says what the JSON values were
     except (OverflowError, ValueError) as exc:
-        raise InvalidInput(f"input {name!r}: data does not fit {datatype}: {exc}") from None
-    return arr.reshape(shape), 0
+        raise InvalidInput(f"input {name!r}: {datatype} data is malformed: {exc}") from None
+    if parsed.ndim != 1 or parsed.dtype.kind not in _KIND_OK[dtype.kind]:
+        bad = next((x for x in data if not isinstance(x, (bool, int, float))), data[0])
+        raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {bad!r:.40}")
+    if dtype.kind in "iu" and parsed.dtype != dtype:
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise InvalidInput(
+                f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
+            )
+    return parsed.astype(dtype, copy=False).reshape(shape), 0
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -637,16 +652,15 @@ def _check_against_spec(name: str, datatype: str, shape: tuple[int, ...], spec: 
 
 
 def _to_json_data(arr: np.ndarray, datatype: str) -> Any:
+    """Flat row-major data; orjson writes numeric arrays natively (NaN/Inf become null)."""
     if datatype == "BYTES":
         return [
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
             for x in arr.ravel().tolist()
         ]
-    flat = arr.ravel()
+    flat = arr.reshape(-1)
     if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
         flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return [x if math.isfinite(x) else str(x) for x in flat.tolist()]
     return flat
 
 

@@ -1,27 +1,36 @@
 """Prometheus collectors of the model server, all on an injected `CollectorRegistry`.
 
 `ServerMetrics` owns every collector; the app creates one per process (tests create one
-per test with a fresh registry and read values with `registry.get_sample_value`). Label
-children for the hot path are bound once, so a request costs one counter increment, one
-histogram observation and two gauge updates. GPU memory is exported only when torch is
-already loaded by a backend and sees CUDA; this module never imports a framework itself.
+per test with a fresh registry and read values with `registry.get_sample_value`).
+
+The per-request metrics (requests, latency, batch size, queue depth, in-flight) are plain
+Python counters in `HotPathCollector`, turned into Prometheus families only when scraped:
+every update happens on the event loop thread, so they need no locks, and a request costs
+a dict lookup, a `bisect` and a few integer additions instead of prometheus-client's
+locked children (which cost more than parsing the request; bench/serving_overhead.py).
+Everything else uses prometheus-client's own collectors. GPU memory is exported only when
+torch is already loaded by a backend and sees CUDA; this module never imports a framework.
 """
 
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
@@ -77,6 +86,80 @@ class GpuMemoryCollector(Collector):
         yield reserved
 
 
+class _Hist:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((repr(float(bound)), running))
+        running += self.counts[-1]
+        out.append(("+Inf", running))
+        return out
+
+
+class HotPathCollector(Collector):
+    """Per-request metrics as plain counters; families are built at scrape time."""
+
+    def __init__(self, model: str, variant: str) -> None:
+        self.model = model
+        self.variant = variant
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, _Hist] = {}
+        self.batch = _Hist(BATCH_BUCKETS)
+        self.queue_depth = 0
+        self.inflight = 0
+
+    def collect(self) -> Iterator[Metric]:
+        labels = [self.model, self.variant]
+        requests = CounterMetricFamily(
+            "model_server_requests",
+            "Inference requests by model, variant, endpoint and HTTP status",
+            labels=["model", "variant", "endpoint", "status"],
+        )
+        for (endpoint, status), count in list(self.requests.items()):
+            requests.add_metric([*labels, endpoint, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "model_server_request_duration_seconds",
+            "Time from request received to response ready",
+            labels=["model", "variant", "endpoint"],
+        )
+        for endpoint, hist in list(self.latency.items()):
+            latency.add_metric([*labels, endpoint], hist.buckets(), hist.total)
+        yield latency
+        batch = HistogramMetricFamily(
+            "model_server_batch_size",
+            "Rows per batch handed to the model",
+            labels=["model", "variant"],
+        )
+        batch.add_metric(labels, self.batch.buckets(), self.batch.total)
+        yield batch
+        depth = GaugeMetricFamily(
+            "model_server_queue_depth",
+            "Requests waiting for the model",
+            labels=["model", "variant"],
+        )
+        depth.add_metric(labels, self.queue_depth)
+        yield depth
+        inflight = GaugeMetricFamily(
+            "model_server_inflight_requests", "Requests being handled", labels=["model", "variant"]
+        )
+        inflight.add_metric(labels, self.inflight)
+        yield inflight
+
+
 class ServerMetrics:
     """All collectors for one served model (one model per process)."""
 
@@ -92,38 +175,8 @@ class ServerMetrics:
         self.model = model
         self.variant = variant
         labels = ("model", "variant")
-        self.requests = Counter(
-            "model_server_requests",
-            "Inference requests by model, variant, endpoint and HTTP status",
-            [*labels, "endpoint", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "model_server_request_duration_seconds",
-            "Time from request received to response ready",
-            [*labels, "endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_size = Histogram(
-            "model_server_batch_size",
-            "Rows per batch handed to the model",
-            labels,
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "model_server_queue_depth",
-            "Requests waiting for the model",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
-        self.inflight = Gauge(
-            "model_server_inflight_requests",
-            "Requests being handled",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
+        self.hot = HotPathCollector(model, variant)
+        registry.register(self.hot)
         self.load_seconds = Gauge(
             "model_server_model_load_seconds",
             "Time taken to load (and optimize) the model",
@@ -169,30 +222,31 @@ class ServerMetrics:
             labels,
             registry=registry,
         ).labels(model, variant)
-        self._batch_child = self.batch_size.labels(model, variant)
-        self._latency_children: dict[str, Any] = {}
-        self._request_children: dict[tuple[str, int], Any] = {}
         registry.register(GpuMemoryCollector(model, variant))
         if process_metrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
 
+    def request_started(self) -> None:
+        """A request entered the server (in-flight gauge)."""
+        self.hot.inflight += 1
+
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one finished request and record its latency."""
+        """A request started with `request_started` finished: count it, record latency."""
+        hot = self.hot
+        hot.inflight -= 1
         key = (endpoint, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self.requests.labels(self.model, self.variant, endpoint, str(status))
-            self._request_children[key] = child
-        child.inc()
-        lat = self._latency_children.get(endpoint)
-        if lat is None:
-            lat = self.latency.labels(self.model, self.variant, endpoint)
-            self._latency_children[endpoint] = lat
-        lat.observe(seconds)
+        hot.requests[key] = hot.requests.get(key, 0) + 1
+        hist = hot.latency.get(endpoint)
+        if hist is None:
+            hist = hot.latency[endpoint] = _Hist(LATENCY_BUCKETS)
+        hist.observe(seconds)
 
     def observe_batch(self, rows: int) -> None:
-        self._batch_child.observe(rows)
+        self.hot.batch.observe(rows)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.hot.queue_depth = depth
 
     def set_model_info(
         self,

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    infer_fast_path: bool = True
+    """Answer infer requests in a raw ASGI handler ahead of FastAPI's router (same results)."""
     access_log: bool = False
     """uvicorn's per-request access log (off: it costs more than the protocol handling)."""
 

@@ -131,7 +131,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     metrics = dp.metrics
     started = time.perf_counter()
     status = 200
-    metrics.inflight.inc()
+    metrics.request_started()
     try:
         body = await read_body(request, state.max_request_bytes)
         out, headers = await dp.infer(name, version, body, request.headers.get(HEADER_LENGTH))
@@ -143,7 +143,6 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         status = 500
         raise
     finally:
-        metrics.inflight.dec()
         metrics.observe_request("infer", status, time.perf_counter() - started)
 
 
@@ -176,7 +175,7 @@ async def _generate(request: Request, name: str, version: str | None, stream: bo
     endpoint = "generate_stream" if stream else "generate"
     started = time.perf_counter()
     status = 200
-    dp.metrics.inflight.inc()
+    dp.metrics.request_started()
     try:
         body = await read_body(request, state.max_request_bytes)
         if stream:
@@ -190,7 +189,6 @@ async def _generate(request: Request, name: str, version: str | None, stream: bo
         status = 500
         raise
     finally:
-        dp.metrics.inflight.dec()
         dp.metrics.observe_request(endpoint, status, time.perf_counter() - started)
 
 

@@ -59,8 +59,7 @@ def test_request_batch_and_model_metrics() -> None:
         text = client.get("/metrics").text
         assert (
             'model_server_requests_total{endpoint="infer",model="echo",status="200",'
-            'variant="int8"} 3.0'
-            in text
+            'variant="int8"} 3.0' in text
         )
         assert "process_resident_memory_bytes" in text
 
