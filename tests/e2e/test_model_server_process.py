@@ -38,7 +38,7 @@ def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str
         sys.executable, "-m", "model_server", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--torch-threads", "1", *flags,
     ]  # fmt: skip
-    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - a file, not a pipe: never blocks the server
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, **(env or {})},
