@@ -26,7 +26,7 @@ def quantize_dynamic_int8(model: Any) -> Any:
     import torch
 
     engines = torch.backends.quantized.supported_engines
-    for engine in ("fbgemm", "x86", "onednn", "qnnpack"):
+    for engine in ("x86", "fbgemm", "onednn", "qnnpack"):
         if engine in engines:
             torch.backends.quantized.engine = engine
             break

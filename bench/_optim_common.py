@@ -1,0 +1,128 @@
+"""Shared pieces of the optimization benchmarks (quantization.py, pruning.py).
+
+A BERT-base-shaped classifier (12 layers, hidden 768, FFN 3072, vocab 30522; random
+weights: latency and size do not depend on them), interleaved timing so that load from
+other processes on a shared machine hits both sides alike, serialized sizes, and a small
+classifier trained here on synthetic data so output agreement means something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(ROOT / "tests"))  # modelfactory: tiny models and synthetic data
+
+import torch  # noqa: E402
+
+# TensorFlow is never used here; importing torch._dynamo early is harmless and keeps
+# transformers' lazy imports out of the timed region.
+import torch._dynamo  # noqa: E402
+
+
+def bert_base(num_labels: int = 2, seed: int = 0) -> Any:
+    """A random-init BERT-base-shaped sequence classifier (110M parameters), eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def token_batch(batch: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (batch, seq_len), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def interleaved_latency(
+    fns: dict[str, Callable[[], Any]], iterations: int, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """p50/mean milliseconds per function, run round-robin `iterations` times."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iterations):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {
+        name: {
+            "p50_ms": round(statistics.median(series), 3),
+            "mean_ms": round(statistics.fmean(series), 3),
+            "min_ms": round(min(series), 3),
+            "iterations": len(series),
+        }
+        for name, series in times.items()
+    }
+
+
+def forward(model: Any, batch: dict[str, Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(**batch).logits
+
+    return run
+
+
+def trained_classifier(steps: int = 80) -> tuple[Any, Any, float]:
+    """A 4-layer, hidden-128 BERT classifier trained on synthetic sentiment data."""
+    import tempfile
+
+    import modelfactory
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = modelfactory.make_text_classifier(
+            tmp,
+            hidden_size=128,
+            num_layers=4,
+            num_heads=4,
+            intermediate_size=512,
+            save=False,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    accuracy = modelfactory.train_text_classifier(model, tokenizer, steps=steps)
+    return model, tokenizer, accuracy
+
+
+def argmax_agreement(a: Any, b: Any) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "quantized_engine": torch.backends.quantized.engine,
+        "load_average": os.getloadavg(),
+    }
+
+
+def write_result(name: str, doc: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
