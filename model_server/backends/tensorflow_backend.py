@@ -14,7 +14,8 @@ kernels where TFLite has them, float activations) and float16 stores weights in 
 both convert the (possibly pruned) model with the TFLite converter and serve it on the
 TFLite interpreter that ships with tensorflow (ai-edge-litert is used when tensorflow
 lacks it). bfloat16 is refused. Unstructured pruning zeroes the smallest kernel weights;
-structured pruning is refused (it is implemented for transformers FFN blocks).
+structured pruning removes Conv2D output channels of chain-shaped `.keras` models
+(model_server.optimize.prune.prune_keras_conv_channels) and is refused for SavedModels.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class TensorFlowBackend(Backend):
         self._output_keys: list[str] = []
         self._info: BackendInfo | None = None
         self._lock = threading.Lock()
+        self._channels_removed: int | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -102,12 +104,13 @@ class TensorFlowBackend(Backend):
                 f"quantization {options.quantization!r} is not available for TensorFlow; "
                 "use dynamic-int8 or float16 (TFLite)"
             )
-        if options.pruning_method == "structured":
+        if options.pruning_method == "structured" and fmt != "keras":
             raise ModelLoadError(
-                "structured pruning is not available for TensorFlow models; "
-                "use unstructured, or the transformers backend"
+                "structured pruning is not available for TensorFlow SavedModels (the layers "
+                "cannot be rebuilt); use a .keras model, unstructured pruning, or the "
+                "transformers backend"
             )
-        if options.pruning_method not in ("none", "unstructured"):
+        if options.pruning_method not in ("none", "unstructured", "structured"):
             raise ModelLoadError(f"unknown pruning method {options.pruning_method!r}")
         if fmt == "tflite" and (options.quantization != "none" or options.pruning_method != "none"):
             raise ModelLoadError("a .tflite model is already converted: serve it without options")
@@ -156,6 +159,8 @@ class TensorFlowBackend(Backend):
             size_bytes=size,
             extra={"format": fmt, "runtime": "tflite" if self._runner is not None else "tf"},
         )
+        if self._channels_removed is not None:
+            self._info.extra["conv_channels_removed"] = self._channels_removed
 
     def _load_tf(self, fmt: str, path: Path, options: LoadOptions) -> list[Any]:
         import tensorflow as tf
@@ -169,6 +174,12 @@ class TensorFlowBackend(Backend):
                 )
             except Exception as exc:
                 raise ModelLoadError(f"cannot load Keras model {path.name}: {exc}") from exc
+            if options.pruning_method == "structured":
+                from model_server.optimize.prune import prune_keras_conv_channels
+
+                model, self._channels_removed = prune_keras_conv_channels(
+                    model, options.pruning_amount
+                )
             self._keras = model
             names = [str(t.name) for t in model.inputs]
             self._inputs = [

@@ -21,6 +21,7 @@ TensorFlow models get the unstructured variant on their kernels (`prune_tf_varia
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -268,3 +269,98 @@ def tf_sparsity(variables: Any) -> float:
         zeros += int(np.count_nonzero(value == 0))
         total += value.size
     return zeros / total if total else 0.0
+
+
+_KERAS_PASS_THROUGH = (
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "Dropout",
+    "BatchNormalization",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+)
+
+
+def prune_keras_conv_channels(model: Any, amount: float) -> tuple[Any, int]:
+    """Remove `amount` of the output channels of each Conv2D of a chain-shaped Keras model.
+
+    Filters are ranked by the L1 norm of their kernels. A Conv2D is pruned when its output
+    reaches exactly one Conv2D or Dense through channel-preserving layers (pooling,
+    activations, dropout, batch norm, global pooling): that consumer loses the matching
+    input channels and batch norm the matching statistics. Returns (new model, channels
+    removed); the input model is left unchanged. Models that are not a single chain
+    (branches, residuals) are refused with ModelLoadError.
+    """
+    import keras
+    import numpy as np
+
+    check_amount(amount)
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    for prev, layer in itertools.pairwise(layers):
+        if layer.input is not prev.output:
+            raise ModelLoadError(
+                "structured channel pruning supports chain-shaped Keras models only "
+                f"(layer {layer.name!r} does not take {prev.name!r}'s output)"
+            )
+    kinds = [type(layer).__name__ for layer in layers]
+    plans: dict[str, Any] = {}  # conv name -> (keep indices, bn names, consumer name)
+    for i, layer in enumerate(layers):
+        if kinds[i] != "Conv2D":
+            continue
+        bns: list[str] = []
+        j = i + 1
+        while j < len(layers) and kinds[j] in _KERAS_PASS_THROUGH:
+            if kinds[j] == "BatchNormalization":
+                bns.append(layers[j].name)
+            j += 1
+        if j >= len(layers) or kinds[j] not in ("Conv2D", "Dense"):
+            continue
+        kernel = layer.get_weights()[0]
+        filters = kernel.shape[-1]
+        keep_n = max(1, round(filters * (1.0 - amount)))
+        if keep_n >= filters:
+            continue
+        score = np.abs(kernel).sum(axis=(0, 1, 2))
+        keep = np.sort(np.argsort(-score)[:keep_n])
+        plans[layer.name] = (keep, bns, layers[j].name)
+    if not plans:
+        raise ModelLoadError("structured channel pruning found no prunable Conv2D layer")
+    config = model.get_config()
+    for entry in config["layers"]:
+        # recorded input shapes are stale for the layers after a pruned conv: rebuild
+        # every layer from the tensors it actually receives
+        entry.pop("build_config", None)
+        plan = plans.get(entry["config"].get("name", entry.get("name")))
+        if plan is not None:
+            entry["config"]["filters"] = len(plan[0])
+    try:
+        new_model = type(model).from_config(config)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot rebuild the pruned Keras model: {exc}") from exc
+    in_keep: dict[str, Any] = {}
+    bn_keep: dict[str, Any] = {}
+    for keep, bns, consumer in plans.values():
+        in_keep[consumer] = keep
+        for bn in bns:
+            bn_keep[bn] = keep
+    removed = 0
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        name = layer.name
+        if name in bn_keep:
+            weights = [w[bn_keep[name]] for w in weights]
+        if name in in_keep:
+            k = in_keep[name]
+            weights[0] = weights[0][:, :, k, :] if weights[0].ndim == 4 else weights[0][k, :]
+        if name in plans:
+            k = plans[name][0]
+            removed += weights[0].shape[-1] - len(k)
+            weights = [weights[0][..., k], *[w[k] for w in weights[1:]]]
+        new_model.get_layer(name).set_weights(weights)
+    _ = keras  # imported for from_config's registry
+    return new_model, removed

@@ -97,6 +97,7 @@ def test_unstructured_pruning_sparsity(keras_dir: Path) -> None:
     [
         ({"quantization": "bfloat16"}, "not available for TensorFlow"),
         ({"pruning_method": "structured", "pruning_amount": 0.5}, "not available for TensorFlow"),
+        ({"pruning_method": "pruney", "pruning_amount": 0.5}, "unknown pruning method"),
     ],
 )
 def test_refused_optimizations(savedmodel_dir: Path, options, message) -> None:
@@ -121,3 +122,25 @@ def test_missing_and_corrupt_models(tmp_path: Path) -> None:
     (bad_keras / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="cannot load Keras model"):
         _load(bad_keras)
+
+
+def test_structured_channel_pruning_of_a_keras_cnn(tmp_path: Path, factory) -> None:
+    path = tmp_path / "trained-keras"
+    _, accuracy = factory.make_trained_keras_cnn(path, "keras")
+    assert accuracy >= 0.9
+    base = _load(path)
+    pruned = _load(path, pruning_method="structured", pruning_amount=0.5)
+    # conv1 8 -> 4 and conv2 16 -> 8 output channels
+    assert pruned.info().extra["conv_channels_removed"] == 12
+    assert pruned.info().parameters < base.info().parameters
+    assert pruned.info().size_bytes < base.info().size_bytes
+    x, _ = factory.colour_images(64, seed=9)
+    a = base.predict({"image": x})["probabilities"]
+    b = pruned.predict({"image": x})["probabilities"]
+    assert b.shape == a.shape
+    assert float(np.mean(a.argmax(-1) == b.argmax(-1))) >= 0.9
+    # pruned and then int8: converted from the pruned model
+    both = _load(path, pruning_method="structured", pruning_amount=0.5, quantization="dynamic-int8")
+    assert both.predict({"image": x})["probabilities"].shape == (64, 3)
+    pruned.export(tmp_path / "out")
+    assert _load(tmp_path / "out").info().parameters == pruned.info().parameters
