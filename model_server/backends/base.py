@@ -103,6 +103,11 @@ class Backend(abc.ABC):
         """Yield generated text pieces for `prompt` (streamed by the generate endpoint)."""
         raise NotImplementedError
 
+    def export(self, out_dir: Path) -> list[str]:
+        """Write the loaded (optimized) model into `out_dir` as an artifact this backend
+        serves; returns notes for the report. Used by `model-server optimize`."""
+        raise NotImplementedError(f"the {self.framework} backend cannot export a model")
+
 
 class ModelLoadError(Exception):
     """The model could not be loaded: missing files, corrupt weights, unsupported format."""

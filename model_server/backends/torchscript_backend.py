@@ -20,6 +20,7 @@ scripting) and are refused with a message.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ class TorchScriptBackend(Backend):
         configure_torch_threads(options.torch_threads)
         self.device = select_torch_device(options.device)
         try:
-            module = torch.jit.load(str(archive), map_location=self.device)
+            with warnings.catch_warnings():  # "torch.jit is deprecated" on every load
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(archive), map_location=self.device)
         except Exception as exc:
             raise ModelLoadError(f"cannot load TorchScript archive {archive.name}: {exc}") from exc
         module.eval()
@@ -209,7 +212,9 @@ class TorchScriptBackend(Backend):
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.jit.save(self.module, str(out_dir / "model.pt"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(self.module, str(out_dir / "model.pt"))
         sig = {
             key: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
             for key, specs in (("inputs", self._inputs), ("outputs", self._outputs))

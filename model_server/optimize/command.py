@@ -139,10 +139,10 @@ def optimize(
     base_out, opt_out, base_measure, opt_measure = _measure_pair(
         baseline, optimized, batch, repeats
     )
-    export = getattr(optimized, "export", None)
-    if export is None:
-        raise ModelLoadError(f"the {framework} backend cannot export an optimized artifact")
-    notes = list(export(out_dir))
+    try:
+        notes = list(optimized.export(out_dir))
+    except NotImplementedError as exc:
+        raise ModelLoadError(str(exc)) from exc
     report = OptimizationReport(
         framework=framework,
         task=getattr(optimized, "task", None) or options.task,

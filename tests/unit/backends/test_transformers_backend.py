@@ -118,7 +118,7 @@ def test_remote_code_is_refused_unless_enabled(tmp_path: Path, text_classifier_d
     config["model_type"] = "evil-remote"
     (remote / "config.json").write_text(json.dumps(config))
     (remote / "evil.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="custom code"):
         create_backend("transformers").load(remote, LoadOptions(task="text-classification"))
 
 
