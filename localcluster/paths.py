@@ -27,7 +27,7 @@ def bin_root() -> Path:
 
 def default_state_dir() -> Path:
     env = os.environ.get("MSV_STATE")
-    return Path(env).expanduser() if env else cache_dir() / "state"
+    return (Path(env).expanduser() if env else cache_dir() / "state").resolve()
 
 
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -174,6 +174,50 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     wait_for("dependents to be garbage-collected", gone)
 
 
+def test_horizontal_pod_autoscaler_controller_evaluates_an_hpa(
+        cluster: lc.Cluster, namespace: str) -> None:
+    cluster.apply(deployment("scaled", {"containers": [{
+        "name": "c", "image": "x.invalid/y", "resources": {"requests": {"cpu": "100m"}}}]}),
+        namespace)
+    cluster.apply({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "scaled"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled"},
+            "minReplicas": 2, "maxReplicas": 4,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
+        },
+    }, namespace)
+
+    def conditions() -> dict[str, str]:
+        hpa = cluster.kubectl_json("get", "hpa", "scaled", "-n", namespace)
+        return {c["type"]: c["status"] for c in hpa.get("status", {}).get("conditions", [])}
+
+    # The controller ran: it reports its conditions and enforces minReplicas.
+    assert "AbleToScale" in wait_for("HPA conditions", conditions, timeout=60)
+
+    def replicas() -> int:
+        d = cluster.kubectl_json("get", "deployment", "scaled", "-n", namespace)
+        return int(d["spec"]["replicas"])
+
+    wait_for("minReplicas to be enforced", lambda: replicas() == 2, timeout=60)
+
+
+def test_a_job_pod_runs_to_completion(cluster: lc.Cluster, namespace: str) -> None:
+    cluster.apply({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "x.invalid/y"}]}}},
+    }, namespace)
+
+    def succeeded() -> int:
+        job = cluster.kubectl_json("get", "job", "once", "-n", namespace)
+        return int(job.get("status", {}).get("succeeded", 0))
+
+    assert wait_for("the Job to succeed", succeeded) == 1
+
+
 def test_pod_security_restricted_rejects_a_privileged_pod(
         cluster: lc.Cluster, namespace: str) -> None:
     cluster.kubectl_run("label", "namespace", namespace,
