@@ -1,0 +1,184 @@
+"""OperatorConfig: every operator setting, its environment variable and its CLI flag.
+
+``load(argv, environ)`` merges, in increasing priority: defaults, ``MSV_*`` environment
+variables, command-line flags. ``__main__`` calls it; docs/operator-config.md documents it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_IMAGE = "modelservice/model-server:0.1.0"
+DEFAULT_GPU_IMAGE = "modelservice/model-server:0.1.0-cuda"
+FIELD_MANAGER = "modelservice-operator"
+PREFIX = "serving.modelservice.dev"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the operator cannot use (the message names the env var/flag)."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings of one operator process."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch (``--namespace``, ``MSV_NAMESPACES``); empty = all namespaces."""
+
+    default_image: str = DEFAULT_IMAGE
+    """Model-server image when ``spec.server.image`` is unset (``MSV_DEFAULT_IMAGE``)."""
+
+    default_gpu_image: str | None = DEFAULT_GPU_IMAGE
+    """Image for GPU ModelServices without ``spec.server.image`` (``MSV_DEFAULT_GPU_IMAGE``)."""
+
+    log_format: str = "text"
+    """``text`` or ``json`` (``MSV_LOG_FORMAT``)."""
+
+    log_level: str = "INFO"
+    """Python log level (``MSV_LOG_LEVEL``)."""
+
+    metrics_port: int = 8080
+    """Port of the operator's Prometheus ``/metrics`` (``MSV_METRICS_PORT``); 0 disables."""
+
+    health_port: int = 8081
+    """Port of the liveness endpoint ``/healthz`` (``MSV_HEALTH_PORT``); 0 disables."""
+
+    bind_address: str = "0.0.0.0"
+    """Address the metrics and health endpoints listen on (``MSV_BIND_ADDRESS``)."""
+
+    max_workers: int = 16
+    """Concurrent reconciles (threads) (``MSV_MAX_WORKERS``)."""
+
+    resync_seconds: float = 300.0
+    """Interval of the per-ModelService resync timer (``MSV_RESYNC_SECONDS``). A resync that
+    finds nothing changed sends no write."""
+
+    discovery_seconds: float = 30.0
+    """How long a capability answer (ServiceMonitor / HTTPRoute served?) is reused
+    (``MSV_DISCOVERY_SECONDS``)."""
+
+    qps: float = 50.0
+    """Client-side limit of the operator's mutating requests per second (``MSV_QPS``)."""
+
+    burst: int = 100
+    """Burst allowed above ``qps`` (``MSV_BURST``)."""
+
+    field_manager: str = field(default=FIELD_MANAGER)
+    """Server-side apply field manager (not configurable from outside; fixed by design)."""
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Defaults overridden by ``MSV_*`` environment variables."""
+    env = os.environ if environ is None else environ
+    namespaces = tuple(n.strip() for n in env.get("MSV_NAMESPACES", "").split(",") if n.strip())
+    gpu_image = env.get("MSV_DEFAULT_GPU_IMAGE", DEFAULT_GPU_IMAGE)
+    cfg = OperatorConfig(
+        namespaces=namespaces,
+        default_image=env.get("MSV_DEFAULT_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
+        default_gpu_image=gpu_image or None,
+        log_format=env.get("MSV_LOG_FORMAT", "text") or "text",
+        log_level=(env.get("MSV_LOG_LEVEL", "INFO") or "INFO").upper(),
+        metrics_port=_env_int(env, "MSV_METRICS_PORT", 8080),
+        health_port=_env_int(env, "MSV_HEALTH_PORT", 8081),
+        bind_address=env.get("MSV_BIND_ADDRESS", "0.0.0.0") or "0.0.0.0",
+        max_workers=_env_int(env, "MSV_MAX_WORKERS", 16),
+        resync_seconds=_env_float(env, "MSV_RESYNC_SECONDS", 300.0),
+        discovery_seconds=_env_float(env, "MSV_DISCOVERY_SECONDS", 30.0),
+        qps=_env_float(env, "MSV_QPS", 50.0),
+        burst=_env_int(env, "MSV_BURST", 100),
+    )
+    return validate(cfg)
+
+
+def validate(cfg: OperatorConfig) -> OperatorConfig:
+    """Reject values the operator cannot run with."""
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log format {cfg.log_format!r}: expected text or json")
+    for name, port in (("metrics port", cfg.metrics_port), ("health port", cfg.health_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} {port}: expected 0..65535")
+    if cfg.max_workers < 1:
+        raise ConfigError(f"max workers {cfg.max_workers}: expected at least 1")
+    if cfg.resync_seconds <= 0 or cfg.discovery_seconds < 0:
+        raise ConfigError("resync seconds must be > 0 and discovery seconds >= 0")
+    if cfg.qps <= 0 or cfg.burst < 1:
+        raise ConfigError("qps must be > 0 and burst >= 1")
+    if not cfg.default_image:
+        raise ConfigError("default image must not be empty")
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msv-operator", description="The ModelService operator (kopf)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator until SIGTERM/SIGINT")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                       help="watch this namespace (repeatable); default: all namespaces")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="watch every namespace (the default)")
+    run.add_argument("--default-image")
+    run.add_argument("--default-gpu-image")
+    run.add_argument("--log-format", choices=("text", "json"))
+    run.add_argument("--log-level")
+    run.add_argument("--metrics-port", type=int)
+    run.add_argument("--health-port", type=int)
+    run.add_argument("--bind-address")
+    run.add_argument("--max-workers", type=int)
+    run.add_argument("--resync-seconds", type=float)
+    run.add_argument("--discovery-seconds", type=float)
+    run.add_argument("--qps", type=float)
+    run.add_argument("--burst", type=int)
+    return parser
+
+
+def load(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, OperatorConfig]:
+    """(command, config) from flags over environment over defaults."""
+    args = build_parser().parse_args(argv)
+    cfg = from_env(environ)
+    overrides: dict[str, object] = {}
+    if args.all_namespaces:
+        overrides["namespaces"] = ()
+    elif args.namespaces:
+        overrides["namespaces"] = tuple(dict.fromkeys(args.namespaces))
+    for attr in ("default_image", "default_gpu_image", "log_format", "log_level",
+                 "metrics_port", "health_port", "bind_address", "max_workers",
+                 "resync_seconds", "discovery_seconds", "qps", "burst"):
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[attr] = value
+    if "log_level" in overrides:
+        overrides["log_level"] = str(overrides["log_level"]).upper()
+    fields = {**cfg.__dict__, **overrides}
+    return args.command, validate(OperatorConfig(**fields))

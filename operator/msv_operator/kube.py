@@ -1,0 +1,324 @@
+"""The only module that talks to the Kubernetes API (official ``kubernetes`` client).
+
+* ``Kube.apply`` - server-side apply (``application/apply-patch+yaml``) with the one field
+  manager ``modelservice-operator`` and ``force=true``;
+* ``Kube.list`` - reads served from the API server's watch cache (``resourceVersion=0``);
+* ``Kube.delete`` - deletes with a ``uid`` precondition (never a same-named stranger);
+* ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
+* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL.
+
+Errors are translated into ``ApiError`` subclasses so callers never see client types:
+``Conflict`` and ``Transient`` are retried by the handlers with backoff, ``Rejected`` means the
+API server refused the object (a bug or an invalid spec) and is reported in the status.
+Writes pass a client-side token bucket (``qps``/``burst``) like controller-runtime's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("msv_operator.kube")
+
+MODELSERVICE_GROUP = "serving.modelservice.dev"
+MODELSERVICE_VERSION = "v1alpha1"
+MODELSERVICE_PLURAL = "modelservices"
+
+# kind -> plural for every kind the operator writes or reads; others fall back to "<kind>s".
+PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ServiceMonitor": "servicemonitors",
+    "PodMonitor": "podmonitors",
+    "HTTPRoute": "httproutes",
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "Pod": "pods",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ModelService": MODELSERVICE_PLURAL,
+    "Event": "events",
+}
+
+SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
+HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
+
+
+class ApiError(Exception):
+    """An API request failed; ``status`` is the HTTP status (0 when none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(ApiError):
+    """404."""
+
+
+class Conflict(ApiError):
+    """409: a conflicting write or a failed precondition; retry."""
+
+
+class Transient(ApiError):
+    """429, 5xx, timeouts and connection errors; retry with backoff."""
+
+
+class Rejected(ApiError):
+    """400/403/422: the API server refused the request; retrying the same body will not help."""
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason or exc)
+
+
+def translate(exc: BaseException, what: str) -> ApiError:
+    """Map a client exception to the operator's error vocabulary."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        text = f"{what}: {_message(exc)}"
+        if status == 404:
+            return NotFound(text, status)
+        if status == 409:
+            return Conflict(text, status)
+        if status in (400, 403, 422):
+            return Rejected(text, status)
+        return Transient(text, status)
+    return Transient(f"{what}: {exc}", 0)
+
+
+def api_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def plural_of(kind: str) -> str:
+    return PLURALS.get(kind, kind.lower() + "s")
+
+
+class TokenBucket:
+    """Client-side write rate limit (thread-safe)."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps = qps
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.qps)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.qps
+            time.sleep(wait)
+
+
+def load_client_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account when present, else ``$KUBECONFIG``/``~/.kube/config``."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class Kube:
+    """A thin, thread-safe API facade over one ``ApiClient``."""
+
+    def __init__(self, field_manager: str, *, qps: float = 50.0, burst: int = 100,
+                 pool_size: int = 32,
+                 configuration: kubernetes.client.Configuration | None = None) -> None:
+        configuration = configuration or load_client_configuration()
+        configuration.connection_pool_maxsize = pool_size
+        self.api = kubernetes.client.ApiClient(configuration)
+        self.field_manager = field_manager
+        self.bucket = TokenBucket(qps, burst)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+              body: Any = None, content_type: str | None = None, what: str,
+              timeout: float = 30.0) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if method != "GET":
+            self.bucket.take()
+        try:
+            method_, url, hdrs, payload, _post = self.api.param_serialize(
+                method, path, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"])
+            response = self.api.call_api(method_, url, header_params=hdrs, body=payload,
+                                         _request_timeout=timeout)
+            data = response.read()
+        except ApiException as e:
+            raise translate(e, what) from e
+        except Exception as e:  # urllib3 connection errors and timeouts
+            raise translate(e, what) from e
+        if response.status >= 400:
+            raise translate(ApiException(status=response.status, reason=response.reason,
+                                         body=data.decode("utf-8", "replace")), what)
+        return json.loads(data) if data else {}
+
+    # ---- writes -----------------------------------------------------------------------
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (force, one field manager); returns the live object."""
+        meta = obj["metadata"]
+        kind = str(obj["kind"])
+        path = api_path(str(obj["apiVersion"]), plural_of(kind), meta.get("namespace"),
+                        meta["name"])
+        return dict(self._call(
+            "PATCH", path, body=dict(obj), content_type="application/apply-patch+yaml",
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            what=f"apply {kind} {meta['name']}"))
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str,
+               uid: str | None) -> None:
+        """Delete one object; with ``uid`` only that exact object (404 is not an error)."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",
+                                "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._call("DELETE", api_path(api_version, plural_of(kind), namespace, name),
+                       body=body, content_type="application/json",
+                       what=f"delete {kind} {name}")
+        except NotFound:
+            return
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the ModelService's ``/status``."""
+        path = api_path(f"{MODELSERVICE_GROUP}/{MODELSERVICE_VERSION}", MODELSERVICE_PLURAL,
+                        namespace, name, "status")
+        self._call("PATCH", path, body={"status": dict(status)},
+                   content_type="application/merge-patch+json",
+                   what=f"patch status of ModelService {name}")
+
+    # ---- reads ------------------------------------------------------------------------
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str
+            ) -> dict[str, Any] | None:
+        try:
+            return dict(self._call("GET", api_path(api_version, plural_of(kind), namespace,
+                                                   name), what=f"get {kind} {name}"))
+        except NotFound:
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects from the watch cache (``resourceVersion=0``); [] when the API is absent."""
+        query = [("resourceVersion", "0")]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        try:
+            result = self._call("GET", api_path(api_version, plural_of(kind), namespace),
+                                query=query, what=f"list {kind}")
+        except NotFound:
+            return []
+        items = list(result.get("items") or ())
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def served(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``api_version`` (one discovery GET)."""
+        try:
+            result = self._call("GET", api_path(api_version, "", None).rstrip("/"),
+                                what=f"discover {api_version}", timeout=10)
+        except NotFound:
+            return False
+        return any(r.get("name") == plural for r in result.get("resources") or ())
+
+
+@dataclass(frozen=True)
+class CapabilityAnswer:
+    service_monitor: bool
+    gateway_api: bool
+
+
+class Capabilities:
+    """Cached answers to "is ServiceMonitor / HTTPRoute served?" (re-asked after ``ttl`` s)."""
+
+    def __init__(self, kube: Kube, ttl: float) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self.lock = threading.Lock()
+        self.answer: CapabilityAnswer | None = None
+        self.stamp = 0.0
+
+    def get(self) -> CapabilityAnswer:
+        with self.lock:
+            if self.answer is not None and time.monotonic() - self.stamp < self.ttl:
+                return self.answer
+            previous = self.answer
+            try:
+                answer = CapabilityAnswer(
+                    service_monitor=self.kube.served(*SERVICE_MONITOR_API),
+                    gateway_api=self.kube.served(*HTTPROUTE_API),
+                )
+            except ApiError as e:
+                if previous is None:
+                    raise
+                log.warning("Kept the previous capability answer: %s", e)
+                answer = previous
+            if answer != previous:
+                log.info("Discovered capabilities: ServiceMonitor %s, HTTPRoute %s",
+                         "served" if answer.service_monitor else "not served",
+                         "served" if answer.gateway_api else "not served")
+            self.answer = answer
+            self.stamp = time.monotonic()
+            return answer
+
+
+def post_event(client: Kube, involved: Mapping[str, Any], type_: str, reason: str,
+               message: str, now: str) -> None:
+    """Create a core/v1 Event about ``involved`` (used only for condition transitions)."""
+    meta = involved.get("metadata") or {}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": client.field_manager},
+        "reportingComponent": client.field_manager,
+    }
+    client._call("POST", api_path("v1", "events", str(meta.get("namespace"))), body=body,
+                 content_type="application/json", what=f"post event {reason}")

@@ -1,0 +1,284 @@
+"""The ModelService status block, computed from observed objects (pure: no I/O, no clock).
+
+``compute_status`` turns the live Deployments and Pods of a ModelService into the conditions
+``Ready``, ``Progressing`` and ``Degraded`` (see ``conditions`` for the transition semantics),
+per-variant ``replicas``/``readyReplicas``/``weight``, ``observedGeneration`` and ``url``.
+Failure reasons, in the order they win:
+
+* ``InvalidSpec`` - the spec cannot be turned into objects (message names the field);
+* ``ApplyFailed`` - the API server refused an object;
+* ``Unschedulable`` - a pod's ``PodScheduled`` condition is False; the scheduler's message is kept;
+* ``ModelLoadFailed`` - a (init) container is crash-looping or cannot start;
+* ``ProgressDeadlineExceeded`` - the Deployment controller gave up on a rollout.
+
+``reconcile`` calls it after applying; ``handlers`` call it again whenever an owned Deployment or
+Pod changes, so the status follows the cluster within seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from msv_operator import conditions as cond
+
+LABEL_VARIANT = "serving.modelservice.dev/variant"
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+
+# Container waiting reasons that mean the model server cannot come up.
+FAILED_WAITING_REASONS = frozenset({
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+})
+
+# Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
+OWNED_KEYS = ("observedGeneration", "conditions", "variants", "url")
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """What the cluster says about one variant."""
+
+    name: str
+    weight: int
+    replicas: int = 0
+    ready_replicas: int = 0
+    desired: int | None = None
+    rolled_out: bool = False
+    problem_reason: str | None = None
+    problem_message: str | None = None
+    waiting_for: str | None = None
+
+
+@dataclass
+class Verdict:
+    """The summarised state that maps to the three conditions."""
+
+    failure_reason: str | None = None
+    failure_message: str = ""
+    progressing_message: str = ""
+    ready: bool = False
+    variants: list[VariantState] = field(default_factory=list)
+
+
+def service_url(name: str, namespace: str) -> str:
+    """The cluster-internal URL of the stable Service."""
+    return f"http://{name}.{namespace}.svc.cluster.local"
+
+
+def variant_names(ms: Mapping[str, Any]) -> list[str]:
+    """Variant names in spec order (tolerates a malformed spec)."""
+    spec = ms.get("spec") or {}
+    names: list[str] = []
+    variants = spec.get("variants") if isinstance(spec, Mapping) else None
+    for v in variants or ():
+        if isinstance(v, Mapping) and isinstance(v.get("name"), str) and v["name"] not in names:
+            names.append(v["name"])
+    return names
+
+
+def variant_weights(ms: Mapping[str, Any]) -> dict[str, int]:
+    """Traffic weight per variant; without ``spec.traffic`` the first variant takes 100."""
+    names = variant_names(ms)
+    weights = dict.fromkeys(names, 0)
+    spec = ms.get("spec") or {}
+    traffic = spec.get("traffic") if isinstance(spec, Mapping) else None
+    if traffic:
+        for t in traffic:
+            if isinstance(t, Mapping) and t.get("variant") in weights:
+                try:
+                    weights[t["variant"]] += int(t.get("weight", 0))
+                except (TypeError, ValueError):
+                    continue
+    elif names:
+        weights[names[0]] = 100
+    return weights
+
+
+def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a pod cannot be scheduled or its model server cannot start."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    st = pod.get("status") or {}
+    for c in st.get("conditions") or ():
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            message = c.get("message") or c.get("reason") or "the scheduler cannot place the pod"
+            return "Unschedulable", f"pod {name}: {message}"
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for cs in st.get(key) or ():
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in FAILED_WAITING_REASONS:
+                detail = waiting.get("message") or ""
+                last = ((cs.get("lastState") or {}).get("terminated") or {})
+                if not detail and last:
+                    detail = last.get("message") or (
+                        f"exit code {last.get('exitCode')}"
+                        + (f" ({last['reason']})" if last.get("reason") else "")
+                    )
+                text = f"pod {name}: container {cs.get('name')}: {reason}"
+                return "ModelLoadFailed", f"{text}: {detail}" if detail else text
+    return None
+
+
+def _deployment_state(
+    name: str, weight: int, dep: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
+) -> VariantState:
+    if dep is None:
+        return VariantState(name=name, weight=weight, waiting_for="its Deployment to be created")
+    spec = dep.get("spec") or {}
+    st = dep.get("status") or {}
+    desired = spec.get("replicas")
+    desired = 1 if desired is None else int(desired)
+    replicas = int(st.get("replicas") or 0)
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    available = int(st.get("availableReplicas") or 0)
+    generation = int((dep.get("metadata") or {}).get("generation") or 0)
+    observed = int(st.get("observedGeneration") or 0)
+    rolled_out = (
+        observed >= generation
+        and updated >= desired
+        and replicas <= desired
+        and available >= desired
+    )
+    problem: tuple[str, str] | None = None
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        problem = pod_problem(pod)
+        if problem:
+            break
+    if problem is None:
+        for c in st.get("conditions") or ():
+            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+                problem = ("ProgressDeadlineExceeded", c.get("message") or "rollout stalled")
+    waiting = None
+    if not rolled_out:
+        waiting = f"{ready}/{desired} replicas ready, {updated} updated"
+    return VariantState(
+        name=name,
+        weight=weight,
+        replicas=replicas,
+        ready_replicas=ready,
+        desired=desired,
+        rolled_out=rolled_out,
+        problem_reason=problem[0] if problem else None,
+        problem_message=problem[1] if problem else None,
+        waiting_for=waiting,
+    )
+
+
+_FAILURE_ORDER = ("Unschedulable", "ModelLoadFailed", "ProgressDeadlineExceeded")
+
+
+def assess(
+    ms: Mapping[str, Any],
+    deployments: Mapping[str, Mapping[str, Any] | None],
+    pods: Sequence[Mapping[str, Any]],
+) -> Verdict:
+    """Summarise the variants' Deployments and Pods."""
+    weights = variant_weights(ms)
+    states: list[VariantState] = []
+    for name, weight in weights.items():
+        vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
+            LABEL_VARIANT) == name]
+        states.append(_deployment_state(name, weight, deployments.get(name), vpods))
+    verdict = Verdict(variants=states)
+    problems = [s for s in states if s.problem_reason]
+    if problems:
+        problems.sort(key=lambda s: _FAILURE_ORDER.index(s.problem_reason or "")
+                      if s.problem_reason in _FAILURE_ORDER else len(_FAILURE_ORDER))
+        first = problems[0]
+        verdict.failure_reason = first.problem_reason
+        verdict.failure_message = "; ".join(
+            f"variant {s.name}: {s.problem_message}" for s in problems
+            if s.problem_reason == first.problem_reason
+        )
+    pending = [s for s in states if s.waiting_for]
+    verdict.progressing_message = "; ".join(f"variant {s.name}: waiting for {s.waiting_for}"
+                                            for s in pending)
+    verdict.ready = bool(states) and all(
+        s.desired == 0 or (s.ready_replicas >= 1 and s.problem_reason is None) for s in states
+    )
+    return verdict
+
+
+def compute_status(
+    ms: Mapping[str, Any],
+    *,
+    deployments: Mapping[str, Mapping[str, Any] | None],
+    pods: Sequence[Mapping[str, Any]],
+    now: str,
+    observed_generation: int | None,
+    invalid_spec: str | None = None,
+    apply_error: str | None = None,
+) -> dict[str, Any]:
+    """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds."""
+    meta = ms.get("metadata") or {}
+    prior = ms.get("status") or {}
+    conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
+    gen = observed_generation
+
+    def put(type_: str, status: str, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = cond.upsert(conditions, type_=type_, status=status, reason=reason,
+                                 message=message, now=now, observed_generation=gen)
+
+    verdict = assess(ms, deployments, pods)
+    if invalid_spec is not None:
+        put(READY, cond.FALSE, "InvalidSpec", invalid_spec)
+        put(PROGRESSING, cond.FALSE, "InvalidSpec", "the spec must be fixed before rolling out")
+        put(DEGRADED, cond.TRUE, "InvalidSpec", invalid_spec)
+    elif apply_error is not None:
+        put(READY, cond.TRUE if verdict.ready else cond.FALSE, "ApplyFailed", apply_error)
+        put(PROGRESSING, cond.FALSE, "ApplyFailed", apply_error)
+        put(DEGRADED, cond.TRUE, "ApplyFailed", apply_error)
+    else:
+        if verdict.ready:
+            put(READY, cond.TRUE, "AllVariantsReady",
+                f"{len(verdict.variants)} variant(s) ready")
+        elif verdict.failure_reason:
+            put(READY, cond.FALSE, verdict.failure_reason, verdict.failure_message)
+        else:
+            put(READY, cond.FALSE, "RollingOut", verdict.progressing_message
+                or "waiting for the variants to become ready")
+        if verdict.failure_reason:
+            put(PROGRESSING, cond.FALSE, verdict.failure_reason, verdict.failure_message)
+            put(DEGRADED, cond.TRUE, verdict.failure_reason, verdict.failure_message)
+        else:
+            if verdict.progressing_message:
+                put(PROGRESSING, cond.TRUE, "RollingOut", verdict.progressing_message)
+            else:
+                put(PROGRESSING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
+            put(DEGRADED, cond.FALSE, "AsExpected", "no failures observed")
+
+    status: dict[str, Any] = {
+        "conditions": conditions,
+        "variants": [
+            {"name": s.name, "replicas": s.replicas, "readyReplicas": s.ready_replicas,
+             "weight": s.weight}
+            for s in verdict.variants
+        ],
+        "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", ""))),
+    }
+    if observed_generation is not None:
+        status["observedGeneration"] = observed_generation
+    return status
+
+
+def owned_part(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys of ``status`` this module writes (for change detection)."""
+    status = status or {}
+    return {k: status[k] for k in OWNED_KEYS if k in status}
+
+
+def changed(prior: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when writing ``new`` would change the stored status."""
+    return owned_part(prior) != owned_part(new)
