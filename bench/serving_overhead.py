@@ -46,7 +46,7 @@ BODY = json.dumps(
 ).encode()
 
 
-def _serve_ours(port: int, max_batch_size: int) -> None:
+def _serve_ours(port: int, max_batch_size: int, model_name: str = "identity") -> None:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
@@ -72,7 +72,7 @@ def _serve_ours(port: int, max_batch_size: int) -> None:
         def info(self) -> BackendInfo:
             return BackendInfo(framework="identity", device="cpu")
 
-    settings = Settings(model_name="identity", max_batch_size=max_batch_size, log_level="warning")
+    settings = Settings(model_name=model_name, max_batch_size=max_batch_size, log_level="warning")
     app = create_app(settings, registry=CollectorRegistry(), backend=Identity())
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
 
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--serve", choices=["ours", "bare"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--response-file")
+    parser.add_argument("--model-name", default="identity")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
@@ -131,7 +132,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.serve == "ours":
-        _serve_ours(args.port, args.max_batch_size)
+        _serve_ours(args.port, args.max_batch_size, args.model_name)
         return
     if args.serve == "bare":
         _serve_bare(args.port, args.response_file)
