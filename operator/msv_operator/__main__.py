@@ -1,0 +1,79 @@
+"""CLI entry point ``msv-operator run`` (== ``python -m msv_operator run``).
+
+Flags and ``MSV_*`` environment variables -> ``OperatorConfig`` (see ``config`` and
+docs/operator-config.md) -> logging, the ``/metrics`` endpoint, the ``/healthz`` liveness
+endpoint (kopf's) -> ``handlers.operate``. SIGTERM/SIGINT stop the watches, let running passes
+finish and close the client (kopf's graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import start_http_server
+
+from msv_operator import handlers
+from msv_operator.config import ConfigError, OperatorConfig, load
+from msv_operator.metrics import OperatorMetrics
+
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(cfg: OperatorConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log_level)
+    # kopf logs every handler success at INFO; keep its noise at WARNING unless debugging.
+    if cfg.log_level != "DEBUG":
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        command, cfg = load(argv)
+    except ConfigError as e:
+        print(f"msv-operator: {e}", file=sys.stderr)
+        return 2
+    if command != "run":  # pragma: no cover - argparse restricts the choices
+        return 2
+    setup_logging(cfg)
+    metrics = OperatorMetrics()
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.bind_address, registry=metrics.registry)
+    liveness = (f"http://{cfg.bind_address}:{cfg.health_port}/healthz"
+                if cfg.health_port else None)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(handlers.operate(cfg, metrics, liveness_endpoint=liveness))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

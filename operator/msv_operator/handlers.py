@@ -1,0 +1,378 @@
+"""Thin kopf handlers: decide *when* a ModelService is reconciled; ``reconcile`` does the work.
+
+``register(config)`` returns a fresh kopf registry with:
+
+* ``@kopf.on.create/update/resume`` for ModelServices -> one reconcile pass; API conflicts and
+  transient errors become ``kopf.TemporaryError`` (exponential backoff), an invalid spec only
+  sets the ``InvalidSpec`` condition (no retry);
+* ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
+  label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
+  reads nothing from the API server;
+* ``@kopf.on.event`` for those owned kinds -> the owner goes onto a coalescing work queue, so a
+  Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by hand
+  reaches the ModelService (status or repair) within seconds;
+* a resync loop that re-queues every ModelService every ``resync_seconds`` (a resync with
+  nothing changed writes nothing; no kopf timer, because timers make kopf put a finalizer on
+  every ModelService and deletion would then wait for the operator) and a capability watcher
+  that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
+
+kopf's own bookkeeping is kept under ``serving.modelservice.dev`` annotations, success Events of
+kopf are not posted (``posting.level = WARNING``); our Events are posted on condition
+transitions only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from msv_operator import builders, conditions, kube, reconcile
+from msv_operator.config import PREFIX, OperatorConfig
+from msv_operator.metrics import OperatorMetrics
+
+log = logging.getLogger("msv_operator.handlers")
+
+GROUP = kube.MODELSERVICE_GROUP
+VERSION = kube.MODELSERVICE_VERSION
+PLURAL = kube.MODELSERVICE_PLURAL
+LABEL = builders.LABEL_MODELSERVICE
+
+Key = tuple[str, str]
+
+OWNED = (
+    ("apps", "v1", "deployments", "apps/v1", "Deployment"),
+    ("", "v1", "services", "v1", "Service"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "autoscaling/v2", "HorizontalPodAutoscaler"),
+)
+
+
+def now() -> str:
+    return conditions.rfc3339(datetime.now(UTC))
+
+
+class Runtime:
+    """Per-process state: API facade, capability cache, caches, work queue, executor."""
+
+    def __init__(self, config: OperatorConfig, metrics: OperatorMetrics,
+                 client: kube.Kube | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
+                                        pool_size=max(4, config.max_workers * 2))
+        self.ctx = reconcile.Context(config=config, kube=self.kube,
+                                     capabilities=kube.Capabilities(self.kube,
+                                                                    config.discovery_seconds))
+        self.executor = ThreadPoolExecutor(max_workers=config.max_workers,
+                                           thread_name_prefix="reconcile")
+        self.indexes: dict[str, Any] = {}
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.queued: set[Key] = set()
+        self.queue: asyncio.Queue[Key] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.retries: dict[Key, int] = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.tasks = [asyncio.create_task(self._worker(), name=f"msv-worker-{i}")
+                      for i in range(self.config.max_workers)]
+        self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
+        self.tasks.append(asyncio.create_task(self._resync(), name="msv-resync"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.kube.close()
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Remember the kopf index objects (live views handed to every handler)."""
+        self.indexes.update(kwargs)
+
+    # ---- work queue -----------------------------------------------------------------------
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if key in self.queued or self.queue is None:
+            return
+        self.queued.add(key)
+        queue = self.queue
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, queue.put_nowait, key)
+        else:
+            queue.put_nowait(key)
+
+    async def _worker(self) -> None:
+        assert self.queue is not None
+        while True:
+            key = await self.queue.get()
+            self.queued.discard(key)
+            try:
+                await self.run(key)
+                self.retries.pop(key, None)
+            except (kube.Conflict, kube.Transient) as e:
+                attempt = self.retries.get(key, 0) + 1
+                self.retries[key] = attempt
+                delay = min(60.0, 0.5 * 2 ** attempt)
+                log.warning("Retrying ModelService %s/%s in %.1fs: %s", key[0], key[1], delay, e)
+                self.enqueue(key, delay)
+            except Exception:
+                log.exception("Reconcile of ModelService %s/%s failed", *key)
+
+    async def _watch_capabilities(self) -> None:
+        loop = asyncio.get_running_loop()
+        previous = None
+        while True:
+            try:
+                answer = await loop.run_in_executor(self.executor, self.ctx.capabilities.get)
+                if previous is not None and answer != previous:
+                    for key in self.known():
+                        self.enqueue(key)
+                previous = answer
+            except kube.ApiError as e:
+                log.warning("Capability discovery failed: %s", e)
+            await asyncio.sleep(max(1.0, self.config.discovery_seconds))
+
+    async def _resync(self) -> None:
+        """Re-queue every known ModelService every ``resync_seconds``; a pass that finds
+        nothing changed writes nothing."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for key in self.known():
+                self.enqueue(key)
+
+    def known(self) -> list[Key]:
+        index = self.indexes.get("msv_bodies")
+        return list(index.keys()) if index is not None else []
+
+    # ---- one pass -------------------------------------------------------------------------
+    def body_of(self, key: Key) -> dict[str, Any] | None:
+        index = self.indexes.get("msv_bodies")
+        if index is None or key not in index:
+            return None
+        for body in index[key]:
+            return dict(body)
+        return None
+
+    def observed(self, key: Key) -> reconcile.Observed:
+        owned = self.indexes.get("msv_owned")
+        pods = self.indexes.get("msv_pods")
+        return reconcile.Observed(
+            objects=[dict(o) for o in (owned[key] if owned is not None and key in owned else ())],
+            pods=[dict(p) for p in (pods[key] if pods is not None and key in pods else ())],
+        )
+
+    async def run(self, key: Key, body: Mapping[str, Any] | None = None
+                  ) -> reconcile.Result | None:
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            ms = reconcile.plain(body) if body is not None else self.body_of(key)
+            if ms is None:
+                self.locks.pop(key, None)
+                return None
+            observed = self.observed(key)
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(
+                    self.executor, reconcile.reconcile, self.ctx, ms, observed, now())
+            except (kube.Conflict, kube.Transient) as e:
+                self.metrics.reconciles.labels(result="error").inc()
+                self.metrics.errors.labels(
+                    kind="conflict" if isinstance(e, kube.Conflict) else "transient").inc()
+                raise
+            except kube.ApiError:
+                self.metrics.reconciles.labels(result="error").inc()
+                self.metrics.errors.labels(kind="rejected").inc()
+                raise
+            except Exception:
+                self.metrics.reconciles.labels(result="error").inc()
+                self.metrics.errors.labels(kind="unexpected").inc()
+                raise
+            finally:
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            self.metrics.reconciles.labels(result=result.outcome).inc()
+            for item in result.applied:
+                self.metrics.applies.labels(kind=item.split(" ", 1)[0]).inc()
+            self.metrics.skipped_applies.labels(kind="any").inc(result.unchanged)
+            for item in result.pruned:
+                self.metrics.deletes.labels(kind=item.split(" ", 1)[0]).inc()
+            if result.apply_error:
+                self.metrics.errors.labels(kind="rejected").inc()
+            if result.status_written:
+                self.metrics.status_writes.inc()
+                await self._post_events(ms, result)
+            return result
+
+    async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
+        loop = asyncio.get_running_loop()
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+                    "metadata": ms.get("metadata") or {}}
+        for transition in result.transitions:
+            event = reconcile.event_for(transition)
+            if event is None:
+                continue
+            type_, reason, message = event
+            try:
+                await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
+                                           type_, reason, message, now())
+            except kube.ApiError as e:
+                log.warning("Could not post event %s: %s", reason, e)
+
+
+def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
+    owner = labels.get(LABEL)
+    if not namespace or not owner:
+        return None
+    return (namespace, owner)
+
+
+def register(config: OperatorConfig, metrics: OperatorMetrics,
+             runtime_factory: Any = None) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler of the operator, configured by ``config``."""
+    registry = kopf.OperatorRegistry()
+    factory = runtime_factory or Runtime
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=PREFIX, key="last-handled-configuration")
+        settings.persistence.finalizer = f"{PREFIX}/finalizer"
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.peering.standalone = True
+        settings.execution.max_workers = config.max_workers
+        runtime = factory(config, metrics)
+        memo["runtime"] = runtime
+        runtime.start()
+        log.info("Started the ModelService operator (%s)",
+                 "all namespaces" if config.clusterwide else ", ".join(config.namespaces))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        runtime = memo.get("runtime")
+        if runtime is not None:
+            await runtime.stop()
+        log.info("Stopped the ModelService operator")
+
+    # ---- caches -----------------------------------------------------------------------------
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
+    def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(str(namespace), name): reconcile.strip_live(body, f"{GROUP}/{VERSION}",
+                                                         "ModelService")}
+
+    def owned_index(api_version: str, kind: str) -> Any:
+        def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+                  **_: Any) -> Any:
+            key = _owner_key(namespace, labels)
+            return None if key is None else {key: reconcile.strip_live(body, api_version, kind)}
+        return index
+
+    for group, version, plural, api_version, kind in OWNED:
+        kopf.index(group, version, plural, labels={LABEL: kopf.PRESENT}, registry=registry,
+                   id=f"msv_owned_{plural}")(owned_index(api_version, kind))
+
+    @kopf.index("", "v1", "pods", labels={LABEL: kopf.PRESENT}, registry=registry,
+                id="msv_pods")
+    def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+                 **_: Any) -> Any:
+        key = _owner_key(namespace, labels)
+        return None if key is None else {key: reconcile.trim_pod(body)}
+
+    # ---- the ModelService -------------------------------------------------------------------
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    async def reconcile_modelservice(namespace: str | None, name: str, body: kopf.Body,
+                                     memo: Any, retry: int, **kwargs: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        runtime.bind(_indexes(kwargs))
+        try:
+            await runtime.run((str(namespace), name), body)
+        except (kube.Conflict, kube.Transient) as e:
+            raise kopf.TemporaryError(str(e), delay=min(60.0, 0.5 * 2 ** (retry + 1))) from e
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="count")
+    def count(**kwargs: Any) -> None:
+        index = kwargs.get("msv_bodies")
+        if index is not None:
+            metrics.modelservices.set(len(index))
+
+    # ---- owned objects -------------------------------------------------------------------
+    async def owned_changed(namespace: str | None, labels: Mapping[str, str], memo: Any,
+                            **kwargs: Any) -> None:
+        runtime: Runtime | None = memo.get("runtime")
+        key = _owner_key(namespace, labels)
+        if runtime is None or key is None:
+            return
+        runtime.bind(_indexes(kwargs))
+        runtime.enqueue(key)
+
+    for group, version, plural, _api_version, _kind in (*OWNED, ("", "v1", "pods", "v1", "Pod")):
+        kopf.on.event(group, version, plural, labels={LABEL: kopf.PRESENT}, registry=registry,
+                      id=f"owned_{plural}")(owned_changed)
+
+    return registry
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge the per-kind owned-object indexes into one view (they share their keys)."""
+    out: dict[str, Any] = {}
+    for name in ("msv_bodies", "msv_pods"):
+        if name in kwargs:
+            out[name] = kwargs[name]
+    owned = [kwargs[f"msv_owned_{plural}"] for _g, _v, plural, _a, _k in OWNED
+             if f"msv_owned_{plural}" in kwargs]
+    if owned:
+        out["msv_owned"] = _Union(owned)
+    return out
+
+
+class _Union:
+    """A read-only union of several kopf indexes with the same key type."""
+
+    def __init__(self, indexes: list[Any]) -> None:
+        self.indexes = indexes
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in index for index in self.indexes)
+
+    def __getitem__(self, key: Key) -> list[Any]:
+        out: list[Any] = []
+        for index in self.indexes:
+            if key in index:
+                out.extend(index[key])
+        return out
+
+
+async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
+                  stop_flag: Any = None, ready_flag: Any = None,
+                  liveness_endpoint: str | None = None) -> None:
+    """Run the operator until ``stop_flag`` (or SIGINT/SIGTERM in the main thread)."""
+    registry = register(config, metrics)
+    await kopf.operator(
+        registry=registry,
+        standalone=True,
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(),
+    )
