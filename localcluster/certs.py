@@ -35,6 +35,8 @@ API_SERVER_NAMES = (
     "kubernetes.default.svc.cluster.local",
 )
 API_SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+# The aggregation layer checks an extension server's certificate against <service>.<ns>.svc.
+METRICS_SERVER_NAMES = ("localcluster-metrics.kube-system.svc", "localhost")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ class Pki:
     @property
     def serving_key(self) -> Path:
         return self.dir / "apiserver.key"
+
+    @property
+    def metrics_cert(self) -> Path:
+        return self.dir / "metrics-server.crt"
+
+    @property
+    def metrics_key(self) -> Path:
+        return self.dir / "metrics-server.key"
 
     @property
     def front_proxy_ca(self) -> Path:
@@ -163,6 +173,10 @@ def generate(directory: Path) -> Pki:
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in API_SERVER_IPS]
     issue(pki.serving_cert, pki.serving_key, _name("kube-apiserver"),
           ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    issue(pki.metrics_cert, pki.metrics_key, _name("localcluster-metrics"),
+          ExtendedKeyUsageOID.SERVER_AUTH,
+          [x509.DNSName(n) for n in METRICS_SERVER_NAMES]
+          + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     for name, (cn, orgs) in CLIENTS.items():
         issue(pki.client_cert(name), pki.client_key(name), _name(cn, orgs),
               ExtendedKeyUsageOID.CLIENT_AUTH)

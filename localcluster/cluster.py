@@ -9,6 +9,7 @@ clusters can run side by side with different state directories; ports are picked
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -18,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +30,8 @@ from typing import Any
 
 from localcluster import build, certs, nodes, paths
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+              "metrics-server")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -114,6 +117,11 @@ class ComponentStatus:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _executable(name: str) -> str:
+    """What a component's process runs (its argv[0]); the metrics stand-in is Python."""
+    return sys.executable if name == "metrics-server" else str(paths.binary(name))
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -217,13 +225,14 @@ def _endpoints(ports: dict[str, int]) -> dict[str, str]:
         "kube-controller-manager": f"https://127.0.0.1:{ports['kube-controller-manager']}/healthz",
         "kube-scheduler": f"https://127.0.0.1:{ports['kube-scheduler']}/healthz",
         "kwok": f"http://127.0.0.1:{ports['kwok']}/healthz",
+        "metrics-server": f"https://127.0.0.1:{ports.get('metrics-server', 0)}/healthz",
     }
 
 
 def _check_health(state_dir: Path, name: str, url: str) -> tuple[bool, str]:
     ctx = None
     if url.startswith("https"):
-        ctx = _ssl_context(state_dir, verify=(name == "kube-apiserver"))
+        ctx = _ssl_context(state_dir, verify=name in ("kube-apiserver", "metrics-server"))
     code, body = _http_get(url, ctx)
     body = body.strip()
     if name == "etcd":
@@ -251,7 +260,7 @@ def _write_kubeconfig(path: Path, server: str, pki: certs.Pki, client: str) -> N
 
 def _commands(state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
     pki = certs.Pki(state_dir / "pki")
-    b = {n: str(paths.binary(n)) for n in COMPONENTS}
+    b = {n: _executable(n) for n in COMPONENTS}
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
     kc = {n: str(state_dir / f"kubeconfig-{n}") for n in ("controller-manager", "scheduler",
@@ -325,6 +334,10 @@ def _commands(state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
             f"--server-address=127.0.0.1:{ports['kwok']}",
             "--node-lease-duration-seconds=40",
         ],
+        "metrics-server": [
+            b["metrics-server"], "-m", "localcluster.metrics_server",
+            f"--state-dir={state_dir}", f"--port={ports['metrics-server']}",
+        ],
     }
 
 
@@ -367,10 +380,12 @@ def status(state_dir: str | os.PathLike[str] | None = None) -> list[ComponentSta
         return []
     urls = _endpoints(state["ports"])
     out = []
-    for name in COMPONENTS:
+    # A cluster started by an older localcluster may lack newer components: report what it has.
+    recorded = [n for n in COMPONENTS if n in state.get("ports", {})] or list(COMPONENTS)
+    for name in recorded:
         pid = state.get("pids", {}).get(name)
         log = sd / "logs" / f"{name}.log"
-        alive = _proc_alive(pid, str(paths.binary(name)))
+        alive = _proc_alive(pid, _executable(name))
         healthy, detail = _check_health(sd, name, urls[name]) if alive else (False, "not running")
         st = ComponentStatus(name, pid, alive, healthy, urls[name], detail, log)
         if not healthy:
@@ -448,7 +463,7 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> 
     (sd / "logs").mkdir(parents=True, exist_ok=True)
     pki = certs.generate(sd / "pki")
     ports = _free_ports(["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-                         "kube-scheduler", "kwok"])
+                         "kube-scheduler", "kwok", "metrics-server"])
     cluster = Cluster(sd, ports)
     server = cluster.server
     _write_kubeconfig(cluster.kubeconfig, server, pki, "admin")
@@ -489,11 +504,18 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> 
     wait_healthy("etcd")
     start("kube-apiserver")
     wait_healthy("kube-apiserver")
-    for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+    from localcluster import metrics_server  # lazy: it is also run as `python -m`
+
+    later = ("kube-controller-manager", "kube-scheduler", "kwok", "metrics-server")
+    for name in later:
         start(name)
+    ca_b64 = base64.b64encode(pki.ca.read_bytes()).decode()
     _kubectl(cluster, "apply", "--server-side", "-f", "-",
              stdin=json.dumps(nodes.pool_manifest()))
-    for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+    _kubectl(cluster, "apply", "--server-side", "-f", "-",
+             stdin=json.dumps(metrics_server.apiservice_manifests(ports["metrics-server"],
+                                                                  ca_b64)))
+    for name in later:
         wait_healthy(name)
 
     want = {n.name for n in nodes.DEFAULT_POOL}
@@ -515,7 +537,15 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> 
             return False, str(e)
         return True, ""
 
+    def metrics_available() -> tuple[bool, str]:
+        svc = api_get(cluster, "/apis/apiregistration.k8s.io/v1/apiservices/"
+                      f"{metrics_server.VERSION}.{metrics_server.GROUP}")
+        conds = {c["type"]: c for c in svc.get("status", {}).get("conditions", [])}
+        avail = conds.get("Available", {})
+        return avail.get("status") == "True", str(avail.get("message", ""))
+
     _wait("the simulated nodes to become Ready", nodes_ready, deadline, died("kwok"))
+    _wait("the metrics.k8s.io API", metrics_available, deadline, died("metrics-server"))
     _wait("the default service account", default_sa, deadline, died("kube-controller-manager"))
     out(f"  {len(want)} nodes Ready ({time.monotonic() - t0:.1f} s)")
     return cluster
@@ -528,7 +558,7 @@ def _stop(sd: Path, grace: float = 10) -> list[str]:
     pids: dict[str, int] = state.get("pids", {})
     for name in reversed(COMPONENTS):
         pid = pids.get(name)
-        if pid and _proc_alive(pid, str(paths.binary(name))):
+        if pid and _proc_alive(pid, _executable(name)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             stopped.append(name)

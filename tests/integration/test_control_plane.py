@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from localcluster import cluster as lc
-from localcluster import nodes, paths, versions
+from localcluster import metrics_server, nodes, paths, versions
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
 MAX_GPUS = max(n.gpus for n in nodes.DEFAULT_POOL)
+CPU_USAGE = metrics_server.CPU_ANNOTATION
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
@@ -174,11 +175,14 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     wait_for("dependents to be garbage-collected", gone)
 
 
-def test_horizontal_pod_autoscaler_controller_evaluates_an_hpa(
+def test_horizontal_pod_autoscaler_scales_on_reported_cpu_usage(
         cluster: lc.Cluster, namespace: str) -> None:
-    cluster.apply(deployment("scaled", {"containers": [{
-        "name": "c", "image": "x.invalid/y", "resources": {"requests": {"cpu": "100m"}}}]}),
-        namespace)
+    # Each pod reports 200m CPU against a 100m request (200% of request) through the
+    # metrics.k8s.io stand-in; the real HPA controller must scale 2 -> maxReplicas (4).
+    dep = deployment("scaled", {"containers": [{
+        "name": "c", "image": "x.invalid/y", "resources": {"requests": {"cpu": "100m"}}}]})
+    dep["spec"]["template"]["metadata"]["annotations"] = {CPU_USAGE: "200m"}
+    cluster.apply(dep, namespace)
     cluster.apply({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "scaled"},
@@ -190,18 +194,25 @@ def test_horizontal_pod_autoscaler_controller_evaluates_an_hpa(
         },
     }, namespace)
 
-    def conditions() -> dict[str, str]:
-        hpa = cluster.kubectl_json("get", "hpa", "scaled", "-n", namespace)
-        return {c["type"]: c["status"] for c in hpa.get("status", {}).get("conditions", [])}
+    def hpa() -> dict[str, Any]:
+        out: dict[str, Any] = cluster.kubectl_json("get", "hpa", "scaled", "-n", namespace)
+        return out
 
-    # The controller ran: it reports its conditions and enforces minReplicas.
-    assert "AbleToScale" in wait_for("HPA conditions", conditions, timeout=60)
+    def utilization() -> int | None:
+        for m in hpa().get("status", {}).get("currentMetrics") or []:
+            value = m.get("resource", {}).get("current", {}).get("averageUtilization")
+            if value is not None:
+                return int(value)
+        return None
 
-    def replicas() -> int:
+    assert wait_for("the HPA to read CPU utilization", utilization, timeout=90) == 200
+
+    def ready() -> int:
         d = cluster.kubectl_json("get", "deployment", "scaled", "-n", namespace)
-        return int(d["spec"]["replicas"])
+        return int(d.get("status", {}).get("readyReplicas", 0))
 
-    wait_for("minReplicas to be enforced", lambda: replicas() == 2, timeout=60)
+    wait_for("4 ready replicas", lambda: ready() == 4, timeout=90)
+    assert hpa()["status"]["desiredReplicas"] == 4
 
 
 def test_a_job_pod_runs_to_completion(cluster: lc.Cluster, namespace: str) -> None:
