@@ -285,3 +285,27 @@ def test_concurrent_http_requests_get_their_own_rows() -> None:
             assert out["y"] == [2 * i] * 4
             assert out["upper"] == [f"W{i}"]
         assert sum(backend.batches) == 12  # type: ignore[attr-defined]
+
+
+def test_numeric_data_is_checked_in_one_pass() -> None:
+    import pytest
+
+    from model_server.dataplane import _decode_tensor
+    from model_server.errors import InvalidInput
+
+    def decode(datatype: str, data: list[object]) -> np.ndarray:
+        tensor = {"name": "t", "shape": [len(data)], "datatype": datatype, "data": data}
+        return _decode_tensor(tensor, 0, None, 0)[0]
+
+    assert decode("INT8", [1, -2, 127]).dtype == np.int8
+    assert decode("FP16", [1, 2.5]).tolist() == [1.0, 2.5]
+    assert decode("BOOL", [True, False]).tolist() == [True, False]
+    assert decode("INT32", []).shape == (0,)
+    with pytest.raises(InvalidInput, match=r"outside the INT8 range \[-128, 127\]"):
+        decode("INT8", [1, 300])
+    with pytest.raises(InvalidInput, match="INT64 data cannot hold 1.5"):
+        decode("INT64", [1, 1.5])
+    with pytest.raises(InvalidInput, match="BOOL data cannot hold 1"):
+        decode("BOOL", [1, 0])
+    with pytest.raises(InvalidInput, match="FP32 data cannot hold None"):
+        decode("FP32", [1.0, None])
