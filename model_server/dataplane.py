@@ -572,7 +572,10 @@ def _decode_tensor(
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"input {name!r}: {datatype} data is malformed: {exc}") from None
     if parsed.ndim != 1 or parsed.dtype.kind not in _KIND_OK[dtype.kind]:
-        bad = next((x for x in data if not isinstance(x, (bool, int, float))), data[0])
+        ok: tuple[type, ...] = {"b": (bool,), "i": (int,), "u": (int,)}.get(
+            dtype.kind, (int, float)
+        )
+        bad = next((x for x in data if type(x) not in ok), data[0])
         raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {bad!r:.40}")
     if dtype.kind in "iu" and parsed.dtype != dtype:
         info = np.iinfo(dtype)

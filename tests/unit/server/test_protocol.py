@@ -303,7 +303,7 @@ def test_numeric_data_is_checked_in_one_pass() -> None:
     assert decode("INT32", []).shape == (0,)
     with pytest.raises(InvalidInput, match=r"outside the INT8 range \[-128, 127\]"):
         decode("INT8", [1, 300])
-    with pytest.raises(InvalidInput, match="INT64 data cannot hold 1.5"):
+    with pytest.raises(InvalidInput, match=r"INT64 data cannot hold 1\.5"):
         decode("INT64", [1, 1.5])
     with pytest.raises(InvalidInput, match="BOOL data cannot hold 1"):
         decode("BOOL", [1, 0])
