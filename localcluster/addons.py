@@ -57,7 +57,13 @@ def module_dir(module: str, version: str) -> Path:
 
 
 def crd_files(name: str) -> list[Path]:
-    """CRD YAML files of add-on ``name`` (``prometheus-operator`` or ``gateway-api``)."""
+    """CRD YAML files of add-on ``name`` (``prometheus-operator`` or ``gateway-api``).
+
+    Install them with ``kubectl apply --server-side -f FILE`` (they are too large for the
+    client-side last-applied annotation). To read them in Python use
+    ``yaml.load_all(text, Loader=yaml.BaseLoader)``: the Prometheus Operator CRDs contain a
+    bare ``=`` scalar that ``yaml.safe_load`` rejects.
+    """
     try:
         src = ADDONS[name]
     except KeyError:
