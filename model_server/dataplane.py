@@ -217,7 +217,7 @@ class DataPlane:
                 f"(served version: {self.model_version!r})"
             )
 
-    def _require_ready(self) -> Batcher:
+    def require_ready(self) -> Batcher:
         if self.model.state == "ready" and self.batcher is not None:
             return self.batcher
         if self.model.state == "failed":
@@ -278,7 +278,7 @@ class DataPlane:
     ) -> tuple[bytes, dict[str, str] | None]:
         """Run one OIP v2 inference request; returns the response body and extra headers."""
         self.check_model(name, version)
-        batcher = self._require_ready()
+        batcher = self.require_ready()
         request, binary = _split_body(body, header_length)
         inputs, requested, binary_out, request_id = self._decode(request, binary)
         outputs = await batcher.submit(inputs)
@@ -400,7 +400,7 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes
     ) -> tuple[Backend, str, dict[str, Any]]:
         self.check_model(name, version)
-        self._require_ready()
+        self.require_ready()
         backend = self.model.backend
         assert backend is not None
         if not backend.supports_generate():

@@ -71,7 +71,7 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     dp = _dp(request)
     if not dp.ready:
-        dp._require_ready()  # raises ModelNotReady with the state and reason
+        dp.require_ready()  # raises ModelNotReady with the state and reason
         raise ModelNotReady("the model is not ready")
     return Response(b'{"ready":true}', media_type=JSON)
 
@@ -103,7 +103,7 @@ async def model_version_metadata(
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
     dp = _dp(request)
     if not dp.model_ready(name, version):
-        dp._require_ready()
+        dp.require_ready()
     return Response(b'{"name":"%s","ready":true}' % name.encode(), media_type=JSON)
 
 

@@ -309,3 +309,26 @@ def test_numeric_data_is_checked_in_one_pass() -> None:
         decode("BOOL", [1, 0])
     with pytest.raises(InvalidInput, match="FP32 data cannot hold None"):
         decode("FP32", [1.0, None])
+
+
+def test_fastapi_route_behaves_like_the_fast_path() -> None:
+    """The documented FastAPI infer route (fast path off) gives the same answers."""
+    bodies = [
+        orjson.dumps({"id": "a", "inputs": [X, TEXT]}),
+        orjson.dumps({"inputs": [X, TEXT], "outputs": [{"name": "length"}]}),
+        orjson.dumps({"inputs": [{**X, "shape": [2, 3]}, TEXT]}),
+        orjson.dumps({"inputs": [TEXT]}),
+        b"{not json",
+    ]
+    answers: dict[bool, list[tuple[int, object]]] = {}
+    for fast in (True, False):
+        with serve_app(infer_fast_path=fast) as (client, _, registry):
+            answers[fast] = [
+                (r.status_code, r.json())
+                for r in (client.post("/v2/models/echo/infer", content=b) for b in bodies)
+            ]
+            answers[fast].append((infer(client, {}, "/v2/models/other/infer").status_code, None))
+            labels = {"model": "echo", "variant": "int8", "endpoint": "infer", "status": "400"}
+            assert registry.get_sample_value("model_server_requests_total", labels) == 3
+    assert answers[True] == answers[False]
+    assert [code for code, _ in answers[True]] == [200, 200, 400, 400, 400, 404]
