@@ -428,6 +428,10 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
         c = current(sd)
         if c:
             out(f"control plane already running ({c.server}); reusing it")
+            state = _read_state(sd) or {}
+            if owner == "cli" and state.get("owner") != "cli":
+                state["owner"] = "cli"  # someone asked for it by hand: tests must not stop it
+                _write_state(sd, state)
         else:
             if _read_state(sd):
                 out("stopping the remains of a previous, unhealthy control plane")
