@@ -105,6 +105,56 @@ def _serve_bare(port: int, response_file: str) -> None:
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
 
 
+def _serve_floor(port: int) -> None:
+    """The least any OIP server must do: parse JSON, build the numpy input, encode output.
+
+    No validation, routing, batching, metrics or error handling; shown for context only.
+    """
+    import orjson
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["method"] != "POST":  # readiness probe of the benchmark
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        tensor = orjson.loads(body)["inputs"][0]
+        arr = np.array(tensor["data"]).astype(np.float32).reshape(tensor["shape"])
+        out = orjson.dumps(
+            {
+                "model_name": "identity",
+                "model_version": "1",
+                "outputs": [
+                    {"name": "x", "datatype": "FP32", "shape": list(arr.shape),
+                     "data": arr.reshape(-1)}
+                ],
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(out)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, *args])
 
@@ -119,7 +169,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", choices=["ours", "bare"])
+    parser.add_argument("--serve", choices=["ours", "bare", "floor"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--response-file")
     parser.add_argument("--model-name", default="identity")
@@ -137,6 +187,9 @@ def main() -> None:
     if args.serve == "bare":
         _serve_bare(args.port, args.response_file)
         return
+    if args.serve == "floor":
+        _serve_floor(args.port)
+        return
 
     load_at_start = os.getloadavg()
     ours_port, bare_port = free_port(), free_port()
@@ -144,6 +197,8 @@ def main() -> None:
         ["--serve", "ours", "--port", str(ours_port), "--max-batch-size", str(args.max_batch_size)]
     )
     bare: subprocess.Popen[bytes] | None = None
+    floor_port = free_port()
+    floor = _start(["--serve", "floor", "--port", str(floor_port)])
     try:
         wait_http(HOST, ours_port, "/v2/health/ready")
         import http.client
@@ -166,16 +221,21 @@ def main() -> None:
         )
         wait_http(HOST, bare_port, "/")
         response_file.unlink()
+        wait_http(HOST, floor_port, "/")
 
         req_ours = build_request("POST", HOST, ours_port, "/v2/models/identity/infer", BODY)
         req_bare = build_request("POST", HOST, bare_port, "/v2/models/identity/infer", BODY)
+        req_floor = build_request("POST", HOST, floor_port, "/v2/models/identity/infer", BODY)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-            "ours": {"c1": [], "cN": []},
-            "bare": {"c1": [], "cN": []},
+            name: {"c1": [], "cN": []} for name in ("ours", "bare", "floor")
         }
         for rnd in range(args.rounds):
-            for name, port, req in (("bare", bare_port, req_bare), ("ours", ours_port, req_ours)):
-                proc = ours if name == "ours" else bare
+            for name, port, req in (
+                ("bare", bare_port, req_bare),
+                ("floor", floor_port, req_floor),
+                ("ours", ours_port, req_ours),
+            ):
+                proc = {"ours": ours, "bare": bare, "floor": floor}[name]
                 for key, conc in (("cN", args.concurrency), ("c1", 1)):
                     run_load(HOST, port, req, concurrency=conc, duration_s=0.3, warmup_s=0)
                     cpu0 = cpu_seconds(proc.pid)
@@ -190,6 +250,7 @@ def main() -> None:
                     print(f"round {rnd + 1} {name:4s} c={conc}: {res.summary()}", flush=True)
     finally:
         _stop(ours)
+        _stop(floor)
         if bare is not None:
             _stop(bare)
 
@@ -210,6 +271,9 @@ def main() -> None:
         "concurrency": args.concurrency,
         "max_batch_size": args.max_batch_size,
         "bare_rps": med("bare", "cN", "rps"),
+        "floor_rps": med("floor", "cN", "rps"),
+        "floor_rps_ratio": round(med("floor", "cN", "rps") / med("bare", "cN", "rps"), 3),
+        "floor_cpu_us_per_req": med("floor", "cN", "server_cpu_us_per_req"),
         "ours_rps": med("ours", "cN", "rps"),
         "rps_ratio": round(med("ours", "cN", "rps") / med("bare", "cN", "rps"), 3),
         "bare_p50_ms_c1": med("bare", "c1", "p50_ms"),
@@ -233,7 +297,9 @@ def main() -> None:
         f"bare {result['bare_p50_ms_c1']:.3f} ms, "
         f"added {result['added_p50_ms_c1']:.3f} ms (goal <= 0.3); "
         f"server CPU per request: ours {result['ours_cpu_us_per_req']:.1f} us, "
-        f"bare {result['bare_cpu_us_per_req']:.1f} us"
+        f"bare {result['bare_cpu_us_per_req']:.1f} us; minimal parse+encode handler "
+        f"{result['floor_rps']:.0f} req/s ({result['floor_rps_ratio']:.3f}x bare, "
+        f"{result['floor_cpu_us_per_req']:.1f} us)"
     )
     print(f"saved {args.out}")
 

@@ -121,6 +121,17 @@ class HotPathCollector(Collector):
         self.queue_depth = 0
         self.inflight = 0
 
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one finished request and record its latency."""
+        key = (endpoint, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        hist = self.latency.get(endpoint)
+        if hist is None:
+            hist = self.latency[endpoint] = _Hist(LATENCY_BUCKETS)
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1
+        hist.total += seconds
+
     def collect(self) -> Iterator[Metric]:
         labels = [self.model, self.variant]
         requests = CounterMetricFamily(
@@ -233,14 +244,8 @@ class ServerMetrics:
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """A request started with `request_started` finished: count it, record latency."""
-        hot = self.hot
-        hot.inflight -= 1
-        key = (endpoint, status)
-        hot.requests[key] = hot.requests.get(key, 0) + 1
-        hist = hot.latency.get(endpoint)
-        if hist is None:
-            hist = hot.latency[endpoint] = _Hist(LATENCY_BUCKETS)
-        hist.observe(seconds)
+        self.hot.inflight -= 1
+        self.hot.observe(endpoint, status, seconds)
 
     def observe_batch(self, rows: int) -> None:
         self.hot.batch.observe(rows)

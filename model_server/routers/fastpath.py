@@ -17,7 +17,7 @@ from model_server.dataplane import DataPlane
 from model_server.errors import InvalidInput, PayloadTooLarge, ServerError, error_response
 
 _PREFIX = "/v2/models/"
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON_HEADER = (b"content-type", b"application/json")
 
 
 def _match(path: str) -> tuple[str, str | None] | None:
@@ -39,7 +39,7 @@ class InferFastPath:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["method"] != "POST" or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         target = _match(scope["path"])
@@ -48,21 +48,22 @@ class InferFastPath:
             return
         state = scope["app"].state
         dp: DataPlane = state.dataplane
-        metrics = dp.metrics
-        started = time.perf_counter()
+        hot = dp.metrics.hot
+        perf_counter = time.perf_counter
+        started = perf_counter()
         status = 200
-        metrics.request_started()
+        hot.inflight += 1
         try:
-            length: str | None = None
+            length: bytes | None = None
             header_length: str | None = None
             for key, value in scope["headers"]:
                 if key == b"content-length":
-                    length = value.decode("latin-1")
+                    length = value
                 elif key == b"inference-header-content-length":
                     header_length = value.decode("latin-1")
             body = await _read_body(receive, length, state.max_request_bytes)
             out, extra = await dp.infer(target[0], target[1], body, header_length)
-            headers = [*_JSON_HEADERS, (b"content-length", str(len(out)).encode())]
+            headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
             if extra:
                 headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -74,10 +75,11 @@ class InferFastPath:
             status = 500
             raise
         finally:
-            metrics.observe_request("infer", status, time.perf_counter() - started)
+            hot.inflight -= 1
+            hot.observe("infer", status, perf_counter() - started)
 
 
-async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
+async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
     if declared is not None:
         try:
             size = int(declared)
