@@ -29,7 +29,7 @@ def _nodes_table(c: cluster.Cluster) -> str:
 def _cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
-        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out)
+        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out, owner="cli")
     except cluster.ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

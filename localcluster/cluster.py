@@ -409,11 +409,13 @@ def current(state_dir: str | os.PathLike[str] | None = None) -> Cluster | None:
 
 
 def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
-       out: Callable[[str], None] = lambda _line: None, owner: str = "cli",
+       out: Callable[[str], None] = lambda _line: None, owner: str | None = None,
        user: int | None = None) -> Cluster:
     """Start the control plane (or reuse a healthy one) and return when it is healthy.
 
-    ``user`` (a pid) registers that process as a user of the cluster (see ``release``).
+    ``owner`` is recorded when it starts: "pytest" lets the last test session stop it (see
+    ``release``); "cli" (the ``up`` command) also claims a reused cluster so tests never stop
+    it. ``user`` (a pid) registers that process as a user of the cluster (see ``release``).
     Raises NotBuiltError if the binaries are missing and ClusterError (naming the component
     and its log) if anything fails to become healthy within ``timeout`` seconds.
     """
@@ -436,7 +438,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
             if _read_state(sd):
                 out("stopping the remains of a previous, unhealthy control plane")
                 _stop(sd)
-            c = _start_retrying_busy_ports(sd, timeout, out, owner)
+            c = _start_retrying_busy_ports(sd, timeout, out, owner or "api")
         if user:
             acquire(sd, user)
         return c
