@@ -196,21 +196,10 @@ class Batcher:
             rows = self._take(batch, 0)
             if not batch:
                 continue
-            if not idle and self.max_delay_s > 0 and rows < self.max_batch_size:
-                deadline = batch[0].arrival + self.max_delay_s
-                while rows < self.max_batch_size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    wakeup.clear()
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await wakeup.wait()
-                    except TimeoutError:
-                        pass
-                    rows = self._take(batch, rows)
-            self._busy = True
+            self._busy = True  # from here until the batch is done: no inline runs beside it
             try:
+                if not idle and self.max_delay_s > 0 and rows < self.max_batch_size:
+                    rows = await self._fill(batch, rows)
                 await self._execute(batch, rows)
             except asyncio.CancelledError:
                 for item in batch:
@@ -221,6 +210,23 @@ class Batcher:
                 log.exception("Batch dispatch failed")
             finally:
                 self._busy = False
+
+    async def _fill(self, batch: list[_Item], rows: int) -> int:
+        """Wait until the oldest request is max_delay old, taking compatible arrivals."""
+        assert self._wakeup is not None
+        deadline = batch[0].arrival + self.max_delay_s
+        while rows < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            rows = self._take(batch, rows)
+        return rows
 
     async def _execute(self, batch: list[_Item], rows: int) -> None:
         if len(batch) == 1:

@@ -223,3 +223,27 @@ def test_model_crash_is_internal_error_and_batcher_survives() -> None:
             await b.stop()
 
     run(main())
+
+
+def test_follow_on_batch_waits_up_to_max_delay_for_more() -> None:
+    model = Model()
+    model.gate.clear()
+
+    async def main() -> None:
+        b = Batcher(model, max_batch_size=8, max_delay_s=1.0)
+        b.start()
+        try:
+            first = asyncio.ensure_future(b.submit({"x": np.zeros((1, 2), np.float32)}))
+            await asyncio.sleep(0.05)  # first runs alone (idle server) and blocks
+            a = asyncio.ensure_future(b.submit({"x": np.ones((1, 2), np.float32)}))
+            await asyncio.sleep(0.01)
+            model.gate.set()  # first finishes; a's batch is not full and may wait for more
+            await asyncio.sleep(0.1)
+            c = asyncio.ensure_future(b.submit({"x": np.full((1, 2), 2, np.float32)}))
+            outs = await asyncio.gather(first, a, c)
+        finally:
+            await b.stop()
+        assert [float(o["y"][0, 0]) for o in outs] == [0.0, 10.0, 20.0]
+
+    run(main())
+    assert model.batches == [1, 2]  # a and c were merged although c came 0.1 s later
