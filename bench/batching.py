@@ -54,6 +54,20 @@ def body_for(i: int, words: int) -> bytes:
     return json.dumps(req).encode()
 
 
+def batch_totals(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    import urllib.request
+
+    total = count = 0.0
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics") as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("model_server_batch_size_sum"):
+                total = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("model_server_batch_size_count"):
+                count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
 def start_server(model_dir: Path, port: int, max_batch: int, delay_ms: float) -> Any:
     cmd = [
         sys.executable, "-m", "model_server", "serve",
@@ -106,23 +120,23 @@ def main() -> None:
                     req = build_request("POST", HOST, port, "/v2/models/model/infer", body)
                     for key, conc in (("cN", args.clients), ("c1", 1)):
                         run_load(HOST, port, req, concurrency=conc, duration_s=0.5, warmup_s=0)
+                        sum0, count0 = batch_totals(port)
                         cpu0 = cpu_seconds(procs[name].pid)
                         res = run_load(
                             HOST, port, req, concurrency=conc, duration_s=args.duration, warmup_s=0
                         )
                         cpu1 = cpu_seconds(procs[name].pid)
+                        sum1, count1 = batch_totals(port)
                         assert set(res.statuses) == {200}, res.statuses
                         summary = res.summary()
+                        summary["mean_batch_size"] = round(
+                            (sum1 - sum0) / max(count1 - count0, 1), 2
+                        )
                         summary["server_cpu_ms_per_req"] = round(
                             (cpu1 - cpu0) / max(res.requests, 1) * 1e3, 3
                         )
                         runs[name][key].append(summary)
                         print(f"round {rnd + 1} batching {name:3s} c={conc}: {summary}", flush=True)
-            metrics = ""
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://{HOST}:{ports['on']}/metrics") as resp:
-                metrics = resp.read().decode()
         finally:
             for proc in procs.values():
                 proc.terminate()
@@ -135,12 +149,6 @@ def main() -> None:
     def med(name: str, key: str, field: str) -> float:
         return float(statistics.median(r[field] for r in runs[name][key]))
 
-    batch_sum = batch_count = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("model_server_batch_size_sum"):
-            batch_sum = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("model_server_batch_size_count"):
-            batch_count = float(line.rsplit(" ", 1)[1])
     result = {
         "benchmark": "batching",
         "command": "python bench/batching.py " + " ".join(sys.argv[1:]),
@@ -157,7 +165,7 @@ def main() -> None:
         "clients": args.clients,
         "max_batch_size": args.max_batch_size,
         "max_delay_ms": args.max_delay_ms,
-        "mean_batch_size_on": round(batch_sum / batch_count, 2) if batch_count else None,
+        "mean_batch_size_on": med("on", "cN", "mean_batch_size"),
         "rps_on": med("on", "cN", "rps"),
         "rps_off": med("off", "cN", "rps"),
         "rps_ratio": round(med("on", "cN", "rps") / med("off", "cN", "rps"), 3),
