@@ -18,7 +18,6 @@ import math
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -477,10 +476,6 @@ def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
-def spec_dict(spec: TensorSpec) -> dict[str, Any]:
-    return asdict(spec)
 
 
 # wire format helpers ---------------------------------------------------------------------

@@ -4,8 +4,9 @@
 answered here without FastAPI's route matching and request machinery, which cost more
 than the whole protocol handling (docs/model-server.md, bench/serving_overhead.py). The
 FastAPI routes for the same paths stay registered: they document the API in OpenAPI and
-serve as the fallback with identical behaviour (both call `routers.v2._infer_bytes`'s
-dataplane path). Errors are rendered by `model_server.errors.error_response`.
+serve when the fast path is turned off (MODEL_SERVER_INFER_FAST_PATH=false), with the same
+behaviour, since both call `DataPlane.infer` (tests/unit/server/test_protocol.py checks that
+they answer alike). Errors are rendered by `model_server.errors.error_response`.
 """
 
 from __future__ import annotations
