@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -143,7 +144,9 @@ def load_client_configuration() -> kubernetes.client.Configuration:
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
+        # Read $KUBECONFIG now: the client library only reads it once, at import time.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                           client_configuration=configuration)
     return configuration
 
 

@@ -1,0 +1,275 @@
+"""The operator against the real local control plane: create, GPU placement, Unschedulable,
+updates, HPA-owned replicas, repair of hand edits, garbage collection, invalid specs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from msv_operator import kube
+from operator_harness import (
+    FIELD_MANAGER,
+    LABEL_MODELSERVICE,
+    LABEL_VARIANT,
+    MS_API,
+    RunningOperator,
+    api,
+    condition,
+    crd_file,
+    modelservice,
+    wait_for,
+)
+
+from localcluster import cluster as lc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: lc.Cluster) -> None:
+    path = crd_file()
+    if not path.exists():
+        pytest.skip(f"the ModelService CRD is not in the tree yet ({path.name})")
+    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modelservices.serving.modelservice.dev")
+
+
+@pytest.fixture
+def k(cluster: lc.Cluster) -> Iterator[kube.Kube]:
+    client = api()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def operator(crd: None, namespace: str) -> Iterator[RunningOperator]:
+    op = RunningOperator([namespace]).start()
+    yield op
+    assert op.alive, "the operator must still be running at the end of the test"
+    op.stop()
+
+
+def get_ms(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
+    return k.get(MS_API, "ModelService", ns, name)
+
+
+def apply_ms(k: kube.Kube, body: dict[str, Any]) -> dict[str, Any]:
+    return k.apply(body)
+
+
+def owned(k: kube.Kube, ns: str, name: str, api_version: str, kind: str) -> list[dict[str, Any]]:
+    return k.list(api_version, kind, ns, f"{LABEL_MODELSERVICE}={name}")
+
+
+def ready(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
+    ms = get_ms(k, ns, name)
+    c = condition(ms, "Ready")
+    gen = (ms or {}).get("metadata", {}).get("generation")
+    if c.get("status") == "True" and (ms or {}).get("status", {}).get("observedGeneration") == gen:
+        return ms
+    return None
+
+
+def test_create_applies_every_object_and_becomes_ready(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    ms = apply_ms(k, modelservice(
+        "sentiment", namespace,
+        variants=[{"name": "baseline"}, {"name": "int8",
+                                         "optimization": {"quantization": "dynamic-int8"}}],
+        traffic=[{"variant": "baseline", "weight": 75}, {"variant": "int8", "weight": 25}]))
+    uid = ms["metadata"]["uid"]
+    final = wait_for("Ready=True", lambda: ready(k, namespace, "sentiment"), timeout=90)
+
+    deployments = {d["metadata"]["name"]: d for d in
+                   owned(k, namespace, "sentiment", "apps/v1", "Deployment")}
+    services = {s["metadata"]["name"] for s in owned(k, namespace, "sentiment", "v1", "Service")}
+    assert set(deployments) == {"sentiment-baseline", "sentiment-int8"}
+    assert services == {"sentiment", "sentiment-baseline", "sentiment-int8"}
+    for dep in deployments.values():
+        meta = dep["metadata"]
+        refs = meta["ownerReferences"]
+        assert [(r["uid"], r["kind"], r["controller"]) for r in refs] == [
+            (uid, "ModelService", True)]
+        assert meta["labels"][LABEL_MODELSERVICE] == "sentiment"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "modelservice-operator"
+        appliers = {m["manager"] for m in meta["managedFields"] if m["operation"] == "Apply"}
+        assert appliers == {FIELD_MANAGER}
+        assert dep["status"].get("readyReplicas") == 1
+    int8 = deployments["sentiment-int8"]
+    env = {e["name"]: e.get("value") for e in
+           int8["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert env.get("MODEL_SERVER_QUANTIZATION") == "dynamic-int8"
+    assert int8["metadata"]["labels"][LABEL_VARIANT] == "int8"
+
+    status = final["status"]
+    assert status["url"] == f"http://sentiment.{namespace}.svc.cluster.local"
+    assert {(v["name"], v["weight"], v["readyReplicas"]) for v in status["variants"]} == {
+        ("baseline", 75, 1), ("int8", 25, 1)}
+    assert condition(final, "Degraded")["status"] == "False"
+    assert condition(final, "Progressing")["status"] == "False"
+    assert operator.metric("msv_operator_reconciles_total", {"result": "applied"}) >= 1
+
+
+def test_gpu_modelservice_lands_only_on_matching_gpu_nodes(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    apply_ms(k, modelservice("llm", namespace,
+                             gpu={"count": 1, "resourceName": "nvidia.com/gpu",
+                                  "products": ["NVIDIA-L4"]},
+                             variants=[{"name": "fp16",
+                                        "optimization": {"quantization": "float16"}}]))
+    wait_for("Ready=True", lambda: ready(k, namespace, "llm"), timeout=90)
+    pods = k.list("v1", "Pod", namespace, f"{LABEL_MODELSERVICE}=llm")
+    assert pods, "the Deployment must have created pods"
+    for pod in pods:
+        node = k.get("v1", "Node", None, pod["spec"]["nodeName"])
+        assert node is not None
+        assert node["metadata"]["labels"].get("nvidia.com/gpu.product") == "NVIDIA-L4"
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert str(limits["nvidia.com/gpu"]) == "1"
+
+
+def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    apply_ms(k, modelservice("huge", namespace, gpu={"count": 64}))
+
+    def unschedulable() -> dict[str, Any] | None:
+        c = condition(get_ms(k, namespace, "huge"), "Ready")
+        return c if c.get("reason") == "Unschedulable" else None
+
+    c = wait_for("Ready=False/Unschedulable", unschedulable, timeout=90)
+    assert c["status"] == "False"
+    assert "Insufficient nvidia.com/gpu" in c["message"]
+    ms = get_ms(k, namespace, "huge")
+    assert condition(ms, "Degraded")["status"] == "True"
+    events = k.list("v1", "Event", namespace)
+    ours = [e for e in events if e["involvedObject"].get("kind") == "ModelService"
+            and e["reason"] == "Unschedulable"]
+    assert len(ours) == 1, "one Event for the transition, not one per pass"
+
+
+def test_spec_updates_converge_and_observed_generation_follows(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    body = modelservice("svc", namespace,
+                        variants=[{"name": "baseline"}, {"name": "int8", "optimization": {
+                            "quantization": "dynamic-int8"}}],
+                        traffic=[{"variant": "baseline", "weight": 50},
+                                 {"variant": "int8", "weight": 50}])
+    apply_ms(k, body)
+    wait_for("Ready=True", lambda: ready(k, namespace, "svc"), timeout=90)
+
+    body["spec"]["server"] = {"image": "registry.example/model-server:9.9"}
+    body["spec"]["variants"] = [{"name": "baseline"}, {"name": "pruned", "optimization": {
+        "pruning": {"method": "structured", "amount": 0.3}}}]
+    body["spec"]["traffic"] = [{"variant": "baseline", "weight": 90},
+                               {"variant": "pruned", "weight": 10}]
+    updated = apply_ms(k, body)
+    generation = updated["metadata"]["generation"]
+    final = wait_for("the new generation to be Ready",
+                     lambda: ready(k, namespace, "svc"), timeout=90)
+    assert final["status"]["observedGeneration"] == generation
+    assert {(v["name"], v["weight"]) for v in final["status"]["variants"]} == {
+        ("baseline", 90), ("pruned", 10)}
+
+    def converged() -> bool:
+        deps = {d["metadata"]["name"]: d for d in
+                owned(k, namespace, "svc", "apps/v1", "Deployment")}
+        svcs = {s["metadata"]["name"] for s in owned(k, namespace, "svc", "v1", "Service")}
+        images = {d["spec"]["template"]["spec"]["containers"][0]["image"]
+                  for d in deps.values()}
+        return (set(deps) == {"svc-baseline", "svc-pruned"}
+                and svcs == {"svc", "svc-baseline", "svc-pruned"}
+                and images == {"registry.example/model-server:9.9"})
+
+    wait_for("removed variant pruned, image rolled", converged, timeout=60)
+
+
+def test_replicas_changed_by_the_hpa_stay_untouched(
+        operator: RunningOperator, k: kube.Kube, namespace: str,
+        cluster: lc.Cluster) -> None:
+    apply_ms(k, modelservice("auto", namespace,
+                             autoscaling={"minReplicas": 1, "maxReplicas": 5,
+                                          "targetCPUUtilization": 70}))
+    wait_for("Ready=True", lambda: ready(k, namespace, "auto"), timeout=90)
+    hpas = owned(k, namespace, "auto", "autoscaling/v2", "HorizontalPodAutoscaler")
+    assert [h["spec"]["scaleTargetRef"]["name"] for h in hpas] == ["auto-baseline"]
+    dep = k.get("apps/v1", "Deployment", namespace, "auto-baseline")
+    assert dep is not None
+    for entry in dep["metadata"]["managedFields"]:
+        if entry["manager"] == FIELD_MANAGER:
+            assert "f:replicas" not in entry.get("fieldsV1", {}).get("f:spec", {}), \
+                "the operator must not own replicas when an HPA exists"
+    # Scale through the scale subresource, as the HPA controller does.
+    cluster.kubectl_run("scale", "deployment/auto-baseline", "--replicas=3", "-n", namespace)
+    resyncs = operator.metric("msv_operator_reconciles_total", {"result": "unchanged"})
+    wait_for("two resync passes", lambda: operator.metric(
+        "msv_operator_reconciles_total", {"result": "unchanged"}) >= resyncs + 2, timeout=30)
+    dep = k.get("apps/v1", "Deployment", namespace, "auto-baseline")
+    assert dep is not None and dep["spec"]["replicas"] == 3
+
+
+def test_objects_edited_or_deleted_by_hand_are_repaired(
+        operator: RunningOperator, k: kube.Kube, namespace: str,
+        cluster: lc.Cluster) -> None:
+    apply_ms(k, modelservice("fix", namespace))
+    wait_for("Ready=True", lambda: ready(k, namespace, "fix"), timeout=90)
+    dep = k.get("apps/v1", "Deployment", namespace, "fix-baseline")
+    assert dep is not None
+    image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    cluster.kubectl_run("delete", "service", "fix-baseline", "-n", namespace)
+    cluster.kubectl_run("set", "image", "deployment/fix-baseline",
+                        f"{dep['spec']['template']['spec']['containers'][0]['name']}=evil:1",
+                        "-n", namespace)
+
+    def repaired() -> bool:
+        svc = k.get("v1", "Service", namespace, "fix-baseline")
+        d = k.get("apps/v1", "Deployment", namespace, "fix-baseline")
+        return bool(svc and d and
+                    d["spec"]["template"]["spec"]["containers"][0]["image"] == image)
+
+    wait_for("the Service recreated and the image restored", repaired, timeout=30)
+
+
+def test_deleting_the_modelservice_garbage_collects_everything(
+        operator: RunningOperator, k: kube.Kube, namespace: str,
+        cluster: lc.Cluster) -> None:
+    apply_ms(k, modelservice("gone", namespace, autoscaling={"minReplicas": 1,
+                                                             "maxReplicas": 2}))
+    wait_for("Ready=True", lambda: ready(k, namespace, "gone"), timeout=90)
+    # A look-alike the operator does not own must survive.
+    stranger = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "gone-baseline", "namespace": namespace,
+                             "labels": {LABEL_MODELSERVICE: "gone"}}}
+    k.apply(stranger)
+    cluster.kubectl_run("delete", "modelservice", "gone", "-n", namespace, "--wait=true",
+                        "--timeout=30s")
+
+    def nothing_left() -> bool:
+        kinds = (("apps/v1", "Deployment"), ("v1", "Service"),
+                 ("autoscaling/v2", "HorizontalPodAutoscaler"), ("v1", "Pod"))
+        return not any(owned(k, namespace, "gone", a, kd) for a, kd in kinds)
+
+    wait_for("every owned object garbage-collected", nothing_left, timeout=60)
+    assert k.get("v1", "ConfigMap", namespace, "gone-baseline") is not None
+
+
+def test_no_writes_when_nothing_changed(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    apply_ms(k, modelservice("quiet", namespace))
+    wait_for("Ready=True", lambda: ready(k, namespace, "quiet"), timeout=90)
+    time.sleep(1)  # let the last status write land in the watch cache
+    before = k.get(MS_API, "ModelService", namespace, "quiet")
+    writes = operator.metric("msv_operator_status_writes_total")
+    applies = sum(operator.metric("msv_operator_applies_total", {"kind": kd})
+                  for kd in ("Deployment", "Service", "HorizontalPodAutoscaler"))
+    passes = operator.metric("msv_operator_reconciles_total", {"result": "unchanged"})
+    wait_for("three resync passes", lambda: operator.metric(
+        "msv_operator_reconciles_total", {"result": "unchanged"}) >= passes + 3, timeout=30)
+    after = k.get(MS_API, "ModelService", namespace, "quiet")
+    assert operator.metric("msv_operator_status_writes_total") == writes
+    assert sum(operator.metric("msv_operator_applies_total", {"kind": kd})
+               for kd in ("Deployment", "Service", "HorizontalPodAutoscaler")) == applies
+    assert before and after
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
