@@ -325,8 +325,8 @@ class DataPlane:
                 f"binary data has {len(binary)} bytes but the inputs' "
                 f"binary_data_size add up to {offset}"
             )
-        missing = [n for n in specs if n not in arrays]
-        if missing:
+        if len(arrays) != len(specs):  # names are known and unique: so some are missing
+            missing = [n for n in specs if n not in arrays]
             raise InvalidInput(f"missing input(s): {', '.join(missing)}")
         requested: list[str] | None = None
         binary_out: set[str] = set()
@@ -508,11 +508,7 @@ def _decode_tensor(
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] needs a non-empty string 'name'")
     shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
+    if type(shape) is not list or not _dims_ok(shape):
         raise InvalidInput(
             f"input {name!r}: 'shape' must be a non-empty list of non-negative integers "
             "(the first dimension is the batch)"
@@ -581,6 +577,15 @@ def _decode_tensor(
     return parsed.astype(dtype, copy=False).reshape(shape), 0
 
 
+def _dims_ok(shape: list[Any]) -> bool:
+    if not shape:
+        return False
+    for d in shape:  # noqa: SIM110 - a plain loop beats all() with a generator here
+        if type(d) is not int or d < 0:
+            return False
+    return True
+
+
 def _flatten(data: list[Any]) -> list[Any]:
     flat: list[Any] = []
     stack = [iter(data)]
@@ -635,18 +640,19 @@ def _check_against_spec(name: str, datatype: str, shape: tuple[int, ...], spec: 
     if datatype != spec.datatype:
         raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {datatype}")
     want = spec.shape
-    if len(shape) != len(want):
-        # [batch] and [batch, 1] are interchangeable for per-row scalars such as strings.
-        if tuple(d for d in shape[1:] if d != 1) == tuple(d for d in want[1:] if d != 1):
-            return
+    if len(shape) == len(want):
+        for i in range(1, len(want)):
+            need = want[i]
+            if need >= 0 and shape[i] != need:
+                raise InvalidInput(
+                    f"input {name!r} must have shape {list(want)} (-1 = any), got {list(shape)}"
+                )
+        return
+    # [batch] and [batch, 1] are interchangeable for per-row scalars such as strings.
+    if tuple(d for d in shape[1:] if d != 1) != tuple(d for d in want[1:] if d != 1):
         raise InvalidInput(
             f"input {name!r} must have shape {list(want)} (-1 = any), got {list(shape)}"
         )
-    for got, need in zip(shape[1:], want[1:], strict=True):
-        if need >= 0 and got != need:
-            raise InvalidInput(
-                f"input {name!r} must have shape {list(want)} (-1 = any), got {list(shape)}"
-            )
 
 
 def _to_json_data(arr: np.ndarray, datatype: str) -> Any:
