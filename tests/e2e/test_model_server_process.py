@@ -118,8 +118,19 @@ def test_torchscript_fp32_with_tritonclient(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from modelfactory import make_torchscript
 
-    model_dir = tmp_path / "mlp"
-    module = make_torchscript(model_dir, in_features=8, out_features=4)
+    source = tmp_path / "mlp"
+    module = make_torchscript(source, in_features=8, out_features=4)
+    # the init-container flow: pull into the (empty) model volume, then serve it
+    model_dir = tmp_path / "volume"
+    model_dir.mkdir()
+    pulled = subprocess.run(
+        [sys.executable, "-m", "model_server", "pull", source.as_uri(), str(model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert (model_dir / "model.pt").is_file()
     with model_server("--model-dir", str(model_dir)) as url:  # framework detected from model.pt
         meta = _wait_model(url)
         assert meta["parameters"]["state"] == "ready", meta
