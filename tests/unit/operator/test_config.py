@@ -1,0 +1,57 @@
+"""config: flags over environment over defaults; bad values are refused with the setting named."""
+
+from __future__ import annotations
+
+import pytest
+from msv_operator.config import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, ConfigError, load
+
+
+def test_defaults_watch_all_namespaces() -> None:
+    command, cfg = load(["run"], {})
+    assert command == "run"
+    assert cfg.clusterwide and cfg.namespaces == ()
+    assert (cfg.default_image, cfg.default_gpu_image) == (DEFAULT_IMAGE, DEFAULT_GPU_IMAGE)
+    assert (cfg.metrics_port, cfg.health_port, cfg.log_format) == (8080, 8081, "text")
+    assert cfg.field_manager == "modelservice-operator"
+
+
+def test_environment_is_read() -> None:
+    _, cfg = load(["run"], {"MSV_NAMESPACES": "ml, serving ,", "MSV_DEFAULT_IMAGE": "img:1",
+                            "MSV_LOG_FORMAT": "json", "MSV_METRICS_PORT": "9090",
+                            "MSV_MAX_WORKERS": "3", "MSV_DEFAULT_GPU_IMAGE": ""})
+    assert cfg.namespaces == ("ml", "serving")
+    assert not cfg.clusterwide
+    assert (cfg.default_image, cfg.log_format, cfg.metrics_port, cfg.max_workers) == (
+        "img:1", "json", 9090, 3)
+    assert cfg.default_gpu_image is None
+
+
+def test_flags_win_over_environment() -> None:
+    env = {"MSV_NAMESPACES": "ml", "MSV_LOG_FORMAT": "json", "MSV_HEALTH_PORT": "1"}
+    _, cfg = load(["run", "--namespace", "a", "-n", "b", "--namespace", "a",
+                   "--log-format", "text", "--health-port", "0"], env)
+    assert cfg.namespaces == ("a", "b")
+    assert (cfg.log_format, cfg.health_port) == ("text", 0)
+    _, everywhere = load(["run", "--all-namespaces"], env)
+    assert everywhere.clusterwide
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"MSV_METRICS_PORT": "eighty"}, "MSV_METRICS_PORT"),
+    ({"MSV_LOG_FORMAT": "xml"}, "log format"),
+    ({"MSV_HEALTH_PORT": "70000"}, "health port"),
+    ({"MSV_MAX_WORKERS": "0"}, "max workers"),
+    ({"MSV_RESYNC_SECONDS": "-1"}, "resync"),
+])
+def test_bad_values_are_refused_with_the_setting_named(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load(["run"], env)
+
+
+def test_cli_reports_bad_config_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from msv_operator.config import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["run", "--log-format", "xml"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
