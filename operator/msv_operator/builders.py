@@ -1,0 +1,331 @@
+"""Pure builders: a ModelService (plus the operator's options) -> the manifests it needs.
+
+No I/O, no clock, no Kubernetes client: `build_all` returns plain dicts ready for
+server-side apply, and the reconciler decides what to send. Per variant: a Deployment of
+the model-server image, a Service and (with spec.autoscaling) an HPA; for the whole
+ModelService: a stable Service, a ServiceMonitor when the cluster serves
+monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
+served and spec.gateway names a parent.
+
+Traffic split without Gateway API is approximate: the stable Service selects the pods of
+every variant with a non-zero weight, so each variant receives a share proportional to its
+ready replicas; replicas are therefore split by weight (docs/modelservice-api.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from msv_operator.spec import ModelServiceSpec, ModelSource, Variant, parse_spec
+
+GROUP = "serving.modelservice.dev"
+API_VERSION = f"{GROUP}/v1alpha1"
+LABEL_MODELSERVICE = f"{GROUP}/modelservice"
+LABEL_VARIANT = f"{GROUP}/variant"
+LABEL_SERVING = f"{GROUP}/serving"
+MANAGED_BY = "modelservice-operator"
+MODEL_DIR = "/mnt/models"
+HTTP_PORT = 8080
+INFLIGHT_METRIC = "model_server_inflight_requests"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+DEFAULT_REQUESTS = {"cpu": "500m", "memory": "1Gi"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the builders need to know about the operator and the cluster."""
+
+    default_image: str
+    """Model-server image for CPU variants when spec.server.image is empty."""
+    default_gpu_image: str | None
+    """Image for GPU variants (falls back to default_image)."""
+    service_monitor: bool
+    """The cluster serves monitoring.coreos.com/v1 ServiceMonitor."""
+    gateway_api: bool
+    """The cluster serves gateway.networking.k8s.io/v1 HTTPRoute."""
+
+
+def object_name(ms_name: str, variant: str | None = None) -> str:
+    """`<ms>-<variant>`, cut to 63 characters with a stable hash suffix when longer."""
+    name = ms_name if variant is None else f"{ms_name}-{variant}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-')}-{digest}"
+
+
+def labels(ms_name: str, variant: str | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "modelservice",
+        "app.kubernetes.io/instance": ms_name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MODELSERVICE: ms_name,
+    }
+    if variant is not None:
+        out[LABEL_VARIANT] = variant
+        out["app.kubernetes.io/component"] = "model-server"
+    return out
+
+
+def owner_reference(ms: Mapping[str, Any]) -> dict[str, Any]:
+    meta = ms["metadata"]
+    return {
+        "apiVersion": API_VERSION, "kind": "ModelService", "name": meta["name"],
+        "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(ms: Mapping[str, Any], name: str, variant: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ms["metadata"]["namespace"],
+        "labels": labels(ms["metadata"]["name"], variant),
+        "ownerReferences": [owner_reference(ms)],
+    }
+
+
+def variant_replicas(spec: ModelServiceSpec) -> dict[str, int]:
+    """Replicas per variant when no HPA owns them: explicit ones win, the rest split
+    `spec.replicas` by traffic weight (at least one pod for any variant with weight)."""
+    out: dict[str, int] = {}
+    for v in spec.variants:
+        if v.replicas is not None:
+            out[v.name] = v.replicas
+            continue
+        weight = spec.traffic.get(v.name, 0)
+        out[v.name] = max(1, round(spec.replicas * weight / 100)) if weight else 1
+    return out
+
+
+def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
+                  pull_policy: str | None, security: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """The volume holding the model, its mount, and the init containers that fill it."""
+    parsed = urlparse(src.uri)
+    mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}
+    if src.scheme == "pvc":
+        sub_path = parsed.path.strip("/")
+        if sub_path:
+            mount["subPath"] = sub_path
+        volume = {"name": "model", "persistentVolumeClaim": {
+            "claimName": parsed.netloc, "readOnly": True}}
+        return volume, mount, []
+    if src.scheme == "file":
+        # Single-node development clusters only: hostPath is refused where Pod Security
+        # "restricted" is enforced (docs/modelservice-api.md).
+        volume = {"name": "model", "hostPath": {"path": parsed.path, "type": "Directory"}}
+        return volume, mount, []
+    args = ["pull", src.uri, MODEL_DIR]
+    if src.sha256:
+        args += ["--sha256", src.sha256]
+    init: dict[str, Any] = {
+        "name": "model-pull",
+        "image": image,
+        "command": ["model-server"],
+        "args": args,
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": security,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }
+    if pull_policy:
+        init["imagePullPolicy"] = pull_policy
+    if credentials_secret:
+        init["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
+    return {"name": "model", "emptyDir": {}}, mount, [init]
+
+
+def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
+    env = {
+        "MODEL_SERVER_MODEL_NAME": spec.name,
+        "MODEL_SERVER_VARIANT": variant.name,
+        "MODEL_SERVER_MODEL_DIR": MODEL_DIR,
+        "MODEL_SERVER_FRAMEWORK": spec.framework,
+        "MODEL_SERVER_TASK": spec.task or "",
+        "MODEL_SERVER_QUANTIZATION": variant.quantization,
+        "MODEL_SERVER_PRUNING_METHOD": variant.pruning_method,
+        "MODEL_SERVER_PRUNING_AMOUNT": str(variant.pruning_amount),
+        "MODEL_SERVER_MAX_BATCH_SIZE": str(spec.max_batch_size),
+        "MODEL_SERVER_MAX_DELAY_MS": str(spec.max_delay_ms),
+        "MODEL_SERVER_DEVICE": "cuda" if spec.gpu else "cpu",
+        "MODEL_SERVER_PORT": str(HTTP_PORT),
+        "HF_HOME": "/tmp/hf",
+    }
+    if spec.torch_threads:
+        env["MODEL_SERVER_TORCH_THREADS"] = str(spec.torch_threads)
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    requests = dict(spec.resources.get("requests") or DEFAULT_REQUESTS)
+    limits = dict(spec.resources.get("limits") or {})
+    if spec.gpu:
+        # Extended resources must be requested and limited to the same count.
+        requests[spec.gpu.resource_name] = str(spec.gpu.count)
+        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+    out: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
+                     opts: BuildOptions, replicas: int | None,
+                     scrape_annotations: bool) -> dict[str, Any]:
+    name = object_name(spec.name, variant.name)
+    image = spec.image or (
+        (opts.default_gpu_image or opts.default_image) if spec.gpu else opts.default_image)
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
+                                        image, spec.image_pull_policy, security)
+    container: dict[str, Any] = {
+        "name": "model-server",
+        "image": image,
+        "command": ["model-server"],
+        "args": ["serve"],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": _env(spec, variant),
+        "resources": _resources(spec),
+        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
+        "securityContext": security,
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    serving = "true" if spec.traffic.get(variant.name, 0) > 0 else "false"
+    template_labels = {**labels(spec.name, variant.name), LABEL_SERVING: serving}
+    template_meta: dict[str, Any] = {"labels": template_labels}
+    if scrape_annotations:
+        template_meta["annotations"] = {
+            "prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
+            "prometheus.io/path": "/metrics"}
+    pod: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                            "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 30,
+        "automountServiceAccountToken": False,
+    }
+    if init:
+        pod["initContainers"] = init
+    if spec.gpu:
+        pod["tolerations"] = [
+            {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+            *[dict(t) for t in spec.gpu.tolerations],
+        ]
+        if spec.gpu.products:
+            pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{
+                    "key": GPU_PRODUCT_LABEL, "operator": "In",
+                    "values": list(spec.gpu.products)}]}]}}}
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": {LABEL_MODELSERVICE: spec.name, LABEL_VARIANT: variant.name}},
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {"metadata": template_meta, "spec": pod},
+    }
+    if replicas is not None:
+        dep_spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": _metadata(ms, name, variant.name), "spec": dep_spec}
+
+
+def build_variant_service(ms: Mapping[str, Any], spec: ModelServiceSpec,
+                          variant: Variant) -> dict[str, Any]:
+    name = object_name(spec.name, variant.name)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _metadata(ms, name, variant.name),
+            "spec": {"type": "ClusterIP",
+                     "selector": {LABEL_MODELSERVICE: spec.name, LABEL_VARIANT: variant.name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                                "protocol": "TCP"}]}}
+
+
+def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _metadata(ms, object_name(spec.name)),
+            "spec": {"type": "ClusterIP",
+                     "selector": {LABEL_MODELSERVICE: spec.name, LABEL_SERVING: "true"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                                "protocol": "TCP"}]}}
+
+
+def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant) -> dict[str, Any]:
+    assert spec.autoscaling is not None
+    a = spec.autoscaling
+    name = object_name(spec.name, variant.name)
+    metrics: list[dict[str, Any]] = []
+    if a.target_cpu or not a.target_inflight:
+        metrics.append({"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": a.target_cpu or 80}}})
+    if a.target_inflight:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": INFLIGHT_METRIC},
+            "target": {"type": "AverageValue", "averageValue": str(a.target_inflight)}}})
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas, "metrics": metrics,
+    }
+    if a.behavior:
+        hpa_spec["behavior"] = dict(a.behavior)
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(ms, name, variant.name), "spec": hpa_spec}
+
+
+def build_service_monitor(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": _metadata(ms, object_name(spec.name)),
+            "spec": {"selector": {"matchExpressions": [
+                         {"key": LABEL_MODELSERVICE, "operator": "In", "values": [spec.name]},
+                         {"key": LABEL_VARIANT, "operator": "Exists"}]},
+                     "endpoints": [{"port": "http", "path": "/metrics",
+                                    "interval": spec.scrape_interval}]}}
+
+
+def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+    backends = [{"name": object_name(spec.name, v), "port": 80, "weight": w}
+                for v, w in spec.traffic.items()]
+    route: dict[str, Any] = {"parentRefs": [dict(p) for p in spec.gateway_parents],
+                             "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                        "backendRefs": backends}]}
+    if spec.hostnames:
+        route["hostnames"] = list(spec.hostnames)
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": _metadata(ms, object_name(spec.name)), "spec": route}
+
+
+def build_all(ms: Mapping[str, Any], opts: BuildOptions) -> list[dict[str, Any]]:
+    """Every object `ms` needs, in apply order. Raises InvalidSpecError for a bad spec."""
+    spec = parse_spec(ms)
+    service_monitor = opts.service_monitor and spec.service_monitor != "disabled"
+    scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
+    replicas = variant_replicas(spec)
+    out: list[dict[str, Any]] = []
+    for variant in spec.variants:
+        out.append(build_deployment(
+            ms, spec, variant, opts,
+            None if spec.autoscaling else replicas[variant.name], scrape_annotations))
+        out.append(build_variant_service(ms, spec, variant))
+        if spec.autoscaling:
+            out.append(build_hpa(ms, spec, variant))
+    out.append(build_stable_service(ms, spec))
+    if service_monitor:
+        out.append(build_service_monitor(ms, spec))
+    if opts.gateway_api and spec.gateway_parents:
+        out.append(build_http_route(ms, spec))
+    return out

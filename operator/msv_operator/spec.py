@@ -1,0 +1,261 @@
+"""Typed view of a ModelService spec, and the checks the CRD schema cannot express.
+
+The CRD (crds/) rejects most bad input at admission with CEL rules. `parse_spec` is the
+second line of defence and the place for rules that need more than one object's worth of
+context: anything it rejects becomes an `InvalidSpec` condition with the message of
+`InvalidSpecError`, naming the field. Pure: no I/O, no Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+FRAMEWORKS = ("transformers", "torchscript", "tensorflow")
+QUANTIZATIONS = ("none", "dynamic-int8", "float16", "bfloat16")
+PRUNING_METHODS = ("unstructured", "structured")
+URI_SCHEMES = ("pvc", "file", "http", "https", "s3")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63
+
+
+class InvalidSpecError(ValueError):
+    """The spec cannot be served as written; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    uri: str
+    sha256: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: ModelSource | None = None
+    quantization: str = "none"
+    pruning_method: str = "none"
+    pruning_amount: float = 0.0
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    count: int = 1
+    resource_name: str = "nvidia.com/gpu"
+    products: tuple[str, ...] = ()
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_cpu: int | None = None
+    target_inflight: int | None = None
+    behavior: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelServiceSpec:
+    name: str
+    namespace: str
+    model: ModelSource
+    framework: str
+    task: str | None
+    variants: tuple[Variant, ...]
+    traffic: Mapping[str, int]
+    """Variant name -> weight (percent); sums to 100."""
+    replicas: int = 1
+    gpu: Gpu | None = None
+    autoscaling: Autoscaling | None = None
+    image: str | None = None
+    image_pull_policy: str | None = None
+    max_batch_size: int = 8
+    max_delay_ms: int = 2
+    torch_threads: int | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    credentials_secret: str | None = None
+    service_monitor: str = "auto"
+    scrape_interval: str = "15s"
+    gateway_parents: tuple[Mapping[str, Any], ...] = ()
+    hostnames: tuple[str, ...] = ()
+
+
+def _check_uri(uri: Any, where: str) -> str:
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidSpecError(f"{where}: expected a URI such as pvc://claim/path, got {uri!r}")
+    scheme = uri.split("://", 1)[0]
+    if scheme not in URI_SCHEMES:
+        raise InvalidSpecError(
+            f"{where}: scheme {scheme!r} is not supported; use one of "
+            + ", ".join(f"{s}://" for s in URI_SCHEMES)
+        )
+    parsed = urlparse(uri)
+    if scheme in ("pvc", "s3", "http", "https") and not parsed.netloc:
+        what = "claim" if scheme == "pvc" else "host or bucket"
+        raise InvalidSpecError(f"{where}: {uri!r} names no {what}")
+    if scheme == "pvc" and not DNS_LABEL.match(parsed.netloc):
+        raise InvalidSpecError(
+            f"{where}: {parsed.netloc!r} is not a valid PersistentVolumeClaim name")
+    if scheme == "file" and not parsed.path.startswith("/"):
+        raise InvalidSpecError(f"{where}: file:// URIs need an absolute path, e.g. file:///models/x")
+    return uri
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpecError(f"{where}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidSpecError(f"{where}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
+    """Validate a whole ModelService object and return its typed spec."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    namespace = str(meta.get("namespace") or "")
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidSpecError("spec: missing; a ModelService needs at least spec.model")
+    model = spec.get("model")
+    if not isinstance(model, Mapping):
+        raise InvalidSpecError("spec.model: missing; set spec.model.uri and spec.model.framework")
+    uri = _check_uri(model.get("uri"), "spec.model.uri")
+    framework = model.get("framework")
+    if framework not in FRAMEWORKS:
+        raise InvalidSpecError(
+            f"spec.model.framework: {framework!r} is not one of {', '.join(FRAMEWORKS)}"
+        )
+    task = model.get("task")
+    if framework == "transformers" and not task:
+        raise InvalidSpecError("spec.model.task: required for framework transformers")
+
+    raw_variants = spec.get("variants") or [{"name": "baseline"}]
+    variants: list[Variant] = []
+    seen: set[str] = set()
+    for i, v in enumerate(raw_variants):
+        where = f"spec.variants[{i}]"
+        vname = v.get("name") if isinstance(v, Mapping) else None
+        if not isinstance(vname, str) or not DNS_LABEL.match(vname):
+            raise InvalidSpecError(f"{where}.name: {vname!r} is not a DNS label (a-z, 0-9, '-')")
+        if vname in seen:
+            raise InvalidSpecError(f"{where}.name: variant {vname!r} is listed twice")
+        seen.add(vname)
+        if len(name) + 1 + len(vname) > MAX_NAME:
+            raise InvalidSpecError(
+                f"{where}.name: {name}-{vname} is longer than {MAX_NAME} characters; "
+                "shorten the ModelService or variant name"
+            )
+        vmodel = None
+        if isinstance(v.get("model"), Mapping):
+            vmodel = ModelSource(
+                _check_uri(v["model"].get("uri"), f"{where}.model.uri"), v["model"].get("sha256")
+            )
+        opt = v.get("optimization") or {}
+        quant = opt.get("quantization") or "none"
+        if quant not in QUANTIZATIONS:
+            raise InvalidSpecError(
+                f"{where}.optimization.quantization: {quant!r} is not one of "
+                + ", ".join(QUANTIZATIONS)
+            )
+        pruning = opt.get("pruning") or {}
+        method = pruning.get("method") or "none"
+        amount = float(pruning.get("amount") or 0.0)
+        if pruning and method not in PRUNING_METHODS:
+            raise InvalidSpecError(
+                f"{where}.optimization.pruning.method: {method!r} is not one of "
+                + ", ".join(PRUNING_METHODS)
+            )
+        if pruning and not 0.0 <= amount < 1.0:
+            raise InvalidSpecError(
+                f"{where}.optimization.pruning.amount: {amount} is outside [0, 1)")
+        if framework == "torchscript" and (quant == "dynamic-int8" or method == "structured"):
+            raise InvalidSpecError(
+                f"{where}.optimization: TorchScript models have compiled layer shapes; "
+                "dynamic-int8 and structured pruning need framework transformers"
+            )
+        if framework == "tensorflow" and (quant == "bfloat16" or method == "structured"):
+            raise InvalidSpecError(
+                f"{where}.optimization: TensorFlow variants support dynamic-int8, float16 and "
+                "unstructured pruning"
+            )
+        replicas = v.get("replicas")
+        variants.append(Variant(
+            name=vname, model=vmodel, quantization=quant, pruning_method=method,
+            pruning_amount=amount,
+            replicas=None if replicas is None else _int(replicas, f"{where}.replicas", 0, 1000),
+        ))
+
+    raw_traffic = spec.get("traffic") or [{"variant": variants[0].name, "weight": 100}]
+    traffic: dict[str, int] = {}
+    for i, t in enumerate(raw_traffic):
+        vname = t.get("variant")
+        if vname not in seen:
+            raise InvalidSpecError(
+                f"spec.traffic[{i}].variant: {vname!r} is not in spec.variants "
+                f"({', '.join(sorted(seen))})"
+            )
+        if vname in traffic:
+            raise InvalidSpecError(f"spec.traffic[{i}].variant: {vname!r} is listed twice")
+        traffic[vname] = _int(t.get("weight"), f"spec.traffic[{i}].weight", 0, 100)
+    total = sum(traffic.values())
+    if total != 100:
+        raise InvalidSpecError(f"spec.traffic: weights sum to {total}, expected 100")
+
+    gpu = None
+    if isinstance(spec.get("gpu"), Mapping):
+        g = spec["gpu"]
+        gpu = Gpu(
+            count=_int(g.get("count", 1), "spec.gpu.count", 1, 16),
+            resource_name=str(g.get("resourceName") or "nvidia.com/gpu"),
+            products=tuple(g.get("products") or ()),
+            tolerations=tuple(g.get("tolerations") or ()),
+        )
+
+    autoscaling = None
+    if isinstance(spec.get("autoscaling"), Mapping):
+        a = spec["autoscaling"]
+        lo = _int(a.get("minReplicas", 1), "spec.autoscaling.minReplicas", 1, 1000)
+        hi = _int(a.get("maxReplicas", 4), "spec.autoscaling.maxReplicas", 1, 1000)
+        if lo > hi:
+            raise InvalidSpecError(
+                f"spec.autoscaling: minReplicas ({lo}) must not exceed maxReplicas ({hi})"
+            )
+        autoscaling = Autoscaling(
+            min_replicas=lo, max_replicas=hi,
+            target_cpu=a.get("targetCPUUtilization"), target_inflight=a.get("targetInFlight"),
+            behavior=a.get("behavior"),
+        )
+
+    server = spec.get("server") or {}
+    batching = server.get("batching") or {}
+    monitoring = spec.get("monitoring") or {}
+    gateway = spec.get("gateway") or {}
+    return ModelServiceSpec(
+        name=name, namespace=namespace,
+        model=ModelSource(uri, model.get("sha256")), framework=str(framework),
+        task=task, variants=tuple(variants), traffic=traffic,
+        replicas=_int(spec.get("replicas", 1), "spec.replicas", 0, 1000),
+        gpu=gpu, autoscaling=autoscaling,
+        image=server.get("image"), image_pull_policy=server.get("imagePullPolicy"),
+        max_batch_size=_int(batching.get("maxBatchSize", 8),
+                            "spec.server.batching.maxBatchSize", 1, 1024),
+        max_delay_ms=_int(batching.get("maxDelayMs", 2),
+                          "spec.server.batching.maxDelayMs", 0, 1000),
+        torch_threads=server.get("torchThreads"),
+        resources=server.get("resources") or {},
+        credentials_secret=model.get("credentialsSecret"),
+        service_monitor=str(monitoring.get("serviceMonitor") or "auto"),
+        scrape_interval=str(monitoring.get("interval") or "15s"),
+        gateway_parents=tuple(gateway.get("parentRefs") or ()),
+        hostnames=tuple(gateway.get("hostnames") or ()),
+    )
