@@ -1,0 +1,128 @@
+"""Invalid ModelServices are stopped by the real API server with a message a user understands.
+
+Each case is a bad spec and a fragment of the message the API server must answer with
+(CEL rules, enums, bounds and list-map keys of crds/). Cases the schema cannot express are
+unit-tested against `msv_operator.spec.parse_spec` (InvalidSpec) in tests/unit/operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster import cluster as lc
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "modelservices.serving.modelservice.dev.yaml"
+MODEL = {"uri": "s3://models/x", "framework": "transformers", "task": "text-classification"}
+
+
+def with_model(**spec: Any) -> dict[str, Any]:
+    return {"model": dict(MODEL), **spec}
+
+
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("no-model", {"replicas": 1}, "spec.model: Required value"),
+    ("no-uri", {"model": {"framework": "transformers", "task": "text-classification"}},
+     "spec.model.uri: Required value"),
+    ("bad-scheme", {"model": {**MODEL, "uri": "ftp://host/x"}},
+     "spec.model.uri must start with pvc://, file://, http://, https:// or s3://"),
+    ("bad-framework", {"model": {**MODEL, "framework": "onnx"}},
+     'spec.model.framework: Unsupported value: "onnx"'),
+    ("transformers-without-task", {"model": {"uri": "s3://m/x", "framework": "transformers"}},
+     "spec.model.task is required when framework is transformers"),
+    ("bad-task", {"model": {**MODEL, "task": "translation-xx"}},
+     'spec.model.task: Unsupported value: "translation-xx"'),
+    ("bad-pvc-claim", {"model": {**MODEL, "uri": "pvc://Bad_Claim/x"}},
+     "needs a valid PersistentVolumeClaim name"),
+    ("bad-sha256", {"model": {**MODEL, "sha256": "abc"}}, "spec.model.sha256"),
+    ("weights-not-100", with_model(
+        variants=[{"name": "a"}, {"name": "b"}],
+        traffic=[{"variant": "a", "weight": 50}, {"variant": "b", "weight": 40}]),
+     "spec.traffic: weights must sum to 100"),
+    ("traffic-unknown-variant", with_model(
+        variants=[{"name": "a"}], traffic=[{"variant": "zzz", "weight": 100}]),
+     "every entry must name a variant listed in spec.variants"),
+    ("duplicate-variant", with_model(variants=[{"name": "a"}, {"name": "a"}]),
+     "Duplicate value"),
+    ("duplicate-traffic", with_model(
+        variants=[{"name": "a"}],
+        traffic=[{"variant": "a", "weight": 50}, {"variant": "a", "weight": 50}]),
+     "Duplicate value"),
+    ("variant-uppercase", with_model(variants=[{"name": "Int8"}]),
+     "variant names must be lowercase letters, digits and '-'"),
+    ("variant-too-long", with_model(variants=[{"name": "a" * 30}]),
+     "may not be more than 24"),
+    ("no-variants", with_model(variants=[]), "should have at least 1 items"),
+    ("weight-over-100", with_model(variants=[{"name": "a"}],
+                                   traffic=[{"variant": "a", "weight": 150}]),
+     "should be less than or equal to 100"),
+    ("min-over-max", with_model(autoscaling={"minReplicas": 5, "maxReplicas": 2}),
+     "spec.autoscaling.minReplicas must not exceed maxReplicas"),
+    ("zero-min-replicas", with_model(autoscaling={"minReplicas": 0, "maxReplicas": 2}),
+     "spec.autoscaling.minReplicas: Invalid value: 0"),
+    ("gpu-count-zero", with_model(gpu={"count": 0}), "spec.gpu.count: Invalid value: 0"),
+    ("gpu-bad-resource", with_model(gpu={"count": 1, "resourceName": "gpu"}),
+     "must be an extended resource name like nvidia.com/gpu"),
+    ("bad-quantization", with_model(variants=[{"name": "a", "optimization":
+                                               {"quantization": "int4"}}]),
+     'Unsupported value: "int4"'),
+    ("pruning-amount-too-big", with_model(variants=[{"name": "a", "optimization": {
+        "pruning": {"method": "structured", "amount": 1.5}}}]),
+     "should be less than or equal to 0.95"),
+    ("pruning-bad-method", with_model(variants=[{"name": "a", "optimization": {
+        "pruning": {"method": "random", "amount": 0.3}}}]),
+     'Unsupported value: "random"'),
+    ("bad-monitoring", with_model(monitoring={"serviceMonitor": "yes"}),
+     'Unsupported value: "yes"'),
+    ("bad-interval", with_model(monitoring={"interval": "fast"}), "spec.monitoring.interval"),
+    ("gateway-without-parents", with_model(gateway={}), "spec.gateway.parentRefs: Required"),
+    ("negative-replicas", with_model(replicas=-1), "spec.replicas: Invalid value: -1"),
+    ("batch-size-zero", with_model(server={"batching": {"maxBatchSize": 0}}),
+     "spec.server.batching.maxBatchSize"),
+    ("unknown-field", with_model(replicaz=3), 'unknown field "spec.replicaz"'),
+]
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: lc.Cluster) -> None:
+    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modelservices.serving.modelservice.dev")
+
+
+@pytest.fixture(scope="module")
+def ns(crd: None, cluster: lc.Cluster) -> Iterator[str]:
+    name = "t-crd-validation"
+    cluster.kubectl_run("create", "namespace", name, check=False)
+    yield name
+    cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_at_least_twenty_cases() -> None:
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), CASES, ids=[c[0] for c in CASES])
+def test_invalid_manifest_is_rejected(case: str, spec: dict[str, Any], message: str,
+                                      cluster: lc.Cluster, ns: str) -> None:
+    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": f"bad-{case}"[:60], "namespace": ns}, "spec": spec}
+    result = cluster.kubectl_run("apply", "--validate=strict", "-f", "-",
+                                 input=yaml.safe_dump(body), check=False)
+    assert result.returncode != 0, f"{case} was accepted"
+    assert message in result.stderr, result.stderr
+
+
+def test_valid_manifest_is_accepted_with_defaults(cluster: lc.Cluster, ns: str) -> None:
+    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "good", "namespace": ns}, "spec": with_model()}
+    cluster.kubectl_run("apply", "-f", "-", input=yaml.safe_dump(body))
+    ms = cluster.kubectl_json("get", "modelservice", "good", "-n", ns)
+    assert ms["spec"]["variants"] == [{"name": "baseline"}]
+    assert ms["spec"]["replicas"] == 1
+    cluster.kubectl_run("delete", "modelservice", "good", "-n", ns)

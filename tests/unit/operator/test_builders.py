@@ -1,0 +1,216 @@
+"""Pure builders and the spec parser: ModelService in, manifests (or InvalidSpecError) out."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from msv_operator import builders as b
+from msv_operator.spec import InvalidSpecError, parse_spec
+
+OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
+                      service_monitor=False, gateway_api=False)
+
+
+def ms(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"uri": "s3://models/sst2", "framework": "transformers",
+                  "task": "text-classification"}}
+    base.update(spec)
+    return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "sentiment", "namespace": "ml", "uid": "uid-1"}, "spec": base}
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def env_of(dep: dict[str, Any]) -> dict[str, str]:
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in c["env"]}
+
+
+def test_minimal_spec_builds_one_variant_a_stable_service_and_annotations() -> None:
+    objs = b.build_all(ms(), OPTS)
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("Deployment", "sentiment-baseline"), ("Service", "sentiment-baseline"),
+        ("Service", "sentiment")]
+    dep = objs[0]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["metadata"]["ownerReferences"] == [{
+        "apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+        "name": "sentiment", "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
+    tmpl = dep["spec"]["template"]
+    assert tmpl["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert tmpl["metadata"]["labels"][b.LABEL_VARIANT] == "baseline"
+    for o in objs:
+        assert o["metadata"]["labels"][b.LABEL_MODELSERVICE] == "sentiment"
+        assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelservice-operator"
+
+
+def test_container_contract_env_probes_and_restricted_security() -> None:
+    spec = ms(variants=[{"name": "int8", "optimization": {"quantization": "dynamic-int8"}},
+                        {"name": "pruned", "optimization": {
+                            "pruning": {"method": "structured", "amount": 0.3}}}],
+              traffic=[{"variant": "int8", "weight": 100}],
+              server={"batching": {"maxBatchSize": 16, "maxDelayMs": 3}})
+    deps = by_kind(b.build_all(spec, OPTS), "Deployment")
+    env = env_of(deps["sentiment-int8"])
+    assert env["MODEL_SERVER_QUANTIZATION"] == "dynamic-int8"
+    assert env["MODEL_SERVER_MAX_BATCH_SIZE"] == "16"
+    assert env["MODEL_SERVER_MAX_DELAY_MS"] == "3"
+    assert env["MODEL_SERVER_MODEL_NAME"] == "sentiment"
+    assert env["MODEL_SERVER_DEVICE"] == "cpu"
+    pruned = env_of(deps["sentiment-pruned"])
+    assert (pruned["MODEL_SERVER_PRUNING_METHOD"], pruned["MODEL_SERVER_PRUNING_AMOUNT"]) == (
+        "structured", "0.3")
+    pod = deps["sentiment-int8"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # weight 0 -> the stable Service does not select the pruned variant's pods
+    pruned_labels = deps["sentiment-pruned"]["spec"]["template"]["metadata"]["labels"]
+    assert pruned_labels[b.LABEL_SERVING] == "false"
+
+
+def test_gpu_requests_placement_and_tolerations() -> None:
+    spec = ms(gpu={"count": 2, "resourceName": "nvidia.com/mig-1g.10gb",
+                   "products": ["NVIDIA-A100-SXM4-80GB"],
+                   "tolerations": [{"key": "team", "operator": "Equal", "value": "ml",
+                                    "effect": "NoSchedule"}]})
+    dep = by_kind(b.build_all(spec, OPTS), "Deployment")["sentiment-baseline"]
+    pod = dep["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/mig-1g.10gb"] == "2"
+    assert res["requests"]["nvidia.com/mig-1g.10gb"] == "2"
+    assert pod["containers"][0]["image"] == "ms:cuda"
+    assert env_of(dep)["MODEL_SERVER_DEVICE"] == "cuda"
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"][0]["matchExpressions"][0] == {
+        "key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"]
+    assert any(t.get("key") == "team" for t in pod["tolerations"])
+
+
+@pytest.mark.parametrize(("uri", "volume_key", "init"), [
+    ("pvc://models/sst2/v1", "persistentVolumeClaim", False),
+    ("s3://bucket/key", "emptyDir", True),
+    ("https://host/model.tar.gz", "emptyDir", True),
+    ("file:///srv/models/x", "hostPath", False),
+])
+def test_model_source_wiring(uri: str, volume_key: str, init: bool) -> None:
+    spec = ms()
+    spec["spec"]["model"].update(uri=uri, credentialsSecret="store", sha256="a" * 64)
+    pod = b.build_all(spec, OPTS)[0]["spec"]["template"]["spec"]
+    model_vol = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert volume_key in model_vol
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model")
+    assert mount["readOnly"] is True and mount["mountPath"] == "/mnt/models"
+    if volume_key == "persistentVolumeClaim":
+        assert model_vol["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        assert mount["subPath"] == "sst2/v1"
+    if init:
+        (ic,) = pod["initContainers"]
+        assert ic["args"] == ["pull", uri, "/mnt/models", "--sha256", "a" * 64]
+        assert ic["envFrom"] == [{"secretRef": {"name": "store"}}]
+    else:
+        assert "initContainers" not in pod
+
+
+def test_hpa_owns_replicas() -> None:
+    spec = ms(autoscaling={"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilization": 60,
+                           "targetInFlight": 4})
+    objs = b.build_all(spec, OPTS)
+    dep = by_kind(objs, "Deployment")["sentiment-baseline"]
+    assert "replicas" not in dep["spec"]
+    hpa = by_kind(objs, "HorizontalPodAutoscaler")["sentiment-baseline"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert hpa["scaleTargetRef"]["name"] == "sentiment-baseline"
+    kinds = {m["type"] for m in hpa["metrics"]}
+    assert kinds == {"Resource", "Pods"}
+    pods = next(m for m in hpa["metrics"] if m["type"] == "Pods")["pods"]
+    assert pods["metric"]["name"] == "model_server_inflight_requests"
+    assert pods["target"]["averageValue"] == "4"
+
+
+def test_replicas_split_by_weight_without_gateway() -> None:
+    spec = ms(replicas=10, variants=[{"name": "a"}, {"name": "b"}, {"name": "c", "replicas": 3}],
+              traffic=[{"variant": "a", "weight": 70}, {"variant": "b", "weight": 30}])
+    deps = by_kind(b.build_all(spec, OPTS), "Deployment")
+    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == {
+        "sentiment-a": 7, "sentiment-b": 3, "sentiment-c": 3}
+
+
+def test_service_monitor_and_http_route_when_served() -> None:
+    opts = b.BuildOptions("ms:cpu", None, service_monitor=True, gateway_api=True)
+    spec = ms(variants=[{"name": "a"}, {"name": "b"}],
+              traffic=[{"variant": "a", "weight": 75}, {"variant": "b", "weight": 25}],
+              gateway={"parentRefs": [{"name": "public", "namespace": "gw"}]})
+    objs = b.build_all(spec, opts)
+    assert "sentiment" in by_kind(objs, "ServiceMonitor")
+    route = by_kind(objs, "HTTPRoute")["sentiment"]["spec"]
+    assert route["parentRefs"] == [{"name": "public", "namespace": "gw"}]
+    assert [(r["name"], r["weight"]) for r in route["rules"][0]["backendRefs"]] == [
+        ("sentiment-a", 75), ("sentiment-b", 25)]
+    dep = by_kind(objs, "Deployment")["sentiment-a"]
+    assert "annotations" not in dep["spec"]["template"]["metadata"]
+    # Without Gateway API the route is not built even though spec.gateway is set.
+    no_gw = b.build_all(spec, b.BuildOptions("ms:cpu", None, True, False))
+    assert not by_kind(no_gw, "HTTPRoute")
+
+
+def test_monitoring_disabled_builds_neither() -> None:
+    objs = b.build_all(ms(monitoring={"serviceMonitor": "disabled"}),
+                       b.BuildOptions("ms:cpu", None, True, False))
+    assert not by_kind(objs, "ServiceMonitor")
+    assert "annotations" not in objs[0]["spec"]["template"]["metadata"]
+
+
+def test_long_names_are_cut_with_a_stable_hash() -> None:
+    name = b.object_name("m" * 50, "variant-name-long")
+    assert len(name) <= 63
+    assert name == b.object_name("m" * 50, "variant-name-long")
+    assert name != b.object_name("m" * 50, "variant-name-lonx")
+
+
+def test_builders_do_not_mutate_their_input() -> None:
+    spec = ms(gpu={"count": 1, "tolerations": [{"key": "x", "operator": "Exists"}]})
+    before = copy.deepcopy(spec)
+    b.build_all(spec, OPTS)
+    assert spec == before
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"model": {"uri": "ftp://x/y", "framework": "transformers", "task": "t"}},
+     "scheme 'ftp' is not supported"),
+    ({"model": {"uri": "s3://b/k", "framework": "transformers"}}, "spec.model.task: required"),
+    ({"model": {"uri": "s3://b/k", "framework": "torchscript"},
+      "variants": [{"name": "q", "optimization": {"quantization": "dynamic-int8"}}]},
+     "TorchScript models have compiled layer shapes"),
+    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
+      "variants": [{"name": "p", "optimization": {"pruning": {"method": "structured",
+                                                                "amount": 0.2}}}]},
+     "TensorFlow variants support"),
+    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
+      "variants": [{"name": "a"}], "traffic": [{"variant": "a", "weight": 60}]},
+     "weights sum to 60, expected 100"),
+    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
+      "variants": [{"name": "a"}, {"name": "a"}]}, "listed twice"),
+    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
+      "variants": [{"name": "x" * 60}]}, "longer than 63 characters"),
+    ({"model": {"uri": "file://relative", "framework": "tensorflow"}}, "absolute path"),
+    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
+      "autoscaling": {"minReplicas": 4, "maxReplicas": 2}}, "must not exceed maxReplicas"),
+])
+def test_invalid_specs_name_the_field(spec: dict[str, Any], message: str) -> None:
+    body = {"metadata": {"name": "sentiment", "namespace": "ml", "uid": "u"}, "spec": spec}
+    with pytest.raises(InvalidSpecError, match=message):
+        parse_spec(body)
+    with pytest.raises(InvalidSpecError):
+        b.build_all(body, OPTS)
