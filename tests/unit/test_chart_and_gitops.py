@@ -1,0 +1,141 @@
+"""The Helm chart (lint, template, schema, CRD copy) and the Argo CD health check (Lua)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster import build, paths
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "modelservice-operator"
+CRD_NAME = "modelservices.serving.modelservice.dev.yaml"
+LUA = ROOT / "gitops" / "argocd" / "health-modelservice.lua"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if "helm" in build.missing_binaries():
+        pytest.fail("helm is not built; run: python -m localcluster build", pytrace=False)
+    return subprocess.run([str(paths.helm()), *args], capture_output=True, text=True,
+                          check=check)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "-n", "msv-system"]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def test_crd_copy_in_the_chart_is_identical() -> None:
+    source = (ROOT / "crds" / CRD_NAME).read_bytes()
+    copy = (CHART / "files" / CRD_NAME).read_bytes()
+    assert source == copy, "the chart's CRD differs from crds/: run scripts/sync-crds"
+
+
+def test_helm_lint_is_clean() -> None:
+    out = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_cluster_mode_renders_clusterrole_and_kept_crd() -> None:
+    docs = render()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("ClusterRole", "rel-modelservice-operator") in kinds
+    assert ("ClusterRoleBinding", "rel-modelservice-operator") in kinds
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    source = yaml.safe_load((ROOT / "crds" / CRD_NAME).read_text())
+    assert crd["spec"] == source["spec"]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert "secrets" not in resources
+    assert "*" not in resources and all("*" not in rule["verbs"] for rule in role["rules"])
+
+
+def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
+    docs = render("watchNamespaces={team-a,team-b}")
+    roles = sorted((d["kind"], d["metadata"]["namespace"]) for d in docs
+                   if d["kind"] in ("Role", "RoleBinding"))
+    assert roles == [("Role", "team-a"), ("Role", "team-b"),
+                     ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MSV_NAMESPACES"] == "team-a,team-b"
+
+
+def test_operator_deployment_is_restricted_and_configurable() -> None:
+    docs = render("modelServer.image=registry.local/ms:1", "crds.keep=false")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["MSV_DEFAULT_IMAGE"] == "registry.local/ms:1"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("logFormat=xml", "value must be one of 'text', 'json'"),
+    ("maxWorkers=0", "minimum"),
+    ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+    ("watchNamespaces={Bad_NS}", "does not match pattern"),
+])
+def test_schema_rejects_bad_values(value: str, message: str) -> None:
+    out = helm("template", "rel", str(CHART), "--set", value, check=False)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def _lua_health(obj: dict[str, Any]) -> dict[str, str]:
+    lupa = pytest.importorskip("lupa")
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+
+    def to_lua(v: Any) -> Any:
+        if isinstance(v, dict):
+            return lua.table_from({k: to_lua(x) for k, x in v.items()})
+        if isinstance(v, list):
+            return lua.table_from([to_lua(x) for x in v])
+        return v
+
+    fn = lua.eval("function(obj) " + LUA.read_text() + " end")
+    result = fn(to_lua(obj))
+    return {"status": result["status"], "message": result["message"]}
+
+
+def _ms(generation: int, observed: int | None, *conditions: dict[str, str]) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": list(conditions)}
+    if observed is not None:
+        status["observedGeneration"] = observed
+    return {"metadata": {"name": "m", "generation": generation}, "status": status}
+
+
+@pytest.mark.parametrize(("obj", "expected"), [
+    ({"metadata": {"generation": 1}}, "Progressing"),
+    (_ms(2, 2, {"type": "Ready", "status": "True", "reason": "AllVariantsReady"}), "Healthy"),
+    (_ms(3, 2, {"type": "Ready", "status": "True", "reason": "AllVariantsReady"}), "Progressing"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "Unschedulable",
+                "message": "Insufficient nvidia.com/gpu"}), "Degraded"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "InvalidSpec"}), "Degraded"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "RollingOut"},
+         {"type": "Progressing", "status": "True"}), "Progressing"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "X"},
+         {"type": "Degraded", "status": "True", "reason": "ModelLoadFailed"}), "Degraded"),
+])
+def test_argocd_health_check(obj: dict[str, Any], expected: str) -> None:
+    assert _lua_health(obj)["status"] == expected
+
+
+def test_argocd_health_message_carries_the_reason() -> None:
+    got = _lua_health(_ms(1, 1, {"type": "Ready", "status": "False", "reason": "Unschedulable",
+                                 "message": "0/5 nodes: Insufficient nvidia.com/gpu"}))
+    assert got["message"] == "Unschedulable: 0/5 nodes: Insufficient nvidia.com/gpu"
