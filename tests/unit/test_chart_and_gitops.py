@@ -63,7 +63,14 @@ def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
                    if d["kind"] in ("Role", "RoleBinding"))
     assert roles == [("Role", "team-a"), ("Role", "team-b"),
                      ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert [d["metadata"]["name"] for d in cluster_roles] == ["rel-modelservice-operator-discovery"]
+    cluster_rules = {(r, v) for rule in cluster_roles[0]["rules"] for r in rule["resources"]
+                     for v in rule["verbs"]}
+    assert cluster_rules == {("customresourcedefinitions", "get"),
+                             ("customresourcedefinitions", "list"),
+                             ("customresourcedefinitions", "watch"),
+                             ("namespaces", "list"), ("namespaces", "watch")}
     dep = next(d for d in docs if d["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MSV_NAMESPACES"] == "team-a,team-b"

@@ -1,0 +1,146 @@
+"""The Helm chart installed into the real control plane, and its RBAC proven both ways.
+
+The operator cannot run as a pod here (kwok runs no containers), so it runs as a local
+process **as the chart's ServiceAccount**: a token from the TokenRequest API in a kubeconfig
+of its own. It must reconcile an example to Ready (the RBAC is sufficient), and
+`kubectl auth can-i` shows what the ServiceAccount may not do (the RBAC is not excessive).
+The CRD is shared by every test on this control plane, so the releases here install the
+chart with crds.install=false; the CRD template itself is covered by tests/unit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from localcluster import cluster as lc
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "modelservice-operator"
+CRD = ROOT / "crds" / "modelservices.serving.modelservice.dev.yaml"
+EXAMPLE = ROOT / "examples" / "sentiment-transformers.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: lc.Cluster) -> None:
+    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modelservices.serving.modelservice.dev")
+
+
+def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(cluster.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
+                          capture_output=True, text=True, timeout=180, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def release(crd: None, cluster: lc.Cluster, namespace: str) -> Iterator[tuple[str, str]]:
+    """A namespaced-mode release in its own namespace, watching the test namespace."""
+    system = f"msv-sys-{uuid.uuid4().hex[:6]}"
+    name = "msv"
+    helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system, "--create-namespace",
+         "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.install=false", "--wait")
+    yield system, name
+    helm(cluster, "uninstall", name, "-n", system, check=False)
+    cluster.kubectl_run("delete", "namespace", system, "--wait=false", check=False)
+
+
+def sa_kubeconfig(cluster: lc.Cluster, system: str, sa: str, path: Path) -> Path:
+    token = cluster.kubectl_run("create", "token", sa, "-n", system,
+                                "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    server = admin["clusters"][0]["cluster"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": server}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": sa}}],
+        "current-context": "sa",
+    }))
+    return path
+
+
+def can_i(cluster: lc.Cluster, who: str, verb: str, resource: str, ns: str | None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={who}"]
+    args += ["-n", ns] if ns else []
+    out = cluster.kubectl_run(*args, check=False).stdout.strip()
+    return out == "yes"
+
+
+def test_operator_as_chart_serviceaccount_reconciles_to_ready(
+        cluster: lc.Cluster, namespace: str, release: tuple[str, str], tmp_path: Path) -> None:
+    system, name = release
+    sa = f"{name}-modelservice-operator"
+    kubeconfig = sa_kubeconfig(cluster, system, sa, tmp_path / "sa.kubeconfig")
+    log_path = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "msv_operator", "run", "--namespace", namespace,
+             "--metrics-port", "0", "--health-port", "0"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            cluster.kubectl_run("apply", "-n", namespace, "-f", str(EXAMPLE))
+            deadline = time.monotonic() + 120
+            ready = False
+            while time.monotonic() < deadline and not ready:
+                ms = cluster.kubectl_json("get", "modelservice", "sentiment", "-n", namespace)
+                conds = (ms.get("status") or {}).get("conditions", [])
+                ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+                time.sleep(0.5)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert ready, f"not Ready as the chart's ServiceAccount; operator log:\n" \
+                          f"{log_path.read_text()[-3000:]}"
+            forbidden = [line for line in log_path.read_text().splitlines()
+                         if "forbidden" in line.lower()]
+            assert not forbidden, forbidden[:5]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_rbac_is_not_excessive(cluster: lc.Cluster, namespace: str,
+                               release: tuple[str, str]) -> None:
+    system, name = release
+    who = f"system:serviceaccount:{system}:{name}-modelservice-operator"
+    # what it needs, in the watched namespace
+    assert can_i(cluster, who, "patch", "deployments", namespace)
+    assert can_i(cluster, who, "patch", "modelservices/status", namespace)
+    # what it must not do
+    assert not can_i(cluster, who, "get", "secrets", namespace)
+    assert not can_i(cluster, who, "list", "secrets", namespace)
+    assert not can_i(cluster, who, "update", "modelservices", namespace)
+    assert not can_i(cluster, who, "delete", "modelservices", namespace)
+    assert not can_i(cluster, who, "create", "pods", namespace)
+    assert not can_i(cluster, who, "delete", "customresourcedefinitions", None)
+    assert not can_i(cluster, who, "create", "clusterroles", None)
+    # namespaced mode: nothing in another namespace
+    assert not can_i(cluster, who, "list", "deployments", "default")
+    assert not can_i(cluster, who, "list", "modelservices", "default")
+
+
+def test_install_twice_upgrade_and_uninstall_keep_user_objects(
+        cluster: lc.Cluster, namespace: str, release: tuple[str, str]) -> None:
+    system, name = release
+    cluster.kubectl_run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system,
+         "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.install=false",
+         "--set", "logFormat=text")
+    bad = helm(cluster, "upgrade", name, str(CHART), "-n", system, "--set", "maxWorkers=0",
+               check=False)
+    assert bad.returncode != 0 and "maxWorkers" in bad.stderr
+    helm(cluster, "uninstall", name, "-n", system)
+    # the CRD and the user's ModelService survive the uninstall
+    cluster.kubectl_run("get", "crd", "modelservices.serving.modelservice.dev")
+    cluster.kubectl_run("get", "modelservice", "sentiment", "-n", namespace)
