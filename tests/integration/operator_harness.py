@@ -109,7 +109,9 @@ def condition(ms: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def modelservice(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": {"uri": "pvc://models/sentiment", "framework": "transformers",
+        # s3:// (an init container pulls into an emptyDir): no PersistentVolumeClaim is needed,
+        # so kwok's pods can be scheduled and become Ready.
+        "model": {"uri": "s3://models/sentiment", "framework": "transformers",
                   "task": "text-classification"},
         "variants": [{"name": "baseline"}],
     }
