@@ -93,7 +93,15 @@ def test_scrape_annotations_then_servicemonitor_when_the_crds_appear(
     monitors = wait_for("a ServiceMonitor", monitor, timeout=60)
     assert [m["metadata"]["name"] for m in monitors] == ["mon"]
     spec = monitors[0]["spec"]
-    assert spec["selector"]["matchLabels"][LABEL_MODELSERVICE] == "mon"
+    # The selector picks the per-variant Services (each pod scraped once), not the stable one.
+    terms = [f"{k_}={v}" for k_, v in (spec["selector"].get("matchLabels") or {}).items()]
+    for e in spec["selector"].get("matchExpressions") or []:
+        if e["operator"] == "In":
+            terms.append(f"{e['key']} in ({','.join(e['values'])})")
+        elif e["operator"] == "Exists":
+            terms.append(e["key"])
+    selected = k.list("v1", "Service", namespace, ",".join(terms))
+    assert sorted(svc["metadata"]["name"] for svc in selected) == ["mon-baseline"]
     assert any(e.get("path", "/metrics") == "/metrics" for e in spec["endpoints"])
     wait_for("the scrape annotations removed",
              lambda: SCRAPE not in template_annotations(k, namespace, "mon-baseline"),
