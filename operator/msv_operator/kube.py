@@ -96,6 +96,10 @@ def translate(exc: BaseException, what: str) -> ApiError:
             return Conflict(text, status)
         if status in (400, 403, 422):
             return Rejected(text, status)
+        if status == 500 and "failed to create typed patch object" in text:
+            # Server-side apply could not merge the object (e.g. duplicate list-map keys):
+            # the request itself is wrong, retrying cannot help.
+            return Rejected(text, status)
         return Transient(text, status)
     return Transient(f"{what}: {exc}", 0)
 

@@ -133,7 +133,7 @@ def test_gpu_modelservice_lands_only_on_matching_gpu_nodes(
 
 def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    apply_ms(k, modelservice("huge", namespace, gpu={"count": 64}))
+    apply_ms(k, modelservice("huge", namespace, gpu={"count": 16}))
 
     def unschedulable() -> dict[str, Any] | None:
         c = condition(get_ms(k, namespace, "huge"), "Ready")
@@ -273,3 +273,52 @@ def test_no_writes_when_nothing_changed(
                for kd in ("Deployment", "Service", "HorizontalPodAutoscaler")) == applies
     assert before and after
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+INVALID_SPECS: list[tuple[str, dict[str, Any]]] = [
+    ("weights-90", {"variants": [{"name": "a"}, {"name": "b"}],
+                    "traffic": [{"variant": "a", "weight": 50}, {"variant": "b", "weight": 40}]}),
+    ("unknown-variant", {"variants": [{"name": "a"}],
+                         "traffic": [{"variant": "zzz", "weight": 100}]}),
+    ("duplicate-variants", {"variants": [{"name": "a"}, {"name": "a"}]}),
+    ("no-variants", {"variants": []}),
+    ("gpu-zero", {"gpu": {"count": 0}}),
+    ("bad-scheme", {"model": {"uri": "ftp://models/x", "framework": "transformers",
+                              "task": "text-classification"}}),
+    ("min-over-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+]
+
+
+def test_invalid_specs_are_rejected_or_reported_and_valid_ones_keep_serving(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    apply_ms(k, modelservice("good", namespace))
+    wait_for("Ready=True", lambda: ready(k, namespace, "good"), timeout=90)
+    outcomes: dict[str, str] = {}
+    for name, spec in INVALID_SPECS:
+        try:
+            apply_ms(k, modelservice(f"bad-{name}", namespace, **spec))
+        except kube.Rejected as e:
+            assert "spec" in str(e), f"{name}: the API server's message should name the field"
+            outcomes[name] = "rejected by the API server"
+            continue
+
+        def invalid(n: str = name) -> dict[str, Any] | None:
+            c = condition(get_ms(k, namespace, f"bad-{n}"), "Ready")
+            return c if c.get("reason") == "InvalidSpec" else None
+
+        c = wait_for(f"{name}: Ready=False/InvalidSpec", invalid, timeout=30)
+        assert c["status"] == "False" and "spec." in c["message"], c
+        assert not owned(k, namespace, f"bad-{name}", "apps/v1", "Deployment")
+        outcomes[name] = "InvalidSpec"
+    assert set(outcomes) == {n for n, _ in INVALID_SPECS}
+    # The operator is still alive and still serves the valid ModelService.
+    body = modelservice("good", namespace,
+                        variants=[{"name": "baseline"}, {"name": "int8", "optimization": {
+                            "quantization": "dynamic-int8"}}],
+                        traffic=[{"variant": "baseline", "weight": 60},
+                                 {"variant": "int8", "weight": 40}])
+    apply_ms(k, body)
+    final = wait_for("the valid ModelService converges",
+                     lambda: ready(k, namespace, "good"), timeout=90)
+    assert {(v["name"], v["weight"]) for v in final["status"]["variants"]} == {
+        ("baseline", 60), ("int8", 40)}
