@@ -17,7 +17,6 @@ import yaml
 from localcluster import cluster as lc
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "modelservices.serving.modelservice.dev.yaml"
 MODEL = {"uri": "s3://models/x", "framework": "transformers", "task": "text-classification"}
 
 
@@ -87,12 +86,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-field", with_model(replicaz=3), 'unknown field "spec.replicaz"'),
 ]
 
-
-@pytest.fixture(scope="module")
-def crd(cluster: lc.Cluster) -> None:
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,8 @@ import yaml
 from localcluster import cluster as lc
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "modelservices.serving.modelservice.dev.yaml"
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "kustomization.yaml")
 
-
-@pytest.fixture(scope="module")
-def crd(cluster: lc.Cluster) -> None:
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
 
 
 @pytest.fixture

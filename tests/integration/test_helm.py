@@ -25,15 +25,8 @@ from localcluster import cluster as lc
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "modelservice-operator"
-CRD = ROOT / "crds" / "modelservices.serving.modelservice.dev.yaml"
 EXAMPLE = ROOT / "examples" / "sentiment-transformers.yaml"
 
-
-@pytest.fixture(scope="module")
-def crd(cluster: lc.Cluster) -> None:
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
 
 
 def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

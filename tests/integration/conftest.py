@@ -1,0 +1,22 @@
+"""Fixtures shared by the integration tests: the ModelService CRD installed once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localcluster import cluster as lc
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "modelservices.serving.modelservice.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: lc.Cluster) -> None:
+    """The ModelService CRD from crds/, applied server-side and Established.
+
+    Cluster-scoped and shared by every test (and a running demo): never deleted here.
+    """
+    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modelservices.serving.modelservice.dev")
