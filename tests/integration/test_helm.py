@@ -40,8 +40,10 @@ def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.Comp
 @pytest.fixture
 def release(crd: None, cluster: lc.Cluster, namespace: str) -> Iterator[tuple[str, str]]:
     """A namespaced-mode release in its own namespace, watching the test namespace."""
-    system = f"msv-sys-{uuid.uuid4().hex[:6]}"
-    name = "msv"
+    suffix = uuid.uuid4().hex[:6]
+    # ClusterRoles are cluster-scoped: a release name of its own keeps them apart from
+    # other releases (e.g. the demo's) on the same control plane.
+    system, name = f"msv-sys-{suffix}", f"msv-{suffix}"
     helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system, "--create-namespace",
          "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.install=false", "--wait")
     yield system, name
