@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import sys
@@ -56,6 +57,16 @@ def setup_logging(cfg: OperatorConfig) -> None:
         logging.getLogger("kopf").setLevel(logging.WARNING)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas (like ``MALLOC_ARENA_MAX``): the reconcile
+    threads otherwise each grow an arena and keep the RSS up long after a burst."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, cfg = load(argv)
@@ -65,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "run":  # pragma: no cover - argparse restricts the choices
         return 2
     setup_logging(cfg)
+    limit_malloc_arenas()
     metrics = OperatorMetrics()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.bind_address, registry=metrics.registry)

@@ -54,6 +54,11 @@ OWNED = (
 )
 
 
+# Owned-object events wait this long on the queue, so a burst (a Deployment and its Pods
+# changing together) costs one pass instead of one per event.
+OWNED_EVENT_DELAY = 0.3
+
+
 def now() -> str:
     return conditions.rfc3339(datetime.now(UTC))
 
@@ -78,6 +83,7 @@ class Runtime:
         self.queue: asyncio.Queue[Key] | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.retries: dict[Key, int] = {}
+        self.pod_summaries: dict[str, str] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -274,8 +280,12 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
     def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(str(namespace), name): reconcile.strip_live(body, f"{GROUP}/{VERSION}",
-                                                         "ModelService")}
+        ms = reconcile.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
+        annotations = ms["metadata"].get("annotations") or {}
+        for noise in ("kubectl.kubernetes.io/last-applied-configuration",
+                      f"{PREFIX}/last-handled-configuration"):
+            annotations.pop(noise, None)
+        return {(str(namespace), name): ms}
 
     def owned_index(api_version: str, kind: str) -> Any:
         def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
@@ -322,11 +332,31 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         if runtime is None or key is None:
             return
         runtime.bind(_indexes(kwargs))
-        runtime.enqueue(key)
+        runtime.enqueue(key, OWNED_EVENT_DELAY)
 
-    for group, version, plural, _api_version, _kind in (*OWNED, ("", "v1", "pods", "v1", "Pod")):
+    async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any,
+                          body: kopf.Body, uid: str, type: str | None, **kwargs: Any) -> None:
+        """Only Pod changes that can change the status (scheduling, readiness, container
+        waiting reasons) wake the owner; kwok's and the scheduler's other updates do not."""
+        runtime: Runtime | None = memo.get("runtime")
+        key = _owner_key(namespace, labels)
+        if runtime is None or key is None:
+            return
+        if type == "DELETED":
+            runtime.pod_summaries.pop(uid, None)
+        else:
+            summary = reconcile.pod_summary(body)
+            if runtime.pod_summaries.get(uid) == summary:
+                return
+            runtime.pod_summaries[uid] = summary
+        runtime.bind(_indexes(kwargs))
+        runtime.enqueue(key, OWNED_EVENT_DELAY)
+
+    for group, version, plural, _api_version, _kind in OWNED:
         kopf.on.event(group, version, plural, labels={LABEL: kopf.PRESENT}, registry=registry,
                       id=f"owned_{plural}")(owned_changed)
+    kopf.on.event("", "v1", "pods", labels={LABEL: kopf.PRESENT}, registry=registry,
+                  id="owned_pods")(pod_changed)
 
     return registry
 

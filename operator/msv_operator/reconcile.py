@@ -341,6 +341,11 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def pod_summary(pod: Mapping[str, Any]) -> str:
+    """A compact fingerprint of what the status reads from a Pod."""
+    return json.dumps(trim_pod(pod)["status"], sort_keys=True, default=str)
+
+
 def strip_live(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
     """A plain copy of a watched object without ``managedFields`` (smaller caches)."""
     out = plain(obj)

@@ -144,10 +144,16 @@ def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
     assert "Insufficient nvidia.com/gpu" in c["message"]
     ms = get_ms(k, namespace, "huge")
     assert condition(ms, "Degraded")["status"] == "True"
-    events = k.list("v1", "Event", namespace)
-    ours = [e for e in events if e["involvedObject"].get("kind") == "ModelService"
-            and e["reason"] == "Unschedulable"]
-    assert len(ours) == 1, "one Event for the transition, not one per pass"
+    def events() -> list[dict[str, Any]]:
+        return [e for e in k.list("v1", "Event", namespace)
+                if e["involvedObject"].get("kind") == "ModelService"
+                and e["reason"] == "Unschedulable"]
+
+    wait_for("the Unschedulable Event", events, timeout=30)
+    passes = operator.metric("msv_operator_reconciles_total", {"result": "unchanged"})
+    wait_for("two more passes", lambda: operator.metric(
+        "msv_operator_reconciles_total", {"result": "unchanged"}) >= passes + 2, timeout=30)
+    assert len(events()) == 1, "one Event for the transition, not one per pass"
 
 
 def test_spec_updates_converge_and_observed_generation_follows(
