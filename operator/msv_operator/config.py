@@ -60,10 +60,10 @@ class OperatorConfig:
     """How long a capability answer (ServiceMonitor / HTTPRoute served?) is reused
     (``MSV_DISCOVERY_SECONDS``)."""
 
-    qps: float = 50.0
+    qps: float = 200.0
     """Client-side limit of the operator's mutating requests per second (``MSV_QPS``)."""
 
-    burst: int = 100
+    burst: int = 400
     """Burst allowed above ``qps`` (``MSV_BURST``)."""
 
     field_manager: str = field(default=FIELD_MANAGER)
@@ -111,8 +111,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         max_workers=_env_int(env, "MSV_MAX_WORKERS", 16),
         resync_seconds=_env_float(env, "MSV_RESYNC_SECONDS", 300.0),
         discovery_seconds=_env_float(env, "MSV_DISCOVERY_SECONDS", 30.0),
-        qps=_env_float(env, "MSV_QPS", 50.0),
-        burst=_env_int(env, "MSV_BURST", 100),
+        qps=_env_float(env, "MSV_QPS", 200.0),
+        burst=_env_int(env, "MSV_BURST", 400),
     )
     return validate(cfg)
 
