@@ -20,6 +20,11 @@ import pytest
 from localcluster import build, paths
 from localcluster import cluster as lc
 
+# Subprocesses the tests start (msv-operator, model-server) import this checkout's code too.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [os.path.join(_ROOT, "operator"), _ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

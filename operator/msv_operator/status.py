@@ -41,7 +41,7 @@ FAILED_WAITING_REASONS = frozenset({
 })
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
-OWNED_KEYS = ("observedGeneration", "conditions", "variants", "url")
+OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "url")
 
 
 @dataclass(frozen=True)
@@ -266,6 +266,8 @@ def compute_status(
              "weight": s.weight}
             for s in verdict.variants
         ],
+        # One string for `kubectl get msv` (printer columns show only the first list item).
+        "traffic": ",".join(f"{s.name}={s.weight}" for s in verdict.variants),
         "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", ""))),
     }
     if observed_generation is not None:
