@@ -171,7 +171,7 @@ class Operator:
 def ms_body(name: str, ns: str, variants: int = 1) -> dict[str, Any]:
     names = ["baseline", "int8"][:variants]
     spec: dict[str, Any] = {
-        "model": {"uri": "pvc://models/bench", "framework": "transformers",
+        "model": {"uri": "s3://models/bench", "framework": "transformers",
                   "task": "text-classification"},
         "server": {"resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}},
         "variants": [{"name": n} if n == "baseline" else
@@ -349,17 +349,19 @@ def main() -> int:
     results: dict[str, Any] = {"command": " ".join(["python", "bench/operator_bench.py",
                                                     *sys.argv[1:]]),
                                "load_average": os.getloadavg(), "cpus": os.cpu_count()}
-    if "writes" in ARGS.scenarios:
-        results["writes"] = {mode: writes_scenario(mode, cluster, client)
-                             for mode in ("ours", "naive")}
-    results["throughput"] = {}
-    for n in ARGS.sizes if "throughput" in ARGS.scenarios else []:
-        modes = ("ours", "naive") if n <= 200 else ("ours",)
-        results["throughput"][str(n)] = {m: throughput_scenario(m, n, cluster, client)
-                                         for m in modes}
-    results["load_average_end"] = os.getloadavg()
-    if not cluster.reused:
-        localcluster.down(state)
+    try:
+        if "writes" in ARGS.scenarios:
+            results["writes"] = {mode: writes_scenario(mode, cluster, client)
+                                 for mode in ("ours", "naive")}
+        results["throughput"] = {}
+        for n in ARGS.sizes if "throughput" in ARGS.scenarios else []:
+            modes = ("ours", "naive") if n <= 200 else ("ours",)
+            results["throughput"][str(n)] = {m: throughput_scenario(m, n, cluster, client)
+                                             for m in modes}
+        results["load_average_end"] = os.getloadavg()
+    finally:
+        if not cluster.reused:
+            localcluster.down(state)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     w = results.get("writes")

@@ -1,0 +1,116 @@
+"""reconcile's pure helpers: when an object must be re-applied, what may be pruned, which
+transitions become Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msv_operator import conditions, reconcile
+
+UID = "0b6f6a2e-0000-4000-8000-000000000001"
+
+
+def desired() -> dict[str, Any]:
+    return reconcile.with_hash({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "s-baseline", "namespace": "ml", "labels": {"a": "b"},
+                     "ownerReferences": [{"kind": "ModelService", "uid": UID,
+                                          "controller": True}]},
+        "spec": {"template": {"spec": {
+            "securityContext": {},
+            "containers": [{"name": "m", "image": "img:1",
+                            "resources": {"requests": {"memory": "1024Mi", "cpu": "0.5"}}}]}}},
+    })
+
+
+def live_from(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the API server returns: defaults added, quantities canonicalised, empties dropped."""
+    live = reconcile.plain(obj)
+    live["metadata"]["uid"] = "x"
+    live["metadata"]["resourceVersion"] = "7"
+    pod = live["spec"]["template"]["spec"]
+    pod.pop("securityContext")
+    pod["restartPolicy"] = "Always"
+    c = pod["containers"][0]
+    c["resources"]["requests"] = {"memory": "1Gi", "cpu": "500m"}
+    c["terminationMessagePath"] = "/dev/termination-log"
+    live["status"] = {"replicas": 1}
+    return live
+
+
+def test_unchanged_live_object_is_not_reapplied() -> None:
+    d = desired()
+    assert not reconcile.needs_apply(d, live_from(d))
+
+
+def test_missing_object_or_other_hash_is_reapplied() -> None:
+    d = desired()
+    assert reconcile.needs_apply(d, None)
+    live = live_from(d)
+    live["metadata"]["annotations"][reconcile.HASH_ANNOTATION] = "old"
+    assert reconcile.needs_apply(d, live)
+
+
+def test_hand_edit_of_an_owned_field_is_repaired() -> None:
+    d = desired()
+    live = live_from(d)
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    assert reconcile.needs_apply(d, live)
+    live = live_from(d)
+    del live["metadata"]["labels"]["a"]
+    assert reconcile.needs_apply(d, live)
+
+
+def test_hash_ignores_its_own_annotation_and_is_stable() -> None:
+    a, b = desired(), desired()
+    assert a["metadata"]["annotations"][reconcile.HASH_ANNOTATION] == \
+        b["metadata"]["annotations"][reconcile.HASH_ANNOTATION]
+
+
+def test_contains_compares_quantities_by_value() -> None:
+    assert reconcile.contains({"cpu": "1000m"}, {"cpu": "1"})
+    assert reconcile.contains({"memory": "1Gi"}, {"memory": "1024Mi"})
+    assert not reconcile.contains({"memory": "1Gi"}, {"memory": "1000Mi"})
+    assert not reconcile.contains({"ports": [1, 2]}, {"ports": [1]})
+
+
+def test_only_controller_references_to_this_uid_count_as_owned() -> None:
+    mine = {"metadata": {"ownerReferences": [{"kind": "ModelService", "uid": UID,
+                                              "controller": True}]}}
+    other = {"metadata": {"ownerReferences": [{"kind": "ModelService", "uid": "other",
+                                               "controller": True}]}}
+    not_controller = {"metadata": {"ownerReferences": [{"kind": "ModelService", "uid": UID}]}}
+    assert reconcile.owned_by(mine, UID)
+    assert not reconcile.owned_by(other, UID)
+    assert not reconcile.owned_by(not_controller, UID)
+    assert not reconcile.owned_by({"metadata": {}}, UID)
+
+
+def t(status: str, reason: str, prev: str | None, prev_reason: str | None,
+      type_: str = "Ready") -> conditions.Transition:
+    return conditions.Transition(type=type_, status=status, reason=reason, message="m",
+                                 previous_status=prev, previous_reason=prev_reason)
+
+
+def test_events_only_for_meaningful_transitions() -> None:
+    assert reconcile.event_for(t("True", "AllVariantsReady", "False", "RollingOut")) == (
+        "Normal", "Ready", "m")
+    assert reconcile.event_for(t("False", "Unschedulable", "False", "RollingOut")) == (
+        "Warning", "Unschedulable", "m")
+    assert reconcile.event_for(t("False", "RollingOut", None, None)) is None
+    assert reconcile.event_for(t("False", "AsExpected", "True", "Unschedulable",
+                                 "Degraded")) == ("Normal", "Recovered", "m")
+    assert reconcile.event_for(t("True", "RollingOut", "False", "RolloutComplete",
+                                 "Progressing")) is None
+
+
+def test_pod_summary_ignores_fields_the_status_does_not_read() -> None:
+    pod = {"metadata": {"name": "p", "labels": {}, "resourceVersion": "1"},
+           "status": {"phase": "Pending", "conditions": [
+               {"type": "PodScheduled", "status": "False", "message": "no GPU"}]}}
+    moved = reconcile.plain(pod)
+    moved["metadata"]["resourceVersion"] = "2"
+    moved["status"]["podIP"] = "10.0.0.1"
+    assert reconcile.pod_summary(pod) == reconcile.pod_summary(moved)
+    moved["status"]["conditions"][0]["message"] = "still no GPU"
+    assert reconcile.pod_summary(pod) != reconcile.pod_summary(moved)
