@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from msv_operator import kube
+from operator_harness import api
 
 from localcluster import cluster as lc
 
@@ -20,3 +23,11 @@ def crd(cluster: lc.Cluster) -> None:
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
                         "crd/modelservices.serving.modelservice.dev")
+
+
+@pytest.fixture
+def k(cluster: lc.Cluster) -> Iterator[kube.Kube]:
+    """The operator's own API facade, as admin, for tests that read and write objects."""
+    client = api()
+    yield client
+    client.close()

@@ -18,8 +18,6 @@ from msv_operator import kube
 from operator_harness import (
     LABEL_MODELSERVICE,
     RunningOperator,
-    api,
-    crd_file,
     modelservice,
     wait_for,
 )
@@ -30,23 +28,6 @@ from localcluster import cluster as lc
 pytestmark = pytest.mark.slow
 
 SCRAPE = "prometheus.io/scrape"
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: lc.Cluster) -> None:
-    path = crd_file()
-    if not path.exists():
-        pytest.skip(f"the ModelService CRD is not in the tree yet ({path.name})")
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
-
-
-@pytest.fixture
-def k(cluster: lc.Cluster) -> Iterator[kube.Kube]:
-    client = api()
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ from operator_harness import (
     LABEL_VARIANT,
     MS_API,
     RunningOperator,
-    api,
     condition,
-    crd_file,
     modelservice,
     wait_for,
 )
@@ -25,23 +23,6 @@ from operator_harness import (
 from localcluster import cluster as lc
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: lc.Cluster) -> None:
-    path = crd_file()
-    if not path.exists():
-        pytest.skip(f"the ModelService CRD is not in the tree yet ({path.name})")
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
-
-
-@pytest.fixture
-def k(cluster: lc.Cluster) -> Iterator[kube.Kube]:
-    client = api()
-    yield client
-    client.close()
 
 
 @pytest.fixture
