@@ -182,7 +182,16 @@ def _proc_alive(pid: int | None, binary: str | None = None) -> bool:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)  # reap our own dead child
         return False
-    return binary is None or (bool(cmdline) and cmdline[0].decode(errors="replace") == binary)
+    if binary is None:
+        return True
+    if cmdline and cmdline[0]:
+        return cmdline[0].decode(errors="replace") == binary
+    # Right after exec the kernel has switched the image but not yet published argv, so
+    # cmdline reads empty for a moment: ask which file the process executes instead.
+    try:
+        return os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(binary)
+    except OSError:
+        return False
 
 
 def _log_tail(path: Path, lines: int = 20) -> list[str]:
