@@ -352,8 +352,7 @@ def main() -> int:
     cluster = localcluster.up(state, timeout=180, owner="bench")
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
+    cluster.wait_established("modelservices.serving.modelservice.dev")
     client = kube.Kube("msv-bench", qps=1000, burst=1000)
     results: dict[str, Any] = {"command": " ".join(["python", "bench/operator_bench.py",
                                                     *sys.argv[1:]]),

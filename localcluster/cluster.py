@@ -93,6 +93,28 @@ class Cluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until each named CRD reports ``Established=True``.
+
+        Polls instead of ``kubectl wait --for=condition=Established``: in the moment after
+        a CRD is created its ``status.conditions`` is still absent, and kubectl's wait
+        fails on that instead of waiting.
+        """
+        deadline = time.monotonic() + timeout
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        for name in crds:
+            while True:
+                proc = self.kubectl_run("get", f"crd/{name}", f"-o=jsonpath={jsonpath}",
+                                        check=False)
+                if proc.returncode == 0 and proc.stdout.strip() == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"CRD {name} not Established after {timeout:.0f}s "
+                        f"({proc.stderr.strip() or 'status: ' + (proc.stdout or 'none')}); "
+                        f"inspect it with: kubectl get crd/{name} -o yaml")
+                time.sleep(0.2)
+
     def kubectl_json(self, *args: str) -> Any:
         """``kubectl <args> -o json``, parsed."""
         return json.loads(self.kubectl_run(*args, "-o", "json").stdout)

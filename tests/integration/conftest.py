@@ -21,8 +21,7 @@ def crd(cluster: lc.Cluster) -> None:
     Cluster-scoped and shared by every test (and a running demo): never deleted here.
     """
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservices.serving.modelservice.dev")
+    cluster.wait_established("modelservices.serving.modelservice.dev")
 
 
 @pytest.fixture

@@ -44,9 +44,7 @@ def install(cluster: lc.Cluster, addon: str, crd_names: list[str]) -> None:
         if path.name in wanted:
             cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(path),
                                 timeout=120)
-    for name in crd_names:
-        cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                            f"crd/{name}")
+    cluster.wait_established(*crd_names)
 
 
 def template_annotations(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
