@@ -13,6 +13,7 @@ test loads and runs one in well under a second.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,48 @@ def _bert_vocab() -> list[str]:
     return list(seen)
 
 
+def _directory(path: str | Path) -> Path:
+    """`path`, created with its parents if need be."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_signature(path: Path, inputs: Mapping[str, int], outputs: Mapping[str, int]) -> None:
+    """A TorchScript `signature.json` sidecar: FP32 tensors of shape [-1, width], by name."""
+    sig = {
+        kind: [
+            {"name": name, "datatype": "FP32", "shape": [-1, width]}
+            for name, width in specs.items()
+        ]
+        for kind, specs in (("inputs", inputs), ("outputs", outputs))
+    }
+    (path / "signature.json").write_text(json.dumps(sig, indent=2))
+
+
+def _label_maps(labels: list[str]) -> dict[str, Any]:
+    """The `id2label` / `label2id` config entries of a classifier with `labels`."""
+    return {
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def model_dir(path: str | Path, files: Mapping[str, bytes] | None) -> Path:
+    """`path` as a (broken) model directory holding `files`; None: no directory at all."""
+    path = Path(path)
+    if files is not None:
+        path.mkdir(parents=True)
+        for name, content in files.items():
+            (path / name).write_bytes(content)
+    return path
+
+
 def make_bert_tokenizer(path: str | Path) -> Any:
     """Write a WordPiece (BERT) tokenizer with a small local vocabulary into `path`."""
     from transformers import BertTokenizer
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _directory(path)
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(_bert_vocab()) + "\n", encoding="utf-8")
     tok = BertTokenizer(vocab=str(vocab_file), do_lower_case=True, model_max_length=128)
@@ -87,8 +124,7 @@ def make_text_classifier(
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
         num_labels=num_labels,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        **_label_maps(labels),
         pad_token_id=tok.pad_token_id,
     )
     model = BertForSequenceClassification(config).eval()
@@ -111,8 +147,7 @@ def make_text_generator(
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
     torch.manual_seed(seed)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _directory(path)
     # Byte-level BPE: the 256 byte symbols cover any input; a few merges make real tokens.
     byte_symbols = _bytes_to_unicode()
     vocab: dict[str, int] = {}
@@ -179,8 +214,7 @@ def make_image_classifier(
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _directory(path)
     labels = ["cat", "dog", "bird"][:num_labels] + [f"LABEL_{i}" for i in range(3, num_labels)]
     config = ViTConfig(
         image_size=image_size,
@@ -191,8 +225,7 @@ def make_image_classifier(
         num_attention_heads=2,
         intermediate_size=hidden_size * 2,
         num_labels=num_labels,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        **_label_maps(labels),
     )
     model = ViTForImageClassification(config).eval()
     model.save_pretrained(path, safe_serialization=True)
@@ -243,19 +276,14 @@ def make_torchscript(
     from torch import nn
 
     torch.manual_seed(seed)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _directory(path)
     module = nn.Sequential(
         nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
     ).eval()
     scripted = torch.jit.script(module)
     torch.jit.save(scripted, str(path / "model.pt"))
     if signature:
-        sig = {
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, in_features]}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, out_features]}],
-        }
-        (path / "signature.json").write_text(json.dumps(sig, indent=2))
+        _write_signature(path, {"input": in_features}, {"logits": out_features})
     return scripted
 
 
@@ -268,15 +296,10 @@ def make_identity_torchscript(path: str | Path, *, width: int = 16) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _directory(path)
     scripted = torch.jit.script(Identity().eval())
     torch.jit.save(scripted, str(path / "model.pt"))
-    sig = {
-        "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, width]}],
-        "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, width]}],
-    }
-    (path / "signature.json").write_text(json.dumps(sig, indent=2))
+    _write_signature(path, {"INPUT__0": width}, {"OUTPUT__0": width})
     return scripted
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,64 +30,72 @@ def factory() -> object:
     return modelfactory
 
 
+def _artifact(
+    tmp_path_factory: pytest.TempPathFactory,
+    framework: str,
+    name: str,
+    make: Callable[[Path], object],
+    subdir: str | None = None,
+) -> Path:
+    """The model `make` writes into a fresh session directory (or a `subdir` of it that
+    does not exist yet); the test is skipped when `framework` is not installed."""
+    pytest.importorskip(framework)
+    path = tmp_path_factory.mktemp(name)
+    if subdir is not None:
+        path = path / subdir
+    make(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def text_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("transformers")
-    path = tmp_path_factory.mktemp("text-classifier")
-    modelfactory.make_text_classifier(path)
-    return path
+    return _artifact(
+        tmp_path_factory, "transformers", "text-classifier", modelfactory.make_text_classifier
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BERT classifier trained on synthetic sentiment data: its argmax means something."""
-    pytest.importorskip("transformers")
-    path = tmp_path_factory.mktemp("trained-classifier")
-    accuracy = modelfactory.make_trained_text_classifier(
-        path, steps=30, hidden_size=64, intermediate_size=128
-    )
-    assert accuracy >= 0.9, f"the synthetic task did not train (accuracy {accuracy})"
-    return path
+
+    def make(path: Path) -> None:
+        accuracy = modelfactory.make_trained_text_classifier(
+            path, steps=30, hidden_size=64, intermediate_size=128
+        )
+        assert accuracy >= 0.9, f"the synthetic task did not train (accuracy {accuracy})"
+
+    return _artifact(tmp_path_factory, "transformers", "trained-classifier", make)
 
 
 @pytest.fixture(scope="session")
 def text_generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("transformers")
-    path = tmp_path_factory.mktemp("text-generator")
-    modelfactory.make_text_generator(path)
-    return path
+    return _artifact(
+        tmp_path_factory, "transformers", "text-generator", modelfactory.make_text_generator
+    )
 
 
 @pytest.fixture(scope="session")
 def image_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("transformers")
-    path = tmp_path_factory.mktemp("image-classifier")
-    modelfactory.make_image_classifier(path)
-    return path
+    return _artifact(
+        tmp_path_factory, "transformers", "image-classifier", modelfactory.make_image_classifier
+    )
 
 
 @pytest.fixture(scope="session")
 def torchscript_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    path = tmp_path_factory.mktemp("torchscript")
-    modelfactory.make_torchscript(path)
-    return path
+    return _artifact(tmp_path_factory, "torch", "torchscript", modelfactory.make_torchscript)
 
 
 @pytest.fixture(scope="session")
 def savedmodel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("tensorflow")
-    path = tmp_path_factory.mktemp("savedmodel") / "model"
-    modelfactory.make_keras_cnn(path, format="savedmodel")
-    return path
+    make = partial(modelfactory.make_keras_cnn, format="savedmodel")
+    return _artifact(tmp_path_factory, "tensorflow", "savedmodel", make, subdir="model")
 
 
 @pytest.fixture(scope="session")
 def keras_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("tensorflow")
-    path = tmp_path_factory.mktemp("keras")
-    modelfactory.make_keras_cnn(path, format="keras")
-    return path
+    make = partial(modelfactory.make_keras_cnn, format="keras")
+    return _artifact(tmp_path_factory, "tensorflow", "keras", make)
 
 
 def has_cuda() -> bool:

@@ -105,23 +105,19 @@ def test_refused_optimizations(savedmodel_dir: Path, options, message) -> None:
         _load(savedmodel_dir, **options)
 
 
-def test_missing_and_corrupt_models(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        _load(tmp_path / "nope")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ModelLoadError, match="no TensorFlow model"):
-        _load(empty)
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "saved_model.pb").write_bytes(b"garbage")
-    with pytest.raises(ModelLoadError, match="cannot load SavedModel"):
-        _load(corrupt)
-    bad_keras = tmp_path / "bad-keras"
-    bad_keras.mkdir()
-    (bad_keras / "model.keras").write_bytes(b"not a zip")
-    with pytest.raises(ModelLoadError, match="cannot load Keras model"):
-        _load(bad_keras)
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (None, "does not exist"),
+        ({}, "no TensorFlow model"),
+        ({"saved_model.pb": b"garbage"}, "cannot load SavedModel"),
+        ({"model.keras": b"not a zip"}, "cannot load Keras model"),
+    ],
+    ids=["missing", "empty", "corrupt-savedmodel", "corrupt-keras"],
+)
+def test_missing_and_corrupt_models(tmp_path: Path, factory, files, message) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        _load(factory.model_dir(tmp_path / "model", files))
 
 
 def test_structured_channel_pruning_of_a_keras_cnn(tmp_path: Path, factory) -> None:

@@ -93,21 +93,25 @@ def test_refused_optimizations(torchscript_dir: Path, options, message) -> None:
         _load(torchscript_dir, **options)
 
 
-def test_corrupt_missing_and_bad_signature(tmp_path: Path, torchscript_dir: Path) -> None:
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        _load(tmp_path / "nope")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ModelLoadError, match="no TorchScript files"):
-        _load(empty)
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "model.pt").write_bytes(b"definitely not a zip archive")
-    with pytest.raises(ModelLoadError, match="cannot load TorchScript archive"):
-        _load(corrupt)
-    badsig = tmp_path / "badsig"
-    badsig.mkdir()
-    (badsig / "model.pt").write_bytes((torchscript_dir / "model.pt").read_bytes())
-    (badsig / "signature.json").write_text('{"inputs": [{"name": "x"}]}')
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (None, "does not exist"),
+        ({}, "no TorchScript files"),
+        ({"model.pt": b"definitely not a zip archive"}, "cannot load TorchScript archive"),
+    ],
+    ids=["missing", "empty", "corrupt"],
+)
+def test_missing_and_corrupt_models(tmp_path: Path, factory, files, message) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        _load(factory.model_dir(tmp_path / "model", files))
+
+
+def test_bad_signature_sidecar(tmp_path: Path, torchscript_dir: Path, factory) -> None:
+    files = {
+        "model.pt": (torchscript_dir / "model.pt").read_bytes(),
+        "signature.json": b'{"inputs": [{"name": "x"}]}',
+    }
+    badsig = factory.model_dir(tmp_path / "badsig", files)
     with pytest.raises(ModelLoadError, match="signature"):
         _load(badsig)
