@@ -1,4 +1,5 @@
-"""Helpers shared by the framework backends: input checks, BYTES decoding, OIP dtype maps.
+"""Helpers shared by the framework backends: input checks, BYTES decoding, OIP dtype maps,
+and the metadata accessors of a loaded model.
 
 Framework-free (numpy only). Errors for bad client input are `InvalidInput` (HTTP 400,
 decided in model_server.errors); errors in the model directory are `ModelLoadError`.
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from model_server.backends.base import ModelLoadError, TensorSpec
+from model_server.backends.base import BackendInfo, ModelLoadError, TensorSpec
 
 # OIP v2 datatype <-> numpy dtype
 OIP_TO_NUMPY: dict[str, Any] = {
@@ -32,6 +33,31 @@ OIP_TO_NUMPY: dict[str, Any] = {
     "BYTES": np.object_,
 }
 NUMPY_TO_OIP: dict[Any, str] = {np.dtype(v): k for k, v in OIP_TO_NUMPY.items()}
+
+
+class LoadedInfo:
+    """`info()` of a backend that fills `_info` when it loads."""
+
+    _info: BackendInfo | None
+
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise ModelLoadError("model not loaded")
+        return self._info
+
+
+class LoadedSignature(LoadedInfo):
+    """`inputs()`, `outputs()` and `info()` of a backend that settles its tensors
+    (`_inputs`, `_outputs`) and `_info` when it loads."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
 
 
 def invalid(message: str) -> Exception:
@@ -70,8 +96,8 @@ def check_unknown(inputs: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> 
         )
 
 
-def as_strings(array: np.ndarray, name: str) -> list[str]:
-    """A batch of strings from a BYTES input of shape [batch] or [batch, 1]."""
+def _bytes_batch(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES input of shape [batch] or [batch, 1] as a 1-D object array."""
     arr = np.asarray(array, dtype=object)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
@@ -79,8 +105,13 @@ def as_strings(array: np.ndarray, name: str) -> list[str]:
         raise invalid(
             f"input {name!r} must have shape [batch] or [batch, 1], got {list(arr.shape)}"
         )
+    return arr
+
+
+def as_strings(array: np.ndarray, name: str) -> list[str]:
+    """A batch of strings from a BYTES input of shape [batch] or [batch, 1]."""
     out: list[str] = []
-    for i, item in enumerate(arr):
+    for i, item in enumerate(_bytes_batch(array, name)):
         if isinstance(item, (bytes, bytearray)):
             try:
                 out.append(bytes(item).decode("utf-8"))
@@ -95,15 +126,8 @@ def as_strings(array: np.ndarray, name: str) -> list[str]:
 
 def as_blobs(array: np.ndarray, name: str) -> list[bytes]:
     """A batch of raw byte strings (e.g. encoded images) from a BYTES input."""
-    arr = np.asarray(array, dtype=object)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise invalid(
-            f"input {name!r} must have shape [batch] or [batch, 1], got {list(arr.shape)}"
-        )
     out: list[bytes] = []
-    for i, item in enumerate(arr):
+    for i, item in enumerate(_bytes_batch(array, name)):
         if isinstance(item, (bytes, bytearray)):
             out.append(bytes(item))
         elif isinstance(item, str):

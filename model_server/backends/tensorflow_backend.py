@@ -29,6 +29,7 @@ import numpy as np
 
 from model_server.backends._common import (
     OIP_TO_NUMPY,
+    LoadedSignature,
     check_tensor,
     check_unknown,
     invalid,
@@ -71,7 +72,7 @@ def _spec_from_tf(name: str, spec: Any) -> TensorSpec:
     return TensorSpec(name, dtype, shape)
 
 
-class TensorFlowBackend(Backend):
+class TensorFlowBackend(LoadedSignature, Backend):
     """A SavedModel, Keras model or TFLite flatbuffer."""
 
     framework = "tensorflow"
@@ -270,19 +271,6 @@ class TensorFlowBackend(Backend):
             if detail["index"] not in produced and len(detail["shape"]) >= 1 and is_weight:
                 total += int(np.prod(detail["shape"]))
         return total
-
-    # -- metadata ----------------------------------------------------------------------------
-
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
-
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise ModelLoadError("model not loaded")
-        return self._info
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from model_server.backends._common import (
     OIP_TO_NUMPY,
+    LoadedSignature,
     check_tensor,
     check_unknown,
     invalid,
@@ -61,7 +62,7 @@ def find_archive(model_dir: Path) -> Path:
     return found[0]
 
 
-class TorchScriptBackend(Backend):
+class TorchScriptBackend(LoadedSignature, Backend):
     """A scripted/traced torch module."""
 
     framework = "torchscript"
@@ -134,17 +135,6 @@ class TorchScriptBackend(Backend):
             size_bytes=size,
             extra={"archive": archive.name, "signature": signature is not None},
         )
-
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
-
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise ModelLoadError("model not loaded")
-        return self._info
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from model_server.backends._common import (
+    LoadedInfo,
     as_blobs,
     as_strings,
     bytes_array,
@@ -57,7 +58,7 @@ def infer_task(config: Any) -> str | None:
     return None
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LoadedInfo, Backend):
     """One transformers model for one task, optimized at load."""
 
     framework = "transformers"
@@ -235,11 +236,6 @@ class TransformersBackend(Backend):
             TensorSpec("score", "FP32", (-1,)),
             TensorSpec("logits", "FP32", (-1, len(self._labels))),
         ]
-
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise ModelLoadError("model not loaded")
-        return self._info
 
     # -- inference ---------------------------------------------------------------------------
 
