@@ -147,6 +147,62 @@ def _top(score: Any, keep: int) -> Any:
     return torch.sort(torch.topk(score, keep).indices).values
 
 
+def _prune_ffn_block(module: Any, amount: float) -> tuple[int, int] | None:
+    """Prune the FFN of `module` in place when it is a block of a known layout.
+
+    Returns (neurons removed, width kept), or None for any other module.
+    """
+    import torch
+
+    linear = torch.nn.Linear
+    inter: Any = getattr(module, "intermediate", None)
+    out: Any = getattr(module, "output", None)
+    ffn: Any = getattr(module, "ffn", None)
+    mlp: Any = getattr(module, "mlp", None)
+    if (
+        isinstance(getattr(inter, "dense", None), linear)
+        and isinstance(getattr(out, "dense", None), linear)
+        and out.dense.in_features == inter.dense.out_features
+    ):
+        return _prune_linear_pair(inter, "dense", out, "dense", amount)
+    if isinstance(getattr(ffn, "lin1", None), linear):
+        return _prune_linear_pair(ffn, "lin1", ffn, "lin2", amount)
+    if isinstance(getattr(mlp, "fc1", None), linear) and isinstance(
+        getattr(mlp, "fc2", None), linear
+    ):
+        return _prune_linear_pair(mlp, "fc1", mlp, "fc2", amount)
+    if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
+        up, down = mlp.c_fc, mlp.c_proj  # Conv1D: weight [in, out]
+        width = up.weight.shape[1]
+        score = up.weight.norm(dim=0) * down.weight.norm(dim=1)
+        keep = _top(score, _keep_count(width, amount))
+        mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
+        return width - len(keep), len(keep)
+    if mlp is not None and all(
+        isinstance(getattr(mlp, n, None), linear) for n in ("gate_proj", "up_proj", "down_proj")
+    ):
+        gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        score = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)) * down.weight.norm(dim=0)
+        keep = _top(score, _keep_count(up.out_features, amount))
+        mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
+        mlp.down_proj = _linear_cols(down, keep)
+        return up.out_features - len(keep), len(keep)
+    return None
+
+
+def _prune_linear_pair(
+    up_owner: Any, up_name: str, down_owner: Any, down_name: str, amount: float
+) -> tuple[int, int]:
+    """Prune a Linear up-projection and the matching down-projection (attributes of their
+    owners); returns (neurons removed, width kept)."""
+    up, down = getattr(up_owner, up_name), getattr(down_owner, down_name)
+    score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+    keep = _top(score, _keep_count(up.out_features, amount))
+    setattr(up_owner, up_name, _linear_rows(up, keep))
+    setattr(down_owner, down_name, _linear_cols(down, keep))
+    return up.out_features - len(keep), len(keep)
+
+
 def prune_structured_ffn(model: Any, amount: float) -> int:
     """Remove `amount` of the FFN neurons of every block; returns the neurons removed.
 
@@ -159,56 +215,10 @@ def prune_structured_ffn(model: Any, amount: float) -> int:
     new_width: int | None = None
     with torch.no_grad():
         for module in list(model.modules()):
-            inter: Any = getattr(module, "intermediate", None)
-            out: Any = getattr(module, "output", None)
-            ffn: Any = getattr(module, "ffn", None)
-            mlp: Any = getattr(module, "mlp", None)
-            if (
-                isinstance(getattr(inter, "dense", None), torch.nn.Linear)
-                and isinstance(getattr(out, "dense", None), torch.nn.Linear)
-                and out.dense.in_features == inter.dense.out_features
-            ):
-                up, down = inter.dense, out.dense
-                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
-                keep = _top(score, _keep_count(up.out_features, amount))
-                removed += up.out_features - len(keep)
-                inter.dense, out.dense = _linear_rows(up, keep), _linear_cols(down, keep)
-                new_width = len(keep)
-            elif isinstance(getattr(ffn, "lin1", None), torch.nn.Linear):
-                up, down = ffn.lin1, ffn.lin2
-                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
-                keep = _top(score, _keep_count(up.out_features, amount))
-                removed += up.out_features - len(keep)
-                ffn.lin1, ffn.lin2 = _linear_rows(up, keep), _linear_cols(down, keep)
-                new_width = len(keep)
-            elif isinstance(getattr(mlp, "fc1", None), torch.nn.Linear) and isinstance(
-                getattr(mlp, "fc2", None), torch.nn.Linear
-            ):
-                up, down = mlp.fc1, mlp.fc2
-                score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
-                keep = _top(score, _keep_count(up.out_features, amount))
-                removed += up.out_features - len(keep)
-                mlp.fc1, mlp.fc2 = _linear_rows(up, keep), _linear_cols(down, keep)
-                new_width = len(keep)
-            elif mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
-                up, down = mlp.c_fc, mlp.c_proj  # Conv1D: weight [in, out]
-                width = up.weight.shape[1]
-                score = up.weight.norm(dim=0) * down.weight.norm(dim=1)
-                keep = _top(score, _keep_count(width, amount))
-                removed += width - len(keep)
-                mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
-                new_width = len(keep)
-            elif mlp is not None and all(
-                isinstance(getattr(mlp, n, None), torch.nn.Linear)
-                for n in ("gate_proj", "up_proj", "down_proj")
-            ):
-                gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-                score = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)) * down.weight.norm(dim=0)
-                keep = _top(score, _keep_count(up.out_features, amount))
-                removed += up.out_features - len(keep)
-                mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
-                mlp.down_proj = _linear_cols(down, keep)
-                new_width = len(keep)
+            pruned = _prune_ffn_block(module, amount)
+            if pruned is not None:
+                removed += pruned[0]
+                new_width = pruned[1]
     if new_width is None:
         raise ModelLoadError(
             "structured pruning supports transformer FFN blocks (BERT/RoBERTa, ViT, DistilBERT, "
