@@ -8,6 +8,7 @@ classifier trained here on synthetic data so output agreement means something.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,6 +28,17 @@ import torch  # noqa: E402
 # TensorFlow is never used here; importing torch._dynamo early is harmless and keeps
 # transformers' lazy imports out of the timed region.
 import torch._dynamo  # noqa: E402
+
+
+def parse_args(parser: argparse.ArgumentParser, iterations: int) -> argparse.Namespace:
+    """Add the options both benchmarks take, parse the command line and apply --threads."""
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--agreement-samples", type=int, default=1024)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def bert_base(num_labels: int = 2, seed: int = 0) -> Any:
@@ -76,6 +88,24 @@ def interleaved_latency(
     }
 
 
+def batch_latency(models: dict[str, Any], seq_len: int, iterations: int) -> dict[str, dict]:
+    """Interleaved latency of `models` on random tokens at batch 1 (`iterations` passes)
+    and batch 8 (half as many, at least 2), keyed batch1 / batch8."""
+    latency: dict[str, dict] = {}
+    for batch in (1, 8):
+        inputs = token_batch(batch, seq_len)
+        iters = iterations if batch == 1 else max(2, iterations // 2)
+        latency[f"batch{batch}"] = interleaved_latency(
+            {name: forward(model, inputs) for name, model in models.items()}, iters
+        )
+    return latency
+
+
+def p50_ratio(timings: dict[str, dict[str, float]], name: str, base: str) -> float:
+    """Median latency of `name` over that of `base`, rounded to 3 places."""
+    return round(timings[name]["p50_ms"] / timings[base]["p50_ms"], 3)
+
+
 def forward(model: Any, batch: dict[str, Any]) -> Callable[[], Any]:
     def run() -> Any:
         with torch.inference_mode():
@@ -105,8 +135,21 @@ def trained_classifier(steps: int = 80) -> tuple[Any, Any, float]:
     return model, tokenizer, accuracy
 
 
+def sentiment_eval_set(tokenizer: Any, samples: int) -> tuple[Any, Any]:
+    """`samples` held-out sentences of the synthetic sentiment task, tokenized, and their labels."""
+    import modelfactory
+
+    texts, labels = modelfactory.sentiment_sentences(samples, seed=999)
+    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    return enc, torch.tensor(labels)
+
+
 def argmax_agreement(a: Any, b: Any) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+def accuracy(logits: Any, labels: Any) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
 
 
 def environment() -> dict[str, Any]:

@@ -21,12 +21,14 @@ import copy
 import time
 
 from _optim_common import (
+    accuracy,
     argmax_agreement,
+    batch_latency,
     bert_base,
     environment,
-    forward,
-    interleaved_latency,
-    token_batch,
+    p50_ratio,
+    parse_args,
+    sentiment_eval_set,
     torch,
     trained_classifier,
     write_result,
@@ -41,12 +43,7 @@ GOALS = {"structured_latency": 0.80, "structured_size": 0.80, "unstructured_late
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--amount", type=float, default=0.5)
-    parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--agreement-samples", type=int, default=1024)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(parser, iterations=6)
     started = time.time()
 
     dense = bert_base()
@@ -66,21 +63,11 @@ def main() -> int:
             "sparsity": round(torch_sparsity(model), 4),
         }
 
-    latency: dict[str, dict] = {}
-    for batch in (1, 8):
-        inputs = token_batch(batch, args.seq_len)
-        iters = args.iterations if batch == 1 else max(2, args.iterations // 2)
-        latency[f"batch{batch}"] = interleaved_latency(
-            {name: forward(m, inputs) for name, m in models.items()}, iters
-        )
+    latency = batch_latency(models, args.seq_len, args.iterations)
     del models, dense
 
-    small, tokenizer, accuracy = trained_classifier()
-    import modelfactory
-
-    texts, labels = modelfactory.sentiment_sentences(args.agreement_samples, seed=999)
-    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    y = torch.tensor(labels)
+    small, tokenizer, heldout_accuracy = trained_classifier()
+    enc, y = sentiment_eval_set(tokenizer, args.agreement_samples)
     variants = {
         "unstructured": prune_unstructured(copy.deepcopy(small), args.amount),
         "structured": copy.deepcopy(small),
@@ -92,19 +79,16 @@ def main() -> int:
     agreement = {
         name: {
             "argmax_agreement": argmax_agreement(ref, out),
-            "accuracy": float((out.argmax(-1) == y).float().mean()),
+            "accuracy": accuracy(out, y),
         }
         for name, out in outs.items()
     }
-    agreement["dense"] = {"accuracy": float((ref.argmax(-1) == y).float().mean())}
-
-    def ratio(batch: str, name: str) -> float:
-        return round(latency[batch][name]["p50_ms"] / latency[batch]["dense"]["p50_ms"], 3)
+    agreement["dense"] = {"accuracy": accuracy(ref, y)}
 
     ratios = {
         name: {
-            "latency_batch1": ratio("batch1", name),
-            "latency_batch8": ratio("batch8", name),
+            "latency_batch1": p50_ratio(latency["batch1"], name, "dense"),
+            "latency_batch8": p50_ratio(latency["batch8"], name, "dense"),
             "size": round(stats[name]["size_bytes"] / stats["dense"]["size_bytes"], 3),
             "parameters": round(stats[name]["parameters"] / stats["dense"]["parameters"], 3),
         }
@@ -131,7 +115,7 @@ def main() -> int:
         "latency": latency,
         "ratios": ratios,
         "agreement_trained_classifier_no_finetune": agreement,
-        "trained_classifier_heldout_accuracy": accuracy,
+        "trained_classifier_heldout_accuracy": heldout_accuracy,
         "goals": GOALS,
         "goal_met": verdict,
         "environment": environment(),

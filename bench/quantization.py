@@ -20,11 +20,14 @@ import copy
 import time
 
 from _optim_common import (
+    accuracy,
     argmax_agreement,
+    batch_latency,
     bert_base,
     environment,
-    forward,
-    interleaved_latency,
+    p50_ratio,
+    parse_args,
+    sentiment_eval_set,
     token_batch,
     torch,
     trained_classifier,
@@ -38,13 +41,7 @@ GOALS = {"latency": 0.45, "size": 0.42, "agreement": 0.99}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--agreement-samples", type=int, default=1024)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), iterations=8)
 
     started = time.time()
     fp32 = bert_base()
@@ -55,39 +52,24 @@ def main() -> int:
     size = {"fp32": torch_serialized_size(fp32), "int8": torch_serialized_size(int8)}
     params = {"fp32": torch_param_stats(fp32)[0], "int8": torch_param_stats(int8)[0]}
 
-    latency: dict[str, dict] = {}
-    for batch in (1, 8):
-        inputs = token_batch(batch, args.seq_len)
-        iters = args.iterations if batch == 1 else max(2, args.iterations // 2)
-        latency[f"batch{batch}"] = interleaved_latency(
-            {"fp32": forward(fp32, inputs), "int8": forward(int8, inputs)}, iters
-        )
+    latency = batch_latency({"fp32": fp32, "int8": int8}, args.seq_len, args.iterations)
 
     with torch.inference_mode():
         rand = token_batch(64, args.seq_len, seed=1)
         random_agreement = argmax_agreement(fp32(**rand).logits, int8(**rand).logits)
     del fp32, int8
 
-    small, tokenizer, accuracy = trained_classifier()
+    small, tokenizer, heldout_accuracy = trained_classifier()
     small_int8 = quantize_dynamic_int8(copy.deepcopy(small))
-    import modelfactory
-
-    texts, labels = modelfactory.sentiment_sentences(args.agreement_samples, seed=999)
+    enc, y = sentiment_eval_set(tokenizer, args.agreement_samples)
     with torch.inference_mode():
-        enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         a, b = small(**enc).logits, small_int8(**enc).logits
     agreement = argmax_agreement(a, b)
-    y = torch.tensor(labels)
-    acc_fp32 = float((a.argmax(-1) == y).float().mean())
-    acc_int8 = float((b.argmax(-1) == y).float().mean())
+    acc_fp32, acc_int8 = accuracy(a, y), accuracy(b, y)
 
     ratios = {
-        "latency_batch1": round(
-            latency["batch1"]["int8"]["p50_ms"] / latency["batch1"]["fp32"]["p50_ms"], 3
-        ),
-        "latency_batch8": round(
-            latency["batch8"]["int8"]["p50_ms"] / latency["batch8"]["fp32"]["p50_ms"], 3
-        ),
+        "latency_batch1": p50_ratio(latency["batch1"], "int8", "fp32"),
+        "latency_batch8": p50_ratio(latency["batch8"], "int8", "fp32"),
         "size": round(size["int8"] / size["fp32"], 3),
     }
     verdict = {
@@ -109,7 +91,7 @@ def main() -> int:
             "trained_classifier_argmax": agreement,
             "trained_classifier_samples": args.agreement_samples,
             "trained_classifier_accuracy": {"fp32": acc_fp32, "int8": acc_int8},
-            "trained_classifier_train_accuracy_heldout": accuracy,
+            "trained_classifier_train_accuracy_heldout": heldout_accuracy,
             "random_bert_base_argmax_on_random_tokens": random_agreement,
         },
         "ratios": ratios,
