@@ -164,8 +164,20 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, doc: dict[str, Any]) -> Path:
+def finish(
+    name: str, doc: dict[str, Any], goals: dict[str, Any], verdict: dict[str, bool], started: float
+) -> int:
+    """Complete `doc` with the goals, the verdict, the environment and the wall time, write
+    it to results/<name>.json and print the verdict; returns the exit status (0)."""
+    doc.update(
+        goals=goals,
+        goal_met=verdict,
+        environment=environment(),
+        wall_seconds=round(time.time() - started, 1),
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
+    print(f"  goals met: {verdict}")
+    print(f"  wrote {path.relative_to(path.parents[2])}")
+    return 0

@@ -25,13 +25,12 @@ from _optim_common import (
     argmax_agreement,
     batch_latency,
     bert_base,
-    environment,
+    finish,
     p50_ratio,
     parse_args,
     sentiment_eval_set,
     torch,
     trained_classifier,
-    write_result,
 )
 
 from model_server.optimize.prune import prune_structured_ffn, prune_unstructured
@@ -116,12 +115,7 @@ def main() -> int:
         "ratios": ratios,
         "agreement_trained_classifier_no_finetune": agreement,
         "trained_classifier_heldout_accuracy": heldout_accuracy,
-        "goals": GOALS,
-        "goal_met": verdict,
-        "environment": environment(),
-        "wall_seconds": round(time.time() - started, 1),
     }
-    path = write_result("pruning", doc)
     print(f"pruning {args.amount:.0%} vs dense, BERT-base shape, seq {args.seq_len}")
     for batch in ("batch1", "batch8"):
         d = latency[batch]["dense"]["p50_ms"]
@@ -137,9 +131,7 @@ def main() -> int:
             f"  sparsity {stats[name]['sparsity']:.3f}  agreement "
             f"{agreement[name]['argmax_agreement']:.3f} (no fine-tuning)"
         )
-    print(f"  goals met: {verdict}")
-    print(f"  wrote {path.relative_to(path.parents[2])}")
-    return 0
+    return finish("pruning", doc, GOALS, verdict, started)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ from _optim_common import (
     argmax_agreement,
     batch_latency,
     bert_base,
-    environment,
+    finish,
     p50_ratio,
     parse_args,
     sentiment_eval_set,
     token_batch,
     torch,
     trained_classifier,
-    write_result,
 )
 
 from model_server.optimize.quantize import quantize_dynamic_int8
@@ -95,12 +94,7 @@ def main() -> int:
             "random_bert_base_argmax_on_random_tokens": random_agreement,
         },
         "ratios": ratios,
-        "goals": GOALS,
-        "goal_met": verdict,
-        "environment": environment(),
-        "wall_seconds": round(time.time() - started, 1),
     }
-    path = write_result("quantization", doc)
     print(f"int8 / fp32 on BERT-base shape, seq {args.seq_len}, {args.threads} threads")
     for batch in ("batch1", "batch8"):
         f, q = latency[batch]["fp32"]["p50_ms"], latency[batch]["int8"]["p50_ms"]
@@ -114,9 +108,7 @@ def main() -> int:
         f"{agreement:.4f}; accuracy fp32 {acc_fp32:.3f} int8 {acc_int8:.3f}"
     )
     print(f"  (random BERT-base on random tokens: agreement {random_agreement:.3f})")
-    print(f"  goals met: {verdict}")
-    print(f"  wrote {path.relative_to(path.parents[2])}")
-    return 0
+    return finish("quantization", doc, GOALS, verdict, started)
 
 
 if __name__ == "__main__":
