@@ -54,13 +54,29 @@ def ready(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
     return None
 
 
+def baseline_and_int8(name: str, ns: str, baseline_weight: int) -> dict[str, Any]:
+    """A ModelService with a baseline and a dynamic-int8 variant sharing the traffic."""
+    return modelservice(
+        name, ns,
+        variants=[{"name": "baseline"},
+                  {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+        traffic=[{"variant": "baseline", "weight": baseline_weight},
+                 {"variant": "int8", "weight": 100 - baseline_weight}])
+
+
+def wait_for_ready_reason(k: kube.Kube, ns: str, name: str, reason: str,
+                          timeout: float) -> dict[str, Any]:
+    """The Ready condition of ModelService `name`, once its reason is `reason`."""
+    def reported() -> dict[str, Any] | None:
+        c = condition(get_ms(k, ns, name), "Ready")
+        return c if c.get("reason") == reason else None
+
+    return wait_for(f"{name}: Ready/{reason}", reported, timeout=timeout)
+
+
 def test_create_applies_every_object_and_becomes_ready(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    ms = apply_ms(k, modelservice(
-        "sentiment", namespace,
-        variants=[{"name": "baseline"}, {"name": "int8",
-                                         "optimization": {"quantization": "dynamic-int8"}}],
-        traffic=[{"variant": "baseline", "weight": 75}, {"variant": "int8", "weight": 25}]))
+    ms = apply_ms(k, baseline_and_int8("sentiment", namespace, 75))
     uid = ms["metadata"]["uid"]
     final = wait_for("Ready=True", lambda: ready(k, namespace, "sentiment"), timeout=90)
 
@@ -115,12 +131,7 @@ def test_gpu_modelservice_lands_only_on_matching_gpu_nodes(
 def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
     apply_ms(k, modelservice("huge", namespace, gpu={"count": 16}))
-
-    def unschedulable() -> dict[str, Any] | None:
-        c = condition(get_ms(k, namespace, "huge"), "Ready")
-        return c if c.get("reason") == "Unschedulable" else None
-
-    c = wait_for("Ready=False/Unschedulable", unschedulable, timeout=90)
+    c = wait_for_ready_reason(k, namespace, "huge", "Unschedulable", timeout=90)
     assert c["status"] == "False"
     assert "Insufficient nvidia.com/gpu" in c["message"]
     ms = get_ms(k, namespace, "huge")
@@ -139,11 +150,7 @@ def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
 
 def test_spec_updates_converge_and_observed_generation_follows(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    body = modelservice("svc", namespace,
-                        variants=[{"name": "baseline"}, {"name": "int8", "optimization": {
-                            "quantization": "dynamic-int8"}}],
-                        traffic=[{"variant": "baseline", "weight": 50},
-                                 {"variant": "int8", "weight": 50}])
+    body = baseline_and_int8("svc", namespace, 50)
     apply_ms(k, body)
     wait_for("Ready=True", lambda: ready(k, namespace, "svc"), timeout=90)
 
@@ -288,23 +295,13 @@ def test_invalid_specs_are_rejected_or_reported_and_valid_ones_keep_serving(
             assert "spec" in str(e), f"{name}: the API server's message should name the field"
             outcomes[name] = "rejected by the API server"
             continue
-
-        def invalid(n: str = name) -> dict[str, Any] | None:
-            c = condition(get_ms(k, namespace, f"bad-{n}"), "Ready")
-            return c if c.get("reason") == "InvalidSpec" else None
-
-        c = wait_for(f"{name}: Ready=False/InvalidSpec", invalid, timeout=30)
+        c = wait_for_ready_reason(k, namespace, f"bad-{name}", "InvalidSpec", timeout=30)
         assert c["status"] == "False" and "spec." in c["message"], c
         assert not owned(k, namespace, f"bad-{name}", "apps/v1", "Deployment")
         outcomes[name] = "InvalidSpec"
     assert set(outcomes) == {n for n, _ in INVALID_SPECS}
     # The operator is still alive and still serves the valid ModelService.
-    body = modelservice("good", namespace,
-                        variants=[{"name": "baseline"}, {"name": "int8", "optimization": {
-                            "quantization": "dynamic-int8"}}],
-                        traffic=[{"variant": "baseline", "weight": 60},
-                                 {"variant": "int8", "weight": 40}])
-    apply_ms(k, body)
+    apply_ms(k, baseline_and_int8("good", namespace, 60))
     final = wait_for("the valid ModelService converges",
                      lambda: ready(k, namespace, "good"), timeout=90)
     assert {(v["name"], v["weight"]) for v in final["status"]["variants"]} == {
