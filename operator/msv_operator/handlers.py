@@ -2,9 +2,12 @@
 
 ``register(config)`` returns a fresh kopf registry with:
 
-* ``@kopf.on.create/update/resume`` for ModelServices -> one reconcile pass; API conflicts and
-  transient errors become ``kopf.TemporaryError`` (exponential backoff), an invalid spec only
-  sets the ``InvalidSpec`` condition (no retry);
+* ``@kopf.on.event`` for ModelServices -> the ModelService goes onto a work queue when it is
+  new, listed at start or its spec/labels/annotations changed (not for its own status
+  patches); a worker runs one reconcile pass; API conflicts, transient and unexpected errors
+  are retried with exponential backoff, an invalid spec only sets the ``InvalidSpec``
+  condition (no retry). No kopf change handlers: kopf writes no bookkeeping annotation to a
+  ModelService and builds no per-event "essence" copy of watched objects;
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
   reads nothing from the API server;
@@ -16,9 +19,8 @@
   every ModelService and deletion would then wait for the operator) and a capability watcher
   that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
 
-kopf's own bookkeeping is kept under ``serving.modelservice.dev`` annotations, success Events of
-kopf are not posted (``posting.level = WARNING``); our Events are posted on condition
-transitions only.
+Success Events of kopf are not posted (``posting.level = WARNING``); our Events are posted on
+condition transitions only.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ OWNED = (
 )
 
 
+# Annotations that are bookkeeping of kubectl or of earlier kopf-based versions, not input.
+NOISE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
+                     f"{PREFIX}/last-handled-configuration")
+
 # Owned-object events wait this long on the queue, so a burst (a Deployment and its Pods
 # changing together) costs one pass instead of one per event.
 OWNED_EVENT_DELAY = 0.3
@@ -61,6 +67,30 @@ OWNED_EVENT_DELAY = 0.3
 
 def now() -> str:
     return conditions.rfc3339(datetime.now(UTC))
+
+
+def trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a ModelService makes a pass worthwhile: identity, spec generation, labels,
+    annotations and deletion (not the status, which the operator itself writes)."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k not in NOISE_ANNOTATIONS}
+    return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
+            sorted((meta.get("labels") or {}).items()), sorted(annotations.items()))
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No kopf change handlers, so no diff base: kopf would otherwise deep-copy every watched
+    object on every event to build one, and patch its annotation onto every ModelService."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 class Runtime:
@@ -84,6 +114,7 @@ class Runtime:
         self.tasks: list[asyncio.Task[None]] = []
         self.retries: dict[Key, int] = {}
         self.pod_summaries: dict[str, str] = {}
+        self.triggers: dict[Key, tuple[Any, ...]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +164,9 @@ class Runtime:
                 self.enqueue(key, delay)
             except Exception:
                 log.exception("Reconcile of ModelService %s/%s failed", *key)
+                attempt = self.retries.get(key, 0) + 1
+                self.retries[key] = attempt
+                self.enqueue(key, min(60.0, 0.5 * 2 ** attempt))
 
     async def _watch_capabilities(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +189,11 @@ class Runtime:
             await asyncio.sleep(self.config.resync_seconds)
             for key in self.known():
                 self.enqueue(key)
+
+    def forget(self, key: Key) -> None:
+        """A ModelService was deleted: drop what the runtime kept about it."""
+        self.triggers.pop(key, None)
+        self.retries.pop(key, None)
 
     def known(self) -> list[Key]:
         index = self.indexes.get("msv_bodies")
@@ -251,8 +290,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=PREFIX, key="last-handled-configuration")
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.persistence.finalizer = f"{PREFIX}/finalizer"
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 270
@@ -282,8 +320,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         ms = reconcile.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
         annotations = ms["metadata"].get("annotations") or {}
-        for noise in ("kubectl.kubernetes.io/last-applied-configuration",
-                      f"{PREFIX}/last-handled-configuration"):
+        for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)
         return {(str(namespace), name): ms}
 
@@ -306,23 +343,27 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         return None if key is None else {key: reconcile.trim_pod(body)}
 
     # ---- the ModelService -------------------------------------------------------------------
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    async def reconcile_modelservice(namespace: str | None, name: str, body: kopf.Body,
-                                     memo: Any, retry: int, **kwargs: Any) -> None:
-        runtime: Runtime = memo["runtime"]
-        runtime.bind(_indexes(kwargs))
-        try:
-            await runtime.run((str(namespace), name), body)
-        except (kube.Conflict, kube.Transient) as e:
-            raise kopf.TemporaryError(str(e), delay=min(60.0, 0.5 * 2 ** (retry + 1))) from e
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="count")
-    def count(**kwargs: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelservice")
+    async def modelservice_changed(namespace: str | None, name: str, body: kopf.Body,
+                                   memo: Any, type: str | None, **kwargs: Any) -> None:
+        """A new, changed or (on start) listed ModelService goes onto the work queue; its own
+        status patches do not (their ``trigger`` is unchanged)."""
         index = kwargs.get("msv_bodies")
         if index is not None:
             metrics.modelservices.set(len(index))
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is None or not namespace:
+            return
+        key = (str(namespace), name)
+        if type == "DELETED":
+            runtime.forget(key)
+            return
+        fingerprint = trigger(body)
+        if runtime.triggers.get(key) == fingerprint:
+            return
+        runtime.triggers[key] = fingerprint
+        runtime.bind(_indexes(kwargs))
+        runtime.enqueue(key)
 
     # ---- owned objects -------------------------------------------------------------------
     async def owned_changed(namespace: str | None, labels: Mapping[str, str], memo: Any,
