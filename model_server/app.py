@@ -65,8 +65,7 @@ class ModelServerApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.fast_path is not None and scope["type"] == "http":
-            scope["app"] = self
+        if scope["type"] == "http" and self.fast_path is not None:
             await self.fast_path(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
@@ -130,7 +129,7 @@ def create_app(
     install_handlers(app)
     app.include_router(router)
     if settings.infer_fast_path:
-        app.fast_path = InferFastPath(app.handle)
+        app.fast_path = InferFastPath(app.handle, dataplane, settings.max_request_bytes)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

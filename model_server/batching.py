@@ -49,8 +49,7 @@ class _Item:
         self.inputs = inputs
         self.future = future
         self.arrival = time.monotonic()
-        first = next(iter(inputs.values()))
-        self.rows = int(first.shape[0]) if first.ndim else 1
+        self.rows = _rows(inputs)
         self.signature = tuple(
             (name, arr.dtype.str, arr.shape[1:]) for name, arr in sorted(inputs.items())
         )
@@ -115,24 +114,30 @@ class Batcher:
         return len(self._queue)
 
     # requests ----------------------------------------------------------------------------
-    async def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Queue one request (arrays batched along axis 0) and wait for its own outputs."""
+    async def submit(
+        self, inputs: Mapping[str, np.ndarray], rows: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request (arrays batched along axis 0) and wait for its own outputs.
+
+        `rows` is the batch size of `inputs` when the caller knows it already.
+        """
         if self._wakeup is None or self._loop is None:
             raise RuntimeError("Batcher.start() was not called")
-        if len(self._queue) >= self.max_queue:
-            raise ServerBusy(
-                f"the request queue is full ({self.max_queue} waiting); retry later",
-                retry_after_s=1,
-            )
+        queue = self._queue
         if (
-            not self._busy
-            and not self._queue
+            not queue
+            and not self._busy
             and not self._exclusive
             and self._avg_s is not None
             and self._avg_s < self.inline_below_s
         ):
             # Idle server, tiny model: run it right here (no queue, no thread hop).
-            return self._run_inline(inputs)
+            return self._run_inline(inputs, _rows(inputs) if rows is None else rows)
+        if len(queue) >= self.max_queue:
+            raise ServerBusy(
+                f"the request queue is full ({self.max_queue} waiting); retry later",
+                retry_after_s=1,
+            )
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._queue.append(_Item(inputs, future))
         if self._on_queue_depth is not None:
@@ -281,9 +286,7 @@ class Batcher:
                 item.future.set_result({n: a[start:end] for n, a in outputs.items()})
             start = end
 
-    def _run_inline(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        first = next(iter(inputs.values()))
-        rows = int(first.shape[0]) if first.ndim else 1
+    def _run_inline(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         self._busy = True
         try:
             if self._on_batch is not None:
@@ -314,6 +317,12 @@ class Batcher:
             took = time.perf_counter() - started
             avg = self._avg_s
             self._avg_s = took if avg is None else 0.8 * avg + 0.2 * took
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """Batch size of a request: the first axis of its (first) input."""
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.ndim else 1
 
 
 def _fail(batch: list[_Item], exc: ServerError) -> None:

@@ -18,6 +18,7 @@ import math
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,12 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-# numpy kinds a JSON array may parse to, per target kind (bool → "b", ints → "i"/"u", …)
-_KIND_OK: dict[str, str] = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+# numpy kinds a JSON array may parse to, per datatype (bool → "b", ints → "i"/"u", …)
+_KIND_OK: dict[str, str] = {
+    name: {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}.get(dt.kind, "")
+    for name, dt in DTYPES.items()
+}
+_MISSING = object()
 PLATFORMS = {
     "transformers": "pytorch_transformers",
     "torchscript": "pytorch_libtorch",
@@ -59,6 +64,7 @@ HEADER_LENGTH = "inference-header-content-length"
 
 
 _DTYPE_NAMES: dict[np.dtype[Any], str] = {dt: name for name, dt in DTYPES.items()}
+_NO_OUTPUTS: frozenset[str] = frozenset()  # no output asked for in binary
 
 
 def _oip_datatype(dtype: np.dtype[Any]) -> str:
@@ -114,7 +120,7 @@ class DataPlane:
             "timeout_s": timeout_s,
         }
         self.batcher: Batcher | None = None
-        self._input_specs: dict[str, TensorSpec] = {}
+        self._input_checks: dict[str, _InputCheck] = {}
         self._output_names: set[str] = set()
 
     # lifecycle ---------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class DataPlane:
         self.model.info = info
         self.model.inputs = inputs
         self.model.outputs = outputs
-        self._input_specs = {s.name: s for s in inputs}
+        self._input_checks = {s.name: _InputCheck(s) for s in inputs}
         self._output_names = {s.name for s in outputs}
         if self.metrics is not None:
             self.metrics.load_seconds.set(self.model.load_seconds)
@@ -276,16 +282,27 @@ class DataPlane:
         header_length: str | None = None,
     ) -> tuple[bytes, dict[str, str] | None]:
         """Run one OIP v2 inference request; returns the response body and extra headers."""
-        self.check_model(name, version)
-        batcher = self.require_ready()
-        request, binary = _split_body(body, header_length)
-        inputs, requested, binary_out, request_id = self._decode(request, binary)
-        outputs = await batcher.submit(inputs)
+        if name != self.model_name or (version is not None and version != self.model_version):
+            self.check_model(name, version)  # raises ModelNotFound with the reason
+        batcher = self.batcher
+        if batcher is None or self.model.state != "ready":
+            batcher = self.require_ready()
+        if header_length is None:
+            binary = None
+            try:
+                request = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise _not_json(exc) from None
+        else:
+            request, binary = _split_body(body, header_length)
+        inputs, rows, requested, binary_out, request_id = self._decode(request, binary)
+        outputs = await batcher.submit(inputs, rows)
         return self._encode(outputs, requested, binary_out, request_id)
 
     def _decode(
         self, request: Any, binary: memoryview | None
-    ) -> tuple[dict[str, np.ndarray], list[str] | None, set[str], Any]:
+    ) -> tuple[dict[str, np.ndarray], int, list[str] | None, AbstractSet[str], Any]:
+        """(inputs, batch rows, requested outputs or None, binary outputs, request id)."""
         if not isinstance(request, dict):
             raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
         raw_inputs = request.get("inputs")
@@ -297,45 +314,48 @@ class DataPlane:
         req_params = request.get("parameters")
         if req_params is not None and not isinstance(req_params, dict):
             raise InvalidInput("'parameters' must be an object")
-        specs = self._input_specs
+        checks = self._input_checks
         arrays: dict[str, np.ndarray] = {}
         offset = 0
-        batch: int | None = None
+        batch = -1
         for index, tensor in enumerate(raw_inputs):
             array, used = _decode_tensor(tensor, index, binary, offset)
             offset += used
             name = tensor["name"]
             if name in arrays:
                 raise InvalidInput(f"input {name!r} appears twice")
-            spec = specs.get(name)
-            if spec is None:
-                known = ", ".join(sorted(specs)) or "none"
+            check = checks.get(name)
+            if check is None:
+                known = ", ".join(sorted(checks)) or "none"
                 raise InvalidInput(f"unknown input {name!r}; the model takes: {known}")
-            _check_against_spec(name, tensor["datatype"], array.shape, spec)
-            rows = array.shape[0]
-            if batch is None:
-                batch = rows
-            elif rows != batch:
-                raise InvalidInput(
-                    f"input {name!r} has batch size {rows} but earlier inputs have {batch}"
-                )
+            shape = array.shape
+            check.check(name, tensor["datatype"], shape)
+            if batch != shape[0]:
+                if batch >= 0:
+                    raise InvalidInput(
+                        f"input {name!r} has batch size {shape[0]} but earlier inputs have {batch}"
+                    )
+                batch = shape[0]
             arrays[name] = array
         if binary is not None and offset != len(binary):
             raise InvalidInput(
                 f"binary data has {len(binary)} bytes but the inputs' "
                 f"binary_data_size add up to {offset}"
             )
-        if len(arrays) != len(specs):  # names are known and unique: so some are missing
-            missing = [n for n in specs if n not in arrays]
+        if len(arrays) != len(checks):  # names are known and unique: so some are missing
+            missing = [n for n in checks if n not in arrays]
             raise InvalidInput(f"missing input(s): {', '.join(missing)}")
+        if req_params is None and "outputs" not in request:
+            return arrays, batch, None, _NO_OUTPUTS, request_id
         requested: list[str] | None = None
-        binary_out: set[str] = set()
+        binary_out: AbstractSet[str] = _NO_OUTPUTS
         all_binary = bool(req_params and req_params.get("binary_data_output") is True)
         raw_outputs = request.get("outputs")
         if raw_outputs is not None:
             if not isinstance(raw_outputs, list):
                 raise InvalidInput("'outputs' must be a list of {'name': ...} objects")
             requested = []
+            chosen: set[str] = set()
             for item in raw_outputs:
                 if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                     raise InvalidInput("each requested output must be an object with a 'name'")
@@ -348,39 +368,44 @@ class DataPlane:
                 if params is not None and not isinstance(params, dict):
                     raise InvalidInput(f"parameters of output {out_name!r} must be an object")
                 if (params and params.get("binary_data") is True) or all_binary:
-                    binary_out.add(out_name)
+                    chosen.add(out_name)
+            binary_out = chosen
         elif all_binary:
-            binary_out = set(self._output_names)
-        return arrays, requested, binary_out, request_id
+            binary_out = self._output_names
+        return arrays, batch, requested, binary_out, request_id
 
     def _encode(
         self,
         outputs: Mapping[str, np.ndarray],
         requested: list[str] | None,
-        binary_out: set[str],
+        binary_out: AbstractSet[str],
         request_id: Any,
     ) -> tuple[bytes, dict[str, str] | None]:
-        names = requested if requested is not None else list(outputs)
         out_json: list[dict[str, Any]] = []
         chunks: list[bytes] = []
-        for out_name in names:
+        for out_name in outputs if requested is None else requested:
             if out_name not in outputs:
                 raise InvalidInput(f"the model did not produce output {out_name!r}")
             arr = outputs[out_name]
             if type(arr) is not np.ndarray:
                 arr = np.asarray(arr)
-            datatype = _oip_datatype(arr.dtype)
-            entry: dict[str, Any] = {
-                "name": out_name,
-                "datatype": datatype,
-                "shape": list(arr.shape),
-            }
+            datatype = _DTYPE_NAMES.get(arr.dtype) or _oip_datatype(arr.dtype)
             if out_name in binary_out:
                 raw = _to_binary(arr, datatype)
-                entry["parameters"] = {"binary_data_size": len(raw)}
                 chunks.append(raw)
+                entry: dict[str, Any] = {
+                    "name": out_name,
+                    "datatype": datatype,
+                    "shape": list(arr.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
             else:
-                entry["data"] = _to_json_data(arr, datatype)
+                entry = {
+                    "name": out_name,
+                    "datatype": datatype,
+                    "shape": list(arr.shape),
+                    "data": _to_json_data(arr, datatype),
+                }
             out_json.append(entry)
         response: dict[str, Any] = {
             "model_name": self.model_name,
@@ -409,7 +434,7 @@ class DataPlane:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+            raise _not_json(exc) from None
         if not isinstance(request, dict):
             raise InvalidInput("the request body must be a JSON object with 'text_input'")
         prompt = request.get("text_input")
@@ -479,23 +504,24 @@ def _spec(spec: TensorSpec) -> dict[str, Any]:
 
 
 # wire format helpers ---------------------------------------------------------------------
-def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None]:
-    binary: memoryview | None = None
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-        if n < 0 or n > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
-            )
-        binary = memoryview(body)[n:]
-        body = body[:n]
+def _split_body(body: bytes, header_length: str) -> tuple[Any, memoryview]:
+    """The JSON header and the binary section of a binary tensor data request."""
     try:
-        return orjson.loads(body), binary
+        n = int(header_length)
+    except ValueError:
+        raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+    if n < 0 or n > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
+        )
+    try:
+        return orjson.loads(body[:n]), memoryview(body)[n:]
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+        raise _not_json(exc) from None
+
+
+def _not_json(exc: orjson.JSONDecodeError) -> InvalidInput:
+    return InvalidInput(f"the request body is not valid JSON: {exc}")
 
 
 def _decode_tensor(
@@ -513,7 +539,7 @@ def _decode_tensor(
             f"input {name!r}: 'shape' must be a non-empty list of non-negative integers "
             "(the first dimension is the batch)"
         )
-    datatype = tensor.get("datatype")
+    datatype: Any = tensor.get("datatype")
     dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidInput(
@@ -537,9 +563,9 @@ def _decode_tensor(
             raise InvalidInput(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
         raw = binary[offset : offset + size]
         return _from_binary(name, raw, str(datatype), dtype, shape, count), size
-    if "data" not in tensor:
+    data = tensor.get("data", _MISSING)
+    if data is _MISSING:
         raise InvalidInput(f"input {name!r} has no 'data'")
-    data = tensor["data"]
     if not isinstance(data, list):
         data = [data]
     if data and isinstance(data[0], list):
@@ -562,13 +588,14 @@ def _decode_tensor(
         parsed = np.array(data)  # one C pass; its kind says what the JSON values were
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"input {name!r}: {datatype} data is malformed: {exc}") from None
-    if parsed.ndim != 1 or parsed.dtype.kind not in _KIND_OK[dtype.kind]:
+    kinds = _KIND_OK[datatype]
+    if parsed.ndim != 1 or parsed.dtype.kind not in kinds:
         ok: tuple[type, ...] = {"b": (bool,), "i": (int,), "u": (int,)}.get(
             dtype.kind, (int, float)
         )
         bad = next((x for x in data if type(x) not in ok), data[0])
         raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {bad!r:.40}")
-    if dtype.kind in "iu" and parsed.dtype != dtype:
+    if kinds == "iu" and parsed.dtype != dtype:  # an integer type: check the range
         info = np.iinfo(dtype)
         if parsed.min() < info.min or parsed.max() > info.max:
             raise InvalidInput(
@@ -636,22 +663,33 @@ def _from_binary(
     return arr.reshape(shape)
 
 
-def _check_against_spec(name: str, datatype: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
-    if datatype != spec.datatype:
-        raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {datatype}")
-    want = spec.shape
-    if len(shape) == len(want):
-        for i in range(1, len(want)):
-            need = want[i]
-            if need >= 0 and shape[i] != need:
-                raise InvalidInput(
-                    f"input {name!r} must have shape {list(want)} (-1 = any), got {list(shape)}"
-                )
-        return
-    # [batch] and [batch, 1] are interchangeable for per-row scalars such as strings.
-    if tuple(d for d in shape[1:] if d != 1) != tuple(d for d in want[1:] if d != 1):
-        raise InvalidInput(
-            f"input {name!r} must have shape {list(want)} (-1 = any), got {list(shape)}"
+class _InputCheck:
+    """What one model input accepts, prepared at load so a request costs a few comparisons."""
+
+    __slots__ = ("datatype", "fixed", "rank", "shape", "squeezed")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.datatype = spec.datatype
+        self.shape = tuple(spec.shape)
+        self.rank = len(self.shape)
+        # (axis, size) of the non-batch axes with a fixed size
+        self.fixed = tuple((i, d) for i, d in enumerate(self.shape) if i and d >= 0)
+        self.squeezed = tuple(d for d in self.shape[1:] if d != 1)
+
+    def check(self, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        if datatype != self.datatype:
+            raise InvalidInput(f"input {name!r} must be {self.datatype}, got {datatype}")
+        if len(shape) == self.rank:
+            for axis, size in self.fixed:
+                if shape[axis] != size:
+                    raise self._bad_shape(name, shape)
+        # [batch] and [batch, 1] are interchangeable for per-row scalars such as strings.
+        elif tuple(d for d in shape[1:] if d != 1) != self.squeezed:
+            raise self._bad_shape(name, shape)
+
+    def _bad_shape(self, name: str, shape: tuple[int, ...]) -> InvalidInput:
+        return InvalidInput(
+            f"input {name!r} must have shape {list(self.shape)} (-1 = any), got {list(shape)}"
         )
 
 
@@ -662,9 +700,9 @@ def _to_json_data(arr: np.ndarray, datatype: str) -> Any:
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
             for x in arr.ravel().tolist()
         ]
-    flat = arr.reshape(-1)
-    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
-        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
+    flat = arr.ravel()  # always C-contiguous, as orjson needs
+    if not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
     return flat
 
 

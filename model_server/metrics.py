@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -109,28 +109,46 @@ class _Hist:
         return out
 
 
+class EndpointStats(_Hist):
+    """One endpoint's finished requests: a count per HTTP status and the latency histogram.
+
+    Handlers look theirs up once (`HotPathCollector.endpoint`) and call `observe_request`.
+    """
+
+    __slots__ = ("statuses",)
+
+    def __init__(self) -> None:
+        super().__init__(LATENCY_BUCKETS)
+        self.statuses: dict[int, int] = {}
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+
 class HotPathCollector(Collector):
     """Per-request metrics as plain counters; families are built at scrape time."""
 
     def __init__(self, model: str, variant: str) -> None:
         self.model = model
         self.variant = variant
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, _Hist] = {}
+        self.endpoints: dict[str, EndpointStats] = {}
         self.batch = _Hist(BATCH_BUCKETS)
         self.queue_depth = 0
         self.inflight = 0
 
+    def endpoint(self, name: str) -> EndpointStats:
+        """The counters of endpoint `name` (created on first use)."""
+        stats = self.endpoints.get(name)
+        if stats is None:
+            stats = self.endpoints[name] = EndpointStats()
+        return stats
+
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one finished request and record its latency."""
-        key = (endpoint, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        hist = self.latency.get(endpoint)
-        if hist is None:
-            hist = self.latency[endpoint] = _Hist(LATENCY_BUCKETS)
-        hist.counts[bisect_left(hist.bounds, seconds)] += 1
-        hist.total += seconds
+        self.endpoint(endpoint).observe_request(status, seconds)
 
     def collect(self) -> Iterator[Metric]:
         labels = [self.model, self.variant]
@@ -139,16 +157,18 @@ class HotPathCollector(Collector):
             "Inference requests by model, variant, endpoint and HTTP status",
             labels=["model", "variant", "endpoint", "status"],
         )
-        for (endpoint, status), count in list(self.requests.items()):
-            requests.add_metric([*labels, endpoint, str(status)], count)
+        endpoints = list(self.endpoints.items())
+        for endpoint, stats in endpoints:
+            for status, count in list(stats.statuses.items()):
+                requests.add_metric([*labels, endpoint, str(status)], count)
         yield requests
         latency = HistogramMetricFamily(
             "model_server_request_duration_seconds",
             "Time from request received to response ready",
             labels=["model", "variant", "endpoint"],
         )
-        for endpoint, hist in list(self.latency.items()):
-            latency.add_metric([*labels, endpoint], hist.buckets(), hist.total)
+        for endpoint, stats in endpoints:
+            latency.add_metric([*labels, endpoint], stats.buckets(), stats.total)
         yield latency
         batch = HistogramMetricFamily(
             "model_server_batch_size",
@@ -188,18 +208,13 @@ class ServerMetrics:
         labels = ("model", "variant")
         self.hot = HotPathCollector(model, variant)
         registry.register(self.hot)
-        self.load_seconds = Gauge(
-            "model_server_model_load_seconds",
-            "Time taken to load (and optimize) the model",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
-        self.ready = Gauge(
-            "model_server_model_ready",
-            "1 when the model is loaded and serving",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
+        def gauge(name: str, documentation: str) -> Any:
+            return Gauge(name, documentation, labels, registry=registry).labels(model, variant)
+
+        self.load_seconds = gauge(
+            "model_server_model_load_seconds", "Time taken to load (and optimize) the model"
+        )
+        self.ready = gauge("model_server_model_ready", "1 when the model is loaded and serving")
         self.info = Gauge(
             "model_server_model_info",
             "The served model: framework, optimization and size (value is always 1)",
@@ -215,24 +230,15 @@ class ServerMetrics:
             ],
             registry=registry,
         )
-        self.parameters = Gauge(
-            "model_server_model_parameters",
-            "Number of model parameters",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
-        self.size_bytes = Gauge(
-            "model_server_model_size_bytes",
-            "Size of the model weights in memory",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
-        self.sparsity = Gauge(
-            "model_server_model_sparsity_ratio",
-            "Fraction of zero weights after pruning",
-            labels,
-            registry=registry,
-        ).labels(model, variant)
+        self.parameters = gauge("model_server_model_parameters", "Number of model parameters")
+        self.size_bytes = gauge(
+            "model_server_model_size_bytes", "Size of the model weights in memory"
+        )
+        self.sparsity = gauge(
+            "model_server_model_sparsity_ratio", "Fraction of zero weights after pruning"
+        )
+        # handed to the batcher as its on_batch callback: one call per batch, no wrapper
+        self.observe_batch: Callable[[int], None] = self.hot.batch.observe
         registry.register(GpuMemoryCollector(model, variant))
         if process_metrics:
             ProcessCollector(registry=registry)
@@ -246,9 +252,6 @@ class ServerMetrics:
         """A request started with `request_started` finished: count it, record latency."""
         self.hot.inflight -= 1
         self.hot.observe(endpoint, status, seconds)
-
-    def observe_batch(self, rows: int) -> None:
-        self.hot.batch.observe(rows)
 
     def set_queue_depth(self, depth: int) -> None:
         self.hot.queue_depth = depth

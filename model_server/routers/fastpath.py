@@ -7,6 +7,11 @@ FastAPI routes for the same paths stay registered: they document the API in Open
 serve when the fast path is turned off (MODEL_SERVER_INFER_FAST_PATH=false), with the same
 behaviour, since both call `DataPlane.infer` (tests/unit/server/test_protocol.py checks that
 they answer alike). Errors are rendered by `model_server.errors.error_response`.
+
+Everything a request needs is resolved once, when the handler is built: the dataplane, the
+body limit, the metrics of the infer endpoint and the two paths of the served model (a dict
+lookup; other model names still reach the dataplane, which answers 404 with the reason).
+Reading them from Starlette's `app.state` instead costs an AttributeError per read.
 """
 
 from __future__ import annotations
@@ -33,41 +38,70 @@ def _match(path: str) -> tuple[str, str | None] | None:
     return None
 
 
+def check_declared_length(declared: bytes | str | None, limit: int) -> None:
+    """Reject a body whose Content-Length is not a number or exceeds `limit` before reading."""
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise InvalidInput("Content-Length must be an integer") from None
+    if size > limit:
+        raise PayloadTooLarge(
+            f"request body of {size} bytes exceeds the limit of {limit} bytes "
+            "(MODEL_SERVER_MAX_REQUEST_BYTES)"
+        )
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    """The error for a body without (or beyond) its Content-Length that outgrew `limit`."""
+    return PayloadTooLarge(
+        f"request body exceeds the limit of {limit} bytes (MODEL_SERVER_MAX_REQUEST_BYTES)"
+    )
+
+
 class InferFastPath:
     """Handle infer requests directly; pass everything else to `app` (the FastAPI stack)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, dataplane: DataPlane, max_request_bytes: int) -> None:
         self.app = app
+        self.dataplane = dataplane
+        self.limit = max_request_bytes
+        self.hot = dataplane.metrics.hot
+        self.stats = self.hot.endpoint("infer")
+        name, version = dataplane.model_name, dataplane.model_version
+        self.paths: dict[str, tuple[str, str | None]] = {
+            f"{_PREFIX}{name}/infer": (name, None),
+            f"{_PREFIX}{name}/versions/{version}/infer": (name, version),
+        }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["method"] != "POST" or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        target = _match(scope["path"])
+        path = scope["path"]
+        target = self.paths.get(path)
         if target is None:
+            target = _match(path)
+        if target is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
-        dp: DataPlane = state.dataplane
-        hot = dp.metrics.hot
+        hot = self.hot
         perf_counter = time.perf_counter
         started = perf_counter()
         status = 200
         hot.inflight += 1
         try:
-            length: bytes | None = None
-            header_length: str | None = None
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    length = value
-                elif key == b"inference-header-content-length":
-                    header_length = value.decode("latin-1")
-            body = await _read_body(receive, length, state.max_request_bytes)
-            out, extra = await dp.infer(target[0], target[1], body, header_length)
-            headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
+            headers = dict(scope["headers"])
+            body = await _read_body(receive, headers.get(b"content-length"), self.limit)
+            header_length = headers.get(b"inference-header-content-length")
+            out, extra = await self.dataplane.infer(
+                target[0],
+                target[1],
+                body,
+                None if header_length is None else header_length.decode("latin-1"),
+            )
+            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
             if extra:
-                headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
+                response_headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+            await send({"type": "http.response.start", "status": 200, "headers": response_headers})
             await send({"type": "http.response.body", "body": out})
         except ServerError as exc:
             status = exc.status_code
@@ -77,27 +111,16 @@ class InferFastPath:
             raise
         finally:
             hot.inflight -= 1
-            hot.observe("infer", status, perf_counter() - started)
+            self.stats.observe_request(status, perf_counter() - started)
 
 
 async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length must be an integer") from None
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body of {size} bytes exceeds the limit of {limit} bytes "
-                "(MODEL_SERVER_MAX_REQUEST_BYTES)"
-            )
+    check_declared_length(declared, limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise PayloadTooLarge(
-                f"request body exceeds the limit of {limit} bytes (MODEL_SERVER_MAX_REQUEST_BYTES)"
-            )
+            raise body_too_large(limit)
         return body
     chunks = [body]
     total = len(body)
@@ -108,9 +131,7 @@ async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(
-                f"request body exceeds the limit of {limit} bytes (MODEL_SERVER_MAX_REQUEST_BYTES)"
-            )
+            raise body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -15,8 +15,9 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model_server.dataplane import HEADER_LENGTH, DataPlane
-from model_server.errors import InvalidInput, ModelNotReady, PayloadTooLarge, ServerError
+from model_server.errors import ModelNotReady, ServerError
 from model_server.routers import schemas as s
+from model_server.routers.fastpath import body_too_large, check_declared_length
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": s.ErrorResponse, "description": "Invalid input (names the problem)"},
@@ -24,6 +25,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": s.ErrorResponse, "description": "Request body too large"},
     503: {"model": s.ErrorResponse, "description": "Model not ready, or queue full (Retry-After)"},
     504: {"model": s.ErrorResponse, "description": "Request timed out"},
+}
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "Server-sent events, one `data: {text_output}` per piece",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
 }
 JSON = "application/json"
 
@@ -38,25 +46,15 @@ def _dp(request: Request) -> DataPlane:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or PayloadTooLarge as soon as it exceeds `limit` bytes."""
     declared = request.headers.get("content-length")
+    check_declared_length(declared, limit)
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length must be an integer") from None
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body of {size} bytes exceeds the limit of {limit} bytes "
-                "(MODEL_SERVER_MAX_REQUEST_BYTES)"
-            )
         return await request.body()
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(
-                f"request body exceeds the limit of {limit} bytes (MODEL_SERVER_MAX_REQUEST_BYTES)"
-            )
+            raise body_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -205,13 +203,7 @@ async def generate(model_name: str, request: Request) -> Response:
 
 @router.post(
     "/v2/models/{model_name}/generate_stream",
-    responses={
-        **ERRORS,
-        200: {
-            "description": "Server-sent events, one `data: {text_output}` per piece",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        },
-    },
+    responses=STREAM_RESPONSES,
     openapi_extra=s.body_ref(s.GenerateRequest),
     tags=["generate"],
 )
@@ -232,13 +224,7 @@ async def generate_version(model_name: str, model_version: str, request: Request
 
 @router.post(
     "/v2/models/{model_name}/versions/{model_version}/generate_stream",
-    responses={
-        **ERRORS,
-        200: {
-            "description": "Server-sent events, one `data: {text_output}` per piece",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        },
-    },
+    responses=STREAM_RESPONSES,
     openapi_extra=s.body_ref(s.GenerateRequest),
     tags=["generate"],
 )
