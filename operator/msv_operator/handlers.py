@@ -317,7 +317,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
 
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
-    def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         ms = reconcile.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
@@ -325,7 +325,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         return {(str(namespace), name): ms}
 
     def owned_index(api_version: str, kind: str) -> Any:
-        def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+        async def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                   **_: Any) -> Any:
             key = _owner_key(namespace, labels)
             return None if key is None else {key: reconcile.strip_live(body, api_version, kind)}
@@ -337,7 +337,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
 
     @kopf.index("", "v1", "pods", labels={LABEL: kopf.PRESENT}, registry=registry,
                 id="msv_pods")
-    def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+    async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                  **_: Any) -> Any:
         key = _owner_key(namespace, labels)
         return None if key is None else {key: reconcile.trim_pod(body)}

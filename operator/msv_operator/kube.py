@@ -171,7 +171,7 @@ class Kube:
 
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
               body: Any = None, content_type: str | None = None, what: str,
-              timeout: float = 30.0) -> Any:
+              timeout: float = 30.0, decode: bool = True) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -191,11 +191,12 @@ class Kube:
         if response.status >= 400:
             raise translate(ApiException(status=response.status, reason=response.reason,
                                          body=data.decode("utf-8", "replace")), what)
-        return json.loads(data) if data else {}
+        return json.loads(data) if data and decode else {}
 
     # ---- writes -----------------------------------------------------------------------
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of ``obj`` (force, one field manager); returns the live object."""
+    def apply(self, obj: Mapping[str, Any], *, answer: bool = True) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (force, one field manager); returns the live object
+        (``{}`` with ``answer=False``: the response is not decoded)."""
         meta = obj["metadata"]
         kind = str(obj["kind"])
         path = api_path(str(obj["apiVersion"]), plural_of(kind), meta.get("namespace"),
@@ -203,7 +204,7 @@ class Kube:
         return dict(self._call(
             "PATCH", path, body=dict(obj), content_type="application/apply-patch+yaml",
             query=[("fieldManager", self.field_manager), ("force", "true")],
-            what=f"apply {kind} {meta['name']}"))
+            what=f"apply {kind} {meta['name']}", decode=answer))
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,
                uid: str | None) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,7 +247,10 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 result.unchanged += 1
                 continue
             try:
-                fresh[key_of(obj)] = ctx.kube.apply(obj)
+                # Only a Deployment's answer is read (its status); the others are not decoded.
+                live_answer = ctx.kube.apply(obj, answer=obj["kind"] == "Deployment")
+                if live_answer:
+                    fresh[key_of(obj)] = live_answer
             except kubeapi.Rejected as e:
                 result.apply_error = str(e)
                 log.warning("Could not apply %s: %s", describe(obj), e,
@@ -310,11 +314,16 @@ def event_for(transition: conditions.Transition) -> tuple[str, str, str] | None:
 
 
 def plain(obj: Any) -> Any:
-    """A deep plain-dict/list copy of a kopf ``Body``/mapping (safe to keep and mutate)."""
+    """A deep plain-dict/list copy of a kopf ``Body``/mapping (safe to keep and mutate).
+
+    Keys and short strings are interned: the thousands of cached objects then share one copy
+    of every field name and repeated value instead of one per decoded watch event."""
     if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
+        return {sys.intern(str(k)): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v) for v in obj]
+    if type(obj) is str and len(obj) <= 64:
+        return sys.intern(obj)
     return obj
 
 
@@ -346,10 +355,14 @@ def pod_summary(pod: Mapping[str, Any]) -> str:
     return json.dumps(trim_pod(pod)["status"], sort_keys=True, default=str)
 
 
+# Metadata a pass never reads: dropped from cached objects (smaller caches).
+UNREAD_METADATA = ("managedFields", "resourceVersion", "creationTimestamp", "selfLink")
+
+
 def strip_live(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
-    """A plain copy of a watched object without ``managedFields`` (smaller caches)."""
-    out = plain(obj)
+    """A plain copy of a watched object without the metadata a pass never reads."""
+    meta = obj.get("metadata") or {}
+    out = plain({**obj, "metadata": {k: v for k, v in meta.items() if k not in UNREAD_METADATA}})
     out.setdefault("apiVersion", api_version)
     out.setdefault("kind", kind)
-    (out.get("metadata") or {}).pop("managedFields", None)
     return out
