@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 DEFAULT_IMAGE = "modelservice/model-server:0.1.0"
 DEFAULT_GPU_IMAGE = "modelservice/model-server:0.1.0-cuda"
 FIELD_MANAGER = "modelservice-operator"
 PREFIX = "serving.modelservice.dev"
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -74,24 +77,23 @@ class OperatorConfig:
         return not self.namespaces
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _env_number(environ: Mapping[str, str], name: str, default: T,
+                convert: Callable[[str], T], expected: str) -> T:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return convert(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+        raise ConfigError(f"{name}={raw!r}: expected {expected}") from None
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    return _env_number(environ, name, default, int, "an integer")
 
 
 def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    return _env_number(environ, name, default, float, "a number")
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:

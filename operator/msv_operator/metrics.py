@@ -14,37 +14,35 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.reconciles = Counter(
+        self.reconciles = self._counter(
             "msv_operator_reconciles_total",
-            "Reconcile passes of a ModelService by result "
-            "(applied, unchanged, invalid, error).",
-            ["result"], registry=self.registry)
+            "Reconcile passes of a ModelService by result (applied, unchanged, invalid, error).",
+            "result")
         self.reconcile_duration = Histogram(
             "msv_operator_reconcile_duration_seconds",
             "Duration of one reconcile pass (build, apply, prune, status).",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry)
-        self.applies = Counter(
+        self.applies = self._counter(
             "msv_operator_applies_total",
-            "Owned objects sent with server-side apply, by kind.",
-            ["kind"], registry=self.registry)
-        self.skipped_applies = Counter(
+            "Owned objects sent with server-side apply, by kind.", "kind")
+        self.skipped_applies = self._counter(
             "msv_operator_apply_skipped_total",
-            "Owned objects not sent because the live object already matches, by kind.",
-            ["kind"], registry=self.registry)
-        self.deletes = Counter(
+            "Owned objects not sent because the live object already matches, by kind.", "kind")
+        self.deletes = self._counter(
             "msv_operator_prunes_total",
             "Owned objects deleted because their variant or feature was removed, by kind.",
-            ["kind"], registry=self.registry)
-        self.status_writes = Counter(
+            "kind")
+        self.status_writes = self._counter(
             "msv_operator_status_writes_total",
-            "ModelService status patches (only sent when the status changed).",
-            registry=self.registry)
-        self.errors = Counter(
+            "ModelService status patches (only sent when the status changed).")
+        self.errors = self._counter(
             "msv_operator_errors_total",
-            "Errors by kind (conflict, transient, rejected, unexpected).",
-            ["kind"], registry=self.registry)
+            "Errors by kind (conflict, transient, rejected, unexpected).", "kind")
         self.modelservices = Gauge(
             "msv_operator_modelservices",
             "ModelServices currently known to the operator.",
             registry=self.registry)
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, list(labels), registry=self.registry)
