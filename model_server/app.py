@@ -52,23 +52,15 @@ def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
     return make
 
 
-class ModelServerApp(FastAPI):
+class ModelServerApp(InferFastPath, FastAPI):
     """FastAPI with the infer hot path answered before FastAPI's own machinery.
 
-    `fast_path` (routers.fastpath.InferFastPath) sees every request first and hands all but
-    infer requests to `handle`, the normal FastAPI/Starlette stack.
+    `InferFastPath.__call__` (routers/fastpath.py) sees every request first and hands all
+    but infer requests to `handle`, the normal FastAPI/Starlette stack.
     """
 
-    fast_path: Any = None
-
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        await super().__call__(scope, receive, send)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.fast_path is not None:
-            await self.fast_path(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        await FastAPI.__call__(self, scope, receive, send)
 
 
 def create_app(
@@ -129,7 +121,7 @@ def create_app(
     install_handlers(app)
     app.include_router(router)
     if settings.infer_fast_path:
-        app.fast_path = InferFastPath(app.handle, dataplane, settings.max_request_bytes)
+        app.enable_fast_path(dataplane, settings.max_request_bytes)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

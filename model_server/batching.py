@@ -114,6 +114,42 @@ class Batcher:
         return len(self._queue)
 
     # requests ----------------------------------------------------------------------------
+    def run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray] | None:
+        """Run a tiny model at once on the event loop when it is idle; None: use `submit`.
+
+        The request's own outputs (or its error), without a queue, a future or a thread hop,
+        when nothing waits or runs and the model's moving average is below `inline_below_s`.
+        """
+        if (
+            self._queue
+            or self._busy
+            or self._exclusive
+            or self._avg_s is None
+            or self._avg_s >= self.inline_below_s
+        ):
+            return None
+        self._busy = True
+        try:
+            if self._on_batch is not None:
+                self._on_batch(rows)
+            try:
+                outputs = self._timed_predict(inputs)
+            except ServerError:
+                raise
+            except Exception as exc:
+                log.exception("The model failed on a batch of %d rows", rows)
+                raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    raise InternalError(
+                        f"the model returned output {name!r} without the batch dimension"
+                    )
+            return outputs
+        finally:
+            self._busy = False
+            if self._queue and self._wakeup is not None:
+                self._wakeup.set()
+
     async def submit(
         self, inputs: Mapping[str, np.ndarray], rows: int | None = None
     ) -> dict[str, np.ndarray]:
@@ -123,16 +159,10 @@ class Batcher:
         """
         if self._wakeup is None or self._loop is None:
             raise RuntimeError("Batcher.start() was not called")
+        outputs = self.run_now(inputs, _rows(inputs) if rows is None else rows)
+        if outputs is not None:
+            return outputs
         queue = self._queue
-        if (
-            not queue
-            and not self._busy
-            and not self._exclusive
-            and self._avg_s is not None
-            and self._avg_s < self.inline_below_s
-        ):
-            # Idle server, tiny model: run it right here (no queue, no thread hop).
-            return self._run_inline(inputs, _rows(inputs) if rows is None else rows)
         if len(queue) >= self.max_queue:
             raise ServerBusy(
                 f"the request queue is full ({self.max_queue} waiting); retry later",
@@ -285,29 +315,6 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result({n: a[start:end] for n, a in outputs.items()})
             start = end
-
-    def _run_inline(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        self._busy = True
-        try:
-            if self._on_batch is not None:
-                self._on_batch(rows)
-            try:
-                outputs = self._timed_predict(inputs)
-            except ServerError:
-                raise
-            except Exception as exc:
-                log.exception("The model failed on a batch of %d rows", rows)
-                raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InternalError(
-                        f"the model returned output {name!r} without the batch dimension"
-                    )
-            return outputs
-        finally:
-            self._busy = False
-            if self._queue and self._wakeup is not None:
-                self._wakeup.set()
 
     def _timed_predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()

@@ -296,7 +296,9 @@ class DataPlane:
         else:
             request, binary = _split_body(body, header_length)
         inputs, rows, requested, binary_out, request_id = self._decode(request, binary)
-        outputs = await batcher.submit(inputs, rows)
+        outputs = batcher.run_now(inputs, rows)
+        if outputs is None:
+            outputs = await batcher.submit(inputs, rows)
         return self._encode(outputs, requested, binary_out, request_id)
 
     def _decode(
@@ -534,11 +536,11 @@ def _decode_tensor(
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] needs a non-empty string 'name'")
     shape = tensor.get("shape")
-    if type(shape) is not list or not _dims_ok(shape):
-        raise InvalidInput(
-            f"input {name!r}: 'shape' must be a non-empty list of non-negative integers "
-            "(the first dimension is the batch)"
-        )
+    if type(shape) is not list or not shape:
+        raise _bad_dims(name)
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise _bad_dims(name)
     datatype: Any = tensor.get("datatype")
     dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
@@ -550,19 +552,22 @@ def _decode_tensor(
     if count > 1 << 31:
         raise InvalidInput(f"input {name!r}: shape {shape} is too large")
     params = tensor.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
-    size = params.get("binary_data_size") if params else None
-    if size is not None:
-        if binary is None:
-            raise InvalidInput(
-                f"input {name!r} has binary_data_size but the request has no "
-                "Inference-Header-Content-Length header"
-            )
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
-        raw = binary[offset : offset + size]
-        return _from_binary(name, raw, str(datatype), dtype, shape, count), size
+    if params is not None:
+        if not isinstance(params, dict):
+            raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if binary is None:
+                raise InvalidInput(
+                    f"input {name!r} has binary_data_size but the request has no "
+                    "Inference-Header-Content-Length header"
+                )
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size {size!r} exceeds the binary data"
+                )
+            raw = binary[offset : offset + size]
+            return _from_binary(name, raw, datatype, dtype, shape, count), size
     data = tensor.get("data", _MISSING)
     if data is _MISSING:
         raise InvalidInput(f"input {name!r} has no 'data'")
@@ -604,13 +609,11 @@ def _decode_tensor(
     return parsed.astype(dtype, copy=False).reshape(shape), 0
 
 
-def _dims_ok(shape: list[Any]) -> bool:
-    if not shape:
-        return False
-    for d in shape:  # noqa: SIM110 - a plain loop beats all() with a generator here
-        if type(d) is not int or d < 0:
-            return False
-    return True
+def _bad_dims(name: str) -> InvalidInput:
+    return InvalidInput(
+        f"input {name!r}: 'shape' must be a non-empty list of non-negative integers "
+        "(the first dimension is the batch)"
+    )
 
 
 def _flatten(data: list[Any]) -> list[Any]:

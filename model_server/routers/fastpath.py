@@ -61,38 +61,56 @@ def body_too_large(limit: int) -> PayloadTooLarge:
 
 
 class InferFastPath:
-    """Handle infer requests directly; pass everything else to `app` (the FastAPI stack)."""
+    """ASGI entry of the app class (a mixin placed before FastAPI): answers infer itself.
 
-    def __init__(self, app: Any, dataplane: DataPlane, max_request_bytes: int) -> None:
-        self.app = app
-        self.dataplane = dataplane
-        self.limit = max_request_bytes
-        self.hot = dataplane.metrics.hot
-        self.stats = self.hot.endpoint("infer")
+    Every other request, and all of them until `enable_fast_path` is called, go to
+    `handle`, which the app class implements as the normal FastAPI/Starlette stack. Being
+    the app's own `__call__` rather than a wrapped handler saves a coroutine per request.
+    """
+
+    _fast = False
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+    def enable_fast_path(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self._dataplane = dataplane
+        self._limit = max_request_bytes
+        self._hot = dataplane.metrics.hot
+        self._stats = self._hot.endpoint("infer")
         name, version = dataplane.model_name, dataplane.model_version
-        self.paths: dict[str, tuple[str, str | None]] = {
+        self._paths: dict[str, tuple[str, str | None]] = {
             f"{_PREFIX}{name}/infer": (name, None),
             f"{_PREFIX}{name}/versions/{version}/infer": (name, version),
         }
+        self._fast = True
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self._fast:
+            await self.handle(scope, receive, send)
+            return
         path = scope["path"]
-        target = self.paths.get(path)
+        target = self._paths.get(path)
         if target is None:
             target = _match(path)
         if target is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            await self.handle(scope, receive, send)
             return
-        hot = self.hot
+        hot = self._hot
         perf_counter = time.perf_counter
         started = perf_counter()
         status = 200
         hot.inflight += 1
         try:
             headers = dict(scope["headers"])
-            body = await _read_body(receive, headers.get(b"content-length"), self.limit)
+            limit = self._limit
+            check_declared_length(headers.get(b"content-length"), limit)
+            message = await receive()
+            body: bytes = message.get("body", b"")
+            if len(body) > limit or message.get("more_body", False):
+                body = await _read_rest(receive, message, limit)
             header_length = headers.get(b"inference-header-content-length")
-            out, extra = await self.dataplane.infer(
+            out, extra = await self._dataplane.infer(
                 target[0],
                 target[1],
                 body,
@@ -111,12 +129,11 @@ class InferFastPath:
             raise
         finally:
             hot.inflight -= 1
-            self.stats.observe_request(status, perf_counter() - started)
+            self._stats.observe_request(status, perf_counter() - started)
 
 
-async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
-    check_declared_length(declared, limit)
-    message = await receive()
+async def _read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes:
+    """The whole body from its first `message` on, or PayloadTooLarge past `limit` bytes."""
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
