@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from loadgen import build_request, cpu_seconds, free_port, run_load, wait_http  # noqa: E402
+from loadgen import (  # noqa: E402
+    Medians,
+    build_request,
+    cpu_seconds,
+    free_port,
+    run_load,
+    wait_http,
+)
 
 HOST = "127.0.0.1"
 WORDS = [
@@ -146,9 +152,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
-    def med(name: str, key: str, field: str) -> float:
-        return float(statistics.median(r[field] for r in runs[name][key]))
-
+    med = Medians(runs)
     result = {
         "benchmark": "batching",
         "command": "python bench/batching.py " + " ".join(sys.argv[1:]),
@@ -168,13 +172,13 @@ def main() -> None:
         "mean_batch_size_on": med("on", "cN", "mean_batch_size"),
         "rps_on": med("on", "cN", "rps"),
         "rps_off": med("off", "cN", "rps"),
-        "rps_ratio": round(med("on", "cN", "rps") / med("off", "cN", "rps"), 3),
+        "rps_ratio": med.ratio("on", "off", "cN", "rps"),
         "p99_ms_on": med("on", "cN", "p99_ms"),
         "p99_ms_off": med("off", "cN", "p99_ms"),
-        "p99_ratio": round(med("on", "cN", "p99_ms") / med("off", "cN", "p99_ms"), 3),
+        "p99_ratio": med.ratio("on", "off", "cN", "p99_ms"),
         "p50_ms_c1_on": med("on", "c1", "p50_ms"),
         "p50_ms_c1_off": med("off", "c1", "p50_ms"),
-        "added_p50_ms_c1": round(med("on", "c1", "p50_ms") - med("off", "c1", "p50_ms"), 3),
+        "added_p50_ms_c1": med.added("on", "off", "c1", "p50_ms"),
         "goal": {"rps_ratio": ">= 1.8", "p99_ratio": "<= 1.5", "added_p50_ms_c1": "<= 1.0"},
         "runs": runs,
     }

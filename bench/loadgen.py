@@ -51,6 +51,24 @@ class LoadResult:
         }
 
 
+class Medians:
+    """Medians over rounds: `runs[server][level]` is a list of per-round summaries."""
+
+    def __init__(self, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+        self.runs = runs
+
+    def __call__(self, name: str, level: str, field: str) -> float:
+        return float(statistics.median(r[field] for r in self.runs[name][level]))
+
+    def ratio(self, a: str, b: str, level: str, field: str) -> float:
+        """Median of server `a` over that of server `b`."""
+        return round(self(a, level, field) / self(b, level, field), 3)
+
+    def added(self, a: str, b: str, level: str, field: str) -> float:
+        """Median of server `a` minus that of server `b`."""
+        return round(self(a, level, field) - self(b, level, field), 3)
+
+
 def build_request(
     method: str,
     host: str,

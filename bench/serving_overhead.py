@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +28,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import build_request, cpu_seconds, free_port, run_load, wait_http
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.unit.server.doubles
+from loadgen import Medians, build_request, cpu_seconds, free_port, run_load, wait_http
 
 HOST = "127.0.0.1"
 BODY = json.dumps(
@@ -51,30 +51,23 @@ def _serve_ours(port: int, max_batch_size: int, model_name: str = "identity") ->
     from prometheus_client import CollectorRegistry
 
     from model_server.app import create_app
-    from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
     from model_server.settings import Settings
-
-    class Identity(Backend):
-        framework = "identity"
-
-        def load(self, model_dir: Path, options: LoadOptions) -> None:
-            return None
-
-        def inputs(self) -> list[TensorSpec]:
-            return [TensorSpec("x", "FP32", (-1, -1))]
-
-        def outputs(self) -> list[TensorSpec]:
-            return [TensorSpec("x", "FP32", (-1, -1))]
-
-        def predict(self, inputs: Any) -> dict[str, np.ndarray]:
-            return {"x": inputs["x"]}
-
-        def info(self) -> BackendInfo:
-            return BackendInfo(framework="identity", device="cpu")
+    from tests.unit.server.doubles import IdentityBackend
 
     settings = Settings(model_name=model_name, max_batch_size=max_batch_size, log_level="warning")
-    app = create_app(settings, registry=CollectorRegistry(), backend=Identity())
+    app = create_app(settings, registry=CollectorRegistry(), backend=IdentityBackend())
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    """Answer the ASGI lifespan protocol of uvicorn (the minimal servers have no state)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _serve_bare(port: int, response_file: str) -> None:
@@ -88,13 +81,8 @@ def _serve_bare(port: int, response_file: str) -> None:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         more = True
         while more:  # consume the request body, as a real handler must
             message = await receive()
@@ -115,13 +103,8 @@ def _serve_floor(port: int) -> None:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         body = b""
         more = True
         while more:
@@ -254,10 +237,8 @@ def main() -> None:
         if bare is not None:
             _stop(bare)
 
-    def med(name: str, key: str, field: str) -> float:
-        return float(statistics.median(r[field] for r in runs[name][key]))
-
-    result = {
+    med = Medians(runs)
+    result: dict[str, Any] = {
         "benchmark": "serving_overhead",
         "command": "python bench/serving_overhead.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -270,24 +251,21 @@ def main() -> None:
         "response_bytes": len(payload),
         "concurrency": args.concurrency,
         "max_batch_size": args.max_batch_size,
-        "bare_rps": med("bare", "cN", "rps"),
-        "floor_rps": med("floor", "cN", "rps"),
-        "floor_rps_ratio": round(med("floor", "cN", "rps") / med("bare", "cN", "rps"), 3),
-        "floor_cpu_us_per_req": med("floor", "cN", "server_cpu_us_per_req"),
-        "ours_rps": med("ours", "cN", "rps"),
-        "rps_ratio": round(med("ours", "cN", "rps") / med("bare", "cN", "rps"), 3),
-        "bare_p50_ms_c1": med("bare", "c1", "p50_ms"),
-        "ours_p50_ms_c1": med("ours", "c1", "p50_ms"),
-        "added_p50_ms_c1": round(med("ours", "c1", "p50_ms") - med("bare", "c1", "p50_ms"), 3),
-        "ours_cpu_us_per_req": med("ours", "cN", "server_cpu_us_per_req"),
-        "bare_cpu_us_per_req": med("bare", "cN", "server_cpu_us_per_req"),
-        "cpu_ratio_bare_over_ours": round(
-            med("bare", "cN", "server_cpu_us_per_req") / med("ours", "cN", "server_cpu_us_per_req"),
-            3,
-        ),
-        "goal": {"rps_ratio": ">= 0.75", "added_p50_ms_c1": "<= 0.3"},
-        "runs": runs,
     }
+    for name in ("bare", "floor", "ours"):
+        result[f"{name}_rps"] = med(name, "cN", "rps")
+        result[f"{name}_cpu_us_per_req"] = med(name, "cN", "server_cpu_us_per_req")
+        result[f"{name}_p50_ms_c1"] = med(name, "c1", "p50_ms")
+    result.update(
+        {
+            "floor_rps_ratio": med.ratio("floor", "bare", "cN", "rps"),
+            "rps_ratio": med.ratio("ours", "bare", "cN", "rps"),
+            "added_p50_ms_c1": med.added("ours", "bare", "c1", "p50_ms"),
+            "cpu_ratio_bare_over_ours": med.ratio("bare", "ours", "cN", "server_cpu_us_per_req"),
+            "goal": {"rps_ratio": ">= 0.75", "added_p50_ms_c1": "<= 0.3"},
+            "runs": runs,
+        }
+    )
     result["goal_met"] = result["rps_ratio"] >= 0.75 and result["added_p50_ms_c1"] <= 0.3
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(
