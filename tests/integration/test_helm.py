@@ -67,7 +67,10 @@ def sa_kubeconfig(cluster: lc.Cluster, system: str, sa: str, path: Path) -> Path
 
 
 def can_i(cluster: lc.Cluster, who: str, verb: str, resource: str, ns: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={who}"]
+    # "kind/sub" means a subresource (kubectl itself would read it as kind/name)
+    kind, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, kind, f"--as={who}"]
+    args += [f"--subresource={sub}"] if sub else []
     args += ["-n", ns] if ns else []
     out = cluster.kubectl_run(*args, check=False).stdout.strip()
     return out == "yes"
@@ -116,6 +119,8 @@ def test_rbac_is_not_excessive(cluster: lc.Cluster, namespace: str,
     assert not can_i(cluster, who, "get", "secrets", namespace)
     assert not can_i(cluster, who, "list", "secrets", namespace)
     assert not can_i(cluster, who, "update", "modelservices", namespace)
+    assert not can_i(cluster, who, "patch", "modelservices", namespace)  # never writes a spec
+    assert not can_i(cluster, who, "update", "deployments", namespace)  # applies, never PUTs
     assert not can_i(cluster, who, "delete", "modelservices", namespace)
     assert not can_i(cluster, who, "create", "pods", namespace)
     assert not can_i(cluster, who, "delete", "customresourcedefinitions", None)
