@@ -150,18 +150,19 @@ class Batcher:
             if self._queue and self._wakeup is not None:
                 self._wakeup.set()
 
-    async def submit(
-        self, inputs: Mapping[str, np.ndarray], rows: int | None = None
-    ) -> dict[str, np.ndarray]:
-        """Queue one request (arrays batched along axis 0) and wait for its own outputs.
-
-        `rows` is the batch size of `inputs` when the caller knows it already.
-        """
+    async def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request (arrays batched along axis 0): its own outputs, at once or queued."""
         if self._wakeup is None or self._loop is None:
             raise RuntimeError("Batcher.start() was not called")
-        outputs = self.run_now(inputs, _rows(inputs) if rows is None else rows)
-        if outputs is not None:
-            return outputs
+        outputs = self.run_now(inputs, _rows(inputs))
+        if outputs is None:
+            outputs = await self.enqueue(inputs)
+        return outputs
+
+    async def enqueue(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its own outputs (callers that tried `run_now`)."""
+        if self._wakeup is None or self._loop is None:
+            raise RuntimeError("Batcher.start() was not called")
         queue = self._queue
         if len(queue) >= self.max_queue:
             raise ServerBusy(
@@ -169,9 +170,9 @@ class Batcher:
                 retry_after_s=1,
             )
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
-        self._queue.append(_Item(inputs, future))
+        queue.append(_Item(inputs, future))
         if self._on_queue_depth is not None:
-            self._on_queue_depth(len(self._queue))
+            self._on_queue_depth(len(queue))
         self._wakeup.set()
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -298,7 +298,7 @@ class DataPlane:
         inputs, rows, requested, binary_out, request_id = self._decode(request, binary)
         outputs = batcher.run_now(inputs, rows)
         if outputs is None:
-            outputs = await batcher.submit(inputs, rows)
+            outputs = await batcher.enqueue(inputs)
         return self._encode(outputs, requested, binary_out, request_id)
 
     def _decode(
@@ -392,22 +392,17 @@ class DataPlane:
             if type(arr) is not np.ndarray:
                 arr = np.asarray(arr)
             datatype = _DTYPE_NAMES.get(arr.dtype) or _oip_datatype(arr.dtype)
+            entry: dict[str, Any] = {
+                "name": out_name,
+                "datatype": datatype,
+                "shape": list(arr.shape),
+            }
             if out_name in binary_out:
                 raw = _to_binary(arr, datatype)
                 chunks.append(raw)
-                entry: dict[str, Any] = {
-                    "name": out_name,
-                    "datatype": datatype,
-                    "shape": list(arr.shape),
-                    "parameters": {"binary_data_size": len(raw)},
-                }
+                entry["parameters"] = {"binary_data_size": len(raw)}
             else:
-                entry = {
-                    "name": out_name,
-                    "datatype": datatype,
-                    "shape": list(arr.shape),
-                    "data": _to_json_data(arr, datatype),
-                }
+                entry["data"] = _to_json_data(arr, datatype)
             out_json.append(entry)
         response: dict[str, Any] = {
             "model_name": self.model_name,
