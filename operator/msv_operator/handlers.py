@@ -157,16 +157,19 @@ class Runtime:
                 await self.run(key)
                 self.retries.pop(key, None)
             except (kube.Conflict, kube.Transient) as e:
-                attempt = self.retries.get(key, 0) + 1
-                self.retries[key] = attempt
-                delay = min(60.0, 0.5 * 2 ** attempt)
+                delay = self._retry_later(key)
                 log.warning("Retrying ModelService %s/%s in %.1fs: %s", key[0], key[1], delay, e)
-                self.enqueue(key, delay)
             except Exception:
                 log.exception("Reconcile of ModelService %s/%s failed", *key)
-                attempt = self.retries.get(key, 0) + 1
-                self.retries[key] = attempt
-                self.enqueue(key, min(60.0, 0.5 * 2 ** attempt))
+                self._retry_later(key)
+
+    def _retry_later(self, key: Key) -> float:
+        """Re-queue ``key`` after an exponential backoff (0.5 s doubling, at most 60 s)."""
+        attempt = self.retries.get(key, 0) + 1
+        self.retries[key] = attempt
+        delay = min(60.0, 0.5 * 2 ** attempt)
+        self.enqueue(key, delay)
+        return delay
 
     async def _watch_capabilities(self) -> None:
         loop = asyncio.get_running_loop()
