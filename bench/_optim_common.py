@@ -166,9 +166,9 @@ def environment() -> dict[str, Any]:
 
 def finish(
     name: str, doc: dict[str, Any], goals: dict[str, Any], verdict: dict[str, bool], started: float
-) -> int:
+) -> None:
     """Complete `doc` with the goals, the verdict, the environment and the wall time, write
-    it to results/<name>.json and print the verdict; returns the exit status (0)."""
+    it to results/<name>.json and print the verdict."""
     doc.update(
         goals=goals,
         goal_met=verdict,
@@ -180,4 +180,3 @@ def finish(
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"  goals met: {verdict}")
     print(f"  wrote {path.relative_to(path.parents[2])}")
-    return 0

@@ -131,7 +131,8 @@ def main() -> int:
             f"  sparsity {stats[name]['sparsity']:.3f}  agreement "
             f"{agreement[name]['argmax_agreement']:.3f} (no fine-tuning)"
         )
-    return finish("pruning", doc, GOALS, verdict, started)
+    finish("pruning", doc, GOALS, verdict, started)
+    return 0
 
 
 if __name__ == "__main__":
