@@ -282,11 +282,8 @@ class DataPlane:
         header_length: str | None = None,
     ) -> tuple[bytes, dict[str, str] | None]:
         """Run one OIP v2 inference request; returns the response body and extra headers."""
-        if name != self.model_name or (version is not None and version != self.model_version):
-            self.check_model(name, version)  # raises ModelNotFound with the reason
-        batcher = self.batcher
-        if batcher is None or self.model.state != "ready":
-            batcher = self.require_ready()
+        self.check_model(name, version)
+        batcher = self.require_ready()
         if header_length is None:
             binary = None
             try:
