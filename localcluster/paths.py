@@ -51,6 +51,21 @@ def helm() -> Path:
     return binary("helm")
 
 
+def images_dir() -> Path:
+    """Where ``localcluster images`` keeps built layers and OCI archives (survives ``down``)."""
+    return cache_dir() / "images"
+
+
+def containerd_root() -> Path:
+    """containerd's content store and snapshots: imported images survive ``down``."""
+    return cache_dir() / "containerd"
+
+
+def containerd_socket(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The CRI/containerd socket of the real node of the cluster in ``state_dir``."""
+    return resolve_state_dir(state_dir) / "containerd" / "containerd.sock"
+
+
 def kubeconfig(state_dir: str | os.PathLike[str] | None = None) -> Path:
     """The admin kubeconfig of the cluster in ``state_dir`` (default: the shared one)."""
     return resolve_state_dir(state_dir) / "kubeconfig"

@@ -79,9 +79,11 @@ COMPONENTS: tuple[Component, ...] = (
         version=KUBERNETES,
         packages=tuple(
             f"k8s.io/kubernetes/cmd/{c}"
-            for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+            for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+                      "kubelet", "kube-proxy")
         ),
-        binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+        binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+                  "kubelet", "kube-proxy"),
         ldflags=tuple(_k8s_version_ldflags()),
     ),
     Component(
