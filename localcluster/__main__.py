@@ -29,7 +29,8 @@ def _nodes_table(c: cluster.Cluster) -> str:
 def _cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
-        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out, owner="cli")
+        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out, owner="cli",
+                       real_node=args.real_node)
     except cluster.ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -50,6 +51,10 @@ def _cmd_down(args: argparse.Namespace) -> int:
         _out(f"stopped {', '.join(stopped)}; logs kept in {sd / 'logs'}")
     else:
         _out("no control plane was running")
+    left = cluster.leftovers(args.state_dir)
+    if left:
+        print("error: left on the machine: " + "; ".join(left), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -117,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return sp
 
     u = with_state(sub.add_parser("up", help="start the control plane (or reuse a healthy one)"))
-    u.add_argument("--timeout", type=float, default=120, help="seconds to wait for health")
+    u.add_argument("--timeout", type=float, default=180, help="seconds to wait for health")
+    u.add_argument("--real-node", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the real node (containerd, kubelet, kube-proxy; needs root) beside "
+                        "the simulated GPU pools (default: yes, unless MSV_REAL_NODE=0)")
     u.set_defaults(func=_cmd_up)
     with_state(sub.add_parser("down", help="stop it and remove its state")).set_defaults(
         func=_cmd_down)
