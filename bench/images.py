@@ -134,7 +134,8 @@ def main() -> int:
     if os.geteuid() != 0:
         log("error: run as root (image builds mount overlayfs; containerd runs as root)")
         return 1
-    res: dict[str, Any] = {"command": "python bench/images.py" + (" --keep-cache" * args.keep_cache),
+    command = "python bench/images.py" + (" --keep-cache" * args.keep_cache)
+    res: dict[str, Any] = {"command": command,
                            "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     work = Path(tempfile.mkdtemp(prefix="msv-bench-images-"))
     images.REPO_DIR = source_copy(Path(tempfile.mkdtemp(prefix="msv-bench-src-")))

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,8 +105,9 @@ def test_oci_archive_digests_diff_ids_and_index_annotations(tmp_path: Path) -> N
     index = json.loads(files["index.json"])
     (desc,) = index["manifests"]
     assert desc["digest"] == digest
-    assert desc["annotations"] == {"io.containerd.image.name": "docker.io/modelservice/model-server:0.1.0",
-                                   "org.opencontainers.image.ref.name": "0.1.0"}
+    assert desc["annotations"] == {
+        "io.containerd.image.name": "docker.io/modelservice/model-server:0.1.0",
+        "org.opencontainers.image.ref.name": "0.1.0"}
     assert desc["platform"] == {"architecture": "amd64", "os": "linux"}
     # every blob is stored under its own digest
     for name, data in files.items():
@@ -171,7 +173,7 @@ def test_layer_cache_builds_once_per_key(cache: Path) -> None:
     calls: list[str] = []
     lines: list[str] = []
 
-    def make(content: str):  # noqa: ANN202
+    def make(content: str) -> Callable[[Path], None]:
         def _make(rootfs: Path) -> None:
             calls.append(content)
             rootfs.mkdir()
@@ -245,7 +247,8 @@ def test_references_match_the_operator_default_and_the_chart() -> None:
     assert images.REFS["model-server"] == "docker.io/" + config.DEFAULT_IMAGE
     chart = yaml.safe_load((REPO / "helm/modelservice-operator/Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "helm/modelservice-operator/values.yaml").read_text())
-    assert images.REFS["operator"] == f"docker.io/{values['image']['repository']}:{chart['appVersion']}"
+    repo, tag = values["image"]["repository"], chart["appVersion"]
+    assert images.REFS["operator"] == f"docker.io/{repo}:{tag}"
     assert set(images.REFS) == set(images.NAMES) == set(images.recipes())
     moto = [ln for ln in (REPO / "constraints.txt").read_text().splitlines()
             if ln.startswith("moto==")]
