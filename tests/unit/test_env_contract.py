@@ -135,6 +135,6 @@ def test_containers_report_termination_messages_under_the_names_status_reads() -
     pod = deployments(gpu=False)[0]["spec"]["template"]["spec"]
     names = [c["name"] for c in pod["initContainers"]] + [c["name"] for c in pod["containers"]]
     assert names == [b.PULL_CONTAINER, b.SERVER_CONTAINER]
-    assert [v["name"] for v in pod["volumes"]][0] == status.MODEL_VOLUME
+    assert pod["volumes"][0]["name"] == status.MODEL_VOLUME
     for c in pod["initContainers"] + pod["containers"]:
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
