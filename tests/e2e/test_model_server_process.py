@@ -71,7 +71,7 @@ def _wait_live(proc: subprocess.Popen, url: str, log: Any) -> None:  # type: ign
 
 @contextmanager
 def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    proc, url, log = _spawn(*flags, env=env)
+    proc, url, log = _spawn("--drain-seconds", "0", *flags, env=env)  # stop at once at the end
     try:
         _wait_live(proc, url, log)
         yield url
