@@ -212,20 +212,27 @@ def _termination_log(tmp_path: Path) -> Path:
     return path
 
 
+def _run_to_exit(*flags: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `model-server serve` until it exits by itself: (exit code, output)."""
+    proc, _, log = _spawn(*flags, env=env)
+    try:
+        code = proc.wait(120)
+    finally:
+        proc.kill()
+        output = _output(log)
+        log.close()
+    return code, output
+
+
 def test_failed_load_exits_4_with_the_error_as_termination_message(tmp_path: Path) -> None:
     model_dir = tmp_path / "broken"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{ not json")
     tlog = _termination_log(tmp_path)
-    proc, _, log = _spawn(
+    code, output = _run_to_exit(
         "--model-dir", str(model_dir), "--task", "text-classification", "--variant", "int8",
         env={"MODEL_SERVER_TERMINATION_LOG": str(tlog)},
     )  # fmt: skip
-    try:
-        code = proc.wait(120)
-    finally:
-        proc.kill()
-    output = _output(log)
     assert code == 4, output
     message = tlog.read_text()
     assert message.startswith("model 'model' (variant int8, framework auto) failed to load from "
@@ -236,29 +243,12 @@ def test_failed_load_exits_4_with_the_error_as_termination_message(tmp_path: Pat
 
 def test_missing_model_dir_exits_4_and_no_file_is_created_outside_a_pod(tmp_path: Path) -> None:
     absent = tmp_path / "no-termination-log"
-    proc, _, log = _spawn(
-        "--model-dir", str(tmp_path / "missing"),
-        env={"MODEL_SERVER_TERMINATION_LOG": str(absent)},
-    )  # fmt: skip
-    try:
-        code = proc.wait(120)
-    finally:
-        proc.kill()
-    assert code == 4, _output(log)
-    assert "does not exist" in _output(log)
+    code, output = _run_to_exit(
+        "--model-dir", str(tmp_path / "missing"), env={"MODEL_SERVER_TERMINATION_LOG": str(absent)}
+    )
+    assert code == 4, output
+    assert "does not exist" in output
     assert not absent.exists()
-
-
-def test_unknown_model_server_variable_is_refused_with_exit_2(tmp_path: Path) -> None:
-    tlog = _termination_log(tmp_path)
-    proc, _, log = _spawn(env={"MODEL_SERVER_MAX_BATCH": "4",
-                               "MODEL_SERVER_TERMINATION_LOG": str(tlog)})
-    try:
-        code = proc.wait(60)
-    finally:
-        proc.kill()
-    assert code == 2, _output(log)
-    assert "MODEL_SERVER_MAX_BATCH (did you mean MODEL_SERVER_MAX_BATCH_SIZE?)" in tlog.read_text()
 
 
 def test_pull_with_a_wrong_sha256_writes_one_line_termination_message(tmp_path: Path) -> None:

@@ -91,6 +91,15 @@ LOAD_ERROR = ("model 'sentiment' (variant int8, framework transformers) failed t
               "/mnt/models: ModelLoadError: /mnt/models/config.json: missing")
 
 
+def pod_condition(type_: str, status: str, reason: str | None = None,
+                  message: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type_, "status": status, "lastProbeTime": None,
+                           "lastTransitionTime": "2026-01-01T00:00:01Z"}
+    if reason is not None:
+        out.update(reason=reason, message=message)
+    return out
+
+
 def real_pod(variant: str = "int8", *, phase: str = "Running",
              conditions: list[dict[str, Any]] | None = None,
              init: list[dict[str, Any]] | None = None,
@@ -99,18 +108,13 @@ def real_pod(variant: str = "int8", *, phase: str = "Running",
     status: dict[str, Any] = {
         "phase": phase, "qosClass": "Burstable",
         "conditions": conditions if conditions is not None else [
-            {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:02Z"},
-            {"type": "Initialized", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:03Z"},
-            {"type": "Ready", "status": "False", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z", "reason": "ContainersNotReady",
-             "message": "containers with unready status: [model-server]"},
-            {"type": "ContainersReady", "status": "False", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z", "reason": "ContainersNotReady",
-             "message": "containers with unready status: [model-server]"},
-            {"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z"}],
+            pod_condition("PodReadyToStartContainers", "True"),
+            pod_condition("Initialized", "True"),
+            pod_condition("Ready", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("ContainersReady", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("PodScheduled", "True")],
     }
     if phase != "Pending" or containers is not None:
         status.update(hostIP="10.0.0.5", hostIPs=[{"ip": "10.0.0.5"}], podIP="10.244.1.7",
@@ -213,16 +217,12 @@ def test_failed_model_pull_says_the_pull_failed_with_its_message() -> None:
     p = real_pod(
         phase="Pending",
         conditions=[
-            {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:02Z"},
-            {"type": "Initialized", "status": "False", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z", "reason": "ContainersNotInitialized",
-             "message": "containers with incomplete status: [model-pull]"},
-            {"type": "Ready", "status": "False", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z", "reason": "ContainersNotReady",
-             "message": "containers with unready status: [model-server]"},
-            {"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-01-01T00:00:01Z"}],
+            pod_condition("PodReadyToStartContainers", "True"),
+            pod_condition("Initialized", "False", "ContainersNotInitialized",
+                          "containers with incomplete status: [model-pull]"),
+            pod_condition("Ready", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("PodScheduled", "True")],
         init=[container("model-pull", state=back_off("model-pull"),
                         last=terminated(1, pull_error), restarts=1)],
         containers=[container(state={"waiting": {"reason": "PodInitializing"}})])
@@ -248,10 +248,8 @@ def test_missing_model_claim_is_named_as_the_cause() -> None:
     scheduler = ('0/3 nodes are available: persistentvolumeclaim "models" not found. '
                  "preemption: 0/3 nodes are available: 3 Preemption is not helpful for "
                  "scheduling.")
-    p = real_pod(phase="Pending", conditions=[{
-        "type": "PodScheduled", "status": "False", "lastProbeTime": None,
-        "lastTransitionTime": "2026-01-01T00:00:01Z", "reason": "Unschedulable",
-        "message": scheduler}],
+    p = real_pod(phase="Pending",
+                 conditions=[pod_condition("PodScheduled", "False", "Unschedulable", scheduler)],
         volumes=[{"name": "model", "persistentVolumeClaim": {"claimName": "models",
                                                              "readOnly": True}},
                  {"name": "tmp", "emptyDir": {}}])

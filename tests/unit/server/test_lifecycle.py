@@ -42,12 +42,18 @@ def test_termination_log_is_never_created(tmp_path: Path) -> None:
     assert not write_termination_message(tmp_path, "a directory is not writable as a file")
 
 
+@pytest.fixture
+def tlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A termination-message file as the kubelet provides it (empty, existing)."""
+    path = tmp_path / "termination-log"
+    path.touch()
+    monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(path))
+    return path
+
+
 def test_unknown_variable_exits_2_with_the_name_in_the_termination_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tlog: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tlog = tmp_path / "termination-log"
-    tlog.touch()
-    monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(tlog))
     monkeypatch.setenv("MODEL_SERVER_QUANTISATION", "dynamic-int8")
     assert main(["serve"]) == 2
     assert tlog.read_text() == (
@@ -56,12 +62,7 @@ def test_unknown_variable_exits_2_with_the_name_in_the_termination_log(
         "MODEL_SERVER_* settings")
 
 
-def test_invalid_setting_exits_2_with_pydantics_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tlog = tmp_path / "termination-log"
-    tlog.touch()
-    monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(tlog))
+def test_invalid_setting_exits_2_with_pydantics_message(tlog: Path) -> None:
     assert main(["serve", "--drain-seconds", "-1"]) == 2
     assert tlog.read_text().startswith("model-server serve: invalid settings: 1 validation error")
     assert "drain_seconds" in tlog.read_text()
