@@ -103,6 +103,7 @@ def _server(config: Any, app: Any, drain_seconds: float) -> Any:
     class ModelServer(uvicorn.Server):
         exit_code = EXIT_OK
         drain_until: float | None = None
+        drain_logged = False
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # Replaces uvicorn's handler, which would re-raise the signal after shutting
@@ -113,13 +114,15 @@ def _server(config: Any, app: Any, drain_seconds: float) -> Any:
                 close = (b"connection", b"close")
                 self.config.encoded_headers = [*self.config.encoded_headers, close]
                 self.server_state.default_headers = [*self.server_state.default_headers, close]
-                log.info("SIGTERM: not ready, draining for %.1f s", drain_seconds)
                 return
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             self.should_exit = True
 
         async def on_tick(self, counter: int) -> bool:
+            if self.drain_until is not None and not self.drain_logged:
+                self.drain_logged = True  # logged here, not in the signal handler
+                log.info("SIGTERM: not ready, draining for %.1f s", drain_seconds)
             if self.drain_until is not None and time.monotonic() >= self.drain_until:
                 self.should_exit = True
             return bool(await super().on_tick(counter))
