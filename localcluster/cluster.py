@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import build, certs, components, network, nodes, paths, realnode
+from localcluster import build, certs, components, images, network, nodes, paths, realnode
 
 # The machine's one real node (its bridge, iptables and kubelet cgroups are host-wide):
 # which state directory runs it.
@@ -437,6 +437,8 @@ def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str]
     _run_processes(ctx, state, todo, t0 + timeout, out, t0)
     c = Cluster(sd, state["ports"], real_node=ctx.real_node)
     _wait_ready(c, ctx, t0 + timeout, out, t0)
+    if any(p.name == "containerd" for p in todo):
+        _load_images(ctx, out)
     return c
 
 
@@ -485,11 +487,11 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str,
     def after_healthy(name: str) -> None:
         if name == "kube-apiserver":
             _bootstrap_objects(cluster, ports, pki, real_node)
-        elif name == "containerd":
-            _load_images(ctx, out)
 
     _run_processes(ctx, state, list(procs), deadline, out, t0, after_healthy)
     _wait_ready(cluster, ctx, deadline, out, t0)
+    if real_node:
+        _load_images(ctx, out)  # unbounded by ``timeout``: a first import moves gigabytes
     return cluster
 
 
@@ -508,8 +510,6 @@ def _bootstrap_objects(cluster: Cluster, ports: dict[str, int], pki: certs.Pki,
 
 def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:
     """Import the locally built images (pause, model-server, operator, model-store)."""
-    from localcluster import images
-
     try:
         images.load(realnode.socket(ctx), out=out)
     except images.ImageError as e:

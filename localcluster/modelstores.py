@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localcluster import paths
+from localcluster import images, paths
 
 NAMESPACE = "model-stores"
-IMAGE = "modelservice/model-store:0.1.0"
+IMAGE = images.image_ref("model-store")
 HTTP_IP = "10.96.100.10"
 S3_IP = "10.96.100.11"
 HTTP_URL = f"http://{HTTP_IP}"

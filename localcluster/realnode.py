@@ -21,11 +21,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from localcluster import certs, network, paths
+from localcluster import certs, images, network, paths
 from localcluster.components import Ctx, Process, http_get, write_kubeconfig
 
 NODE_NAME = certs.REAL_NODE_NAME
-PAUSE_IMAGE = "docker.io/modelservice/pause:0.1.0"
+PAUSE_IMAGE = images.image_ref("pause")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
@@ -91,11 +91,15 @@ def _cni_config(ctx: Ctx) -> dict[str, object]:
         "plugins": [
             {
                 "type": "bridge", "bridge": network.BRIDGE, "isGateway": True,
+                "isDefaultGateway": False,
                 "ipMasq": False,  # nothing leaves the machine, so nothing to masquerade
                 "hairpinMode": True,  # a pod reaching itself through its Service
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": network.NODE_SUBNET, "gateway": network.NODE_IP}]],
+                    # No default route: a pod reaches its bridge and the Service range, and
+                    # nothing else exists for it (nothing it sends can leave the machine).
+                    "routes": [{"dst": network.SERVICE_CIDR, "gw": network.NODE_IP}],
                     "dataDir": str(_dir(ctx, "cni", "ipam")),
                 },
             },

@@ -76,7 +76,7 @@ def wait_ready(k: kube.Kube, ns: str, name: str, timeout: float = 300) -> dict[s
         ms = k.get(MS_API, "ModelService", ns, name) or {}
         c = condition(ms, "Ready")
         if c.get("reason") in ("ModelLoadFailed", "InvalidSpec"):
-            raise AssertionError(f"{name} failed: {c}")
+            raise RuntimeError(f"{name} failed: {c}")  # stops the wait at once
         ok = c.get("status") == "True" and (
             ms.get("status", {}).get("observedGeneration") == ms["metadata"]["generation"])
         return ms if ok else None
