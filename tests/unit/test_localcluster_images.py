@@ -274,3 +274,24 @@ def test_unknown_image_and_missing_socket_are_one_line_errors(tmp_path: Path) ->
     with pytest.raises(images.ImageError, match=r"no containerd socket at .*c\.sock") as e:
         images.load(tmp_path / "c.sock", ["pause"])
     assert "\n" not in str(e.value)
+
+
+def test_thin_archive_leaves_out_only_the_blobs_containerd_has(tmp_path: Path) -> None:
+    layers = []
+    for name in ("base", "top"):
+        src = tmp_path / name
+        src.mkdir()
+        (src / f"{name}.bin").write_bytes(name.encode() * 4000)
+        diff_id, size = images.write_layer_tar(src, tmp_path / f"{name}.tar")
+        layers.append(images.LayerBlob(name, tmp_path / f"{name}.tar", diff_id, size))
+    full = tmp_path / "img.tar"
+    digest = images.write_oci_archive(full, images.image_ref("operator"), layers,
+                                      images.ImageConfig(entrypoint=("msv-operator",)))
+    with open(tmp_path / "thin.tar", "wb") as f:
+        skipped = images.write_thin_archive(full, {layers[0].diff_id, "sha256:" + "0" * 64}, f)
+    assert skipped == layers[0].size
+    thin, whole = _read_archive(tmp_path / "thin.tar"), _read_archive(full)
+    assert set(whole) - set(thin) == {f"blobs/sha256/{layers[0].diff_id[7:]}"}
+    assert thin["index.json"] == whole["index.json"]
+    assert f"blobs/sha256/{digest[7:]}" in thin
+    assert f"blobs/sha256/{layers[1].diff_id[7:]}" in thin
