@@ -836,7 +836,7 @@ def import_images(socket: Path, names: Iterable[str] | None = None, namespace: s
         if have.get(img.ref) == img.manifest_digest:
             out(f"==> image {n}: already in containerd ({img.manifest_digest[:19]})")
             continue
-        out(f"==> image {n}: importing {_mb(img.size)} into containerd ({namespace})")
+        out(f"==> image {n}: importing into containerd ({namespace}; image {_mb(img.size)})")
         t0 = time.monotonic()
         _ctr_import(socket, namespace, img, containerd_blobs(socket, namespace), out)
         if containerd_images(socket, namespace).get(img.ref) != img.manifest_digest:
