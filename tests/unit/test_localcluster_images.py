@@ -295,3 +295,28 @@ def test_thin_archive_leaves_out_only_the_blobs_containerd_has(tmp_path: Path) -
     assert thin["index.json"] == whole["index.json"]
     assert f"blobs/sha256/{digest[7:]}" in thin
     assert f"blobs/sha256/{layers[1].diff_id[7:]}" in thin
+
+
+def test_cli_load_without_a_node_is_one_line_and_exit_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from localcluster.__main__ import main
+
+    assert main(["images", "load", "--state-dir", str(tmp_path), "pause"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: no containerd socket at {tmp_path}/containerd/containerd.sock")
+
+
+def test_building_without_root_or_tools_says_what_to_do(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Narrow error paths: this machine runs as root with the tools installed.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(images.ImageError, match=r"needs root .* run .* as root"):
+        images.build(["model-store"], out=lambda _: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(images.shutil, "which", lambda _: None)
+    with pytest.raises(images.ImageError, match=r"^mmdebstrap is not installed: "
+                                                r"apt-get install mmdebstrap$"):
+        images.build(["model-store"], out=lambda _: None)
+    with pytest.raises(images.ImageError, match=r"^gcc is not installed: apt-get install gcc"):
+        images.build(["pause"], out=lambda _: None)
