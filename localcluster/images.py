@@ -366,7 +366,7 @@ def get_layer(name: str, key: str, make: Callable[[Path], None], out: Out,
     """The cached layer for ``key``, or run ``make(rootfs_dir)`` and cache what it leaves."""
     hit = cached_layer(name, key)
     if hit:
-        out(f"==> {label}: layer {name} (cached, {_mb(hit.size)})")
+        out(f"==> {label}: layer {name} (cached)")
         return hit
     out(f"==> {label}: layer {name} (building)")
     t0 = time.monotonic()
@@ -710,7 +710,7 @@ def build_image(name: str, out: Out = print,
         key = step_key(step, parent)
         if key in memo:
             layer = memo[key]
-            out(f"==> {label}: layer {step.name} (cached, {_mb(layer.size)})")
+            out(f"==> {label}: layer {step.name} (cached)")
         else:
             lowers = [b.rootfs for b in reversed(built)]
             layer = get_layer(step.name, key, _make(step, lowers, name), out, label)

@@ -189,7 +189,7 @@ def test_layer_cache_builds_once_per_key(cache: Path) -> None:
     assert (again.rootfs / "f").read_text() == "one"
     assert first.path.parent == paths.images_dir() / "layers" / "k1"
     assert "==> image t: layer app (building)" in lines
-    assert any(re.fullmatch(r"==> image t: layer app \(cached, [\d.]+ MB\)", x) for x in lines)
+    assert "==> image t: layer app (cached)" in lines
 
 
 def test_failed_layer_leaves_nothing_in_the_cache(cache: Path) -> None:
