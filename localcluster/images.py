@@ -290,7 +290,7 @@ def write_oci_archive(dest: Path, ref: str, layers: Sequence[LayerBlob], config:
     if dest.is_file() and sidecar.is_file() and sidecar.read_text().strip() == digest:
         return digest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # concurrent builds stay apart
 
     def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
