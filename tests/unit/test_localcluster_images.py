@@ -189,7 +189,7 @@ def test_layer_cache_builds_once_per_key(cache: Path) -> None:
     assert (again.rootfs / "f").read_text() == "one"
     assert first.path.parent == paths.images_dir() / "layers" / "k1"
     assert "==> image t: layer app (building)" in lines
-    assert any(re.fullmatch(r"==> image t: layer app \(cached, [\d.]+ MB\)", x) for x in lines)
+    assert "==> image t: layer app (cached)" in lines
 
 
 def test_failed_layer_leaves_nothing_in_the_cache(cache: Path) -> None:
@@ -274,3 +274,49 @@ def test_unknown_image_and_missing_socket_are_one_line_errors(tmp_path: Path) ->
     with pytest.raises(images.ImageError, match=r"no containerd socket at .*c\.sock") as e:
         images.load(tmp_path / "c.sock", ["pause"])
     assert "\n" not in str(e.value)
+
+
+def test_thin_archive_leaves_out_only_the_blobs_containerd_has(tmp_path: Path) -> None:
+    layers = []
+    for name in ("base", "top"):
+        src = tmp_path / name
+        src.mkdir()
+        (src / f"{name}.bin").write_bytes(name.encode() * 4000)
+        diff_id, size = images.write_layer_tar(src, tmp_path / f"{name}.tar")
+        layers.append(images.LayerBlob(name, tmp_path / f"{name}.tar", diff_id, size))
+    full = tmp_path / "img.tar"
+    digest = images.write_oci_archive(full, images.image_ref("operator"), layers,
+                                      images.ImageConfig(entrypoint=("msv-operator",)))
+    with open(tmp_path / "thin.tar", "wb") as f:
+        skipped = images.write_thin_archive(full, {layers[0].diff_id, "sha256:" + "0" * 64}, f)
+    assert skipped == layers[0].size
+    thin, whole = _read_archive(tmp_path / "thin.tar"), _read_archive(full)
+    assert set(whole) - set(thin) == {f"blobs/sha256/{layers[0].diff_id[7:]}"}
+    assert thin["index.json"] == whole["index.json"]
+    assert f"blobs/sha256/{digest[7:]}" in thin
+    assert f"blobs/sha256/{layers[1].diff_id[7:]}" in thin
+
+
+def test_cli_load_without_a_node_is_one_line_and_exit_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from localcluster.__main__ import main
+
+    assert main(["images", "load", "--state-dir", str(tmp_path), "pause"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: no containerd socket at {tmp_path}/containerd/containerd.sock")
+
+
+def test_building_without_root_or_tools_says_what_to_do(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Narrow error paths: this machine runs as root with the tools installed.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(images.ImageError, match=r"needs root .* run .* as root"):
+        images.build(["model-store"], out=lambda _: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(images.shutil, "which", lambda _: None)
+    with pytest.raises(images.ImageError, match=r"^mmdebstrap is not installed: "
+                                                r"apt-get install mmdebstrap$"):
+        images.build(["model-store"], out=lambda _: None)
+    with pytest.raises(images.ImageError, match=r"^gcc is not installed: apt-get install gcc"):
+        images.build(["pause"], out=lambda _: None)
