@@ -238,9 +238,15 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
                    traffic=[{"variant": "baseline", "weight": 75},
                             {"variant": "int8", "weight": 25}],
                    replicas=4))
-    ms = wait_ready(k, ns, "split", timeout=420)
-    replicas = {v["name"]: v.get("readyReplicas", 0) for v in ms["status"]["variants"]}
-    assert replicas == {"baseline": 3, "int8": 1}, replicas
+    wait_ready(k, ns, "split", timeout=420)
+
+    def all_ready() -> dict[str, int] | None:
+        ms = k.get(MS_API, "ModelService", ns, "split") or {}
+        replicas = {v["name"]: v.get("readyReplicas", 0)
+                    for v in ms.get("status", {}).get("variants", [])}
+        return replicas if replicas == {"baseline": 3, "int8": 1} else None
+    # Ready needs one ready pod per variant; the split needs all four.
+    wait_for("3 baseline and 1 int8 pods ready", all_ready, timeout=300, interval=1)
     ip = cluster_ip(k, ns, "split", endpoints=4)
     # kube-proxy has each endpoint once every pod has answered through the Service.
     wait_for("every variant answering through the Service",
@@ -249,6 +255,7 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
     n = 1000
     counts = Counter(_variant_of_answer(ip, "split") for _ in range(n))
     share = 100.0 * counts["baseline"] / n
+    print(f"traffic split over {n} requests: {dict(counts)} -> baseline {share:.1f}%")
     assert abs(share - 75.0) <= 5.0, counts
 
 
