@@ -27,10 +27,12 @@ from pydantic.json_schema import models_json_schema
 from model_server.backends import create_backend
 from model_server.backends.base import Backend, ModelLoadError
 from model_server.dataplane import SERVER_VERSION, DataPlane
+from model_server.auth import TokenAuth, read_tokens
 from model_server.errors import install_handlers
+from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
 from model_server.routers import schemas
-from model_server.routers.fastpath import InferFastPath
+from model_server.routers.fastpath import RestEntry, RestInfer
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings
 
@@ -52,11 +54,18 @@ def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
     return make
 
 
-class ModelServerApp(InferFastPath, FastAPI):
-    """FastAPI with the infer hot path answered before FastAPI's own machinery.
+def load_auth(settings: Settings) -> TokenAuth | None:
+    """The token check of every front end, or None when authentication is off."""
+    if settings.auth_tokens is None:
+        return None
+    return TokenAuth(read_tokens(settings.auth_tokens), protect_metrics=settings.auth_metrics)
 
-    `InferFastPath.__call__` (routers/fastpath.py) sees every request first and hands all
-    but infer requests to `handle`, the normal FastAPI/Starlette stack.
+
+class ModelServerApp(RestEntry, FastAPI):
+    """FastAPI behind the REST entry: authentication, then the infer short cut.
+
+    `RestEntry.__call__` (routers/fastpath.py) sees every request first, checks its token,
+    and hands all but infer requests to `handle`, the normal FastAPI/Starlette stack.
     """
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
@@ -70,6 +79,11 @@ def create_app(
 ) -> FastAPI:
     """The model server app; the model loads in its lifespan, never here."""
     settings = settings or get_settings()
+    # a token or TLS file the server cannot use: ConfigError (one line, exit 2 in the CLI)
+    auth = load_auth(settings)
+    tls = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        tls = read_tls(settings.tls_cert_file, settings.tls_key_file)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry, settings.model_name, settings.variant)
     dataplane = DataPlane(
@@ -118,10 +132,15 @@ def create_app(
     app.state.settings = settings
     app.state.max_request_bytes = settings.max_request_bytes
     app.state.registry = registry
+    app.state.auth = auth
+    app.state.tls = tls
+    app.state.rest_infer = rest_infer = RestInfer(dataplane, settings.max_request_bytes)
     install_handlers(app)
     app.include_router(router)
+    if auth is not None:
+        app.enable_auth(auth)
     if settings.infer_fast_path:
-        app.enable_fast_path(dataplane, settings.max_request_bytes)
+        app.enable_fast_path(rest_infer, settings.model_name, settings.model_version)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -60,8 +60,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from model_server.app import create_app
+    from model_server.auth import ConfigError
+    from model_server.http_server import uvicorn_options
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # a token or TLS file the server cannot use
+        print(f"model-server serve: {exc}", file=sys.stderr)
+        return 2
     log.info(
         "Starting model server on %s:%d",
         settings.host,
@@ -75,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -91,10 +91,20 @@ ERROR_CLASSES: tuple[type[ServerError], ...] = (
 )
 
 
+def error_body(exc: ServerError) -> bytes:
+    """`{"error": message}`: what OIP v2 clients read from a failed request."""
+    return orjson.dumps({"error": exc.message})
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception answers with (500 for anything not ours)."""
+    return exc.status_code if isinstance(exc, ServerError) else 500
+
+
 def error_response(exc: ServerError) -> Response:
     """The response for one of our exceptions: `{"error": message}` with its status."""
     return Response(
-        orjson.dumps({"error": exc.message}),
+        error_body(exc),
         status_code=exc.status_code,
         headers=exc.headers(),
         media_type="application/json",

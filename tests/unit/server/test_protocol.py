@@ -290,12 +290,12 @@ def test_concurrent_http_requests_get_their_own_rows() -> None:
 def test_numeric_data_is_checked_in_one_pass() -> None:
     import pytest
 
-    from model_server.dataplane import _decode_tensor
+    from model_server.codec import decode_tensor
     from model_server.errors import InvalidInput
 
     def decode(datatype: str, data: list[object]) -> np.ndarray:
         tensor = {"name": "t", "shape": [len(data)], "datatype": datatype, "data": data}
-        return _decode_tensor(tensor, 0, None, 0)[0]
+        return decode_tensor(tensor, 0, None, 0)[0]
 
     assert decode("INT8", [1, -2, 127]).dtype == np.int8
     assert decode("FP16", [1, 2.5]).tolist() == [1.0, 2.5]
