@@ -24,10 +24,10 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from pydantic.json_schema import models_json_schema
 
+from model_server.auth import TokenAuth, read_tokens
 from model_server.backends import create_backend
 from model_server.backends.base import Backend, ModelLoadError
 from model_server.dataplane import SERVER_VERSION, DataPlane
-from model_server.auth import TokenAuth, read_tokens
 from model_server.errors import install_handlers
 from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 tensor codec: the one datatype table, JSON/binary decode and encode.
+"""The Open Inference Protocol v2 tensor codec: the one datatype table, decode and encode.
 
 Every front end turns its wire format into an `InferRequest` (named numpy arrays plus what
 the client asked of the outputs) and an output mapping back into its wire format; this

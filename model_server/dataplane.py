@@ -1,4 +1,4 @@
-"""The dataplane: the served model's lifecycle, metadata, and `infer`/`generate` on decoded requests.
+"""The dataplane: model lifecycle, metadata, and `infer`/`generate` on decoded requests.
 
 Front ends (REST in model_server.routers, gRPC in model_server.grpc_server, the
 OpenAI-compatible routes) decode their wire format with model_server.codec into an

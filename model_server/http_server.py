@@ -25,7 +25,8 @@ from model_server.auth import ConfigError
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-    b'content-length: 48\r\nconnection: close\r\n\r\n{"error":"request headers not received in time"}'
+    b"content-length: 48\r\nconnection: close\r\n\r\n"
+    b'{"error":"request headers not received in time"}'
 )
 
 

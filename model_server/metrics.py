@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
-from time import perf_counter
 from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import (
