@@ -61,6 +61,29 @@ def load_auth(settings: Settings) -> TokenAuth | None:
     return TokenAuth(read_tokens(settings.auth_tokens), protect_metrics=settings.auth_metrics)
 
 
+async def _start_grpc(
+    app: FastAPI,
+    settings: Settings,
+    dataplane: DataPlane,
+    auth: TokenAuth | None,
+    tls: tuple[bytes, bytes] | None,
+) -> Any:
+    """The OIP v2 gRPC front end on MODEL_SERVER_GRPC_PORT (None: off), same event loop."""
+    if settings.grpc_port is None:
+        return None
+    from model_server.grpc_api.service import start_grpc
+
+    server, app.state.grpc_port = await start_grpc(
+        dataplane,
+        host=settings.host,
+        port=settings.grpc_port,
+        auth=auth,
+        tls=tls,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    return server
+
+
 class ModelServerApp(RestEntry, FastAPI):
     """FastAPI behind the REST entry: authentication, then the infer short cut.
 
@@ -114,12 +137,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.load_task = asyncio.create_task(load(), name="model-load")
+        grpc_server = await _start_grpc(app, settings, dataplane, auth, tls)
         try:
             yield
         finally:
             task: asyncio.Task[None] = app.state.load_task
             if not task.done():
                 task.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(5)
             await dataplane.stop()
 
     app = ModelServerApp(

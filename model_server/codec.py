@@ -215,20 +215,13 @@ def decode_tensor(
         raise InvalidInput(f"inputs[{index}] needs a non-empty string 'name'")
     shape = tensor.get("shape")
     if type(shape) is not list or not shape:
-        raise _bad_dims(name)
+        raise bad_dims(name)
     for d in shape:
         if type(d) is not int or d < 0:
-            raise _bad_dims(name)
+            raise bad_dims(name)
     datatype: Any = tensor.get("datatype")
-    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise InvalidInput(
-            f"input {name!r}: unsupported datatype {datatype!r}; "
-            f"expected one of {', '.join(DTYPES)}"
-        )
-    count = math.prod(shape)
-    if count > 1 << 31:
-        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+    dtype = tensor_dtype(name, datatype)
+    count = element_count(name, shape)
     params = tensor.get("parameters")
     if params is not None:
         if not isinstance(params, dict):
@@ -245,7 +238,7 @@ def decode_tensor(
                     f"input {name!r}: binary_data_size {size!r} exceeds the binary data"
                 )
             raw = binary[offset : offset + size]
-            return _from_binary(name, raw, datatype, dtype, shape, count), size
+            return from_binary(name, raw, datatype, dtype, shape, count), size
     data = tensor.get("data", _MISSING)
     if data is _MISSING:
         raise InvalidInput(f"input {name!r} has no 'data'")
@@ -287,7 +280,27 @@ def decode_tensor(
     return parsed.astype(dtype, copy=False).reshape(shape), 0
 
 
-def _bad_dims(name: str) -> InvalidInput:
+def tensor_dtype(name: str, datatype: Any) -> np.dtype[Any]:
+    """The numpy dtype of an input's OIP datatype, or InvalidInput listing the known ones."""
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InvalidInput(
+            f"input {name!r}: unsupported datatype {datatype!r}; "
+            f"expected one of {', '.join(DTYPES)}"
+        )
+    return dtype
+
+
+def element_count(name: str, shape: list[int]) -> int:
+    """The elements of a (checked, non-negative) shape, bounded so no request can ask for
+    an absurd allocation."""
+    count = math.prod(shape)
+    if count > 1 << 31:
+        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+    return count
+
+
+def bad_dims(name: str) -> InvalidInput:
     return InvalidInput(
         f"input {name!r}: 'shape' must be a non-empty list of non-negative integers "
         "(the first dimension is the batch)"
@@ -308,7 +321,7 @@ def _flatten(data: list[Any]) -> list[Any]:
     return flat
 
 
-def _from_binary(
+def from_binary(
     name: str, raw: memoryview, datatype: str, dtype: np.dtype[Any], shape: list[int], count: int
 ) -> np.ndarray:
     if datatype != "BYTES":

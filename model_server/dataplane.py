@@ -38,6 +38,7 @@ PLATFORMS = {
     "tensorflow": "tensorflow_savedmodel",
 }
 
+
 class ModelState:
     """Where the model is in its life: loading → ready, or loading → failed (with reason)."""
 

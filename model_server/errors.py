@@ -1,6 +1,7 @@
 """The model server's error vocabulary: one exception per HTTP status and one handler each.
 
-This is the only place where HTTP status codes for failures are decided. Every layer below
+This is the only place where HTTP status codes for failures are decided (and, through
+`GRPC_CODES`, the gRPC status codes of the same failures). Every layer below
 the routers (dataplane, batcher, backends) raises one of these classes with a message that
 names the problem; the handlers registered by `install_handlers` turn them into
 `{"error": "<message>"}` bodies, which is what Open Inference Protocol v2 clients (for
@@ -99,6 +100,18 @@ def error_body(exc: ServerError) -> bytes:
 def status_of(exc: BaseException) -> int:
     """The HTTP status an exception answers with (500 for anything not ours)."""
     return exc.status_code if isinstance(exc, ServerError) else 500
+
+
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+"""The gRPC status code (a `grpc.StatusCode` name) of each HTTP status, for the gRPC front end."""
 
 
 def error_response(exc: ServerError) -> Response:

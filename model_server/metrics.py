@@ -233,6 +233,7 @@ class ServerMetrics:
         labels = ("model", "variant")
         self.hot = HotPathCollector(model, variant)
         registry.register(self.hot)
+
         def gauge(name: str, documentation: str) -> Any:
             return Gauge(name, documentation, labels, registry=registry).labels(model, variant)
 

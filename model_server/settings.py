@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """OIP v2 gRPC (`inference.GRPCInferenceService`) on this port; unset: no gRPC (0: any)."""
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     infer_fast_path: bool = True
@@ -81,7 +83,7 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     """PEM private key (`tls.key`) matching tls_cert_file."""
 
-    @field_validator("auth_tokens", "tls_cert_file", "tls_key_file", mode="before")
+    @field_validator("auth_tokens", "tls_cert_file", "tls_key_file", "grpc_port", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         return None if value == "" else value

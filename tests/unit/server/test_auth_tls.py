@@ -83,7 +83,9 @@ def test_rest_needs_a_token_except_for_health(token_dir: Path, fast: bool) -> No
         # refused requests are not inference: only the two good ones were counted
         labels = {"model": "echo", "variant": "int8", "endpoint": "infer"}
         assert reg.get_sample_value("model_server_requests_total", {**labels, "status": "200"}) == 2
-        assert reg.get_sample_value("model_server_requests_total", {**labels, "status": "401"}) is None
+        assert (
+            reg.get_sample_value("model_server_requests_total", {**labels, "status": "401"}) is None
+        )
 
 
 def test_metrics_can_stay_open(token_dir: Path) -> None:
@@ -119,7 +121,12 @@ def test_serve_stops_with_one_line_on_a_bad_token_or_tls_file(
         (["--auth-tokens", str(tmp_path / "missing")], "cannot read auth tokens"),
         (["--auth-tokens", str(tmp_path / "empty")], "holds no token"),
         (
-            ["--tls-cert-file", str(tmp_path / "no.crt"), "--tls-key-file", str(secret / "tls.key")],
+            [
+                "--tls-cert-file",
+                str(tmp_path / "no.crt"),
+                "--tls-key-file",
+                str(secret / "tls.key"),
+            ],
             "cannot read TLS certificate",
         ),
         (
@@ -156,16 +163,17 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Uvico
 def test_tritonclient_http_over_tls_with_a_token(tls_server: tuple[UvicornThread, Path]) -> None:
     server, secret = tls_server
     ca = str(secret / "ca.crt")
-    client = httpclient.InferenceServerClient(
-        server.url, ssl=True, ssl_options={"ca_certs": ca}
-    )
+    client = httpclient.InferenceServerClient(server.url, ssl=True, ssl_options={"ca_certs": ca})
     try:
         deadline = time.monotonic() + 10
         while not client.is_server_ready():  # health: no token needed
             assert time.monotonic() < deadline
             time.sleep(0.02)
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
-        inputs = [httpclient.InferInput("x", [2, 4], "FP32"), httpclient.InferInput("text", [2], "BYTES")]
+        inputs = [
+            httpclient.InferInput("x", [2, 4], "FP32"),
+            httpclient.InferInput("text", [2], "BYTES"),
+        ]
         inputs[0].set_data_from_numpy(x)
         inputs[1].set_data_from_numpy(np.array([b"a", b"b"], dtype=object))
         with pytest.raises(InferenceServerException, match="authentication required"):
@@ -187,4 +195,6 @@ def test_tls_server_refuses_plain_http_and_untrusted_clients(
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"https://{server.url}/v2/health/live", timeout=5)  # system CAs only
     ctx = ssl.create_default_context(cafile=str(secret / "ca.crt"))
-    assert httpx.get(f"https://{server.url}/v2/health/live", verify=ctx, timeout=5).status_code == 200
+    assert (
+        httpx.get(f"https://{server.url}/v2/health/live", verify=ctx, timeout=5).status_code == 200
+    )

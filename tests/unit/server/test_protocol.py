@@ -350,7 +350,9 @@ def test_empty_batch_is_400_on_every_path() -> None:
     """`"shape":[0]` with no data once answered 500 (IndexError in the model)."""
     from .doubles import IdentityBackend
 
-    body = orjson.dumps({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]}
+    )
     for fast in (True, False):
         with serve_app(IdentityBackend(), infer_fast_path=fast) as (client, _, registry):
             r = client.post("/v2/models/echo/infer", content=body)
@@ -358,7 +360,9 @@ def test_empty_batch_is_400_on_every_path() -> None:
             assert "the batch is empty" in r.json()["error"]
             # and the same for a rank-1 input
             one = {"inputs": [{"name": "x", "shape": [0], "datatype": "FP32", "data": []}]}
-            assert client.post("/v2/models/echo/infer", content=orjson.dumps(one)).status_code == 400
+            assert (
+                client.post("/v2/models/echo/infer", content=orjson.dumps(one)).status_code == 400
+            )
             labels = {"model": "echo", "variant": "int8", "endpoint": "infer", "status": "400"}
             assert registry.get_sample_value("model_server_requests_total", labels) == 2
 
