@@ -114,6 +114,7 @@ async def _run(
     duration_s: float,
     max_requests: int,
     warmup_s: float,
+    tls: Any = None,
 ) -> LoadResult:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -124,7 +125,7 @@ async def _run(
 
     async def worker() -> None:
         nonlocal errors, sent
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
         try:
             while True:
                 now = time.perf_counter()
@@ -140,7 +141,7 @@ async def _run(
                     if measuring:
                         errors += 1
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
                     continue
                 if measuring:
                     latencies.append(time.perf_counter() - t0)
@@ -168,15 +169,19 @@ def run_load(
     duration_s: float = 3.0,
     max_requests: int = 200_000,
     warmup_s: float = 0.5,
+    tls: Any = None,
 ) -> LoadResult:
-    """Drive `request` at the server with a closed loop of `concurrency` connections."""
+    """Drive `request` at the server with a closed loop of `concurrency` connections
+    (over TLS when `tls` is an `ssl.SSLContext`)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_run(host, port, request, concurrency, duration_s, max_requests, warmup_s))  # type: ignore[no-any-return]
+    return runner(
+        _run(host, port, request, concurrency, duration_s, max_requests, warmup_s, tls)
+    )  # type: ignore[no-any-return]
 
 
 def wait_http(host: str, port: int, path: str, timeout_s: float = 60.0) -> None:

@@ -4,9 +4,9 @@ uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but arms that 
 after a response, and any byte cancels it: a connection that never finishes sending its
 request headers — opened and silent, or one header byte a second — holds its socket
 forever (measured with uvicorn 0.54 / httptools 0.9 and h11 0.16 alike). `HeaderTimeout`
-arms a timer when a connection opens and when a request starts, cancels it once that
-request's headers are complete, and closes the connection with `408 Request Timeout` when
-it fires. Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
+notes when a connection opens and when a request starts, forgets it once that request's
+headers are complete, and a periodic sweep closes connections past the timeout with
+`408 Request Timeout`. Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
 
 `read_tls` reads and checks the certificate and key once at startup (REST and gRPC use the
 same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2.
@@ -14,7 +14,6 @@ same pair); a missing, unreadable or mismatched file is a ConfigError: one line,
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 from typing import Any
@@ -31,38 +30,52 @@ _TIMEOUT_RESPONSE = (
 
 
 class HeaderTimeout(HttpToolsProtocol):
-    """uvicorn's httptools protocol that closes connections slow to send their headers."""
+    """uvicorn's httptools protocol that closes connections slow to send their headers.
+
+    A request costs two attribute writes: `_headers_since` is set when a connection opens
+    or a request starts and cleared when the headers are complete. One sweep per server,
+    every quarter of the timeout while connections are open, closes those past it (a timer
+    per request would cost more than routing it).
+    """
 
     header_timeout_s = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
+    _headers_since: float | None = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
+        state = self.server_state
+        if not getattr(state, "header_sweep", False):
+            state.header_sweep = True  # type: ignore[attr-defined]
+            self.loop.call_later(self._sweep_interval(), self._sweep)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self._headers_since is None:
+            self._headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        timer = self._header_timer
-        if timer is not None:
-            timer.cancel()
-            self._header_timer = None
+        self._headers_since = None
         super().on_headers_complete()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
+    def _sweep_interval(self) -> float:
+        return max(0.05, self.header_timeout_s / 4)
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+    def _sweep(self) -> None:
+        connections = self.connections
+        state = self.server_state
+        if not connections:
+            state.header_sweep = False  # type: ignore[attr-defined]
+            return
+        deadline = self.loop.time() - self.header_timeout_s
+        for conn in list(connections):
+            since = getattr(conn, "_headers_since", None)
+            if since is not None and since < deadline:
+                conn._headers_late()
+        self.loop.call_later(self._sweep_interval(), self._sweep)
 
     def _headers_late(self) -> None:
-        self._header_timer = None
+        self._headers_since = None
         if not self.transport.is_closing():
             self.transport.write(_TIMEOUT_RESPONSE)
             self.transport.close()

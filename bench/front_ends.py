@@ -1,0 +1,287 @@
+"""Front ends side by side: REST before/after the request-path refactor, gRPC vs REST, and the
+cost of authentication and TLS — one run, one identity model, interleaved rounds.
+
+Servers (each its own uvicorn process on loopback, access log off, batching as default):
+
+- `before`: the REST server of git ref `--before` (default `main`), exported with
+  `git archive` into a temporary directory and run from there;
+- `rest`: this tree's REST front end;
+- `auth`: the same with bearer-token authentication on (the load sends the token);
+- `tls`: the same over TLS (ECDSA P-256 certificate; the load reuses its connections, as
+  keep-alive clients do, so the handshake is not in the per-request cost);
+- `grpc`: this tree's OIP v2 gRPC front end (`ModelInfer`), REST port unused.
+
+HTTP load: bench/loadgen.py (raw asyncio streams, keep-alive). gRPC load: a `grpc.aio`
+channel sending the same pre-serialized ModelInferRequest with `concurrency` calls in
+flight (tritonclient would cost the shared CPUs more than the servers do). Each side is
+measured at concurrency N (requests/s) and 1 (p50 latency) in every round; medians over
+rounds are compared.
+
+    python bench/front_ends.py [--duration 3] [--rounds 3] [--concurrency 8] [--before main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from loadgen import Medians, build_request, cpu_seconds, free_port, run_load, wait_http  # noqa: E402
+
+HOST = "127.0.0.1"
+TOKEN = "bench-token-0123456789abcdef"
+DATA = [float(i) for i in range(16)]
+BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": DATA}]}
+).encode()
+INFER_PATH = "/v2/models/identity/infer"
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """A server process: `--root` (default: this tree) first on sys.path, then uvicorn."""
+    sys.path.insert(0, args.root)
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from model_server.app import create_app
+    from model_server.settings import Settings
+    from tests.unit.server.doubles import IdentityBackend
+
+    overrides = json.loads(args.settings)
+    settings = Settings(model_name="identity", log_level="warning", **overrides)
+    app = create_app(settings, registry=CollectorRegistry(), backend=IdentityBackend())
+    options: dict[str, Any] = {}
+    if args.root == str(ROOT):
+        from model_server.http_server import uvicorn_options
+
+        options = uvicorn_options(settings)
+    uvicorn.run(app, host=HOST, port=args.port, log_level="warning", access_log=False, **options)
+
+
+def _export(ref: str, into: Path) -> Path:
+    """The model server and test doubles of git `ref`, unpacked under `into`."""
+    archive = into / "src.tar"
+    with archive.open("wb") as fh:
+        subprocess.run(
+            ["git", "archive", ref, "model_server",
+             "tests/unit/server/__init__.py", "tests/unit/server/doubles.py"],
+            cwd=ROOT, stdout=fh, check=True,
+        )  # fmt: skip
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "src", filter="data")
+    return into / "src"
+
+
+def _grpc_request() -> bytes:
+    from model_server.grpc_api.schema import message
+
+    request = message("ModelInferRequest")(model_name="identity")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    tensor.contents.fp32_contents.extend(DATA)
+    return bytes(request.SerializeToString())
+
+
+def _grpc_load(port: int, body: bytes, concurrency: int, duration_s: float) -> dict[str, Any]:
+    import grpc
+
+    async def run() -> dict[str, Any]:
+        latencies: list[float] = []
+        errors = 0
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            stop_at = time.perf_counter() + duration_s
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    try:
+                        await call(body)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - t0)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        latencies.sort()
+        return {
+            "rps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(statistics.median(latencies) * 1000, 3),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 3),
+            "requests": len(latencies),
+            "errors": errors,
+        }
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--root", default=str(ROOT))
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--settings", default="{}")
+    parser.add_argument("--before", default="main")
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", default=str(HERE / "results" / "front_ends.json"))
+    args = parser.parse_args()
+    if args.serve:
+        _serve(args)
+        return
+
+    load_at_start = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="front-ends-"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        before_root = _export(args.before, tmp)
+        sys.path.insert(0, str(ROOT))
+        from tests.unit.server.certs import write_tls_secret
+
+        secret = write_tls_secret(tmp / "tls")
+        (tmp / "tokens").write_text(TOKEN)
+        ports = {name: free_port() for name in ("before", "rest", "auth", "tls", "grpc")}
+        grpc_port = free_port()
+        configs: dict[str, tuple[str, dict[str, Any]]] = {
+            "before": (str(before_root), {}),
+            "rest": (str(ROOT), {}),
+            "auth": (str(ROOT), {"auth_tokens": str(tmp / "tokens")}),
+            "tls": (
+                str(ROOT),
+                {"tls_cert_file": str(secret / "tls.crt"), "tls_key_file": str(secret / "tls.key")},
+            ),
+            "grpc": (str(ROOT), {"grpc_port": grpc_port}),
+        }
+        for name, (root, settings) in configs.items():
+            procs[name] = subprocess.Popen(
+                [sys.executable, __file__, "--serve", "--root", root, "--port", str(ports[name]),
+                 "--settings", json.dumps(settings)]
+            )  # fmt: skip
+        for name in ("before", "rest", "auth", "grpc"):
+            wait_http(HOST, ports[name], "/v2/health/ready")
+        client_tls = ssl.create_default_context(cafile=str(secret / "ca.crt"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(
+                    f"https://{HOST}:{ports['tls']}/v2/health/ready", context=client_tls, timeout=2
+                ) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+        requests = {
+            name: build_request(
+                "POST", HOST, ports[name], INFER_PATH, BODY,
+                {"Authorization": f"Bearer {TOKEN}"} if name == "auth" else None,
+            )
+            for name in ("before", "rest", "auth", "tls")
+        }  # fmt: skip
+        grpc_body = _grpc_request()
+        names = ["before", "rest", "auth", "tls", "grpc"]
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {"c1": [], "cN": []} for n in names}
+        for rnd in range(args.rounds):
+            for name in names:
+                for key, conc in (("cN", args.concurrency), ("c1", 1)):
+                    cpu0 = cpu_seconds(procs[name].pid)
+                    if name == "grpc":
+                        _grpc_load(grpc_port, grpc_body, conc, 0.3)
+                        cpu0 = cpu_seconds(procs[name].pid)
+                        summary = _grpc_load(grpc_port, grpc_body, conc, args.duration)
+                        assert summary["errors"] == 0, summary
+                    else:
+                        tls = client_tls if name == "tls" else None
+                        port, req = ports[name], requests[name]
+                        run_load(HOST, port, req, concurrency=conc, duration_s=0.3, warmup_s=0,
+                                 tls=tls)  # fmt: skip
+                        cpu0 = cpu_seconds(procs[name].pid)
+                        res = run_load(
+                            HOST, port, req, concurrency=conc, duration_s=args.duration,
+                            warmup_s=0, tls=tls,
+                        )  # fmt: skip
+                        assert set(res.statuses) == {200}, (name, res.statuses)
+                        summary = res.summary()
+                    cpu1 = cpu_seconds(procs[name].pid)
+                    summary["server_cpu_us_per_req"] = round(
+                        (cpu1 - cpu0) / max(1, summary["requests"]) * 1e6, 1
+                    )
+                    runs[name][key].append(summary)
+                    print(f"round {rnd + 1} {name:6s} c={conc}: {summary}", flush=True)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = Medians(runs)
+    result: dict[str, Any] = {
+        "benchmark": "front_ends",
+        "command": "python bench/front_ends.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": load_at_start,
+        },
+        "before_ref": args.before,
+        "concurrency": args.concurrency,
+        "body_bytes": len(BODY),
+    }
+    for name in names:
+        result[f"{name}_rps"] = med(name, "cN", "rps")
+        result[f"{name}_p50_ms_c1"] = med(name, "c1", "p50_ms")
+        result[f"{name}_cpu_us_per_req"] = med(name, "cN", "server_cpu_us_per_req")
+    result["ratios"] = {
+        "rest_after_over_before_rps": med.ratio("rest", "before", "cN", "rps"),
+        "rest_after_over_before_p50_c1": med.ratio("rest", "before", "c1", "p50_ms"),
+        "grpc_over_rest_rps": med.ratio("grpc", "rest", "cN", "rps"),
+        "grpc_over_rest_p50_c1": med.ratio("grpc", "rest", "c1", "p50_ms"),
+        "auth_over_off_rps": med.ratio("auth", "rest", "cN", "rps"),
+        "tls_over_off_rps": med.ratio("tls", "rest", "cN", "rps"),
+        "auth_over_off_cpu": med.ratio("auth", "rest", "cN", "server_cpu_us_per_req"),
+        "tls_over_off_cpu": med.ratio("tls", "rest", "cN", "server_cpu_us_per_req"),
+    }
+    result["goal"] = {"rest_after_over_before_rps": ">= 0.97 (the refactor costs nothing)"}
+    result["runs"] = runs
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    for name in names:
+        print(
+            f"{name:6s} {result[f'{name}_rps']:8.0f} req/s (c={args.concurrency})  "
+            f"p50 {result[f'{name}_p50_ms_c1']:.3f} ms (c=1)  "
+            f"server CPU {result[f'{name}_cpu_us_per_req']:.0f} us/req"
+        )
+    print(json.dumps(result["ratios"], indent=2))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
