@@ -3,10 +3,11 @@
 uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but arms that timer only
 after a response, and any byte cancels it: a connection that never finishes sending its
 request headers — opened and silent, or one header byte a second — holds its socket
-forever (measured with uvicorn 0.54 / httptools 0.9 and h11 0.16 alike). `HeaderTimeout`
-notes when a connection opens and when a request starts, forgets it once that request's
-headers are complete, and a periodic sweep closes connections past the timeout with
-`408 Request Timeout`. Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
+forever (measured with uvicorn 0.54 and httptools 0.9; h11's protocol in uvicorn arms the
+same timer the same way). `HeaderTimeout` notes when a connection opens and when a request
+starts, forgets it once that request's headers are complete, and a periodic sweep closes
+connections past the timeout with `408 Request Timeout`. Bodies are not limited by it:
+MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
 
 `read_tls` reads and checks the certificate and key once at startup (REST and gRPC use the
 same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2.
