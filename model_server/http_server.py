@@ -70,9 +70,10 @@ class HeaderTimeout(HttpToolsProtocol):
             return
         deadline = self.loop.time() - self.header_timeout_s
         for conn in list(connections):
-            since = getattr(conn, "_headers_since", None)
-            if since is not None and since < deadline:
-                conn._headers_late()
+            if isinstance(conn, HeaderTimeout):
+                since = conn._headers_since
+                if since is not None and since < deadline:
+                    conn._headers_late()
         self.loop.call_later(self._sweep_interval(), self._sweep)
 
     def _headers_late(self) -> None:
