@@ -143,6 +143,26 @@ def decode_json(body: bytes, header_length: str | bytes | None = None) -> InferR
     return InferRequest(arrays, requested, chosen, False, request_id)
 
 
+def decode_generate(body: bytes) -> tuple[str, dict[str, Any]]:
+    """(prompt, parameters) of a generate-extension body; Triton's top-level parameters too."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise not_json(exc) from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the request body must be a JSON object with 'text_input'")
+    prompt = request.get("text_input")
+    if not isinstance(prompt, str):
+        raise InvalidInput("'text_input' must be a string")
+    params = request.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    merged = {k: v for k, v in request.items() if k not in ("text_input", "parameters", "id")}
+    merged.update(params)
+    merged.pop("stream", None)
+    return prompt, merged
+
+
 def encode_json(
     model_name: str,
     model_version: str,

@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import orjson
 
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
 from model_server.batching import Batcher
-from model_server.codec import InferRequest, not_json
+from model_server.codec import InferRequest
 from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from model_server.validation import Signature
 
@@ -248,10 +247,9 @@ class DataPlane:
             self.signature.check_outputs(outputs, request)
         return outputs
 
-    # generate extension ------------------------------------------------------------------
-    def _generate_args(
-        self, name: str, version: str | None, body: bytes
-    ) -> tuple[Backend, str, dict[str, Any]]:
+    # generation --------------------------------------------------------------------------
+    def generator(self, name: str, version: str | None) -> Backend:
+        """The backend, when the served model generates text (else the error saying why)."""
         self.check_model(name, version)
         self.require_ready()
         backend = self.model.backend
@@ -260,68 +258,35 @@ class DataPlane:
             raise InvalidInput(
                 f"model {name!r} does not support generate (framework {self.framework}); use /infer"
             )
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise not_json(exc) from None
-        if not isinstance(request, dict):
-            raise InvalidInput("the request body must be a JSON object with 'text_input'")
-        prompt = request.get("text_input")
-        if not isinstance(prompt, str):
-            raise InvalidInput("'text_input' must be a string")
-        params = request.get("parameters", {})
-        if not isinstance(params, dict):
-            raise InvalidInput("'parameters' must be an object")
-        # Triton's generate extension also accepts parameters at the top level.
-        merged = {k: v for k, v in request.items() if k not in ("text_input", "parameters", "id")}
-        merged.update(params)
-        merged.pop("stream", None)
-        return backend, prompt, merged
+        return backend
 
-    async def generate(self, name: str, version: str | None, body: bytes) -> bytes:
-        backend, prompt, params = self._generate_args(name, version, body)
+    async def generate(
+        self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
+    ) -> str:
+        """The whole continuation of `prompt` (one exclusive turn on the model)."""
+        backend = self.generator(name, version)
         assert self.batcher is not None
-        text = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
-        return orjson.dumps(
-            {
-                "model_name": self.model_name,
-                "model_version": self.model_version,
-                "text_output": text,
-            }
-        )
+        text: str = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
+        return text
 
-    def open_stream(self, name: str, version: str | None, body: bytes) -> AsyncIterator[bytes]:
-        """Validate now (errors become HTTP statuses), then stream SSE events."""
-        backend, prompt, params = self._generate_args(name, version, body)
-        return self._stream(backend, prompt, params)
+    def stream(
+        self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """Check now (errors raise before a response starts), then yield text pieces."""
+        return self._pieces(self.generator(name, version), prompt, params)
 
-    async def _stream(
-        self, backend: Backend, prompt: str, params: dict[str, Any]
-    ) -> AsyncIterator[bytes]:
+    async def _pieces(
+        self, backend: Backend, prompt: str, params: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
         batcher = self.batcher
         assert batcher is not None
         sentinel = object()
-        try:
-            pieces: Iterator[str] = await batcher.run_exclusive(backend.generate, prompt, params)
-            while True:
-                piece = await batcher.run_exclusive(next, pieces, sentinel)
-                if piece is sentinel:
-                    break
-                event = {
-                    "model_name": self.model_name,
-                    "model_version": self.model_version,
-                    "text_output": piece,
-                }
-                yield b"data: " + orjson.dumps(event) + b"\n\n"
-        except InvalidInput as exc:
-            yield b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
-        except Exception as exc:
-            log.exception("Generation failed")
-            yield (
-                b"data: "
-                + orjson.dumps({"error": f"generation failed: {type(exc).__name__}"})
-                + b"\n\n"
-            )
+        pieces: Iterator[str] = backend.generate(prompt, params)
+        while True:
+            piece = await batcher.run_exclusive(next, pieces, sentinel)
+            if piece is sentinel:
+                return
+            yield piece
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

@@ -8,13 +8,16 @@ FastAPI skip `response_model` validation, so those models only document the API.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model_server.codec import decode_generate
 from model_server.dataplane import DataPlane
 from model_server.errors import ModelNotReady, ServerError
 from model_server.metrics import RequestTracker
@@ -36,6 +39,7 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 JSON = "application/json"
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -167,16 +171,18 @@ async def _generate(request: Request, name: str, version: str | None, stream: bo
     status = 500
     try:
         body = await read_body(request, state.max_request_bytes)
+        prompt, params = decode_generate(body)
+        head = {"model_name": dp.model_name, "model_version": dp.model_version}
         if stream:
-            events = dp.open_stream(name, version, body)
+            pieces = dp.stream(name, version, prompt, params)
             status = 200
             # counted in flight until the last event is sent or the client goes away
             return StreamingResponse(
-                _finish_after(events, tracker, started), media_type="text/event-stream"
+                _events(pieces, head, tracker, started), media_type="text/event-stream"
             )
-        out = await dp.generate(name, version, body)
+        text = await dp.generate(name, version, prompt, params)
         status = 200
-        return Response(out, media_type=JSON)
+        return Response(orjson.dumps({**head, "text_output": text}), media_type=JSON)
     except ServerError as exc:
         status = exc.status_code
         raise
@@ -185,14 +191,24 @@ async def _generate(request: Request, name: str, version: str | None, stream: bo
             tracker.finish(started, status)
 
 
-async def _finish_after(
-    events: AsyncIterator[bytes], tracker: RequestTracker, started: float
+async def _events(
+    pieces: AsyncIterator[str], head: dict[str, str], tracker: RequestTracker, started: float
 ) -> AsyncIterator[bytes]:
+    """SSE `data: {text_output}` per piece; a failure mid-stream becomes an error event."""
+    status = 200
     try:
-        async for event in events:
-            yield event
+        async for piece in pieces:
+            yield b"data: " + orjson.dumps({**head, "text_output": piece}) + b"\n\n"
+    except ServerError as exc:
+        status = exc.status_code
+        yield b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
+    except Exception as exc:
+        status = 500
+        log.exception("Generation failed")
+        error = {"error": f"generation failed: {type(exc).__name__}"}
+        yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
-        tracker.finish(started, 200)
+        tracker.finish(started, status)
 
 
 @router.post(
