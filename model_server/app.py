@@ -33,6 +33,7 @@ from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
 from model_server.routers import schemas
 from model_server.routers.fastpath import RestEntry, RestInfer
+from model_server.routers.openai import router as openai_router
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings
 
@@ -151,7 +152,8 @@ def create_app(
     app = ModelServerApp(
         title="ModelService model server",
         version=SERVER_VERSION,
-        description="Open Inference Protocol v2 (REST) with the generate extension",
+        description="Open Inference Protocol v2 (REST) with the generate extension, and an "
+        "OpenAI-compatible API for text-generation models",
         lifespan=lifespan,
     )
     app.state.dataplane = dataplane
@@ -163,6 +165,7 @@ def create_app(
     app.state.rest_infer = rest_infer = RestInfer(dataplane, settings.max_request_bytes)
     install_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
     if auth is not None:
         app.enable_auth(auth)
     if settings.infer_fast_path:

@@ -114,6 +114,32 @@ GRPC_CODES: dict[int, str] = {
 """The gRPC status code (a `grpc.StatusCode` name) of each HTTP status, for the gRPC front end."""
 
 
+OPENAI_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    503: "server_busy",
+    504: "timeout",
+}
+
+
+def openai_error_response(exc: ServerError, param: str | None = None) -> Response:
+    """The same failure in the OpenAI API's error shape, for the /v1 routes."""
+    error = {
+        "message": exc.message,
+        "type": OPENAI_ERROR_TYPES.get(exc.status_code, "server_error"),
+        "param": param,
+        "code": None,
+    }
+    return Response(
+        orjson.dumps({"error": error}),
+        status_code=exc.status_code,
+        headers=exc.headers(),
+        media_type="application/json",
+    )
+
+
 def error_response(exc: ServerError) -> Response:
     """The response for one of our exceptions: `{"error": message}` with its status."""
     return Response(

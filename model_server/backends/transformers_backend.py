@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +308,21 @@ class TransformersBackend(LoadedInfo, Backend):
 
     def supports_generate(self) -> bool:
         return self.task == "text-generation"
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The tokenizer's chat template when the model ships one, else the plain transcript."""
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            return str(
+                self.tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+            )
+        return super().chat_prompt(messages)
+
+    def count_tokens(self, text: str) -> int | None:
+        if self.tokenizer is None:
+            return None
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         raw = parameters.get("max_new_tokens", parameters.get("max_tokens"))
