@@ -238,9 +238,9 @@ class _Reply:
         }
 
     def _finish_reason(self, usage: Mapping[str, int] | None) -> str:
-        if usage is not None and self.max_tokens is not None:
-            if usage["completion_tokens"] >= self.max_tokens:
-                return "length"
+        limit = self.max_tokens
+        if usage is not None and limit is not None and usage["completion_tokens"] >= limit:
+            return "length"
         return "stop"
 
     def _object(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
