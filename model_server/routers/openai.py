@@ -30,6 +30,7 @@ from model_server.errors import (
     openai_error_response,
 )
 from model_server.metrics import RequestTracker
+from model_server.routers import schemas as s
 from model_server.routers.fastpath import read_body
 
 log = logging.getLogger(__name__)
@@ -312,11 +313,11 @@ class _Reply:
             tracker.finish(started, status)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=s.body_ref(s.CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _complete(request, chat=False)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=s.body_ref(s.ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, chat=True)
