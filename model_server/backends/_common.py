@@ -8,7 +8,6 @@ decided in model_server.errors); errors in the model directory are `ModelLoadErr
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,24 +59,6 @@ def oip_datatype(dtype: Any) -> str:
     if name is None:
         raise ModelLoadError(f"unsupported tensor dtype {dt}")
     return name
-
-
-def require(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    """The input called `name`, or InvalidInput naming what is missing and what came."""
-    if name not in inputs:
-        got = ", ".join(sorted(inputs)) or "none"
-        raise invalid(f"missing input {name!r} (got: {got})")
-    return inputs[name]
-
-
-def check_unknown(inputs: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> None:
-    """InvalidInput when a request names an input the model does not have."""
-    known = {s.name for s in specs}
-    unknown = sorted(set(inputs) - known)
-    if unknown:
-        raise invalid(
-            f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(sorted(known))}"
-        )
 
 
 def _bytes_batch(array: np.ndarray, name: str) -> np.ndarray:
