@@ -282,11 +282,18 @@ class DataPlane:
         assert batcher is not None
         sentinel = object()
         pieces: Iterator[str] = backend.generate(prompt, params)
-        while True:
-            piece = await batcher.run_exclusive(next, pieces, sentinel)
-            if piece is sentinel:
-                return
-            yield piece
+        try:
+            while True:
+                piece = await batcher.run_exclusive(next, pieces, sentinel)
+                if piece is sentinel:
+                    return
+                yield piece
+        finally:
+            # ended or abandoned (the client went away): let the backend stop generating,
+            # on the model thread, after any `next` still running there
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                batcher.run_later(close)
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

@@ -379,20 +379,35 @@ class TransformersBackend(LoadedInfo, Backend):
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0
         )
         errors: list[BaseException] = []
+        stop = threading.Event()  # set when the consumer closes this generator early
 
         def run() -> None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class Stopped(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
+                    return stop.is_set()
+
             try:
                 with torch.inference_mode():
-                    self.model.generate(**enc, **kwargs, streamer=streamer)
+                    self.model.generate(
+                        **enc,
+                        **kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Stopped()]),
+                    )
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()  # a client that went away frees the model within one token
         thread.join()
         if errors:
             raise errors[0]
