@@ -179,9 +179,7 @@ def run_load(
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(
-        _run(host, port, request, concurrency, duration_s, max_requests, warmup_s, tls)
-    )  # type: ignore[no-any-return]
+    return runner(_run(host, port, request, concurrency, duration_s, max_requests, warmup_s, tls))  # type: ignore[no-any-return]
 
 
 def wait_http(host: str, port: int, path: str, timeout_s: float = 60.0) -> None:
