@@ -232,12 +232,20 @@ class DataPlane:
         return self.ready
 
     # inference ---------------------------------------------------------------------------
+    def admit(self, name: str, version: str | None) -> Batcher:
+        """The batcher, if `name`/`version` is the served model and it is ready (else the
+        error): front ends call this before decoding, so a wrong model is a 404 first."""
+        self.check_model(name, version)
+        return self.require_ready()
+
     async def infer(
         self, name: str, version: str | None, request: InferRequest
     ) -> Mapping[str, np.ndarray]:
         """Validate a decoded request, run it (batched) and return the outputs it asks for."""
-        self.check_model(name, version)
-        batcher = self.require_ready()
+        return await self.run(self.admit(name, version), request)
+
+    async def run(self, batcher: Batcher, request: InferRequest) -> Mapping[str, np.ndarray]:
+        """`infer` after `admit`: validate once, run (batched), check the outputs."""
         rows = self.signature.validate(request)
         inputs = request.inputs
         outputs = batcher.run_now(inputs, rows)

@@ -71,9 +71,9 @@ class InferenceService:
         try:
             dp = self._dp
             name, version = request.model_name, request.model_version or None
-            dp.check_model(name, version)
+            batcher = dp.admit(name, version)
             decoded = decode_infer(request)
-            outputs = await dp.infer(name, version, decoded)
+            outputs = await dp.run(batcher, decoded)
             response = encode_infer(dp.model_name, dp.model_version, outputs, decoded)
             status = 200
             return response

@@ -72,6 +72,14 @@ async def read_body(receive: Any, limit: int) -> bytes:
     """The whole ASGI request body, or PayloadTooLarge past `limit` bytes."""
     message = await receive()
     body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= limit:
+        return body
+    return await read_rest(receive, message, limit)
+
+
+async def read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes:
+    """The body from its first ASGI `message` on (one more coroutine only when it is needed)."""
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
             raise body_too_large(limit)
@@ -107,13 +115,15 @@ class RestInfer:
         status = 500
         try:
             dp = self._dp
-            dp.check_model(name, version)  # unknown model or not ready: say so before parsing
-            dp.require_ready()
+            batcher = dp.admit(name, version)  # unknown model or not ready: before parsing
             limit = self._limit
             check_declared_length(headers.get(b"content-length"), limit)
-            body = await read_body(receive, limit)
+            message = await receive()  # inline: the whole body, nearly always
+            body: bytes = message.get("body", b"")
+            if message.get("more_body", False) or len(body) > limit:
+                body = await read_rest(receive, message, limit)
             request = decode_json(body, headers.get(b"inference-header-content-length"))
-            outputs = await dp.infer(name, version, request)
+            outputs = await dp.run(batcher, request)
             out, extra = encode_json(dp.model_name, dp.model_version, outputs, request)
             status = 200
             response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
