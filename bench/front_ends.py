@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import ssl
 import statistics
@@ -44,7 +43,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from loadgen import Medians, build_request, cpu_seconds, free_port, run_load, wait_http  # noqa: E402
+from loadgen import (  # noqa: E402
+    Medians,
+    build_request,
+    cpu_seconds,
+    free_port,
+    result_header,
+    run_load,
+    stop_all,
+    wait_http,
+)
 
 HOST = "127.0.0.1"
 TOKEN = "bench-token-0123456789abcdef"
@@ -277,25 +285,12 @@ def main() -> None:
                     runs[name][key].append(summary)
                     print(f"round {rnd + 1} {name:6s} c={conc}: {summary}", flush=True)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs.values(), timeout_s=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = Medians(runs)
     result: dict[str, Any] = {
-        "benchmark": "front_ends",
-        "command": "python bench/front_ends.py " + " ".join(sys.argv[1:]),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_at_start": load_at_start,
-        },
+        **result_header("front_ends", load_at_start),
         "before_ref": args.before,
         "concurrency": args.concurrency,
         "body_bytes": len(BODY),

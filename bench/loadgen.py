@@ -11,8 +11,11 @@ servers it measures.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,3 +219,32 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 15) -> None:
+    """Terminate every server process, then wait for each (kill the ones that hang)."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def result_header(name: str, load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The fields every bench/results/*.json starts with: what ran, when, where."""
+    import platform
+    import sys
+
+    return {
+        "benchmark": name,
+        "command": f"python bench/{name}.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": load_at_start,
+        },
+    }
