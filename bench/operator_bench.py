@@ -349,7 +349,7 @@ def latency_scenario(op: Operator, ns: str, client: kube.Kube, samples: int
 def main() -> int:
     state = Path(os.environ.get("MSV_BENCH_STATE",
                                 Path(paths.cache_dir()) / "bench-operator-state"))
-    cluster = localcluster.up(state, timeout=180, owner="bench")
+    cluster = localcluster.up(state, timeout=180, owner="bench", real_node=False)
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.wait_established("modelservices.serving.modelservice.dev")

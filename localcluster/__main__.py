@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 
-from localcluster import addons, build, cluster, paths
+from localcluster import addons, build, cluster, images, paths
 
 
 def _out(line: str) -> None:
@@ -29,7 +29,8 @@ def _nodes_table(c: cluster.Cluster) -> str:
 def _cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
-        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out, owner="cli")
+        c = cluster.up(args.state_dir, timeout=args.timeout, out=_out, owner="cli",
+                       real_node=args.real_node)
     except cluster.ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -50,6 +51,10 @@ def _cmd_down(args: argparse.Namespace) -> int:
         _out(f"stopped {', '.join(stopped)}; logs kept in {sd / 'logs'}")
     else:
         _out("no control plane was running")
+    left = cluster.leftovers(args.state_dir)
+    if left:
+        print("error: left on the machine: " + "; ".join(left), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -102,6 +107,19 @@ def _cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_images(args: argparse.Namespace) -> int:
+    try:
+        if args.images_command == "build":
+            images.build(args.names or None, out=_out)
+        else:
+            socket = paths.containerd_socket(args.state_dir)
+            images.load(socket, args.names or None, out=_out)
+    except images.ImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="localcluster", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return sp
 
     u = with_state(sub.add_parser("up", help="start the control plane (or reuse a healthy one)"))
-    u.add_argument("--timeout", type=float, default=120, help="seconds to wait for health")
+    u.add_argument("--timeout", type=float, default=180, help="seconds to wait for health")
+    u.add_argument("--real-node", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the real node (containerd, kubelet, kube-proxy; needs root) beside "
+                        "the simulated GPU pools (default: yes, unless MSV_REAL_NODE=0)")
     u.set_defaults(func=_cmd_up)
     with_state(sub.add_parser("down", help="stop it and remove its state")).set_defaults(
         func=_cmd_down)
@@ -130,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("crds", help="print paths of an add-on's CRD manifests")
     c.add_argument("name", help=", ".join(sorted(addons.ADDONS)))
     c.set_defaults(func=_cmd_crds)
+
+    im = sub.add_parser("images", help="build the container images locally / load them into "
+                        "the node's containerd")
+    im_sub = im.add_subparsers(dest="images_command", required=True)
+    names_help = ", ".join(images.NAMES) + " (default: all)"
+    ib = im_sub.add_parser("build", help="build OCI archives under $MSV_CACHE/images")
+    ib.add_argument("names", nargs="*", metavar="NAME", help=names_help)
+    il = with_state(im_sub.add_parser("load", help="build if needed, then import into the "
+                                      "node's containerd (skips images it already has)"))
+    il.add_argument("names", nargs="*", metavar="NAME", help=names_help)
+    im.set_defaults(func=_cmd_images)
 
     args = p.parse_args(argv)
     rc: int = args.func(args)

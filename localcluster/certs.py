@@ -16,7 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from localcluster import network
+
 VALIDITY = dt.timedelta(days=365)
+REAL_NODE_NAME = "node-1"
 
 # name -> (common name, organizations). Organisation = Kubernetes group.
 CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -25,6 +28,9 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "scheduler": ("system:kube-scheduler", ()),
     "kwok": ("kwok-controller", ("system:masters",)),
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ("system:masters",)),
+    # The real node: the Node authorizer knows a kubelet by this name and group.
+    "kubelet": (f"system:node:{REAL_NODE_NAME}", ("system:nodes",)),
+    "kube-proxy": ("system:kube-proxy", ()),  # bound to system:node-proxier by default
 }
 
 API_SERVER_NAMES = (
@@ -34,7 +40,7 @@ API_SERVER_NAMES = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-API_SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+API_SERVER_IPS = ("127.0.0.1", "10.96.0.1", network.NODE_IP)
 # The aggregation layer checks an extension server's certificate against <service>.<ns>.svc.
 METRICS_SERVER_NAMES = ("localcluster-metrics.kube-system.svc", "localhost")
 
@@ -66,6 +72,14 @@ class Pki:
     @property
     def metrics_key(self) -> Path:
         return self.dir / "metrics-server.key"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.dir / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet-serving.key"
 
     @property
     def front_proxy_ca(self) -> Path:
@@ -177,6 +191,9 @@ def generate(directory: Path) -> Pki:
           ExtendedKeyUsageOID.SERVER_AUTH,
           [x509.DNSName(n) for n in METRICS_SERVER_NAMES]
           + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    issue(pki.kubelet_serving_cert, pki.kubelet_serving_key, _name(REAL_NODE_NAME),
+          ExtendedKeyUsageOID.SERVER_AUTH,
+          [x509.DNSName(REAL_NODE_NAME), x509.IPAddress(ipaddress.ip_address(network.NODE_IP))])
     for name, (cn, orgs) in CLIENTS.items():
         issue(pki.client_cert(name), pki.client_key(name), _name(cn, orgs),
               ExtendedKeyUsageOID.CLIENT_AUTH)

@@ -1,5 +1,9 @@
-"""Starts, checks and stops a local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok, all on loopback, all owned by one state directory.
+"""Starts, checks, repairs and stops a local cluster: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok (simulated GPU pools) and, with a real node,
+containerd, a kubelet and kube-proxy, all owned by one state directory.
+
+What each process runs and how it is checked lives in ``components`` (control plane) and
+``realnode``; this module only starts, waits for, restarts and stops ``Process`` records.
 
 The state directory (``paths.resolve_state_dir``) holds ``state.json`` (ports and pids),
 the PKI, etcd's data, one kubeconfig per client and ``logs/<component>.log``. Several
@@ -17,29 +21,18 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import build, certs, nodes, paths
+from localcluster import build, certs, components, images, network, nodes, paths, realnode
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-              "metrics-server")
-SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
-SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-ADMISSION_PLUGINS = (
-    "NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,Priority,"
-    "PodSecurity,ResourceQuota,NodeRestriction,MutatingAdmissionWebhook,"
-    "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy"
-)
+# The machine's one real node (its bridge, iptables and kubelet cgroups are host-wide):
+# which state directory runs it.
+REAL_NODE_OWNER = Path("/run/msv-localcluster/real-node-owner")
 
 
 class ClusterError(RuntimeError):
@@ -57,6 +50,7 @@ class Cluster:
     state_dir: Path
     ports: dict[str, int]
     reused: bool = False
+    real_node: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -64,7 +58,7 @@ class Cluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+        return components.Ctx(self.state_dir, self.ports, self.real_node).server
 
     @property
     def kubectl(self) -> Path:
@@ -141,9 +135,26 @@ class ComponentStatus:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _executable(name: str) -> str:
-    """What a component's process runs (its argv[0]); the metrics stand-in is Python."""
-    return sys.executable if name == "metrics-server" else str(paths.binary(name))
+def real_node_default() -> bool:
+    """Whether ``up`` adds the real node unless told: yes, unless ``MSV_REAL_NODE=0``."""
+    return os.environ.get("MSV_REAL_NODE", "1") != "0"
+
+
+def processes(real_node: bool) -> tuple[components.Process, ...]:
+    """The processes of a cluster, in start order."""
+    every = components.CONTROL_PLANE + realnode.PROCESSES
+    return tuple(p for p in every if real_node or not p.real_node)
+
+
+def _by_name(name: str) -> components.Process:
+    for p in components.CONTROL_PLANE + realnode.PROCESSES:
+        if p.name == name:
+            return p
+    raise KeyError(name)
+
+
+def _ctx(sd: Path, state: dict[str, Any]) -> components.Ctx:
+    return components.Ctx(sd, state["ports"], bool(state.get("real_node", False)))
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -165,10 +176,10 @@ def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    """Serialise up/down on one state directory across processes."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "w") as f:
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise up/down on one state directory (or the machine's one real node)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -226,152 +237,6 @@ def _log_tail(path: Path, lines: int = 20) -> list[str]:
         return []
 
 
-def _ssl_context(state_dir: Path, verify: bool = True) -> ssl.SSLContext:
-    pki = certs.Pki(state_dir / "pki")
-    if verify:
-        ctx = ssl.create_default_context(cafile=str(pki.ca))
-    else:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.load_cert_chain(str(pki.client_cert("admin")), str(pki.client_key("admin")))
-    return ctx
-
-
-def _http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0
-              ) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as e:
-        return 0, str(e)
-
-
-def _endpoints(ports: dict[str, int]) -> dict[str, str]:
-    return {
-        "etcd": f"http://127.0.0.1:{ports['etcd']}/health",
-        "kube-apiserver": f"https://127.0.0.1:{ports['kube-apiserver']}/readyz",
-        "kube-controller-manager": f"https://127.0.0.1:{ports['kube-controller-manager']}/healthz",
-        "kube-scheduler": f"https://127.0.0.1:{ports['kube-scheduler']}/healthz",
-        "kwok": f"http://127.0.0.1:{ports['kwok']}/healthz",
-        "metrics-server": f"https://127.0.0.1:{ports.get('metrics-server', 0)}/healthz",
-    }
-
-
-def _check_health(state_dir: Path, name: str, url: str) -> tuple[bool, str]:
-    ctx = None
-    if url.startswith("https"):
-        ctx = _ssl_context(state_dir, verify=name in ("kube-apiserver", "metrics-server"))
-    code, body = _http_get(url, ctx)
-    body = body.strip()
-    if name == "etcd":
-        return code == 200 and '"health":"true"' in body.replace(" ", ""), body[:200]
-    return code == 200 and body.startswith("ok"), (body or str(code))[:200]
-
-
-def _write_kubeconfig(path: Path, server: str, pki: certs.Pki, client: str) -> None:
-    # JSON is valid YAML; kubectl, client-go and the Python client all read it.
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "localcluster", "cluster": {
-            "server": server, "certificate-authority": str(pki.ca)}}],
-        "users": [{"name": client, "user": {
-            "client-certificate": str(pki.client_cert(client)),
-            "client-key": str(pki.client_key(client))}}],
-        "contexts": [{"name": "localcluster", "context": {
-            "cluster": "localcluster", "user": client, "namespace": "default"}}],
-        "current-context": "localcluster",
-    }
-    path.write_text(json.dumps(cfg, indent=2))
-    path.chmod(0o600)
-
-
-def _commands(state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
-    pki = certs.Pki(state_dir / "pki")
-    b = {n: _executable(n) for n in COMPONENTS}
-    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
-    kc = {n: str(state_dir / f"kubeconfig-{n}") for n in ("controller-manager", "scheduler",
-                                                          "kwok")}
-    return {
-        "etcd": [
-            b["etcd"], "--name=localcluster", f"--data-dir={state_dir / 'etcd-data'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=localcluster={peer_url}", "--initial-cluster-state=new",
-            "--unsafe-no-fsync=true", "--log-level=warn",
-        ],
-        "kube-apiserver": [
-            b["kube-apiserver"], f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={ports['kube-apiserver']}",
-            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca}",
-            "--authorization-mode=Node,RBAC",
-            f"--enable-admission-plugins={ADMISSION_PLUGINS}",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
-            f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
-            f"--requestheader-client-ca-file={pki.front_proxy_ca}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
-            f"--proxy-client-key-file={pki.front_proxy_client_key}",
-            # Endpoints may not hold loopback addresses, and nothing runs in a pod here that
-            # could reach the API server through the `kubernetes` Service anyway.
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true", "--profiling=false", "--v=1",
-        ],
-        "kube-controller-manager": [
-            b["kube-controller-manager"],
-            f"--kubeconfig={kc['controller-manager']}",
-            f"--authentication-kubeconfig={kc['controller-manager']}",
-            f"--authorization-kubeconfig={kc['controller-manager']}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-controller-manager']}",
-            f"--cert-dir={state_dir / 'serving-controller-manager'}",
-            "--leader-elect=false", "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki.sa_key}",
-            f"--root-ca-file={pki.ca}",
-            f"--cluster-signing-cert-file={pki.ca}", f"--cluster-signing-key-file={pki.ca_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--horizontal-pod-autoscaler-sync-period=10s",
-            "--profiling=false", "--v=1",
-        ],
-        "kube-scheduler": [
-            b["kube-scheduler"],
-            f"--kubeconfig={kc['scheduler']}",
-            f"--authentication-kubeconfig={kc['scheduler']}",
-            f"--authorization-kubeconfig={kc['scheduler']}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-scheduler']}",
-            f"--cert-dir={state_dir / 'serving-scheduler'}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ],
-        "kwok": [
-            b["kwok"], f"--kubeconfig={kc['kwok']}",
-            f"--config={paths.STAGES_DIR / 'node.yaml'}",
-            f"--config={paths.STAGES_DIR / 'pod.yaml'}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
-            f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1",
-            f"--server-address=127.0.0.1:{ports['kwok']}",
-            "--node-lease-duration-seconds=40",
-        ],
-        "metrics-server": [
-            b["metrics-server"], "-m", "localcluster.metrics_server",
-            f"--state-dir={state_dir}", f"--port={ports['metrics-server']}",
-        ],
-    }
-
-
 def _wait(what: str, check: Callable[[], tuple[bool, str]], deadline: float,
           died: Callable[[], str | None] = lambda: None) -> None:
     last = ""
@@ -393,7 +258,8 @@ def _kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
 
 def api_get(cluster: Cluster, path: str) -> dict[str, Any]:
     """GET a Kubernetes API path as the admin user (used for readiness checks)."""
-    code, body = _http_get(cluster.server + path, _ssl_context(cluster.state_dir), timeout=5)
+    code, body = components.http_get(cluster.server + path,
+                                     components.ssl_context(cluster.state_dir), timeout=5)
     if code != 200:
         raise ClusterError(f"GET {path}: HTTP {code}: {body[:200]}")
     data: dict[str, Any] = json.loads(body)
@@ -403,24 +269,27 @@ def api_get(cluster: Cluster, path: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- up/down/status
 
 
+def _alive(ctx: components.Ctx, state: dict[str, Any], p: components.Process) -> bool:
+    return _proc_alive(state.get("pids", {}).get(p.name), p.executable(ctx))
+
+
 def status(state_dir: str | os.PathLike[str] | None = None) -> list[ComponentStatus]:
     """Report each component of the cluster in ``state_dir`` (empty list: not running)."""
     sd = paths.resolve_state_dir(state_dir)
     state = _read_state(sd)
     if not state:
         return []
-    urls = _endpoints(state["ports"])
+    ctx = _ctx(sd, state)
     out = []
-    # A cluster started by an older localcluster may lack newer components: report what it has.
-    recorded = [n for n in COMPONENTS if n in state.get("ports", {})] or list(COMPONENTS)
-    for name in recorded:
-        pid = state.get("pids", {}).get(name)
-        log = sd / "logs" / f"{name}.log"
-        alive = _proc_alive(pid, _executable(name))
-        healthy, detail = _check_health(sd, name, urls[name]) if alive else (False, "not running")
-        st = ComponentStatus(name, pid, alive, healthy, urls[name], detail, log)
+    for p in processes(ctx.real_node):
+        if any(port not in ctx.ports for port in p.ports):
+            continue  # started by an older localcluster that lacked this component
+        pid = state.get("pids", {}).get(p.name)
+        alive = _alive(ctx, state, p)
+        healthy, detail = p.health(ctx) if alive else (False, "not running")
+        st = ComponentStatus(p.name, pid, alive, healthy, p.endpoint(ctx), detail, ctx.log(p.name))
         if not healthy:
-            st.log_tail = _log_tail(log)
+            st.log_tail = _log_tail(ctx.log(p.name))
         out.append(st)
     return out
 
@@ -435,21 +304,25 @@ def current(state_dir: str | os.PathLike[str] | None = None) -> Cluster | None:
     sd = paths.resolve_state_dir(state_dir)
     state = _read_state(sd)
     if state and is_healthy(sd):
-        return Cluster(sd, state["ports"], reused=True)
+        return Cluster(sd, state["ports"], reused=True, real_node=bool(state.get("real_node")))
     return None
 
 
-def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
+def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 180,
        out: Callable[[str], None] = lambda _line: None, owner: str | None = None,
-       user: int | None = None) -> Cluster:
-    """Start the control plane (or reuse a healthy one) and return when it is healthy.
+       user: int | None = None, real_node: bool | None = None) -> Cluster:
+    """Start the cluster (or reuse a healthy one, or restart only its dead parts).
 
-    ``owner`` is recorded when it starts: "pytest" lets the last test session stop it (see
-    ``release``); "cli" (the ``up`` command) also claims a reused cluster so tests never stop
-    it. ``user`` (a pid) registers that process as a user of the cluster (see ``release``).
+    ``real_node`` (default: ``real_node_default()``) adds the real node (containerd, kubelet,
+    kube-proxy; needs root) beside kwok's simulated GPU pools; without it the CPU nodes are
+    simulated too. A cluster with dead components keeps its data: only what is missing is
+    started again. ``owner`` is recorded when it starts: "pytest" lets the last test session
+    stop it (see ``release``); "cli" (the ``up`` command) also claims a reused cluster so tests
+    never stop it. ``user`` (a pid) registers that process as a user of the cluster.
     Raises NotBuiltError if the binaries are missing and ClusterError (naming the component
     and its log) if anything fails to become healthy within ``timeout`` seconds.
     """
+    want_real = real_node_default() if real_node is None else real_node
     missing = build.missing_binaries()
     if missing:
         raise NotBuiltError(
@@ -458,29 +331,123 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 120,
         )
     sd = paths.resolve_state_dir(state_dir)
     with _locked(sd):
+        state = _read_state(sd)
         c = current(sd)
         if c:
-            out(f"control plane already running ({c.server}); reusing it")
-            state = _read_state(sd) or {}
-            if owner == "cli" and state.get("owner") != "cli":
+            out(f"cluster already running ({c.server}); reusing it")
+            if owner == "cli" and state and state.get("owner") != "cli":
                 state["owner"] = "cli"  # someone asked for it by hand: tests must not stop it
                 _write_state(sd, state)
+        elif state and _repairable(sd, state):
+            c = _repair(sd, state, timeout, out)
         else:
-            if _read_state(sd):
-                out("stopping the remains of a previous, unhealthy control plane")
+            if state:
+                out("stopping the remains of a previous cluster that cannot be repaired")
                 _stop(sd)
-            c = _start_retrying_busy_ports(sd, timeout, out, owner or "api")
+            if want_real:
+                _check_real_node_possible(sd)
+            c = _start_retrying_busy_ports(sd, timeout, out, owner or "api", want_real)
         if user:
             acquire(sd, user)
         return c
 
 
+def _check_real_node_possible(sd: Path) -> None:
+    line = realnode.prerequisites_line()
+    if line:
+        raise ClusterError(line)
+    other = _real_node_owner()
+    if other and other != sd and is_healthy(other):
+        raise ClusterError(
+            f"another local cluster already runs the machine's one real node (state dir "
+            f"{other}); stop it with: python -m localcluster down --state-dir {other} "
+            "- or start this one with --no-real-node")
+
+
+def _real_node_owner() -> Path | None:
+    try:
+        return Path(REAL_NODE_OWNER.read_text().strip())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _repairable(sd: Path, state: dict[str, Any]) -> bool:
+    """A cluster whose PKI and etcd data exist can have its dead processes restarted."""
+    return (sd / "pki").is_dir() and (sd / "etcd-data").is_dir() and bool(state.get("ports"))
+
+
+def _start_process(ctx: components.Ctx, state: dict[str, Any], p: components.Process) -> None:
+    if p.prepare:
+        p.prepare(ctx)
+    log = open(ctx.log(p.name), "ab")  # noqa: SIM115 - handed to the child
+    log.write(f"\n==== localcluster up {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+    log.flush()
+    proc = subprocess.Popen(
+        p.command(ctx), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ctx.state_dir, start_new_session=True,
+    )
+    log.close()
+    state["pids"][p.name] = proc.pid
+    _write_state(ctx.state_dir, state)
+
+
+def _run_processes(ctx: components.Ctx, state: dict[str, Any], todo: list[components.Process],
+                   deadline: float, out: Callable[[str], None], t0: float,
+                   after_healthy: Callable[[str], None] = lambda _name: None) -> None:
+    """Start ``todo`` in order, each once what it needs is healthy; wait until all are."""
+    healthy = {p.name for p in processes(ctx.real_node) if p not in todo}
+
+    def died(p: components.Process) -> Callable[[], str | None]:
+        def check() -> str | None:
+            if _alive(ctx, state, p):
+                return None
+            tail = "\n    ".join(_log_tail(ctx.log(p.name), 15))
+            return f"{p.name} exited; see {ctx.log(p.name)}:\n    {tail}"
+        return check
+
+    def wait_healthy(p: components.Process) -> None:
+        _wait(f"{p.name} to become healthy", lambda: p.health(ctx), deadline, died(p))
+        healthy.add(p.name)
+        out(f"  {p.name} healthy ({time.monotonic() - t0:.1f} s)")
+        after_healthy(p.name)
+
+    started: list[components.Process] = []
+    for p in todo:
+        for dep in p.after:
+            waiting = next((q for q in started if q.name == dep and dep not in healthy), None)
+            if waiting:
+                wait_healthy(waiting)
+        _start_process(ctx, state, p)
+        started.append(p)
+    for p in started:
+        if p.name not in healthy:
+            wait_healthy(p)
+
+
+def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str], None]
+            ) -> Cluster:
+    t0 = time.monotonic()
+    ctx = _ctx(sd, state)
+    dead = [p for p in processes(ctx.real_node) if not _alive(ctx, state, p)]
+    unhealthy = [p for p in processes(ctx.real_node) if p not in dead and not p.health(ctx)[0]]
+    for p in unhealthy:  # alive but stuck: replace it too
+        _signal_and_wait(state.get("pids", {}).get(p.name), p.executable(ctx), p.grace)
+    todo = [p for p in processes(ctx.real_node) if p in dead or p in unhealthy]
+    out(f"restarting {', '.join(p.name for p in todo)}; keeping the cluster's data")
+    _run_processes(ctx, state, todo, t0 + timeout, out, t0)
+    c = Cluster(sd, state["ports"], real_node=ctx.real_node)
+    _wait_ready(c, ctx, t0 + timeout, out, t0)
+    if any(p.name == "containerd" for p in todo):
+        _load_images(ctx, out)
+    return c
+
+
 def _start_retrying_busy_ports(sd: Path, timeout: float, out: Callable[[str], None],
-                               owner: str, attempts: int = 3) -> Cluster:
+                               owner: str, real_node: bool, attempts: int = 3) -> Cluster:
     """Start; if a port picked as free was taken before a component bound it, pick new ports."""
     for attempt in range(1, attempts + 1):
         try:
-            return _start(sd, timeout, out, owner)
+            return _start(sd, timeout, out, owner, real_node)
         except ClusterError as e:
             _stop(sd)
             if "address already in use" not in str(e) or attempt == attempts:
@@ -492,70 +459,70 @@ def _start_retrying_busy_ports(sd: Path, timeout: float, out: Callable[[str], No
     raise AssertionError("unreachable")
 
 
-def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> Cluster:
+def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str,
+           real_node: bool) -> Cluster:
     t0 = time.monotonic()
     deadline = t0 + timeout
     for d in ("etcd-data", "pki", "serving-controller-manager", "serving-scheduler"):
         shutil.rmtree(sd / d, ignore_errors=True)
     (sd / "logs").mkdir(parents=True, exist_ok=True)
-    pki = certs.generate(sd / "pki")
-    ports = _free_ports(["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-                         "kube-scheduler", "kwok", "metrics-server"])
-    cluster = Cluster(sd, ports)
-    server = cluster.server
-    _write_kubeconfig(cluster.kubeconfig, server, pki, "admin")
-    for client in ("controller-manager", "scheduler", "kwok"):
-        _write_kubeconfig(sd / f"kubeconfig-{client}", server, pki, client)
-    cmds = _commands(sd, ports)
+    procs = processes(real_node)
+    ports = _free_ports([port for p in procs for port in p.ports])
     state: dict[str, Any] = {"ports": ports, "pids": {}, "started_at": time.time(),
-                             "owner": owner}
+                             "owner": owner, "real_node": real_node}
+    ctx = _ctx(sd, state)
+    pki = certs.generate(sd / "pki")
+    cluster = Cluster(sd, ports, real_node=real_node)
+    components.write_kubeconfig(cluster.kubeconfig, ctx.server, pki, "admin")
+    for client in ("controller-manager", "scheduler", "kwok"):
+        components.write_kubeconfig(ctx.kubeconfig(client), ctx.server, pki, client)
     _write_state(sd, state)
-    urls = _endpoints(ports)
+    if real_node:
+        REAL_NODE_OWNER.parent.mkdir(parents=True, exist_ok=True)
+        REAL_NODE_OWNER.write_text(str(sd))
+        out("  setting up the real node's network (bridge "
+            f"{network.BRIDGE}, {network.NODE_SUBNET})")
+        network.setup()  # kube-apiserver listens on the bridge
 
-    def start(name: str) -> None:
-        log = open(sd / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        log.write(f"\n==== localcluster up {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            cmds[name], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=sd, start_new_session=True,
-        )
-        log.close()
-        state["pids"][name] = proc.pid
-        _write_state(sd, state)
+    def after_healthy(name: str) -> None:
+        if name == "kube-apiserver":
+            _bootstrap_objects(cluster, ports, pki, real_node)
 
-    def died(name: str) -> Callable[[], str | None]:
-        def check() -> str | None:
-            if _proc_alive(state["pids"].get(name), cmds[name][0]):
-                return None
-            tail = "\n    ".join(_log_tail(sd / "logs" / f"{name}.log", 15))
-            return f"{name} exited; see {sd / 'logs' / (name + '.log')}:\n    {tail}"
-        return check
+    _run_processes(ctx, state, list(procs), deadline, out, t0, after_healthy)
+    _wait_ready(cluster, ctx, deadline, out, t0)
+    if real_node:
+        _load_images(ctx, out)  # unbounded by ``timeout``: a first import moves gigabytes
+    return cluster
 
-    def wait_healthy(name: str) -> None:
-        _wait(f"{name} to become healthy", lambda: _check_health(sd, name, urls[name]),
-              deadline, died(name))
-        out(f"  {name} healthy ({time.monotonic() - t0:.1f} s)")
 
-    start("etcd")
-    wait_healthy("etcd")
-    start("kube-apiserver")
-    wait_healthy("kube-apiserver")
+def _bootstrap_objects(cluster: Cluster, ports: dict[str, int], pki: certs.Pki,
+                       real_node: bool) -> None:
+    """The simulated node pool and the metrics APIService, once the API server answers."""
     from localcluster import metrics_server  # lazy: it is also run as `python -m`
 
-    later = ("kube-controller-manager", "kube-scheduler", "kwok", "metrics-server")
-    for name in later:
-        start(name)
     ca_b64 = base64.b64encode(pki.ca.read_bytes()).decode()
     _kubectl(cluster, "apply", "--server-side", "-f", "-",
-             stdin=json.dumps(nodes.pool_manifest()))
+             stdin=json.dumps(nodes.pool_manifest(real_node=real_node)))
     _kubectl(cluster, "apply", "--server-side", "-f", "-",
              stdin=json.dumps(metrics_server.apiservice_manifests(ports["metrics-server"],
                                                                   ca_b64)))
-    for name in later:
-        wait_healthy(name)
+
+
+def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:
+    """Import the locally built images (pause, model-server, operator, model-store)."""
+    try:
+        images.load(realnode.socket(ctx), out=out)
+    except images.ImageError as e:
+        raise ClusterError(f"{e}; build them with: python -m localcluster images build") from e
+
+
+def _wait_ready(cluster: Cluster, ctx: components.Ctx, deadline: float,
+                out: Callable[[str], None], t0: float) -> None:
+    from localcluster import metrics_server
 
     want = {n.name for n in nodes.DEFAULT_POOL}
+    if ctx.real_node:
+        want.add(realnode.NODE_NAME)
 
     def nodes_ready() -> tuple[bool, str]:
         ready = set()
@@ -581,34 +548,53 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str) -> 
         avail = conds.get("Available", {})
         return avail.get("status") == "True", str(avail.get("message", ""))
 
-    _wait("the simulated nodes to become Ready", nodes_ready, deadline, died("kwok"))
-    _wait("the metrics.k8s.io API", metrics_available, deadline, died("metrics-server"))
-    _wait("the default service account", default_sa, deadline, died("kube-controller-manager"))
+    _wait("the nodes to become Ready", nodes_ready, deadline)
+    _wait("the metrics.k8s.io API", metrics_available, deadline)
+    _wait("the default service account", default_sa, deadline)
     out(f"  {len(want)} nodes Ready ({time.monotonic() - t0:.1f} s)")
-    return cluster
 
 
-def _stop(sd: Path, grace: float = 10) -> list[str]:
-    """Stop every recorded pid (TERM, then KILL after ``grace`` s); returns what was stopped."""
-    state = _read_state(sd) or {}
-    stopped = []
-    pids: dict[str, int] = state.get("pids", {})
-    for name in reversed(COMPONENTS):
-        pid = pids.get(name)
-        if pid and _proc_alive(pid, _executable(name)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            stopped.append(name)
+def _signal_and_wait(pid: int | None, binary: str, grace: float) -> bool:
+    """SIGTERM ``pid`` if it runs ``binary``, SIGKILL after ``grace`` s; True if it ran."""
+    if not pid or not _proc_alive(pid, binary):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + grace
-    for name in stopped:
-        pid = pids[name]
-        while _proc_alive(pid) and time.monotonic() < end:
-            time.sleep(0.1)
-        if _proc_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            while _proc_alive(pid):
-                time.sleep(0.05)
+    while _proc_alive(pid) and time.monotonic() < end:
+        time.sleep(0.1)
+    if _proc_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while _proc_alive(pid):
+            time.sleep(0.05)
+    return True
+
+
+def _stop(sd: Path) -> list[str]:
+    """Stop every recorded process (last started first) and undo what each left behind.
+
+    With a real node, its pods are deleted through the API first (the kubelet then stops
+    them through the CRI, which releases their network), while the API server still runs.
+    """
+    state = _read_state(sd) or {}
+    stopped: list[str] = []
+    if not state:
+        return stopped
+    ctx = _ctx(sd, {"ports": {}, **state})
+    procs = processes(ctx.real_node)
+    pids: dict[str, int] = state.get("pids", {})
+    if ctx.real_node:
+        _drain_real_node(sd, state, ctx)
+    for p in reversed(procs):
+        if _signal_and_wait(pids.get(p.name), p.executable(ctx), p.grace):
+            stopped.append(p.name)
+        if p.cleanup:
+            p.cleanup(ctx)
+    if ctx.real_node:
+        network.teardown()
+        if _real_node_owner() == sd:
+            REAL_NODE_OWNER.unlink(missing_ok=True)
     for item in sd.iterdir() if sd.exists() else []:
         if item.name in ("logs", ".lock"):
             continue
@@ -619,6 +605,24 @@ def _stop(sd: Path, grace: float = 10) -> list[str]:
     return stopped
 
 
+def _drain_real_node(sd: Path, state: dict[str, Any], ctx: components.Ctx) -> None:
+    """Stop pod re-creation, delete the real node's pods and wait until the kubelet stopped
+    their containers (bounded: anything left is killed through containerd afterwards)."""
+    pids = state.get("pids", {})
+    alive = {p.name for p in processes(True) if _alive(ctx, state, p)}
+    if not {"kube-apiserver", "kubelet", "containerd"} <= alive:
+        return
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        _signal_and_wait(pids.get(name), _by_name(name).executable(ctx), 10)
+    c = Cluster(sd, state["ports"], real_node=True)
+    c.kubectl_run("delete", "pods", "--all-namespaces", "--grace-period=1", "--wait=false",
+                  f"--field-selector=spec.nodeName={realnode.NODE_NAME}", check=False,
+                  timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and realnode.running_tasks(ctx):
+        time.sleep(0.5)
+
+
 def down(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Stop the cluster in ``state_dir`` and remove its state (logs are kept)."""
     sd = paths.resolve_state_dir(state_dir)
@@ -626,6 +630,16 @@ def down(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return []
     with _locked(sd):
         return _stop(sd)
+
+
+def leftovers(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """What a real node left on the machine (mounts, netns, cgroups, bridge, rules); empty
+    while another cluster's real node runs (those are its own, not leftovers)."""
+    sd = paths.resolve_state_dir(state_dir)
+    owner = _real_node_owner()
+    if owner and owner != sd and (_read_state(owner) or {}).get("real_node"):
+        return []
+    return realnode.leftovers(components.Ctx(sd, {}, True))
 
 
 # ----------------------------------------------------------------------------- shared use

@@ -40,7 +40,22 @@ DEFAULT_POOL: tuple[NodeSpec, ...] = (
 )
 
 
-def node_manifest(n: NodeSpec) -> dict[str, Any]:
+# With a real node, the simulated CPU nodes carry this taint: ordinary CPU pods land on the
+# real node and really run; a namespace opts into simulation (see ``SIMULATED_NAMESPACE``).
+SIMULATED_TAINT = {"key": "localcluster.modelservice.dev/simulated", "value": "true",
+                   "effect": "NoSchedule"}
+# Namespace annotations (PodNodeSelector and PodTolerationRestriction admission plugins) that
+# send every pod of a namespace to the simulated CPU nodes: for tests of operator logic that
+# need many pods "Ready" without running them. Readiness there is kwok's, not a server's.
+SIMULATED_NAMESPACE = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations":
+        '[{"key": "localcluster.modelservice.dev/simulated", "operator": "Exists", '
+        '"effect": "NoSchedule"}]',
+}
+
+
+def node_manifest(n: NodeSpec, real_node: bool = False) -> dict[str, Any]:
     labels = {
         "kubernetes.io/hostname": n.name,
         "kubernetes.io/os": "linux",
@@ -60,6 +75,8 @@ def node_manifest(n: NodeSpec) -> dict[str, Any]:
         }
         capacity[GPU_RESOURCE] = str(n.gpus)
         taints.append(dict(GPU_TAINT))
+    elif real_node:
+        taints.append(dict(SIMULATED_TAINT))
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -69,5 +86,7 @@ def node_manifest(n: NodeSpec) -> dict[str, Any]:
     }
 
 
-def pool_manifest(pool: tuple[NodeSpec, ...] = DEFAULT_POOL) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "List", "items": [node_manifest(n) for n in pool]}
+def pool_manifest(pool: tuple[NodeSpec, ...] = DEFAULT_POOL, real_node: bool = False
+                  ) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List",
+            "items": [node_manifest(n, real_node) for n in pool]}

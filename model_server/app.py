@@ -3,8 +3,17 @@
 `create_app(settings, registry=None, backend=None)` builds the app without touching the
 model. The lifespan starts loading in a worker thread and returns at once, so
 `/v2/health/live` answers while a large model loads; readiness flips only after the load
-succeeded. A failed load leaves the server up and not ready, with the reason in the logs,
-the model metadata (`parameters.reason`) and every 503 body, instead of a crash loop.
+succeeded.
+
+A failed load is reported to whoever runs the app through `app.state.on_load_failed`
+(called once with `load_failure_message(...)`): `model-server serve` writes it to the
+termination-message file and exits with code 4, so Kubernetes shows the error on the pod and
+the operator reports `ModelLoadFailed` with it (docs/model-server.md). Without that hook (tests,
+or `MODEL_SERVER_EXIT_ON_LOAD_FAILURE=false`) the server stays up and not ready, with the
+reason in the logs, the model metadata (`parameters.reason`) and every 503 body.
+
+`ModelServerApp.start_draining()` (called by the CLI on SIGTERM) turns `/v2/health/ready`
+to 503 at once while every other endpoint keeps serving.
 
 Tests pass a `backend` (any `model_server.backends.base.Backend`) and a fresh
 `CollectorRegistry`; in production both come from the settings.
@@ -28,7 +37,7 @@ from model_server.auth import TokenAuth, read_tokens
 from model_server.backends import create_backend
 from model_server.backends.base import Backend, ModelLoadError
 from model_server.dataplane import SERVER_VERSION, DataPlane
-from model_server.errors import install_handlers
+from model_server.errors import ModelNotReady, error_response, install_handlers
 from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
 from model_server.routers import schemas
@@ -38,6 +47,8 @@ from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings
 
 log = logging.getLogger(__name__)
+
+READY_PATH = "/v2/health/ready"
 
 
 def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
@@ -53,6 +64,15 @@ def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
         return create_backend(framework)
 
     return make
+
+
+def load_failure_message(settings: Settings, reason: str) -> str:
+    """One paragraph for the termination message: what failed, where, and why."""
+    text = (
+        f"model {settings.model_name!r} (variant {settings.variant}, framework "
+        f"{settings.framework}) failed to load from {settings.model_dir}: {reason}"
+    )
+    return " ".join(text.split())
 
 
 def load_auth(settings: Settings) -> TokenAuth | None:
@@ -89,10 +109,21 @@ class ModelServerApp(RestEntry, FastAPI):
     """FastAPI behind the REST entry: authentication, then the infer short cut.
 
     `RestEntry.__call__` (routers/fastpath.py) sees every request first, checks its token,
-    and hands all but infer requests to `handle`, the normal FastAPI/Starlette stack.
+    and hands all but infer requests to `handle`, the normal FastAPI/Starlette stack. While
+    draining, `handle` answers the server readiness probe with 503 (the hot path is untouched).
     """
 
+    draining = False
+
+    def start_draining(self) -> None:
+        """Report not ready from now on; requests keep being served."""
+        self.draining = True
+
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.draining and scope["type"] == "http" and scope["path"] == READY_PATH:
+            response = error_response(ModelNotReady("the server is shutting down"))
+            await response(scope, receive, send)
+            return
         await FastAPI.__call__(self, scope, receive, send)
 
 
@@ -123,7 +154,7 @@ def create_app(
     )
     make_backend = _backend_factory(settings, backend)
 
-    async def load() -> None:
+    async def load(app: FastAPI) -> None:
         log.info(
             "Loading model %s from %s",
             settings.model_name,
@@ -133,11 +164,16 @@ def create_app(
         await asyncio.to_thread(
             dataplane.load, make_backend, Path(settings.model_dir), settings.load_options()
         )
+        if dataplane.model.state == "failed":
+            on_failed = getattr(app.state, "on_load_failed", None)
+            if on_failed is not None:
+                on_failed(load_failure_message(settings, dataplane.model.reason))
+            return
         dataplane.start_serving()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.load_task = asyncio.create_task(load(), name="model-load")
+        app.state.load_task = asyncio.create_task(load(app), name="model-load")
         grpc_server = await _start_grpc(app, settings, dataplane, auth, tls)
         try:
             yield

@@ -204,6 +204,26 @@ def _fetch_s3(uri: str, staging: Path) -> tuple[Path | None, str | None]:
     return None, None
 
 
+def checked_tar_members(tf: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
+    """The members of ``tf`` if all are plain files, directories or links that stay inside
+    ``root`` (what tarfile's "data" filter allows); raises PullError naming the first that is
+    not. For interpreters whose tarfile has no extraction filters."""
+    members = tf.getmembers()
+    for m in members:
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise PullError(f"archive member {m.name!r} is not a regular file or directory")
+        target = (root / m.name).resolve()
+        if m.name.startswith("/") or not target.is_relative_to(root):
+            raise PullError(f"archive member {m.name!r} escapes the destination")
+        if m.issym() or m.islnk():
+            base = target.parent if m.issym() else root
+            if m.linkname.startswith("/") or not (base / m.linkname).resolve().is_relative_to(
+                    root):
+                raise PullError(f"archive link {m.name!r} points outside the destination")
+        m.mode &= 0o755  # no setuid/setgid/sticky bits, as the data filter does
+    return members
+
+
 def _unpack(archive: Path, staging: Path) -> None:
     """Unpack `archive` into `staging` (refusing members that escape it), then delete it."""
     root = staging.resolve()
@@ -216,7 +236,10 @@ def _unpack(archive: Path, staging: Path) -> None:
                 zf.extractall(staging)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(staging, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                    tf.extractall(staging, filter="data")
+                else:  # e.g. Debian bookworm's 3.11.2, the local images' interpreter
+                    tf.extractall(staging, members=checked_tar_members(tf, root))
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
         raise PullError(f"cannot unpack {archive.name}: {exc}") from exc
     archive.unlink()

@@ -8,6 +8,9 @@ and hand it to `create_app`, so nothing is parsed at import time.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,12 +20,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_server.backends.base import LoadOptions
 
+ENV_PREFIX = "MODEL_SERVER_"
+TERMINATION_LOG = "/dev/termination-log"
+
 
 class Settings(BaseSettings):
     """The model server's configuration (env prefix `MODEL_SERVER_`)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MODEL_SERVER_",
+        env_prefix=ENV_PREFIX,
         extra="ignore",
         protected_namespaces=(),
         use_attribute_docstrings=True,
@@ -94,6 +100,14 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         return self
 
+    exit_on_load_failure: bool = True
+    """Exit with code 4 when the model cannot load (off: stay up, unready, for debugging)."""
+    termination_log: Path = Path(TERMINATION_LOG)
+    """File for the one-paragraph error on a failed start (Kubernetes terminationMessagePath);
+    written only when it exists and is writable."""
+    drain_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
+    """After SIGTERM: report not ready and keep serving this long before closing (0: at once)."""
+
     @field_validator("task", mode="before")
     @classmethod
     def _empty_task_is_none(cls, value: object) -> object:
@@ -110,6 +124,36 @@ class Settings(BaseSettings):
             torch_threads=self.torch_threads,
             trust_remote_code=self.trust_remote_code,
         )
+
+
+def env_names() -> dict[str, str]:
+    """`MODEL_SERVER_*` variable name -> Settings field, for every setting."""
+    return {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`MODEL_SERVER_*` variables in `environ` that no setting reads (pydantic ignores them).
+
+    Each entry names the variable and, when one is close, the setting it was probably meant
+    to be, e.g. "MODEL_SERVER_MAX_BATCH (did you mean MODEL_SERVER_MAX_BATCH_SIZE?)".
+    """
+    environ = os.environ if environ is None else environ
+    known = env_names()
+    out = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        suffixes = [k[len(ENV_PREFIX):] for k in known]
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.75)
+        out.append(f"{key} (did you mean {ENV_PREFIX}{close[0]}?)" if close else key)
+    return out
+
+
+def termination_log_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The termination-message file when no Settings could be built (pull, bad settings)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(ENV_PREFIX + "TERMINATION_LOG") or TERMINATION_LOG)
 
 
 @lru_cache(maxsize=1)

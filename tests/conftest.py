@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localcluster import build, paths
+from localcluster import build, nodes, paths
 from localcluster import cluster as lc
 
 # Subprocesses the tests start (msv-operator, model-server) import this checkout's code too.
@@ -28,7 +28,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"cluster", "namespace"} & set(getattr(item, "fixturenames", ())):
+        if {"cluster", "namespace", "real_namespace"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
 
 
@@ -62,12 +62,12 @@ def cluster() -> Iterator[lc.Cluster]:
             lc.release(state_dir)
 
 
-@pytest.fixture
-def namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test (with its default service account); deleted afterwards."""
+def _make_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest,
+                    annotations: dict[str, str], labels: dict[str, str]) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl_run("create", "namespace", name)
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": name, "annotations": annotations, "labels": labels}})
     deadline = time.monotonic() + 30
     while cluster.kubectl_run("get", "serviceaccount", "default", "-n", name,
                               check=False).returncode != 0:
@@ -78,3 +78,25 @@ def namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[s
         yield name
     finally:
         cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test whose pods go to kwok's simulated CPU nodes.
+
+    For tests of operator logic and scheduling: pods there are marked Ready by kwok, never
+    run. Tests that need pods to really run use ``real_namespace``.
+    """
+    yield from _make_namespace(cluster, request, dict(nodes.SIMULATED_NAMESPACE), {})
+
+
+@pytest.fixture
+def real_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace whose CPU pods run on the real node, under Pod Security
+    ``restricted`` (enforced), as a careful platform team would configure it."""
+    if not cluster.real_node:
+        pytest.fail("this test needs the real node; start the cluster without --no-real-node",
+                    pytrace=False)
+    yield from _make_namespace(cluster, request, {}, {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"})

@@ -17,7 +17,8 @@ Tensors per task (the first dimension is the batch):
 Safety: `trust_remote_code` only when the option says so; weights from safetensors when
 the directory has them, otherwise transformers' `torch.load(weights_only=True)`.
 Optimizations run in this order at load: structured/unstructured pruning, then
-dynamic-int8 (CPU) or float16/bfloat16, then the move to the device.
+dynamic-int8 (CPU: torch dynamic quantization; CUDA: torchao int8 weight-only, after the
+move) or float16/bfloat16, then the move to the device.
 """
 
 from __future__ import annotations
@@ -91,16 +92,11 @@ class TransformersBackend(LoadedInfo, Backend):
             )
         configure_torch_threads(options.torch_threads)
         self.device = select_torch_device(options.device)
-        if options.quantization == "dynamic-int8" and self.device != "cpu":
-            raise ModelLoadError(
-                "dynamic-int8 quantization runs on CPU only; use float16/bfloat16 on CUDA "
-                "or set device=cpu"
-            )
         self.options = options
         self.model_dir = model_dir
         model, config = self._load_model(model_dir, options)
         model = self._apply_optimizations(model, options)
-        if options.quantization != "dynamic-int8":
+        if options.quantization != "dynamic-int8":  # quantize_int8 placed it already
             model = model.to(self.device)
         self.model = model.eval()
         self._labels = self._label_list(config)
@@ -181,7 +177,7 @@ class TransformersBackend(LoadedInfo, Backend):
         elif options.pruning_method != "none":
             raise ModelLoadError(f"unknown pruning method {options.pruning_method!r}")
         if options.quantization == "dynamic-int8":
-            model = quantize.quantize_dynamic_int8(model)
+            model = quantize.quantize_int8(model, self.device)
         elif options.quantization in ("float16", "bfloat16"):
             quantize.to_half(model, options.quantization)
             self._dtype = quantize.torch_dtype(options.quantization)
@@ -195,12 +191,15 @@ class TransformersBackend(LoadedInfo, Backend):
         return [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
 
     def _measure(self) -> BackendInfo:
+        from model_server.optimize.quantize import int8_method as quantize_int8_method
         from model_server.optimize.stats import torch_param_stats, torch_sparsity
 
         params, size = torch_param_stats(self.model)
         extra: dict[str, Any] = {"task": self.task}
         if self.options.pruning_method == "structured":
             extra["ffn_neurons_removed"] = self._structured_removed
+        if self.options.quantization == "dynamic-int8":
+            extra["int8"] = quantize_int8_method(self.device)
         if self.options.pruning_method == "unstructured":
             extra["note"] = "unstructured sparsity: zeros are stored densely, no speedup"
         return BackendInfo(

@@ -1,8 +1,11 @@
 """Quantization and reduced precision: torch dynamic int8, half precision, TFLite dynamic range.
 
-- `quantize_dynamic_int8`: torch `quantize_dynamic` on every nn.Linear (weights int8,
-  activations quantized per batch at run time). CPU only: the quantized kernels
-  (fbgemm / onednn / qnnpack) do not run on CUDA.
+- `quantize_int8(model, device)`: what `dynamic-int8` means on each device. On CPU,
+  `quantize_dynamic_int8`: torch `quantize_dynamic` on every nn.Linear (weights int8,
+  activations quantized per batch at run time; the fbgemm / onednn / qnnpack kernels are
+  CPU only). On CUDA, `quantize_weight_only_int8`: torchao's int8 weight-only quantization
+  of every nn.Linear (int8 weights with per-channel scales, dequantized in the matmul), which
+  runs on any device; it is the same function on CPU, so CPU tests cover it.
 - `to_half`: casts a torch module to float16 or bfloat16. On CPU both run (bfloat16 is
   fast on AVX512-BF16/AMX machines, float16 mostly saves memory); on CUDA both are native.
 - `tflite_convert`: TensorFlow dynamic-range (int8 weights) or float16 quantization through
@@ -19,6 +22,33 @@ from pathlib import Path
 from typing import Any
 
 from model_server.backends.base import ModelLoadError
+
+
+def int8_method(device: str) -> str:
+    """How `dynamic-int8` runs on a torch device: "dynamic" (CPU) or "weight-only" (CUDA)."""
+    return "dynamic" if device == "cpu" else "weight-only"
+
+
+def quantize_int8(model: Any, device: str) -> Any:
+    """`model` quantized to int8 for `device` (and on it); returns the module to serve."""
+    if int8_method(device) == "dynamic":
+        return quantize_dynamic_int8(model)
+    return quantize_weight_only_int8(model.to(device))
+
+
+def quantize_weight_only_int8(model: Any) -> Any:
+    """Replace every nn.Linear weight by torchao's int8 weight-only tensor, in place."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"dynamic-int8 on a GPU needs torchao (pip install torchao): {exc}"
+        ) from exc
+    _conv1d_to_linear(model)
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
 
 
 def quantize_dynamic_int8(model: Any) -> Any:

@@ -1,7 +1,8 @@
 """Honest model statistics after optimization: parameters, bytes in memory, sparsity.
 
 Dynamic-int8 Linear layers keep their weights in packed params that `parameters()` does
-not list, so counts walk the state dict (packed weights included, shared tensors once).
+not list, so counts walk the state dict (packed weights included, shared tensors once);
+tensor subclasses (torchao's int8 weight-only weights) count the tensors they store.
 Sparsity is the fraction of exactly-zero weights in the prunable layers (Linear, Conv1D,
 Conv*d; the classifier / LM head excluded), the same set the pruning functions touch.
 """
@@ -12,14 +13,20 @@ import io
 from typing import Any
 
 
-def _iter_tensors(value: Any) -> Any:
+def _iter_tensors(value: Any, stored: bool = False) -> Any:
+    """(tensor, inside a subclass) pairs: a subclass's int8 data counts whatever its dtype."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        yield value
+        flatten = getattr(value, "__tensor_flatten__", None)
+        if flatten is None:
+            yield value, stored
+        else:
+            for name in flatten()[0]:
+                yield from _iter_tensors(getattr(value, name), True)
     elif isinstance(value, (tuple, list)):
         for item in value:
-            yield from _iter_tensors(item)
+            yield from _iter_tensors(item, stored)
 
 
 def torch_param_stats(model: Any) -> tuple[int, int]:
@@ -28,8 +35,8 @@ def torch_param_stats(model: Any) -> tuple[int, int]:
     count = 0
     size = 0
     for value in model.state_dict().values():
-        for tensor in _iter_tensors(value):
-            if tensor.dtype.is_floating_point or tensor.is_quantized:
+        for tensor, stored in _iter_tensors(value):
+            if stored or tensor.dtype.is_floating_point or tensor.is_quantized:
                 key = (_data_ptr(tensor), tensor.numel())
                 if key in seen:
                     continue
@@ -84,6 +91,8 @@ def torch_sparsity(model: Any) -> float:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
+        if hasattr(weight, "__tensor_flatten__"):  # torchao int8 weight-only
+            weight = weight.dequantize()
         zeros += int((weight == 0).sum())
         total += weight.numel()
     # dynamic-int8 layers: count zeros of the dequantized packed weights

@@ -37,6 +37,13 @@ INFLIGHT_METRIC = "model_server_inflight_requests"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_REQUESTS = {"cpu": "500m", "memory": "1Gi"}
+SERVER_CONTAINER = "model-server"
+PULL_CONTAINER = "model-pull"
+DRAIN_SECONDS = 5
+"""After SIGTERM the server answers unready but keeps serving this long, so the endpoint is
+gone from every Service/gateway before it stops accepting (docs/model-server.md)."""
+TERMINATION_GRACE_SECONDS = 30
+"""Drain + up to 10 s for requests in flight + shutdown, with room to spare."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
     if src.sha256:
         args += ["--sha256", src.sha256]
     init: dict[str, Any] = {
-        "name": "model-pull",
+        "name": PULL_CONTAINER,
         "image": image,
         "command": ["model-server"],
         "args": args,
@@ -135,6 +142,9 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
                          {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": security,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        # `model-server pull` writes its one-line error to /dev/termination-log; anything
+        # that dies without one still shows the tail of its log in the pod status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if pull_policy:
         init["imagePullPolicy"] = pull_policy
@@ -157,6 +167,7 @@ def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
         "MODEL_SERVER_MAX_DELAY_MS": str(spec.max_delay_ms),
         "MODEL_SERVER_DEVICE": "cuda" if spec.gpu else "cpu",
         "MODEL_SERVER_PORT": str(HTTP_PORT),
+        "MODEL_SERVER_DRAIN_SECONDS": str(DRAIN_SECONDS),
         "HF_HOME": "/tmp/hf",
     }
     if spec.torch_threads:
@@ -219,7 +230,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     secret_volumes, secret_mounts = _secret_volumes(spec)
     scheme = "HTTPS" if spec.tls_secret else "HTTP"
     container: dict[str, Any] = {
-        "name": "model-server",
+        "name": SERVER_CONTAINER,
         "image": image,
         "command": ["model-server"],
         "args": ["serve"],
@@ -235,6 +246,8 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
                                       "scheme": scheme},
                           "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
         "securityContext": security,
+        # a failed load exits 4 with the error in /dev/termination-log (status.py reads it)
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -252,7 +265,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
                             "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [volume, {"name": "tmp", "emptyDir": {}}, *secret_volumes],
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
     }
     if init:

@@ -7,8 +7,11 @@ Failure reasons, in the order they win:
 
 * ``InvalidSpec`` - the spec cannot be turned into objects (message names the field);
 * ``ApplyFailed`` - the API server refused an object;
-* ``Unschedulable`` - a pod's ``PodScheduled`` condition is False; the scheduler's message is kept;
-* ``ModelLoadFailed`` - a (init) container is crash-looping or cannot start;
+* ``Unschedulable`` - a pod's ``PodScheduled`` condition is False; the scheduler's message is kept,
+  led by the cause when the model's PersistentVolumeClaim does not exist;
+* ``ModelLoadFailed`` - the model server or the ``model-pull`` init container exited non-zero
+  (its termination message is copied: ``model-server serve`` writes the load error there), or
+  a container cannot start (image pull, config errors: the kubelet's message and the image);
 * ``ProgressDeadlineExceeded`` - the Deployment controller gave up on a rollout.
 
 ``reconcile`` calls it after applying; ``handlers`` call it again whenever an owned Deployment or
@@ -17,6 +20,7 @@ Pod changes, so the status follows the cluster within seconds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,15 +34,20 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 
 # Container waiting reasons that mean the model server cannot come up.
-FAILED_WAITING_REASONS = frozenset({
+IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
+FAILED_WAITING_REASONS = IMAGE_WAITING_REASONS | {
     "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
     "RunContainerError",
-})
+}
+# As builders name them (a unit test keeps the two modules in step).
+SERVER_CONTAINER = "model-server"
+PULL_CONTAINER = "model-pull"
+MODEL_VOLUME = "model"
+MESSAGE_MAX = 1024
+"""Longest termination or kubelet message copied into a condition (per pod)."""
+_MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
 OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "url")
@@ -104,28 +113,85 @@ def variant_weights(ms: Mapping[str, Any]) -> dict[str, int]:
     return weights
 
 
+def _trim(text: str, limit: int = MESSAGE_MAX) -> str:
+    """One line, at most ``limit`` characters (a log tail can be many lines of JSON)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _exited(name: str, terminated: Mapping[str, Any], init: bool) -> str:
+    """Who exited with which code, and the termination message (or the kubelet's reason)."""
+    code = terminated.get("exitCode")
+    reason = terminated.get("reason") or ""
+    if init and name == PULL_CONTAINER:
+        what = f"model pull failed (init container {name} exited with code {code})"
+    elif name == SERVER_CONTAINER:
+        what = f"model server exited with code {code}"
+    else:
+        what = f"{'init ' if init else ''}container {name} exited with code {code}"
+    if reason and reason not in ("Error", "Completed"):
+        what += f" ({reason})"
+    message = terminated.get("message")
+    return f"{what}: {_trim(message)}" if message else what
+
+
+def _container_problem(cs: Mapping[str, Any], init: bool) -> str | None:
+    """Why one container cannot run, or None."""
+    name = str(cs.get("name", "?"))
+    state = cs.get("state") or {}
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason in IMAGE_WAITING_REASONS:
+        text = f'cannot pull image "{cs.get("image", "?")}" for container {name} ({reason})'
+        return f"{text}: {_trim(waiting['message'])}" if waiting.get("message") else text
+    terminated = state.get("terminated") or {}
+    if terminated and terminated.get("exitCode") not in (0, None):
+        return _exited(name, terminated, init)
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    # A restarted container that has not become ready since it last failed is still failing
+    # (reporting it only while in back-off would flap the reason on every restart).
+    if last and last.get("exitCode") not in (0, None) and not cs.get("ready") and (
+            reason in FAILED_WAITING_REASONS or "running" in state):
+        return _exited(name, last, init)
+    if reason in FAILED_WAITING_REASONS:
+        text = f"container {name} cannot start ({reason})"
+        return f"{text}: {_trim(waiting['message'])}" if waiting.get("message") else text
+    return None
+
+
+def _unschedulable(pod: Mapping[str, Any], message: str) -> str:
+    """The scheduler's message, led by the cause when it is a missing model volume claim."""
+    missing = _MISSING_CLAIM.search(message)
+    if missing:
+        claim = missing.group(1)
+        for v in (pod.get("spec") or {}).get("volumes") or ():
+            if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim:
+                use = ("the model volume (spec.model.uri pvc://" + claim + ")"
+                       if v.get("name") == MODEL_VOLUME else f"volume {v.get('name')}")
+                return (f'PersistentVolumeClaim "{claim}" does not exist; create it or fix '
+                        f"{use}: {_trim(message)}")
+    return _trim(message)
+
+
 def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(reason, message) when a pod cannot be scheduled or its model server cannot start."""
-    name = (pod.get("metadata") or {}).get("name", "?")
+    """(reason, message) when a pod cannot be scheduled or its model server cannot start.
+
+    Pods being deleted are ignored (an old pod of a rollout exits on purpose).
+    """
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    name = meta.get("name", "?")
     st = pod.get("status") or {}
     for c in st.get("conditions") or ():
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             message = c.get("message") or c.get("reason") or "the scheduler cannot place the pod"
-            return "Unschedulable", f"pod {name}: {message}"
+            return "Unschedulable", f"pod {name}: {_unschedulable(pod, message)}"
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in st.get(key) or ():
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason")
-            if reason in FAILED_WAITING_REASONS:
-                detail = waiting.get("message") or ""
-                last = ((cs.get("lastState") or {}).get("terminated") or {})
-                if not detail and last:
-                    detail = last.get("message") or (
-                        f"exit code {last.get('exitCode')}"
-                        + (f" ({last['reason']})" if last.get("reason") else "")
-                    )
-                text = f"pod {name}: container {cs.get('name')}: {reason}"
-                return "ModelLoadFailed", f"{text}: {detail}" if detail else text
+            problem = _container_problem(cs, init=key == "initContainerStatuses")
+            if problem:
+                return "ModelLoadFailed", f"pod {name}: {problem}"
     return None
 
 

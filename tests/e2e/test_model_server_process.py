@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -31,8 +32,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def _spawn(*flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Any]:  # type: ignore[type-arg]
+    """Start `model-server serve` on a free loopback port; (process, host:port, log file)."""
     port = _free_port()
     cmd = [
         sys.executable, "-m", "model_server", "serve",
@@ -46,21 +47,33 @@ def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    url = f"127.0.0.1:{port}"
+    return proc, f"127.0.0.1:{port}", log
+
+
+def _output(log: Any) -> str:
+    log.seek(0)
+    return str(log.read().decode(errors="replace"))
+
+
+def _wait_live(proc: subprocess.Popen, url: str, log: Any) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"model-server exited with {proc.returncode}:\n{_output(log)}")
+        try:
+            if httpx.get(f"http://{url}/v2/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+@contextmanager
+def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    proc, url, log = _spawn("--drain-seconds", "0", *flags, env=env)  # stop at once at the end
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                out = log.read().decode(errors="replace")
-                raise AssertionError(f"model-server exited with {proc.returncode}:\n{out}")
-            try:
-                if httpx.get(f"http://{url}/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        _wait_live(proc, url, log)
         yield url
     finally:
         proc.terminate()
@@ -173,11 +186,14 @@ def test_generate_endpoint_on_a_real_generator(tmp_path: Path) -> None:
         assert all('"text_output"' in e for e in events)
 
 
-def test_corrupt_model_is_not_ready_with_reason(tmp_path: Path) -> None:
+def test_corrupt_model_is_not_ready_with_reason_when_told_to_stay_up(tmp_path: Path) -> None:
     model_dir = tmp_path / "broken"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{ not json")
-    with model_server("--model-dir", str(model_dir), "--task", "text-classification") as url:
+    with model_server(
+        "--model-dir", str(model_dir), "--task", "text-classification",
+        env={"MODEL_SERVER_EXIT_ON_LOAD_FAILURE": "false"},
+    ) as url:  # fmt: skip
         meta = _wait_model(url)
         assert meta["parameters"]["state"] == "failed"
         assert meta["parameters"]["reason"]
@@ -188,14 +204,15 @@ def test_corrupt_model_is_not_ready_with_reason(tmp_path: Path) -> None:
 
 
 def test_unusable_token_file_stops_serve_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "model_server", "serve", "--model-dir", str(tmp_path),
-         "--auth-tokens", str(tmp_path / "no-such-secret")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+    tlog = _termination_log(tmp_path)
+    code, output = _run_to_exit(
+        "--model-dir", str(tmp_path), "--auth-tokens", str(tmp_path / "no-such-secret"),
+        env={"MODEL_SERVER_TERMINATION_LOG": str(tlog)},
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "cannot read auth tokens" in lines[0], proc.stderr
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot read auth tokens" in lines[0], output
+    assert "cannot read auth tokens" in tlog.read_text()
 
 
 def test_three_front_ends_with_a_token_on_one_process(tmp_path: Path) -> None:
@@ -236,3 +253,147 @@ def test_three_front_ends_with_a_token_on_one_process(tmp_path: Path) -> None:
         oai = openai.OpenAI(base_url=f"http://{url}/v1", api_key="e2e-token", max_retries=0)
         done = oai.completions.create(model="model", prompt="hello", max_tokens=3)
         assert done.usage is not None and done.usage.completion_tokens <= 3
+
+
+# How the process ends (model_server/cli.py): exit codes, termination message, drain -------
+
+
+def _termination_log(tmp_path: Path) -> Path:
+    path = tmp_path / "termination-log"
+    path.touch()  # the kubelet creates it in every container; the server only writes it
+    return path
+
+
+def _run_to_exit(*flags: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `model-server serve` until it exits by itself: (exit code, output)."""
+    proc, _, log = _spawn(*flags, env=env)
+    try:
+        code = proc.wait(120)
+    finally:
+        proc.kill()
+        output = _output(log)
+        log.close()
+    return code, output
+
+
+def test_failed_load_exits_4_with_the_error_as_termination_message(tmp_path: Path) -> None:
+    model_dir = tmp_path / "broken"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{ not json")
+    tlog = _termination_log(tmp_path)
+    code, output = _run_to_exit(
+        "--model-dir", str(model_dir), "--task", "text-classification", "--variant", "int8",
+        env={"MODEL_SERVER_TERMINATION_LOG": str(tlog)},
+    )  # fmt: skip
+    assert code == 4, output
+    message = tlog.read_text()
+    assert message.startswith("model 'model' (variant int8, framework auto) failed to load from "
+                              f"{model_dir}: "), message
+    assert "config.json" in message or "JSON" in message, message
+    assert "\n" not in message
+
+
+def test_missing_model_dir_exits_4_and_no_file_is_created_outside_a_pod(tmp_path: Path) -> None:
+    absent = tmp_path / "no-termination-log"
+    code, output = _run_to_exit(
+        "--model-dir", str(tmp_path / "missing"), env={"MODEL_SERVER_TERMINATION_LOG": str(absent)}
+    )
+    assert code == 4, output
+    assert "does not exist" in output
+    assert not absent.exists()
+
+
+def test_pull_with_a_wrong_sha256_writes_one_line_termination_message(tmp_path: Path) -> None:
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"not really a model")
+    tlog = _termination_log(tmp_path)
+    pulled = subprocess.run(
+        [sys.executable, "-m", "model_server", "pull", source.as_uri(), str(tmp_path / "dest"),
+         "--sha256", "0" * 64],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MODEL_SERVER_TERMINATION_LOG": str(tlog)},
+    )  # fmt: skip
+    assert pulled.returncode == 1, pulled.stderr
+    message = tlog.read_text()
+    assert message.startswith("model pull failed: checksum mismatch for "), message
+    assert f"expected sha256 {'0' * 64}, got " in message
+    assert "\n" not in message
+
+
+def test_sigterm_drains_with_no_failed_request(tmp_path: Path) -> None:
+    """SIGTERM under load, with clients that behave like a Service's endpoint removal.
+
+    Eight clients on kept-alive connections send infer requests without pause. A watcher
+    plays the endpoints controller: it polls readiness, and some time after it sees 503 the
+    "endpoint is removed" and the clients stop sending new requests (requests already sent
+    still have to finish). Every request sent must succeed and the process must exit 0.
+    """
+    import signal
+    import threading
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from modelfactory import make_text_classifier
+
+    model_dir = tmp_path / "sentiment"
+    make_text_classifier(model_dir)
+    proc, url, log = _spawn(
+        "--model-dir", str(model_dir), "--task", "text-classification", "--drain-seconds", "5"
+    )
+    removed = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        _wait_live(proc, url, log)
+        assert _wait_model(url)["parameters"]["state"] == "ready"
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                            "data": ["a good movie"]}]}  # fmt: skip
+        sigterm_sent = threading.Event()
+        lock = threading.Lock()
+        counts = {"ok": 0, "after_sigterm": 0, "closed_by_server": 0}
+        failures: list[str] = []
+
+        def client() -> None:
+            with httpx.Client(base_url=f"http://{url}", timeout=30) as c:
+                while not removed.is_set():
+                    after = sigterm_sent.is_set()
+                    try:
+                        r = c.post("/v2/models/model/infer", json=body)
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            failures.append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    with lock:
+                        if r.status_code != 200:
+                            failures.append(f"HTTP {r.status_code}: {r.text}")
+                        else:
+                            counts["ok"] += 1
+                            counts["after_sigterm"] += after
+                            counts["closed_by_server"] += r.headers.get("connection") == "close"
+
+        threads += [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        while counts["ok"] < 50:  # under load before the signal
+            assert not failures, failures
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sigterm_sent.set()
+        while httpx.get(f"http://{url}/v2/health/ready", timeout=5).status_code != 503:
+            time.sleep(0.05)
+        # endpoint removal propagates with a delay: clients keep sending for a while
+        time.sleep(1.0)
+        removed.set()
+        for t in threads:
+            t.join(60)
+        code = proc.wait(60)
+    finally:
+        removed.set()
+        for t in threads:
+            t.join(60)
+        proc.kill()
+        proc.wait()
+    output = _output(log)
+    assert failures == [], failures[:5]
+    assert counts["after_sigterm"] > 0, counts
+    assert counts["closed_by_server"] > 0, counts  # clients were told to reconnect elsewhere
+    assert code == 0, output
+    assert "draining" in output

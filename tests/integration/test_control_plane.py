@@ -94,7 +94,8 @@ def test_node_pool_advertises_gpus_with_labels_and_taint(cluster: lc.Cluster) ->
                     "effect": "NoSchedule"} in taints
         else:
             assert "nvidia.com/gpu" not in node["status"]["allocatable"]
-            assert not taints
+            # With the real node, simulated CPU nodes only take pods that opt in.
+            assert taints == ([nodes.SIMULATED_TAINT] if cluster.real_node else [])
 
 
 def test_kubectl_and_server_report_the_pinned_version(cluster: lc.Cluster) -> None:
@@ -267,9 +268,10 @@ def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
     assert again.ports == cluster.ports
     proc = run_cli("status", "--state-dir", str(cluster.state_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in lc.COMPONENTS:
+    names = [p.name for p in lc.processes(cluster.real_node)]
+    for name in names:
         assert f"{name}" in proc.stdout
-    assert proc.stdout.count("healthy") == len(lc.COMPONENTS)
+    assert proc.stdout.count("healthy") == len(names)
 
 
 def _pids_using(state_dir: Path) -> list[int]:
@@ -292,7 +294,8 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         cluster: lc.Cluster, tmp_path: Path) -> None:
     state = tmp_path / "second"
     try:
-        proc = run_cli("up", "--state-dir", str(state))
+        # The machine's one real node belongs to the shared cluster: this one is simulated.
+        proc = run_cli("up", "--state-dir", str(state), "--no-real-node")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "control plane started" in proc.stdout
         second = lc.current(state)
@@ -300,7 +303,7 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         # It runs next to the shared cluster: every port differs (the shared ones are busy).
         assert not set(second.ports.values()) & set(cluster.ports.values())
 
-        proc = run_cli("up", "--state-dir", str(state))
+        proc = run_cli("up", "--state-dir", str(state), "--no-real-node")
         assert proc.returncode == 0
         assert "control plane reused" in proc.stdout
         assert lc.current(state) is not None and lc.current(state).ports == second.ports  # type: ignore[union-attr]
@@ -314,12 +317,16 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         assert "kube-scheduler           DEAD" in proc.stdout
         assert "last lines of" in proc.stdout and "kube-scheduler.log" in proc.stdout
 
-        # `up` on a cluster with a dead component replaces it with a healthy one.
-        proc = run_cli("up", "--state-dir", str(state))
+        # `up` on a cluster with a dead component restarts only that one and keeps the data.
+        second.kubectl_run("create", "configmap", "kept", "--from-literal=k=v")
+        others = {s.name: s.pid for s in lc.status(state) if s.name != "kube-scheduler"}
+        proc = run_cli("up", "--state-dir", str(state), "--no-real-node")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "remains of a previous, unhealthy control plane" in proc.stdout
+        assert "restarting kube-scheduler; keeping the cluster's data" in proc.stdout
         assert lc.is_healthy(state)
         assert not lc._proc_alive(sched.pid, str(paths.binary("kube-scheduler")))
+        assert {s.name: s.pid for s in lc.status(state) if s.name != "kube-scheduler"} == others
+        assert second.kubectl_run("get", "configmap", "kept").returncode == 0
 
         proc = run_cli("down", "--state-dir", str(state))
         assert proc.returncode == 0, proc.stderr
@@ -364,7 +371,7 @@ def test_up_moves_to_other_ports_when_a_chosen_port_is_busy(
     lines: list[str] = []
     state = tmp_path / "busy"
     try:
-        c = lc.up(state, out=lines.append)
+        c = lc.up(state, out=lines.append, real_node=False)
         assert len(calls) == 2
         assert c.ports["kube-apiserver"] != busy_port
         assert any("retrying on new ports" in line for line in lines), lines

@@ -47,6 +47,52 @@ def test_dynamic_int8_agrees_with_fp32_and_is_smaller(trained_classifier_dir: Pa
     assert abs(info.parameters - fp32.info().parameters) < 0.01 * fp32.info().parameters
 
 
+def test_int8_weight_only_the_gpu_path_agrees_with_fp32_on_cpu(
+    trained_classifier_dir: Path, factory, monkeypatch: pytest.MonkeyPatch
+):
+    """dynamic-int8 on CUDA is torchao int8 weight-only; the same code runs on CPU here."""
+    from model_server.optimize import quantize
+
+    texts = _held_out(factory)
+    fp32 = _load(trained_classifier_dir)
+    monkeypatch.setattr(quantize, "int8_method", lambda device: "weight-only")
+    int8 = _load(trained_classifier_dir, quantization="dynamic-int8")
+    linear = int8.model.bert.encoder.layer[0].intermediate.dense
+    assert type(linear.weight).__name__ == "Int8Tensor"  # torchao's int8 weight storage
+    ref, got = fp32.predict({"text": texts}), int8.predict({"text": texts})
+    assert _agreement(ref, got) >= INT8_AGREEMENT
+    info = int8.info()
+    assert info.extra["int8"] == "weight-only"
+    assert info.size_bytes < 0.75 * fp32.info().size_bytes
+    # same weights plus one scale per output row (a few % on this 32-wide model)
+    assert fp32.info().parameters < info.parameters < 1.05 * fp32.info().parameters
+
+
+def test_int8_weight_only_quantizes_gpt2_conv1d(text_generator_dir: Path, monkeypatch):
+    from model_server.optimize import quantize
+
+    monkeypatch.setattr(quantize, "int8_method", lambda device: "weight-only")
+    int8 = create_backend("transformers")
+    int8.load(text_generator_dir, LoadOptions(task="text-generation", quantization="dynamic-int8"))
+    weights = [type(m.weight).__name__ for m in int8.model.transformer.h[0].modules()
+               if isinstance(m, __import__("torch").nn.Linear)]
+    assert weights and set(weights) == {"Int8Tensor"}
+    assert int8.predict({"text": np.array([b"hello"], dtype=object)})["text_output"].shape == (1,)
+
+
+@pytest.mark.gpu
+def test_dynamic_int8_on_cuda_is_weight_only(trained_classifier_dir: Path, factory):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    texts = _held_out(factory)
+    ref = _load(trained_classifier_dir).predict({"text": texts})
+    int8 = _load(trained_classifier_dir, quantization="dynamic-int8", device="cuda")
+    assert (int8.info().device, int8.info().extra["int8"]) == ("cuda", "weight-only")
+    assert _agreement(ref, int8.predict({"text": texts})) >= INT8_AGREEMENT
+
+
 @pytest.mark.parametrize("quantization", ["float16", "bfloat16"])
 def test_half_precision_on_cpu(trained_classifier_dir: Path, factory, quantization: str):
     texts = _held_out(factory)

@@ -84,17 +84,206 @@ def test_unschedulable_carries_the_scheduler_message() -> None:
     assert cond(out, "Progressing")["status"] == "False"
 
 
-def test_crash_looping_model_server_is_model_load_failed() -> None:
-    p = pod("int8", containerStatuses=[{
-        "name": "model-server", "ready": False,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}},
-        "lastState": {"terminated": {"exitCode": 1, "message": "model dir is empty"}}}])
-    out = s.compute_status(ms(["baseline", "int8"], [("baseline", 100)]),
-                           deployments={"baseline": deployment(1, 1), "int8": deployment(1, 0)},
-                           pods=[p], now=NOW, observed_generation=1)
-    ready = cond(out, "Ready")
+# Pods shaped like the kubelet and scheduler report them (kubectl get pod -o json) --------
+POD = "sentiment-int8-7d9c8f6b5-x2k4q"
+IMAGE = "modelservice/model-server:1.0"
+LOAD_ERROR = ("model 'sentiment' (variant int8, framework transformers) failed to load from "
+              "/mnt/models: ModelLoadError: /mnt/models/config.json: missing")
+
+
+def pod_condition(type_: str, status: str, reason: str | None = None,
+                  message: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type_, "status": status, "lastProbeTime": None,
+                           "lastTransitionTime": "2026-01-01T00:00:01Z"}
+    if reason is not None:
+        out.update(reason=reason, message=message)
+    return out
+
+
+def real_pod(variant: str = "int8", *, phase: str = "Running",
+             conditions: list[dict[str, Any]] | None = None,
+             init: list[dict[str, Any]] | None = None,
+             containers: list[dict[str, Any]] | None = None,
+             volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": phase, "qosClass": "Burstable",
+        "conditions": conditions if conditions is not None else [
+            pod_condition("PodReadyToStartContainers", "True"),
+            pod_condition("Initialized", "True"),
+            pod_condition("Ready", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("ContainersReady", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("PodScheduled", "True")],
+    }
+    if phase != "Pending" or containers is not None:
+        status.update(hostIP="10.0.0.5", hostIPs=[{"ip": "10.0.0.5"}], podIP="10.244.1.7",
+                      podIPs=[{"ip": "10.244.1.7"}], startTime="2026-01-01T00:00:01Z")
+    if init is not None:
+        status["initContainerStatuses"] = init
+    if containers is not None:
+        status["containerStatuses"] = containers
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": POD, "namespace": "ml", "uid": "6f1c",
+                     "labels": {s.LABEL_VARIANT: variant, "pod-template-hash": "7d9c8f6b5"}},
+        "spec": {"volumes": volumes or [{"name": "model", "emptyDir": {}},
+                                        {"name": "tmp", "emptyDir": {}}],
+                 "containers": [{"name": "model-server", "image": IMAGE}]},
+        "status": status,
+    }
+
+
+def container(name: str = "model-server", *, state: dict[str, Any],
+              last: dict[str, Any] | None = None, restarts: int = 0,
+              ready: bool = False) -> dict[str, Any]:
+    return {
+        "name": name, "state": state, "lastState": last or {}, "ready": ready,
+        "restartCount": restarts, "image": IMAGE,
+        "imageID": "" if "waiting" in state and not last else f"docker.io/{IMAGE}@sha256:ab12",
+        "started": "running" in state,
+        "volumeMounts": [{"name": "model", "mountPath": "/mnt/models", "readOnly": True,
+                          "recursiveReadOnly": "Disabled"}],
+    }
+
+
+def terminated(code: int, message: str | None = None, reason: str = "Error") -> dict[str, Any]:
+    out: dict[str, Any] = {"exitCode": code, "reason": reason,
+                           "startedAt": "2026-01-01T00:00:04Z",
+                           "finishedAt": "2026-01-01T00:00:09Z",
+                           "containerID": "containerd://0d5e"}
+    if message is not None:
+        out["message"] = message
+    return {"terminated": out}
+
+
+def back_off(name: str) -> dict[str, Any]:
+    return {"waiting": {"reason": "CrashLoopBackOff", "message": (
+        f"back-off 20s restarting failed container={name} pod={POD}_ml(6f1c)")}}
+
+
+def int8_status(*pods: dict[str, Any]) -> dict[str, Any]:
+    return s.compute_status(ms(["baseline", "int8"], [("baseline", 90), ("int8", 10)]),
+                            deployments={"baseline": deployment(1, 1), "int8": deployment(1, 1)},
+                            pods=list(pods), now=NOW, observed_generation=1)
+
+
+def test_crash_looping_model_server_carries_its_termination_message() -> None:
+    p = real_pod(containers=[container(state=back_off("model-server"),
+                                       last=terminated(4, LOAD_ERROR), restarts=2)])
+    ready = cond(int8_status(p), "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ModelLoadFailed")
-    assert "CrashLoopBackOff" in ready["message"] and "variant int8" in ready["message"]
+    assert ready["message"] == (
+        f"variant int8: pod {POD}: model server exited with code 4: {LOAD_ERROR}")
+
+
+def test_restarted_server_still_loading_after_a_failure_stays_model_load_failed() -> None:
+    running = {"running": {"startedAt": "2026-01-01T00:00:30Z"}}
+    p = real_pod(containers=[container(state=running, last=terminated(4, LOAD_ERROR),
+                                       restarts=3)])
+    ready = cond(int8_status(p), "Ready")
+    assert ready["reason"] == "ModelLoadFailed" and LOAD_ERROR in ready["message"]
+    healthy = real_pod(containers=[container(state=running, last=terminated(4, LOAD_ERROR),
+                                             restarts=3, ready=True)])
+    assert s.pod_problem(healthy) is None
+
+
+def test_first_exit_before_back_off_is_reported_too() -> None:
+    p = real_pod(containers=[container(state=terminated(4, LOAD_ERROR))])
+    assert s.pod_problem(p) == (
+        "ModelLoadFailed", f"pod {POD}: model server exited with code 4: {LOAD_ERROR}")
+
+
+def test_crash_without_message_falls_back_to_log_tail_trimmed_to_one_line() -> None:
+    tail = "\n".join(f'{{"level": "error", "message": "line {i}"}}' for i in range(80))
+    p = real_pod(containers=[container(state=back_off("model-server"),
+                                       last=terminated(1, tail), restarts=1)])
+    _, message = s.pod_problem(p) or ("", "")
+    assert "\n" not in message and len(message) < s.MESSAGE_MAX + 100
+    assert message.startswith(f'pod {POD}: model server exited with code 1: {{"level"')
+    assert message.endswith("...")
+
+
+def test_oom_killed_says_so() -> None:
+    p = real_pod(containers=[container(state=back_off("model-server"),
+                                       last=terminated(137, reason="OOMKilled"), restarts=1)])
+    assert s.pod_problem(p) == (
+        "ModelLoadFailed", f"pod {POD}: model server exited with code 137 (OOMKilled)")
+
+
+def test_failed_model_pull_says_the_pull_failed_with_its_message() -> None:
+    pull_error = ("model pull failed: checksum mismatch for https://models.example/s.tgz: "
+                  "expected sha256 " + "0" * 64 + ", got " + "9" * 64)
+    p = real_pod(
+        phase="Pending",
+        conditions=[
+            pod_condition("PodReadyToStartContainers", "True"),
+            pod_condition("Initialized", "False", "ContainersNotInitialized",
+                          "containers with incomplete status: [model-pull]"),
+            pod_condition("Ready", "False", "ContainersNotReady",
+                          "containers with unready status: [model-server]"),
+            pod_condition("PodScheduled", "True")],
+        init=[container("model-pull", state=back_off("model-pull"),
+                        last=terminated(1, pull_error), restarts=1)],
+        containers=[container(state={"waiting": {"reason": "PodInitializing"}})])
+    ready = cond(int8_status(p), "Ready")
+    assert ready["reason"] == "ModelLoadFailed"
+    assert ready["message"] == (
+        f"variant int8: pod {POD}: model pull failed (init container model-pull exited with "
+        f"code 1): {pull_error}")
+
+
+def test_image_pull_back_off_names_the_image() -> None:
+    kubelet = (f'Back-off pulling image "{IMAGE}": ErrImagePull: failed to pull and unpack '
+               f'image "docker.io/{IMAGE}": not found')
+    p = real_pod(phase="Pending", init=[container(
+        "model-pull", state={"waiting": {"reason": "ImagePullBackOff", "message": kubelet}})],
+        containers=[container(state={"waiting": {"reason": "PodInitializing"}})])
+    assert s.pod_problem(p) == ("ModelLoadFailed", (
+        f'pod {POD}: cannot pull image "{IMAGE}" for container model-pull (ImagePullBackOff): '
+        f"{kubelet}"))
+
+
+def test_missing_model_claim_is_named_as_the_cause() -> None:
+    scheduler = ('0/3 nodes are available: persistentvolumeclaim "models" not found. '
+                 "preemption: 0/3 nodes are available: 3 Preemption is not helpful for "
+                 "scheduling.")
+    p = real_pod(phase="Pending",
+                 conditions=[pod_condition("PodScheduled", "False", "Unschedulable", scheduler)],
+        volumes=[{"name": "model", "persistentVolumeClaim": {"claimName": "models",
+                                                             "readOnly": True}},
+                 {"name": "tmp", "emptyDir": {}}])
+    ready = cond(int8_status(p), "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+    assert ready["message"] == (
+        f'variant int8: pod {POD}: PersistentVolumeClaim "models" does not exist; create it '
+        f"or fix the model volume (spec.model.uri pvc://models): {scheduler}")
+
+
+def test_config_error_is_reported_with_the_kubelet_message() -> None:
+    p = real_pod(containers=[container(state={"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "s3-creds" not found'}})])
+    assert s.pod_problem(p) == ("ModelLoadFailed", (
+        f'pod {POD}: container model-server cannot start (CreateContainerConfigError): '
+        'secret "s3-creds" not found'))
+
+
+def test_pod_being_deleted_is_not_a_problem() -> None:
+    p = real_pod(containers=[container(state=terminated(137, reason="Error"))])
+    p["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    assert s.pod_problem(p) is None
+
+
+def test_a_pod_that_cannot_start_never_leaves_ready_true() -> None:
+    running = {"running": {"startedAt": "2026-01-01T00:00:30Z"}}
+    good = real_pod("baseline", containers=[container(state=running, ready=True)])
+    good["metadata"]["name"] = "sentiment-baseline-1"
+    bad = real_pod(containers=[container(state=back_off("model-server"),
+                                         last=terminated(4, LOAD_ERROR), restarts=5)])
+    # the Deployment still counts an older ready replica of int8
+    out = int8_status(good, bad)
+    assert cond(out, "Ready")["status"] == "False"
+    assert cond(out, "Degraded")["reason"] == "ModelLoadFailed"
 
 
 def test_failed_init_container_message_falls_back_to_last_termination() -> None:
@@ -102,8 +291,7 @@ def test_failed_init_container_message_falls_back_to_last_termination() -> None:
         "name": "pull", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}])
     problem = s.pod_problem(p)
-    assert problem == ("ModelLoadFailed",
-                       "pod p-1: container pull: CrashLoopBackOff: exit code 3 (Error)")
+    assert problem == ("ModelLoadFailed", "pod p-1: init container pull exited with code 3")
 
 
 def test_unschedulable_wins_over_model_load_failed() -> None:

@@ -189,3 +189,53 @@ def test_s3_prefix_and_object(tmp_path: Path, s3: object) -> None:
     with pytest.raises(PullError, match="no objects"):
         pull("s3://models/nothing-here/", tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def _tar_with(tmp_path: Path, *members: tarfile.TarInfo) -> Path:
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tf:
+        for m in members:
+            tf.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+    return archive
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int = 1
+            ) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, size if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(("member", "message"), [
+    (_member("../up.txt"), "escapes"),
+    (_member("/etc/passwd"), "escapes"),
+    (_member("dev", tarfile.CHRTYPE), "not a regular file"),
+    (_member("link", tarfile.SYMTYPE, "../../etc/passwd"), "points outside"),
+    (_member("hard", tarfile.LNKTYPE, "/etc/passwd"), "points outside"),
+])
+def test_member_check_for_interpreters_without_tar_filters(
+        tmp_path: Path, member: tarfile.TarInfo, message: str) -> None:
+    # Python < 3.11.4 (Debian bookworm's 3.11.2 in the local images) has no "data" filter.
+    from model_server.pull import checked_tar_members
+
+    root = (tmp_path / "dest").resolve()
+    root.mkdir()
+    with tarfile.open(_tar_with(tmp_path, member)) as tf, pytest.raises(PullError, match=message):
+        checked_tar_members(tf, root)
+
+
+def test_member_check_keeps_a_normal_model_and_strips_special_bits(tmp_path: Path) -> None:
+    from model_server.pull import checked_tar_members
+
+    root = (tmp_path / "dest").resolve()
+    root.mkdir()
+    suid = _member("bin/tool")
+    suid.mode = 0o4755
+    archive = _tar_with(tmp_path, _member("config.json"), suid,
+                        _member("weights", tarfile.SYMTYPE, "bin/tool"))
+    with tarfile.open(archive) as tf:
+        members = checked_tar_members(tf, root)
+        assert [m.name for m in members] == ["config.json", "bin/tool", "weights"]
+        assert members[1].mode == 0o755
+        tf.extractall(root, members=members)
+    assert (root / "config.json").read_bytes() == b"x"

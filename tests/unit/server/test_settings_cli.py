@@ -39,7 +39,10 @@ def test_defaults_are_safe() -> None:
     assert s.max_request_bytes > 0
 
 
-def test_invalid_settings_are_rejected_with_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_settings_are_rejected_with_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("MODEL_SERVER_QUANTIZATION", "int3")
     with pytest.raises(ValidationError, match="quantization"):
         Settings()

@@ -1,0 +1,276 @@
+"""ModelServices whose pods really run, on the local cluster's real node.
+
+The model-server image (built locally, imported into the node's containerd) runs in pods the
+operator built; its init container pulls the model from an in-cluster store (HTTP or S3) and
+checks its SHA-256; readiness comes from the server's own probe after the model loaded; every
+request goes through a Service programmed by kube-proxy. The namespaces enforce Pod Security
+``restricted``. Nothing here is marked Ready by a simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from msv_operator import kube
+from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
+
+from localcluster import cluster as lc
+from localcluster import modelstores
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
+# Small requests so that several model-server pods fit on the 2-core real node.
+SERVER = {"torchThreads": 1,
+          "resources": {"requests": {"cpu": "50m", "memory": "300Mi"},
+                        "limits": {"memory": "1500Mi"}}}
+TEXTS = ["i really love this movie", "the food was terrible"]
+
+
+@pytest.fixture(scope="module")
+def stores(cluster: lc.Cluster) -> None:
+    modelstores.deploy(cluster)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modelfactory import make_text_classifier
+
+    path = tmp_path_factory.mktemp("models") / "classifier"
+    make_text_classifier(path)
+    return path
+
+
+@pytest.fixture
+def operator(crd: None, real_namespace: str) -> Iterator[RunningOperator]:
+    op = RunningOperator([real_namespace]).start()
+    yield op
+    assert op.alive, "the operator must still be running at the end of the test"
+    op.stop()
+
+
+def served(name: str, ns: str, uri: str, sha256: str | None, **spec: Any) -> dict[str, Any]:
+    model: dict[str, Any] = {"uri": uri, "framework": "transformers",
+                             "task": "text-classification"}
+    if sha256:
+        model["sha256"] = sha256
+    server = {**SERVER, **spec.pop("server", {})}
+    return modelservice(name, ns, model=model, server=server, **spec)
+
+
+def ms_condition(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    return condition(k.get(MS_API, "ModelService", ns, name), "Ready")
+
+
+def wait_ready(k: kube.Kube, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        ms = k.get(MS_API, "ModelService", ns, name) or {}
+        c = condition(ms, "Ready")
+        if c.get("reason") in ("ModelLoadFailed", "InvalidSpec"):
+            raise RuntimeError(f"{name} failed: {c}")  # stops the wait at once
+        ok = c.get("status") == "True" and (
+            ms.get("status", {}).get("observedGeneration") == ms["metadata"]["generation"])
+        return ms if ok else None
+    return wait_for(f"{name} Ready=True (real pods)", ready, timeout=timeout, interval=1)
+
+
+def wait_reason(k: kube.Kube, ns: str, name: str, reason: str, timeout: float = 240
+                ) -> dict[str, Any]:
+    def reported() -> dict[str, Any] | None:
+        c = ms_condition(k, ns, name)
+        assert c.get("status") != "True", f"{name} must never be Ready: {c}"
+        return c if c.get("reason") == reason else None
+    return wait_for(f"{name}: Ready/{reason}", reported, timeout=timeout, interval=1)
+
+
+def cluster_ip(k: kube.Kube, ns: str, name: str) -> str:
+    svc = k.get("v1", "Service", ns, name)
+    assert svc, f"Service {ns}/{name} missing"
+    ip: str = svc["spec"]["clusterIP"]
+    return ip
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def infer_once(ip: str, model: str) -> dict[str, Any]:
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
+    return http_json(f"http://{ip}/v2/models/{model}/infer", body)  # type: ignore[no-any-return]
+
+
+def test_pods_pull_load_and_serve_through_the_stable_service(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = modelstores.publish_http(classifier, f"{ns}-classifier")
+    k.apply(served("sentiment", ns, uri, digest,
+                   variants=[{"name": "baseline"},
+                             {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+                   traffic=[{"variant": "baseline", "weight": 50},
+                            {"variant": "int8", "weight": 50}],
+                   replicas=2))
+    wait_ready(k, ns, "sentiment")
+    pods = k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=sentiment")
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == "node-1", "CPU pods must run on the real node"
+        init = pod["status"]["initContainerStatuses"][0]
+        assert init["state"]["terminated"]["exitCode"] == 0  # the pull really ran
+        server = pod["status"]["containerStatuses"][0]
+        assert server["ready"], server
+        assert "sha256:" in server["imageID"], server  # containerd's image, not kwok's marker
+        assert pod["status"]["podIP"].startswith("10.244.200.")
+
+    import tritonclient.http as httpclient
+
+    ip = cluster_ip(k, ns, "sentiment")
+    client = httpclient.InferenceServerClient(f"{ip}:80")
+    inp = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+    result = client.infer("sentiment", [inp])
+    labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    assert set(labels) <= {"NEGATIVE", "POSITIVE"} and len(labels) == 2
+
+
+def test_pull_from_the_s3_store_with_credentials_from_a_secret(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = modelstores.publish_s3(classifier, "models", f"{ns}/classifier.tar.gz")
+    k.apply(modelstores.credentials_secret("s3-creds", ns))
+    k.apply(served("from-s3", ns, uri, digest, credentialsSecret="s3-creds"))
+    wait_ready(k, ns, "from-s3")
+    meta = http_json(f"http://{cluster_ip(k, ns, 'from-s3')}/v2/models/from-s3")
+    assert meta["parameters"]["variant"] == "baseline"
+
+
+def test_wrong_sha256_fails_the_pull_with_a_clear_status(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = modelstores.publish_http(classifier, f"{ns}-sha")
+    wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
+    k.apply(served("badsum", ns, uri, wrong))
+    c = wait_reason(k, ns, "badsum", "ModelLoadFailed")
+    assert "sha256" in c["message"].lower() or "SHA-256" in c["message"], c
+
+
+def test_broken_model_reports_model_load_failed_with_the_server_error(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube, tmp_path: Path) -> None:
+    ns = real_namespace
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in classifier.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    uri, digest = modelstores.publish_http(broken, f"{ns}-broken")
+    k.apply(served("broken", ns, uri, digest))
+    c = wait_reason(k, ns, "broken", "ModelLoadFailed")
+    assert "no-such-architecture" in c["message"], c
+
+
+def test_missing_pvc_is_reported_and_nothing_crashes(
+        cluster: lc.Cluster, real_namespace: str, operator: RunningOperator,
+        k: kube.Kube) -> None:
+    ns = real_namespace
+    k.apply(served("nopvc", ns, "pvc://no-such-claim/model", None))
+
+    def reported() -> dict[str, Any] | None:
+        c = ms_condition(k, ns, "nopvc")
+        assert c.get("status") != "True", c
+        return c if "no-such-claim" in c.get("message", "") else None
+    c = wait_for("a condition naming the missing claim", reported, timeout=120, interval=1)
+    assert c["status"] == "False"
+    assert operator.alive
+
+
+def _variant_of_answer(ip: str, model: str) -> str:
+    # A fresh connection per request: kube-proxy balances connections, not requests.
+    meta = http_json(f"http://{ip}/v2/models/{model}", timeout=5)
+    return str(meta["parameters"]["variant"])
+
+
+def test_traffic_split_follows_replicas_over_a_thousand_requests(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = modelstores.publish_http(classifier, f"{ns}-split")
+    k.apply(served("split", ns, uri, digest,
+                   variants=[{"name": "baseline"},
+                             {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+                   traffic=[{"variant": "baseline", "weight": 75},
+                            {"variant": "int8", "weight": 25}],
+                   replicas=4))
+    ms = wait_ready(k, ns, "split", timeout=420)
+    replicas = {v["name"]: v.get("readyReplicas", 0) for v in ms["status"]["variants"]}
+    assert replicas == {"baseline": 3, "int8": 1}, replicas
+    ip = cluster_ip(k, ns, "split")
+    n = 1000
+    counts = Counter(_variant_of_answer(ip, "split") for _ in range(n))
+    share = 100.0 * counts["baseline"] / n
+    assert abs(share - 75.0) <= 5.0, counts
+
+
+def test_rolling_update_under_load_loses_no_request(
+        cluster: lc.Cluster, stores: None, classifier: Path, real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = modelstores.publish_http(classifier, f"{ns}-roll")
+    body = served("roll", ns, uri, digest, replicas=2)
+    k.apply(body)
+    wait_ready(k, ns, "roll")
+    ip = cluster_ip(k, ns, "roll")
+    old_pods = {p["metadata"]["name"]
+                for p in k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=roll")}
+
+    stop = threading.Event()
+    results: Counter[str] = Counter()
+    errors: list[str] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                out = infer_once(ip, "roll")
+                results["ok" if out.get("outputs") else "bad"] += 1
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                results["failed"] += 1
+                errors.append(repr(e))
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        wait_for("requests flowing", lambda: results["ok"] >= 20, timeout=60)
+        body["spec"]["server"]["batching"] = {"maxBatchSize": 4}  # new env: a rolling update
+        k.apply(body)
+
+        def rolled() -> bool:
+            pods = k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=roll")
+            names = {p["metadata"]["name"] for p in pods}
+            ready = [p for p in pods if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", []))]
+            return not (names & old_pods) and len(ready) == 2
+        wait_for("the rollout to replace every pod", rolled, timeout=420, interval=1)
+        time.sleep(2)  # keep load on the new pods for a moment
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    assert results["ok"] > 100, results
+    assert results["failed"] == 0 and results["bad"] == 0, (results, errors[:5])

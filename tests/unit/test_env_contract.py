@@ -1,0 +1,144 @@
+"""The operator's Deployments and the model server agree on the environment (no cluster).
+
+The operator configures the server only through `MODEL_SERVER_*` variables
+(docs/architecture.md). These tests build the Deployments of a rich ModelService with the
+real builders and feed their environment to the server's real `Settings`: every variable
+must be one the server reads, with a value it accepts, and every setting is either written
+by the operator or listed here as deliberately left at the server's default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from msv_operator import builders as b
+from msv_operator import status
+
+from model_server import cli
+from model_server.settings import ENV_PREFIX, Settings, env_names, unknown_env
+
+OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
+                      service_monitor=True, gateway_api=True)
+
+# Settings the operator leaves at the server's default, on purpose.
+NOT_WIRED = {
+    "model_version", "host", "log_format", "log_level", "infer_fast_path", "access_log",
+    "max_queue", "request_timeout_s", "max_request_bytes", "trust_remote_code",
+    "exit_on_load_failure", "termination_log", "header_timeout_s",
+    "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
+}
+
+
+def rich(gpu: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": "s3://models/sst2.tgz", "sha256": "a" * 64,
+                  "framework": "transformers", "task": "text-classification",
+                  "credentialsSecret": "s3-creds"},
+        "variants": [
+            {"name": "baseline"},
+            {"name": "fp16", "optimization": {"quantization": "float16"}},
+            {"name": "int8", "optimization": {"quantization": "dynamic-int8"}},
+            {"name": "pruned", "optimization": {"pruning": {"method": "structured",
+                                                            "amount": 0.3}}},
+            {"name": "sparse", "model": {"uri": "pvc://models/sparse"},
+             "optimization": {"quantization": "bfloat16",
+                              "pruning": {"method": "unstructured", "amount": 0.5}}},
+        ],
+        "traffic": [{"variant": "baseline", "weight": 70}, {"variant": "fp16", "weight": 10},
+                    {"variant": "int8", "weight": 10}, {"variant": "pruned", "weight": 10}],
+        "replicas": 4,
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetInFlight": 4},
+        "server": {"image": "ms:custom", "imagePullPolicy": "IfNotPresent", "torchThreads": 2,
+                   "batching": {"maxBatchSize": 32, "maxDelayMs": 5},
+                   "auth": {"tokenSecret": "sentiment-tokens"},
+                   "tls": {"secretName": "sentiment-tls"}},
+        "gateway": {"parentRefs": [{"name": "gw"}]},
+    }
+    if gpu:
+        spec["gpu"] = {"count": 1, "products": ["NVIDIA-A100-SXM4-80GB"]}
+    return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "sentiment", "namespace": "ml", "uid": "u"}, "spec": spec}
+
+
+def deployments(gpu: bool) -> list[dict[str, Any]]:
+    return [o for o in b.build_all(rich(gpu), OPTS) if o["kind"] == "Deployment"]
+
+
+def server_env(dep: dict[str, Any]) -> dict[str, str]:
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == b.SERVER_CONTAINER]
+    return {e["name"]: e["value"] for e in c["env"]}
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_every_model_server_variable_the_operator_writes_is_a_setting(
+    gpu: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deps = deployments(gpu)
+    assert len(deps) == 5
+    for dep in deps:
+        env = server_env(dep)
+        ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        assert unknown_env(ours) == [], dep["metadata"]["name"]
+        for key in list(os.environ):
+            if key.startswith(ENV_PREFIX):
+                monkeypatch.delenv(key)
+        for key, value in ours.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()  # the server's own parsing and validation
+        fields = env_names()
+        for key, value in ours.items():
+            parsed = getattr(settings, fields[key])
+            if isinstance(parsed, bool):
+                assert value == str(parsed).lower(), (key, value, parsed)
+                continue
+            assert str(parsed) == value or parsed == type(parsed)(value) or (
+                value == "" and parsed is None), (key, value, parsed)
+        assert settings.device == ("cuda" if gpu else "cpu")
+        assert settings.drain_seconds == b.DRAIN_SECONDS
+        assert settings.torch_threads == 2
+
+
+def test_init_containers_get_no_server_settings() -> None:
+    for dep in deployments(gpu=False):
+        for c in dep["spec"]["template"]["spec"].get("initContainers", []):
+            names = [e["name"] for e in c.get("env", [])]
+            assert unknown_env(dict.fromkeys(names, "")) == []
+
+
+def test_every_setting_is_wired_by_the_operator_or_deliberately_left_default() -> None:
+    written = set()
+    for gpu in (False, True):
+        for dep in deployments(gpu):
+            written |= {env_names()[k] for k in server_env(dep) if k.startswith(ENV_PREFIX)}
+    assert set(Settings.model_fields) - written == NOT_WIRED - written
+    assert written & NOT_WIRED <= {"torch_threads"}
+
+
+def test_unknown_variables_are_named_with_a_suggestion() -> None:
+    env = {"MODEL_SERVER_QUANTISATION": "float16", "MODEL_SERVER_FOO": "1",
+           "MODEL_SERVER_PORT": "8080", "OTHER": "x"}
+    assert unknown_env(env) == [
+        "MODEL_SERVER_FOO",
+        "MODEL_SERVER_QUANTISATION (did you mean MODEL_SERVER_QUANTIZATION?)",
+    ]
+
+
+def test_grace_period_covers_drain_and_in_flight_requests() -> None:
+    dep = deployments(gpu=False)[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == b.TERMINATION_GRACE_SECONDS
+    assert b.TERMINATION_GRACE_SECONDS >= b.DRAIN_SECONDS + cli.SHUTDOWN_TIMEOUT_S + 5
+
+
+def test_containers_report_termination_messages_under_the_names_status_reads() -> None:
+    assert (b.SERVER_CONTAINER, b.PULL_CONTAINER) == (status.SERVER_CONTAINER,
+                                                      status.PULL_CONTAINER)
+    pod = deployments(gpu=False)[0]["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["initContainers"]] + [c["name"] for c in pod["containers"]]
+    assert names == [b.PULL_CONTAINER, b.SERVER_CONTAINER]
+    assert pod["volumes"][0]["name"] == status.MODEL_VOLUME
+    for c in pod["initContainers"] + pod["containers"]:
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
