@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from model_server.auth import TokenAuth
 from model_server.dataplane import DataPlane
-from model_server.errors import GRPC_CODES, ServerError
+from model_server.errors import GRPC_CODES, InvalidInput, ServerError
 from model_server.grpc_api.codec import decode_infer, encode_infer
 from model_server.grpc_api.schema import METHODS, SERVICE, message
 
@@ -84,11 +85,15 @@ class InferenceService:
             tracker.finish(started, status)
 
 
-def _wrap(rpc: str, handler: Handler, auth: TokenAuth | None) -> Handler:
-    """The handler with the token check (unless open) and errors as gRPC status codes."""
+def _wrap(
+    rpc: str, handler: Handler, parse: Callable[[bytes], Any], auth: TokenAuth | None
+) -> Handler:
+    """The handler with the token check (unless open), the request parsed here (so bytes
+    that are not the message are INVALID_ARGUMENT, not grpcio's INTERNAL) and errors as gRPC
+    status codes."""
     check = auth if auth is not None and rpc not in OPEN_CALLS else None
 
-    async def call(request: Any, context: Any) -> Any:
+    async def call(raw: bytes, context: Any) -> Any:
         if check is not None:
             presented = None
             for key, value in context.invocation_metadata() or ():
@@ -100,11 +105,14 @@ def _wrap(rpc: str, handler: Handler, auth: TokenAuth | None) -> Handler:
                 context.set_trailing_metadata((("www-authenticate", challenge),))
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message_)
         try:
+            try:
+                request = parse(raw)
+            except DecodeError as exc:
+                raise InvalidInput(f"the request is not a valid {rpc}Request: {exc}") from None
             return await handler(request, context)
         except ServerError as exc:
-            await context.abort(
-                grpc.StatusCode[GRPC_CODES.get(exc.status_code, "INTERNAL")], exc.message
-            )
+            code = grpc.StatusCode[GRPC_CODES.get(exc.status_code, "INTERNAL")]
+            await context.abort(code, exc.message)
 
     return call
 
@@ -115,8 +123,7 @@ def generic_handler(dataplane: DataPlane, auth: TokenAuth | None) -> Any:
     for rpc, (request_name, _) in METHODS.items():
         response_cls = message(f"{rpc}Response")
         handlers[rpc] = grpc.unary_unary_rpc_method_handler(
-            _wrap(rpc, getattr(service, rpc), auth),
-            request_deserializer=message(request_name).FromString,
+            _wrap(rpc, getattr(service, rpc), message(request_name).FromString, auth),
             response_serializer=response_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

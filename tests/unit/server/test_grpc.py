@@ -164,6 +164,37 @@ def test_typed_contents_are_decoded(served: Served) -> None:
         assert "needs 4 elements" in info.value.details()
 
 
+def test_malformed_grpc_requests_are_invalid_argument(served: Served) -> None:
+    request_cls = schema.message("ModelInferRequest")
+
+    def tensor(**fields: object) -> bytes:
+        request = request_cls(model_name="echo")
+        request.inputs.add(**fields)  # type: ignore[arg-type]
+        return bytes(request.SerializeToString())
+
+    x = {"name": "x", "datatype": "FP32"}
+    cases = [
+        (b"\xff\xff\xff not protobuf", "not a valid ModelInferRequest"),
+        (bytes(request_cls(model_name="echo").SerializeToString()), "at least one tensor"),
+        (tensor(**x, shape=[-1, 4]), "non-negative integers"),
+        (tensor(**x, shape=[1 << 20, 1 << 20]), "too large"),
+        (tensor(name="x", datatype="FP8", shape=[1, 4]), "unsupported datatype"),
+        (tensor(name="x", datatype="FP16", shape=[1, 4]), "raw_input_contents"),
+        (tensor(name="", datatype="FP32", shape=[1]), "non-empty name"),
+    ]
+    raw = request_cls(model_name="echo")
+    raw.inputs.add(**x, shape=[1, 4])
+    raw.raw_input_contents.append(b"\0" * 15)  # 4 FP32 need 16 bytes
+    cases.append((bytes(raw.SerializeToString()), "needs 16 bytes"))
+    with grpc.insecure_channel(served.grpc_url) as channel:
+        call = channel.unary_unary(f"/{schema.SERVICE}/ModelInfer")
+        for body, message in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                call(body, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (message, info.value)
+            assert message in (info.value.details() or ""), info.value.details()
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
     base = tmp_path_factory.mktemp("grpc-tls")
