@@ -11,7 +11,10 @@ Servers (each its own uvicorn process on loopback, access log off, batching as d
   keep-alive clients do, so the handshake is not in the per-request cost);
 - `grpc`: this tree's OIP v2 gRPC front end (`ModelInfer`), REST port unused;
 - `grpc_floor`: a bare `grpc.aio` server answering ModelInfer with the request bytes (no
-  protobuf parsing, no model): what grpcio's Python server costs per call by itself.
+  protobuf parsing, no model): what grpcio's Python server costs per call by itself;
+- `kserve_grpc`: KServe 0.21's ModelServer with its OIP v2 gRPC server on the same identity
+  model (bench/peer_servers.py, from the peer venv that bench/README.md describes; skipped
+  and recorded when that venv is missing).
 
 HTTP load: bench/loadgen.py (raw asyncio streams, keep-alive). gRPC load: a `grpc.aio`
 channel sending the same pre-serialized ModelInferRequest with `concurrency` calls in
@@ -62,7 +65,13 @@ BODY = json.dumps(
 ).encode()
 INFER_PATH = "/v2/models/identity/infer"
 SERVICE = "inference.GRPCInferenceService"
-SIDES = ("before", "rest", "auth", "tls", "grpc", "grpc_floor")
+SIDES = ("before", "rest", "auth", "tls", "grpc", "grpc_floor", "kserve_grpc")
+KSERVE_PYTHON = (
+    Path(os.environ.get("BENCH_VENVS", "~/.cache/modelservice/bench-venvs")).expanduser()
+    / "kserve"
+    / "bin"
+    / "python"
+)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -186,6 +195,10 @@ def main() -> None:
         _serve_grpc_floor(args.port)
         return
     names = [n for n in SIDES if n in args.only.split(",")]
+    missing: dict[str, str] = {}
+    if "kserve_grpc" in names and not KSERVE_PYTHON.exists():
+        names.remove("kserve_grpc")
+        missing["kserve_grpc"] = f"no KServe venv at {KSERVE_PYTHON.parent.parent.name}"
 
     load_at_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="front-ends-"))
@@ -199,7 +212,12 @@ def main() -> None:
         (tmp / "tokens").write_text(TOKEN)
         ports = {name: free_port() for name in SIDES}
         grpc_port = free_port()
-        grpc_ports = {"grpc": grpc_port, "grpc_floor": ports["grpc_floor"]}
+        kserve_grpc_port = free_port()
+        grpc_ports = {
+            "grpc": grpc_port,
+            "grpc_floor": ports["grpc_floor"],
+            "kserve_grpc": kserve_grpc_port,
+        }
         configs: dict[str, tuple[str, dict[str, Any]]] = {
             "before": (str(before_root), {}),
             "rest": (str(ROOT), {}),
@@ -220,7 +238,12 @@ def main() -> None:
             procs["grpc_floor"] = subprocess.Popen(
                 [sys.executable, __file__, "--serve-grpc-floor", "--port", str(ports["grpc_floor"])]
             )
-        for name in ("before", "rest", "auth", "grpc"):
+        if "kserve_grpc" in names:
+            procs["kserve_grpc"] = subprocess.Popen(
+                [str(KSERVE_PYTHON), str(HERE / "peer_servers.py"), "kserve-grpc",
+                 str(ports["kserve_grpc"]), str(kserve_grpc_port)]
+            )  # fmt: skip
+        for name in ("before", "rest", "auth", "grpc", "kserve_grpc"):
             if name in names:
                 wait_http(HOST, ports[name], "/v2/health/ready")
         client_tls = ssl.create_default_context(cafile=str(secret / "ca.crt"))
@@ -303,6 +326,7 @@ def main() -> None:
         "rest_after_over_before": ("rest", "before"),
         "grpc_over_rest": ("grpc", "rest"),
         "grpc_over_grpc_floor": ("grpc", "grpc_floor"),
+        "grpc_over_kserve_grpc": ("grpc", "kserve_grpc"),
         "auth_over_off": ("auth", "rest"),
         "tls_over_off": ("tls", "rest"),
     }
@@ -314,7 +338,9 @@ def main() -> None:
             result["ratios"][f"{label}_cpu_per_req"] = med.ratio(
                 a, b, "cN", "server_cpu_us_per_req"
             )
+    result["missing"] = missing
     result["goal"] = {
+        "grpc_over_kserve_grpc_rps": ">= 1.3",
         "rest_after_over_before_cpu_per_req": "<= 1.03 (the refactor costs nothing)",
     }
     result["runs"] = runs
