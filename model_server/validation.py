@@ -34,8 +34,9 @@ class InputCheck:
         self.squeezed = tuple(d for d in self.shape[1:] if d != 1)
 
     def check(self, name: str, array: np.ndarray) -> None:
-        if array.dtype != self.dtype:
-            got = datatype_of(array.dtype)
+        dtype = array.dtype
+        if dtype is not self.dtype and dtype != self.dtype:
+            got = datatype_of(dtype)
             if got != self.datatype:
                 raise InvalidInput(f"input {name!r} must be {self.datatype}, got {got}")
         shape = array.shape
