@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -309,7 +311,10 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """In-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            return in_cluster_address(info, os.environ)
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
@@ -433,6 +438,22 @@ class _Union:
             if key in index:
                 out.extend(index[key])
         return out
+
+
+def in_cluster_address(info: kopf.ConnectionInfo, env: Mapping[str, str]
+                       ) -> kopf.ConnectionInfo:
+    """Point kopf's in-cluster login at the address the kubelet gives every pod.
+
+    kopf names ``https://kubernetes.default.svc``, which needs cluster DNS; client-go and the
+    Kubernetes Python client use ``KUBERNETES_SERVICE_HOST``/``_PORT`` instead, so the
+    operator does too and runs in clusters whose DNS is missing or not ready yet.
+    """
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
 async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,

@@ -328,6 +328,17 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         assert {s.name: s.pid for s in lc.status(state) if s.name != "kube-scheduler"} == others
         assert second.kubectl_run("get", "configmap", "kept").returncode == 0
 
+        # A crashed API server is restarted on its own ports with the same PKI and etcd data.
+        api = {s.name: s for s in lc.status(state)}["kube-apiserver"]
+        os.kill(api.pid or 0, signal.SIGKILL)
+        wait_for("the API server to exit", lambda: not lc._proc_alive(api.pid), timeout=10)
+        proc = run_cli("up", "--state-dir", str(state), "--no-real-node")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "restarting kube-apiserver; keeping the cluster's data" in proc.stdout
+        again = lc.current(state)
+        assert again is not None and again.ports == second.ports
+        assert second.kubectl_run("get", "configmap", "kept").returncode == 0
+
         proc = run_cli("down", "--state-dir", str(state))
         assert proc.returncode == 0, proc.stderr
         assert "stopped" in proc.stdout
@@ -380,3 +391,27 @@ def test_up_moves_to_other_ports_when_a_chosen_port_is_busy(
         lc.down(state)
         busy.close()
     assert _pids_using(state) == []
+
+
+def test_simulated_pods_become_ready_again_after_the_node_controller_marked_them_not_ready(
+        cluster: lc.Cluster, namespace: str) -> None:
+    # After an API-server outage the node-lifecycle controller sets Ready=False (reason
+    # NodeNotReady) on the pods of nodes it heard nothing from; kwok must set them back.
+    cluster.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "sim", "namespace": namespace},
+                   "spec": {"containers": [{"name": "c", "image": "example.invalid/none"}]}})
+
+    def ready() -> bool:
+        pod = cluster.kubectl_json("get", "pod", "sim", "-n", namespace)
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in pod.get("status", {}).get("conditions", []))
+    wait_for("the simulated pod to be Ready", ready, timeout=60)
+    pod = cluster.kubectl_json("get", "pod", "sim", "-n", namespace)
+    conds = [dict(c, status="False", reason="NodeNotReady") if c["type"] == "Ready" else c
+             for c in pod["status"]["conditions"]]
+    patched = json.loads(cluster.kubectl_run(
+        "patch", "pod", "sim", "-n", namespace, "--subresource=status", "--type=merge",
+        "-o", "json", "-p", json.dumps({"status": {"conditions": conds}})).stdout)
+    assert {c["type"]: c["status"] for c in patched["status"]["conditions"]}["Ready"] == "False"
+    wait_for("kwok to set the pod Ready again", ready, timeout=60)
+

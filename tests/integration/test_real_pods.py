@@ -58,11 +58,14 @@ def operator(crd: None, real_namespace: str) -> Iterator[RunningOperator]:
     op.stop()
 
 
-def served(name: str, ns: str, uri: str, sha256: str | None, **spec: Any) -> dict[str, Any]:
+def served(name: str, ns: str, uri: str, sha256: str | None, credentials: str | None = None,
+           **spec: Any) -> dict[str, Any]:
     model: dict[str, Any] = {"uri": uri, "framework": "transformers",
                              "task": "text-classification"}
     if sha256:
         model["sha256"] = sha256
+    if credentials:
+        model["credentialsSecret"] = credentials
     server = {**SERVER, **spec.pop("server", {})}
     return modelservice(name, ns, model=model, server=server, **spec)
 
@@ -92,10 +95,29 @@ def wait_reason(k: kube.Kube, ns: str, name: str, reason: str, timeout: float = 
     return wait_for(f"{name}: Ready/{reason}", reported, timeout=timeout, interval=1)
 
 
-def cluster_ip(k: kube.Kube, ns: str, name: str) -> str:
+def cluster_ip(k: kube.Kube, ns: str, name: str, endpoints: int = 1) -> str:
+    """The Service's cluster IP, once ``endpoints`` ready pods back it and it answers.
+
+    A ModelService is Ready when its pods are; the EndpointSlice controller and kube-proxy
+    then need a moment to route to them (until then the Service refuses connections).
+    """
     svc = k.get("v1", "Service", ns, name)
     assert svc, f"Service {ns}/{name} missing"
     ip: str = svc["spec"]["clusterIP"]
+
+    def routed() -> bool:
+        slices = k.list("discovery.k8s.io/v1", "EndpointSlice", ns,
+                        f"kubernetes.io/service-name={name}")
+        ready = [e for s in slices for e in s.get("endpoints") or []
+                 if (e.get("conditions") or {}).get("ready")]
+        if len(ready) < endpoints:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{ip}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_for(f"Service {ns}/{name} to route to {endpoints} ready pod(s)", routed, timeout=60)
     return ip
 
 
@@ -151,7 +173,7 @@ def test_pull_from_the_s3_store_with_credentials_from_a_secret(
     ns = real_namespace
     uri, digest = modelstores.publish_s3(classifier, "models", f"{ns}/classifier.tar.gz")
     k.apply(modelstores.credentials_secret("s3-creds", ns))
-    k.apply(served("from-s3", ns, uri, digest, credentialsSecret="s3-creds"))
+    k.apply(served("from-s3", ns, uri, digest, credentials="s3-creds"))
     wait_ready(k, ns, "from-s3")
     meta = http_json(f"http://{cluster_ip(k, ns, 'from-s3')}/v2/models/from-s3")
     assert meta["parameters"]["variant"] == "baseline"
@@ -219,7 +241,11 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
     ms = wait_ready(k, ns, "split", timeout=420)
     replicas = {v["name"]: v.get("readyReplicas", 0) for v in ms["status"]["variants"]}
     assert replicas == {"baseline": 3, "int8": 1}, replicas
-    ip = cluster_ip(k, ns, "split")
+    ip = cluster_ip(k, ns, "split", endpoints=4)
+    # kube-proxy has each endpoint once every pod has answered through the Service.
+    wait_for("every variant answering through the Service",
+             lambda: {_variant_of_answer(ip, "split") for _ in range(40)} == {"baseline", "int8"},
+             timeout=60)
     n = 1000
     counts = Counter(_variant_of_answer(ip, "split") for _ in range(n))
     share = 100.0 * counts["baseline"] / n
@@ -234,7 +260,7 @@ def test_rolling_update_under_load_loses_no_request(
     body = served("roll", ns, uri, digest, replicas=2)
     k.apply(body)
     wait_ready(k, ns, "roll")
-    ip = cluster_ip(k, ns, "roll")
+    ip = cluster_ip(k, ns, "roll", endpoints=2)
     old_pods = {p["metadata"]["name"]
                 for p in k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=roll")}
 

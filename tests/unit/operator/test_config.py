@@ -55,3 +55,16 @@ def test_cli_reports_bad_config_with_exit_code_2(capsys: pytest.CaptureFixture[s
         build_parser().parse_args(["run", "--log-format", "xml"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_in_cluster_login_uses_the_service_address_the_kubelet_gives_pods() -> None:
+    import kopf
+    from msv_operator.handlers import in_cluster_address
+
+    info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t")
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert in_cluster_address(info, env).server == "https://10.96.0.1:443"
+    assert in_cluster_address(info, env).token == "t"
+    v6 = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
+    assert in_cluster_address(info, v6).server == "https://[fd00::1]:6443"
+    assert in_cluster_address(info, {}).server == "https://kubernetes.default.svc"

@@ -1,0 +1,205 @@
+"""Apply -> first Ready pod on the real node, split into phases, beside a host process.
+
+For the same tiny text classifier, published to the in-cluster HTTP store with its SHA-256:
+
+* **pod**: ``kubectl apply`` of a one-variant ModelService (warm images) with the operator
+  running; polled every 0.1 s: Deployment created by the operator, pod scheduled, pull
+  (init container) done, model-server container running, pod Ready (the server's own
+  readiness probe after the model loaded). Phases: operator, scheduling, sandbox + pull,
+  start + load + readiness.
+* **host**: the same two steps as processes on this machine — ``model-server pull`` of the
+  same URI (through the same Service) and ``model-server serve`` until
+  ``/v2/health/ready`` answers 200.
+
+Median of ``--runs`` (default 3) each; ratio pod / host printed and saved.
+
+    python bench/real_pods.py [--runs 3]     # as root; starts the local cluster if needed
+
+Results: bench/results/real_pods.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from localcluster import cluster as lc
+from localcluster import modelstores
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "real_pods.json"
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def make_model(root: Path) -> Path:
+    from modelfactory import make_text_classifier
+
+    path = root / "classifier"
+    make_text_classifier(path)
+    return path
+
+
+def _get(c: lc.Cluster, *args: str) -> Any:
+    proc = c.kubectl_run("get", *args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(x["type"] == "Ready" and x["status"] == "True"
+               for x in pod.get("status", {}).get("conditions", []))
+
+
+def pod_run(c: lc.Cluster, ns: str, uri: str, sha: str) -> dict[str, float]:
+    name = f"bench-{uuid.uuid4().hex[:5]}"
+    ms = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+          "metadata": {"name": name, "namespace": ns},
+          "spec": {"model": {"uri": uri, "sha256": sha, "framework": "transformers",
+                             "task": "text-classification"},
+                   "server": {"torchThreads": 1, "resources": {
+                       "requests": {"cpu": "100m", "memory": "300Mi"}}},
+                   "variants": [{"name": "baseline"}]}}
+    seen: dict[str, float] = {}
+    t0 = time.monotonic()
+    c.apply(ms)
+    deadline = t0 + 300
+    while "ready" not in seen:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not Ready after 300 s: {seen}")
+        now = time.monotonic() - t0
+        if "deployment" not in seen and _get(c, "deployment", f"{name}-baseline", "-n", ns):
+            seen["deployment"] = now
+        pods = (_get(c, "pods", "-n", ns, "-l", f"serving.modelservice.dev/modelservice={name}")
+                or {}).get("items", [])
+        for pod in pods:
+            st = pod.get("status", {})
+            if pod["spec"].get("nodeName"):
+                seen.setdefault("scheduled", now)
+            init = (st.get("initContainerStatuses") or [{}])[0].get("state", {})
+            if "terminated" in init:
+                seen.setdefault("pulled", now)
+            main = (st.get("containerStatuses") or [{}])[0].get("state", {})
+            if "running" in main:
+                seen.setdefault("started", now)
+            if _ready(pod):
+                seen.setdefault("ready", now)
+        time.sleep(0.1)
+    c.kubectl_run("delete", "modelservice", name, "-n", ns, "--wait=false")
+    return {"operator": seen["deployment"],
+            "scheduling": seen["scheduled"] - seen["deployment"],
+            "sandbox_and_pull": seen["pulled"] - seen["scheduled"],
+            "start_load_ready": seen["ready"] - seen["pulled"],
+            "total": seen["ready"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def host_run(uri: str, sha: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "model"
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "model_server", "pull", uri, str(dest),
+                        "--sha256", sha], check=True, capture_output=True)
+        pulled = time.monotonic() - t0
+        port = _free_port()
+        env = dict(os.environ, MODEL_SERVER_MODEL_DIR=str(dest), MODEL_SERVER_PORT=str(port),
+                   MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_MODEL_NAME="bench",
+                   MODEL_SERVER_FRAMEWORK="transformers", MODEL_SERVER_TASK="text-classification",
+                   MODEL_SERVER_TORCH_THREADS="1")
+        proc = subprocess.Popen([sys.executable, "-m", "model_server", "serve"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready",
+                                                timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None:
+                    raise RuntimeError("model-server serve exited")
+                time.sleep(0.1)
+            ready = time.monotonic() - t0
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return {"pull": pulled, "start_load_ready": ready - pulled, "total": ready}
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    c = lc.up(out=log, owner="bench", user=os.getpid())
+    if not c.real_node:
+        log("error: the running cluster has no real node")
+        return 1
+    modelstores.deploy(c)
+    ns = f"bench-{uuid.uuid4().hex[:5]}"
+    c.kubectl_run("create", "namespace", ns)
+    c.kubectl_run("apply", "--server-side", "--force-conflicts", "-f",
+                  str(REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"))
+    c.wait_established("modelservices.serving.modelservice.dev")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "msv_operator", "run", "--namespace", ns,
+         "--metrics-port", "0", "--health-port", "0"],
+        env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t_start = time.time()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            uri, sha = modelstores.publish_http(make_model(Path(tmp)), f"{ns}-classifier")
+        pod_runs, host_runs = [], []
+        for i in range(args.runs):
+            pod_runs.append(pod_run(c, ns, uri, sha))
+            log(f"pod  run {i + 1}: " + ", ".join(f"{k} {v:.2f} s"
+                                                 for k, v in pod_runs[-1].items()))
+            host_runs.append(host_run(uri, sha))
+            log(f"host run {i + 1}: " + ", ".join(f"{k} {v:.2f} s"
+                                                 for k, v in host_runs[-1].items()))
+    finally:
+        operator.terminate()
+        operator.wait(30)
+        c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
+        lc.release(c.state_dir)
+    pod, host = median(pod_runs), median(host_runs)
+    ratio = round(pod["total"] / host["total"], 2)
+    result = {
+        "benchmark": "apply -> first Ready pod on the real node vs a host process",
+        "model": "BERT-shaped text classifier, ~40k parameters (tests/modelfactory)",
+        "runs": args.runs, "pod_median_s": pod, "host_median_s": host,
+        "ratio_pod_over_host_total": ratio, "pod_runs": pod_runs, "host_runs": host_runs,
+        "load_average": os.getloadavg(), "wall_s": round(time.time() - t_start, 1),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"pod  (median): {pod}")
+    log(f"host (median): {host}")
+    log(f"apply -> Ready on the real node / host process: {ratio}x  ({RESULTS})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
