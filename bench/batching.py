@@ -31,6 +31,7 @@ from loadgen import (  # noqa: E402
     cpu_seconds,
     free_port,
     run_load,
+    stop_all,
     wait_http,
 )
 
@@ -144,13 +145,7 @@ def main() -> None:
                         runs[name][key].append(summary)
                         print(f"round {rnd + 1} batching {name:3s} c={conc}: {summary}", flush=True)
         finally:
-            for proc in procs.values():
-                proc.terminate()
-            for proc in procs.values():
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(procs.values())
 
     med = Medians(runs)
     result = {

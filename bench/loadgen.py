@@ -11,8 +11,11 @@ servers it measures.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +117,7 @@ async def _run(
     duration_s: float,
     max_requests: int,
     warmup_s: float,
+    tls: Any = None,
 ) -> LoadResult:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -124,7 +128,7 @@ async def _run(
 
     async def worker() -> None:
         nonlocal errors, sent
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
         try:
             while True:
                 now = time.perf_counter()
@@ -140,7 +144,7 @@ async def _run(
                     if measuring:
                         errors += 1
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
                     continue
                 if measuring:
                     latencies.append(time.perf_counter() - t0)
@@ -168,15 +172,17 @@ def run_load(
     duration_s: float = 3.0,
     max_requests: int = 200_000,
     warmup_s: float = 0.5,
+    tls: Any = None,
 ) -> LoadResult:
-    """Drive `request` at the server with a closed loop of `concurrency` connections."""
+    """Drive `request` at the server with a closed loop of `concurrency` connections
+    (over TLS when `tls` is an `ssl.SSLContext`)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_run(host, port, request, concurrency, duration_s, max_requests, warmup_s))  # type: ignore[no-any-return]
+    return runner(_run(host, port, request, concurrency, duration_s, max_requests, warmup_s, tls))  # type: ignore[no-any-return]
 
 
 def wait_http(host: str, port: int, path: str, timeout_s: float = 60.0) -> None:
@@ -213,3 +219,32 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 15) -> None:
+    """Terminate every server process, then wait for each (kill the ones that hang)."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def result_header(name: str, load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The fields every bench/results/*.json starts with: what ran, when, where."""
+    import platform
+    import sys
+
+    return {
+        "benchmark": name,
+        "command": f"python bench/{name}.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": load_at_start,
+        },
+    }

@@ -7,6 +7,7 @@ or, for the `identity` workload, return the FP32 input as output; requests and r
 are OIP v2 JSON on `/v2/models/model/infer`, so one load generator drives all servers.
 
     python bench/peer_servers.py kserve|litserve PORT MODEL_DIR|identity [--batch N]
+    python bench/peer_servers.py kserve-grpc PORT GRPC_PORT    (bench/front_ends.py)
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ def _outputs(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def serve_kserve(port: int, model_dir: str) -> None:
+def serve_kserve(
+    port: int, model_dir: str, grpc_port: int | None = None, name: str = "model"
+) -> None:
     import numpy as np
     from kserve import Model, ModelServer
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     class KServeModel(Model):
         def __init__(self) -> None:
-            super().__init__("model")
+            super().__init__(name)
             self.clf: Classifier | None = None
             self.load()
 
@@ -90,7 +93,12 @@ def serve_kserve(port: int, model_dir: str) -> None:
                 response_id=payload.id or "", model_name=self.name, infer_outputs=out
             )
 
-    ModelServer(http_port=port, workers=1, enable_grpc=False).start([KServeModel()])
+    if grpc_port is None:
+        ModelServer(http_port=port, workers=1, enable_grpc=False).start([KServeModel()])
+    else:  # its OIP v2 gRPC server beside REST (bench/front_ends.py)
+        ModelServer(http_port=port, grpc_port=grpc_port, workers=1, enable_grpc=True).start(
+            [KServeModel()]
+        )
 
 
 try:  # LitServe spawns its workers: the API class must live at module level
@@ -165,5 +173,7 @@ if __name__ == "__main__":
     sys.argv = sys.argv[:1]  # kserve parses sys.argv at import time
     if peer == "kserve":
         serve_kserve(int(port_s), target)
+    elif peer == "kserve-grpc":  # PORT GRPC_PORT: the identity model as "identity"
+        serve_kserve(int(port_s), "identity", grpc_port=int(target), name="identity")
     else:
         serve_litserve(int(port_s), target, batch_n)

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.unit.server.doubles
-from loadgen import Medians, build_request, cpu_seconds, free_port, run_load, wait_http
+from loadgen import (
+    Medians,
+    build_request,
+    cpu_seconds,
+    free_port,
+    result_header,
+    run_load,
+    wait_http,
+)
 
 HOST = "127.0.0.1"
 BODY = json.dumps(
@@ -239,14 +245,7 @@ def main() -> None:
 
     med = Medians(runs)
     result: dict[str, Any] = {
-        "benchmark": "serving_overhead",
-        "command": "python bench/serving_overhead.py " + " ".join(sys.argv[1:]),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_at_start": load_at_start,
-        },
+        **result_header("serving_overhead", load_at_start),
         "body_bytes": len(BODY),
         "response_bytes": len(payload),
         "concurrency": args.concurrency,

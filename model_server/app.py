@@ -33,13 +33,16 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from pydantic.json_schema import models_json_schema
 
+from model_server.auth import TokenAuth, read_tokens
 from model_server.backends import create_backend
 from model_server.backends.base import Backend, ModelLoadError
 from model_server.dataplane import SERVER_VERSION, DataPlane
 from model_server.errors import ModelNotReady, error_response, install_handlers
+from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
 from model_server.routers import schemas
-from model_server.routers.fastpath import InferFastPath
+from model_server.routers.fastpath import RestEntry, RestInfer
+from model_server.routers.openai import router as openai_router
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings
 
@@ -72,12 +75,42 @@ def load_failure_message(settings: Settings, reason: str) -> str:
     return " ".join(text.split())
 
 
-class ModelServerApp(InferFastPath, FastAPI):
-    """FastAPI with the infer hot path answered before FastAPI's own machinery.
+def load_auth(settings: Settings) -> TokenAuth | None:
+    """The token check of every front end, or None when authentication is off."""
+    if settings.auth_tokens is None:
+        return None
+    return TokenAuth(read_tokens(settings.auth_tokens), protect_metrics=settings.auth_metrics)
 
-    `InferFastPath.__call__` (routers/fastpath.py) sees every request first and hands all
-    but infer requests to `handle`, the normal FastAPI/Starlette stack. While draining,
-    `handle` answers the server readiness probe with 503 (the hot path is untouched).
+
+async def _start_grpc(
+    app: FastAPI,
+    settings: Settings,
+    dataplane: DataPlane,
+    auth: TokenAuth | None,
+    tls: tuple[bytes, bytes] | None,
+) -> Any:
+    """The OIP v2 gRPC front end on MODEL_SERVER_GRPC_PORT (None: off), same event loop."""
+    if settings.grpc_port is None:
+        return None
+    from model_server.grpc_api.service import start_grpc
+
+    server, app.state.grpc_port = await start_grpc(
+        dataplane,
+        host=settings.host,
+        port=settings.grpc_port,
+        auth=auth,
+        tls=tls,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    return server
+
+
+class ModelServerApp(RestEntry, FastAPI):
+    """FastAPI behind the REST entry: authentication, then the infer short cut.
+
+    `RestEntry.__call__` (routers/fastpath.py) sees every request first, checks its token,
+    and hands all but infer requests to `handle`, the normal FastAPI/Starlette stack. While
+    draining, `handle` answers the server readiness probe with 503 (the hot path is untouched).
     """
 
     draining = False
@@ -101,6 +134,11 @@ def create_app(
 ) -> FastAPI:
     """The model server app; the model loads in its lifespan, never here."""
     settings = settings or get_settings()
+    # a token or TLS file the server cannot use: ConfigError (one line, exit 2 in the CLI)
+    auth = load_auth(settings)
+    tls = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        tls = read_tls(settings.tls_cert_file, settings.tls_key_file)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry, settings.model_name, settings.variant)
     dataplane = DataPlane(
@@ -136,28 +174,38 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.load_task = asyncio.create_task(load(app), name="model-load")
+        grpc_server = await _start_grpc(app, settings, dataplane, auth, tls)
         try:
             yield
         finally:
             task: asyncio.Task[None] = app.state.load_task
             if not task.done():
                 task.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(5)
             await dataplane.stop()
 
     app = ModelServerApp(
         title="ModelService model server",
         version=SERVER_VERSION,
-        description="Open Inference Protocol v2 (REST) with the generate extension",
+        description="Open Inference Protocol v2 (REST) with the generate extension, and an "
+        "OpenAI-compatible API for text-generation models",
         lifespan=lifespan,
     )
     app.state.dataplane = dataplane
     app.state.settings = settings
     app.state.max_request_bytes = settings.max_request_bytes
     app.state.registry = registry
+    app.state.auth = auth
+    app.state.tls = tls
+    app.state.rest_infer = rest_infer = RestInfer(dataplane, settings.max_request_bytes)
     install_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
+    if auth is not None:
+        app.enable_auth(auth)
     if settings.infer_fast_path:
-        app.enable_fast_path(dataplane, settings.max_request_bytes)
+        app.enable_fast_path(rest_infer, settings.model_name, settings.model_version)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

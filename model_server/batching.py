@@ -192,6 +192,11 @@ class Batcher:
         finally:
             self._exclusive -= 1
 
+    def run_later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue `fn(*args)` on the model's worker thread without waiting (clean-up that
+        must not run beside a call still in progress, e.g. closing an abandoned stream)."""
+        self._executor.submit(fn, *args)
+
     # dispatcher --------------------------------------------------------------------------
     def _take(self, batch: list[_Item], rows: int) -> int:
         """Move queued requests compatible with `batch` into it, up to max_batch_size rows."""

@@ -144,7 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
     unknown = unknown_env()
     if unknown:
         return _invalid_settings(
-            "unknown environment variable(s) " + ", ".join(unknown)
+            "unknown environment variable(s) "
+            + ", ".join(unknown)
             + "; see `model-server serve --help` for the MODEL_SERVER_* settings"
         )
     try:
@@ -157,8 +158,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from model_server.app import create_app
+    from model_server.auth import ConfigError
+    from model_server.http_server import uvicorn_options
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # a token or TLS file the server cannot use
+        return _invalid_settings(str(exc))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -166,6 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT_S),
+        **uvicorn_options(settings),
     )
     server = _server(config, app, settings.drain_seconds)
     if settings.exit_on_load_failure:

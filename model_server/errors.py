@@ -1,6 +1,7 @@
 """The model server's error vocabulary: one exception per HTTP status and one handler each.
 
-This is the only place where HTTP status codes for failures are decided. Every layer below
+This is the only place where HTTP status codes for failures are decided (and, through
+`GRPC_CODES`, the gRPC status codes of the same failures). Every layer below
 the routers (dataplane, batcher, backends) raises one of these classes with a message that
 names the problem; the handlers registered by `install_handlers` turn them into
 `{"error": "<message>"}` bodies, which is what Open Inference Protocol v2 clients (for
@@ -91,10 +92,58 @@ ERROR_CLASSES: tuple[type[ServerError], ...] = (
 )
 
 
+def error_body(exc: ServerError) -> bytes:
+    """`{"error": message}`: what OIP v2 clients read from a failed request."""
+    return orjson.dumps({"error": exc.message})
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception answers with (500 for anything not ours)."""
+    return exc.status_code if isinstance(exc, ServerError) else 500
+
+
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+"""The gRPC status code (a `grpc.StatusCode` name) of each HTTP status, for the gRPC front end."""
+
+
+OPENAI_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    503: "server_busy",
+    504: "timeout",
+}
+
+
+def openai_error_response(exc: ServerError, param: str | None = None) -> Response:
+    """The same failure in the OpenAI API's error shape, for the /v1 routes."""
+    error = {
+        "message": exc.message,
+        "type": OPENAI_ERROR_TYPES.get(exc.status_code, "server_error"),
+        "param": param,
+        "code": None,
+    }
+    return Response(
+        orjson.dumps({"error": error}),
+        status_code=exc.status_code,
+        headers=exc.headers(),
+        media_type="application/json",
+    )
+
+
 def error_response(exc: ServerError) -> Response:
     """The response for one of our exceptions: `{"error": message}` with its status."""
     return Response(
-        orjson.dumps({"error": exc.message}),
+        error_body(exc),
         status_code=exc.status_code,
         headers=exc.headers(),
         media_type="application/json",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import (
@@ -191,6 +192,30 @@ class HotPathCollector(Collector):
         yield inflight
 
 
+class RequestTracker:
+    """The one place a request is accounted, whatever its front end (REST, gRPC, OpenAI).
+
+    `start` counts it in flight and returns its start time; `finish` (exactly once, also
+    when a stream ends or its client goes away) takes it out of flight and records its
+    status and latency. gRPC and streaming errors are labelled with the HTTP status of the
+    same model_server.errors class, so one request counts the same on every front end.
+    """
+
+    __slots__ = ("_hot", "_stats")
+
+    def __init__(self, hot: HotPathCollector, stats: EndpointStats) -> None:
+        self._hot = hot
+        self._stats = stats
+
+    def start(self) -> float:
+        self._hot.inflight += 1
+        return perf_counter()
+
+    def finish(self, started: float, status: int) -> None:
+        self._hot.inflight -= 1
+        self._stats.observe_request(status, perf_counter() - started)
+
+
 class ServerMetrics:
     """All collectors for one served model (one model per process)."""
 
@@ -208,6 +233,7 @@ class ServerMetrics:
         labels = ("model", "variant")
         self.hot = HotPathCollector(model, variant)
         registry.register(self.hot)
+
         def gauge(name: str, documentation: str) -> Any:
             return Gauge(name, documentation, labels, registry=registry).labels(model, variant)
 
@@ -244,14 +270,9 @@ class ServerMetrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
 
-    def request_started(self) -> None:
-        """A request entered the server (in-flight gauge)."""
-        self.hot.inflight += 1
-
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        """A request started with `request_started` finished: count it, record latency."""
-        self.hot.inflight -= 1
-        self.hot.observe(endpoint, status, seconds)
+    def tracker(self, endpoint: str) -> RequestTracker:
+        """The accounting of `endpoint` (front ends resolve theirs once, at startup)."""
+        return RequestTracker(self.hot, self.hot.endpoint(endpoint))
 
     def set_queue_depth(self, depth: int) -> None:
         self.hot.queue_depth = depth

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_server.backends.base import LoadOptions
@@ -67,12 +67,38 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """OIP v2 gRPC (`inference.GRPCInferenceService`) on this port; unset: no gRPC (0: any)."""
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     infer_fast_path: bool = True
     """Answer infer requests in a raw ASGI handler ahead of FastAPI's router (same results)."""
     access_log: bool = False
     """uvicorn's per-request access log (off: it costs more than the protocol handling)."""
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """A connection that has not sent a request's complete headers within this is closed."""
+
+    auth_tokens: Path | None = None
+    """Bearer tokens (a file, one per line, or a directory of one-token files such as a
+    mounted Secret); set: every endpoint but health needs `Authorization: Bearer <token>`."""
+    auth_metrics: bool = True
+    """With auth_tokens set, /metrics needs a token too (false: scrapes stay open)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain (`tls.crt` of a kubernetes.io/tls Secret); set: REST and gRPC
+    serve TLS only. Needs tls_key_file."""
+    tls_key_file: Path | None = None
+    """PEM private key (`tls.key`) matching tls_cert_file."""
+
+    @field_validator("auth_tokens", "tls_cert_file", "tls_key_file", "grpc_port", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
     exit_on_load_failure: bool = True
     """Exit with code 4 when the model cannot load (off: stay up, unready, for debugging)."""

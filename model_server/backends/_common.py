@@ -1,5 +1,5 @@
-"""Helpers shared by the framework backends: input checks, BYTES decoding, OIP dtype maps,
-and the metadata accessors of a loaded model.
+"""Helpers shared by the framework backends: BYTES decoding, OIP dtype maps (derived from the
+one table in model_server.codec) and the metadata accessors of a loaded model.
 
 Framework-free (numpy only). Errors for bad client input are `InvalidInput` (HTTP 400,
 decided in model_server.errors); errors in the model directory are `ModelLoadError`.
@@ -8,31 +8,16 @@ decided in model_server.errors); errors in the model directory are `ModelLoadErr
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from model_server.backends.base import BackendInfo, ModelLoadError, TensorSpec
+from model_server.codec import DTYPES, datatype_of
 
-# OIP v2 datatype <-> numpy dtype
-OIP_TO_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
-NUMPY_TO_OIP: dict[Any, str] = {np.dtype(v): k for k, v in OIP_TO_NUMPY.items()}
+# the one OIP v2 datatype table (model_server.codec), as numpy scalar types
+OIP_TO_NUMPY: dict[str, Any] = {name: dt.type for name, dt in DTYPES.items()}
 
 
 class LoadedInfo:
@@ -70,30 +55,10 @@ def invalid(message: str) -> Exception:
 def oip_datatype(dtype: Any) -> str:
     """OIP v2 datatype name for a numpy dtype (BYTES for object/str arrays)."""
     dt = np.dtype(dtype)
-    if dt.kind in ("O", "U", "S"):
-        return "BYTES"
-    try:
-        return NUMPY_TO_OIP[dt]
-    except KeyError:
-        raise ModelLoadError(f"unsupported tensor dtype {dt}") from None
-
-
-def require(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    """The input called `name`, or InvalidInput naming what is missing and what came."""
-    if name not in inputs:
-        got = ", ".join(sorted(inputs)) or "none"
-        raise invalid(f"missing input {name!r} (got: {got})")
-    return inputs[name]
-
-
-def check_unknown(inputs: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> None:
-    """InvalidInput when a request names an input the model does not have."""
-    known = {s.name for s in specs}
-    unknown = sorted(set(inputs) - known)
-    if unknown:
-        raise invalid(
-            f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(sorted(known))}"
-        )
+    name = datatype_of(dt)
+    if name is None:
+        raise ModelLoadError(f"unsupported tensor dtype {dt}")
+    return name
 
 
 def _bytes_batch(array: np.ndarray, name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ does not use.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,18 @@ class Backend(abc.ABC):
     def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
         """Yield generated text pieces for `prompt` (streamed by the generate endpoint)."""
         raise NotImplementedError
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt for a conversation of {"role", "content"} messages (OpenAI chat).
+
+        Backends with a chat template apply it; this plain transcript is the fallback.
+        """
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join(lines) + "\nassistant:"
+
+    def count_tokens(self, text: str) -> int | None:
+        """How many tokens `text` is for this model (usage reports), or None if unknown."""
+        return None
 
     def export(self, out_dir: Path) -> list[str]:
         """Write the loaded (optimized) model into `out_dir` as an artifact this backend

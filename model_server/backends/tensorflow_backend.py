@@ -30,11 +30,8 @@ import numpy as np
 from model_server.backends._common import (
     OIP_TO_NUMPY,
     LoadedSignature,
-    check_tensor,
-    check_unknown,
     invalid,
     oip_datatype,
-    require,
 )
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
 
@@ -277,14 +274,10 @@ class TensorFlowBackend(LoadedSignature, Backend):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._call is None and self._runner is None:
             raise ModelLoadError("model not loaded")
-        check_unknown(inputs, self._inputs)
         arrays: list[np.ndarray] = []
-        for spec in self._inputs:
-            arr = require(inputs, spec.name)
-            if spec.datatype == "BYTES":
-                arrays.append(np.asarray(arr, dtype=object))
-            else:
-                arrays.append(check_tensor(arr, spec, accept=_ACCEPT.get(spec.datatype, ())))
+        for spec in self._inputs:  # validated by the server (model_server.validation)
+            arr = inputs[spec.name]
+            arrays.append(np.asarray(arr, dtype=object) if spec.datatype == "BYTES" else arr)
         if self._runner is not None:
             return self._predict_tflite(arrays)
         return self._predict_tf(arrays)
@@ -349,14 +342,6 @@ class TensorFlowBackend(LoadedSignature, Backend):
 
         tf.saved_model.save(self._loaded, str(out_dir), signatures={"serving_default": self._call})
         return []
-
-
-_ACCEPT: dict[str, tuple[str, ...]] = {
-    "FP32": ("FP64", "FP16"),
-    "FP64": ("FP32",),
-    "INT64": ("INT32",),
-    "INT32": ("INT64",),
-}
 
 
 def _spec_from_details(name: str, detail: Mapping[str, Any]) -> TensorSpec:

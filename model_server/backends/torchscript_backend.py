@@ -30,11 +30,8 @@ import numpy as np
 from model_server.backends._common import (
     OIP_TO_NUMPY,
     LoadedSignature,
-    check_tensor,
-    check_unknown,
     invalid,
     read_signature,
-    require,
 )
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
 
@@ -76,7 +73,6 @@ class TorchScriptBackend(LoadedSignature, Backend):
         self._dtype: Any = None
         self._info: BackendInfo | None = None
         self._archive: Path | None = None
-        self._declared = False
 
     def load(self, model_dir: Path, options: LoadOptions) -> None:
         import torch
@@ -92,7 +88,6 @@ class TorchScriptBackend(LoadedSignature, Backend):
         )
         if signature is not None:
             self._inputs, self._outputs = signature
-            self._declared = True
         if options.quantization == "dynamic-int8":
             raise ModelLoadError(
                 "dynamic-int8 is not available for TorchScript: quantize the Python module "
@@ -141,10 +136,9 @@ class TorchScriptBackend(LoadedSignature, Backend):
 
         if self.module is None:
             raise ModelLoadError("model not loaded")
-        check_unknown(inputs, self._inputs)
         args = []
-        for spec in self._inputs:
-            arr = check_tensor(require(inputs, spec.name), spec, check_shape=self._declared)
+        for spec in self._inputs:  # validated by the server (model_server.validation)
+            arr = inputs[spec.name]
             if spec.datatype == "BYTES":
                 raise invalid(
                     f"input {spec.name!r}: BYTES tensors are not supported by TorchScript"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from model_server.backends._common import (
     as_strings,
     bytes_array,
     check_tensor,
-    check_unknown,
     invalid,
 )
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
@@ -241,10 +240,8 @@ class TransformersBackend(LoadedInfo, Backend):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.model is None:
             raise ModelLoadError("model not loaded")
-        if self.task == "image-classification":
-            check_unknown(inputs, [*self.inputs(), self._pixel_spec()])
-        else:
-            check_unknown(inputs, self.inputs())
+        # inputs were validated by the server (model_server.validation); below are only the
+        # task's own rules (text must decode, images must be images)
         if self.task == "text-classification":
             texts = as_strings(_require_one(inputs, "text"), "text")
             return self._classify(self._tokenize(texts))
@@ -308,6 +305,21 @@ class TransformersBackend(LoadedInfo, Backend):
     def supports_generate(self) -> bool:
         return self.task == "text-generation"
 
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The tokenizer's chat template when the model ships one, else the plain transcript."""
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            return str(
+                self.tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+            )
+        return super().chat_prompt(messages)
+
+    def count_tokens(self, text: str) -> int | None:
+        if self.tokenizer is None:
+            return None
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         raw = parameters.get("max_new_tokens", parameters.get("max_tokens"))
         try:
@@ -366,20 +378,35 @@ class TransformersBackend(LoadedInfo, Backend):
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0
         )
         errors: list[BaseException] = []
+        stop = threading.Event()  # set when the consumer closes this generator early
 
         def run() -> None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class Stopped(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
+                    return stop.is_set()
+
             try:
                 with torch.inference_mode():
-                    self.model.generate(**enc, **kwargs, streamer=streamer)
+                    self.model.generate(
+                        **enc,
+                        **kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Stopped()]),
+                    )
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()  # a client that went away frees the model within one token
         thread.join()
         if errors:
             raise errors[0]

@@ -1,29 +1,37 @@
-"""The infer hot path as a raw ASGI handler in front of the FastAPI app.
+"""The REST entry: every HTTP request passes authentication here, then infer takes a short cut.
 
-`POST /v2/models/{name}/infer` and `/v2/models/{name}/versions/{version}/infer` are
-answered here without FastAPI's route matching and request machinery, which cost more
-than the whole protocol handling (docs/model-server.md, bench/serving_overhead.py). The
-FastAPI routes for the same paths stay registered: they document the API in OpenAPI and
-serve when the fast path is turned off (MODEL_SERVER_INFER_FAST_PATH=false), with the same
-behaviour, since both call `DataPlane.infer` (tests/unit/server/test_protocol.py checks that
-they answer alike). Errors are rendered by `model_server.errors.error_response`.
+`RestEntry` is the ASGI `__call__` of the app class. For each HTTP request it first applies
+the bearer-token check (model_server.auth) — so no route, fast or not, can skip it — and
+then answers `POST /v2/models/{name}[/versions/{v}]/infer` itself with `RestInfer`, without
+FastAPI's route matching and request machinery, which cost more than the whole protocol
+handling (docs/model-server.md, bench/serving_overhead.py). Everything else goes to
+`handle`, the normal FastAPI/Starlette stack.
 
-Everything a request needs is resolved once, when the handler is built: the dataplane, the
-body limit, the metrics of the infer endpoint and the two paths of the served model (a dict
-lookup; other model names still reach the dataplane, which answers 404 with the reason).
-Reading them from Starlette's `app.state` instead costs an AttributeError per read.
+The FastAPI routes for infer stay registered and call the same `RestInfer.answer`: they
+document the API in OpenAPI and serve when the short cut is off
+(MODEL_SERVER_INFER_FAST_PATH=false) — or when anyone adds an ASGI middleware to the app,
+since the short cut would bypass it: `add_middleware` turns the short cut off.
+
+`RestInfer` is the one infer handler of the REST front end: bounded body read, codec
+decode, `DataPlane.infer`, codec encode, accounting (model_server.metrics.RequestTracker)
+and the error body (model_server.errors).
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Any
 
+from model_server.auth import TokenAuth
+from model_server.codec import decode_json, encode_json
 from model_server.dataplane import DataPlane
-from model_server.errors import InvalidInput, PayloadTooLarge, ServerError, error_response
+from model_server.errors import InvalidInput, PayloadTooLarge, ServerError, error_body
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "/v2/models/"
 _JSON_HEADER = (b"content-type", b"application/json")
+Headers = list[tuple[bytes, bytes]]
 
 
 def _match(path: str) -> tuple[str, str | None] | None:
@@ -60,80 +68,17 @@ def body_too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-class InferFastPath:
-    """ASGI entry of the app class (a mixin placed before FastAPI): answers infer itself.
-
-    Every other request, and all of them until `enable_fast_path` is called, go to
-    `handle`, which the app class implements as the normal FastAPI/Starlette stack. Being
-    the app's own `__call__` rather than a wrapped handler saves a coroutine per request.
-    """
-
-    _fast = False
-
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        raise NotImplementedError
-
-    def enable_fast_path(self, dataplane: DataPlane, max_request_bytes: int) -> None:
-        self._dataplane = dataplane
-        self._limit = max_request_bytes
-        self._hot = dataplane.metrics.hot
-        self._stats = self._hot.endpoint("infer")
-        name, version = dataplane.model_name, dataplane.model_version
-        self._paths: dict[str, tuple[str, str | None]] = {
-            f"{_PREFIX}{name}/infer": (name, None),
-            f"{_PREFIX}{name}/versions/{version}/infer": (name, version),
-        }
-        self._fast = True
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self._fast:
-            await self.handle(scope, receive, send)
-            return
-        path = scope["path"]
-        target = self._paths.get(path)
-        if target is None:
-            target = _match(path)
-        if target is None or scope["method"] != "POST":
-            await self.handle(scope, receive, send)
-            return
-        hot = self._hot
-        perf_counter = time.perf_counter
-        started = perf_counter()
-        status = 200
-        hot.inflight += 1
-        try:
-            headers = dict(scope["headers"])
-            limit = self._limit
-            check_declared_length(headers.get(b"content-length"), limit)
-            message = await receive()
-            body: bytes = message.get("body", b"")
-            if len(body) > limit or message.get("more_body", False):
-                body = await _read_rest(receive, message, limit)
-            header_length = headers.get(b"inference-header-content-length")
-            out, extra = await self._dataplane.infer(
-                target[0],
-                target[1],
-                body,
-                None if header_length is None else header_length.decode("latin-1"),
-            )
-            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
-            if extra:
-                response_headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
-            await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-            await send({"type": "http.response.body", "body": out})
-        except ServerError as exc:
-            status = exc.status_code
-            await error_response(exc)(scope, receive, send)
-        except BaseException:
-            status = 500
-            raise
-        finally:
-            hot.inflight -= 1
-            self._stats.observe_request(status, perf_counter() - started)
+async def read_body(receive: Any, limit: int) -> bytes:
+    """The whole ASGI request body, or PayloadTooLarge past `limit` bytes."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= limit:
+        return body
+    return await read_rest(receive, message, limit)
 
 
-async def _read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes:
-    """The whole body from its first `message` on, or PayloadTooLarge past `limit` bytes."""
+async def read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes:
+    """The body from its first ASGI `message` on (one more coroutine only when it is needed)."""
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
@@ -152,3 +97,111 @@ async def _read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class RestInfer:
+    """OIP v2 REST infer: request bytes in, (status, body, headers) out; never raises ours."""
+
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self._dp = dataplane
+        self._limit = max_request_bytes
+        self._tracker = dataplane.metrics.tracker("infer")
+
+    async def answer(
+        self, name: str, version: str | None, headers: dict[bytes, bytes], receive: Any
+    ) -> tuple[int, bytes, Headers]:
+        tracker = self._tracker
+        started = tracker.start()
+        status = 500
+        try:
+            dp = self._dp
+            batcher = dp.admit(name, version)  # unknown model or not ready: before parsing
+            limit = self._limit
+            check_declared_length(headers.get(b"content-length"), limit)
+            message = await receive()  # inline: the whole body, nearly always
+            body: bytes = message.get("body", b"")
+            if message.get("more_body", False) or len(body) > limit:
+                body = await read_rest(receive, message, limit)
+            request = decode_json(body, headers.get(b"inference-header-content-length"))
+            outputs = await dp.run(batcher, request)
+            out, extra = encode_json(dp.model_name, dp.model_version, outputs, request)
+            status = 200
+            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
+            if extra:
+                response_headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+            return 200, out, response_headers
+        except ServerError as exc:
+            status = exc.status_code
+            out = error_body(exc)
+            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
+            for key, value in (exc.headers() or {}).items():
+                response_headers.append((key.lower().encode(), value.encode()))
+            return status, out, response_headers
+        finally:
+            tracker.finish(started, status)
+
+
+class RestEntry:
+    """ASGI entry of the app class (a mixin placed before FastAPI): auth, then infer, then FastAPI.
+
+    Every other request, and infer too until `enable_fast_path` is called, go to `handle`,
+    which the app class implements as the normal FastAPI/Starlette stack. Being the app's
+    own `__call__` rather than a wrapped handler saves a coroutine per request.
+    """
+
+    _auth: TokenAuth | None = None
+    _infer: RestInfer | None = None
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+    def enable_auth(self, auth: TokenAuth) -> None:
+        self._auth = auth
+
+    def enable_fast_path(self, infer: RestInfer, model_name: str, model_version: str) -> None:
+        if getattr(self, "user_middleware", None):
+            log.warning("The infer fast path is off: the app has ASGI middleware it would skip")
+            return
+        self._infer = infer
+        self._paths: dict[str, tuple[str, str | None]] = {
+            f"{_PREFIX}{model_name}/infer": (model_name, None),
+            f"{_PREFIX}{model_name}/versions/{model_version}/infer": (model_name, model_version),
+        }
+
+    def add_middleware(self, *args: Any, **kwargs: Any) -> None:
+        """Added middleware must see every request: the infer short cut goes."""
+        self._infer = None
+        super().add_middleware(*args, **kwargs)  # type: ignore[misc]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.handle(scope, receive, send)
+            return
+        auth = self._auth
+        if auth is not None and scope["path"] not in auth.exempt:
+            authorization = None
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    authorization = value
+                    break
+            if not auth.valid(authorization):
+                body, headers = auth.asgi_denial(authorization)
+                await send({"type": "http.response.start", "status": 401, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        infer = self._infer
+        if infer is None:
+            await self.handle(scope, receive, send)
+            return
+        path = scope["path"]
+        target = self._paths.get(path)
+        if target is None:
+            target = _match(path)
+        if target is None or scope["method"] != "POST":
+            await self.handle(scope, receive, send)
+            return
+        status, out, headers = await infer.answer(
+            target[0], target[1], dict(scope["headers"]), receive
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})

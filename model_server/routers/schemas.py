@@ -1,4 +1,4 @@
-"""Pydantic models of the Open Inference Protocol v2 REST API, for the OpenAPI document only.
+"""Pydantic models of the OIP v2 REST and OpenAI-compatible APIs, for the OpenAPI document only.
 
 The infer and generate routes declare these as their documented request and response
 bodies but never validate through them: the dataplane parses bodies with orjson and checks
@@ -119,7 +119,41 @@ class GenerateResponse(BaseModel):
     model_config = {"protected_namespaces": ()}
 
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (InferenceRequest, GenerateRequest)
+class CompletionRequest(BaseModel):
+    """OpenAI `POST /v1/completions` (the parameters this server implements)."""
+
+    model: str
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI `POST /v1/chat/completions` (the parameters this server implements)."""
+
+    model: str
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+
+
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    InferenceRequest,
+    GenerateRequest,
+    CompletionRequest,
+    ChatCompletionRequest,
+)
 
 
 def body_ref(model: type[BaseModel]) -> dict[str, Any]:

@@ -1,23 +1,28 @@
 """Open Inference Protocol v2 REST routes, the generate extension and /metrics.
 
 Handlers are thin: read the body (bounded by MODEL_SERVER_MAX_REQUEST_BYTES), call the
-dataplane, wrap its bytes in a Response, count the request. Returning a `Response` makes
+dataplane, wrap its bytes in a Response, count the request (metrics.RequestTracker). Infer
+uses `RestInfer`, the same handler the fast path calls. Returning a `Response` makes
 FastAPI skip `response_model` validation, so those models only document the API.
 """
 
 from __future__ import annotations
 
-import time
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model_server.dataplane import HEADER_LENGTH, DataPlane
+from model_server.codec import decode_generate
+from model_server.dataplane import DataPlane
 from model_server.errors import ModelNotReady, ServerError
+from model_server.metrics import RequestTracker
 from model_server.routers import schemas as s
-from model_server.routers.fastpath import body_too_large, check_declared_length
+from model_server.routers.fastpath import RestInfer, body_too_large, check_declared_length
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": s.ErrorResponse, "description": "Invalid input (names the problem)"},
@@ -34,6 +39,7 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 JSON = "application/json"
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -124,24 +130,14 @@ async def model_version_ready(model_name: str, model_version: str, request: Requ
 
 # inference (hot path) --------------------------------------------------------------------
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    state = request.app.state
-    dp: DataPlane = state.dataplane
-    metrics = dp.metrics
-    started = time.perf_counter()
-    status = 200
-    metrics.request_started()
-    try:
-        body = await read_body(request, state.max_request_bytes)
-        out, headers = await dp.infer(name, version, body, request.headers.get(HEADER_LENGTH))
-        return Response(out, media_type=JSON, headers=headers)
-    except ServerError as exc:
-        status = exc.status_code
-        raise
-    except Exception:
-        status = 500
-        raise
-    finally:
-        metrics.observe_request("infer", status, time.perf_counter() - started)
+    """The same handler as the fast path (routers/fastpath.py), behind FastAPI's routing."""
+    infer: RestInfer = request.app.state.rest_infer
+    status, out, headers = await infer.answer(
+        name, version, dict(request.scope["headers"]), request.receive
+    )
+    response = Response(out, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 @router.post(
@@ -170,24 +166,49 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 async def _generate(request: Request, name: str, version: str | None, stream: bool) -> Response:
     state = request.app.state
     dp: DataPlane = state.dataplane
-    endpoint = "generate_stream" if stream else "generate"
-    started = time.perf_counter()
-    status = 200
-    dp.metrics.request_started()
+    tracker = dp.metrics.tracker("generate_stream" if stream else "generate")
+    started = tracker.start()
+    status = 500
     try:
         body = await read_body(request, state.max_request_bytes)
+        prompt, params = decode_generate(body)
+        head = {"model_name": dp.model_name, "model_version": dp.model_version}
         if stream:
-            events = dp.open_stream(name, version, body)
-            return StreamingResponse(events, media_type="text/event-stream")
-        return Response(await dp.generate(name, version, body), media_type=JSON)
+            pieces = dp.stream(name, version, prompt, params)
+            status = 200
+            # counted in flight until the last event is sent or the client goes away
+            return StreamingResponse(
+                _events(pieces, head, tracker, started), media_type="text/event-stream"
+            )
+        text = await dp.generate(name, version, prompt, params)
+        status = 200
+        return Response(orjson.dumps({**head, "text_output": text}), media_type=JSON)
     except ServerError as exc:
         status = exc.status_code
         raise
-    except Exception:
-        status = 500
-        raise
     finally:
-        dp.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+        if not (stream and status == 200):
+            tracker.finish(started, status)
+
+
+async def _events(
+    pieces: AsyncIterator[str], head: dict[str, str], tracker: RequestTracker, started: float
+) -> AsyncIterator[bytes]:
+    """SSE `data: {text_output}` per piece; a failure mid-stream becomes an error event."""
+    status = 200
+    try:
+        async for piece in pieces:
+            yield b"data: " + orjson.dumps({**head, "text_output": piece}) + b"\n\n"
+    except ServerError as exc:
+        status = exc.status_code
+        yield b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
+    except Exception as exc:
+        status = 500
+        log.exception("Generation failed")
+        error = {"error": f"generation failed: {type(exc).__name__}"}
+        yield b"data: " + orjson.dumps(error) + b"\n\n"
+    finally:
+        tracker.finish(started, status)
 
 
 @router.post(

@@ -30,6 +30,9 @@ LABEL_SERVING = f"{GROUP}/serving"
 MANAGED_BY = "modelservice-operator"
 MODEL_DIR = "/mnt/models"
 HTTP_PORT = 8080
+GRPC_PORT = 8081
+AUTH_DIR = "/etc/model-server/auth"
+TLS_DIR = "/etc/model-server/tls"
 INFLIGHT_METRIC = "model_server_inflight_requests"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -169,7 +172,31 @@ def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
     }
     if spec.torch_threads:
         env["MODEL_SERVER_TORCH_THREADS"] = str(spec.torch_threads)
+    env["MODEL_SERVER_GRPC_PORT"] = str(GRPC_PORT)
+    if spec.auth_token_secret:
+        env["MODEL_SERVER_AUTH_TOKENS"] = AUTH_DIR
+        env["MODEL_SERVER_AUTH_METRICS"] = "true" if spec.auth_protect_metrics else "false"
+    if spec.tls_secret:
+        env["MODEL_SERVER_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
+        env["MODEL_SERVER_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
     return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _secret_volumes(spec: ModelServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of the auth-token and TLS Secrets: mounted, never read here."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for name, secret, path in (("auth-tokens", spec.auth_token_secret, AUTH_DIR),
+                               ("tls", spec.tls_secret, TLS_DIR)):
+        if secret:
+            volumes.append({"name": name, "secret": {"secretName": secret}})
+            mounts.append({"name": name, "mountPath": path, "readOnly": True})
+    return volumes, mounts
+
+
+def _service_ports() -> list[dict[str, Any]]:
+    return [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
 
 
 def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
@@ -200,18 +227,23 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     }
     volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
                                         image, spec.image_pull_policy, security)
+    secret_volumes, secret_mounts = _secret_volumes(spec)
+    scheme = "HTTPS" if spec.tls_secret else "HTTP"
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": image,
         "command": ["model-server"],
         "args": ["serve"],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": _env(spec, variant),
         "resources": _resources(spec),
-        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}, *secret_mounts],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http",
+                                       "scheme": scheme},
                            "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http",
+                                      "scheme": scheme},
                           "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
         "securityContext": security,
         # a failed load exits 4 with the error in /dev/termination-log (status.py reads it)
@@ -226,11 +258,13 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         template_meta["annotations"] = {
             "prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
             "prometheus.io/path": "/metrics"}
+        if spec.tls_secret:
+            template_meta["annotations"]["prometheus.io/scheme"] = "https"
     pod: dict[str, Any] = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                             "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}, *secret_volumes],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
     }
@@ -265,8 +299,7 @@ def build_variant_service(ms: Mapping[str, Any], spec: ModelServiceSpec,
             "metadata": _metadata(ms, name, variant.name),
             "spec": {"type": "ClusterIP",
                      "selector": {LABEL_MODELSERVICE: spec.name, LABEL_VARIANT: variant.name},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http",
-                                "protocol": "TCP"}]}}
+                     "ports": _service_ports()}}
 
 
 def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
@@ -274,8 +307,7 @@ def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[
             "metadata": _metadata(ms, object_name(spec.name)),
             "spec": {"type": "ClusterIP",
                      "selector": {LABEL_MODELSERVICE: spec.name, LABEL_SERVING: "true"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http",
-                                "protocol": "TCP"}]}}
+                     "ports": _service_ports()}}
 
 
 def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant) -> dict[str, Any]:
@@ -307,7 +339,15 @@ def build_service_monitor(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict
                          {"key": LABEL_MODELSERVICE, "operator": "In", "values": [spec.name]},
                          {"key": LABEL_VARIANT, "operator": "Exists"}]},
                      "endpoints": [{"port": "http", "path": "/metrics",
-                                    "interval": spec.scrape_interval}]}}
+                                    "interval": spec.scrape_interval, **_scrape_tls(spec)}]}}
+
+
+def _scrape_tls(spec: ModelServiceSpec) -> dict[str, Any]:
+    """Scrape over HTTPS when the server serves TLS (its certificate names the Service, not
+    the pod IP Prometheus scrapes, so the name is not verified)."""
+    if not spec.tls_secret:
+        return {}
+    return {"scheme": "https", "tlsConfig": {"insecureSkipVerify": True}}
 
 
 def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:

@@ -19,6 +19,7 @@ QUANTIZATIONS = ("none", "dynamic-int8", "float16", "bfloat16")
 PRUNING_METHODS = ("unstructured", "structured")
 URI_SCHEMES = ("pvc", "file", "http", "https", "s3")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_NAME = 63
 
 
@@ -87,6 +88,19 @@ class ModelServiceSpec:
     scrape_interval: str = "15s"
     gateway_parents: tuple[Mapping[str, Any], ...] = ()
     hostnames: tuple[str, ...] = ()
+    auth_token_secret: str | None = None
+    """Secret whose keys are bearer tokens (mounted; the operator never reads it)."""
+    auth_protect_metrics: bool = False
+    tls_secret: str | None = None
+    """kubernetes.io/tls Secret (tls.crt, tls.key) for REST and gRPC (mounted, never read)."""
+
+
+def _secret_name(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 253 or not DNS_SUBDOMAIN.match(value):
+        raise InvalidSpecError(f"{where}: {value!r} is not a valid Secret name")
+    return value
 
 
 def _check_uri(uri: Any, where: str) -> str:
@@ -238,6 +252,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
 
     server = spec.get("server") or {}
     batching = server.get("batching") or {}
+    auth = server.get("auth") or {}
+    tls = server.get("tls") or {}
     monitoring = spec.get("monitoring") or {}
     gateway = spec.get("gateway") or {}
     return ModelServiceSpec(
@@ -258,4 +274,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         scrape_interval=str(monitoring.get("interval") or "15s"),
         gateway_parents=tuple(gateway.get("parentRefs") or ()),
         hostnames=tuple(gateway.get("hostnames") or ()),
+        auth_token_secret=_secret_name(auth.get("tokenSecret"), "spec.server.auth.tokenSecret"),
+        auth_protect_metrics=bool(auth.get("protectMetrics", False)),
+        tls_secret=_secret_name(tls.get("secretName"), "spec.server.tls.secretName"),
     )

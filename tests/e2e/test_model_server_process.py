@@ -203,6 +203,58 @@ def test_corrupt_model_is_not_ready_with_reason_when_told_to_stay_up(tmp_path: P
         assert httpx.get(f"http://{url}/v2/health/live").status_code == 200
 
 
+def test_unusable_token_file_stops_serve_with_one_line(tmp_path: Path) -> None:
+    tlog = _termination_log(tmp_path)
+    code, output = _run_to_exit(
+        "--model-dir", str(tmp_path), "--auth-tokens", str(tmp_path / "no-such-secret"),
+        env={"MODEL_SERVER_TERMINATION_LOG": str(tlog)},
+    )  # fmt: skip
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot read auth tokens" in lines[0], output
+    assert "cannot read auth tokens" in tlog.read_text()
+
+
+def test_three_front_ends_with_a_token_on_one_process(tmp_path: Path) -> None:
+    """REST, gRPC and OpenAI of one `serve` process on a real generator, token required."""
+    import openai
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from modelfactory import make_text_generator
+
+    model_dir = tmp_path / "gpt"
+    make_text_generator(model_dir)
+    (tmp_path / "tokens").write_text("e2e-token\n")
+    grpc_port = _free_port()
+    flags = ("--model-dir", str(model_dir), "--task", "text-generation",
+             "--grpc-port", str(grpc_port), "--auth-tokens", str(tmp_path / "tokens"))  # fmt: skip
+    auth = {"Authorization": "Bearer e2e-token"}
+    with model_server(*flags) as url:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"http://{url}/v2/health/ready").status_code != 200:  # no token
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.1)
+        assert httpx.get(f"http://{url}/v2/models/model").status_code == 401
+        meta = httpx.get(f"http://{url}/v2/models/model", headers=auth).json()
+        assert meta["parameters"]["supports_generate"] is True
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            assert client.is_server_ready()
+            with pytest.raises(InferenceServerException):
+                client.get_model_metadata("model")
+            grpc_meta = client.get_model_metadata(
+                "model", headers={"authorization": auth["Authorization"]}
+            )
+            assert grpc_meta.name == "model"
+        finally:
+            client.close()
+        oai = openai.OpenAI(base_url=f"http://{url}/v1", api_key="e2e-token", max_retries=0)
+        done = oai.completions.create(model="model", prompt="hello", max_tokens=3)
+        assert done.usage is not None and done.usage.completion_tokens <= 3
+
+
 # How the process ends (model_server/cli.py): exit codes, termination message, drain -------
 
 

@@ -26,7 +26,7 @@ OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
 NOT_WIRED = {
     "model_version", "host", "log_format", "log_level", "infer_fast_path", "access_log",
     "max_queue", "request_timeout_s", "max_request_bytes", "trust_remote_code",
-    "exit_on_load_failure", "termination_log",
+    "exit_on_load_failure", "termination_log", "header_timeout_s",
     "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
 }
 
@@ -51,7 +51,9 @@ def rich(gpu: bool) -> dict[str, Any]:
         "replicas": 4,
         "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetInFlight": 4},
         "server": {"image": "ms:custom", "imagePullPolicy": "IfNotPresent", "torchThreads": 2,
-                   "batching": {"maxBatchSize": 32, "maxDelayMs": 5}},
+                   "batching": {"maxBatchSize": 32, "maxDelayMs": 5},
+                   "auth": {"tokenSecret": "sentiment-tokens"},
+                   "tls": {"secretName": "sentiment-tls"}},
         "gateway": {"parentRefs": [{"name": "gw"}]},
     }
     if gpu:
@@ -89,6 +91,9 @@ def test_every_model_server_variable_the_operator_writes_is_a_setting(
         fields = env_names()
         for key, value in ours.items():
             parsed = getattr(settings, fields[key])
+            if isinstance(parsed, bool):
+                assert value == str(parsed).lower(), (key, value, parsed)
+                continue
             assert str(parsed) == value or parsed == type(parsed)(value) or (
                 value == "" and parsed is None), (key, value, parsed)
         assert settings.device == ("cuda" if gpu else "cpu")

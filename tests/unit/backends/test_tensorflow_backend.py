@@ -11,7 +11,9 @@ import pytest
 
 from model_server.backends import create_backend
 from model_server.backends.base import LoadOptions, ModelLoadError, TensorSpec
+from model_server.codec import InferRequest
 from model_server.errors import InvalidInput
+from model_server.validation import Signature
 
 pytestmark = pytest.mark.tensorflow
 
@@ -52,12 +54,12 @@ def test_keras_file_predict(keras_dir: Path) -> None:
     assert [s.name for s in backend.outputs()] == ["probabilities"]
     out = backend.predict({"image": np.zeros((2, 32, 32, 3), np.float32)})
     assert out["probabilities"].shape == (2, 10)
-    # FP64 is converted; a wrong shape is the client's error
-    assert backend.predict({"image": np.zeros((1, 32, 32, 3))})["probabilities"].shape == (1, 10)
+    # the server checks requests against the backend's signature before predict
+    signature = Signature(backend.inputs(), backend.outputs())
     with pytest.raises(InvalidInput, match="must have shape"):
-        backend.predict({"image": np.zeros((1, 16, 32, 3), np.float32)})
+        signature.validate(InferRequest({"image": np.zeros((1, 16, 32, 3), np.float32)}))
     with pytest.raises(InvalidInput, match="must be FP32"):
-        backend.predict({"image": np.zeros((1, 32, 32, 3), np.int32)})
+        signature.validate(InferRequest({"image": np.zeros((1, 32, 32, 3), np.int32)}))
 
 
 @pytest.mark.parametrize("quantization", ["dynamic-int8", "float16"])

@@ -10,7 +10,9 @@ import pytest
 
 from model_server.backends import create_backend
 from model_server.backends.base import LoadOptions, ModelLoadError, TensorSpec
+from model_server.codec import InferRequest
 from model_server.errors import InvalidInput
+from model_server.validation import Signature
 
 pytestmark = pytest.mark.torch
 
@@ -55,13 +57,15 @@ def test_identity_module(tmp_path: Path, factory) -> None:
 
 
 def test_bad_inputs(torchscript_dir: Path) -> None:
+    """The server checks requests against the declared signature before predict."""
     backend = _load(torchscript_dir)
+    signature = Signature(backend.inputs(), backend.outputs())
     with pytest.raises(InvalidInput, match="must have shape"):
-        backend.predict({"input": np.ones((2, 5), np.float32)})
+        signature.validate(InferRequest({"input": np.ones((2, 5), np.float32)}))
     with pytest.raises(InvalidInput, match="must be FP32, got INT64"):
-        backend.predict({"input": np.ones((2, 8), np.int64)})
-    with pytest.raises(InvalidInput, match="missing input 'input'"):
-        backend.predict({})
+        signature.validate(InferRequest({"input": np.ones((2, 8), np.int64)}))
+    with pytest.raises(InvalidInput, match=r"missing input\(s\): input"):
+        signature.validate(InferRequest({}))
 
 
 @pytest.mark.parametrize("quantization", ["float16", "bfloat16"])

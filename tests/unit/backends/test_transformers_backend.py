@@ -12,7 +12,9 @@ import pytest
 
 from model_server.backends import create_backend
 from model_server.backends.base import LoadOptions, ModelLoadError
+from model_server.codec import InferRequest
 from model_server.errors import InvalidInput
+from model_server.validation import Signature
 
 from .conftest import has_cuda
 
@@ -85,8 +87,9 @@ def test_bad_inputs_are_invalid_input(text_classifier_dir: Path) -> None:
     backend.load(text_classifier_dir, LoadOptions(task="text-classification"))
     with pytest.raises(InvalidInput, match="missing input 'text'"):
         backend.predict({})
+    signature = Signature(backend.inputs(), backend.outputs())  # the server's check
     with pytest.raises(InvalidInput, match="unknown input"):
-        backend.predict({"text": _texts("a"), "extra": _texts("b")})
+        signature.validate(InferRequest({"text": _texts("a"), "extra": _texts("b")}))
     with pytest.raises(InvalidInput, match="must be a string"):
         backend.predict({"text": np.array([1, 2])})
     with pytest.raises(InvalidInput, match="UTF-8"):

@@ -214,3 +214,56 @@ def test_invalid_specs_name_the_field(spec: dict[str, Any], message: str) -> Non
         parse_spec(body)
     with pytest.raises(InvalidSpecError):
         b.build_all(body, OPTS)
+
+
+def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
+    spec = ms(server={"auth": {"tokenSecret": "sentiment-tokens"},
+                      "tls": {"secretName": "sentiment-tls"}},
+              monitoring={"serviceMonitor": "enabled"})
+    opts = b.BuildOptions(default_image="ms:cpu", default_gpu_image=None,
+                          service_monitor=True, gateway_api=False)
+    objs = b.build_all(spec, opts)
+    dep = by_kind(objs, "Deployment")["sentiment-baseline"]
+    env = env_of(dep)
+    assert env["MODEL_SERVER_AUTH_TOKENS"] == b.AUTH_DIR
+    assert env["MODEL_SERVER_AUTH_METRICS"] == "false"
+    assert env["MODEL_SERVER_TLS_CERT_FILE"] == f"{b.TLS_DIR}/tls.crt"
+    assert env["MODEL_SERVER_TLS_KEY_FILE"] == f"{b.TLS_DIR}/tls.key"
+    pod = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["auth-tokens"]["secret"] == {"secretName": "sentiment-tokens"}
+    assert volumes["tls"]["secret"] == {"secretName": "sentiment-tls"}
+    c = pod["containers"][0]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["auth-tokens"] == {"name": "auth-tokens", "mountPath": b.AUTH_DIR,
+                                     "readOnly": True}
+    assert mounts["tls"]["mountPath"] == b.TLS_DIR
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    monitor = by_kind(objs, "ServiceMonitor")["sentiment"]
+    assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
+    plain = by_kind(b.build_all(spec, OPTS), "Deployment")["sentiment-baseline"]  # no monitor
+    assert plain["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+
+
+def test_grpc_port_in_pods_and_services_and_no_secrets_by_default() -> None:
+    objs = b.build_all(ms(), OPTS)
+    dep = by_kind(objs, "Deployment")["sentiment-baseline"]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "grpc", "containerPort": b.GRPC_PORT, "protocol": "TCP"} in c["ports"]
+    assert env_of(dep)["MODEL_SERVER_GRPC_PORT"] == str(b.GRPC_PORT)
+    assert "MODEL_SERVER_AUTH_TOKENS" not in env_of(dep)
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]} == {"model", "tmp"}
+    for svc in by_kind(objs, "Service").values():
+        ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        assert ports["grpc"] == {"name": "grpc", "port": b.GRPC_PORT, "targetPort": "grpc",
+                                 "protocol": "TCP"}
+        assert ports["http"]["port"] == 80
+
+
+def test_bad_secret_names_name_the_field() -> None:
+    with pytest.raises(InvalidSpecError, match=r"spec\.server\.tls\.secretName"):
+        parse_spec(ms(server={"tls": {"secretName": "Not_Valid"}}))
+    with pytest.raises(InvalidSpecError, match=r"spec\.server\.auth\.tokenSecret"):
+        parse_spec(ms(server={"auth": {"tokenSecret": "-x"}}))

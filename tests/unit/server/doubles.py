@@ -118,3 +118,21 @@ class IdentityBackend(Backend):
 
     def info(self) -> BackendInfo:
         return BackendInfo(framework="test", device="cpu")
+
+
+class EndlessGenerateBackend(GenerateBackend):
+    """Generates "tick " forever, slowly; records when its consumer closed the stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = threading.Event()
+        self.produced = 0
+
+    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
+        try:
+            while True:
+                time.sleep(0.01)
+                self.produced += 1
+                yield "tick "
+        finally:
+            self.closed.set()

@@ -138,6 +138,18 @@ def test_bad_inputs_get_precise_400s(client: TestClient) -> None:
         (orjson.dumps({"inputs": [{**X, "shape": [-2, 4]}, TEXT]}), "non-negative integers"),
         (orjson.dumps({"id": 5, "inputs": [X, TEXT]}), "'id' must be a string"),
         (orjson.dumps({"inputs": [X, TEXT], "outputs": "y"}), "'outputs' must be a list"),
+        (orjson.dumps({"inputs": [X, TEXT], "outputs": [{"name": "q"}]}), "unknown output 'q'"),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {**X, "shape": [0, 4], "data": []},
+                        {**TEXT, "shape": [0], "data": []},
+                    ]
+                }
+            ),
+            "the batch is empty",
+        ),
     ]
     for body, message in cases:
         r = client.post("/v2/models/echo/infer", content=body)
@@ -290,12 +302,12 @@ def test_concurrent_http_requests_get_their_own_rows() -> None:
 def test_numeric_data_is_checked_in_one_pass() -> None:
     import pytest
 
-    from model_server.dataplane import _decode_tensor
+    from model_server.codec import decode_tensor
     from model_server.errors import InvalidInput
 
     def decode(datatype: str, data: list[object]) -> np.ndarray:
         tensor = {"name": "t", "shape": [len(data)], "datatype": datatype, "data": data}
-        return _decode_tensor(tensor, 0, None, 0)[0]
+        return decode_tensor(tensor, 0, None, 0)[0]
 
     assert decode("INT8", [1, -2, 127]).dtype == np.int8
     assert decode("FP16", [1, 2.5]).tolist() == [1.0, 2.5]
@@ -332,3 +344,59 @@ def test_fastapi_route_behaves_like_the_fast_path() -> None:
             assert registry.get_sample_value("model_server_requests_total", labels) == 3
     assert answers[True] == answers[False]
     assert [code for code, _ in answers[True]] == [200, 200, 400, 400, 400, 404]
+
+
+def test_empty_batch_is_400_on_every_path() -> None:
+    """`"shape":[0]` with no data once answered 500 (IndexError in the model)."""
+    from .doubles import IdentityBackend
+
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]}
+    )
+    for fast in (True, False):
+        with serve_app(IdentityBackend(), infer_fast_path=fast) as (client, _, registry):
+            r = client.post("/v2/models/echo/infer", content=body)
+            assert r.status_code == 400, r.text
+            assert "the batch is empty" in r.json()["error"]
+            # and the same for a rank-1 input
+            one = {"inputs": [{"name": "x", "shape": [0], "datatype": "FP32", "data": []}]}
+            assert (
+                client.post("/v2/models/echo/infer", content=orjson.dumps(one)).status_code == 400
+            )
+            labels = {"model": "echo", "variant": "int8", "endpoint": "infer", "status": "400"}
+            assert registry.get_sample_value("model_server_requests_total", labels) == 2
+
+
+def test_added_middleware_sees_infer_requests() -> None:
+    """The infer short cut must not skip ASGI middleware: adding one turns it off."""
+    from prometheus_client import CollectorRegistry
+
+    from model_server.app import create_app
+    from model_server.settings import Settings
+
+    seen: list[str] = []
+
+    class Recorder:
+        def __init__(self, app: object) -> None:
+            self.app = app
+
+        async def __call__(self, scope: dict, receive: object, send: object) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)  # type: ignore[operator]
+
+    app = create_app(
+        Settings(model_name="echo"), registry=CollectorRegistry(), backend=EchoBackend()
+    )
+    app.add_middleware(Recorder)
+    with TestClient(app) as client:
+        wait_ready_client(client)
+        r = infer(client, {"inputs": [X, TEXT]})
+        assert r.status_code == 200, r.text
+    assert "/v2/models/echo/infer" in seen
+
+
+def wait_ready_client(client: TestClient) -> None:
+    from .conftest import wait_ready
+
+    wait_ready(client)
