@@ -168,8 +168,13 @@ def encode_json(
     model_version: str,
     outputs: Mapping[str, np.ndarray],
     request: InferRequest,
+    variant: str = "",
 ) -> tuple[bytes, dict[str, str] | None]:
-    """The REST response body (+ Inference-Header-Content-Length when any output is binary)."""
+    """The REST response body (+ Inference-Header-Content-Length when any output is binary).
+
+    ``parameters.variant`` names the ModelService variant that answered, so a client behind
+    the stable Service (or a traffic split) can tell which one served it.
+    """
     out_json: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     binary_out = request.binary_outputs
@@ -196,6 +201,8 @@ def encode_json(
         "model_version": model_version,
         "outputs": out_json,
     }
+    if variant:
+        response["parameters"] = {"variant": variant}
     if request.id is not None:
         response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -104,9 +104,13 @@ def encode_infer(
     model_version: str,
     outputs: Mapping[str, np.ndarray],
     request: InferRequest,
+    variant: str = "",
 ) -> Any:
-    """The ModelInferResponse for the outputs the request asked for (all, by default)."""
+    """The ModelInferResponse for the outputs the request asked for (all, by default), with
+    ``parameters["variant"]`` naming the variant that answered."""
     response = ModelInferResponse(model_name=model_name, model_version=model_version)
+    if variant:
+        response.parameters["variant"].string_param = variant
     if request.id:
         response.id = request.id
     for name in outputs if request.outputs is None else request.outputs:

@@ -75,7 +75,7 @@ class InferenceService:
             batcher = dp.admit(name, version)
             decoded = decode_infer(request)
             outputs = await dp.run(batcher, decoded)
-            response = encode_infer(dp.model_name, dp.model_version, outputs, decoded)
+            response = encode_infer(dp.model_name, dp.model_version, outputs, decoded, dp.variant)
             status = 200
             return response
         except ServerError as exc:

@@ -124,7 +124,7 @@ class RestInfer:
                 body = await read_rest(receive, message, limit)
             request = decode_json(body, headers.get(b"inference-header-content-length"))
             outputs = await dp.run(batcher, request)
-            out, extra = encode_json(dp.model_name, dp.model_version, outputs, request)
+            out, extra = encode_json(dp.model_name, dp.model_version, outputs, request, dp.variant)
             status = 200
             response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
             if extra:

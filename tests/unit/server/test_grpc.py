@@ -115,6 +115,7 @@ def test_health_metadata_and_infer(
     assert result.as_numpy("upper").tolist() == [b"AB", "H\u00e9".encode()]  # bytes.upper: ASCII
     assert result.as_numpy("length").tolist() == [2, 3]
     assert result.get_response().id == "r1"
+    assert result.get_response().parameters["variant"].string_param == "int8"
     only = client.infer(
         "echo", _inputs(x, [b"a", b"b"]), outputs=[grpcclient.InferRequestedOutput("length")]
     )

@@ -71,6 +71,7 @@ def test_infer_fp32_and_bytes(triton: httpclient.InferenceServerClient, binary: 
     assert upper == ["A", "BC", "DéF"]
     np.testing.assert_array_equal(result.as_numpy("length"), [1, 2, 4])
     assert result.get_response()["id"] == "r1"
+    assert result.get_response()["parameters"] == {"variant": "int8"}  # who answered
 
 
 def test_errors_surface_with_messages(triton: httpclient.InferenceServerClient) -> None:
