@@ -338,6 +338,10 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 180,
             if owner == "cli" and state and state.get("owner") != "cli":
                 state["owner"] = "cli"  # someone asked for it by hand: tests must not stop it
                 _write_state(sd, state)
+            if c.real_node and state:
+                # Images rebuilt since it started (or removed by the kubelet) are imported
+                # again; unchanged ones cost one `ctr images ls`.
+                _load_images(_ctx(sd, state), out)
         elif state and _repairable(sd, state):
             c = _repair(sd, state, timeout, out)
         else:

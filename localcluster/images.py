@@ -737,9 +737,41 @@ def _select(names: Iterable[str] | None) -> list[str]:
 
 
 def build(names: Iterable[str] | None = None, out: Out = print) -> dict[str, BuiltImage]:
-    """Build the named images (default: all); unchanged layers come from the cache."""
+    """Build the named images (default: all); unchanged layers come from the cache, and
+    cached layers no current recipe uses any more are removed (``prune_layers``)."""
     memo: dict[str, BuiltLayer] = {}
-    return {n: build_image(n, out, memo) for n in _select(names)}
+    built = {n: build_image(n, out, memo) for n in _select(names)}
+    prune_layers(out)
+    return built
+
+
+def current_layer_keys() -> set[str]:
+    """The cache keys of every layer of every image as the sources stand now."""
+    keys = set()
+    for recipe in recipes().values():
+        parent = ""
+        for step in recipe.steps:
+            parent = step_key(step, parent)
+            keys.add(parent)
+    return keys
+
+
+def prune_layers(out: Out = print) -> int:
+    """Remove cached layers that no current recipe uses (an old torch layer is ~11 GB with
+    its rootfs); returns the bytes freed. Directories of builds in progress are left alone."""
+    root = layers_dir()
+    if not root.is_dir():
+        return 0
+    keep = current_layer_keys()
+    freed = 0
+    for d in root.iterdir():
+        if d.name.startswith(".") or d.name in keep or not d.is_dir():
+            continue
+        freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(d, ignore_errors=True)
+    if freed:
+        out(f"==> images: removed cached layers no image uses any more ({_mb(freed)})")
+    return freed
 
 
 # -- Import into containerd ---------------------------------------------------------------------

@@ -161,8 +161,11 @@ def _kubelet_config(ctx: Ctx) -> dict[str, object]:
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 100,  # model-server images are several GB
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        # Absolute, small disk thresholds: the disk is shared with the build caches, and
+        # under disk pressure the kubelet taints the node and deletes unused images -- with
+        # containerd 1.6 the sandbox (pause) image is not pinned and would go too.
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "512Mi",
+                         "imagefs.available": "512Mi", "nodefs.inodesFree": "1%"},
         "nodeStatusReportFrequency": "10s",
         "shutdownGracePeriod": "0s",
         "maxPods": 60,

@@ -320,3 +320,17 @@ def test_building_without_root_or_tools_says_what_to_do(
         images.build(["model-store"], out=lambda _: None)
     with pytest.raises(images.ImageError, match=r"^gcc is not installed: apt-get install gcc"):
         images.build(["pause"], out=lambda _: None)
+
+
+def test_prune_removes_only_layers_no_current_recipe_uses(cache: Path) -> None:
+    root = images.layers_dir()
+    current = sorted(images.current_layer_keys())
+    assert current, "every image has layers"
+    for name in (current[0], "stale-torch-layer", ".in-progress-build"):
+        (root / name / "rootfs").mkdir(parents=True)
+        (root / name / "layer.tar").write_bytes(b"x" * 1000)
+    lines: list[str] = []
+    freed = images.prune_layers(lines.append)
+    assert freed == 1000
+    assert sorted(p.name for p in root.iterdir()) == [".in-progress-build", current[0]]
+    assert lines and "removed cached layers" in lines[0]
