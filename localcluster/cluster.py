@@ -441,7 +441,7 @@ def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str]
     _run_processes(ctx, state, todo, t0 + timeout, out, t0)
     c = Cluster(sd, state["ports"], real_node=ctx.real_node)
     _wait_ready(c, ctx, t0 + timeout, out, t0)
-    if any(p.name == "containerd" for p in todo):
+    if ctx.real_node:
         _load_images(ctx, out)
     return c
 
