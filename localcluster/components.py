@@ -193,15 +193,24 @@ def _apiserver(ctx: Ctx) -> list[str]:
     return args
 
 
-def _controller_manager(ctx: Ctx) -> list[str]:
-    kc = ctx.kubeconfig("controller-manager")
+def _served_component(ctx: Ctx, binary: str, client: str) -> list[str]:
+    """The flags kube-controller-manager and kube-scheduler share: their kubeconfig for the
+    API, authentication and authorization, and a loopback secure port with its own certs."""
+    kc = ctx.kubeconfig(client)
     return [
-        _bin("kube-controller-manager"),
+        _bin(binary),
         f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1", f"--secure-port={ctx.ports['kube-controller-manager']}",
-        f"--cert-dir={ctx.state_dir / 'serving-controller-manager'}",
-        "--leader-elect=false", "--controllers=*",
+        "--bind-address=127.0.0.1", f"--secure-port={ctx.ports[binary]}",
+        f"--cert-dir={ctx.state_dir / ('serving-' + client)}",
+        "--leader-elect=false", "--profiling=false", "--v=1",
+    ]
+
+
+def _controller_manager(ctx: Ctx) -> list[str]:
+    return [
+        *_served_component(ctx, "kube-controller-manager", "controller-manager"),
+        "--controllers=*",
         "--use-service-account-credentials=true",
         f"--service-account-private-key-file={ctx.pki.sa_key}",
         f"--root-ca-file={ctx.pki.ca}",
@@ -209,20 +218,11 @@ def _controller_manager(ctx: Ctx) -> list[str]:
         f"--cluster-signing-key-file={ctx.pki.ca_key}",
         f"--service-cluster-ip-range={network.SERVICE_CIDR}",
         "--horizontal-pod-autoscaler-sync-period=10s",
-        "--profiling=false", "--v=1",
     ]
 
 
 def _scheduler(ctx: Ctx) -> list[str]:
-    kc = ctx.kubeconfig("scheduler")
-    return [
-        _bin("kube-scheduler"),
-        f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1", f"--secure-port={ctx.ports['kube-scheduler']}",
-        f"--cert-dir={ctx.state_dir / 'serving-scheduler'}",
-        "--leader-elect=false", "--profiling=false", "--v=1",
-    ]
+    return _served_component(ctx, "kube-scheduler", "scheduler")
 
 
 def _kwok(ctx: Ctx) -> list[str]:

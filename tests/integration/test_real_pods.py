@@ -70,6 +70,17 @@ def served(name: str, ns: str, uri: str, sha256: str | None, credentials: str | 
     return modelservice(name, ns, model=model, server=server, **spec)
 
 
+def baseline_and_int8(name: str, ns: str, uri: str, digest: str, baseline_weight: int,
+                      replicas: int) -> dict[str, Any]:
+    """A served ModelService with a baseline and a dynamic-int8 variant sharing traffic."""
+    return served(name, ns, uri, digest,
+                  variants=[{"name": "baseline"},
+                            {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+                  traffic=[{"variant": "baseline", "weight": baseline_weight},
+                           {"variant": "int8", "weight": 100 - baseline_weight}],
+                  replicas=replicas)
+
+
 def ms_condition(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
     return condition(k.get(MS_API, "ModelService", ns, name), "Ready")
 
@@ -138,12 +149,7 @@ def test_pods_pull_load_and_serve_through_the_stable_service(
         operator: RunningOperator, k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = modelstores.publish_http(classifier, f"{ns}-classifier")
-    k.apply(served("sentiment", ns, uri, digest,
-                   variants=[{"name": "baseline"},
-                             {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
-                   traffic=[{"variant": "baseline", "weight": 50},
-                            {"variant": "int8", "weight": 50}],
-                   replicas=2))
+    k.apply(baseline_and_int8("sentiment", ns, uri, digest, baseline_weight=50, replicas=2))
     wait_ready(k, ns, "sentiment")
     pods = k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=sentiment")
     assert len(pods) == 2
@@ -232,12 +238,7 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
         operator: RunningOperator, k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = modelstores.publish_http(classifier, f"{ns}-split")
-    k.apply(served("split", ns, uri, digest,
-                   variants=[{"name": "baseline"},
-                             {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
-                   traffic=[{"variant": "baseline", "weight": 75},
-                            {"variant": "int8", "weight": 25}],
-                   replicas=4))
+    k.apply(baseline_and_int8("split", ns, uri, digest, baseline_weight=75, replicas=4))
     wait_ready(k, ns, "split", timeout=420)
 
     def all_ready() -> dict[str, int] | None:
