@@ -1,8 +1,11 @@
 """Every manifest in examples/ applies cleanly and becomes a Ready ModelService.
 
 The operator runs as a real process (`msv-operator run --namespace <ns>`) against the local
-control plane; kwok marks the pods Running and Ready once the scheduler placed them, so a
-GPU example becomes Ready only if its pods land on GPU nodes.
+cluster, in a namespace that opts into simulation (the examples name models in stores that do
+not exist here): kwok marks the pods Running and Ready once the scheduler placed them, so this
+proves the manifests, the operator's objects and the scheduling — a GPU example becomes Ready
+only if its pods land on GPU nodes — not serving, which tests/integration/test_real_pods.py
+covers with pods that run.
 """
 
 from __future__ import annotations
