@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -37,10 +38,16 @@ func main() {
 	dec := json.NewDecoder(os.Stdin)
 	enc := json.NewEncoder(os.Stdout)
 	for {
-		var doc interface{}
-		if err := dec.Decode(&doc); err == io.EOF {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err == io.EOF {
 			return
 		} else if err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus: reading JSON from stdin:", err)
+			os.Exit(2)
+		}
+		// Integers stay int64, as the API machinery decodes them (kstatus reads generations).
+		var doc interface{}
+		if err := utiljson.Unmarshal(raw, &doc); err != nil {
 			fmt.Fprintln(os.Stderr, "kstatus: reading JSON from stdin:", err)
 			os.Exit(2)
 		}
