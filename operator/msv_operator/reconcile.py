@@ -197,17 +197,17 @@ def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
         out.append(("ServiceMonitorUnavailable",
                     "spec.monitoring.serviceMonitor: enabled, but the cluster does not serve "
                     "monitoring.coreos.com/v1 ServiceMonitor (install the Prometheus Operator "
-                    "CRDs); prometheus.io/* scrape annotations are set instead"))
+                    "CRDs), so prometheus.io/* scrape annotations are set instead"))
     annotations = parsed.service_monitor != "disabled" and not opts.service_monitor
     if annotations and parsed.scrape_interval != DEFAULT_SCRAPE_INTERVAL:
         out.append(("ScrapeIntervalIgnored",
-                    f"spec.monitoring.interval: {parsed.scrape_interval} needs a ServiceMonitor; "
-                    "prometheus.io/* scrape annotations cannot carry an interval, so the "
+                    f"spec.monitoring.interval: {parsed.scrape_interval} needs a ServiceMonitor "
+                    "(prometheus.io/* scrape annotations cannot carry an interval), so the "
                     "Prometheus scrape configuration's own interval applies"))
     if parsed.gateway_parents and not opts.gateway_api:
         out.append(("GatewayAPIUnavailable",
                     "spec.gateway: the cluster does not serve gateway.networking.k8s.io/v1 "
-                    "HTTPRoute (install Gateway API); traffic is split by the stable Service's "
+                    "HTTPRoute (install Gateway API), so traffic is split by the stable Service's "
                     "ready pods instead (approximate)"))
     return out
 

@@ -5,6 +5,9 @@ get -w``), so the test sees each status the operator wrote, not only the ones a 
 to catch: an ``InvalidSpec`` one is ``Failed``/``Degraded`` from its first status on; a good one
 is ``InProgress``/``Progressing`` first and ``Current``/``Healthy`` once every replica is ready.
 Pods are simulated by kwok.
+
+Also: every accepted field acts or says why not (``FieldsIgnored``), and a variant's
+``model.derivedFrom`` shows in its status.
 """
 
 from __future__ import annotations
@@ -128,3 +131,37 @@ def test_flux_and_argocd_read_live_modelservices_right(
     for o in good:
         if condition(o, "Ready").get("status") == "True":
             assert [v["readyReplicas"] for v in o["status"]["variants"]] == [2], o["status"]
+
+
+def test_fields_that_cannot_act_are_reported_and_provenance_is_shown(
+        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
+    monitors = k.served("monitoring.coreos.com/v1", "servicemonitors")
+    routes = k.served("gateway.networking.k8s.io/v1", "httproutes")
+    k.apply(modelservice(
+        "fields", namespace,
+        variants=[{"name": "baseline"},
+                  {"name": "distilled", "model": {"uri": "s3://models/distilled",
+                                                  "derivedFrom": "s3://models/sentiment"},
+                   "optimization": {"quantization": "dynamic-int8"}}],
+        traffic=[{"variant": "baseline", "weight": 100}, {"variant": "distilled", "weight": 0}],
+        monitoring={"serviceMonitor": "enabled", "interval": "30s"},
+        gateway={"parentRefs": [{"name": "gw"}]}))
+    expected = ([] if monitors else ["spec.monitoring.serviceMonitor", "spec.monitoring.interval"]
+                ) + ([] if routes else ["spec.gateway"])
+
+    def reported() -> dict[str, Any] | None:
+        ms = k.get(MS_API, "ModelService", namespace, "fields") or {}
+        c = condition(ms, "FieldsIgnored")
+        return ms if c and ms["status"].get("observedGeneration") == 1 else None
+
+    ms = wait_for("the FieldsIgnored condition", reported, timeout=60)
+    c = condition(ms, "FieldsIgnored")
+    named = [part.split(":", 1)[0] for part in c["message"].split("; ")] if expected else []
+    assert named == expected, c
+    assert c["status"] == ("True" if expected else "False"), c
+    by_name = {v["name"]: v for v in ms["status"]["variants"]}
+    assert by_name["distilled"]["derivedFrom"] == "s3://models/sentiment"
+    assert by_name["distilled"]["optimization"] == "dynamic-int8"
+    assert "derivedFrom" not in by_name["baseline"]
+    # Ignored fields are information, not a failure: Flux and Argo CD still see it progress.
+    assert condition(ms, "Stalled").get("status") == "False"
