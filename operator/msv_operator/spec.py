@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 FRAMEWORKS = ("transformers", "torchscript", "tensorflow")
 TASKS = ("text-classification", "text-generation", "image-classification")
-"""Pipeline tasks the model server's transformers backend serves (a unit test keeps them in step)."""
+"""Pipeline tasks the transformers backend of the model server serves (a test keeps them equal)."""
 QUANTIZATIONS = ("none", "dynamic-int8", "float16", "bfloat16")
 PRUNING_METHODS = ("unstructured", "structured")
 URI_SCHEMES = ("pvc", "file", "http", "https", "s3")

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+from gitops_status import argocd_health
 
 from localcluster import build, paths
-from gitops_status import argocd_health
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "modelservice-operator"

@@ -272,9 +272,9 @@ def test_bad_secret_names_name_the_field() -> None:
 
 
 def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
-    from model_server.backends import transformers_backend
-
     from msv_operator import spec
+
+    from model_server.backends import transformers_backend
 
     assert spec.TASKS == transformers_backend.TASKS
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from gitops_status import argocd_health, kstatus
-
 from msv_operator import status as s
 
 NOW = "2026-01-01T00:00:00Z"
