@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -68,14 +67,6 @@ class Versions:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-@pytest.fixture
-def operator(crd: None, namespace: str) -> Iterator[RunningOperator]:
-    op = RunningOperator([namespace]).start()
-    yield op
-    assert op.alive, "the operator must still be running at the end of the test"
-    op.stop()
 
 
 def _compress(seq: list[str]) -> list[str]:

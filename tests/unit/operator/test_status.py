@@ -311,6 +311,8 @@ def test_rolling_update_in_flight_is_progressing_but_still_ready() -> None:
     assert cond(out, "Ready")["status"] == "True"
     assert cond(out, "Progressing")["status"] == "True"
     assert cond(out, "Ready")["observedGeneration"] == 4
+    assert cond(out, "Reconciling")["status"] == "True"
+    assert cond(out, "Reconciling")["observedGeneration"] == 4
 
 
 def test_progress_deadline_exceeded_is_degraded() -> None:
@@ -392,15 +394,6 @@ def test_done_is_ready_and_neither_reconciling_nor_stalled() -> None:
     assert [cond(out, t)["status"] for t in ("Ready", "Reconciling", "Stalled")] == [
         "True", "False", "False"]
     assert cond(out, "Reconciling")["reason"] == "RolloutComplete"
-
-
-def test_rolling_update_keeps_ready_and_is_reconciling() -> None:
-    out = s.compute_status(ms(["baseline"]),
-                           deployments={"baseline": deployment(2, 2, generation=3, observed=2)},
-                           pods=[], now=NOW, observed_generation=4)
-    assert cond(out, "Ready")["status"] == "True"
-    assert cond(out, "Reconciling")["status"] == "True"
-    assert cond(out, "Reconciling")["observedGeneration"] == 4
 
 
 def test_invalid_spec_is_stalled_at_once_and_not_reconciling() -> None:
