@@ -12,6 +12,7 @@ KUBERNETES = "v1.35.4"
 ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v3.22.0"
+CLI_UTILS = "v0.37.2"  # kstatus, the status reader Flux uses (a test helper, not a cluster part)
 
 # Add-on CRD sources (downloaded as Go modules, never built).
 PROMETHEUS_OPERATOR = "v0.85.0"
@@ -101,6 +102,13 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("helm.sh/helm/v3/cmd/helm",),
         binaries=("helm",),
         ldflags=tuple(_helm_ldflags()),
+    ),
+    Component(
+        name="kstatus",
+        module="sigs.k8s.io/cli-utils",
+        version=CLI_UTILS,
+        packages=(".",),
+        binaries=("kstatus",),
     ),
 )
 

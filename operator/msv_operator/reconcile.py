@@ -186,6 +186,32 @@ def _deployments_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
     return out
 
 
+DEFAULT_SCRAPE_INTERVAL = "15s"
+
+
+def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
+                   ) -> list[tuple[str, str]]:
+    """(reason, message) for each field the spec sets that cannot act in this cluster."""
+    out: list[tuple[str, str]] = []
+    if parsed.service_monitor == "enabled" and not opts.service_monitor:
+        out.append(("ServiceMonitorUnavailable",
+                    "spec.monitoring.serviceMonitor: enabled, but the cluster does not serve "
+                    "monitoring.coreos.com/v1 ServiceMonitor (install the Prometheus Operator "
+                    "CRDs), so prometheus.io/* scrape annotations are set instead"))
+    annotations = parsed.service_monitor != "disabled" and not opts.service_monitor
+    if annotations and parsed.scrape_interval != DEFAULT_SCRAPE_INTERVAL:
+        out.append(("ScrapeIntervalIgnored",
+                    f"spec.monitoring.interval: {parsed.scrape_interval} needs a ServiceMonitor "
+                    "(prometheus.io/* scrape annotations cannot carry an interval), so the "
+                    "Prometheus scrape configuration's own interval applies"))
+    if parsed.gateway_parents and not opts.gateway_api:
+        out.append(("GatewayAPIUnavailable",
+                    "spec.gateway: the cluster does not serve gateway.networking.k8s.io/v1 "
+                    "HTTPRoute (install Gateway API), so traffic is split by the stable Service's "
+                    "ready pods instead (approximate)"))
+    return out
+
+
 # ---- the pass ------------------------------------------------------------------------------
 
 @dataclass
@@ -233,9 +259,11 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     live = {key_of(o): o for o in [*observed.objects, *observe_optional(ctx, ms, caps)]}
 
     desired: list[dict[str, Any]] = []
+    ignored: list[tuple[str, str]] = []
     try:
-        spec.parse_spec(ms)
-        desired = [with_hash(o) for o in builders.build_all(ms, build_options(ctx.config, caps))]
+        opts = build_options(ctx.config, caps)
+        ignored = ignored_fields(spec.parse_spec(ms), opts)
+        desired = [with_hash(o) for o in builders.build_all(ms, opts)]
     except spec.InvalidSpecError as e:
         result.invalid = str(e)
 
@@ -276,7 +304,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     result.status = status.compute_status(
         ms, deployments=deployments, pods=pods, now=now,
         observed_generation=int(generation) if generation is not None else None,
-        invalid_spec=result.invalid, apply_error=result.apply_error,
+        invalid_spec=result.invalid, apply_error=result.apply_error, ignored_fields=ignored,
     )
     write_status(ctx, ms, result)
     return result

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 FRAMEWORKS = ("transformers", "torchscript", "tensorflow")
+TASKS = ("text-classification", "text-generation", "image-classification")
+"""Pipeline tasks the transformers backend of the model server serves (a test keeps them equal)."""
 QUANTIZATIONS = ("none", "dynamic-int8", "float16", "bfloat16")
 PRUNING_METHODS = ("unstructured", "structured")
 URI_SCHEMES = ("pvc", "file", "http", "https", "s3")
@@ -152,6 +154,10 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
     task = model.get("task")
     if framework == "transformers" and not task:
         raise InvalidSpecError("spec.model.task: required for framework transformers")
+    if task and task not in TASKS:
+        raise InvalidSpecError(
+            f"spec.model.task: {task!r} is not served by the model server; use one of "
+            f"{', '.join(TASKS)}")
 
     raw_variants = spec.get("variants") or [{"name": "baseline"}]
     variants: list[Variant] = []

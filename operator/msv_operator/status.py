@@ -1,8 +1,17 @@
 """The ModelService status block, computed from observed objects (pure: no I/O, no clock).
 
 ``compute_status`` turns the live Deployments and Pods of a ModelService into the conditions
-``Ready``, ``Progressing`` and ``Degraded`` (see ``conditions`` for the transition semantics),
-per-variant ``replicas``/``readyReplicas``/``weight``, ``observedGeneration`` and ``url``.
+``Ready``, ``Progressing``, ``Degraded``, ``Reconciling``, ``Stalled`` and ``FieldsIgnored`` (see
+``conditions`` for the transition semantics), per-variant ``replicas``/``readyReplicas``/
+``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
+
+``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
+same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
+when nothing changes without a human (every failure below). The two are never True together.
+``Ready`` is Deployment-style minimum availability: every variant with weight above zero has
+all its desired replicas ready (the Deployments roll with ``maxUnavailable: 0``), and no variant
+reports a failure.
+
 Failure reasons, in the order they win:
 
 * ``InvalidSpec`` - the spec cannot be turned into objects (message names the field);
@@ -32,6 +41,9 @@ LABEL_VARIANT = "serving.modelservice.dev/variant"
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+FIELDS_IGNORED = "FieldsIgnored"
 
 # Container waiting reasons that mean the model server cannot come up.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
@@ -111,6 +123,40 @@ def variant_weights(ms: Mapping[str, Any]) -> dict[str, int]:
     elif names:
         weights[names[0]] = 100
     return weights
+
+
+def _optimization(opt: Any) -> str:
+    """``dynamic-int8``, ``pruned-unstructured-0.3``, both joined by ``+``; "" for none."""
+    if not isinstance(opt, Mapping):
+        return ""
+    parts = []
+    quant = opt.get("quantization")
+    if isinstance(quant, str) and quant and quant != "none":
+        parts.append(quant)
+    pruning = opt.get("pruning")
+    if isinstance(pruning, Mapping) and pruning.get("method"):
+        parts.append(f"pruned-{pruning.get('method')}-{pruning.get('amount')}")
+    return "+".join(parts)
+
+
+def variant_provenance(ms: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Per variant: ``derivedFrom`` (the base model its own artifact was made from, as the spec
+    says) and ``optimization`` (what the model server applies at load), when there are any."""
+    spec = ms.get("spec") or {}
+    out: dict[str, dict[str, str]] = {}
+    variants = spec.get("variants") if isinstance(spec, Mapping) else None
+    for v in variants or ():
+        if not isinstance(v, Mapping) or not isinstance(v.get("name"), str):
+            continue
+        entry: dict[str, str] = {}
+        model = v.get("model")
+        if isinstance(model, Mapping) and model.get("derivedFrom"):
+            entry["derivedFrom"] = str(model["derivedFrom"])
+        optimization = _optimization(v.get("optimization"))
+        if optimization:
+            entry["optimization"] = optimization
+        out.setdefault(v["name"], entry)
+    return out
 
 
 def _trim(text: str, limit: int = MESSAGE_MAX) -> str:
@@ -270,8 +316,9 @@ def assess(
     pending = [s for s in states if s.waiting_for]
     verdict.progressing_message = "; ".join(f"variant {s.name}: waiting for {s.waiting_for}"
                                             for s in pending)
-    verdict.ready = bool(states) and all(
-        s.desired == 0 or (s.ready_replicas >= 1 and s.problem_reason is None) for s in states
+    verdict.ready = bool(states) and not problems and all(
+        s.weight == 0 or (s.desired is not None and s.ready_replicas >= s.desired)
+        for s in states
     )
     return verdict
 
@@ -285,6 +332,7 @@ def compute_status(
     observed_generation: int | None,
     invalid_spec: str | None = None,
     apply_error: str | None = None,
+    ignored_fields: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds."""
     meta = ms.get("metadata") or {}
@@ -299,37 +347,55 @@ def compute_status(
 
     verdict = assess(ms, deployments, pods)
     if invalid_spec is not None:
+        failure: tuple[str, str] | None = ("InvalidSpec", invalid_spec)
         put(READY, cond.FALSE, "InvalidSpec", invalid_spec)
         put(PROGRESSING, cond.FALSE, "InvalidSpec", "the spec must be fixed before rolling out")
-        put(DEGRADED, cond.TRUE, "InvalidSpec", invalid_spec)
     elif apply_error is not None:
+        failure = ("ApplyFailed", apply_error)
         put(READY, cond.TRUE if verdict.ready else cond.FALSE, "ApplyFailed", apply_error)
         put(PROGRESSING, cond.FALSE, "ApplyFailed", apply_error)
-        put(DEGRADED, cond.TRUE, "ApplyFailed", apply_error)
     else:
+        failure = ((verdict.failure_reason, verdict.failure_message)
+                   if verdict.failure_reason else None)
         if verdict.ready:
             put(READY, cond.TRUE, "AllVariantsReady",
                 f"{len(verdict.variants)} variant(s) ready")
-        elif verdict.failure_reason:
-            put(READY, cond.FALSE, verdict.failure_reason, verdict.failure_message)
+        elif failure:
+            put(READY, cond.FALSE, *failure)
         else:
             put(READY, cond.FALSE, "RollingOut", verdict.progressing_message
                 or "waiting for the variants to become ready")
-        if verdict.failure_reason:
-            put(PROGRESSING, cond.FALSE, verdict.failure_reason, verdict.failure_message)
-            put(DEGRADED, cond.TRUE, verdict.failure_reason, verdict.failure_message)
+        if failure:
+            put(PROGRESSING, cond.FALSE, *failure)
+        elif verdict.progressing_message:
+            put(PROGRESSING, cond.TRUE, "RollingOut", verdict.progressing_message)
         else:
-            if verdict.progressing_message:
-                put(PROGRESSING, cond.TRUE, "RollingOut", verdict.progressing_message)
-            else:
-                put(PROGRESSING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
-            put(DEGRADED, cond.FALSE, "AsExpected", "no failures observed")
+            put(PROGRESSING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
+    if failure:
+        put(DEGRADED, cond.TRUE, *failure)
+        put(RECONCILING, cond.FALSE, failure[0],
+            "stopped: the operator cannot make progress until this is fixed")
+        put(STALLED, cond.TRUE, *failure)
+    else:
+        put(DEGRADED, cond.FALSE, "AsExpected", "no failures observed")
+        if verdict.ready and not verdict.progressing_message:
+            put(RECONCILING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
+        else:
+            put(RECONCILING, cond.TRUE, "RollingOut", verdict.progressing_message
+                or "waiting for the variants to become ready")
+        put(STALLED, cond.FALSE, "AsExpected", "no failures observed")
+    ignored = list(ignored_fields)
+    if ignored:
+        put(FIELDS_IGNORED, cond.TRUE, ignored[0][0], "; ".join(m for _, m in ignored))
+    else:
+        put(FIELDS_IGNORED, cond.FALSE, "AllFieldsActing", "every field of the spec takes effect")
 
+    provenance = variant_provenance(ms)
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [
             {"name": s.name, "replicas": s.replicas, "readyReplicas": s.ready_replicas,
-             "weight": s.weight}
+             "weight": s.weight, **provenance.get(s.name, {})}
             for s in verdict.variants
         ],
         # One string for `kubectl get msv` (printer columns show only the first list item).

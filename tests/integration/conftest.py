@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from msv_operator import kube
-from operator_harness import api
+from operator_harness import RunningOperator, api
 
 from localcluster import cluster as lc
 
@@ -30,3 +30,12 @@ def k(cluster: lc.Cluster) -> Iterator[kube.Kube]:
     client = api()
     yield client
     client.close()
+
+
+@pytest.fixture
+def operator(crd: None, namespace: str) -> Iterator[RunningOperator]:
+    """An operator (kopf, in-process) watching only the test's namespace; must survive the test."""
+    op = RunningOperator([namespace]).start()
+    yield op
+    assert op.alive, "the operator must still be running at the end of the test"
+    op.stop()

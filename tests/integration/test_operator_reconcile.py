@@ -4,7 +4,6 @@ updates, HPA-owned replicas, repair of hand edits, garbage collection, invalid s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,14 +22,6 @@ from operator_harness import (
 from localcluster import cluster as lc
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def operator(crd: None, namespace: str) -> Iterator[RunningOperator]:
-    op = RunningOperator([namespace]).start()
-    yield op
-    assert op.alive, "the operator must still be running at the end of the test"
-    op.stop()
 
 
 def get_ms(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
+from gitops_status import argocd_health
 
 from localcluster import build, paths
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "modelservice-operator"
 CRD_NAME = "modelservices.serving.modelservice.dev.yaml"
-LUA = ROOT / "gitops" / "argocd" / "health-modelservice.lua"
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -104,19 +104,7 @@ def test_schema_rejects_bad_values(value: str, message: str) -> None:
 
 
 def _lua_health(obj: dict[str, Any]) -> dict[str, str]:
-    lupa = pytest.importorskip("lupa")
-    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
-
-    def to_lua(v: Any) -> Any:
-        if isinstance(v, dict):
-            return lua.table_from({k: to_lua(x) for k, x in v.items()})
-        if isinstance(v, list):
-            return lua.table_from([to_lua(x) for x in v])
-        return v
-
-    fn = lua.eval("function(obj) " + LUA.read_text() + " end")
-    result = fn(to_lua(obj))
-    return {"status": result["status"], "message": result["message"]}
+    return argocd_health(obj)
 
 
 def _ms(generation: int, observed: int | None, *conditions: dict[str, str]) -> dict[str, Any]:
@@ -137,6 +125,14 @@ def _ms(generation: int, observed: int | None, *conditions: dict[str, str]) -> d
          {"type": "Progressing", "status": "True"}), "Progressing"),
     (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "X"},
          {"type": "Degraded", "status": "True", "reason": "ModelLoadFailed"}), "Degraded"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "RollingOut"},
+         {"type": "Stalled", "status": "True", "reason": "ProgressDeadlineExceeded"}),
+     "Degraded"),
+    (_ms(1, 1, {"type": "Ready", "status": "True", "reason": "AllVariantsReady"},
+         {"type": "Reconciling", "status": "True", "reason": "RollingOut"},
+         {"type": "Stalled", "status": "False"}), "Progressing"),
+    (_ms(1, 1, {"type": "Ready", "status": "False", "reason": "Unschedulable"},
+         {"type": "Stalled", "status": "False"}), "Progressing"),
 ])
 def test_argocd_health_check(obj: dict[str, Any], expected: str) -> None:
     assert _lua_health(obj)["status"] == expected

@@ -190,6 +190,8 @@ def test_builders_do_not_mutate_their_input() -> None:
     ({"model": {"uri": "ftp://x/y", "framework": "transformers", "task": "t"}},
      "scheme 'ftp' is not supported"),
     ({"model": {"uri": "s3://b/k", "framework": "transformers"}}, "spec.model.task: required"),
+    ({"model": {"uri": "s3://b/k", "framework": "transformers", "task": "fill-mask"}},
+     "spec.model.task: 'fill-mask' is not served by the model server"),
     ({"model": {"uri": "s3://b/k", "framework": "torchscript"},
       "variants": [{"name": "q", "optimization": {"quantization": "dynamic-int8"}}]},
      "TorchScript models have compiled layer shapes"),
@@ -267,3 +269,42 @@ def test_bad_secret_names_name_the_field() -> None:
         parse_spec(ms(server={"tls": {"secretName": "Not_Valid"}}))
     with pytest.raises(InvalidSpecError, match=r"spec\.server\.auth\.tokenSecret"):
         parse_spec(ms(server={"auth": {"tokenSecret": "-x"}}))
+
+
+def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
+    from msv_operator import spec
+
+    from model_server.backends import transformers_backend
+
+    assert spec.TASKS == transformers_backend.TASKS
+
+
+@pytest.mark.parametrize(("monitoring", "gateway", "served", "reasons"), [
+    ({"serviceMonitor": "enabled"}, False, False, ["ServiceMonitorUnavailable"]),
+    ({"serviceMonitor": "enabled"}, False, True, []),
+    ({"serviceMonitor": "auto"}, False, False, []),
+    ({"serviceMonitor": "auto", "interval": "30s"}, False, False, ["ScrapeIntervalIgnored"]),
+    ({"serviceMonitor": "auto", "interval": "30s"}, False, True, []),
+    ({"serviceMonitor": "disabled", "interval": "30s"}, False, False, []),
+    ({}, True, False, ["GatewayAPIUnavailable"]),
+    ({}, True, True, []),
+    ({"serviceMonitor": "enabled", "interval": "1m"}, True, False,
+     ["ServiceMonitorUnavailable", "ScrapeIntervalIgnored", "GatewayAPIUnavailable"]),
+])
+def test_fields_that_cannot_act_are_named(monitoring: dict[str, str], gateway: bool,
+                                          served: bool, reasons: list[str]) -> None:
+    from msv_operator import reconcile
+
+    extra: dict[str, Any] = {"monitoring": monitoring}
+    if gateway:
+        extra["gateway"] = {"parentRefs": [{"name": "gw"}]}
+    opts = b.BuildOptions(default_image="i", default_gpu_image="g", service_monitor=served,
+                          gateway_api=served)
+    got = reconcile.ignored_fields(parse_spec(ms(**extra)), opts)
+    assert [r for r, _ in got] == reasons
+    fields = {"ServiceMonitorUnavailable": "spec.monitoring.serviceMonitor",
+              "ScrapeIntervalIgnored": "spec.monitoring.interval",
+              "GatewayAPIUnavailable": "spec.gateway"}
+    for reason, message in got:
+        assert message.startswith(fields[reason] + ":"), message
+        assert "; " not in message, "'; ' separates the entries of the condition message"

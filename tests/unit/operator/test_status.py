@@ -311,6 +311,8 @@ def test_rolling_update_in_flight_is_progressing_but_still_ready() -> None:
     assert cond(out, "Ready")["status"] == "True"
     assert cond(out, "Progressing")["status"] == "True"
     assert cond(out, "Ready")["observedGeneration"] == 4
+    assert cond(out, "Reconciling")["status"] == "True"
+    assert cond(out, "Reconciling")["observedGeneration"] == 4
 
 
 def test_progress_deadline_exceeded_is_degraded() -> None:
@@ -363,3 +365,95 @@ def test_zero_replicas_variant_counts_as_ready() -> None:
                            deployments={"a": deployment(1, 1), "b": deployment(0, 0)},
                            pods=[], now=NOW, observed_generation=1)
     assert cond(out, "Ready")["status"] == "True"
+
+
+# ---- Ready = minimum availability; Reconciling/Stalled with kstatus semantics --------------
+
+def test_ready_needs_every_desired_replica_of_a_serving_variant() -> None:
+    out = s.compute_status(ms(["baseline"]), deployments={"baseline": deployment(3, 2)},
+                           pods=[], now=NOW, observed_generation=1)
+    assert cond(out, "Ready")["status"] == "False"
+    assert cond(out, "Ready")["reason"] == "RollingOut"
+    assert "2/3 replicas ready" in cond(out, "Ready")["message"]
+    assert cond(out, "Reconciling")["status"] == "True"
+    assert cond(out, "Stalled")["status"] == "False"
+
+
+def test_a_weight_zero_variant_does_not_gate_ready() -> None:
+    out = s.compute_status(ms(["a", "b"], [("a", 100), ("b", 0)]),
+                           deployments={"a": deployment(2, 2), "b": deployment(1, 0)},
+                           pods=[], now=NOW, observed_generation=1)
+    assert cond(out, "Ready")["status"] == "True"
+    # ...but its warm pod is still being rolled out: work is left.
+    assert cond(out, "Reconciling")["status"] == "True"
+
+
+def test_done_is_ready_and_neither_reconciling_nor_stalled() -> None:
+    out = s.compute_status(ms(["baseline"]), deployments={"baseline": deployment(2, 2)},
+                           pods=[], now=NOW, observed_generation=1)
+    assert [cond(out, t)["status"] for t in ("Ready", "Reconciling", "Stalled")] == [
+        "True", "False", "False"]
+    assert cond(out, "Reconciling")["reason"] == "RolloutComplete"
+
+
+def test_invalid_spec_is_stalled_at_once_and_not_reconciling() -> None:
+    out = s.compute_status(ms(["baseline"]), deployments={}, pods=[], now=NOW,
+                           observed_generation=2, invalid_spec="spec.model.task: 'x' ...")
+    assert cond(out, "Stalled")["status"] == "True"
+    assert cond(out, "Stalled")["reason"] == "InvalidSpec"
+    assert cond(out, "Stalled")["message"].startswith("spec.model.task")
+    assert cond(out, "Reconciling")["status"] == "False"
+
+
+def test_every_failure_reason_is_stalled() -> None:
+    crash = pod("baseline", containerStatuses=[{"name": "model-server", "ready": False, "state": {
+        "terminated": {"exitCode": 4, "message": "ModelLoadError: no config.json"}}}])
+    out = s.compute_status(ms(["baseline"]), deployments={"baseline": deployment(1, 0)},
+                           pods=[crash], now=NOW, observed_generation=1)
+    assert cond(out, "Stalled")["reason"] == "ModelLoadFailed"
+    assert cond(out, "Stalled")["status"] == "True"
+    assert cond(out, "Reconciling")["status"] == "False"
+    applied = s.compute_status(ms(["baseline"]), deployments={}, pods=[], now=NOW,
+                               observed_generation=1, apply_error="422: spec.x invalid")
+    assert cond(applied, "Stalled")["reason"] == "ApplyFailed"
+
+
+def test_stalled_and_reconciling_are_never_both_true() -> None:
+    samples = [
+        dict(deployments={}, pods=[]),
+        dict(deployments={"baseline": deployment(1, 0)}, pods=[]),
+        dict(deployments={"baseline": deployment(1, 1)}, pods=[]),
+        dict(deployments={"baseline": deployment(1, 0)}, pods=[pod("baseline", conditions=[
+            {"type": "PodScheduled", "status": "False", "message": "0/1 nodes"}])]),
+    ]
+    for sample in samples:
+        out = s.compute_status(ms(["baseline"]), now=NOW, observed_generation=1,
+                               **sample)  # type: ignore[arg-type]
+        assert not (cond(out, "Stalled")["status"] == cond(out, "Reconciling")["status"]
+                    == "True"), sample
+
+
+def test_ignored_fields_are_a_condition_naming_each_field() -> None:
+    out = s.compute_status(ms(["baseline"]), deployments={}, pods=[], now=NOW,
+                           observed_generation=1, ignored_fields=[
+                               ("ServiceMonitorUnavailable", "spec.monitoring.serviceMonitor: x"),
+                               ("GatewayAPIUnavailable", "spec.gateway: y")])
+    c = cond(out, "FieldsIgnored")
+    assert (c["status"], c["reason"]) == ("True", "ServiceMonitorUnavailable")
+    assert c["message"] == "spec.monitoring.serviceMonitor: x; spec.gateway: y"
+    clean = s.compute_status(ms(["baseline"]), deployments={}, pods=[], now=NOW,
+                             observed_generation=1)
+    assert cond(clean, "FieldsIgnored")["status"] == "False"
+
+
+def test_variant_provenance_is_shown_in_status() -> None:
+    body = ms(["baseline", "distilled", "int8"], [("baseline", 100)])
+    body["spec"]["variants"][1]["model"] = {"uri": "s3://m/distilled",
+                                            "derivedFrom": "s3://m/bert-base"}
+    body["spec"]["variants"][2]["optimization"] = {
+        "quantization": "dynamic-int8", "pruning": {"method": "unstructured", "amount": 0.3}}
+    out = s.compute_status(body, deployments={}, pods=[], now=NOW, observed_generation=1)
+    by_name = {v["name"]: v for v in out["variants"]}
+    assert "derivedFrom" not in by_name["baseline"] and "optimization" not in by_name["baseline"]
+    assert by_name["distilled"]["derivedFrom"] == "s3://m/bert-base"
+    assert by_name["int8"]["optimization"] == "dynamic-int8+pruned-unstructured-0.3"
