@@ -1,6 +1,6 @@
 """REST infer cost in CPU instructions per request, side by side: before/after and bare ASGI.
 
-Timings on a shared machine wander by ±10–20% between runs; instruction counts do not. Each
+Timings on a shared machine wander by 10-20% between runs; instruction counts do not. Each
 server runs under valgrind's callgrind (uvicorn, access log off, one process each):
 
 - `before`: the REST server of git ref `--before`, exported like bench/front_ends.py does;

@@ -47,6 +47,7 @@ _KIND_OK: dict[str, str] = {
     for name, dt in DTYPES.items()
 }
 _MISSING = object()
+_MAX_ELEMENTS = 1 << 31  # elements one input may declare
 HEADER_LENGTH = "inference-header-content-length"
 NO_OUTPUTS: frozenset[str] = frozenset()
 
@@ -247,8 +248,12 @@ def decode_tensor(
         if type(d) is not int or d < 0:
             raise bad_dims(name)
     datatype: Any = tensor.get("datatype")
-    dtype = tensor_dtype(name, datatype)
-    count = element_count(name, shape)
+    dtype = DTYPES.get(datatype) if type(datatype) is str else None
+    if dtype is None:
+        dtype = tensor_dtype(name, datatype)  # the error naming the known datatypes
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS:
+        element_count(name, shape)  # the error
     params = tensor.get("parameters")
     if params is not None:
         if not isinstance(params, dict):
@@ -304,7 +309,9 @@ def decode_tensor(
             raise InvalidInput(
                 f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
             )
-    return parsed.astype(dtype, copy=False).reshape(shape), 0
+    if parsed.dtype is not dtype:  # astype without keywords: cheaper to call
+        parsed = parsed.astype(dtype)
+    return parsed.reshape(shape), 0
 
 
 def tensor_dtype(name: str, datatype: Any) -> np.dtype[Any]:
@@ -322,7 +329,7 @@ def element_count(name: str, shape: list[int]) -> int:
     """The elements of a (checked, non-negative) shape, bounded so no request can ask for
     an absurd allocation."""
     count = math.prod(shape)
-    if count > 1 << 31:
+    if count > _MAX_ELEMENTS:
         raise InvalidInput(f"input {name!r}: shape {shape} is too large")
     return count
 
