@@ -217,7 +217,8 @@ def checked_tar_members(tf: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo
             raise PullError(f"archive member {m.name!r} escapes the destination")
         if m.issym() or m.islnk():
             base = target.parent if m.issym() else root
-            if m.linkname.startswith("/") or not (base / m.linkname).resolve().is_relative_to(root):
+            if m.linkname.startswith("/") or not (base / m.linkname).resolve().is_relative_to(
+                    root):
                 raise PullError(f"archive link {m.name!r} points outside the destination")
         m.mode &= 0o755  # no setuid/setgid/sticky bits, as the data filter does
     return members

@@ -144,8 +144,8 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known:
             continue
-        suffixes = [k[len(ENV_PREFIX) :] for k in known]
-        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.75)
+        suffixes = [k[len(ENV_PREFIX):] for k in known]
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.75)
         out.append(f"{key} (did you mean {ENV_PREFIX}{close[0]}?)" if close else key)
     return out
 
