@@ -17,6 +17,7 @@ import struct
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -203,13 +204,19 @@ def encode_json(
         "outputs": out_json,
     }
     if variant:
-        response["parameters"] = {"variant": variant}
+        response["parameters"] = _variant_parameters(variant)
     if request.id is not None:
         response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+@cache
+def _variant_parameters(variant: str) -> dict[str, str]:
+    """The response's `parameters` for a variant, built once (it is only serialized)."""
+    return {"variant": variant}
 
 
 def _split_body(body: bytes, header_length: str | bytes) -> tuple[Any, memoryview]:
