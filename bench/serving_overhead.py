@@ -57,12 +57,17 @@ def _serve_ours(port: int, max_batch_size: int, model_name: str = "identity") ->
     from prometheus_client import CollectorRegistry
 
     from model_server.app import create_app
+    from model_server.http_server import uvicorn_options
     from model_server.settings import Settings
     from tests.unit.server.doubles import IdentityBackend
 
     settings = Settings(model_name=model_name, max_batch_size=max_batch_size, log_level="warning")
     app = create_app(settings, registry=CollectorRegistry(), backend=IdentityBackend())
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+    # as deployed: the server's own listening options (the header-timeout protocol)
+    uvicorn.run(
+        app, host=HOST, port=port, log_level="warning", access_log=False,
+        **uvicorn_options(settings),
+    )  # fmt: skip
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

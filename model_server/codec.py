@@ -17,6 +17,7 @@ import struct
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ _KIND_OK: dict[str, str] = {
     for name, dt in DTYPES.items()
 }
 _MISSING = object()
+_MAX_ELEMENTS = 1 << 31  # elements one input may declare
 HEADER_LENGTH = "inference-header-content-length"
 NO_OUTPUTS: frozenset[str] = frozenset()
 
@@ -202,13 +204,19 @@ def encode_json(
         "outputs": out_json,
     }
     if variant:
-        response["parameters"] = {"variant": variant}
+        response["parameters"] = _variant_parameters(variant)
     if request.id is not None:
         response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+@cache
+def _variant_parameters(variant: str) -> dict[str, str]:
+    """The response's `parameters` for a variant, built once (it is only serialized)."""
+    return {"variant": variant}
 
 
 def _split_body(body: bytes, header_length: str | bytes) -> tuple[Any, memoryview]:
@@ -247,8 +255,12 @@ def decode_tensor(
         if type(d) is not int or d < 0:
             raise bad_dims(name)
     datatype: Any = tensor.get("datatype")
-    dtype = tensor_dtype(name, datatype)
-    count = element_count(name, shape)
+    dtype = DTYPES.get(datatype) if type(datatype) is str else None
+    if dtype is None:
+        dtype = tensor_dtype(name, datatype)  # the error naming the known datatypes
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS:
+        element_count(name, shape)  # the error
     params = tensor.get("parameters")
     if params is not None:
         if not isinstance(params, dict):
@@ -304,7 +316,9 @@ def decode_tensor(
             raise InvalidInput(
                 f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
             )
-    return parsed.astype(dtype, copy=False).reshape(shape), 0
+    if parsed.dtype is not dtype:  # astype without keywords: cheaper to call
+        parsed = parsed.astype(dtype)
+    return parsed.reshape(shape), 0
 
 
 def tensor_dtype(name: str, datatype: Any) -> np.dtype[Any]:
@@ -322,7 +336,7 @@ def element_count(name: str, shape: list[int]) -> int:
     """The elements of a (checked, non-negative) shape, bounded so no request can ask for
     an absurd allocation."""
     count = math.prod(shape)
-    if count > 1 << 31:
+    if count > _MAX_ELEMENTS:
         raise InvalidInput(f"input {name!r}: shape {shape} is too large")
     return count
 

@@ -4,10 +4,10 @@ uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but arms that 
 after a response, and any byte cancels it: a connection that never finishes sending its
 request headers — opened and silent, or one header byte a second — holds its socket
 forever (measured with uvicorn 0.54 and httptools 0.9; h11's protocol in uvicorn arms the
-same timer the same way). `HeaderTimeout` notes when a connection opens and when a request
-starts, forgets it once that request's headers are complete, and a periodic sweep closes
-connections past the timeout with `408 Request Timeout`. Bodies are not limited by it:
-MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
+same timer the same way). `HeaderTimeout` adds a periodic sweep, one per server, that
+closes connections whose headers are late with `408 Request Timeout`. It reads uvicorn's
+own per-connection state and adds nothing per request (bench/rest_instructions.py counts
+it). Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
 
 `read_tls` reads and checks the certificate and key once at startup (REST and gRPC use the
 same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2.
@@ -33,34 +33,40 @@ _TIMEOUT_RESPONSE = (
 class HeaderTimeout(HttpToolsProtocol):
     """uvicorn's httptools protocol that closes connections slow to send their headers.
 
-    A request costs two attribute writes: `_headers_since` is set when a connection opens
-    or a request starts and cleared when the headers are complete. One sweep per server,
-    every quarter of the timeout while connections are open, closes those past it (a timer
-    per request would cost more than routing it).
+    A connection waits for headers when it has not begun a request yet (since it opened),
+    or when its current request (uvicorn's `scope`, new at each message begin) has no
+    request cycle yet (uvicorn makes one when the headers are complete). The sweep runs
+    every eighth of the timeout while connections are open, notes the request each waiting
+    connection is on and when it first saw it waiting, and closes it once that request has
+    waited the timeout: between 1 and 1.25 timeouts after its first byte. Per request this
+    costs nothing: no parser callback is overridden (a timestamp per request did cost).
     """
 
     header_timeout_s = 10.0
-    _headers_since: float | None = None
+    _waiting: Any = None  # the scope (or, before any request, the connection) found waiting
+    _waiting_since = 0.0
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._headers_since = self.loop.time()
+        self._waiting, self._waiting_since = self, self.loop.time()
         state = self.server_state
         if not getattr(state, "header_sweep", False):
             state.header_sweep = True  # type: ignore[attr-defined]
             self.loop.call_later(self._sweep_interval(), self._sweep)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._headers_since is None:
-            self._headers_since = self.loop.time()
-
-    def on_headers_complete(self) -> None:
-        self._headers_since = None
-        super().on_headers_complete()
-
     def _sweep_interval(self) -> float:
-        return max(0.05, self.header_timeout_s / 4)
+        return max(0.05, self.header_timeout_s / 8)
+
+    def _awaited(self) -> Any:
+        """What this connection waits for headers of (its scope, or itself before any
+        request); None when it does not wait for headers."""
+        scope = self.scope
+        if scope is None:
+            return self
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope:
+            return scope
+        return None
 
     def _sweep(self) -> None:
         connections = self.connections
@@ -68,16 +74,20 @@ class HeaderTimeout(HttpToolsProtocol):
         if not connections:
             state.header_sweep = False  # type: ignore[attr-defined]
             return
-        deadline = self.loop.time() - self.header_timeout_s
+        now = self.loop.time()
         for conn in list(connections):
             if isinstance(conn, HeaderTimeout):
-                since = conn._headers_since
-                if since is not None and since < deadline:
+                awaited = conn._awaited()
+                if awaited is None:
+                    conn._waiting = None
+                elif awaited is not conn._waiting:
+                    conn._waiting, conn._waiting_since = awaited, now
+                elif now - conn._waiting_since >= self.header_timeout_s:
                     conn._headers_late()
         self.loop.call_later(self._sweep_interval(), self._sweep)
 
     def _headers_late(self) -> None:
-        self._headers_since = None
+        self._waiting = None
         if not self.transport.is_closing():
             self.transport.write(_TIMEOUT_RESPONSE)
             self.transport.close()

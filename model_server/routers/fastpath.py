@@ -102,6 +102,8 @@ async def read_rest(receive: Any, message: dict[str, Any], limit: int) -> bytes:
 class RestInfer:
     """OIP v2 REST infer: request bytes in, (status, body, headers) out; never raises ours."""
 
+    __slots__ = ("_dp", "_limit", "_tracker")
+
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self._dp = dataplane
         self._limit = max_request_bytes
@@ -123,7 +125,9 @@ class RestInfer:
             if message.get("more_body", False) or len(body) > limit:
                 body = await read_rest(receive, message, limit)
             request = decode_json(body, headers.get(b"inference-header-content-length"))
-            outputs = await dp.run(batcher, request)
+            outputs = dp.run_now(batcher, request)  # `dp.run` without its coroutine
+            if outputs is None:
+                outputs = await dp.run_queued(batcher, request)
             out, extra = encode_json(dp.model_name, dp.model_version, outputs, request, dp.variant)
             status = 200
             response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]

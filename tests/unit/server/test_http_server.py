@@ -33,6 +33,16 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+def _read_live_answer(sock: socket.socket) -> bytes:
+    """One liveness answer, read until its body (the connection stays open)."""
+    answer = b""
+    while b'{"live":true}' not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
 def test_silent_connection_is_closed(server: UvicornThread) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
@@ -60,11 +70,16 @@ def test_keep_alive_connection_gets_a_fresh_timer_per_request(server: UvicornThr
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.settimeout(20)
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = b""
-        while b'{"live":true}' not in first:
-            chunk = sock.recv(4096)
-            assert chunk, first
-            first += chunk
-        assert first.startswith(b"HTTP/1.1 200")
+        assert _read_live_answer(sock).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost:")  # and then nothing
         assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
+
+
+def test_headers_within_the_timeout_are_answered(server: UvicornThread) -> None:
+    """Headers that pause for less than the timeout are not cut off: the request is served."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(20)
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost:")
+        time.sleep(0.2)  # well under the 0.5 s timeout
+        sock.sendall(b" x\r\n\r\n")
+        assert _read_live_answer(sock).startswith(b"HTTP/1.1 200")

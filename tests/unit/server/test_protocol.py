@@ -8,7 +8,10 @@ import time
 
 import numpy as np
 import orjson
+import pytest
 from fastapi.testclient import TestClient
+
+from model_server.backends.base import TensorSpec
 
 from .conftest import serve_app
 from .doubles import BrokenBackend, EchoBackend, GenerateBackend
@@ -400,3 +403,29 @@ def wait_ready_client(client: TestClient) -> None:
     from .conftest import wait_ready
 
     wait_ready(client)
+
+
+class _ForgetfulBackend(EchoBackend):
+    """Declares an output `extra` that its predict never returns (a faulty model)."""
+
+    def outputs(self) -> list[TensorSpec]:
+        return [*super().outputs(), TensorSpec("extra", "FP32", (-1,))]
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.01], ids=["inline", "queued"])
+def test_an_asked_output_the_model_did_not_produce_is_500(delay_s: float) -> None:
+    """Both halves of DataPlane.run (inline for a fast idle model, else the queue) check it."""
+    body = {
+        "inputs": [
+            {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+        ],
+        "outputs": [{"name": "y"}, {"name": "extra"}],
+    }
+    with serve_app(_ForgetfulBackend(delay_s=delay_s)) as (client, _, _):
+        for _ in range(3):  # the first runs through the queue; a fast model then runs inline
+            r = infer(client, body)
+            assert r.status_code == 500, r.text
+            assert "did not produce output 'extra'" in r.json()["error"]
+        ok = infer(client, {**body, "outputs": [{"name": "y"}]})
+        assert ok.status_code == 200, ok.text
