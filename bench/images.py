@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from localcluster import images, paths
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "images.json"
@@ -71,12 +73,7 @@ class Containerd:
         return p.returncode, (p.stdout + p.stderr).strip(), time.monotonic() - t0
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_all([self.proc], timeout_s=30)
         self.log.close()
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
                   if line.split()[1].startswith(str(self.base))]

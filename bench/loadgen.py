@@ -231,6 +231,7 @@ def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 15) ->
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def result_header(name: str, load_at_start: tuple[float, float, float]) -> dict[str, Any]:

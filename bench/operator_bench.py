@@ -29,7 +29,6 @@ import concurrent.futures as cf
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -46,6 +45,9 @@ from msv_operator import builders, kube
 
 import localcluster
 from localcluster import paths
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "operator.json"
@@ -164,12 +166,7 @@ class Operator:
         return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_all([self.proc], timeout_s=30)
 
 
 def ms_body(name: str, ns: str, variants: int = 1) -> dict[str, Any]:
