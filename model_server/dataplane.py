@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from model_server.batching import Batcher
 from model_server.codec import InferRequest
 from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from model_server.validation import Signature
+
+if TYPE_CHECKING:
+    from model_server.mirror.sender import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class DataPlane:
         }
         self.batcher: Batcher | None = None
         self.signature = Signature([], [])
+        self.mirror: Mirror | None = None
+        """Set while a rollout mirrors this server's answered requests to its candidate."""
 
     # lifecycle ---------------------------------------------------------------------------
     def load(
@@ -168,6 +173,19 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         return self.model.state == "ready"
+
+    @property
+    def task(self) -> str | None:
+        """The loaded model's task (transformers), else None (raw tensors)."""
+        info = self.model.info
+        task = info.extra.get("task") if info is not None else None
+        return str(task) if task else None
+
+    def tokens(self, text: str) -> list[Any]:
+        """`text` as the model's token ids, or its words when the model has no tokenizer."""
+        backend = self.model.backend
+        ids = backend.token_ids(text) if backend is not None else None
+        return ids if ids is not None else text.split()
 
     def check_model(self, name: str, version: str | None) -> None:
         if name != self.model_name:
@@ -260,8 +278,12 @@ class DataPlane:
         the batcher runs the model inline (`Batcher.run_now`); None: await `run_queued`."""
         rows = self.signature.validate(request)
         outputs = batcher.run_now(request.inputs, rows)
-        if outputs is not None and request.outputs is not None:
-            self.signature.check_outputs(outputs, request)
+        if outputs is not None:
+            if request.outputs is not None:
+                self.signature.check_outputs(outputs, request)
+            mirror = self.mirror
+            if mirror is not None:
+                mirror.offer_infer(request, outputs)
         return outputs
 
     async def run_queued(self, batcher: Batcher, request: InferRequest) -> Mapping[str, np.ndarray]:
@@ -269,6 +291,9 @@ class DataPlane:
         outputs = await batcher.enqueue(request.inputs)
         if request.outputs is not None:
             self.signature.check_outputs(outputs, request)
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.offer_infer(request, outputs)
         return outputs
 
     # generation --------------------------------------------------------------------------
@@ -291,6 +316,9 @@ class DataPlane:
         backend = self.generator(name, version)
         assert self.batcher is not None
         text: str = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.offer_generate(prompt, params, text)
         return text
 
     def stream(
@@ -306,11 +334,17 @@ class DataPlane:
         assert batcher is not None
         sentinel = object()
         pieces: Iterator[str] = backend.generate(prompt, params)
+        mirror = self.mirror
+        seen: list[str] | None = [] if mirror is not None else None
         try:
             while True:
                 piece = await batcher.run_exclusive(next, pieces, sentinel)
                 if piece is sentinel:
+                    if mirror is not None and seen is not None:
+                        mirror.offer_generate(prompt, params, "".join(seen))
                     return
+                if seen is not None:
+                    seen.append(piece)
                 yield piece
         finally:
             # ended or abandoned (the client went away): let the backend stop generating,
