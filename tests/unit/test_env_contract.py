@@ -28,6 +28,17 @@ NOT_WIRED = {
     "max_queue", "request_timeout_s", "max_request_bytes", "trust_remote_code",
     "exit_on_load_failure", "termination_log", "header_timeout_s",
     "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
+    # written only on the stable variant while a rollout runs (issue 9; checked below)
+    "mirror_url", "mirror_percent", "mirror_variant", "mirror_queue", "mirror_timeout_seconds",
+}
+
+# The mirroring contract with the operator's rollout (names fixed; docs/model-server.md).
+MIRROR_ENV = {
+    "MODEL_SERVER_MIRROR_URL": "http://10.96.3.7:80",
+    "MODEL_SERVER_MIRROR_PERCENT": "12.5",
+    "MODEL_SERVER_MIRROR_VARIANT": "int8",
+    "MODEL_SERVER_MIRROR_QUEUE": "128",
+    "MODEL_SERVER_MIRROR_TIMEOUT_SECONDS": "2.5",
 }
 
 
@@ -142,3 +153,15 @@ def test_containers_report_termination_messages_under_the_names_status_reads() -
     assert pod["volumes"][0]["name"] == status.MODEL_VOLUME
     for c in pod["initContainers"] + pod["containers"]:
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_the_rollout_mirror_variables_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert unknown_env(MIRROR_ENV) == []
+    for key, value in MIRROR_ENV.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.mirror_url == "http://10.96.3.7:80"
+    assert (settings.mirror_percent, settings.mirror_variant) == (12.5, "int8")
+    assert (settings.mirror_queue, settings.mirror_timeout_seconds) == (128, 2.5)
+    monkeypatch.setenv("MODEL_SERVER_MIRROR_URL", "")  # the operator's "off"
+    assert Settings().mirror_url is None
