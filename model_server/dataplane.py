@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +53,7 @@ class ModelState:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.load_seconds = 0.0
+        self.artifact_bytes = 0
 
 
 class DataPlane:
@@ -110,6 +112,7 @@ class DataPlane:
             )
             return
         self.model.load_seconds = time.perf_counter() - started
+        self.model.artifact_bytes = artifact_bytes(model_dir)
         self.model.backend = backend
         self.model.info = info
         self.model.inputs = inputs
@@ -117,6 +120,7 @@ class DataPlane:
         self.signature = Signature(inputs, outputs)
         if self.metrics is not None:
             self.metrics.load_seconds.set(self.model.load_seconds)
+            self.metrics.artifact_bytes.set(self.model.artifact_bytes)
             self.metrics.set_model_info(
                 framework=info.framework,
                 device=info.device,
@@ -227,6 +231,7 @@ class DataPlane:
                     "sparsity": info.sparsity,
                     "parameters": info.parameters,
                     "size_bytes": info.size_bytes,
+                    "artifact_bytes": self.model.artifact_bytes,
                     "load_seconds": round(self.model.load_seconds, 3),
                     "supports_generate": bool(
                         self.model.backend and self.model.backend.supports_generate()
@@ -352,6 +357,17 @@ class DataPlane:
             close = getattr(pieces, "close", None)
             if close is not None:
                 batcher.run_later(close)
+
+
+def artifact_bytes(model_dir: Any) -> int:
+    """Bytes of the model artifact on disk (every file under `model_dir`, or the file)."""
+    try:
+        path = Path(model_dir)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    except (OSError, TypeError):
+        return 0
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

@@ -301,7 +301,11 @@ class ServerMetrics:
         )
         self.parameters = gauge("model_server_model_parameters", "Number of model parameters")
         self.size_bytes = gauge(
-            "model_server_model_size_bytes", "Size of the model weights in memory"
+            "model_server_model_size_bytes",
+            "Size of the model weights in memory, after optimization",
+        )
+        self.artifact_bytes = gauge(
+            "model_server_model_artifact_bytes", "Size of the model artifact on disk"
         )
         self.sparsity = gauge(
             "model_server_model_sparsity_ratio", "Fraction of zero weights after pruning"

@@ -108,6 +108,8 @@ def _wait_ready(url: str) -> None:
         assert time.monotonic() < deadline, "model did not load"
         time.sleep(0.1)
     assert meta["parameters"]["state"] == "ready", meta
+    assert meta["parameters"]["parameters"] > 0, meta  # the per-variant table's figures
+    assert meta["parameters"]["artifact_bytes"] > meta["parameters"]["parameters"], meta
 
 
 def test_classifier_mirror_agreement_candidate_down_and_grpc(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from model_server.codec import (
     encode_json,
     encode_request,
 )
+from model_server.dataplane import artifact_bytes
 from model_server.metrics import MirrorMetrics
 from model_server.mirror.classification import classification_agreement
 from model_server.mirror.generation import token_agreement
@@ -284,3 +285,12 @@ def test_mirror_settings_defaults_and_normalised_url() -> None:
     assert Settings(mirror_url="").mirror_url is None
     s = Settings(mirror_url="https://10.96.3.7:443/", mirror_variant="int8")
     assert s.mirror_url == "https://10.96.3.7:443"
+
+
+def test_artifact_bytes_counts_every_file_of_the_model(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "config.json").write_bytes(b"x" * 10)
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"y" * 1000)
+    assert artifact_bytes(tmp_path) == 1010
+    assert artifact_bytes(tmp_path / "config.json") == 10
+    assert artifact_bytes(tmp_path / "missing") == 0
