@@ -1,0 +1,188 @@
+"""Mirror overhead on the stable variant: p50 and requests/s at 0%, 10% and 50% sampling.
+
+Builds a small BERT-class text classifier with tests/modelfactory.py and starts
+`model-server serve` five times on it, one torch thread each: a live candidate, and four
+stable servers — mirroring off, and mirroring to the candidate at 0%, 10% and 50%
+(MODEL_SERVER_MIRROR_PERCENT). The same closed-loop load generator drives the stable
+servers in alternating rounds, at one client and at `--clients`; the candidate answers the
+mirrored share meanwhile (on this machine it shares the two cores with the stable server,
+which a cluster would not). Each run records p50/p99, requests/s, the stable process's CPU
+time per request and the mirror's outcome counters (every mirrored request must be
+compared: the candidate is live). Goal (issue 9): <= 5% p50 cost at 10% sampling against
+0%.
+
+    python bench/mirror_overhead.py [--duration 4] [--rounds 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from batching import body_for  # noqa: E402
+from loadgen import (  # noqa: E402
+    Medians,
+    build_request,
+    cpu_seconds,
+    free_port,
+    result_header,
+    run_load,
+    stop_all,
+    wait_http,
+)
+
+HOST = "127.0.0.1"
+STABLES = {"off": None, "0%": 0.0, "10%": 10.0, "50%": 50.0}
+
+
+def start_server(model_dir: Path, port: int, variant: str, env: dict[str, str]) -> Any:
+    cmd = [
+        sys.executable, "-m", "model_server", "serve",
+        "--model-dir", str(model_dir), "--task", "text-classification",
+        "--host", HOST, "--port", str(port), "--torch-threads", "1",
+        "--variant", variant, "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=HERE.parent, env={**os.environ, **env})
+
+
+def mirror_outcomes(port: int) -> dict[str, float]:
+    """The stable server's model_server_mirror_requests_total by outcome."""
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics") as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("model_server_mirror_requests_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                out[outcome] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--words", type=int, default=24, help="words per request text")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results" / "mirror_overhead.json"))
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()
+
+    from modelfactory import make_text_classifier
+
+    with tempfile.TemporaryDirectory(prefix="bench-mirror-") as tmp:
+        model_dir = Path(tmp) / "classifier"
+        model = make_text_classifier(
+            model_dir,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=4,
+            intermediate_size=4 * args.hidden,
+        )
+        params = sum(p.numel() for p in model.parameters())
+        cand_port = free_port()
+        ports = {name: free_port() for name in STABLES}
+        procs = {"candidate": start_server(model_dir, cand_port, "candidate", {})}
+        for name, percent in STABLES.items():
+            env = {}
+            if percent is not None:
+                env = {
+                    "MODEL_SERVER_MIRROR_URL": f"http://{HOST}:{cand_port}",
+                    "MODEL_SERVER_MIRROR_PERCENT": str(percent),
+                    "MODEL_SERVER_MIRROR_VARIANT": "candidate",
+                }
+            procs[name] = start_server(model_dir, ports[name], "stable", env)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {"c1": [], "cN": []} for name in STABLES
+        }
+        outcomes: dict[str, dict[str, float]] = {}
+        try:
+            for port in [cand_port, *ports.values()]:
+                wait_http(HOST, port, "/v2/health/ready", timeout_s=300)
+            body = body_for(0, args.words)
+            for rnd in range(args.rounds):
+                for name, port in ports.items():
+                    req = build_request("POST", HOST, port, "/v2/models/model/infer", body)
+                    for key, conc in (("c1", 1), ("cN", args.clients)):
+                        run_load(HOST, port, req, concurrency=conc, duration_s=0.5, warmup_s=0)
+                        cpu0 = cpu_seconds(procs[name].pid)
+                        res = run_load(
+                            HOST, port, req, concurrency=conc, duration_s=args.duration, warmup_s=0
+                        )
+                        cpu1 = cpu_seconds(procs[name].pid)
+                        assert set(res.statuses) == {200}, res.statuses
+                        summary = res.summary()
+                        summary["server_cpu_ms_per_req"] = round(
+                            (cpu1 - cpu0) / max(res.requests, 1) * 1e3, 3
+                        )
+                        runs[name][key].append(summary)
+                        print(f"round {rnd + 1} mirror {name:4s} c={conc}: {summary}", flush=True)
+            for name, port in ports.items():
+                outcomes[name] = mirror_outcomes(port)
+        finally:
+            stop_all(procs.values())
+
+    med = Medians(runs)
+    result: dict[str, Any] = {
+        **result_header("mirror_overhead", load_at_start),
+        "model": {
+            "kind": "BERT-class text classifier (random init)",
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "parameters": params,
+            "words_per_request": args.words,
+            "torch_threads": 1,
+        },
+        "clients": args.clients,
+        "mirror_outcomes": outcomes,
+    }
+    for key in ("c1", "cN"):
+        for name in STABLES:
+            result[f"p50_ms_{key}_{name}"] = med(name, key, "p50_ms")
+            result[f"rps_{key}_{name}"] = med(name, key, "rps")
+            result[f"cpu_ms_per_req_{key}_{name}"] = med(name, key, "server_cpu_ms_per_req")
+        for name in ("10%", "50%", "off"):
+            result[f"p50_ratio_{key}_{name}_vs_0%"] = med.ratio(name, "0%", key, "p50_ms")
+            result[f"rps_ratio_{key}_{name}_vs_0%"] = med.ratio(name, "0%", key, "rps")
+    result["goal"] = {"p50_ratio_10%_vs_0%": "<= 1.05 (one client and --clients)"}
+    result["goal_met"] = all(result[f"p50_ratio_{k}_10%_vs_0%"] <= 1.05 for k in ("c1", "cN"))
+    result["runs"] = runs
+    # the candidate was live: what was mirrored was compared, nothing failed
+    for name in ("10%", "50%"):
+        counts = outcomes[name]
+        assert counts.get("failed", 0) == 0 and counts.get("compared", 0) > 0, (name, counts)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    for key, label in (("c1", "1 client"), ("cN", f"{args.clients} clients")):
+        cells = []
+        for name in STABLES:
+            cells.append(
+                f"{name} p50 {result[f'p50_ms_{key}_{name}']:.2f} ms "
+                f"{result[f'rps_{key}_{name}']:.0f} req/s "
+                f"cpu {result[f'cpu_ms_per_req_{key}_{name}']:.2f} ms/req"
+            )
+        print(f"{label}: " + "; ".join(cells))
+        print(
+            f"  vs 0%: p50 x{result[f'p50_ratio_{key}_10%_vs_0%']:.3f} at 10% (goal <= 1.05), "
+            f"x{result[f'p50_ratio_{key}_50%_vs_0%']:.3f} at 50%, "
+            f"x{result[f'p50_ratio_{key}_off_vs_0%']:.3f} off; req/s "
+            f"x{result[f'rps_ratio_{key}_10%_vs_0%']:.3f} at 10%, "
+            f"x{result[f'rps_ratio_{key}_50%_vs_0%']:.3f} at 50%"
+        )
+    print(f"mirror outcomes: {outcomes}")
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
