@@ -25,6 +25,7 @@ from model_server.codec import (
     encode_request,
 )
 from model_server.dataplane import artifact_bytes
+from model_server.http_server import uvicorn_options
 from model_server.metrics import MirrorMetrics
 from model_server.mirror.classification import classification_agreement
 from model_server.mirror.generation import token_agreement
@@ -32,6 +33,7 @@ from model_server.mirror.sender import Mirror, comparison_kind, is_greedy
 from model_server.mirror.tensors import ATOL, RTOL, tensor_agreement
 from model_server.settings import Settings
 
+from .certs import write_tls_secret
 from .conftest import UvicornThread, serve_app
 from .doubles import EchoBackend, GenerateBackend
 
@@ -51,10 +53,14 @@ class ScaledEcho(EchoBackend):
 
 
 @contextmanager
-def candidate(backend: Backend, tokens: Path | None = None) -> Iterator[UvicornThread]:
-    settings = Settings(model_name="echo", variant="cand", auth_tokens=tokens)
+def candidate(
+    backend: Backend, tokens: Path | None = None, tls: Path | None = None
+) -> Iterator[UvicornThread]:
+    """A candidate server on loopback (with TLS from the Secret directory `tls`)."""
+    files = {"tls_cert_file": tls / "tls.crt", "tls_key_file": tls / "tls.key"} if tls else {}
+    settings = Settings(model_name="echo", variant="cand", auth_tokens=tokens, **files)
     app = create_app(settings, registry=CollectorRegistry(), backend=backend)
-    with UvicornThread(app) as server:
+    with UvicornThread(app, **uvicorn_options(settings)) as server:
         yield server
 
 
@@ -74,9 +80,8 @@ def wait_compared(registry: CollectorRegistry, n: int) -> None:
         time.sleep(0.01)
 
 
-def mirrored(url: str, **more: Any) -> dict[str, Any]:
-    return {"mirror_url": f"http://{url}", "mirror_percent": 100, "mirror_variant": "cand",
-            **more}  # fmt: skip
+def mirrored(url: str, scheme: str = "http") -> dict[str, Any]:
+    return {"mirror_url": f"{scheme}://{url}", "mirror_percent": 100, "mirror_variant": "cand"}
 
 
 def test_identical_candidate_agrees_with_the_callers_token(tmp_path: Path) -> None:
@@ -138,6 +143,24 @@ def test_a_candidate_refusing_the_request_counts_failed_and_the_answer_is_unchan
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert mirror_value(reg, "model_server_mirror_requests_total", outcome="compared") == 0
+
+
+def test_over_tls_the_candidate_must_present_the_shared_certificate(tmp_path: Path) -> None:
+    """One TLS Secret serves every variant: the candidate's certificate is checked against
+    the stable server's own; a candidate with another certificate is a failure."""
+    shared = write_tls_secret(tmp_path / "shared")
+    other = write_tls_secret(tmp_path / "other")
+    own = {"tls_cert_file": shared / "tls.crt", "tls_key_file": shared / "tls.key"}
+    for secret, outcome in ((shared, "compared"), (other, "failed")):
+        with (
+            candidate(EchoBackend(), tls=secret) as cand,
+            serve_app(EchoBackend(), **mirrored(cand.url, "https"), **own) as (client, _, reg),
+        ):
+            assert client.post("/v2/models/echo/infer", json=ROW).status_code == 200
+            deadline = time.monotonic() + 10
+            while mirror_value(reg, "model_server_mirror_requests_total", outcome=outcome) < 1:
+                assert time.monotonic() < deadline, outcome
+                time.sleep(0.01)
 
 
 def test_sampling_and_a_full_queue_on_the_request_path() -> None:
