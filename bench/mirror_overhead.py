@@ -69,6 +69,52 @@ def mirror_outcomes(port: int) -> dict[str, float]:
     return out
 
 
+def mirror_cpu_ms(port: int, body: bytes, n: int) -> float:
+    """This thread's CPU per request mirrored to the live candidate by a real `Mirror`
+    (sample, enqueue, encode, aiohttp round trip, decode, compare): what a stable server's
+    event loop pays per mirrored request, measured without the neighbours' noise."""
+    import asyncio
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from model_server.codec import decode_json, decode_response
+    from model_server.metrics import MirrorMetrics
+    from model_server.mirror.sender import Mirror
+
+    request = decode_json(body)
+    req = urllib.request.Request(
+        f"http://{HOST}:{port}/v2/models/model/infer", data=body, method="POST"
+    )
+    with urllib.request.urlopen(req) as resp:  # the stable answer (the same model)
+        outputs = decode_response(resp.read(), resp.headers.get("inference-header-content-length"))
+
+    async def run() -> float:
+        registry = CollectorRegistry()
+        metrics = MirrorMetrics(registry, "model", "stable", "candidate")
+        mirror = Mirror(url=f"http://{HOST}:{port}", model_name="model", percent=100,
+                        queue_size=n, timeout_s=30, metrics=metrics)  # fmt: skip
+        mirror.start("text-classification")
+        for _ in range(20):  # connections open, code warm
+            mirror.offer_infer(request, outputs)
+        await mirror._queue.join()
+        started = time.thread_time()
+        for _ in range(n):
+            mirror.offer_infer(request, outputs)
+        await mirror._queue.join()
+        cpu = time.thread_time() - started
+        await mirror.stop()
+        labels = {"model": "model", "variant": "stable", "target": "candidate"}
+        compared = registry.get_sample_value(
+            "model_server_mirror_requests_total", {**labels, "outcome": "compared"}
+        )
+        agreement = registry.get_sample_value("model_server_mirror_agreement_sum", labels)
+        assert compared == n + 20 and agreement == n + 20, (compared, agreement)
+        return cpu / n * 1e3
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=2.0)
@@ -139,6 +185,7 @@ def main() -> None:
                         print(f"round {rnd + 1} mirror {name:4s} c={conc}: {summary}", flush=True)
             for name, port in ports.items():
                 outcomes[name] = mirror_outcomes(port)
+            mirror_cpu = [mirror_cpu_ms(cand_port, body, 400) for _ in range(3)]
         finally:
             stop_all(procs.values())
 
@@ -168,6 +215,11 @@ def main() -> None:
             result[f"cpu_ratio_{key}_{name}_vs_0%"] = med.ratio(
                 name, "0%", key, "server_cpu_ms_per_req"
             )
+    result["mirror_cpu_ms_per_mirrored_request"] = sorted(mirror_cpu)[1]
+    for name, share in (("10%", 0.1), ("50%", 0.5)):
+        result[f"mirror_cpu_share_of_request_{name}"] = round(
+            share * result["mirror_cpu_ms_per_mirrored_request"] / result["cpu_ms_per_req_c1_0%"], 4
+        )
     result["goal"] = {"p50_ratio_10%_vs_0%": "<= 1.05 (one client and --clients)"}
     result["goal_met"] = all(result[f"p50_ratio_{k}_10%_vs_0%"] <= 1.05 for k in ("c1", "cN"))
     result["runs"] = runs
@@ -195,6 +247,12 @@ def main() -> None:
             f"x{result[f'cpu_ratio_{key}_10%_vs_0%']:.3f} at 10%, "
             f"x{result[f'cpu_ratio_{key}_50%_vs_0%']:.3f} at 50%"
         )
+    print(
+        f"mirror CPU per mirrored request (in-process, event loop thread): "
+        f"{result['mirror_cpu_ms_per_mirrored_request']:.3f} ms -> "
+        f"{result['mirror_cpu_share_of_request_10%']:.1%} of a 1-client request's CPU at 10%, "
+        f"{result['mirror_cpu_share_of_request_50%']:.1%} at 50%"
+    )
     print(f"mirror outcomes: {outcomes}")
     print(f"saved {args.out}")
 
