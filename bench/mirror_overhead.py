@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -30,32 +29,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from batching import batch_totals, body_for  # noqa: E402
-from loadgen import (  # noqa: E402
-    Medians,
-    build_request,
-    cpu_seconds,
-    free_port,
-    result_header,
-    run_load,
-    stop_all,
-    wait_http,
-)
+from batching import body_for, build_classifier, measure, start_server  # noqa: E402
+from loadgen import Medians, build_request, free_port, result_header, stop_all, wait_http  # noqa: E402
 
 HOST = "127.0.0.1"
 STABLES = {"off": None, "0%": 0.0, "10%": 10.0, "50%": 50.0}
-
-
-def start_server(
-    model_dir: Path, port: int, variant: str, env: dict[str, str], nice: int = 0
-) -> Any:
-    cmd = [
-        *(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m", "model_server", "serve",
-        "--model-dir", str(model_dir), "--task", "text-classification",
-        "--host", HOST, "--port", str(port), "--torch-threads", "1",
-        "--variant", variant, "--log-level", "warning",
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=HERE.parent, env={**os.environ, **env})
 
 
 def mirror_outcomes(port: int) -> dict[str, float]:
@@ -127,23 +105,19 @@ def main() -> None:
     args = parser.parse_args()
     load_at_start = os.getloadavg()
 
-    from modelfactory import make_text_classifier
-
     with tempfile.TemporaryDirectory(prefix="bench-mirror-") as tmp:
         model_dir = Path(tmp) / "classifier"
-        model = make_text_classifier(
-            model_dir,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=4,
-            intermediate_size=4 * args.hidden,
-        )
-        params = sum(p.numel() for p in model.parameters())
+        model = build_classifier(model_dir, args.hidden, args.layers, args.words)
         cand_port = free_port()
         ports = {name: free_port() for name in STABLES}
         # the candidate runs at a lower CPU priority: in a cluster it has its own pods, here
         # it would take the stable server's core whenever it answers a mirrored request
-        procs = {"candidate": start_server(model_dir, cand_port, "candidate", {}, nice=10)}
+        batching = (8, 2.0)  # the server's defaults
+        procs = {
+            "candidate": start_server(
+                model_dir, cand_port, *batching, "--variant", "candidate", nice=10
+            )
+        }
         for name, percent in STABLES.items():
             env = {}
             if percent is not None:
@@ -152,7 +126,9 @@ def main() -> None:
                     "MODEL_SERVER_MIRROR_PERCENT": str(percent),
                     "MODEL_SERVER_MIRROR_VARIANT": "candidate",
                 }
-            procs[name] = start_server(model_dir, ports[name], "stable", env)
+            procs[name] = start_server(
+                model_dir, ports[name], *batching, "--variant", "stable", env=env
+            )
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             name: {"c1": [], "cN": []} for name in STABLES
         }
@@ -165,22 +141,7 @@ def main() -> None:
                 for name, port in ports.items():
                     req = build_request("POST", HOST, port, "/v2/models/model/infer", body)
                     for key, conc in (("c1", 1), ("cN", args.clients)):
-                        run_load(HOST, port, req, concurrency=conc, duration_s=0.5, warmup_s=0)
-                        sum0, count0 = batch_totals(port)
-                        cpu0 = cpu_seconds(procs[name].pid)
-                        res = run_load(
-                            HOST, port, req, concurrency=conc, duration_s=args.duration, warmup_s=0
-                        )
-                        cpu1 = cpu_seconds(procs[name].pid)
-                        sum1, count1 = batch_totals(port)
-                        assert set(res.statuses) == {200}, res.statuses
-                        summary = res.summary()
-                        summary["mean_batch_size"] = round(
-                            (sum1 - sum0) / max(count1 - count0, 1), 2
-                        )
-                        summary["server_cpu_ms_per_req"] = round(
-                            (cpu1 - cpu0) / max(res.requests, 1) * 1e3, 3
-                        )
+                        summary = measure(port, procs[name].pid, req, conc, args.duration)
                         runs[name][key].append(summary)
                         print(f"round {rnd + 1} mirror {name:4s} c={conc}: {summary}", flush=True)
             for name, port in ports.items():
@@ -192,14 +153,7 @@ def main() -> None:
     med = Medians(runs)
     result: dict[str, Any] = {
         **result_header("mirror_overhead", load_at_start),
-        "model": {
-            "kind": "BERT-class text classifier (random init)",
-            "hidden": args.hidden,
-            "layers": args.layers,
-            "parameters": params,
-            "words_per_request": args.words,
-            "torch_threads": 1,
-        },
+        "model": model,
         "clients": args.clients,
         "mirror_outcomes": outcomes,
     }

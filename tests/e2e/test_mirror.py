@@ -185,16 +185,23 @@ def test_generator_mirror_covers_generate_stream_and_openai(tmp_path: Path) -> N
         _wait_ready(f"127.0.0.1:{port}")
         _wait_ready(stable)
         with httpx.Client(base_url=f"http://{stable}", headers=AUTH, timeout=60) as client:
-            r = client.post("/v2/models/model/generate",
-                            json={"text_input": "hello world", "parameters": {"max_tokens": 5}})
+            r = client.post(
+                "/v2/models/model/generate",
+                json={"text_input": "hello world", "parameters": {"max_tokens": 5}},
+            )
             assert r.status_code == 200, r.text
-            with client.stream("POST", "/v2/models/model/generate_stream",
-                               json={"text_input": "good day", "max_tokens": 4}) as stream:
+            with client.stream(
+                "POST",
+                "/v2/models/model/generate_stream",
+                json={"text_input": "good day", "max_tokens": 4},
+            ) as stream:
                 assert stream.status_code == 200
                 assert [x for x in stream.iter_lines() if x.startswith("data: ")]
             # sampled generation says nothing about agreement: not mirrored
-            r = client.post("/v2/models/model/generate", json={
-                "text_input": "hello", "parameters": {"max_tokens": 3, "temperature": 0.8}})
+            r = client.post(
+                "/v2/models/model/generate",
+                json={"text_input": "hello", "parameters": {"max_tokens": 3, "temperature": 0.8}},
+            )
             assert r.status_code == 200, r.text
         oai = openai.OpenAI(base_url=f"http://{stable}/v1", api_key=TOKEN, max_retries=0)
         oai.completions.create(model="model", prompt="the movie", max_tokens=4, temperature=0)
