@@ -238,6 +238,17 @@ def test_tensors_agree_within_the_documented_tolerance() -> None:
     assert tensor_agreement({"y": ref, "n": np.array([b"a"], dtype=object)}, {"y": ref}) == 0.8
 
 
+def test_infer_on_a_generator_compares_each_rows_text_by_tokens() -> None:
+    metrics = MirrorMetrics(CollectorRegistry(), "e", "s", "c")
+    mirror = Mirror(url="http://127.0.0.1:9", model_name="echo", percent=100, queue_size=1,
+                    timeout_s=1, metrics=metrics)  # fmt: skip
+    mirror.kind = "generation"
+    mine = {"text_output": np.array([b"a b c", b"x y"], dtype=object)}
+    theirs = {"text_output": np.array([b"a q c", b"x y"], dtype=object)}
+    assert mirror._score_infer(mine, theirs) == [2 / 3, 1.0]
+    assert mirror._score_infer(mine, {"text_output": mine["text_output"][:1]}) == [0.0, 0.0]
+
+
 @pytest.mark.parametrize(
     ("task", "kind"),
     [("text-classification", "classification"), ("image-classification", "classification"),
