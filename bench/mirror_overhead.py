@@ -12,7 +12,7 @@ p50/p99, requests/s, the stable process's CPU time per request and the mirror's 
 counters (mirrored requests must be compared: the candidate is live).
 Goal (issue 9): <= 5% p50 cost at 10% sampling against 0%.
 
-    python bench/mirror_overhead.py [--duration 2] [--rounds 5] [--out FILE]
+    python bench/mirror_overhead.py [--duration 1.5] [--rounds 10] [--out FILE]
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def mirror_cpu_ms(port: int, body: bytes, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--words", type=int, default=24, help="words per request text")
     parser.add_argument("--hidden", type=int, default=128)
