@@ -5,6 +5,7 @@
 * ``Kube.list`` - reads served from the API server's watch cache (``resourceVersion=0``);
 * ``Kube.delete`` - deletes with a ``uid`` precondition (never a same-named stranger);
 * ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
+* ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
 * ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL.
 
 Errors are translated into ``ApiError`` subclasses so callers never see client types:
@@ -15,6 +16,7 @@ Writes pass a client-side token bucket (``qps``/``burst``) like controller-runti
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -47,7 +49,9 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ModelService": MODELSERVICE_PLURAL,
     "Event": "events",
+    "PodMetrics": "pods",
 }
+POD_METRICS_API = "metrics.k8s.io/v1beta1"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
@@ -253,6 +257,17 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def pod_metrics(self, namespace: str, label_selector: str
+                    ) -> builtins.list[dict[str, Any]]:
+        """PodMetrics (``containers[].usage.cpu/memory``) of the selected pods; ``[]`` when
+        the cluster does not serve metrics.k8s.io or it cannot answer (fields are omitted,
+        never an error)."""
+        try:
+            return self.list(POD_METRICS_API, "PodMetrics", namespace, label_selector)
+        except ApiError as e:
+            log.debug("No pod metrics for %s: %s", namespace, e)
+            return []
 
     def served(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves ``plural`` in ``api_version`` (one discovery GET)."""

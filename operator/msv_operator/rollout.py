@@ -310,7 +310,8 @@ def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
     verb = action.split("/", 1)[0]
     phase = st.get("phase")
     if verb == "abort" and phase in ACTIVE:
-        message = f"aborted by annotation {ANNOTATION_ACTION}={action}; traffic back to spec.traffic"
+        message = (f"aborted by annotation {ANNOTATION_ACTION}={action}; traffic back to "
+                   "spec.traffic")
         run.move(ABORTED, "AbortedByUser", message, ("Warning", "RolloutAborted", message))
     elif verb == "promote" and phase in (*ACTIVE, ROLLED_BACK, ABORTED):
         if readiness.get(run.r.candidate, Readiness()).ready < 1:

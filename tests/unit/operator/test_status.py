@@ -350,7 +350,26 @@ def test_transition_time_is_kept_across_passes_and_moves_on_flip() -> None:
 
 def test_changed_ignores_keys_owned_by_others() -> None:
     out = s.compute_status(ms(["v"]), deployments={}, pods=[], now=NOW, observed_generation=1)
-    assert not s.changed({**out, "rollout": {"phase": "Progressing"}}, out)
+    assert not s.changed({**out, "someoneElses": {"phase": "Progressing"}}, out)
+    # status.rollout is the operator's own (the rollout state machine's)
+    assert s.changed({**out, "rollout": {"phase": "Progressing"}}, out)
+
+
+def test_effective_weights_rollout_and_measurements_reach_the_status() -> None:
+    body = ms(["baseline", "int8"], [("baseline", 100)])
+    out = s.compute_status(
+        body, deployments={"baseline": deployment(1, 1), "int8": deployment(1, 1)}, pods=[],
+        now=NOW, observed_generation=1, weights={"baseline": 90, "int8": 10},
+        rollout={"phase": "Progressing", "step": 1},
+        measured={"int8": {"p95Ms": 12.5, "agreement": 0.995, "bogus": 1},
+                  "baseline": {"p95Ms": None}})
+    assert out["traffic"] == "baseline=90,int8=10"
+    assert out["rollout"] == {"phase": "Progressing", "step": 1}
+    variants = {v["name"]: v for v in out["variants"]}
+    assert variants["int8"]["weight"] == 10
+    assert variants["int8"]["p95Ms"] == 12.5 and variants["int8"]["agreement"] == 0.995
+    assert "bogus" not in variants["int8"] and "p95Ms" not in variants["baseline"]
+    assert s.prior_measured(out)["int8"] == {"p95Ms": 12.5, "agreement": 0.995}
 
 
 def test_weights_default_to_first_variant_and_ignore_unknown_names() -> None:
