@@ -226,23 +226,22 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
     if not isinstance(a, Mapping):
         raise InvalidSpecError("spec.rollout.analysis: expected an object")
     where = "spec.rollout.analysis"
-    min_agreement = a.get("minAgreement", 0.99)
+    min_agreement = a.get("minAgreement", 0.99)  # 0 (or null) switches the gate off
     analysis = Analysis(
         interval_seconds=parse_duration(a.get("interval", "15s"), f"{where}.interval"),
         window_seconds=parse_duration(a.get("window", "1m"), f"{where}.window"),
         max_latency_ratio=_ratio(a.get("maxLatencyRatio", 1.2), f"{where}.maxLatencyRatio",
                                  0.01, 1000.0),
         max_error_rate=_ratio(a.get("maxErrorRate", 0.01), f"{where}.maxErrorRate", 0.0, 1.0),
-        min_agreement=None if min_agreement is None else _ratio(
+        min_agreement=None if min_agreement is None or min_agreement == 0 else _ratio(
             min_agreement, f"{where}.minAgreement", 0.0, 1.0),
         mirror_percent=_int(a.get("mirrorPercent", 10), f"{where}.mirrorPercent", 0, 100),
         failure_limit=_int(a.get("failureLimit", 2), f"{where}.failureLimit", 0, 100),
     )
-    if analysis.min_agreement is not None and analysis.min_agreement > 0 \
-            and analysis.mirror_percent == 0:
+    if analysis.min_agreement is not None and analysis.mirror_percent == 0:
         raise InvalidSpecError(
-            f"{where}.minAgreement: needs mirrored requests, but mirrorPercent is 0; set "
-            "mirrorPercent above 0 or remove minAgreement")
+            f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "
+            "mirrorPercent above 0 or minAgreement to 0")
     return Rollout(
         candidate=str(candidate), steps=steps,
         step_seconds=parse_duration(raw.get("stepDuration", "1m"), "spec.rollout.stepDuration"),

@@ -61,6 +61,15 @@ def progressing(seconds: float = 0) -> dict[str, Any]:
 
 # ---- spec --------------------------------------------------------------------------------
 
+def test_min_agreement_zero_switches_the_agreement_gate_off() -> None:
+    spec = parse_spec(body(analysis={"mirrorPercent": 0, "minAgreement": 0}))
+    assert spec.rollout is not None and spec.rollout.analysis.min_agreement is None
+    st = step(None, 0, spec=spec).status
+    d = step(st, 15, good(agreement=None), spec=spec)
+    assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "Passed"
+    assert [g["name"] for g in d.status["lastAnalysis"]["gates"]] == ["latency", "errorRate"]
+
+
 def test_parse_rollout_defaults_and_durations() -> None:
     r = parse_spec(body(steps=[5, 100], stepDuration="2m")).rollout
     assert r is not None
@@ -76,7 +85,8 @@ def test_parse_rollout_defaults_and_durations() -> None:
     ({"steps": [10, 101]}, "spec.rollout.steps[1]"),
     ({"steps": []}, "spec.rollout.steps"),
     ({"stepDuration": "soon"}, "spec.rollout.stepDuration"),
-    ({"analysis": {"mirrorPercent": 0, "minAgreement": 0.9}}, "spec.rollout.analysis.minAgreement"),
+    ({"analysis": {"mirrorPercent": 0, "minAgreement": 0.9}}, "spec.rollout.analysis.mirrorPercent"),
+    ({"analysis": {"mirrorPercent": 0}}, "spec.rollout.analysis.mirrorPercent"),
     ({"analysis": {"maxErrorRate": 2}}, "spec.rollout.analysis.maxErrorRate"),
 ])
 def test_impossible_rollouts_are_invalid_specs_naming_the_field(change: dict[str, Any],
