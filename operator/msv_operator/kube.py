@@ -5,6 +5,7 @@
 * ``Kube.list`` - reads served from the API server's watch cache (``resourceVersion=0``);
 * ``Kube.delete`` - deletes with a ``uid`` precondition (never a same-named stranger);
 * ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
+* ``Kube.annotate`` - merge patch of annotations (the kubectl plugin's rollout steering);
 * ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
 * ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL.
 
@@ -158,6 +159,21 @@ def load_client_configuration() -> kubernetes.client.Configuration:
     return configuration
 
 
+def current_namespace(default: str = "default") -> str:
+    """The namespace of the kubeconfig's current context (in a pod: the pod's namespace)."""
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or default
+    except OSError:
+        pass
+    try:
+        _contexts, active = kubernetes.config.list_kube_config_contexts(
+            config_file=os.environ.get("KUBECONFIG"))
+    except (kubernetes.config.ConfigException, OSError, TypeError):
+        return default
+    return str(((active or {}).get("context") or {}).get("namespace") or default)
+
+
 class Kube:
     """A thin, thread-safe API facade over one ``ApiClient``."""
 
@@ -231,6 +247,15 @@ class Kube:
         self._call("PATCH", path, body={"status": dict(status)},
                    content_type="application/merge-patch+json",
                    what=f"patch status of ModelService {name}")
+
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: Mapping[str, str | None]) -> dict[str, Any]:
+        """Merge-patch ``metadata.annotations`` (None removes one); returns the object."""
+        path = api_path(api_version, plural_of(kind), namespace, name)
+        return dict(self._call("PATCH", path,
+                               body={"metadata": {"annotations": dict(annotations)}},
+                               content_type="application/merge-patch+json",
+                               what=f"annotate {kind} {name}"))
 
     # ---- reads ------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str | None, name: str

@@ -28,7 +28,7 @@ def server() -> Iterator[tuple[str, list[str], list[Answer]]]:
     answers: list[Answer] = [lambda q: (200, vector())]
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             parsed = urllib.parse.urlparse(self.path)
             assert parsed.path == "/api/v1/query"
             query = urllib.parse.parse_qs(parsed.query)["query"][0]

@@ -85,7 +85,8 @@ def test_parse_rollout_defaults_and_durations() -> None:
     ({"steps": [10, 101]}, "spec.rollout.steps[1]"),
     ({"steps": []}, "spec.rollout.steps"),
     ({"stepDuration": "soon"}, "spec.rollout.stepDuration"),
-    ({"analysis": {"mirrorPercent": 0, "minAgreement": 0.9}}, "spec.rollout.analysis.mirrorPercent"),
+    ({"analysis": {"mirrorPercent": 0, "minAgreement": 0.9}},
+     "spec.rollout.analysis.mirrorPercent"),
     ({"analysis": {"mirrorPercent": 0}}, "spec.rollout.analysis.mirrorPercent"),
     ({"analysis": {"maxErrorRate": 2}}, "spec.rollout.analysis.maxErrorRate"),
 ])
