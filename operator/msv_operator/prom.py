@@ -63,19 +63,21 @@ class Prometheus:
             reason = getattr(e, "reason", e)
             raise PrometheusError(f"Prometheus at {self.url} is unreachable: {reason}") from e
         if not isinstance(body, Mapping) or body.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.url} refused the query: "
-                                  f"{(body or {}).get('error', body)}")
-        data = body.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise PrometheusError(f"expected a vector, got {data.get('resultType')!r}")
+            why = body.get("error", body) if isinstance(body, Mapping) else body
+            raise PrometheusError(f"Prometheus at {self.url} refused the query: {why}")
+        data = body.get("data")
+        if not isinstance(data, Mapping) or data.get("resultType") != "vector":
+            kind = data.get("resultType") if isinstance(data, Mapping) else None
+            raise PrometheusError(f"Prometheus at {self.url}: expected a vector, got {kind!r}")
         out: list[tuple[dict[str, str], float]] = []
         for item in data.get("result") or ():
             try:
                 value = float(item["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError):
+                labels = dict(item.get("metric") or {})
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                 continue
             if math.isfinite(value):
-                out.append((dict(item.get("metric") or {}), value))
+                out.append((labels, value))
         return out
 
     def by(self, expr: str, label: str) -> dict[str, float]:

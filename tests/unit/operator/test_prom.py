@@ -135,3 +135,14 @@ def test_unreachable_prometheus_becomes_the_sample_error() -> None:
     sample = analyzer.sample("ml", "m", ["a"], 60, 10)
     assert sample.error is not None and "unreachable" in sample.error
     assert sample.variants == {}
+
+
+def test_answers_that_are_not_prometheus_json_are_typed_errors(
+        server: tuple[str, list[str], list[Answer]]) -> None:
+    url, _, answers = server
+    answers[0] = lambda q: (200, ["not", "an", "object"])  # type: ignore[return-value,list-item]
+    with pytest.raises(prom.PrometheusError, match="refused the query"):
+        prom.Prometheus(url).query("up")
+    answers[0] = lambda q: (200, {"status": "success", "data": "garbage"})
+    with pytest.raises(prom.PrometheusError, match="expected a vector"):
+        prom.Prometheus(url).query("up")

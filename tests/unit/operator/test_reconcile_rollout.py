@@ -124,3 +124,26 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
                         T0 + timedelta(seconds=30))
     assert d.status is not None and d.status["reason"] == rollout.METRICS_UNAVAILABLE
     assert "MSV_PROMETHEUS_URL" in d.status["message"]
+
+
+class RecordedPatches:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+
+
+def test_a_removed_rollout_is_deleted_from_the_status_with_an_explicit_null() -> None:
+    kube = RecordedPatches()
+    c = ctx(kube, None)
+    ms = {**body(), "status": {"traffic": "baseline=100,int8=0",
+                               "rollout": {"phase": "Promoted"}}}
+    result = reconcile.Result(status={"traffic": "baseline=100,int8=0"})
+    reconcile.write_status(c, ms, result)
+    assert kube.patches == [{"traffic": "baseline=100,int8=0", "rollout": None}]
+    # nothing changed: nothing written
+    unchanged = reconcile.Result(status={"traffic": "baseline=100,int8=0"})
+    reconcile.write_status(c, {**body(), "status": {"traffic": "baseline=100,int8=0"}},
+                           unchanged)
+    assert len(kube.patches) == 1 and not unchanged.status_written
