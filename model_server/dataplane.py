@@ -163,6 +163,8 @@ class DataPlane:
             self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.model.backend is not None:
+            self.model.backend.close()
 
     # health and metadata -----------------------------------------------------------------
     @property
@@ -287,8 +289,12 @@ class DataPlane:
     async def generate(
         self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
     ) -> str:
-        """The whole continuation of `prompt` (one exclusive turn on the model)."""
+        """The whole continuation of `prompt`: batched with concurrent requests when the
+        backend batches generation, else one exclusive turn on the model."""
         backend = self.generator(name, version)
+        batched = backend.stream_generation(prompt, params)
+        if batched is not None:
+            return "".join([piece async for piece in _closing(batched)])
         assert self.batcher is not None
         text: str = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
         return text
@@ -297,7 +303,11 @@ class DataPlane:
         self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
     ) -> AsyncIterator[str]:
         """Check now (errors raise before a response starts), then yield text pieces."""
-        return self._pieces(self.generator(name, version), prompt, params)
+        backend = self.generator(name, version)
+        batched = backend.stream_generation(prompt, params)
+        if batched is not None:
+            return _closing(batched)
+        return self._pieces(backend, prompt, params)
 
     async def _pieces(
         self, backend: Backend, prompt: str, params: Mapping[str, Any]
@@ -318,6 +328,17 @@ class DataPlane:
             close = getattr(pieces, "close", None)
             if close is not None:
                 batcher.run_later(close)
+
+
+async def _closing(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Yield from a batched stream; ended or abandoned, its row stops generating."""
+    try:
+        async for piece in pieces:
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

@@ -214,16 +214,17 @@ class Kube:
         return json.loads(data) if data and decode else {}
 
     # ---- writes -----------------------------------------------------------------------
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True) -> dict[str, Any]:
-        """Server-side apply of ``obj`` (force, one field manager); returns the live object
-        (``{}`` with ``answer=False``: the response is not decoded)."""
+    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
+              field_manager: str | None = None) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (force; the operator's field manager unless another
+        is named); returns the live object (``{}`` with ``answer=False``: not decoded)."""
         meta = obj["metadata"]
         kind = str(obj["kind"])
         path = api_path(str(obj["apiVersion"]), plural_of(kind), meta.get("namespace"),
                         meta["name"])
         return dict(self._call(
             "PATCH", path, body=dict(obj), content_type="application/apply-patch+yaml",
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=[("fieldManager", field_manager or self.field_manager), ("force", "true")],
             what=f"apply {kind} {meta['name']}", decode=answer))
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,

@@ -300,6 +300,12 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     if result.invalid is None:
         for obj in desired:
+            handover = replicas_handover(obj, live)
+            if handover is not None:
+                ctx.kube.apply(handover, answer=False, field_manager=handover_manager(ctx))
+                log.info("Handed %s's replicas (%s) over to its HPA", describe(obj),
+                         handover["spec"]["replicas"],
+                         extra={"namespace": ns, "modelservice": name})
             current = live.get(key_of(obj))
             if not needs_apply(obj, current):
                 result.unchanged += 1
@@ -341,6 +347,33 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     )
     write_status(ctx, ms, result)
     return result
+
+
+def handover_manager(ctx: Context) -> str:
+    return f"{ctx.config.field_manager}-handover"
+
+
+def replicas_handover(desired: Mapping[str, Any], live: Mapping[tuple[str, str], Mapping[str, Any]]
+                      ) -> dict[str, Any] | None:
+    """The apply that keeps a Deployment's replica count when an HPA is about to own it.
+
+    With server-side apply, a field the operator stops sending is removed when the operator
+    was its only owner: switching a variant from fixed replicas to autoscaling would drop the
+    running Deployment to 1 replica before the HPA acts. So, before the first apply without
+    ``replicas`` (the HPA does not exist yet), a second field manager applies the live value,
+    which then stays (owned by that manager) until the HPA controller scales it.
+    """
+    if desired.get("kind") != "Deployment" or "replicas" in (desired.get("spec") or {}):
+        return None
+    current = live.get(key_of(desired))
+    replicas = ((current or {}).get("spec") or {}).get("replicas")
+    name = (desired.get("metadata") or {}).get("name")
+    if replicas is None or ("HorizontalPodAutoscaler", str(name)) in live:
+        return None
+    meta = desired["metadata"]
+    return {"apiVersion": desired["apiVersion"], "kind": "Deployment",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": int(replicas)}}
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
