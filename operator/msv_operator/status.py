@@ -4,6 +4,9 @@
 ``Ready``, ``Progressing``, ``Degraded``, ``Reconciling``, ``Stalled`` and ``FieldsIgnored`` (see
 ``conditions`` for the transition semantics), per-variant ``replicas``/``readyReplicas``/
 ``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
+The weights are the effective ones the caller passes (spec.traffic, then the rollout); with a
+rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` condition and
+the per-variant measured fields (``MEASURED_KEYS``).
 
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
@@ -44,6 +47,9 @@ DEGRADED = "Degraded"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 FIELDS_IGNORED = "FieldsIgnored"
+ROLLOUT = "Rollout"
+"""Only with spec.rollout: True once promoted, Unknown while pending or progressing, False
+when stopped (paused, rolled back, aborted); the reason says why (docs/rollouts.md)."""
 
 # Container waiting reasons that mean the model server cannot come up.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
@@ -399,6 +405,10 @@ def compute_status(
         put(FIELDS_IGNORED, cond.TRUE, ignored[0][0], "; ".join(m for _, m in ignored))
     else:
         put(FIELDS_IGNORED, cond.FALSE, "AllFieldsActing", "every field of the spec takes effect")
+    if rollout and rollout.get("phase"):
+        put(ROLLOUT, *rollout_condition(rollout))
+    else:
+        conditions = [c for c in conditions if c.get("type") != ROLLOUT]
 
     provenance = variant_provenance(ms)
     status: dict[str, Any] = {
@@ -419,6 +429,17 @@ def compute_status(
     if rollout:
         status["rollout"] = dict(rollout)
     return status
+
+
+def rollout_condition(rollout: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(status, reason, message) of the ``Rollout`` condition for a ``status.rollout``."""
+    phase = str(rollout.get("phase"))
+    message = str(rollout.get("message") or phase)
+    if phase == "Promoted":
+        return cond.TRUE, "Promoted", message
+    if phase in ("Pending", "Progressing"):
+        return cond.UNKNOWN, phase, message
+    return cond.FALSE, str(rollout.get("reason") or phase), message
 
 
 def prior_measured(prior: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:

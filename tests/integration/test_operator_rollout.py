@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from msv_operator import kube
-from operator_harness import MS_API, RunningOperator, modelservice, wait_for
+from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
 
 from localcluster import cluster as lc
 
@@ -134,6 +134,10 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
         k, ns, name, "Paused", "MetricsUnavailable"), timeout=60)
     assert "unreachable" in paused["message"] and "never promotes blind" in paused["message"]
     assert paused["step"] == 1 and traffic(k, ns, name) == "baseline=75,int8=25"
+    c = wait_for("Rollout condition", lambda: (lambda c: c if c.get("reason") ==
+                                               "MetricsUnavailable" else None)(
+        condition(k.get(MS_API, "ModelService", ns, name), "Rollout")))
+    assert c["status"] == "False" and "unreachable" in c["message"]
     assert wait_for("events", lambda: {"RolloutStarted", "RolloutStep", "RolloutPaused"}
                     <= set(reasons(k, ns, name)))
 
@@ -174,6 +178,8 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
     assert wait_for("all traffic to int8",
                     lambda: traffic(k, ns, name) == "baseline=0,int8=100")
     assert wait_for("promotion event", lambda: "RolloutPromoted" in reasons(k, ns, name))
+    promoted = condition(k.get(MS_API, "ModelService", ns, name), "Rollout")
+    assert (promoted["status"], promoted["reason"]) == ("True", "Promoted")
     wide = cluster.kubectl_run("get", "msv", name, "-n", ns, "-o", "wide").stdout
     assert "Promoted" in wide and "baseline=0,int8=100" in wide
 
