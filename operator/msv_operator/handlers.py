@@ -276,6 +276,7 @@ class Runtime:
                 continue
             await self._post(involved, *event)
         for type_, reason, message in result.events:
+            self.metrics.rollout_events.labels(reason=reason).inc()
             await self._post(involved, type_, reason, message)
 
     async def _post(self, involved: Mapping[str, Any], type_: str, reason: str,

@@ -141,6 +141,8 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
     assert wait_for("events", lambda: {"RolloutStarted", "RolloutStep", "RolloutPaused"}
                     <= set(reasons(k, ns, name)))
 
+    assert prometheus_down_operator[0].metric("msv_operator_rollout_events_total",
+                                              {"reason": "RolloutStep"}) == 1
     # a restarted operator resumes at the same step from status.rollout alone
     started = paused["startedAt"]
     prometheus_down_operator[0].stop()
