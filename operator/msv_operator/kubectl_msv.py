@@ -1,7 +1,7 @@
 """``kubectl msv``: a kubectl plugin (console script ``kubectl-msv``) to watch and steer rollouts.
 
-* ``kubectl msv get NAME [-n NS]`` prints the rollout (steps, current weights, each gate's
-  measured value against its threshold, the history) and the per-variant table;
+* ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
+  measured value against its threshold, the history) and the per-variant table (``-w``: again every 2 s, a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
@@ -15,7 +15,9 @@ tested on recorded objects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -143,7 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("name")
         p.add_argument("-n", "--namespace")
+        if verb == "get":
+            p.add_argument("-w", "--watch", action="store_true",
+                           help="print again every 2 s until interrupted")
     return parser
+
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def watch(api: kube.Kube, namespace: str, name: str, every: float = 2.0,
+          rounds: int | None = None) -> int:
+    """Print the rollout again every ``every`` seconds (``rounds`` times; None: forever)."""
+    shown = 0
+    while rounds is None or shown < rounds:
+        ms = api.get(API_VERSION, "ModelService", namespace, name)
+        text = render(ms) if ms is not None else f"ModelService {namespace}/{name} not found"
+        print(CLEAR + text, flush=True)
+        shown += 1
+        if rounds is None or shown < rounds:
+            time.sleep(every)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, client: kube.Kube | None = None) -> int:
@@ -157,6 +179,10 @@ def main(argv: Sequence[str] | None = None, client: kube.Kube | None = None) -> 
                 print(f"kubectl msv: ModelService {namespace}/{args.name} not found",
                       file=sys.stderr)
                 return 1
+            if args.watch:
+                with contextlib.suppress(KeyboardInterrupt):
+                    watch(api, namespace, args.name)
+                return 0
             print(render(ms))
             return 0
         if api.get(API_VERSION, "ModelService", namespace, args.name) is None:

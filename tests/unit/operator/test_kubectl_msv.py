@@ -114,3 +114,11 @@ def test_main_prints_and_annotates(capsys: pytest.CaptureFixture[str]) -> None:
     missing = RecordedClient(None)
     assert plugin.main(["abort", "nope", "-n", "demo"], missing) == 1  # type: ignore[arg-type]
     assert "not found" in capsys.readouterr().err and missing.patches == []
+
+
+def test_watch_prints_the_live_view_each_round(capsys: pytest.CaptureFixture[str]) -> None:
+    client = RecordedClient(RECORDED)
+    shown = plugin.watch(client, "demo", "sentiment", every=0.0, rounds=2)  # type: ignore[arg-type]
+    assert shown == 0
+    out = capsys.readouterr().out
+    assert out.count(plugin.CLEAR) == 2 and out.count("candidate int8 from") == 2
