@@ -1,7 +1,8 @@
 """``kubectl msv``: a kubectl plugin (console script ``kubectl-msv``) to watch and steer rollouts.
 
 * ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
-  measured value against its threshold, the history) and the per-variant table (``-w``: again every 2 s, a live view, until Ctrl-C);
+  measured value against its threshold, the history) and the per-variant table (``-w``: again
+  every 2 s, a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
