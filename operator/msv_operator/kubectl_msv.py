@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubectl msv", description="Watch and steer ModelService rollouts.")
     sub = parser.add_subparsers(dest="verb", required=True)
     helps = {"get": "show the rollout (steps, weights, gates, history) and the variants",
-             "promote": "promote the candidate to 100% now (skips the remaining gates)",
+             "promote": "promote the candidate to 100%% now (skips the remaining gates)",
              "abort": "stop the rollout; traffic goes back to spec.traffic",
              "pause": "hold the rollout at its current weights",
              "resume": "continue a paused rollout (the interrupted step starts over)",

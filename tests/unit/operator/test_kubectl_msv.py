@@ -122,3 +122,11 @@ def test_watch_prints_the_live_view_each_round(capsys: pytest.CaptureFixture[str
     assert shown == 0
     out = capsys.readouterr().out
     assert out.count(plugin.CLEAR) == 2 and out.count("candidate int8 from") == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["promote", "--help"], ["get", "--help"]])
+def test_help_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        plugin.main(argv, RecordedClient(None))  # type: ignore[arg-type]
+    assert exit_.value.code == 0
+    assert "usage: kubectl msv" in capsys.readouterr().out
