@@ -89,9 +89,11 @@ def reasons(k: kube.Kube, ns: str, name: str) -> list[str]:
 @pytest.fixture
 def prometheus_down_operator(crd: None, namespace: str) -> Iterator[list[RunningOperator]]:
     """An operator whose Prometheus address answers nothing (a closed loopback port);
-    a list, so a test can replace it with a restarted one."""
+    a list, so a test can replace it with a restarted one. No resync within a test: timed
+    steps and analyses must come back through the work queue's requeue-after."""
     url = f"http://127.0.0.1:{closed_port()}"
-    ops = [RunningOperator([namespace], prometheus_url=url, prometheus_timeout=2.0).start()]
+    ops = [RunningOperator([namespace], prometheus_url=url, prometheus_timeout=2.0,
+                           resync_seconds=600.0).start()]
     yield ops
     for op in ops:
         if op.alive:
@@ -147,12 +149,24 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
     started = paused["startedAt"]
     prometheus_down_operator[0].stop()
     restarted = RunningOperator([ns], prometheus_url=prometheus_down_operator[0]
-                                .config.prometheus_url, prometheus_timeout=2.0).start()
+                                .config.prometheus_url, prometheus_timeout=2.0,
+                                resync_seconds=600.0).start()
     prometheus_down_operator.append(restarted)
     again = wait_for("still paused at step 1 after restart", lambda: in_phase(
         k, ns, name, "Paused", "MetricsUnavailable", step=1), timeout=30)
     assert again["startedAt"] == started
     assert traffic(k, ns, name) == "baseline=75,int8=25"
+    # with nothing changing in the cluster, the next analyses come from the requeue-after
+    # alone (no resync runs within the test): lastAnalysis keeps moving, 1 s apart
+    wait_for("pods settled", lambda: all(
+        (d.get("status") or {}).get("updatedReplicas") == (d.get("spec") or {}).get("replicas")
+        == (d.get("status") or {}).get("readyReplicas") == (d.get("status") or {}).get(
+            "replicas") for d in k.list("apps/v1", "Deployment", ns)), timeout=60)
+    seen = {rollout_of(k, ns, name)["lastAnalysis"]["time"]}
+    for _ in range(3):
+        wait_for("another analysis", lambda: rollout_of(k, ns, name)["lastAnalysis"]["time"]
+                 not in seen, timeout=20)
+        seen.add(rollout_of(k, ns, name)["lastAnalysis"]["time"])
 
     # kubectl msv get shows the rollout and the gates' state
     shown = kubectl_msv(cluster, plugin_env, "get", name, "-n", ns)
