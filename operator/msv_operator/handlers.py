@@ -201,6 +201,7 @@ class Runtime:
         """A ModelService was deleted: drop what the runtime kept about it."""
         self.triggers.pop(key, None)
         self.retries.pop(key, None)
+        self.ctx.measured_at.pop(key, None)
 
     def known(self) -> list[Key]:
         index = self.indexes.get("msv_bodies")

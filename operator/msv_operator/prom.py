@@ -138,6 +138,10 @@ class PrometheusAnalyzer:
         return Sample(variants=out, step_requests={v: step.get(v, 0.0) for v in variants})
 
 
+FIELDS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes")
+"""The ``status.variants[]`` fields that come from Prometheus."""
+
+
 def measured_fields(metrics: VariantMetrics) -> dict[str, Any]:
     """The ``status.variants[]`` fields of one variant's metrics (rounded, so an unchanged
     measurement writes nothing)."""

@@ -287,7 +287,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         ignored = ignored_fields(parsed, opts)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(_deployments_by_variant(live.values(), uid), pods).items()}
-        sample, result.requeue_after = measure(ctx, ms, parsed, prior, moment, measured)
+        sample, result.requeue_after = measure(ctx, parsed, prior, moment, measured)
         decision = rollout.advance(parsed, prior.get("rollout"), readiness, sample,
                                    meta.get("annotations") or {}, moment)
         result.events = decision.events
@@ -384,11 +384,13 @@ NO_PROMETHEUS = ("no Prometheus address is configured (operator setting MSV_PROM
                  "chart value prometheus.url)")
 
 
-def measure(ctx: Context, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
-            prior: Mapping[str, Any], moment: datetime, measured: dict[str, dict[str, Any]]
+def measure(ctx: Context, parsed: spec.ModelServiceSpec, prior: Mapping[str, Any],
+            moment: datetime, measured: dict[str, dict[str, Any]]
             ) -> tuple[rollout.Sample | None, float | None]:
     """Refresh ``measured`` (per-variant fields) when due; returns the sample for the rollout
-    (only when its analysis is due) and the seconds until the next refresh."""
+    (only when its analysis is due) and the seconds until the next refresh. A sample that
+    reads Prometheus replaces its fields (a value it no longer has is dropped, not kept
+    stale); one that cannot read it keeps the last ones."""
     key = (parsed.namespace, parsed.name)
     step_seconds = rollout.analysis_due(parsed, prior.get("rollout"), moment)
     if ctx.analyzer is None:
@@ -406,7 +408,8 @@ def measure(ctx: Context, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
                                  step_seconds)
     if sample.error is None:
         for v, metrics in sample.variants.items():
-            measured[v] = {**measured.get(v, {}), **prom.measured_fields(metrics)}
+            kept = {k: x for k, x in measured.get(v, {}).items() if k not in prom.FIELDS}
+            measured[v] = {**kept, **prom.measured_fields(metrics)}
     usage = pod_usage(ctx, parsed)
     for v, fields in usage.items():
         measured[v] = {**measured.get(v, {}), **fields}

@@ -90,15 +90,28 @@ def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
     c = ctx(RecordedKube([pod_metrics("c", "int8", "100m", "64Mi")]), analyzer)
     spec = parse_spec(body())
     measured: dict[str, dict[str, Any]] = {}
-    got, wait = reconcile.measure(c, body(), spec, {}, T0, measured)
+    got, wait = reconcile.measure(c, spec, {}, T0, measured)
     assert got is None and wait == 60  # no rollout: nothing for the state machine
     assert measured["int8"] == {"p95Ms": 12.3, "rps": 2.0, "cpuMillicores": 100,
                                 "memoryBytes": 64 * 2**20}
     again: dict[str, dict[str, Any]] = {}
-    got, wait = reconcile.measure(c, body(), spec, {}, T0 + timedelta(seconds=20), again)
+    got, wait = reconcile.measure(c, spec, {}, T0 + timedelta(seconds=20), again)
     assert len(analyzer.calls) == 1 and again == {} and wait == 40
-    reconcile.measure(c, body(), spec, {}, T0 + timedelta(seconds=61), again)
+    reconcile.measure(c, spec, {}, T0 + timedelta(seconds=61), again)
     assert len(analyzer.calls) == 2
+
+
+def test_a_value_prometheus_no_longer_has_is_dropped_and_an_error_keeps_the_last() -> None:
+    stale = {"int8": {"p95Ms": 9.0, "rps": 3.0, "cpuMillicores": 100}}
+    now_idle = rollout.Sample(variants={"int8": rollout.VariantMetrics(rps=0.0)})
+    c = ctx(RecordedKube([]), CountingAnalyzer(now_idle))
+    measured = {v: dict(f) for v, f in stale.items()}
+    reconcile.measure(c, parse_spec(body()), {}, T0, measured)
+    assert measured["int8"] == {"rps": 0.0, "cpuMillicores": 100}
+    down = ctx(RecordedKube([]), CountingAnalyzer(rollout.Sample(error="unreachable")))
+    measured = {v: dict(f) for v, f in stale.items()}
+    reconcile.measure(down, parse_spec(body()), {}, T0, measured)
+    assert measured == stale
 
 
 def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout() -> None:
@@ -108,7 +121,7 @@ def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout(
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    got, _ = reconcile.measure(c, b, spec, prior, T0 + timedelta(seconds=30), {})
+    got, _ = reconcile.measure(c, spec, prior, T0 + timedelta(seconds=30), {})
     assert got is not None and analyzer.calls == [(60.0, 30.0)]
 
 
@@ -117,7 +130,7 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    got, wait = reconcile.measure(ctx(RecordedKube([]), None), b, spec, prior,
+    got, wait = reconcile.measure(ctx(RecordedKube([]), None), spec, prior,
                                   T0 + timedelta(seconds=30), {})
     assert got is not None and got.error == reconcile.NO_PROMETHEUS and wait is None
     d = rollout.advance(spec, prior["rollout"], {"int8": rollout.Readiness(1)}, got, {},
@@ -147,3 +160,8 @@ def test_a_removed_rollout_is_deleted_from_the_status_with_an_explicit_null() ->
     reconcile.write_status(c, {**body(), "status": {"traffic": "baseline=100,int8=0"}},
                            unchanged)
     assert len(kube.patches) == 1 and not unchanged.status_written
+
+
+def test_every_measured_field_is_one_the_status_writes() -> None:
+    from msv_operator import prom, status
+    assert set(prom.FIELDS) | {"cpuMillicores", "memoryBytes"} == set(status.MEASURED_KEYS)
