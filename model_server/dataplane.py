@@ -172,6 +172,8 @@ class DataPlane:
             self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.model.backend is not None:
+            self.model.backend.close()
 
     # health and metadata -----------------------------------------------------------------
     @property
@@ -317,10 +319,15 @@ class DataPlane:
     async def generate(
         self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
     ) -> str:
-        """The whole continuation of `prompt` (one exclusive turn on the model)."""
+        """The whole continuation of `prompt`: batched with concurrent requests when the
+        backend batches generation, else one exclusive turn on the model."""
         backend = self.generator(name, version)
-        assert self.batcher is not None
-        text: str = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
+        batched = backend.stream_generation(prompt, params)
+        if batched is not None:
+            text = "".join([piece async for piece in _closing(batched)])
+        else:
+            assert self.batcher is not None
+            text = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
         mirror = self.mirror
         if mirror is not None:
             mirror.offer_generate(prompt, params, text)
@@ -330,7 +337,13 @@ class DataPlane:
         self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
     ) -> AsyncIterator[str]:
         """Check now (errors raise before a response starts), then yield text pieces."""
-        return self._pieces(self.generator(name, version), prompt, params)
+        backend = self.generator(name, version)
+        batched = backend.stream_generation(prompt, params)
+        pieces = _closing(batched) if batched is not None else self._pieces(backend, prompt, params)
+        mirror = self.mirror
+        if mirror is None:
+            return pieces
+        return _mirrored(pieces, mirror, prompt, params)
 
     async def _pieces(
         self, backend: Backend, prompt: str, params: Mapping[str, Any]
@@ -339,17 +352,11 @@ class DataPlane:
         assert batcher is not None
         sentinel = object()
         pieces: Iterator[str] = backend.generate(prompt, params)
-        mirror = self.mirror
-        seen: list[str] | None = [] if mirror is not None else None
         try:
             while True:
                 piece = await batcher.run_exclusive(next, pieces, sentinel)
                 if piece is sentinel:
-                    if mirror is not None and seen is not None:
-                        mirror.offer_generate(prompt, params, "".join(seen))
                     return
-                if seen is not None:
-                    seen.append(piece)
                 yield piece
         finally:
             # ended or abandoned (the client went away): let the backend stop generating,
@@ -368,6 +375,33 @@ def artifact_bytes(model_dir: Any) -> int:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     except (OSError, TypeError):
         return 0
+
+
+async def _closing(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Yield from a batched stream; ended or abandoned, its row stops generating."""
+    try:
+        async for piece in pieces:
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _mirrored(
+    pieces: AsyncIterator[str], mirror: Mirror, prompt: str, params: Mapping[str, Any]
+) -> AsyncIterator[str]:
+    """Yield the pieces; a stream that ran to its end is offered to the mirror whole."""
+    seen: list[str] = []
+    try:
+        async for piece in pieces:
+            seen.append(piece)
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
+    mirror.offer_generate(prompt, params, "".join(seen))
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

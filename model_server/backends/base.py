@@ -10,7 +10,7 @@ does not use.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,18 @@ class Backend(abc.ABC):
     def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
         """Yield generated text pieces for `prompt` (streamed by the generate endpoint)."""
         raise NotImplementedError
+
+    def stream_generation(
+        self, prompt: str, parameters: Mapping[str, Any]
+    ) -> AsyncIterator[str] | None:
+        """Batched generation, when the backend has it: checks `parameters` now, then returns
+        an async iterator of text pieces on the running event loop (its `aclose` stops the
+        row). None: the backend streams through `generate` alone."""
+        return None
+
+    def close(self) -> None:
+        """Release background resources (e.g. a generation thread) when the server stops."""
+        return None
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt for a conversation of {"role", "content"} messages (OpenAI chat).

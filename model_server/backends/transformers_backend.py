@@ -8,7 +8,8 @@ Tensors per task (the first dimension is the batch):
 - text-classification: in `text` BYTES [-1];
   out `label` BYTES [-1], `score` FP32 [-1], `logits` FP32 [-1, labels].
 - text-generation: in `text` BYTES [-1]; out `text_output` BYTES [-1] (the continuation);
-  `generate()` streams one prompt (max_new_tokens, temperature, top_p, top_k, seed).
+  `generate()` streams one prompt (max_new_tokens, temperature, top_p, top_k, seed);
+  `stream_generation()` batches concurrent prompts into one `generate` (generation_batch).
 - image-classification: in `image` BYTES [-1] (encoded PNG/JPEG; the announced input).
   `predict()` alternatively takes `pixel_values` FP32 [-1, 3, H, W] (already processed)
   or UINT8 [-1, H, W, 3] (raw pixels, processed here) instead of `image`; out `label`,
@@ -40,10 +41,13 @@ from model_server.backends._common import (
     invalid,
 )
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.generation_batch import GenerationBatcher, Stream
 
 TASKS = ("text-classification", "text-generation", "image-classification")
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
+GENERATION_MAX_BATCH = 16
+"""Concurrent generation streams of the same settings batched into one `generate` call."""
 
 
 def infer_task(config: Any) -> str | None:
@@ -76,6 +80,7 @@ class TransformersBackend(LoadedInfo, Backend):
         self._dtype: Any = None
         self._image_size: tuple[int, int] | None = None
         self._structured_removed = 0
+        self._generation: GenerationBatcher | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -350,19 +355,29 @@ class TransformersBackend(LoadedInfo, Backend):
                 raise invalid("temperature/top_p/top_k must be numbers") from None
             if kwargs["temperature"] <= 0:
                 raise invalid("temperature must be > 0 when sampling")
-        if "seed" in parameters:
+        return kwargs
+
+    @staticmethod
+    def _seed(parameters: Mapping[str, Any]) -> int | None:
+        if "seed" not in parameters:
+            return None
+        try:
+            return int(parameters["seed"])
+        except (TypeError, ValueError):
+            raise invalid("parameter 'seed' must be an integer") from None
+
+    def _apply_seed(self, parameters: Mapping[str, Any]) -> None:
+        seed = self._seed(parameters)
+        if seed is not None:
             import torch
 
-            try:
-                torch.manual_seed(int(parameters["seed"]))
-            except (TypeError, ValueError):
-                raise invalid("parameter 'seed' must be an integer") from None
-        return kwargs
+            torch.manual_seed(seed)
 
     def _generate_batch(self, texts: list[str], parameters: Mapping[str, Any]) -> list[str]:
         import torch
 
         kwargs = self._gen_kwargs(parameters)
+        self._apply_seed(parameters)
         enc = self._tokenize(texts)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
@@ -377,6 +392,7 @@ class TransformersBackend(LoadedInfo, Backend):
         from transformers import TextIteratorStreamer
 
         kwargs = self._gen_kwargs(parameters)
+        self._apply_seed(parameters)
         enc = self._tokenize([prompt])
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0
@@ -414,6 +430,54 @@ class TransformersBackend(LoadedInfo, Backend):
         thread.join()
         if errors:
             raise errors[0]
+
+    def stream_generation(self, prompt: str, parameters: Mapping[str, Any]) -> Stream:
+        """Queue `prompt` for batched generation (checked now); pieces arrive on this loop."""
+        if not self.supports_generate():
+            raise invalid(f"model task {self.task!r} does not support generate")
+        kwargs = self._gen_kwargs(parameters)
+        seed = self._seed(parameters)
+        max_new = int(kwargs.pop("max_new_tokens"))
+        if self._generation is None:
+            self._generation = GenerationBatcher(self._run_generation_batch,
+                                                 max_batch=GENERATION_MAX_BATCH)
+        return self._generation.submit(prompt, kwargs, max_new_tokens=max_new, seed=seed)
+
+    def _run_generation_batch(self, streams: list[Stream]) -> None:
+        """One `generate` call for every stream of a batch (same settings), rows fed apart."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if streams[0].seed is not None:
+            torch.manual_seed(streams[0].seed)
+        rows = _RowStreamer(self.tokenizer, streams, self._eos_ids())
+
+        class RowsDone(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.tensor(rows.done, dtype=torch.bool, device=input_ids.device)
+
+        enc = self._tokenize([s.prompt for s in streams])
+        with torch.inference_mode():
+            self.model.generate(
+                **enc,
+                **streams[0].kwargs,
+                max_new_tokens=max(s.max_new_tokens for s in streams),
+                streamer=rows,
+                stopping_criteria=StoppingCriteriaList([RowsDone()]),
+            )
+        rows.end()
+
+    def _eos_ids(self) -> set[int]:
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def close(self) -> None:
+        if self._generation is not None:
+            self._generation.close()
 
     # -- export (offline optimize) -----------------------------------------------------------
 
@@ -455,6 +519,60 @@ class TransformersBackend(LoadedInfo, Backend):
             ),
         )
         return reload.model
+
+
+class _RowStreamer:
+    """A `generate` streamer for a batch: turns each step's tokens into text per row.
+
+    Text is released up to the last space (as transformers' TextStreamer does, so a word
+    split over tokens is never sent half-decoded), the rest when the row ends: at an EOS
+    token, at the row's own `max_new_tokens`, or when its client went away.
+    """
+
+    def __init__(self, tokenizer: Any, streams: list[Stream], eos: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.streams = streams
+        self.eos = eos
+        self.tokens: list[list[int]] = [[] for _ in streams]
+        self.sent = [0] * len(streams)
+        self.done = [False] * len(streams)
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate hands over the prompt first
+            self._prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[i]:
+                continue
+            stream = self.streams[i]
+            if stream.cancelled or token in self.eos:
+                self._end_row(i)
+                continue
+            self.tokens[i].append(int(token))
+            stream.tokens += 1
+            if len(self.tokens[i]) >= stream.max_new_tokens:
+                self._end_row(i)
+            else:
+                self._release(i, final=False)
+
+    def end(self) -> None:
+        for i in range(len(self.streams)):
+            if not self.done[i]:
+                self._end_row(i)
+
+    def _release(self, i: int, final: bool) -> None:
+        text = str(self.tokenizer.decode(self.tokens[i], skip_special_tokens=True))
+        upto = len(text) if final or text.endswith("\n") else text.rfind(" ") + 1
+        if upto > self.sent[i]:
+            self.streams[i].push(text[self.sent[i]:upto])
+            self.sent[i] = upto
+
+    def _end_row(self, i: int) -> None:
+        self.done[i] = True
+        if not self.streams[i].cancelled:
+            self._release(i, final=True)
+        self.streams[i].finish()
 
 
 def _require_one(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:

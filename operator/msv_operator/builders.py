@@ -7,6 +7,11 @@ ModelService: a stable Service, a ServiceMonitor when the cluster serves
 monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
 served and spec.gateway names a parent.
 
+Weights are never read from spec.traffic here: the caller passes the *effective weights*
+(`Serving`; spec.traffic, then the rollout's step or promotion, see `rollout`), which drive the
+HTTPRoute, the replica split and the `serving` label alike. While a rollout is active the
+stable variants' Deployments carry the mirror environment (`Mirror`).
+
 Traffic split without Gateway API is approximate: the stable Service selects the pods of
 every variant with a non-zero weight, so each variant receives a share proportional to its
 ready replicas; replicas are therefore split by weight (docs/modelservice-api.md).
@@ -60,6 +65,25 @@ class BuildOptions:
     """The cluster serves gateway.networking.k8s.io/v1 HTTPRoute."""
 
 
+@dataclass(frozen=True)
+class Mirror:
+    """Where the stable variants send a sampled share of their requests during a rollout."""
+
+    url: str
+    """``http(s)://<candidate Service clusterIP>:80`` (the local cluster has no DNS)."""
+    percent: int
+    variant: str
+    """The candidate's name (labels the agreement metrics)."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The effective weights (variant -> percent) and the mirror, if any."""
+
+    weights: Mapping[str, int]
+    mirror: Mirror | None = None
+
+
 def object_name(ms_name: str, variant: str | None = None) -> str:
     """`<ms>-<variant>`, cut to 63 characters with a stable hash suffix when longer."""
     name = ms_name if variant is None else f"{ms_name}-{variant}"
@@ -99,15 +123,15 @@ def _metadata(ms: Mapping[str, Any], name: str, variant: str | None = None) -> d
     }
 
 
-def variant_replicas(spec: ModelServiceSpec) -> dict[str, int]:
+def variant_replicas(spec: ModelServiceSpec, weights: Mapping[str, int]) -> dict[str, int]:
     """Replicas per variant when no HPA owns them: explicit ones win, the rest split
-    `spec.replicas` by traffic weight (at least one pod for any variant with weight)."""
+    `spec.replicas` by the effective weight (at least one pod for any variant with weight)."""
     out: dict[str, int] = {}
     for v in spec.variants:
         if v.replicas is not None:
             out[v.name] = v.replicas
             continue
-        weight = spec.traffic.get(v.name, 0)
+        weight = weights.get(v.name, 0)
         out[v.name] = max(1, round(spec.replicas * weight / 100)) if weight else 1
     return out
 
@@ -153,7 +177,8 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
     return {"name": "model", "emptyDir": {}}, mount, [init]
 
 
-def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
+def _env(spec: ModelServiceSpec, variant: Variant, mirror: Mirror | None
+         ) -> list[dict[str, str]]:
     env = {
         "MODEL_SERVER_MODEL_NAME": spec.name,
         "MODEL_SERVER_VARIANT": variant.name,
@@ -179,6 +204,10 @@ def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
     if spec.tls_secret:
         env["MODEL_SERVER_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
         env["MODEL_SERVER_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
+    if mirror is not None:
+        env["MODEL_SERVER_MIRROR_URL"] = mirror.url
+        env["MODEL_SERVER_MIRROR_PERCENT"] = str(mirror.percent)
+        env["MODEL_SERVER_MIRROR_VARIANT"] = mirror.variant
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
@@ -214,7 +243,8 @@ def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
                      opts: BuildOptions, replicas: int | None,
-                     scrape_annotations: bool) -> dict[str, Any]:
+                     scrape_annotations: bool, weight: int = 0,
+                     mirror: Mirror | None = None) -> dict[str, Any]:
     name = object_name(spec.name, variant.name)
     image = spec.image or (
         (opts.default_gpu_image or opts.default_image) if spec.gpu else opts.default_image)
@@ -236,7 +266,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
-        "env": _env(spec, variant),
+        "env": _env(spec, variant, mirror),
         "resources": _resources(spec),
         "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}, *secret_mounts],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http",
@@ -251,7 +281,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
-    serving = "true" if spec.traffic.get(variant.name, 0) > 0 else "false"
+    serving = "true" if weight > 0 else "false"
     template_labels = {**labels(spec.name, variant.name), LABEL_SERVING: serving}
     template_meta: dict[str, Any] = {"labels": template_labels}
     if scrape_annotations:
@@ -350,9 +380,11 @@ def _scrape_tls(spec: ModelServiceSpec) -> dict[str, Any]:
     return {"scheme": "https", "tlsConfig": {"insecureSkipVerify": True}}
 
 
-def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
+                     weights: Mapping[str, int]) -> dict[str, Any]:
+    """One weighted backend per variant in spec.traffic or with an effective weight."""
     backends = [{"name": object_name(spec.name, v), "port": 80, "weight": w}
-                for v, w in spec.traffic.items()]
+                for v, w in weights.items() if v in spec.traffic or w > 0]
     route: dict[str, Any] = {"parentRefs": [dict(p) for p in spec.gateway_parents],
                              "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                                         "backendRefs": backends}]}
@@ -362,17 +394,31 @@ def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str,
             "metadata": _metadata(ms, object_name(spec.name)), "spec": route}
 
 
-def build_all(ms: Mapping[str, Any], opts: BuildOptions) -> list[dict[str, Any]]:
-    """Every object `ms` needs, in apply order. Raises InvalidSpecError for a bad spec."""
-    spec = parse_spec(ms)
+def spec_serving(spec: ModelServiceSpec) -> Serving:
+    """spec.traffic as effective weights (no rollout state, no mirror)."""
+    return Serving({v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants})
+
+
+def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
+              serving: Serving | None = None) -> list[dict[str, Any]]:
+    """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
+    not given; raises InvalidSpecError for a bad one); ``serving`` the effective weights
+    (spec.traffic when not given)."""
+    spec = spec if spec is not None else parse_spec(ms)
+    serving = serving if serving is not None else spec_serving(spec)
+    weights = serving.weights
     service_monitor = opts.service_monitor and spec.service_monitor != "disabled"
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
-    replicas = variant_replicas(spec)
+    replicas = variant_replicas(spec, weights)
+    stable = set(spec.stable_variants)
     out: list[dict[str, Any]] = []
     for variant in spec.variants:
+        mirror = serving.mirror if variant.name in stable and serving.mirror is not None \
+            and serving.mirror.variant != variant.name else None
         out.append(build_deployment(
             ms, spec, variant, opts,
-            None if spec.autoscaling else replicas[variant.name], scrape_annotations))
+            None if spec.autoscaling else replicas[variant.name], scrape_annotations,
+            weight=weights.get(variant.name, 0), mirror=mirror))
         out.append(build_variant_service(ms, spec, variant))
         if spec.autoscaling:
             out.append(build_hpa(ms, spec, variant))
@@ -380,5 +426,5 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions) -> list[dict[str, Any]]
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if opts.gateway_api and spec.gateway_parents:
-        out.append(build_http_route(ms, spec))
+        out.append(build_http_route(ms, spec, weights))
     return out

@@ -69,6 +69,18 @@ class OperatorConfig:
     burst: int = 400
     """Burst allowed above ``qps`` (``MSV_BURST``)."""
 
+    prometheus_url: str = ""
+    """Prometheus HTTP API the rollout analysis and the per-variant status read
+    (``MSV_PROMETHEUS_URL``, ``--prometheus-url``, chart value ``prometheus.url``); empty:
+    no measurements, and a rollout pauses at its first analysis (never promotes blind)."""
+
+    prometheus_timeout: float = 5.0
+    """Timeout of one Prometheus query in seconds (``MSV_PROMETHEUS_TIMEOUT``)."""
+
+    measure_seconds: float = 60.0
+    """How often variants without a rollout are measured, and the window then used
+    (``MSV_MEASURE_SECONDS``); during a rollout its ``analysis.interval``/``window`` apply."""
+
     field_manager: str = field(default=FIELD_MANAGER)
     """Server-side apply field manager (not configurable from outside; fixed by design)."""
 
@@ -115,6 +127,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         discovery_seconds=_env_float(env, "MSV_DISCOVERY_SECONDS", 30.0),
         qps=_env_float(env, "MSV_QPS", 200.0),
         burst=_env_int(env, "MSV_BURST", 400),
+        prometheus_url=env.get("MSV_PROMETHEUS_URL", "") or "",
+        prometheus_timeout=_env_float(env, "MSV_PROMETHEUS_TIMEOUT", 5.0),
+        measure_seconds=_env_float(env, "MSV_MEASURE_SECONDS", 60.0),
     )
     return validate(cfg)
 
@@ -132,6 +147,10 @@ def validate(cfg: OperatorConfig) -> OperatorConfig:
         raise ConfigError("resync seconds must be > 0 and discovery seconds >= 0")
     if cfg.qps <= 0 or cfg.burst < 1:
         raise ConfigError("qps must be > 0 and burst >= 1")
+    if cfg.prometheus_url and not cfg.prometheus_url.startswith(("http://", "https://")):
+        raise ConfigError(f"prometheus url {cfg.prometheus_url!r}: expected http(s)://host:port")
+    if cfg.prometheus_timeout <= 0 or cfg.measure_seconds <= 0:
+        raise ConfigError("prometheus timeout and measure seconds must be > 0")
     if not cfg.default_image:
         raise ConfigError("default image must not be empty")
     return cfg
@@ -160,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--discovery-seconds", type=float)
     run.add_argument("--qps", type=float)
     run.add_argument("--burst", type=int)
+    run.add_argument("--prometheus-url")
+    run.add_argument("--prometheus-timeout", type=float)
+    run.add_argument("--measure-seconds", type=float)
     return parser
 
 
@@ -176,7 +198,8 @@ def load(
         overrides["namespaces"] = tuple(dict.fromkeys(args.namespaces))
     for attr in ("default_image", "default_gpu_image", "log_format", "log_level",
                  "metrics_port", "health_port", "bind_address", "max_workers",
-                 "resync_seconds", "discovery_seconds", "qps", "burst"):
+                 "resync_seconds", "discovery_seconds", "qps", "burst", "prometheus_url",
+                 "prometheus_timeout", "measure_seconds"):
         value = getattr(args, attr)
         if value is not None:
             overrides[attr] = value

@@ -38,9 +38,10 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kube, reconcile
+from msv_operator import builders, conditions, kube, prom, reconcile
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
+from msv_operator.workqueue import WorkQueue
 
 log = logging.getLogger("msv_operator.handlers")
 
@@ -104,15 +105,18 @@ class Runtime:
         self.metrics = metrics
         self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
                                         pool_size=max(4, config.max_workers * 2))
+        analyzer = (prom.PrometheusAnalyzer(prom.Prometheus(config.prometheus_url,
+                                                            config.prometheus_timeout))
+                    if config.prometheus_url else None)
         self.ctx = reconcile.Context(config=config, kube=self.kube,
                                      capabilities=kube.Capabilities(self.kube,
-                                                                    config.discovery_seconds))
+                                                                    config.discovery_seconds),
+                                     analyzer=analyzer)
         self.executor = ThreadPoolExecutor(max_workers=config.max_workers,
                                            thread_name_prefix="reconcile")
         self.indexes: dict[str, Any] = {}
         self.locks: dict[Key, asyncio.Lock] = {}
-        self.queued: set[Key] = set()
-        self.queue: asyncio.Queue[Key] | None = None
+        self.queue: WorkQueue[Key] | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.retries: dict[Key, int] = {}
         self.pod_summaries: dict[str, str] = {}
@@ -120,7 +124,7 @@ class Runtime:
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue = WorkQueue()
         self.tasks = [asyncio.create_task(self._worker(), name=f"msv-worker-{i}")
                       for i in range(self.config.max_workers)]
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
@@ -141,29 +145,27 @@ class Runtime:
 
     # ---- work queue -----------------------------------------------------------------------
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
-        if key in self.queued or self.queue is None:
-            return
-        self.queued.add(key)
-        queue = self.queue
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, queue.put_nowait, key)
-        else:
-            queue.put_nowait(key)
+        """Queue a pass of ``key`` in ``delay`` seconds (the earliest of several wins)."""
+        if self.queue is not None:
+            self.queue.add(key, delay)
 
     async def _worker(self) -> None:
         assert self.queue is not None
         while True:
             key = await self.queue.get()
-            self.queued.discard(key)
             try:
-                await self.run(key)
+                result = await self.run(key)
                 self.retries.pop(key, None)
+                if result is not None and result.requeue_after is not None:
+                    self.enqueue(key, result.requeue_after)  # a timed rollout step, an analysis
             except (kube.Conflict, kube.Transient) as e:
                 delay = self._retry_later(key)
                 log.warning("Retrying ModelService %s/%s in %.1fs: %s", key[0], key[1], delay, e)
             except Exception:
                 log.exception("Reconcile of ModelService %s/%s failed", *key)
                 self._retry_later(key)
+            finally:
+                self.queue.done(key)
 
     def _retry_later(self, key: Key) -> float:
         """Re-queue ``key`` after an exponential backoff (0.5 s doubling, at most 60 s)."""
@@ -199,6 +201,7 @@ class Runtime:
         """A ModelService was deleted: drop what the runtime kept about it."""
         self.triggers.pop(key, None)
         self.retries.pop(key, None)
+        self.ctx.measured_at.pop(key, None)
 
     def known(self) -> list[Key]:
         index = self.indexes.get("msv_bodies")
@@ -264,19 +267,27 @@ class Runtime:
             return result
 
     async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
-        loop = asyncio.get_running_loop()
+        """Events of condition transitions and of the rollout (step, promotion, rollback,
+        pause), once the status recording them is written."""
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
                     "metadata": ms.get("metadata") or {}}
         for transition in result.transitions:
             event = reconcile.event_for(transition)
             if event is None:
                 continue
-            type_, reason, message = event
-            try:
-                await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
-                                           type_, reason, message, now())
-            except kube.ApiError as e:
-                log.warning("Could not post event %s: %s", reason, e)
+            await self._post(involved, *event)
+        for type_, reason, message in result.events:
+            self.metrics.rollout_events.labels(reason=reason).inc()
+            await self._post(involved, type_, reason, message)
+
+    async def _post(self, involved: Mapping[str, Any], type_: str, reason: str,
+                    message: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
+                                       type_, reason, message, now())
+        except kube.ApiError as e:
+            log.warning("Could not post event %s: %s", reason, e)
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:

@@ -5,6 +5,8 @@
 * ``Kube.list`` - reads served from the API server's watch cache (``resourceVersion=0``);
 * ``Kube.delete`` - deletes with a ``uid`` precondition (never a same-named stranger);
 * ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
+* ``Kube.annotate`` - merge patch of annotations (the kubectl plugin's rollout steering);
+* ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
 * ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL.
 
 Errors are translated into ``ApiError`` subclasses so callers never see client types:
@@ -15,6 +17,7 @@ Writes pass a client-side token bucket (``qps``/``burst``) like controller-runti
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -47,7 +50,9 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ModelService": MODELSERVICE_PLURAL,
     "Event": "events",
+    "PodMetrics": "pods",
 }
+POD_METRICS_API = "metrics.k8s.io/v1beta1"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
@@ -154,6 +159,21 @@ def load_client_configuration() -> kubernetes.client.Configuration:
     return configuration
 
 
+def current_namespace(default: str = "default") -> str:
+    """The namespace of the kubeconfig's current context (in a pod: the pod's namespace)."""
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or default
+    except OSError:
+        pass
+    try:
+        _contexts, active = kubernetes.config.list_kube_config_contexts(
+            config_file=os.environ.get("KUBECONFIG"))
+    except (kubernetes.config.ConfigException, OSError, TypeError):
+        return default
+    return str(((active or {}).get("context") or {}).get("namespace") or default)
+
+
 class Kube:
     """A thin, thread-safe API facade over one ``ApiClient``."""
 
@@ -194,16 +214,17 @@ class Kube:
         return json.loads(data) if data and decode else {}
 
     # ---- writes -----------------------------------------------------------------------
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True) -> dict[str, Any]:
-        """Server-side apply of ``obj`` (force, one field manager); returns the live object
-        (``{}`` with ``answer=False``: the response is not decoded)."""
+    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
+              field_manager: str | None = None) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (force; the operator's field manager unless another
+        is named); returns the live object (``{}`` with ``answer=False``: not decoded)."""
         meta = obj["metadata"]
         kind = str(obj["kind"])
         path = api_path(str(obj["apiVersion"]), plural_of(kind), meta.get("namespace"),
                         meta["name"])
         return dict(self._call(
             "PATCH", path, body=dict(obj), content_type="application/apply-patch+yaml",
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=[("fieldManager", field_manager or self.field_manager), ("force", "true")],
             what=f"apply {kind} {meta['name']}", decode=answer))
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,
@@ -227,6 +248,15 @@ class Kube:
         self._call("PATCH", path, body={"status": dict(status)},
                    content_type="application/merge-patch+json",
                    what=f"patch status of ModelService {name}")
+
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: Mapping[str, str | None]) -> dict[str, Any]:
+        """Merge-patch ``metadata.annotations`` (None removes one); returns the object."""
+        path = api_path(api_version, plural_of(kind), namespace, name)
+        return dict(self._call("PATCH", path,
+                               body={"metadata": {"annotations": dict(annotations)}},
+                               content_type="application/merge-patch+json",
+                               what=f"annotate {kind} {name}"))
 
     # ---- reads ------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
@@ -253,6 +283,17 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def pod_metrics(self, namespace: str, label_selector: str
+                    ) -> builtins.list[dict[str, Any]]:
+        """PodMetrics (``containers[].usage.cpu/memory``) of the selected pods; ``[]`` when
+        the cluster does not serve metrics.k8s.io or it cannot answer (fields are omitted,
+        never an error)."""
+        try:
+            return self.list(POD_METRICS_API, "PodMetrics", namespace, label_selector)
+        except ApiError as e:
+            log.debug("No pod metrics for %s: %s", namespace, e)
+            return []
 
     def served(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves ``plural`` in ``api_version`` (one discovery GET)."""

@@ -39,6 +39,10 @@ class OperatorMetrics:
         self.errors = self._counter(
             "msv_operator_errors_total",
             "Errors by kind (conflict, transient, rejected, unexpected).", "kind")
+        self.rollout_events = self._counter(
+            "msv_operator_rollout_events_total",
+            "Rollout moves by Event reason (RolloutStep, RolloutPromoted, RolloutRolledBack, "
+            "RolloutPaused, AnalysisFailed, ...).", "reason")
         self.modelservices = Gauge(
             "msv_operator_modelservices",
             "ModelServices currently known to the operator.",

@@ -13,6 +13,12 @@ sends no write at all:
   features); nothing else is ever deleted. Deleting the ModelService itself is left to the
   garbage collector through the ownerReferences;
 * the status is patched only when it differs from the stored one.
+
+The spec is parsed once per pass. ``rollout.advance`` turns it, the stored ``status.rollout``,
+the variants' readiness and (when one is due) an analysis sample into the *effective weights*
+that the builders and the status both take, and the mirror target of the stable variants.
+Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
+(``measure``), not on every pass, and carried over in the status between refreshes.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from msv_operator import builders, conditions, spec, status
+from msv_operator import builders, conditions, prom, rollout, spec, status
 from msv_operator import kube as kubeapi
 from msv_operator.config import PREFIX, OperatorConfig
 
@@ -63,6 +70,10 @@ class Result:
     status: dict[str, Any] = field(default_factory=dict)
     status_written: bool = False
     transitions: list[conditions.Transition] = field(default_factory=list)
+    events: list[rollout.Event] = field(default_factory=list)
+    """Rollout Events of this pass (posted once the status that records them is written)."""
+    requeue_after: float | None = None
+    """Seconds until a timed step or the next analysis/measurement needs another pass."""
 
     @property
     def outcome(self) -> str:
@@ -76,7 +87,8 @@ class Result:
 # ---- pure helpers --------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([a-zA-Z]{0,2})$")
-_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+_SUFFIX = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3,
+           "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
@@ -221,6 +233,10 @@ class Context:
     config: OperatorConfig
     kube: kubeapi.Kube
     capabilities: kubeapi.Capabilities
+    analyzer: rollout.Analyzer | None = None
+    """Where analysis samples come from (None: no Prometheus configured)."""
+    measured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """When each ModelService was last measured (in memory: a restart measures at once)."""
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -260,16 +276,36 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
 
     desired: list[dict[str, Any]] = []
     ignored: list[tuple[str, str]] = []
+    prior = ms.get("status") or {}
+    moment = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    pods = [p for p in observed.pods if owned_by_name(p, name)]
+    decision: rollout.Decision | None = None
+    measured = status.prior_measured(prior)
     try:
         opts = build_options(ctx.config, caps)
-        ignored = ignored_fields(spec.parse_spec(ms), opts)
-        desired = [with_hash(o) for o in builders.build_all(ms, opts)]
+        parsed = spec.parse_spec(ms)
+        ignored = ignored_fields(parsed, opts)
+        readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
+                     status.readiness(_deployments_by_variant(live.values(), uid), pods).items()}
+        sample, result.requeue_after = measure(ctx, parsed, prior, moment, measured)
+        decision = rollout.advance(parsed, prior.get("rollout"), readiness, sample,
+                                   meta.get("annotations") or {}, moment)
+        result.events = decision.events
+        result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
+        serving = builders.Serving(decision.weights, mirror_for(parsed, decision, live))
+        desired = [with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
     except spec.InvalidSpecError as e:
         result.invalid = str(e)
 
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     if result.invalid is None:
         for obj in desired:
+            handover = replicas_handover(obj, live)
+            if handover is not None:
+                ctx.kube.apply(handover, answer=False, field_manager=handover_manager(ctx))
+                log.info("Handed %s's replicas (%s) over to its HPA", describe(obj),
+                         handover["spec"]["replicas"],
+                         extra={"namespace": ns, "modelservice": name})
             current = live.get(key_of(obj))
             if not needs_apply(obj, current):
                 result.unchanged += 1
@@ -300,14 +336,121 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     latest = {**live, **fresh}
     deployments: dict[str, Mapping[str, Any] | None] = dict(
         _deployments_by_variant(latest.values(), uid))
-    pods = [p for p in observed.pods if owned_by_name(p, name)]
     result.status = status.compute_status(
         ms, deployments=deployments, pods=pods, now=now,
         observed_generation=int(generation) if generation is not None else None,
         invalid_spec=result.invalid, apply_error=result.apply_error, ignored_fields=ignored,
+        weights=decision.weights if decision is not None else None,
+        # an invalid spec keeps the rollout where it was (a restart-safe typo)
+        rollout=decision.status if decision is not None else prior.get("rollout"),
+        measured=measured,
     )
     write_status(ctx, ms, result)
     return result
+
+
+def handover_manager(ctx: Context) -> str:
+    return f"{ctx.config.field_manager}-handover"
+
+
+def replicas_handover(desired: Mapping[str, Any], live: Mapping[tuple[str, str], Mapping[str, Any]]
+                      ) -> dict[str, Any] | None:
+    """The apply that keeps a Deployment's replica count when an HPA is about to own it.
+
+    With server-side apply, a field the operator stops sending is removed when the operator
+    was its only owner: switching a variant from fixed replicas to autoscaling would drop the
+    running Deployment to 1 replica before the HPA acts. So, before the first apply without
+    ``replicas`` (the HPA does not exist yet), a second field manager applies the live value,
+    which then stays (owned by that manager) until the HPA controller scales it.
+    """
+    if desired.get("kind") != "Deployment" or "replicas" in (desired.get("spec") or {}):
+        return None
+    current = live.get(key_of(desired))
+    replicas = ((current or {}).get("spec") or {}).get("replicas")
+    name = (desired.get("metadata") or {}).get("name")
+    if replicas is None or ("HorizontalPodAutoscaler", str(name)) in live:
+        return None
+    meta = desired["metadata"]
+    return {"apiVersion": desired["apiVersion"], "kind": "Deployment",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": int(replicas)}}
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+NO_PROMETHEUS = ("no Prometheus address is configured (operator setting MSV_PROMETHEUS_URL, "
+                 "chart value prometheus.url)")
+
+
+def measure(ctx: Context, parsed: spec.ModelServiceSpec, prior: Mapping[str, Any],
+            moment: datetime, measured: dict[str, dict[str, Any]]
+            ) -> tuple[rollout.Sample | None, float | None]:
+    """Refresh ``measured`` (per-variant fields) when due; returns the sample for the rollout
+    (only when its analysis is due) and the seconds until the next refresh. A sample that
+    reads Prometheus replaces its fields (a value it no longer has is dropped, not kept
+    stale); one that cannot read it keeps the last ones."""
+    key = (parsed.namespace, parsed.name)
+    step_seconds = rollout.analysis_due(parsed, prior.get("rollout"), moment)
+    if ctx.analyzer is None:
+        return (None if step_seconds is None else rollout.Sample(error=NO_PROMETHEUS)), None
+    a = parsed.rollout.analysis if parsed.rollout else None
+    interval = a.interval_seconds if a else ctx.config.measure_seconds
+    last = ctx.measured_at.get(key)
+    since = None if last is None else (moment - last).total_seconds()
+    if step_seconds is None and since is not None and since < interval:
+        return None, interval - since
+    ctx.measured_at[key] = moment
+    variants = [v.name for v in parsed.variants]
+    sample = ctx.analyzer.sample(parsed.namespace, parsed.name, variants,
+                                 a.window_seconds if a else ctx.config.measure_seconds,
+                                 step_seconds)
+    if sample.error is None:
+        for v, metrics in sample.variants.items():
+            kept = {k: x for k, x in measured.get(v, {}).items() if k not in prom.FIELDS}
+            measured[v] = {**kept, **prom.measured_fields(metrics)}
+    usage = pod_usage(ctx, parsed)
+    for v, fields in usage.items():
+        measured[v] = {**measured.get(v, {}), **fields}
+    return (sample if step_seconds is not None else None), interval
+
+
+def pod_usage(ctx: Context, parsed: spec.ModelServiceSpec) -> dict[str, dict[str, int]]:
+    """Average CPU (millicores) and memory (bytes) per pod of each variant, from
+    metrics.k8s.io; {} when the cluster does not serve it."""
+    sums: dict[str, list[float]] = {}
+    for item in ctx.kube.pod_metrics(parsed.namespace, f"{LABEL_MODELSERVICE}={parsed.name}"):
+        variant = ((item.get("metadata") or {}).get("labels") or {}).get(LABEL_VARIANT)
+        if not variant:
+            continue
+        cpu = memory = 0.0
+        for c in item.get("containers") or ():
+            usage = c.get("usage") or {}
+            cpu += _quantity(usage.get("cpu")) or 0.0
+            memory += _quantity(usage.get("memory")) or 0.0
+        entry = sums.setdefault(str(variant), [0.0, 0.0, 0.0])
+        entry[0] += cpu
+        entry[1] += memory
+        entry[2] += 1
+    return {v: {"cpuMillicores": round(cpu * 1000 / n), "memoryBytes": round(memory / n)}
+            for v, (cpu, memory, n) in sums.items() if n}
+
+
+def mirror_for(parsed: spec.ModelServiceSpec, decision: rollout.Decision,
+               live: Mapping[tuple[str, str], Mapping[str, Any]]) -> builders.Mirror | None:
+    """The stable variants' mirror target while a rollout is active: the candidate Service's
+    clusterIP (no cluster DNS needed); none until that Service exists."""
+    r = parsed.rollout
+    if r is None or not decision.mirror or r.analysis.mirror_percent == 0:
+        return None
+    svc = live.get(("Service", builders.object_name(parsed.name, r.candidate))) or {}
+    ip = (svc.get("spec") or {}).get("clusterIP")
+    if not ip or ip == "None":
+        return None
+    host = f"[{ip}]" if ":" in str(ip) else str(ip)
+    scheme = "https" if parsed.tls_secret else "http"
+    return builders.Mirror(f"{scheme}://{host}:80", r.analysis.mirror_percent, r.candidate)
 
 
 def owned_by_name(pod: Mapping[str, Any], name: str) -> bool:
@@ -320,7 +463,11 @@ def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
     if not status.changed(prior, result.status):
         return
     meta = ms["metadata"]
-    ctx.kube.patch_status(meta["namespace"], meta["name"], result.status)
+    patch: dict[str, Any] = dict(result.status)
+    for key in status.OWNED_KEYS:  # a merge patch removes a key only with an explicit null
+        if key in prior and key not in patch:
+            patch[key] = None
+    ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
     result.status_written = True
     result.transitions = conditions.transitions(prior.get("conditions"),
                                                 result.status.get("conditions"))

@@ -67,6 +67,34 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class Analysis:
+    """The gates of a rollout and how often they are measured (``spec.rollout.analysis``)."""
+
+    interval_seconds: float = 15.0
+    window_seconds: float = 60.0
+    max_latency_ratio: float = 1.2
+    """Candidate p95 / stable p95 must stay at or below this."""
+    max_error_rate: float = 0.01
+    """Share of the candidate's requests answered 5xx must stay at or below this."""
+    min_agreement: float | None = 0.99
+    """Share of mirrored requests the candidate answers like the stable variant; None: no gate."""
+    mirror_percent: int = 10
+    failure_limit: int = 2
+    """Failed analyses tolerated; one more rolls the candidate back (Argo Rollouts' meaning)."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A progressive, quality-gated rollout of ``candidate`` (``spec.rollout``)."""
+
+    candidate: str
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    step_seconds: float = 60.0
+    min_requests: int = 50
+    analysis: Analysis = field(default_factory=Analysis)
+
+
+@dataclass(frozen=True)
 class ModelServiceSpec:
     name: str
     namespace: str
@@ -95,6 +123,12 @@ class ModelServiceSpec:
     auth_protect_metrics: bool = False
     tls_secret: str | None = None
     """kubernetes.io/tls Secret (tls.crt, tls.key) for REST and gRPC (mounted, never read)."""
+    rollout: Rollout | None = None
+
+    @property
+    def stable_variants(self) -> tuple[str, ...]:
+        """Variants with weight above zero in spec.traffic (the ones a rollout moves from)."""
+        return tuple(v for v, w in self.traffic.items() if w > 0)
 
 
 def _secret_name(value: Any, where: str) -> str | None:
@@ -132,6 +166,88 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise InvalidSpecError(f"{where}: {value} is outside [{lo}, {hi}]")
     return value
+
+
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds of a Go-style duration with one unit (``15s``, ``1m``, ``500ms``, ``1h``)."""
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise InvalidSpecError(f"{where}: {value!r} is not a duration such as 15s, 1m or 1h")
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds <= 0:
+        raise InvalidSpecError(f"{where}: {value!r} must be longer than zero")
+    return seconds
+
+
+def _ratio(value: Any, where: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidSpecError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidSpecError(f"{where}: expected a number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise InvalidSpecError(f"{where}: {number} is outside [{lo}, {hi}]")
+    return number
+
+
+def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str, int]
+                  ) -> Rollout | None:
+    """``spec.rollout`` checked against the variants and the traffic (the CRD's CEL rules
+    say the same at admission; these cover what CEL cannot, e.g. a missing traffic list)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError("spec.rollout: expected an object with at least a candidate")
+    names = [v.name for v in variants]
+    candidate = raw.get("candidate")
+    if candidate not in names:
+        raise InvalidSpecError(
+            f"spec.rollout.candidate: {candidate!r} is not in spec.variants ({', '.join(names)})")
+    if traffic.get(candidate, 0) > 0:
+        raise InvalidSpecError(
+            f"spec.rollout.candidate: {candidate!r} already has weight {traffic[candidate]} in "
+            "spec.traffic; the candidate must have weight 0 (the stable variants keep the "
+            "traffic until the rollout moves it)")
+    raw_steps = raw.get("steps", [10, 25, 50, 100])
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise InvalidSpecError("spec.rollout.steps: expected a non-empty list of weights")
+    steps = tuple(_int(w, f"spec.rollout.steps[{i}]", 1, 100) for i, w in enumerate(raw_steps))
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            raise InvalidSpecError(
+                f"spec.rollout.steps[{i}]: {steps[i]} is not above the previous step "
+                f"{steps[i - 1]}; steps must be strictly increasing")
+    a = raw.get("analysis") or {}
+    if not isinstance(a, Mapping):
+        raise InvalidSpecError("spec.rollout.analysis: expected an object")
+    where = "spec.rollout.analysis"
+    min_agreement = a.get("minAgreement", 0.99)  # 0 (or null) switches the gate off
+    analysis = Analysis(
+        interval_seconds=parse_duration(a.get("interval", "15s"), f"{where}.interval"),
+        window_seconds=parse_duration(a.get("window", "1m"), f"{where}.window"),
+        max_latency_ratio=_ratio(a.get("maxLatencyRatio", 1.2), f"{where}.maxLatencyRatio",
+                                 0.01, 1000.0),
+        max_error_rate=_ratio(a.get("maxErrorRate", 0.01), f"{where}.maxErrorRate", 0.0, 1.0),
+        min_agreement=None if min_agreement is None or min_agreement == 0 else _ratio(
+            min_agreement, f"{where}.minAgreement", 0.0, 1.0),
+        mirror_percent=_int(a.get("mirrorPercent", 10), f"{where}.mirrorPercent", 0, 100),
+        failure_limit=_int(a.get("failureLimit", 2), f"{where}.failureLimit", 0, 100),
+    )
+    if analysis.min_agreement is not None and analysis.mirror_percent == 0:
+        raise InvalidSpecError(
+            f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "
+            "mirrorPercent above 0 or minAgreement to 0")
+    return Rollout(
+        candidate=str(candidate), steps=steps,
+        step_seconds=parse_duration(raw.get("stepDuration", "1m"), "spec.rollout.stepDuration"),
+        min_requests=_int(raw.get("minRequests", 50), "spec.rollout.minRequests", 0, 10**9),
+        analysis=analysis,
+    )
 
 
 def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
@@ -283,4 +399,5 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         auth_token_secret=_secret_name(auth.get("tokenSecret"), "spec.server.auth.tokenSecret"),
         auth_protect_metrics=bool(auth.get("protectMetrics", False)),
         tls_secret=_secret_name(tls.get("secretName"), "spec.server.tls.secretName"),
+        rollout=parse_rollout(spec.get("rollout"), tuple(variants), traffic),
     )

@@ -4,6 +4,9 @@
 ``Ready``, ``Progressing``, ``Degraded``, ``Reconciling``, ``Stalled`` and ``FieldsIgnored`` (see
 ``conditions`` for the transition semantics), per-variant ``replicas``/``readyReplicas``/
 ``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
+The weights are the effective ones the caller passes (spec.traffic, then the rollout); with a
+rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` condition and
+the per-variant measured fields (``MEASURED_KEYS``).
 
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
@@ -44,6 +47,9 @@ DEGRADED = "Degraded"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 FIELDS_IGNORED = "FieldsIgnored"
+ROLLOUT = "Rollout"
+"""Only with spec.rollout: True once promoted, Unknown while pending or progressing, False
+when stopped (paused, rolled back, aborted); the reason says why (docs/rollouts.md)."""
 
 # Container waiting reasons that mean the model server cannot come up.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
@@ -62,7 +68,11 @@ MESSAGE_MAX = 1024
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
-OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "url")
+OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "url", "rollout")
+
+MEASURED_KEYS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes",
+                 "cpuMillicores", "memoryBytes")
+"""Per-variant measured fields (Prometheus and metrics.k8s.io), carried between refreshes."""
 
 
 @dataclass(frozen=True)
@@ -294,9 +304,11 @@ def assess(
     ms: Mapping[str, Any],
     deployments: Mapping[str, Mapping[str, Any] | None],
     pods: Sequence[Mapping[str, Any]],
+    weights: Mapping[str, int] | None = None,
 ) -> Verdict:
-    """Summarise the variants' Deployments and Pods."""
-    weights = variant_weights(ms)
+    """Summarise the variants' Deployments and Pods (``weights``: the effective weights;
+    spec.traffic as written when not given, e.g. for a spec that does not parse)."""
+    weights = variant_weights(ms) if weights is None else weights
     states: list[VariantState] = []
     for name, weight in weights.items():
         vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
@@ -333,8 +345,12 @@ def compute_status(
     invalid_spec: str | None = None,
     apply_error: str | None = None,
     ignored_fields: Sequence[tuple[str, str]] = (),
+    weights: Mapping[str, int] | None = None,
+    rollout: Mapping[str, Any] | None = None,
+    measured: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds."""
+    """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds,
+    the effective ``weights``, the rollout's state and the per-variant ``measured`` fields."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -345,7 +361,7 @@ def compute_status(
         conditions = cond.upsert(conditions, type_=type_, status=status, reason=reason,
                                  message=message, now=now, observed_generation=gen)
 
-    verdict = assess(ms, deployments, pods)
+    verdict = assess(ms, deployments, pods, weights)
     if invalid_spec is not None:
         failure: tuple[str, str] | None = ("InvalidSpec", invalid_spec)
         put(READY, cond.FALSE, "InvalidSpec", invalid_spec)
@@ -389,13 +405,19 @@ def compute_status(
         put(FIELDS_IGNORED, cond.TRUE, ignored[0][0], "; ".join(m for _, m in ignored))
     else:
         put(FIELDS_IGNORED, cond.FALSE, "AllFieldsActing", "every field of the spec takes effect")
+    if rollout and rollout.get("phase"):
+        put(ROLLOUT, *rollout_condition(rollout))
+    else:
+        conditions = [c for c in conditions if c.get("type") != ROLLOUT]
 
     provenance = variant_provenance(ms)
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [
             {"name": s.name, "replicas": s.replicas, "readyReplicas": s.ready_replicas,
-             "weight": s.weight, **provenance.get(s.name, {})}
+             "weight": s.weight, **provenance.get(s.name, {}),
+             **{k: v for k, v in ((measured or {}).get(s.name) or {}).items()
+                if k in MEASURED_KEYS and v is not None}}
             for s in verdict.variants
         ],
         # One string for `kubectl get msv` (printer columns show only the first list item).
@@ -404,7 +426,44 @@ def compute_status(
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
+    if rollout:
+        status["rollout"] = dict(rollout)
     return status
+
+
+def rollout_condition(rollout: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(status, reason, message) of the ``Rollout`` condition for a ``status.rollout``."""
+    phase = str(rollout.get("phase"))
+    message = str(rollout.get("message") or phase)
+    if phase == "Promoted":
+        return cond.TRUE, "Promoted", message
+    if phase in ("Pending", "Progressing"):
+        return cond.UNKNOWN, phase, message
+    return cond.FALSE, str(rollout.get("reason") or phase), message
+
+
+def prior_measured(prior: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The measured fields of each variant in a stored status (kept until re-measured)."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in (prior or {}).get("variants") or ():
+        if isinstance(v, Mapping) and isinstance(v.get("name"), str):
+            out[v["name"]] = {k: v[k] for k in MEASURED_KEYS if k in v}
+    return out
+
+
+def readiness(deployments: Mapping[str, Mapping[str, Any] | None],
+              pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, str | None]]:
+    """Per variant: (ready replicas, why its pods cannot serve or None). A pod that cannot
+    load its model or crash-loops counts (``ModelLoadFailed``); one that waits for a node
+    does not (the rollout holds instead)."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for name, dep in deployments.items():
+        vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
+            LABEL_VARIANT) == name]
+        state = _deployment_state(name, 0, dep, vpods)
+        failure = state.problem_message if state.problem_reason == "ModelLoadFailed" else None
+        out[name] = (state.ready_replicas, failure)
+    return out
 
 
 def owned_part(status: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -90,6 +90,40 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("batch-size-zero", with_model(server={"batching": {"maxBatchSize": 0}}),
      "spec.server.batching.maxBatchSize"),
     ("unknown-field", with_model(replicaz=3), 'unknown field "spec.replicaz"'),
+    ("rollout-unknown-candidate", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}], rollout={"candidate": "fp16"}),
+     "spec.rollout.candidate must name a variant listed in spec.variants"),
+    ("rollout-candidate-is-stable", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic=[{"variant": "baseline", "weight": 50}, {"variant": "int8", "weight": 50}],
+        rollout={"candidate": "int8"}),
+     "spec.rollout.candidate must not be a stable variant"),
+    ("rollout-candidate-is-implicit-stable", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}], rollout={"candidate": "baseline"}),
+     "spec.rollout.candidate must not be a stable variant"),
+    ("rollout-steps-not-increasing", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        rollout={"candidate": "int8", "steps": [10, 50, 50, 100]}),
+     "spec.rollout.steps must be strictly increasing"),
+    ("rollout-steps-decreasing", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        rollout={"candidate": "int8", "steps": [50, 10]}),
+     "spec.rollout.steps must be strictly increasing"),
+    ("rollout-step-over-100", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        rollout={"candidate": "int8", "steps": [10, 120]}),
+     "spec.rollout.steps[1]: Invalid value: 120"),
+    ("rollout-bad-duration", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        rollout={"candidate": "int8", "stepDuration": "soon"}),
+     "spec.rollout.stepDuration"),
+    ("rollout-agreement-without-mirror", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        rollout={"candidate": "int8", "analysis": {"mirrorPercent": 0}}),
+     "spec.rollout.analysis.mirrorPercent: the agreement gate needs mirrored requests"),
+    ("rollout-without-candidate", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}], rollout={"steps": [50, 100]}),
+     "spec.rollout.candidate: Required value"),
 ]
 
 
@@ -125,3 +159,22 @@ def test_valid_manifest_is_accepted_with_defaults(cluster: lc.Cluster, ns: str) 
     assert ms["spec"]["variants"] == [{"name": "baseline"}]
     assert ms["spec"]["replicas"] == 1
     cluster.kubectl_run("delete", "modelservice", "good", "-n", ns)
+
+
+def test_valid_rollout_is_accepted(cluster: lc.Cluster, ns: str) -> None:
+    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "rollout", "namespace": ns}, "spec": with_model(
+                variants=[{"name": "baseline"}, {"name": "int8"}],
+                traffic=[{"variant": "baseline", "weight": 100},
+                         {"variant": "int8", "weight": 0}],
+                rollout={"candidate": "int8", "steps": [10, 25, 50, 100], "stepDuration": "1m",
+                         "minRequests": 50,
+                         "analysis": {"interval": "15s", "window": "1m", "maxLatencyRatio": 1.2,
+                                      "maxErrorRate": 0.01, "minAgreement": 0.99,
+                                      "mirrorPercent": 10, "failureLimit": 2}})}
+    cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
+    ms = cluster.kubectl_json("get", "modelservice", "rollout", "-n", ns)
+    assert ms["spec"]["rollout"]["analysis"]["minAgreement"] == 0.99
+    wide = cluster.kubectl_run("get", "msv", "rollout", "-n", ns, "-o", "wide").stdout
+    assert "ROLLOUT" in wide and "STEP" in wide
+    cluster.kubectl_run("delete", "modelservice", "rollout", "-n", ns)

@@ -96,6 +96,8 @@ def test_rbac_is_not_excessive(cluster: lc.Cluster, namespace: str,
     # what it needs, in the watched namespace
     assert can_i(cluster, who, "patch", "deployments", namespace)
     assert can_i(cluster, who, "patch", "modelservices/status", namespace)
+    assert can_i(cluster, who, "create", "events", namespace)  # rollout steps, rollbacks
+    assert can_i(cluster, who, "list", "pods.metrics.k8s.io", namespace)  # per-pod usage
     # what it must not do
     assert not can_i(cluster, who, "get", "secrets", namespace)
     assert not can_i(cluster, who, "list", "secrets", namespace)
@@ -104,6 +106,7 @@ def test_rbac_is_not_excessive(cluster: lc.Cluster, namespace: str,
     assert not can_i(cluster, who, "update", "deployments", namespace)  # applies, never PUTs
     assert not can_i(cluster, who, "delete", "modelservices", namespace)
     assert not can_i(cluster, who, "create", "pods", namespace)
+    assert not can_i(cluster, who, "patch", "pods.metrics.k8s.io", namespace)
     assert not can_i(cluster, who, "delete", "customresourcedefinitions", None)
     assert not can_i(cluster, who, "create", "clusterroles", None)
     # namespaced mode: nothing in another namespace

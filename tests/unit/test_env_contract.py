@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from msv_operator import builders as b
 from msv_operator import status
+from msv_operator.spec import parse_spec
 
 from model_server import cli
 from model_server.settings import ENV_PREFIX, Settings, env_names, unknown_env
@@ -28,8 +29,7 @@ NOT_WIRED = {
     "max_queue", "request_timeout_s", "max_request_bytes", "trust_remote_code",
     "exit_on_load_failure", "termination_log", "header_timeout_s",
     "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
-    # written only on the stable variant while a rollout runs (issue 9; checked below)
-    "mirror_url", "mirror_percent", "mirror_variant", "mirror_queue", "mirror_timeout_seconds",
+    "mirror_queue", "mirror_timeout_seconds",  # the mirror's own tuning, server defaults
 }
 
 # The mirroring contract with the operator's rollout (names fixed; docs/model-server.md).
@@ -66,6 +66,7 @@ def rich(gpu: bool) -> dict[str, Any]:
                    "auth": {"tokenSecret": "sentiment-tokens"},
                    "tls": {"secretName": "sentiment-tls"}},
         "gateway": {"parentRefs": [{"name": "gw"}]},
+        "rollout": {"candidate": "sparse", "analysis": {"mirrorPercent": 10}},
     }
     if gpu:
         spec["gpu"] = {"count": 1, "products": ["NVIDIA-A100-SXM4-80GB"]}
@@ -74,7 +75,13 @@ def rich(gpu: bool) -> dict[str, Any]:
 
 
 def deployments(gpu: bool) -> list[dict[str, Any]]:
-    return [o for o in b.build_all(rich(gpu), OPTS) if o["kind"] == "Deployment"]
+    """The Deployments at a rollout step: the stable variants carry the mirror env."""
+    body = rich(gpu)
+    spec = parse_spec(body)
+    weights = {"baseline": 60, "fp16": 10, "int8": 10, "pruned": 10, "sparse": 10}
+    mirror = b.Mirror("https://10.96.0.9:80", 10, "sparse")
+    return [o for o in b.build_all(body, OPTS, spec, b.Serving(weights, mirror))
+            if o["kind"] == "Deployment"]
 
 
 def server_env(dep: dict[str, Any]) -> dict[str, str]:
@@ -110,6 +117,8 @@ def test_every_model_server_variable_the_operator_writes_is_a_setting(
         assert settings.device == ("cuda" if gpu else "cpu")
         assert settings.drain_seconds == b.DRAIN_SECONDS
         assert settings.torch_threads == 2
+        if dep["metadata"]["name"] != "sentiment-sparse":
+            assert ours["MODEL_SERVER_MIRROR_VARIANT"] == "sparse"
 
 
 def test_init_containers_get_no_server_settings() -> None:

@@ -56,4 +56,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [metrics.k8s.io]
+  resources: [pods]
+  verbs: [get, list]
 {{- end -}}

@@ -3,9 +3,11 @@ tensors; bad input is InvalidInput (400), a bad model directory is ModelLoadErro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +67,93 @@ def test_text_generation_predict_and_stream(text_generator_dir: Path) -> None:
     assert "".join(pieces).strip() == whole.strip()
     with pytest.raises(InvalidInput, match="max_new_tokens"):
         list(backend.generate("hello", {"max_new_tokens": 0}))
+
+
+PROMPTS = ["hello", "the movie was", "once upon a time there", "a", "good food and",
+           "we went to the", "it is", "why"]
+
+
+async def _collect(backend: Any, prompt: str, params: dict[str, Any]) -> list[str]:
+    stream = backend.stream_generation(prompt, params)
+    return [piece async for piece in stream]
+
+
+def test_concurrent_streams_share_batches_and_match_one_by_one(text_generator_dir: Path) -> None:
+    """Eight concurrent greedy streams run as batched `generate` calls (left padding, rows
+    fed apart) and each row's text is what the same prompt gives alone."""
+    backend = create_backend("transformers")
+    backend.load(text_generator_dir, LoadOptions(task="text-generation"))
+    alone = ["".join(backend.generate(p, {"max_new_tokens": 12})) for p in PROMPTS]
+
+    async def together() -> list[list[str]]:
+        return list(await asyncio.gather(
+            *(_collect(backend, p, {"max_new_tokens": 12}) for p in PROMPTS)))
+
+    pieces = asyncio.run(together())
+    batcher = backend._generation
+    assert batcher is not None and batcher.largest_batch > 1, "no two streams were batched"
+    assert batcher.batches < len(PROMPTS)
+    assert ["".join(p) for p in pieces] == alone
+    assert any(len(p) > 1 for p in pieces), "pieces are streamed, not sent whole"
+    backend.close()
+
+
+def test_batched_rows_keep_their_own_limits_and_settings(text_generator_dir: Path) -> None:
+    backend = create_backend("transformers")
+    backend.load(text_generator_dir, LoadOptions(task="text-generation"))
+    short = backend.count_tokens("".join(backend.generate("hello", {"max_new_tokens": 3})))
+
+    async def run() -> tuple[list[str], list[str], list[str], list[str]]:
+        return await asyncio.gather(  # type: ignore[return-value]
+            _collect(backend, "hello", {"max_new_tokens": 3}),
+            _collect(backend, "hello", {"max_new_tokens": 20}),
+            _collect(backend, "hello", {"max_new_tokens": 20, "temperature": 1.0, "seed": 7}),
+            _collect(backend, "hello", {"max_new_tokens": 20, "temperature": 1.0, "seed": 7}),
+        )
+
+    three, twenty, sampled_a, sampled_b = asyncio.run(run())
+    assert backend.count_tokens("".join(three)) == short
+    assert backend.count_tokens("".join(twenty)) > short
+    # seeded sampling is never batched with others, so a seed reproduces its text
+    assert "".join(sampled_a) == "".join(sampled_b)
+    with pytest.raises(InvalidInput, match="max_new_tokens"):
+        backend.stream_generation("hello", {"max_new_tokens": 0})
+    backend.close()
+
+
+def test_a_stream_closed_early_stops_its_row(text_generator_dir: Path) -> None:
+    """A client gone before its batch starts costs nothing; one gone mid-batch is fed no
+    more tokens and counts as done, so `generate` can stop when every row is done."""
+    import torch
+
+    from model_server.backends.generation_batch import Stream
+    from model_server.backends.transformers_backend import _RowStreamer
+
+    backend = create_backend("transformers")
+    backend.load(text_generator_dir, LoadOptions(task="text-generation"))
+    alone = "".join(backend.generate("the movie was", {"max_new_tokens": 20}))
+
+    async def run() -> tuple[Any, str]:
+        left = backend.stream_generation("hello", {"max_new_tokens": 20})
+        await left.aclose()  # before the collector's window closed
+        return left, "".join(await _collect(backend, "the movie was", {"max_new_tokens": 20}))
+
+    left, other = asyncio.run(run())
+    assert left.tokens == 0 and other == alone
+
+    loop = asyncio.new_event_loop()
+    try:
+        streams = [Stream(loop, p, {}, "k", max_new_tokens=5) for p in ("a", "b")]
+        rows = _RowStreamer(backend.tokenizer, streams, eos={0})
+        rows.put(torch.tensor([[5, 6], [7, 8]]))  # the prompt
+        rows.put(torch.tensor([9, 9]))
+        loop.run_until_complete(streams[0].aclose())
+        rows.put(torch.tensor([10, 0]))  # row 0 was abandoned, row 1 hit EOS
+        assert rows.done == [True, True]
+        assert [s.tokens for s in streams] == [1, 1]
+    finally:
+        loop.close()
+    backend.close()
 
 
 def test_image_classification_bytes_and_pixels(image_classifier_dir: Path, factory) -> None:

@@ -308,3 +308,50 @@ def test_fields_that_cannot_act_are_named(monitoring: dict[str, str], gateway: b
     for reason, message in got:
         assert message.startswith(fields[reason] + ":"), message
         assert "; " not in message, "'; ' separates the entries of the condition message"
+
+
+# ---- effective weights and the rollout mirror -----------------------------------------------
+
+def rollout_ms() -> dict[str, Any]:
+    return ms(variants=[{"name": "baseline"}, {"name": "int8"}],
+              traffic=[{"variant": "baseline", "weight": 100}], replicas=4,
+              gateway={"parentRefs": [{"name": "gw"}]},
+              rollout={"candidate": "int8", "analysis": {"mirrorPercent": 20}})
+
+
+def test_effective_weights_drive_route_replicas_and_serving_label() -> None:
+    body = rollout_ms()
+    spec = parse_spec(body)
+    opts = b.BuildOptions("ms:cpu", None, service_monitor=False, gateway_api=True)
+    objs = b.build_all(body, opts, spec, b.Serving({"baseline": 75, "int8": 25}))
+    route = by_kind(objs, "HTTPRoute")["sentiment"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "sentiment-baseline", "port": 80, "weight": 75},
+        {"name": "sentiment-int8", "port": 80, "weight": 25}]
+    deps = by_kind(objs, "Deployment")
+    assert deps["sentiment-baseline"]["spec"]["replicas"] == 3
+    assert deps["sentiment-int8"]["spec"]["replicas"] == 1
+    labels = deps["sentiment-int8"]["spec"]["template"]["metadata"]["labels"]
+    assert labels[b.LABEL_SERVING] == "true"
+    # without a Serving the spec's weights apply: the candidate keeps one warm pod, unserved
+    plain = by_kind(b.build_all(body, opts), "Deployment")["sentiment-int8"]
+    assert plain["spec"]["template"]["metadata"]["labels"][b.LABEL_SERVING] == "false"
+    assert b.variant_replicas(spec, {"baseline": 0, "int8": 100}) == {"baseline": 1, "int8": 4}
+
+
+def test_mirror_env_only_on_stable_variants_and_stable_across_steps() -> None:
+    body = rollout_ms()
+    spec = parse_spec(body)
+    mirror = b.Mirror("http://10.96.0.7:80", 20, "int8")
+    step1 = by_kind(b.build_all(body, OPTS, spec, b.Serving({"baseline": 90, "int8": 10},
+                                                             mirror)), "Deployment")
+    step2 = by_kind(b.build_all(body, OPTS, spec, b.Serving({"baseline": 50, "int8": 50},
+                                                             mirror)), "Deployment")
+    env = env_of(step1["sentiment-baseline"])
+    assert env["MODEL_SERVER_MIRROR_URL"] == "http://10.96.0.7:80"
+    assert env["MODEL_SERVER_MIRROR_PERCENT"] == "20"
+    assert env["MODEL_SERVER_MIRROR_VARIANT"] == "int8"
+    assert not any(k.startswith("MODEL_SERVER_MIRROR") for k in env_of(step1["sentiment-int8"]))
+    # no pod restarts per step: the stable pod template is the same at every step
+    assert step1["sentiment-baseline"]["spec"]["template"] == \
+        step2["sentiment-baseline"]["spec"]["template"]

@@ -42,10 +42,23 @@ def test_flags_win_over_environment() -> None:
     ({"MSV_HEALTH_PORT": "70000"}, "health port"),
     ({"MSV_MAX_WORKERS": "0"}, "max workers"),
     ({"MSV_RESYNC_SECONDS": "-1"}, "resync"),
+    ({"MSV_PROMETHEUS_URL": "prometheus:9090"}, "prometheus url"),
+    ({"MSV_PROMETHEUS_TIMEOUT": "0"}, "prometheus timeout"),
+    ({"MSV_MEASURE_SECONDS": "soon"}, "MSV_MEASURE_SECONDS"),
 ])
 def test_bad_values_are_refused_with_the_setting_named(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load(["run"], env)
+
+
+def test_prometheus_settings_from_environment_and_flags() -> None:
+    _, cfg = load(["run"], {})
+    assert (cfg.prometheus_url, cfg.prometheus_timeout, cfg.measure_seconds) == ("", 5.0, 60.0)
+    _, cfg = load(["run", "--measure-seconds", "30"],
+                  {"MSV_PROMETHEUS_URL": "http://10.96.100.20:9090",
+                   "MSV_PROMETHEUS_TIMEOUT": "2.5", "MSV_MEASURE_SECONDS": "90"})
+    assert (cfg.prometheus_url, cfg.prometheus_timeout, cfg.measure_seconds) == (
+        "http://10.96.100.20:9090", 2.5, 30.0)
 
 
 def test_cli_reports_bad_config_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,3 +114,26 @@ def test_pod_summary_ignores_fields_the_status_does_not_read() -> None:
     assert reconcile.pod_summary(pod) == reconcile.pod_summary(moved)
     moved["status"]["conditions"][0]["message"] = "still no GPU"
     assert reconcile.pod_summary(pod) != reconcile.pod_summary(moved)
+
+
+def _deployment(replicas: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": {}}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m-baseline", "namespace": "ns"}, "spec": spec}
+
+
+def test_replicas_are_handed_over_only_when_an_hpa_is_about_to_take_them() -> None:
+    live = {("Deployment", "m-baseline"): _deployment(3)}
+    handover = reconcile.replicas_handover(_deployment(None), live)
+    assert handover == {"apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": "m-baseline", "namespace": "ns"},
+                        "spec": {"replicas": 3}}
+    # fixed replicas: the operator sends them itself
+    assert reconcile.replicas_handover(_deployment(2), live) is None
+    # the HPA exists already: it owns the count
+    with_hpa = {**live, ("HorizontalPodAutoscaler", "m-baseline"): {}}
+    assert reconcile.replicas_handover(_deployment(None), with_hpa) is None
+    # nothing runs yet: nothing to keep
+    assert reconcile.replicas_handover(_deployment(None), {}) is None

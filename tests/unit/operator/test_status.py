@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from msv_operator import status as s
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -350,7 +351,50 @@ def test_transition_time_is_kept_across_passes_and_moves_on_flip() -> None:
 
 def test_changed_ignores_keys_owned_by_others() -> None:
     out = s.compute_status(ms(["v"]), deployments={}, pods=[], now=NOW, observed_generation=1)
-    assert not s.changed({**out, "rollout": {"phase": "Progressing"}}, out)
+    assert not s.changed({**out, "someoneElses": {"phase": "Progressing"}}, out)
+    # status.rollout is the operator's own (the rollout state machine's)
+    assert s.changed({**out, "rollout": {"phase": "Progressing"}}, out)
+
+
+def test_effective_weights_rollout_and_measurements_reach_the_status() -> None:
+    body = ms(["baseline", "int8"], [("baseline", 100)])
+    out = s.compute_status(
+        body, deployments={"baseline": deployment(1, 1), "int8": deployment(1, 1)}, pods=[],
+        now=NOW, observed_generation=1, weights={"baseline": 90, "int8": 10},
+        rollout={"phase": "Progressing", "step": 1},
+        measured={"int8": {"p95Ms": 12.5, "agreement": 0.995, "bogus": 1},
+                  "baseline": {"p95Ms": None}})
+    assert out["traffic"] == "baseline=90,int8=10"
+    assert out["rollout"] == {"phase": "Progressing", "step": 1}
+    variants = {v["name"]: v for v in out["variants"]}
+    assert variants["int8"]["weight"] == 10
+    assert variants["int8"]["p95Ms"] == 12.5 and variants["int8"]["agreement"] == 0.995
+    assert "bogus" not in variants["int8"] and "p95Ms" not in variants["baseline"]
+    assert s.prior_measured(out)["int8"] == {"p95Ms": 12.5, "agreement": 0.995}
+    rollout_cond = cond(out, "Rollout")
+    assert (rollout_cond["status"], rollout_cond["reason"]) == ("Unknown", "Progressing")
+
+
+@pytest.mark.parametrize(("phase", "reason", "expected"), [
+    ("Pending", "", ("Unknown", "Pending")),
+    ("Promoted", "", ("True", "Promoted")),
+    ("Paused", "MetricsUnavailable", ("False", "MetricsUnavailable")),
+    ("Paused", "PausedByUser", ("False", "PausedByUser")),
+    ("RolledBack", "AnalysisFailed", ("False", "AnalysisFailed")),
+    ("Aborted", "AbortedByUser", ("False", "AbortedByUser")),
+])
+def test_rollout_condition_says_how_the_rollout_stands(phase: str, reason: str,
+                                                        expected: tuple[str, str]) -> None:
+    message = "candidate int8 rolled back to 0%: gate agreement failed 3 times: agreement 0.9"
+    out = s.compute_status(ms(["baseline"]), deployments={}, pods=[], now=NOW,
+                           observed_generation=1,
+                           rollout={"phase": phase, "reason": reason, "message": message})
+    c = cond(out, "Rollout")
+    assert (c["status"], c["reason"]) == expected and c["message"] == message
+    # the rollout removed from the spec: the condition goes too
+    gone = s.compute_status(ms(["baseline"], prior=out), deployments={}, pods=[], now=NOW,
+                            observed_generation=2)
+    assert not [c for c in gone["conditions"] if c["type"] == "Rollout"]
 
 
 def test_weights_default_to_first_variant_and_ignore_unknown_names() -> None:

@@ -1,0 +1,482 @@
+"""The rollout state machine (pure: no I/O, the clock is an argument).
+
+``advance`` takes the typed spec, the prior ``status.rollout``, the candidate's readiness (from
+the Deployments and Pods the operator caches), an analysis ``Sample`` (when one was due), the
+ModelService's annotations and ``now``, and returns a ``Decision``: the new ``status.rollout``,
+the *effective weights* every builder and the status take, whether the stable variants mirror
+to the candidate, the Events to post and when to look again. All state lives in
+``status.rollout``, so a restarted operator resumes at the same step.
+
+Phases: ``Pending`` (candidate not ready) -> ``Progressing`` (step i) -> ``Promoted``, or
+``RolledBack`` (a gate failed more than ``failureLimit`` times, or the candidate cannot load or
+crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``PausedByUser``)
+or because the metrics cannot be read (reason ``MetricsUnavailable``: never promote blind).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from msv_operator.conditions import rfc3339
+from msv_operator.config import PREFIX
+from msv_operator.spec import ModelServiceSpec, Rollout
+
+PENDING = "Pending"
+PROGRESSING = "Progressing"
+PAUSED = "Paused"
+PROMOTED = "Promoted"
+ROLLED_BACK = "RolledBack"
+ABORTED = "Aborted"
+ACTIVE = (PENDING, PROGRESSING, PAUSED)
+TERMINAL = (PROMOTED, ROLLED_BACK, ABORTED)
+
+PAUSED_BY_USER = "PausedByUser"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+
+ANNOTATION_PAUSED = f"{PREFIX}/rollout-paused"
+"""``"true"`` holds the rollout at its current weights (level-triggered: remove to resume)."""
+ANNOTATION_ACTION = f"{PREFIX}/rollout-action"
+"""One-shot ``abort``, ``promote`` or ``retry``, optionally ``/<any suffix>`` (e.g. a timestamp)
+so the same verb can be given again; handled once, recorded in ``status.rollout.handledAction``."""
+ACTIONS = ("abort", "promote", "retry")
+
+HISTORY = 10
+"""Entries of ``status.rollout.history`` kept (newest last)."""
+
+GATE_LATENCY = "latency"
+GATE_ERRORS = "errorRate"
+GATE_AGREEMENT = "agreement"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the cluster says about one variant's pods."""
+
+    ready: int = 0
+    failure: str | None = None
+    """Set when its pods cannot load the model or crash-loop (status ``ModelLoadFailed``)."""
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """What Prometheus measured for one variant over the analysis window."""
+
+    p95_ms: float | None = None
+    rps: float | None = None
+    error_rate: float | None = None
+    agreement: float | None = None
+    """Share of mirrored requests this variant answered like the stable variant(s)."""
+    parameters: float | None = None
+    size_bytes: float | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One analysis: per-variant metrics, the candidate's requests in the current step, or
+    ``error`` when the metrics could not be read (Prometheus unreachable, bad answer)."""
+
+    variants: Mapping[str, VariantMetrics] = field(default_factory=dict)
+    step_requests: Mapping[str, float] = field(default_factory=dict)
+    """Requests per variant since the current step started."""
+    error: str | None = None
+
+
+class Analyzer(Protocol):
+    """Where samples come from (``prom.PrometheusAnalyzer``; tests may point it anywhere)."""
+
+    def sample(self, namespace: str, model: str, variants: Sequence[str],
+               window_seconds: float, step_seconds: float | None) -> Sample: ...
+
+
+Event = tuple[str, str, str]
+"""(type, reason, message) of a Kubernetes Event."""
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any] | None
+    """The new ``status.rollout`` (None without ``spec.rollout``)."""
+    weights: dict[str, int]
+    """Effective weights: what the HTTPRoute, the replica split and the status use."""
+    mirror: bool = False
+    """The stable variants mirror a share of their requests to the candidate."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def spec_weights(spec: ModelServiceSpec) -> dict[str, int]:
+    """spec.traffic for every variant (0 for the ones it does not name)."""
+    return {v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants}
+
+
+def step_weights(spec: ModelServiceSpec, candidate: str, weight: int) -> dict[str, int]:
+    """``weight`` percent to ``candidate``, the rest split over the stable variants in the
+    proportions of spec.traffic (largest remainder, so the weights sum to 100)."""
+    out = dict.fromkeys(spec_weights(spec), 0)
+    out[candidate] = weight
+    stable = [(v, w) for v, w in spec.traffic.items() if w > 0 and v != candidate]
+    total = sum(w for _, w in stable)
+    rest = 100 - weight
+    if not stable or total == 0:
+        out[candidate] = 100
+        return out
+    shares = [(v, rest * w / total) for v, w in stable]
+    floors = {v: int(s) for v, s in shares}
+    left = rest - sum(floors.values())
+    for v, _ in sorted(shares, key=lambda vs: (-(vs[1] - int(vs[1])), vs[0]))[:left]:
+        floors[v] += 1
+    out.update(floors)
+    return out
+
+
+def effective_weights(spec: ModelServiceSpec, rollout_status: Mapping[str, Any] | None,
+                      readiness: Mapping[str, Readiness]) -> dict[str, int]:
+    """The weights to serve: spec.traffic, then the rollout's step or promotion. A candidate
+    without a ready pod never gets traffic (the spec's weights apply instead)."""
+    base = spec_weights(spec)
+    r = spec.rollout
+    if r is None or not rollout_status:
+        return base
+    if readiness.get(r.candidate, Readiness()).ready < 1:
+        return base
+    phase = rollout_status.get("phase")
+    if phase == PROMOTED:
+        return step_weights(spec, r.candidate, 100)
+    step = int(rollout_status.get("step") or 0)
+    if phase in (PROGRESSING, PAUSED) and 1 <= step <= len(r.steps):
+        return step_weights(spec, r.candidate, r.steps[step - 1])
+    return base
+
+
+def weights_text(weights: Mapping[str, int]) -> str:
+    return ",".join(f"{v}={w}" for v, w in weights.items())
+
+
+# ---- time ----------------------------------------------------------------------------------
+
+def _parse(stamp: Any) -> datetime | None:
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _since(stamp: Any, now: datetime) -> float | None:
+    moment = _parse(stamp)
+    return None if moment is None else (now - moment).total_seconds()
+
+
+def identity(spec: ModelServiceSpec) -> tuple[str, str]:
+    """(candidate, stable traffic): a change of either starts a new rollout."""
+    assert spec.rollout is not None
+    stable = weights_text({v: w for v, w in spec.traffic.items() if w > 0})
+    return spec.rollout.candidate, stable
+
+
+def analysis_due(spec: ModelServiceSpec, prior: Mapping[str, Any] | None, now: datetime
+                 ) -> float | None:
+    """Seconds since the current step started when an analysis is due now, else None."""
+    r = spec.rollout
+    if r is None or not prior or (prior.get("candidate"), prior.get("stable")) != identity(spec):
+        return None
+    phase, reason = prior.get("phase"), prior.get("reason")
+    if not (phase == PROGRESSING or (phase == PAUSED and reason == METRICS_UNAVAILABLE)):
+        return None
+    last = _since((prior.get("lastAnalysis") or {}).get("time"), now)
+    if last is not None and last < r.analysis.interval_seconds:
+        return None
+    return max(0.0, _since(prior.get("stepStartedAt"), now) or 0.0)
+
+
+# ---- gates ---------------------------------------------------------------------------------
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def evaluate(r: Rollout, sample: Sample, stable: str, stable_weight: int,
+             reference: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], float]:
+    """(verdict, gates, candidate requests in the step). Verdict ``Passed``, ``Failed``,
+    ``Inconclusive`` (fewer than minRequests so far) or ``NoData`` (a gate has no value).
+    While the stable variant serves nothing (the 100% step) its last measured p95 and the
+    last measured agreement stand in (there is nothing new to compare)."""
+    a = r.analysis
+    cand = sample.variants.get(r.candidate, VariantMetrics())
+    base = sample.variants.get(stable, VariantMetrics())
+    requests = float(sample.step_requests.get(r.candidate, 0.0))
+    stable_p95 = base.p95_ms
+    agreement = cand.agreement
+    if stable_weight == 0:
+        stable_p95 = stable_p95 if stable_p95 is not None else reference.get("stableP95Ms")
+        agreement = agreement if agreement is not None else reference.get("agreement")
+    ratio = (cand.p95_ms / stable_p95 if cand.p95_ms is not None and stable_p95
+             else None)
+    gates: list[dict[str, Any]] = [
+        {"name": GATE_LATENCY, "value": _round(ratio), "threshold": a.max_latency_ratio,
+         "comparison": "<=", "candidateP95Ms": _round(cand.p95_ms),
+         "stableP95Ms": _round(stable_p95)},
+        {"name": GATE_ERRORS, "value": _round(cand.error_rate), "threshold": a.max_error_rate,
+         "comparison": "<="},
+    ]
+    if a.min_agreement is not None:
+        gates.append({"name": GATE_AGREEMENT, "value": _round(agreement),
+                      "threshold": a.min_agreement, "comparison": ">="})
+    for g in gates:
+        value = g["value"]
+        g["passed"] = None if value is None else (
+            value <= g["threshold"] if g["comparison"] == "<=" else value >= g["threshold"])
+    if requests < r.min_requests:
+        return "Inconclusive", gates, requests
+    if any(g["passed"] is None for g in gates):
+        return "NoData", gates, requests
+    if all(g["passed"] for g in gates):
+        return "Passed", gates, requests
+    return "Failed", gates, requests
+
+
+def gate_text(g: Mapping[str, Any]) -> str:
+    value = "no data" if g.get("value") is None else g["value"]
+    return f"{g['name']} {value} (threshold {g['comparison']} {g['threshold']})"
+
+
+# ---- the machine ---------------------------------------------------------------------------
+
+def _fresh(spec: ModelServiceSpec, now: str) -> dict[str, Any]:
+    r = spec.rollout
+    assert r is not None
+    candidate, stable = identity(spec)
+    return {"candidate": candidate, "stable": stable, "phase": PENDING, "reason": "",
+            "message": f"waiting for a ready pod of the candidate {candidate}",
+            "step": 0, "steps": list(r.steps), "startedAt": now, "stepStartedAt": now,
+            "failures": 0, "history": []}
+
+
+class _Run:
+    """One call of ``advance``: the status being built and the Events it produced."""
+
+    def __init__(self, spec: ModelServiceSpec, st: dict[str, Any], now: datetime) -> None:
+        assert spec.rollout is not None
+        self.spec = spec
+        self.r: Rollout = spec.rollout
+        self.st = st
+        self.now = now
+        self.stamp = rfc3339(now)
+        self.events: list[Event] = []
+
+    def move(self, phase: str, reason: str, message: str, event: Event | None) -> None:
+        changed = (self.st.get("phase"), self.st.get("reason")) != (phase, reason)
+        self.st.update(phase=phase, reason=reason, message=message)
+        if changed:
+            self.record(message)
+        if event is not None and changed:
+            self.events.append(event)
+
+    def record(self, message: str) -> None:
+        history = list(self.st.get("history") or ())
+        history.append({"time": self.stamp, "phase": self.st["phase"],
+                        "step": self.st.get("step", 0), "message": message})
+        self.st["history"] = history[-HISTORY:]
+
+    def enter_step(self, step: int) -> None:
+        weight = self.r.steps[step - 1]
+        self.st.update(step=step, stepStartedAt=self.stamp)
+        message = f"step {step}/{len(self.r.steps)}: candidate {self.r.candidate} at {weight}%"
+        self.st.update(phase=PROGRESSING, reason="", message=message)
+        self.record(message)
+        self.events.append(("Normal", "RolloutStep", message))
+
+    def promote(self, why: str) -> None:
+        message = f"candidate {self.r.candidate} promoted to 100%: {why}; make it the stable " \
+                  "variant in spec.traffic and remove spec.rollout"
+        self.move(PROMOTED, "", message, ("Normal", "RolloutPromoted", message))
+
+    def roll_back(self, reason: str, why: str) -> None:
+        message = f"candidate {self.r.candidate} rolled back to 0%: {why}"
+        self.move(ROLLED_BACK, reason, message, ("Warning", "RolloutRolledBack", message))
+
+
+def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
+            spec: ModelServiceSpec) -> dict[str, Any]:
+    """Handle a one-shot action annotation; returns the (possibly replaced) status."""
+    st = run.st
+    verb = action.split("/", 1)[0]
+    phase = st.get("phase")
+    if verb == "abort" and phase in ACTIVE:
+        message = (f"aborted by annotation {ANNOTATION_ACTION}={action}; traffic back to "
+                   "spec.traffic")
+        run.move(ABORTED, "AbortedByUser", message, ("Warning", "RolloutAborted", message))
+    elif verb == "promote" and phase in (*ACTIVE, ROLLED_BACK, ABORTED):
+        if readiness.get(run.r.candidate, Readiness()).ready < 1:
+            run.events.append(("Warning", "RolloutActionRefused",
+                               f"{action}: the candidate {run.r.candidate} has no ready pod"))
+        else:
+            run.promote(f"by annotation {ANNOTATION_ACTION}={action}")
+    elif verb == "retry" and phase in (ROLLED_BACK, ABORTED):
+        fresh = _fresh(spec, run.stamp)
+        fresh["history"] = st.get("history") or []
+        run.st = fresh
+        run.record(f"retried by annotation {ANNOTATION_ACTION}={action}")
+        run.events.append(("Normal", "RolloutRetried", f"rollout of {run.r.candidate} restarts"))
+    else:
+        run.events.append(("Warning", "RolloutActionIgnored",
+                           f"{ANNOTATION_ACTION}={action}: not applicable in phase {phase}"
+                           if verb in ACTIONS else
+                           f"{ANNOTATION_ACTION}={action}: expected abort, promote or retry"))
+    run.st["handledAction"] = action
+    return run.st
+
+
+def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
+            readiness: Mapping[str, Readiness], sample: Sample | None,
+            annotations: Mapping[str, str], now: datetime) -> Decision:
+    """One step of the machine (see the module docstring)."""
+    r = spec.rollout
+    if r is None:
+        return Decision(status=None, weights=spec_weights(spec))
+    stamp = rfc3339(now)
+    if prior and (prior.get("candidate"), prior.get("stable")) == identity(spec):
+        st = copy.deepcopy(dict(prior))
+        st["steps"] = list(r.steps)
+        st["step"] = min(int(st.get("step") or 0), len(r.steps))
+        run = _Run(spec, st, now)
+    else:
+        run = _Run(spec, _fresh(spec, stamp), now)
+        run.record(f"rollout of {r.candidate} started")
+        run.events.append(("Normal", "RolloutStarted",
+                           f"rollout of {r.candidate} from {run.st['stable']} in steps "
+                           f"{'/'.join(map(str, r.steps))}"))
+        if prior and prior.get("handledAction"):
+            run.st["handledAction"] = prior["handledAction"]
+
+    action = annotations.get(ANNOTATION_ACTION)
+    if action and action != run.st.get("handledAction"):
+        run.st = _action(run, action, readiness, spec)
+    st = run.st
+    cand = readiness.get(r.candidate, Readiness())
+    requeue: float | None = None
+
+    if st["phase"] in ACTIVE and cand.failure:
+        run.roll_back("CandidateFailed", f"its pods cannot serve: {cand.failure}")
+    paused = str(annotations.get(ANNOTATION_PAUSED, "")).lower() == "true"
+    if st["phase"] in ACTIVE and paused:
+        run.move(PAUSED, PAUSED_BY_USER,
+                 f"paused by annotation {ANNOTATION_PAUSED}=true at step {st['step']}",
+                 ("Normal", "RolloutPaused", f"rollout of {r.candidate} paused by annotation"))
+    elif st["phase"] == PAUSED and st.get("reason") == PAUSED_BY_USER:
+        st["stepStartedAt"] = stamp  # the interrupted step starts over
+        if st["step"] >= 1:
+            run.move(PROGRESSING, "", f"resumed at step {st['step']}/{len(r.steps)}",
+                     ("Normal", "RolloutResumed", f"rollout of {r.candidate} resumed"))
+        else:
+            run.move(PENDING, "", f"resumed; waiting for a ready pod of {r.candidate}",
+                     ("Normal", "RolloutResumed", f"rollout of {r.candidate} resumed"))
+
+    if st["phase"] == PENDING and cand.ready >= 1:
+        st["failures"] = 0
+        run.enter_step(1)
+    elif st["phase"] in (PROGRESSING, PAUSED) and st.get("reason") != PAUSED_BY_USER:
+        requeue = _progress(run, cand, sample)
+
+    decision = Decision(status=run.st, weights=effective_weights(spec, run.st, readiness),
+                        events=run.events, requeue_after=requeue)
+    decision.mirror = run.st["phase"] in ACTIVE
+    return decision
+
+
+def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None:
+    """Analyse (when a sample was taken) and move to the next step or promote."""
+    r, st, now = run.r, run.st, run.now
+    a = r.analysis
+    if cand.ready < 1:
+        st["message"] = (f"step {st['step']}: holding; the candidate {r.candidate} has no ready "
+                         "pod, so it gets no traffic")
+        return a.interval_seconds
+    if sample is not None:
+        _analyse(run, sample)
+        if st["phase"] not in (PROGRESSING, PAUSED):
+            return None
+    if st["phase"] == PAUSED:
+        return a.interval_seconds
+    elapsed = _since(st.get("stepStartedAt"), now) or 0.0
+    last = st.get("lastAnalysis") or {}
+    done = (elapsed >= r.step_seconds and last.get("verdict") == "Passed"
+            and (_since(last.get("time"), now) or 0.0) <= elapsed)
+    if done:
+        if st["step"] >= len(r.steps):
+            run.promote(f"every gate held through {len(r.steps)} steps")
+            return None
+        run.enter_step(st["step"] + 1)
+        elapsed = 0.0
+    if elapsed >= r.step_seconds:
+        st["message"] = (f"step {st['step']}/{len(r.steps)}: duration reached; waiting for a "
+                         f"passing analysis with at least {r.min_requests} candidate requests")
+    since_last = _since(last.get("time"), now)
+    waits = [x for x in (a.interval_seconds - (a.interval_seconds if since_last is None
+                                                 else since_last),
+                         r.step_seconds - elapsed) if x > 0]
+    return max(1.0, min(waits)) if waits else a.interval_seconds
+
+
+def _analyse(run: _Run, sample: Sample) -> None:
+    r, st, spec = run.r, run.st, run.spec
+    stable = max(spec.stable_variants, key=lambda v: spec.traffic[v]) \
+        if spec.stable_variants else r.candidate
+    weights = step_weights(spec, r.candidate, r.steps[st["step"] - 1])
+    reference = dict(st.get("reference") or {})
+    record: dict[str, Any] = {"time": run.stamp, "step": st["step"]}
+    if sample.error is not None:
+        record.update(verdict="NoData", message=sample.error, gates=[])
+        st["lastAnalysis"] = record
+        run.move(PAUSED, METRICS_UNAVAILABLE,
+                 f"metrics unavailable, holding step {st['step']} (never promotes blind): "
+                 f"{sample.error}",
+                 ("Warning", "RolloutPaused", f"metrics unavailable: {sample.error}"))
+        return
+    verdict, gates, requests = evaluate(r, sample, stable, weights.get(stable, 0), reference)
+    record.update(verdict=verdict, requests=round(requests), minRequests=r.min_requests,
+                  gates=gates)
+    st["lastAnalysis"] = record
+    base = sample.variants.get(stable, VariantMetrics())
+    cand = sample.variants.get(r.candidate, VariantMetrics())
+    if base.p95_ms is not None:
+        reference["stableP95Ms"] = _round(base.p95_ms)
+    if cand.agreement is not None:
+        reference["agreement"] = _round(cand.agreement)
+    if reference:
+        st["reference"] = reference
+    if verdict == "NoData":
+        missing = ", ".join(g["name"] for g in gates if g["value"] is None)
+        run.move(PAUSED, METRICS_UNAVAILABLE,
+                 f"no data for gate(s) {missing} at step {st['step']} (never promotes blind)",
+                 ("Warning", "RolloutPaused", f"no data for gate(s) {missing}"))
+        return
+    if st["phase"] == PAUSED:
+        st["stepStartedAt"] = run.stamp  # time without metrics does not count
+        run.move(PROGRESSING, "", f"metrics are back; step {st['step']}/{len(r.steps)}",
+                 ("Normal", "RolloutResumed", "metrics are back"))
+    if verdict == "Inconclusive":
+        st["message"] = (f"step {st['step']}/{len(r.steps)}: {round(requests)} of "
+                         f"{r.min_requests} candidate requests so far")
+        return
+    if verdict == "Passed":
+        st["message"] = f"step {st['step']}/{len(r.steps)}: every gate holds"
+        return
+    failed = [g for g in gates if g["passed"] is False]
+    st["failures"] = int(st.get("failures") or 0) + 1
+    text = "; ".join(gate_text(g) for g in failed)
+    record["message"] = text
+    if st["failures"] > r.analysis.failure_limit:
+        run.roll_back("AnalysisFailed", f"gate {failed[0]['name']} failed "
+                      f"{st['failures']} times (failureLimit {r.analysis.failure_limit}): {text}")
+        return
+    st["message"] = (f"step {st['step']}: analysis failed ({st['failures']}/"
+                     f"{r.analysis.failure_limit} tolerated): {text}")
+    run.events.append(("Warning", "AnalysisFailed", st["message"]))

@@ -1,0 +1,254 @@
+"""A rollout against the real local control plane (kwok's simulated pods become Ready).
+
+What needs no model traffic: the candidate's first step moves the effective weights (status,
+replica split, serving label), the stable variant gets the mirror environment with the
+candidate Service's clusterIP, an unreachable Prometheus pauses the rollout (never promotes
+blind), a restarted operator resumes at the same step, Events follow, and `kubectl msv` (the
+real kubectl finding the plugin on PATH) shows and steers it through annotations only.
+The gates on real metrics are exercised with real pods and a real Prometheus elsewhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from msv_operator import kube
+from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
+
+from localcluster import cluster as lc
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def plugin_env(cluster: lc.Cluster, tmp_path: Path) -> dict[str, str]:
+    """kubectl's environment with ``kubectl-msv`` (this checkout's plugin) first on PATH."""
+    script = tmp_path / "kubectl-msv"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m msv_operator.kubectl_msv "$@"\n')
+    script.chmod(0o755)
+    env = cluster.env
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    env["PYTHONPATH"] = f"{REPO / 'operator'}:{REPO}"
+    return env
+
+
+def kubectl_msv(cluster: lc.Cluster, env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run([str(cluster.kubectl), "msv", *args], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def rollout_of(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    ms = k.get(MS_API, "ModelService", ns, name) or {}
+    return dict((ms.get("status") or {}).get("rollout") or {})
+
+
+def in_phase(k: kube.Kube, ns: str, name: str, phase: str, reason: str | None = None,
+             step: int | None = None) -> dict[str, Any] | None:
+    r = rollout_of(k, ns, name)
+    if r.get("phase") != phase or (reason is not None and r.get("reason") != reason):
+        return None
+    if step is not None and r.get("step") != step:
+        return None
+    return r
+
+
+def server_env(k: kube.Kube, ns: str, deployment: str) -> dict[str, str]:
+    dep = k.get("apps/v1", "Deployment", ns, deployment) or {}
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+
+
+def traffic(k: kube.Kube, ns: str, name: str) -> str:
+    ms = k.get(MS_API, "ModelService", ns, name) or {}
+    return str((ms.get("status") or {}).get("traffic"))
+
+
+def reasons(k: kube.Kube, ns: str, name: str) -> list[str]:
+    events = k.list("v1", "Event", ns)
+    return [e.get("reason", "") for e in sorted(events, key=lambda e: e.get("firstTimestamp")
+                                                or "")
+            if (e.get("involvedObject") or {}).get("name") == name]
+
+
+@pytest.fixture
+def prometheus_down_operator(crd: None, namespace: str) -> Iterator[list[RunningOperator]]:
+    """An operator whose Prometheus address answers nothing (a closed loopback port);
+    a list, so a test can replace it with a restarted one. No resync within a test: timed
+    steps and analyses must come back through the work queue's requeue-after."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    ops = [RunningOperator([namespace], prometheus_url=url, prometheus_timeout=2.0,
+                           resync_seconds=600.0).start()]
+    yield ops
+    for op in ops:
+        if op.alive:
+            op.stop()
+
+
+def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steered(
+        prometheus_down_operator: list[RunningOperator], k: kube.Kube, namespace: str,
+        cluster: lc.Cluster, plugin_env: dict[str, str]) -> None:
+    ns, name = namespace, "sentiment"
+    k.apply(modelservice(
+        name, ns, replicas=4,
+        variants=[{"name": "baseline"},
+                  {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+        traffic=[{"variant": "baseline", "weight": 100}],
+        rollout={"candidate": "int8", "steps": [25, 100], "stepDuration": "1s",
+                 "minRequests": 1, "analysis": {"interval": "1s", "mirrorPercent": 20}}))
+
+    # step 1 once the candidate's (kwok) pod is ready: the effective weights move
+    wait_for("step 1", lambda: rollout_of(k, ns, name).get("step") == 1, timeout=90)
+    assert wait_for("traffic 75/25", lambda: traffic(k, ns, name) == "baseline=75,int8=25")
+    int8 = k.get("apps/v1", "Deployment", ns, f"{name}-int8") or {}
+    base = k.get("apps/v1", "Deployment", ns, f"{name}-baseline") or {}
+    assert int8["spec"]["replicas"] == 1 and base["spec"]["replicas"] == 3
+    assert int8["spec"]["template"]["metadata"]["labels"][
+        "serving.modelservice.dev/serving"] == "true"
+
+    # the stable variant mirrors to the candidate Service's clusterIP
+    ip = (k.get("v1", "Service", ns, f"{name}-int8") or {})["spec"]["clusterIP"]
+    env = wait_for("mirror env", lambda: (lambda e: e if "MODEL_SERVER_MIRROR_URL" in e
+                                          else None)(server_env(k, ns, f"{name}-baseline")))
+    assert env["MODEL_SERVER_MIRROR_URL"] == f"http://{ip}:80"
+    assert env["MODEL_SERVER_MIRROR_PERCENT"] == "20"
+    assert env["MODEL_SERVER_MIRROR_VARIANT"] == "int8"
+    assert not any(k_.startswith("MODEL_SERVER_MIRROR") for k_ in server_env(
+        k, ns, f"{name}-int8"))
+
+    # Prometheus unreachable: paused with the reason, weights held, never promoted
+    paused = wait_for("MetricsUnavailable", lambda: in_phase(
+        k, ns, name, "Paused", "MetricsUnavailable"), timeout=60)
+    assert "unreachable" in paused["message"] and "never promotes blind" in paused["message"]
+    assert paused["step"] == 1 and traffic(k, ns, name) == "baseline=75,int8=25"
+    c = wait_for("Rollout condition", lambda: (lambda c: c if c.get("reason") ==
+                                               "MetricsUnavailable" else None)(
+        condition(k.get(MS_API, "ModelService", ns, name), "Rollout")))
+    assert c["status"] == "False" and "unreachable" in c["message"]
+    assert wait_for("events", lambda: {"RolloutStarted", "RolloutStep", "RolloutPaused"}
+                    <= set(reasons(k, ns, name)))
+
+    assert prometheus_down_operator[0].metric("msv_operator_rollout_events_total",
+                                              {"reason": "RolloutStep"}) == 1
+    # a restarted operator resumes at the same step from status.rollout alone
+    started = paused["startedAt"]
+    prometheus_down_operator[0].stop()
+    restarted = RunningOperator([ns], prometheus_url=prometheus_down_operator[0]
+                                .config.prometheus_url, prometheus_timeout=2.0,
+                                resync_seconds=600.0).start()
+    prometheus_down_operator.append(restarted)
+    again = wait_for("still paused at step 1 after restart", lambda: in_phase(
+        k, ns, name, "Paused", "MetricsUnavailable", step=1), timeout=30)
+    assert again["startedAt"] == started
+    assert traffic(k, ns, name) == "baseline=75,int8=25"
+    # with nothing changing in the cluster, the next analyses come from the requeue-after
+    # alone (no resync runs within the test): lastAnalysis keeps moving, 1 s apart
+    wait_for("pods settled", lambda: all(
+        (d.get("status") or {}).get("updatedReplicas") == (d.get("spec") or {}).get("replicas")
+        == (d.get("status") or {}).get("readyReplicas") == (d.get("status") or {}).get(
+            "replicas") for d in k.list("apps/v1", "Deployment", ns)), timeout=60)
+    seen = {rollout_of(k, ns, name)["lastAnalysis"]["time"]}
+    for _ in range(3):
+        wait_for("another analysis", lambda: rollout_of(k, ns, name)["lastAnalysis"]["time"]
+                 not in seen, timeout=20)
+        seen.add(rollout_of(k, ns, name)["lastAnalysis"]["time"])
+
+    # kubectl msv get shows the rollout and the gates' state
+    shown = kubectl_msv(cluster, plugin_env, "get", name, "-n", ns)
+    assert "candidate int8 from baseline=100" in shown
+    assert "Paused (MetricsUnavailable)" in shown
+    assert "steps (% to candidate): [25] 100" in shown
+    assert "History:" in shown and "Variants:" in shown
+
+    # abort through the plugin: annotations only, traffic back to the spec, mirror env gone
+    kubectl_msv(cluster, plugin_env, "abort", name, "-n", ns)
+    aborted = wait_for("Aborted", lambda: in_phase(k, ns, name, "Aborted"), timeout=30)
+    assert aborted["handledAction"].startswith("abort/")
+    assert wait_for("traffic back", lambda: traffic(k, ns, name) == "baseline=100,int8=0")
+    wait_for("mirror env removed", lambda: "MODEL_SERVER_MIRROR_URL" not in server_env(
+        k, ns, f"{name}-baseline"))
+    ms = k.get(MS_API, "ModelService", ns, name) or {}
+    assert ms["spec"]["traffic"] == [{"variant": "baseline", "weight": 100}]  # spec untouched
+
+    # retry starts over; promote skips the gates and moves all traffic to the candidate
+    kubectl_msv(cluster, plugin_env, "retry", name, "-n", ns)
+    wait_for("retried", lambda: rollout_of(k, ns, name).get("phase") in ("Progressing",
+                                                                         "Paused"), timeout=30)
+    kubectl_msv(cluster, plugin_env, "promote", name, "-n", ns)
+    wait_for("Promoted", lambda: in_phase(k, ns, name, "Promoted"), timeout=30)
+    assert wait_for("all traffic to int8",
+                    lambda: traffic(k, ns, name) == "baseline=0,int8=100")
+    assert wait_for("promotion event", lambda: "RolloutPromoted" in reasons(k, ns, name))
+    promoted = condition(k.get(MS_API, "ModelService", ns, name), "Rollout")
+    assert (promoted["status"], promoted["reason"]) == ("True", "Promoted")
+    wide = cluster.kubectl_run("get", "msv", name, "-n", ns, "-o", "wide").stdout
+    assert "Promoted" in wide and "baseline=0,int8=100" in wide
+
+
+def test_pause_annotation_holds_a_rollout(
+        prometheus_down_operator: list[RunningOperator], k: kube.Kube, namespace: str,
+        cluster: lc.Cluster, plugin_env: dict[str, str]) -> None:
+    ns, name = namespace, "paused"
+    k.apply(modelservice(
+        name, ns, variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic=[{"variant": "baseline", "weight": 100}],
+        rollout={"candidate": "int8", "steps": [10, 100]}))
+    wait_for("step 1", lambda: rollout_of(k, ns, name).get("step") == 1, timeout=90)
+    kubectl_msv(cluster, plugin_env, "pause", name, "-n", ns)
+    held = wait_for("PausedByUser", lambda: in_phase(k, ns, name, "Paused", "PausedByUser"),
+                    timeout=30)
+    assert held["step"] == 1
+    ms = k.get(MS_API, "ModelService", ns, name) or {}
+    assert ms["metadata"]["annotations"]["serving.modelservice.dev/rollout-paused"] == "true"
+    kubectl_msv(cluster, plugin_env, "resume", name, "-n", ns)
+    wait_for("resumed", lambda: rollout_of(k, ns, name).get("reason") != "PausedByUser",
+             timeout=30)
+    ms = k.get(MS_API, "ModelService", ns, name) or {}
+    assert "serving.modelservice.dev/rollout-paused" not in (
+        ms["metadata"].get("annotations") or {})
+
+
+def test_per_variant_pod_usage_comes_from_metrics_k8s_io(
+        crd: None, k: kube.Kube, namespace: str) -> None:
+    """cpu and memory per pod through the real aggregation layer (the local cluster's
+    metrics.k8s.io reports what a pod's usage annotations say), on the measurement interval;
+    Prometheus unreachable leaves its own fields out instead of failing the pass."""
+    ns, name = namespace, "measured"
+    op = RunningOperator([ns], prometheus_url=f"http://127.0.0.1:{closed_port()}",
+                         prometheus_timeout=1.0, measure_seconds=1.0).start()
+    try:
+        k.apply(modelservice(name, ns))
+        pods = wait_for("a pod", lambda: k.list("v1", "Pod", ns,
+                                                f"serving.modelservice.dev/modelservice={name}"))
+        for pod in pods:
+            k.annotate("v1", "Pod", ns, pod["metadata"]["name"],
+                       {"localcluster.modelservice.dev/cpu-usage": "250m",
+                        "localcluster.modelservice.dev/memory-usage": "300Mi"})
+
+        def measured() -> dict[str, Any] | None:
+            ms = k.get(MS_API, "ModelService", ns, name) or {}
+            for v in (ms.get("status") or {}).get("variants") or ():
+                if v.get("cpuMillicores") == 250:
+                    return dict(v)
+            return None
+
+        v = wait_for("measured cpu", measured, timeout=60)
+        assert v["memoryBytes"] == 300 * 2**20
+        assert "p95Ms" not in v and "rps" not in v  # no Prometheus answer, no invented value
+    finally:
+        op.stop()

@@ -1,0 +1,314 @@
+"""Progressive rollouts on real pods, judged by a real Prometheus on real traffic.
+
+Everything is the product's own path: the operator (a real process, killed -9 in one test)
+writes the Deployments, Services and ServiceMonitor; prometheus-operator turns the
+ServiceMonitor into scrape configuration of the Prometheus running in the cluster; the stable
+variant's model servers mirror a share of their requests to the candidate and export the
+agreement; the operator queries Prometheus, moves the effective weights (the replica split
+behind the stable Service) and promotes or rolls back. A client sends requests through the
+stable Service during the whole rollout and must never see an error.
+
+Cases (issue "rollout"): a good int8 candidate promoted through every step, with the operator
+killed during step 2 and resuming there; a candidate that answers differently (a distilled
+student that was never trained) rolled back by the agreement gate; a slower candidate (a
+model 100x larger) rolled back by the latency gate; a candidate that cannot load rolled back
+at once, the stable variant answering everything while it mirrors to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from msv_operator import kube
+from operator_harness import MS_API, OperatorProcess, condition, modelservice, wait_for
+
+from localcluster import cluster as lc
+from localcluster import modelstores, monitoring
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
+SERVER = {"torchThreads": 1,
+          "resources": {"requests": {"cpu": "50m", "memory": "300Mi"},
+                        "limits": {"memory": "1500Mi"}}}
+POSITIVE = ["i really love this movie", "a great and happy film", "good food and nice people"]
+NEGATIVE = ["the food was terrible", "an awful boring movie", "bad service and sad staff"]
+# Short steps and analyses so a whole rollout fits in a test; the gates are the real ones.
+TIMING = {"stepDuration": "20s", "minRequests": 10}
+ANALYSIS = {"interval": "5s", "window": "30s", "maxErrorRate": 0.01, "mirrorPercent": 50,
+            "failureLimit": 1}
+
+
+@pytest.fixture(scope="module")
+def stores(cluster: lc.Cluster) -> None:
+    modelstores.deploy(cluster)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained classifier (the stable model), an untrained student of the same shape, a
+    100x larger trained-free classifier (slow), and a directory that cannot load."""
+    from modelfactory import make_text_classifier, make_trained_text_classifier
+
+    root = tmp_path_factory.mktemp("rollout-models")
+    out = {name: root / name for name in ("trained", "student", "large", "broken")}
+    accuracy = make_trained_text_classifier(out["trained"])
+    assert accuracy > 0.9, accuracy
+    make_text_classifier(out["student"], seed=7)
+    make_text_classifier(out["large"], hidden_size=384, num_layers=6, num_heads=6,
+                         intermediate_size=1536)
+    out["broken"].mkdir()
+    for f in out["trained"].iterdir():
+        (out["broken"] / f.name).write_bytes(f.read_bytes())
+    (out["broken"] / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return out
+
+
+@pytest.fixture
+def operator(crd: None, real_namespace: str) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(real_namespace, "--prometheus-url", monitoring.PROMETHEUS_URL,
+                         name="rollout-operator").wait_up()
+    yield op
+    op.close()
+
+
+def publish(models: dict[str, Path], which: str, ns: str) -> dict[str, str]:
+    uri, digest = modelstores.publish_http(models[which], f"{ns}-{which}")
+    return {"uri": uri, "sha256": digest}
+
+
+def rolling_out(name: str, ns: str, stable: dict[str, str], candidate: dict[str, Any],
+                analysis: dict[str, Any], steps: list[int]) -> dict[str, Any]:
+    """A ModelService serving `stable` at 100% with `candidate` (a variant) rolling out."""
+    return modelservice(
+        name, ns,
+        model={"framework": "transformers", "task": "text-classification", **stable},
+        server=SERVER, replicas=2, monitoring={"interval": "5s"},
+        variants=[{"name": "baseline"}, candidate],
+        traffic=[{"variant": "baseline", "weight": 100}],
+        rollout={"candidate": candidate["name"], "steps": steps, **TIMING,
+                 "analysis": {**ANALYSIS, **analysis}})
+
+
+class Load:
+    """Requests through the stable Service (a new connection each, as kube-proxy balances
+    connections) until stopped; counts answers by status and by the variant that answered."""
+
+    def __init__(self, ip: str, model: str) -> None:
+        self.url = f"http://{ip}/v2/models/{model}/infer"
+        self.statuses: Counter[int | str] = Counter()
+        self.variants: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self, text: str) -> None:
+        body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                       "data": [text]}]}).encode()
+        req = urllib.request.Request(self.url, data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answer = json.loads(r.read())
+                self.statuses[r.status] += 1
+                self.variants[str((answer.get("parameters") or {}).get("variant"))] += 1
+        except urllib.error.HTTPError as e:
+            self.statuses[e.code] += 1
+        except OSError as e:
+            self.statuses[type(e).__name__] += 1
+
+    def _run(self) -> None:
+        texts = POSITIVE + NEGATIVE
+        i = 0
+        while not self._stop.is_set():
+            self._one(texts[i % len(texts)])
+            i += 1
+            self._stop.wait(0.03)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def failures(self) -> dict[int | str, int]:
+        return {k: v for k, v in self.statuses.items() if k != 200}
+
+
+def ms_of(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    return k.get(MS_API, "ModelService", ns, name) or {}
+
+
+def rollout_of(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    return dict((ms_of(k, ns, name).get("status") or {}).get("rollout") or {})
+
+
+def phase_is(k: kube.Kube, ns: str, name: str, *phases: str) -> dict[str, Any] | None:
+    r = rollout_of(k, ns, name)
+    return r if r.get("phase") in phases else None
+
+
+def stable_ip(k: kube.Kube, ns: str, name: str) -> str:
+    """The stable Service's cluster IP once it routes to a ready pod."""
+    svc = k.get("v1", "Service", ns, name)
+    assert svc, f"Service {ns}/{name} missing"
+    ip: str = svc["spec"]["clusterIP"]
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{ip}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_for(f"Service {ns}/{name} to answer", answers, timeout=180, interval=1)
+    return ip
+
+
+def event_reasons(k: kube.Kube, ns: str, name: str) -> list[str]:
+    events = [e for e in k.list("v1", "Event", ns)
+              if (e.get("involvedObject") or {}).get("name") == name]
+    events.sort(key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
+    return [str(e.get("reason")) for e in events]
+
+
+def gate(rollout: dict[str, Any], name: str) -> dict[str, Any]:
+    gates = (rollout.get("lastAnalysis") or {}).get("gates") or []
+    found = [g for g in gates if g.get("name") == name]
+    assert found, f"no gate {name!r} in {rollout.get('lastAnalysis')}"
+    return dict(found[0])
+
+
+def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    ns, name = real_namespace, "good"
+    k.apply(rolling_out(
+        name, ns, publish(models, "trained", ns),
+        {"name": "int8", "optimization": {"quantization": "dynamic-int8"}},
+        {"maxLatencyRatio": 3.0, "minAgreement": 0.95}, steps=[50, 100]))
+    ip = stable_ip(k, ns, name)
+    traffic_at: dict[int, str] = {}
+    with Load(ip, name) as load:
+        first = wait_for("step 1", lambda: phase_is(k, ns, name, "Progressing")
+                         if rollout_of(k, ns, name).get("step") == 1 else None, timeout=300)
+        traffic_at[1] = str(ms_of(k, ns, name)["status"]["traffic"])
+        second = wait_for("step 2", lambda: rollout_of(k, ns, name)
+                          if rollout_of(k, ns, name).get("step") == 2 else None, timeout=300)
+        traffic_at[2] = str(ms_of(k, ns, name)["status"]["traffic"])
+        # the analysis that let step 1 pass measured real agreement on mirrored requests
+        agreement = gate(second, "agreement")
+        assert agreement["passed"] and agreement["value"] >= 0.95, agreement
+
+        # kill -9 during step 2; a new operator resumes at step 2 from the status alone
+        operator.kill()
+        after_kill = rollout_of(k, ns, name)
+        assert after_kill["step"] == 2
+        restarted = OperatorProcess(ns, "--prometheus-url", monitoring.PROMETHEUS_URL,
+                                    name="rollout-operator-2").wait_up()
+        try:
+            resumed = wait_for("a new analysis by the new operator", lambda: (
+                lambda r: r if (r.get("lastAnalysis") or {}).get("time")
+                != (after_kill.get("lastAnalysis") or {}).get("time") else None)(
+                rollout_of(k, ns, name)), timeout=120)
+            assert resumed["step"] == 2 and resumed["startedAt"] == first["startedAt"]
+            promoted = wait_for("Promoted", lambda: phase_is(k, ns, name, "Promoted"),
+                                timeout=300)
+            # requests keep flowing for a moment after the promotion
+            wait_for("int8 answering", lambda: load.variants["int8"] > 0, timeout=60)
+        finally:
+            restarted.close()
+    assert traffic_at == {1: "baseline=50,int8=50", 2: "baseline=0,int8=100"}
+    assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=0,int8=100"
+    assert load.failures == {}, f"the client saw errors during the rollout: {load.statuses}"
+    assert load.variants["baseline"] > 0 and load.variants["int8"] > 0, load.variants
+    for g in ("latency", "errorRate", "agreement"):
+        assert gate(promoted, g)["passed"], promoted["lastAnalysis"]
+    reasons = event_reasons(k, ns, name)
+    assert reasons.count("RolloutStep") == 2, reasons  # the restart did not repeat a step
+    assert "RolloutPromoted" in reasons
+    c = condition(ms_of(k, ns, name), "Rollout")
+    assert (c["status"], c["reason"]) == ("True", "Promoted"), c
+    # the spec (the user's Git) is untouched
+    assert ms_of(k, ns, name)["spec"]["traffic"] == [{"variant": "baseline", "weight": 100}]
+    # measured per-variant status: the Pareto view
+    variants = {v["name"]: v for v in ms_of(k, ns, name)["status"]["variants"]}
+    assert variants["int8"].get("parameters") and variants["baseline"].get("parameters")
+    assert variants["int8"].get("p95Ms") is not None, variants
+
+
+def test_a_candidate_that_answers_differently_is_rolled_back_by_the_agreement_gate(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    ns, name = real_namespace, "student"
+    k.apply(rolling_out(
+        name, ns, publish(models, "trained", ns),
+        {"name": "student", "model": publish(models, "student", ns)},
+        {"maxLatencyRatio": 3.0, "minAgreement": 0.9}, steps=[50, 100]))
+    ip = stable_ip(k, ns, name)
+    with Load(ip, name) as load:
+        back = wait_for("RolledBack", lambda: phase_is(k, ns, name, "RolledBack", "Promoted"),
+                        timeout=420)
+        assert back["phase"] == "RolledBack", back
+        wait_for("traffic back on the baseline", lambda: ms_of(k, ns, name)["status"][
+            "traffic"] == "baseline=100,student=0", timeout=60)
+    agreement = gate(back, "agreement")
+    assert not agreement["passed"] and agreement["value"] < 0.9, agreement
+    assert agreement["threshold"] == 0.9
+    c = condition(ms_of(k, ns, name), "Rollout")
+    assert c["status"] == "False" and "agreement" in c["message"], c
+    assert load.failures == {}, load.statuses
+    assert "RolloutRolledBack" in event_reasons(k, ns, name)
+    # nothing the user created was changed or deleted
+    ms = ms_of(k, ns, name)
+    assert [v["name"] for v in ms["spec"]["variants"]] == ["baseline", "student"]
+    assert k.get("apps/v1", "Deployment", ns, f"{name}-student") is not None
+
+
+def test_a_slower_candidate_is_rolled_back_by_the_latency_gate(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    ns, name = real_namespace, "slow"
+    k.apply(rolling_out(
+        name, ns, publish(models, "trained", ns),
+        {"name": "large", "model": publish(models, "large", ns)},
+        {"maxLatencyRatio": 1.5, "minAgreement": 0.0}, steps=[50, 100]))
+    ip = stable_ip(k, ns, name)
+    with Load(ip, name) as load:
+        back = wait_for("RolledBack", lambda: phase_is(k, ns, name, "RolledBack", "Promoted"),
+                        timeout=420)
+    assert back["phase"] == "RolledBack", back
+    latency = gate(back, "latency")
+    assert not latency["passed"] and latency["value"] > 1.5, latency
+    c = condition(ms_of(k, ns, name), "Rollout")
+    assert c["status"] == "False" and "latency" in c["message"], c
+    assert load.failures == {}, load.statuses
+
+
+def test_a_candidate_that_cannot_load_is_rolled_back_at_once_and_nothing_fails(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    ns, name = real_namespace, "broken"
+    k.apply(rolling_out(
+        name, ns, publish(models, "trained", ns),
+        {"name": "next", "model": publish(models, "broken", ns)},
+        {"maxLatencyRatio": 3.0, "minAgreement": 0.9}, steps=[50, 100]))
+    ip = stable_ip(k, ns, name)
+    with Load(ip, name) as load:
+        back = wait_for("RolledBack", lambda: phase_is(k, ns, name, "RolledBack", "Promoted",
+                                                       "Progressing"), timeout=300)
+    assert back["phase"] == "RolledBack", back
+    assert back.get("reason") == "CandidateFailed", back
+    assert "no-such-architecture" in back.get("message", ""), back
+    assert not back.get("lastAnalysis"), "no analysis was needed to roll back"
+    assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=100,next=0"
+    assert load.failures == {}, load.statuses
+    assert load.variants.keys() == {"baseline"}, load.variants

@@ -1,0 +1,132 @@
+"""kubectl msv: the rendering of recorded ModelServices and the annotations each verb writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from msv_operator import kubectl_msv as plugin
+from msv_operator import rollout as ro
+
+NOW = datetime(2026, 11, 30, 14, 0, 5, tzinfo=UTC)
+
+RECORDED: dict[str, Any] = {
+    "apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+    "metadata": {"name": "sentiment", "namespace": "demo", "annotations": {}},
+    "spec": {"variants": [{"name": "baseline"}, {"name": "int8"}],
+             "traffic": [{"variant": "baseline", "weight": 100}],
+             "rollout": {"candidate": "int8", "analysis": {"failureLimit": 2}}},
+    "status": {
+        "traffic": "baseline=75,int8=25",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AllVariantsReady"}],
+        "variants": [
+            {"name": "baseline", "replicas": 1, "readyReplicas": 1, "weight": 75,
+             "p95Ms": 8.1, "rps": 12.5, "errorRate": 0.0, "parameters": 4386,
+             "sizeBytes": 17544, "cpuMillicores": 210, "memoryBytes": 314572800},
+            {"name": "int8", "replicas": 1, "readyReplicas": 1, "weight": 25,
+             "p95Ms": 8.9, "rps": 4.1, "errorRate": 0.0, "agreement": 0.9981,
+             "optimization": "dynamic-int8", "sizeBytes": 6000}],
+        "rollout": {
+            "candidate": "int8", "stable": "baseline=100", "phase": "Progressing",
+            "reason": "", "message": "step 2/4: every gate holds", "step": 2,
+            "steps": [10, 25, 50, 100], "startedAt": "2026-11-30T13:58:00Z",
+            "stepStartedAt": "2026-11-30T13:59:30Z", "failures": 1,
+            "lastAnalysis": {"time": "2026-11-30T14:00:00Z", "step": 2, "verdict": "Failed",
+                             "requests": 73, "minRequests": 50,
+                             "message": "latency 1.35 (threshold <= 1.2)",
+                             "gates": [
+                                 {"name": "latency", "value": 1.35, "threshold": 1.2,
+                                  "comparison": "<=", "passed": False},
+                                 {"name": "errorRate", "value": 0.0, "threshold": 0.01,
+                                  "comparison": "<=", "passed": True},
+                                 {"name": "agreement", "value": None, "threshold": 0.99,
+                                  "comparison": ">=", "passed": None}]},
+            "history": [
+                {"time": "2026-11-30T13:58:00Z", "phase": "Pending", "step": 0,
+                 "message": "rollout of int8 started"},
+                {"time": "2026-11-30T13:59:30Z", "phase": "Progressing", "step": 2,
+                 "message": "step 2/4: candidate int8 at 25%"}],
+            "handledAction": "retry/2026-11-30T13:57:00Z"}}}
+
+
+def test_get_shows_steps_weights_gates_history_and_variants() -> None:
+    out = plugin.render(RECORDED)
+    assert "ModelService demo/sentiment   Ready=True (AllVariantsReady)   traffic " \
+           "baseline=75,int8=25" in out
+    assert "candidate int8 from baseline=100" in out
+    assert "step:     2/4   steps (% to candidate): 10 [25] 50 100" in out
+    assert "failures: 1 (failureLimit 2)" in out
+    assert "Last analysis 2026-11-30T14:00:00Z (step 2): Failed, 73/50 candidate requests" in out
+    lines = out.splitlines()
+    gate = next(line for line in lines if line.strip().startswith("latency"))
+    assert gate.split() == ["latency", "1.35", "<=", "1.2", "NO"]
+    agreement = next(line for line in lines if line.strip().startswith("agreement"))
+    assert agreement.split()[-2:] == ["no", "data"]
+    assert "last action handled: retry/2026-11-30T13:57:00Z" in out
+    history = next(i for i, line in enumerate(lines) if line == "History:")
+    assert "rollout of int8 started" in lines[history + 2]
+    int8 = next(line for line in lines if line.strip().startswith("int8 "))
+    assert int8.split()[:7] == ["int8", "25", "1/1", "8.9", "4.1", "0.0", "0.9981"]
+    assert "5.9KiB" in int8 and "dynamic-int8" in int8
+    base = next(line for line in lines if line.strip().startswith("baseline "))
+    assert "300.0MiB" in base and "210" in base
+
+
+def test_get_without_a_rollout_or_before_the_operator_wrote_one() -> None:
+    no = {**RECORDED, "spec": {}, "status": {"traffic": "baseline=100"}}
+    assert "Rollout: none" in plugin.render(no)
+    early = {**RECORDED, "status": {}}
+    assert "not started yet" in plugin.render(early)
+
+
+def test_verbs_write_only_the_steering_annotations() -> None:
+    assert plugin.steering_annotations("pause", NOW) == {ro.ANNOTATION_PAUSED: "true"}
+    assert plugin.steering_annotations("resume", NOW) == {ro.ANNOTATION_PAUSED: None}
+    for verb in ("promote", "abort", "retry"):
+        assert plugin.steering_annotations(verb, NOW) == {
+            ro.ANNOTATION_ACTION: f"{verb}/2026-11-30T14:00:05Z"}
+    with pytest.raises(ValueError):
+        plugin.steering_annotations("explode", NOW)
+
+
+class RecordedClient:
+    def __init__(self, obj: dict[str, Any] | None) -> None:
+        self.obj = obj
+        self.patches: list[tuple[str, str, dict[str, str | None]]] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str
+            ) -> dict[str, Any] | None:
+        return self.obj
+
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: dict[str, str | None]) -> dict[str, Any]:
+        self.patches.append((namespace, name, annotations))
+        return self.obj or {}
+
+
+def test_main_prints_and_annotates(capsys: pytest.CaptureFixture[str]) -> None:
+    client = RecordedClient(RECORDED)
+    assert plugin.main(["get", "sentiment", "-n", "demo"], client) == 0  # type: ignore[arg-type]
+    assert "candidate int8" in capsys.readouterr().out
+    assert plugin.main(["pause", "sentiment", "-n", "demo"], client) == 0  # type: ignore[arg-type]
+    assert client.patches == [("demo", "sentiment", {ro.ANNOTATION_PAUSED: "true"})]
+    missing = RecordedClient(None)
+    assert plugin.main(["abort", "nope", "-n", "demo"], missing) == 1  # type: ignore[arg-type]
+    assert "not found" in capsys.readouterr().err and missing.patches == []
+
+
+def test_watch_prints_the_live_view_each_round(capsys: pytest.CaptureFixture[str]) -> None:
+    client = RecordedClient(RECORDED)
+    shown = plugin.watch(client, "demo", "sentiment", every=0.0, rounds=2)  # type: ignore[arg-type]
+    assert shown == 0
+    out = capsys.readouterr().out
+    assert out.count(plugin.CLEAR) == 2 and out.count("candidate int8 from") == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["promote", "--help"], ["get", "--help"]])
+def test_help_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        plugin.main(argv, RecordedClient(None))  # type: ignore[arg-type]
+    assert exit_.value.code == 0
+    assert "usage: kubectl msv" in capsys.readouterr().out
