@@ -2,10 +2,10 @@
 
 A Prometheus process (the one `localcluster build` makes from Go modules; skipped when it is
 not built) scrapes two exporters on loopback that record with the model server's own
-collectors (`model_server.metrics.ServerMetrics`; the mirror's agreement histogram under its
-name and labels), labelled with a namespace the way a ServiceMonitor scrape labels them. The
-operator's `PrometheusAnalyzer` must read p95 latency, error rate, agreement, request counts
-and model size back exactly as recorded, and the rollout gates must judge them.
+collectors (`model_server.metrics.ServerMetrics`, the mirror's `MirrorMetrics` among them),
+labelled with a namespace the way a ServiceMonitor scrape labels them. The operator's
+`PrometheusAnalyzer` must read p95 latency, error rate, agreement, request counts and model
+size back exactly as recorded, and the rollout gates must judge them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from msv_operator import prom, rollout
 from msv_operator.spec import parse_spec
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from localcluster import paths
 from model_server.metrics import ServerMetrics
@@ -52,11 +52,8 @@ class Exporters:
             self.metrics[v].set_model_info(framework="transformers", device="cpu",
                                            quantization="none", pruning_method="none",
                                            sparsity=0.0, parameters=4386, size_bytes=size)
-        # the mirror's histogram, as the stable variant's server exports it
-        self.agreement = Histogram(
-            "model_server_mirror_agreement", "agreement", ["model", "variant", "target"],
-            buckets=(0.5, 0.9, 0.99, 1.0), registry=self.registries["baseline"],
-        ).labels(MODEL, "baseline", "int8")
+        # the mirror's collectors, as the stable variant's server exports them
+        self.agreement = self.metrics["baseline"].mirror("int8").agreement
         self.servers = [start_http_server(0, "127.0.0.1", r) for r in self.registries.values()]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.feed, daemon=True)
