@@ -217,7 +217,14 @@ def test_generator_mirror_covers_generate_stream_and_openai(tmp_path: Path) -> N
 
 def test_a_full_queue_drops_and_primary_answers_never_wait(tmp_path: Path) -> None:
     """The candidate accepts connections and never answers: 4 workers wait, the queue of 1
-    fills, the rest is dropped; the stable server answers every request meanwhile."""
+    fills, the rest is dropped; the stable server answers every request meanwhile. SIGTERM
+    with mirrored requests still hanging: the process ends cleanly, exit 0 (how long the
+    mirror's stop may take is bounded by STOP_SECONDS: tests/unit/server/test_mirror.py)."""
+    import signal
+    import subprocess
+
+    from test_model_server_process import _output, _spawn, _wait_live
+
     factory = _factory()
     model_dir = tmp_path / "sentiment"
     factory.make_text_classifier(model_dir)
@@ -231,10 +238,12 @@ def test_a_full_queue_drops_and_primary_answers_never_wait(tmp_path: Path) -> No
             "MODEL_SERVER_MIRROR_QUEUE": "1",
             "MODEL_SERVER_MIRROR_TIMEOUT_SECONDS": "3",
         }
-        with model_server(
+        proc, stable, log = _spawn(
             "--model-dir", str(model_dir), "--task", "text-classification", "--variant", "stable",
-            env=env,
-        ) as stable:  # fmt: skip
+            "--drain-seconds", "0", env=env,
+        )  # fmt: skip
+        try:
+            _wait_live(proc, stable, log)
             _wait_ready(stable)
             _labels(stable, SENTENCES[:20])
             m = mirror_metrics(stable)
@@ -243,3 +252,16 @@ def test_a_full_queue_drops_and_primary_answers_never_wait(tmp_path: Path) -> No
             assert m["sent"] == 4, m
             m = wait_for(stable, lambda m: m["failed"] >= 5, timeout_s=30)
             assert m["failed"] == 5 and m.get("compared", 0) == 0, m
+            # hanging again (the timeout restarts per request), then SIGTERM
+            _labels(stable, SENTENCES[:5])
+            wait_for(stable, lambda m: m["sent"] >= 9)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"no exit after SIGTERM:\n{_output(log)}") from None
+            assert code == 0, _output(log)
+        finally:
+            proc.kill()
+            proc.wait()
+            log.close()
