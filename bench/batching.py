@@ -75,15 +75,63 @@ def batch_totals(port: int) -> tuple[float, float]:
     return total, count
 
 
-def start_server(model_dir: Path, port: int, max_batch: int, delay_ms: float) -> Any:
+def start_server(
+    model_dir: Path,
+    port: int,
+    max_batch: int,
+    delay_ms: float,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    nice: int = 0,
+) -> Any:
+    """`model-server serve` on the classifier, one torch thread (+ flags, env; at `nice`)."""
     cmd = [
+        *(["nice", "-n", str(nice)] if nice else []),
         sys.executable, "-m", "model_server", "serve",
         "--model-dir", str(model_dir), "--task", "text-classification",
         "--host", HOST, "--port", str(port), "--torch-threads", "1",
         "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms),
-        "--log-level", "warning",
+        "--log-level", "warning", *flags,
     ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=HERE.parent)
+    return subprocess.Popen(cmd, cwd=HERE.parent, env={**os.environ, **(env or {})})
+
+
+def build_classifier(model_dir: Path, hidden: int, layers: int, words: int) -> dict[str, Any]:
+    """The benchmark's BERT-class classifier (random init) in `model_dir`; its description
+    for the results."""
+    from modelfactory import make_text_classifier
+
+    model = make_text_classifier(
+        model_dir,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=4,
+        intermediate_size=4 * hidden,
+    )
+    return {
+        "kind": "BERT-class text classifier (random init)",
+        "hidden": hidden,
+        "layers": layers,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "words_per_request": words,
+        "torch_threads": 1,
+    }
+
+
+def measure(port: int, pid: int, req: bytes, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """One run after a 0.5 s warm-up: the load summary, the mean batch size and the server
+    process's CPU time per request; every answer must be 200."""
+    run_load(HOST, port, req, concurrency=concurrency, duration_s=0.5, warmup_s=0)
+    sum0, count0 = batch_totals(port)
+    cpu0 = cpu_seconds(pid)
+    res = run_load(HOST, port, req, concurrency=concurrency, duration_s=duration_s, warmup_s=0)
+    cpu1 = cpu_seconds(pid)
+    sum1, count1 = batch_totals(port)
+    assert set(res.statuses) == {200}, res.statuses
+    summary = res.summary()
+    summary["mean_batch_size"] = round((sum1 - sum0) / max(count1 - count0, 1), 2)
+    summary["server_cpu_ms_per_req"] = round((cpu1 - cpu0) / max(res.requests, 1) * 1e3, 3)
+    return summary
 
 
 def main() -> None:
@@ -99,18 +147,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "batching.json"))
     args = parser.parse_args()
 
-    from modelfactory import make_text_classifier
-
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         model_dir = Path(tmp) / "classifier"
-        model = make_text_classifier(
-            model_dir,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=4,
-            intermediate_size=4 * args.hidden,
-        )
-        params = sum(p.numel() for p in model.parameters())
+        model = build_classifier(model_dir, args.hidden, args.layers, args.words)
         ports = {"on": free_port(), "off": free_port()}
         procs = {
             "on": start_server(model_dir, ports["on"], args.max_batch_size, args.max_delay_ms),
@@ -126,22 +165,7 @@ def main() -> None:
                     port = ports[name]
                     req = build_request("POST", HOST, port, "/v2/models/model/infer", body)
                     for key, conc in (("cN", args.clients), ("c1", 1)):
-                        run_load(HOST, port, req, concurrency=conc, duration_s=0.5, warmup_s=0)
-                        sum0, count0 = batch_totals(port)
-                        cpu0 = cpu_seconds(procs[name].pid)
-                        res = run_load(
-                            HOST, port, req, concurrency=conc, duration_s=args.duration, warmup_s=0
-                        )
-                        cpu1 = cpu_seconds(procs[name].pid)
-                        sum1, count1 = batch_totals(port)
-                        assert set(res.statuses) == {200}, res.statuses
-                        summary = res.summary()
-                        summary["mean_batch_size"] = round(
-                            (sum1 - sum0) / max(count1 - count0, 1), 2
-                        )
-                        summary["server_cpu_ms_per_req"] = round(
-                            (cpu1 - cpu0) / max(res.requests, 1) * 1e3, 3
-                        )
+                        summary = measure(port, procs[name].pid, req, conc, args.duration)
                         runs[name][key].append(summary)
                         print(f"round {rnd + 1} batching {name:3s} c={conc}: {summary}", flush=True)
         finally:
@@ -153,14 +177,7 @@ def main() -> None:
         "command": "python bench/batching.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "model": {
-            "kind": "BERT-class text classifier (random init)",
-            "hidden": args.hidden,
-            "layers": args.layers,
-            "parameters": params,
-            "words_per_request": args.words,
-            "torch_threads": 1,
-        },
+        "model": model,
         "clients": args.clients,
         "max_batch_size": args.max_batch_size,
         "max_delay_ms": args.max_delay_ms,

@@ -40,6 +40,7 @@ from model_server.dataplane import SERVER_VERSION, DataPlane
 from model_server.errors import ModelNotReady, error_response, install_handlers
 from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
+from model_server.mirror.sender import Mirror, tls_context
 from model_server.routers import schemas
 from model_server.routers.fastpath import RestEntry, RestInfer
 from model_server.routers.openai import router as openai_router
@@ -105,6 +106,24 @@ async def _start_grpc(
     return server
 
 
+def create_mirror(
+    settings: Settings, metrics: ServerMetrics, dataplane: DataPlane
+) -> Mirror | None:
+    """The mirror to the rollout's candidate (MODEL_SERVER_MIRROR_URL), or None when off."""
+    if settings.mirror_url is None:
+        return None
+    return Mirror(
+        url=settings.mirror_url,
+        model_name=settings.model_name,
+        percent=settings.mirror_percent,
+        queue_size=settings.mirror_queue,
+        timeout_s=settings.mirror_timeout_seconds,
+        metrics=metrics.mirror(settings.mirror_variant),
+        tokenize=dataplane.tokens,
+        tls=tls_context(settings.mirror_url, settings.tls_cert_file),
+    )
+
+
 class ModelServerApp(RestEntry, FastAPI):
     """FastAPI behind the REST entry: authentication, then the infer short cut.
 
@@ -153,6 +172,7 @@ def create_app(
         metrics=metrics,
     )
     make_backend = _backend_factory(settings, backend)
+    mirror = create_mirror(settings, metrics, dataplane)
 
     async def load(app: FastAPI) -> None:
         log.info(
@@ -169,6 +189,9 @@ def create_app(
             if on_failed is not None:
                 on_failed(load_failure_message(settings, dataplane.model.reason))
             return
+        if mirror is not None:
+            mirror.start(dataplane.task)
+            dataplane.mirror = mirror
         dataplane.start_serving()
 
     @asynccontextmanager
@@ -183,6 +206,9 @@ def create_app(
                 task.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(5)
+            if mirror is not None:
+                dataplane.mirror = None
+                await mirror.stop()
             await dataplane.stop()
 
     app = ModelServerApp(

@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model_server.settings import Settings, termination_log_path, unknown_env
+from model_server.settings import ENV_PREFIX, Settings, termination_log_path, unknown_env
 
 log = logging.getLogger("model_server.cli")
 
@@ -134,6 +134,17 @@ def _server(config: Any, app: Any, drain_seconds: float) -> Any:
     return ModelServer(config)
 
 
+def one_line(exc: ValidationError) -> str:
+    """A settings error on one line: `MODEL_SERVER_X: reason; ...` (pydantic's is several)."""
+    parts = []
+    for error in exc.errors():
+        where = "".join(str(x) for x in error["loc"][:1])
+        name = f"{ENV_PREFIX}{where.upper()}: " if where else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}{message} (got {error['input']!r})" if where else message)
+    return "; ".join(parts)
+
+
 def _invalid_settings(message: str) -> int:
     print(f"model-server serve: {message}", file=sys.stderr)
     write_termination_message(termination_log_path(), f"model-server serve: {message}")
@@ -151,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        return _invalid_settings(f"invalid settings: {exc}")
+        return _invalid_settings(f"invalid settings: {one_line(exc)}")
     from model_server.logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cache
@@ -87,16 +87,19 @@ class InferRequest:
     id: str | None = None
 
 
+def _parse_body(body: bytes, header_length: str | bytes | None) -> tuple[Any, memoryview | None]:
+    """The JSON of a body, and its binary section when `header_length` is set."""
+    if header_length is not None:
+        return _split_body(body, header_length)
+    try:
+        return orjson.loads(body), None
+    except orjson.JSONDecodeError as exc:
+        raise not_json(exc) from None
+
+
 def decode_json(body: bytes, header_length: str | bytes | None = None) -> InferRequest:
     """The REST body (JSON, or JSON + binary section when `header_length` is set)."""
-    if header_length is None:
-        binary = None
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise not_json(exc) from None
-    else:
-        request, binary = _split_body(body, header_length)
+    request, binary = _parse_body(body, header_length)
     if not isinstance(request, dict):
         raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
     raw_inputs = request.get("inputs")
@@ -211,6 +214,46 @@ def encode_json(
     if not chunks:
         return header, None
     return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def encode_request(inputs: Mapping[str, np.ndarray], outputs: Iterable[str]) -> tuple[bytes, int]:
+    """An infer request body for another OIP v2 server (the mirror's candidate): every
+    input and asked-for output in the binary tensor data extension, so tensors travel
+    bit-exact. Returns (body, Inference-Header-Content-Length)."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, arr in inputs.items():
+        datatype = output_datatype(arr.dtype)
+        raw = to_binary(arr, datatype)
+        chunks.append(raw)
+        entries.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(arr.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+    wanted = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+    header = orjson.dumps({"inputs": entries, "outputs": wanted})
+    return header + b"".join(chunks), len(header)
+
+
+def decode_response(body: bytes, header_length: str | bytes | None) -> dict[str, np.ndarray]:
+    """The outputs of another OIP v2 server's infer response (JSON or binary), by name.
+
+    Raises InvalidInput when the body is not an infer response."""
+    response, binary = _parse_body(body, header_length)
+    raw_outputs = response.get("outputs") if isinstance(response, dict) else None
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("the response has no 'outputs' list")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, tensor in enumerate(raw_outputs):
+        array, used = decode_tensor(tensor, index, binary, offset)
+        offset += used
+        arrays[tensor["name"]] = array
+    return arrays
 
 
 @cache

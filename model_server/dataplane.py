@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from model_server.batching import Batcher
 from model_server.codec import InferRequest
 from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from model_server.validation import Signature
+
+if TYPE_CHECKING:
+    from model_server.mirror.sender import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class ModelState:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.load_seconds = 0.0
+        self.artifact_bytes = 0
 
 
 class DataPlane:
@@ -81,6 +86,8 @@ class DataPlane:
         }
         self.batcher: Batcher | None = None
         self.signature = Signature([], [])
+        self.mirror: Mirror | None = None
+        """Set while a rollout mirrors this server's answered requests to its candidate."""
 
     # lifecycle ---------------------------------------------------------------------------
     def load(
@@ -105,6 +112,7 @@ class DataPlane:
             )
             return
         self.model.load_seconds = time.perf_counter() - started
+        self.model.artifact_bytes = artifact_bytes(model_dir)
         self.model.backend = backend
         self.model.info = info
         self.model.inputs = inputs
@@ -112,6 +120,7 @@ class DataPlane:
         self.signature = Signature(inputs, outputs)
         if self.metrics is not None:
             self.metrics.load_seconds.set(self.model.load_seconds)
+            self.metrics.artifact_bytes.set(self.model.artifact_bytes)
             self.metrics.set_model_info(
                 framework=info.framework,
                 device=info.device,
@@ -171,6 +180,19 @@ class DataPlane:
     def ready(self) -> bool:
         return self.model.state == "ready"
 
+    @property
+    def task(self) -> str | None:
+        """The loaded model's task (transformers), else None (raw tensors)."""
+        info = self.model.info
+        task = info.extra.get("task") if info is not None else None
+        return str(task) if task else None
+
+    def tokens(self, text: str) -> list[Any]:
+        """`text` as the model's token ids, or its words when the model has no tokenizer."""
+        backend = self.model.backend
+        ids = backend.token_ids(text) if backend is not None else None
+        return ids if ids is not None else text.split()
+
     def check_model(self, name: str, version: str | None) -> None:
         if name != self.model_name:
             raise ModelNotFound(
@@ -211,6 +233,7 @@ class DataPlane:
                     "sparsity": info.sparsity,
                     "parameters": info.parameters,
                     "size_bytes": info.size_bytes,
+                    "artifact_bytes": self.model.artifact_bytes,
                     "load_seconds": round(self.model.load_seconds, 3),
                     "supports_generate": bool(
                         self.model.backend and self.model.backend.supports_generate()
@@ -262,8 +285,12 @@ class DataPlane:
         the batcher runs the model inline (`Batcher.run_now`); None: await `run_queued`."""
         rows = self.signature.validate(request)
         outputs = batcher.run_now(request.inputs, rows)
-        if outputs is not None and request.outputs is not None:
-            self.signature.check_outputs(outputs, request)
+        if outputs is not None:
+            if request.outputs is not None:
+                self.signature.check_outputs(outputs, request)
+            mirror = self.mirror
+            if mirror is not None:
+                mirror.offer_infer(request, outputs)
         return outputs
 
     async def run_queued(self, batcher: Batcher, request: InferRequest) -> Mapping[str, np.ndarray]:
@@ -271,6 +298,9 @@ class DataPlane:
         outputs = await batcher.enqueue(request.inputs)
         if request.outputs is not None:
             self.signature.check_outputs(outputs, request)
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.offer_infer(request, outputs)
         return outputs
 
     # generation --------------------------------------------------------------------------
@@ -294,9 +324,13 @@ class DataPlane:
         backend = self.generator(name, version)
         batched = backend.stream_generation(prompt, params)
         if batched is not None:
-            return "".join([piece async for piece in _closing(batched)])
-        assert self.batcher is not None
-        text: str = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
+            text = "".join([piece async for piece in _closing(batched)])
+        else:
+            assert self.batcher is not None
+            text = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.offer_generate(prompt, params, text)
         return text
 
     def stream(
@@ -305,9 +339,27 @@ class DataPlane:
         """Check now (errors raise before a response starts), then yield text pieces."""
         backend = self.generator(name, version)
         batched = backend.stream_generation(prompt, params)
-        if batched is not None:
-            return _closing(batched)
-        return self._pieces(backend, prompt, params)
+        pieces = _closing(batched) if batched is not None else self._pieces(backend, prompt,
+                                                                            params)
+        if self.mirror is None:
+            return pieces
+        return self._mirrored(pieces, prompt, params)
+
+    async def _mirrored(
+        self, pieces: AsyncIterator[str], prompt: str, params: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """Pass the pieces on; a stream that ended normally is offered to the mirror whole."""
+        seen: list[str] = []
+        try:
+            async for piece in pieces:
+                seen.append(piece)
+                yield piece
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()  # abandoned by the client: the generation stops at once
+        if self.mirror is not None:
+            self.mirror.offer_generate(prompt, params, "".join(seen))
 
     async def _pieces(
         self, backend: Backend, prompt: str, params: Mapping[str, Any]
@@ -339,6 +391,17 @@ async def _closing(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
         close = getattr(pieces, "aclose", None)
         if close is not None:
             await close()
+
+
+def artifact_bytes(model_dir: Any) -> int:
+    """Bytes of the model artifact on disk (every file under `model_dir`, or the file)."""
+    try:
+        path = Path(model_dir)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    except (OSError, TypeError):
+        return 0
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:

@@ -22,7 +22,9 @@ from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
@@ -52,6 +54,8 @@ LATENCY_BUCKETS = (
     30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+AGREEMENT_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+MIRROR_OUTCOMES = ("sent", "dropped", "failed", "compared")
 
 
 class GpuMemoryCollector(Collector):
@@ -216,6 +220,45 @@ class RequestTracker:
         self._stats.observe_request(status, perf_counter() - started)
 
 
+class MirrorMetrics:
+    """What the mirror did with the requests it sampled, and how much the answers agreed.
+
+    Labels: model, variant (this server's), target (the candidate variant). Outcomes:
+    `sent` (a request went to the candidate), `dropped` (the mirror queue was full),
+    `failed` (error, timeout or non-2xx from the candidate) and `compared` (an answer was
+    scored). `model_server_mirror_agreement` observes each score in [0, 1], so
+    rate(_sum) / rate(_count) is the agreement.
+    """
+
+    def __init__(self, registry: CollectorRegistry, model: str, variant: str, target: str):
+        labels = ("model", "variant", "target")
+        requests = Counter(
+            "model_server_mirror_requests",
+            "Requests sampled for mirroring to the candidate variant, by outcome",
+            [*labels, "outcome"],
+            registry=registry,
+        )
+        self.outcomes = {o: requests.labels(model, variant, target, o) for o in MIRROR_OUTCOMES}
+        self.sent = self.outcomes["sent"]
+        self.dropped = self.outcomes["dropped"]
+        self.failed = self.outcomes["failed"]
+        self.compared = self.outcomes["compared"]
+        self.agreement = Histogram(
+            "model_server_mirror_agreement",
+            "Agreement of the candidate's answer with this server's, per comparison (0..1)",
+            labels,
+            buckets=AGREEMENT_BUCKETS,
+            registry=registry,
+        ).labels(model, variant, target)
+        self.duration = Histogram(
+            "model_server_mirror_duration_seconds",
+            "Round trip of a mirrored request to the candidate variant",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(model, variant, target)
+
+
 class ServerMetrics:
     """All collectors for one served model (one model per process)."""
 
@@ -258,7 +301,11 @@ class ServerMetrics:
         )
         self.parameters = gauge("model_server_model_parameters", "Number of model parameters")
         self.size_bytes = gauge(
-            "model_server_model_size_bytes", "Size of the model weights in memory"
+            "model_server_model_size_bytes",
+            "Size of the model weights in memory, after optimization",
+        )
+        self.artifact_bytes = gauge(
+            "model_server_model_artifact_bytes", "Size of the model artifact on disk"
         )
         self.sparsity = gauge(
             "model_server_model_sparsity_ratio", "Fraction of zero weights after pruning"
@@ -269,6 +316,10 @@ class ServerMetrics:
         if process_metrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
+
+    def mirror(self, target: str) -> MirrorMetrics:
+        """The collectors of mirroring to the candidate variant `target`."""
+        return MirrorMetrics(self.registry, self.model, self.variant, target)
 
     def tracker(self, endpoint: str) -> RequestTracker:
         """The accounting of `endpoint` (front ends resolve theirs once, at startup)."""

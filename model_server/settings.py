@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,47 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
+
+    mirror_url: str | None = None
+    """Base URL of the rollout candidate's Service (`http://10.96.3.7:80`; https when the
+    deployment serves TLS): a sampled share of requests is sent there in the background and
+    the answers compared (docs/model-server.md, Mirroring). Unset or empty: mirroring off."""
+    mirror_percent: float = Field(default=10.0, ge=0.0, le=100.0)
+    """Share of requests mirrored to mirror_url, 0..100."""
+    mirror_variant: str = Field(default="", pattern=r"^[A-Za-z0-9_.\-]*$")
+    """The candidate variant's name (the `target` label of the mirror metrics); needed with
+    mirror_url."""
+    mirror_queue: int = Field(default=64, ge=1, le=100_000)
+    """Mirrored requests waiting to be sent beyond this are dropped (and counted)."""
+    mirror_timeout_seconds: float = Field(default=5.0, gt=0.0, le=300.0)
+    """A mirrored request not answered within this counts as failed."""
+
+    @field_validator("mirror_url", mode="before")
+    @classmethod
+    def _mirror_url(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be http(s)://host[:port]")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise ValueError("must be the candidate Service's base URL, without a path")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @model_validator(mode="after")
+    def _mirror_target(self) -> Settings:
+        if self.mirror_url is not None and not self.mirror_variant:
+            raise ValueError(
+                f"{ENV_PREFIX}MIRROR_VARIANT (the candidate's name) must be set with "
+                f"{ENV_PREFIX}MIRROR_URL"
+            )
         return self
 
     exit_on_load_failure: bool = True

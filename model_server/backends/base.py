@@ -127,6 +127,10 @@ class Backend(abc.ABC):
         """How many tokens `text` is for this model (usage reports), or None if unknown."""
         return None
 
+    def token_ids(self, text: str) -> list[int] | None:
+        """`text` as this model's token ids (mirror comparisons), or None without a tokenizer."""
+        return None
+
     def export(self, out_dir: Path) -> list[str]:
         """Write the loaded (optimized) model into `out_dir` as an artifact this backend
         serves; returns notes for the report. Used by `model-server optimize`."""

@@ -321,9 +321,13 @@ class TransformersBackend(LoadedInfo, Backend):
         return super().chat_prompt(messages)
 
     def count_tokens(self, text: str) -> int | None:
+        ids = self.token_ids(text)
+        return None if ids is None else len(ids)
+
+    def token_ids(self, text: str) -> list[int] | None:
         if self.tokenizer is None:
             return None
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         raw = parameters.get("max_new_tokens", parameters.get("max_tokens"))

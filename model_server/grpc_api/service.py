@@ -23,6 +23,7 @@ from model_server.dataplane import DataPlane
 from model_server.errors import GRPC_CODES, InvalidInput, ServerError
 from model_server.grpc_api.codec import decode_infer, encode_infer
 from model_server.grpc_api.schema import METHODS, SERVICE, message
+from model_server.mirror import AUTHORIZATION
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def _wrap(
                 message_, challenge = check.challenge(presented)
                 context.set_trailing_metadata((("www-authenticate", challenge),))
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message_)
+            AUTHORIZATION.set(presented)  # this call's task only: for the mirror
         try:
             try:
                 request = parse(raw)

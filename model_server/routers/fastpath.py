@@ -26,6 +26,7 @@ from model_server.auth import TokenAuth
 from model_server.codec import decode_json, encode_json
 from model_server.dataplane import DataPlane
 from model_server.errors import InvalidInput, PayloadTooLarge, ServerError, error_body
+from model_server.mirror import AUTHORIZATION
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class RestEntry:
                 await send({"type": "http.response.start", "status": 401, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
+            AUTHORIZATION.set(authorization)  # this request's task only: for the mirror
         infer = self._infer
         if infer is None:
             await self.handle(scope, receive, send)

@@ -54,7 +54,8 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
     parameters: dict[str, Any] = Field(
         description="variant, state (loading/ready/failed), reason on failure, framework, "
-        "device, quantization, pruning_method, sparsity, parameters, size_bytes"
+        "device, quantization, pruning_method, sparsity, parameters (count after "
+        "optimization), size_bytes (weights in memory), artifact_bytes (on disk)"
     )
 
 

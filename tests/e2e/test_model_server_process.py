@@ -32,9 +32,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(*flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Any]:  # type: ignore[type-arg]
-    """Start `model-server serve` on a free loopback port; (process, host:port, log file)."""
-    port = _free_port()
+def _spawn(
+    *flags: str, env: dict[str, str] | None = None, port: int | None = None
+) -> tuple[subprocess.Popen, str, Any]:  # type: ignore[type-arg]
+    """Start `model-server serve` on loopback (a free port unless given); (process,
+    host:port, log file)."""
+    port = port or _free_port()
     cmd = [
         sys.executable, "-m", "model_server", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--torch-threads", "1", *flags,
@@ -70,8 +73,11 @@ def _wait_live(proc: subprocess.Popen, url: str, log: Any) -> None:  # type: ign
 
 
 @contextmanager
-def model_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    proc, url, log = _spawn("--drain-seconds", "0", *flags, env=env)  # stop at once at the end
+def model_server(
+    *flags: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[str]:
+    # --drain-seconds 0: stop at once at the end
+    proc, url, log = _spawn("--drain-seconds", "0", *flags, env=env, port=port)
     try:
         _wait_live(proc, url, log)
         yield url

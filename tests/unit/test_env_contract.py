@@ -32,6 +32,15 @@ NOT_WIRED = {
     "mirror_queue", "mirror_timeout_seconds",  # the mirror's own tuning, server defaults
 }
 
+# The mirroring contract with the operator's rollout (names fixed; docs/model-server.md).
+MIRROR_ENV = {
+    "MODEL_SERVER_MIRROR_URL": "http://10.96.3.7:80",
+    "MODEL_SERVER_MIRROR_PERCENT": "12.5",
+    "MODEL_SERVER_MIRROR_VARIANT": "int8",
+    "MODEL_SERVER_MIRROR_QUEUE": "128",
+    "MODEL_SERVER_MIRROR_TIMEOUT_SECONDS": "2.5",
+}
+
 
 def rich(gpu: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {
@@ -153,3 +162,15 @@ def test_containers_report_termination_messages_under_the_names_status_reads() -
     assert pod["volumes"][0]["name"] == status.MODEL_VOLUME
     for c in pod["initContainers"] + pod["containers"]:
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_the_rollout_mirror_variables_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert unknown_env(MIRROR_ENV) == []
+    for key, value in MIRROR_ENV.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.mirror_url == "http://10.96.3.7:80"
+    assert (settings.mirror_percent, settings.mirror_variant) == (12.5, "int8")
+    assert (settings.mirror_queue, settings.mirror_timeout_seconds) == (128, 2.5)
+    monkeypatch.setenv("MODEL_SERVER_MIRROR_URL", "")  # the operator's "off"
+    assert Settings().mirror_url is None
