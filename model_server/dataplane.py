@@ -339,11 +339,27 @@ class DataPlane:
         """Check now (errors raise before a response starts), then yield text pieces."""
         backend = self.generator(name, version)
         batched = backend.stream_generation(prompt, params)
-        pieces = _closing(batched) if batched is not None else self._pieces(backend, prompt, params)
-        mirror = self.mirror
-        if mirror is None:
+        pieces = _closing(batched) if batched is not None else self._pieces(backend, prompt,
+                                                                            params)
+        if self.mirror is None:
             return pieces
-        return _mirrored(pieces, mirror, prompt, params)
+        return self._mirrored(pieces, prompt, params)
+
+    async def _mirrored(
+        self, pieces: AsyncIterator[str], prompt: str, params: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """Pass the pieces on; a stream that ended normally is offered to the mirror whole."""
+        seen: list[str] = []
+        try:
+            async for piece in pieces:
+                seen.append(piece)
+                yield piece
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()  # abandoned by the client: the generation stops at once
+        if self.mirror is not None:
+            self.mirror.offer_generate(prompt, params, "".join(seen))
 
     async def _pieces(
         self, backend: Backend, prompt: str, params: Mapping[str, Any]
@@ -366,17 +382,6 @@ class DataPlane:
                 batcher.run_later(close)
 
 
-def artifact_bytes(model_dir: Any) -> int:
-    """Bytes of the model artifact on disk (every file under `model_dir`, or the file)."""
-    try:
-        path = Path(model_dir)
-        if path.is_file():
-            return path.stat().st_size
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    except (OSError, TypeError):
-        return 0
-
-
 async def _closing(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
     """Yield from a batched stream; ended or abandoned, its row stops generating."""
     try:
@@ -388,20 +393,15 @@ async def _closing(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
             await close()
 
 
-async def _mirrored(
-    pieces: AsyncIterator[str], mirror: Mirror, prompt: str, params: Mapping[str, Any]
-) -> AsyncIterator[str]:
-    """Yield the pieces; a stream that ran to its end is offered to the mirror whole."""
-    seen: list[str] = []
+def artifact_bytes(model_dir: Any) -> int:
+    """Bytes of the model artifact on disk (every file under `model_dir`, or the file)."""
     try:
-        async for piece in pieces:
-            seen.append(piece)
-            yield piece
-    finally:
-        close = getattr(pieces, "aclose", None)
-        if close is not None:
-            await close()
-    mirror.offer_generate(prompt, params, "".join(seen))
+        path = Path(model_dir)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    except (OSError, TypeError):
+        return 0
 
 
 def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:
