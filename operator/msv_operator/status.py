@@ -450,11 +450,10 @@ def compute_status(
 
 
 def _hpa_fields(hpa: HpaState | None) -> dict[str, Any]:
-    """The HPA's view of a variant: its bounds and the replicas it wants."""
+    """The HPA's bounds of an autoscaled variant."""
     if hpa is None:
         return {}
-    return {"minReplicas": hpa.min_replicas, "maxReplicas": hpa.max_replicas,
-            "hpaDesiredReplicas": hpa.desired}
+    return {"minReplicas": hpa.min_replicas, "maxReplicas": hpa.max_replicas}
 
 
 def autoscaling_blind_condition(hpas: Mapping[str, HpaState],
