@@ -33,7 +33,7 @@ from msv_operator.rollout import (
     Event,
     Readiness,
     Sample,
-    _since,
+    seconds_since,
     step_weights,
 )
 from msv_operator.spec import Brownout, ModelServiceSpec
@@ -132,7 +132,7 @@ class _Run:
         """Seconds since the window ``key`` started (starting it now if it was not running)."""
         if not self.st.get(key):
             self.st[key] = self.stamp
-        return _since(self.st[key], self.now) or 0.0
+        return seconds_since(self.st[key], self.now) or 0.0
 
 
 def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,

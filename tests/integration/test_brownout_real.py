@@ -17,7 +17,6 @@ The lead runs this (it needs the real node and the in-cluster Prometheus).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,24 @@ from typing import Any
 import pytest
 from msv_operator import kube
 from operator_harness import OperatorProcess, condition, modelservice, wait_for
-from test_rollout_real import SERVER, Load, event_reasons, ms_of, publish, stable_ip
+from test_rollout_real import (
+    SERVER,
+    Load,
+    event_reasons,
+    models,
+    ms_of,
+    operator,
+    publish,
+    stable_ip,
+    stores,
+)
 
 from localcluster import cluster as lc
-from localcluster import modelstores, monitoring
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
+# fixtures shared with the rollout tests: the model store, the models ("trained", "broken")
+# and the operator process with the in-cluster Prometheus
+__all__ = ["models", "operator", "stores"]
 
 # Tight enough that a single pod under concurrent load is above it; short windows so a
 # whole engage/release cycle fits in a test (the machine is the real one).
@@ -38,35 +49,6 @@ BROWNOUT = {"variant": "int8", "maxShare": 50, "latencyObjectiveMs": 2,
             "engageAfter": "20s", "releaseAfter": "20s", "releaseBelow": 0.8,
             "interval": "5s", "window": "20s"}
 CONCURRENCY = 8
-
-
-@pytest.fixture(scope="module")
-def stores(cluster: lc.Cluster) -> None:
-    modelstores.deploy(cluster)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A trained classifier (baseline and int8 load it) and a directory that cannot load."""
-    from modelfactory import make_trained_text_classifier
-
-    root = tmp_path_factory.mktemp("brownout-models")
-    out = {name: root / name for name in ("trained", "broken")}
-    accuracy = make_trained_text_classifier(out["trained"])
-    assert accuracy > 0.9, accuracy
-    out["broken"].mkdir()
-    for f in out["trained"].iterdir():
-        (out["broken"] / f.name).write_bytes(f.read_bytes())
-    (out["broken"] / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    return out
-
-
-@pytest.fixture
-def operator(crd: None, real_namespace: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(real_namespace, "--prometheus-url", monitoring.PROMETHEUS_URL,
-                         name="brownout-operator").wait_up()
-    yield op
-    op.close()
 
 
 def browning_out(name: str, ns: str, stable: dict[str, str], cheap: dict[str, Any]
