@@ -8,8 +8,10 @@ new ``status.brownout``, the effective weights, the Events to post.
 
 Phases: ``Inactive`` -> ``Engaged`` when the stable variant (the most weight in spec.traffic)
 is at its HPA's maxReplicas and its p95 stays above ``latencyObjectiveMs`` for
-``engageAfter``: the brownout variant then gets ``maxShare`` percent (or its own spec weight
-when that is more), the other variants the rest in the proportions of spec.traffic.
+``engageAfter``: the brownout variant then gets ``step`` percent (default: all of
+``maxShare``; never less than its own spec weight), the other variants the rest in the
+proportions of spec.traffic; each further ``engageAfter`` of overload adds ``step`` up to
+``maxShare``.
 ``Engaged`` -> ``Inactive`` once the p95 stays below ``releaseBelow`` x the objective for
 ``releaseAfter`` (hysteresis). Precedence, strongest first: an active rollout (``Pending``,
 ``Progressing``, ``Paused``) or a promoted one (reason ``RolloutActive``); a brownout variant
@@ -96,6 +98,11 @@ def shifted_weights(spec: ModelServiceSpec, b: Brownout, share: int) -> dict[str
     """``share`` percent (at least the variant's own spec weight) to the brownout variant, the
     rest over the other variants in the proportions of spec.traffic."""
     return step_weights(spec, b.variant, max(share, int(spec.traffic.get(b.variant, 0))))
+
+
+def first_share(b: Brownout) -> int:
+    """The share an engaging brownout starts with."""
+    return min(b.step or b.max_share, b.max_share)
 
 
 def _fresh(b: Brownout, stable: str, stamp: str) -> dict[str, Any]:
@@ -188,7 +195,7 @@ def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
 
     out = dict(weights)
     if st["phase"] == ENGAGED:
-        out = shifted_weights(spec, b, b.max_share)
+        out = shifted_weights(spec, b, int(st.get("share") or first_share(b)))
         st["share"] = out[b.variant]
     else:
         st["share"] = 0
@@ -226,9 +233,10 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
             held = run.window("pressureSince")
             if held >= b.engage_seconds:
                 st.pop("pressureSince", None)
+                st["share"] = first_share(b)
                 message = (f"engaged: {seen} above the objective {b.objective_ms:g} ms at "
-                           f"maxReplicas for {held:.0f}s; up to {b.max_share}% of the traffic "
-                           f"goes to {b.variant}")
+                           f"maxReplicas for {held:.0f}s; {st['share']}% of the traffic goes "
+                           f"to {b.variant} (maxShare {b.max_share}%)")
                 run.move(ENGAGED, OVERLOADED, message, ("Warning", "BrownoutEngaged", message))
                 return
             run.move(INACTIVE, OVERLOADED,
@@ -245,8 +253,25 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
             run.move(INACTIVE, WITHIN_OBJECTIVE,
                      f"{seen}, objective {b.objective_ms:g} ms")
         return
-    st.pop("pressureSince", None)
     line = b.objective_ms * b.release_below
+    share = int(st.get("share") or 0)
+    if _pressure(b, st, hpa) and share < b.max_share:
+        st.pop("calmSince", None)
+        held = run.window("pressureSince")
+        if held >= b.engage_seconds:  # still overloaded: one more step
+            st.pop("pressureSince", None)
+            st["share"] = min(b.max_share, share + (b.step or b.max_share))
+            message = (f"{seen} still above the objective {b.objective_ms:g} ms at maxReplicas "
+                       f"for {held:.0f}s; {st['share']}% to {b.variant} (maxShare "
+                       f"{b.max_share}%)")
+            run.events.append(("Warning", "BrownoutStep", message))
+            run.move(ENGAGED, OVERLOADED, message)
+            return
+        run.move(ENGAGED, OVERLOADED, f"{seen} above the objective at maxReplicas for "
+                 f"{held:.0f}s of engageAfter {b.engage_seconds:g}s before the next step; "
+                 f"{share}% to {b.variant}")
+        return
+    st.pop("pressureSince", None)
     if p95 is None or p95 < line:
         calm = run.window("calmSince")
         if calm >= b.release_seconds:

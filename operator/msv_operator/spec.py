@@ -67,6 +67,9 @@ class Brownout:
     variant: str
     objective_ms: float
     max_share: int = 50
+    step: int | None = None
+    """Percent added per ``engage_seconds`` of continued overload, up to max_share; None: the
+    whole max_share at once."""
     engage_seconds: float = 60.0
     release_seconds: float = 120.0
     release_below: float = 0.8
@@ -309,6 +312,7 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
         objective_ms=_ratio(raw["latencyObjectiveMs"], f"{where}.latencyObjectiveMs",
                             0.001, 3_600_000.0),
         max_share=_int(raw.get("maxShare", 50), f"{where}.maxShare", 1, 100),
+        step=None if raw.get("step") is None else _int(raw["step"], f"{where}.step", 1, 100),
         engage_seconds=parse_duration(raw.get("engageAfter", "1m"), f"{where}.engageAfter"),
         release_seconds=parse_duration(raw.get("releaseAfter", "2m"), f"{where}.releaseAfter"),
         release_below=_ratio(raw.get("releaseBelow", 0.8), f"{where}.releaseBelow", 0.05, 1.0),

@@ -90,6 +90,7 @@ def test_defaults_and_fields() -> None:
     ({"variant": "int8", "latencyObjectiveMs": 100, "maxShare": 0}, None, "brownout.maxShare"),
     ({"variant": "int8", "latencyObjectiveMs": 100, "maxShare": 101}, None,
      "brownout.maxShare"),
+    ({"variant": "int8", "latencyObjectiveMs": 100, "step": 0}, None, "brownout.step"),
     ({"variant": "int8", "latencyObjectiveMs": 100, "releaseBelow": 1.5}, None,
      "brownout.releaseBelow"),
     ({"variant": "int8", "latencyObjectiveMs": 100, "engageAfter": "soon"}, None,
@@ -152,6 +153,29 @@ def test_engages_only_after_the_sustained_window_at_max_replicas() -> None:
     assert m.weights == {"baseline": 50, "int8": 50}
     assert m.reasons() == ["BrownoutEngaged"]
     assert m.events[0][0] == "Warning" and "250" in m.events[0][2]
+
+
+def test_steps_add_share_per_window_of_continued_overload_up_to_max_share() -> None:
+    m = Machine(parse_spec(body({"variant": "int8", "latencyObjectiveMs": 100,
+                                 "engageAfter": "60s", "maxShare": 50, "step": 20})))
+    m.at(0, p95(250))
+    st = m.at(60, p95(250))
+    assert (st["phase"], st["share"]) == (bo.ENGAGED, 20)
+    assert m.weights == {"baseline": 80, "int8": 20}
+    st = m.at(70, p95(250))  # the next step's window starts
+    assert st["share"] == 20 and st["pressureSince"] == "2026-01-01T12:01:10Z"
+    st = m.at(130, p95(250))
+    assert st["share"] == 40 and m.weights == {"baseline": 60, "int8": 40}
+    st = m.at(135, p95(90))  # below the objective, above the release line: no further step
+    assert "pressureSince" not in st and st["share"] == 40
+    m.at(140, p95(250))
+    assert m.at(200, p95(250))["share"] == 50  # capped at maxShare
+    assert m.at(300, p95(250))["share"] == 50
+    assert m.reasons() == ["BrownoutEngaged", "BrownoutStep", "BrownoutStep"]
+    st = m.at(310, p95(40))
+    assert st["reason"] == bo.RECOVERING and "pressureSince" not in st
+    st = m.at(430, p95(40))
+    assert (st["phase"], st["share"]) == (bo.INACTIVE, 0) and m.weights == BASE
 
 
 def test_an_interrupted_overload_starts_the_window_over() -> None:
