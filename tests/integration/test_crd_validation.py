@@ -146,6 +146,10 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200,
                                   "maxShare": 120}}),
      "spec.autoscaling.brownout.maxShare"),
+    ("brownout-step-zero", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200, "step": 0}}),
+     "spec.autoscaling.brownout.step"),
     ("brownout-zero-objective", with_model(
         variants=[{"name": "baseline"}, {"name": "int8"}],
         autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 0}}),
@@ -218,7 +222,7 @@ def test_valid_brownout_is_accepted_and_shown(cluster: lc.Cluster, ns: str) -> N
                 traffic=[{"variant": "baseline", "weight": 90},
                          {"variant": "int8", "weight": 10}],
                 autoscaling={"minReplicas": 1, "maxReplicas": 3, "brownout": {
-                    "variant": "int8", "maxShare": 40, "latencyObjectiveMs": 250.5,
+                    "variant": "int8", "maxShare": 40, "step": 20, "latencyObjectiveMs": 250.5,
                     "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
                     "interval": "15s", "window": "30s"}})}
     cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
