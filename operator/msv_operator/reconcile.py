@@ -16,7 +16,9 @@ sends no write at all:
 
 The spec is parsed once per pass. ``rollout.advance`` turns it, the stored ``status.rollout``,
 the variants' readiness and (when one is due) an analysis sample into the *effective weights*
-that the builders and the status both take, and the mirror target of the stable variants.
+that the builders and the status both take, and the mirror target of the stable variants;
+``brownout.advance`` then may shift part of them to a cheaper variant (never during a
+rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement.
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
 """

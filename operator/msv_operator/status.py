@@ -6,7 +6,9 @@
 ``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
 The weights are the effective ones the caller passes (spec.traffic, then the rollout); with a
 rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` condition and
-the per-variant measured fields (``MEASURED_KEYS``).
+the per-variant measured fields (``MEASURED_KEYS``). With ``spec.autoscaling``: the HPAs'
+bounds per variant, ``status.brownout`` (from ``brownout``) and the ``AutoscalingBlind``
+condition; ``replicaCounts`` (ready/desired per variant) is the ``REPLICAS`` column.
 
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
