@@ -107,18 +107,46 @@ def render(ms: Mapping[str, Any]) -> str:
             lines += _table(["TIME", "PHASE", "STEP", "MESSAGE"],
                             [[h.get("time"), h.get("phase"), h.get("step"), h.get("message")]
                              for h in history])
+    lines += _brownout_lines(ms)
     variants = st.get("variants") or []
     if variants:
         lines.append("Variants:")
         lines += _table(
-            ["NAME", "WEIGHT", "READY", "P95(ms)", "RPS", "ERRORS", "AGREEMENT", "PARAMS",
-             "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
+            ["NAME", "WEIGHT", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS", "AGREEMENT",
+             "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
             [[v.get("name"), v.get("weight"),
-              f"{v.get('readyReplicas', 0)}/{v.get('replicas', 0)}", v.get("p95Ms"),
+              f"{v.get('readyReplicas', 0)}/{v.get('desiredReplicas', v.get('replicas', 0))}",
+              f"{v['minReplicas']}..{v['maxReplicas']}" if "maxReplicas" in v else None,
+              v.get("p95Ms"),
               v.get("rps"), v.get("errorRate"), v.get("agreement"), v.get("parameters"),
               _size(v.get("sizeBytes")), v.get("cpuMillicores"), _size(v.get("memoryBytes")),
               v.get("optimization")] for v in variants])
     return "\n".join(lines)
+
+
+def _brownout_lines(ms: Mapping[str, Any]) -> list[str]:
+    """The brownout block (only when the spec asks for one) and a blind autoscaler."""
+    lines: list[str] = []
+    b = (ms.get("status") or {}).get("brownout")
+    spec_b = ((ms.get("spec") or {}).get("autoscaling") or {}).get("brownout")
+    if b:
+        reason = f" ({b['reason']})" if b.get("reason") else ""
+        lines += [
+            f"Brownout: variant {b.get('variant')} for stable {b.get('stable')}",
+            f"  phase:    {b.get('phase')}{reason} since {b.get('since', '-')}",
+            f"  share:    {b.get('share', 0)}% (maxShare {b.get('maxShare', '-')})",
+            f"  p95:      {b.get('p95Ms', '-')} ms (objective {b.get('objectiveMs')} ms, "
+            f"release below {b.get('releaseBelowMs')} ms; measured {b.get('measuredAt', '-')})",
+            f"  stable:   {b.get('stableReplicas', '-')}/{b.get('stableMaxReplicas', '-')} "
+            "replicas (current/max)",
+            f"  message:  {b.get('message', '')}",
+        ]
+    elif spec_b:
+        lines.append("Brownout: not evaluated yet (the operator has not written status.brownout)")
+    blind = _condition(ms, "AutoscalingBlind")
+    if blind.get("status") == "True":
+        lines.append(f"Autoscaling is blind ({blind.get('reason')}): {blind.get('message')}")
+    return lines
 
 
 def steering_annotations(verb: str, now: datetime) -> dict[str, str | None]:

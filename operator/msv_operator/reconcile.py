@@ -16,7 +16,9 @@ sends no write at all:
 
 The spec is parsed once per pass. ``rollout.advance`` turns it, the stored ``status.rollout``,
 the variants' readiness and (when one is due) an analysis sample into the *effective weights*
-that the builders and the status both take, and the mirror target of the stable variants.
+that the builders and the status both take, and the mirror target of the stable variants;
+``brownout.advance`` then may shift part of them to a cheaper variant (never during a
+rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement.
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from msv_operator import builders, conditions, prom, rollout, spec, status
+from msv_operator import brownout, builders, conditions, prom, rollout, spec, status
 from msv_operator import kube as kubeapi
 from msv_operator.config import PREFIX, OperatorConfig
 
@@ -186,16 +188,29 @@ def describe(obj: Mapping[str, Any]) -> str:
     return f"{kind} {name}"
 
 
-def _deployments_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
-                            ) -> dict[str, Mapping[str, Any]]:
+def _by_variant(objects: Iterable[Mapping[str, Any]], uid: str, kind: str
+                ) -> dict[str, Mapping[str, Any]]:
+    """The owned objects of ``kind``, by variant."""
     out: dict[str, Mapping[str, Any]] = {}
     for obj in objects:
-        if obj.get("kind") != "Deployment" or not owned_by(obj, uid):
+        if obj.get("kind") != kind or not owned_by(obj, uid):
             continue
         variant = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_VARIANT)
         if variant:
             out[str(variant)] = obj
     return out
+
+
+def _deployments_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
+                            ) -> dict[str, Mapping[str, Any]]:
+    return _by_variant(objects, uid, "Deployment")
+
+
+def hpas_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
+                    ) -> dict[str, brownout.HpaState]:
+    """What each owned HPA says, by variant."""
+    return {v: brownout.hpa_state(o)
+            for v, o in _by_variant(objects, uid, "HorizontalPodAutoscaler").items()}
 
 
 DEFAULT_SCRAPE_INTERVAL = "15s"
@@ -280,6 +295,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     moment = datetime.fromisoformat(now.replace("Z", "+00:00"))
     pods = [p for p in observed.pods if owned_by_name(p, name)]
     decision: rollout.Decision | None = None
+    shed: brownout.Decision | None = None
+    hpas = hpas_by_variant(live.values(), uid)
     measured = status.prior_measured(prior)
     try:
         opts = build_options(ctx.config, caps)
@@ -287,12 +304,16 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         ignored = ignored_fields(parsed, opts)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(_deployments_by_variant(live.values(), uid), pods).items()}
-        sample, result.requeue_after = measure(ctx, parsed, prior, moment, measured)
-        decision = rollout.advance(parsed, prior.get("rollout"), readiness, sample,
+        taken = measure(ctx, parsed, prior, moment, measured)
+        result.requeue_after = taken.wait
+        decision = rollout.advance(parsed, prior.get("rollout"), readiness, taken.for_rollout,
                                    meta.get("annotations") or {}, moment)
-        result.events = decision.events
+        shed = brownout.advance(parsed, prior.get("brownout"), decision.weights,
+                                decision.status, hpas.get(parsed.stable), readiness,
+                                taken.taken, moment)
+        result.events = [*decision.events, *shed.events]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
-        serving = builders.Serving(decision.weights, mirror_for(parsed, decision, live))
+        serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live))
         desired = [with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
     except spec.InvalidSpecError as e:
         result.invalid = str(e)
@@ -340,10 +361,11 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         ms, deployments=deployments, pods=pods, now=now,
         observed_generation=int(generation) if generation is not None else None,
         invalid_spec=result.invalid, apply_error=result.apply_error, ignored_fields=ignored,
-        weights=decision.weights if decision is not None else None,
-        # an invalid spec keeps the rollout where it was (a restart-safe typo)
+        weights=shed.weights if shed is not None else None,
+        # an invalid spec keeps the rollout and the brownout where they were
         rollout=decision.status if decision is not None else prior.get("rollout"),
-        measured=measured,
+        brownout=shed.status if shed is not None else prior.get("brownout"),
+        hpas=hpas, measured=measured,
     )
     write_status(ctx, ms, result)
     return result
@@ -384,28 +406,52 @@ NO_PROMETHEUS = ("no Prometheus address is configured (operator setting MSV_PROM
                  "chart value prometheus.url)")
 
 
+@dataclass
+class Measurement:
+    """What ``measure`` took in one pass."""
+
+    for_rollout: rollout.Sample | None = None
+    """The sample for the rollout (only when its analysis is due)."""
+    taken: rollout.Sample | None = None
+    """Any sample taken in this pass (the brownout reads the stable variant's p95 from it)."""
+    wait: float | None = None
+    """Seconds until the next refresh."""
+
+
+def _cadence(ctx: Context, parsed: spec.ModelServiceSpec, prior: Mapping[str, Any]
+             ) -> tuple[float, float]:
+    """(interval, window) of the measurements: the rollout's analysis while it is active
+    or configured, else the brownout's, else the operator's MSV_MEASURE_SECONDS."""
+    phase = (prior.get("rollout") or {}).get("phase")
+    b = parsed.autoscaling.brownout if parsed.autoscaling else None
+    if parsed.rollout and (b is None or phase in rollout.ACTIVE):
+        return parsed.rollout.analysis.interval_seconds, parsed.rollout.analysis.window_seconds
+    if b is not None:
+        return b.interval_seconds, b.window_seconds
+    return ctx.config.measure_seconds, ctx.config.measure_seconds
+
+
 def measure(ctx: Context, parsed: spec.ModelServiceSpec, prior: Mapping[str, Any],
-            moment: datetime, measured: dict[str, dict[str, Any]]
-            ) -> tuple[rollout.Sample | None, float | None]:
-    """Refresh ``measured`` (per-variant fields) when due; returns the sample for the rollout
-    (only when its analysis is due) and the seconds until the next refresh. A sample that
-    reads Prometheus replaces its fields (a value it no longer has is dropped, not kept
-    stale); one that cannot read it keeps the last ones."""
+            moment: datetime, measured: dict[str, dict[str, Any]]) -> Measurement:
+    """Refresh ``measured`` (per-variant fields) when due; returns the samples for the
+    rollout (only when its analysis is due) and the brownout, and the seconds until the next
+    refresh. A sample that reads Prometheus replaces its fields (a value it no longer has is
+    dropped, not kept stale); one that cannot read it keeps the last ones."""
     key = (parsed.namespace, parsed.name)
     step_seconds = rollout.analysis_due(parsed, prior.get("rollout"), moment)
+    brownout = parsed.autoscaling is not None and parsed.autoscaling.brownout is not None
     if ctx.analyzer is None:
-        return (None if step_seconds is None else rollout.Sample(error=NO_PROMETHEUS)), None
-    a = parsed.rollout.analysis if parsed.rollout else None
-    interval = a.interval_seconds if a else ctx.config.measure_seconds
+        blind = rollout.Sample(error=NO_PROMETHEUS)
+        return Measurement(for_rollout=None if step_seconds is None else blind,
+                           taken=blind if brownout or step_seconds is not None else None)
+    interval, window = _cadence(ctx, parsed, prior)
     last = ctx.measured_at.get(key)
     since = None if last is None else (moment - last).total_seconds()
     if step_seconds is None and since is not None and since < interval:
-        return None, interval - since
+        return Measurement(wait=interval - since)
     ctx.measured_at[key] = moment
     variants = [v.name for v in parsed.variants]
-    sample = ctx.analyzer.sample(parsed.namespace, parsed.name, variants,
-                                 a.window_seconds if a else ctx.config.measure_seconds,
-                                 step_seconds)
+    sample = ctx.analyzer.sample(parsed.namespace, parsed.name, variants, window, step_seconds)
     if sample.error is None:
         for v, metrics in sample.variants.items():
             kept = {k: x for k, x in measured.get(v, {}).items() if k not in prom.FIELDS}
@@ -413,7 +459,8 @@ def measure(ctx: Context, parsed: spec.ModelServiceSpec, prior: Mapping[str, Any
     usage = pod_usage(ctx, parsed)
     for v, fields in usage.items():
         measured[v] = {**measured.get(v, {}), **fields}
-    return (sample if step_seconds is not None else None), interval
+    return Measurement(for_rollout=sample if step_seconds is not None else None, taken=sample,
+                       wait=interval)
 
 
 def pod_usage(ctx: Context, parsed: spec.ModelServiceSpec) -> dict[str, dict[str, int]]:

@@ -169,7 +169,7 @@ def _parse(stamp: Any) -> datetime | None:
         return None
 
 
-def _since(stamp: Any, now: datetime) -> float | None:
+def seconds_since(stamp: Any, now: datetime) -> float | None:
     moment = _parse(stamp)
     return None if moment is None else (now - moment).total_seconds()
 
@@ -190,10 +190,10 @@ def analysis_due(spec: ModelServiceSpec, prior: Mapping[str, Any] | None, now: d
     phase, reason = prior.get("phase"), prior.get("reason")
     if not (phase == PROGRESSING or (phase == PAUSED and reason == METRICS_UNAVAILABLE)):
         return None
-    last = _since((prior.get("lastAnalysis") or {}).get("time"), now)
+    last = seconds_since((prior.get("lastAnalysis") or {}).get("time"), now)
     if last is not None and last < r.analysis.interval_seconds:
         return None
-    return max(0.0, _since(prior.get("stepStartedAt"), now) or 0.0)
+    return max(0.0, seconds_since(prior.get("stepStartedAt"), now) or 0.0)
 
 
 # ---- gates ---------------------------------------------------------------------------------
@@ -405,10 +405,10 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
             return None
     if st["phase"] == PAUSED:
         return a.interval_seconds
-    elapsed = _since(st.get("stepStartedAt"), now) or 0.0
+    elapsed = seconds_since(st.get("stepStartedAt"), now) or 0.0
     last = st.get("lastAnalysis") or {}
     done = (elapsed >= r.step_seconds and last.get("verdict") == "Passed"
-            and (_since(last.get("time"), now) or 0.0) <= elapsed)
+            and (seconds_since(last.get("time"), now) or 0.0) <= elapsed)
     if done:
         if st["step"] >= len(r.steps):
             run.promote(f"every gate held through {len(r.steps)} steps")
@@ -418,7 +418,7 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
     if elapsed >= r.step_seconds:
         st["message"] = (f"step {st['step']}/{len(r.steps)}: duration reached; waiting for a "
                          f"passing analysis with at least {r.min_requests} candidate requests")
-    since_last = _since(last.get("time"), now)
+    since_last = seconds_since(last.get("time"), now)
     waits = [x for x in (a.interval_seconds - (a.interval_seconds if since_last is None
                                                  else since_last),
                          r.step_seconds - elapsed) if x > 0]

@@ -58,12 +58,35 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class Brownout:
+    """Load-adaptive precision (``spec.autoscaling.brownout``): while the stable variant is at
+    maxReplicas and its p95 stays above ``objective_ms`` for ``engage_seconds``, up to
+    ``max_share`` percent of the traffic goes to the cheaper ``variant``; it comes back after
+    ``release_seconds`` with the p95 below ``release_below`` x the objective."""
+
+    variant: str
+    objective_ms: float
+    max_share: int = 50
+    step: int | None = None
+    """Percent added per ``engage_seconds`` of continued overload, up to max_share; None: the
+    whole max_share at once."""
+    engage_seconds: float = 60.0
+    release_seconds: float = 120.0
+    release_below: float = 0.8
+    interval_seconds: float = 15.0
+    """How often the stable variant's p95 is measured while brownout is configured."""
+    window_seconds: float = 30.0
+    """PromQL range of that measurement."""
+
+
+@dataclass(frozen=True)
 class Autoscaling:
     min_replicas: int = 1
     max_replicas: int = 4
     target_cpu: int | None = None
     target_inflight: int | None = None
     behavior: Mapping[str, Any] | None = None
+    brownout: Brownout | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,17 @@ class ModelServiceSpec:
     def stable_variants(self) -> tuple[str, ...]:
         """Variants with weight above zero in spec.traffic (the ones a rollout moves from)."""
         return tuple(v for v, w in self.traffic.items() if w > 0)
+
+    @property
+    def stable(self) -> str:
+        """The stable variant: the one with the most weight in spec.traffic (the first of
+        equals)."""
+        return stable_of(self.traffic)
+
+
+def stable_of(traffic: Mapping[str, int]) -> str:
+    """The variant with the most weight (the first listed among equals)."""
+    return max(traffic, key=lambda v: traffic[v])
 
 
 def _secret_name(value: Any, where: str) -> str | None:
@@ -247,6 +281,43 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
         step_seconds=parse_duration(raw.get("stepDuration", "1m"), "spec.rollout.stepDuration"),
         min_requests=_int(raw.get("minRequests", 50), "spec.rollout.minRequests", 0, 10**9),
         analysis=analysis,
+    )
+
+
+def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str, int]
+                   ) -> Brownout | None:
+    """``spec.autoscaling.brownout`` checked against the variants and the traffic (the CRD's
+    CEL rules say the same at admission)."""
+    if raw is None:
+        return None
+    where = "spec.autoscaling.brownout"
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with at least variant and "
+                               "latencyObjectiveMs")
+    names = [v.name for v in variants]
+    variant = raw.get("variant")
+    if variant not in names:
+        raise InvalidSpecError(
+            f"{where}.variant: {variant!r} is not in spec.variants ({', '.join(names)})")
+    top = max(traffic.values())
+    if traffic.get(variant, 0) >= top:
+        raise InvalidSpecError(
+            f"{where}.variant: {variant!r} is the stable variant (the most weight in "
+            "spec.traffic); name a cheaper variant that brownout may shift traffic to")
+    if raw.get("latencyObjectiveMs") is None:
+        raise InvalidSpecError(f"{where}.latencyObjectiveMs: required (the stable variant's "
+                               "p95 objective in milliseconds)")
+    return Brownout(
+        variant=str(variant),
+        objective_ms=_ratio(raw["latencyObjectiveMs"], f"{where}.latencyObjectiveMs",
+                            0.001, 3_600_000.0),
+        max_share=_int(raw.get("maxShare", 50), f"{where}.maxShare", 1, 100),
+        step=None if raw.get("step") is None else _int(raw["step"], f"{where}.step", 1, 100),
+        engage_seconds=parse_duration(raw.get("engageAfter", "1m"), f"{where}.engageAfter"),
+        release_seconds=parse_duration(raw.get("releaseAfter", "2m"), f"{where}.releaseAfter"),
+        release_below=_ratio(raw.get("releaseBelow", 0.8), f"{where}.releaseBelow", 0.05, 1.0),
+        interval_seconds=parse_duration(raw.get("interval", "15s"), f"{where}.interval"),
+        window_seconds=parse_duration(raw.get("window", "30s"), f"{where}.window"),
     )
 
 
@@ -370,6 +441,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
             min_replicas=lo, max_replicas=hi,
             target_cpu=a.get("targetCPUUtilization"), target_inflight=a.get("targetInFlight"),
             behavior=a.get("behavior"),
+            brownout=parse_brownout(a.get("brownout"), tuple(variants), traffic),
         )
 
     server = spec.get("server") or {}

@@ -6,7 +6,9 @@
 ``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
 The weights are the effective ones the caller passes (spec.traffic, then the rollout); with a
 rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` condition and
-the per-variant measured fields (``MEASURED_KEYS``).
+the per-variant measured fields (``MEASURED_KEYS``). With ``spec.autoscaling``: the HPAs'
+bounds per variant, ``status.brownout`` (from ``brownout``) and the ``AutoscalingBlind``
+condition; ``replicaCounts`` (ready/desired per variant) is the ``REPLICAS`` column.
 
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msv_operator import conditions as cond
+from msv_operator.brownout import HpaState, blind
 
 LABEL_VARIANT = "serving.modelservice.dev/variant"
 
@@ -48,6 +51,7 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 FIELDS_IGNORED = "FieldsIgnored"
 ROLLOUT = "Rollout"
+AUTOSCALING_BLIND = "AutoscalingBlind"
 """Only with spec.rollout: True once promoted, Unknown while pending or progressing, False
 when stopped (paused, rolled back, aborted); the reason says why (docs/rollouts.md)."""
 
@@ -68,7 +72,8 @@ MESSAGE_MAX = 1024
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
-OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "url", "rollout")
+OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "replicaCounts", "url",
+              "rollout", "brownout")
 
 MEASURED_KEYS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes",
                  "cpuMillicores", "memoryBytes")
@@ -348,9 +353,12 @@ def compute_status(
     weights: Mapping[str, int] | None = None,
     rollout: Mapping[str, Any] | None = None,
     measured: Mapping[str, Mapping[str, Any]] | None = None,
+    brownout: Mapping[str, Any] | None = None,
+    hpas: Mapping[str, HpaState] | None = None,
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds,
-    the effective ``weights``, the rollout's state and the per-variant ``measured`` fields."""
+    the effective ``weights``, the rollout's and the brownout's state, the variants' HPAs
+    and the per-variant ``measured`` fields."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -409,12 +417,19 @@ def compute_status(
         put(ROLLOUT, *rollout_condition(rollout))
     else:
         conditions = [c for c in conditions if c.get("type") != ROLLOUT]
+    if (ms.get("spec") or {}).get("autoscaling"):
+        put(AUTOSCALING_BLIND, *autoscaling_blind_condition(hpas or {}, brownout))
+    else:
+        conditions = [c for c in conditions if c.get("type") != AUTOSCALING_BLIND]
 
     provenance = variant_provenance(ms)
+    hpas = hpas or {}
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [
             {"name": s.name, "replicas": s.replicas, "readyReplicas": s.ready_replicas,
+             "desiredReplicas": s.desired if s.desired is not None else 0,
+             **_hpa_fields(hpas.get(s.name)),
              "weight": s.weight, **provenance.get(s.name, {}),
              **{k: v for k, v in ((measured or {}).get(s.name) or {}).items()
                 if k in MEASURED_KEYS and v is not None}}
@@ -422,13 +437,36 @@ def compute_status(
         ],
         # One string for `kubectl get msv` (printer columns show only the first list item).
         "traffic": ",".join(f"{s.name}={s.weight}" for s in verdict.variants),
+        # ready/desired replicas per variant (the REPLICAS column)
+        "replicaCounts": ",".join(f"{s.name}={s.ready_replicas}/{s.desired or 0}"
+                                  for s in verdict.variants),
         "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", ""))),
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
     if rollout:
         status["rollout"] = dict(rollout)
+    if brownout:
+        status["brownout"] = dict(brownout)
     return status
+
+
+def _hpa_fields(hpa: HpaState | None) -> dict[str, Any]:
+    """The HPA's bounds of an autoscaled variant."""
+    if hpa is None:
+        return {}
+    return {"minReplicas": hpa.min_replicas, "maxReplicas": hpa.max_replicas}
+
+
+def autoscaling_blind_condition(hpas: Mapping[str, HpaState],
+                                brownout: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(status, reason, message) of ``AutoscalingBlind`` (only with ``spec.autoscaling``):
+    ``True`` while a metrics API or Prometheus cannot be read (nothing scales then: the HPAs
+    hold their size, a brownout holds its state); information only, like ``FieldsIgnored``."""
+    found = blind(hpas, brownout)
+    if found is None:
+        return cond.FALSE, "MetricsAvailable", "the autoscaling metrics can be read"
+    return cond.TRUE, found[0], found[1]
 
 
 def rollout_condition(rollout: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -124,6 +124,41 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("rollout-without-candidate", with_model(
         variants=[{"name": "baseline"}, {"name": "int8"}], rollout={"steps": [50, 100]}),
      "spec.rollout.candidate: Required value"),
+    ("brownout-unknown-variant", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "fp16", "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.variant must name a variant listed in spec.variants"),
+    ("brownout-variant-is-stable", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic=[{"variant": "baseline", "weight": 30}, {"variant": "int8", "weight": 70}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.variant must not be the stable variant"),
+    ("brownout-variant-is-implicit-stable", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "baseline", "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.variant must not be the stable variant"),
+    ("brownout-without-objective", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8"}}),
+     "spec.autoscaling.brownout.latencyObjectiveMs: Required value"),
+    ("brownout-share-over-100", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200,
+                                  "maxShare": 120}}),
+     "spec.autoscaling.brownout.maxShare"),
+    ("brownout-step-zero", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200, "step": 0}}),
+     "spec.autoscaling.brownout.step"),
+    ("brownout-zero-objective", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 0}}),
+     "spec.autoscaling.brownout.latencyObjectiveMs"),
+    ("brownout-bad-duration", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200,
+                                  "releaseAfter": "later"}}),
+     "spec.autoscaling.brownout.releaseAfter"),
 ]
 
 
@@ -178,3 +213,21 @@ def test_valid_rollout_is_accepted(cluster: lc.Cluster, ns: str) -> None:
     wide = cluster.kubectl_run("get", "msv", "rollout", "-n", ns, "-o", "wide").stdout
     assert "ROLLOUT" in wide and "STEP" in wide
     cluster.kubectl_run("delete", "modelservice", "rollout", "-n", ns)
+
+
+def test_valid_brownout_is_accepted_and_shown(cluster: lc.Cluster, ns: str) -> None:
+    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "brownout", "namespace": ns}, "spec": with_model(
+                variants=[{"name": "baseline"}, {"name": "int8"}],
+                traffic=[{"variant": "baseline", "weight": 90},
+                         {"variant": "int8", "weight": 10}],
+                autoscaling={"minReplicas": 1, "maxReplicas": 3, "brownout": {
+                    "variant": "int8", "maxShare": 40, "step": 20, "latencyObjectiveMs": 250.5,
+                    "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
+                    "interval": "15s", "window": "30s"}})}
+    cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
+    ms = cluster.kubectl_json("get", "modelservice", "brownout", "-n", ns)
+    assert ms["spec"]["autoscaling"]["brownout"]["latencyObjectiveMs"] == 250.5
+    table = cluster.kubectl_run("get", "msv", "brownout", "-n", ns).stdout
+    assert "REPLICAS" in table and "BROWNOUT" in table
+    cluster.kubectl_run("delete", "modelservice", "brownout", "-n", ns)

@@ -67,10 +67,41 @@ def test_get_shows_steps_weights_gates_history_and_variants() -> None:
     history = next(i for i, line in enumerate(lines) if line == "History:")
     assert "rollout of int8 started" in lines[history + 2]
     int8 = next(line for line in lines if line.strip().startswith("int8 "))
-    assert int8.split()[:7] == ["int8", "25", "1/1", "8.9", "4.1", "0.0", "0.9981"]
+    assert int8.split()[:8] == ["int8", "25", "1/1", "-", "8.9", "4.1", "0.0", "0.9981"]
     assert "5.9KiB" in int8 and "dynamic-int8" in int8
     base = next(line for line in lines if line.strip().startswith("baseline "))
     assert "300.0MiB" in base and "210" in base
+
+
+def test_get_shows_the_brownout_replicas_and_a_blind_autoscaler() -> None:
+    ms = {**RECORDED,
+          "spec": {"autoscaling": {"maxReplicas": 2, "brownout": {"variant": "int8"}}},
+          "status": {
+              "traffic": "baseline=60,int8=40",
+              "conditions": [{"type": "Ready", "status": "True", "reason": "AllVariantsReady"},
+                             {"type": "AutoscalingBlind", "status": "True",
+                              "reason": "PrometheusUnavailable",
+                              "message": "brownout cannot read the stable p95"}],
+              "variants": [{"name": "baseline", "replicas": 2, "readyReplicas": 1,
+                            "desiredReplicas": 2, "minReplicas": 1, "maxReplicas": 2,
+                            "weight": 60}],
+              "brownout": {"variant": "int8", "stable": "baseline", "phase": "Engaged",
+                           "reason": "MetricsUnavailable", "since": "2026-11-30T14:00:00Z",
+                           "share": 40, "maxShare": 40, "p95Ms": 310.2, "objectiveMs": 200.0,
+                           "releaseBelowMs": 160.0, "stableReplicas": 2,
+                           "stableMaxReplicas": 2, "message": "metrics unavailable"}}}
+    out = plugin.render(ms)
+    assert "Brownout: variant int8 for stable baseline" in out
+    assert "phase:    Engaged (MetricsUnavailable) since 2026-11-30T14:00:00Z" in out
+    assert "share:    40% (maxShare 40)" in out
+    assert "p95:      310.2 ms (objective 200.0 ms, release below 160.0 ms" in out
+    assert "stable:   2/2 replicas (current/max)" in out
+    assert "Autoscaling is blind (PrometheusUnavailable): brownout cannot read" in out
+    base = next(line for line in out.splitlines() if line.strip().startswith("baseline "))
+    assert base.split()[:4] == ["baseline", "60", "1/2", "1..2"]
+    pending = {**ms, "status": {}}
+    assert "Brownout: not evaluated yet" in plugin.render(pending)
+    assert "Brownout" not in plugin.render({**RECORDED, "spec": {}})
 
 
 def test_get_without_a_rollout_or_before_the_operator_wrote_one() -> None:

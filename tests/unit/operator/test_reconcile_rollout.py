@@ -90,13 +90,13 @@ def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
     c = ctx(RecordedKube([pod_metrics("c", "int8", "100m", "64Mi")]), analyzer)
     spec = parse_spec(body())
     measured: dict[str, dict[str, Any]] = {}
-    got, wait = reconcile.measure(c, spec, {}, T0, measured)
-    assert got is None and wait == 60  # no rollout: nothing for the state machine
+    m = reconcile.measure(c, spec, {}, T0, measured)
+    assert m.for_rollout is None and m.wait == 60  # no rollout: nothing for the state machine
     assert measured["int8"] == {"p95Ms": 12.3, "rps": 2.0, "cpuMillicores": 100,
                                 "memoryBytes": 64 * 2**20}
     again: dict[str, dict[str, Any]] = {}
-    got, wait = reconcile.measure(c, spec, {}, T0 + timedelta(seconds=20), again)
-    assert len(analyzer.calls) == 1 and again == {} and wait == 40
+    m = reconcile.measure(c, spec, {}, T0 + timedelta(seconds=20), again)
+    assert len(analyzer.calls) == 1 and again == {} and m.wait == 40 and m.taken is None
     reconcile.measure(c, spec, {}, T0 + timedelta(seconds=61), again)
     assert len(analyzer.calls) == 2
 
@@ -121,7 +121,7 @@ def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout(
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    got, _ = reconcile.measure(c, spec, prior, T0 + timedelta(seconds=30), {})
+    got = reconcile.measure(c, spec, prior, T0 + timedelta(seconds=30), {}).for_rollout
     assert got is not None and analyzer.calls == [(60.0, 30.0)]
 
 
@@ -130,9 +130,10 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    got, wait = reconcile.measure(ctx(RecordedKube([]), None), spec, prior,
-                                  T0 + timedelta(seconds=30), {})
-    assert got is not None and got.error == reconcile.NO_PROMETHEUS and wait is None
+    m = reconcile.measure(ctx(RecordedKube([]), None), spec, prior,
+                          T0 + timedelta(seconds=30), {})
+    got = m.for_rollout
+    assert got is not None and got.error == reconcile.NO_PROMETHEUS and m.wait is None
     d = rollout.advance(spec, prior["rollout"], {"int8": rollout.Readiness(1)}, got, {},
                         T0 + timedelta(seconds=30))
     assert d.status is not None and d.status["reason"] == rollout.METRICS_UNAVAILABLE

@@ -53,9 +53,12 @@ def test_ready_when_every_variant_has_ready_replicas() -> None:
     assert cond(out, "Progressing")["reason"] == "RolloutComplete"
     assert cond(out, "Degraded")["status"] == "False"
     assert out["variants"] == [
-        {"name": "baseline", "replicas": 2, "readyReplicas": 2, "weight": 75},
-        {"name": "int8", "replicas": 1, "readyReplicas": 1, "weight": 25},
+        {"name": "baseline", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2,
+         "weight": 75},
+        {"name": "int8", "replicas": 1, "readyReplicas": 1, "desiredReplicas": 1, "weight": 25},
     ]
+    assert out["replicaCounts"] == "baseline=2/2,int8=1/1"
+    assert "AutoscalingBlind" not in [c["type"] for c in out["conditions"]]
     assert out["observedGeneration"] == 1
     assert out["url"] == "http://sentiment.ml.svc.cluster.local"
 
@@ -68,7 +71,7 @@ def test_missing_deployment_is_progressing_not_ready() -> None:
     assert cond(out, "Progressing")["status"] == "True"
     assert "baseline" in cond(out, "Progressing")["message"]
     assert out["variants"][0] == {"name": "baseline", "replicas": 0, "readyReplicas": 0,
-                                  "weight": 100}
+                                  "desiredReplicas": 0, "weight": 100}
 
 
 def test_unschedulable_carries_the_scheduler_message() -> None:

@@ -1,0 +1,300 @@
+"""The brownout state machine (load-adaptive precision; pure: no I/O, the clock is an argument).
+
+``advance`` takes the typed spec, the prior ``status.brownout``, the weights the rollout
+machine decided, the rollout's status, the stable variant's HPA (``HpaState``, read from the
+HPA objects the operator caches), the variants' readiness, the measurement taken in this pass
+(a ``rollout.Sample``, or None when none was due) and ``now``; it returns a ``Decision``: the
+new ``status.brownout``, the effective weights, the Events to post.
+
+Phases: ``Inactive`` -> ``Engaged`` when the stable variant (the most weight in spec.traffic)
+is at its HPA's maxReplicas and its p95 stays above ``latencyObjectiveMs`` for
+``engageAfter``: the brownout variant then gets ``step`` percent (default: all of
+``maxShare``; never less than its own spec weight), the other variants the rest in the
+proportions of spec.traffic; each further ``engageAfter`` of overload adds ``step`` up to
+``maxShare``.
+``Engaged`` -> ``Inactive`` once the p95 stays below ``releaseBelow`` x the objective for
+``releaseAfter`` (hysteresis). Precedence, strongest first: an active rollout (``Pending``,
+``Progressing``, ``Paused``) or a promoted one (reason ``RolloutActive``); a brownout variant
+without a ready pod (``VariantNotReady``: never used, only reported); metrics that cannot be
+read (``MetricsUnavailable``: the phase and its weights hold, the windows start over).
+Only a fresh measurement moves the windows; between measurements the state holds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from msv_operator.conditions import rfc3339
+from msv_operator.rollout import (
+    ACTIVE,
+    PROMOTED,
+    Event,
+    Readiness,
+    Sample,
+    seconds_since,
+    step_weights,
+)
+from msv_operator.spec import Brownout, ModelServiceSpec
+
+INACTIVE = "Inactive"
+ENGAGED = "Engaged"
+
+WITHIN_OBJECTIVE = "WithinObjective"
+"""Inactive: the stable p95 is at or below the objective (or nothing was measured yet)."""
+SCALING_OUT = "ScalingOut"
+"""Inactive: p95 above the objective, but the HPA can still add stable pods."""
+OVERLOADED = "Overloaded"
+"""At maxReplicas with p95 above the objective (Inactive: for less than engageAfter so far)."""
+RECOVERING = "Recovering"
+"""Engaged: p95 below the release line, for less than releaseAfter so far."""
+VARIANT_NOT_READY = "VariantNotReady"
+ROLLOUT_ACTIVE = "RolloutActive"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+
+FAILED_METRIC_PREFIX = "FailedGet"
+"""HPA ``ScalingActive=False`` reasons starting with this: a metrics API could not be read
+(FailedGetResourceMetric, FailedGetPodsMetric, FailedGetExternalMetric, ...)."""
+
+
+@dataclass(frozen=True)
+class HpaState:
+    """What one HorizontalPodAutoscaler says (its spec bounds and its status)."""
+
+    current: int
+    desired: int
+    min_replicas: int
+    max_replicas: int
+    blind: str | None = None
+    """``reason: message`` when the HPA cannot read its metrics (it then holds its size)."""
+
+
+def hpa_state(hpa: Mapping[str, Any]) -> HpaState:
+    spec = hpa.get("spec") or {}
+    st = hpa.get("status") or {}
+    blind = None
+    for c in st.get("conditions") or ():
+        if (c.get("type") == "ScalingActive" and c.get("status") == "False"
+                and str(c.get("reason", "")).startswith(FAILED_METRIC_PREFIX)):
+            blind = f"{c.get('reason')}: {c.get('message', '')}".rstrip(": ")
+    return HpaState(current=int(st.get("currentReplicas") or 0),
+                    desired=int(st.get("desiredReplicas") or 0),
+                    min_replicas=int(spec.get("minReplicas") or 1),
+                    max_replicas=int(spec.get("maxReplicas") or 0), blind=blind)
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any] | None
+    """The new ``status.brownout`` (None without ``spec.autoscaling.brownout``)."""
+    weights: dict[str, int]
+    events: list[Event] = field(default_factory=list)
+
+
+def shifted_weights(spec: ModelServiceSpec, b: Brownout, share: int) -> dict[str, int]:
+    """``share`` percent (at least the variant's own spec weight) to the brownout variant, the
+    rest over the other variants in the proportions of spec.traffic."""
+    return step_weights(spec, b.variant, max(share, int(spec.traffic.get(b.variant, 0))))
+
+
+def first_share(b: Brownout) -> int:
+    """The share an engaging brownout starts with."""
+    return min(b.step or b.max_share, b.max_share)
+
+
+def _fresh(b: Brownout, stable: str, stamp: str) -> dict[str, Any]:
+    return {"variant": b.variant, "stable": stable, "phase": INACTIVE,
+            "reason": WITHIN_OBJECTIVE, "message": "nothing measured yet", "since": stamp,
+            "share": 0}
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class _Run:
+    def __init__(self, b: Brownout, st: dict[str, Any], now: datetime) -> None:
+        self.b, self.st, self.now = b, st, now
+        self.stamp = rfc3339(now)
+        self.events: list[Event] = []
+
+    def move(self, phase: str, reason: str, message: str, event: Event | None = None) -> None:
+        """Set phase/reason/message; ``event`` is posted only when phase or reason changes."""
+        changed = (self.st.get("phase"), self.st.get("reason")) != (phase, reason)
+        if self.st.get("phase") != phase:
+            self.st["since"] = self.stamp
+        self.st.update(phase=phase, reason=reason, message=message)
+        if event is not None and changed:
+            self.events.append(event)
+
+    def release(self, reason: str, why: str) -> None:
+        message = f"released: traffic back from {self.b.variant}: {why}"
+        self.st["share"] = 0
+        self.move(INACTIVE, reason, message, ("Normal", "BrownoutReleased", message))
+
+    def window(self, key: str) -> float:
+        """Seconds since the window ``key`` started (starting it now if it was not running)."""
+        if not self.st.get(key):
+            self.st[key] = self.stamp
+        return seconds_since(self.st[key], self.now) or 0.0
+
+
+def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
+            weights: Mapping[str, int], rollout_status: Mapping[str, Any] | None,
+            hpa: HpaState | None, readiness: Mapping[str, Readiness], sample: Sample | None,
+            now: datetime) -> Decision:
+    """One step of the machine (see the module docstring)."""
+    b = spec.autoscaling.brownout if spec.autoscaling else None
+    if b is None:
+        return Decision(status=None, weights=dict(weights))
+    stable = spec.stable
+    stamp = rfc3339(now)
+    if prior and (prior.get("variant"), prior.get("stable")) == (b.variant, stable):
+        st = copy.deepcopy(dict(prior))
+    else:
+        st = _fresh(b, stable, stamp)
+    run = _Run(b, st, now)
+    st.update(objectiveMs=_ms(b.objective_ms), releaseBelowMs=_ms(b.objective_ms * b.release_below),
+              maxShare=b.max_share)
+    if hpa is not None:
+        st.update(stableReplicas=hpa.current, stableMaxReplicas=hpa.max_replicas)
+    if sample is not None and sample.error is None:
+        st["p95Ms"] = _ms(sample.variants[stable].p95_ms if stable in sample.variants else None)
+        st["measuredAt"] = stamp
+        st.pop("metricsError", None)
+    elif sample is not None:
+        st["metricsError"] = sample.error
+
+    ready = readiness.get(b.variant, Readiness())
+    rollout_phase = (rollout_status or {}).get("phase") if spec.rollout else None
+    if rollout_phase in (*ACTIVE, PROMOTED):
+        _suspend(run, f"the rollout of {spec.rollout.candidate if spec.rollout else '?'} is "
+                      f"{rollout_phase}; the rollout decides the weights (it takes precedence)",
+                 ROLLOUT_ACTIVE, ("Normal", "BrownoutSuspended", "a rollout is active"))
+    elif ready.ready < 1 or ready.failure:
+        why = ready.failure or "it has no ready pod"
+        _suspend(run, f"brownout variant {b.variant} cannot take traffic: {why}; it is never "
+                      "given weight while so", VARIANT_NOT_READY,
+                 ("Warning", "BrownoutUnavailable", f"variant {b.variant} is not ready: {why}"),
+                 keep_pressure=True, sample=sample, hpa=hpa)
+    elif sample is not None and sample.error is not None:
+        st.pop("pressureSince", None)
+        st.pop("calmSince", None)
+        message = (f"metrics unavailable, holding {st['phase']} (share {st.get('share', 0)}%): "
+                   f"{sample.error}")
+        run.move(st["phase"], METRICS_UNAVAILABLE, message,
+                 ("Warning", "BrownoutMetricsUnavailable", message))
+    elif sample is not None:
+        _evaluate(run, hpa)
+    elif st.get("reason") in (ROLLOUT_ACTIVE, VARIANT_NOT_READY):
+        # the obstacle is gone (both leave the phase Inactive); the next measurement says more
+        run.move(INACTIVE, WITHIN_OBJECTIVE, "waiting for the next measurement")
+
+    out = dict(weights)
+    if st["phase"] == ENGAGED:
+        out = shifted_weights(spec, b, int(st.get("share") or first_share(b)))
+        st["share"] = out[b.variant]
+    else:
+        st["share"] = 0
+    return Decision(status=st, weights=out, events=run.events)
+
+
+def _suspend(run: _Run, message: str, reason: str, event: Event, keep_pressure: bool = False,
+             sample: Sample | None = None, hpa: HpaState | None = None) -> None:
+    st = run.st
+    if st["phase"] == ENGAGED:
+        run.release(reason, message)
+        return
+    st.pop("calmSince", None)
+    if keep_pressure and sample is not None and sample.error is None \
+            and _pressure(run.b, st, hpa):
+        run.window("pressureSince")  # engages as soon as the variant is ready
+    elif not keep_pressure or sample is not None:
+        st.pop("pressureSince", None)
+    run.move(INACTIVE, reason, message, event)
+
+
+def _pressure(b: Brownout, st: Mapping[str, Any], hpa: HpaState | None) -> bool:
+    p95 = st.get("p95Ms")
+    return (hpa is not None and hpa.max_replicas > 0 and hpa.current >= hpa.max_replicas
+            and p95 is not None and p95 > b.objective_ms)
+
+
+def _evaluate(run: _Run, hpa: HpaState | None) -> None:
+    b, st = run.b, run.st
+    p95 = st.get("p95Ms")
+    seen = "no requests measured" if p95 is None else f"p95 {p95} ms"
+    if st["phase"] == INACTIVE:
+        st.pop("calmSince", None)
+        if _pressure(b, st, hpa):
+            held = run.window("pressureSince")
+            if held >= b.engage_seconds:
+                st.pop("pressureSince", None)
+                st["share"] = first_share(b)
+                message = (f"engaged: {seen} above the objective {b.objective_ms:g} ms at "
+                           f"maxReplicas for {held:.0f}s; {st['share']}% of the traffic goes "
+                           f"to {b.variant} (maxShare {b.max_share}%)")
+                run.move(ENGAGED, OVERLOADED, message, ("Warning", "BrownoutEngaged", message))
+                return
+            run.move(INACTIVE, OVERLOADED,
+                     f"{seen} above the objective {b.objective_ms:g} ms at maxReplicas for "
+                     f"{held:.0f}s of engageAfter {b.engage_seconds:g}s")
+            return
+        st.pop("pressureSince", None)
+        if p95 is not None and p95 > b.objective_ms:
+            replicas = "no HPA yet" if hpa is None else \
+                f"{hpa.current}/{hpa.max_replicas} replicas"
+            run.move(INACTIVE, SCALING_OUT, f"{seen} above the objective {b.objective_ms:g} ms; "
+                     f"the HPA can still scale ({replicas})")
+        else:
+            run.move(INACTIVE, WITHIN_OBJECTIVE,
+                     f"{seen}, objective {b.objective_ms:g} ms")
+        return
+    line = b.objective_ms * b.release_below
+    share = int(st.get("share") or 0)
+    if _pressure(b, st, hpa) and share < b.max_share:
+        st.pop("calmSince", None)
+        held = run.window("pressureSince")
+        if held >= b.engage_seconds:  # still overloaded: one more step
+            st.pop("pressureSince", None)
+            st["share"] = min(b.max_share, share + (b.step or b.max_share))
+            message = (f"{seen} still above the objective {b.objective_ms:g} ms at maxReplicas "
+                       f"for {held:.0f}s; {st['share']}% to {b.variant} (maxShare "
+                       f"{b.max_share}%)")
+            run.events.append(("Warning", "BrownoutStep", message))
+            run.move(ENGAGED, OVERLOADED, message)
+            return
+        run.move(ENGAGED, OVERLOADED, f"{seen} above the objective at maxReplicas for "
+                 f"{held:.0f}s of engageAfter {b.engage_seconds:g}s before the next step; "
+                 f"{share}% to {b.variant}")
+        return
+    st.pop("pressureSince", None)
+    if p95 is None or p95 < line:
+        calm = run.window("calmSince")
+        if calm >= b.release_seconds:
+            st.pop("calmSince", None)
+            run.release(WITHIN_OBJECTIVE, f"{seen} below {line:g} ms for {calm:.0f}s")
+            return
+        run.move(ENGAGED, RECOVERING, f"{seen} below {line:g} ms for {calm:.0f}s of "
+                 f"releaseAfter {b.release_seconds:g}s")
+        return
+    st.pop("calmSince", None)
+    run.move(ENGAGED, OVERLOADED, f"{seen}, not below the release line {line:g} ms; "
+             f"{st.get('share', 0)}% to {b.variant}")
+
+
+def blind(hpas: Mapping[str, HpaState], brownout_status: Mapping[str, Any] | None
+          ) -> tuple[str, str] | None:
+    """(reason, message) of ``AutoscalingBlind=True``, or None when the metrics can be read:
+    an HPA that cannot read its metrics (``HPAMetricsUnavailable``) or a brownout that cannot
+    read Prometheus (``PrometheusUnavailable``)."""
+    parts = [f"variant {v}: the HPA cannot read its metrics and holds its size ({h.blind})"
+             for v, h in sorted(hpas.items()) if h.blind]
+    reason = "HPAMetricsUnavailable" if parts else "PrometheusUnavailable"
+    if brownout_status and brownout_status.get("reason") == METRICS_UNAVAILABLE:
+        parts.append(f"brownout cannot read the stable p95 and holds "
+                     f"{brownout_status.get('phase')}: {brownout_status.get('metricsError')}")
+    return (reason, "; ".join(parts)) if parts else None

@@ -1,0 +1,191 @@
+"""Whole reconcile passes with a brownout: samples come through the analyzer interface
+(``rollout.Analyzer``), the HPAs and Deployments from the observed objects, and the pass
+applies the brownout's weights to the HTTPRoute and the ``serving`` label, writes
+``status.brownout`` and posts its Events; an unreadable Prometheus holds everything."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from msv_operator import brownout as bo
+from msv_operator import builders, kube, reconcile, rollout
+from msv_operator.config import OperatorConfig
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+UID = "u-1"
+
+
+class FakeKube:
+    """Records applies and status patches (the API is not the subject here)."""
+
+    def __init__(self) -> None:
+        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
+        self.status: dict[str, Any] = {}
+
+    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
+              field_manager: str | None = None) -> dict[str, Any] | None:
+        self.applied[reconcile.key_of(obj)] = dict(obj)
+        return None
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             selector: str) -> list[dict[str, Any]]:
+        return []
+
+    def delete(self, *args: Any) -> None:
+        raise AssertionError(f"nothing should be pruned: {args}")
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.status = {k: v for k, v in status.items() if v is not None}
+
+    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return []
+
+
+class Caps:
+    def get(self) -> kube.CapabilityAnswer:
+        return kube.CapabilityAnswer(service_monitor=False, gateway_api=True)
+
+
+class ScriptedAnalyzer:
+    """Hands out the next scripted sample, recording the window each was asked for."""
+
+    def __init__(self) -> None:
+        self.next = rollout.Sample()
+        self.windows: list[float] = []
+
+    def sample(self, namespace: str, model: str, variants: Sequence[str],
+               window_seconds: float, step_seconds: float | None) -> rollout.Sample:
+        self.windows.append(window_seconds)
+        return self.next
+
+
+def modelservice(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "sentiment", "namespace": "ml", "uid": UID, "generation": 1},
+            "spec": {
+                "model": {"uri": "s3://m/x", "framework": "transformers",
+                          "task": "text-classification"},
+                "variants": [{"name": "baseline"},
+                             {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+                "traffic": [{"variant": "baseline", "weight": 100}],
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 1, "brownout": {
+                    "variant": "int8", "latencyObjectiveMs": 100, "maxShare": 40,
+                    "engageAfter": "30s", "releaseAfter": "30s", "interval": "10s",
+                    "window": "20s"}}},
+            "status": dict(status)}
+
+
+def owned(kind: str, variant: str, spec: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
+    api = "apps/v1" if kind == "Deployment" else "autoscaling/v2"
+    return {"apiVersion": api, "kind": kind,
+            "metadata": {"name": f"sentiment-{variant}", "namespace": "ml",
+                         "labels": {builders.LABEL_MODELSERVICE: "sentiment",
+                                    builders.LABEL_VARIANT: variant},
+                         "ownerReferences": [{"kind": "ModelService", "uid": UID,
+                                              "controller": True}]},
+            "spec": spec, "status": st}
+
+
+def cluster(int8_ready: int = 1) -> reconcile.Observed:
+    dep = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    int8 = {**dep, "readyReplicas": int8_ready, "availableReplicas": int8_ready}
+    hpa_status = {"currentReplicas": 1, "desiredReplicas": 1}
+    return reconcile.Observed(objects=[
+        owned("Deployment", "baseline", {"replicas": 1}, dep),
+        owned("Deployment", "int8", {"replicas": 1}, int8),
+        owned("HorizontalPodAutoscaler", "baseline", {"minReplicas": 1, "maxReplicas": 1},
+              hpa_status),
+        owned("HorizontalPodAutoscaler", "int8", {"minReplicas": 1, "maxReplicas": 1},
+              hpa_status),
+    ])
+
+
+class Operator:
+    """Runs passes at chosen times, carrying the written status like the API server does."""
+
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        self.analyzer = ScriptedAnalyzer()
+        self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,  # type: ignore[arg-type]
+                                     capabilities=Caps(), analyzer=self.analyzer)  # type: ignore[arg-type]
+        self.status: dict[str, Any] = {}
+        self.events: list[str] = []
+
+    def at(self, seconds: float, p95_ms: float | None = None, error: str | None = None,
+           observed: reconcile.Observed | None = None) -> reconcile.Result:
+        self.analyzer.next = rollout.Sample(error=error) if error else rollout.Sample(
+            variants={"baseline": rollout.VariantMetrics(p95_ms=p95_ms, rps=50.0)})
+        now = (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.kube.applied.clear()
+        result = reconcile.reconcile(self.ctx, modelservice(self.status), observed or cluster(),
+                                     now)
+        if result.status_written:
+            self.status = self.kube.status
+        self.events += [reason for _, reason, _ in result.events]
+        return result
+
+    def route_weights(self) -> dict[str, int]:
+        route = self.kube.applied.get(("HTTPRoute", "sentiment"))
+        assert route is not None, "the HTTPRoute was not re-applied"
+        return {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
+
+    def serving(self, variant: str) -> str:
+        dep = self.kube.applied[("Deployment", f"sentiment-{variant}")]
+        return str(dep["spec"]["template"]["metadata"]["labels"][builders.LABEL_SERVING])
+
+
+def test_a_pass_applies_the_brownout_weights_and_takes_them_back() -> None:
+    op = Operator()
+    op.at(0, p95_ms=300)
+    assert op.status["brownout"]["reason"] == bo.OVERLOADED
+    assert op.status["traffic"] == "baseline=100,int8=0"
+    assert op.analyzer.windows == [20.0]  # the brownout's window and interval apply
+    op.at(5, p95_ms=300)
+    assert len(op.analyzer.windows) == 1  # not due: the state holds
+    result = op.at(30, p95_ms=300)
+    assert op.status["brownout"]["phase"] == bo.ENGAGED
+    assert op.status["traffic"] == "baseline=60,int8=40"
+    assert op.route_weights() == {"sentiment-baseline": 60, "sentiment-int8": 40}
+    assert op.serving("int8") == "true"
+    assert op.events == ["BrownoutEngaged"] and result.requeue_after == 10
+    assert op.status["replicaCounts"] == "baseline=1/1,int8=1/1"
+    assert [v["maxReplicas"] for v in op.status["variants"]] == [1, 1]
+
+    op.at(40, error="Prometheus at x is unreachable")
+    blind = next(c for c in op.status["conditions"] if c["type"] == "AutoscalingBlind")
+    assert (blind["status"], blind["reason"]) == ("True", "PrometheusUnavailable")
+    assert op.status["traffic"] == "baseline=60,int8=40"  # held, not moved blind
+
+    op.at(50, p95_ms=40)
+    op.at(80, p95_ms=40)
+    assert op.status["brownout"]["phase"] == bo.INACTIVE
+    assert op.status["traffic"] == "baseline=100,int8=0"
+    assert op.route_weights() == {"sentiment-baseline": 100}  # weight 0, not in spec.traffic
+    assert op.serving("int8") == "false"
+    blind = next(c for c in op.status["conditions"] if c["type"] == "AutoscalingBlind")
+    assert blind["status"] == "False"
+    assert op.events == ["BrownoutEngaged", "BrownoutMetricsUnavailable", "BrownoutReleased"]
+
+
+def test_a_variant_without_ready_pods_is_reported_never_served() -> None:
+    op = Operator()
+    for t in (0, 30, 60):
+        op.at(t, p95_ms=300, observed=cluster(int8_ready=0))
+    assert op.status["brownout"]["reason"] == bo.VARIANT_NOT_READY
+    assert op.status["traffic"] == "baseline=100,int8=0"
+    assert op.events == ["BrownoutUnavailable"]
+    op.at(70, p95_ms=300)
+    assert op.status["traffic"] == "baseline=60,int8=40"
+
+
+def test_without_prometheus_the_brownout_says_it_is_blind() -> None:
+    op = Operator()
+    op.ctx.analyzer = None
+    op.at(0)
+    assert op.status["brownout"]["reason"] == bo.METRICS_UNAVAILABLE
+    assert "MSV_PROMETHEUS_URL" in op.status["brownout"]["metricsError"]
+    blind = next(c for c in op.status["conditions"] if c["type"] == "AutoscalingBlind")
+    assert blind["status"] == "True" and op.status["traffic"] == "baseline=100,int8=0"
