@@ -161,6 +161,7 @@ def metrics_server_stack(rbac: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         "--cert-dir=/tmp", "--secure-port=10250",
         "--kubelet-preferred-address-types=InternalIP",
         "--kubelet-use-node-status-port", f"--metric-resolution={METRIC_RESOLUTION}",
+        "--kubelet-request-timeout=5s",  # must be below the resolution
         "--node-selector=type=real",
     ], ("https", 10250), {"httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"}},
         "metrics-server"))
