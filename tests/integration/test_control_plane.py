@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from localcluster import cluster as lc
-from localcluster import nodes, paths, versions
+from localcluster import monitoring, nodes, paths, versions
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
@@ -228,9 +228,12 @@ def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
     proc = run_cli("status", "--state-dir", str(cluster.state_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [p.name for p in lc.processes(cluster.real_node)]
+    if cluster.real_node:  # the monitoring stack's parts, one line each
+        names += [name for name, _ok, _detail in monitoring.health(cluster)]
     for name in names:
         assert f"{name}" in proc.stdout
     assert proc.stdout.count("healthy") == len(names)
+    assert "UNHEALTHY" not in proc.stdout and "DEAD" not in proc.stdout
 
 
 def _pids_using(state_dir: Path) -> list[int]:
