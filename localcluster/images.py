@@ -1,14 +1,14 @@
 """Builds the project's container images locally (no Docker, no registry) and imports them.
 
 Owns the image references, the layer recipes, the layer cache and the OCI image-layout writer.
-Seven images, each an OCI archive under ``paths.images_dir()``:
+Eight images, each an OCI archive under ``paths.images_dir()``:
 
 - ``model-server``: debian + venv + torch + server deps (extras ``torch,s3``) + model_server;
 - ``operator``: debian + venv + operator deps (extra ``operator``) + msv_operator;
 - ``model-store``: debian + venv + ``moto[server]`` (``python3 -m http.server`` needs no layer);
 - ``pause``: one static binary built from ``localcluster/pause/pause.c``;
 - ``prometheus``, ``prometheus-operator`` (also the config reloader: the operator names its
-  command), ``metrics-server``: a tiny ``static`` layer (``/etc/passwd``, ``/etc/group``,
+  command), ``metrics-server``, ``prometheus-adapter``: a tiny ``static`` layer (``/etc/passwd``, ``/etc/group``,
   ``/tmp``) plus the static Go binaries ``python -m localcluster build`` made, in ``/bin``.
 
 The Dockerfiles stay the source of truth for what goes in; this builder reproduces them with
@@ -53,7 +53,7 @@ REGISTRY = "docker.io"
 REPOSITORY = "modelservice"
 TAG = "0.1.0"
 NAMES = ("model-server", "operator", "model-store", "pause", "prometheus", "prometheus-operator",
-         "metrics-server")
+         "metrics-server", "prometheus-adapter")
 
 
 def image_ref(name: str) -> str:
@@ -653,6 +653,10 @@ def recipes() -> dict[str, Recipe]:
             STATIC, Step("metrics-server", "gobin", ("metrics-server",)),
         ), ImageConfig(entrypoint=("/bin/metrics-server",), user="65534:65534",
                        ports=(10250,), labels=LABELS)),
+        "prometheus-adapter": Recipe("prometheus-adapter", (
+            STATIC, Step("prometheus-adapter", "gobin", ("prometheus-adapter",)),
+        ), ImageConfig(entrypoint=("/bin/prometheus-adapter",), user="65534:65534",
+                       ports=(6443,), labels=LABELS)),
     }
 
 

@@ -13,6 +13,9 @@ hopes). Every binary is built from Go modules (``localcluster build``) and packa
   (``k8s``: every ServiceMonitor and PodMonitor of every namespace, 5 s scrape and rule
   interval, 2 h retention, an emptyDir), behind the Service ``prometheus`` on
   ``10.96.100.20:9090``;
+- ``prometheus-adapter`` in ``monitoring``: ``custom.metrics.k8s.io`` (v1beta1, v1beta2) from
+  that Prometheus, per pod: ``model_server_inflight_requests`` (what the operator's in-flight
+  HPAs ask for) and ``model_server_requests_per_second`` (rate of the requests counter);
 - namespace ``kube-system``: ``metrics-server`` (APIService ``v1beta1.metrics.k8s.io``),
   scraping the real kubelet's ``/metrics/resource``. kwok's simulated nodes are not scraped
   (``--node-selector type=real``): their pods have no resource metrics.
@@ -42,6 +45,7 @@ PROMETHEUS_URL = f"http://{PROMETHEUS_IP}:{PROMETHEUS_PORT}"
 SCRAPE_INTERVAL = "5s"
 RETENTION = "2h"
 METRICS_API = "v1beta1.metrics.k8s.io"
+CUSTOM_METRICS_API = "v1beta1.custom.metrics.k8s.io"
 METRIC_RESOLUTION = "10s"  # metrics-server's scrape period (its minimum)
 
 PART_OF = {"app.kubernetes.io/part-of": "localcluster"}
@@ -52,6 +56,24 @@ METRICS_SERVER_MODULE = "sigs.k8s.io/metrics-server"
 OPERATOR_ROLE = "example/rbac/prometheus-operator/prometheus-operator-cluster-role.yaml"
 PROMETHEUS_ROLE = "example/rbac/prometheus/prometheus-cluster-role.yaml"
 METRICS_SERVER_RBAC = "manifests/base/rbac.yaml"
+ADAPTER_MODULE = "sigs.k8s.io/prometheus-adapter"
+ADAPTER_ROLE = "deploy/manifests/cluster-role.yaml"
+CUSTOM_METRICS_VERSIONS = ("v1beta1", "v1beta2")
+
+# Per-pod custom metrics from the model servers' own series (labels namespace/pod come from
+# the ServiceMonitor's relabelling). Relisted every 10 s so a new pod's series appear fast.
+ADAPTER_CONFIG = {"rules": [
+    {"seriesQuery": 'model_server_inflight_requests{namespace!="",pod!=""}',
+     "resources": {"overrides": {"namespace": {"resource": "namespace"},
+                                 "pod": {"resource": "pod"}}},
+     "name": {"matches": "^(.*)$", "as": "${1}"},
+     "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"},
+    {"seriesQuery": 'model_server_requests_total{namespace!="",pod!=""}',
+     "resources": {"overrides": {"namespace": {"resource": "namespace"},
+                                 "pod": {"resource": "pod"}}},
+     "name": {"matches": "^(.*)_total$", "as": "${1}_per_second"},
+     "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[30s])) by (<<.GroupBy>>)"},
+]}
 
 
 class MonitoringError(RuntimeError):
@@ -83,8 +105,14 @@ def _service_account(name: str, namespace: str) -> dict[str, Any]:
 
 
 def _deployment(name: str, namespace: str, image: str, args: list[str], port: tuple[str, int],
-                probe: dict[str, Any], sa: str) -> dict[str, Any]:
+                probe: dict[str, Any], sa: str, config_map: str | None = None
+                ) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": name, **PART_OF}
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if config_map:
+        mounts.append({"name": "config", "mountPath": "/etc/config", "readOnly": True})
+        volumes.append({"name": "config", "configMap": {"name": config_map}})
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -97,8 +125,8 @@ def _deployment(name: str, namespace: str, image: str, args: list[str], port: tu
                          "readinessProbe": {**probe, "periodSeconds": 2},
                          "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
                          "securityContext": _security(),
-                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
-                     "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
+                         "volumeMounts": mounts}],
+                     "volumes": volumes}}}}
 
 
 def prometheus_stack(operator_role: Mapping[str, Any], prometheus_role: Mapping[str, Any]
@@ -165,20 +193,51 @@ def metrics_server_stack(rbac: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         "--node-selector=type=real",
     ], ("https", 10250), {"httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"}},
         "metrics-server"))
-    labels = {"app.kubernetes.io/name": "metrics-server", **PART_OF}
-    items.append({"apiVersion": "v1", "kind": "Service",
-                  "metadata": {"name": "metrics-server", "namespace": METRICS_NAMESPACE,
-                               "labels": labels},
-                  "spec": {"selector": labels,
-                           "ports": [{"name": "https", "port": 443, "targetPort": "https"}]}})
-    group, version = "metrics.k8s.io", "v1beta1"
-    items.append({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-                  "metadata": {"name": METRICS_API, "labels": PART_OF},
-                  "spec": {"service": {"name": "metrics-server", "namespace": METRICS_NAMESPACE},
-                           "group": group, "version": version,
-                           # metrics-server serves a self-signed certificate, as upstream.
-                           "insecureSkipTLSVerify": True,
-                           "groupPriorityMinimum": 100, "versionPriority": 100}})
+    items.append(_https_service("metrics-server", METRICS_NAMESPACE))
+    items.append(_api_service("metrics.k8s.io", "v1beta1", "metrics-server", METRICS_NAMESPACE))
+    return items
+
+
+def _api_service(group: str, version: str, service: str, namespace: str) -> dict[str, Any]:
+    # Both servers present a self-signed serving certificate, as upstream ships them.
+    return {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": f"{version}.{group}", "labels": PART_OF},
+            "spec": {"service": {"name": service, "namespace": namespace},
+                     "group": group, "version": version, "insecureSkipTLSVerify": True,
+                     "groupPriorityMinimum": 100, "versionPriority": 100}}
+
+
+def _https_service(name: str, namespace: str) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": name, **PART_OF}
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"selector": labels,
+                     "ports": [{"name": "https", "port": 443, "targetPort": "https"}]}}
+
+
+def adapter_stack(adapter_role: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """prometheus-adapter serving custom.metrics.k8s.io from the local Prometheus."""
+    name = "prometheus-adapter"
+    items: list[dict[str, Any]] = [
+        {**adapter_role, "metadata": {"name": name, "labels": PART_OF}},
+        _service_account(name, NAMESPACE),
+        _binding(name, name, name, NAMESPACE),
+        _binding(f"{name}:system:auth-delegator", "system:auth-delegator", name, NAMESPACE),
+        _binding(f"{name}-auth-reader", "extension-apiserver-authentication-reader", name,
+                 NAMESPACE, kind="RoleBinding", role_kind="Role",
+                 in_namespace=METRICS_NAMESPACE),
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": name, "namespace": NAMESPACE, "labels": PART_OF},
+         "data": {"config.yaml": yaml.safe_dump(ADAPTER_CONFIG, sort_keys=False)}},
+        _deployment(name, NAMESPACE, images.image_ref(name), [
+            "--cert-dir=/tmp", "--secure-port=6443", f"--prometheus-url={PROMETHEUS_URL}/",
+            "--config=/etc/config/config.yaml", "--metrics-relist-interval=10s",
+        ], ("https", 6443), {"httpGet": {"path": "/readyz", "port": "https",
+                                         "scheme": "HTTPS"}}, name, config_map=name),
+        _https_service(name, NAMESPACE),
+    ]
+    items += [_api_service("custom.metrics.k8s.io", v, name, NAMESPACE)
+              for v in CUSTOM_METRICS_VERSIONS]
     return items
 
 
@@ -197,7 +256,9 @@ def manifests() -> dict[str, Any]:
     (op_role,) = _load(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, OPERATOR_ROLE)
     (prom_role,) = _load(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, PROMETHEUS_ROLE)
     ms_rbac = _load(METRICS_SERVER_MODULE, versions.METRICS_SERVER, METRICS_SERVER_RBAC)
-    items = prometheus_stack(op_role, prom_role) + metrics_server_stack(ms_rbac)
+    (adapter_role,) = _load(ADAPTER_MODULE, versions.PROMETHEUS_ADAPTER, ADAPTER_ROLE)
+    items = (prometheus_stack(op_role, prom_role) + metrics_server_stack(ms_rbac)
+             + adapter_stack(adapter_role))
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
@@ -225,8 +286,8 @@ def _http_ok(url: str) -> tuple[bool, str]:
         return False, str(e)
 
 
-def _api_available(cluster: Any) -> tuple[bool, str]:
-    proc = cluster.kubectl_run("get", "apiservice", METRICS_API, "-o", "json", check=False)
+def _api_available(cluster: Any, name: str = METRICS_API) -> tuple[bool, str]:
+    proc = cluster.kubectl_run("get", "apiservice", name, "-o", "json", check=False)
     if proc.returncode != 0:
         return False, proc.stderr.strip()
     conds = {c["type"]: c for c in json.loads(proc.stdout).get("status", {}).get("conditions", [])}
@@ -236,7 +297,7 @@ def _api_available(cluster: Any) -> tuple[bool, str]:
 
 def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = print) -> None:
     """Apply the operator's CRDs and the stack, then wait until Prometheus answers on its
-    Service and the metrics API is Available. Idempotent (server-side apply)."""
+    Service and both metrics APIs are Available. Idempotent (server-side apply)."""
     t0 = time.monotonic()
     crds = addons.crd_files("prometheus-operator")
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts",
@@ -254,6 +315,9 @@ def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = pri
     out(f"  monitoring: Prometheus answers on {PROMETHEUS_URL} ({time.monotonic() - t0:.1f} s)")
     _poll(f"the APIService {METRICS_API}", lambda: _api_available(cluster), timeout, hint)
     out(f"  monitoring: metrics.k8s.io Available ({time.monotonic() - t0:.1f} s)")
+    _poll(f"the APIService {CUSTOM_METRICS_API}",
+          lambda: _api_available(cluster, CUSTOM_METRICS_API), timeout, hint)
+    out(f"  monitoring: custom.metrics.k8s.io Available ({time.monotonic() - t0:.1f} s)")
 
 
 def health(cluster: Any) -> list[tuple[str, bool, str]]:
@@ -261,7 +325,8 @@ def health(cluster: Any) -> list[tuple[str, bool, str]]:
     report = []
     for name, ns, kind in (("prometheus-operator", NAMESPACE, "deployment"),
                            (f"prometheus-{PROMETHEUS_NAME}", NAMESPACE, "statefulset"),
-                           ("metrics-server", METRICS_NAMESPACE, "deployment")):
+                           ("metrics-server", METRICS_NAMESPACE, "deployment"),
+                           ("prometheus-adapter", NAMESPACE, "deployment")):
         proc = cluster.kubectl_run("get", kind, name, "-n", ns, "-o", "json", check=False)
         if proc.returncode != 0:
             report.append((name, False, f"{kind} {ns}/{name} missing"))
@@ -271,8 +336,10 @@ def health(cluster: Any) -> list[tuple[str, bool, str]]:
         report.append((name, want > 0 and ready == want, f"{ready}/{want} ready ({kind} {ns})"))
     ok, detail = _http_ok(PROMETHEUS_URL + "/-/ready")
     report.append(("prometheus-api", ok, f"{PROMETHEUS_URL} {detail}"))
-    ok, detail = _api_available(cluster)
-    report.append(("metrics.k8s.io", ok, detail or "Available"))
+    for name, api in (("metrics.k8s.io", METRICS_API),
+                      ("custom.metrics.k8s.io", CUSTOM_METRICS_API)):
+        ok, detail = _api_available(cluster, api)
+        report.append((name, ok, detail or "Available"))
     return report
 
 

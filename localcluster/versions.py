@@ -19,6 +19,8 @@ CLI_UTILS = "v0.37.2"  # kstatus, the status reader Flux uses (a test helper, no
 PROMETHEUS = "v0.316.0"  # the Go module's version of Prometheus 3.16.0
 PROMETHEUS_OPERATOR = "v0.85.0"
 METRICS_SERVER = "v0.9.0"
+# custom.metrics.k8s.io from Prometheus (KEDA was weighed: docs/local-cluster.md says why not).
+PROMETHEUS_ADAPTER = "v0.12.0"
 
 # Add-on CRD sources (downloaded as Go modules, never built).
 GATEWAY_API = "v1.6.3"
@@ -156,6 +158,13 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("sigs.k8s.io/metrics-server/cmd/metrics-server",),
         binaries=("metrics-server",),
         ldflags=(f"-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER}",),
+    ),
+    Component(
+        name="prometheus-adapter",
+        module="sigs.k8s.io/prometheus-adapter",
+        version=PROMETHEUS_ADAPTER,
+        packages=("sigs.k8s.io/prometheus-adapter/cmd/adapter",),
+        binaries=("prometheus-adapter",),
     ),
 )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from msv_operator.builders import INFLIGHT_METRIC
 
 from localcluster import addons, images, monitoring, nodes
 
@@ -59,16 +60,25 @@ def test_monitoring_stack_watches_every_namespace_with_local_images() -> None:
     assert services["prometheus"]["spec"]["clusterIP"] == monitoring.PROMETHEUS_IP
     assert monitoring.PROMETHEUS_URL == "http://10.96.100.20:9090"
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
-    for name in ("prometheus-operator", "metrics-server"):
+    for name in ("prometheus-operator", "metrics-server", "prometheus-adapter"):
         (c,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         assert c["image"] == images.image_ref(name)
         assert c["image"].startswith("docker.io/modelservice/")
     op_args = deployments["prometheus-operator"]["spec"]["template"]["spec"]["containers"][0]
     assert (f"--prometheus-config-reloader={images.image_ref('prometheus-operator')}"
             in op_args["args"])
-    (api,) = by_kind["APIService"]
-    assert api["metadata"]["name"] == "v1beta1.metrics.k8s.io"
-    assert api["spec"]["service"] == {"name": "metrics-server", "namespace": "kube-system"}
+    apis = {a["metadata"]["name"]: a["spec"]["service"] for a in by_kind["APIService"]}
+    adapter_svc = {"name": "prometheus-adapter", "namespace": "monitoring"}
+    assert apis == {
+        "v1beta1.metrics.k8s.io": {"name": "metrics-server", "namespace": "kube-system"},
+        "v1beta1.custom.metrics.k8s.io": adapter_svc, "v1beta2.custom.metrics.k8s.io": adapter_svc}
+    # The adapter serves the metric the operator's in-flight HPAs name, per pod.
+    (config,) = by_kind["ConfigMap"]
+    rules = yaml.safe_load(config["data"]["config.yaml"])["rules"]
+    inflight = [r for r in rules if r["seriesQuery"].startswith(INFLIGHT_METRIC + "{")]
+    assert inflight and inflight[0]["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    adapter = deployments["prometheus-adapter"]["spec"]["template"]["spec"]["containers"][0]
+    assert f"--prometheus-url={monitoring.PROMETHEUS_URL}/" in adapter["args"]
     # Upstream's RBAC, bound to service accounts that exist in the namespaces we deploy to.
     accounts = {(a["metadata"]["namespace"], a["metadata"]["name"])
                 for a in by_kind["ServiceAccount"]}
