@@ -8,8 +8,9 @@ Eight images, each an OCI archive under ``paths.images_dir()``:
 - ``model-store``: debian + venv + ``moto[server]`` (``python3 -m http.server`` needs no layer);
 - ``pause``: one static binary built from ``localcluster/pause/pause.c``;
 - ``prometheus``, ``prometheus-operator`` (also the config reloader: the operator names its
-  command), ``metrics-server``, ``prometheus-adapter``: a tiny ``static`` layer (``/etc/passwd``, ``/etc/group``,
-  ``/tmp``) plus the static Go binaries ``python -m localcluster build`` made, in ``/bin``.
+  command), ``metrics-server``, ``prometheus-adapter``: a tiny ``static`` layer
+  (``/etc/passwd``, ``/etc/group``, ``/tmp``) plus the static Go binaries
+  ``python -m localcluster build`` made, in ``/bin``.
 
 The Dockerfiles stay the source of truth for what goes in; this builder reproduces them with
 Debian's own packages. The ``debian`` layer is ``mmdebstrap`` (bookworm, minbase, python3,
