@@ -108,7 +108,7 @@ def _deployment(name: str, namespace: str, image: str, args: list[str], port: tu
                 probe: dict[str, Any], sa: str, config_map: str | None = None
                 ) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": name, **PART_OF}
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if config_map:
         mounts.append({"name": "config", "mountPath": "/etc/config", "readOnly": True})
