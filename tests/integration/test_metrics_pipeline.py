@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from msv_operator import kube
-from operator_harness import MS_API, RunningOperator, wait_for
+from operator_harness import RunningOperator, wait_for
 from test_real_pods import cluster_ip, infer_once, served, wait_ready
 
 from localcluster import cluster as lc
@@ -142,58 +142,94 @@ def test_metrics_server_reports_real_usage_of_a_model_server_pod(
     assert node and quantity(node["usage"]["memory"]) > quantity(by_container[server]["memory"])
 
 
-def test_cpu_hpa_of_an_operator_built_deployment_scales_up_under_load_and_back_down(
-        cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
-        operator: RunningOperator, k: kube.Kube) -> None:
-    ns = real_namespace
-    uri, digest = published
-    quick = {"scaleUp": {"stabilizationWindowSeconds": 0,
-                         "policies": [{"type": "Pods", "value": 1, "periodSeconds": 5}]},
-             "scaleDown": {"stabilizationWindowSeconds": 15,
-                           "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]}}
-    k.apply(served("scaled", ns, uri, digest, autoscaling={
-        "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilization": 50, "behavior": quick}))
-    wait_ready(k, ns, "scaled")
-    hpa_name = "scaled-baseline"
+# Scale up at once, down 15 s after the metric fell (the defaults wait 5 minutes).
+QUICK = {"scaleUp": {"stabilizationWindowSeconds": 0,
+                     "policies": [{"type": "Pods", "value": 1, "periodSeconds": 5}]},
+         "scaleDown": {"stabilizationWindowSeconds": 15,
+                       "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]}}
+
+
+def current_metric(hpa: dict[str, Any], kind: str, field: str) -> float | None:
+    """The HPA's current value of its ``kind`` metric (``resource``/``pods``) ``field``."""
+    for m in hpa.get("status", {}).get("currentMetrics") or []:
+        value = (m.get(kind) or {}).get("current", {}).get(field)
+        if value is not None:
+            return quantity(str(value))
+    return None
+
+
+def scale_up_under_load_and_back(k: kube.Kube, ns: str, name: str, kind: str, field: str,
+                                 target: float, clients: int) -> None:
+    """An autoscaled ModelService (min 1, max 2) is Ready: its HPA reads the metric idle,
+    scales to 2 ready replicas under load from ``clients`` and back to 1 after it."""
+    hpa_name = f"{name}-baseline"
 
     def hpa() -> dict[str, Any]:
         return k.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, hpa_name) or {}
 
-    def cpu_utilization() -> int | None:
-        for m in hpa().get("status", {}).get("currentMetrics") or []:
-            value = m.get("resource", {}).get("current", {}).get("averageUtilization")
-            if value is not None:
-                return int(value)
-        return None
-
-    def ready_replicas() -> int:
+    def replicas(field: str) -> int:
         d = k.get("apps/v1", "Deployment", ns, hpa_name) or {}
-        return int(d.get("status", {}).get("readyReplicas", 0))
+        return int(d.get(field.split(".")[0], {}).get(field.split(".")[1], 0))
 
-    # Idle: the HPA reads a real (low) utilization and keeps the minimum.
-    idle = wait_for("the HPA to read CPU utilization from metrics-server",
-                    lambda: cpu_utilization() is not None, timeout=120)
-    assert idle and hpa()["status"]["desiredReplicas"] == 1
+    # Idle: the HPA reads a real (low) value and keeps the minimum.
+    wait_for(f"the HPA to read its {kind} metric", lambda: current_metric(
+        hpa(), kind, field) is not None, timeout=180, interval=2)
+    assert hpa()["status"]["desiredReplicas"] == 1, hpa()["status"]
 
-    ip = cluster_ip(k, ns, "scaled")
-    with Load(ip, "scaled", clients=3) as load:
-        wait_for("the HPA to see utilization above its 50% target",
-                 lambda: (cpu_utilization() or 0) > 50, timeout=180, interval=2)
-        wait_for("a second ready replica started by the HPA", lambda: ready_replicas() == 2,
-                 timeout=300, interval=2)
-        pods = k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=scaled")
+    ip = cluster_ip(k, ns, name)
+    with Load(ip, name, clients=clients) as load:
+        wait_for(f"the HPA to see its {kind} metric above {target}",
+                 lambda: (current_metric(hpa(), kind, field) or 0) > target, timeout=180,
+                 interval=2)
+        wait_for("a second ready replica started by the HPA",
+                 lambda: replicas("status.readyReplicas") == 2, timeout=300, interval=2)
+        pods = k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={name}")
         assert all(p["spec"]["nodeName"] == "node-1" for p in pods)
     assert load.ok > 0 and load.failed == 0, (load.ok, load.failed)
 
-    # Load stopped: usage falls, and the HPA scales back to its minimum per its behavior.
+    # Load stopped: the metric falls and the HPA scales back to its minimum per its behavior.
     wait_for("the HPA to scale back to 1 replica after the load",
              lambda: hpa().get("status", {}).get("desiredReplicas") == 1, timeout=240,
              interval=2)
-    wait_for("the Deployment to shrink to 1 replica", lambda: (
-        (k.get("apps/v1", "Deployment", ns, hpa_name) or {}).get("spec", {}).get("replicas")
-        == 1), timeout=60)
-    events = k.list("v1", "Event", ns)
-    reasons = [e.get("message", "") for e in events if e.get("reason") == "SuccessfulRescale"]
+    wait_for("the Deployment to shrink to 1 replica",
+             lambda: replicas("spec.replicas") == 1, timeout=60)
+    reasons = [e.get("message", "") for e in k.list("v1", "Event", ns)
+               if e.get("reason") == "SuccessfulRescale"]
     assert any("above target" in m for m in reasons), reasons
     assert any("below target" in m for m in reasons), reasons
-    assert k.get(MS_API, "ModelService", ns, "scaled")["spec"]["autoscaling"]["maxReplicas"] == 2
+
+
+def test_cpu_hpa_of_an_operator_built_deployment_scales_up_under_load_and_back_down(
+        cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    uri, digest = published
+    k.apply(served("scaled", real_namespace, uri, digest, autoscaling={
+        "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilization": 50, "behavior": QUICK}))
+    wait_ready(k, real_namespace, "scaled")
+    # metrics-server's CPU of the real pods, as a percentage of their 50m request.
+    scale_up_under_load_and_back(k, real_namespace, "scaled", "resource",
+                                 "averageUtilization", target=50, clients=3)
+
+
+def test_inflight_hpa_scales_on_the_model_servers_own_metric_through_the_adapter(
+        cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
+        operator: RunningOperator, k: kube.Kube) -> None:
+    ns = real_namespace
+    uri, digest = published
+    k.apply(served("busy", ns, uri, digest, monitoring={"interval": "5s"}, autoscaling={
+        "minReplicas": 1, "maxReplicas": 2, "targetInFlight": 1, "behavior": QUICK}))
+    wait_ready(k, ns, "busy")
+    hpa = k.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, "busy-baseline")
+    assert hpa and [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"], hpa
+
+    # Prometheus scrapes the pod; prometheus-adapter serves its gauge per pod.
+    path = f"namespaces/{ns}/pods/*/model_server_inflight_requests"
+    served_metric = wait_for(f"custom.metrics.k8s.io {path}", lambda: (cluster.kubectl_run(
+        "get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/{path}", check=False).stdout
+        or None), timeout=120, interval=2)
+    items = json.loads(served_metric)["items"]
+    assert [i["describedObject"]["kind"] for i in items] == ["Pod"], items
+
+    # model_server_inflight_requests via the adapter: 4 closed-loop clients keep several
+    # requests in the one pod against a target of 1 per pod.
+    scale_up_under_load_and_back(k, ns, "busy", "pods", "averageValue", target=1, clients=4)
