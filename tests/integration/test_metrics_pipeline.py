@@ -11,18 +11,24 @@ from __future__ import annotations
 import json
 import threading
 import urllib.error
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from msv_operator import kube
-from operator_harness import RunningOperator, wait_for
-from test_real_pods import cluster_ip, infer_once, served, wait_ready
+from operator_harness import wait_for
+from test_real_pods import (
+    cluster_ip,
+    infer_once,
+    operator,  # noqa: F401  (the fixture: an operator on real_namespace)
+    served,
+    wait_ready,
+)
 
 from localcluster import cluster as lc
 from localcluster import modelstores, monitoring
 
-pytestmark = [pytest.mark.slow, pytest.mark.torch]
+# Each test runs the operator on its real_namespace (test_real_pods' fixture).
+pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.usefixtures("operator")]
 
 MONITORING_API = "monitoring.coreos.com/v1"
 
@@ -40,14 +46,6 @@ def published(cluster: lc.Cluster, tmp_path_factory: pytest.TempPathFactory
     path = tmp_path_factory.mktemp("models") / "classifier"
     make_text_classifier(path)
     return modelstores.publish_http(path, f"metrics-{path.parent.name}")
-
-
-@pytest.fixture
-def operator(crd: None, real_namespace: str) -> Iterator[RunningOperator]:
-    op = RunningOperator([real_namespace]).start()
-    yield op
-    assert op.alive, "the operator must still be running at the end of the test"
-    op.stop()
 
 
 def metrics_api(cluster: lc.Cluster, path: str) -> dict[str, Any] | None:
@@ -94,7 +92,7 @@ class Load:
 
 def test_service_monitor_becomes_a_prometheus_target_with_the_models_metrics(
         cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
-        operator: RunningOperator, k: kube.Kube) -> None:
+        k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = published
     k.apply(served("watched", ns, uri, digest, monitoring={"interval": "5s"}))
@@ -118,7 +116,7 @@ def test_service_monitor_becomes_a_prometheus_target_with_the_models_metrics(
 
 def test_metrics_server_reports_real_usage_of_a_model_server_pod(
         cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
-        operator: RunningOperator, k: kube.Kube) -> None:
+        k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = published
     k.apply(served("measured", ns, uri, digest))
@@ -201,7 +199,7 @@ def scale_up_under_load_and_back(k: kube.Kube, ns: str, name: str, kind: str, fi
 
 def test_cpu_hpa_of_an_operator_built_deployment_scales_up_under_load_and_back_down(
         cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
-        operator: RunningOperator, k: kube.Kube) -> None:
+        k: kube.Kube) -> None:
     uri, digest = published
     k.apply(served("scaled", real_namespace, uri, digest, autoscaling={
         "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilization": 50, "behavior": QUICK}))
@@ -213,7 +211,7 @@ def test_cpu_hpa_of_an_operator_built_deployment_scales_up_under_load_and_back_d
 
 def test_inflight_hpa_scales_on_the_model_servers_own_metric_through_the_adapter(
         cluster: lc.Cluster, published: tuple[str, str], real_namespace: str,
-        operator: RunningOperator, k: kube.Kube) -> None:
+        k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = published
     k.apply(served("busy", ns, uri, digest, monitoring={"interval": "5s"}, autoscaling={
