@@ -231,3 +231,17 @@ def test_inflight_hpa_scales_on_the_model_servers_own_metric_through_the_adapter
     # model_server_inflight_requests via the adapter: 4 closed-loop clients keep several
     # requests in the one pod against a target of 1 per pod.
     scale_up_under_load_and_back(k, ns, "busy", "pods", "averageValue", target=1, clients=4)
+
+
+def test_prometheus_helpers_report_what_prometheus_said(cluster: lc.Cluster) -> None:
+    # The stack's own targets are not scraped (no ServiceMonitor for them): `up` is empty.
+    assert monitoring.query('up{namespace="monitoring"}') == []
+    assert monitoring.query("vector(1)")[0]["value"][1] == "1"
+    with pytest.raises(monitoring.MonitoringError, match="parse error"):
+        monitoring.query("sum(")
+    with pytest.raises(monitoring.MonitoringError, match="no target with labels"):
+        monitoring.wait_for_target({"namespace": "no-such-namespace"}, timeout=2)
+    names = [name for name, ok, _detail in monitoring.health(cluster) if ok]
+    assert names == ["prometheus-operator", f"prometheus-{monitoring.PROMETHEUS_NAME}",
+                     "metrics-server", "prometheus-adapter", "prometheus-api",
+                     "metrics.k8s.io", "custom.metrics.k8s.io"]
