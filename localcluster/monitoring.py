@@ -44,6 +44,7 @@ PROMETHEUS_PORT = 9090
 PROMETHEUS_URL = f"http://{PROMETHEUS_IP}:{PROMETHEUS_PORT}"
 SCRAPE_INTERVAL = "5s"
 RETENTION = "2h"
+RELOADER_INTERVAL = "5s"  # how often Prometheus's config reloader re-reads the config
 METRICS_API = "v1beta1.metrics.k8s.io"
 CUSTOM_METRICS_API = "v1beta1.custom.metrics.k8s.io"
 METRIC_RESOLUTION = "10s"  # metrics-server's scrape period (its minimum)
@@ -162,6 +163,17 @@ def prometheus_stack(operator_role: Mapping[str, Any], prometheus_role: Mapping[
             "resources": {"requests": {"cpu": "10m", "memory": "128Mi"}},
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
+            # The config reloader notices the Secret prometheus-operator rewrites only on its
+            # 3-minute poll (the kubelet's symlink swap gives it no usable event): a new
+            # ServiceMonitor took up to 3 min to become a target. The operator exposes no
+            # setting for it, so patch the sidecar's arguments (the operator's own, plus the
+            # interval; strategic merge by container name replaces the list).
+            "containers": [{"name": "config-reloader", "args": [
+                "--listen-address=:8080", f"--reload-url=http://localhost:{PROMETHEUS_PORT}/-/reload",
+                "--config-file=/etc/prometheus/config/prometheus.yaml.gz",
+                "--config-envsubst-file=/etc/prometheus/config_out/prometheus.env.yaml",
+                f"--watched-dir=/etc/prometheus/rules/prometheus-{PROMETHEUS_NAME}-rulefiles-0",
+                f"--watch-interval={RELOADER_INTERVAL}"]}],
         }})
     items.append({
         "apiVersion": "v1", "kind": "Service",
