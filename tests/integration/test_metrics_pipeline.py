@@ -222,10 +222,14 @@ def test_inflight_hpa_scales_on_the_model_servers_own_metric_through_the_adapter
 
     # Prometheus scrapes the pod; prometheus-adapter serves its gauge per pod.
     path = f"namespaces/{ns}/pods/*/model_server_inflight_requests"
-    served_metric = wait_for(f"custom.metrics.k8s.io {path}", lambda: (cluster.kubectl_run(
-        "get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/{path}", check=False).stdout
-        or None), timeout=120, interval=2)
-    items = json.loads(served_metric)["items"]
+
+    def pods_served() -> list[dict[str, Any]]:
+        proc = cluster.kubectl_run(
+            "get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/{path}", check=False)
+        return list(json.loads(proc.stdout)["items"]) if proc.returncode == 0 else []
+
+    items = wait_for(f"custom.metrics.k8s.io {path} to list the pod", pods_served,
+                     timeout=120, interval=2)
     assert [i["describedObject"]["kind"] for i in items] == ["Pod"], items
 
     # model_server_inflight_requests via the adapter: 4 closed-loop clients keep several
