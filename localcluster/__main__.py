@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 
-from localcluster import addons, build, cluster, images, paths
+from localcluster import addons, build, cluster, images, monitoring, paths
 
 
 def _out(line: str) -> None:
@@ -72,6 +72,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             for line in s.log_tail:
                 _out(f"      {line}")
     healthy = all(s.healthy for s in st)
+    c = cluster.current(args.state_dir)
+    if c and c.real_node:
+        for name, ok, detail in monitoring.health(c):
+            _out(f"{name:<24} {'healthy' if ok else 'UNHEALTHY':<9} {detail}")
+            healthy = healthy and ok
     if healthy:
         _out(f"kubeconfig: {paths.kubeconfig(args.state_dir)}")
     return 0 if healthy else 1

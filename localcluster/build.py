@@ -53,7 +53,7 @@ def module_dir(c: Component) -> Path:
 def _stamp_key(c: Component, go_version: str) -> str:
     h = hashlib.sha256()
     h.update(f"{c.module}@{c.version}\n{go_version}\n".encode())
-    h.update("\n".join((*c.packages, *c.ldflags)).encode())
+    h.update("\n".join((*c.packages, *c.ldflags, *c.tags)).encode())
     for f in sorted(module_dir(c).iterdir()):
         if f.is_file() and (f.suffix == ".go" or f.name in ("go.mod", "go.sum")):
             h.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -112,13 +112,16 @@ def build_component(c: Component, go: str, go_version: str, *, force: bool = Fal
     tmp = Path(tempfile.mkdtemp(prefix=f".{c.name}-", dir=target.parent))
     env = dict(os.environ, CGO_ENABLED="0")
     ldflags = " ".join(("-s", "-w", *c.ldflags))
-    cmd = [go, "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o"]
+    cmd = [go, "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags]
+    if c.tags:
+        cmd += ["-tags", ",".join(c.tags)]
+    cmd += ["-o"]
     cmd += [str(tmp / c.binaries[0])] if len(c.binaries) == 1 else [str(tmp) + os.sep]
     cmd += list(c.packages)
     try:
         proc = _run_with_progress(cmd, module_dir(c), env, c.name, out)
         if proc.returncode != 0:
-            hand = shlex.join([*cmd[:6], "-o", f"{target}{os.sep}", *c.packages])
+            hand = shlex.join([*cmd[:cmd.index("-o")], "-o", f"{target}{os.sep}", *c.packages])
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
             raise BuildError(
                 f"building {c.module}@{c.version} failed (go build exited {proc.returncode}):\n"

@@ -41,8 +41,6 @@ API_SERVER_NAMES = (
     "kubernetes.default.svc.cluster.local",
 )
 API_SERVER_IPS = ("127.0.0.1", "10.96.0.1", network.NODE_IP)
-# The aggregation layer checks an extension server's certificate against <service>.<ns>.svc.
-METRICS_SERVER_NAMES = ("localcluster-metrics.kube-system.svc", "localhost")
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,6 @@ class Pki:
     @property
     def serving_key(self) -> Path:
         return self.dir / "apiserver.key"
-
-    @property
-    def metrics_cert(self) -> Path:
-        return self.dir / "metrics-server.crt"
-
-    @property
-    def metrics_key(self) -> Path:
-        return self.dir / "metrics-server.key"
 
     @property
     def kubelet_serving_cert(self) -> Path:
@@ -187,10 +177,6 @@ def generate(directory: Path) -> Pki:
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in API_SERVER_IPS]
     issue(pki.serving_cert, pki.serving_key, _name("kube-apiserver"),
           ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    issue(pki.metrics_cert, pki.metrics_key, _name("localcluster-metrics"),
-          ExtendedKeyUsageOID.SERVER_AUTH,
-          [x509.DNSName(n) for n in METRICS_SERVER_NAMES]
-          + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     issue(pki.kubelet_serving_cert, pki.kubelet_serving_key, _name(REAL_NODE_NAME),
           ExtendedKeyUsageOID.SERVER_AUTH,
           [x509.DNSName(REAL_NODE_NAME), x509.IPAddress(ipaddress.ip_address(network.NODE_IP))])

@@ -13,7 +13,6 @@ clusters can run side by side with different state directories; ports are picked
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -28,7 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import build, certs, components, images, network, nodes, paths, realnode
+from localcluster import (
+    build,
+    certs,
+    components,
+    images,
+    monitoring,
+    network,
+    nodes,
+    paths,
+    realnode,
+)
 
 # The machine's one real node (its bridge, iptables and kubelet cgroups are host-wide):
 # which state directory runs it.
@@ -342,6 +351,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 180,
                 # Images rebuilt since it started (or removed by the kubelet) are imported
                 # again; unchanged ones cost one `ctr images ls`.
                 _load_images(_ctx(sd, state), out)
+                _ensure_monitoring(c, out)
         elif state and _repairable(sd, state):
             c = _repair(sd, state, timeout, out)
         else:
@@ -443,6 +453,7 @@ def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str]
     _wait_ready(c, ctx, t0 + timeout, out, t0)
     if ctx.real_node:
         _load_images(ctx, out)
+        _ensure_monitoring(c, out)
     return c
 
 
@@ -490,26 +501,34 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str,
 
     def after_healthy(name: str) -> None:
         if name == "kube-apiserver":
-            _bootstrap_objects(cluster, ports, pki, real_node)
+            _bootstrap_objects(cluster, real_node)
 
     _run_processes(ctx, state, list(procs), deadline, out, t0, after_healthy)
     _wait_ready(cluster, ctx, deadline, out, t0)
     if real_node:
         _load_images(ctx, out)  # unbounded by ``timeout``: a first import moves gigabytes
+        _install_monitoring(cluster, out)
     return cluster
 
 
-def _bootstrap_objects(cluster: Cluster, ports: dict[str, int], pki: certs.Pki,
-                       real_node: bool) -> None:
-    """The simulated node pool and the metrics APIService, once the API server answers."""
-    from localcluster import metrics_server  # lazy: it is also run as `python -m`
-
-    ca_b64 = base64.b64encode(pki.ca.read_bytes()).decode()
+def _bootstrap_objects(cluster: Cluster, real_node: bool) -> None:
+    """The simulated node pool, once the API server answers."""
     _kubectl(cluster, "apply", "--server-side", "-f", "-",
              stdin=json.dumps(nodes.pool_manifest(real_node=real_node)))
-    _kubectl(cluster, "apply", "--server-side", "-f", "-",
-             stdin=json.dumps(metrics_server.apiservice_manifests(ports["metrics-server"],
-                                                                  ca_b64)))
+
+
+def _install_monitoring(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """Prometheus (via prometheus-operator) and metrics-server, as pods on the real node."""
+    try:
+        monitoring.install(cluster, out=out)
+    except (monitoring.MonitoringError, subprocess.CalledProcessError) as e:
+        raise ClusterError(f"the monitoring stack did not start: {e}") from e
+
+
+def _ensure_monitoring(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """Install the monitoring stack again if a part of it is missing or unhealthy."""
+    if not all(ok for _name, ok, _detail in monitoring.health(cluster)):
+        _install_monitoring(cluster, out)
 
 
 def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:
@@ -522,8 +541,6 @@ def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:
 
 def _wait_ready(cluster: Cluster, ctx: components.Ctx, deadline: float,
                 out: Callable[[str], None], t0: float) -> None:
-    from localcluster import metrics_server
-
     want = {n.name for n in nodes.DEFAULT_POOL}
     if ctx.real_node:
         want.add(realnode.NODE_NAME)
@@ -545,15 +562,7 @@ def _wait_ready(cluster: Cluster, ctx: components.Ctx, deadline: float,
             return False, str(e)
         return True, ""
 
-    def metrics_available() -> tuple[bool, str]:
-        svc = api_get(cluster, "/apis/apiregistration.k8s.io/v1/apiservices/"
-                      f"{metrics_server.VERSION}.{metrics_server.GROUP}")
-        conds = {c["type"]: c for c in svc.get("status", {}).get("conditions", [])}
-        avail = conds.get("Available", {})
-        return avail.get("status") == "True", str(avail.get("message", ""))
-
     _wait("the nodes to become Ready", nodes_ready, deadline)
-    _wait("the metrics.k8s.io API", metrics_available, deadline)
     _wait("the default service account", default_sa, deadline)
     out(f"  {len(want)} nodes Ready ({time.monotonic() - t0:.1f} s)")
 

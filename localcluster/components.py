@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -238,11 +237,6 @@ def _kwok(ctx: Ctx) -> list[str]:
     ]
 
 
-def _metrics_stand_in(ctx: Ctx) -> list[str]:
-    return [sys.executable, "-m", "localcluster.metrics_server",
-            f"--state-dir={ctx.state_dir}", f"--port={ctx.ports['metrics-server']}"]
-
-
 def _url(fmt: str, port: str) -> Callable[[Ctx], str]:
     return lambda ctx: fmt.format(host=ctx.api_host, port=ctx.ports.get(port, 0))
 
@@ -265,8 +259,4 @@ CONTROL_PLANE: tuple[Process, ...] = (
     Process("kwok", _kwok, http_ok(_url("http://127.0.0.1:{port}/healthz", "kwok")),
             _url("http://127.0.0.1:{port}/healthz", "kwok"),
             ports=("kwok",), after=("kube-apiserver",)),
-    Process("metrics-server", _metrics_stand_in,
-            http_ok(_url("https://127.0.0.1:{port}/healthz", "metrics-server"), verify=True),
-            _url("https://127.0.0.1:{port}/healthz", "metrics-server"),
-            ports=("metrics-server",), after=("kube-apiserver",)),
 )

@@ -1,12 +1,16 @@
 """Builds the project's container images locally (no Docker, no registry) and imports them.
 
 Owns the image references, the layer recipes, the layer cache and the OCI image-layout writer.
-Four images, each an OCI archive under ``paths.images_dir()``:
+Eight images, each an OCI archive under ``paths.images_dir()``:
 
 - ``model-server``: debian + venv + torch + server deps (extras ``torch,s3``) + model_server;
 - ``operator``: debian + venv + operator deps (extra ``operator``) + msv_operator;
 - ``model-store``: debian + venv + ``moto[server]`` (``python3 -m http.server`` needs no layer);
-- ``pause``: one static binary built from ``localcluster/pause/pause.c``.
+- ``pause``: one static binary built from ``localcluster/pause/pause.c``;
+- ``prometheus``, ``prometheus-operator`` (also the config reloader: the operator names its
+  command), ``metrics-server``, ``prometheus-adapter``: a tiny ``static`` layer
+  (``/etc/passwd``, ``/etc/group``, ``/tmp``) plus the static Go binaries
+  ``python -m localcluster build`` made, in ``/bin``.
 
 The Dockerfiles stay the source of truth for what goes in; this builder reproduces them with
 Debian's own packages. The ``debian`` layer is ``mmdebstrap`` (bookworm, minbase, python3,
@@ -49,7 +53,8 @@ Out = Callable[[str], None]
 REGISTRY = "docker.io"
 REPOSITORY = "modelservice"
 TAG = "0.1.0"
-NAMES = ("model-server", "operator", "model-store", "pause")
+NAMES = ("model-server", "operator", "model-store", "pause", "prometheus", "prometheus-operator",
+         "metrics-server", "prometheus-adapter")
 
 
 def image_ref(name: str) -> str:
@@ -587,11 +592,19 @@ class Step:
     """One layer of a recipe: a name and how to key and make it."""
 
     name: str
-    kind: str  # debian | pip | package | pause
+    kind: str  # debian | pip | package | pause | static | gobin
     args: tuple[str, ...] = ()
 
 
 DEBIAN = Step("debian", "debian")
+STATIC = Step("static", "static")
+# The static base: who the Go binaries may run as, and a /tmp (no shell, no libc).
+STATIC_FILES = {
+    "etc/passwd": f"root:x:0:0:root:/root:/sbin/nologin\n"
+                  f"{USER_NAME}:x:{UID}:{UID}::/nonexistent:/sbin/nologin\n"
+                  "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+    "etc/group": f"root:x:0:\n{USER_NAME}:x:{UID}:\nnogroup:x:65534:\n",
+}
 VENV_STEP = Step("venv", "venv")
 
 
@@ -629,6 +642,22 @@ def recipes() -> dict[str, Recipe]:
                        labels=LABELS)),
         "pause": Recipe("pause", (Step("pause", "pause"),),
                         ImageConfig(entrypoint=("/pause",), user="65535:65535", labels=LABELS)),
+        "prometheus": Recipe("prometheus", (STATIC, Step("prometheus", "gobin", ("prometheus",))),
+                             ImageConfig(entrypoint=("/bin/prometheus",), user="65534:65534",
+                                         workdir="/prometheus", ports=(9090,), labels=LABELS)),
+        "prometheus-operator": Recipe("prometheus-operator", (
+            STATIC, Step("prometheus-operator", "gobin",
+                         ("operator", "prometheus-config-reloader")),
+        ), ImageConfig(entrypoint=("/bin/operator",), user="65534:65534", ports=(8080,),
+                       labels=LABELS)),
+        "metrics-server": Recipe("metrics-server", (
+            STATIC, Step("metrics-server", "gobin", ("metrics-server",)),
+        ), ImageConfig(entrypoint=("/bin/metrics-server",), user="65534:65534",
+                       ports=(10250,), labels=LABELS)),
+        "prometheus-adapter": Recipe("prometheus-adapter", (
+            STATIC, Step("prometheus-adapter", "gobin", ("prometheus-adapter",)),
+        ), ImageConfig(entrypoint=("/bin/prometheus-adapter",), user="65534:65534",
+                       ports=(6443,), labels=LABELS)),
     }
 
 
@@ -655,6 +684,11 @@ def step_key(step: Step, parent: str) -> str:
                          files_digest(src))
     if step.kind == "pause":
         return layer_key(parent, "pause", PAUSE_SOURCE.read_bytes(), _gcc_version())
+    if step.kind == "static":
+        return layer_key(parent, "static", *(f"{k}\0{v}" for k, v in STATIC_FILES.items()))
+    if step.kind == "gobin":
+        return layer_key(parent, "gobin", *(f"{b}\0{_file_sha256(_go_binary(b))}"
+                                            for b in step.args))
     raise ImageError(f"unknown step kind {step.kind!r}")
 
 
@@ -689,7 +723,35 @@ def _make(step: Step, lowers: Sequence[Path], label: str) -> Callable[[Path], No
             _run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", rootfs / "pause", PAUSE_SOURCE],
                  "compiling pause.c (needs gcc and libc6-dev)")
             (rootfs / "pause").chmod(0o755)
+        elif step.kind == "static":
+            for rel, text in STATIC_FILES.items():
+                (rootfs / rel).parent.mkdir(parents=True, exist_ok=True)
+                (rootfs / rel).write_text(text)
+                (rootfs / rel).chmod(0o644)
+            (rootfs / "tmp").mkdir()
+            (rootfs / "tmp").chmod(0o1777)
+        elif step.kind == "gobin":
+            (rootfs / "bin").mkdir(parents=True)
+            for b in step.args:
+                shutil.copyfile(_go_binary(b), rootfs / "bin" / b)
+                (rootfs / "bin" / b).chmod(0o755)
     return make
+
+
+def _go_binary(name: str) -> Path:
+    """A binary ``python -m localcluster build`` made (the images only package it)."""
+    path = paths.binary(name)
+    if not path.is_file():
+        raise ImageError(f"{name} is not built yet; run: python -m localcluster build")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(COPY_BUFFER):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def archive_path(name: str) -> Path:
@@ -751,7 +813,10 @@ def current_layer_keys() -> set[str]:
     for recipe in recipes().values():
         parent = ""
         for step in recipe.steps:
-            parent = step_key(step, parent)
+            try:
+                parent = step_key(step, parent)
+            except ImageError:  # a Go binary not built yet: its layer has no key to keep
+                break
             keys.add(parent)
     return keys
 

@@ -167,6 +167,10 @@ def _kubelet_config(ctx: Ctx) -> dict[str, object]:
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "512Mi",
                          "imagefs.available": "512Mi", "nodefs.inodesFree": "1%"},
         "nodeStatusReportFrequency": "10s",
+        # Pod resync (default 1m) also refreshes Secret/ConfigMap volumes: prometheus-operator
+        # writes Prometheus's config into a Secret, so a new ServiceMonitor became a target
+        # only after up to a minute; 10 s keeps that short.
+        "syncFrequency": "10s",
         "shutdownGracePeriod": "0s",
         "maxPods": 60,
         "rotateCertificates": False,

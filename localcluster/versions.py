@@ -14,8 +14,15 @@ KWOK = "v0.8.0"
 HELM = "v3.22.0"
 CLI_UTILS = "v0.37.2"  # kstatus, the status reader Flux uses (a test helper, not a cluster part)
 
-# Add-on CRD sources (downloaded as Go modules, never built).
+# The metrics pipeline (built, run as pods on the real node). prometheus-operator's version is
+# also the source of its CRDs (``localcluster crds prometheus-operator``): one pin for both.
+PROMETHEUS = "v0.316.0"  # the Go module's version of Prometheus 3.16.0
 PROMETHEUS_OPERATOR = "v0.85.0"
+METRICS_SERVER = "v0.9.0"
+# custom.metrics.k8s.io from Prometheus (KEDA was weighed: docs/local-cluster.md says why not).
+PROMETHEUS_ADAPTER = "v0.12.0"
+
+# Add-on CRD sources (downloaded as Go modules, never built).
 GATEWAY_API = "v1.6.3"
 
 KUBERNETES_BUILD_DATE = "2026-04-15T18:01:22Z"  # the release's tag time, for reproducible builds
@@ -49,6 +56,14 @@ def _helm_ldflags() -> list[str]:
     ]
 
 
+def _prometheus_ldflags() -> list[str]:
+    # The module's v0.3XX.Y is Prometheus 3.XX.Y (what /api/v1/status/buildinfo reports).
+    minor, patch = PROMETHEUS.lstrip("v").split(".")[1:]
+    pkg = "github.com/prometheus/common/version"
+    return [f"-X {pkg}.Version=3.{int(minor) - 300}.{patch}", f"-X {pkg}.Branch=HEAD",
+            f"-X {pkg}.Revision={PROMETHEUS}"]
+
+
 @dataclass(frozen=True)
 class Component:
     """One wrapper Go module and the binaries built from it."""
@@ -59,6 +74,7 @@ class Component:
     packages: tuple[str, ...]  # Go packages to build (main packages)
     binaries: tuple[str, ...]  # resulting executables
     ldflags: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = field(default=())  # go build -tags
 
     @property
     def bin_dir_name(self) -> str:
@@ -109,6 +125,46 @@ COMPONENTS: tuple[Component, ...] = (
         version=CLI_UTILS,
         packages=(".",),
         binaries=("kstatus",),
+    ),
+    Component(
+        name="prometheus",
+        module="github.com/prometheus/prometheus",
+        version=PROMETHEUS,
+        packages=("github.com/prometheus/prometheus/cmd/prometheus",),
+        binaries=("prometheus",),
+        ldflags=tuple(_prometheus_ldflags()),
+        # Kubernetes service discovery only (no cloud SD plugins); no builtinassets: the web
+        # UI is not embedded, the HTTP API (/api/v1/*) is what tests and the operator use.
+        tags=("remove_all_sd", "enable_kubernetes_sd"),
+    ),
+    Component(
+        name="prometheus-operator",
+        module="github.com/prometheus-operator/prometheus-operator",
+        version=PROMETHEUS_OPERATOR,
+        packages=(
+            "github.com/prometheus-operator/prometheus-operator/cmd/operator",
+            "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader",
+        ),
+        binaries=("operator", "prometheus-config-reloader"),
+        ldflags=(
+            f"-X github.com/prometheus/common/version.Version={PROMETHEUS_OPERATOR.lstrip('v')}",
+            f"-X github.com/prometheus/common/version.Revision={PROMETHEUS_OPERATOR}",
+        ),
+    ),
+    Component(
+        name="metrics-server",
+        module="sigs.k8s.io/metrics-server",
+        version=METRICS_SERVER,
+        packages=("sigs.k8s.io/metrics-server/cmd/metrics-server",),
+        binaries=("metrics-server",),
+        ldflags=(f"-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER}",),
+    ),
+    Component(
+        name="prometheus-adapter",
+        module="sigs.k8s.io/prometheus-adapter",
+        version=PROMETHEUS_ADAPTER,
+        packages=("sigs.k8s.io/prometheus-adapter/cmd/adapter",),
+        binaries=("prometheus-adapter",),
     ),
 )
 

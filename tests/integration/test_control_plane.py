@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from localcluster import cluster as lc
-from localcluster import metrics_server, nodes, paths, versions
+from localcluster import monitoring, nodes, paths, versions
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
 MAX_GPUS = max(n.gpus for n in nodes.DEFAULT_POOL)
-CPU_USAGE = metrics_server.CPU_ANNOTATION
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
@@ -176,46 +175,6 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     wait_for("dependents to be garbage-collected", gone)
 
 
-def test_horizontal_pod_autoscaler_scales_on_reported_cpu_usage(
-        cluster: lc.Cluster, namespace: str) -> None:
-    # Each pod reports 200m CPU against a 100m request (200% of request) through the
-    # metrics.k8s.io stand-in; the real HPA controller must scale 2 -> maxReplicas (4).
-    dep = deployment("scaled", {"containers": [{
-        "name": "c", "image": "x.invalid/y", "resources": {"requests": {"cpu": "100m"}}}]})
-    dep["spec"]["template"]["metadata"]["annotations"] = {CPU_USAGE: "200m"}
-    cluster.apply(dep, namespace)
-    cluster.apply({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "scaled"},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled"},
-            "minReplicas": 2, "maxReplicas": 4,
-            "metrics": [{"type": "Resource", "resource": {
-                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
-        },
-    }, namespace)
-
-    def hpa() -> dict[str, Any]:
-        out: dict[str, Any] = cluster.kubectl_json("get", "hpa", "scaled", "-n", namespace)
-        return out
-
-    def utilization() -> int | None:
-        for m in hpa().get("status", {}).get("currentMetrics") or []:
-            value = m.get("resource", {}).get("current", {}).get("averageUtilization")
-            if value is not None:
-                return int(value)
-        return None
-
-    assert wait_for("the HPA to read CPU utilization", utilization, timeout=90) == 200
-
-    def ready() -> int:
-        d = cluster.kubectl_json("get", "deployment", "scaled", "-n", namespace)
-        return int(d.get("status", {}).get("readyReplicas", 0))
-
-    wait_for("4 ready replicas", lambda: ready() == 4, timeout=90)
-    assert hpa()["status"]["desiredReplicas"] == 4
-
-
 def test_a_job_pod_runs_to_completion(cluster: lc.Cluster, namespace: str) -> None:
     cluster.apply({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
@@ -269,9 +228,12 @@ def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
     proc = run_cli("status", "--state-dir", str(cluster.state_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [p.name for p in lc.processes(cluster.real_node)]
+    if cluster.real_node:  # the monitoring stack's parts, one line each
+        names += [name for name, _ok, _detail in monitoring.health(cluster)]
     for name in names:
         assert f"{name}" in proc.stdout
     assert proc.stdout.count("healthy") == len(names)
+    assert "UNHEALTHY" not in proc.stdout and "DEAD" not in proc.stdout
 
 
 def _pids_using(state_dir: Path) -> list[int]:
