@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
-from msv_operator import handlers
+from msv_operator import handlers, leader
 from msv_operator.config import ConfigError, OperatorConfig, load
 from msv_operator.metrics import OperatorMetrics
 
@@ -83,7 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     liveness = (f"http://{cfg.bind_address}:{cfg.health_port}/healthz"
                 if cfg.health_port else None)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(handlers.operate(cfg, metrics, liveness_endpoint=liveness))
+        try:
+            asyncio.run(handlers.operate(cfg, metrics, liveness_endpoint=liveness))
+        except leader.LeadershipLost as e:
+            # As client-go's controllers do: exit, and come back (restarted) as a standby.
+            print(f"msv-operator: {e}; exiting so the replica restarts as a standby",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
