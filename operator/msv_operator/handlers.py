@@ -20,7 +20,7 @@
   that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
 
 Success Events of kopf are not posted (``posting.level = WARNING``); our Events are posted on
-condition transitions only.
+condition transitions and for repairs of owned objects (``reconcile.events``).
 """
 
 from __future__ import annotations
@@ -261,18 +261,14 @@ class Runtime:
                 self.metrics.errors.labels(kind="rejected").inc()
             if result.status_written:
                 self.metrics.status_writes.inc()
-                await self._post_events(ms, result)
+            await self._post_events(ms, result)
             return result
 
     async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
         loop = asyncio.get_running_loop()
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
                     "metadata": ms.get("metadata") or {}}
-        for transition in result.transitions:
-            event = reconcile.event_for(transition)
-            if event is None:
-                continue
-            type_, reason, message = event
+        for type_, reason, message in reconcile.events(result):
             try:
                 await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
                                            type_, reason, message, now())

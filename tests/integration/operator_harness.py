@@ -10,6 +10,7 @@ several replicas); bench/operator_failover.py uses it too.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
+import yaml
 from msv_operator import handlers, kube
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
@@ -94,16 +97,20 @@ def free_port() -> int:
 class OperatorProcess:
     """``python -m msv_operator run`` watching ``namespace``, its metrics on a free port."""
 
-    def __init__(self, namespace: str, *args: str, name: str = "operator") -> None:
+    def __init__(self, namespace: str | None, *args: str, name: str = "operator",
+                 env: dict[str, str] | None = None) -> None:
+        """``namespace`` None: all namespaces; ``env`` replaces the environment (e.g. a
+        ``KUBECONFIG`` with a ServiceAccount's token)."""
         self.name = name
         self.port = free_port()
         self.log = Path(tempfile.mkdtemp(prefix="msv-op-")) / f"{name}.log"
-        cmd = [sys.executable, "-m", "msv_operator", "run", "--namespace", namespace,
+        scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+        cmd = [sys.executable, "-m", "msv_operator", "run", *scope,
                "--metrics-port", str(self.port), "--bind-address", "127.0.0.1",
                "--health-port", "0", "--resync-seconds", "2", "--discovery-seconds", "1",
                "--max-workers", "4", *args]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     def metrics(self) -> dict[str, float]:
         """The operator's own samples (``{}`` while its endpoint is not up)."""
@@ -153,9 +160,27 @@ class OperatorProcess:
             self.kill()
 
 
-def api() -> kube.Kube:
-    """A client for the tests' own reads and writes (separate from the operator's)."""
-    return kube.Kube("msv-tests")
+def api(kubeconfig: Path | None = None) -> kube.Kube:
+    """A client for the tests' own reads and writes (separate from the operator's); by
+    default for ``$KUBECONFIG``."""
+    if kubeconfig is None:
+        return kube.Kube("msv-tests")
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(kubeconfig),
+                                       client_configuration=configuration)
+    return kube.Kube("msv-tests", configuration=configuration)
+
+
+def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
+    """A kubeconfig for the same API server as ``admin`` that authenticates with ``token``
+    (a ServiceAccount's), as a pod's in-cluster config would."""
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "sa"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
 
 
 def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0,
