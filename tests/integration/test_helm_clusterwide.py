@@ -102,7 +102,8 @@ def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
                      timeout=90)
             assert k.get("apps/v1", "Deployment", team, "sentiment-baseline") is not None
         by_name = {p.name: p for p in procs}
-        assert by_name[holder].total("msv_operator_applies_total") >= 4  # 2 x (Deployment, Service...)
+        # Two ModelServices: at least a Deployment and a Service each.
+        assert by_name[holder].total("msv_operator_applies_total") >= 4
         standby = next(p for p in procs if p.name != holder)
         assert standby.total("msv_operator_applies_total") == 0
         for p in procs:

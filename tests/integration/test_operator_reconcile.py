@@ -193,6 +193,7 @@ def test_replicas_changed_by_the_hpa_stay_untouched(
         "msv_operator_reconciles_total", {"result": "unchanged"}) >= resyncs + 2, timeout=30)
     dep = k.get("apps/v1", "Deployment", namespace, "auto-baseline")
     assert dep is not None and dep["spec"]["replicas"] == 3
+    assert repair_events(k, namespace) == [], "an HPA-owned replica count is not drift"
 
 
 def test_objects_edited_or_deleted_by_hand_are_repaired(
@@ -215,6 +216,25 @@ def test_objects_edited_or_deleted_by_hand_are_repaired(
                     d["spec"]["template"]["spec"]["containers"][0]["image"] == image)
 
     wait_for("the Service recreated and the image restored", repaired, timeout=30)
+    # Each repair leaves an Event on the ModelService naming the object (and the field).
+    messages = wait_for("two Repaired Events", lambda: (
+        m if len(m := repair_events(k, namespace)) >= 2 else None), timeout=30)
+    assert "re-created Service fix-baseline: it was deleted" in messages
+    assert ("restored Deployment fix-baseline: spec.template.spec.containers[0].image was "
+            "changed by hand") in messages
+
+    cluster.kubectl_run("scale", "deployment/fix-baseline", "--replicas=4", "-n", namespace)
+    wait_for("the replica count restored", lambda: (
+        d := k.get("apps/v1", "Deployment", namespace, "fix-baseline")) is not None
+        and d["spec"]["replicas"] == 1, timeout=30)
+    wait_for("the replicas repair Event", lambda: (
+        "restored Deployment fix-baseline: spec.replicas was changed by hand"
+        in repair_events(k, namespace)), timeout=30)
+
+
+def repair_events(k: kube.Kube, namespace: str) -> list[str]:
+    return [e["message"] for e in k.list("v1", "Event", namespace)
+            if e["involvedObject"].get("kind") == "ModelService" and e["reason"] == "Repaired"]
 
 
 def test_deleting_the_modelservice_garbage_collects_everything(
