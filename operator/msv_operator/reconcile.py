@@ -363,8 +363,15 @@ def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
     if not status.changed(prior, result.status):
         return
     meta = ms["metadata"]
-    ctx.kube.patch_status(meta["namespace"], meta["name"], result.status)
-    result.status_written = True
+    try:
+        ctx.kube.patch_status(meta["namespace"], meta["name"], result.status)
+    except kubeapi.NotFound:
+        # Deleted while the pass ran (the watch cache lags behind): nothing left to report;
+        # the garbage collector removes what the pass applied.
+        log.info("ModelService %s/%s is gone; status not written", meta["namespace"],
+                 meta["name"], extra={"namespace": meta["namespace"],
+                                      "modelservice": meta["name"]})
+        return
     result.transitions = conditions.transitions(prior.get("conditions"),
                                                 result.status.get("conditions"))
 
