@@ -5,7 +5,9 @@ Lease was taken stops writing at once."""
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from operator_harness import (
     MS_API,
     OperatorProcess,
     condition,
+    free_port,
     modelservice,
     wait_for,
 )
@@ -149,3 +152,26 @@ def test_a_replica_whose_lease_is_taken_stops_writing_at_once(
         elector.stop()
         gated.close()
     assert holder(k, namespace) == "thief", "a replica that lost must not release the thief's Lease"
+
+
+def test_a_standby_answers_healthz_and_runs_no_operator(
+        crd: None, k: kube.Kube, namespace: str) -> None:
+    k.write_lease({"apiVersion": kube.LEASE_API, "kind": "Lease",
+                   "metadata": {"name": LEASE, "namespace": namespace},
+                   "spec": {"holderIdentity": "elsewhere", "leaseDurationSeconds": 3600}}, 10)
+    port = free_port()
+    p = OperatorProcess(namespace, *ha_args(namespace, "standby", duration=60.0),
+                        "--health-port", str(port), name="standby")
+    try:
+        p.wait_up()
+        k.apply(modelservice("waits", namespace))
+        answer = wait_for("the standby's /healthz", lambda: json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/healthz", timeout=2).read()), timeout=30)
+        assert answer == {"leader": False, "state": "standby"}
+        assert "Started the ModelService operator" not in p.tail()
+        assert writes(p) == 0
+        ms = k.get(MS_API, "ModelService", namespace, "waits")
+        assert ms is not None and not ms.get("status")
+        assert holder(k, namespace) == "elsewhere"
+    finally:
+        p.close()

@@ -1,5 +1,6 @@
 """The operator against the real local control plane: create, GPU placement, Unschedulable,
-updates, HPA-owned replicas, repair of hand edits, garbage collection, invalid specs."""
+updates, HPA-owned replicas, repair of hand edits (and their Events), garbage collection.
+Invalid specs: test_bad_modelservices.py."""
 
 from __future__ import annotations
 
@@ -278,42 +279,3 @@ def test_no_writes_when_nothing_changed(
                for kd in ("Deployment", "Service", "HorizontalPodAutoscaler")) == applies
     assert before and after
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-
-
-INVALID_SPECS: list[tuple[str, dict[str, Any]]] = [
-    ("weights-90", {"variants": [{"name": "a"}, {"name": "b"}],
-                    "traffic": [{"variant": "a", "weight": 50}, {"variant": "b", "weight": 40}]}),
-    ("unknown-variant", {"variants": [{"name": "a"}],
-                         "traffic": [{"variant": "zzz", "weight": 100}]}),
-    ("duplicate-variants", {"variants": [{"name": "a"}, {"name": "a"}]}),
-    ("no-variants", {"variants": []}),
-    ("gpu-zero", {"gpu": {"count": 0}}),
-    ("bad-scheme", {"model": {"uri": "ftp://models/x", "framework": "transformers",
-                              "task": "text-classification"}}),
-    ("min-over-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
-]
-
-
-def test_invalid_specs_are_rejected_or_reported_and_valid_ones_keep_serving(
-        operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    apply_ms(k, modelservice("good", namespace))
-    wait_for("Ready=True", lambda: ready(k, namespace, "good"), timeout=90)
-    outcomes: dict[str, str] = {}
-    for name, spec in INVALID_SPECS:
-        try:
-            apply_ms(k, modelservice(f"bad-{name}", namespace, **spec))
-        except kube.Rejected as e:
-            assert "spec" in str(e), f"{name}: the API server's message should name the field"
-            outcomes[name] = "rejected by the API server"
-            continue
-        c = wait_for_ready_reason(k, namespace, f"bad-{name}", "InvalidSpec", timeout=30)
-        assert c["status"] == "False" and "spec." in c["message"], c
-        assert not owned(k, namespace, f"bad-{name}", "apps/v1", "Deployment")
-        outcomes[name] = "InvalidSpec"
-    assert set(outcomes) == {n for n, _ in INVALID_SPECS}
-    # The operator is still alive and still serves the valid ModelService.
-    apply_ms(k, baseline_and_int8("good", namespace, 60))
-    final = wait_for("the valid ModelService converges",
-                     lambda: ready(k, namespace, "good"), timeout=90)
-    assert {(v["name"], v["weight"]) for v in final["status"]["variants"]} == {
-        ("baseline", 60), ("int8", 40)}
