@@ -41,7 +41,7 @@ def field_named(field: str, message: str) -> bool:
     """Whether ``message`` names ``field`` (list indices and keys as the API server or the
     operator write them: ``spec.traffic[0].weight``, ``.spec.traffic[variant="a"].weight``)."""
     def norm(text: str) -> str:
-        return re.sub(r"\[[^\]]*\]", "", text)
+        return re.sub(r"(?<=[A-Za-z0-9_])\[[^\]]*\]", "", text)
     return norm(field) in norm(message)
 
 
