@@ -94,6 +94,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def operator_metrics(port: int) -> dict[str, float]:
+    """``msv_operator_*`` samples from an operator's ``/metrics`` ({} while it is not up)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=2).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("msv_operator_"):
+            sample, _, value = line.rpartition(" ")
+            out[sample] = float(value)
+    return out
+
+
 class OperatorProcess:
     """``python -m msv_operator run`` watching ``namespace``, its metrics on a free port."""
 
@@ -114,17 +129,7 @@ class OperatorProcess:
 
     def metrics(self) -> dict[str, float]:
         """The operator's own samples (``{}`` while its endpoint is not up)."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                          timeout=2).read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("msv_operator_"):
-                sample, _, value = line.rpartition(" ")
-                out[sample] = float(value)
-        return out
+        return operator_metrics(self.port)
 
     def total(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
