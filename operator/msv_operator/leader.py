@@ -114,6 +114,9 @@ class Elector:
             except kube.ApiError as e:
                 log.warning("Lease %s/%s: %s", self.config.lease_namespace,
                             self.config.lease_name, e)
+            except Exception:  # keep electing: a dead thread would be a silent standby
+                log.exception("Lease %s/%s: unexpected error", self.config.lease_namespace,
+                              self.config.lease_name)
             now_leading = self.leading()
             if now_leading != leading:
                 leading = now_leading

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from msv_operator import kube
+from msv_operator import kube, leader
 from operator_harness import (
     LABEL_MODELSERVICE,
     MS_API,
@@ -256,3 +256,49 @@ def test_the_operator_rides_out_a_control_plane_restart_without_spinning(
         print(f"{len(errors)} ERROR lines during and after the outage")
     finally:
         op.close()
+
+
+def test_an_elected_pair_rides_out_an_api_server_restart(
+        private_cluster: lc.Cluster, tmp_path: Any) -> None:
+    """The leader cannot renew while the API server is away: it stops writing and exits 1
+    (its Deployment would restart it as a standby); the standby takes the stale Lease when
+    the API server is back and reconciles."""
+    c = private_cluster
+    ns = f"fault-ha-{random.randrange(1 << 20):05x}"
+    c.kubectl_run("create", "namespace", ns)
+    k = api(c.kubeconfig)
+    env = dict(os.environ, KUBECONFIG=str(c.kubeconfig))
+    args = ["--leader-election", "--lease-name", "ha", "--lease-namespace", ns,
+            "--lease-duration", "6", "--renew-deadline", "4", "--retry-period", "0.5"]
+    procs = {name: OperatorProcess(ns, *args, "--identity", name, name=name, env=env)
+             for name in ("a", "b")}
+    try:
+        for p in procs.values():
+            p.wait_up()
+        wanted = {f"m-{i}": variants_spec(["baseline"], False) for i in range(5)}
+        for name in wanted:
+            k.apply(modelservice(name, ns))
+        wait_for("5 reconciled", lambda: all_ready(k, ns, wanted, False), timeout=120)
+        first = leader_of(k, ns)
+        os.kill(component_pid(c, "kube-apiserver"), signal.SIGKILL)
+        wait_for("the leader to step down", lambda: procs[first].proc.poll() is not None,
+                 timeout=60)
+        assert procs[first].proc.returncode == 1, procs[first].tail()
+        assert "lost the Lease" in procs[first].tail()
+        lc.up(c.state_dir, timeout=180, real_node=False)
+        other = next(n for n in procs if n != first)
+        wait_for("the standby to lead", lambda: leader_of(k, ns) == other, timeout=60)
+        wanted["m-new"] = variants_spec(["baseline"], False)
+        k.apply(modelservice("m-new", ns))
+        wait_for("converged under the new leader", lambda: all_ready(k, ns, wanted, False),
+                 timeout=120)
+        assert procs[other].alive, procs[other].tail()
+    finally:
+        for p in procs.values():
+            p.close()
+        k.close()
+        c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def leader_of(k: kube.Kube, ns: str) -> str:
+    return leader.lease_holder(k.lease(ns, "ha", 10))
