@@ -38,7 +38,7 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kube, leader, reconcile
+from msv_operator import builders, conditions, kopf_fixes, kube, leader, reconcile
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 
@@ -462,6 +462,7 @@ async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
                   liveness_endpoint: str | None = None) -> None:
     """Run the operator until ``stop_flag`` (or SIGINT/SIGTERM in the main thread); with
     leader election only while this replica holds the Lease (``leader.run_elected``)."""
+    kopf_fixes.apply()
     async def run(write_gate: Any, stop: Any) -> None:
         # Elected: kopf's cleanup sets ``stop`` too, so kopf's waiter on it ends at once.
         on_stopped = stop.set if write_gate is not None else None
