@@ -12,10 +12,13 @@ flips, which is the only time a waiter's predicate can change. Waiters of a sing
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from kopf._cogs.aiokits import aiotoggles
+
+log = logging.getLogger("msv_operator.kopf_fixes")
 
 _APPLIED = False
 
@@ -48,11 +51,17 @@ async def _drop_toggles(self: Any, toggles: Iterable[aiotoggles.Toggle]) -> None
 
 
 def apply() -> None:
-    """Patch ``kopf``'s ``ToggleSet`` (idempotent); the semantics stay kopf's."""
+    """Patch ``kopf``'s ``ToggleSet`` (idempotent); the semantics stay kopf's. A kopf whose
+    ToggleSet no longer has the expected shape is left alone (slow start, still correct)."""
     global _APPLIED
     if _APPLIED:
         return
     cls: Any = aiotoggles.ToggleSet
+    probe = cls(all)
+    if not (isinstance(getattr(probe, "_toggles", None), set)
+            and hasattr(probe, "_condition") and hasattr(aiotoggles, "Toggle")):
+        log.warning("kopf's ToggleSet changed shape; its start-up fix is not applied")
+        return
     cls.make_toggle = _make_toggle
     cls.drop_toggle = _drop_toggle
     cls.drop_toggles = _drop_toggles
