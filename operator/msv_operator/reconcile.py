@@ -372,6 +372,7 @@ def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
                  meta["name"], extra={"namespace": meta["namespace"],
                                       "modelservice": meta["name"]})
         return
+    result.status_written = True
     result.transitions = conditions.transitions(prior.get("conditions"),
                                                 result.status.get("conditions"))
 

@@ -100,6 +100,7 @@ def test_create_applies_every_object_and_becomes_ready(
     assert condition(final, "Degraded")["status"] == "False"
     assert condition(final, "Progressing")["status"] == "False"
     assert operator.metric("msv_operator_reconciles_total", {"result": "applied"}) >= 1
+    assert operator.metric("msv_operator_status_writes_total") >= 1
 
 
 def test_gpu_modelservice_lands_only_on_matching_gpu_nodes(
