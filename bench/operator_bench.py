@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,9 @@ import localcluster
 from localcluster import paths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import stop_all
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from loadgen import cpu_seconds, stop_all
+from operator_harness import operator_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "operator.json"
@@ -133,17 +134,7 @@ class Operator:
         STARTED.append(self.proc)
 
     def metrics(self) -> dict[str, float]:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                          timeout=2).read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("msv_operator_") and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return operator_metrics(self.port)
 
     def total(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
@@ -169,7 +160,8 @@ class Operator:
         stop_all([self.proc], timeout_s=30)
 
 
-def ms_body(name: str, ns: str, variants: int = 1) -> dict[str, Any]:
+def ms_body(name: str, ns: str, variants: int = 1, replicas: int | None = None
+            ) -> dict[str, Any]:
     names = ["baseline", "int8"][:variants]
     spec: dict[str, Any] = {
         "model": {"uri": "s3://models/bench", "framework": "transformers",
@@ -182,6 +174,8 @@ def ms_body(name: str, ns: str, variants: int = 1) -> dict[str, Any]:
     if variants > 1:
         spec["traffic"] = [{"variant": "baseline", "weight": 50},
                            {"variant": "int8", "weight": 50}]
+    if replicas is not None:
+        spec["replicas"] = replicas
     return {"apiVersion": MS_API, "kind": "ModelService",
             "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
@@ -306,6 +300,85 @@ def throughput_scenario(mode: str, n: int, cluster: localcluster.Cluster, client
     return result
 
 
+def apiserver_cpu_seconds(cluster: localcluster.Cluster) -> float:
+    """CPU time kube-apiserver has used so far (user + system)."""
+    pid = {st.name: st.pid for st in localcluster.status(cluster.state_dir)}["kube-apiserver"]
+    return cpu_seconds(int(pid or 0))
+
+
+def wait_passes(op: Operator, at_least: float, limit: float = 900) -> None:
+    deadline = time.monotonic() + limit
+    while op.total("msv_operator_reconciles_total") < at_least:
+        if time.monotonic() > deadline or op.proc.poll() is not None:
+            raise TimeoutError(f"fewer than {at_least} passes (see {op.log})")
+        time.sleep(0.5)
+
+
+def scale_scenario(n: int, cluster: localcluster.Cluster, client: kube.Kube
+                   ) -> dict[str, Any]:
+    """``n`` ModelServices with ``replicas: 0`` (objects only: no pods, so the control plane
+    works for the operator, not for the scheduler and kwok): reconcile throughput with the
+    operator's and the API server's CPU, RSS, and the writes of a no-op resync and of a
+    restart (goal: 0)."""
+    ns = f"bench-scale-objects-{n}"
+    cluster.kubectl_run("create", "namespace", ns)
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: client.apply(ms_body(f"m{i:05d}", ns, replicas=0)), range(n)))
+    expected = n * objects_per_modelservice(client, ns)
+    resync = ARGS.scale_resync
+    op = Operator("ours", ns, cluster.env, resync=resync)
+    op.wait_up(120)
+    up, api0 = time.monotonic(), apiserver_cpu_seconds(cluster)
+    deadline = up + 1800
+    applied = 0
+    while time.monotonic() < deadline:
+        applied = sum(len(client.list(a, k, ns, LABEL))
+                      for a, k in (("apps/v1", "Deployment"), ("v1", "Service")))
+        if applied >= expected:
+            break
+        time.sleep(1.0)
+    done = time.monotonic()
+    result: dict[str, Any] = {
+        "modelservices": n, "objects_applied": applied, "seconds": round(done - up, 1),
+        "per_second": round(n / (done - up), 1),
+        "operator_cpu_seconds": round(op.cpu_seconds(), 1),
+        "apiserver_cpu_seconds": round(apiserver_cpu_seconds(cluster) - api0, 1)}
+    settle(op, quiet=5.0, limit=900)
+    rss, hwm = op.rss_mb()
+    result.update(rss_mb=round(rss, 1), peak_rss_mb=round(hwm, 1))
+    # A no-op resync: every ModelService passes again, nothing is written.
+    passes0 = op.total("msv_operator_reconciles_total")
+    m0, cpu0, api0 = apiserver_writes(client), op.cpu_seconds(), apiserver_cpu_seconds(cluster)
+    wait_passes(op, passes0 + n, limit=resync * 3 + 600)
+    settle(op, quiet=5.0, limit=900)
+    m1 = apiserver_writes(client)
+    noop = delta(m1, m0)
+    result["noop_resync"] = {
+        "passes": op.total("msv_operator_reconciles_total") - passes0,
+        "operator_writes": operator_writes(noop), "all": noop,
+        "operator_cpu_seconds": round(op.cpu_seconds() - cpu0, 1),
+        "apiserver_cpu_seconds": round(apiserver_cpu_seconds(cluster) - api0, 1)}
+    rss, hwm = op.rss_mb()
+    result.update(rss_mb_after_resync=round(rss, 1), peak_rss_mb_after_resync=round(hwm, 1))
+    op.stop()
+    # A restart with nothing changed.
+    m2 = apiserver_writes(client)
+    op = Operator("ours", ns, cluster.env, resync=3600)
+    op.wait_up(120)
+    started = time.monotonic()
+    wait_passes(op, n)
+    settle(op, quiet=5.0, limit=900)
+    m3 = apiserver_writes(client)
+    restart = delta(m3, m2)
+    rss, hwm = op.rss_mb()
+    result["restart"] = {"seconds_to_pass_all": round(time.monotonic() - started, 1),
+                         "operator_writes": operator_writes(restart), "all": restart,
+                         "rss_mb": round(rss, 1), "peak_rss_mb": round(hwm, 1)}
+    op.stop()
+    delete_namespace(cluster, ns)
+    return result
+
+
 def latency_scenario(op: Operator, ns: str, client: kube.Kube, samples: int
                      ) -> dict[str, float]:
     """Apply a new ModelService, time until its Deployment is seen by a watch."""
@@ -363,6 +436,9 @@ def main() -> int:
             modes = ("ours", "naive") if n <= 200 else ("ours",)
             results["throughput"][str(n)] = {m: throughput_scenario(m, n, cluster, client)
                                              for m in modes}
+        if "scale" in ARGS.scenarios:
+            results["scale"] = {str(n): scale_scenario(n, cluster, client)
+                                for n in ARGS.scale_sizes}
         results["load_average_end"] = os.getloadavg()
     finally:
         for proc in STARTED:
@@ -384,6 +460,12 @@ def main() -> int:
         for phase in ("create", "noop_resync", "restart"):
             print(f"  {phase:12s} {w['ours'][phase]['operator_writes']:>18} | "
                   f"{w['naive'][phase]['operator_writes']}")
+    for n, r in (results.get("scale") or {}).items():
+        print(f"{n} ModelServices (objects only): {r['per_second']}/s in {r['seconds']} s "
+              f"(operator CPU {r['operator_cpu_seconds']} s, kube-apiserver CPU "
+              f"{r['apiserver_cpu_seconds']} s), RSS {r['rss_mb']} MB (peak "
+              f"{r['peak_rss_mb']} MB); no-op resync {r['noop_resync']['operator_writes']} "
+              f"writes, restart {r['restart']['operator_writes']} writes")
     for n, r in results["throughput"].items():
         ours = r["ours"]
         line = (f"{n} ModelServices: ours {ours['per_second']}/s in {ours['seconds']} s "
@@ -406,7 +488,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-samples", type=int, default=50)
     p.add_argument("--qps", type=int, default=200, help="the operator's --qps")
     p.add_argument("--scenarios", default="writes,throughput",
-                   type=lambda s: set(s.split(",")))
+                   type=lambda s: set(s.split(",")),
+                   help="any of writes, throughput, scale (5,000 objects; not in the default)")
+    p.add_argument("--scale-sizes", default="5000",
+                   type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument("--scale-resync", type=float, default=120.0,
+                   help="the operator's --resync-seconds in the scale scenario")
     return p.parse_args()
 
 

@@ -2,8 +2,9 @@
 
 Flags and ``MSV_*`` environment variables -> ``OperatorConfig`` (see ``config`` and
 docs/operator-config.md) -> logging, the ``/metrics`` endpoint, the ``/healthz`` liveness
-endpoint (kopf's) -> ``handlers.operate``. SIGTERM/SIGINT stop the watches, let running passes
-finish and close the client (kopf's graceful shutdown).
+endpoint (kopf's) -> ``handlers.operate``. kopf's per-attempt retry lines during an
+API-server outage are thinned out (``RetryLinesFilter``). SIGTERM/SIGINT stop the watches,
+let running passes finish and close the client (kopf's graceful shutdown).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import ctypes
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import start_http_server
 
-from msv_operator import handlers
+from msv_operator import handlers, leader
 from msv_operator.config import ConfigError, OperatorConfig, load
 from msv_operator.metrics import OperatorMetrics
 
@@ -43,8 +46,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class RetryLinesFilter(logging.Filter):
+    """At most one of kopf's per-attempt retry lines ("Request attempt #3/9 failed; will
+    retry", "...; escalating") per ``window`` seconds, as a WARNING that counts the ones left
+    out. While the API server is away kopf writes one ERROR line per watch stream and attempt
+    (about 180 in a 60 s outage), and every one of them is retried and then recovered from.
+    """
+
+    def __init__(self, window: float = 60.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self.last: float | None = None
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kopf") or not str(record.msg).startswith(
+                "Request attempt"):
+            return True
+        now = self.clock()
+        if self.last is not None and now - self.last < self.window:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} similar lines left out)"
+        self.last, self.suppressed = now, 0
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(cfg: OperatorConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RetryLinesFilter())
     if cfg.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -55,6 +88,8 @@ def setup_logging(cfg: OperatorConfig) -> None:
     # kopf logs every handler success at INFO; keep its noise at WARNING unless debugging.
     if cfg.log_level != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        # The API client's connection retries: the operator logs the request's final failure.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -83,7 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     liveness = (f"http://{cfg.bind_address}:{cfg.health_port}/healthz"
                 if cfg.health_port else None)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(handlers.operate(cfg, metrics, liveness_endpoint=liveness))
+        try:
+            asyncio.run(handlers.operate(cfg, metrics, liveness_endpoint=liveness))
+        except leader.LeadershipLost as e:
+            # As client-go's controllers do: exit, and come back (restarted) as a standby.
+            print(f"msv-operator: {e}; exiting so the replica restarts as a standby",
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -80,6 +82,31 @@ class OperatorConfig:
     measure_seconds: float = 60.0
     """How often variants without a rollout are measured, and the window then used
     (``MSV_MEASURE_SECONDS``); during a rollout its ``analysis.interval``/``window`` apply."""
+    leader_election: bool = False
+    """Run as one of several replicas: only the holder of a ``coordination.k8s.io`` Lease
+    reconciles (``MSV_LEADER_ELECTION``, ``--leader-election``)."""
+
+    lease_name: str = "modelservice-operator"
+    """Name of the Lease (``MSV_LEASE_NAME``)."""
+
+    lease_namespace: str = "default"
+    """Namespace of the Lease (``MSV_LEASE_NAMESPACE``; default ``$POD_NAMESPACE``, else the
+    service account's namespace, else ``default``)."""
+
+    lease_duration: float = 15.0
+    """Seconds a standby waits after the last renewal it saw before taking over
+    (``MSV_LEASE_DURATION``)."""
+
+    renew_deadline: float = 10.0
+    """The leader stops writing when it could not renew for this long
+    (``MSV_RENEW_DEADLINE``); must be below the lease duration."""
+
+    retry_period: float = 2.0
+    """How often the leader renews and a standby tries to acquire (``MSV_RETRY_PERIOD``)."""
+
+    identity: str = ""
+    """This replica's name in the Lease (``MSV_LEADER_IDENTITY``; default ``$POD_NAME`` or
+    the host name, plus a random suffix)."""
 
     field_manager: str = field(default=FIELD_MANAGER)
     """Server-side apply field manager (not configurable from outside; fixed by design)."""
@@ -108,6 +135,34 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
     return _env_number(environ, name, default, float, "a number")
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _default_lease_namespace(env: Mapping[str, str]) -> str:
+    if env.get("POD_NAMESPACE"):
+        return env["POD_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _default_identity(env: Mapping[str, str]) -> str:
+    return f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     """Defaults overridden by ``MSV_*`` environment variables."""
     env = os.environ if environ is None else environ
@@ -130,6 +185,13 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         prometheus_url=env.get("MSV_PROMETHEUS_URL", "") or "",
         prometheus_timeout=_env_float(env, "MSV_PROMETHEUS_TIMEOUT", 5.0),
         measure_seconds=_env_float(env, "MSV_MEASURE_SECONDS", 60.0),
+        leader_election=_env_bool(env, "MSV_LEADER_ELECTION", False),
+        lease_name=env.get("MSV_LEASE_NAME") or "modelservice-operator",
+        lease_namespace=env.get("MSV_LEASE_NAMESPACE") or _default_lease_namespace(env),
+        lease_duration=_env_float(env, "MSV_LEASE_DURATION", 15.0),
+        renew_deadline=_env_float(env, "MSV_RENEW_DEADLINE", 10.0),
+        retry_period=_env_float(env, "MSV_RETRY_PERIOD", 2.0),
+        identity=env.get("MSV_LEADER_IDENTITY") or _default_identity(env),
     )
     return validate(cfg)
 
@@ -153,6 +215,10 @@ def validate(cfg: OperatorConfig) -> OperatorConfig:
         raise ConfigError("prometheus timeout and measure seconds must be > 0")
     if not cfg.default_image:
         raise ConfigError("default image must not be empty")
+    if not 0 < cfg.retry_period < cfg.renew_deadline < cfg.lease_duration:
+        raise ConfigError(
+            f"leader election: expected 0 < retry period ({cfg.retry_period}) < renew deadline "
+            f"({cfg.renew_deadline}) < lease duration ({cfg.lease_duration})")
     return cfg
 
 
@@ -182,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prometheus-url")
     run.add_argument("--prometheus-timeout", type=float)
     run.add_argument("--measure-seconds", type=float)
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--lease-name")
+    run.add_argument("--lease-namespace")
+    run.add_argument("--lease-duration", type=float)
+    run.add_argument("--renew-deadline", type=float)
+    run.add_argument("--retry-period", type=float)
+    run.add_argument("--identity")
     return parser
 
 
@@ -199,7 +272,9 @@ def load(
     for attr in ("default_image", "default_gpu_image", "log_format", "log_level",
                  "metrics_port", "health_port", "bind_address", "max_workers",
                  "resync_seconds", "discovery_seconds", "qps", "burst", "prometheus_url",
-                 "prometheus_timeout", "measure_seconds"):
+                 "prometheus_timeout", "measure_seconds", "leader_election",
+                 "lease_name", "lease_namespace", "lease_duration", "renew_deadline",
+                 "retry_period", "identity"):
         value = getattr(args, attr)
         if value is not None:
             overrides[attr] = value

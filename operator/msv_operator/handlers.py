@@ -20,7 +20,7 @@
   that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
 
 Success Events of kopf are not posted (``posting.level = WARNING``); our Events are posted on
-condition transitions only.
+condition transitions and for repairs of owned objects (``reconcile.events``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kube, prom, reconcile
+from msv_operator import builders, conditions, kopf_fixes, kube, leader, prom, reconcile
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.workqueue import WorkQueue
@@ -100,11 +100,12 @@ class Runtime:
     """Per-process state: API facade, capability cache, caches, work queue, executor."""
 
     def __init__(self, config: OperatorConfig, metrics: OperatorMetrics,
-                 client: kube.Kube | None = None) -> None:
+                 client: kube.Kube | None = None, write_gate: Any = None) -> None:
         self.config = config
         self.metrics = metrics
         self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
-                                        pool_size=max(4, config.max_workers * 2))
+                                        pool_size=max(4, config.max_workers * 2),
+                                        write_gate=write_gate)
         analyzer = (prom.PrometheusAnalyzer(prom.Prometheus(config.prometheus_url,
                                                             config.prometheus_timeout))
                     if config.prometheus_url else None)
@@ -263,7 +264,7 @@ class Runtime:
                 self.metrics.errors.labels(kind="rejected").inc()
             if result.status_written:
                 self.metrics.status_writes.inc()
-                await self._post_events(ms, result)
+            await self._post_events(ms, result)
             return result
 
     async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
@@ -271,11 +272,8 @@ class Runtime:
         pause), once the status recording them is written."""
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
                     "metadata": ms.get("metadata") or {}}
-        for transition in result.transitions:
-            event = reconcile.event_for(transition)
-            if event is None:
-                continue
-            await self._post(involved, *event)
+        for type_, reason, message in reconcile.events(result):
+            await self._post(involved, type_, reason, message)
         for type_, reason, message in result.events:
             self.metrics.rollout_events.labels(reason=reason).inc()
             await self._post(involved, type_, reason, message)
@@ -298,10 +296,12 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
 
 
 def register(config: OperatorConfig, metrics: OperatorMetrics,
-             runtime_factory: Any = None) -> kopf.OperatorRegistry:
-    """A kopf registry with every handler of the operator, configured by ``config``."""
+             runtime_factory: Any = None, write_gate: Any = None,
+             on_stopped: Any = None) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler of the operator, configured by ``config``
+    (``write_gate``, ``on_stopped``: see ``leader``)."""
     registry = kopf.OperatorRegistry()
-    factory = runtime_factory or Runtime
+    factory = runtime_factory or (lambda c, m: Runtime(c, m, write_gate=write_gate))
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -333,6 +333,8 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         if runtime is not None:
             await runtime.stop()
         log.info("Stopped the ModelService operator")
+        if on_stopped is not None:
+            on_stopped()
 
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
@@ -470,15 +472,25 @@ def in_cluster_address(info: kopf.ConnectionInfo, env: Mapping[str, str]
 async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
                   stop_flag: Any = None, ready_flag: Any = None,
                   liveness_endpoint: str | None = None) -> None:
-    """Run the operator until ``stop_flag`` (or SIGINT/SIGTERM in the main thread)."""
-    registry = register(config, metrics)
-    await kopf.operator(
-        registry=registry,
-        standalone=True,
-        clusterwide=config.clusterwide,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=liveness_endpoint,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        memo=kopf.Memo(),
-    )
+    """Run the operator until ``stop_flag`` (or SIGINT/SIGTERM in the main thread); with
+    leader election only while this replica holds the Lease (``leader.run_elected``)."""
+    kopf_fixes.apply()
+    async def run(write_gate: Any, stop: Any) -> None:
+        # Elected: kopf's cleanup sets ``stop`` too, so kopf's waiter on it ends at once.
+        on_stopped = stop.set if write_gate is not None else None
+        await kopf.operator(
+            registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped),
+            standalone=True,
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop,
+            ready_flag=ready_flag,
+            memo=kopf.Memo(),
+        )
+
+    if not config.leader_election:
+        await run(None, stop_flag)
+        return
+    await leader.run_elected(config, run, stop_flag=stop_flag,
+                             liveness_endpoint=liveness_endpoint)

@@ -7,7 +7,12 @@
 * ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
 * ``Kube.annotate`` - merge patch of annotations (the kubectl plugin's rollout steering);
 * ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
-* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL.
+* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL;
+* ``Kube.lease`` / ``Kube.write_lease`` - the leader-election Lease (``coordination.k8s.io``),
+  the one object written with ``PUT`` (optimistic concurrency on its ``resourceVersion``).
+
+With a ``write_gate`` (leader election), every write except the Lease's is refused with
+``NotLeader`` as soon as the gate says this process no longer holds the lease.
 
 Errors are translated into ``ApiError`` subclasses so callers never see client types:
 ``Conflict`` and ``Transient`` are retried by the handlers with backoff, ``Rejected`` means the
@@ -23,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +56,11 @@ PLURALS = {
     "ModelService": MODELSERVICE_PLURAL,
     "Event": "events",
     "PodMetrics": "pods",
+    "Lease": "leases",
 }
 POD_METRICS_API = "metrics.k8s.io/v1beta1"
+
+LEASE_API = "coordination.k8s.io/v1"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
@@ -80,6 +88,10 @@ class Transient(ApiError):
 
 class Rejected(ApiError):
     """400/403/422: the API server refused the request; retrying the same body will not help."""
+
+
+class NotLeader(Transient):
+    """A write refused locally: this process does not (or no longer) hold the leader lease."""
 
 
 def _message(exc: ApiException) -> str:
@@ -179,12 +191,14 @@ class Kube:
 
     def __init__(self, field_manager: str, *, qps: float = 50.0, burst: int = 100,
                  pool_size: int = 32,
-                 configuration: kubernetes.client.Configuration | None = None) -> None:
+                 configuration: kubernetes.client.Configuration | None = None,
+                 write_gate: Callable[[], bool] | None = None) -> None:
         configuration = configuration or load_client_configuration()
         configuration.connection_pool_maxsize = pool_size
         self.api = kubernetes.client.ApiClient(configuration)
         self.field_manager = field_manager
         self.bucket = TokenBucket(qps, burst)
+        self.write_gate = write_gate
 
     def close(self) -> None:
         self.api.close()
@@ -197,6 +211,9 @@ class Kube:
             headers["Content-Type"] = content_type
         if method != "GET":
             self.bucket.take()
+            # Checked after the rate limit's wait: the lease may have been lost meanwhile.
+            if self.write_gate is not None and not self.write_gate():
+                raise NotLeader(f"{what}: not sent, this operator is not the leader")
         try:
             method_, url, hdrs, payload, _post = self.api.param_serialize(
                 method, path, query_params=query or [], header_params=headers, body=body,
@@ -258,7 +275,29 @@ class Kube:
                                content_type="application/merge-patch+json",
                                what=f"annotate {kind} {name}"))
 
+    def write_lease(self, lease: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        """Create the Lease (no ``resourceVersion``) or replace it (``PUT``, guarded by its
+        ``resourceVersion``: a concurrent writer gets ``Conflict``). The elector uses a
+        client of its own without a write gate."""
+        meta = lease["metadata"]
+        if meta.get("resourceVersion"):
+            return dict(self._call(
+                "PUT", api_path(LEASE_API, "leases", meta["namespace"], meta["name"]),
+                body=dict(lease), content_type="application/json",
+                what=f"update Lease {meta['name']}", timeout=timeout))
+        return dict(self._call("POST", api_path(LEASE_API, "leases", meta["namespace"]),
+                               body=dict(lease), content_type="application/json",
+                               what=f"create Lease {meta['name']}", timeout=timeout))
+
     # ---- reads ------------------------------------------------------------------------
+    def lease(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+        """The Lease, read from etcd (not the watch cache: the newest ``resourceVersion``)."""
+        try:
+            return dict(self._call("GET", api_path(LEASE_API, "leases", namespace, name),
+                                   what=f"get Lease {name}", timeout=timeout))
+        except NotFound:
+            return None
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
             ) -> dict[str, Any] | None:
         try:

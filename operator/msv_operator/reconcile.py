@@ -76,6 +76,8 @@ class Result:
     """Rollout Events of this pass (posted once the status that records them is written)."""
     requeue_after: float | None = None
     """Seconds until a timed step or the next analysis/measurement needs another pass."""
+    repaired: list[str] = field(default_factory=list)
+    """What a pass restored after someone deleted or edited it by hand (one Event each)."""
 
     @property
     def outcome(self) -> str:
@@ -113,34 +115,47 @@ def _empty(value: Any) -> bool:
     return value is None or value == {} or value == [] or value is False or value == ""
 
 
-def contains(live: Any, desired: Any) -> bool:
-    """Whether ``live`` holds every field of ``desired`` (API-server defaults are ignored;
-    resource quantities compare by value, so ``1024Mi`` matches ``1Gi``)."""
+def drift(live: Any, desired: Any, path: str = "") -> str | None:
+    """The path of the first field of ``desired`` that ``live`` does not hold (None when it
+    holds them all; API-server defaults are ignored; resource quantities compare by value, so
+    ``1024Mi`` matches ``1Gi``)."""
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
-            return _empty(desired) and live is None
+            return None if _empty(desired) and live is None else (path or ".")
         for key, value in desired.items():
+            sub = f"{path}.{key}" if path else str(key)
             if key not in live:
                 if _empty(value):
                     continue
-                return False
-            if not contains(live[key], value):
-                return False
-        return True
+                return sub
+            found = drift(live[key], value, sub)
+            if found is not None:
+                return found
+        return None
     if isinstance(desired, list):
         if live is None:
-            return not desired
+            return None if not desired else path
         if not isinstance(live, list) or len(live) != len(desired):
-            return False
-        return all(contains(lv, dv) for lv, dv in zip(live, desired, strict=True))
+            return path
+        for i, (lv, dv) in enumerate(zip(live, desired, strict=True)):
+            found = drift(lv, dv, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
     if desired == live:
-        return True
+        return None
     if isinstance(desired, str | int | float) and isinstance(live, str | int | float):
         if str(desired) == str(live):
-            return True
+            return None
         dq, lq = _quantity(desired), _quantity(live)
-        return dq is not None and lq is not None and abs(dq - lq) <= 1e-9 * max(1.0, abs(dq))
-    return False
+        if dq is not None and lq is not None and abs(dq - lq) <= 1e-9 * max(1.0, abs(dq)):
+            return None
+    return path
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether ``live`` holds every field of ``desired`` (see ``drift``)."""
+    return drift(live, desired) is None
 
 
 def manifest_hash(obj: Mapping[str, Any]) -> str:
@@ -168,6 +183,28 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
     if wanted is None or annotations.get(HASH_ANNOTATION) != wanted:
         return True
     return not contains(live, desired)
+
+
+def repair_of(desired: Mapping[str, Any], live: Mapping[str, Any] | None,
+              ms: Mapping[str, Any]) -> str | None:
+    """What applying ``desired`` repairs, in words, or None when it is not a repair.
+
+    Edited: the live object was applied from this very manifest (same hash) and lost a field.
+    Deleted: a core object is missing although the operator already reported this generation
+    (``status.observedGeneration``), so a previous pass had created it.
+    """
+    if live is not None:
+        annotations = (live.get("metadata") or {}).get("annotations") or {}
+        wanted = ((desired.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
+        path = drift(live, desired) if annotations.get(HASH_ANNOTATION) == wanted else None
+        return None if path is None else \
+            f"restored {describe(desired)}: {path} was changed by hand"
+    generation = (ms.get("metadata") or {}).get("generation")
+    observed = (ms.get("status") or {}).get("observedGeneration")
+    core = (desired.get("apiVersion"), desired.get("kind")) in CORE_KINDS
+    if core and generation is not None and observed == generation:
+        return f"re-created {describe(desired)}: it was deleted"
+    return None
 
 
 def key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -342,7 +379,13 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                             extra={"namespace": ns, "modelservice": name})
                 continue
             result.applied.append(describe(obj))
-            log.info("Applied %s", describe(obj), extra={"namespace": ns, "modelservice": name})
+            repair = repair_of(obj, current, ms)
+            if repair:
+                result.repaired.append(repair)
+                log.info("Repaired: %s", repair, extra={"namespace": ns, "modelservice": name})
+            else:
+                log.info("Applied %s", describe(obj),
+                         extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
         for key, obj in sorted(live.items()):
@@ -514,10 +557,23 @@ def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
     for key in status.OWNED_KEYS:  # a merge patch removes a key only with an explicit null
         if key in prior and key not in patch:
             patch[key] = None
-    ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
+    try:
+        ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
+    except kubeapi.NotFound:
+        # Deleted while the pass ran (the watch cache lags behind): nothing left to report;
+        # the garbage collector removes what the pass applied.
+        log.info("ModelService %s/%s is gone; status not written", meta["namespace"],
+                 meta["name"], extra={"namespace": meta["namespace"],
+                                      "modelservice": meta["name"]})
+        return
     result.status_written = True
     result.transitions = conditions.transitions(prior.get("conditions"),
                                                 result.status.get("conditions"))
+
+
+# Conditions whose flips are worth an Event: (type) -> (reason when True, when cleared).
+FLIP_EVENTS = {status.STALLED: ("Stalled", "StallCleared"),
+               status.FIELDS_IGNORED: ("FieldsIgnored", "FieldsActing")}
 
 
 def event_for(transition: conditions.Transition) -> tuple[str, str, str] | None:
@@ -532,7 +588,20 @@ def event_for(transition: conditions.Transition) -> tuple[str, str, str] | None:
     if transition.type == status.DEGRADED and transition.status == conditions.FALSE \
             and transition.previous_status == conditions.TRUE:
         return "Normal", "Recovered", transition.message
+    if transition.type in FLIP_EVENTS and transition.status != transition.previous_status:
+        on, off = FLIP_EVENTS[transition.type]
+        if transition.status == conditions.TRUE:
+            return "Warning", on, f"{transition.reason}: {transition.message}"
+        if transition.previous_status == conditions.TRUE:
+            return "Normal", off, transition.message
     return None
+
+
+def events(result: Result) -> list[tuple[str, str, str]]:
+    """Every Event one pass has to post: condition transitions, then repairs."""
+    out = [e for e in (event_for(t) for t in result.transitions) if e is not None]
+    out += [("Normal", "Repaired", message) for message in result.repaired]
+    return out
 
 
 def plain(obj: Any) -> Any:

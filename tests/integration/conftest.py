@@ -1,7 +1,9 @@
-"""Fixtures shared by the integration tests: the ModelService CRD installed once per session."""
+"""Fixtures shared by the integration tests: the ModelService CRD installed once per session;
+a private control plane for tests that restart components or run a cluster-wide operator."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,30 @@ def crd(cluster: lc.Cluster) -> None:
     """
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.wait_established("modelservices.serving.modelservice.dev")
+
+
+@pytest.fixture(scope="session")
+def private_cluster(cluster: lc.Cluster, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[lc.Cluster]:
+    """A second control plane of the session's own (simulated nodes only), CRD installed.
+
+    For what must not touch the shared one: a cluster-wide operator (it would reconcile
+    other tests' ModelServices) and API-server/etcd restarts. ``$MSV_PRIVATE_STATE`` names a
+    running one to reuse (it is then left running).
+    """
+    given = os.environ.get("MSV_PRIVATE_STATE")
+    state = Path(given) if given else tmp_path_factory.mktemp("private-cluster")
+    try:
+        c = lc.up(state, timeout=180, real_node=False)
+    except lc.ClusterError as e:
+        pytest.fail(f"could not start a private control plane: {e}", pytrace=False)
+    try:
+        c.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        c.wait_established("modelservices.serving.modelservice.dev")
+        yield c
+    finally:
+        if not given:
+            lc.down(state)
 
 
 @pytest.fixture

@@ -60,7 +60,8 @@ def test_cluster_mode_renders_clusterrole_and_kept_crd() -> None:
 def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
     docs = render("watchNamespaces={team-a,team-b}")
     roles = sorted((d["kind"], d["metadata"]["namespace"]) for d in docs
-                   if d["kind"] in ("Role", "RoleBinding"))
+                   if d["kind"] in ("Role", "RoleBinding")
+                   and not d["metadata"]["name"].endswith("-leader-election"))
     assert roles == [("Role", "team-a"), ("Role", "team-b"),
                      ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
@@ -72,7 +73,8 @@ def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
                              ("customresourcedefinitions", "watch"),
                              ("namespaces", "list"), ("namespaces", "watch")}
     dep = next(d for d in docs if d["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value")
+           for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MSV_NAMESPACES"] == "team-a,team-b"
 
 
@@ -84,11 +86,53 @@ def test_operator_deployment_is_restricted_and_configurable() -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["MSV_DEFAULT_IMAGE"] == "registry.local/ms:1"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert "annotations" not in crd["metadata"]
+
+
+def test_several_replicas_get_leader_election_a_pdb_rbac_for_the_lease_and_spreading() -> None:
+    docs = render("replicaCount=3")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MSV_LEADER_ELECTION"]["value"] == "true"
+    assert env["MSV_LEASE_NAME"]["value"] == "rel-modelservice-operator"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    spread = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"][
+        "podAntiAffinity"], "a preference: one node must still run every replica"
+    role = next(d for d in docs if d["kind"] == "Role"
+                and d["metadata"]["name"].endswith("-leader-election"))
+    assert role["metadata"]["namespace"] == "msv-system"
+    rules = {(r, v, tuple(rule.get("resourceNames", ()))) for rule in role["rules"]
+             for r in rule["resources"] for v in rule["verbs"]}
+    assert rules == {("leases", "create", ()),
+                     ("leases", "get", ("rel-modelservice-operator",)),
+                     ("leases", "update", ("rel-modelservice-operator",))}
+    binding = next(d for d in docs if d["kind"] == "RoleBinding"
+                   and d["metadata"]["name"].endswith("-leader-election"))
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_one_replica_has_no_pdb_and_without_leader_election_no_lease_rights() -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert "affinity" not in dep["spec"]["template"]["spec"]
+    docs = render("leaderElection.enabled=false")
+    assert not [d for d in docs if d["kind"] == "Role"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -96,6 +140,7 @@ def test_operator_deployment_is_restricted_and_configurable() -> None:
     ("maxWorkers=0", "minimum"),
     ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
     ("watchNamespaces={Bad_NS}", "does not match pattern"),
+    ("replicaCount=2,leaderElection.enabled=false", "/replicaCount"),
 ])
 def test_schema_rejects_bad_values(value: str, message: str) -> None:
     out = helm("template", "rel", str(CHART), "--set", value, check=False)

@@ -137,3 +137,46 @@ def test_replicas_are_handed_over_only_when_an_hpa_is_about_to_take_them() -> No
     assert reconcile.replicas_handover(_deployment(None), with_hpa) is None
     # nothing runs yet: nothing to keep
     assert reconcile.replicas_handover(_deployment(None), {}) is None
+
+
+def ms_at(generation: int, observed: int | None) -> dict[str, Any]:
+    status = {} if observed is None else {"observedGeneration": observed}
+    return {"metadata": {"name": "s", "generation": generation}, "status": status}
+
+
+def test_a_hand_edit_is_a_repair_naming_the_field() -> None:
+    d = desired()
+    live = live_from(d)
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    assert reconcile.drift(live, d) == "spec.template.spec.containers[0].image"
+    assert reconcile.repair_of(d, live, ms_at(2, 2)) == (
+        "restored Deployment s-baseline: spec.template.spec.containers[0].image was changed "
+        "by hand")
+    # A new desired state (other hash) is an update, not a repair.
+    live["metadata"]["annotations"][reconcile.HASH_ANNOTATION] = "old"
+    assert reconcile.repair_of(d, live, ms_at(3, 2)) is None
+    assert reconcile.repair_of(d, live_from(d), ms_at(2, 2)) is None
+
+
+def test_a_missing_object_is_a_repair_only_once_its_generation_was_reported() -> None:
+    d = desired()
+    assert reconcile.repair_of(d, None, ms_at(2, 2)) == (
+        "re-created Deployment s-baseline: it was deleted")
+    assert reconcile.repair_of(d, None, ms_at(1, None)) is None  # a new ModelService
+    assert reconcile.repair_of(d, None, ms_at(3, 2)) is None  # a new variant, say
+
+
+def test_stalled_and_fields_ignored_flips_are_events() -> None:
+    assert reconcile.event_for(t("True", "InvalidSpec", "False", "AsExpected", "Stalled")) == (
+        "Warning", "Stalled", "InvalidSpec: m")
+    assert reconcile.event_for(t("False", "AsExpected", "True", "InvalidSpec", "Stalled")) == (
+        "Normal", "StallCleared", "m")
+    assert reconcile.event_for(t("False", "AsExpected", None, None, "Stalled")) is None
+    assert reconcile.event_for(t("True", "GatewayAPIMissing", "False", "AllFieldsActing",
+                                 "FieldsIgnored")) == (
+        "Warning", "FieldsIgnored", "GatewayAPIMissing: m")
+    assert reconcile.event_for(t("False", "AllFieldsActing", "True", "GatewayAPIMissing",
+                                 "FieldsIgnored")) == ("Normal", "FieldsActing", "m")
+    result = reconcile.Result(repaired=["re-created Service s: it was deleted"])
+    assert reconcile.events(result) == [
+        ("Normal", "Repaired", "re-created Service s: it was deleted")]

@@ -1,0 +1,116 @@
+"""The chart installed cluster-wide with two replicas, exercised for real on a private control
+plane (a cluster-wide operator on the shared one would reconcile other tests' ModelServices).
+
+The private control plane has no real node, so the chart's operator pods are scheduled for
+real (kwok marks them Ready: the PodDisruptionBudget and the anti-affinity are checked on
+them) but do not run. The operators that do the work are two host processes that log in
+with the chart's ServiceAccount token, so every request they send is authorized by the
+Helm-rendered RBAC: the ClusterRole for ModelServices in any namespace and the Role for the
+release's Lease. ModelServices in two namespaces are reconciled by the one leader.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from msv_operator import kube, leader
+from operator_harness import (
+    MS_API,
+    OperatorProcess,
+    api,
+    condition,
+    modelservice,
+    token_kubeconfig,
+    wait_for,
+)
+
+from localcluster import cluster as lc
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "modelservice-operator"
+SYSTEM, RELEASE = "msv-system", "msv"
+FULLNAME = f"{RELEASE}-modelservice-operator"
+TEAMS = ("team-a", "team-b")
+
+
+def helm(c: lc.Cluster, *args: str) -> str:
+    proc = subprocess.run([str(c.helm), f"--kubeconfig={c.kubeconfig}", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def release(private_cluster: lc.Cluster) -> Iterator[lc.Cluster]:
+    c = private_cluster
+    # The CRD is already installed (and shared by the other private tests): keep it.
+    helm(c, "upgrade", "--install", RELEASE, str(CHART), "-n", SYSTEM, "--create-namespace",
+         "--set", "replicaCount=2", "--set", "crds.install=false", "--set", "logFormat=text",
+         "--wait", "--timeout", "180s")
+    for team in TEAMS:
+        c.kubectl_run("create", "namespace", team, check=False)
+    yield c
+    helm(c, "uninstall", RELEASE, "-n", SYSTEM, "--wait")
+    for ns in (*TEAMS, SYSTEM):
+        c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def reconciled(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
+    ms = k.get(MS_API, "ModelService", ns, name)
+    if ms and (ms.get("status") or {}).get("observedGeneration") == \
+            ms["metadata"]["generation"] and condition(ms, "Ready").get("status") == "True":
+        return ms
+    return None
+
+
+def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
+        release: lc.Cluster, tmp_path: Path) -> None:
+    c = release
+    pods = c.kubectl_json("get", "pods", "-n", SYSTEM)["items"]
+    assert len(pods) == 2
+    # The preferred anti-affinity spreads the replicas over the two simulated CPU nodes.
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2, [p["spec"] for p in pods]
+    pdb = c.kubectl_json("get", "pdb", FULLNAME, "-n", SYSTEM)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["status"]["currentHealthy"] == 2 and pdb["status"]["disruptionsAllowed"] == 1
+    assert c.kubectl_json("get", "clusterrole", FULLNAME)["rules"]
+
+    token = c.kubectl_run("create", "token", FULLNAME, "-n", SYSTEM,
+                          "--duration=1h").stdout.strip()
+    sa_kubeconfig = token_kubeconfig(c.kubeconfig, token, tmp_path / "sa-kubeconfig")
+    env = dict(c.env, KUBECONFIG=str(sa_kubeconfig))
+    args = ["--leader-election", "--lease-name", FULLNAME, "--lease-namespace", SYSTEM,
+            "--lease-duration", "6", "--renew-deadline", "4", "--retry-period", "0.5"]
+    procs = [OperatorProcess(None, *args, "--identity", name, name=name, env=env)
+             for name in ("host-a", "host-b")]
+    k = api(c.kubeconfig)
+    try:
+        for p in procs:
+            p.wait_up()
+        holder = wait_for("a leader", lambda: leader.lease_holder(
+            k.lease(SYSTEM, FULLNAME, 10)), timeout=30)
+        for team in TEAMS:
+            k.apply(modelservice("sentiment", team))
+        for team in TEAMS:
+            wait_for(f"{team}/sentiment Ready", lambda t=team: reconciled(k, t, "sentiment"),
+                     timeout=90)
+            assert k.get("apps/v1", "Deployment", team, "sentiment-baseline") is not None
+        by_name = {p.name: p for p in procs}
+        # Two ModelServices: at least a Deployment and a Service each.
+        assert by_name[holder].total("msv_operator_applies_total") >= 4
+        standby = next(p for p in procs if p.name != holder)
+        assert standby.total("msv_operator_applies_total") == 0
+        for p in procs:
+            assert p.alive, p.tail()
+            log = p.tail(200_000)
+            assert "forbidden" not in log.lower(), log[-3000:]
+    finally:
+        for p in procs:
+            p.close()
+        k.close()
