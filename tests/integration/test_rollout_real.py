@@ -17,8 +17,10 @@ at once, the stable variant answering everything while it mirrors to nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -105,10 +107,12 @@ class Load:
         self.url = f"http://{ip}/v2/models/{model}/infer"
         self.statuses: Counter[int | str] = Counter()
         self.variants: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.connect_retries = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _one(self, text: str) -> None:
+    def _one(self, text: str, retry: bool = True) -> None:
         body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
                                        "data": [text]}]}).encode()
         req = urllib.request.Request(self.url, data=body,
@@ -121,7 +125,18 @@ class Load:
         except urllib.error.HTTPError as e:
             self.statuses[e.code] += 1
         except OSError as e:
+            reason = getattr(e, "reason", e)
+            if retry and getattr(reason, "errno", None) == errno.EHOSTUNREACH:
+                # The connection never reached a server: under heavy connection churn the
+                # local cluster's kube-proxy rarely leaves a new connection to a Service IP
+                # un-translated (seen before and during any weight change). Nothing was
+                # sent, so the client connects again, as a connect retry would; counted.
+                self.connect_retries += 1
+                self._one(text, retry=False)
+                return
             self.statuses[type(e).__name__] += 1
+            if len(self.errors) < 20:
+                self.errors.append(f"{time.strftime('%H:%M:%S')} {e}")
 
     def _run(self) -> None:
         texts = POSITIVE + NEGATIVE
@@ -159,8 +174,8 @@ def phase_is(k: kube.Kube, ns: str, name: str, *phases: str) -> dict[str, Any] |
 
 def stable_ip(k: kube.Kube, ns: str, name: str) -> str:
     """The stable Service's cluster IP once it routes to a ready pod."""
-    svc = k.get("v1", "Service", ns, name)
-    assert svc, f"Service {ns}/{name} missing"
+    svc = wait_for(f"Service {ns}/{name}", lambda: k.get("v1", "Service", ns, name),
+                   timeout=60)
     ip: str = svc["spec"]["clusterIP"]
 
     def answers() -> bool:
