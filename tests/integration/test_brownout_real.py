@@ -116,7 +116,8 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
         # the int8 pod joins the stable Service (its serving label rolls it once) and answers
         wait_for("int8 answering through the stable Service",
                  lambda: load.variants["int8"] > 0, timeout=180)
-    assert load.failures == {}, f"the client saw errors during the brownout: {load.statuses} {load.errors}"
+    assert load.failures == {}, (
+        f"the client saw errors during the brownout: {load.statuses} {load.errors}")
 
     released = wait_for("brownout released", lambda: (
         lambda b: b if b.get("phase") == "Inactive" else None)(brownout_of(k, ns, name)),
