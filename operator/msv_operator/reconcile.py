@@ -387,6 +387,17 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 log.info("Applied %s", describe(obj),
                          extra={"namespace": ns, "modelservice": name})
 
+        for pod_name in pods_leaving_service(desired, pods):
+            # The Deployment replaces them too (the label is in its template), but only once
+            # a new pod has loaded the model: relabelled now, they leave the stable Service
+            # at once (a rollback or a brownout release must not wait for a model load).
+            try:
+                ctx.kube.patch_labels("v1", "Pod", ns, pod_name, {builders.LABEL_SERVING: "false"})
+            except kubeapi.NotFound:
+                continue
+            log.info("Took Pod %s out of the stable Service", pod_name,
+                     extra={"namespace": ns, "modelservice": name})
+
         wanted = {key_of(o) for o in desired}
         for key, obj in sorted(live.items()):
             labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -412,6 +423,26 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     )
     write_status(ctx, ms, result)
     return result
+
+
+def pods_leaving_service(desired: Iterable[Mapping[str, Any]],
+                         pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Pods still labelled as serving whose variant's desired pod template is not serving."""
+    not_serving = set()
+    for obj in desired:
+        if obj.get("kind") != "Deployment":
+            continue
+        tmpl = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        tl = tmpl.get("labels") or {}
+        if tl.get(builders.LABEL_SERVING) == "false":
+            not_serving.add(tl.get(builders.LABEL_VARIANT))
+    out = []
+    for pod in pods:
+        pl = (pod.get("metadata") or {}).get("labels") or {}
+        if (pl.get(builders.LABEL_SERVING) == "true"
+                and pl.get(builders.LABEL_VARIANT) in not_serving):
+            out.append(str(pod["metadata"]["name"]))
+    return sorted(out)
 
 
 def handover_manager(ctx: Context) -> str:

@@ -180,3 +180,23 @@ def test_stalled_and_fields_ignored_flips_are_events() -> None:
     result = reconcile.Result(repaired=["re-created Service s: it was deleted"])
     assert reconcile.events(result) == [
         ("Normal", "Repaired", "re-created Service s: it was deleted")]
+
+
+def _pod(name: str, variant: str, serving: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {
+        "serving.modelservice.dev/variant": variant, "serving.modelservice.dev/serving": serving}}}
+
+
+def _serving_deployment(variant: str, serving: str) -> dict[str, Any]:
+    return {"kind": "Deployment", "spec": {"template": {"metadata": {"labels": {
+        "serving.modelservice.dev/variant": variant,
+        "serving.modelservice.dev/serving": serving}}}}}
+
+
+def test_pods_of_a_variant_taken_out_of_traffic_leave_the_service_at_once() -> None:
+    desired = [_serving_deployment("baseline", "true"), _serving_deployment("int8", "false"),
+               {"kind": "Service", "spec": {}}]
+    pods = [_pod("b-1", "baseline", "true"), _pod("i-2", "int8", "true"),
+            _pod("i-1", "int8", "true"), _pod("i-3", "int8", "false")]
+    assert reconcile.pods_leaving_service(desired, pods) == ["i-1", "i-2"]
+    assert reconcile.pods_leaving_service(desired[:1], pods) == []
