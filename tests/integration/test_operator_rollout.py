@@ -221,34 +221,3 @@ def test_pause_annotation_holds_a_rollout(
     ms = k.get(MS_API, "ModelService", ns, name) or {}
     assert "serving.modelservice.dev/rollout-paused" not in (
         ms["metadata"].get("annotations") or {})
-
-
-def test_per_variant_pod_usage_comes_from_metrics_k8s_io(
-        crd: None, k: kube.Kube, namespace: str) -> None:
-    """cpu and memory per pod through the real aggregation layer (the local cluster's
-    metrics.k8s.io reports what a pod's usage annotations say), on the measurement interval;
-    Prometheus unreachable leaves its own fields out instead of failing the pass."""
-    ns, name = namespace, "measured"
-    op = RunningOperator([ns], prometheus_url=f"http://127.0.0.1:{closed_port()}",
-                         prometheus_timeout=1.0, measure_seconds=1.0).start()
-    try:
-        k.apply(modelservice(name, ns))
-        pods = wait_for("a pod", lambda: k.list("v1", "Pod", ns,
-                                                f"serving.modelservice.dev/modelservice={name}"))
-        for pod in pods:
-            k.annotate("v1", "Pod", ns, pod["metadata"]["name"],
-                       {"localcluster.modelservice.dev/cpu-usage": "250m",
-                        "localcluster.modelservice.dev/memory-usage": "300Mi"})
-
-        def measured() -> dict[str, Any] | None:
-            ms = k.get(MS_API, "ModelService", ns, name) or {}
-            for v in (ms.get("status") or {}).get("variants") or ():
-                if v.get("cpuMillicores") == 250:
-                    return dict(v)
-            return None
-
-        v = wait_for("measured cpu", measured, timeout=60)
-        assert v["memoryBytes"] == 300 * 2**20
-        assert "p95Ms" not in v and "rps" not in v  # no Prometheus answer, no invented value
-    finally:
-        op.stop()
