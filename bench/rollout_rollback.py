@@ -71,7 +71,8 @@ class Client(threading.Thread):
                     variant = str(json.loads(r.read())["parameters"]["variant"])
                     self.last[variant] = time.time()
             except OSError:
-                self.errors += 1
+                if self.last:  # before the first answer the Service has no ready pod yet
+                    self.errors += 1
             self.stop.wait(0.03)
 
 
