@@ -51,7 +51,10 @@ def reconciled(k: kube.Kube, namespace: str, name: str) -> dict[str, Any] | None
 
 @pytest.fixture
 def replicas(crd: None, namespace: str) -> Iterator[dict[str, OperatorProcess]]:
-    procs = {name: OperatorProcess(namespace, *ha_args(namespace, name), name=name)
+    # The chart's lease timing: a leader starved of CPU for a few seconds on this busy
+    # 2-core machine must not lose the Lease in the middle of the test (a 6 s lease did).
+    procs = {name: OperatorProcess(namespace, *ha_args(namespace, name, duration=15.0),
+                                   name=name)
              for name in REPLICAS}
     try:
         for p in procs.values():
