@@ -34,16 +34,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _realcluster import get, log, real_cluster
+
 from localcluster import cluster as lc
 from localcluster import modelstores
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "real_pods.json"
-sys.path.insert(0, str(REPO / "tests"))
-
-
-def log(line: str) -> None:
-    print(line, flush=True)
 
 
 def make_model(root: Path) -> Path:
@@ -52,11 +49,6 @@ def make_model(root: Path) -> Path:
     path = root / "classifier"
     make_text_classifier(path)
     return path
-
-
-def _get(c: lc.Cluster, *args: str) -> Any:
-    proc = c.kubectl_run("get", *args, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -81,9 +73,9 @@ def pod_run(c: lc.Cluster, ns: str, uri: str, sha: str) -> dict[str, float]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not Ready after 300 s: {seen}")
         now = time.monotonic() - t0
-        if "deployment" not in seen and _get(c, "deployment", f"{name}-baseline", "-n", ns):
+        if "deployment" not in seen and get(c, "deployment", f"{name}-baseline", "-n", ns):
             seen["deployment"] = now
-        pods = (_get(c, "pods", "-n", ns, "-l", f"serving.modelservice.dev/modelservice={name}")
+        pods = (get(c, "pods", "-n", ns, "-l", f"serving.modelservice.dev/modelservice={name}")
                 or {}).get("items", [])
         for pod in pods:
             st = pod.get("status", {})
@@ -153,22 +145,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    c = lc.up(out=log, owner="bench", user=os.getpid())
-    if not c.real_node:
-        log("error: the running cluster has no real node")
-        return 1
-    modelstores.deploy(c)
-    ns = f"bench-{uuid.uuid4().hex[:5]}"
-    c.kubectl_run("create", "namespace", ns)
-    c.kubectl_run("apply", "--server-side", "--force-conflicts", "-f",
-                  str(REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"))
-    c.wait_established("modelservices.serving.modelservice.dev")
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "msv_operator", "run", "--namespace", ns,
-         "--metrics-port", "0", "--health-port", "0"],
-        env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t_start = time.time()
-    try:
+    with real_cluster("bench") as (c, ns):
         with tempfile.TemporaryDirectory() as tmp:
             uri, sha = modelstores.publish_http(make_model(Path(tmp)), f"{ns}-classifier")
         pod_runs, host_runs = [], []
@@ -179,11 +157,6 @@ def main() -> int:
             host_runs.append(host_run(uri, sha))
             log(f"host run {i + 1}: " + ", ".join(f"{k} {v:.2f} s"
                                                  for k, v in host_runs[-1].items()))
-    finally:
-        operator.terminate()
-        operator.wait(30)
-        c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
-        lc.release(c.state_dir)
     pod, host = median(pod_runs), median(host_runs)
     ratio = round(pod["total"] / host["total"], 2)
     result = {

@@ -24,32 +24,21 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+from _realcluster import get, get_ms, log, real_cluster, stamp
 
 from localcluster import cluster as lc
-from localcluster import modelstores, monitoring
+from localcluster import modelstores
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "rollout_rollback.json"
-sys.path.insert(0, str(REPO / "tests"))
 INTERVAL_S, SCRAPE_S = 5, 5
-
-
-def log(line: str) -> None:
-    print(line, flush=True)
-
-
-def stamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class Client(threading.Thread):
@@ -74,11 +63,6 @@ class Client(threading.Thread):
                 if self.last:  # before the first answer the Service has no ready pod yet
                     self.errors += 1
             self.stop.wait(0.03)
-
-
-def get_ms(c: lc.Cluster, ns: str, name: str) -> dict[str, Any]:
-    proc = c.kubectl_run("get", "modelservice", name, "-n", ns, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
 def one_run(c: lc.Cluster, ns: str, stable: tuple[str, str], slow: tuple[str, str],
@@ -106,8 +90,7 @@ def one_run(c: lc.Cluster, ns: str, stable: tuple[str, str], slow: tuple[str, st
     while not (get_ms(c, ns, name).get("status") or {}).get("url"):
         assert time.time() < deadline, "the ModelService never got a status"
         time.sleep(0.5)
-    ip = json.loads(c.kubectl_run("get", "service", name, "-n", ns, "-o", "json").stdout)[
-        "spec"]["clusterIP"]
+    ip = get(c, "service", name, "-n", ns)["spec"]["clusterIP"]
     client = Client(ip, name)
     client.start()
     seen: dict[str, float] = {}
@@ -147,22 +130,8 @@ def main() -> int:
     args = ap.parse_args()
     from modelfactory import make_text_classifier, make_trained_text_classifier
 
-    c = lc.up(out=log, owner="bench", user=os.getpid())
-    if not c.real_node:
-        log("error: the running cluster has no real node")
-        return 1
-    modelstores.deploy(c)
-    ns = f"bench-{uuid.uuid4().hex[:5]}"
-    c.kubectl_run("create", "namespace", ns)
-    c.kubectl_run("apply", "--server-side", "--force-conflicts", "-f",
-                  str(REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"))
-    c.wait_established("modelservices.serving.modelservice.dev")
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "msv_operator", "run", "--namespace", ns, "--metrics-port", "0",
-         "--health-port", "0", "--prometheus-url", monitoring.PROMETHEUS_URL],
-        env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = []
-    try:
+    with real_cluster("bench", prometheus=True) as (c, ns):
         with tempfile.TemporaryDirectory() as tmp:
             make_trained_text_classifier(Path(tmp) / "stable")
             make_text_classifier(Path(tmp) / "large", hidden_size=384, num_layers=6,
@@ -172,11 +141,6 @@ def main() -> int:
         for i in range(args.runs):
             runs.append(one_run(c, ns, stable, slow, i))
             log(f"run {i + 1}: {runs[-1]}")
-    finally:
-        operator.terminate()
-        operator.wait(30)
-        c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
-        lc.release(c.state_dir)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     floor = INTERVAL_S  # one analysis interval at failureLimit 0 (scrapes every SCRAPE_S)
     result = {

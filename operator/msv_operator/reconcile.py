@@ -387,15 +387,17 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 log.info("Applied %s", describe(obj),
                          extra={"namespace": ns, "modelservice": name})
 
-        for pod_name in pods_leaving_service(desired, pods):
+        for pod_name, label in pods_changing_service(desired, pods):
             # The Deployment replaces them too (the label is in its template), but only once
-            # a new pod has loaded the model: relabelled now, they leave the stable Service
-            # at once (a rollback or a brownout release must not wait for a model load).
+            # a new pod has loaded the model: relabelled now, they leave or join the stable
+            # Service at once (a rollback or a brownout release must not wait for a model
+            # load, nor a brownout's relief under overload).
             try:
-                ctx.kube.patch_labels("v1", "Pod", ns, pod_name, {builders.LABEL_SERVING: "false"})
+                ctx.kube.patch_labels("v1", "Pod", ns, pod_name, {builders.LABEL_SERVING: label})
             except kubeapi.NotFound:
                 continue
-            log.info("Took Pod %s out of the stable Service", pod_name,
+            log.info("%s Pod %s %s the stable Service", "Put" if label == "true" else "Took",
+                     pod_name, "into" if label == "true" else "out of",
                      extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
@@ -425,23 +427,25 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     return result
 
 
-def pods_leaving_service(desired: Iterable[Mapping[str, Any]],
-                         pods: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Pods still labelled as serving whose variant's desired pod template is not serving."""
-    not_serving = set()
+def pods_changing_service(desired: Iterable[Mapping[str, Any]],
+                          pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(pod, "true"|"false"): pods whose serving label differs from their variant's desired
+    pod template (pods being deleted are left alone)."""
+    wanted: dict[str, str] = {}
     for obj in desired:
         if obj.get("kind") != "Deployment":
             continue
         tmpl = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         tl = tmpl.get("labels") or {}
-        if tl.get(builders.LABEL_SERVING) == "false":
-            not_serving.add(tl.get(builders.LABEL_VARIANT))
+        if tl.get(builders.LABEL_SERVING) in ("true", "false"):
+            wanted[str(tl.get(builders.LABEL_VARIANT))] = tl[builders.LABEL_SERVING]
     out = []
     for pod in pods:
-        pl = (pod.get("metadata") or {}).get("labels") or {}
-        if (pl.get(builders.LABEL_SERVING) == "true"
-                and pl.get(builders.LABEL_VARIANT) in not_serving):
-            out.append(str(pod["metadata"]["name"]))
+        meta = pod.get("metadata") or {}
+        pl = meta.get("labels") or {}
+        want = wanted.get(str(pl.get(builders.LABEL_VARIANT)))
+        if want and pl.get(builders.LABEL_SERVING) != want and not meta.get("deletionTimestamp"):
+            out.append((str(meta["name"]), want))
     return sorted(out)
 
 
@@ -658,9 +662,12 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         return [{"name": c.get("name"), "ready": c.get("ready"), "state": plain(c.get("state")),
                  "lastState": plain(c.get("lastState"))} for c in st.get(key) or ()]
 
+    trimmed_meta = {"name": meta.get("name"), "labels": plain(meta.get("labels") or {}),
+                    "ownerReferences": plain(meta.get("ownerReferences") or [])}
+    if meta.get("deletionTimestamp"):
+        trimmed_meta["deletionTimestamp"] = meta["deletionTimestamp"]
     return {
-        "metadata": {"name": meta.get("name"), "labels": plain(meta.get("labels") or {}),
-                     "ownerReferences": plain(meta.get("ownerReferences") or [])},
+        "metadata": trimmed_meta,
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": st.get("phase"),

@@ -113,7 +113,7 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
         assert engaged["p95Ms"] > BROWNOUT["latencyObjectiveMs"], engaged
         assert engaged["share"] == 50, engaged
         assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=50,int8=50"
-        # the int8 pod joins the stable Service (its serving label rolls it once) and answers
+        # the int8 pod joins the stable Service (relabelled at once, rolled later) and answers
         wait_for("int8 answering through the stable Service",
                  lambda: load.variants["int8"] > 0, timeout=180)
     assert load.failures == {}, (

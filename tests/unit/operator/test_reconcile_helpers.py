@@ -198,5 +198,15 @@ def test_pods_of_a_variant_taken_out_of_traffic_leave_the_service_at_once() -> N
                {"kind": "Service", "spec": {}}]
     pods = [_pod("b-1", "baseline", "true"), _pod("i-2", "int8", "true"),
             _pod("i-1", "int8", "true"), _pod("i-3", "int8", "false")]
-    assert reconcile.pods_leaving_service(desired, pods) == ["i-1", "i-2"]
-    assert reconcile.pods_leaving_service(desired[:1], pods) == []
+    assert reconcile.pods_changing_service(desired, pods) == [("i-1", "false"), ("i-2", "false")]
+    assert reconcile.pods_changing_service(desired[:1], pods) == []
+
+
+def test_pods_of_a_variant_given_traffic_join_the_service_at_once_unless_deleted() -> None:
+    desired = [_serving_deployment("baseline", "true"), _serving_deployment("int8", "true")]
+    leaving = _pod("i-2", "int8", "false")
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-30T17:00:00Z"
+    leaving = reconcile.trim_pod(leaving)  # what the operator's pod cache holds
+    pods = [_pod("b-1", "baseline", "true"), _pod("i-1", "int8", "false"), leaving,
+            _pod("x-1", "other", "false")]
+    assert reconcile.pods_changing_service(desired, pods) == [("i-1", "true")]
