@@ -16,7 +16,6 @@ The lead runs this (it needs the real node and the in-cluster Prometheus).
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from typing import Any
 import pytest
 from msv_operator import kube
 from operator_harness import OperatorProcess, condition, modelservice, wait_for
+from service_load import Load
 from test_rollout_real import (
     SERVER,
-    Load,
     event_reasons,
     models,
     ms_of,
@@ -63,27 +62,6 @@ def browning_out(name: str, ns: str, stable: dict[str, str], cheap: dict[str, An
         autoscaling={"minReplicas": 1, "maxReplicas": 1, "brownout": BROWNOUT})
 
 
-class ConcurrentLoad(Load):
-    """``CONCURRENCY`` clients at once through the stable Service (one pod cannot keep up).
-    The counters are shared; a lost increment under a race cannot add a status or variant
-    that was not answered, which is all the tests read."""
-
-    def __init__(self, ip: str, model: str, clients: int = CONCURRENCY) -> None:
-        super().__init__(ip, model)
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(clients)]
-
-    def __enter__(self) -> ConcurrentLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-
 def seconds(stamp: Any) -> float:
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
@@ -106,7 +84,7 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
     assert brownout_of(k, ns, name)["phase"] == "Inactive"
     assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=100,int8=0"
 
-    with ConcurrentLoad(ip, name) as load:
+    with Load(ip, name, clients=CONCURRENCY) as load:
         engaged = wait_for("brownout Engaged", lambda: (
             lambda b: b if b.get("phase") == "Engaged" else None)(brownout_of(k, ns, name)),
             timeout=300, interval=1)
@@ -145,7 +123,7 @@ def test_a_brownout_variant_that_cannot_load_is_reported_and_never_served(
     k.apply(browning_out(name, ns, publish(models, "trained", ns),
                          {"name": "int8", "model": publish(models, "broken", ns)}))
     ip = stable_ip(k, ns, name)
-    with ConcurrentLoad(ip, name) as load:
+    with Load(ip, name, clients=CONCURRENCY) as load:
         held = wait_for("brownout VariantNotReady under overload", lambda: (
             lambda b: b if b.get("reason") == "VariantNotReady"
             and (b.get("p95Ms") or 0) > BROWNOUT["latencyObjectiveMs"] else None)(

@@ -9,13 +9,12 @@ simulated or stubbed. The stack is what ``localcluster up`` installs (``localclu
 from __future__ import annotations
 
 import json
-import threading
-import urllib.error
 from typing import Any
 
 import pytest
 from msv_operator import kube
 from operator_harness import wait_for
+from service_load import Load
 from test_real_pods import (
     cluster_ip,
     infer_once,
@@ -61,33 +60,6 @@ def quantity(q: str) -> float:
         if q.endswith(suffix):
             return float(q[: -len(suffix)]) * factor
     return float(q)
-
-
-class Load:
-    """Clients sending inference requests in a loop until stopped (counts what succeeded)."""
-
-    def __init__(self, ip: str, model: str, clients: int) -> None:
-        self.ip, self.model, self.ok, self.failed = ip, model, 0, 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                infer_once(self.ip, self.model)
-                self.ok += 1
-            except (OSError, urllib.error.HTTPError):
-                self.failed += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
 
 
 def test_service_monitor_becomes_a_prometheus_target_with_the_models_metrics(
@@ -175,7 +147,7 @@ def scale_up_under_load_and_back(k: kube.Kube, ns: str, name: str, kind: str, fi
     assert hpa()["status"]["desiredReplicas"] == 1, hpa()["status"]
 
     ip = cluster_ip(k, ns, name)
-    with Load(ip, name, clients=clients) as load:
+    with Load(ip, name, clients=clients, pause=0) as load:
         wait_for(f"the HPA to see its {kind} metric above {target}",
                  lambda: (current_metric(hpa(), kind, field) or 0) > target, timeout=180,
                  interval=2)
@@ -183,7 +155,7 @@ def scale_up_under_load_and_back(k: kube.Kube, ns: str, name: str, kind: str, fi
                  lambda: replicas("status.readyReplicas") == 2, timeout=300, interval=2)
         pods = k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={name}")
         assert all(p["spec"]["nodeName"] == "node-1" for p in pods)
-    assert load.ok > 0 and load.failed == 0, (load.ok, load.failed)
+    assert load.answered > 0 and not load.failures, (load.statuses, load.errors)
 
     # Load stopped: the metric falls and the HPA scales back to its minimum per its behavior.
     wait_for("the HPA to scale back to 1 replica after the load",

@@ -17,13 +17,8 @@ at once, the stable variant answering everything while it mirrors to nothing.
 
 from __future__ import annotations
 
-import errno
-import json
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +26,7 @@ from typing import Any
 import pytest
 from msv_operator import kube
 from operator_harness import MS_API, OperatorProcess, condition, modelservice, wait_for
+from service_load import Load
 
 from localcluster import cluster as lc
 from localcluster import modelstores, monitoring
@@ -40,8 +36,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.torch]
 SERVER = {"torchThreads": 1,
           "resources": {"requests": {"cpu": "50m", "memory": "300Mi"},
                         "limits": {"memory": "1500Mi"}}}
-POSITIVE = ["i really love this movie", "a great and happy film", "good food and nice people"]
-NEGATIVE = ["the food was terrible", "an awful boring movie", "bad service and sad staff"]
 # Short steps and analyses so a whole rollout fits in a test; the gates are the real ones.
 TIMING = {"stepDuration": "20s", "minRequests": 10}
 # The in-cluster Prometheus; outside a rollout, variants are measured every 5 s.
@@ -98,66 +92,6 @@ def rolling_out(name: str, ns: str, stable: dict[str, str], candidate: dict[str,
         traffic=[{"variant": "baseline", "weight": 100}],
         rollout={"candidate": candidate["name"], "steps": steps, **TIMING,
                  "analysis": {**ANALYSIS, **analysis}})
-
-
-class Load:
-    """Requests through the stable Service (a new connection each, as kube-proxy balances
-    connections) until stopped; counts answers by status and by the variant that answered."""
-
-    def __init__(self, ip: str, model: str) -> None:
-        self.url = f"http://{ip}/v2/models/{model}/infer"
-        self.statuses: Counter[int | str] = Counter()
-        self.variants: Counter[str] = Counter()
-        self.errors: list[str] = []
-        self.connect_retries = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _one(self, text: str, retry: bool = True) -> None:
-        body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                       "data": [text]}]}).encode()
-        req = urllib.request.Request(self.url, data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                answer = json.loads(r.read())
-                self.statuses[r.status] += 1
-                self.variants[str((answer.get("parameters") or {}).get("variant"))] += 1
-        except urllib.error.HTTPError as e:
-            self.statuses[e.code] += 1
-        except OSError as e:
-            reason = getattr(e, "reason", e)
-            if retry and getattr(reason, "errno", None) == errno.EHOSTUNREACH:
-                # The connection never reached a server: under heavy connection churn the
-                # local cluster's kube-proxy rarely leaves a new connection to a Service IP
-                # un-translated (seen before and during any weight change). Nothing was
-                # sent, so the client connects again, as a connect retry would; counted.
-                self.connect_retries += 1
-                self._one(text, retry=False)
-                return
-            self.statuses[type(e).__name__] += 1
-            if len(self.errors) < 20:
-                self.errors.append(f"{time.strftime('%H:%M:%S')} {e}")
-
-    def _run(self) -> None:
-        texts = POSITIVE + NEGATIVE
-        i = 0
-        while not self._stop.is_set():
-            self._one(texts[i % len(texts)])
-            i += 1
-            self._stop.wait(0.03)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    @property
-    def failures(self) -> dict[int | str, int]:
-        return {k: v for k, v in self.statuses.items() if k != 200}
 
 
 def ms_of(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
@@ -267,52 +201,47 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
     wait_for("CPU and memory per pod from metrics.k8s.io", usage, timeout=120, interval=1)
 
 
-def test_a_candidate_that_answers_differently_is_rolled_back_by_the_agreement_gate(
-        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
-        operator: OperatorProcess, k: kube.Kube) -> None:
-    ns, name = real_namespace, "student"
-    k.apply(rolling_out(
-        name, ns, publish(models, "trained", ns),
-        {"name": "student", "model": publish(models, "student", ns)},
-        {"maxLatencyRatio": 3.0, "minAgreement": 0.9}, steps=[50, 100]))
+def rolled_back_by(k: kube.Kube, models: dict[str, Path], ns: str, name: str, candidate: str,
+                   model: str, analysis: dict[str, float], gate_name: str) -> dict[str, Any]:
+    """Roll ``candidate`` (serving ``models[model]``) out under load; expect RolledBack by
+    ``gate_name`` with no failed request, traffic back on the baseline and the condition
+    naming the gate. Returns the gate's record."""
+    k.apply(rolling_out(name, ns, publish(models, "trained", ns),
+                        {"name": candidate, "model": publish(models, model, ns)},
+                        analysis, steps=[50, 100]))
     ip = stable_ip(k, ns, name)
     with Load(ip, name) as load:
         back = wait_for("RolledBack", lambda: phase_is(k, ns, name, "RolledBack", "Promoted"),
                         timeout=420)
         assert back["phase"] == "RolledBack", back
         wait_for("traffic back on the baseline", lambda: ms_of(k, ns, name)["status"][
-            "traffic"] == "baseline=100,student=0", timeout=60)
-    agreement = gate(back, "agreement")
-    assert not agreement["passed"] and agreement["value"] < 0.9, agreement
-    assert agreement["threshold"] == 0.9
+            "traffic"] == f"baseline=100,{candidate}=0", timeout=60)
     c = condition(ms_of(k, ns, name), "Rollout")
-    assert c["status"] == "False" and "agreement" in c["message"], c
+    assert c["status"] == "False" and gate_name in c["message"], c
     assert load.failures == {}, load.statuses
     assert "RolloutRolledBack" in event_reasons(k, ns, name)
     # nothing the user created was changed or deleted
     ms = ms_of(k, ns, name)
-    assert [v["name"] for v in ms["spec"]["variants"]] == ["baseline", "student"]
-    assert k.get("apps/v1", "Deployment", ns, f"{name}-student") is not None
+    assert [v["name"] for v in ms["spec"]["variants"]] == ["baseline", candidate]
+    assert k.get("apps/v1", "Deployment", ns, f"{name}-{candidate}") is not None
+    return gate(back, gate_name)
+
+
+def test_a_candidate_that_answers_differently_is_rolled_back_by_the_agreement_gate(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    agreement = rolled_back_by(k, models, real_namespace, "student", "student", "student",
+                               {"maxLatencyRatio": 3.0, "minAgreement": 0.9}, "agreement")
+    assert not agreement["passed"] and agreement["value"] < 0.9, agreement
+    assert agreement["threshold"] == 0.9
 
 
 def test_a_slower_candidate_is_rolled_back_by_the_latency_gate(
         cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
         operator: OperatorProcess, k: kube.Kube) -> None:
-    ns, name = real_namespace, "slow"
-    k.apply(rolling_out(
-        name, ns, publish(models, "trained", ns),
-        {"name": "large", "model": publish(models, "large", ns)},
-        {"maxLatencyRatio": 1.5, "minAgreement": 0.0}, steps=[50, 100]))
-    ip = stable_ip(k, ns, name)
-    with Load(ip, name) as load:
-        back = wait_for("RolledBack", lambda: phase_is(k, ns, name, "RolledBack", "Promoted"),
-                        timeout=420)
-    assert back["phase"] == "RolledBack", back
-    latency = gate(back, "latency")
+    latency = rolled_back_by(k, models, real_namespace, "slow", "large", "large",
+                             {"maxLatencyRatio": 1.5, "minAgreement": 0.0}, "latency")
     assert not latency["passed"] and latency["value"] > 1.5, latency
-    c = condition(ms_of(k, ns, name), "Rollout")
-    assert c["status"] == "False" and "latency" in c["message"], c
-    assert load.failures == {}, load.statuses
 
 
 def test_a_candidate_that_cannot_load_is_rolled_back_at_once_and_nothing_fails(
