@@ -1,9 +1,10 @@
 """A load step on real pods: HPA scale-out alone vs HPA plus brownout, same load, same run.
 
 One ModelService per arm serves a text classifier (hidden 768, 6 layers: the model, not
-HTTP, is most of a request; dynamic int8 runs it ~3x cheaper on this CPU) as ``baseline`` (100% of the traffic) and its
-dynamic-int8 variant ``int8``, autoscaled between 1 and 2 replicas on in-flight requests
-(the real HPA controller, prometheus-adapter, Prometheus scraping the pods). The arms differ
+HTTP, is most of a request; dynamic int8 runs it ~3x cheaper on this CPU) as ``baseline``
+(100% of the traffic) and its dynamic-int8 variant ``int8``, autoscaled between 1 and 2
+replicas on in-flight requests (the real HPA controller, prometheus-adapter, Prometheus
+scraping the pods). The arms differ
 only in ``spec.autoscaling.brownout`` (to ``int8``, up to ``--share`` percent):
 
 * **hpa**: no brownout — the HPA is the only answer to the step;
