@@ -257,6 +257,7 @@ def main() -> int:
     ap.add_argument("--share", type=int, default=50, help="brownout maxShare (percent)")
     ap.add_argument("--objective-factor", type=float, default=3.0)
     ap.add_argument("--objective-ms", type=float, default=0.0)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     args = ap.parse_args()
     from modelfactory import make_text_classifier
 
@@ -304,11 +305,11 @@ def main() -> int:
         "arms": arms, "load_average": os.getloadavg(),
         "wall_s": round(time.time() - t_start, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
     for kind in ("hpa", "brownout"):
         log(f"{kind:8s} (median): {median[kind]}")
-    log(f"brownout / hpa: {result['ratios_brownout_over_hpa']}  ({RESULTS})")
+    log(f"brownout / hpa: {result['ratios_brownout_over_hpa']}  ({args.results})")
     return 0
 
 
