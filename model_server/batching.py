@@ -136,7 +136,8 @@ class Batcher:
             log.exception("The model failed on a batch of %d rows", rows)
             raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
         for name, arr in outputs.items():
-            if not arr.ndim or arr.shape[0] != rows:
+            shape = arr.shape
+            if not shape or shape[0] != rows:
                 raise InternalError(f"the model returned output {name!r} without the batch dimension")
         return outputs
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+from array import array
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ _KIND_OK: dict[str, str] = {
     name: {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}.get(dt.kind, "")
     for name, dt in DTYPES.items()
 }
+# `array.array` type codes that hold exactly an OIP datatype's values (same item size). They
+# refuse what the datatype cannot hold — None, strings, floats for ints, values out of range —
+# so clean JSON numbers convert in one C pass; the rest takes numpy's checked path. (A list of
+# JSON booleans, which `array` would read as 0/1, takes the checked path too.)
+_ARRAY_CODES: dict[str, str] = {
+    name: code
+    for name, code in (
+        ("UINT8", "B"), ("UINT16", "H"), ("UINT32", "I"), ("UINT64", "Q"),
+        ("INT8", "b"), ("INT16", "h"), ("INT32", "i"), ("INT64", "q"),
+        ("FP32", "f"), ("FP64", "d"),
+    )
+    if array(code).itemsize == DTYPES[name].itemsize
+}  # fmt: skip
 _MISSING = object()
 _MAX_ELEMENTS = 1 << 31  # elements one input may declare
 HEADER_LENGTH = "inference-header-content-length"
@@ -342,6 +356,12 @@ def decode_tensor(
         )
     if not count or datatype == "BYTES":
         return _bytes_or_empty(name, data, datatype, dtype, shape), 0
+    code = _ARRAY_CODES.get(datatype)
+    if code is not None and type(data[0]) is not bool:
+        try:  # numbers that fit: C-typed at once (ints into ints, ints or floats into floats)
+            return np.frombuffer(array(code, data), dtype).reshape(shape), 0
+        except (TypeError, OverflowError):
+            pass  # anything else (None, strings, floats for ints, out of range): the checks
     try:
         parsed = np.array(data)  # one C pass; its kind says what the JSON values were
     except (OverflowError, ValueError) as exc:
