@@ -138,7 +138,9 @@ class Batcher:
         for name, arr in outputs.items():
             shape = arr.shape
             if not shape or shape[0] != rows:
-                raise InternalError(f"the model returned output {name!r} without the batch dimension")
+                raise InternalError(
+                    f"the model returned output {name!r} without the batch dimension"
+                )
         return outputs
 
     async def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -232,7 +232,8 @@ def encode_json(
             data = to_json_data(arr, datatype)
             entry = {"name": out_name, "datatype": datatype, "shape": arr.shape, "data": data}
         else:  # native numbers: orjson writes the flat array itself
-            entry = {"name": out_name, "datatype": datatype, "shape": arr.shape, "data": arr.ravel()}
+            data = arr.ravel()
+            entry = {"name": out_name, "datatype": datatype, "shape": arr.shape, "data": data}
         out_json.append(entry)
     response: dict[str, Any] = {
         "model_name": model_name,
