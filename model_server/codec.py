@@ -376,8 +376,7 @@ def decode_tensor(
             info = np.iinfo(dtype)
             if parsed.min() < info.min or parsed.max() > info.max:
                 raise InvalidInput(
-                    f"input {name!r}: values outside the {datatype} range "
-                    f"[{info.min}, {info.max}]"
+                    f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
                 )
         parsed = parsed.astype(dtype)  # astype without keywords: cheaper to call
     elif parsed.ndim != 1:
