@@ -87,10 +87,11 @@ def _serve(args: argparse.Namespace) -> None:
     overrides = json.loads(args.settings)
     settings = Settings(model_name="identity", log_level="warning", **overrides)
     app = create_app(settings, registry=CollectorRegistry(), backend=IdentityBackend())
-    options: dict[str, Any] = {}
-    if args.root == str(ROOT):
+    try:  # the tree's own listening options, as deployed
         from model_server.http_server import uvicorn_options
-
+    except ImportError:  # a ref from before model_server.http_server: uvicorn's defaults
+        options: dict[str, Any] = {}
+    else:
         options = uvicorn_options(settings)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning", access_log=False, **options)
 

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -86,6 +87,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inline_below_s = inline_below_s
         self._avg_s: float | None = None  # moving average of the model's time per batch
+        self._inline = False  # that average is known and below inline_below_s
         self._exclusive = 0  # run_exclusive calls in flight (never run inline beside them)
         self._busy = False  # a batch is being executed
 
@@ -119,36 +121,27 @@ class Batcher:
 
         The request's own outputs (or its error), without a queue, a future or a thread hop,
         when nothing waits or runs and the model's moving average is below `inline_below_s`.
+        The call is synchronous, so nothing else on the loop can queue or run beside it.
         """
-        if (
-            self._queue
-            or self._busy
-            or self._exclusive
-            or self._avg_s is None
-            or self._avg_s >= self.inline_below_s
-        ):
+        if self._queue or self._busy or self._exclusive or not self._inline:
             return None
-        self._busy = True
+        on_batch = self._on_batch
+        if on_batch is not None:
+            on_batch(rows)
         try:
-            if self._on_batch is not None:
-                self._on_batch(rows)
-            try:
-                outputs = self._timed_predict(inputs)
-            except ServerError:
-                raise
-            except Exception as exc:
-                log.exception("The model failed on a batch of %d rows", rows)
-                raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InternalError(
-                        f"the model returned output {name!r} without the batch dimension"
-                    )
-            return outputs
-        finally:
-            self._busy = False
-            if self._queue and self._wakeup is not None:
-                self._wakeup.set()
+            outputs = self._timed_predict(inputs)
+        except ServerError:
+            raise
+        except Exception as exc:
+            log.exception("The model failed on a batch of %d rows", rows)
+            raise InternalError(f"the model failed: {type(exc).__name__}: {exc}") from exc
+        for name, arr in outputs.items():
+            shape = arr.shape
+            if not shape or shape[0] != rows:
+                raise InternalError(
+                    f"the model returned output {name!r} without the batch dimension"
+                )
+        return outputs
 
     async def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request (arrays batched along axis 0): its own outputs, at once or queued."""
@@ -280,8 +273,7 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(rows)
         try:
-            avg = self._avg_s
-            if avg is not None and avg < self.inline_below_s and not self._exclusive:
+            if self._inline and not self._exclusive:
                 outputs = self._timed_predict(inputs)
             else:
                 loop = asyncio.get_running_loop()
@@ -323,13 +315,15 @@ class Batcher:
             start = end
 
     def _timed_predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             return self._predict(inputs)
         finally:
-            took = time.perf_counter() - started
+            took = perf_counter() - started
             avg = self._avg_s
-            self._avg_s = took if avg is None else 0.8 * avg + 0.2 * took
+            avg = took if avg is None else 0.8 * avg + 0.2 * took
+            self._avg_s = avg
+            self._inline = avg < self.inline_below_s
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

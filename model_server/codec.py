@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+from array import array
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ _KIND_OK: dict[str, str] = {
     name: {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}.get(dt.kind, "")
     for name, dt in DTYPES.items()
 }
+# `array.array` type codes that hold exactly an OIP datatype's values (same item size). They
+# refuse what the datatype cannot hold — None, strings, floats for ints, values out of range —
+# so clean JSON numbers convert in one C pass; the rest takes numpy's checked path. (A list of
+# JSON booleans, which `array` would read as 0/1, takes the checked path too.)
+_ARRAY_CODES: dict[str, str] = {
+    name: code
+    for name, code in (
+        ("UINT8", "B"), ("UINT16", "H"), ("UINT32", "I"), ("UINT64", "Q"),
+        ("INT8", "b"), ("INT16", "h"), ("INT32", "i"), ("INT64", "q"),
+        ("FP32", "f"), ("FP64", "d"),
+    )
+    if array(code).itemsize == DTYPES[name].itemsize
+}  # fmt: skip
 _MISSING = object()
 _MAX_ELEMENTS = 1 << 31  # elements one input may declare
 HEADER_LENGTH = "inference-header-content-length"
@@ -99,32 +113,46 @@ def _parse_body(body: bytes, header_length: str | bytes | None) -> tuple[Any, me
 
 def decode_json(body: bytes, header_length: str | bytes | None = None) -> InferRequest:
     """The REST body (JSON, or JSON + binary section when `header_length` is set)."""
-    request, binary = _parse_body(body, header_length)
-    if not isinstance(request, dict):
+    if header_length is None:
+        binary = None
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise not_json(exc) from None
+    else:
+        request, binary = _split_body(body, header_length)
+    if type(request) is not dict:
         raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
     raw_inputs = request.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    if type(raw_inputs) is not list or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, tensor in enumerate(raw_inputs):
+        array, used = decode_tensor(tensor, index, binary, offset)
+        name = tensor["name"]
+        if name in arrays:
+            raise InvalidInput(f"input {name!r} appears twice")
+        arrays[name] = array
+        offset += used
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(
+            f"binary data has {len(binary)} bytes but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    if len(request) == 1:  # only "inputs": the usual request
+        return InferRequest(arrays)
+    return _with_options(request, arrays)
+
+
+def _with_options(request: dict[str, Any], arrays: dict[str, np.ndarray]) -> InferRequest:
+    """The request's id, parameters and requested outputs around its decoded inputs."""
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     req_params = request.get("parameters")
     if req_params is not None and not isinstance(req_params, dict):
         raise InvalidInput("'parameters' must be an object")
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
-    for index, tensor in enumerate(raw_inputs):
-        array, used = decode_tensor(tensor, index, binary, offset)
-        offset += used
-        name = tensor["name"]
-        if name in arrays:
-            raise InvalidInput(f"input {name!r} appears twice")
-        arrays[name] = array
-    if binary is not None and offset != len(binary):
-        raise InvalidInput(
-            f"binary data has {len(binary)} bytes but the inputs' "
-            f"binary_data_size add up to {offset}"
-        )
     if req_params is None and "outputs" not in request:
         return InferRequest(arrays, id=request_id)
     all_binary = bool(req_params and req_params.get("binary_data_output") is True)
@@ -188,18 +216,24 @@ def encode_json(
         arr = outputs[out_name]
         if type(arr) is not np.ndarray:
             arr = np.asarray(arr)
-        datatype = DTYPE_NAMES.get(arr.dtype) or output_datatype(arr.dtype)
-        entry: dict[str, Any] = {
-            "name": out_name,
-            "datatype": datatype,
-            "shape": list(arr.shape),
-        }
+        datatype = DTYPE_NAMES.get(arr.dtype)  # the table's dtypes are native-endian
         if all_binary or out_name in binary_out:
+            datatype = datatype or output_datatype(arr.dtype)
             raw = to_binary(arr, datatype)
             chunks.append(raw)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-        else:
-            entry["data"] = to_json_data(arr, datatype)
+            entry: dict[str, Any] = {
+                "name": out_name,
+                "datatype": datatype,
+                "shape": arr.shape,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        elif datatype is None or datatype == "BYTES":
+            datatype = datatype or output_datatype(arr.dtype)
+            data = to_json_data(arr, datatype)
+            entry = {"name": out_name, "datatype": datatype, "shape": arr.shape, "data": data}
+        else:  # native numbers: orjson writes the flat array itself
+            data = arr.ravel()
+            entry = {"name": out_name, "datatype": datatype, "shape": arr.shape, "data": data}
         out_json.append(entry)
     response: dict[str, Any] = {
         "model_name": model_name,
@@ -286,10 +320,10 @@ def decode_tensor(
     tensor: Any, index: int, binary: memoryview | None, offset: int
 ) -> tuple[np.ndarray, int]:
     """One input tensor as a numpy array (+ bytes consumed from the binary section)."""
-    if not isinstance(tensor, dict):
+    if type(tensor) is not dict:
         raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype, data")
     name = tensor.get("name")
-    if not isinstance(name, str) or not name:
+    if type(name) is not str or not name:
         raise InvalidInput(f"inputs[{index}] needs a non-empty string 'name'")
     shape = tensor.get("shape")
     if type(shape) is not list or not shape:
@@ -304,64 +338,91 @@ def decode_tensor(
     count = math.prod(shape)
     if count > _MAX_ELEMENTS:
         element_count(name, shape)  # the error
-    params = tensor.get("parameters")
-    if params is not None:
-        if not isinstance(params, dict):
-            raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if binary is None:
-                raise InvalidInput(
-                    f"input {name!r} has binary_data_size but the request has no "
-                    "Inference-Header-Content-Length header"
-                )
-            if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise InvalidInput(
-                    f"input {name!r}: binary_data_size {size!r} exceeds the binary data"
-                )
-            raw = binary[offset : offset + size]
-            return from_binary(name, raw, datatype, dtype, shape, count), size
+    if "parameters" in tensor:
+        params = tensor["parameters"]
+        if params is not None:
+            raw = _binary_part(name, params, binary, offset)
+            if raw is not None:
+                return from_binary(name, raw, datatype, dtype, shape, count), len(raw)
     data = tensor.get("data", _MISSING)
-    if data is _MISSING:
-        raise InvalidInput(f"input {name!r} has no 'data'")
-    if not isinstance(data, list):
+    if type(data) is not list:
+        if data is _MISSING:
+            raise InvalidInput(f"input {name!r} has no 'data'")
         data = [data]
-    if data and isinstance(data[0], list):
+    elif data and type(data[0]) is list:
         data = _flatten(data)
     if len(data) != count:
         raise InvalidInput(
             f"input {name!r}: shape {shape} needs {count} elements but 'data' has {len(data)}"
         )
-    if datatype == "BYTES":
-        arr = np.empty(count, dtype=object)
-        for i, item in enumerate(data):
-            if isinstance(item, str):
-                arr[i] = item.encode("utf-8")
-            else:
-                raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {item!r:.40}")
-        return arr.reshape(shape), 0
-    if not data:
-        return np.empty(shape, dtype=dtype), 0
+    if not count or datatype == "BYTES":
+        return _bytes_or_empty(name, data, datatype, dtype, shape), 0
+    code = _ARRAY_CODES.get(datatype)
+    if code is not None and type(data[0]) is not bool:
+        try:  # numbers that fit: C-typed at once (ints into ints, ints or floats into floats)
+            return np.frombuffer(array(code, data), dtype).reshape(shape), 0
+        except (TypeError, OverflowError):
+            pass  # anything else (None, strings, floats for ints, out of range): the checks
     try:
         parsed = np.array(data)  # one C pass; its kind says what the JSON values were
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"input {name!r}: {datatype} data is malformed: {exc}") from None
-    kinds = _KIND_OK[datatype]
-    if parsed.ndim != 1 or parsed.dtype.kind not in kinds:
-        ok: tuple[type, ...] = {"b": (bool,), "i": (int,), "u": (int,)}.get(
-            dtype.kind, (int, float)
-        )
-        bad = next((x for x in data if type(x) not in ok), data[0])
-        raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {bad!r:.40}")
-    if kinds == "iu" and parsed.dtype != dtype:  # an integer type: check the range
-        info = np.iinfo(dtype)
-        if parsed.min() < info.min or parsed.max() > info.max:
-            raise InvalidInput(
-                f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
-            )
-    if parsed.dtype is not dtype:  # astype without keywords: cheaper to call
-        parsed = parsed.astype(dtype)
+    parsed_dtype = parsed.dtype
+    if parsed_dtype is not dtype:
+        kinds = _KIND_OK[datatype]
+        if parsed_dtype.kind not in kinds or parsed.ndim != 1:
+            _wrong_values(name, datatype, dtype, data)  # the error
+        if kinds == "iu":  # an integer type: check the range
+            info = np.iinfo(dtype)
+            if parsed.min() < info.min or parsed.max() > info.max:
+                raise InvalidInput(
+                    f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]"
+                )
+        parsed = parsed.astype(dtype)  # astype without keywords: cheaper to call
+    elif parsed.ndim != 1:
+        _wrong_values(name, datatype, dtype, data)
     return parsed.reshape(shape), 0
+
+
+def _binary_part(
+    name: str, params: Any, binary: memoryview | None, offset: int
+) -> memoryview | None:
+    """The input's bytes of the binary section (None: it has no binary_data_size)."""
+    if not isinstance(params, dict):
+        raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if binary is None:
+        raise InvalidInput(
+            f"input {name!r} has binary_data_size but the request has no "
+            "Inference-Header-Content-Length header"
+        )
+    if type(size) is not int or size < 0 or offset + size > len(binary):
+        raise InvalidInput(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
+    return binary[offset : offset + size]
+
+
+def _bytes_or_empty(
+    name: str, data: list[Any], datatype: str, dtype: np.dtype[Any], shape: list[int]
+) -> np.ndarray:
+    """A BYTES input (JSON strings as UTF-8), or an input with no elements."""
+    if datatype != "BYTES":
+        return np.empty(shape, dtype=dtype)
+    arr = np.empty(len(data), dtype=object)
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            arr[i] = item.encode("utf-8")
+        else:
+            raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {item!r:.40}")
+    return arr.reshape(shape)
+
+
+def _wrong_values(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]) -> None:
+    """Raise the error naming the first JSON value a `datatype` input cannot hold."""
+    ok: tuple[type, ...] = {"b": (bool,), "i": (int,), "u": (int,)}.get(dtype.kind, (int, float))
+    bad = next((x for x in data if type(x) not in ok), data[0])
+    raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {bad!r:.40}")
 
 
 def tensor_dtype(name: str, datatype: Any) -> np.dtype[Any]:

@@ -9,6 +9,9 @@ closes connections whose headers are late with `408 Request Timeout`. It reads u
 own per-connection state and adds nothing per request (bench/rest_instructions.py counts
 it). Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the request.
 
+`uvicorn_options` turns uvicorn's proxy-headers middleware off unless the access log is on
+(nothing else reads the client address it rewrites).
+
 `read_tls` reads and checks the certificate and key once at startup (REST and gRPC use the
 same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2.
 """
@@ -100,7 +103,13 @@ def protocol_class(header_timeout_s: float) -> type[HeaderTimeout]:
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn.run/Config keyword arguments for the listening side: protocol and TLS."""
-    options: dict[str, Any] = {"http": protocol_class(settings.header_timeout_s)}
+    options: dict[str, Any] = {
+        "http": protocol_class(settings.header_timeout_s),
+        # X-Forwarded-For/-Proto rewrite the client address and scheme, which only the
+        # access log reads: without it uvicorn's proxy-headers middleware is skipped (one
+        # coroutine and a header scan per request)
+        "proxy_headers": bool(settings.access_log),
+    }
     if settings.tls_cert_file is not None:
         options["ssl_certfile"] = str(settings.tls_cert_file)
         options["ssl_keyfile"] = str(settings.tls_key_file)

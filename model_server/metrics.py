@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
@@ -124,11 +125,10 @@ class EndpointStats(_Hist):
 
     def __init__(self) -> None:
         super().__init__(LATENCY_BUCKETS)
-        self.statuses: dict[int, int] = {}
+        self.statuses: defaultdict[int, int] = defaultdict(int)
 
     def observe_request(self, status: int, seconds: float) -> None:
-        statuses = self.statuses
-        statuses[status] = statuses.get(status, 0) + 1
+        self.statuses[status] += 1
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 

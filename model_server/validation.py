@@ -33,7 +33,8 @@ class InputCheck:
         self.fixed = tuple((i, d) for i, d in enumerate(self.shape) if i and d >= 0)
         self.squeezed = tuple(d for d in self.shape[1:] if d != 1)
 
-    def check(self, name: str, array: np.ndarray) -> None:
+    def check(self, name: str, array: np.ndarray) -> int:
+        """The input's batch size (its first dimension), or InvalidInput."""
         dtype = array.dtype
         if dtype is not self.dtype and dtype != self.dtype:
             got = datatype_of(dtype)
@@ -47,6 +48,7 @@ class InputCheck:
         # [batch] and [batch, 1] are interchangeable for per-row scalars such as strings.
         elif not shape or tuple(d for d in shape[1:] if d != 1) != self.squeezed:
             raise self._bad_shape(name, shape)
+        return shape[0]
 
     def _bad_shape(self, name: str, shape: tuple[int, ...]) -> InvalidInput:
         return InvalidInput(
@@ -70,8 +72,7 @@ class Signature:
             if check is None:
                 known = ", ".join(sorted(checks)) or "none"
                 raise InvalidInput(f"unknown input {name!r}; the model takes: {known}")
-            check.check(name, array)
-            rows = array.shape[0]
+            rows = check.check(name, array)
             if batch != rows:
                 if batch >= 0:
                     raise InvalidInput(

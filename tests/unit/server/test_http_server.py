@@ -83,3 +83,17 @@ def test_headers_within_the_timeout_are_answered(server: UvicornThread) -> None:
         time.sleep(0.2)  # well under the 0.5 s timeout
         sock.sendall(b" x\r\n\r\n")
         assert _read_live_answer(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_proxy_headers_middleware_only_with_the_access_log(access_log: bool) -> None:
+    """Only the access log reads the client address X-Forwarded-For rewrites: without it
+    uvicorn does not wrap the app in its proxy-headers middleware (a coroutine per request)."""
+    import uvicorn
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    settings = Settings(model_name="echo", access_log=access_log)
+    app = create_app(settings, registry=CollectorRegistry(), backend=EchoBackend())
+    config = uvicorn.Config(app, **uvicorn_options(settings))
+    config.load()
+    assert isinstance(config.loaded_app, ProxyHeadersMiddleware) is access_log

@@ -326,6 +326,58 @@ def test_numeric_data_is_checked_in_one_pass() -> None:
         decode("FP32", [1.0, None])
 
 
+@pytest.mark.parametrize(
+    "datatype, data",
+    [
+        ("FP32", [0.5, -1.25, 3, 1e30]),
+        ("FP64", [1e-300, 2, -0.0]),
+        ("INT8", [-128, 0, 127]),
+        ("UINT8", [0, 255]),
+        ("INT16", [-32768, 32767]),
+        ("UINT16", [0, 65535]),
+        ("INT32", [-(2**31), 2**31 - 1]),
+        ("UINT32", [0, 2**32 - 1]),
+        ("INT64", [-(2**63), 2**63 - 1, True]),
+        ("UINT64", [0, 2**64 - 1]),  # numpy's inference made this float64 and refused it
+        ("FP32", [1.0, True]),  # a boolean among numbers: numpy's path read it as 1 too
+    ],
+)
+def test_clean_numbers_decode_like_numpys_checked_path(datatype: str, data: list[object]) -> None:
+    """The one-pass array.array conversion gives the values and dtype numpy would."""
+    from model_server.codec import DTYPES, decode_tensor
+
+    tensor = {"name": "t", "shape": [1, len(data)], "datatype": datatype, "data": data}
+    got = decode_tensor(tensor, 0, None, 0)[0]
+    expected = np.array([data], dtype=DTYPES[datatype])
+    assert got.dtype == DTYPES[datatype] and got.shape == (1, len(data))
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.writeable and got.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "datatype, data, error",
+    [
+        ("FP32", [True, False], "FP32 data cannot hold True"),
+        ("INT32", [True], "INT32 data cannot hold True"),
+        ("FP32", ["1.5"], "FP32 data cannot hold '1.5'"),
+        ("FP64", [1.0, None], "FP64 data cannot hold None"),
+        ("INT16", [1, 2.0], r"INT16 data cannot hold 2\.0"),
+        ("UINT8", [-1], r"outside the UINT8 range \[0, 255\]"),
+        ("INT32", [2**31], r"outside the INT32 range"),
+        ("UINT64", [-1], r"outside the UINT64 range"),
+    ],
+)
+def test_numbers_a_datatype_cannot_hold_are_refused(
+    datatype: str, data: list[object], error: str
+) -> None:
+    from model_server.codec import decode_tensor
+    from model_server.errors import InvalidInput
+
+    tensor = {"name": "t", "shape": [len(data)], "datatype": datatype, "data": data}
+    with pytest.raises(InvalidInput, match=error):
+        decode_tensor(tensor, 0, None, 0)
+
+
 def test_fastapi_route_behaves_like_the_fast_path() -> None:
     """The documented FastAPI infer route (fast path off) gives the same answers."""
     bodies = [
