@@ -285,17 +285,15 @@ class DataPlane:
         the batcher runs the model inline (`Batcher.run_now`); None: await `run_queued`."""
         rows = self.signature.validate(request)
         outputs = batcher.run_now(request.inputs, rows)
-        if outputs is not None:
-            if request.outputs is not None:
-                self.signature.check_outputs(outputs, request)
-            mirror = self.mirror
-            if mirror is not None:
-                mirror.offer_infer(request, outputs)
-        return outputs
+        return None if outputs is None else self._answered(request, outputs)
 
     async def run_queued(self, batcher: Batcher, request: InferRequest) -> Mapping[str, np.ndarray]:
         """The second half of `run`: a validated request through the batcher's queue."""
-        outputs = await batcher.enqueue(request.inputs)
+        return self._answered(request, await batcher.enqueue(request.inputs))
+
+    def _answered(self, request: InferRequest, outputs: Mapping[str, np.ndarray]
+                  ) -> Mapping[str, np.ndarray]:
+        """The model's answer: the requested outputs checked, then offered to the mirror."""
         if request.outputs is not None:
             self.signature.check_outputs(outputs, request)
         mirror = self.mirror
