@@ -67,6 +67,9 @@ NOISE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
 # changing together) costs one pass instead of one per event.
 OWNED_EVENT_DELAY = 0.3
 
+# Objects per page of kopf's initial LISTs (see ``configure``).
+LIST_CHUNK = 500
+
 
 def now() -> str:
     return conditions.rfc3339(datetime.now(UTC))
@@ -100,8 +103,10 @@ class Runtime:
     """Per-process state: API facade, capability cache, caches, work queue, executor."""
 
     def __init__(self, config: OperatorConfig, metrics: OperatorMetrics,
-                 client: kube.Kube | None = None, write_gate: Any = None) -> None:
+                 client: kube.Kube | None = None, write_gate: Any = None,
+                 index_gate: kopf_fixes.IndexGate | None = None) -> None:
         self.config = config
+        self.index_gate = index_gate
         self.metrics = metrics
         self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
                                         pool_size=max(4, config.max_workers * 2),
@@ -152,6 +157,10 @@ class Runtime:
 
     async def _worker(self) -> None:
         assert self.queue is not None
+        if self.index_gate is not None:
+            # kopf's handlers run while kopf still lists (they only queue keys): no pass
+            # before every cache is filled, or it would re-create what it has not seen yet.
+            await self.index_gate.wait()
         while True:
             key = await self.queue.get()
             try:
@@ -297,11 +306,13 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
 
 def register(config: OperatorConfig, metrics: OperatorMetrics,
              runtime_factory: Any = None, write_gate: Any = None,
-             on_stopped: Any = None) -> kopf.OperatorRegistry:
+             on_stopped: Any = None, index_gate: kopf_fixes.IndexGate | None = None
+             ) -> kopf.OperatorRegistry:
     """A kopf registry with every handler of the operator, configured by ``config``
-    (``write_gate``, ``on_stopped``: see ``leader``)."""
+    (``write_gate``, ``on_stopped``: see ``leader``; ``index_gate``: see ``kopf_fixes``)."""
     registry = kopf.OperatorRegistry()
-    factory = runtime_factory or (lambda c, m: Runtime(c, m, write_gate=write_gate))
+    factory = runtime_factory or (lambda c, m: Runtime(c, m, write_gate=write_gate,
+                                                       index_gate=index_gate))
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -311,6 +322,9 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
+        # The initial LIST in pages: a single answer with every object of a kind (10,000
+        # Services at 5,000 ModelServices) was decoded at once and set the restart's peak RSS.
+        settings.watching.chunk_size = LIST_CHUNK
         settings.peering.standalone = True
         settings.execution.max_workers = config.max_workers
         runtime = factory(config, metrics)
@@ -478,8 +492,13 @@ async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
     async def run(write_gate: Any, stop: Any) -> None:
         # Elected: kopf's cleanup sets ``stop`` too, so kopf's waiter on it ends at once.
         on_stopped = stop.set if write_gate is not None else None
+        # Made before kopf.operator: it binds to this run's indexes (kopf_fixes.IndexGate).
+        index_gate = (kopf_fixes.IndexGate([*(o[2] for o in OWNED), "pods", PLURAL],
+                                           config.namespaces)
+                      if kopf_fixes.applied() else None)
         await kopf.operator(
-            registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped),
+            registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped,
+                              index_gate=index_gate),
             standalone=True,
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),
