@@ -10,7 +10,8 @@
   ModelService and builds no per-event "essence" copy of watched objects;
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
-  reads nothing from the API server;
+  reads nothing from the API server; each cached object is kept packed (``reconcile.pack``:
+  compressed JSON without managedFields) and unpacked only by the pass that reads it;
 * ``@kopf.on.event`` for those owned kinds -> the owner goes onto a coalescing work queue, so a
   Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by hand
   reaches the ModelService (status or repair) within seconds;
@@ -69,6 +70,8 @@ OWNED_EVENT_DELAY = 0.3
 
 # Objects per page of kopf's initial LISTs (see ``configure``).
 LIST_CHUNK = 500
+# Seconds a kopf object worker waits for that object's next event before it ends.
+WORKER_IDLE_SECONDS = 0.5
 
 
 def now() -> str:
@@ -223,15 +226,17 @@ class Runtime:
         if index is None or key not in index:
             return None
         for body in index[key]:
-            return dict(body)
+            return reconcile.unpack(body)
         return None
 
     def observed(self, key: Key) -> reconcile.Observed:
         owned = self.indexes.get("msv_owned")
         pods = self.indexes.get("msv_pods")
         return reconcile.Observed(
-            objects=[dict(o) for o in (owned[key] if owned is not None and key in owned else ())],
-            pods=[dict(p) for p in (pods[key] if pods is not None and key in pods else ())],
+            objects=[reconcile.unpack(o)
+                     for o in (owned[key] if owned is not None and key in owned else ())],
+            pods=[reconcile.unpack(p) for p in (pods[key] if pods is not None and key in pods
+                                                else ())],
         )
 
     async def run(self, key: Key, body: Mapping[str, Any] | None = None
@@ -325,6 +330,9 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         # The initial LIST in pages: a single answer with every object of a kind (10,000
         # Services at 5,000 ModelServices) was decoded at once and set the restart's peak RSS.
         settings.watching.chunk_size = LIST_CHUNK
+        # kopf's per-object worker keeps its last watch event until it idles out: at start,
+        # with thousands of objects listed per second, 5 s (kopf's default) kept thousands.
+        settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
         settings.peering.standalone = True
         settings.execution.max_workers = config.max_workers
         runtime = factory(config, metrics)
@@ -357,13 +365,14 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)
-        return {(str(namespace), name): ms}
+        return {(str(namespace), name): reconcile.pack(ms)}
 
     def owned_index(api_version: str, kind: str) -> Any:
         async def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                   **_: Any) -> Any:
             key = _owner_key(namespace, labels)
-            return None if key is None else {key: reconcile.strip_live(body, api_version, kind)}
+            return None if key is None else {
+                key: reconcile.pack(reconcile.strip_live(body, api_version, kind))}
         return index
 
     for group, version, plural, api_version, kind in OWNED:
@@ -375,7 +384,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                  **_: Any) -> Any:
         key = _owner_key(namespace, labels)
-        return None if key is None else {key: reconcile.trim_pod(body)}
+        return None if key is None else {key: reconcile.pack(reconcile.trim_pod(body))}
 
     # ---- the ModelService -------------------------------------------------------------------
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelservice")
