@@ -39,7 +39,7 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kopf_fixes, kube, leader, prom, reconcile
+from msv_operator import builders, conditions, kopf_fixes, kube, leader, memory, prom, reconcile
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.workqueue import WorkQueue
@@ -138,6 +138,7 @@ class Runtime:
                       for i in range(self.config.max_workers)]
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
         self.tasks.append(asyncio.create_task(self._resync(), name="msv-resync"))
+        self.tasks.append(asyncio.create_task(self._release_after_start(), name="msv-release"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -187,6 +188,16 @@ class Runtime:
         delay = min(60.0, 0.5 * 2 ** attempt)
         self.enqueue(key, delay)
         return delay
+
+    async def _release_after_start(self) -> None:
+        """Once the first pass of everything listed at start is over, hand the memory of
+        that burst back (``memory.release``): a lower RSS for the rest of the process."""
+        assert self.queue is not None
+        if self.index_gate is not None:
+            await self.index_gate.wait()
+        await asyncio.sleep(0)  # let the workers take the first keys
+        await self.queue.idle()
+        memory.release()
 
     async def _watch_capabilities(self) -> None:
         loop = asyncio.get_running_loop()
