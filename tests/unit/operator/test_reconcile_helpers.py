@@ -3,6 +3,7 @@ transitions become Events."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from msv_operator import conditions, reconcile
@@ -200,3 +201,18 @@ def test_pods_of_a_variant_taken_out_of_traffic_leave_the_service_at_once() -> N
             _pod("i-1", "int8", "true"), _pod("i-3", "int8", "false")]
     assert reconcile.pods_leaving_service(desired, pods) == ["i-1", "i-2"]
     assert reconcile.pods_leaving_service(desired[:1], pods) == []
+
+
+def test_packed_cache_entries_round_trip_as_fresh_copies() -> None:
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "m-baseline", "annotations": {reconcile.HASH_ANNOTATION: "x"}},
+           "spec": {"replicas": 2, "template": {"spec": {"containers": [
+               {"name": "s", "env": [{"name": f"MSV_SETTING_{i}", "value": "on"}
+                                     for i in range(30)]}]}}}}
+    packed = reconcile.pack(obj)
+    assert isinstance(packed, bytes) and len(packed) < len(json.dumps(obj))
+    first, second = reconcile.unpack(packed), reconcile.unpack(packed)
+    assert first == obj and second == obj
+    first["spec"]["replicas"] = 5  # a pass may mutate its copy; the cache keeps its own
+    assert reconcile.unpack(packed)["spec"]["replicas"] == 2
+    assert reconcile.unpack(obj) == obj  # a plain mapping is taken as it is
