@@ -145,13 +145,19 @@ def lean_event(raw_event: Any) -> Any:
 
 
 async def _lean_watch(**kwargs: Any) -> AsyncIterator[Any]:
-    async for raw_event in _ORIGINAL_WATCH(**kwargs):
-        if raw_event is watching.Bookmark.LISTED:
-            gate = _CURRENT.get(asyncio.get_running_loop())
-            resource = kwargs.get("resource")
-            if gate is not None and resource is not None:
-                gate._listed_one(str(resource.plural), kwargs.get("namespace"))
-        yield lean_event(raw_event)
+    stream = _ORIGINAL_WATCH(**kwargs)
+    try:
+        async for raw_event in stream:
+            if raw_event is watching.Bookmark.LISTED:
+                gate = _CURRENT.get(asyncio.get_running_loop())
+                resource = kwargs.get("resource")
+                if gate is not None and resource is not None:
+                    gate._listed_one(str(resource.plural), kwargs.get("namespace"))
+            yield lean_event(raw_event)
+    finally:
+        # Close kopf's stream here, in order: left to the event loop's finaliser it is
+        # closed out of turn and its streaming block fails ("didn't stop after athrow").
+        await stream.aclose()
 
 
 def apply() -> None:
