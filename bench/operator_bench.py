@@ -13,9 +13,14 @@ Measured:
 * writes for one create (2 variants), for a no-op resync window, and after an operator
   restart with nothing changed (goal: zero when nothing changed);
 * reconcile throughput: N ModelServices exist, the operator starts, time until every object
-  of every ModelService is applied (N = 200 and 1,000; goal >= 20/s);
+  of every ModelService is applied (N = 200 and 1,000; goal >= 30/s), with the operator's
+  and kube-apiserver's CPU; objects are counted from watches, not by polling LISTs;
 * apply -> Deployment created latency, p50/p99 (goal p50 <= 100 ms);
-* operator RSS with 1,000 ModelServices (goal <= 150 MB).
+* operator RSS with 1,000 ModelServices (goal <= 150 MB);
+* ``--scenarios scale``: 5,000 ModelServices (objects only): throughput, no-op resync and
+  restart writes (goal 0), RSS after a restart (goal <= 250 MB); and how fast this API server
+  creates Services at all (one at a time, 16 at a time; ConfigMaps beside them), the ceiling
+  of any burst of creates.
 
     python bench/operator_bench.py [--sizes 200,1000] [--latency-samples 50]
 
@@ -235,6 +240,100 @@ def writes_scenario(mode: str, cluster: localcluster.Cluster, client: kube.Kube,
     }
 
 
+CREATE_THREADS = 32
+
+
+def create_modelservices(client: kube.Kube, ns: str, n: int, **kwargs: Any) -> float:
+    """Create ``n`` ModelServices in parallel (answers not decoded); returns the seconds."""
+    start = time.monotonic()
+    with cf.ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(lambda i: client.apply(ms_body(f"m{i:05d}", ns, **kwargs), answer=False),
+                      range(n)))
+    return round(time.monotonic() - start, 1)
+
+
+class Applied:
+    """Counts the operator's Deployments and Services in ``ns`` from watches (polling a LIST
+    of 15,000 objects every second cost the API server more CPU than the operator did)."""
+
+    KINDS = (("list_namespaced_deployment", "AppsV1Api"), ("list_namespaced_service",
+                                                          "CoreV1Api"))
+
+    def __init__(self, client: kube.Kube, ns: str) -> None:
+        import kubernetes
+        self.names: dict[str, set[str]] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = []
+        for method, api in self.KINDS:
+            lister = getattr(getattr(kubernetes.client, api)(client.api), method)
+            t = threading.Thread(target=self._watch, args=(kubernetes, lister, ns, method),
+                                 daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _watch(self, kubernetes: Any, lister: Any, ns: str, what: str) -> None:
+        while not self.stop.is_set():
+            w = kubernetes.watch.Watch()
+            try:
+                for ev in w.stream(lister, ns, label_selector=LABEL, timeout_seconds=60,
+                                   _request_timeout=90):
+                    name = ev["object"].metadata.name
+                    with self.lock:
+                        names = self.names.setdefault(what, set())
+                        if ev["type"] == "DELETED":
+                            names.discard(name)
+                        else:
+                            names.add(name)
+                    if self.stop.is_set():
+                        w.stop()
+            except Exception:  # a dropped watch: watch again (the set survives)
+                time.sleep(0.5)
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.names.values())
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def wait_applied(counter: Applied, expected: int, limit: float, poll: float = 0.2) -> int:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if counter.count() >= expected:
+            break
+        time.sleep(poll)
+    return counter.count()
+
+
+def service_create_rate(cluster: localcluster.Cluster, client: kube.Kube, n: int = 60
+                        ) -> dict[str, Any]:
+    """How fast this API server creates Services (each allocates a ClusterIP) one at a time
+    and 16 at a time, beside ConfigMaps 16 at a time: the ceiling of a burst of creates."""
+    ns = "bench-service-rate"
+    cluster.kubectl_run("create", "namespace", ns)
+
+    def rate(kind: str, threads: int) -> float:
+        def body(i: int) -> dict[str, Any]:
+            meta = {"name": f"{kind.lower()}-{threads}-{i}", "namespace": ns}
+            if kind == "Service":
+                return {"apiVersion": "v1", "kind": kind, "metadata": meta,
+                        "spec": {"selector": {"app": "none"}, "ports": [{"port": 80}]}}
+            return {"apiVersion": "v1", "kind": kind, "metadata": meta, "data": {"k": "v"}}
+        start = time.monotonic()
+        with cf.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda i: client.apply(body(i), answer=False), range(n)))
+        return round(n / (time.monotonic() - start), 1)
+
+    out = {"services_per_second_1_at_a_time": rate("Service", 1),
+           "services_per_second_16_at_a_time": rate("Service", 16),
+           "configmaps_per_second_16_at_a_time": rate("ConfigMap", 16),
+           "load_average": os.getloadavg()}
+    delete_namespace(cluster, ns)
+    return out
+
+
 def objects_per_modelservice(client: kube.Kube, ns: str) -> int:
     """How many Deployments and Services the builders make for one benchmark ModelService."""
     body = ms_body("probe", ns)
@@ -264,25 +363,20 @@ def throughput_scenario(mode: str, n: int, cluster: localcluster.Cluster, client
                         ) -> dict[str, Any]:
     ns = f"bench-scale-{mode}-{n}"
     cluster.kubectl_run("create", "namespace", ns)
-    with cf.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: client.apply(ms_body(f"m{i:04d}", ns)), range(n)))
+    create_s = create_modelservices(client, ns, n)
     expected = n * objects_per_modelservice(client, ns)
+    # Count the objects that exist (not the operator's apply counter: the naive baseline
+    # re-applies objects, which would reach the total early).
+    counter = Applied(client, ns)
+    load0 = os.getloadavg()
     op = Operator(mode, ns, cluster.env, resync=300)
     op.wait_up(120)
-    up = time.monotonic()
-    deadline = time.monotonic() + 900
-    applied = 0.0
-    while time.monotonic() < deadline:
-        # Count the objects that exist (not the operator's apply counter: the naive baseline
-        # re-applies objects, which would reach the total early).
-        applied = float(sum(len(client.list(api_version, kind, ns, LABEL))
-                            for api_version, kind in (("apps/v1", "Deployment"),
-                                                      ("v1", "Service"))))
-        if applied >= expected:
-            break
-        time.sleep(0.5)
+    up, api0 = time.monotonic(), apiserver_cpu_seconds(cluster)
+    applied = float(wait_applied(counter, expected, 900))
     done = time.monotonic()
+    counter.close()
     cpu = op.cpu_seconds()
+    api_cpu = apiserver_cpu_seconds(cluster) - api0
     time.sleep(10)
     rss, hwm = op.rss_mb()
     # "seconds" counts from the metrics endpoint answering (the process has imported and
@@ -291,6 +385,9 @@ def throughput_scenario(mode: str, n: int, cluster: localcluster.Cluster, client
               "seconds": round(done - up, 2), "per_second": round(n / (done - up), 1),
               "seconds_incl_process_start": round(done - op.started, 2),
               "operator_cpu_seconds": round(cpu, 1),
+              "apiserver_cpu_seconds": round(api_cpu, 1),
+              "create_seconds": create_s, "load_average_start": load0,
+              "load_average_end": os.getloadavg(),
               "rss_mb": round(rss, 1), "peak_rss_mb": round(hwm, 1)}
     if mode == "ours":
         settle(op)
@@ -322,27 +419,23 @@ def scale_scenario(n: int, cluster: localcluster.Cluster, client: kube.Kube
     restart (goal: 0)."""
     ns = f"bench-scale-objects-{n}"
     cluster.kubectl_run("create", "namespace", ns)
-    with cf.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: client.apply(ms_body(f"m{i:05d}", ns, replicas=0)), range(n)))
+    create_s = create_modelservices(client, ns, n, replicas=0)
     expected = n * objects_per_modelservice(client, ns)
+    counter = Applied(client, ns)
     resync = ARGS.scale_resync
+    load0 = os.getloadavg()
     op = Operator("ours", ns, cluster.env, resync=resync)
     op.wait_up(120)
     up, api0 = time.monotonic(), apiserver_cpu_seconds(cluster)
-    deadline = up + 1800
-    applied = 0
-    while time.monotonic() < deadline:
-        applied = sum(len(client.list(a, k, ns, LABEL))
-                      for a, k in (("apps/v1", "Deployment"), ("v1", "Service")))
-        if applied >= expected:
-            break
-        time.sleep(1.0)
+    applied = wait_applied(counter, expected, 1800, poll=1.0)
     done = time.monotonic()
+    counter.close()
     result: dict[str, Any] = {
-        "modelservices": n, "objects_applied": applied, "seconds": round(done - up, 1),
-        "per_second": round(n / (done - up), 1),
+        "modelservices": n, "create_seconds": create_s, "objects_applied": applied,
+        "seconds": round(done - up, 1), "per_second": round(n / (done - up), 1),
         "operator_cpu_seconds": round(op.cpu_seconds(), 1),
-        "apiserver_cpu_seconds": round(apiserver_cpu_seconds(cluster) - api0, 1)}
+        "apiserver_cpu_seconds": round(apiserver_cpu_seconds(cluster) - api0, 1),
+        "load_average_start": load0, "load_average_end": os.getloadavg()}
     settle(op, quiet=5.0, limit=900)
     rss, hwm = op.rss_mb()
     result.update(rss_mb=round(rss, 1), peak_rss_mb=round(hwm, 1))
@@ -365,15 +458,20 @@ def scale_scenario(n: int, cluster: localcluster.Cluster, client: kube.Kube
     m2 = apiserver_writes(client)
     op = Operator("ours", ns, cluster.env, resync=3600)
     op.wait_up(120)
-    started = time.monotonic()
+    started, cpu0, api0 = time.monotonic(), op.cpu_seconds(), apiserver_cpu_seconds(cluster)
     wait_passes(op, n)
+    passed = time.monotonic() - started
     settle(op, quiet=5.0, limit=900)
     m3 = apiserver_writes(client)
     restart = delta(m3, m2)
     rss, hwm = op.rss_mb()
-    result["restart"] = {"seconds_to_pass_all": round(time.monotonic() - started, 1),
+    result["restart"] = {"seconds_to_pass_all": round(passed, 1),
                          "operator_writes": operator_writes(restart), "all": restart,
-                         "rss_mb": round(rss, 1), "peak_rss_mb": round(hwm, 1)}
+                         "operator_cpu_seconds": round(op.cpu_seconds() - cpu0, 1),
+                         "apiserver_cpu_seconds": round(
+                             apiserver_cpu_seconds(cluster) - api0, 1),
+                         "rss_mb": round(rss, 1), "peak_rss_mb": round(hwm, 1),
+                         "load_average": os.getloadavg()}
     op.stop()
     delete_namespace(cluster, ns)
     return result
@@ -431,6 +529,8 @@ def main() -> int:
         if "writes" in ARGS.scenarios:
             results["writes"] = {mode: writes_scenario(mode, cluster, client)
                                  for mode in ("ours", "naive")}
+        if "scale" in ARGS.scenarios or "throughput" in ARGS.scenarios:
+            results["apiserver_service_creates"] = service_create_rate(cluster, client)
         results["throughput"] = {}
         for n in ARGS.sizes if "throughput" in ARGS.scenarios else []:
             modes = ("ours", "naive") if n <= 200 else ("ours",)
@@ -466,10 +566,13 @@ def main() -> int:
               f"{r['apiserver_cpu_seconds']} s), RSS {r['rss_mb']} MB (peak "
               f"{r['peak_rss_mb']} MB); no-op resync {r['noop_resync']['operator_writes']} "
               f"writes, restart {r['restart']['operator_writes']} writes")
+    if "apiserver_service_creates" in results:
+        print(f"kube-apiserver Service creates: {results['apiserver_service_creates']}")
     for n, r in results["throughput"].items():
         ours = r["ours"]
         line = (f"{n} ModelServices: ours {ours['per_second']}/s in {ours['seconds']} s "
-                f"(operator CPU {ours['operator_cpu_seconds']} s), "
+                f"(operator CPU {ours['operator_cpu_seconds']} s, kube-apiserver CPU "
+                f"{ours.get('apiserver_cpu_seconds')} s), "
                 f"RSS {ours['rss_mb']} MB (peak {ours['peak_rss_mb']} MB)")
         if "naive" in r:
             line += f"; naive {r['naive']['per_second']}/s " \

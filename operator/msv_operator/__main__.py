@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from msv_operator import handlers, leader
+from msv_operator import handlers, leader, memory
 from msv_operator.config import ConfigError, OperatorConfig, load
 from msv_operator.metrics import OperatorMetrics
 
@@ -92,16 +91,6 @@ def setup_logging(cfg: OperatorConfig) -> None:
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas (like ``MALLOC_ARENA_MAX``): the reconcile
-    threads otherwise each grow an arena and keep the RSS up long after a burst."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, cfg = load(argv)
@@ -111,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "run":  # pragma: no cover - argparse restricts the choices
         return 2
     setup_logging(cfg)
-    limit_malloc_arenas()
+    memory.limit_malloc_arenas()
     metrics = OperatorMetrics()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.bind_address, registry=metrics.registry)

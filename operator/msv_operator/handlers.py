@@ -10,7 +10,8 @@
   ModelService and builds no per-event "essence" copy of watched objects;
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
-  reads nothing from the API server;
+  reads nothing from the API server; each cached object is kept packed (``reconcile.pack``:
+  compressed JSON without managedFields) and unpacked only by the pass that reads it;
 * ``@kopf.on.event`` for those owned kinds -> the owner goes onto a coalescing work queue, so a
   Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by hand
   reaches the ModelService (status or repair) within seconds;
@@ -38,7 +39,7 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kopf_fixes, kube, leader, prom, reconcile
+from msv_operator import builders, conditions, kopf_fixes, kube, leader, memory, prom, reconcile
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.workqueue import WorkQueue
@@ -66,6 +67,11 @@ NOISE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
 # Owned-object events wait this long on the queue, so a burst (a Deployment and its Pods
 # changing together) costs one pass instead of one per event.
 OWNED_EVENT_DELAY = 0.3
+
+# Objects per page of kopf's initial LISTs (see ``configure``).
+LIST_CHUNK = 500
+# Seconds a kopf object worker waits for that object's next event before it ends.
+WORKER_IDLE_SECONDS = 0.5
 
 
 def now() -> str:
@@ -100,8 +106,10 @@ class Runtime:
     """Per-process state: API facade, capability cache, caches, work queue, executor."""
 
     def __init__(self, config: OperatorConfig, metrics: OperatorMetrics,
-                 client: kube.Kube | None = None, write_gate: Any = None) -> None:
+                 client: kube.Kube | None = None, write_gate: Any = None,
+                 index_gate: kopf_fixes.IndexGate | None = None) -> None:
         self.config = config
+        self.index_gate = index_gate
         self.metrics = metrics
         self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
                                         pool_size=max(4, config.max_workers * 2),
@@ -130,6 +138,7 @@ class Runtime:
                       for i in range(self.config.max_workers)]
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
         self.tasks.append(asyncio.create_task(self._resync(), name="msv-resync"))
+        self.tasks.append(asyncio.create_task(self._release_after_start(), name="msv-release"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -152,6 +161,10 @@ class Runtime:
 
     async def _worker(self) -> None:
         assert self.queue is not None
+        if self.index_gate is not None:
+            # kopf's handlers run while kopf still lists (they only queue keys): no pass
+            # before every cache is filled, or it would re-create what it has not seen yet.
+            await self.index_gate.wait()
         while True:
             key = await self.queue.get()
             try:
@@ -175,6 +188,16 @@ class Runtime:
         delay = min(60.0, 0.5 * 2 ** attempt)
         self.enqueue(key, delay)
         return delay
+
+    async def _release_after_start(self) -> None:
+        """Once the first pass of everything listed at start is over, hand the memory of
+        that burst back (``memory.release``): a lower RSS for the rest of the process."""
+        assert self.queue is not None
+        if self.index_gate is not None:
+            await self.index_gate.wait()
+        await asyncio.sleep(0)  # let the workers take the first keys
+        await self.queue.idle()
+        memory.release()
 
     async def _watch_capabilities(self) -> None:
         loop = asyncio.get_running_loop()
@@ -214,15 +237,17 @@ class Runtime:
         if index is None or key not in index:
             return None
         for body in index[key]:
-            return dict(body)
+            return reconcile.unpack(body)
         return None
 
     def observed(self, key: Key) -> reconcile.Observed:
         owned = self.indexes.get("msv_owned")
         pods = self.indexes.get("msv_pods")
         return reconcile.Observed(
-            objects=[dict(o) for o in (owned[key] if owned is not None and key in owned else ())],
-            pods=[dict(p) for p in (pods[key] if pods is not None and key in pods else ())],
+            objects=[reconcile.unpack(o)
+                     for o in (owned[key] if owned is not None and key in owned else ())],
+            pods=[reconcile.unpack(p) for p in (pods[key] if pods is not None and key in pods
+                                                else ())],
         )
 
     async def run(self, key: Key, body: Mapping[str, Any] | None = None
@@ -297,11 +322,13 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
 
 def register(config: OperatorConfig, metrics: OperatorMetrics,
              runtime_factory: Any = None, write_gate: Any = None,
-             on_stopped: Any = None) -> kopf.OperatorRegistry:
+             on_stopped: Any = None, index_gate: kopf_fixes.IndexGate | None = None
+             ) -> kopf.OperatorRegistry:
     """A kopf registry with every handler of the operator, configured by ``config``
-    (``write_gate``, ``on_stopped``: see ``leader``)."""
+    (``write_gate``, ``on_stopped``: see ``leader``; ``index_gate``: see ``kopf_fixes``)."""
     registry = kopf.OperatorRegistry()
-    factory = runtime_factory or (lambda c, m: Runtime(c, m, write_gate=write_gate))
+    factory = runtime_factory or (lambda c, m: Runtime(c, m, write_gate=write_gate,
+                                                       index_gate=index_gate))
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -311,6 +338,12 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
+        # The initial LIST in pages: a single answer with every object of a kind (10,000
+        # Services at 5,000 ModelServices) was decoded at once and set the restart's peak RSS.
+        settings.watching.chunk_size = LIST_CHUNK
+        # kopf's per-object worker keeps its last watch event until it idles out: at start,
+        # with thousands of objects listed per second, 5 s (kopf's default) kept thousands.
+        settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
         settings.peering.standalone = True
         settings.execution.max_workers = config.max_workers
         runtime = factory(config, metrics)
@@ -343,13 +376,14 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)
-        return {(str(namespace), name): ms}
+        return {(str(namespace), name): reconcile.pack(ms)}
 
     def owned_index(api_version: str, kind: str) -> Any:
         async def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                   **_: Any) -> Any:
             key = _owner_key(namespace, labels)
-            return None if key is None else {key: reconcile.strip_live(body, api_version, kind)}
+            return None if key is None else {
+                key: reconcile.pack(reconcile.strip_live(body, api_version, kind))}
         return index
 
     for group, version, plural, api_version, kind in OWNED:
@@ -361,7 +395,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                  **_: Any) -> Any:
         key = _owner_key(namespace, labels)
-        return None if key is None else {key: reconcile.trim_pod(body)}
+        return None if key is None else {key: reconcile.pack(reconcile.trim_pod(body))}
 
     # ---- the ModelService -------------------------------------------------------------------
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelservice")
@@ -478,8 +512,13 @@ async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
     async def run(write_gate: Any, stop: Any) -> None:
         # Elected: kopf's cleanup sets ``stop`` too, so kopf's waiter on it ends at once.
         on_stopped = stop.set if write_gate is not None else None
+        # Made before kopf.operator: it binds to this run's indexes (kopf_fixes.IndexGate).
+        index_gate = (kopf_fixes.IndexGate([*(o[2] for o in OWNED), "pods", PLURAL],
+                                           config.namespaces)
+                      if kopf_fixes.applied() else None)
         await kopf.operator(
-            registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped),
+            registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped,
+                              index_gate=index_gate),
             standalone=True,
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),

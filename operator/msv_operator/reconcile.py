@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import sys
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -686,6 +687,20 @@ def pod_summary(pod: Mapping[str, Any]) -> str:
 
 # Metadata a pass never reads: dropped from cached objects (smaller caches).
 UNREAD_METADATA = ("managedFields", "resourceVersion", "creationTimestamp", "selfLink")
+
+
+def pack(obj: Mapping[str, Any]) -> bytes:
+    """A cached object as compressed compact JSON: a few hundred bytes instead of the ~10 KB
+    of a decoded Deployment, for each of the 20,000 objects of 5,000 ModelServices. A pass
+    unpacks the few it reads (a fresh copy each time, safe to mutate)."""
+    return zlib.compress(json.dumps(obj, separators=(",", ":"), default=str).encode(), 1)
+
+
+def unpack(data: bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The object ``pack`` stored (a plain mapping is copied as it is)."""
+    if isinstance(data, bytes):
+        return dict(json.loads(zlib.decompress(data)))
+    return dict(data)
 
 
 def strip_live(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:

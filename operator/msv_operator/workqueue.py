@@ -5,7 +5,8 @@
   needs a pass now overtakes a timed requeue; a burst of events costs one pass);
 * ``get()`` waits for the next due key and marks it processing; a key is never handed to two
   workers at once: added again while processing, it is handed out after ``done(key)``;
-* ``done(key)`` ends the processing of ``key``.
+* ``done(key)`` ends the processing of ``key``;
+* ``idle()`` waits until nothing is queued or processing (e.g. the start-up pass is over).
 
 Pure asyncio, no kopf: ``handlers.Runtime`` feeds it from watch events, resyncs, retries with
 backoff and the rollout's requeue-after.
@@ -31,6 +32,8 @@ class WorkQueue(Generic[K]):
         self._again: dict[K, float] = {}
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @staticmethod
     def _now() -> float:
@@ -52,11 +55,13 @@ class WorkQueue(Generic[K]):
         if key in self._processing:
             if key not in self._again or due < self._again[key]:
                 self._again[key] = due
+            self._idle.clear()
             return
         current = self._due.get(key)
         if current is not None and current <= due:
             return
         self._due[key] = due
+        self._idle.clear()
         heapq.heappush(self._heap, (due, next(self._seq), key))
         self._wakeup.set()
 
@@ -80,3 +85,9 @@ class WorkQueue(Generic[K]):
         due = self._again.pop(key, None)
         if due is not None:
             self.add(key, max(0.0, due - self._now()))
+        elif not self._due and not self._processing:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Wait until no key is queued (due now or later) and none is processing."""
+        await self._idle.wait()

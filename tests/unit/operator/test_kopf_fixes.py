@@ -1,10 +1,13 @@
-"""kopf's ToggleSet with ``kopf_fixes`` applied: waiters wake exactly when the set flips."""
+"""kopf with ``kopf_fixes`` applied: waiters wake exactly when the set flips; the index gate;
+lean watch events."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from kopf._cogs.aiokits import aiotoggles
+from kopf._cogs.clients import watching
 from msv_operator import kopf_fixes
 
 
@@ -49,3 +52,60 @@ def test_waiters_wake_when_the_set_flips_and_only_then() -> None:
 
     seen = asyncio.run(scenario())
     assert seen[-1] == "off"
+
+
+class _Resource:
+    def __init__(self, plural: str) -> None:
+        self.plural = plural
+
+
+def test_the_index_gate_opens_only_when_every_kind_is_listed_and_indexed() -> None:
+    """Object workers of a gated run do not wait (kopf's ``wait_for(True)`` returns at once);
+    the gate waits for every expected kind's LISTED bookmark *and* the set being on."""
+    kopf_fixes.apply()
+
+    async def scenario() -> None:
+        gate = kopf_fixes.IndexGate(["modelservices", "services"], ["ns-a"])
+        toggles = aiotoggles.ToggleSet(all)  # kopf's index set of the run: binds the gate
+        blocker = await toggles.make_toggle(name="orchestration blocker")
+        assert gate.owns(toggles)
+        kind = await toggles.make_toggle(name="services@ns-a")
+        obj = await toggles.make_toggle(name="one service")
+        await toggles.drop_toggle(blocker)
+        # an object worker: not held although the set is off
+        await asyncio.wait_for(toggles.wait_for(True), 1)
+        opened = asyncio.create_task(gate.wait())
+
+        async def upstream(**_: object):  # type: ignore[no-untyped-def]
+            yield {"type": None, "object": {"metadata": {"name": "s", "managedFields": [{}]}}}
+            yield watching.Bookmark.LISTED
+
+        original, kopf_fixes._ORIGINAL_WATCH = kopf_fixes._ORIGINAL_WATCH, upstream
+        try:
+            events = [e async for e in kopf_fixes._lean_watch(
+                resource=_Resource("services"), namespace="ns-a")]
+        finally:
+            kopf_fixes._ORIGINAL_WATCH = original
+        assert events[0]["object"]["metadata"] == {"name": "s"}  # managedFields dropped
+        await toggles.drop_toggles([kind, obj])  # the set is on: services listed + indexed
+        await asyncio.sleep(0.01)
+        assert not opened.done() and not gate.is_open()  # ModelServices not listed yet
+        gate._listed_one("modelservices", "ns-a")
+        await asyncio.wait_for(opened, 1)
+        assert gate.is_open()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_gate_kopf_waits_as_before() -> None:
+    kopf_fixes.apply()
+
+    async def scenario() -> None:
+        toggles = aiotoggles.ToggleSet(all)
+        toggle = await toggles.make_toggle(name="object")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(toggles.wait_for(True), 0.05)
+        await toggles.drop_toggle(toggle)
+        await asyncio.wait_for(toggles.wait_for(True), 1)
+
+    asyncio.run(scenario())

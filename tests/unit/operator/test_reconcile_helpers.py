@@ -3,6 +3,7 @@ transitions become Events."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from msv_operator import conditions, reconcile
@@ -210,3 +211,18 @@ def test_pods_of_a_variant_given_traffic_join_the_service_at_once_unless_deleted
     pods = [_pod("b-1", "baseline", "true"), _pod("i-1", "int8", "false"), leaving,
             _pod("x-1", "other", "false")]
     assert reconcile.pods_changing_service(desired, pods) == [("i-1", "true")]
+
+
+def test_packed_cache_entries_round_trip_as_fresh_copies() -> None:
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "m-baseline", "annotations": {reconcile.HASH_ANNOTATION: "x"}},
+           "spec": {"replicas": 2, "template": {"spec": {"containers": [
+               {"name": "s", "env": [{"name": f"MSV_SETTING_{i}", "value": "on"}
+                                     for i in range(30)]}]}}}}
+    packed = reconcile.pack(obj)
+    assert isinstance(packed, bytes) and len(packed) < len(json.dumps(obj))
+    first, second = reconcile.unpack(packed), reconcile.unpack(packed)
+    assert first == obj and second == obj
+    first["spec"]["replicas"] = 5  # a pass may mutate its copy; the cache keeps its own
+    assert reconcile.unpack(packed)["spec"]["replicas"] == 2
+    assert reconcile.unpack(obj) == obj  # a plain mapping is taken as it is

@@ -86,3 +86,25 @@ def test_waiting_workers_wake_for_a_new_key() -> None:
         for t in pending:
             t.cancel()
     run(main())
+
+
+def test_idle_waits_until_nothing_is_queued_or_processing() -> None:
+    async def main() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        await asyncio.wait_for(q.idle(), 1)  # a new queue is idle
+        q.add("a")
+        q.add("b", 0.05)
+        idle = asyncio.create_task(q.idle())
+        assert await next_key(q) == "a"
+        q.add("a")  # queued again while processing: handed out after done()
+        q.done("a")
+        await asyncio.sleep(0)
+        assert not idle.done()
+        assert await next_key(q) == "a"
+        q.done("a")
+        assert await next_key(q) == "b"  # the delayed key still counted
+        await asyncio.sleep(0)
+        assert not idle.done()
+        q.done("b")
+        await asyncio.wait_for(idle, 1)
+    run(main())
