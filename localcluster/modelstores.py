@@ -1,10 +1,12 @@
 """In-cluster model stores for the real node: an HTTP file server and an S3-compatible store.
 
 Both run as pods of the ``model-store`` image (``localcluster.images``) in the namespace
-``model-stores``, behind Services with fixed cluster IPs, so a ModelService's
+``model-stores``, behind Services with fixed cluster IPs (in the Service range's static band,
+the first 256 addresses, which dynamic allocation leaves alone while it can: no other Service
+takes them first), so a ModelService's
 ``spec.model.uri`` can name them the same way on every machine (the local cluster runs no
-DNS server): ``http://10.96.100.10/<file>`` and ``s3://<bucket>/<key>`` with
-``AWS_ENDPOINT_URL=http://10.96.100.11``. The HTTP store serves the directory
+DNS server): ``http://10.96.0.80/<file>`` and ``s3://<bucket>/<key>`` with
+``AWS_ENDPOINT_URL=http://10.96.0.81``. The HTTP store serves the directory
 ``<state dir>/model-store`` of the node (``publish_http`` puts a model there); the S3 store is
 moto's server mode, filled through its Service with boto3 (``publish_s3``).
 """
@@ -23,8 +25,8 @@ from localcluster import images, paths
 
 NAMESPACE = "model-stores"
 IMAGE = images.image_ref("model-store")
-HTTP_IP = "10.96.100.10"
-S3_IP = "10.96.100.11"
+HTTP_IP = "10.96.0.80"
+S3_IP = "10.96.0.81"
 HTTP_URL = f"http://{HTTP_IP}"
 S3_ENDPOINT = f"http://{S3_IP}"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local-secret",

@@ -12,7 +12,7 @@ hopes). Every binary is built from Go modules (``localcluster build``) and packa
 - namespace ``monitoring``: the ``prometheus-operator`` Deployment and one ``Prometheus``
   (``k8s``: every ServiceMonitor and PodMonitor of every namespace, 5 s scrape and rule
   interval, 2 h retention, an emptyDir), behind the Service ``prometheus`` on
-  ``10.96.100.20:9090``;
+  ``10.96.0.90:9090``;
 - ``prometheus-adapter`` in ``monitoring``: ``custom.metrics.k8s.io`` (v1beta1, v1beta2) from
   that Prometheus, per pod: ``model_server_inflight_requests`` (what the operator's in-flight
   HPAs ask for) and ``model_server_requests_per_second`` (rate of the requests counter);
@@ -39,7 +39,7 @@ from localcluster import addons, images, versions
 NAMESPACE = "monitoring"
 METRICS_NAMESPACE = "kube-system"
 PROMETHEUS_NAME = "k8s"
-PROMETHEUS_IP = "10.96.100.20"
+PROMETHEUS_IP = "10.96.0.90"
 PROMETHEUS_PORT = 9090
 PROMETHEUS_URL = f"http://{PROMETHEUS_IP}:{PROMETHEUS_PORT}"
 SCRAPE_INTERVAL = "5s"

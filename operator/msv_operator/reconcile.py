@@ -634,8 +634,19 @@ def event_for(transition: conditions.Transition) -> tuple[str, str, str] | None:
 
 
 def events(result: Result) -> list[tuple[str, str, str]]:
-    """Every Event one pass has to post: condition transitions, then repairs."""
-    out = [e for e in (event_for(t) for t in result.transitions) if e is not None]
+    """Every Event one pass has to post: condition transitions, then repairs.
+
+    One cause, one Event: when ``Ready`` turns to a failure and ``Stalled`` turns True for
+    the same reason in the same pass, only the ``Ready`` one (reason ``Unschedulable``,
+    ``InvalidSpec``, ...) is posted; the Stalled flip alone (its reason unchanged on Ready)
+    still is."""
+    ready_reasons = {t.reason for t in result.transitions
+                     if t.type == status.READY and t.status != conditions.TRUE
+                     and event_for(t) is not None}
+    out = [e for e in (event_for(t) for t in result.transitions
+                       if not (t.type == status.STALLED and t.status == conditions.TRUE
+                               and t.reason in ready_reasons))
+           if e is not None]
     out += [("Normal", "Repaired", message) for message in result.repaired]
     return out
 

@@ -144,7 +144,11 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
     k.apply(rolling_out(
         name, ns, publish(models, "trained", ns),
         {"name": "int8", "optimization": {"quantization": "dynamic-int8"}},
-        {"maxLatencyRatio": 3.0, "minAgreement": 0.95}, steps=[50, 100]))
+        # On this tiny model int8 is slower than fp32 (p95 ratio 1.9 measured on a quiet
+        # machine), and at step 2 a second int8 pod starts on the same two cores while one
+        # takes all the traffic: the gate is set where a good candidate passes on a busy
+        # machine too (the latency gate's rollback has its own test, a 100x larger model).
+        {"maxLatencyRatio": 6.0, "minAgreement": 0.95}, steps=[50, 100]))
     ip = stable_ip(k, ns, name)
     traffic_at: dict[int, str] = {}
     with Load(ip, name) as load:
@@ -169,10 +173,18 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
                 != (after_kill.get("lastAnalysis") or {}).get("time") else None)(
                 rollout_of(k, ns, name)), timeout=120)
             assert resumed["step"] == 2 and resumed["startedAt"] == first["startedAt"]
-            promoted = wait_for("Promoted", lambda: phase_is(k, ns, name, "Promoted"),
-                                timeout=300)
-            # requests keep flowing for a moment after the promotion
+            try:
+                promoted = wait_for("Promoted", lambda: phase_is(k, ns, name, "Promoted",
+                                                                 "RolledBack"), timeout=300)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; rollout: {rollout_of(k, ns, name)}; operator log: "
+                                     f"{restarted.tail()}") from None
+            assert promoted["phase"] == "Promoted", (promoted, restarted.tail())
+            # requests keep flowing for a moment after the promotion; the operator posts the
+            # Event after the status it reports, so it runs until the Event is there
             wait_for("int8 answering", lambda: load.variants["int8"] > 0, timeout=60)
+            wait_for("the RolloutPromoted Event",
+                     lambda: "RolloutPromoted" in event_reasons(k, ns, name), timeout=60)
         finally:
             restarted.close()
     assert traffic_at == {1: "baseline=50,int8=50", 2: "baseline=0,int8=100"}
@@ -219,7 +231,8 @@ def rolled_back_by(k: kube.Kube, models: dict[str, Path], ns: str, name: str, ca
     c = condition(ms_of(k, ns, name), "Rollout")
     assert c["status"] == "False" and gate_name in c["message"], c
     assert load.failures == {}, load.statuses
-    assert "RolloutRolledBack" in event_reasons(k, ns, name)
+    wait_for("the RolloutRolledBack Event",
+             lambda: "RolloutRolledBack" in event_reasons(k, ns, name), timeout=60)
     # nothing the user created was changed or deleted
     ms = ms_of(k, ns, name)
     assert [v["name"] for v in ms["spec"]["variants"]] == ["baseline", candidate]

@@ -58,7 +58,7 @@ def test_monitoring_stack_watches_every_namespace_with_local_images() -> None:
     assert spec["version"] == "v3.16.0" and spec["scrapeInterval"] == "5s"
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
     assert services["prometheus"]["spec"]["clusterIP"] == monitoring.PROMETHEUS_IP
-    assert monitoring.PROMETHEUS_URL == "http://10.96.100.20:9090"
+    assert monitoring.PROMETHEUS_URL == "http://10.96.0.90:9090"
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
     for name in ("prometheus-operator", "metrics-server", "prometheus-adapter"):
         (c,) = deployments[name]["spec"]["template"]["spec"]["containers"]

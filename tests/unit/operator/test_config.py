@@ -55,10 +55,10 @@ def test_prometheus_settings_from_environment_and_flags() -> None:
     _, cfg = load(["run"], {})
     assert (cfg.prometheus_url, cfg.prometheus_timeout, cfg.measure_seconds) == ("", 5.0, 60.0)
     _, cfg = load(["run", "--measure-seconds", "30"],
-                  {"MSV_PROMETHEUS_URL": "http://10.96.100.20:9090",
+                  {"MSV_PROMETHEUS_URL": "http://10.96.0.90:9090",
                    "MSV_PROMETHEUS_TIMEOUT": "2.5", "MSV_MEASURE_SECONDS": "90"})
     assert (cfg.prometheus_url, cfg.prometheus_timeout, cfg.measure_seconds) == (
-        "http://10.96.100.20:9090", 2.5, 30.0)
+        "http://10.96.0.90:9090", 2.5, 30.0)
 
 
 def test_cli_reports_bad_config_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -178,6 +178,14 @@ def test_stalled_and_fields_ignored_flips_are_events() -> None:
         "Warning", "FieldsIgnored", "GatewayAPIMissing: m")
     assert reconcile.event_for(t("False", "AllFieldsActing", "True", "GatewayAPIMissing",
                                  "FieldsIgnored")) == ("Normal", "FieldsActing", "m")
+    # one cause, one Event: Ready and Stalled turning for the same reason post Ready's
+    both = [t("False", "Unschedulable", None, None),
+            t("True", "Unschedulable", None, None, "Stalled")]
+    assert reconcile.events(reconcile.Result(transitions=both)) == [
+        ("Warning", "Unschedulable", "m")]
+    # a Stalled flip whose cause Ready had already reported is still an Event
+    assert reconcile.events(reconcile.Result(transitions=both[1:])) == [
+        ("Warning", "Stalled", "Unschedulable: m")]
     result = reconcile.Result(repaired=["re-created Service s: it was deleted"])
     assert reconcile.events(result) == [
         ("Normal", "Repaired", "re-created Service s: it was deleted")]
