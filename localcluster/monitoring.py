@@ -405,7 +405,7 @@ def targets(url: str = PROMETHEUS_URL) -> list[dict[str, Any]]:
 def wait_for_target(labels: Mapping[str, str], timeout: float = 120, url: str = PROMETHEUS_URL,
                     health: str = "up") -> list[dict[str, Any]]:
     """Poll until at least one active target whose labels include ``labels`` is ``health``
-    (e.g. ``{"namespace": ns, "service": "web-baseline"}``); return the matching targets."""
+    (e.g. ``{"namespace": ns, "service": "web"}``); return the matching targets."""
     deadline = time.monotonic() + timeout
     while True:
         found = [t for t in targets(url)

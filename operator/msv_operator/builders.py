@@ -2,8 +2,8 @@
 
 No I/O, no clock, no Kubernetes client: `build_all` returns plain dicts ready for
 server-side apply, and the reconciler decides what to send. Per variant: a Deployment of
-the model-server image, a Service and (with spec.autoscaling) an HPA; for the whole
-ModelService: a stable Service, a ServiceMonitor when the cluster serves
+the model-server image, (with two or more variants) a Service and (with spec.autoscaling) an
+HPA; for the whole ModelService: a stable Service, a ServiceMonitor when the cluster serves
 monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
 served and spec.gateway names a parent.
 
@@ -332,9 +332,22 @@ def build_variant_service(ms: Mapping[str, Any], spec: ModelServiceSpec,
                      "ports": _service_ports()}}
 
 
+def variant_services(spec: ModelServiceSpec) -> bool:
+    """Whether each variant gets its own Service ``<name>-<variant>``: only with two or more
+    variants (traffic split, mirroring, HTTPRoute backends, addressing one variant). With one
+    variant the stable Service ``<name>`` selects exactly its pods, and a second Service would
+    only double the API server's work (a ClusterIP, Endpoints, EndpointSlices and their
+    updates: measured 21.9 vs 38.2 ModelServices/s created at 1,000)."""
+    return len(spec.variants) > 1
+
+
 def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+    # With one variant the stable Service is that variant's Service: it carries the variant
+    # label, so the ServiceMonitor (which selects Services with a variant label) scrapes
+    # every pod exactly once either way.
+    only = None if variant_services(spec) else spec.variants[0].name
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": _metadata(ms, object_name(spec.name)),
+            "metadata": _metadata(ms, object_name(spec.name), only),
             "spec": {"type": "ClusterIP",
                      "selector": {LABEL_MODELSERVICE: spec.name, LABEL_SERVING: "true"},
                      "ports": _service_ports()}}
@@ -382,8 +395,11 @@ def _scrape_tls(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
                      weights: Mapping[str, int]) -> dict[str, Any]:
-    """One weighted backend per variant in spec.traffic or with an effective weight."""
-    backends = [{"name": object_name(spec.name, v), "port": 80, "weight": w}
+    """One weighted backend per variant in spec.traffic or with an effective weight (the
+    stable Service with one variant)."""
+    per_variant = variant_services(spec)
+    backends = [{"name": object_name(spec.name, v if per_variant else None), "port": 80,
+                 "weight": w}
                 for v, w in weights.items() if v in spec.traffic or w > 0]
     route: dict[str, Any] = {"parentRefs": [dict(p) for p in spec.gateway_parents],
                              "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
@@ -411,7 +427,9 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
     replicas = variant_replicas(spec, weights)
     stable = set(spec.stable_variants)
-    out: list[dict[str, Any]] = []
+    # The stable Service first: when a second variant is added it drops the variant label
+    # before the per-variant Services appear, so no pod is ever selected twice for scraping.
+    out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
     for variant in spec.variants:
         mirror = serving.mirror if variant.name in stable and serving.mirror is not None \
             and serving.mirror.variant != variant.name else None
@@ -419,10 +437,10 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
             ms, spec, variant, opts,
             None if spec.autoscaling else replicas[variant.name], scrape_annotations,
             weight=weights.get(variant.name, 0), mirror=mirror))
-        out.append(build_variant_service(ms, spec, variant))
+        if variant_services(spec):
+            out.append(build_variant_service(ms, spec, variant))
         if spec.autoscaling:
             out.append(build_hpa(ms, spec, variant))
-    out.append(build_stable_service(ms, spec))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if opts.gateway_api and spec.gateway_parents:

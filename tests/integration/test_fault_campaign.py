@@ -60,7 +60,9 @@ def expected_objects(name: str, spec: dict[str, Any]) -> set[tuple[str, str]]:
     variants = [v["name"] for v in spec["variants"]]
     out = {("Service", name)}
     for v in variants:
-        out |= {("Deployment", f"{name}-{v}"), ("Service", f"{name}-{v}")}
+        out.add(("Deployment", f"{name}-{v}"))
+        if len(variants) > 1:
+            out.add(("Service", f"{name}-{v}"))
         if "autoscaling" in spec:
             out.add(("HorizontalPodAutoscaler", f"{name}-{v}"))
     return out

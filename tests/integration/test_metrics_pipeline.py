@@ -73,7 +73,7 @@ def test_service_monitor_becomes_a_prometheus_target_with_the_models_metrics(
     assert sm, "the operator writes a ServiceMonitor when the cluster serves the CRD"
 
     # prometheus-operator turned it into scrape config; Prometheus found the pod and scrapes it.
-    found = monitoring.wait_for_target({"namespace": ns, "service": "watched-baseline"})
+    found = monitoring.wait_for_target({"namespace": ns, "service": "watched"})
     assert any(t["scrapePool"] == f"serviceMonitor/{ns}/watched/0" for t in found), found
 
     ip = cluster_ip(k, ns, "watched")

@@ -72,7 +72,8 @@ def test_scrape_annotations_then_servicemonitor_when_the_crds_appear(
     monitors = wait_for("a ServiceMonitor", monitor, timeout=60)
     assert [m["metadata"]["name"] for m in monitors] == ["mon"]
     spec = monitors[0]["spec"]
-    # The selector picks the per-variant Services (each pod scraped once), not the stable one.
+    # The selector picks the Services with a variant label (each pod scraped once): with one
+    # variant that is the stable Service, its only Service.
     terms = [f"{k_}={v}" for k_, v in (spec["selector"].get("matchLabels") or {}).items()]
     for e in spec["selector"].get("matchExpressions") or []:
         if e["operator"] == "In":
@@ -80,7 +81,7 @@ def test_scrape_annotations_then_servicemonitor_when_the_crds_appear(
         elif e["operator"] == "Exists":
             terms.append(e["key"])
     selected = k.list("v1", "Service", namespace, ",".join(terms))
-    assert sorted(svc["metadata"]["name"] for svc in selected) == ["mon-baseline"]
+    assert sorted(svc["metadata"]["name"] for svc in selected) == ["mon"]
     assert any(e.get("path", "/metrics") == "/metrics" for e in spec["endpoints"])
     wait_for("the scrape annotations removed",
              lambda: SCRAPE not in template_annotations(k, namespace, "mon-baseline"),

@@ -172,6 +172,20 @@ def test_spec_updates_converge_and_observed_generation_follows(
 
     wait_for("removed variant pruned, image rolled", converged, timeout=60)
 
+    # Down to one variant: the stable Service becomes its only Service (carrying the variant
+    # label the ServiceMonitor selects); the per-variant Services are pruned.
+    body["spec"]["variants"] = [{"name": "baseline"}]
+    body["spec"]["traffic"] = [{"variant": "baseline", "weight": 100}]
+    apply_ms(k, body)
+
+    def one_service() -> dict[str, Any] | None:
+        svcs = {s["metadata"]["name"]: s for s in owned(k, namespace, "svc", "v1", "Service")}
+        return svcs["svc"] if set(svcs) == {"svc"} else None
+
+    stable = wait_for("one Service left", one_service, timeout=60)
+    assert stable["metadata"]["labels"]["serving.modelservice.dev/variant"] == "baseline"
+    wait_for("Ready=True with one variant", lambda: ready(k, namespace, "svc"), timeout=90)
+
 
 def test_replicas_changed_by_the_hpa_stay_untouched(
         operator: RunningOperator, k: kube.Kube, namespace: str,
@@ -206,13 +220,13 @@ def test_objects_edited_or_deleted_by_hand_are_repaired(
     dep = k.get("apps/v1", "Deployment", namespace, "fix-baseline")
     assert dep is not None
     image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
-    cluster.kubectl_run("delete", "service", "fix-baseline", "-n", namespace)
+    cluster.kubectl_run("delete", "service", "fix", "-n", namespace)
     cluster.kubectl_run("set", "image", "deployment/fix-baseline",
                         f"{dep['spec']['template']['spec']['containers'][0]['name']}=evil:1",
                         "-n", namespace)
 
     def repaired() -> bool:
-        svc = k.get("v1", "Service", namespace, "fix-baseline")
+        svc = k.get("v1", "Service", namespace, "fix")
         d = k.get("apps/v1", "Deployment", namespace, "fix-baseline")
         return bool(svc and d and
                     d["spec"]["template"]["spec"]["containers"][0]["image"] == image)
@@ -221,7 +235,7 @@ def test_objects_edited_or_deleted_by_hand_are_repaired(
     # Each repair leaves an Event on the ModelService naming the object (and the field).
     messages = wait_for("two Repaired Events", lambda: (
         m if len(m := repair_events(k, namespace)) >= 2 else None), timeout=30)
-    assert "re-created Service fix-baseline: it was deleted" in messages
+    assert "re-created Service fix: it was deleted" in messages
     assert ("restored Deployment fix-baseline: spec.template.spec.containers[0].image was "
             "changed by hand") in messages
 

@@ -33,10 +33,11 @@ def env_of(dep: dict[str, Any]) -> dict[str, str]:
 
 def test_minimal_spec_builds_one_variant_a_stable_service_and_annotations() -> None:
     objs = b.build_all(ms(), OPTS)
+    # one variant: the stable Service is its only Service, labelled with the variant
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
-        ("Deployment", "sentiment-baseline"), ("Service", "sentiment-baseline"),
-        ("Service", "sentiment")]
-    dep = objs[0]
+        ("Service", "sentiment"), ("Deployment", "sentiment-baseline")]
+    assert objs[0]["metadata"]["labels"][b.LABEL_VARIANT] == "baseline"
+    dep = objs[1]
     assert dep["spec"]["replicas"] == 1
     assert dep["metadata"]["ownerReferences"] == [{
         "apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
@@ -107,7 +108,7 @@ def test_gpu_requests_placement_and_tolerations() -> None:
 def test_model_source_wiring(uri: str, volume_key: str, init: bool) -> None:
     spec = ms()
     spec["spec"]["model"].update(uri=uri, credentialsSecret="store", sha256="a" * 64)
-    pod = b.build_all(spec, OPTS)[0]["spec"]["template"]["spec"]
+    pod = b.build_all(spec, OPTS)[1]["spec"]["template"]["spec"]
     model_vol = next(v for v in pod["volumes"] if v["name"] == "model")
     assert volume_key in model_vol
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model")
@@ -165,11 +166,35 @@ def test_service_monitor_and_http_route_when_served() -> None:
     assert not by_kind(no_gw, "HTTPRoute")
 
 
+def test_services_per_variant_only_with_two_or_more_variants() -> None:
+    opts = b.BuildOptions("ms:cpu", None, service_monitor=True, gateway_api=True)
+    gateway = {"parentRefs": [{"name": "public", "namespace": "gw"}]}
+    two = b.build_all(ms(variants=[{"name": "a"}, {"name": "b"}],
+                         traffic=[{"variant": "a", "weight": 100}], gateway=gateway), opts)
+    services = by_kind(two, "Service")
+    assert set(services) == {"sentiment", "sentiment-a", "sentiment-b"}
+    # The ServiceMonitor selects Services with a variant label: each pod is scraped once,
+    # through its variant's Service; the stable Service (pods of several variants) has none.
+    selector = by_kind(two, "ServiceMonitor")["sentiment"]["spec"]["selector"]
+    assert {"key": b.LABEL_VARIANT, "operator": "Exists"} in selector["matchExpressions"]
+    assert b.LABEL_VARIANT not in services["sentiment"]["metadata"]["labels"]
+    assert services["sentiment-a"]["spec"]["selector"][b.LABEL_VARIANT] == "a"
+    assert two[0]["kind"] == "Service"  # the stable Service is applied first
+
+    one = b.build_all(ms(gateway=gateway), opts)
+    services = by_kind(one, "Service")
+    assert list(services) == ["sentiment"]
+    assert services["sentiment"]["metadata"]["labels"][b.LABEL_VARIANT] == "baseline"
+    route = by_kind(one, "HTTPRoute")["sentiment"]["spec"]
+    assert [(r["name"], r["weight"]) for r in route["rules"][0]["backendRefs"]] == [
+        ("sentiment", 100)]
+
+
 def test_monitoring_disabled_builds_neither() -> None:
     objs = b.build_all(ms(monitoring={"serviceMonitor": "disabled"}),
                        b.BuildOptions("ms:cpu", None, True, False))
     assert not by_kind(objs, "ServiceMonitor")
-    assert "annotations" not in objs[0]["spec"]["template"]["metadata"]
+    assert "annotations" not in objs[1]["spec"]["template"]["metadata"]
 
 
 def test_long_names_are_cut_with_a_stable_hash() -> None:
