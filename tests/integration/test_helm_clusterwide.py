@@ -76,9 +76,18 @@ def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
     assert len(pods) == 2
     # The preferred anti-affinity spreads the replicas over the two simulated CPU nodes.
     assert len({p["spec"]["nodeName"] for p in pods}) == 2, [p["spec"] for p in pods]
-    pdb = c.kubectl_json("get", "pdb", FULLNAME, "-n", SYSTEM)
-    assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["status"]["currentHealthy"] == 2 and pdb["status"]["disruptionsAllowed"] == 1
+    assert c.kubectl_json("get", "pdb", FULLNAME, "-n", SYSTEM)["spec"]["minAvailable"] == 1
+
+    # The disruption controller counts the healthy pods on its own schedule, after helm's
+    # --wait has seen them Ready: poll for the counts rather than read them once.
+    def pdb_counts_two_healthy() -> bool:
+        status = c.kubectl_json("get", "pdb", FULLNAME, "-n", SYSTEM).get("status") or {}
+        counts = status.get("currentHealthy"), status.get("disruptionsAllowed")
+        assert counts == (2, 1), f"currentHealthy, disruptionsAllowed = {counts}"
+        return True
+
+    wait_for("the PodDisruptionBudget to count two healthy pods", pdb_counts_two_healthy,
+             timeout=60)
     assert c.kubectl_json("get", "clusterrole", FULLNAME)["rules"]
 
     token = c.kubectl_run("create", "token", FULLNAME, "-n", SYSTEM,
