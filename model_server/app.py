@@ -40,12 +40,13 @@ from model_server.dataplane import SERVER_VERSION, DataPlane
 from model_server.errors import ModelNotReady, error_response, install_handlers
 from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
+from model_server.mirror.control import MirrorControl, MirrorTarget
 from model_server.mirror.sender import Mirror, tls_context
 from model_server.routers import schemas
 from model_server.routers.fastpath import RestEntry, RestInfer
 from model_server.routers.openai import router as openai_router
 from model_server.routers.v2 import router
-from model_server.settings import Settings, detect_framework, get_settings
+from model_server.settings import Settings, detect_framework, get_settings, mirror_base_url
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,48 @@ async def _start_grpc(
 
 
 def create_mirror(
-    settings: Settings, metrics: ServerMetrics, dataplane: DataPlane
+    settings: Settings,
+    metrics: ServerMetrics,
+    dataplane: DataPlane,
+    target: MirrorTarget | None = None,
 ) -> Mirror | None:
-    """The mirror to the rollout's candidate (MODEL_SERVER_MIRROR_URL), or None when off."""
-    if settings.mirror_url is None:
-        return None
+    """The mirror to `target` (a pod annotation's, see mirror.control), else the fixed one of
+    MODEL_SERVER_MIRROR_URL, or None when off."""
+    if target is None:
+        if settings.mirror_url is None:
+            return None
+        target = MirrorTarget(settings.mirror_url, settings.mirror_percent, settings.mirror_variant)
     return Mirror(
-        url=settings.mirror_url,
+        url=target.url,
         model_name=settings.model_name,
-        percent=settings.mirror_percent,
+        percent=target.percent,
         queue_size=settings.mirror_queue,
         timeout_s=settings.mirror_timeout_seconds,
-        metrics=metrics.mirror(settings.mirror_variant),
+        metrics=metrics.mirror(target.variant),
         tokenize=dataplane.tokens,
-        tls=tls_context(settings.mirror_url, settings.tls_cert_file),
+        tls=tls_context(target.url, settings.tls_cert_file),
+    )
+
+
+def create_mirror_control(
+    settings: Settings, metrics: ServerMetrics, dataplane: DataPlane
+) -> MirrorControl | None:
+    """Mirroring as the pod's annotation says (MODEL_SERVER_MIRROR_FILE), or None."""
+    if settings.mirror_file is None:
+        return None
+
+    def make(target: MirrorTarget) -> Mirror:
+        mirror = create_mirror(settings, metrics, dataplane, target)
+        assert mirror is not None
+        return mirror
+
+    return MirrorControl(
+        settings.mirror_file,
+        dataplane,
+        make,
+        dataplane.task,
+        mirror_base_url,
+        settings.mirror_file_interval_seconds,
     )
 
 
@@ -193,6 +222,12 @@ def create_app(
             mirror.start(dataplane.task)
             dataplane.mirror = mirror
         dataplane.start_serving()
+        control = create_mirror_control(settings, metrics, dataplane)
+        if control is not None:
+            app.state.mirror_control = control
+            app.state.mirror_control_task = asyncio.create_task(
+                control.run(), name="mirror-control"
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -206,6 +241,13 @@ def create_app(
                 task.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(5)
+            control_task: asyncio.Task[None] | None = getattr(
+                app.state, "mirror_control_task", None
+            )
+            if control_task is not None:
+                control_task.cancel()
+                await asyncio.gather(control_task, return_exceptions=True)
+                await app.state.mirror_control.stop()
             if mirror is not None:
                 dataplane.mirror = None
                 await mirror.stop()

@@ -15,6 +15,7 @@ torch is already loaded by a backend and sees CUDA; this module never imports a 
 from __future__ import annotations
 
 import sys
+import weakref
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -231,32 +232,51 @@ class MirrorMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, model: str, variant: str, target: str):
-        labels = ("model", "variant", "target")
-        requests = Counter(
-            "model_server_mirror_requests",
-            "Requests sampled for mirroring to the candidate variant, by outcome",
-            [*labels, "outcome"],
-            registry=registry,
-        )
+        requests, agreement, duration = _mirror_families(registry)
         self.outcomes = {o: requests.labels(model, variant, target, o) for o in MIRROR_OUTCOMES}
         self.sent = self.outcomes["sent"]
         self.dropped = self.outcomes["dropped"]
         self.failed = self.outcomes["failed"]
         self.compared = self.outcomes["compared"]
-        self.agreement = Histogram(
-            "model_server_mirror_agreement",
-            "Agreement of the candidate's answer with this server's, per comparison (0..1)",
-            labels,
-            buckets=AGREEMENT_BUCKETS,
-            registry=registry,
-        ).labels(model, variant, target)
-        self.duration = Histogram(
-            "model_server_mirror_duration_seconds",
-            "Round trip of a mirrored request to the candidate variant",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        ).labels(model, variant, target)
+        self.agreement = agreement.labels(model, variant, target)
+        self.duration = duration.labels(model, variant, target)
+
+
+_MIRROR_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Any, Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _mirror_families(registry: CollectorRegistry) -> tuple[Any, Any, Any]:
+    """The mirror's collectors of `registry`, registered once: a server whose mirror target
+    changes at run time (docs/model-server.md, Mirroring) makes a MirrorMetrics per target."""
+    families = _MIRROR_FAMILIES.get(registry)
+    if families is None:
+        labels = ("model", "variant", "target")
+        families = (
+            Counter(
+                "model_server_mirror_requests",
+                "Requests sampled for mirroring to the candidate variant, by outcome",
+                [*labels, "outcome"],
+                registry=registry,
+            ),
+            Histogram(
+                "model_server_mirror_agreement",
+                "Agreement of the candidate's answer with this server's, per comparison (0..1)",
+                labels,
+                buckets=AGREEMENT_BUCKETS,
+                registry=registry,
+            ),
+            Histogram(
+                "model_server_mirror_duration_seconds",
+                "Round trip of a mirrored request to the candidate variant",
+                labels,
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+        )
+        _MIRROR_FAMILIES[registry] = families
+    return families
 
 
 class ServerMetrics:

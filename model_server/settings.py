@@ -25,6 +25,20 @@ ENV_PREFIX = "MODEL_SERVER_"
 TERMINATION_LOG = "/dev/termination-log"
 
 
+def mirror_base_url(value: str) -> str:
+    """A mirror target as `scheme://host[:port]`; ValueError naming what is wrong."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be http(s)://host[:port]")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError("must be the candidate Service's base URL, without a path")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class Settings(BaseSettings):
     """The model server's configuration (env prefix `MODEL_SERVER_`)."""
 
@@ -115,6 +129,15 @@ class Settings(BaseSettings):
     mirror_timeout_seconds: float = Field(default=5.0, gt=0.0, le=300.0)
     """A mirrored request not answered within this counts as failed."""
 
+    mirror_file: Path | None = None
+    """The pod's annotations as the downward API writes them (`metadata.annotations`): the
+    `serving.modelservice.dev/mirror` annotation there (JSON `url`, `percent`, `variant`)
+    turns mirroring on, changes its target or turns it off while the server runs, checked
+    every mirror_file_interval_seconds. The operator sets this, not mirror_url, so a rollout
+    restarts no pod. Not together with mirror_url."""
+    mirror_file_interval_seconds: float = Field(default=1.0, gt=0.0, le=300.0)
+    """How often mirror_file is read (a small file; the kubelet refreshes it on its sync)."""
+
     @field_validator("mirror_url", mode="before")
     @classmethod
     def _mirror_url(cls, value: object) -> object:
@@ -122,16 +145,12 @@ class Settings(BaseSettings):
             return None
         if not isinstance(value, str):
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be http(s)://host[:port]")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        if parts.query or parts.fragment or parts.path not in ("", "/"):
-            raise ValueError("must be the candidate Service's base URL, without a path")
-        return f"{parts.scheme}://{parts.netloc}"
+        return mirror_base_url(value)
+
+    @field_validator("mirror_file", mode="before")
+    @classmethod
+    def _empty_mirror_file_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _mirror_target(self) -> Settings:
@@ -139,6 +158,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}MIRROR_VARIANT (the candidate's name) must be set with "
                 f"{ENV_PREFIX}MIRROR_URL"
+            )
+        if self.mirror_url is not None and self.mirror_file is not None:
+            raise ValueError(
+                f"set {ENV_PREFIX}MIRROR_URL (a fixed mirror) or {ENV_PREFIX}MIRROR_FILE "
+                "(the mirror the pod's annotation names), not both"
             )
         return self
 
@@ -186,8 +210,8 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known:
             continue
-        suffixes = [k[len(ENV_PREFIX):] for k in known]
-        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.75)
+        suffixes = [k[len(ENV_PREFIX) :] for k in known]
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.75)
         out.append(f"{key} (did you mean {ENV_PREFIX}{close[0]}?)" if close else key)
     return out
 

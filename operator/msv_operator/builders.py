@@ -7,10 +7,13 @@ HPA; for the whole ModelService: a stable Service, a ServiceMonitor when the clu
 monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
 served and spec.gateway names a parent.
 
-Weights are never read from spec.traffic here: the caller passes the *effective weights*
-(`Serving`; spec.traffic, then the rollout's step or promotion, see `rollout`), which drive the
-HTTPRoute, the replica split and the `serving` label alike. While a rollout is active the
-stable variants' Deployments carry the mirror environment (`Mirror`).
+The caller passes the *effective weights* (`Serving`; spec.traffic, then the rollout's step
+or promotion and the brownout, see `rollout`, `brownout`), which drive the HTTPRoute and the
+replica split. The `serving` label in a pod template follows spec.traffic alone, so weights
+the operator moves by itself never roll a Deployment: `pod_marks` says what the running pods
+must carry instead (the effective `serving` label and, on the stable variants while a
+rollout is active, the mirror annotation the server reads through the downward API), and
+the reconciler patches the live pods.
 
 Traffic split without Gateway API is approximate: the stable Service selects the pods of
 every variant with a non-zero weight, so each variant receives a share proportional to its
@@ -20,6 +23,7 @@ ready replicas; replicas are therefore split by weight (docs/modelservice-api.md
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +36,16 @@ API_VERSION = f"{GROUP}/v1alpha1"
 LABEL_MODELSERVICE = f"{GROUP}/modelservice"
 LABEL_VARIANT = f"{GROUP}/variant"
 LABEL_SERVING = f"{GROUP}/serving"
+MIRROR_ANNOTATION = f"{GROUP}/mirror"
+"""On a stable variant's running pods during a rollout: where to mirror (JSON url, percent,
+variant); the server reads it through the downward API (docs/model-server.md, Mirroring)."""
 MANAGED_BY = "modelservice-operator"
 MODEL_DIR = "/mnt/models"
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 AUTH_DIR = "/etc/model-server/auth"
 TLS_DIR = "/etc/model-server/tls"
+PODINFO_DIR = "/etc/model-server/pod"
 INFLIGHT_METRIC = "model_server_inflight_requests"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -177,8 +185,7 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
     return {"name": "model", "emptyDir": {}}, mount, [init]
 
 
-def _env(spec: ModelServiceSpec, variant: Variant, mirror: Mirror | None
-         ) -> list[dict[str, str]]:
+def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
     env = {
         "MODEL_SERVER_MODEL_NAME": spec.name,
         "MODEL_SERVER_VARIANT": variant.name,
@@ -204,11 +211,21 @@ def _env(spec: ModelServiceSpec, variant: Variant, mirror: Mirror | None
     if spec.tls_secret:
         env["MODEL_SERVER_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
         env["MODEL_SERVER_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
-    if mirror is not None:
-        env["MODEL_SERVER_MIRROR_URL"] = mirror.url
-        env["MODEL_SERVER_MIRROR_PERCENT"] = str(mirror.percent)
-        env["MODEL_SERVER_MIRROR_VARIANT"] = mirror.variant
+    # The mirror target arrives as a pod annotation (reconcile), read through the downward
+    # API: a rollout starting or ending changes no template and restarts no pod.
+    env["MODEL_SERVER_MIRROR_FILE"] = f"{PODINFO_DIR}/annotations"
     return [{"name": k, "value": v} for k, v in env.items()]
+
+
+PODINFO_VOLUME: dict[str, Any] = {"name": "podinfo", "downwardAPI": {"items": [
+    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}
+"""The pod's own annotations as a file (the kubelet refreshes it when they change)."""
+
+
+def mirror_annotation(mirror: Mirror) -> str:
+    """The value of MIRROR_ANNOTATION for ``mirror`` (stable text: compared with the live)."""
+    return json.dumps({"url": mirror.url, "percent": mirror.percent,
+                       "variant": mirror.variant}, sort_keys=True, separators=(",", ":"))
 
 
 def _secret_volumes(spec: ModelServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -243,8 +260,7 @@ def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
                      opts: BuildOptions, replicas: int | None,
-                     scrape_annotations: bool, weight: int = 0,
-                     mirror: Mirror | None = None) -> dict[str, Any]:
+                     scrape_annotations: bool) -> dict[str, Any]:
     name = object_name(spec.name, variant.name)
     image = spec.image or (
         (opts.default_gpu_image or opts.default_image) if spec.gpu else opts.default_image)
@@ -266,9 +282,11 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
-        "env": _env(spec, variant, mirror),
+        "env": _env(spec, variant),
         "resources": _resources(spec),
-        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}, *secret_mounts],
+        "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
+                         *secret_mounts],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http",
                                        "scheme": scheme},
                            "periodSeconds": 5, "failureThreshold": 3},
@@ -281,7 +299,8 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
-    serving = "true" if weight > 0 else "false"
+    # spec.traffic, not the effective weight: see the module docstring.
+    serving = "true" if spec.traffic.get(variant.name, 0) > 0 else "false"
     template_labels = {**labels(spec.name, variant.name), LABEL_SERVING: serving}
     template_meta: dict[str, Any] = {"labels": template_labels}
     if scrape_annotations:
@@ -294,7 +313,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                             "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}, *secret_volumes],
+        "volumes": [volume, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME, *secret_volumes],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
     }
@@ -415,6 +434,26 @@ def spec_serving(spec: ModelServiceSpec) -> Serving:
     return Serving({v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants})
 
 
+@dataclass(frozen=True)
+class PodMarks:
+    """What a variant's running pods carry, set on the live pods by the reconciler and never
+    in their template (so a change restarts nothing): the ``serving`` label from the
+    effective weight, and on the stable variants during a rollout the mirror annotation."""
+
+    serving: str
+    mirror: str | None = None
+
+
+def pod_marks(spec: ModelServiceSpec, serving: Serving) -> dict[str, PodMarks]:
+    """Every variant's PodMarks for the effective weights and mirror in ``serving``."""
+    stable = set(spec.stable_variants)
+    mirror = serving.mirror
+    return {v.name: PodMarks(
+        "true" if serving.weights.get(v.name, 0) > 0 else "false",
+        mirror_annotation(mirror) if mirror is not None and v.name in stable
+        and mirror.variant != v.name else None) for v in spec.variants}
+
+
 def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
               serving: Serving | None = None) -> list[dict[str, Any]]:
     """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
@@ -426,17 +465,13 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     service_monitor = opts.service_monitor and spec.service_monitor != "disabled"
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
     replicas = variant_replicas(spec, weights)
-    stable = set(spec.stable_variants)
     # The stable Service first: when a second variant is added it drops the variant label
     # before the per-variant Services appear, so no pod is ever selected twice for scraping.
     out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
     for variant in spec.variants:
-        mirror = serving.mirror if variant.name in stable and serving.mirror is not None \
-            and serving.mirror.variant != variant.name else None
         out.append(build_deployment(
             ms, spec, variant, opts,
-            None if spec.autoscaling else replicas[variant.name], scrape_annotations,
-            weight=weights.get(variant.name, 0), mirror=mirror))
+            None if spec.autoscaling else replicas[variant.name], scrape_annotations))
         if variant_services(spec):
             out.append(build_variant_service(ms, spec, variant))
         if spec.autoscaling:

@@ -6,7 +6,8 @@
 * ``Kube.delete`` - deletes with a ``uid`` precondition (never a same-named stranger);
 * ``Kube.patch_status`` - merge patch of ``/status`` of a ModelService;
 * ``Kube.annotate`` - merge patch of annotations (the kubectl plugin's rollout steering);
-* ``Kube.patch_labels`` - merge patch of labels (a pod leaving the stable Service at once);
+* ``Kube.patch_metadata`` - merge patch of labels and annotations (a running pod joining or
+  leaving the stable Service, or mirroring, without a restart);
 * ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
 * ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL;
 * ``Kube.lease`` / ``Kube.write_lease`` - the leader-election Lease (``coordination.k8s.io``),
@@ -276,12 +277,18 @@ class Kube:
                                content_type="application/merge-patch+json",
                                what=f"annotate {kind} {name}"))
 
-    def patch_labels(self, api_version: str, kind: str, namespace: str, name: str,
-                     labels: Mapping[str, str | None]) -> None:
-        """Merge-patch ``metadata.labels`` (None removes one)."""
+    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
+                       labels: Mapping[str, str | None] | None = None,
+                       annotations: Mapping[str, str | None] | None = None) -> None:
+        """Merge-patch ``metadata.labels`` and ``metadata.annotations`` (None removes one)."""
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
         path = api_path(api_version, plural_of(kind), namespace, name)
-        self._call("PATCH", path, body={"metadata": {"labels": dict(labels)}},
-                   content_type="application/merge-patch+json", what=f"label {kind} {name}",
+        self._call("PATCH", path, body={"metadata": meta},
+                   content_type="application/merge-patch+json", what=f"patch {kind} {name}",
                    decode=False)
 
     def write_lease(self, lease: Mapping[str, Any], timeout: float) -> dict[str, Any]:

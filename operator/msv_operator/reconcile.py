@@ -334,6 +334,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     pods = [p for p in observed.pods if owned_by_name(p, name)]
     decision: rollout.Decision | None = None
     shed: brownout.Decision | None = None
+    marks: dict[str, builders.PodMarks] = {}  # what each variant's running pods carry
     hpas = hpas_by_variant(live.values(), uid)
     measured = status.prior_measured(prior)
     try:
@@ -352,6 +353,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         result.events = [*decision.events, *shed.events]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live))
+        marks = builders.pod_marks(parsed, serving)
         desired = [with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
     except spec.InvalidSpecError as e:
         result.invalid = str(e)
@@ -388,18 +390,22 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 log.info("Applied %s", describe(obj),
                          extra={"namespace": ns, "modelservice": name})
 
-        for pod_name, label in pods_changing_service(desired, pods):
-            # The Deployment replaces them too (the label is in its template), but only once
-            # a new pod has loaded the model: relabelled now, they leave or join the stable
-            # Service at once (a rollback or a brownout release must not wait for a model
-            # load, nor a brownout's relief under overload).
+        for pod_name, labels, annotations in pods_to_mark(marks, pods):
+            # Pod templates carry spec.traffic's label and no mirror (builders): weights and
+            # mirroring the operator moves (rollout steps, rollback, promotion, brownout)
+            # restart no pod; the running pods join or leave the stable Service, and start or
+            # stop mirroring, at once. A pod started meanwhile (a restart, a scale-up) is
+            # marked by the pass its first event wakes.
             try:
-                ctx.kube.patch_labels("v1", "Pod", ns, pod_name, {builders.LABEL_SERVING: label})
+                ctx.kube.patch_metadata("v1", "Pod", ns, pod_name, labels, annotations)
             except kubeapi.NotFound:
                 continue
-            log.info("%s Pod %s %s the stable Service", "Put" if label == "true" else "Took",
-                     pod_name, "into" if label == "true" else "out of",
-                     extra={"namespace": ns, "modelservice": name})
+            log.info("Marked Pod %s: %s", pod_name, ", ".join(
+                [f"{'into' if v == 'true' else 'out of'} the stable Service"
+                 for v in labels.values()]
+                + [f"mirroring {'stopped' if v is None else 'to ' + v}"
+                   for v in annotations.values()]),
+                extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
         for key, obj in sorted(live.items()):
@@ -428,26 +434,26 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     return result
 
 
-def pods_changing_service(desired: Iterable[Mapping[str, Any]],
-                          pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(pod, "true"|"false"): pods whose serving label differs from their variant's desired
-    pod template (pods being deleted are left alone)."""
-    wanted: dict[str, str] = {}
-    for obj in desired:
-        if obj.get("kind") != "Deployment":
-            continue
-        tmpl = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
-        tl = tmpl.get("labels") or {}
-        if tl.get(builders.LABEL_SERVING) in ("true", "false"):
-            wanted[str(tl.get(builders.LABEL_VARIANT))] = tl[builders.LABEL_SERVING]
+def pods_to_mark(marks: Mapping[str, builders.PodMarks], pods: Iterable[Mapping[str, Any]]
+                 ) -> list[tuple[str, dict[str, str], dict[str, str | None]]]:
+    """(pod, label patch, annotation patch) for each pod whose serving label or mirror
+    annotation differs from its variant's ``marks`` (pods of variants not in ``marks`` and
+    pods being deleted are left alone; a None annotation value removes it)."""
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        pl = meta.get("labels") or {}
-        want = wanted.get(str(pl.get(builders.LABEL_VARIANT)))
-        if want and pl.get(builders.LABEL_SERVING) != want and not meta.get("deletionTimestamp"):
-            out.append((str(meta["name"]), want))
-    return sorted(out)
+        want = marks.get(str((meta.get("labels") or {}).get(builders.LABEL_VARIANT)))
+        if want is None or meta.get("deletionTimestamp"):
+            continue
+        labels: dict[str, str] = {}
+        annotations: dict[str, str | None] = {}
+        if (meta.get("labels") or {}).get(builders.LABEL_SERVING) != want.serving:
+            labels[builders.LABEL_SERVING] = want.serving
+        if (meta.get("annotations") or {}).get(builders.MIRROR_ANNOTATION) != want.mirror:
+            annotations[builders.MIRROR_ANNOTATION] = want.mirror
+        if labels or annotations:
+            out.append((str(meta["name"]), labels, annotations))
+    return sorted(out, key=lambda t: t[0])
 
 
 def handover_manager(ctx: Context) -> str:
@@ -676,6 +682,9 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
     trimmed_meta = {"name": meta.get("name"), "labels": plain(meta.get("labels") or {}),
                     "ownerReferences": plain(meta.get("ownerReferences") or [])}
+    mirror = (meta.get("annotations") or {}).get(builders.MIRROR_ANNOTATION)
+    if mirror is not None:
+        trimmed_meta["annotations"] = {builders.MIRROR_ANNOTATION: mirror}
     if meta.get("deletionTimestamp"):
         trimmed_meta["deletionTimestamp"] = meta["deletionTimestamp"]
     return {
@@ -692,8 +701,14 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pod_summary(pod: Mapping[str, Any]) -> str:
-    """A compact fingerprint of what the status reads from a Pod."""
-    return json.dumps(trim_pod(pod)["status"], sort_keys=True, default=str)
+    """A compact fingerprint of what a pass reads from a Pod: its status, its serving label
+    and its mirror annotation (a pod started from its template, or edited by hand, may need
+    marking: ``pods_to_mark``)."""
+    trimmed = trim_pod(pod)
+    meta = trimmed["metadata"]
+    return json.dumps([trimmed["status"], meta["labels"].get(builders.LABEL_SERVING),
+                       (meta.get("annotations") or {}).get(builders.MIRROR_ANNOTATION)],
+                      sort_keys=True, default=str)
 
 
 # Metadata a pass never reads: dropped from cached objects (smaller caches).

@@ -83,6 +83,16 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
         else None)(brownout_of(k, ns, name)), timeout=180)
     assert brownout_of(k, ns, name)["phase"] == "Inactive"
     assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=100,int8=0"
+    int8_selector = (f"serving.modelservice.dev/modelservice={name},"
+                     "serving.modelservice.dev/variant=int8")
+
+    def int8_pods() -> list[tuple[str, str]]:
+        pods = k.list("v1", "Pod", ns, int8_selector)
+        return sorted((p["metadata"]["uid"], p["metadata"]["labels"].get(
+            "serving.modelservice.dev/serving", "")) for p in pods)
+
+    [(warm_uid, label)] = wait_for("one int8 pod", int8_pods)
+    assert label == "false"
 
     with Load(ip, name, clients=CONCURRENCY) as load:
         engaged = wait_for("brownout Engaged", lambda: (
@@ -91,7 +101,7 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
         assert engaged["p95Ms"] > BROWNOUT["latencyObjectiveMs"], engaged
         assert engaged["share"] == 50, engaged
         assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=50,int8=50"
-        # the int8 pod joins the stable Service (relabelled at once, rolled later) and answers
+        # the warm int8 pod joins the stable Service (relabelled, not restarted) and answers
         wait_for("int8 answering through the stable Service",
                  lambda: load.variants["int8"] > 0, timeout=180)
     assert load.failures == {}, (
@@ -103,6 +113,9 @@ def test_brownout_engages_under_overload_at_max_replicas_and_releases_after(
     assert released["share"] == 0, released
     wait_for("traffic back on the baseline", lambda: ms_of(k, ns, name)["status"][
         "traffic"] == "baseline=100,int8=0", timeout=60)
+    # the same int8 pod served and left again: the brownout restarted no pod
+    wait_for("the warm int8 pod out of the stable Service again",
+             lambda: int8_pods() == [(warm_uid, "false")], timeout=60)
     reasons = event_reasons(k, ns, name)
     assert "BrownoutEngaged" in reasons and "BrownoutReleased" in reasons, reasons
     assert reasons.index("BrownoutEngaged") < reasons.index("BrownoutReleased"), reasons

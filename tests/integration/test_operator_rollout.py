@@ -1,15 +1,17 @@
 """A rollout against the real local control plane (kwok's simulated pods become Ready).
 
 What needs no model traffic: the candidate's first step moves the effective weights (status,
-replica split, serving label), the stable variant gets the mirror environment with the
-candidate Service's clusterIP, an unreachable Prometheus pauses the rollout (never promotes
-blind), a restarted operator resumes at the same step, Events follow, and `kubectl msv` (the
-real kubectl finding the plugin on PATH) shows and steers it through annotations only.
+replica split, the running pod's serving label, no restart), the stable variant's pods get
+the mirror annotation with the candidate Service's clusterIP, an unreachable Prometheus pauses
+the rollout (never promotes blind), a restarted operator resumes at the same step, Events
+follow, and `kubectl msv` (the real kubectl finding the plugin on PATH) shows and steers it
+through annotations only.
 The gates on real metrics are exercised with real pods and a real Prometheus elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -68,10 +70,15 @@ def in_phase(k: kube.Kube, ns: str, name: str, phase: str, reason: str | None = 
     return r
 
 
-def server_env(k: kube.Kube, ns: str, deployment: str) -> dict[str, str]:
-    dep = k.get("apps/v1", "Deployment", ns, deployment) or {}
-    c = dep["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+MIRROR = "serving.modelservice.dev/mirror"
+
+
+def mirror_marks(k: kube.Kube, ns: str, name: str, variant: str) -> list[str | None]:
+    """The mirror annotation of each running pod of ``variant``."""
+    pods = k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={name},"
+                  f"serving.modelservice.dev/variant={variant}")
+    return [(p["metadata"].get("annotations") or {}).get(MIRROR) for p in pods
+            if not p["metadata"].get("deletionTimestamp")]
 
 
 def traffic(k: kube.Kube, ns: str, name: str) -> str:
@@ -118,18 +125,33 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
     int8 = k.get("apps/v1", "Deployment", ns, f"{name}-int8") or {}
     base = k.get("apps/v1", "Deployment", ns, f"{name}-baseline") or {}
     assert int8["spec"]["replicas"] == 1 and base["spec"]["replicas"] == 3
-    assert int8["spec"]["template"]["metadata"]["labels"][
-        "serving.modelservice.dev/serving"] == "true"
+    # The candidate's running pod joins the stable Service by relabelling: its template
+    # keeps spec.traffic's label, so the first step restarts nothing (one ReplicaSet).
+    serving = "serving.modelservice.dev/serving"
+    assert int8["spec"]["template"]["metadata"]["labels"][serving] == "false"
+    int8_pods = (f"serving.modelservice.dev/modelservice={name},"
+                 "serving.modelservice.dev/variant=int8")
 
-    # the stable variant mirrors to the candidate Service's clusterIP
+    def int8_serving() -> list[str]:
+        pods = k.list("v1", "Pod", ns, int8_pods)
+        assert pods and all(p["metadata"]["labels"].get(serving) == "true" for p in pods), [
+            (p["metadata"]["name"], p["metadata"]["labels"].get(serving)) for p in pods]
+        return [p["metadata"]["name"] for p in pods]
+
+    wait_for("the candidate's pod relabelled into the stable Service", int8_serving)
+    assert len(k.list("apps/v1", "ReplicaSet", ns, int8_pods)) == 1
+
+    # the stable variant's running pods mirror to the candidate Service's clusterIP (a pod
+    # annotation the server reads through the downward API: its template is unchanged)
     ip = (k.get("v1", "Service", ns, f"{name}-int8") or {})["spec"]["clusterIP"]
-    env = wait_for("mirror env", lambda: (lambda e: e if "MODEL_SERVER_MIRROR_URL" in e
-                                          else None)(server_env(k, ns, f"{name}-baseline")))
-    assert env["MODEL_SERVER_MIRROR_URL"] == f"http://{ip}:80"
-    assert env["MODEL_SERVER_MIRROR_PERCENT"] == "20"
-    assert env["MODEL_SERVER_MIRROR_VARIANT"] == "int8"
-    assert not any(k_.startswith("MODEL_SERVER_MIRROR") for k_ in server_env(
-        k, ns, f"{name}-int8"))
+    wanted = json.dumps({"percent": 20, "url": f"http://{ip}:80", "variant": "int8"},
+                        separators=(",", ":"))
+    wait_for("the mirror annotation on every baseline pod",
+             lambda: mirror_marks(k, ns, name, "baseline") == [wanted] * 3, timeout=30)
+    assert mirror_marks(k, ns, name, "int8") == [None]
+    baseline_pods = (f"serving.modelservice.dev/modelservice={name},"
+                     "serving.modelservice.dev/variant=baseline")
+    assert len(k.list("apps/v1", "ReplicaSet", ns, baseline_pods)) == 1
 
     # Prometheus unreachable: paused with the reason, weights held, never promoted
     paused = wait_for("MetricsUnavailable", lambda: in_phase(
@@ -175,13 +197,13 @@ def test_rollout_steps_pauses_without_metrics_resumes_after_restart_and_is_steer
     assert "steps (% to candidate): [25] 100" in shown
     assert "History:" in shown and "Variants:" in shown
 
-    # abort through the plugin: annotations only, traffic back to the spec, mirror env gone
+    # abort through the plugin: annotations only, traffic back to the spec, mirroring off
     kubectl_msv(cluster, plugin_env, "abort", name, "-n", ns)
     aborted = wait_for("Aborted", lambda: in_phase(k, ns, name, "Aborted"), timeout=30)
     assert aborted["handledAction"].startswith("abort/")
     assert wait_for("traffic back", lambda: traffic(k, ns, name) == "baseline=100,int8=0")
-    wait_for("mirror env removed", lambda: "MODEL_SERVER_MIRROR_URL" not in server_env(
-        k, ns, f"{name}-baseline"))
+    wait_for("mirror annotations removed",
+             lambda: mirror_marks(k, ns, name, "baseline") == [None] * 3, timeout=30)
     ms = k.get(MS_API, "ModelService", ns, name) or {}
     assert ms["spec"]["traffic"] == [{"variant": "baseline", "weight": 100}]  # spec untouched
 

@@ -9,7 +9,9 @@ by the operator or listed here as deliberately left at the server's default.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,8 @@ from msv_operator import status
 from msv_operator.spec import parse_spec
 
 from model_server import cli
-from model_server.settings import ENV_PREFIX, Settings, env_names, unknown_env
+from model_server.mirror import control
+from model_server.settings import ENV_PREFIX, Settings, env_names, mirror_base_url, unknown_env
 
 OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
                       service_monitor=True, gateway_api=True)
@@ -30,6 +33,10 @@ NOT_WIRED = {
     "exit_on_load_failure", "termination_log", "header_timeout_s",
     "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
     "mirror_queue", "mirror_timeout_seconds",  # the mirror's own tuning, server defaults
+    "mirror_file_interval_seconds",
+    # A fixed mirror for a server run by hand; the operator names the target in a pod
+    # annotation instead (MODEL_SERVER_MIRROR_FILE, checked below), so no pod restarts.
+    "mirror_url", "mirror_percent", "mirror_variant",
 }
 
 # The mirroring contract with the operator's rollout (names fixed; docs/model-server.md).
@@ -74,13 +81,14 @@ def rich(gpu: bool) -> dict[str, Any]:
             "metadata": {"name": "sentiment", "namespace": "ml", "uid": "u"}, "spec": spec}
 
 
+STEP = b.Serving({"baseline": 60, "fp16": 10, "int8": 10, "pruned": 10, "sparse": 10},
+                 b.Mirror("https://10.96.0.9:80", 10, "sparse"))
+
+
 def deployments(gpu: bool) -> list[dict[str, Any]]:
-    """The Deployments at a rollout step: the stable variants carry the mirror env."""
+    """The Deployments at a rollout step (the stable variants mirror to the candidate)."""
     body = rich(gpu)
-    spec = parse_spec(body)
-    weights = {"baseline": 60, "fp16": 10, "int8": 10, "pruned": 10, "sparse": 10}
-    mirror = b.Mirror("https://10.96.0.9:80", 10, "sparse")
-    return [o for o in b.build_all(body, OPTS, spec, b.Serving(weights, mirror))
+    return [o for o in b.build_all(body, OPTS, parse_spec(body), STEP)
             if o["kind"] == "Deployment"]
 
 
@@ -117,8 +125,7 @@ def test_every_model_server_variable_the_operator_writes_is_a_setting(
         assert settings.device == ("cuda" if gpu else "cpu")
         assert settings.drain_seconds == b.DRAIN_SECONDS
         assert settings.torch_threads == 2
-        if dep["metadata"]["name"] != "sentiment-sparse":
-            assert ours["MODEL_SERVER_MIRROR_VARIANT"] == "sparse"
+        assert settings.mirror_file == Path(b.PODINFO_DIR) / "annotations"
 
 
 def test_init_containers_get_no_server_settings() -> None:
@@ -174,3 +181,26 @@ def test_the_rollout_mirror_variables_are_settings(monkeypatch: pytest.MonkeyPat
     assert (settings.mirror_queue, settings.mirror_timeout_seconds) == (128, 2.5)
     monkeypatch.setenv("MODEL_SERVER_MIRROR_URL", "")  # the operator's "off"
     assert Settings().mirror_url is None
+
+
+def test_the_mirror_annotation_the_operator_writes_is_one_the_server_reads() -> None:
+    """The stable pods' annotation, in the file the downward API volume makes of it, gives
+    the server's mirror control the operator's target; the candidate's pods carry none."""
+    assert b.MIRROR_ANNOTATION == control.ANNOTATION
+    dep = deployments(gpu=False)[0]
+    pod = dep["spec"]["template"]["spec"]
+    (item,) = next(v for v in pod["volumes"] if v["name"] == "podinfo")["downwardAPI"]["items"]
+    assert item == {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "podinfo"]
+    assert server_env(dep)["MODEL_SERVER_MIRROR_FILE"] == f"{mount['mountPath']}/annotations"
+
+    marks = b.pod_marks(parse_spec(rich(False)), STEP)
+    assert marks["sparse"].mirror is None
+    for variant in ("baseline", "fp16", "int8", "pruned"):
+        value = marks[variant].mirror
+        assert value is not None
+        # the kubelet writes key="value" with the value Go-quoted (JSON-compatible here)
+        text = f'other="x"\n{b.MIRROR_ANNOTATION}={json.dumps(value)}\n'
+        target = control.parse_target(control.read_annotations(text)[control.ANNOTATION],
+                                      mirror_base_url)
+        assert target == control.MirrorTarget("https://10.96.0.9:80", 10.0, "sparse")

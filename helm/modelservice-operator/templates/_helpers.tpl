@@ -52,7 +52,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]  # patch: the serving label, so a rollback takes effect at once
+  verbs: [get, list, watch, patch]  # patch: the serving label and mirror annotation (no restarts)
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -281,7 +281,8 @@ def test_grpc_port_in_pods_and_services_and_no_secrets_by_default() -> None:
     assert env_of(dep)["MODEL_SERVER_GRPC_PORT"] == str(b.GRPC_PORT)
     assert "MODEL_SERVER_AUTH_TOKENS" not in env_of(dep)
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
-    assert {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]} == {"model", "tmp"}
+    assert {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]} == {
+        "model", "tmp", "podinfo"}
     for svc in by_kind(objs, "Service").values():
         ports = {p["name"]: p for p in svc["spec"]["ports"]}
         assert ports["grpc"] == {"name": "grpc", "port": b.GRPC_PORT, "targetPort": "grpc",
@@ -344,7 +345,7 @@ def rollout_ms() -> dict[str, Any]:
               rollout={"candidate": "int8", "analysis": {"mirrorPercent": 20}})
 
 
-def test_effective_weights_drive_route_replicas_and_serving_label() -> None:
+def test_effective_weights_drive_route_and_replicas_but_never_roll_the_pods() -> None:
     body = rollout_ms()
     spec = parse_spec(body)
     opts = b.BuildOptions("ms:cpu", None, service_monitor=False, gateway_api=True)
@@ -356,27 +357,45 @@ def test_effective_weights_drive_route_replicas_and_serving_label() -> None:
     deps = by_kind(objs, "Deployment")
     assert deps["sentiment-baseline"]["spec"]["replicas"] == 3
     assert deps["sentiment-int8"]["spec"]["replicas"] == 1
-    labels = deps["sentiment-int8"]["spec"]["template"]["metadata"]["labels"]
-    assert labels[b.LABEL_SERVING] == "true"
+    # The pod templates follow spec.traffic (the reconciler relabels the running pods), so
+    # a rollout step, a rollback or a brownout changes no template and restarts no pod.
+    plain = by_kind(b.build_all(body, opts), "Deployment")
+    for name in ("sentiment-baseline", "sentiment-int8"):
+        assert deps[name]["spec"]["template"] == plain[name]["spec"]["template"]
+    assert plain["sentiment-int8"]["spec"]["template"]["metadata"]["labels"][
+        b.LABEL_SERVING] == "false"
+    assert plain["sentiment-baseline"]["spec"]["template"]["metadata"]["labels"][
+        b.LABEL_SERVING] == "true"
+    promoted = by_kind(b.build_all(body, opts, spec, b.Serving({"baseline": 0, "int8": 100})),
+                       "Deployment")
+    assert promoted["sentiment-baseline"]["spec"]["template"] == plain[
+        "sentiment-baseline"]["spec"]["template"]
     # without a Serving the spec's weights apply: the candidate keeps one warm pod, unserved
-    plain = by_kind(b.build_all(body, opts), "Deployment")["sentiment-int8"]
-    assert plain["spec"]["template"]["metadata"]["labels"][b.LABEL_SERVING] == "false"
     assert b.variant_replicas(spec, {"baseline": 0, "int8": 100}) == {"baseline": 1, "int8": 4}
 
 
-def test_mirror_env_only_on_stable_variants_and_stable_across_steps() -> None:
+def test_mirror_marks_only_the_stable_pods_and_no_template_ever_changes() -> None:
     body = rollout_ms()
     spec = parse_spec(body)
     mirror = b.Mirror("http://10.96.0.7:80", 20, "int8")
-    step1 = by_kind(b.build_all(body, OPTS, spec, b.Serving({"baseline": 90, "int8": 10},
-                                                             mirror)), "Deployment")
-    step2 = by_kind(b.build_all(body, OPTS, spec, b.Serving({"baseline": 50, "int8": 50},
-                                                             mirror)), "Deployment")
-    env = env_of(step1["sentiment-baseline"])
-    assert env["MODEL_SERVER_MIRROR_URL"] == "http://10.96.0.7:80"
-    assert env["MODEL_SERVER_MIRROR_PERCENT"] == "20"
-    assert env["MODEL_SERVER_MIRROR_VARIANT"] == "int8"
-    assert not any(k.startswith("MODEL_SERVER_MIRROR") for k in env_of(step1["sentiment-int8"]))
-    # no pod restarts per step: the stable pod template is the same at every step
-    assert step1["sentiment-baseline"]["spec"]["template"] == \
-        step2["sentiment-baseline"]["spec"]["template"]
+    step1 = b.Serving({"baseline": 90, "int8": 10}, mirror)
+    marks = b.pod_marks(spec, step1)
+    assert marks["baseline"] == b.PodMarks("true", '{"percent":20,"url":"http://10.96.0.7:80",'
+                                                   '"variant":"int8"}')
+    assert marks["int8"] == b.PodMarks("true", None)
+    assert b.pod_marks(spec, b.Serving({"baseline": 100, "int8": 0})) == {
+        "baseline": b.PodMarks("true"), "int8": b.PodMarks("false")}
+    # The server reads the annotation through the downward API: every variant's template
+    # mounts it and names the file, whether or not a rollout is under way.
+    plain = by_kind(b.build_all(body, OPTS, spec), "Deployment")
+    for serving in (step1, b.Serving({"baseline": 50, "int8": 50}, mirror)):
+        deps = by_kind(b.build_all(body, OPTS, spec, serving), "Deployment")
+        for name in ("sentiment-baseline", "sentiment-int8"):
+            assert deps[name]["spec"]["template"] == plain[name]["spec"]["template"]
+    pod = plain["sentiment-baseline"]["spec"]["template"]["spec"]
+    assert b.PODINFO_VOLUME in pod["volumes"]
+    assert {"name": "podinfo", "mountPath": b.PODINFO_DIR, "readOnly": True} in pod[
+        "containers"][0]["volumeMounts"]
+    env = env_of(plain["sentiment-baseline"])
+    assert env["MODEL_SERVER_MIRROR_FILE"] == f"{b.PODINFO_DIR}/annotations"
+    assert "MODEL_SERVER_MIRROR_URL" not in env

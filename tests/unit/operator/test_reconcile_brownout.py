@@ -1,6 +1,6 @@
 """Whole reconcile passes with a brownout: samples come through the analyzer interface
 (``rollout.Analyzer``), the HPAs and Deployments from the observed objects, and the pass
-applies the brownout's weights to the HTTPRoute and the ``serving`` label, writes
+applies the brownout's weights to the HTTPRoute and the running pods' ``serving`` label, writes
 ``status.brownout`` and posts its Events; an unreadable Prometheus holds everything."""
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ class FakeKube:
     def __init__(self) -> None:
         self.applied: dict[tuple[str, str], dict[str, Any]] = {}
         self.status: dict[str, Any] = {}
+        # One running int8 pod, started from its template (spec.traffic gives int8 nothing).
+        self.pods: dict[str, dict[str, Any]] = {"sentiment-int8-1": {
+            "metadata": {"name": "sentiment-int8-1", "labels": {
+                builders.LABEL_MODELSERVICE: "sentiment", builders.LABEL_VARIANT: "int8",
+                builders.LABEL_SERVING: "false"}},
+            "spec": {"nodeName": "node-1"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}}
 
     def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
               field_manager: str | None = None) -> dict[str, Any] | None:
@@ -41,6 +48,11 @@ class FakeKube:
 
     def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return []
+
+    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
+                       labels: Mapping[str, str], annotations: Mapping[str, str | None]) -> None:
+        assert (api_version, kind) == ("v1", "Pod") and not annotations  # no rollout here
+        self.pods[name]["metadata"]["labels"].update(labels)
 
 
 class Caps:
@@ -89,7 +101,7 @@ def owned(kind: str, variant: str, spec: dict[str, Any], st: dict[str, Any]) -> 
             "spec": spec, "status": st}
 
 
-def cluster(int8_ready: int = 1) -> reconcile.Observed:
+def cluster(int8_ready: int = 1, pods: Sequence[Mapping[str, Any]] = ()) -> reconcile.Observed:
     dep = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
     int8 = {**dep, "readyReplicas": int8_ready, "availableReplicas": int8_ready}
     hpa_status = {"currentReplicas": 1, "desiredReplicas": 1}
@@ -100,7 +112,7 @@ def cluster(int8_ready: int = 1) -> reconcile.Observed:
               hpa_status),
         owned("HorizontalPodAutoscaler", "int8", {"minReplicas": 1, "maxReplicas": 1},
               hpa_status),
-    ])
+    ], pods=[reconcile.plain(p) for p in pods])
 
 
 class Operator:
@@ -120,8 +132,8 @@ class Operator:
             variants={"baseline": rollout.VariantMetrics(p95_ms=p95_ms, rps=50.0)})
         now = (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.kube.applied.clear()
-        result = reconcile.reconcile(self.ctx, modelservice(self.status), observed or cluster(),
-                                     now)
+        observed = observed or cluster(pods=list(self.kube.pods.values()))
+        result = reconcile.reconcile(self.ctx, modelservice(self.status), observed, now)
         if result.status_written:
             self.status = self.kube.status
         self.events += [reason for _, reason, _ in result.events]
@@ -133,8 +145,14 @@ class Operator:
         return {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
 
     def serving(self, variant: str) -> str:
-        dep = self.kube.applied[("Deployment", f"sentiment-{variant}")]
-        return str(dep["spec"]["template"]["metadata"]["labels"][builders.LABEL_SERVING])
+        """The serving label of the variant's running pod (its Deployment's template keeps
+        spec.traffic's: a brownout restarts no pod)."""
+        dep = self.kube.applied.get(("Deployment", f"sentiment-{variant}"))
+        if dep is not None:
+            assert dep["spec"]["template"]["metadata"]["labels"][builders.LABEL_SERVING] == \
+                "false"
+        return str(self.kube.pods[f"sentiment-{variant}-1"]["metadata"]["labels"][
+            builders.LABEL_SERVING])
 
 
 def test_a_pass_applies_the_brownout_weights_and_takes_them_back() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from msv_operator import conditions, reconcile
+from msv_operator import builders, conditions, reconcile
+
+LABEL_SERVING = builders.LABEL_SERVING
 
 UID = "0b6f6a2e-0000-4000-8000-000000000001"
 
@@ -115,6 +117,17 @@ def test_pod_summary_ignores_fields_the_status_does_not_read() -> None:
     assert reconcile.pod_summary(pod) == reconcile.pod_summary(moved)
     moved["status"]["conditions"][0]["message"] = "still no GPU"
     assert reconcile.pod_summary(pod) != reconcile.pod_summary(moved)
+    # A serving label set by hand (or the template's, on a new pod) wakes a pass too.
+    relabelled = reconcile.plain(pod)
+    relabelled["metadata"]["labels"]["serving.modelservice.dev/serving"] = "true"
+    assert reconcile.pod_summary(pod) != reconcile.pod_summary(relabelled)
+    annotated = reconcile.plain(pod)
+    annotated["metadata"]["annotations"] = {builders.MIRROR_ANNOTATION: "{}"}
+    assert reconcile.pod_summary(pod) != reconcile.pod_summary(annotated)
+    relabelled["metadata"]["labels"]["other"] = "x"
+    assert reconcile.pod_summary(relabelled) == reconcile.pod_summary(
+        {**relabelled, "metadata": {**relabelled["metadata"], "labels": {
+            "serving.modelservice.dev/serving": "true"}}})
 
 
 def _deployment(replicas: int | None) -> dict[str, Any]:
@@ -196,29 +209,41 @@ def _pod(name: str, variant: str, serving: str) -> dict[str, Any]:
         "serving.modelservice.dev/variant": variant, "serving.modelservice.dev/serving": serving}}}
 
 
-def _serving_deployment(variant: str, serving: str) -> dict[str, Any]:
-    return {"kind": "Deployment", "spec": {"template": {"metadata": {"labels": {
-        "serving.modelservice.dev/variant": variant,
-        "serving.modelservice.dev/serving": serving}}}}}
+MARKS = {"baseline": builders.PodMarks("true"), "int8": builders.PodMarks("false")}
 
 
 def test_pods_of_a_variant_taken_out_of_traffic_leave_the_service_at_once() -> None:
-    desired = [_serving_deployment("baseline", "true"), _serving_deployment("int8", "false"),
-               {"kind": "Service", "spec": {}}]
     pods = [_pod("b-1", "baseline", "true"), _pod("i-2", "int8", "true"),
             _pod("i-1", "int8", "true"), _pod("i-3", "int8", "false")]
-    assert reconcile.pods_changing_service(desired, pods) == [("i-1", "false"), ("i-2", "false")]
-    assert reconcile.pods_changing_service(desired[:1], pods) == []
+    assert reconcile.pods_to_mark(MARKS, pods) == [
+        ("i-1", {LABEL_SERVING: "false"}, {}), ("i-2", {LABEL_SERVING: "false"}, {})]
+    # A variant the spec no longer has is not marked (its Deployment is being pruned).
+    assert reconcile.pods_to_mark({"baseline": MARKS["baseline"]}, pods) == []
 
 
 def test_pods_of_a_variant_given_traffic_join_the_service_at_once_unless_deleted() -> None:
-    desired = [_serving_deployment("baseline", "true"), _serving_deployment("int8", "true")]
     leaving = _pod("i-2", "int8", "false")
     leaving["metadata"]["deletionTimestamp"] = "2026-11-30T17:00:00Z"
     leaving = reconcile.trim_pod(leaving)  # what the operator's pod cache holds
     pods = [_pod("b-1", "baseline", "true"), _pod("i-1", "int8", "false"), leaving,
             _pod("x-1", "other", "false")]
-    assert reconcile.pods_changing_service(desired, pods) == [("i-1", "true")]
+    marks = {**MARKS, "int8": builders.PodMarks("true")}
+    assert reconcile.pods_to_mark(marks, pods) == [("i-1", {LABEL_SERVING: "true"}, {})]
+
+
+def test_stable_pods_start_and_stop_mirroring_by_annotation() -> None:
+    mirroring = {**MARKS, "baseline": builders.PodMarks("true", '{"url":"u"}')}
+    pods = [reconcile.trim_pod(_pod("b-1", "baseline", "true")), _pod("i-1", "int8", "false")]
+    assert reconcile.pods_to_mark(mirroring, pods) == [
+        ("b-1", {}, {builders.MIRROR_ANNOTATION: '{"url":"u"}'})]
+    pods[0]["metadata"]["annotations"] = {builders.MIRROR_ANNOTATION: '{"url":"u"}', "x": "y"}
+    # the operator's pod cache keeps the mirror annotation (and nothing else of them)
+    assert reconcile.trim_pod(pods[0])["metadata"]["annotations"] == {
+        builders.MIRROR_ANNOTATION: '{"url":"u"}'}
+    assert reconcile.pods_to_mark(mirroring, pods) == []
+    # the rollout ended: the annotation is removed (a merge patch with null)
+    assert reconcile.pods_to_mark(MARKS, pods) == [
+        ("b-1", {}, {builders.MIRROR_ANNOTATION: None})]
 
 
 def test_packed_cache_entries_round_trip_as_fresh_copies() -> None:

@@ -4,6 +4,8 @@ comparators on hand-made answers, the request codec the mirror sends with, and s
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,10 +30,11 @@ from model_server.dataplane import artifact_bytes
 from model_server.http_server import uvicorn_options
 from model_server.metrics import MirrorMetrics
 from model_server.mirror.classification import classification_agreement
+from model_server.mirror.control import ANNOTATION, MirrorTarget, parse_target, read_annotations
 from model_server.mirror.generation import token_agreement
 from model_server.mirror.sender import Mirror, comparison_kind, is_greedy
 from model_server.mirror.tensors import ATOL, RTOL, tensor_agreement
-from model_server.settings import Settings
+from model_server.settings import Settings, mirror_base_url
 
 from .certs import write_tls_secret
 from .conftest import UvicornThread, serve_app
@@ -328,3 +331,110 @@ def test_artifact_bytes_counts_every_file_of_the_model(tmp_path: Path) -> None:
     assert artifact_bytes(tmp_path) == 1010
     assert artifact_bytes(tmp_path / "config.json") == 10
     assert artifact_bytes(tmp_path / "missing") == 0
+
+
+# ---- the mirror the pod's annotation names (mirror.control) -----------------------------
+
+
+def annotations_file(path: Path, **annotations: str) -> None:
+    """Write `path` as the kubelet writes the downward API's annotations (atomically, one
+    `key="value"` line each, Go-quoted)."""
+    lines = [f"{k}={json.dumps(v)}" for k, v in sorted(annotations.items())]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+
+
+def test_reading_the_downward_api_annotations_file() -> None:
+    text = (
+        'kubectl.kubernetes.io/restartedAt="2026-12-01T03:00:00Z"\n'
+        'serving.modelservice.dev/mirror="{\\"url\\":\\"http://10.96.0.7:80\\",'
+        '\\"percent\\":20,\\"variant\\":\\"int8\\"}"\n'
+        'odd="\\x01"\n'
+        "not a line\n"
+    )
+    got = read_annotations(text)
+    assert got == {
+        "kubectl.kubernetes.io/restartedAt": "2026-12-01T03:00:00Z",
+        ANNOTATION: '{"url":"http://10.96.0.7:80","percent":20,"variant":"int8"}',
+    }
+    target = parse_target(got[ANNOTATION], mirror_base_url)
+    assert target == MirrorTarget("http://10.96.0.7:80", 20.0, "int8")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nope", "is not JSON"),
+        ("[1]", "JSON object"),
+        ('{"percent": 20, "variant": "x"}', "needs url"),
+        ('{"url": "http://a:80", "percent": 0, "variant": "x"}', "needs percent"),
+        ('{"url": "http://a:80", "percent": true, "variant": "x"}', "needs percent"),
+        ('{"url": "http://a:80", "percent": 10, "variant": "a b"}', "needs variant"),
+        ('{"url": "ftp://a", "percent": 10, "variant": "x"}', "http(s)://host"),
+        ('{"url": "http://a:80/path", "percent": 10, "variant": "x"}', "without a path"),
+    ],
+)
+def test_a_malformed_mirror_annotation_names_the_problem(value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_target(value, mirror_base_url)
+
+
+def test_settings_take_a_fixed_mirror_or_the_annotation_file_not_both(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        Settings(mirror_file=tmp_path / "annotations", **mirrored("127.0.0.1:9"))
+    assert Settings(mirror_file="").mirror_file is None
+
+
+def test_the_annotation_turns_mirroring_on_retargets_and_off_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """One running stable server, its annotations file rewritten as the kubelet does: the
+    mirror follows it (on, to another candidate, a malformed value, off), and requests are
+    answered throughout."""
+    path = tmp_path / "annotations"
+    fast = {"mirror_file": path, "mirror_file_interval_seconds": 0.05}
+    with (
+        candidate(EchoBackend()) as same,
+        candidate(ScaledEcho()) as other,
+        serve_app(EchoBackend(), **fast) as (client, _, reg),
+    ):
+        state: Any = client.app.state  # type: ignore[attr-defined]
+
+        def infer_until(outcome: str, n: float, target: str = "cand") -> None:
+            deadline = time.monotonic() + 10
+            while mirror_value(reg, "model_server_mirror_requests_total", outcome=outcome,
+                               target=target) < n:  # fmt: skip
+                assert client.post("/v2/models/echo/infer", json=ROW).status_code == 200
+                assert time.monotonic() < deadline, (outcome, target, state.mirror_control.target)
+                time.sleep(0.02)
+
+        # no file yet: no mirror, answers as usual
+        assert client.post("/v2/models/echo/infer", json=ROW).status_code == 200
+        assert state.dataplane.mirror is None
+        annotations_file(path, **{ANNOTATION: json.dumps(
+            {"url": f"http://{same.url}", "percent": 100, "variant": "cand"})})  # fmt: skip
+        infer_until("compared", 2)
+        assert mirror_value(reg, "model_server_mirror_agreement_sum") == pytest.approx(
+            mirror_value(reg, "model_server_mirror_agreement_count"))  # fmt: skip
+
+        # retargeted: the next comparisons are the other candidate's, under its name
+        annotations_file(path, other="x", **{ANNOTATION: json.dumps(
+            {"url": f"http://{other.url}", "percent": 100, "variant": "int8-b"})})  # fmt: skip
+        infer_until("compared", 1, target="int8-b")
+        assert state.mirror_control.target.variant == "int8-b"
+
+        # a malformed value is ignored (no mirror), the file's removal keeps it off
+        annotations_file(path, **{ANNOTATION: "{broken"})
+        deadline = time.monotonic() + 10
+        while state.dataplane.mirror is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        path.unlink()
+        sent = mirror_value(reg, "model_server_mirror_requests_total", outcome="sent",
+                            target="int8-b")  # fmt: skip
+        for _ in range(5):
+            assert client.post("/v2/models/echo/infer", json=ROW).status_code == 200
+        assert state.dataplane.mirror is None
+        assert mirror_value(reg, "model_server_mirror_requests_total", outcome="sent",
+                            target="int8-b") == sent  # fmt: skip
