@@ -10,6 +10,7 @@ request goes through a Service programmed by kube-proxy. The namespaces enforce 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -227,6 +228,16 @@ def test_missing_pvc_is_reported_and_nothing_crashes(
     assert operator.alive
 
 
+def kube_proxy_endpoints(ns: str, service: str, port: str = "http") -> int:
+    """How many endpoints kube-proxy has programmed for ``ns/service:port``: the jumps to
+    endpoint chains in the Service's chain of its iptables rules (read, never changed)."""
+    rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
+                           timeout=30, check=True).stdout
+    tag = f'"{ns}/{service}:{port} -> '
+    return sum(1 for line in rules.splitlines()
+               if line.startswith("-A KUBE-SVC-") and tag in line and "-j KUBE-SEP-" in line)
+
+
 def _variant_of_answer(ip: str, model: str) -> str:
     # A fresh connection per request: kube-proxy balances connections, not requests.
     meta = http_json(f"http://{ip}/v2/models/{model}", timeout=5)
@@ -249,6 +260,11 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
     # Ready needs one ready pod per variant; the split needs all four.
     wait_for("3 baseline and 1 int8 pods ready", all_ready, timeout=300, interval=1)
     ip = cluster_ip(k, ns, "split", endpoints=4)
+    # The split is kube-proxy's: measure once its rules hold the four endpoints. Under the
+    # churn of other tests' namespaces going away it can lag by seconds (one run measured
+    # 2:1, a baseline endpoint missing from its rules).
+    wait_for("kube-proxy's rules to hold the four endpoints",
+             lambda: kube_proxy_endpoints(ns, "split") == 4, timeout=60, interval=0.5)
     # kube-proxy has each endpoint once every pod has answered through the Service.
     wait_for("every variant answering through the Service",
              lambda: {_variant_of_answer(ip, "split") for _ in range(40)} == {"baseline", "int8"},
@@ -257,7 +273,12 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
     counts = Counter(_variant_of_answer(ip, "split") for _ in range(n))
     share = 100.0 * counts["baseline"] / n
     print(f"traffic split over {n} requests: {dict(counts)} -> baseline {share:.1f}%")
-    assert abs(share - 75.0) <= 5.0, counts
+    slices = k.list("discovery.k8s.io/v1", "EndpointSlice", ns, "kubernetes.io/service-name=split")
+    routed = [((e.get("targetRef") or {}).get("name"), e.get("addresses"), e.get("conditions"))
+              for s_ in slices for e in s_.get("endpoints") or []]
+    pods = [(p["metadata"]["name"], p["metadata"]["labels"], (p.get("status") or {}).get("podIP"))
+            for p in k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=split")]
+    assert abs(share - 75.0) <= 5.0, (counts, routed, pods)
 
 
 def test_rolling_update_under_load_loses_no_request(

@@ -200,6 +200,12 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
     assert (c["status"], c["reason"]) == ("True", "Promoted"), c
     # the spec (the user's Git) is untouched
     assert ms_of(k, ns, name)["spec"]["traffic"] == [{"variant": "baseline", "weight": 100}]
+    # mirroring on and off, both steps and the promotion restarted no pod: each variant's
+    # Deployment still has its first and only ReplicaSet
+    for variant in ("baseline", "int8"):
+        sets = k.list("apps/v1", "ReplicaSet", ns, f"serving.modelservice.dev/modelservice="
+                      f"{name},serving.modelservice.dev/variant={variant}")
+        assert len(sets) == 1, (variant, [s_["metadata"]["name"] for s_ in sets])
     # measured per-variant status (the Pareto view): from Prometheus, and CPU and memory
     # per pod from the real metrics-server (metrics.k8s.io) reading the real kubelet
     variants = {v["name"]: v for v in ms_of(k, ns, name)["status"]["variants"]}
