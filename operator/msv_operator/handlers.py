@@ -139,6 +139,9 @@ class Runtime:
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
         self.tasks.append(asyncio.create_task(self._resync(), name="msv-resync"))
         self.tasks.append(asyncio.create_task(self._release_after_start(), name="msv-release"))
+        if self.index_gate is not None:
+            self.tasks.append(asyncio.create_task(self.index_gate.report(log),
+                                                  name="msv-index-gate-report"))
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -89,6 +89,39 @@ class IndexGate:
         # reads the next event): the set is on once each of them is indexed.
         await _ORIGINAL_WAIT_FOR(self._set, True)
 
+    def waiting_for(self) -> str:
+        """What keeps the gate closed, in words."""
+        if self._set is None:
+            return "kopf to start watching"
+        missing = sorted(self._expected - self._listed, key=lambda e: (e[0], e[1] or ""))
+        if missing:
+            return "the first list of " + ", ".join(
+                plural if ns is None else f"{plural} in namespace {ns}" for plural, ns in missing)
+        return "kopf to index the listed objects"
+
+    async def report(self, logger: logging.Logger, every: float = 30.0) -> None:
+        """Until the gate opens, say every ``every`` seconds what it waits for: nothing is
+        reconciled meanwhile, and a list that never arrives is usually missing RBAC."""
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self.wait(), every)
+            except TimeoutError:
+                waited += every
+                what = self.waiting_for()
+                hint = (". A list that never arrives usually means the operator may not list "
+                        "that kind there: check its RBAC (kubectl auth can-i list <kind> -n "
+                        "<namespace> --as=system:serviceaccount:<operator namespace>:<service "
+                        "account>)" if what.startswith("the first list") else
+                        " (a large cluster takes a while)")
+                logger.warning("No ModelService is reconciled yet: after %.0fs still waiting "
+                               "for %s%s", waited, what, hint)
+                continue
+            if waited:
+                logger.info("Every watched kind is listed and indexed after %.0fs: "
+                            "reconciling", waited)
+            return
+
 
 def _gated(toggles: Any) -> bool:
     return getattr(toggles, "_msv_gate", None) is not None

@@ -4,6 +4,7 @@ lean watch events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from kopf._cogs.aiokits import aiotoggles
@@ -109,3 +110,64 @@ def test_without_a_gate_kopf_waits_as_before() -> None:
         await asyncio.wait_for(toggles.wait_for(True), 1)
 
     asyncio.run(scenario())
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _recorded(name: str) -> tuple[logging.Logger, list[logging.LogRecord]]:
+    """A logger whose records (INFO and up) end up in the returned list."""
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger(name)
+    logger.addHandler(_Keep(records))
+    logger.setLevel(logging.INFO)
+    return logger, records
+
+
+def test_a_gate_that_stays_closed_says_what_it_waits_for_until_it_opens() -> None:
+    """A kind whose list never arrives (RBAC) would hold every pass: the gate says which,
+    and where, every interval; once it opens it says so once and stops."""
+    kopf_fixes.apply()
+    logger, records = _recorded("test.index-gate")
+
+    async def scenario() -> None:
+        gate = kopf_fixes.IndexGate(["modelservices", "services"], ["ns-a", "ns-b"])
+        assert gate.waiting_for() == "kopf to start watching"
+        toggles = aiotoggles.ToggleSet(all)
+        await toggles.make_toggle(True, name="bound")
+        gate._listed_one("modelservices", "ns-a")
+        gate._listed_one("modelservices", "ns-b")
+        gate._listed_one("services", "ns-a")
+        reporting = asyncio.create_task(gate.report(logger, every=0.05))
+        await asyncio.sleep(0.17)
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert len(warnings) >= 2 and not reporting.done()
+        assert "still waiting for the first list of services in namespace ns-b" in warnings[0]
+        assert "RBAC" in warnings[0] and "ns-a" not in warnings[0]
+        gate._listed_one("services", "ns-b")
+        await asyncio.wait_for(reporting, 1)
+        assert "reconciling" in records[-1].getMessage()
+        assert records[-1].levelno == logging.INFO
+
+    asyncio.run(scenario())
+
+
+def test_a_gate_that_opens_at_once_says_nothing() -> None:
+    kopf_fixes.apply()
+    logger, records = _recorded("test.index-gate-quiet")
+
+    async def scenario() -> None:
+        gate = kopf_fixes.IndexGate(["services"])
+        toggles = aiotoggles.ToggleSet(all)
+        await toggles.make_toggle(True, name="bound")
+        gate._listed_one("services", None)
+        await asyncio.wait_for(gate.report(logger, every=0.05), 1)
+
+    asyncio.run(scenario())
+    assert records == []
