@@ -109,29 +109,27 @@ class MirrorControl:
         self._raw: str | None = None
         self._mirror: Mirror | None = None
 
-    def wanted(self) -> tuple[str | None, MirrorTarget | None]:
-        """(the annotation's raw value, its target) as the file says now."""
+    def annotation(self) -> str | None:
+        """The annotation's raw value as the file says now (None: no file, no annotation)."""
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return None, None
-        raw = read_annotations(text).get(ANNOTATION)
-        if not raw:
-            return None, None
-        if raw == self._raw:
-            return raw, self.target
-        try:
-            return raw, parse_target(raw, self.base_url)
-        except ValueError as e:
-            log.warning("Ignoring the %s annotation %r: it %s", ANNOTATION, raw, e)
-            return raw, None
+            return None
+        return read_annotations(text).get(ANNOTATION) or None
 
     async def apply(self) -> None:
-        """One check: switch the mirror when the annotation changed."""
-        raw, target = self.wanted()
+        """One check: switch the mirror when the annotation changed (parsed, and a bad
+        value logged, once per change)."""
+        raw = self.annotation()
         if raw == self._raw:
             return
         self._raw = raw
+        target = None
+        if raw is not None:
+            try:
+                target = parse_target(raw, self.base_url)
+            except ValueError as e:
+                log.warning("Ignoring the %s annotation %r: it %s", ANNOTATION, raw, e)
         if target == self.target:
             return
         previous, mirror = self._mirror, None
@@ -147,7 +145,7 @@ class MirrorControl:
         if previous is not None:
             await previous.stop()
         if target is None:
-            log.info("Mirroring stopped (no %s annotation)", ANNOTATION)
+            log.info("Mirroring off (no usable %s annotation)", ANNOTATION)
 
     async def run(self) -> None:
         """Check every interval until cancelled; a failed check is logged, never fatal."""
