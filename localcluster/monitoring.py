@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from localcluster import addons, images, versions
+from msv_contract import metrics as m
 
 NAMESPACE = "monitoring"
 METRICS_NAMESPACE = "kube-system"
@@ -63,16 +64,17 @@ CUSTOM_METRICS_VERSIONS = ("v1beta1", "v1beta2")
 
 # Per-pod custom metrics from the model servers' own series (labels namespace/pod come from
 # the ServiceMonitor's relabelling). Relisted every 10 s so a new pod's series appear fast.
+_PER_POD = f'{{{m.LABEL_NAMESPACE}!="",{m.LABEL_POD}!=""}}'
+_RESOURCES = {"overrides": {m.LABEL_NAMESPACE: {"resource": "namespace"},
+                            m.LABEL_POD: {"resource": "pod"}}}
 ADAPTER_CONFIG = {"rules": [
-    {"seriesQuery": 'model_server_inflight_requests{namespace!="",pod!=""}',
-     "resources": {"overrides": {"namespace": {"resource": "namespace"},
-                                 "pod": {"resource": "pod"}}},
-     "name": {"matches": "^(.*)$", "as": "${1}"},
+    {"seriesQuery": m.INFLIGHT + _PER_POD,
+     "resources": _RESOURCES,
+     "name": {"matches": f"^{m.INFLIGHT}$", "as": m.INFLIGHT},
      "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"},
-    {"seriesQuery": 'model_server_requests_total{namespace!="",pod!=""}',
-     "resources": {"overrides": {"namespace": {"resource": "namespace"},
-                                 "pod": {"resource": "pod"}}},
-     "name": {"matches": "^(.*)_total$", "as": "${1}_per_second"},
+    {"seriesQuery": m.total(m.REQUESTS) + _PER_POD,
+     "resources": _RESOURCES,
+     "name": {"matches": f"^{m.total(m.REQUESTS)}$", "as": m.REQUESTS_PER_SECOND},
      "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[30s])) by (<<.GroupBy>>)"},
 ]}
 

@@ -25,6 +25,7 @@ from model_server.batching import Batcher
 from model_server.codec import InferRequest
 from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from model_server.validation import Signature
+from msv_contract import capabilities as caps
 
 if TYPE_CHECKING:
     from model_server.mirror.sender import Mirror
@@ -35,11 +36,8 @@ SERVER_NAME = "modelservice"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "generate", "metrics"]
 
-PLATFORMS = {
-    "transformers": "pytorch_transformers",
-    "torchscript": "pytorch_libtorch",
-    "tensorflow": "tensorflow_savedmodel",
-}
+PLATFORMS = {name: fw.platform for name, fw in caps.FRAMEWORKS.items()}
+"""OIP v2 metadata `platform` per framework (from the capability table)."""
 
 
 class ModelState:

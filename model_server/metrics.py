@@ -38,6 +38,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from msv_contract import metrics as m
+
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -74,14 +76,14 @@ class GpuMemoryCollector(Collector):
             if not torch.cuda.is_available() or not torch.cuda.is_initialized():
                 return
             allocated = GaugeMetricFamily(
-                "model_server_gpu_memory_allocated_bytes",
+                m.GPU_MEMORY_ALLOCATED_BYTES,
                 "GPU memory held by tensors",
-                labels=["model", "variant", "device"],
+                labels=[m.LABEL_MODEL, m.LABEL_VARIANT, "device"],
             )
             reserved = GaugeMetricFamily(
-                "model_server_gpu_memory_reserved_bytes",
+                m.GPU_MEMORY_RESERVED_BYTES,
                 "GPU memory reserved by the caching allocator",
-                labels=["model", "variant", "device"],
+                labels=[m.LABEL_MODEL, m.LABEL_VARIANT, "device"],
             )
             for index in range(torch.cuda.device_count()):
                 labels = [*self._labels, str(index)]
@@ -159,9 +161,9 @@ class HotPathCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         labels = [self.model, self.variant]
         requests = CounterMetricFamily(
-            "model_server_requests",
+            m.REQUESTS,
             "Inference requests by model, variant, endpoint and HTTP status",
-            labels=["model", "variant", "endpoint", "status"],
+            labels=[m.LABEL_MODEL, m.LABEL_VARIANT, m.LABEL_ENDPOINT, m.LABEL_STATUS],
         )
         endpoints = list(self.endpoints.items())
         for endpoint, stats in endpoints:
@@ -169,29 +171,29 @@ class HotPathCollector(Collector):
                 requests.add_metric([*labels, endpoint, str(status)], count)
         yield requests
         latency = HistogramMetricFamily(
-            "model_server_request_duration_seconds",
+            m.REQUEST_DURATION,
             "Time from request received to response ready",
-            labels=["model", "variant", "endpoint"],
+            labels=[m.LABEL_MODEL, m.LABEL_VARIANT, m.LABEL_ENDPOINT],
         )
         for endpoint, stats in endpoints:
             latency.add_metric([*labels, endpoint], stats.buckets(), stats.total)
         yield latency
         batch = HistogramMetricFamily(
-            "model_server_batch_size",
+            m.BATCH_SIZE,
             "Rows per batch handed to the model",
-            labels=["model", "variant"],
+            labels=[m.LABEL_MODEL, m.LABEL_VARIANT],
         )
         batch.add_metric(labels, self.batch.buckets(), self.batch.total)
         yield batch
         depth = GaugeMetricFamily(
-            "model_server_queue_depth",
+            m.QUEUE_DEPTH,
             "Requests waiting for the model",
-            labels=["model", "variant"],
+            labels=[m.LABEL_MODEL, m.LABEL_VARIANT],
         )
         depth.add_metric(labels, self.queue_depth)
         yield depth
         inflight = GaugeMetricFamily(
-            "model_server_inflight_requests", "Requests being handled", labels=["model", "variant"]
+            m.INFLIGHT, "Requests being handled", labels=[m.LABEL_MODEL, m.LABEL_VARIANT]
         )
         inflight.add_metric(labels, self.inflight)
         yield inflight
@@ -252,23 +254,23 @@ def _mirror_families(registry: CollectorRegistry) -> tuple[Any, Any, Any]:
     changes at run time (docs/model-server.md, Mirroring) makes a MirrorMetrics per target."""
     families = _MIRROR_FAMILIES.get(registry)
     if families is None:
-        labels = ("model", "variant", "target")
+        labels = (m.LABEL_MODEL, m.LABEL_VARIANT, m.LABEL_TARGET)
         families = (
             Counter(
-                "model_server_mirror_requests",
+                m.MIRROR_REQUESTS,
                 "Requests sampled for mirroring to the candidate variant, by outcome",
                 [*labels, "outcome"],
                 registry=registry,
             ),
             Histogram(
-                "model_server_mirror_agreement",
+                m.MIRROR_AGREEMENT,
                 "Agreement of the candidate's answer with this server's, per comparison (0..1)",
                 labels,
                 buckets=AGREEMENT_BUCKETS,
                 registry=registry,
             ),
             Histogram(
-                "model_server_mirror_duration_seconds",
+                m.MIRROR_DURATION,
                 "Round trip of a mirrored request to the candidate variant",
                 labels,
                 buckets=LATENCY_BUCKETS,
@@ -293,7 +295,7 @@ class ServerMetrics:
         self.registry = registry
         self.model = model
         self.variant = variant
-        labels = ("model", "variant")
+        labels = (m.LABEL_MODEL, m.LABEL_VARIANT)
         self.hot = HotPathCollector(model, variant)
         registry.register(self.hot)
 
@@ -301,11 +303,11 @@ class ServerMetrics:
             return Gauge(name, documentation, labels, registry=registry).labels(model, variant)
 
         self.load_seconds = gauge(
-            "model_server_model_load_seconds", "Time taken to load (and optimize) the model"
+            m.MODEL_LOAD_SECONDS, "Time taken to load (and optimize) the model"
         )
-        self.ready = gauge("model_server_model_ready", "1 when the model is loaded and serving")
+        self.ready = gauge(m.MODEL_READY, "1 when the model is loaded and serving")
         self.info = Gauge(
-            "model_server_model_info",
+            m.MODEL_INFO,
             "The served model: framework, optimization and size (value is always 1)",
             [
                 *labels,
@@ -319,16 +321,16 @@ class ServerMetrics:
             ],
             registry=registry,
         )
-        self.parameters = gauge("model_server_model_parameters", "Number of model parameters")
+        self.parameters = gauge(m.MODEL_PARAMETERS, "Number of model parameters")
         self.size_bytes = gauge(
-            "model_server_model_size_bytes",
+            m.MODEL_SIZE_BYTES,
             "Size of the model weights in memory, after optimization",
         )
         self.artifact_bytes = gauge(
-            "model_server_model_artifact_bytes", "Size of the model artifact on disk"
+            m.MODEL_ARTIFACT_BYTES, "Size of the model artifact on disk"
         )
         self.sparsity = gauge(
-            "model_server_model_sparsity_ratio", "Fraction of zero weights after pruning"
+            m.MODEL_SPARSITY_RATIO, "Fraction of zero weights after pruning"
         )
         # handed to the batcher as its on_batch callback: one call per batch, no wrapper
         self.observe_batch: Callable[[int], None] = self.hot.batch.observe

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_server.backends.base import LoadOptions
+from model_server.backends.base import Device, LoadOptions, PruningMethod, Quantization
+from msv_contract import capabilities as caps
+from msv_contract.env import PREFIX as ENV_PREFIX
 
-ENV_PREFIX = "MODEL_SERVER_"
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -57,14 +58,14 @@ class Settings(BaseSettings):
     """Variant label (for example `int8`), reported in metadata and metric labels."""
     model_dir: Path = Path("/mnt/models")
     """Local directory holding the model (pulled by `model-server pull` or mounted)."""
-    framework: Literal["auto", "transformers", "torchscript", "tensorflow"] = "auto"
+    framework: Literal[("auto", *caps.FRAMEWORK_NAMES)] = "auto"  # type: ignore[valid-type]
     """Backend to use; `auto` detects it from the files in model_dir."""
     task: str | None = None
     """transformers pipeline task (text-classification, text-generation, image-classification)."""
-    quantization: Literal["none", "dynamic-int8", "float16", "bfloat16"] = "none"
-    pruning_method: Literal["none", "unstructured", "structured"] = "none"
+    quantization: Quantization = "none"
+    pruning_method: PruningMethod = "none"
     pruning_amount: float = Field(default=0.0, ge=0.0, lt=1.0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     trust_remote_code: bool = False
     """Never on by default: a model directory must not run code unless this is set."""
@@ -131,8 +132,8 @@ class Settings(BaseSettings):
 
     mirror_file: Path | None = None
     """The pod's annotations as the downward API writes them (`metadata.annotations`): the
-    `serving.modelservice.dev/mirror` annotation there (JSON `url`, `percent`, `variant`)
-    turns mirroring on, changes its target or turns it off while the server runs, checked
+    mirror annotation there (`msv_contract.api.ANNOTATION_MIRROR`: JSON `url`, `percent`,
+    `variant`) turns mirroring on, changes its target or turns it off while the server runs, checked
     every mirror_file_interval_seconds. The operator sets this, not mirror_url, so a rollout
     restarts no pod. Not together with mirror_url."""
     mirror_file_interval_seconds: float = Field(default=1.0, gt=0.0, le=300.0)
@@ -229,19 +230,17 @@ def get_settings() -> Settings:
 
 
 def detect_framework(model_dir: Path) -> str:
-    """Guess the backend from the files in `model_dir` (used when framework is `auto`)."""
-    if (model_dir / "config.json").is_file():
-        return "transformers"
-    if (model_dir / "saved_model.pb").is_file() or any(model_dir.glob("*.keras")):
-        return "tensorflow"
-    if any(model_dir.glob("*.pt")) or any(model_dir.glob("*.torchscript")):
-        return "torchscript"
-    if model_dir.suffix == ".keras":
-        return "tensorflow"
-    if model_dir.suffix in (".pt", ".torchscript"):
-        return "torchscript"
+    """Guess the backend from the files in `model_dir` (used when framework is `auto`):
+    the first framework of the capability table whose `model_files` match."""
+    frameworks = caps.FRAMEWORKS.values()
+    for fw in frameworks:
+        if any(p.is_file() for g in fw.model_files for p in model_dir.glob(g)):
+            return fw.name
+    for fw in frameworks:
+        if any(g.startswith("*.") and model_dir.suffix == g[1:] for g in fw.model_files):
+            return fw.name
+    expected = ", ".join(f"{' or '.join(fw.model_files)} ({fw.name})" for fw in frameworks)
     raise ValueError(
-        f"cannot tell the framework of {model_dir}: expected config.json (transformers), "
-        "saved_model.pb or *.keras (tensorflow), or *.pt (torchscript); "
-        "set MODEL_SERVER_FRAMEWORK"
+        f"cannot tell the framework of {model_dir}: expected {expected}; "
+        f"set {ENV_PREFIX}FRAMEWORK"
     )

@@ -17,9 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-Quantization = Literal["none", "dynamic-int8", "float16", "bfloat16"]
-PruningMethod = Literal["none", "unstructured", "structured"]
-Device = Literal["auto", "cpu", "cuda"]
+from msv_contract import capabilities as caps
+
+# The value sets come from the capability table (msv_contract.capabilities); as Literals,
+# pydantic refuses anything else with the list of what is allowed.
+Quantization = Literal[caps.QUANTIZATION_NAMES]  # type: ignore[valid-type]
+PruningMethod = Literal[(caps.NONE, *caps.PRUNING_METHODS)]  # type: ignore[valid-type]
+Device = Literal[("auto", *caps.DEVICES)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)

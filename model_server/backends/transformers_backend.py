@@ -42,8 +42,9 @@ from model_server.backends._common import (
 )
 from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
 from model_server.backends.generation_batch import GenerationBatcher, Stream
+from msv_contract import capabilities as caps
 
-TASKS = ("text-classification", "text-generation", "image-classification")
+TASKS = caps.FRAMEWORKS["transformers"].tasks
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
 GENERATION_MAX_BATCH = 16

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Protocol
 
 from model_server.mirror.sender import Mirror
+from msv_contract.api import ANNOTATION_MIRROR
 
 log = logging.getLogger(__name__)
 
-ANNOTATION = "serving.modelservice.dev/mirror"
+ANNOTATION = ANNOTATION_MIRROR
 """The pod annotation naming the mirror target (the operator writes it)."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from model_server.backends import FRAMEWORKS, create_backend
 from model_server.backends.base import Backend, LoadOptions, ModelLoadError, TensorSpec
 from model_server.optimize.report import Measure, OptimizationReport, compare_outputs, write_report
+from msv_contract import capabilities as caps
 
 log = logging.getLogger("model_server.optimize")
 
@@ -55,13 +56,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--quantization",
         default="none",
-        choices=["none", "dynamic-int8", "float16", "bfloat16"],
+        choices=caps.QUANTIZATION_NAMES,
     )
     p.add_argument(
-        "--pruning-method", default="none", choices=["none", "unstructured", "structured"]
+        "--pruning-method", default="none", choices=(caps.NONE, *caps.PRUNING_METHODS)
     )
     p.add_argument("--pruning-amount", type=float, default=0.0, help="fraction in (0, 1)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=("auto", *caps.DEVICES))
     p.add_argument("--samples", type=int, default=8, help="sample inputs (batch size)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per model")
     p.add_argument("--seed", type=int, default=0)

@@ -29,24 +29,26 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from msv_contract import env, metrics
+from msv_contract.api import (
+    ANNOTATION_MIRROR,
+    API_VERSION,
+    KIND,
+    LABEL_MODELSERVICE,
+    LABEL_SERVING,
+    LABEL_VARIANT,
+    MANAGED_BY,
+)
 from msv_operator.spec import ModelServiceSpec, ModelSource, Variant, parse_spec
 
-GROUP = "serving.modelservice.dev"
-API_VERSION = f"{GROUP}/v1alpha1"
-LABEL_MODELSERVICE = f"{GROUP}/modelservice"
-LABEL_VARIANT = f"{GROUP}/variant"
-LABEL_SERVING = f"{GROUP}/serving"
-MIRROR_ANNOTATION = f"{GROUP}/mirror"
-"""On a stable variant's running pods during a rollout: where to mirror (JSON url, percent,
-variant); the server reads it through the downward API (docs/model-server.md, Mirroring)."""
-MANAGED_BY = "modelservice-operator"
-MODEL_DIR = "/mnt/models"
-HTTP_PORT = 8080
-GRPC_PORT = 8081
-AUTH_DIR = "/etc/model-server/auth"
-TLS_DIR = "/etc/model-server/tls"
-PODINFO_DIR = "/etc/model-server/pod"
-INFLIGHT_METRIC = "model_server_inflight_requests"
+MIRROR_ANNOTATION = ANNOTATION_MIRROR
+MODEL_DIR = env.MODEL_MOUNT
+HTTP_PORT = env.HTTP_PORT
+GRPC_PORT = env.GRPC_PORT_NUMBER
+AUTH_DIR = env.AUTH_MOUNT
+TLS_DIR = env.TLS_MOUNT
+PODINFO_DIR = env.PODINFO_MOUNT
+INFLIGHT_METRIC = metrics.INFLIGHT
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_REQUESTS = {"cpu": "500m", "memory": "1Gi"}
@@ -117,7 +119,7 @@ def labels(ms_name: str, variant: str | None = None) -> dict[str, str]:
 def owner_reference(ms: Mapping[str, Any]) -> dict[str, Any]:
     meta = ms["metadata"]
     return {
-        "apiVersion": API_VERSION, "kind": "ModelService", "name": meta["name"],
+        "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
         "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
     }
 
@@ -186,35 +188,35 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
 
 
 def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
-    env = {
-        "MODEL_SERVER_MODEL_NAME": spec.name,
-        "MODEL_SERVER_VARIANT": variant.name,
-        "MODEL_SERVER_MODEL_DIR": MODEL_DIR,
-        "MODEL_SERVER_FRAMEWORK": spec.framework,
-        "MODEL_SERVER_TASK": spec.task or "",
-        "MODEL_SERVER_QUANTIZATION": variant.quantization,
-        "MODEL_SERVER_PRUNING_METHOD": variant.pruning_method,
-        "MODEL_SERVER_PRUNING_AMOUNT": str(variant.pruning_amount),
-        "MODEL_SERVER_MAX_BATCH_SIZE": str(spec.max_batch_size),
-        "MODEL_SERVER_MAX_DELAY_MS": str(spec.max_delay_ms),
-        "MODEL_SERVER_DEVICE": "cuda" if spec.gpu else "cpu",
-        "MODEL_SERVER_PORT": str(HTTP_PORT),
-        "MODEL_SERVER_DRAIN_SECONDS": str(DRAIN_SECONDS),
+    out = {
+        env.MODEL_NAME: spec.name,
+        env.VARIANT: variant.name,
+        env.MODEL_DIR: MODEL_DIR,
+        env.FRAMEWORK: spec.framework,
+        env.TASK: spec.task or "",
+        env.QUANTIZATION: variant.quantization,
+        env.PRUNING_METHOD: variant.pruning_method,
+        env.PRUNING_AMOUNT: str(variant.pruning_amount),
+        env.MAX_BATCH_SIZE: str(spec.max_batch_size),
+        env.MAX_DELAY_MS: str(spec.max_delay_ms),
+        env.DEVICE: "cuda" if spec.gpu else "cpu",
+        env.PORT: str(HTTP_PORT),
+        env.DRAIN_SECONDS: str(DRAIN_SECONDS),
         "HF_HOME": "/tmp/hf",
     }
     if spec.torch_threads:
-        env["MODEL_SERVER_TORCH_THREADS"] = str(spec.torch_threads)
-    env["MODEL_SERVER_GRPC_PORT"] = str(GRPC_PORT)
+        out[env.TORCH_THREADS] = str(spec.torch_threads)
+    out[env.GRPC_PORT] = str(GRPC_PORT)
     if spec.auth_token_secret:
-        env["MODEL_SERVER_AUTH_TOKENS"] = AUTH_DIR
-        env["MODEL_SERVER_AUTH_METRICS"] = "true" if spec.auth_protect_metrics else "false"
+        out[env.AUTH_TOKENS] = AUTH_DIR
+        out[env.AUTH_METRICS] = "true" if spec.auth_protect_metrics else "false"
     if spec.tls_secret:
-        env["MODEL_SERVER_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
-        env["MODEL_SERVER_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
+        out[env.TLS_CERT_FILE] = f"{TLS_DIR}/tls.crt"
+        out[env.TLS_KEY_FILE] = f"{TLS_DIR}/tls.key"
     # The mirror target arrives as a pod annotation (reconcile), read through the downward
     # API: a rollout starting or ending changes no template and restarts no pod.
-    env["MODEL_SERVER_MIRROR_FILE"] = f"{PODINFO_DIR}/annotations"
-    return [{"name": k, "value": v} for k, v in env.items()]
+    out[env.MIRROR_FILE] = env.PODINFO_ANNOTATIONS
+    return [{"name": k, "value": v} for k, v in out.items()]
 
 
 PODINFO_VOLUME: dict[str, Any] = {"name": "podinfo", "downwardAPI": {"items": [

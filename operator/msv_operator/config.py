@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from msv_contract.api import GROUP, MANAGED_BY
+
 DEFAULT_IMAGE = "modelservice/model-server:0.1.0"
 DEFAULT_GPU_IMAGE = "modelservice/model-server:0.1.0-cuda"
-FIELD_MANAGER = "modelservice-operator"
-PREFIX = "serving.modelservice.dev"
+FIELD_MANAGER = MANAGED_BY
+PREFIX = GROUP
 
 T = TypeVar("T")
 

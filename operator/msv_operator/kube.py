@@ -37,11 +37,13 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from msv_contract import api
+
 log = logging.getLogger("msv_operator.kube")
 
-MODELSERVICE_GROUP = "serving.modelservice.dev"
-MODELSERVICE_VERSION = "v1alpha1"
-MODELSERVICE_PLURAL = "modelservices"
+MODELSERVICE_GROUP = api.GROUP
+MODELSERVICE_VERSION = api.VERSION
+MODELSERVICE_PLURAL = api.PLURAL
 
 # kind -> plural for every kind the operator writes or reads; others fall back to "<kind>s".
 PLURALS = {
@@ -55,7 +57,7 @@ PLURALS = {
     "Secret": "secrets",
     "Pod": "pods",
     "PodDisruptionBudget": "poddisruptionbudgets",
-    "ModelService": MODELSERVICE_PLURAL,
+    api.KIND: MODELSERVICE_PLURAL,
     "Event": "events",
     "PodMetrics": "pods",
     "Lease": "leases",

@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from msv_contract.api import API_VERSION, GROUP, KIND, SINGULAR
 from msv_operator import kube
 from msv_operator.conditions import rfc3339
 from msv_operator.rollout import ANNOTATION_ACTION, ANNOTATION_PAUSED
 
-API_VERSION = f"{kube.MODELSERVICE_GROUP}/{kube.MODELSERVICE_VERSION}"
 FIELD_MANAGER = "kubectl-msv"
 STEERING = ("promote", "abort", "pause", "resume", "retry")
 
@@ -188,7 +188,7 @@ def watch(api: kube.Kube, namespace: str, name: str, every: float = 2.0,
     """Print the rollout again every ``every`` seconds (``rounds`` times; None: forever)."""
     shown = 0
     while rounds is None or shown < rounds:
-        ms = api.get(API_VERSION, "ModelService", namespace, name)
+        ms = api.get(API_VERSION, KIND, namespace, name)
         text = render(ms) if ms is not None else f"ModelService {namespace}/{name} not found"
         print(CLEAR + text, flush=True)
         shown += 1
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None, client: kube.Kube | None = None) -> 
     try:
         api = client or kube.Kube(FIELD_MANAGER)
         if args.verb == "get":
-            ms = api.get(API_VERSION, "ModelService", namespace, args.name)
+            ms = api.get(API_VERSION, KIND, namespace, args.name)
             if ms is None:
                 print(f"kubectl msv: ModelService {namespace}/{args.name} not found",
                       file=sys.stderr)
@@ -214,17 +214,17 @@ def main(argv: Sequence[str] | None = None, client: kube.Kube | None = None) -> 
                 return 0
             print(render(ms))
             return 0
-        if api.get(API_VERSION, "ModelService", namespace, args.name) is None:
+        if api.get(API_VERSION, KIND, namespace, args.name) is None:
             print(f"kubectl msv: ModelService {namespace}/{args.name} not found",
                   file=sys.stderr)
             return 1
         patch = steering_annotations(args.verb, datetime.now(UTC))
-        api.annotate(API_VERSION, "ModelService", namespace, args.name, patch)
+        api.annotate(API_VERSION, KIND, namespace, args.name, patch)
     except kube.ApiError as e:
         print(f"kubectl msv: {e}", file=sys.stderr)
         return 1
     shown = ", ".join(f"{k}={v}" if v is not None else f"{k}-" for k, v in patch.items())
-    print(f"modelservice.serving.modelservice.dev/{args.name} annotated ({shown})")
+    print(f"{SINGULAR}.{GROUP}/{args.name} annotated ({shown})")
     return 0
 
 

@@ -20,13 +20,15 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from msv_contract import metrics as m
 from msv_operator.rollout import Sample, VariantMetrics
 
-REQUESTS = "model_server_requests_total"
-DURATION = "model_server_request_duration_seconds_bucket"
-AGREEMENT = "model_server_mirror_agreement"
-PARAMETERS = "model_server_model_parameters"
-SIZE = "model_server_model_size_bytes"
+REQUESTS = m.total(m.REQUESTS)
+DURATION = m.bucket(m.REQUEST_DURATION)
+AGREEMENT = m.MIRROR_AGREEMENT
+PARAMETERS = m.MODEL_PARAMETERS
+SIZE = m.MODEL_SIZE_BYTES
+VARIANT, TARGET, STATUS = m.LABEL_VARIANT, m.LABEL_TARGET, m.LABEL_STATUS
 
 
 class PrometheusError(Exception):
@@ -94,20 +96,21 @@ class PrometheusAnalyzer:
     def queries(self, namespace: str, model: str, window_seconds: float,
                 step_seconds: float | None) -> dict[str, str]:
         """The PromQL of one sample (by variant, agreement by target)."""
-        sel = f'namespace="{_label(namespace)}",model="{_label(model)}"'
+        sel = (f'{m.LABEL_NAMESPACE}="{_label(namespace)}",'
+               f'{m.LABEL_MODEL}="{_label(model)}"')
         w = _range(window_seconds)
         out = {
-            "p95": f"histogram_quantile(0.95, sum by (le, variant) "
+            "p95": f"histogram_quantile(0.95, sum by (le, {VARIANT}) "
                    f"(rate({DURATION}{{{sel}}}[{w}])))",
-            "rps": f"sum by (variant) (rate({REQUESTS}{{{sel}}}[{w}]))",
-            "errors": f'sum by (variant) (rate({REQUESTS}{{{sel},status=~"5.."}}[{w}]))',
-            "agreement": f"sum by (target) (rate({AGREEMENT}_sum{{{sel}}}[{w}])) / "
-                         f"sum by (target) (rate({AGREEMENT}_count{{{sel}}}[{w}]))",
-            "parameters": f"max by (variant) ({PARAMETERS}{{{sel}}})",
-            "size": f"max by (variant) ({SIZE}{{{sel}}})",
+            "rps": f"sum by ({VARIANT}) (rate({REQUESTS}{{{sel}}}[{w}]))",
+            "errors": f'sum by ({VARIANT}) (rate({REQUESTS}{{{sel},{STATUS}=~"5.."}}[{w}]))',
+            "agreement": f"sum by ({TARGET}) (rate({AGREEMENT}_sum{{{sel}}}[{w}])) / "
+                         f"sum by ({TARGET}) (rate({AGREEMENT}_count{{{sel}}}[{w}]))",
+            "parameters": f"max by ({VARIANT}) ({PARAMETERS}{{{sel}}})",
+            "size": f"max by ({VARIANT}) ({SIZE}{{{sel}}})",
         }
         if step_seconds is not None:
-            out["step"] = (f"sum by (variant) (increase({REQUESTS}{{{sel}}}"
+            out["step"] = (f"sum by ({VARIANT}) (increase({REQUESTS}{{{sel}}}"
                            f"[{_range(step_seconds)}]))")
         return out
 
@@ -115,13 +118,13 @@ class PrometheusAnalyzer:
                window_seconds: float, step_seconds: float | None) -> Sample:
         q = self.queries(namespace, model, window_seconds, step_seconds)
         try:
-            p95 = self.prometheus.by(q["p95"], "variant")
-            rps = self.prometheus.by(q["rps"], "variant")
-            errors = self.prometheus.by(q["errors"], "variant")
-            agreement = self.prometheus.by(q["agreement"], "target")
-            parameters = self.prometheus.by(q["parameters"], "variant")
-            size = self.prometheus.by(q["size"], "variant")
-            step = self.prometheus.by(q["step"], "variant") if "step" in q else {}
+            p95 = self.prometheus.by(q["p95"], VARIANT)
+            rps = self.prometheus.by(q["rps"], VARIANT)
+            errors = self.prometheus.by(q["errors"], VARIANT)
+            agreement = self.prometheus.by(q["agreement"], TARGET)
+            parameters = self.prometheus.by(q["parameters"], VARIANT)
+            size = self.prometheus.by(q["size"], VARIANT)
+            step = self.prometheus.by(q["step"], VARIANT) if "step" in q else {}
         except PrometheusError as e:
             return Sample(error=str(e))
         out: dict[str, VariantMetrics] = {}

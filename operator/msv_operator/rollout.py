@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from msv_contract.api import ANNOTATION_ROLLOUT_ACTION, ANNOTATION_ROLLOUT_PAUSED
 from msv_operator.conditions import rfc3339
-from msv_operator.config import PREFIX
 from msv_operator.spec import ModelServiceSpec, Rollout
 
 PENDING = "Pending"
@@ -37,9 +37,9 @@ TERMINAL = (PROMOTED, ROLLED_BACK, ABORTED)
 PAUSED_BY_USER = "PausedByUser"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 
-ANNOTATION_PAUSED = f"{PREFIX}/rollout-paused"
+ANNOTATION_PAUSED = ANNOTATION_ROLLOUT_PAUSED
 """``"true"`` holds the rollout at its current weights (level-triggered: remove to resume)."""
-ANNOTATION_ACTION = f"{PREFIX}/rollout-action"
+ANNOTATION_ACTION = ANNOTATION_ROLLOUT_ACTION
 """One-shot ``abort``, ``promote`` or ``retry``, optionally ``/<any suffix>`` (e.g. a timestamp)
 so the same verb can be given again; handled once, recorded in ``status.rollout.handledAction``."""
 ACTIONS = ("abort", "promote", "retry")

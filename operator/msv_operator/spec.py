@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-FRAMEWORKS = ("transformers", "torchscript", "tensorflow")
-TASKS = ("text-classification", "text-generation", "image-classification")
-"""Pipeline tasks the transformers backend of the model server serves (a test keeps them equal)."""
-QUANTIZATIONS = ("none", "dynamic-int8", "float16", "bfloat16")
-PRUNING_METHODS = ("unstructured", "structured")
+from msv_contract import capabilities as caps
+
+FRAMEWORKS = caps.FRAMEWORK_NAMES
+TASKS = caps.TASKS
+QUANTIZATIONS = caps.QUANTIZATION_NAMES
+PRUNING_METHODS = caps.PRUNING_METHODS
 URI_SCHEMES = ("pvc", "file", "http", "https", "s3")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -57,6 +58,32 @@ class Gpu:
     tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    m = _DURATION.match(text)
+    assert m is not None, text
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+# Defaults of the optional fields, by their CRD name: the parser and the dataclasses below
+# read these, and tests/unit/test_contract.py holds the CRD's descriptions ("Default ...")
+# equal to them.
+ROLLOUT_DEFAULTS: Mapping[str, Any] = {
+    "steps": (10, 25, 50, 100), "stepDuration": "1m", "minRequests": 50}
+"""``spec.rollout``."""
+ANALYSIS_DEFAULTS: Mapping[str, Any] = {
+    "interval": "15s", "window": "1m", "maxLatencyRatio": 1.2, "maxErrorRate": 0.01,
+    "minAgreement": 0.99, "mirrorPercent": 10, "failureLimit": 2}
+"""``spec.rollout.analysis``."""
+BROWNOUT_DEFAULTS: Mapping[str, Any] = {
+    "maxShare": 50, "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
+    "interval": "15s", "window": "30s"}
+"""``spec.autoscaling.brownout``."""
+
+
 @dataclass(frozen=True)
 class Brownout:
     """Load-adaptive precision (``spec.autoscaling.brownout``): while the stable variant is at
@@ -66,16 +93,16 @@ class Brownout:
 
     variant: str
     objective_ms: float
-    max_share: int = 50
+    max_share: int = BROWNOUT_DEFAULTS["maxShare"]
     step: int | None = None
     """Percent added per ``engage_seconds`` of continued overload, up to max_share; None: the
     whole max_share at once."""
-    engage_seconds: float = 60.0
-    release_seconds: float = 120.0
-    release_below: float = 0.8
-    interval_seconds: float = 15.0
+    engage_seconds: float = _seconds(BROWNOUT_DEFAULTS["engageAfter"])
+    release_seconds: float = _seconds(BROWNOUT_DEFAULTS["releaseAfter"])
+    release_below: float = BROWNOUT_DEFAULTS["releaseBelow"]
+    interval_seconds: float = _seconds(BROWNOUT_DEFAULTS["interval"])
     """How often the stable variant's p95 is measured while brownout is configured."""
-    window_seconds: float = 30.0
+    window_seconds: float = _seconds(BROWNOUT_DEFAULTS["window"])
     """PromQL range of that measurement."""
 
 
@@ -93,16 +120,16 @@ class Autoscaling:
 class Analysis:
     """The gates of a rollout and how often they are measured (``spec.rollout.analysis``)."""
 
-    interval_seconds: float = 15.0
-    window_seconds: float = 60.0
-    max_latency_ratio: float = 1.2
+    interval_seconds: float = _seconds(ANALYSIS_DEFAULTS["interval"])
+    window_seconds: float = _seconds(ANALYSIS_DEFAULTS["window"])
+    max_latency_ratio: float = ANALYSIS_DEFAULTS["maxLatencyRatio"]
     """Candidate p95 / stable p95 must stay at or below this."""
-    max_error_rate: float = 0.01
+    max_error_rate: float = ANALYSIS_DEFAULTS["maxErrorRate"]
     """Share of the candidate's requests answered 5xx must stay at or below this."""
-    min_agreement: float | None = 0.99
+    min_agreement: float | None = ANALYSIS_DEFAULTS["minAgreement"]
     """Share of mirrored requests the candidate answers like the stable variant; None: no gate."""
-    mirror_percent: int = 10
-    failure_limit: int = 2
+    mirror_percent: int = ANALYSIS_DEFAULTS["mirrorPercent"]
+    failure_limit: int = ANALYSIS_DEFAULTS["failureLimit"]
     """Failed analyses tolerated; one more rolls the candidate back (Argo Rollouts' meaning)."""
 
 
@@ -111,9 +138,9 @@ class Rollout:
     """A progressive, quality-gated rollout of ``candidate`` (``spec.rollout``)."""
 
     candidate: str
-    steps: tuple[int, ...] = (10, 25, 50, 100)
-    step_seconds: float = 60.0
-    min_requests: int = 50
+    steps: tuple[int, ...] = ROLLOUT_DEFAULTS["steps"]
+    step_seconds: float = _seconds(ROLLOUT_DEFAULTS["stepDuration"])
+    min_requests: int = ROLLOUT_DEFAULTS["minRequests"]
     analysis: Analysis = field(default_factory=Analysis)
 
 
@@ -202,10 +229,6 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
     return value
 
 
-_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(value: Any, where: str) -> float:
     """Seconds of a Go-style duration with one unit (``15s``, ``1m``, ``500ms``, ``1h``)."""
     m = _DURATION.match(value) if isinstance(value, str) else None
@@ -247,7 +270,7 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
             f"spec.rollout.candidate: {candidate!r} already has weight {traffic[candidate]} in "
             "spec.traffic; the candidate must have weight 0 (the stable variants keep the "
             "traffic until the rollout moves it)")
-    raw_steps = raw.get("steps", [10, 25, 50, 100])
+    raw_steps = raw.get("steps", list(ROLLOUT_DEFAULTS["steps"]))
     if not isinstance(raw_steps, list) or not raw_steps:
         raise InvalidSpecError("spec.rollout.steps: expected a non-empty list of weights")
     steps = tuple(_int(w, f"spec.rollout.steps[{i}]", 1, 100) for i, w in enumerate(raw_steps))
@@ -260,26 +283,28 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
     if not isinstance(a, Mapping):
         raise InvalidSpecError("spec.rollout.analysis: expected an object")
     where = "spec.rollout.analysis"
-    min_agreement = a.get("minAgreement", 0.99)  # 0 (or null) switches the gate off
+    a = {**ANALYSIS_DEFAULTS, **a}
+    min_agreement = a["minAgreement"]  # 0 (or null) switches the gate off
     analysis = Analysis(
-        interval_seconds=parse_duration(a.get("interval", "15s"), f"{where}.interval"),
-        window_seconds=parse_duration(a.get("window", "1m"), f"{where}.window"),
-        max_latency_ratio=_ratio(a.get("maxLatencyRatio", 1.2), f"{where}.maxLatencyRatio",
+        interval_seconds=parse_duration(a["interval"], f"{where}.interval"),
+        window_seconds=parse_duration(a["window"], f"{where}.window"),
+        max_latency_ratio=_ratio(a["maxLatencyRatio"], f"{where}.maxLatencyRatio",
                                  0.01, 1000.0),
-        max_error_rate=_ratio(a.get("maxErrorRate", 0.01), f"{where}.maxErrorRate", 0.0, 1.0),
+        max_error_rate=_ratio(a["maxErrorRate"], f"{where}.maxErrorRate", 0.0, 1.0),
         min_agreement=None if min_agreement is None or min_agreement == 0 else _ratio(
             min_agreement, f"{where}.minAgreement", 0.0, 1.0),
-        mirror_percent=_int(a.get("mirrorPercent", 10), f"{where}.mirrorPercent", 0, 100),
-        failure_limit=_int(a.get("failureLimit", 2), f"{where}.failureLimit", 0, 100),
+        mirror_percent=_int(a["mirrorPercent"], f"{where}.mirrorPercent", 0, 100),
+        failure_limit=_int(a["failureLimit"], f"{where}.failureLimit", 0, 100),
     )
     if analysis.min_agreement is not None and analysis.mirror_percent == 0:
         raise InvalidSpecError(
             f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "
             "mirrorPercent above 0 or minAgreement to 0")
+    r = {**ROLLOUT_DEFAULTS, **raw}
     return Rollout(
         candidate=str(candidate), steps=steps,
-        step_seconds=parse_duration(raw.get("stepDuration", "1m"), "spec.rollout.stepDuration"),
-        min_requests=_int(raw.get("minRequests", 50), "spec.rollout.minRequests", 0, 10**9),
+        step_seconds=parse_duration(r["stepDuration"], "spec.rollout.stepDuration"),
+        min_requests=_int(r["minRequests"], "spec.rollout.minRequests", 0, 10**9),
         analysis=analysis,
     )
 
@@ -294,6 +319,7 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
     if not isinstance(raw, Mapping):
         raise InvalidSpecError(f"{where}: expected an object with at least variant and "
                                "latencyObjectiveMs")
+    b = {**BROWNOUT_DEFAULTS, **raw}
     names = [v.name for v in variants]
     variant = raw.get("variant")
     if variant not in names:
@@ -311,13 +337,15 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
         variant=str(variant),
         objective_ms=_ratio(raw["latencyObjectiveMs"], f"{where}.latencyObjectiveMs",
                             0.001, 3_600_000.0),
-        max_share=_int(raw.get("maxShare", 50), f"{where}.maxShare", 1, 100),
+        max_share=_int(b["maxShare"], f"{where}.maxShare", 1, 100),
         step=None if raw.get("step") is None else _int(raw["step"], f"{where}.step", 1, 100),
-        engage_seconds=parse_duration(raw.get("engageAfter", "1m"), f"{where}.engageAfter"),
-        release_seconds=parse_duration(raw.get("releaseAfter", "2m"), f"{where}.releaseAfter"),
-        release_below=_ratio(raw.get("releaseBelow", 0.8), f"{where}.releaseBelow", 0.05, 1.0),
-        interval_seconds=parse_duration(raw.get("interval", "15s"), f"{where}.interval"),
-        window_seconds=parse_duration(raw.get("window", "30s"), f"{where}.window"),
+        engage_seconds=parse_duration(b["engageAfter"],
+                                      f"{where}.engageAfter"),
+        release_seconds=parse_duration(b["releaseAfter"],
+                                       f"{where}.releaseAfter"),
+        release_below=_ratio(b["releaseBelow"], f"{where}.releaseBelow", 0.05, 1.0),
+        interval_seconds=parse_duration(b["interval"], f"{where}.interval"),
+        window_seconds=parse_duration(b["window"], f"{where}.window"),
     )
 
 
@@ -339,8 +367,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
             f"spec.model.framework: {framework!r} is not one of {', '.join(FRAMEWORKS)}"
         )
     task = model.get("task")
-    if framework == "transformers" and not task:
-        raise InvalidSpecError("spec.model.task: required for framework transformers")
+    if caps.FRAMEWORKS[framework].tasks and not task:
+        raise InvalidSpecError(f"spec.model.task: required for framework {framework}")
     if task and task not in TASKS:
         raise InvalidSpecError(
             f"spec.model.task: {task!r} is not served by the model server; use one of "
@@ -385,16 +413,9 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         if pruning and not 0.0 <= amount < 1.0:
             raise InvalidSpecError(
                 f"{where}.optimization.pruning.amount: {amount} is outside [0, 1)")
-        if framework == "torchscript" and (quant == "dynamic-int8" or method == "structured"):
+        if not caps.supports(framework, quant, method):
             raise InvalidSpecError(
-                f"{where}.optimization: TorchScript models have compiled layer shapes; "
-                "dynamic-int8 and structured pruning need framework transformers"
-            )
-        if framework == "tensorflow" and (quant == "bfloat16" or method == "structured"):
-            raise InvalidSpecError(
-                f"{where}.optimization: TensorFlow variants support dynamic-int8, float16 and "
-                "unstructured pruning"
-            )
+                f"{where}.optimization: {caps.FRAMEWORKS[framework].unsupported_optimization}")
         replicas = v.get("replicas")
         variants.append(Variant(
             name=vname, model=vmodel, quantization=quant, pruning_method=method,

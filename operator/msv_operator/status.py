@@ -39,10 +39,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
 from msv_operator.brownout import HpaState, blind
-
-LABEL_VARIANT = "serving.modelservice.dev/variant"
 
 READY = "Ready"
 PROGRESSING = "Progressing"
