@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster import images, paths
+from localcluster.images import builder, containerd, recipes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import stop_all
@@ -97,18 +98,18 @@ def pause_exit_status(c: Containerd) -> int:
     return p.wait(30)
 
 
-def layers_of(built: dict[str, images.BuiltImage]) -> dict[str, list[dict[str, Any]]]:
+def layers_of(built: dict[str, builder.BuiltImage]) -> dict[str, list[dict[str, Any]]]:
     return {n: [{"layer": la.name, "size_mb": round(la.size / 1e6, 1), "cached": la.cached,
                  "build_s": round(la.seconds, 1)} for la in img.layers]
             for n, img in built.items()}
 
 
-def build_and_import(c: Containerd) -> tuple[dict[str, images.BuiltImage], list[str],
+def build_and_import(c: Containerd) -> tuple[dict[str, builder.BuiltImage], list[str],
                                               float, float]:
     t0 = time.monotonic()
     built = images.build(out=log)
     t1 = time.monotonic()
-    imported = images.import_images(c.socket, out=log, built=built)
+    imported = containerd.import_images(c.socket, out=log, built=built)
     return built, imported, t1 - t0, time.monotonic() - t1
 
 
@@ -117,9 +118,8 @@ def source_copy(dest: Path) -> Path:
     for f in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy2(REPO / f, dest / f)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "model_server", dest / "model_server", ignore=ignore)
-    shutil.copytree(REPO / "operator" / "msv_operator", dest / "operator" / "msv_operator",
-                    ignore=ignore)
+    for pkg in recipes.package_dirs():
+        shutil.copytree(REPO / pkg, dest / pkg, ignore=ignore)
     return dest
 
 
@@ -135,7 +135,7 @@ def main() -> int:
     res: dict[str, Any] = {"command": command,
                            "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     work = Path(tempfile.mkdtemp(prefix="msv-bench-images-"))
-    images.REPO_DIR = source_copy(Path(tempfile.mkdtemp(prefix="msv-bench-src-")))
+    recipes.REPO_DIR = source_copy(Path(tempfile.mkdtemp(prefix="msv-bench-src-")))
     if not args.keep_cache:
         shutil.rmtree(paths.images_dir(), ignore_errors=True)
     c = Containerd(work)
@@ -177,7 +177,7 @@ def main() -> int:
                                    for la in i.layers if not la.cached]}
 
         log("== one-line change in model_server/__init__.py")
-        init = images.REPO_DIR / "model_server" / "__init__.py"
+        init = recipes.REPO_DIR / "model_server" / "__init__.py"
         init.write_text(init.read_text() + "# benchmark: one-line change\n")
         built, imported, tb, ti = build_and_import(c)
         rc, text, _ = c.run("model-server", "bench-ms-3", "python", "-c",
@@ -191,7 +191,7 @@ def main() -> int:
             "change_visible_in_container": {"rc": rc, "output": text}}
     finally:
         c.stop()
-        shutil.rmtree(images.REPO_DIR, ignore_errors=True)
+        shutil.rmtree(recipes.REPO_DIR, ignore_errors=True)
     res["load_average_end"] = os.getloadavg()
     for k in ("cold", "warm", "one_line_change"):
         r = res[k]

@@ -1,0 +1,182 @@
+"""What each image holds: the references, the recipe inputs and one recipe per image.
+
+The one place for the image references (``REFS``, ``image_ref``) and for what goes into each
+image: its steps (one layer each, bottom first) and its runtime config. Everything that keys a
+layer is read from here (``steps.step_key``); ``REPO_DIR`` is the source tree the recipes read
+(``bench/images.py`` points it at a copy it may edit).
+
+To put another of the project's packages into an image, add its directory (relative to the
+repository) to that image's ``package`` step; ``SHARED_PACKAGES`` goes into both the
+model-server and the operator image. The package must also be listed in ``pyproject.toml``'s
+``[tool.setuptools.packages.find] include`` (the step installs a wheel of the project).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from localcluster import paths
+from localcluster.images.host import ImageError
+from localcluster.images.oci import ImageConfig
+
+# -- Image references (the one place) -------------------------------------------------------
+
+REGISTRY = "docker.io"
+REPOSITORY = "modelservice"
+TAG = "0.1.0"
+NAMES = ("model-server", "operator", "model-store", "pause", "prometheus", "prometheus-operator",
+         "metrics-server", "prometheus-adapter")
+
+
+def image_ref(name: str) -> str:
+    """Fully qualified reference as containerd stores it: ``docker.io/modelservice/NAME:0.1.0``."""
+    return f"{REGISTRY}/{REPOSITORY}/{name}:{TAG}"
+
+
+REFS = {name: image_ref(name) for name in NAMES}
+
+# -- Recipe inputs ----------------------------------------------------------------------------
+
+REPO_DIR = paths.PACKAGE_DIR.parent
+PAUSE_SOURCE = paths.PACKAGE_DIR / "pause" / "pause.c"
+DEBIAN_RELEASE = "bookworm"
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+PIP_VERSION = "26.3"  # pip inside /opt/venv: the same as the dev venv, so the caches agree
+VENV = "/opt/venv"
+SITE_PACKAGES = f"{VENV}/lib/python3.11/site-packages"
+UID = 10001
+USER_NAME = "modelservice"
+
+# Run by mmdebstrap on the host with the new root in $1 (like the Dockerfiles' RUN useradd).
+DEBIAN_HOOK = (
+    f'chroot "$1" groupadd --gid {UID} {USER_NAME}'
+    f' && chroot "$1" useradd --uid {UID} --gid {UID} --no-create-home'
+    f" --home-dir /nonexistent --shell /usr/sbin/nologin {USER_NAME}"
+    f' && mkdir -p "$1/mnt/models" && chown {UID}:{UID} "$1/mnt/models"'
+    ' && : > "$1/etc/resolv.conf" && rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*'
+)
+DEBIAN_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
+                   "/usr/share/locale/*", "/usr/share/lintian/*")
+
+MODEL_SERVER_ENV = (
+    f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1", "HF_HUB_OFFLINE=1",
+    "TRANSFORMERS_OFFLINE=1", "HF_HOME=/tmp/hf", "MODEL_SERVER_MODEL_DIR=/mnt/models",
+    "MODEL_SERVER_PORT=8080",
+)
+PYTHON_ENV = (MODEL_SERVER_ENV[0], "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+
+# Packages of this repository both the model-server and the operator image install (beside
+# their own), as directories relative to the repository; e.g. ("msv_contract",).
+SHARED_PACKAGES: tuple[str, ...] = ()
+
+
+def requirements(extras: Iterable[str], pyproject: Path | None = None) -> list[str]:
+    """The project's requirement strings for ``extras``, self-references expanded."""
+    project = tomllib.loads((pyproject or REPO_DIR / "pyproject.toml").read_text())["project"]
+    name, optional = project["name"], project.get("optional-dependencies", {})
+    reqs: list[str] = list(project.get("dependencies", []))
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop(0)
+        if extra in seen:
+            continue
+        seen.add(extra)
+        if extra not in optional:
+            raise ImageError(f"pyproject.toml has no extra {extra!r}")
+        for r in optional[extra]:
+            if r.replace(" ", "").startswith(f"{name}["):
+                todo += r.split("[", 1)[1].split("]", 1)[0].split(",")
+            else:
+                reqs.append(r)
+    return sorted(set(reqs), key=str.lower)
+
+
+# -- Recipes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer of a recipe: a name and how to key and make it (``steps.py``).
+
+    ``args`` by kind: ``pip`` the requirements; ``package`` directories of this repository
+    installed as one wheel of the project; ``gobin`` binaries ``localcluster build`` made.
+    """
+
+    name: str
+    kind: str  # debian | venv | pip | package | pause | static | gobin
+    args: tuple[str, ...] = ()
+
+
+DEBIAN = Step("debian", "debian")
+STATIC = Step("static", "static")
+# The static base: who the Go binaries may run as, and a /tmp (no shell, no libc).
+STATIC_FILES = {
+    "etc/passwd": f"root:x:0:0:root:/root:/sbin/nologin\n"
+                  f"{USER_NAME}:x:{UID}:{UID}::/nonexistent:/sbin/nologin\n"
+                  "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+    "etc/group": f"root:x:0:\n{USER_NAME}:x:{UID}:\nnogroup:x:65534:\n",
+}
+VENV_STEP = Step("venv", "venv")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[Step, ...]
+    config: ImageConfig
+
+
+LABELS = (("org.opencontainers.image.licenses", "Apache-2.0"),)
+
+
+def recipes() -> dict[str, Recipe]:
+    """What each image is made of (reads pyproject.toml for the extras' requirements)."""
+    return {
+        "model-server": Recipe("model-server", (
+            DEBIAN, VENV_STEP, Step("torch", "pip", ("torch",)),
+            Step("server-deps", "pip", tuple(requirements(("torch", "s3")))),
+            Step("model_server", "package", ("model_server", *SHARED_PACKAGES)),
+        ), ImageConfig(entrypoint=("model-server",), cmd=("serve",), env=MODEL_SERVER_ENV,
+                       user=f"{UID}:{UID}", workdir="/tmp", ports=(8080,), labels=(
+                           ("org.opencontainers.image.title", "modelservice model-server"),
+                           ("org.opencontainers.image.description",
+                            "Open Inference Protocol v2 model server (CPU)"), *LABELS))),
+        "operator": Recipe("operator", (
+            DEBIAN, VENV_STEP, Step("operator-deps", "pip", tuple(requirements(("operator",)))),
+            Step("msv_operator", "package", ("operator/msv_operator", *SHARED_PACKAGES)),
+        ), ImageConfig(entrypoint=("msv-operator",), cmd=("run",), env=PYTHON_ENV,
+                       user=f"{UID}:{UID}", ports=(8080, 8081), labels=LABELS)),
+        "model-store": Recipe("model-store", (
+            DEBIAN, VENV_STEP, Step("moto", "pip", ("moto[server]",)),
+        ), ImageConfig(entrypoint=("moto_server",), cmd=("--host", "0.0.0.0", "--port", "9000"),
+                       env=PYTHON_ENV, user=f"{UID}:{UID}", workdir="/tmp", ports=(9000,),
+                       labels=LABELS)),
+        "pause": Recipe("pause", (Step("pause", "pause"),),
+                        ImageConfig(entrypoint=("/pause",), user="65535:65535", labels=LABELS)),
+        "prometheus": Recipe("prometheus", (STATIC, Step("prometheus", "gobin", ("prometheus",))),
+                             ImageConfig(entrypoint=("/bin/prometheus",), user="65534:65534",
+                                         workdir="/prometheus", ports=(9090,), labels=LABELS)),
+        "prometheus-operator": Recipe("prometheus-operator", (
+            STATIC, Step("prometheus-operator", "gobin",
+                         ("operator", "prometheus-config-reloader")),
+        ), ImageConfig(entrypoint=("/bin/operator",), user="65534:65534", ports=(8080,),
+                       labels=LABELS)),
+        "metrics-server": Recipe("metrics-server", (
+            STATIC, Step("metrics-server", "gobin", ("metrics-server",)),
+        ), ImageConfig(entrypoint=("/bin/metrics-server",), user="65534:65534",
+                       ports=(10250,), labels=LABELS)),
+        "prometheus-adapter": Recipe("prometheus-adapter", (
+            STATIC, Step("prometheus-adapter", "gobin", ("prometheus-adapter",)),
+        ), ImageConfig(entrypoint=("/bin/prometheus-adapter",), user="65534:65534",
+                       ports=(6443,), labels=LABELS)),
+    }
+
+
+def package_dirs() -> list[str]:
+    """The repository directories some image installs as packages (the ``package`` steps)."""
+    return sorted({d for r in recipes().values() for s in r.steps if s.kind == "package"
+                   for d in s.args})
