@@ -70,8 +70,8 @@ MODEL_SERVER_ENV = (
 PYTHON_ENV = (MODEL_SERVER_ENV[0], "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
 
 # Packages of this repository both the model-server and the operator image install (beside
-# their own), as directories relative to the repository; e.g. ("msv_contract",).
-SHARED_PACKAGES: tuple[str, ...] = ()
+# their own), as directories relative to the repository.
+SHARED_PACKAGES: tuple[str, ...] = ("msv_contract",)
 
 
 def requirements(extras: Iterable[str], pyproject: Path | None = None) -> list[str]:
