@@ -132,13 +132,14 @@ def test_shared_packages_go_into_the_model_server_and_operator_images(
         return {n: [d for s in r.steps if s.kind == "package" for d in s.args]
                 for n, r in recipes.recipes().items()}
 
-    assert packages()["model-server"] == ["model_server"]
-    assert packages()["operator"] == ["operator/msv_operator"]
-    monkeypatch.setattr(recipes, "SHARED_PACKAGES", ("msv_contract",))
+    assert recipes.SHARED_PACKAGES == ("msv_contract",)
     got = packages()
     assert got["model-server"] == ["model_server", "msv_contract"]
     assert got["operator"] == ["operator/msv_operator", "msv_contract"]
     assert not any(got[n] for n in got if n not in ("model-server", "operator"))
+    monkeypatch.setattr(recipes, "SHARED_PACKAGES", ())
+    assert packages()["model-server"] == ["model_server"]
+    assert packages()["operator"] == ["operator/msv_operator"]
 
 
 def test_every_packaged_directory_is_a_package_the_project_wheel_finds() -> None:

@@ -80,6 +80,8 @@ def test_a_code_change_changes_only_the_top_layer_key(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "repo"
     (repo / "model_server").mkdir(parents=True)
+    (repo / "msv_contract").mkdir()
+    (repo / "msv_contract/__init__.py").write_text("")
     for f in ("pyproject.toml", "README.md", "constraints.txt"):
         (repo / f).write_bytes((REPO / f).read_bytes())
     (repo / "model_server/cli.py").write_text("def main(): pass\n")
