@@ -52,6 +52,7 @@ from localcluster import paths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # for operator_harness
 from loadgen import cpu_seconds, stop_all
 from operator_harness import operator_metrics
 

@@ -39,6 +39,7 @@ from localcluster import paths
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))  # operator_harness's manifests and waiting
 from loadgen import result_header  # noqa: E402
 from operator_harness import CRD_FILE, MS_API, OperatorProcess, modelservice  # noqa: E402
 

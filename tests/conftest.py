@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from waiting import wait_for
 
 from localcluster import build, nodes, paths
 from localcluster import cluster as lc
@@ -68,12 +68,9 @@ def _make_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest,
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": name, "annotations": annotations, "labels": labels}})
-    deadline = time.monotonic() + 30
-    while cluster.kubectl_run("get", "serviceaccount", "default", "-n", name,
-                              check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            pytest.fail(f"namespace {name} never got its default service account")
-        time.sleep(0.2)
+    wait_for(f"namespace {name} to get its default service account",
+             lambda: cluster.kubectl_run("get", "serviceaccount", "default", "-n", name,
+                                         check=False).returncode == 0, timeout=30, interval=0.2)
     try:
         yield name
     finally:

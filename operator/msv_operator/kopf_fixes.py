@@ -20,6 +20,16 @@
   watch even starts. A pass still never runs on half-filled caches.
 * **Lean watch events.** ``metadata.managedFields`` (often half of an object's JSON) is
   dropped from every watch event before kopf queues it; nothing in the operator reads it.
+
+**Upgrading kopf.** These patches are written against the kopf version pinned exactly in
+``pyproject.toml`` (the ``operator`` extra; ``constraints.txt`` holds the same version).
+``apply()`` leaves a kopf of another shape alone with a warning, so an upgrade that moved
+these internals would only make the start slow and memory-hungry again; the unit test makes
+it fail loudly instead. To upgrade: bump the pin in ``pyproject.toml``, install and lock it
+(``scripts/lock``, see its header), then run
+``pytest tests/unit/operator/test_kopf_fixes.py``: it names every internal that moved (the
+version, each patched ``ToggleSet`` method and ``watching.infinite_watch`` with their
+signatures, and the kopf call sites that rely on them). Adapt this module until it passes.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_model_server_process import REPO, _free_port, model_server
+from waiting import wait_for
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -58,15 +59,11 @@ def mirror_metrics(url: str) -> dict[str, float]:
     return out
 
 
-def wait_for(url: str, done: Callable[[dict[str, float]], bool], timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
-    """Poll the stable /metrics until `done(metrics)`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metrics = mirror_metrics(url)
-        if done(metrics):
-            return metrics
-        assert time.monotonic() < deadline, f"mirror metrics never got there: {metrics}"
-        time.sleep(0.1)
+def metrics_when(url: str, done: Callable[[dict[str, float]], bool],
+                 timeout_s: float = 60) -> dict[str, float]:
+    """The stable /metrics (``mirror_metrics``) once `done(metrics)`."""
+    return wait_for("the mirror metrics to get there", lambda: mirror_metrics(url),
+                    timeout=timeout_s, interval=0.1, until=done)
 
 
 def _infer_body(sentence: str) -> dict[str, Any]:
@@ -100,13 +97,9 @@ def _grpc_infer(port: int, sentences: list[str]) -> None:
 
 
 def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        meta = httpx.get(f"http://{url}/v2/models/model", headers=AUTH, timeout=10).json()
-        if meta["parameters"]["state"] != "loading":
-            break
-        assert time.monotonic() < deadline, "model did not load"
-        time.sleep(0.1)
+    meta = wait_for("the model to load", lambda: httpx.get(
+        f"http://{url}/v2/models/model", headers=AUTH, timeout=10).json(), timeout=120,
+        interval=0.1, until=lambda meta: meta["parameters"]["state"] != "loading")
     assert meta["parameters"]["state"] == "ready", meta
     assert meta["parameters"]["parameters"] > 0, meta  # the per-variant table's figures
     assert meta["parameters"]["artifact_bytes"] > meta["parameters"]["parameters"], meta
@@ -138,14 +131,14 @@ def test_classifier_mirror_agreement_candidate_down_and_grpc(tmp_path: Path) -> 
             _wait_ready(candidate)
             _labels(stable, SENTENCES[:10])
             _grpc_infer(grpc_port, SENTENCES[10:15])
-            m = wait_for(stable, lambda m: m.get("compared", 0) >= 15)
+            m = metrics_when(stable, lambda m: m.get("compared", 0) >= 15)
             assert m["compared"] == 15 and m["sent"] == 15, m
             assert m.get("failed", 0) == 0 and m.get("dropped", 0) == 0, m
             assert m["agreement_count"] == 15 and m["agreement_sum"] == 15, m
         # the candidate is down: the stable answers all succeed, `failed` counts up
         before = mirror_metrics(stable)
         _labels(stable, SENTENCES[:10])
-        m = wait_for(stable, lambda m: m["failed"] >= before["failed"] + 10)
+        m = metrics_when(stable, lambda m: m["failed"] >= before["failed"] + 10)
         assert m["failed"] == before["failed"] + 10, m
         assert m["compared"] == before["compared"], m
         # a differently-initialised candidate: agreement is the share of equal labels
@@ -158,7 +151,7 @@ def test_classifier_mirror_agreement_candidate_down_and_grpc(tmp_path: Path) -> 
             theirs = _labels(candidate, SENTENCES)
             expected = sum(a == b for a, b in zip(mine, theirs, strict=True))
             assert 0 < expected < len(SENTENCES), (mine, theirs)
-            m = wait_for(stable, lambda m: m["compared"] >= before["compared"] + len(SENTENCES))
+            m = metrics_when(stable, lambda m: m["compared"] >= before["compared"] + len(SENTENCES))
             assert m["agreement_count"] - before["agreement_count"] == len(SENTENCES), m
             assert m["agreement_sum"] - before["agreement_sum"] == expected, (m, expected)
 
@@ -208,7 +201,7 @@ def test_generator_mirror_covers_generate_stream_and_openai(tmp_path: Path) -> N
         oai.chat.completions.create(
             model="model", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
-        m = wait_for(stable, lambda m: m.get("compared", 0) >= 4)
+        m = metrics_when(stable, lambda m: m.get("compared", 0) >= 4)
         time.sleep(0.5)  # nothing else may arrive: the sampled request was not mirrored
         m = mirror_metrics(stable)
         assert m["sent"] == 4 and m["compared"] == 4, m
@@ -250,11 +243,11 @@ def test_a_full_queue_drops_and_primary_answers_never_wait(tmp_path: Path) -> No
             # 4 in flight to the silent candidate, 1 queued, 15 dropped
             assert m["dropped"] == 15, m
             assert m["sent"] == 4, m
-            m = wait_for(stable, lambda m: m["failed"] >= 5, timeout_s=30)
+            m = metrics_when(stable, lambda m: m["failed"] >= 5, timeout_s=30)
             assert m["failed"] == 5 and m.get("compared", 0) == 0, m
             # hanging again (the timeout restarts per request), then SIGTERM
             _labels(stable, SENTENCES[:5])
-            wait_for(stable, lambda m: m["sent"] >= 9)
+            metrics_when(stable, lambda m: m["sent"] >= 9)
             proc.send_signal(signal.SIGTERM)
             try:
                 code = proc.wait(30)

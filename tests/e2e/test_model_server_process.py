@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from waiting import wait_for
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -59,17 +60,15 @@ def _output(log: Any) -> str:
 
 
 def _wait_live(proc: subprocess.Popen, url: str, log: Any) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"model-server exited with {proc.returncode}:\n{_output(log)}")
+    def live() -> bool:
+        if proc.poll() is not None:  # not an AssertionError: it ends the wait at once
+            raise RuntimeError(f"model-server exited with {proc.returncode}:\n{_output(log)}")
         try:
-            if httpx.get(f"http://{url}/v2/health/live", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"http://{url}/v2/health/live", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
+            return False
+
+    wait_for("the server to start", live, timeout=120, interval=0.1)
 
 
 @contextmanager
@@ -91,13 +90,9 @@ def model_server(
 
 
 def _wait_model(url: str, timeout_s: float = 120) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        meta = httpx.get(f"http://{url}/v2/models/model").json()
-        if meta["parameters"]["state"] != "loading":
-            return meta  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, "model did not load"
-        time.sleep(0.1)
+    return wait_for("the model to load", lambda: httpx.get(f"http://{url}/v2/models/model").json(),
+                    timeout=timeout_s, interval=0.1,
+                    until=lambda meta: meta["parameters"]["state"] != "loading")
 
 
 def test_text_classifier_with_tritonclient(tmp_path: Path) -> None:
@@ -238,10 +233,8 @@ def test_three_front_ends_with_a_token_on_one_process(tmp_path: Path) -> None:
              "--grpc-port", str(grpc_port), "--auth-tokens", str(tmp_path / "tokens"))  # fmt: skip
     auth = {"Authorization": "Bearer e2e-token"}
     with model_server(*flags) as url:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"http://{url}/v2/health/ready").status_code != 200:  # no token
-            assert time.monotonic() < deadline, "model did not load"
-            time.sleep(0.1)
+        wait_for("the model to load", lambda: httpx.get(  # no token
+            f"http://{url}/v2/health/ready").status_code == 200, timeout=120, interval=0.1)
         assert httpx.get(f"http://{url}/v2/models/model").status_code == 401
         meta = httpx.get(f"http://{url}/v2/models/model", headers=auth).json()
         assert meta["parameters"]["supports_generate"] is True

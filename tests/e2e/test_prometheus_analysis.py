@@ -13,14 +13,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import manifests
 import pytest
 from msv_operator import prom, rollout
 from msv_operator.spec import parse_spec
 from prometheus_client import CollectorRegistry, start_http_server
+from waiting import wait_for
 
 from localcluster import paths
 from model_server.metrics import ServerMetrics
@@ -136,12 +137,8 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
             and s.variants["int8"].agreement is not None
         return s if ready else None
 
-    deadline = time.monotonic() + 90
-    sample = complete()
-    while sample is None:
-        assert time.monotonic() < deadline, "Prometheus never had two scrapes of both targets"
-        time.sleep(0.5)
-        sample = complete()
+    sample = wait_for("Prometheus to have two scrapes of both targets", complete, timeout=90,
+                      interval=0.5)
 
     base, int8 = sample.variants["baseline"], sample.variants["int8"]
     # every observation in one bucket: histogram_quantile interpolates to 95% of the bucket
@@ -155,13 +152,10 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
     assert (int8.rps or 0) > 0 and (base.rps or 0) > 0  # rate() extrapolates: no exact value
     assert sample.step_requests["int8"] > 0
 
-    spec = parse_spec({
-        "metadata": {"name": MODEL, "namespace": NAMESPACE},
-        "spec": {"model": {"uri": "s3://m/x", "framework": "transformers",
-                           "task": "text-classification"},
-                 "variants": [{"name": "baseline"}, {"name": "int8"}],
-                 "traffic": [{"variant": "baseline", "weight": 100}],
-                 "rollout": {"candidate": "int8", "minRequests": 1}}})
+    spec = parse_spec(manifests.modelservice(
+        MODEL, NAMESPACE, model=manifests.model(uri="s3://m/x"),
+        variants=[{"name": "baseline"}, {"name": "int8"}], traffic={"baseline": 100},
+        rollout={"candidate": "int8", "minRequests": 1}))
     assert spec.rollout is not None
     verdict, gates, _ = rollout.evaluate(spec.rollout, sample, "baseline", 90, {})
     assert verdict == "Failed"
@@ -175,13 +169,14 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
 def test_a_query_prometheus_refuses_is_a_typed_error(prometheus: tuple[str, Exporters]) -> None:
     url, _ = prometheus
     client = prom.Prometheus(url, timeout=5)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answers() -> bool:
         try:
             client.query("up")
-            break
         except prom.PrometheusError:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+            return False
+        return True
+
+    wait_for("Prometheus to answer", answers, timeout=60, interval=0.3)
     with pytest.raises(prom.PrometheusError, match="HTTP 400"):
         client.query("sum(")

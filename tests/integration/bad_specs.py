@@ -1,17 +1,11 @@
 """Bad ModelServices for the admission/Stalled tests: (id, spec overrides, field the refusal
-must name). Overrides replace top-level keys of ``operator_harness.modelservice``'s spec."""
+must name). Overrides replace top-level keys of ``manifests.modelservice``'s spec."""
 
 from __future__ import annotations
 
 from typing import Any
 
-MODEL = {"uri": "s3://models/sentiment", "framework": "transformers",
-         "task": "text-classification"}
-
-
-def model(**changes: Any) -> dict[str, Any]:
-    out = {**MODEL, **changes}
-    return {k: v for k, v in out.items() if v is not None}
+from manifests import model
 
 
 def one(variant: dict[str, Any], **spec: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Other engineers' tests share the control plane, so the operator under test only 
 the test's own namespace. ``RunningOperator`` runs ``handlers.operate`` (kopf) in a background
 thread with its own event loop, like kopf's "embedding" recipe, and stops it gracefully.
 ``OperatorProcess`` runs ``msv-operator run`` as a real process (for kill -9, SIGTERM and
-several replicas); bench/operator_failover.py uses it too.
+several replicas); bench/operator_failover.py uses it too. ModelService manifests come from
+tests/manifests.py, ``wait_for`` from tests/waiting.py.
 """
 
 from __future__ import annotations
@@ -20,24 +21,24 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import yaml
+from manifests import MS_API as MS_API  # re-exported: bench/operator_failover.py
+from manifests import modelservice as modelservice
 from msv_operator import handlers, kube
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"
-MS_API = "serving.modelservice.dev/v1alpha1"
 LABEL_MODELSERVICE = "serving.modelservice.dev/modelservice"
 LABEL_VARIANT = "serving.modelservice.dev/variant"
 FIELD_MANAGER = "modelservice-operator"
-
-T = TypeVar("T")
 
 
 class RunningOperator:
@@ -188,42 +189,11 @@ def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
     return path
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0,
-             interval: float = 0.25) -> T:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = fn()
-        except AssertionError as e:
-            last = e
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
-
-
 def condition(ms: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     for c in ((ms or {}).get("status") or {}).get("conditions") or ():
         if c.get("type") == type_:
             return dict(c)
     return {}
-
-
-def modelservice(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        # s3:// (an init container pulls into an emptyDir): no PersistentVolumeClaim is needed,
-        # so kwok's pods can be scheduled and become Ready.
-        "model": {"uri": "s3://models/sentiment", "framework": "transformers",
-                  "task": "text-classification"},
-        "variants": [{"name": "baseline"}],
-    }
-    body.update(spec)
-    return {"apiVersion": MS_API, "kind": "ModelService",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
 def crd_file() -> Path:

@@ -18,17 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from bad_specs import BAD
+from manifests import MS_API, modelservice
 from msv_operator import kube
-from operator_harness import (
-    CRD_FILE,
-    MS_API,
-    OperatorProcess,
-    RunningOperator,
-    api,
-    condition,
-    modelservice,
-    wait_for,
-)
+from operator_harness import CRD_FILE, OperatorProcess, RunningOperator, api, condition
+from waiting import wait_for
 
 from localcluster import cluster as lc
 

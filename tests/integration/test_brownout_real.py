@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifests import model, modelservice
 from msv_operator import kube
-from operator_harness import OperatorProcess, condition, modelservice, wait_for
+from operator_harness import OperatorProcess, condition
 from service_load import Load
 from test_rollout_real import (
     SERVER,
@@ -34,6 +35,7 @@ from test_rollout_real import (
     stable_ip,
     stores,
 )
+from waiting import wait_for
 
 from localcluster import cluster as lc
 
@@ -54,11 +56,8 @@ def browning_out(name: str, ns: str, stable: dict[str, str], cheap: dict[str, An
                  ) -> dict[str, Any]:
     """baseline at 100% autoscaled between 1 and 1 replica, ``cheap`` the brownout variant."""
     return modelservice(
-        name, ns,
-        model={"framework": "transformers", "task": "text-classification", **stable},
-        server=SERVER, monitoring={"interval": "5s"},
-        variants=[{"name": "baseline"}, cheap],
-        traffic=[{"variant": "baseline", "weight": 100}],
+        name, ns, model=model(**stable), server=SERVER, monitoring={"interval": "5s"},
+        variants=[{"name": "baseline"}, cheap], traffic={"baseline": 100},
         autoscaling={"minReplicas": 1, "maxReplicas": 1, "brownout": BROWNOUT})
 
 

@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import monitoring, nodes, paths, versions
@@ -23,16 +22,8 @@ GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
 MAX_GPUS = max(n.gpus for n in nodes.DEFAULT_POOL)
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+# The shared wait_for polls every 0.25 s; these checks run kubectl: every 0.5 s, as before.
+POLL = 0.5
 
 
 def gpu_pod_spec(gpus: int, tolerate: bool) -> dict[str, Any]:
@@ -114,7 +105,7 @@ def test_gpu_deployment_is_scheduled_on_a_gpu_node_and_becomes_ready(
         d = cluster.kubectl_json("get", "deployment", "gpu-model", "-n", namespace)
         return int(d.get("status", {}).get("readyReplicas", 0))
 
-    assert wait_for("readyReplicas == 1", ready_replicas) == 1
+    assert wait_for("readyReplicas == 1", ready_replicas, interval=POLL) == 1
     [pod] = pods(cluster, namespace, "app=gpu-model")
     assert pod["spec"]["nodeName"] in GPU_NODES
     assert pod["status"]["phase"] == "Running"
@@ -126,7 +117,7 @@ def test_gpu_pod_without_toleration_stays_pending_with_the_taint_as_reason(
         cluster: lc.Cluster, namespace: str) -> None:
     cluster.apply(deployment("no-toleration", gpu_pod_spec(1, tolerate=False)), namespace)
     messages = wait_for("a FailedScheduling event",
-                        lambda: failed_scheduling_messages(cluster, namespace))
+                        lambda: failed_scheduling_messages(cluster, namespace), interval=POLL)
     assert any("untolerated taint" in m and "nvidia.com/gpu" in m for m in messages), messages
     [pod] = pods(cluster, namespace, "app=no-toleration")
     assert pod["status"]["phase"] == "Pending"
@@ -138,7 +129,7 @@ def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
     cluster.apply(deployment("too-many-gpus", gpu_pod_spec(MAX_GPUS + 1, tolerate=True)),
                   namespace)
     messages = wait_for("a FailedScheduling event",
-                        lambda: failed_scheduling_messages(cluster, namespace))
+                        lambda: failed_scheduling_messages(cluster, namespace), interval=POLL)
     assert any("Insufficient nvidia.com/gpu" in m for m in messages), messages
     [pod] = pods(cluster, namespace, "app=too-many-gpus")
     assert pod["status"]["phase"] == "Pending"
@@ -161,7 +152,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     }, namespace)
     cluster.apply(deployment("web", {"containers": [{"name": "c", "image": "x.invalid/y"}]}),
                   namespace)
-    wait_for("the deployment's pod", lambda: pods(cluster, namespace, "app=web"))
+    wait_for("the deployment's pod", lambda: pods(cluster, namespace, "app=web"), interval=POLL)
 
     cluster.kubectl_run("delete", "configmap", "owner", "-n", namespace)
     cluster.kubectl_run("delete", "deployment", "web", "-n", namespace)
@@ -172,7 +163,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
         return ("NotFound" in cm.stderr and not rs["items"]
                 and not pods(cluster, namespace, "app=web"))
 
-    wait_for("dependents to be garbage-collected", gone)
+    wait_for("dependents to be garbage-collected", gone, interval=POLL)
 
 
 def test_a_job_pod_runs_to_completion(cluster: lc.Cluster, namespace: str) -> None:
@@ -186,7 +177,7 @@ def test_a_job_pod_runs_to_completion(cluster: lc.Cluster, namespace: str) -> No
         job = cluster.kubectl_json("get", "job", "once", "-n", namespace)
         return int(job.get("status", {}).get("succeeded", 0))
 
-    assert wait_for("the Job to succeed", succeeded) == 1
+    assert wait_for("the Job to succeed", succeeded, interval=POLL) == 1
 
 
 def test_pod_security_restricted_rejects_a_privileged_pod(
@@ -273,7 +264,8 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         sched = {s.name: s for s in lc.status(state)}["kube-scheduler"]
         assert sched.pid
         os.kill(sched.pid, signal.SIGKILL)
-        wait_for("the scheduler to exit", lambda: not lc._proc_alive(sched.pid), timeout=10)
+        wait_for("the scheduler to exit", lambda: not lc._proc_alive(sched.pid), timeout=10,
+                 interval=POLL)
         proc = run_cli("status", "--state-dir", str(state))
         assert proc.returncode == 1
         assert "kube-scheduler           DEAD" in proc.stdout
@@ -293,7 +285,8 @@ def test_isolated_instance_up_twice_dead_component_status_restart_and_down_leave
         # A crashed API server is restarted on its own ports with the same PKI and etcd data.
         api = {s.name: s for s in lc.status(state)}["kube-apiserver"]
         os.kill(api.pid or 0, signal.SIGKILL)
-        wait_for("the API server to exit", lambda: not lc._proc_alive(api.pid), timeout=10)
+        wait_for("the API server to exit", lambda: not lc._proc_alive(api.pid), timeout=10,
+                 interval=POLL)
         proc = run_cli("up", "--state-dir", str(state), "--no-real-node")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "restarting kube-apiserver; keeping the cluster's data" in proc.stdout
@@ -367,7 +360,7 @@ def test_simulated_pods_become_ready_again_after_the_node_controller_marked_them
         pod = cluster.kubectl_json("get", "pod", "sim", "-n", namespace)
         return any(c["type"] == "Ready" and c["status"] == "True"
                    for c in pod.get("status", {}).get("conditions", []))
-    wait_for("the simulated pod to be Ready", ready, timeout=60)
+    wait_for("the simulated pod to be Ready", ready, timeout=60, interval=POLL)
     pod = cluster.kubectl_json("get", "pod", "sim", "-n", namespace)
     conds = [dict(c, status="False", reason="NodeNotReady") if c["type"] == "Ready" else c
              for c in pod["status"]["conditions"]]
@@ -375,5 +368,5 @@ def test_simulated_pods_become_ready_again_after_the_node_controller_marked_them
         "patch", "pod", "sim", "-n", namespace, "--subresource=status", "--type=merge",
         "-o", "json", "-p", json.dumps({"status": {"conditions": conds}})).stdout)
     assert {c["type"]: c["status"] for c in patched["status"]["conditions"]}["Ready"] == "False"
-    wait_for("kwok to set the pod Ready again", ready, timeout=60)
+    wait_for("kwok to set the pod Ready again", ready, timeout=60, interval=POLL)
 

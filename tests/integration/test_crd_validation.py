@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from manifests import manifest, model, modelservice
 
 from localcluster import cluster as lc
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = {"uri": "s3://models/x", "framework": "transformers", "task": "text-classification"}
+MODEL = model(uri="s3://models/x")
 
 
 def with_model(**spec: Any) -> dict[str, Any]:
@@ -178,8 +179,7 @@ def test_at_least_twenty_cases() -> None:
 @pytest.mark.parametrize(("case", "spec", "message"), CASES, ids=[c[0] for c in CASES])
 def test_invalid_manifest_is_rejected(case: str, spec: dict[str, Any], message: str,
                                       cluster: lc.Cluster, ns: str) -> None:
-    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
-            "metadata": {"name": f"bad-{case}"[:60], "namespace": ns}, "spec": spec}
+    body = manifest(f"bad-{case}"[:60], ns, spec)
     result = cluster.kubectl_run("apply", "--validate=strict", "-f", "-",
                                  input=yaml.safe_dump(body), check=False)
     assert result.returncode != 0, f"{case} was accepted"
@@ -187,8 +187,7 @@ def test_invalid_manifest_is_rejected(case: str, spec: dict[str, Any], message: 
 
 
 def test_valid_manifest_is_accepted_with_defaults(cluster: lc.Cluster, ns: str) -> None:
-    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
-            "metadata": {"name": "good", "namespace": ns}, "spec": with_model()}
+    body = modelservice("good", ns, model=MODEL, variants=None)  # the CRD's defaults apply
     cluster.kubectl_run("apply", "-f", "-", input=yaml.safe_dump(body))
     ms = cluster.kubectl_json("get", "modelservice", "good", "-n", ns)
     assert ms["spec"]["variants"] == [{"name": "baseline"}]
@@ -197,16 +196,14 @@ def test_valid_manifest_is_accepted_with_defaults(cluster: lc.Cluster, ns: str) 
 
 
 def test_valid_rollout_is_accepted(cluster: lc.Cluster, ns: str) -> None:
-    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
-            "metadata": {"name": "rollout", "namespace": ns}, "spec": with_model(
-                variants=[{"name": "baseline"}, {"name": "int8"}],
-                traffic=[{"variant": "baseline", "weight": 100},
-                         {"variant": "int8", "weight": 0}],
-                rollout={"candidate": "int8", "steps": [10, 25, 50, 100], "stepDuration": "1m",
-                         "minRequests": 50,
-                         "analysis": {"interval": "15s", "window": "1m", "maxLatencyRatio": 1.2,
-                                      "maxErrorRate": 0.01, "minAgreement": 0.99,
-                                      "mirrorPercent": 10, "failureLimit": 2}})}
+    body = modelservice(
+        "rollout", ns, model=MODEL, variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic={"baseline": 100, "int8": 0},
+        rollout={"candidate": "int8", "steps": [10, 25, 50, 100], "stepDuration": "1m",
+                 "minRequests": 50,
+                 "analysis": {"interval": "15s", "window": "1m", "maxLatencyRatio": 1.2,
+                              "maxErrorRate": 0.01, "minAgreement": 0.99,
+                              "mirrorPercent": 10, "failureLimit": 2}})
     cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
     ms = cluster.kubectl_json("get", "modelservice", "rollout", "-n", ns)
     assert ms["spec"]["rollout"]["analysis"]["minAgreement"] == 0.99
@@ -216,15 +213,13 @@ def test_valid_rollout_is_accepted(cluster: lc.Cluster, ns: str) -> None:
 
 
 def test_valid_brownout_is_accepted_and_shown(cluster: lc.Cluster, ns: str) -> None:
-    body = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
-            "metadata": {"name": "brownout", "namespace": ns}, "spec": with_model(
-                variants=[{"name": "baseline"}, {"name": "int8"}],
-                traffic=[{"variant": "baseline", "weight": 90},
-                         {"variant": "int8", "weight": 10}],
-                autoscaling={"minReplicas": 1, "maxReplicas": 3, "brownout": {
-                    "variant": "int8", "maxShare": 40, "step": 20, "latencyObjectiveMs": 250.5,
-                    "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
-                    "interval": "15s", "window": "30s"}})}
+    body = modelservice(
+        "brownout", ns, model=MODEL, variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic={"baseline": 90, "int8": 10},
+        autoscaling={"minReplicas": 1, "maxReplicas": 3, "brownout": {
+            "variant": "int8", "maxShare": 40, "step": 20, "latencyObjectiveMs": 250.5,
+            "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
+            "interval": "15s", "window": "30s"}})
     cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
     ms = cluster.kubectl_json("get", "modelservice", "brownout", "-n", ns)
     assert ms["spec"]["autoscaling"]["brownout"]["latencyObjectiveMs"] == 250.5

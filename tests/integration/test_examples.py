@@ -10,16 +10,16 @@ covers with pods that run.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from waiting import wait_for
 
 from localcluster import cluster as lc
 
@@ -54,18 +54,16 @@ def test_example_becomes_ready(example: Path, cluster: lc.Cluster, namespace: st
     body = yaml.safe_load(example.read_text())
     name = body["metadata"]["name"]
     cluster.kubectl_run("apply", "-n", namespace, "-f", str(example))
-    deadline = time.monotonic() + 120
-    status: dict = {}
-    while time.monotonic() < deadline:
-        ms = cluster.kubectl_json("get", "modelservice", name, "-n", namespace)
+
+    def ready(ms: dict[str, Any]) -> bool:
         status = ms.get("status") or {}
-        ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
-        if (ready and ready[0]["status"] == "True"
-                and status.get("observedGeneration") == ms["metadata"]["generation"]):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"{example.name} never became Ready: {json.dumps(status)[:2000]}")
+        conds = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+        return bool(conds and conds[0]["status"] == "True"
+                    and status.get("observedGeneration") == ms["metadata"]["generation"])
+
+    status = wait_for(f"{example.name} to become Ready", lambda: cluster.kubectl_json(
+        "get", "modelservice", name, "-n", namespace), timeout=120, interval=0.5,
+        until=ready)["status"]
 
     variants = [v["name"] for v in body["spec"].get("variants", [{"name": "baseline"}])]
     assert sorted(v["name"] for v in status["variants"]) == sorted(variants)

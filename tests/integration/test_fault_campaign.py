@@ -19,16 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from manifests import MS_API, modelservice
 from msv_operator import kube, leader
-from operator_harness import (
-    LABEL_MODELSERVICE,
-    MS_API,
-    OperatorProcess,
-    api,
-    condition,
-    modelservice,
-    wait_for,
-)
+from operator_harness import LABEL_MODELSERVICE, OperatorProcess, api, condition
+from waiting import wait_for
 
 from localcluster import cluster as lc
 

@@ -11,12 +11,12 @@ chart with crds.install=false; the CRD template itself is covered by tests/unit.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from localcluster import cluster as lc
 
@@ -72,13 +72,16 @@ def test_operator_pod_of_the_chart_reconciles_to_ready(
     assert pod["spec"]["serviceAccountName"] == f"{name}-modelservice-operator"
 
     cluster.kubectl_run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    deadline = time.monotonic() + 120
-    ready = False
-    while time.monotonic() < deadline and not ready:
+
+    def sentiment_ready() -> bool:
         ms = cluster.kubectl_json("get", "modelservice", "sentiment", "-n", namespace)
         conds = (ms.get("status") or {}).get("conditions", [])
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-        time.sleep(0.5)
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    try:
+        ready = wait_for("sentiment Ready", sentiment_ready, timeout=120, interval=0.5)
+    except AssertionError:
+        ready = False  # the operator pod's log below says why
     log = cluster.kubectl_run("logs", "-n", system, pod["metadata"]["name"]).stdout
     assert ready, f"not Ready; operator pod log:\n{log[-3000:]}"
     forbidden = [line for line in log.splitlines() if "forbidden" in line.lower()]

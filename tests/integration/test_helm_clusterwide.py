@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifests import MS_API, modelservice
 from msv_operator import kube, leader
-from operator_harness import (
-    MS_API,
-    OperatorProcess,
-    api,
-    condition,
-    modelservice,
-    token_kubeconfig,
-    wait_for,
-)
+from operator_harness import OperatorProcess, api, condition, token_kubeconfig
+from waiting import wait_for
 
 from localcluster import cluster as lc
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from msv_operator import kube
-from operator_harness import wait_for
 from service_load import Load
 from test_real_pods import (
     cluster_ip,
@@ -22,6 +21,7 @@ from test_real_pods import (
     served,
     wait_ready,
 )
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import modelstores, monitoring

@@ -14,13 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from manifests import modelservice
 from msv_operator import kube
-from operator_harness import (
-    LABEL_MODELSERVICE,
-    RunningOperator,
-    modelservice,
-    wait_for,
-)
+from operator_harness import LABEL_MODELSERVICE, RunningOperator
+from waiting import wait_for
 
 from localcluster import addons
 from localcluster import cluster as lc

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from manifests import MS_API, modelservice
 from msv_operator import kube
-from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
+from operator_harness import RunningOperator, condition
 from test_operator_rollout import closed_port, kubectl_msv, plugin_env, reasons
+from waiting import wait_for
 
 from localcluster import cluster as lc
 

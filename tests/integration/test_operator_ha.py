@@ -12,16 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from manifests import MS_API, modelservice
 from msv_operator import kube, leader
 from msv_operator.config import OperatorConfig
-from operator_harness import (
-    MS_API,
-    OperatorProcess,
-    condition,
-    free_port,
-    modelservice,
-    wait_for,
-)
+from operator_harness import OperatorProcess, condition, free_port
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

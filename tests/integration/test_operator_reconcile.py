@@ -8,17 +8,16 @@ import time
 from typing import Any
 
 import pytest
+from manifests import INT8, MS_API, modelservice
 from msv_operator import kube
 from operator_harness import (
     FIELD_MANAGER,
     LABEL_MODELSERVICE,
     LABEL_VARIANT,
-    MS_API,
     RunningOperator,
     condition,
-    modelservice,
-    wait_for,
 )
+from waiting import wait_for
 
 from localcluster import cluster as lc
 
@@ -46,16 +45,6 @@ def ready(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
     return None
 
 
-def baseline_and_int8(name: str, ns: str, baseline_weight: int) -> dict[str, Any]:
-    """A ModelService with a baseline and a dynamic-int8 variant sharing the traffic."""
-    return modelservice(
-        name, ns,
-        variants=[{"name": "baseline"},
-                  {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
-        traffic=[{"variant": "baseline", "weight": baseline_weight},
-                 {"variant": "int8", "weight": 100 - baseline_weight}])
-
-
 def wait_for_ready_reason(k: kube.Kube, ns: str, name: str, reason: str,
                           timeout: float) -> dict[str, Any]:
     """The Ready condition of ModelService `name`, once its reason is `reason`."""
@@ -68,7 +57,8 @@ def wait_for_ready_reason(k: kube.Kube, ns: str, name: str, reason: str,
 
 def test_create_applies_every_object_and_becomes_ready(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    ms = apply_ms(k, baseline_and_int8("sentiment", namespace, 75))
+    ms = apply_ms(k, modelservice("sentiment", namespace, variants=[{"name": "baseline"}, INT8],
+                                  traffic={"baseline": 75, "int8": 25}))
     uid = ms["metadata"]["uid"]
     final = wait_for("Ready=True", lambda: ready(k, namespace, "sentiment"), timeout=90)
 
@@ -143,7 +133,8 @@ def test_impossible_gpu_request_is_unschedulable_with_the_scheduler_message(
 
 def test_spec_updates_converge_and_observed_generation_follows(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
-    body = baseline_and_int8("svc", namespace, 50)
+    body = modelservice("svc", namespace, variants=[{"name": "baseline"}, INT8],
+                        traffic={"baseline": 50, "int8": 50})
     apply_ms(k, body)
     wait_for("Ready=True", lambda: ready(k, namespace, "svc"), timeout=90)
 

@@ -12,8 +12,10 @@ import threading
 from typing import Any
 
 import pytest
+from manifests import modelservice
 from msv_operator import kube
-from operator_harness import FIELD_MANAGER, RunningOperator, modelservice, wait_for
+from operator_harness import FIELD_MANAGER, RunningOperator
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

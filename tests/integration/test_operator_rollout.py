@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifests import MS_API, modelservice
 from msv_operator import kube
-from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
+from operator_harness import RunningOperator, condition
+from waiting import wait_for
 
 from localcluster import cluster as lc
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from manifests import INT8, MS_API, model, modelservice
 from msv_operator import kube
-from operator_harness import MS_API, RunningOperator, condition, modelservice, wait_for
+from operator_harness import RunningOperator, condition
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import modelstores
@@ -60,26 +62,13 @@ def operator(crd: None, real_namespace: str) -> Iterator[RunningOperator]:
 
 
 def served(name: str, ns: str, uri: str, sha256: str | None, credentials: str | None = None,
-           **spec: Any) -> dict[str, Any]:
-    model: dict[str, Any] = {"uri": uri, "framework": "transformers",
-                             "task": "text-classification"}
-    if sha256:
-        model["sha256"] = sha256
-    if credentials:
-        model["credentialsSecret"] = credentials
-    server = {**SERVER, **spec.pop("server", {})}
-    return modelservice(name, ns, model=model, server=server, **spec)
-
-
-def baseline_and_int8(name: str, ns: str, uri: str, digest: str, baseline_weight: int,
-                      replicas: int) -> dict[str, Any]:
-    """A served ModelService with a baseline and a dynamic-int8 variant sharing traffic."""
-    return served(name, ns, uri, digest,
-                  variants=[{"name": "baseline"},
-                            {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
-                  traffic=[{"variant": "baseline", "weight": baseline_weight},
-                           {"variant": "int8", "weight": 100 - baseline_weight}],
-                  replicas=replicas)
+           **fields: Any) -> dict[str, Any]:
+    """A ModelService whose pods really run: the model at ``uri`` (checked against
+    ``sha256``, pulled with the ``credentials`` Secret), the small ``SERVER`` requests."""
+    server = {**SERVER, **fields.pop("server", {})}
+    return modelservice(name, ns, model=model(uri=uri, sha256=sha256,
+                                              credentialsSecret=credentials),
+                        server=server, **fields)
 
 
 def ms_condition(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
@@ -150,7 +139,8 @@ def test_pods_pull_load_and_serve_through_the_stable_service(
         operator: RunningOperator, k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = modelstores.publish_http(classifier, f"{ns}-classifier")
-    k.apply(baseline_and_int8("sentiment", ns, uri, digest, baseline_weight=50, replicas=2))
+    k.apply(served("sentiment", ns, uri, digest, variants=[{"name": "baseline"}, INT8],
+                   traffic={"baseline": 50, "int8": 50}, replicas=2))
     wait_ready(k, ns, "sentiment")
     pods = k.list("v1", "Pod", ns, "serving.modelservice.dev/modelservice=sentiment")
     assert len(pods) == 2
@@ -249,7 +239,8 @@ def test_traffic_split_follows_replicas_over_a_thousand_requests(
         operator: RunningOperator, k: kube.Kube) -> None:
     ns = real_namespace
     uri, digest = modelstores.publish_http(classifier, f"{ns}-split")
-    k.apply(baseline_and_int8("split", ns, uri, digest, baseline_weight=75, replicas=4))
+    k.apply(served("split", ns, uri, digest, variants=[{"name": "baseline"}, INT8],
+                   traffic={"baseline": 75, "int8": 25}, replicas=4))
     wait_ready(k, ns, "split", timeout=420)
 
     def all_ready() -> dict[str, int] | None:

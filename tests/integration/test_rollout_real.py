@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifests import MS_API, model, modelservice
 from msv_operator import kube
-from operator_harness import MS_API, OperatorProcess, condition, modelservice, wait_for
+from operator_harness import OperatorProcess, condition
 from service_load import Load
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import modelstores, monitoring
@@ -85,11 +87,9 @@ def rolling_out(name: str, ns: str, stable: dict[str, str], candidate: dict[str,
                 analysis: dict[str, Any], steps: list[int]) -> dict[str, Any]:
     """A ModelService serving `stable` at 100% with `candidate` (a variant) rolling out."""
     return modelservice(
-        name, ns,
-        model={"framework": "transformers", "task": "text-classification", **stable},
+        name, ns, model=model(**stable),
         server=SERVER, replicas=2, monitoring={"interval": "5s"},
-        variants=[{"name": "baseline"}, candidate],
-        traffic=[{"variant": "baseline", "weight": 100}],
+        variants=[{"name": "baseline"}, candidate], traffic={"baseline": 100},
         rollout={"candidate": candidate["name"], "steps": steps, **TIMING,
                  "analysis": {**ANALYSIS, **analysis}})
 

@@ -1,13 +1,13 @@
-"""The run-side records of the local cluster: complete, ordered, and wired to real files."""
+"""localcluster.components: the run-side records of the control plane, complete, ordered,
+listening where they should (the real node's records: test_localcluster_realnode.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from localcluster import cluster, components, network, nodes, realnode
+from localcluster import cluster, components, network
 from localcluster.components import Ctx
 
 
@@ -46,36 +46,3 @@ def test_with_a_real_node_the_api_server_listens_on_the_nodes_bridge(tmp_path: P
     # Nothing binds to every address.
     for p in cluster.processes(True):
         assert not any("0.0.0.0" in a for a in p.command(ctx)), p.name
-
-
-def test_kubelet_config_has_what_this_machine_needs(tmp_path: Path) -> None:
-    ctx = _ctx(tmp_path, real_node=True)
-    cfg = realnode._kubelet_config(ctx)
-    assert cfg["failCgroupV1"] is False and cfg["cgroupDriver"] == "cgroupfs"
-    assert cfg["address"] == network.NODE_IP and cfg["readOnlyPort"] == 0
-    assert cfg["authentication"]["anonymous"] == {"enabled": False}  # type: ignore[index]
-    assert str(realnode.socket(ctx)) in str(cfg["containerRuntimeEndpoint"])
-
-
-def test_containerd_and_cni_configs(tmp_path: Path) -> None:
-    ctx = _ctx(tmp_path, real_node=True)
-    toml = realnode._containerd_config(ctx)
-    assert "restrict_oom_score_adj = true" in toml
-    assert f'sandbox_image = "{realnode.PAUSE_IMAGE}"' in toml
-    cni = json.loads(json.dumps(realnode._cni_config(ctx)))
-    bridge = cni["plugins"][0]
-    assert bridge["bridge"] == network.BRIDGE and bridge["ipMasq"] is False
-    assert bridge["ipam"]["ranges"][0][0]["subnet"] == network.NODE_SUBNET
-
-
-def test_with_a_real_node_simulated_cpu_nodes_are_tainted_gpu_nodes_unchanged() -> None:
-    items = {n["metadata"]["name"]: n for n in nodes.pool_manifest(real_node=True)["items"]}
-    plain = {n["metadata"]["name"]: n for n in nodes.pool_manifest()["items"]}
-    assert items.keys() == plain.keys()
-    for name, node in items.items():
-        taints = node["spec"].get("taints", [])
-        if node["metadata"]["labels"].get("nvidia.com/gpu.present"):
-            assert taints == plain[name]["spec"]["taints"]
-        else:
-            assert taints == [nodes.SIMULATED_TAINT]
-            assert not plain[name]["spec"].get("taints")

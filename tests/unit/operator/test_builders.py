@@ -1,4 +1,4 @@
-"""Pure builders and the spec parser: ModelService in, manifests (or InvalidSpecError) out."""
+"""Pure builders: ModelService in, manifests out (the spec parser's own checks: test_spec.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from msv_operator import builders as b
-from msv_operator.spec import InvalidSpecError, parse_spec
+from msv_operator.spec import parse_spec
 
 OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
                       service_monitor=False, gateway_api=False)
@@ -211,38 +211,6 @@ def test_builders_do_not_mutate_their_input() -> None:
     assert spec == before
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ({"model": {"uri": "ftp://x/y", "framework": "transformers", "task": "t"}},
-     "scheme 'ftp' is not supported"),
-    ({"model": {"uri": "s3://b/k", "framework": "transformers"}}, "spec.model.task: required"),
-    ({"model": {"uri": "s3://b/k", "framework": "transformers", "task": "fill-mask"}},
-     "spec.model.task: 'fill-mask' is not served by the model server"),
-    ({"model": {"uri": "s3://b/k", "framework": "torchscript"},
-      "variants": [{"name": "q", "optimization": {"quantization": "dynamic-int8"}}]},
-     "TorchScript models have compiled layer shapes"),
-    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
-      "variants": [{"name": "p", "optimization": {"pruning": {"method": "structured",
-                                                                "amount": 0.2}}}]},
-     "TensorFlow variants support"),
-    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
-      "variants": [{"name": "a"}], "traffic": [{"variant": "a", "weight": 60}]},
-     "weights sum to 60, expected 100"),
-    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
-      "variants": [{"name": "a"}, {"name": "a"}]}, "listed twice"),
-    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
-      "variants": [{"name": "x" * 60}]}, "longer than 63 characters"),
-    ({"model": {"uri": "file://relative", "framework": "tensorflow"}}, "absolute path"),
-    ({"model": {"uri": "s3://b/k", "framework": "tensorflow"},
-      "autoscaling": {"minReplicas": 4, "maxReplicas": 2}}, "must not exceed maxReplicas"),
-])
-def test_invalid_specs_name_the_field(spec: dict[str, Any], message: str) -> None:
-    body = {"metadata": {"name": "sentiment", "namespace": "ml", "uid": "u"}, "spec": spec}
-    with pytest.raises(InvalidSpecError, match=message):
-        parse_spec(body)
-    with pytest.raises(InvalidSpecError):
-        b.build_all(body, OPTS)
-
-
 def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     spec = ms(server={"auth": {"tokenSecret": "sentiment-tokens"},
                       "tls": {"secretName": "sentiment-tls"}},
@@ -288,21 +256,6 @@ def test_grpc_port_in_pods_and_services_and_no_secrets_by_default() -> None:
         assert ports["grpc"] == {"name": "grpc", "port": b.GRPC_PORT, "targetPort": "grpc",
                                  "protocol": "TCP"}
         assert ports["http"]["port"] == 80
-
-
-def test_bad_secret_names_name_the_field() -> None:
-    with pytest.raises(InvalidSpecError, match=r"spec\.server\.tls\.secretName"):
-        parse_spec(ms(server={"tls": {"secretName": "Not_Valid"}}))
-    with pytest.raises(InvalidSpecError, match=r"spec\.server\.auth\.tokenSecret"):
-        parse_spec(ms(server={"auth": {"tokenSecret": "-x"}}))
-
-
-def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
-    from msv_operator import spec
-
-    from model_server.backends import transformers_backend
-
-    assert spec.TASKS == transformers_backend.TASKS
 
 
 @pytest.mark.parametrize(("monitoring", "gateway", "served", "reasons"), [

@@ -1,15 +1,190 @@
 """kopf with ``kopf_fixes`` applied: waiters wake exactly when the set flips; the index gate;
-lean watch events."""
+lean watch events.
+
+The first tests guard the patches themselves: ``kopf_fixes`` replaces kopf internals, so the
+installed kopf must be the version pinned in pyproject.toml, and every internal the patches
+replace, wrap or rely on must still have the shape they were written against. When one of
+these fails after a kopf upgrade, read the upgrade note in ``kopf_fixes``' docstring.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.util
+import inspect
 import logging
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.clients import watching
+from kopf._core.reactor import orchestration, processing, queueing
 from msv_operator import kopf_fixes
+
+ROOT = Path(__file__).resolve().parents[3]
+UPGRADE = ("kopf_fixes patches kopf internals; see 'Upgrading kopf' in "
+           "operator/msv_operator/kopf_fixes.py")
+
+
+def _pinned_kopf() -> str:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["operator"]
+    pins = [r for r in extra if re.match(r"kopf\b", r)]
+    assert len(pins) == 1, f"pyproject.toml's operator extra names kopf once: {pins}"
+    name, sep, version = pins[0].partition("==")
+    assert sep and name.strip() == "kopf" and re.fullmatch(r"[0-9][0-9a-z.]*", version), (
+        f"pyproject.toml pins kopf exactly (kopf==X.Y.Z), not {pins[0]!r}: {UPGRADE}")
+    return version
+
+
+def _pristine(module: ModuleType) -> ModuleType:
+    """A fresh copy of a kopf module, executed from its file: kopf's own code, whatever the
+    patches (applied once per process) did to the imported one."""
+    spec = importlib.util.spec_from_file_location(f"_pristine_{module.__name__}",
+                                                  module.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    return copy
+
+
+def _params(fn: Any) -> list[tuple[str, Any, Any]]:
+    """Name (unmangled: ``_ToggleSet__val`` is ``__val``), kind and default of each parameter."""
+    return [(re.sub(r"^_[A-Za-z]+(?=__)", "", p.name), p.kind, p.default)
+            for p in inspect.signature(fn).parameters.values()]
+
+
+def test_the_installed_kopf_is_the_pinned_version() -> None:
+    pinned = _pinned_kopf()
+    installed = importlib.metadata.version("kopf")
+    assert installed == pinned, (
+        f"kopf {installed} is installed but pyproject.toml pins kopf=={pinned}: {UPGRADE}")
+    locked = re.findall(r"^kopf==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert locked == [pinned], (
+        f"constraints.txt locks kopf {locked}, pyproject.toml pins {pinned}: {UPGRADE}")
+
+
+def test_the_toggle_set_methods_the_patches_replace_keep_their_signatures() -> None:
+    """``make_toggle``, ``drop_toggle``, ``drop_toggles`` and ``wait_for`` are replaced by
+    functions taking the same arguments; they use ``_toggles`` (a set), ``_condition``,
+    ``_fn``, ``is_on()`` and make ``Toggle(state, name=, condition=)``."""
+    kopf_toggles = _pristine(aiotoggles)
+    original = kopf_toggles.ToggleSet
+    ours = {"make_toggle": kopf_fixes._make_toggle, "drop_toggle": kopf_fixes._drop_toggle,
+            "drop_toggles": kopf_fixes._drop_toggles, "wait_for": kopf_fixes._wait_for}
+    for name, replacement in ours.items():
+        kopf_fn = getattr(original, name, None)
+        assert kopf_fn is not None, f"kopf's ToggleSet has no {name}() any more: {UPGRADE}"
+        assert inspect.iscoroutinefunction(kopf_fn), (
+            f"ToggleSet.{name} is no longer async: {UPGRADE}")
+        assert _params(kopf_fn) == _params(replacement), (
+            f"ToggleSet.{name}{inspect.signature(kopf_fn)} changed; kopf_fixes replaces it "
+            f"with {inspect.signature(replacement)}: {UPGRADE}")
+    probe = original(all)
+    assert isinstance(getattr(probe, "_toggles", None), set), f"ToggleSet._toggles: {UPGRADE}"
+    assert isinstance(getattr(probe, "_condition", None), asyncio.Condition), (
+        f"ToggleSet._condition: {UPGRADE}")
+    assert getattr(probe, "_fn", None) is all, f"ToggleSet._fn: {UPGRADE}"
+    assert probe.is_on() is True, "an empty ToggleSet(all) is on"
+    toggle = inspect.signature(kopf_toggles.Toggle)
+    first = next(iter(toggle.parameters.values()))
+    assert first.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                          inspect.Parameter.POSITIONAL_OR_KEYWORD), (
+        f"Toggle{toggle} no longer takes its state first: {UPGRADE}")
+    for keyword in ("name", "condition"):
+        assert toggle.parameters.get(keyword) is not None and toggle.parameters[
+            keyword].kind is inspect.Parameter.KEYWORD_ONLY, (
+            f"Toggle{toggle} lost its keyword {keyword!r}: {UPGRADE}")
+
+
+def test_the_watch_stream_the_patch_wraps_keeps_its_keywords_and_bookmark() -> None:
+    """``_lean_watch(**kwargs)`` passes every argument on and reads ``resource`` and
+    ``namespace``; it reports ``Bookmark.LISTED`` to the gate."""
+    kopf_watching = _pristine(watching)
+    fn = getattr(kopf_watching, "infinite_watch", None)
+    assert fn is not None, f"kopf's watching.infinite_watch is gone: {UPGRADE}"
+    assert inspect.isasyncgenfunction(fn), (
+        f"watching.infinite_watch is no async generator: {UPGRADE}")
+    params = inspect.signature(fn).parameters
+    positional = [p for p in params.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert not positional, (
+        f"watching.infinite_watch{inspect.signature(fn)} takes positional arguments; "
+        f"kopf_fixes passes keywords only: {UPGRADE}")
+    assert {"resource", "namespace"} <= set(params), (
+        f"watching.infinite_watch{inspect.signature(fn)}: {UPGRADE}")
+    assert hasattr(getattr(kopf_watching, "Bookmark", None), "LISTED"), (
+        f"watching.Bookmark.LISTED is gone: {UPGRADE}")
+
+
+def _source(fn: Any) -> str:
+    return re.sub(r"\s+", " ", inspect.getsource(fn))
+
+
+def test_kopf_calls_the_patched_internals_where_the_patches_expect() -> None:
+    """The patches only act if kopf looks them up at call time and uses them as written
+    against: the index set is the one ``ToggleSet(all)`` (the gate binds to it); each
+    object's worker waits on it with ``wait_for(True)`` (the gate's run skips that wait);
+    the watcher reads ``watching.infinite_watch`` through the module (so the lean stream is
+    the one it iterates) and drops a kind's toggle on ``Bookmark.LISTED``."""
+    package = Path(kopf.__file__).parent
+    index_sets = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                        if "ToggleSet(all)" in p.read_text())
+    assert index_sets == ["_core/reactor/orchestration.py"], (
+        f"kopf makes a ToggleSet(all) in {index_sets}; kopf_fixes binds the IndexGate to the "
+        f"first one made after it (the index set of kopf.operator's run): {UPGRADE}")
+    assert "operator_indexed=aiotoggles.ToggleSet(all)" in _source(
+        orchestration.orchestrator), f"orchestrator's index set: {UPGRADE}"
+    assert "await operator_indexed.wait_for(True)" in _source(
+        processing.process_resource_event), f"the object workers' index wait: {UPGRADE}"
+    watcher = _source(queueing.watcher)
+    assert "watching.infinite_watch(" in watcher and queueing.watching is watching, (
+        f"queueing.watcher no longer calls watching.infinite_watch through the module: "
+        f"{UPGRADE}")
+    assert not hasattr(queueing, "infinite_watch"), f"queueing imports infinite_watch: {UPGRADE}"
+    assert "watching.Bookmark.LISTED" in watcher, f"the watcher's LISTED bookmark: {UPGRADE}"
+    assert "operator_indexed.make_toggle(" in watcher, f"the watcher's object toggles: {UPGRADE}"
+
+
+def test_apply_patches_what_kopf_calls() -> None:
+    """``apply()`` leaves a kopf of another shape alone (a warning, a slow start): here that
+    is a failure. Once applied, what kopf looks up is kopf_fixes' code."""
+    kopf_fixes.apply()
+    assert kopf_fixes.applied(), f"kopf_fixes.apply() found kopf changed and did nothing: {UPGRADE}"
+    toggle_set = queueing.aiotoggles.ToggleSet
+    assert toggle_set.make_toggle is kopf_fixes._make_toggle
+    assert toggle_set.drop_toggle is kopf_fixes._drop_toggle
+    assert toggle_set.drop_toggles is kopf_fixes._drop_toggles
+    assert toggle_set.wait_for is kopf_fixes._wait_for
+    assert queueing.watching.infinite_watch is kopf_fixes._lean_watch
+    assert kopf_fixes._ORIGINAL_WAIT_FOR is not kopf_fixes._wait_for
+    assert kopf_fixes._ORIGINAL_WATCH is not kopf_fixes._lean_watch
+
+    resource = _Resource("services")
+
+    async def upstream(**kwargs: object):  # type: ignore[no-untyped-def]
+        assert kwargs == {"settings": "s", "resource": resource, "namespace": "ns"}
+        yield {"type": "ADDED", "object": {"metadata": {"name": "a", "managedFields": [{}]}}}
+        yield watching.Bookmark.LISTED
+
+    async def watched() -> list[Any]:
+        # what kopf's watcher iterates: the module attribute, called with keywords
+        stream = queueing.watching.infinite_watch(settings="s", resource=resource,
+                                                  namespace="ns")
+        return [e async for e in stream]
+
+    original, kopf_fixes._ORIGINAL_WATCH = kopf_fixes._ORIGINAL_WATCH, upstream
+    try:
+        events = asyncio.run(watched())
+    finally:
+        kopf_fixes._ORIGINAL_WATCH = original
+    assert events == [{"type": "ADDED", "object": {"metadata": {"name": "a"}}},
+                      watching.Bookmark.LISTED]
 
 
 def test_waiters_wake_when_the_set_flips_and_only_then() -> None:

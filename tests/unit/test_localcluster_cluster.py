@@ -1,4 +1,5 @@
-"""localcluster's process bookkeeping: whether a recorded pid still runs the expected binary."""
+"""localcluster.cluster's process bookkeeping: whether a recorded pid still runs the expected
+binary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The operator's log setup: kopf's retry lines during an API-server outage are thinned out."""
+"""msv_operator.__main__, the log setup: kopf's retry lines during an API-server outage are
+thinned out."""
 
 from __future__ import annotations
 
