@@ -10,7 +10,7 @@
   ModelService and builds no per-event "essence" copy of watched objects;
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
-  reads nothing from the API server; each cached object is kept packed (``reconcile.pack``:
+  reads nothing from the API server; each cached object is kept packed (``cache.pack``:
   compressed JSON without managedFields) and unpacked only by the pass that reads it;
 * ``@kopf.on.event`` for those owned kinds -> the owner goes onto a coalescing work queue, so a
   Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by hand
@@ -21,7 +21,7 @@
   that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
 
 Success Events of kopf are not posted (``posting.level = WARNING``); our Events are posted on
-condition transitions and for repairs of owned objects (``reconcile.events``).
+condition transitions and for repairs of owned objects (``events``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,18 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kopf_fixes, kube, leader, memory, prom, reconcile
+from msv_operator import (
+    builders,
+    cache,
+    conditions,
+    events,
+    kopf_fixes,
+    kube,
+    leader,
+    memory,
+    prom,
+    reconcile,
+)
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.workqueue import WorkQueue
@@ -240,16 +251,16 @@ class Runtime:
         if index is None or key not in index:
             return None
         for body in index[key]:
-            return reconcile.unpack(body)
+            return cache.unpack(body)
         return None
 
     def observed(self, key: Key) -> reconcile.Observed:
         owned = self.indexes.get("msv_owned")
         pods = self.indexes.get("msv_pods")
         return reconcile.Observed(
-            objects=[reconcile.unpack(o)
+            objects=[cache.unpack(o)
                      for o in (owned[key] if owned is not None and key in owned else ())],
-            pods=[reconcile.unpack(p) for p in (pods[key] if pods is not None and key in pods
+            pods=[cache.unpack(p) for p in (pods[key] if pods is not None and key in pods
                                                 else ())],
         )
 
@@ -257,7 +268,7 @@ class Runtime:
                   ) -> reconcile.Result | None:
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
-            ms = reconcile.plain(body) if body is not None else self.body_of(key)
+            ms = cache.plain(body) if body is not None else self.body_of(key)
             if ms is None:
                 self.locks.pop(key, None)
                 return None
@@ -300,7 +311,8 @@ class Runtime:
         pause), once the status recording them is written."""
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
                     "metadata": ms.get("metadata") or {}}
-        for type_, reason, message in reconcile.events(result):
+        for type_, reason, message in events.for_pass(result.transitions,
+                                                       result.repaired):
             await self._post(involved, type_, reason, message)
         for type_, reason, message in result.events:
             self.metrics.rollout_events.labels(reason=reason).inc()
@@ -375,18 +387,18 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
     async def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        ms = reconcile.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
+        ms = cache.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)
-        return {(str(namespace), name): reconcile.pack(ms)}
+        return {(str(namespace), name): cache.pack(ms)}
 
     def owned_index(api_version: str, kind: str) -> Any:
         async def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                   **_: Any) -> Any:
             key = _owner_key(namespace, labels)
             return None if key is None else {
-                key: reconcile.pack(reconcile.strip_live(body, api_version, kind))}
+                key: cache.pack(cache.strip_live(body, api_version, kind))}
         return index
 
     for group, version, plural, api_version, kind in OWNED:
@@ -398,7 +410,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                  **_: Any) -> Any:
         key = _owner_key(namespace, labels)
-        return None if key is None else {key: reconcile.pack(reconcile.trim_pod(body))}
+        return None if key is None else {key: cache.pack(cache.trim_pod(body))}
 
     # ---- the ModelService -------------------------------------------------------------------
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelservice")
@@ -444,7 +456,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         if type == "DELETED":
             runtime.pod_summaries.pop(uid, None)
         else:
-            summary = reconcile.pod_summary(body)
+            summary = cache.pod_summary(body)
             if runtime.pod_summaries.get(uid) == summary:
                 return
             runtime.pod_summaries[uid] = summary
