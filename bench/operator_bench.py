@@ -68,9 +68,9 @@ RESOURCES = {"modelservices", "deployments", "services", "horizontalpodautoscale
 
 NAIVE = """
 import sys
-import msv_operator.reconcile as r
+import msv_operator.apply as a
 import msv_operator.status as s
-r.needs_apply = lambda desired, live: True     # apply every object on every pass
+a.needs_apply = lambda desired, live: True     # apply every object on every pass
 s.changed = lambda prior, new: True            # write the status on every pass
 from msv_operator.__main__ import main
 sys.exit(main(sys.argv[1:]))

@@ -1,48 +1,44 @@
-"""Thin kopf handlers: decide *when* a ModelService is reconciled; ``reconcile`` does the work.
+"""Thin kopf handlers: decide *when* a ModelService is reconciled; ``runtime`` runs the passes
+(``reconcile``) and ``handlers`` only put keys on its work queue.
 
 ``register(config)`` returns a fresh kopf registry with:
 
-* ``@kopf.on.event`` for ModelServices -> the ModelService goes onto a work queue when it is
+* a startup handler that configures kopf and starts the ``runtime.Runtime`` (work queue,
+  workers with retries and backoff, resync loop, capability watcher), and a cleanup handler
+  that stops it;
+* ``@kopf.on.event`` for ModelServices -> the ModelService goes onto the work queue when it is
   new, listed at start or its spec/labels/annotations changed (not for its own status
-  patches); a worker runs one reconcile pass; API conflicts, transient and unexpected errors
-  are retried with exponential backoff, an invalid spec only sets the ``InvalidSpec``
-  condition (no retry). No kopf change handlers: kopf writes no bookkeeping annotation to a
-  ModelService and builds no per-event "essence" copy of watched objects;
+  patches). No kopf change handlers: kopf writes no bookkeeping annotation to a ModelService
+  and builds no per-event "essence" copy of watched objects;
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
-  reads nothing from the API server; each cached object is kept packed (``reconcile.pack``:
+  reads nothing from the API server; each cached object is kept packed (``cache.pack``:
   compressed JSON without managedFields) and unpacked only by the pass that reads it;
-* ``@kopf.on.event`` for those owned kinds -> the owner goes onto a coalescing work queue, so a
-  Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by hand
-  reaches the ModelService (status or repair) within seconds;
-* a resync loop that re-queues every ModelService every ``resync_seconds`` (a resync with
-  nothing changed writes nothing; no kopf timer, because timers make kopf put a finalizer on
-  every ModelService and deletion would then wait for the operator) and a capability watcher
-  that re-queues every ModelService when ServiceMonitor/HTTPRoute appear or disappear.
+* ``@kopf.on.event`` for those owned kinds -> the owner goes onto the coalescing work queue, so
+  a Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by
+  hand reaches the ModelService (status or repair) within seconds.
 
-Success Events of kopf are not posted (``posting.level = WARNING``); our Events are posted on
-condition transitions and for repairs of owned objects (``reconcile.events``).
+No kopf timer for the resync: timers make kopf put a finalizer on every ModelService and
+deletion would then wait for the operator. Success Events of kopf are not posted
+(``posting.level = WARNING``); ours are posted by the runtime on condition transitions and
+for repairs of owned objects (``events``). ``operate`` runs it all, under leader election
+when configured (``leader``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from msv_operator import builders, conditions, kopf_fixes, kube, leader, memory, prom, reconcile
+from msv_operator import builders, cache, kopf_fixes, kube, leader
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
-from msv_operator.workqueue import WorkQueue
+from msv_operator.runtime import Key, Runtime
 
 log = logging.getLogger("msv_operator.handlers")
 
@@ -50,8 +46,6 @@ GROUP = kube.MODELSERVICE_GROUP
 VERSION = kube.MODELSERVICE_VERSION
 PLURAL = kube.MODELSERVICE_PLURAL
 LABEL = builders.LABEL_MODELSERVICE
-
-Key = tuple[str, str]
 
 OWNED = (
     ("apps", "v1", "deployments", "apps/v1", "Deployment"),
@@ -72,10 +66,6 @@ OWNED_EVENT_DELAY = 0.3
 LIST_CHUNK = 500
 # Seconds a kopf object worker waits for that object's next event before it ends.
 WORKER_IDLE_SECONDS = 0.5
-
-
-def now() -> str:
-    return conditions.rfc3339(datetime.now(UTC))
 
 
 def trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -100,220 +90,6 @@ class _NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
-
-
-class Runtime:
-    """Per-process state: API facade, capability cache, caches, work queue, executor."""
-
-    def __init__(self, config: OperatorConfig, metrics: OperatorMetrics,
-                 client: kube.Kube | None = None, write_gate: Any = None,
-                 index_gate: kopf_fixes.IndexGate | None = None) -> None:
-        self.config = config
-        self.index_gate = index_gate
-        self.metrics = metrics
-        self.kube = client or kube.Kube(config.field_manager, qps=config.qps, burst=config.burst,
-                                        pool_size=max(4, config.max_workers * 2),
-                                        write_gate=write_gate)
-        analyzer = (prom.PrometheusAnalyzer(prom.Prometheus(config.prometheus_url,
-                                                            config.prometheus_timeout))
-                    if config.prometheus_url else None)
-        self.ctx = reconcile.Context(config=config, kube=self.kube,
-                                     capabilities=kube.Capabilities(self.kube,
-                                                                    config.discovery_seconds),
-                                     analyzer=analyzer)
-        self.executor = ThreadPoolExecutor(max_workers=config.max_workers,
-                                           thread_name_prefix="reconcile")
-        self.indexes: dict[str, Any] = {}
-        self.locks: dict[Key, asyncio.Lock] = {}
-        self.queue: WorkQueue[Key] | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.retries: dict[Key, int] = {}
-        self.pod_summaries: dict[str, str] = {}
-        self.triggers: dict[Key, tuple[Any, ...]] = {}
-
-    # ---- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        self.queue = WorkQueue()
-        self.tasks = [asyncio.create_task(self._worker(), name=f"msv-worker-{i}")
-                      for i in range(self.config.max_workers)]
-        self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
-        self.tasks.append(asyncio.create_task(self._resync(), name="msv-resync"))
-        self.tasks.append(asyncio.create_task(self._release_after_start(), name="msv-release"))
-        if self.index_gate is not None:
-            self.tasks.append(asyncio.create_task(self.index_gate.report(log),
-                                                  name="msv-index-gate-report"))
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.kube.close()
-
-    def bind(self, kwargs: Mapping[str, Any]) -> None:
-        """Remember the kopf index objects (live views handed to every handler)."""
-        self.indexes.update(kwargs)
-
-    # ---- work queue -----------------------------------------------------------------------
-    def enqueue(self, key: Key, delay: float = 0.0) -> None:
-        """Queue a pass of ``key`` in ``delay`` seconds (the earliest of several wins)."""
-        if self.queue is not None:
-            self.queue.add(key, delay)
-
-    async def _worker(self) -> None:
-        assert self.queue is not None
-        if self.index_gate is not None:
-            # kopf's handlers run while kopf still lists (they only queue keys): no pass
-            # before every cache is filled, or it would re-create what it has not seen yet.
-            await self.index_gate.wait()
-        while True:
-            key = await self.queue.get()
-            try:
-                result = await self.run(key)
-                self.retries.pop(key, None)
-                if result is not None and result.requeue_after is not None:
-                    self.enqueue(key, result.requeue_after)  # a timed rollout step, an analysis
-            except (kube.Conflict, kube.Transient) as e:
-                delay = self._retry_later(key)
-                log.warning("Retrying ModelService %s/%s in %.1fs: %s", key[0], key[1], delay, e)
-            except Exception:
-                log.exception("Reconcile of ModelService %s/%s failed", *key)
-                self._retry_later(key)
-            finally:
-                self.queue.done(key)
-
-    def _retry_later(self, key: Key) -> float:
-        """Re-queue ``key`` after an exponential backoff (0.5 s doubling, at most 60 s)."""
-        attempt = self.retries.get(key, 0) + 1
-        self.retries[key] = attempt
-        delay = min(60.0, 0.5 * 2 ** attempt)
-        self.enqueue(key, delay)
-        return delay
-
-    async def _release_after_start(self) -> None:
-        """Once the first pass of everything listed at start is over, hand the memory of
-        that burst back (``memory.release``): a lower RSS for the rest of the process."""
-        assert self.queue is not None
-        if self.index_gate is not None:
-            await self.index_gate.wait()
-        await asyncio.sleep(0)  # let the workers take the first keys
-        await self.queue.idle()
-        memory.release()
-
-    async def _watch_capabilities(self) -> None:
-        loop = asyncio.get_running_loop()
-        previous = None
-        while True:
-            try:
-                answer = await loop.run_in_executor(self.executor, self.ctx.capabilities.get)
-                if previous is not None and answer != previous:
-                    for key in self.known():
-                        self.enqueue(key)
-                previous = answer
-            except kube.ApiError as e:
-                log.warning("Capability discovery failed: %s", e)
-            await asyncio.sleep(max(1.0, self.config.discovery_seconds))
-
-    async def _resync(self) -> None:
-        """Re-queue every known ModelService every ``resync_seconds``; a pass that finds
-        nothing changed writes nothing."""
-        while True:
-            await asyncio.sleep(self.config.resync_seconds)
-            for key in self.known():
-                self.enqueue(key)
-
-    def forget(self, key: Key) -> None:
-        """A ModelService was deleted: drop what the runtime kept about it."""
-        self.triggers.pop(key, None)
-        self.retries.pop(key, None)
-        self.ctx.measured_at.pop(key, None)
-
-    def known(self) -> list[Key]:
-        index = self.indexes.get("msv_bodies")
-        return list(index.keys()) if index is not None else []
-
-    # ---- one pass -------------------------------------------------------------------------
-    def body_of(self, key: Key) -> dict[str, Any] | None:
-        index = self.indexes.get("msv_bodies")
-        if index is None or key not in index:
-            return None
-        for body in index[key]:
-            return reconcile.unpack(body)
-        return None
-
-    def observed(self, key: Key) -> reconcile.Observed:
-        owned = self.indexes.get("msv_owned")
-        pods = self.indexes.get("msv_pods")
-        return reconcile.Observed(
-            objects=[reconcile.unpack(o)
-                     for o in (owned[key] if owned is not None and key in owned else ())],
-            pods=[reconcile.unpack(p) for p in (pods[key] if pods is not None and key in pods
-                                                else ())],
-        )
-
-    async def run(self, key: Key, body: Mapping[str, Any] | None = None
-                  ) -> reconcile.Result | None:
-        lock = self.locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            ms = reconcile.plain(body) if body is not None else self.body_of(key)
-            if ms is None:
-                self.locks.pop(key, None)
-                return None
-            observed = self.observed(key)
-            loop = asyncio.get_running_loop()
-            started = time.perf_counter()
-            try:
-                result = await loop.run_in_executor(
-                    self.executor, reconcile.reconcile, self.ctx, ms, observed, now())
-            except (kube.Conflict, kube.Transient) as e:
-                self.metrics.reconciles.labels(result="error").inc()
-                self.metrics.errors.labels(
-                    kind="conflict" if isinstance(e, kube.Conflict) else "transient").inc()
-                raise
-            except kube.ApiError:
-                self.metrics.reconciles.labels(result="error").inc()
-                self.metrics.errors.labels(kind="rejected").inc()
-                raise
-            except Exception:
-                self.metrics.reconciles.labels(result="error").inc()
-                self.metrics.errors.labels(kind="unexpected").inc()
-                raise
-            finally:
-                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
-            self.metrics.reconciles.labels(result=result.outcome).inc()
-            for item in result.applied:
-                self.metrics.applies.labels(kind=item.split(" ", 1)[0]).inc()
-            self.metrics.skipped_applies.labels(kind="any").inc(result.unchanged)
-            for item in result.pruned:
-                self.metrics.deletes.labels(kind=item.split(" ", 1)[0]).inc()
-            if result.apply_error:
-                self.metrics.errors.labels(kind="rejected").inc()
-            if result.status_written:
-                self.metrics.status_writes.inc()
-            await self._post_events(ms, result)
-            return result
-
-    async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
-        """Events of condition transitions and of the rollout (step, promotion, rollback,
-        pause), once the status recording them is written."""
-        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
-                    "metadata": ms.get("metadata") or {}}
-        for type_, reason, message in reconcile.events(result):
-            await self._post(involved, type_, reason, message)
-        for type_, reason, message in result.events:
-            self.metrics.rollout_events.labels(reason=reason).inc()
-            await self._post(involved, type_, reason, message)
-
-    async def _post(self, involved: Mapping[str, Any], type_: str, reason: str,
-                    message: str) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
-                                       type_, reason, message, now())
-        except kube.ApiError as e:
-            log.warning("Could not post event %s: %s", reason, e)
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
@@ -375,18 +151,18 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
     async def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        ms = reconcile.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
+        ms = cache.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)
-        return {(str(namespace), name): reconcile.pack(ms)}
+        return {(str(namespace), name): cache.pack(ms)}
 
     def owned_index(api_version: str, kind: str) -> Any:
         async def index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                   **_: Any) -> Any:
             key = _owner_key(namespace, labels)
             return None if key is None else {
-                key: reconcile.pack(reconcile.strip_live(body, api_version, kind))}
+                key: cache.pack(cache.strip_live(body, api_version, kind))}
         return index
 
     for group, version, plural, api_version, kind in OWNED:
@@ -398,7 +174,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                  **_: Any) -> Any:
         key = _owner_key(namespace, labels)
-        return None if key is None else {key: reconcile.pack(reconcile.trim_pod(body))}
+        return None if key is None else {key: cache.pack(cache.trim_pod(body))}
 
     # ---- the ModelService -------------------------------------------------------------------
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modelservice")
@@ -444,7 +220,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         if type == "DELETED":
             runtime.pod_summaries.pop(uid, None)
         else:
-            summary = reconcile.pod_summary(body)
+            summary = cache.pod_summary(body)
             if runtime.pod_summaries.get(uid) == summary:
                 return
             runtime.pod_summaries[uid] = summary

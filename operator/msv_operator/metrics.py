@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics, on an injected registry (served at ``/metrics``).
 
-Names end in a unit or ``_total``. ``handlers`` and ``reconcile`` record into one
+Names end in a unit or ``_total``. ``runtime`` and ``handlers`` record into one
 ``OperatorMetrics`` created by ``__main__`` (tests create their own with a fresh registry).
 """
 

@@ -8,7 +8,7 @@
 * ``done(key)`` ends the processing of ``key``;
 * ``idle()`` waits until nothing is queued or processing (e.g. the start-up pass is over).
 
-Pure asyncio, no kopf: ``handlers.Runtime`` feeds it from watch events, resyncs, retries with
+Pure asyncio, no kopf: ``runtime.Runtime`` feeds it from watch events, resyncs, retries with
 backoff and the rollout's requeue-after.
 """
 

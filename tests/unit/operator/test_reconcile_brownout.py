@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from msv_operator import brownout as bo
-from msv_operator import builders, kube, reconcile, rollout
+from msv_operator import builders, cache, kube, reconcile, rollout
 from msv_operator.config import OperatorConfig
+from msv_operator.owned import key_of
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "u-1"
@@ -33,7 +34,7 @@ class FakeKube:
 
     def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
               field_manager: str | None = None) -> dict[str, Any] | None:
-        self.applied[reconcile.key_of(obj)] = dict(obj)
+        self.applied[key_of(obj)] = dict(obj)
         return None
 
     def list(self, api_version: str, kind: str, namespace: str | None,
@@ -112,7 +113,7 @@ def cluster(int8_ready: int = 1, pods: Sequence[Mapping[str, Any]] = ()) -> reco
               hpa_status),
         owned("HorizontalPodAutoscaler", "int8", {"minReplicas": 1, "maxReplicas": 1},
               hpa_status),
-    ], pods=[reconcile.plain(p) for p in pods])
+    ], pods=[cache.plain(p) for p in pods])
 
 
 class Operator:

@@ -1,12 +1,12 @@
-"""reconcile's pure helpers: when an object must be re-applied, what may be pruned, which
-transitions become Events."""
+"""The pass's pure helpers: when an object must be re-applied (apply), what may be pruned
+(owned), which transitions become Events (events), what the caches keep (cache)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from msv_operator import builders, conditions, reconcile
+from msv_operator import apply, builders, cache, conditions, events, owned
 
 LABEL_SERVING = builders.LABEL_SERVING
 
@@ -14,7 +14,7 @@ UID = "0b6f6a2e-0000-4000-8000-000000000001"
 
 
 def desired() -> dict[str, Any]:
-    return reconcile.with_hash({
+    return apply.with_hash({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "s-baseline", "namespace": "ml", "labels": {"a": "b"},
                      "ownerReferences": [{"kind": "ModelService", "uid": UID,
@@ -28,7 +28,7 @@ def desired() -> dict[str, Any]:
 
 def live_from(obj: dict[str, Any]) -> dict[str, Any]:
     """What the API server returns: defaults added, quantities canonicalised, empties dropped."""
-    live = reconcile.plain(obj)
+    live = cache.plain(obj)
     live["metadata"]["uid"] = "x"
     live["metadata"]["resourceVersion"] = "7"
     pod = live["spec"]["template"]["spec"]
@@ -43,38 +43,38 @@ def live_from(obj: dict[str, Any]) -> dict[str, Any]:
 
 def test_unchanged_live_object_is_not_reapplied() -> None:
     d = desired()
-    assert not reconcile.needs_apply(d, live_from(d))
+    assert not apply.needs_apply(d, live_from(d))
 
 
 def test_missing_object_or_other_hash_is_reapplied() -> None:
     d = desired()
-    assert reconcile.needs_apply(d, None)
+    assert apply.needs_apply(d, None)
     live = live_from(d)
-    live["metadata"]["annotations"][reconcile.HASH_ANNOTATION] = "old"
-    assert reconcile.needs_apply(d, live)
+    live["metadata"]["annotations"][apply.HASH_ANNOTATION] = "old"
+    assert apply.needs_apply(d, live)
 
 
 def test_hand_edit_of_an_owned_field_is_repaired() -> None:
     d = desired()
     live = live_from(d)
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
-    assert reconcile.needs_apply(d, live)
+    assert apply.needs_apply(d, live)
     live = live_from(d)
     del live["metadata"]["labels"]["a"]
-    assert reconcile.needs_apply(d, live)
+    assert apply.needs_apply(d, live)
 
 
 def test_hash_ignores_its_own_annotation_and_is_stable() -> None:
     a, b = desired(), desired()
-    assert a["metadata"]["annotations"][reconcile.HASH_ANNOTATION] == \
-        b["metadata"]["annotations"][reconcile.HASH_ANNOTATION]
+    assert a["metadata"]["annotations"][apply.HASH_ANNOTATION] == \
+        b["metadata"]["annotations"][apply.HASH_ANNOTATION]
 
 
 def test_contains_compares_quantities_by_value() -> None:
-    assert reconcile.contains({"cpu": "1000m"}, {"cpu": "1"})
-    assert reconcile.contains({"memory": "1Gi"}, {"memory": "1024Mi"})
-    assert not reconcile.contains({"memory": "1Gi"}, {"memory": "1000Mi"})
-    assert not reconcile.contains({"ports": [1, 2]}, {"ports": [1]})
+    assert apply.contains({"cpu": "1000m"}, {"cpu": "1"})
+    assert apply.contains({"memory": "1Gi"}, {"memory": "1024Mi"})
+    assert not apply.contains({"memory": "1Gi"}, {"memory": "1000Mi"})
+    assert not apply.contains({"ports": [1, 2]}, {"ports": [1]})
 
 
 def test_only_controller_references_to_this_uid_count_as_owned() -> None:
@@ -83,10 +83,10 @@ def test_only_controller_references_to_this_uid_count_as_owned() -> None:
     other = {"metadata": {"ownerReferences": [{"kind": "ModelService", "uid": "other",
                                                "controller": True}]}}
     not_controller = {"metadata": {"ownerReferences": [{"kind": "ModelService", "uid": UID}]}}
-    assert reconcile.owned_by(mine, UID)
-    assert not reconcile.owned_by(other, UID)
-    assert not reconcile.owned_by(not_controller, UID)
-    assert not reconcile.owned_by({"metadata": {}}, UID)
+    assert owned.owned_by(mine, UID)
+    assert not owned.owned_by(other, UID)
+    assert not owned.owned_by(not_controller, UID)
+    assert not owned.owned_by({"metadata": {}}, UID)
 
 
 def t(status: str, reason: str, prev: str | None, prev_reason: str | None,
@@ -96,14 +96,14 @@ def t(status: str, reason: str, prev: str | None, prev_reason: str | None,
 
 
 def test_events_only_for_meaningful_transitions() -> None:
-    assert reconcile.event_for(t("True", "AllVariantsReady", "False", "RollingOut")) == (
+    assert events.event_for(t("True", "AllVariantsReady", "False", "RollingOut")) == (
         "Normal", "Ready", "m")
-    assert reconcile.event_for(t("False", "Unschedulable", "False", "RollingOut")) == (
+    assert events.event_for(t("False", "Unschedulable", "False", "RollingOut")) == (
         "Warning", "Unschedulable", "m")
-    assert reconcile.event_for(t("False", "RollingOut", None, None)) is None
-    assert reconcile.event_for(t("False", "AsExpected", "True", "Unschedulable",
+    assert events.event_for(t("False", "RollingOut", None, None)) is None
+    assert events.event_for(t("False", "AsExpected", "True", "Unschedulable",
                                  "Degraded")) == ("Normal", "Recovered", "m")
-    assert reconcile.event_for(t("True", "RollingOut", "False", "RolloutComplete",
+    assert events.event_for(t("True", "RollingOut", "False", "RolloutComplete",
                                  "Progressing")) is None
 
 
@@ -111,21 +111,21 @@ def test_pod_summary_ignores_fields_the_status_does_not_read() -> None:
     pod = {"metadata": {"name": "p", "labels": {}, "resourceVersion": "1"},
            "status": {"phase": "Pending", "conditions": [
                {"type": "PodScheduled", "status": "False", "message": "no GPU"}]}}
-    moved = reconcile.plain(pod)
+    moved = cache.plain(pod)
     moved["metadata"]["resourceVersion"] = "2"
     moved["status"]["podIP"] = "10.0.0.1"
-    assert reconcile.pod_summary(pod) == reconcile.pod_summary(moved)
+    assert cache.pod_summary(pod) == cache.pod_summary(moved)
     moved["status"]["conditions"][0]["message"] = "still no GPU"
-    assert reconcile.pod_summary(pod) != reconcile.pod_summary(moved)
+    assert cache.pod_summary(pod) != cache.pod_summary(moved)
     # A serving label set by hand (or the template's, on a new pod) wakes a pass too.
-    relabelled = reconcile.plain(pod)
+    relabelled = cache.plain(pod)
     relabelled["metadata"]["labels"]["serving.modelservice.dev/serving"] = "true"
-    assert reconcile.pod_summary(pod) != reconcile.pod_summary(relabelled)
-    annotated = reconcile.plain(pod)
+    assert cache.pod_summary(pod) != cache.pod_summary(relabelled)
+    annotated = cache.plain(pod)
     annotated["metadata"]["annotations"] = {builders.MIRROR_ANNOTATION: "{}"}
-    assert reconcile.pod_summary(pod) != reconcile.pod_summary(annotated)
+    assert cache.pod_summary(pod) != cache.pod_summary(annotated)
     relabelled["metadata"]["labels"]["other"] = "x"
-    assert reconcile.pod_summary(relabelled) == reconcile.pod_summary(
+    assert cache.pod_summary(relabelled) == cache.pod_summary(
         {**relabelled, "metadata": {**relabelled["metadata"], "labels": {
             "serving.modelservice.dev/serving": "true"}}})
 
@@ -140,17 +140,17 @@ def _deployment(replicas: int | None) -> dict[str, Any]:
 
 def test_replicas_are_handed_over_only_when_an_hpa_is_about_to_take_them() -> None:
     live = {("Deployment", "m-baseline"): _deployment(3)}
-    handover = reconcile.replicas_handover(_deployment(None), live)
+    handover = apply.replicas_handover(_deployment(None), live)
     assert handover == {"apiVersion": "apps/v1", "kind": "Deployment",
                         "metadata": {"name": "m-baseline", "namespace": "ns"},
                         "spec": {"replicas": 3}}
     # fixed replicas: the operator sends them itself
-    assert reconcile.replicas_handover(_deployment(2), live) is None
+    assert apply.replicas_handover(_deployment(2), live) is None
     # the HPA exists already: it owns the count
     with_hpa = {**live, ("HorizontalPodAutoscaler", "m-baseline"): {}}
-    assert reconcile.replicas_handover(_deployment(None), with_hpa) is None
+    assert apply.replicas_handover(_deployment(None), with_hpa) is None
     # nothing runs yet: nothing to keep
-    assert reconcile.replicas_handover(_deployment(None), {}) is None
+    assert apply.replicas_handover(_deployment(None), {}) is None
 
 
 def ms_at(generation: int, observed: int | None) -> dict[str, Any]:
@@ -162,45 +162,44 @@ def test_a_hand_edit_is_a_repair_naming_the_field() -> None:
     d = desired()
     live = live_from(d)
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
-    assert reconcile.drift(live, d) == "spec.template.spec.containers[0].image"
-    assert reconcile.repair_of(d, live, ms_at(2, 2)) == (
+    assert apply.drift(live, d) == "spec.template.spec.containers[0].image"
+    assert apply.repair_of(d, live, ms_at(2, 2)) == (
         "restored Deployment s-baseline: spec.template.spec.containers[0].image was changed "
         "by hand")
     # A new desired state (other hash) is an update, not a repair.
-    live["metadata"]["annotations"][reconcile.HASH_ANNOTATION] = "old"
-    assert reconcile.repair_of(d, live, ms_at(3, 2)) is None
-    assert reconcile.repair_of(d, live_from(d), ms_at(2, 2)) is None
+    live["metadata"]["annotations"][apply.HASH_ANNOTATION] = "old"
+    assert apply.repair_of(d, live, ms_at(3, 2)) is None
+    assert apply.repair_of(d, live_from(d), ms_at(2, 2)) is None
 
 
 def test_a_missing_object_is_a_repair_only_once_its_generation_was_reported() -> None:
     d = desired()
-    assert reconcile.repair_of(d, None, ms_at(2, 2)) == (
+    assert apply.repair_of(d, None, ms_at(2, 2)) == (
         "re-created Deployment s-baseline: it was deleted")
-    assert reconcile.repair_of(d, None, ms_at(1, None)) is None  # a new ModelService
-    assert reconcile.repair_of(d, None, ms_at(3, 2)) is None  # a new variant, say
+    assert apply.repair_of(d, None, ms_at(1, None)) is None  # a new ModelService
+    assert apply.repair_of(d, None, ms_at(3, 2)) is None  # a new variant, say
 
 
 def test_stalled_and_fields_ignored_flips_are_events() -> None:
-    assert reconcile.event_for(t("True", "InvalidSpec", "False", "AsExpected", "Stalled")) == (
+    assert events.event_for(t("True", "InvalidSpec", "False", "AsExpected", "Stalled")) == (
         "Warning", "Stalled", "InvalidSpec: m")
-    assert reconcile.event_for(t("False", "AsExpected", "True", "InvalidSpec", "Stalled")) == (
+    assert events.event_for(t("False", "AsExpected", "True", "InvalidSpec", "Stalled")) == (
         "Normal", "StallCleared", "m")
-    assert reconcile.event_for(t("False", "AsExpected", None, None, "Stalled")) is None
-    assert reconcile.event_for(t("True", "GatewayAPIMissing", "False", "AllFieldsActing",
+    assert events.event_for(t("False", "AsExpected", None, None, "Stalled")) is None
+    assert events.event_for(t("True", "GatewayAPIMissing", "False", "AllFieldsActing",
                                  "FieldsIgnored")) == (
         "Warning", "FieldsIgnored", "GatewayAPIMissing: m")
-    assert reconcile.event_for(t("False", "AllFieldsActing", "True", "GatewayAPIMissing",
+    assert events.event_for(t("False", "AllFieldsActing", "True", "GatewayAPIMissing",
                                  "FieldsIgnored")) == ("Normal", "FieldsActing", "m")
     # one cause, one Event: Ready and Stalled turning for the same reason post Ready's
     both = [t("False", "Unschedulable", None, None),
             t("True", "Unschedulable", None, None, "Stalled")]
-    assert reconcile.events(reconcile.Result(transitions=both)) == [
+    assert events.for_pass(both, []) == [
         ("Warning", "Unschedulable", "m")]
     # a Stalled flip whose cause Ready had already reported is still an Event
-    assert reconcile.events(reconcile.Result(transitions=both[1:])) == [
+    assert events.for_pass(both[1:], []) == [
         ("Warning", "Stalled", "Unschedulable: m")]
-    result = reconcile.Result(repaired=["re-created Service s: it was deleted"])
-    assert reconcile.events(result) == [
+    assert events.for_pass([], ["re-created Service s: it was deleted"]) == [
         ("Normal", "Repaired", "re-created Service s: it was deleted")]
 
 
@@ -215,47 +214,47 @@ MARKS = {"baseline": builders.PodMarks("true"), "int8": builders.PodMarks("false
 def test_pods_of_a_variant_taken_out_of_traffic_leave_the_service_at_once() -> None:
     pods = [_pod("b-1", "baseline", "true"), _pod("i-2", "int8", "true"),
             _pod("i-1", "int8", "true"), _pod("i-3", "int8", "false")]
-    assert reconcile.pods_to_mark(MARKS, pods) == [
+    assert apply.pods_to_mark(MARKS, pods) == [
         ("i-1", {LABEL_SERVING: "false"}, {}), ("i-2", {LABEL_SERVING: "false"}, {})]
     # A variant the spec no longer has is not marked (its Deployment is being pruned).
-    assert reconcile.pods_to_mark({"baseline": MARKS["baseline"]}, pods) == []
+    assert apply.pods_to_mark({"baseline": MARKS["baseline"]}, pods) == []
 
 
 def test_pods_of_a_variant_given_traffic_join_the_service_at_once_unless_deleted() -> None:
     leaving = _pod("i-2", "int8", "false")
     leaving["metadata"]["deletionTimestamp"] = "2026-11-30T17:00:00Z"
-    leaving = reconcile.trim_pod(leaving)  # what the operator's pod cache holds
+    leaving = cache.trim_pod(leaving)  # what the operator's pod cache holds
     pods = [_pod("b-1", "baseline", "true"), _pod("i-1", "int8", "false"), leaving,
             _pod("x-1", "other", "false")]
     marks = {**MARKS, "int8": builders.PodMarks("true")}
-    assert reconcile.pods_to_mark(marks, pods) == [("i-1", {LABEL_SERVING: "true"}, {})]
+    assert apply.pods_to_mark(marks, pods) == [("i-1", {LABEL_SERVING: "true"}, {})]
 
 
 def test_stable_pods_start_and_stop_mirroring_by_annotation() -> None:
     mirroring = {**MARKS, "baseline": builders.PodMarks("true", '{"url":"u"}')}
-    pods = [reconcile.trim_pod(_pod("b-1", "baseline", "true")), _pod("i-1", "int8", "false")]
-    assert reconcile.pods_to_mark(mirroring, pods) == [
+    pods = [cache.trim_pod(_pod("b-1", "baseline", "true")), _pod("i-1", "int8", "false")]
+    assert apply.pods_to_mark(mirroring, pods) == [
         ("b-1", {}, {builders.MIRROR_ANNOTATION: '{"url":"u"}'})]
     pods[0]["metadata"]["annotations"] = {builders.MIRROR_ANNOTATION: '{"url":"u"}', "x": "y"}
     # the operator's pod cache keeps the mirror annotation (and nothing else of them)
-    assert reconcile.trim_pod(pods[0])["metadata"]["annotations"] == {
+    assert cache.trim_pod(pods[0])["metadata"]["annotations"] == {
         builders.MIRROR_ANNOTATION: '{"url":"u"}'}
-    assert reconcile.pods_to_mark(mirroring, pods) == []
+    assert apply.pods_to_mark(mirroring, pods) == []
     # the rollout ended: the annotation is removed (a merge patch with null)
-    assert reconcile.pods_to_mark(MARKS, pods) == [
+    assert apply.pods_to_mark(MARKS, pods) == [
         ("b-1", {}, {builders.MIRROR_ANNOTATION: None})]
 
 
 def test_packed_cache_entries_round_trip_as_fresh_copies() -> None:
     obj = {"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": "m-baseline", "annotations": {reconcile.HASH_ANNOTATION: "x"}},
+           "metadata": {"name": "m-baseline", "annotations": {apply.HASH_ANNOTATION: "x"}},
            "spec": {"replicas": 2, "template": {"spec": {"containers": [
                {"name": "s", "env": [{"name": f"MSV_SETTING_{i}", "value": "on"}
                                      for i in range(30)]}]}}}}
-    packed = reconcile.pack(obj)
+    packed = cache.pack(obj)
     assert isinstance(packed, bytes) and len(packed) < len(json.dumps(obj))
-    first, second = reconcile.unpack(packed), reconcile.unpack(packed)
+    first, second = cache.unpack(packed), cache.unpack(packed)
     assert first == obj and second == obj
     first["spec"]["replicas"] = 5  # a pass may mutate its copy; the cache keeps its own
-    assert reconcile.unpack(packed)["spec"]["replicas"] == 2
-    assert reconcile.unpack(obj) == obj  # a plain mapping is taken as it is
+    assert cache.unpack(packed)["spec"]["replicas"] == 2
+    assert cache.unpack(obj) == obj  # a plain mapping is taken as it is

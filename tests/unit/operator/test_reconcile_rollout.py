@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from msv_operator import reconcile, rollout
+from msv_operator import builders, measure, reconcile, rollout
 from msv_operator.config import OperatorConfig
 from msv_operator.spec import parse_spec
 
@@ -48,8 +48,8 @@ class CountingAnalyzer:
 
 
 def pod_metrics(pod: str, variant: str, cpu: str, memory: str) -> dict[str, Any]:
-    return {"metadata": {"name": pod, "labels": {reconcile.LABEL_MODELSERVICE: "sentiment",
-                                                 reconcile.LABEL_VARIANT: variant}},
+    return {"metadata": {"name": pod, "labels": {builders.LABEL_MODELSERVICE: "sentiment",
+                                                 builders.LABEL_VARIANT: variant}},
             "containers": [{"name": "model-server", "usage": {"cpu": cpu, "memory": memory}}]}
 
 
@@ -77,11 +77,11 @@ def test_pod_usage_averages_per_pod_of_each_variant() -> None:
     kube = RecordedKube([pod_metrics("a", "baseline", "250m", "200Mi"),
                          pod_metrics("b", "baseline", "150000000n", "100Mi"),
                          pod_metrics("c", "int8", "100m", "64Mi")])
-    usage = reconcile.pod_usage(ctx(kube, None), parse_spec(body()))
+    usage = measure.pod_usage(ctx(kube, None), parse_spec(body()))
     assert usage == {"baseline": {"cpuMillicores": 200, "memoryBytes": 150 * 2**20},
                      "int8": {"cpuMillicores": 100, "memoryBytes": 64 * 2**20}}
-    assert kube.calls == [("ml", f"{reconcile.LABEL_MODELSERVICE}=sentiment")]
-    assert reconcile.pod_usage(ctx(RecordedKube([]), None), parse_spec(body())) == {}
+    assert kube.calls == [("ml", f"{builders.LABEL_MODELSERVICE}=sentiment")]
+    assert measure.pod_usage(ctx(RecordedKube([]), None), parse_spec(body())) == {}
 
 
 def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
@@ -90,14 +90,14 @@ def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
     c = ctx(RecordedKube([pod_metrics("c", "int8", "100m", "64Mi")]), analyzer)
     spec = parse_spec(body())
     measured: dict[str, dict[str, Any]] = {}
-    m = reconcile.measure(c, spec, {}, T0, measured)
+    m = measure.measure(c, spec, {}, T0, measured)
     assert m.for_rollout is None and m.wait == 60  # no rollout: nothing for the state machine
     assert measured["int8"] == {"p95Ms": 12.3, "rps": 2.0, "cpuMillicores": 100,
                                 "memoryBytes": 64 * 2**20}
     again: dict[str, dict[str, Any]] = {}
-    m = reconcile.measure(c, spec, {}, T0 + timedelta(seconds=20), again)
+    m = measure.measure(c, spec, {}, T0 + timedelta(seconds=20), again)
     assert len(analyzer.calls) == 1 and again == {} and m.wait == 40 and m.taken is None
-    reconcile.measure(c, spec, {}, T0 + timedelta(seconds=61), again)
+    measure.measure(c, spec, {}, T0 + timedelta(seconds=61), again)
     assert len(analyzer.calls) == 2
 
 
@@ -106,11 +106,11 @@ def test_a_value_prometheus_no_longer_has_is_dropped_and_an_error_keeps_the_last
     now_idle = rollout.Sample(variants={"int8": rollout.VariantMetrics(rps=0.0)})
     c = ctx(RecordedKube([]), CountingAnalyzer(now_idle))
     measured = {v: dict(f) for v, f in stale.items()}
-    reconcile.measure(c, parse_spec(body()), {}, T0, measured)
+    measure.measure(c, parse_spec(body()), {}, T0, measured)
     assert measured["int8"] == {"rps": 0.0, "cpuMillicores": 100}
     down = ctx(RecordedKube([]), CountingAnalyzer(rollout.Sample(error="unreachable")))
     measured = {v: dict(f) for v, f in stale.items()}
-    reconcile.measure(down, parse_spec(body()), {}, T0, measured)
+    measure.measure(down, parse_spec(body()), {}, T0, measured)
     assert measured == stale
 
 
@@ -121,7 +121,7 @@ def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout(
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    got = reconcile.measure(c, spec, prior, T0 + timedelta(seconds=30), {}).for_rollout
+    got = measure.measure(c, spec, prior, T0 + timedelta(seconds=30), {}).for_rollout
     assert got is not None and analyzer.calls == [(60.0, 30.0)]
 
 
@@ -130,10 +130,10 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0).status}
-    m = reconcile.measure(ctx(RecordedKube([]), None), spec, prior,
-                          T0 + timedelta(seconds=30), {})
+    m = measure.measure(ctx(RecordedKube([]), None), spec, prior,
+                        T0 + timedelta(seconds=30), {})
     got = m.for_rollout
-    assert got is not None and got.error == reconcile.NO_PROMETHEUS and m.wait is None
+    assert got is not None and got.error == measure.NO_PROMETHEUS and m.wait is None
     d = rollout.advance(spec, prior["rollout"], {"int8": rollout.Readiness(1)}, got, {},
                         T0 + timedelta(seconds=30))
     assert d.status is not None and d.status["reason"] == rollout.METRICS_UNAVAILABLE
