@@ -77,8 +77,12 @@ class WorkQueue(Generic[K]):
                 return key
             timeout = self._heap[0][0] - now if self._heap else None
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives in the same loop step as the wakeup, and a stopping worker would
+            # go on to take the next key.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     def done(self, key: K) -> None:
         self._processing.discard(key)

@@ -108,3 +108,28 @@ def test_idle_waits_until_nothing_is_queued_or_processing() -> None:
         q.done("b")
         await asyncio.wait_for(idle, 1)
     run(main())
+
+
+def test_a_worker_cancelled_as_a_key_arrives_stops() -> None:
+    """The cancellation of a worker waiting in get() wins over a wakeup in the same loop
+    step (a stopping operator must not go on taking keys)."""
+
+    async def main() -> None:
+        for _ in range(50):
+            q: WorkQueue[str] = WorkQueue()
+            q.add("later", 100.0)  # a timed wait, not an untimed one
+            taken: list[str] = []
+
+            async def worker(q: WorkQueue[str] = q, taken: list[str] = taken) -> None:
+                while True:
+                    taken.append(await q.get())
+
+            task = asyncio.create_task(worker())
+            await asyncio.sleep(0)
+            q.add("now")
+            task.cancel()
+            await asyncio.sleep(0.01)
+            assert task.done(), "the worker survived its cancellation"
+            assert taken == []
+
+    run(main())
