@@ -20,11 +20,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from msv_contract.api import ANNOTATION_APPLIED_HASH
 from msv_operator import builders, quantity
-from msv_operator.config import PREFIX
 from msv_operator.owned import describe, key_of
 
-HASH_ANNOTATION = f"{PREFIX}/applied-hash"
+HASH_ANNOTATION = ANNOTATION_APPLIED_HASH
 
 # Kinds the operator creates whatever the cluster serves (ServiceMonitor and HTTPRoute only
 # when their API is served, ``reconcile``): a desired one that is missing was deleted.

@@ -35,16 +35,17 @@ from typing import Any
 
 import kopf
 
-from msv_operator import builders, cache, kopf_fixes, kube, leader
+from msv_contract import api
+from msv_operator import builders, cache, kopf_fixes, leader
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.runtime import Key, Runtime
 
 log = logging.getLogger("msv_operator.handlers")
 
-GROUP = kube.MODELSERVICE_GROUP
-VERSION = kube.MODELSERVICE_VERSION
-PLURAL = kube.MODELSERVICE_PLURAL
+GROUP = api.GROUP
+VERSION = api.VERSION
+PLURAL = api.PLURAL
 LABEL = builders.LABEL_MODELSERVICE
 
 OWNED = (
@@ -113,7 +114,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
         settings.persistence.diffbase_storage = _NoDiffBase()
-        settings.persistence.finalizer = f"{PREFIX}/finalizer"
+        settings.persistence.finalizer = api.FINALIZER
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
@@ -151,7 +152,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
     # ---- caches -----------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="msv_bodies")
     async def msv_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        ms = cache.strip_live(body, f"{GROUP}/{VERSION}", "ModelService")
+        ms = cache.strip_live(body, api.API_VERSION, api.KIND)
         annotations = ms["metadata"].get("annotations") or {}
         for noise in NOISE_ANNOTATIONS:
             annotations.pop(noise, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from msv_contract.api import KIND
 from msv_operator import brownout, builders
 
 
@@ -27,7 +28,7 @@ def describe(obj: Mapping[str, Any]) -> str:
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """Whether ``obj`` has a controller ownerReference to the ModelService ``uid``."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
-        if ref.get("uid") == uid and ref.get("controller") and ref.get("kind") == "ModelService":
+        if ref.get("uid") == uid and ref.get("controller") and ref.get("kind") == KIND:
             return True
     return False
 

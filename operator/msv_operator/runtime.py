@@ -28,15 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from msv_contract.api import API_VERSION, KIND
 from msv_operator import cache, conditions, events, kopf_fixes, kube, memory, prom, reconcile
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.workqueue import WorkQueue
 
 log = logging.getLogger("msv_operator.runtime")
-
-GROUP = kube.MODELSERVICE_GROUP
-VERSION = kube.MODELSERVICE_VERSION
 
 Key = tuple[str, str]
 """(namespace, name) of a ModelService."""
@@ -242,7 +240,7 @@ class Runtime:
     async def _post_events(self, ms: Mapping[str, Any], result: reconcile.Result) -> None:
         """Events of condition transitions and of the rollout (step, promotion, rollback,
         pause), once the status recording them is written."""
-        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+        involved = {"apiVersion": API_VERSION, "kind": KIND,
                     "metadata": ms.get("metadata") or {}}
         for type_, reason, message in events.for_pass(result.transitions,
                                                        result.repaired):

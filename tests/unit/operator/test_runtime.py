@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from msv_operator import cache, conditions, kube, reconcile, runtime
+from msv_operator import cache, conditions, kube, reconcile
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.runtime import Key, Runtime
+
+from msv_contract.api import API_VERSION
 
 A: Key = ("ml", "sentiment")
 B: Key = ("ml", "summarizer")
@@ -416,7 +418,7 @@ def test_events_are_posted_in_order_and_a_failed_post_fails_nothing(
         ("Normal", "RolloutStep", "int8 at 10%"),
         ("Warning", "BrownoutEngaged", "p95 over the objective")]
     involved = posted.events[0][4]
-    assert involved["apiVersion"] == f"{runtime.GROUP}/{runtime.VERSION}"
+    assert involved["apiVersion"] == API_VERSION
     assert involved["kind"] == "ModelService"
     assert involved["metadata"]["name"] == "sentiment"
     assert posted.events[0][3].endswith("Z")
