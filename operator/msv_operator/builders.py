@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from msv_operator.rollout import spec_weights
 from msv_operator.spec import ModelServiceSpec, ModelSource, Variant, parse_spec
 
 GROUP = "serving.modelservice.dev"
@@ -431,7 +432,7 @@ def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
 
 def spec_serving(spec: ModelServiceSpec) -> Serving:
     """spec.traffic as effective weights (no rollout state, no mirror)."""
-    return Serving({v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants})
+    return Serving(spec_weights(spec))
 
 
 @dataclass(frozen=True)

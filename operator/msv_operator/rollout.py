@@ -7,6 +7,9 @@ the *effective weights* every builder and the status take, whether the stable va
 to the candidate, the Events to post and when to look again. All state lives in
 ``status.rollout``, so a restarted operator resumes at the same step.
 
+``traffic_weights`` is the one computation of spec.traffic as weights (the builders and the
+status use it too); ``step_weights`` and ``effective_weights`` move them during a rollout.
+
 Phases: ``Pending`` (candidate not ready) -> ``Progressing`` (step i) -> ``Promoted``, or
 ``RolledBack`` (a gate failed more than ``failureLimit`` times, or the candidate cannot load or
 crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``PausedByUser``)
@@ -16,7 +19,7 @@ or because the metrics cannot be read (reason ``MetricsUnavailable``: never prom
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -110,9 +113,22 @@ class Decision:
 
 # ---- weights -------------------------------------------------------------------------------
 
+def traffic_weights(variants: Iterable[str], traffic: Mapping[str, int] | None
+                    ) -> dict[str, int]:
+    """spec.traffic as weights: every variant in order with its weight in ``traffic`` (0 for
+    the ones it does not name); without spec.traffic (None) the first variant takes 100, as
+    ``parse_spec`` reads such a spec. The one place this is computed: the rollout
+    (``spec_weights``), the builders (``spec_serving``) and the status (``variant_weights``,
+    also for a spec that does not parse) all take it from here."""
+    names = list(dict.fromkeys(variants))
+    if traffic is None:
+        traffic = {names[0]: 100} if names else {}
+    return {v: int(traffic.get(v, 0)) for v in names}
+
+
 def spec_weights(spec: ModelServiceSpec) -> dict[str, int]:
-    """spec.traffic for every variant (0 for the ones it does not name)."""
-    return {v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants}
+    """spec.traffic for every variant of a parsed spec (0 for the ones it does not name)."""
+    return traffic_weights((v.name for v in spec.variants), spec.traffic)
 
 
 def step_weights(spec: ModelServiceSpec, candidate: str, weight: int) -> dict[str, int]:

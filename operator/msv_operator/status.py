@@ -9,6 +9,8 @@ rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` c
 the per-variant measured fields (``MEASURED_KEYS``). With ``spec.autoscaling``: the HPAs'
 bounds per variant, ``status.brownout`` (from ``brownout``) and the ``AutoscalingBlind``
 condition; ``replicaCounts`` (ready/desired per variant) is the ``REPLICAS`` column.
+Without effective weights the weights are spec.traffic, from ``rollout.traffic_weights`` (the
+one place they are computed), also for a spec that does not parse.
 
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
@@ -41,6 +43,7 @@ from typing import Any
 
 from msv_operator import conditions as cond
 from msv_operator.brownout import HpaState, blind
+from msv_operator.rollout import traffic_weights
 
 LABEL_VARIANT = "serving.modelservice.dev/variant"
 
@@ -123,21 +126,22 @@ def variant_names(ms: Mapping[str, Any]) -> list[str]:
 
 
 def variant_weights(ms: Mapping[str, Any]) -> dict[str, int]:
-    """Traffic weight per variant; without ``spec.traffic`` the first variant takes 100."""
+    """Traffic weight per variant; without ``spec.traffic`` the first variant takes 100.
+    Tolerates a malformed spec: entries it cannot read count for nothing, a variant listed
+    twice gets both weights."""
     names = variant_names(ms)
-    weights = dict.fromkeys(names, 0)
     spec = ms.get("spec") or {}
-    traffic = spec.get("traffic") if isinstance(spec, Mapping) else None
-    if traffic:
-        for t in traffic:
-            if isinstance(t, Mapping) and t.get("variant") in weights:
-                try:
-                    weights[t["variant"]] += int(t.get("weight", 0))
-                except (TypeError, ValueError):
-                    continue
-    elif names:
-        weights[names[0]] = 100
-    return weights
+    raw = spec.get("traffic") if isinstance(spec, Mapping) else None
+    if not raw:
+        return traffic_weights(names, None)
+    traffic: dict[str, int] = {}
+    for t in raw:
+        if isinstance(t, Mapping) and t.get("variant") in names:
+            try:
+                traffic[t["variant"]] = traffic.get(t["variant"], 0) + int(t.get("weight", 0))
+            except (TypeError, ValueError):
+                continue
+    return traffic_weights(names, traffic)
 
 
 def _optimization(opt: Any) -> str:
