@@ -18,6 +18,8 @@ proportions of spec.traffic; each further ``engageAfter`` of overload adds ``ste
 without a ready pod (``VariantNotReady``: never used, only reported); metrics that cannot be
 read (``MetricsUnavailable``: the phase and its weights hold, the windows start over).
 Only a fresh measurement moves the windows; between measurements the state holds.
+The machine works on the typed ``state.BrownoutStatus`` (and reads the rollout's phase from
+``state.RolloutStatus``); the stored dict is read once and written once (``Decision.status``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from msv_operator.rollout import (
     step_weights,
 )
 from msv_operator.spec import Brownout, ModelServiceSpec
+from msv_operator.state import BrownoutStatus, RolloutStatus, present
 
 INACTIVE = "Inactive"
 ENGAGED = "Engaged"
@@ -105,10 +108,10 @@ def first_share(b: Brownout) -> int:
     return min(b.step or b.max_share, b.max_share)
 
 
-def _fresh(b: Brownout, stable: str, stamp: str) -> dict[str, Any]:
-    return {"variant": b.variant, "stable": stable, "phase": INACTIVE,
-            "reason": WITHIN_OBJECTIVE, "message": "nothing measured yet", "since": stamp,
-            "share": 0}
+def _fresh(b: Brownout, stable: str, stamp: str) -> BrownoutStatus:
+    return BrownoutStatus(variant=b.variant, stable=stable, phase=INACTIVE,
+                          reason=WITHIN_OBJECTIVE, message="nothing measured yet", since=stamp,
+                          share=0)
 
 
 def _ms(value: float | None) -> float | None:
@@ -116,34 +119,45 @@ def _ms(value: float | None) -> float | None:
 
 
 class _Run:
-    def __init__(self, b: Brownout, st: dict[str, Any], now: datetime) -> None:
+    def __init__(self, b: Brownout, st: BrownoutStatus, now: datetime) -> None:
         self.b, self.st, self.now = b, st, now
         self.stamp = rfc3339(now)
         self.events: list[Event] = []
 
-    def move(self, phase: str, reason: str, message: str, event: Event | None = None) -> None:
-        """Set phase/reason/message; ``event`` is posted only when phase or reason changes."""
-        changed = (self.st.get("phase"), self.st.get("reason")) != (phase, reason)
-        if self.st.get("phase") != phase:
-            self.st["since"] = self.stamp
-        self.st.update(phase=phase, reason=reason, message=message)
+    def move(self, phase: str | None, reason: str, message: str,
+             event: Event | None = None) -> None:
+        """Set phase/reason/message; ``event`` is posted only when phase or reason changes.
+        (``phase`` is None only when holding a stored status that had none.)"""
+        changed = (self.st.phase, self.st.reason) != (phase, reason)
+        if self.st.phase != phase:
+            self.st.since = self.stamp
+        self.st.phase, self.st.reason, self.st.message = phase, reason, message
         if event is not None and changed:
             self.events.append(event)
 
     def release(self, reason: str, why: str) -> None:
         message = f"released: traffic back from {self.b.variant}: {why}"
-        self.st["share"] = 0
+        self.st.share = 0
         self.move(INACTIVE, reason, message, ("Normal", "BrownoutReleased", message))
 
-    def window(self, key: str) -> float:
-        """Seconds since the window ``key`` started (starting it now if it was not running)."""
-        if not self.st.get(key):
-            self.st[key] = self.stamp
-        return seconds_since(self.st[key], self.now) or 0.0
+    def pressure_window(self) -> float:
+        """Seconds the overload window has run (``pressureSince``; starts it now if it was
+        not running)."""
+        if not self.st.pressure_since:
+            self.st.pressure_since = self.stamp
+        return seconds_since(self.st.pressure_since, self.now) or 0.0
+
+    def calm_window(self) -> float:
+        """Seconds the calm window has run (``calmSince``; starts it now if it was not
+        running)."""
+        if not self.st.calm_since:
+            self.st.calm_since = self.stamp
+        return seconds_since(self.st.calm_since, self.now) or 0.0
 
 
-def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
-            weights: Mapping[str, int], rollout_status: Mapping[str, Any] | None,
+def advance(spec: ModelServiceSpec, prior: BrownoutStatus | Mapping[str, Any] | None,
+            weights: Mapping[str, int],
+            rollout_status: RolloutStatus | Mapping[str, Any] | None,
             hpa: HpaState | None, readiness: Mapping[str, Readiness], sample: Sample | None,
             now: datetime) -> Decision:
     """One step of the machine (see the module docstring)."""
@@ -152,24 +166,27 @@ def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
         return Decision(status=None, weights=dict(weights))
     stable = spec.stable
     stamp = rfc3339(now)
-    if prior and (prior.get("variant"), prior.get("stable")) == (b.variant, stable):
-        st = copy.deepcopy(dict(prior))
+    known = BrownoutStatus.of(prior)
+    if known is not None and (known.variant, known.stable) == (b.variant, stable):
+        st = known if known is not prior else copy.deepcopy(known)  # never change the caller's
     else:
         st = _fresh(b, stable, stamp)
     run = _Run(b, st, now)
-    st.update(objectiveMs=_ms(b.objective_ms), releaseBelowMs=_ms(b.objective_ms * b.release_below),
-              maxShare=b.max_share)
+    st.objective_ms = _ms(b.objective_ms)
+    st.release_below_ms = _ms(b.objective_ms * b.release_below)
+    st.max_share = b.max_share
     if hpa is not None:
-        st.update(stableReplicas=hpa.current, stableMaxReplicas=hpa.max_replicas)
+        st.stable_replicas, st.stable_max_replicas = hpa.current, hpa.max_replicas
     if sample is not None and sample.error is None:
-        st["p95Ms"] = _ms(sample.variants[stable].p95_ms if stable in sample.variants else None)
-        st["measuredAt"] = stamp
-        st.pop("metricsError", None)
+        st.p95_ms = _ms(sample.variants[stable].p95_ms if stable in sample.variants else None)
+        st.measured_at = stamp
+        st.metrics_error = None
     elif sample is not None:
-        st["metricsError"] = sample.error
+        st.metrics_error = sample.error
 
     ready = readiness.get(b.variant, Readiness())
-    rollout_phase = (rollout_status or {}).get("phase") if spec.rollout else None
+    rollout = RolloutStatus.of(rollout_status)
+    rollout_phase = rollout.phase if spec.rollout and rollout is not None else None
     if rollout_phase in (*ACTIVE, PROMOTED):
         _suspend(run, f"the rollout of {spec.rollout.candidate if spec.rollout else '?'} is "
                       f"{rollout_phase}; the rollout decides the weights (it takes precedence)",
@@ -181,61 +198,60 @@ def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
                  ("Warning", "BrownoutUnavailable", f"variant {b.variant} is not ready: {why}"),
                  keep_pressure=True, sample=sample, hpa=hpa)
     elif sample is not None and sample.error is not None:
-        st.pop("pressureSince", None)
-        st.pop("calmSince", None)
-        message = (f"metrics unavailable, holding {st['phase']} (share {st.get('share', 0)}%): "
+        st.pressure_since = st.calm_since = None
+        message = (f"metrics unavailable, holding {st.phase} (share {st.share or 0}%): "
                    f"{sample.error}")
-        run.move(st["phase"], METRICS_UNAVAILABLE, message,
+        run.move(st.phase, METRICS_UNAVAILABLE, message,
                  ("Warning", "BrownoutMetricsUnavailable", message))
     elif sample is not None:
         _evaluate(run, hpa)
-    elif st.get("reason") in (ROLLOUT_ACTIVE, VARIANT_NOT_READY):
+    elif st.reason in (ROLLOUT_ACTIVE, VARIANT_NOT_READY):
         # the obstacle is gone (both leave the phase Inactive); the next measurement says more
         run.move(INACTIVE, WITHIN_OBJECTIVE, "waiting for the next measurement")
 
     out = dict(weights)
-    if st["phase"] == ENGAGED:
-        out = shifted_weights(spec, b, int(st.get("share") or first_share(b)))
-        st["share"] = out[b.variant]
+    if st.phase == ENGAGED:
+        out = shifted_weights(spec, b, st.share or first_share(b))
+        st.share = out[b.variant]
     else:
-        st["share"] = 0
-    return Decision(status=st, weights=out, events=run.events)
+        st.share = 0
+    return Decision(status=st.to_dict(), weights=out, events=run.events)
 
 
 def _suspend(run: _Run, message: str, reason: str, event: Event, keep_pressure: bool = False,
              sample: Sample | None = None, hpa: HpaState | None = None) -> None:
     st = run.st
-    if st["phase"] == ENGAGED:
+    if st.phase == ENGAGED:
         run.release(reason, message)
         return
-    st.pop("calmSince", None)
+    st.calm_since = None
     if keep_pressure and sample is not None and sample.error is None \
             and _pressure(run.b, st, hpa):
-        run.window("pressureSince")  # engages as soon as the variant is ready
+        run.pressure_window()  # engages as soon as the variant is ready
     elif not keep_pressure or sample is not None:
-        st.pop("pressureSince", None)
+        st.pressure_since = None
     run.move(INACTIVE, reason, message, event)
 
 
-def _pressure(b: Brownout, st: Mapping[str, Any], hpa: HpaState | None) -> bool:
-    p95 = st.get("p95Ms")
+def _pressure(b: Brownout, st: BrownoutStatus, hpa: HpaState | None) -> bool:
+    p95 = present(st.p95_ms)
     return (hpa is not None and hpa.max_replicas > 0 and hpa.current >= hpa.max_replicas
             and p95 is not None and p95 > b.objective_ms)
 
 
 def _evaluate(run: _Run, hpa: HpaState | None) -> None:
     b, st = run.b, run.st
-    p95 = st.get("p95Ms")
+    p95 = present(st.p95_ms)
     seen = "no requests measured" if p95 is None else f"p95 {p95} ms"
-    if st["phase"] == INACTIVE:
-        st.pop("calmSince", None)
+    if st.phase == INACTIVE:
+        st.calm_since = None
         if _pressure(b, st, hpa):
-            held = run.window("pressureSince")
+            held = run.pressure_window()
             if held >= b.engage_seconds:
-                st.pop("pressureSince", None)
-                st["share"] = first_share(b)
+                st.pressure_since = None
+                st.share = first_share(b)
                 message = (f"engaged: {seen} above the objective {b.objective_ms:g} ms at "
-                           f"maxReplicas for {held:.0f}s; {st['share']}% of the traffic goes "
+                           f"maxReplicas for {held:.0f}s; {st.share}% of the traffic goes "
                            f"to {b.variant} (maxShare {b.max_share}%)")
                 run.move(ENGAGED, OVERLOADED, message, ("Warning", "BrownoutEngaged", message))
                 return
@@ -243,7 +259,7 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
                      f"{seen} above the objective {b.objective_ms:g} ms at maxReplicas for "
                      f"{held:.0f}s of engageAfter {b.engage_seconds:g}s")
             return
-        st.pop("pressureSince", None)
+        st.pressure_since = None
         if p95 is not None and p95 > b.objective_ms:
             replicas = "no HPA yet" if hpa is None else \
                 f"{hpa.current}/{hpa.max_replicas} replicas"
@@ -254,15 +270,15 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
                      f"{seen}, objective {b.objective_ms:g} ms")
         return
     line = b.objective_ms * b.release_below
-    share = int(st.get("share") or 0)
+    share = st.share or 0
     if _pressure(b, st, hpa) and share < b.max_share:
-        st.pop("calmSince", None)
-        held = run.window("pressureSince")
+        st.calm_since = None
+        held = run.pressure_window()
         if held >= b.engage_seconds:  # still overloaded: one more step
-            st.pop("pressureSince", None)
-            st["share"] = min(b.max_share, share + (b.step or b.max_share))
+            st.pressure_since = None
+            st.share = min(b.max_share, share + (b.step or b.max_share))
             message = (f"{seen} still above the objective {b.objective_ms:g} ms at maxReplicas "
-                       f"for {held:.0f}s; {st['share']}% to {b.variant} (maxShare "
+                       f"for {held:.0f}s; {st.share}% to {b.variant} (maxShare "
                        f"{b.max_share}%)")
             run.events.append(("Warning", "BrownoutStep", message))
             run.move(ENGAGED, OVERLOADED, message)
@@ -271,30 +287,31 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
                  f"{held:.0f}s of engageAfter {b.engage_seconds:g}s before the next step; "
                  f"{share}% to {b.variant}")
         return
-    st.pop("pressureSince", None)
+    st.pressure_since = None
     if p95 is None or p95 < line:
-        calm = run.window("calmSince")
+        calm = run.calm_window()
         if calm >= b.release_seconds:
-            st.pop("calmSince", None)
+            st.calm_since = None
             run.release(WITHIN_OBJECTIVE, f"{seen} below {line:g} ms for {calm:.0f}s")
             return
         run.move(ENGAGED, RECOVERING, f"{seen} below {line:g} ms for {calm:.0f}s of "
                  f"releaseAfter {b.release_seconds:g}s")
         return
-    st.pop("calmSince", None)
+    st.calm_since = None
     run.move(ENGAGED, OVERLOADED, f"{seen}, not below the release line {line:g} ms; "
-             f"{st.get('share', 0)}% to {b.variant}")
+             f"{st.share or 0}% to {b.variant}")
 
 
-def blind(hpas: Mapping[str, HpaState], brownout_status: Mapping[str, Any] | None
-          ) -> tuple[str, str] | None:
+def blind(hpas: Mapping[str, HpaState],
+          brownout_status: BrownoutStatus | Mapping[str, Any] | None) -> tuple[str, str] | None:
     """(reason, message) of ``AutoscalingBlind=True``, or None when the metrics can be read:
     an HPA that cannot read its metrics (``HPAMetricsUnavailable``) or a brownout that cannot
     read Prometheus (``PrometheusUnavailable``)."""
     parts = [f"variant {v}: the HPA cannot read its metrics and holds its size ({h.blind})"
              for v, h in sorted(hpas.items()) if h.blind]
     reason = "HPAMetricsUnavailable" if parts else "PrometheusUnavailable"
-    if brownout_status and brownout_status.get("reason") == METRICS_UNAVAILABLE:
-        parts.append(f"brownout cannot read the stable p95 and holds "
-                     f"{brownout_status.get('phase')}: {brownout_status.get('metricsError')}")
+    b = BrownoutStatus.of(brownout_status)
+    if b is not None and b.reason == METRICS_UNAVAILABLE:
+        parts.append(f"brownout cannot read the stable p95 and holds {b.phase}: "
+                     f"{b.metrics_error}")
     return (reason, "; ".join(parts)) if parts else None

@@ -39,6 +39,7 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
+from msv_operator.rollout import spec_weights
 from msv_operator.spec import ModelServiceSpec, ModelSource, Variant, parse_spec
 
 MIRROR_ANNOTATION = ANNOTATION_MIRROR
@@ -433,7 +434,7 @@ def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
 
 def spec_serving(spec: ModelServiceSpec) -> Serving:
     """spec.traffic as effective weights (no rollout state, no mirror)."""
-    return Serving({v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants})
+    return Serving(spec_weights(spec))
 
 
 @dataclass(frozen=True)

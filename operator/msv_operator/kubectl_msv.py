@@ -10,7 +10,8 @@
 
 Only annotations are written, never the spec: Argo CD and Flux see no drift in what they own.
 Uses the user's kubeconfig (``$KUBECONFIG``) through ``kube``. ``render`` is pure, so it is
-tested on recorded objects.
+tested on recorded objects; it reads the status through the operator's own types
+(``state.RolloutStatus``, ``state.BrownoutStatus``, ``state.VariantStatus``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from msv_contract.api import API_VERSION, GROUP, KIND, SINGULAR
 from msv_operator import kube
 from msv_operator.conditions import rfc3339
 from msv_operator.rollout import ANNOTATION_ACTION, ANNOTATION_PAUSED
+from msv_operator.state import (
+    ABSENT,
+    Analysis,
+    BrownoutStatus,
+    RolloutStatus,
+    VariantStatus,
+    present,
+)
 
 FIELD_MANAGER = "kubectl-msv"
 STEERING = ("promote", "abort", "pause", "resume", "retry")
@@ -50,6 +59,11 @@ def _size(value: Any) -> str | None:
     return None
 
 
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when its key is missing."""
+    return default if value is None else value
+
+
 def _condition(ms: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
     for c in (ms.get("status") or {}).get("conditions") or ():
         if c.get("type") == type_:
@@ -65,81 +79,82 @@ def render(ms: Mapping[str, Any]) -> str:
     lines = [f"ModelService {meta.get('namespace')}/{meta.get('name')}   "
              f"Ready={ready.get('status', '?')} ({ready.get('reason', '-')})   "
              f"traffic {st.get('traffic', '-')}"]
-    r = st.get("rollout")
     spec_rollout = (ms.get("spec") or {}).get("rollout")
-    if not r:
+    if not st.get("rollout"):
         lines.append("Rollout: none" if not spec_rollout else
                      "Rollout: not started yet (the operator has not written status.rollout)")
     else:
-        steps = [int(s) for s in r.get("steps") or ()]
-        step = int(r.get("step") or 0)
-        marked = " ".join(f"[{s}]" if i + 1 == step else str(s) for i, s in enumerate(steps))
-        limit = ((spec_rollout or {}).get("analysis") or {}).get("failureLimit", 2)
-        reason = f" ({r['reason']})" if r.get("reason") else ""
-        lines += [
-            f"Rollout: candidate {r.get('candidate')} from {r.get('stable')}",
-            f"  phase:    {r.get('phase')}{reason}",
-            f"  step:     {step}/{len(steps)}   steps (% to candidate): {marked}",
-            f"  failures: {r.get('failures', 0)} (failureLimit {limit})",
-            f"  started:  {r.get('startedAt', '-')}   step started: {r.get('stepStartedAt', '-')}",
-            f"  message:  {r.get('message', '')}",
-        ]
-        if r.get("handledAction"):
-            lines.append(f"  last action handled: {r['handledAction']}")
-        last = r.get("lastAnalysis")
-        if last:
-            requests = (f", {last['requests']}/{last.get('minRequests')} candidate requests"
-                        if "requests" in last else "")
-            lines.append(f"Last analysis {last.get('time')} (step {last.get('step')}): "
-                         f"{last.get('verdict')}{requests}")
-            if last.get("message"):
-                lines.append(f"  note: {last['message']}")
-            gates = last.get("gates") or []
-            if gates:
-                lines += _table(
-                    ["GATE", "VALUE", "THRESHOLD", "PASSED"],
-                    [[g.get("name"), g.get("value"), f"{g.get('comparison')} {g.get('threshold')}",
-                      {True: "yes", False: "NO", None: "no data"}[g.get("passed")]]
-                     for g in gates])
-        history = r.get("history") or []
-        if history:
-            lines.append("History:")
-            lines += _table(["TIME", "PHASE", "STEP", "MESSAGE"],
-                            [[h.get("time"), h.get("phase"), h.get("step"), h.get("message")]
-                             for h in history])
+        lines += _rollout_lines(RolloutStatus.from_dict(st["rollout"]), spec_rollout or {})
     lines += _brownout_lines(ms)
-    variants = st.get("variants") or []
+    variants = [VariantStatus.from_dict(v) for v in st.get("variants") or ()]
     if variants:
         lines.append("Variants:")
         lines += _table(
             ["NAME", "WEIGHT", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS", "AGREEMENT",
              "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
-            [[v.get("name"), v.get("weight"),
-              f"{v.get('readyReplicas', 0)}/{v.get('desiredReplicas', v.get('replicas', 0))}",
-              f"{v['minReplicas']}..{v['maxReplicas']}" if "maxReplicas" in v else None,
-              v.get("p95Ms"),
-              v.get("rps"), v.get("errorRate"), v.get("agreement"), v.get("parameters"),
-              _size(v.get("sizeBytes")), v.get("cpuMillicores"), _size(v.get("memoryBytes")),
-              v.get("optimization")] for v in variants])
+            [[v.name, v.weight,
+              f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}",
+              None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
+              v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
+              v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
     return "\n".join(lines)
+
+
+def _rollout_lines(r: RolloutStatus, spec_rollout: Mapping[str, Any]) -> list[str]:
+    """The rollout block: phase, steps, the last analysis's gates, the history."""
+    steps = [int(s) for s in r.steps or ()]
+    step = int(r.step or 0)
+    marked = " ".join(f"[{s}]" if i + 1 == step else str(s) for i, s in enumerate(steps))
+    limit = (spec_rollout.get("analysis") or {}).get("failureLimit", 2)
+    reason = f" ({r.reason})" if r.reason else ""
+    lines = [
+        f"Rollout: candidate {r.candidate} from {r.stable}",
+        f"  phase:    {r.phase}{reason}",
+        f"  step:     {step}/{len(steps)}   steps (% to candidate): {marked}",
+        f"  failures: {_or(r.failures, 0)} (failureLimit {limit})",
+        f"  started:  {_or(r.started_at, '-')}   step started: {_or(r.step_started_at, '-')}",
+        f"  message:  {_or(r.message, '')}",
+    ]
+    if r.handled_action:
+        lines.append(f"  last action handled: {r.handled_action}")
+    last = r.last_analysis
+    if last is not None and last != Analysis():
+        requests = (f", {last.requests}/{last.min_requests} candidate requests"
+                    if last.requests is not None else "")
+        lines.append(f"Last analysis {last.time} (step {last.step}): {last.verdict}{requests}")
+        if last.message:
+            lines.append(f"  note: {last.message}")
+        if last.gates:
+            lines += _table(
+                ["GATE", "VALUE", "THRESHOLD", "PASSED"],
+                [[g.name, present(g.value), f"{g.comparison} {g.threshold}",
+                  {True: "yes", False: "NO", None: "no data"}[present(g.passed)]]
+                 for g in last.gates])
+    if r.history:
+        lines.append("History:")
+        lines += _table(["TIME", "PHASE", "STEP", "MESSAGE"],
+                        [[h.time, h.phase, h.step, h.message] for h in r.history])
+    return lines
 
 
 def _brownout_lines(ms: Mapping[str, Any]) -> list[str]:
     """The brownout block (only when the spec asks for one) and a blind autoscaler."""
     lines: list[str] = []
-    b = (ms.get("status") or {}).get("brownout")
+    stored = (ms.get("status") or {}).get("brownout")
     spec_b = ((ms.get("spec") or {}).get("autoscaling") or {}).get("brownout")
-    if b:
-        reason = f" ({b['reason']})" if b.get("reason") else ""
+    if stored:
+        b = BrownoutStatus.from_dict(stored)
+        reason = f" ({b.reason})" if b.reason else ""
+        p95 = "-" if b.p95_ms is ABSENT else b.p95_ms
         lines += [
-            f"Brownout: variant {b.get('variant')} for stable {b.get('stable')}",
-            f"  phase:    {b.get('phase')}{reason} since {b.get('since', '-')}",
-            f"  share:    {b.get('share', 0)}% (maxShare {b.get('maxShare', '-')})",
-            f"  p95:      {b.get('p95Ms', '-')} ms (objective {b.get('objectiveMs')} ms, "
-            f"release below {b.get('releaseBelowMs')} ms; measured {b.get('measuredAt', '-')})",
-            f"  stable:   {b.get('stableReplicas', '-')}/{b.get('stableMaxReplicas', '-')} "
+            f"Brownout: variant {b.variant} for stable {b.stable}",
+            f"  phase:    {b.phase}{reason} since {_or(b.since, '-')}",
+            f"  share:    {_or(b.share, 0)}% (maxShare {_or(b.max_share, '-')})",
+            f"  p95:      {p95} ms (objective {b.objective_ms} ms, "
+            f"release below {b.release_below_ms} ms; measured {_or(b.measured_at, '-')})",
+            f"  stable:   {_or(b.stable_replicas, '-')}/{_or(b.stable_max_replicas, '-')} "
             "replicas (current/max)",
-            f"  message:  {b.get('message', '')}",
+            f"  message:  {_or(b.message, '')}",
         ]
     elif spec_b:
         lines.append("Brownout: not evaluated yet (the operator has not written status.brownout)")

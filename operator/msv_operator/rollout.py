@@ -5,7 +5,12 @@ the Deployments and Pods the operator caches), an analysis ``Sample`` (when one 
 ModelService's annotations and ``now``, and returns a ``Decision``: the new ``status.rollout``,
 the *effective weights* every builder and the status take, whether the stable variants mirror
 to the candidate, the Events to post and when to look again. All state lives in
-``status.rollout``, so a restarted operator resumes at the same step.
+``status.rollout``, so a restarted operator resumes at the same step. The machine works on its
+typed form (``state.RolloutStatus``); the stored dict is read once on the way in and written
+once on the way out (``Decision.status``).
+
+``traffic_weights`` is the one computation of spec.traffic as weights (the builders and the
+status use it too); ``step_weights`` and ``effective_weights`` move them during a rollout.
 
 Phases: ``Pending`` (candidate not ready) -> ``Progressing`` (step i) -> ``Promoted``, or
 ``RolledBack`` (a gate failed more than ``failureLimit`` times, or the candidate cannot load or
@@ -16,7 +21,7 @@ or because the metrics cannot be read (reason ``MetricsUnavailable``: never prom
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,6 +29,16 @@ from typing import Any, Protocol
 from msv_contract.api import ANNOTATION_ROLLOUT_ACTION, ANNOTATION_ROLLOUT_PAUSED
 from msv_operator.conditions import rfc3339
 from msv_operator.spec import ModelServiceSpec, Rollout
+from msv_operator.state import (
+    ABSENT,
+    Absent,
+    Analysis,
+    Gate,
+    HistoryEntry,
+    Reference,
+    RolloutStatus,
+    present,
+)
 
 PENDING = "Pending"
 PROGRESSING = "Progressing"
@@ -110,9 +125,22 @@ class Decision:
 
 # ---- weights -------------------------------------------------------------------------------
 
+def traffic_weights(variants: Iterable[str], traffic: Mapping[str, int] | None
+                    ) -> dict[str, int]:
+    """spec.traffic as weights: every variant in order with its weight in ``traffic`` (0 for
+    the ones it does not name); without spec.traffic (None) the first variant takes 100, as
+    ``parse_spec`` reads such a spec. The one place this is computed: the rollout
+    (``spec_weights``), the builders (``spec_serving``) and the status (``variant_weights``,
+    also for a spec that does not parse) all take it from here."""
+    names = list(dict.fromkeys(variants))
+    if traffic is None:
+        traffic = {names[0]: 100} if names else {}
+    return {v: int(traffic.get(v, 0)) for v in names}
+
+
 def spec_weights(spec: ModelServiceSpec) -> dict[str, int]:
-    """spec.traffic for every variant (0 for the ones it does not name)."""
-    return {v.name: int(spec.traffic.get(v.name, 0)) for v in spec.variants}
+    """spec.traffic for every variant of a parsed spec (0 for the ones it does not name)."""
+    return traffic_weights((v.name for v in spec.variants), spec.traffic)
 
 
 def step_weights(spec: ModelServiceSpec, candidate: str, weight: int) -> dict[str, int]:
@@ -135,21 +163,22 @@ def step_weights(spec: ModelServiceSpec, candidate: str, weight: int) -> dict[st
     return out
 
 
-def effective_weights(spec: ModelServiceSpec, rollout_status: Mapping[str, Any] | None,
+def effective_weights(spec: ModelServiceSpec,
+                      rollout_status: RolloutStatus | Mapping[str, Any] | None,
                       readiness: Mapping[str, Readiness]) -> dict[str, int]:
     """The weights to serve: spec.traffic, then the rollout's step or promotion. A candidate
     without a ready pod never gets traffic (the spec's weights apply instead)."""
     base = spec_weights(spec)
     r = spec.rollout
-    if r is None or not rollout_status:
+    st = RolloutStatus.of(rollout_status)
+    if r is None or st is None:
         return base
     if readiness.get(r.candidate, Readiness()).ready < 1:
         return base
-    phase = rollout_status.get("phase")
-    if phase == PROMOTED:
+    if st.phase == PROMOTED:
         return step_weights(spec, r.candidate, 100)
-    step = int(rollout_status.get("step") or 0)
-    if phase in (PROGRESSING, PAUSED) and 1 <= step <= len(r.steps):
+    step = st.step or 0
+    if st.phase in (PROGRESSING, PAUSED) and 1 <= step <= len(r.steps):
         return step_weights(spec, r.candidate, r.steps[step - 1])
     return base
 
@@ -181,19 +210,19 @@ def identity(spec: ModelServiceSpec) -> tuple[str, str]:
     return spec.rollout.candidate, stable
 
 
-def analysis_due(spec: ModelServiceSpec, prior: Mapping[str, Any] | None, now: datetime
-                 ) -> float | None:
+def analysis_due(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any] | None,
+                 now: datetime) -> float | None:
     """Seconds since the current step started when an analysis is due now, else None."""
     r = spec.rollout
-    if r is None or not prior or (prior.get("candidate"), prior.get("stable")) != identity(spec):
+    st = RolloutStatus.of(prior)
+    if r is None or st is None or (st.candidate, st.stable) != identity(spec):
         return None
-    phase, reason = prior.get("phase"), prior.get("reason")
-    if not (phase == PROGRESSING or (phase == PAUSED and reason == METRICS_UNAVAILABLE)):
+    if not (st.phase == PROGRESSING or (st.phase == PAUSED and st.reason == METRICS_UNAVAILABLE)):
         return None
-    last = seconds_since((prior.get("lastAnalysis") or {}).get("time"), now)
+    last = seconds_since(st.last_analysis.time if st.last_analysis else None, now)
     if last is not None and last < r.analysis.interval_seconds:
         return None
-    return max(0.0, seconds_since(prior.get("stepStartedAt"), now) or 0.0)
+    return max(0.0, seconds_since(st.step_started_at, now) or 0.0)
 
 
 # ---- gates ---------------------------------------------------------------------------------
@@ -202,8 +231,18 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def _gate(name: str, value: float | None, threshold: float, comparison: str,
+          candidate_p95_ms: float | Absent | None = ABSENT,
+          stable_p95_ms: float | Absent | None = ABSENT) -> Gate:
+    """A gate with its verdict (``passed`` None: no data); the p95s are the latency gate's."""
+    passed = None if value is None else (
+        value <= threshold if comparison == "<=" else value >= threshold)
+    return Gate(name=name, value=value, threshold=threshold, comparison=comparison,
+                candidate_p95_ms=candidate_p95_ms, stable_p95_ms=stable_p95_ms, passed=passed)
+
+
 def evaluate(r: Rollout, sample: Sample, stable: str, stable_weight: int,
-             reference: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], float]:
+             reference: Reference) -> tuple[str, list[Gate], float]:
     """(verdict, gates, candidate requests in the step). Verdict ``Passed``, ``Failed``,
     ``Inconclusive`` (fewer than minRequests so far) or ``NoData`` (a gate has no value).
     While the stable variant serves nothing (the 100% step) its last measured p95 and the
@@ -215,54 +254,48 @@ def evaluate(r: Rollout, sample: Sample, stable: str, stable_weight: int,
     stable_p95 = base.p95_ms
     agreement = cand.agreement
     if stable_weight == 0:
-        stable_p95 = stable_p95 if stable_p95 is not None else reference.get("stableP95Ms")
-        agreement = agreement if agreement is not None else reference.get("agreement")
+        stable_p95 = stable_p95 if stable_p95 is not None else reference.stable_p95_ms
+        agreement = agreement if agreement is not None else reference.agreement
     ratio = (cand.p95_ms / stable_p95 if cand.p95_ms is not None and stable_p95
              else None)
-    gates: list[dict[str, Any]] = [
-        {"name": GATE_LATENCY, "value": _round(ratio), "threshold": a.max_latency_ratio,
-         "comparison": "<=", "candidateP95Ms": _round(cand.p95_ms),
-         "stableP95Ms": _round(stable_p95)},
-        {"name": GATE_ERRORS, "value": _round(cand.error_rate), "threshold": a.max_error_rate,
-         "comparison": "<="},
+    gates = [
+        _gate(GATE_LATENCY, _round(ratio), a.max_latency_ratio, "<=",
+              candidate_p95_ms=_round(cand.p95_ms), stable_p95_ms=_round(stable_p95)),
+        _gate(GATE_ERRORS, _round(cand.error_rate), a.max_error_rate, "<="),
     ]
     if a.min_agreement is not None:
-        gates.append({"name": GATE_AGREEMENT, "value": _round(agreement),
-                      "threshold": a.min_agreement, "comparison": ">="})
-    for g in gates:
-        value = g["value"]
-        g["passed"] = None if value is None else (
-            value <= g["threshold"] if g["comparison"] == "<=" else value >= g["threshold"])
+        gates.append(_gate(GATE_AGREEMENT, _round(agreement), a.min_agreement, ">="))
     if requests < r.min_requests:
         return "Inconclusive", gates, requests
-    if any(g["passed"] is None for g in gates):
+    if any(g.passed is None for g in gates):
         return "NoData", gates, requests
-    if all(g["passed"] for g in gates):
+    if all(g.passed for g in gates):
         return "Passed", gates, requests
     return "Failed", gates, requests
 
 
-def gate_text(g: Mapping[str, Any]) -> str:
-    value = "no data" if g.get("value") is None else g["value"]
-    return f"{g['name']} {value} (threshold {g['comparison']} {g['threshold']})"
+def gate_text(g: Gate) -> str:
+    value = present(g.value)
+    return f"{g.name} {'no data' if value is None else value} " \
+           f"(threshold {g.comparison} {g.threshold})"
 
 
 # ---- the machine ---------------------------------------------------------------------------
 
-def _fresh(spec: ModelServiceSpec, now: str) -> dict[str, Any]:
+def _fresh(spec: ModelServiceSpec, now: str) -> RolloutStatus:
     r = spec.rollout
     assert r is not None
     candidate, stable = identity(spec)
-    return {"candidate": candidate, "stable": stable, "phase": PENDING, "reason": "",
-            "message": f"waiting for a ready pod of the candidate {candidate}",
-            "step": 0, "steps": list(r.steps), "startedAt": now, "stepStartedAt": now,
-            "failures": 0, "history": []}
+    return RolloutStatus(candidate=candidate, stable=stable, phase=PENDING, reason="",
+                         message=f"waiting for a ready pod of the candidate {candidate}",
+                         step=0, steps=list(r.steps), started_at=now, step_started_at=now,
+                         failures=0, history=[])
 
 
 class _Run:
     """One call of ``advance``: the status being built and the Events it produced."""
 
-    def __init__(self, spec: ModelServiceSpec, st: dict[str, Any], now: datetime) -> None:
+    def __init__(self, spec: ModelServiceSpec, st: RolloutStatus, now: datetime) -> None:
         assert spec.rollout is not None
         self.spec = spec
         self.r: Rollout = spec.rollout
@@ -271,25 +304,30 @@ class _Run:
         self.stamp = rfc3339(now)
         self.events: list[Event] = []
 
+    @property
+    def step(self) -> int:
+        """The current step (``advance`` sets it before anything reads it)."""
+        return self.st.step or 0
+
     def move(self, phase: str, reason: str, message: str, event: Event | None) -> None:
-        changed = (self.st.get("phase"), self.st.get("reason")) != (phase, reason)
-        self.st.update(phase=phase, reason=reason, message=message)
+        changed = (self.st.phase, self.st.reason) != (phase, reason)
+        self.st.phase, self.st.reason, self.st.message = phase, reason, message
         if changed:
             self.record(message)
         if event is not None and changed:
             self.events.append(event)
 
     def record(self, message: str) -> None:
-        history = list(self.st.get("history") or ())
-        history.append({"time": self.stamp, "phase": self.st["phase"],
-                        "step": self.st.get("step", 0), "message": message})
-        self.st["history"] = history[-HISTORY:]
+        history = list(self.st.history or ())
+        history.append(HistoryEntry(time=self.stamp, phase=self.st.phase, step=self.step,
+                                    message=message))
+        self.st.history = history[-HISTORY:]
 
     def enter_step(self, step: int) -> None:
         weight = self.r.steps[step - 1]
-        self.st.update(step=step, stepStartedAt=self.stamp)
+        self.st.step, self.st.step_started_at = step, self.stamp
         message = f"step {step}/{len(self.r.steps)}: candidate {self.r.candidate} at {weight}%"
-        self.st.update(phase=PROGRESSING, reason="", message=message)
+        self.st.phase, self.st.reason, self.st.message = PROGRESSING, "", message
         self.record(message)
         self.events.append(("Normal", "RolloutStep", message))
 
@@ -304,11 +342,11 @@ class _Run:
 
 
 def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
-            spec: ModelServiceSpec) -> dict[str, Any]:
+            spec: ModelServiceSpec) -> RolloutStatus:
     """Handle a one-shot action annotation; returns the (possibly replaced) status."""
     st = run.st
     verb = action.split("/", 1)[0]
-    phase = st.get("phase")
+    phase = st.phase
     if verb == "abort" and phase in ACTIVE:
         message = (f"aborted by annotation {ANNOTATION_ACTION}={action}; traffic back to "
                    "spec.traffic")
@@ -321,7 +359,7 @@ def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
             run.promote(f"by annotation {ANNOTATION_ACTION}={action}")
     elif verb == "retry" and phase in (ROLLED_BACK, ABORTED):
         fresh = _fresh(spec, run.stamp)
-        fresh["history"] = st.get("history") or []
+        fresh.history = st.history or []
         run.st = fresh
         run.record(f"retried by annotation {ANNOTATION_ACTION}={action}")
         run.events.append(("Normal", "RolloutRetried", f"rollout of {run.r.candidate} restarts"))
@@ -330,11 +368,11 @@ def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
                            f"{ANNOTATION_ACTION}={action}: not applicable in phase {phase}"
                            if verb in ACTIONS else
                            f"{ANNOTATION_ACTION}={action}: expected abort, promote or retry"))
-    run.st["handledAction"] = action
+    run.st.handled_action = action
     return run.st
 
 
-def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
+def advance(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any] | None,
             readiness: Mapping[str, Readiness], sample: Sample | None,
             annotations: Mapping[str, str], now: datetime) -> Decision:
     """One step of the machine (see the module docstring)."""
@@ -342,52 +380,54 @@ def advance(spec: ModelServiceSpec, prior: Mapping[str, Any] | None,
     if r is None:
         return Decision(status=None, weights=spec_weights(spec))
     stamp = rfc3339(now)
-    if prior and (prior.get("candidate"), prior.get("stable")) == identity(spec):
-        st = copy.deepcopy(dict(prior))
-        st["steps"] = list(r.steps)
-        st["step"] = min(int(st.get("step") or 0), len(r.steps))
+    known = RolloutStatus.of(prior)
+    if known is not None and (known.candidate, known.stable) == identity(spec):
+        st = known if known is not prior else copy.deepcopy(known)  # never change the caller's
+        st.steps = list(r.steps)
+        st.step = min(st.step or 0, len(r.steps))
         run = _Run(spec, st, now)
     else:
         run = _Run(spec, _fresh(spec, stamp), now)
         run.record(f"rollout of {r.candidate} started")
         run.events.append(("Normal", "RolloutStarted",
-                           f"rollout of {r.candidate} from {run.st['stable']} in steps "
+                           f"rollout of {r.candidate} from {run.st.stable} in steps "
                            f"{'/'.join(map(str, r.steps))}"))
-        if prior and prior.get("handledAction"):
-            run.st["handledAction"] = prior["handledAction"]
+        if known is not None and known.handled_action:
+            run.st.handled_action = known.handled_action
 
     action = annotations.get(ANNOTATION_ACTION)
-    if action and action != run.st.get("handledAction"):
+    if action and action != run.st.handled_action:
         run.st = _action(run, action, readiness, spec)
     st = run.st
     cand = readiness.get(r.candidate, Readiness())
     requeue: float | None = None
 
-    if st["phase"] in ACTIVE and cand.failure:
+    if st.phase in ACTIVE and cand.failure:
         run.roll_back("CandidateFailed", f"its pods cannot serve: {cand.failure}")
     paused = str(annotations.get(ANNOTATION_PAUSED, "")).lower() == "true"
-    if st["phase"] in ACTIVE and paused:
+    if st.phase in ACTIVE and paused:
         run.move(PAUSED, PAUSED_BY_USER,
-                 f"paused by annotation {ANNOTATION_PAUSED}=true at step {st['step']}",
+                 f"paused by annotation {ANNOTATION_PAUSED}=true at step {run.step}",
                  ("Normal", "RolloutPaused", f"rollout of {r.candidate} paused by annotation"))
-    elif st["phase"] == PAUSED and st.get("reason") == PAUSED_BY_USER:
-        st["stepStartedAt"] = stamp  # the interrupted step starts over
-        if st["step"] >= 1:
-            run.move(PROGRESSING, "", f"resumed at step {st['step']}/{len(r.steps)}",
+    elif st.phase == PAUSED and st.reason == PAUSED_BY_USER:
+        st.step_started_at = stamp  # the interrupted step starts over
+        if run.step >= 1:
+            run.move(PROGRESSING, "", f"resumed at step {run.step}/{len(r.steps)}",
                      ("Normal", "RolloutResumed", f"rollout of {r.candidate} resumed"))
         else:
             run.move(PENDING, "", f"resumed; waiting for a ready pod of {r.candidate}",
                      ("Normal", "RolloutResumed", f"rollout of {r.candidate} resumed"))
 
-    if st["phase"] == PENDING and cand.ready >= 1:
-        st["failures"] = 0
+    if st.phase == PENDING and cand.ready >= 1:
+        st.failures = 0
         run.enter_step(1)
-    elif st["phase"] in (PROGRESSING, PAUSED) and st.get("reason") != PAUSED_BY_USER:
+    elif st.phase in (PROGRESSING, PAUSED) and st.reason != PAUSED_BY_USER:
         requeue = _progress(run, cand, sample)
 
-    decision = Decision(status=run.st, weights=effective_weights(spec, run.st, readiness),
+    decision = Decision(status=run.st.to_dict(),
+                        weights=effective_weights(spec, run.st, readiness),
                         events=run.events, requeue_after=requeue)
-    decision.mirror = run.st["phase"] in ACTIVE
+    decision.mirror = run.st.phase in ACTIVE
     return decision
 
 
@@ -396,29 +436,29 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
     r, st, now = run.r, run.st, run.now
     a = r.analysis
     if cand.ready < 1:
-        st["message"] = (f"step {st['step']}: holding; the candidate {r.candidate} has no ready "
-                         "pod, so it gets no traffic")
+        st.message = (f"step {run.step}: holding; the candidate {r.candidate} has no ready "
+                      "pod, so it gets no traffic")
         return a.interval_seconds
     if sample is not None:
         _analyse(run, sample)
-        if st["phase"] not in (PROGRESSING, PAUSED):
+        if st.phase not in (PROGRESSING, PAUSED):
             return None
-    if st["phase"] == PAUSED:
+    if st.phase == PAUSED:
         return a.interval_seconds
-    elapsed = seconds_since(st.get("stepStartedAt"), now) or 0.0
-    last = st.get("lastAnalysis") or {}
-    done = (elapsed >= r.step_seconds and last.get("verdict") == "Passed"
-            and (seconds_since(last.get("time"), now) or 0.0) <= elapsed)
+    elapsed = seconds_since(st.step_started_at, now) or 0.0
+    last = st.last_analysis or Analysis()
+    done = (elapsed >= r.step_seconds and last.verdict == "Passed"
+            and (seconds_since(last.time, now) or 0.0) <= elapsed)
     if done:
-        if st["step"] >= len(r.steps):
+        if run.step >= len(r.steps):
             run.promote(f"every gate held through {len(r.steps)} steps")
             return None
-        run.enter_step(st["step"] + 1)
+        run.enter_step(run.step + 1)
         elapsed = 0.0
     if elapsed >= r.step_seconds:
-        st["message"] = (f"step {st['step']}/{len(r.steps)}: duration reached; waiting for a "
-                         f"passing analysis with at least {r.min_requests} candidate requests")
-    since_last = seconds_since(last.get("time"), now)
+        st.message = (f"step {run.step}/{len(r.steps)}: duration reached; waiting for a "
+                      f"passing analysis with at least {r.min_requests} candidate requests")
+    since_last = seconds_since(last.time, now)
     waits = [x for x in (a.interval_seconds - (a.interval_seconds if since_last is None
                                                  else since_last),
                          r.step_seconds - elapsed) if x > 0]
@@ -429,54 +469,55 @@ def _analyse(run: _Run, sample: Sample) -> None:
     r, st, spec = run.r, run.st, run.spec
     stable = max(spec.stable_variants, key=lambda v: spec.traffic[v]) \
         if spec.stable_variants else r.candidate
-    weights = step_weights(spec, r.candidate, r.steps[st["step"] - 1])
-    reference = dict(st.get("reference") or {})
-    record: dict[str, Any] = {"time": run.stamp, "step": st["step"]}
+    weights = step_weights(spec, r.candidate, r.steps[run.step - 1])
+    reference = copy.copy(st.reference) if st.reference is not None else Reference()
+    record = Analysis(time=run.stamp, step=run.step)
     if sample.error is not None:
-        record.update(verdict="NoData", message=sample.error, gates=[])
-        st["lastAnalysis"] = record
+        record.verdict, record.message, record.gates = "NoData", sample.error, []
+        st.last_analysis = record
         run.move(PAUSED, METRICS_UNAVAILABLE,
-                 f"metrics unavailable, holding step {st['step']} (never promotes blind): "
+                 f"metrics unavailable, holding step {run.step} (never promotes blind): "
                  f"{sample.error}",
                  ("Warning", "RolloutPaused", f"metrics unavailable: {sample.error}"))
         return
     verdict, gates, requests = evaluate(r, sample, stable, weights.get(stable, 0), reference)
-    record.update(verdict=verdict, requests=round(requests), minRequests=r.min_requests,
-                  gates=gates)
-    st["lastAnalysis"] = record
+    record.verdict, record.gates = verdict, gates
+    record.requests, record.min_requests = round(requests), r.min_requests
+    st.last_analysis = record
     base = sample.variants.get(stable, VariantMetrics())
     cand = sample.variants.get(r.candidate, VariantMetrics())
     if base.p95_ms is not None:
-        reference["stableP95Ms"] = _round(base.p95_ms)
+        reference.stable_p95_ms = _round(base.p95_ms)
     if cand.agreement is not None:
-        reference["agreement"] = _round(cand.agreement)
-    if reference:
-        st["reference"] = reference
+        reference.agreement = _round(cand.agreement)
+    if reference.to_dict():
+        st.reference = reference
     if verdict == "NoData":
-        missing = ", ".join(g["name"] for g in gates if g["value"] is None)
+        missing = ", ".join(f"{g.name}" for g in gates if g.value is None)
         run.move(PAUSED, METRICS_UNAVAILABLE,
-                 f"no data for gate(s) {missing} at step {st['step']} (never promotes blind)",
+                 f"no data for gate(s) {missing} at step {run.step} (never promotes blind)",
                  ("Warning", "RolloutPaused", f"no data for gate(s) {missing}"))
         return
-    if st["phase"] == PAUSED:
-        st["stepStartedAt"] = run.stamp  # time without metrics does not count
-        run.move(PROGRESSING, "", f"metrics are back; step {st['step']}/{len(r.steps)}",
+    if st.phase == PAUSED:
+        st.step_started_at = run.stamp  # time without metrics does not count
+        run.move(PROGRESSING, "", f"metrics are back; step {run.step}/{len(r.steps)}",
                  ("Normal", "RolloutResumed", "metrics are back"))
     if verdict == "Inconclusive":
-        st["message"] = (f"step {st['step']}/{len(r.steps)}: {round(requests)} of "
-                         f"{r.min_requests} candidate requests so far")
+        st.message = (f"step {run.step}/{len(r.steps)}: {round(requests)} of "
+                      f"{r.min_requests} candidate requests so far")
         return
     if verdict == "Passed":
-        st["message"] = f"step {st['step']}/{len(r.steps)}: every gate holds"
+        st.message = f"step {run.step}/{len(r.steps)}: every gate holds"
         return
-    failed = [g for g in gates if g["passed"] is False]
-    st["failures"] = int(st.get("failures") or 0) + 1
+    failed = [g for g in gates if g.passed is False]
+    failures = (st.failures or 0) + 1
+    st.failures = failures
     text = "; ".join(gate_text(g) for g in failed)
-    record["message"] = text
-    if st["failures"] > r.analysis.failure_limit:
-        run.roll_back("AnalysisFailed", f"gate {failed[0]['name']} failed "
-                      f"{st['failures']} times (failureLimit {r.analysis.failure_limit}): {text}")
+    record.message = text
+    if failures > r.analysis.failure_limit:
+        run.roll_back("AnalysisFailed", f"gate {failed[0].name} failed "
+                      f"{failures} times (failureLimit {r.analysis.failure_limit}): {text}")
         return
-    st["message"] = (f"step {st['step']}: analysis failed ({st['failures']}/"
-                     f"{r.analysis.failure_limit} tolerated): {text}")
-    run.events.append(("Warning", "AnalysisFailed", st["message"]))
+    st.message = (f"step {run.step}: analysis failed ({failures}/"
+                  f"{r.analysis.failure_limit} tolerated): {text}")
+    run.events.append(("Warning", "AnalysisFailed", st.message))

@@ -10,6 +10,12 @@ the per-variant measured fields (``MEASURED_KEYS``). With ``spec.autoscaling``: 
 bounds per variant, ``status.brownout`` (from ``brownout``) and the ``AutoscalingBlind``
 condition; ``replicaCounts`` (ready/desired per variant) is the ``REPLICAS`` column.
 
+The variant entries are ``state.VariantStatus``; ``status.rollout`` and ``status.brownout`` are
+written as the machines left them and read as ``state.RolloutStatus`` (the ``Rollout``
+condition) and ``state.BrownoutStatus`` (``brownout.blind``). Without effective weights the
+weights are spec.traffic, from ``rollout.traffic_weights`` (the one place they are computed),
+also for a spec that does not parse.
+
 ``Reconciling`` and ``Stalled`` follow kstatus (what Flux reads; Argo CD's health check reads the
 same): ``Reconciling=True`` while work is left (a rollout, pods not ready yet), ``Stalled=True``
 when nothing changes without a human (every failure below). The two are never True together.
@@ -42,6 +48,8 @@ from typing import Any
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
 from msv_operator.brownout import HpaState, blind
+from msv_operator.rollout import traffic_weights
+from msv_operator.state import RolloutStatus, VariantStatus
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -74,8 +82,7 @@ _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "replicaCounts", "url",
               "rollout", "brownout")
 
-MEASURED_KEYS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes",
-                 "cpuMillicores", "memoryBytes")
+MEASURED_KEYS = VariantStatus.MEASURED
 """Per-variant measured fields (Prometheus and metrics.k8s.io), carried between refreshes."""
 
 
@@ -122,21 +129,22 @@ def variant_names(ms: Mapping[str, Any]) -> list[str]:
 
 
 def variant_weights(ms: Mapping[str, Any]) -> dict[str, int]:
-    """Traffic weight per variant; without ``spec.traffic`` the first variant takes 100."""
+    """Traffic weight per variant; without ``spec.traffic`` the first variant takes 100.
+    Tolerates a malformed spec: entries it cannot read count for nothing, a variant listed
+    twice gets both weights."""
     names = variant_names(ms)
-    weights = dict.fromkeys(names, 0)
     spec = ms.get("spec") or {}
-    traffic = spec.get("traffic") if isinstance(spec, Mapping) else None
-    if traffic:
-        for t in traffic:
-            if isinstance(t, Mapping) and t.get("variant") in weights:
-                try:
-                    weights[t["variant"]] += int(t.get("weight", 0))
-                except (TypeError, ValueError):
-                    continue
-    elif names:
-        weights[names[0]] = 100
-    return weights
+    raw = spec.get("traffic") if isinstance(spec, Mapping) else None
+    if not raw:
+        return traffic_weights(names, None)
+    traffic: dict[str, int] = {}
+    for t in raw:
+        if isinstance(t, Mapping) and t.get("variant") in names:
+            try:
+                traffic[t["variant"]] = traffic.get(t["variant"], 0) + int(t.get("weight", 0))
+            except (TypeError, ValueError):
+                continue
+    return traffic_weights(names, traffic)
 
 
 def _optimization(opt: Any) -> str:
@@ -412,8 +420,9 @@ def compute_status(
         put(FIELDS_IGNORED, cond.TRUE, ignored[0][0], "; ".join(m for _, m in ignored))
     else:
         put(FIELDS_IGNORED, cond.FALSE, "AllFieldsActing", "every field of the spec takes effect")
-    if rollout and rollout.get("phase"):
-        put(ROLLOUT, *rollout_condition(rollout))
+    rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
+    if rollout_state is not None and rollout_state.phase:
+        put(ROLLOUT, *rollout_condition(rollout_state))
     else:
         conditions = [c for c in conditions if c.get("type") != ROLLOUT]
     if (ms.get("spec") or {}).get("autoscaling"):
@@ -426,12 +435,8 @@ def compute_status(
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [
-            {"name": s.name, "replicas": s.replicas, "readyReplicas": s.ready_replicas,
-             "desiredReplicas": s.desired if s.desired is not None else 0,
-             **_hpa_fields(hpas.get(s.name)),
-             "weight": s.weight, **provenance.get(s.name, {}),
-             **{k: v for k, v in ((measured or {}).get(s.name) or {}).items()
-                if k in MEASURED_KEYS and v is not None}}
+            _variant_entry(s, hpas.get(s.name), provenance.get(s.name, {}),
+                           (measured or {}).get(s.name) or {}).to_dict()
             for s in verdict.variants
         ],
         # One string for `kubectl get msv` (printer columns show only the first list item).
@@ -450,11 +455,21 @@ def compute_status(
     return status
 
 
-def _hpa_fields(hpa: HpaState | None) -> dict[str, Any]:
-    """The HPA's bounds of an autoscaled variant."""
-    if hpa is None:
-        return {}
-    return {"minReplicas": hpa.min_replicas, "maxReplicas": hpa.max_replicas}
+def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],
+                   measured: Mapping[str, Any]) -> VariantStatus:
+    """One ``status.variants`` entry: the measured fields it has (``MEASURED_KEYS``; others
+    are dropped), then the replicas and weight, the HPA's bounds of an autoscaled variant and
+    the provenance."""
+    entry = VariantStatus.from_dict({k: v for k, v in measured.items()
+                                     if k in MEASURED_KEYS and v is not None})
+    entry.name, entry.weight = s.name, s.weight
+    entry.replicas, entry.ready_replicas = s.replicas, s.ready_replicas
+    entry.desired_replicas = s.desired if s.desired is not None else 0
+    if hpa is not None:
+        entry.min_replicas, entry.max_replicas = hpa.min_replicas, hpa.max_replicas
+    entry.derived_from = provenance.get("derivedFrom")
+    entry.optimization = provenance.get("optimization")
+    return entry
 
 
 def autoscaling_blind_condition(hpas: Mapping[str, HpaState],
@@ -468,23 +483,25 @@ def autoscaling_blind_condition(hpas: Mapping[str, HpaState],
     return cond.TRUE, found[0], found[1]
 
 
-def rollout_condition(rollout: Mapping[str, Any]) -> tuple[str, str, str]:
+def rollout_condition(rollout: RolloutStatus | Mapping[str, Any]) -> tuple[str, str, str]:
     """(status, reason, message) of the ``Rollout`` condition for a ``status.rollout``."""
-    phase = str(rollout.get("phase"))
-    message = str(rollout.get("message") or phase)
+    r = rollout if isinstance(rollout, RolloutStatus) else RolloutStatus.from_dict(rollout)
+    phase = str(r.phase)
+    message = str(r.message or phase)
     if phase == "Promoted":
         return cond.TRUE, "Promoted", message
     if phase in ("Pending", "Progressing"):
         return cond.UNKNOWN, phase, message
-    return cond.FALSE, str(rollout.get("reason") or phase), message
+    return cond.FALSE, str(r.reason or phase), message
 
 
 def prior_measured(prior: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The measured fields of each variant in a stored status (kept until re-measured)."""
     out: dict[str, dict[str, Any]] = {}
     for v in (prior or {}).get("variants") or ():
-        if isinstance(v, Mapping) and isinstance(v.get("name"), str):
-            out[v["name"]] = {k: v[k] for k in MEASURED_KEYS if k in v}
+        entry = VariantStatus.from_dict(v) if isinstance(v, Mapping) else None
+        if entry is not None and isinstance(entry.name, str):
+            out[entry.name] = entry.measured()
     return out
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from msv_operator import builders, status
 from msv_operator import rollout as ro
 from msv_operator.spec import InvalidSpecError, parse_spec
 
@@ -108,6 +109,48 @@ def test_step_weights_split_the_rest_by_spec_proportions_and_sum_to_100() -> Non
     assert w["int8"] == 25 and sum(w.values()) == 100
     assert w == {"baseline": 50, "int8": 25, "fp16": 25}
     assert ro.step_weights(spec, "int8", 100) == {"baseline": 0, "int8": 100, "fp16": 0}
+
+
+@pytest.mark.parametrize(("variants", "traffic", "expected"), [
+    (["baseline", "int8"], [("baseline", 100)], {"baseline": 100, "int8": 0}),
+    (["baseline", "int8", "fp16"], [("fp16", 30), ("baseline", 70)],
+     {"baseline": 70, "int8": 0, "fp16": 30}),
+    (["baseline", "int8"], [("baseline", 50), ("int8", 50)], {"baseline": 50, "int8": 50}),
+    (["baseline", "int8"], None, {"baseline": 100, "int8": 0}),  # no spec.traffic
+    (["baseline", "int8"], [], {"baseline": 100, "int8": 0}),
+])
+def test_spec_traffic_as_weights_is_one_computation_every_caller_agrees_on(
+        variants: list[str], traffic: list[tuple[str, int]] | None,
+        expected: dict[str, int]) -> None:
+    raw = body()
+    del raw["spec"]["rollout"]
+    raw["spec"]["variants"] = [{"name": v} for v in variants]
+    if traffic is None:
+        del raw["spec"]["traffic"]
+    else:
+        raw["spec"]["traffic"] = [{"variant": v, "weight": w} for v, w in traffic]
+    spec = parse_spec(raw)
+    assert ro.traffic_weights(variants, spec.traffic) == expected
+    assert list(ro.traffic_weights(variants, spec.traffic)) == variants  # in spec order
+    # the rollout without spec.rollout, the builders without effective weights, the status
+    # of a spec as written (and of one that does not parse, below)
+    assert ro.advance(spec, None, READY, None, {}, T0).weights == expected
+    assert builders.spec_serving(spec).weights == expected
+    assert status.variant_weights(raw) == expected
+    out = status.compute_status(raw, deployments={}, pods=[], now="2026-01-01T12:00:00Z",
+                                observed_generation=1)
+    assert out["traffic"] == ",".join(f"{v}={w}" for v, w in expected.items())
+
+
+def test_weights_of_a_spec_that_does_not_parse_are_what_it_says() -> None:
+    raw = {"spec": {"variants": [{"name": "a"}, {"name": "b"}, {"name": "a"}],
+                    "traffic": [{"variant": "a", "weight": 60}, {"variant": "b", "weight": "x"},
+                                {"variant": "a", "weight": 10}, {"variant": "zzz"}, 7]}}
+    with pytest.raises(InvalidSpecError):
+        parse_spec(raw)
+    assert status.variant_weights(raw) == {"a": 70, "b": 0}
+    assert ro.traffic_weights(["a", "b"], None) == {"a": 100, "b": 0}
+    assert ro.traffic_weights([], None) == {}
 
 
 def test_no_rollout_means_spec_weights() -> None:
