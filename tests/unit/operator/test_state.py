@@ -24,32 +24,14 @@ from msv_operator.state import (
     VariantStatus,
     present,
 )
+from test_kubectl_msv import RECORDED
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 # ---- recorded and hand-written statuses from the other tests ---------------------------------
 
-RECORDED_ROLLOUT: dict[str, Any] = {  # test_kubectl_msv: the latency gate without its p95s
-    "candidate": "int8", "stable": "baseline=100", "phase": "Progressing",
-    "reason": "", "message": "step 2/4: every gate holds", "step": 2,
-    "steps": [10, 25, 50, 100], "startedAt": "2026-11-30T13:58:00Z",
-    "stepStartedAt": "2026-11-30T13:59:30Z", "failures": 1,
-    "lastAnalysis": {"time": "2026-11-30T14:00:00Z", "step": 2, "verdict": "Failed",
-                     "requests": 73, "minRequests": 50,
-                     "message": "latency 1.35 (threshold <= 1.2)",
-                     "gates": [
-                         {"name": "latency", "value": 1.35, "threshold": 1.2,
-                          "comparison": "<=", "passed": False},
-                         {"name": "errorRate", "value": 0.0, "threshold": 0.01,
-                          "comparison": "<=", "passed": True},
-                         {"name": "agreement", "value": None, "threshold": 0.99,
-                          "comparison": ">=", "passed": None}]},
-    "history": [
-        {"time": "2026-11-30T13:58:00Z", "phase": "Pending", "step": 0,
-         "message": "rollout of int8 started"},
-        {"time": "2026-11-30T13:59:30Z", "phase": "Progressing", "step": 2,
-         "message": "step 2/4: candidate int8 at 25%"}],
-    "handledAction": "retry/2026-11-30T13:57:00Z"}
+RECORDED_ROLLOUT: dict[str, Any] = copy.deepcopy(RECORDED["status"]["rollout"])
+"""What test_kubectl_msv renders: the latency gate without its p95s."""
 
 PARTIAL_ROLLOUTS: list[dict[str, Any]] = [  # test_status, test_brownout: partial, old
     {"phase": "Progressing", "step": 1},
