@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from model_server.backends.base import Backend, ModelLoadError
+from model_server.backends.base import Backend
+from model_server.errors import ModelLoadError
 
 _BACKENDS: dict[str, str] = {
     "transformers": "model_server.backends.transformers_backend:TransformersBackend",

@@ -33,7 +33,8 @@ from model_server.backends._common import (
     invalid,
     oip_datatype,
 )
-from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
+from model_server.errors import ModelLoadError
 
 
 def detect_format(model_dir: Path) -> tuple[str, Path]:
