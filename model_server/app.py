@@ -35,9 +35,9 @@ from pydantic.json_schema import models_json_schema
 
 from model_server.auth import TokenAuth, read_tokens
 from model_server.backends import create_backend
-from model_server.backends.base import Backend, ModelLoadError
+from model_server.backends.base import Backend
 from model_server.dataplane import SERVER_VERSION, DataPlane
-from model_server.errors import ModelNotReady, error_response, install_handlers
+from model_server.errors import ModelLoadError, ModelNotReady, error_response, install_handlers
 from model_server.http_server import read_tls
 from model_server.metrics import ServerMetrics
 from model_server.mirror.control import MirrorControl, MirrorTarget

@@ -4,7 +4,8 @@ Every front end turns its wire format into an `InferRequest` (named numpy arrays
 the client asked of the outputs) and an output mapping back into its wire format; this
 module does that for the REST JSON body, including the binary tensor data extension that
 `tritonclient.http` uses by default, and owns `DTYPES`, the OIP datatype <-> numpy table the
-backends and the gRPC codec share. It decodes only: whether the tensors fit the served
+backends and the gRPC codec share. `decode_generate` reads a generate-extension body into a
+model_server.generation.GenerationRequest. It decodes only: whether the tensors fit the served
 model is decided once, by `model_server.validation`. Bodies are parsed with orjson and
 checked by hand, which keeps pydantic off the hot path (the pydantic models in
 routers/schemas.py document the API only).
@@ -25,6 +26,7 @@ import numpy as np
 import orjson
 
 from model_server.errors import InternalError, InvalidInput
+from model_server.generation import GenerationRequest
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -176,8 +178,10 @@ def _with_options(request: dict[str, Any], arrays: dict[str, np.ndarray]) -> Inf
     return InferRequest(arrays, requested, chosen, False, request_id)
 
 
-def decode_generate(body: bytes) -> tuple[str, dict[str, Any]]:
-    """(prompt, parameters) of a generate-extension body; Triton's top-level parameters too."""
+def decode_generate(body: bytes, stream: bool = False) -> GenerationRequest:
+    """The request of a generate-extension body (`text_input`, `parameters`, and Triton's
+    top-level parameters too); the parameter values are checked by the dataplane
+    (model_server.generation.sampling), only the body's shape here."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -192,8 +196,8 @@ def decode_generate(body: bytes) -> tuple[str, dict[str, Any]]:
         raise InvalidInput("'parameters' must be an object")
     merged = {k: v for k, v in request.items() if k not in ("text_input", "parameters", "id")}
     merged.update(params)
-    merged.pop("stream", None)
-    return prompt, merged
+    merged.pop("stream", None)  # the endpoint decides
+    return GenerationRequest.from_parameters(prompt, merged, stream=stream)
 
 
 def encode_json(

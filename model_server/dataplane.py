@@ -1,10 +1,15 @@
 """The dataplane: model lifecycle, metadata, and `infer`/`generate` on decoded requests.
 
-Front ends (REST in model_server.routers, gRPC in model_server.grpc_server, the
-OpenAI-compatible routes) decode their wire format with model_server.codec into an
-`InferRequest`, call `DataPlane.infer`, and encode what it returns. The dataplane checks
-the request once against the model's `Signature` (model_server.validation), hands it to the
-batcher and gives back the outputs; it knows nothing of HTTP, gRPC or JSON.
+Front ends (REST in model_server.routers: fastpath.RestInfer, v2 and openai; gRPC in
+model_server.grpc_api.service) decode their wire format into an `InferRequest` (with
+model_server.codec or grpc_api.codec) or a `generation.GenerationRequest`, call the
+dataplane, and encode what it returns; none of them touches the backend. For infer the
+dataplane checks the request once against the model's `Signature`
+(model_server.validation), hands it to the batcher and gives back the outputs. For
+generation (`generate`, `stream`) it checks the parameters with the one set of rules
+(`generation.sampling`), renders chat messages with the model's chat template, runs the
+backend (batched, or an exclusive turn on the model) and returns a `generation.Generation`
+that counts its usage. It knows nothing of HTTP, gRPC or JSON.
 
 The model loads in a worker thread (`load`); until it succeeds `ready` is False and every
 inference raises ModelNotReady with the state and, after a failure, the reason.
@@ -24,6 +29,7 @@ from model_server.backends.base import Backend, BackendInfo, LoadOptions, Tensor
 from model_server.batching import Batcher
 from model_server.codec import InferRequest
 from model_server.errors import InvalidInput, ModelNotFound, ModelNotReady
+from model_server.generation import Generation, GenerationRequest, SamplingParams, sampling
 from model_server.validation import Signature
 from msv_contract import capabilities as caps
 
@@ -300,9 +306,15 @@ class DataPlane:
         return outputs
 
     # generation --------------------------------------------------------------------------
-    def generator(self, name: str, version: str | None) -> Backend:
-        """The backend, when the served model generates text (else the error saying why)."""
+    def _generation(
+        self, name: str, version: str | None, request: GenerationRequest
+    ) -> tuple[Backend, Generation]:
+        """Check a decoded generation request and render its prompt (before any response
+        starts): the model (404), its parameters (400, model_server.generation.sampling),
+        readiness (503), that the model generates (400); chat messages through the model's
+        chat template."""
         self.check_model(name, version)
+        params = sampling(request)
         self.require_ready()
         backend = self.model.backend
         assert backend is not None
@@ -310,60 +322,66 @@ class DataPlane:
             raise InvalidInput(
                 f"model {name!r} does not support generate (framework {self.framework}); use /infer"
             )
-        return backend
+        messages = request.messages
+        prompt = request.prompt if messages is None else backend.chat_prompt(messages)
+        return backend, Generation(prompt, params, backend.count_tokens)
 
     async def generate(
-        self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
-    ) -> str:
-        """The whole continuation of `prompt`: batched with concurrent requests when the
-        backend batches generation, else one exclusive turn on the model."""
-        backend = self.generator(name, version)
-        batched = backend.stream_generation(prompt, params)
+        self, name: str, version: str | None, request: GenerationRequest
+    ) -> Generation:
+        """The whole continuation of the request's prompt: batched with concurrent requests
+        when the backend batches generation, else one exclusive turn on the model."""
+        backend, generation = self._generation(name, version, request)
+        batched = backend.stream_generation(generation.prompt, generation.params)
         if batched is not None:
-            text = "".join([piece async for piece in _closing(batched)])
+            async for piece in _closing(batched):
+                generation.pieces.append(piece)
         else:
             assert self.batcher is not None
-            text = await self.batcher.run_exclusive(_join_generate, backend, prompt, params)
-        mirror = self.mirror
-        if mirror is not None:
-            mirror.offer_generate(prompt, params, text)
-        return text
+            text = await self.batcher.run_exclusive(
+                _join_generate, backend, generation.prompt, generation.params
+            )
+            generation.pieces.append(text)
+        self._generated(generation, request)
+        return generation
 
     def stream(
-        self, name: str, version: str | None, prompt: str, params: Mapping[str, Any]
-    ) -> AsyncIterator[str]:
-        """Check now (errors raise before a response starts), then yield text pieces."""
-        backend = self.generator(name, version)
-        batched = backend.stream_generation(prompt, params)
-        pieces = _closing(batched) if batched is not None else self._pieces(backend, prompt,
-                                                                            params)
-        if self.mirror is None:
-            return pieces
-        return self._mirrored(pieces, prompt, params)
+        self, name: str, version: str | None, request: GenerationRequest
+    ) -> tuple[Generation, AsyncIterator[str]]:
+        """Check now (errors raise before a response starts); then the generation (its
+        usage once the pieces ended) and its text pieces. Closing the pieces early (the
+        client went away) stops the generation."""
+        backend, generation = self._generation(name, version, request)
+        batched = backend.stream_generation(generation.prompt, generation.params)
+        source = batched if batched is not None else self._pieces(backend, generation)
+        return generation, self._streamed(source, generation, request)
 
-    async def _mirrored(
-        self, pieces: AsyncIterator[str], prompt: str, params: Mapping[str, Any]
+    async def _streamed(
+        self, source: AsyncIterator[str], generation: Generation, request: GenerationRequest
     ) -> AsyncIterator[str]:
-        """Pass the pieces on; a stream that ended normally is offered to the mirror whole."""
-        seen: list[str] = []
+        """Pass the pieces on and keep them; a stream that ended normally is answered."""
         try:
-            async for piece in pieces:
-                seen.append(piece)
+            async for piece in source:
+                generation.pieces.append(piece)
                 yield piece
         finally:
-            close = getattr(pieces, "aclose", None)
+            close = getattr(source, "aclose", None)
             if close is not None:
-                await close()  # abandoned by the client: the generation stops at once
-        if self.mirror is not None:
-            self.mirror.offer_generate(prompt, params, "".join(seen))
+                await close()  # ended or abandoned: the generation stops at once
+        self._generated(generation, request)
 
-    async def _pieces(
-        self, backend: Backend, prompt: str, params: Mapping[str, Any]
-    ) -> AsyncIterator[str]:
+    def _generated(self, generation: Generation, request: GenerationRequest) -> None:
+        """A generation answered in full: offered to the mirror (which keeps greedy ones)."""
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.offer_generate(generation, request)
+
+    async def _pieces(self, backend: Backend, generation: Generation) -> AsyncIterator[str]:
+        """`Backend.generate` driven on the model thread, one `next` per piece."""
         batcher = self.batcher
         assert batcher is not None
         sentinel = object()
-        pieces: Iterator[str] = backend.generate(prompt, params)
+        pieces: Iterator[str] = backend.generate(generation.prompt, generation.params)
         try:
             while True:
                 piece = await batcher.run_exclusive(next, pieces, sentinel)
@@ -400,7 +418,7 @@ def artifact_bytes(model_dir: Any) -> int:
         return 0
 
 
-def _join_generate(backend: Backend, prompt: str, params: Mapping[str, Any]) -> str:
+def _join_generate(backend: Backend, prompt: str, params: SamplingParams) -> str:
     return "".join(backend.generate(prompt, params))
 
 

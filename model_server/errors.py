@@ -7,6 +7,11 @@ names the problem; the handlers registered by `install_handlers` turn them into
 `{"error": "<message>"}` bodies, which is what Open Inference Protocol v2 clients (for
 example `tritonclient.http`) read. A client's mistake is always a 4xx; only a genuine
 server fault becomes a 500.
+
+`ModelLoadError` is the one error that never answers a request: backends and
+model_server.optimize raise it while a model loads (the dataplane turns it into the 503
+reason; `model-server serve` exits 4 with it). It lives here, at the bottom of the server's
+layers, so both can raise it without `optimize` importing `backends`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ class InvalidInput(ServerError):
     """400: malformed body, wrong shape, datatype or name, missing input."""
 
     status_code = 400
+
+
+class InvalidParameter(InvalidInput):
+    """400 for one named request parameter (OpenAI's error `param`; the message names it too)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelNotFound(ServerError):
@@ -79,6 +92,10 @@ class Timeout(ServerError):
     """504: the request did not finish within MODEL_SERVER_REQUEST_TIMEOUT_S."""
 
     status_code = 504
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded: missing files, corrupt weights, unsupported format."""
 
 
 ERROR_CLASSES: tuple[type[ServerError], ...] = (

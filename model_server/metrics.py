@@ -8,8 +8,10 @@ Python counters in `HotPathCollector`, turned into Prometheus families only when
 every update happens on the event loop thread, so they need no locks, and a request costs
 a dict lookup, a `bisect` and a few integer additions instead of prometheus-client's
 locked children (which cost more than parsing the request; bench/serving_overhead.py).
-Everything else uses prometheus-client's own collectors. GPU memory is exported only when
-torch is already loaded by a backend and sees CUDA; this module never imports a framework.
+`RequestTracker.track()` is the one way a front end accounts a request (a `with` block,
+see `Tracked`). Everything else uses prometheus-client's own collectors. GPU memory is
+exported only when torch is already loaded by a backend and sees CUDA; this module never
+imports a framework.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import weakref
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -38,6 +41,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from model_server.errors import ServerError
 from msv_contract import metrics as m
 
 LATENCY_BUCKETS = (
@@ -121,7 +125,8 @@ class _Hist:
 class EndpointStats(_Hist):
     """One endpoint's finished requests: a count per HTTP status and the latency histogram.
 
-    Handlers look theirs up once (`HotPathCollector.endpoint`) and call `observe_request`.
+    Front ends record into it through `RequestTracker.track()` (`Tracked`, which inlines
+    `observe_request`); `HotPathCollector.observe` records directly.
     """
 
     __slots__ = ("statuses",)
@@ -202,25 +207,74 @@ class HotPathCollector(Collector):
 class RequestTracker:
     """The one place a request is accounted, whatever its front end (REST, gRPC, OpenAI).
 
-    `start` counts it in flight and returns its start time; `finish` (exactly once, also
-    when a stream ends or its client goes away) takes it out of flight and records its
-    status and latency. gRPC and streaming errors are labelled with the HTTP status of the
-    same model_server.errors class, so one request counts the same on every front end.
+    Each front end resolves the tracker of its endpoint once and wraps every request in
+    `with tracker.track() as tracked:` (see `Tracked`). gRPC and streaming errors are
+    labelled with the HTTP status of the same model_server.errors class, so one request
+    counts the same on every front end.
     """
 
-    __slots__ = ("_hot", "_stats")
+    __slots__ = ("track",)
 
     def __init__(self, hot: HotPathCollector, stats: EndpointStats) -> None:
+        self.track: Callable[[], Tracked] = partial(Tracked, hot, stats)
+        """Count a request in flight; leaving the `with` block records it. (A partial, not a
+        method: one Python call fewer per request on the REST hot path.)"""
+
+
+class Tracked:
+    """One request in flight, a context manager: leaving its `with` block takes it out of
+    flight and records its status and latency, exactly once.
+
+    The status recorded: `status` when the front end set it (a handler that turns an error
+    into its response sets the error's), else 200 when the block ended normally. An
+    exception leaving the block decides instead: a model_server.errors.ServerError its own
+    status, any other Exception 500; a cancellation or a closed generator (a client that
+    went away) keeps the status already set, else 500.
+
+    A streamed response is answered after its handler returned: `defer()` before returning
+    it, and the stream wraps its body in `with tracked:` again, which records the request
+    (with status 200 unless the stream sets another) when the last event was sent or the
+    client went away. A plain class, not contextlib: this is on the REST hot path.
+    """
+
+    __slots__ = ("_deferred", "_hot", "_started", "_stats", "status")
+
+    def __init__(self, hot: HotPathCollector, stats: EndpointStats) -> None:
+        hot.inflight += 1
         self._hot = hot
         self._stats = stats
+        self.status = 0
+        self._deferred = False
+        self._started = perf_counter()
 
-    def start(self) -> float:
-        self._hot.inflight += 1
-        return perf_counter()
+    def __enter__(self) -> Tracked:
+        return self
 
-    def finish(self, started: float, status: int) -> None:
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        status = self.status
+        if exc is None:
+            if self._deferred:
+                self._deferred = False  # the stream's own `with` records it
+                return
+            if not status:
+                status = 200
+        elif isinstance(exc, ServerError):
+            status = exc.status_code
+        elif isinstance(exc, Exception) or not status:
+            status = 500
+        seconds = perf_counter() - self._started
         self._hot.inflight -= 1
-        self._stats.observe_request(status, perf_counter() - started)
+        stats = self._stats  # EndpointStats.observe_request, inlined (the REST hot path)
+        stats.statuses[status] += 1
+        stats.counts[bisect_left(stats.bounds, seconds)] += 1
+        stats.total += seconds
+
+    def defer(self) -> Tracked:
+        """Hand the accounting to the response stream (answered with 200 so far): leaving
+        this block records nothing; the stream's `with` on the returned object does."""
+        self._deferred = True
+        self.status = 200
+        return self
 
 
 class MirrorMetrics:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from model_server.backends.base import Backend, ModelLoadError
+from model_server.backends.base import Backend
+from model_server.errors import ModelLoadError
 from msv_contract import capabilities as caps
 
 FRAMEWORKS = caps.FRAMEWORK_NAMES

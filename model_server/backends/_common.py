@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from model_server.backends.base import BackendInfo, ModelLoadError, TensorSpec
+from model_server.backends.base import BackendInfo, TensorSpec
 from model_server.codec import DTYPES, datatype_of
+from model_server.errors import ModelLoadError
 
 # the one OIP v2 datatype table (model_server.codec), as numpy scalar types
 OIP_TO_NUMPY: dict[str, Any] = {name: dt.type for name, dt in DTYPES.items()}

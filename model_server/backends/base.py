@@ -1,10 +1,12 @@
 """The contract every framework backend fulfils; the dataplane knows backends only through it.
 
 A backend owns one loaded model. It knows nothing of HTTP, batching or metrics: the
-dataplane hands it numpy arrays that are already batched along axis 0 and gets numpy
-arrays back. Heavy frameworks (torch, transformers, tensorflow) are imported inside the
-concrete backend modules, never here, so the server starts without the ones a model
-does not use.
+dataplane hands it numpy arrays that are already validated and batched along axis 0 and
+gets numpy arrays back; a text generator gets a prompt and checked `SamplingParams`
+(model_server.generation) and yields text. Load failures raise
+model_server.errors.ModelLoadError. Heavy frameworks (torch, transformers, tensorflow) are
+imported inside the concrete backend modules, never here, so the server starts without the
+ones a model does not use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from model_server.generation import SamplingParams
 from msv_contract import capabilities as caps
 
 # The value sets come from the capability table (msv_contract.capabilities); as Literals,
@@ -77,7 +80,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self, model_dir: Path, options: LoadOptions) -> None:
-        """Load (and optimize) the model from `model_dir`; raise ModelLoadError on failure."""
+        """Load (and optimize) the model from `model_dir`; raise model_server.errors.ModelLoadError
+        on failure."""
 
     @abc.abstractmethod
     def inputs(self) -> list[TensorSpec]:
@@ -103,16 +107,18 @@ class Backend(abc.ABC):
         """True for text-generation models that implement `generate`."""
         return False
 
-    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
-        """Yield generated text pieces for `prompt` (streamed by the generate endpoint)."""
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Yield generated text pieces for `prompt`, one exclusive turn on the model.
+
+        `params` were checked by the dataplane (model_server.generation.sampling): convert
+        them, do not check them again.
+        """
         raise NotImplementedError
 
-    def stream_generation(
-        self, prompt: str, parameters: Mapping[str, Any]
-    ) -> AsyncIterator[str] | None:
-        """Batched generation, when the backend has it: checks `parameters` now, then returns
-        an async iterator of text pieces on the running event loop (its `aclose` stops the
-        row). None: the backend streams through `generate` alone."""
+    def stream_generation(self, prompt: str, params: SamplingParams) -> AsyncIterator[str] | None:
+        """Batched generation, when the backend has it: an async iterator of text pieces on
+        the running event loop (its `aclose` stops the row). None: the backend streams
+        through `generate` alone."""
         return None
 
     def close(self) -> None:
@@ -120,7 +126,8 @@ class Backend(abc.ABC):
         return None
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt for a conversation of {"role", "content"} messages (OpenAI chat).
+        """The prompt for a conversation of {"role", "content"} messages (the dataplane
+        renders chat requests with it).
 
         Backends with a chat template apply it; this plain transcript is the fallback.
         """
@@ -128,7 +135,7 @@ class Backend(abc.ABC):
         return "\n".join(lines) + "\nassistant:"
 
     def count_tokens(self, text: str) -> int | None:
-        """How many tokens `text` is for this model (usage reports), or None if unknown."""
+        """How many tokens `text` is for this model (the dataplane's usage), or None if unknown."""
         return None
 
     def token_ids(self, text: str) -> list[int] | None:
@@ -139,7 +146,3 @@ class Backend(abc.ABC):
         """Write the loaded (optimized) model into `out_dir` as an artifact this backend
         serves; returns notes for the report. Used by `model-server optimize`."""
         raise NotImplementedError(f"the {self.framework} backend cannot export a model")
-
-
-class ModelLoadError(Exception):
-    """The model could not be loaded: missing files, corrupt weights, unsupported format."""

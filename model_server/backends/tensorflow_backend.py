@@ -33,7 +33,9 @@ from model_server.backends._common import (
     invalid,
     oip_datatype,
 )
-from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
+from model_server.errors import ModelLoadError
+from msv_contract import capabilities as caps
 
 
 def detect_format(model_dir: Path) -> tuple[str, Path]:
@@ -97,7 +99,7 @@ class TensorFlowBackend(LoadedSignature, Backend):
         from model_server.optimize.device import select_tf_device
 
         fmt, path = detect_format(Path(model_dir))
-        if options.quantization not in ("none", "dynamic-int8", "float16"):
+        if options.quantization not in caps.FRAMEWORKS[self.framework].quantizations:
             raise ModelLoadError(
                 f"quantization {options.quantization!r} is not available for TensorFlow; "
                 "use dynamic-int8 or float16 (TFLite)"

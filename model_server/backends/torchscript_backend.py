@@ -33,7 +33,8 @@ from model_server.backends._common import (
     invalid,
     read_signature,
 )
-from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
+from model_server.errors import ModelLoadError
 
 DEFAULT_INPUTS = [TensorSpec("INPUT__0", "FP32", (-1, -1))]
 DEFAULT_OUTPUTS = [TensorSpec("OUTPUT__0", "FP32", (-1, -1))]

@@ -7,9 +7,10 @@ Tensors per task (the first dimension is the batch):
 
 - text-classification: in `text` BYTES [-1];
   out `label` BYTES [-1], `score` FP32 [-1], `logits` FP32 [-1, labels].
-- text-generation: in `text` BYTES [-1]; out `text_output` BYTES [-1] (the continuation);
-  `generate()` streams one prompt (max_new_tokens, temperature, top_p, top_k, seed);
-  `stream_generation()` batches concurrent prompts into one `generate` (generation_batch).
+- text-generation: in `text` BYTES [-1]; out `text_output` BYTES [-1] (the greedy
+  continuation, default length); `generate()` streams one prompt and `stream_generation()`
+  batches concurrent prompts into one `generate` (generation_batch), both with the
+  `SamplingParams` the dataplane checked (model_server.generation).
 - image-classification: in `image` BYTES [-1] (encoded PNG/JPEG; the announced input).
   `predict()` alternatively takes `pixel_values` FP32 [-1, 3, H, W] (already processed)
   or UINT8 [-1, H, W, 3] (raw pixels, processed here) instead of `image`; out `label`,
@@ -40,13 +41,13 @@ from model_server.backends._common import (
     check_tensor,
     invalid,
 )
-from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
 from model_server.backends.generation_batch import GenerationBatcher, Stream
+from model_server.errors import ModelLoadError
+from model_server.generation import SamplingParams
 from msv_contract import capabilities as caps
 
 TASKS = caps.FRAMEWORKS["transformers"].tasks
-DEFAULT_MAX_NEW_TOKENS = 32
-MAX_NEW_TOKENS_LIMIT = 1024
 GENERATION_MAX_BATCH = 16
 """Concurrent generation streams of the same settings batched into one `generate` call."""
 
@@ -254,7 +255,7 @@ class TransformersBackend(LoadedInfo, Backend):
         if self.task == "image-classification":
             return self._classify({"pixel_values": self._pixels(inputs)})
         texts = as_strings(_require_one(inputs, "text"), "text")
-        return {"text_output": bytes_array(self._generate_batch(texts, {}))}
+        return {"text_output": bytes_array(self._generate_batch(texts, SamplingParams()))}
 
     def _tokenize(self, texts: list[str]) -> dict[str, Any]:
         enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
@@ -330,70 +331,48 @@ class TransformersBackend(LoadedInfo, Backend):
             return None
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _gen_kwargs(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
-        raw = parameters.get("max_new_tokens", parameters.get("max_tokens"))
-        try:
-            max_new = DEFAULT_MAX_NEW_TOKENS if raw is None else int(raw)
-        except (TypeError, ValueError):
-            raise invalid("parameter 'max_new_tokens' must be an integer") from None
-        if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
-            raise invalid(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new}")
+    def _gen_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        """`generate` keyword arguments of checked settings (model_server.generation)."""
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
+            "max_new_tokens": params.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "do_sample": params.do_sample,
         }
-        temperature = parameters.get("temperature")
-        do_sample = bool(parameters.get("do_sample", temperature not in (None, 0, 0.0)))
-        kwargs["do_sample"] = do_sample
-        if do_sample:
-            try:
-                kwargs["temperature"] = float(temperature if temperature is not None else 1.0)
-                if "top_p" in parameters:
-                    kwargs["top_p"] = float(parameters["top_p"])
-                if "top_k" in parameters:
-                    kwargs["top_k"] = int(parameters["top_k"])
-            except (TypeError, ValueError):
-                raise invalid("temperature/top_p/top_k must be numbers") from None
-            if kwargs["temperature"] <= 0:
-                raise invalid("temperature must be > 0 when sampling")
+        if params.do_sample:
+            kwargs["temperature"] = params.temperature
+            if params.top_p is not None:
+                kwargs["top_p"] = params.top_p
+            if params.top_k is not None:
+                kwargs["top_k"] = params.top_k
         return kwargs
 
     @staticmethod
-    def _seed(parameters: Mapping[str, Any]) -> int | None:
-        if "seed" not in parameters:
-            return None
-        try:
-            return int(parameters["seed"])
-        except (TypeError, ValueError):
-            raise invalid("parameter 'seed' must be an integer") from None
-
-    def _apply_seed(self, parameters: Mapping[str, Any]) -> None:
-        seed = self._seed(parameters)
-        if seed is not None:
+    def _apply_seed(params: SamplingParams) -> None:
+        if params.seed is not None:
             import torch
 
-            torch.manual_seed(seed)
+            torch.manual_seed(params.seed)
 
-    def _generate_batch(self, texts: list[str], parameters: Mapping[str, Any]) -> list[str]:
+    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[str]:
         import torch
 
-        kwargs = self._gen_kwargs(parameters)
-        self._apply_seed(parameters)
+        kwargs = self._gen_kwargs(params)
+        self._apply_seed(params)
         enc = self._tokenize(texts)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Stream the continuation of `prompt` piece by piece (TextIteratorStreamer)."""
         if not self.supports_generate():
             raise invalid(f"model task {self.task!r} does not support generate")
         import torch
         from transformers import TextIteratorStreamer
 
-        kwargs = self._gen_kwargs(parameters)
-        self._apply_seed(parameters)
+        kwargs = self._gen_kwargs(params)
+        self._apply_seed(params)
         enc = self._tokenize([prompt])
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0
@@ -432,17 +411,16 @@ class TransformersBackend(LoadedInfo, Backend):
         if errors:
             raise errors[0]
 
-    def stream_generation(self, prompt: str, parameters: Mapping[str, Any]) -> Stream:
-        """Queue `prompt` for batched generation (checked now); pieces arrive on this loop."""
+    def stream_generation(self, prompt: str, params: SamplingParams) -> Stream:
+        """Queue `prompt` for batched generation; pieces arrive on this loop."""
         if not self.supports_generate():
             raise invalid(f"model task {self.task!r} does not support generate")
-        kwargs = self._gen_kwargs(parameters)
-        seed = self._seed(parameters)
+        kwargs = self._gen_kwargs(params)
         max_new = int(kwargs.pop("max_new_tokens"))
         if self._generation is None:
             self._generation = GenerationBatcher(self._run_generation_batch,
                                                  max_batch=GENERATION_MAX_BATCH)
-        return self._generation.submit(prompt, kwargs, max_new_tokens=max_new, seed=seed)
+        return self._generation.submit(prompt, kwargs, max_new_tokens=max_new, seed=params.seed)
 
     def _run_generation_batch(self, streams: list[Stream]) -> None:
         """One `generate` call for every stream of a batch (same settings), rows fed apart."""

@@ -6,7 +6,8 @@ share the dataplane, its batcher and its metrics. Every call but ServerLive/Serv
 metadata when authentication is on — the same `TokenAuth` as REST; refused calls end with
 UNAUTHENTICATED and a `www-authenticate` trailer. Errors are the dataplane's
 model_server.errors classes, mapped to gRPC codes by `errors.GRPC_CODES`. Inference is
-accounted by the same `RequestTracker` as REST, under the endpoint `grpc_infer`.
+accounted like every front end's (`RequestTracker.track`, model_server.metrics), under
+the endpoint `grpc_infer`. The OIP gRPC service has no generate call.
 """
 
 from __future__ import annotations
@@ -67,23 +68,13 @@ class InferenceService:
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        tracker = self._tracker
-        started = tracker.start()
-        status = 500
-        try:
+        with self._tracker.track():  # a ServerError leaving it records its HTTP status
             dp = self._dp
             name, version = request.model_name, request.model_version or None
             batcher = dp.admit(name, version)
             decoded = decode_infer(request)
             outputs = await dp.run(batcher, decoded)
-            response = encode_infer(dp.model_name, dp.model_version, outputs, decoded, dp.variant)
-            status = 200
-            return response
-        except ServerError as exc:
-            status = exc.status_code
-            raise
-        finally:
-            tracker.finish(started, status)
+            return encode_infer(dp.model_name, dp.model_version, outputs, decoded, dp.variant)
 
 
 def _wrap(

@@ -11,9 +11,9 @@ comparator of the model's task (model_server.mirror.{classification,generation,t
 A failure of any kind is counted, logged at most every LOG_EVERY_S, and never reaches the
 primary response. `stop` lets queued requests finish for up to STOP_SECONDS, then cancels.
 
-Generation is mirrored only for greedy requests (no sampling): a sampled answer says
-nothing about agreement. Both continuations are tokenized with this server's tokenizer and
-compared token by token.
+Generation is mirrored only for greedy requests (no sampling, as model_server.generation's
+rules decided): a sampled answer says nothing about agreement. Both continuations are
+tokenized with this server's tokenizer and compared token by token.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from model_server.codec import InferRequest, decode_response, encode_request
+from model_server.generation import Generation, GenerationRequest
 from model_server.metrics import MirrorMetrics
 from model_server.mirror import AUTHORIZATION
 from model_server.mirror.classification import classification_agreement
@@ -58,11 +59,6 @@ def comparison_kind(task: str | None) -> str:
     if task == "text-generation":
         return "generation"
     return "tensors"
-
-
-def is_greedy(params: Mapping[str, Any]) -> bool:
-    """True when generation with `params` samples nothing (the backends' own rule)."""
-    return not params.get("do_sample", params.get("temperature") not in (None, 0, 0.0))
 
 
 def tls_context(url: str, cert_file: Path | None) -> ssl.SSLContext | None:
@@ -125,10 +121,12 @@ class Mirror:
         if self._draw() < self.share and self._open:
             self._put(("infer", request.inputs, outputs, AUTHORIZATION.get()))
 
-    def offer_generate(self, prompt: str, params: Mapping[str, Any], text: str) -> None:
-        """Maybe mirror an answered greedy generation."""
-        if self._draw() < self.share and self._open and is_greedy(params):
-            self._put(("generate", prompt, params, text, AUTHORIZATION.get()))
+    def offer_generate(self, generation: Generation, request: GenerationRequest) -> None:
+        """Maybe mirror an answered greedy generation (its prompt as rendered, the request's
+        parameters by their generate-extension names)."""
+        if self._draw() < self.share and self._open and not generation.params.do_sample:
+            params = request.parameters()
+            self._put(("generate", generation.prompt, params, generation.text, AUTHORIZATION.get()))
 
     def _put(self, job: tuple[Any, ...]) -> None:
         try:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from model_server.backends import FRAMEWORKS, create_backend
-from model_server.backends.base import Backend, LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import Backend, LoadOptions, TensorSpec
+from model_server.errors import ModelLoadError
 from model_server.optimize.report import Measure, OptimizationReport, compare_outputs, write_report
 from msv_contract import capabilities as caps
 

@@ -5,7 +5,7 @@ Backends call these once at load; nothing here runs at import.
 
 from __future__ import annotations
 
-from model_server.backends.base import ModelLoadError
+from model_server.errors import ModelLoadError
 
 
 def select_torch_device(requested: str) -> str:

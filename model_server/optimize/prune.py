@@ -25,7 +25,7 @@ import itertools
 import math
 from typing import Any
 
-from model_server.backends.base import ModelLoadError
+from model_server.errors import ModelLoadError
 from model_server.optimize.stats import prunable_torch_modules
 
 

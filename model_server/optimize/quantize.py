@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from model_server.backends.base import ModelLoadError
+from model_server.errors import ModelLoadError
 
 
 def int8_method(device: str) -> str:

@@ -13,8 +13,9 @@ document the API in OpenAPI and serve when the short cut is off
 since the short cut would bypass it: `add_middleware` turns the short cut off.
 
 `RestInfer` is the one infer handler of the REST front end: bounded body read, codec
-decode, `DataPlane.infer`, codec encode, accounting (model_server.metrics.RequestTracker)
-and the error body (model_server.errors).
+decode, the dataplane's infer (`admit`, then `run_now`/`run_queued`: `DataPlane.run`
+without its coroutine), codec encode, accounting (`RequestTracker.track`,
+model_server.metrics) and the error body (model_server.errors).
 """
 
 from __future__ import annotations
@@ -114,39 +115,40 @@ class RestInfer:
     async def answer(
         self, name: str, version: str | None, headers: dict[bytes, bytes], receive: Any
     ) -> tuple[int, bytes, Headers]:
-        tracker = self._tracker
-        started = tracker.start()
-        status = 500
-        try:
-            dp = self._dp
-            batcher = dp.admit(name, version)  # unknown model or not ready: before parsing
-            limit = self._limit
-            declared = headers.get(b"content-length")
-            if declared is not None and not (declared.isdigit() and len(declared) < self._digits):
-                check_declared_length(declared, limit)  # may exceed the limit, or not be a number
-            message = await receive()  # inline: the whole body, nearly always
-            body: bytes = message.get("body", b"")
-            if message.get("more_body", False) or len(body) > limit:
-                body = await read_rest(receive, message, limit)
-            request = decode_json(body, headers.get(b"inference-header-content-length"))
-            outputs = dp.run_now(batcher, request)  # `dp.run` without its coroutine
-            if outputs is None:
-                outputs = await dp.run_queued(batcher, request)
-            out, extra = encode_json(dp.model_name, dp.model_version, outputs, request, dp.variant)
-            status = 200
-            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
-            if extra:
-                response_headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
-            return 200, out, response_headers
-        except ServerError as exc:
-            status = exc.status_code
-            out = error_body(exc)
-            response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
-            for key, value in (exc.headers() or {}).items():
-                response_headers.append((key.lower().encode(), value.encode()))
-            return status, out, response_headers
-        finally:
-            tracker.finish(started, status)
+        with self._tracker.track() as tracked:
+            try:
+                dp = self._dp
+                batcher = dp.admit(name, version)  # unknown model or not ready: before parsing
+                limit = self._limit
+                declared = headers.get(b"content-length")
+                if declared is not None and not (
+                    declared.isdigit() and len(declared) < self._digits
+                ):
+                    check_declared_length(declared, limit)  # over the limit, or not a number
+                message = await receive()  # inline: the whole body, nearly always
+                body: bytes = message.get("body", b"")
+                if message.get("more_body", False) or len(body) > limit:
+                    body = await read_rest(receive, message, limit)
+                request = decode_json(body, headers.get(b"inference-header-content-length"))
+                outputs = dp.run_now(batcher, request)  # `dp.run` without its coroutine
+                if outputs is None:
+                    outputs = await dp.run_queued(batcher, request)
+                out, extra = encode_json(
+                    dp.model_name, dp.model_version, outputs, request, dp.variant
+                )
+                response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
+                if extra:
+                    response_headers.extend(
+                        (k.lower().encode(), v.encode()) for k, v in extra.items()
+                    )
+                return 200, out, response_headers
+            except ServerError as exc:
+                status = tracked.status = exc.status_code
+                out = error_body(exc)
+                response_headers = [_JSON_HEADER, (b"content-length", b"%d" % len(out))]
+                for key, value in (exc.headers() or {}).items():
+                    response_headers.append((key.lower().encode(), value.encode()))
+                return status, out, response_headers
 
 
 class RestEntry:

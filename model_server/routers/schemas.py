@@ -1,8 +1,9 @@
 """Pydantic models of the OIP v2 REST and OpenAI-compatible APIs, for the OpenAPI document only.
 
 The infer and generate routes declare these as their documented request and response
-bodies but never validate through them: the dataplane parses bodies with orjson and checks
-them by hand, which is several times cheaper per request (docs/model-server.md).
+bodies but never validate through them: the codecs parse bodies with orjson and check them
+by hand, which is several times cheaper per request (docs/model-server.md); generation
+parameters are checked by model_server.generation's rules, whose limits are stated here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from model_server.generation import MAX_TOKENS_LIMIT
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -108,7 +111,9 @@ class InferenceResponse(BaseModel):
 class GenerateRequest(BaseModel):
     text_input: str
     parameters: dict[str, Any] | None = Field(
-        None, description="Sampling parameters passed to the model (max_tokens, temperature, …)"
+        None,
+        description="Sampling parameters: max_tokens (or max_new_tokens), temperature, top_p, "
+        "top_k, seed, do_sample; others are accepted and not used",
     )
 
 
@@ -125,7 +130,7 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
@@ -142,7 +147,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None

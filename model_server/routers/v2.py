@@ -1,9 +1,11 @@
 """Open Inference Protocol v2 REST routes, the generate extension and /metrics.
 
-Handlers are thin: read the body (bounded by MODEL_SERVER_MAX_REQUEST_BYTES), call the
-dataplane, wrap its bytes in a Response, count the request (metrics.RequestTracker). Infer
-uses `RestInfer`, the same handler the fast path calls. Returning a `Response` makes
-FastAPI skip `response_model` validation, so those models only document the API.
+Handlers are thin: read the body (bounded by MODEL_SERVER_MAX_REQUEST_BYTES), decode it
+(codec.decode_generate for generate), call the dataplane, wrap its answer in a Response,
+count the request (`RequestTracker.track`, model_server.metrics; a stream is counted until
+its last event). Infer uses `RestInfer`, the same handler the fast path calls. Returning a
+`Response` makes FastAPI skip `response_model` validation, so those models only document
+the API.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model_server.codec import decode_generate
 from model_server.dataplane import DataPlane
 from model_server.errors import ModelNotReady, ServerError
-from model_server.metrics import RequestTracker
+from model_server.metrics import Tracked
 from model_server.routers import schemas as s
 from model_server.routers.fastpath import RestInfer, body_too_large, check_declared_length
 
@@ -166,49 +168,45 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 async def _generate(request: Request, name: str, version: str | None, stream: bool) -> Response:
     state = request.app.state
     dp: DataPlane = state.dataplane
-    tracker = dp.metrics.tracker("generate_stream" if stream else "generate")
-    started = tracker.start()
-    status = 500
-    try:
+    with dp.metrics.tracker("generate_stream" if stream else "generate").track() as tracked:
         body = await read_body(request, state.max_request_bytes)
-        prompt, params = decode_generate(body)
+        generation = decode_generate(body, stream)
         head = {"model_name": dp.model_name, "model_version": dp.model_version}
         if stream:
-            pieces = dp.stream(name, version, prompt, params)
-            status = 200
+            _, pieces = dp.stream(name, version, generation)
             # counted in flight until the last event is sent or the client goes away
             return StreamingResponse(
-                _events(pieces, head, tracker, started), media_type="text/event-stream"
+                _events(pieces, head, tracked.defer()), media_type="text/event-stream"
             )
-        text = await dp.generate(name, version, prompt, params)
-        status = 200
-        return Response(orjson.dumps({**head, "text_output": text}), media_type=JSON)
-    except ServerError as exc:
-        status = exc.status_code
-        raise
-    finally:
-        if not (stream and status == 200):
-            tracker.finish(started, status)
+        answer = await dp.generate(name, version, generation)
+        return Response(orjson.dumps({**head, "text_output": answer.text}), media_type=JSON)
 
 
 async def _events(
-    pieces: AsyncIterator[str], head: dict[str, str], tracker: RequestTracker, started: float
+    pieces: AsyncIterator[str], head: dict[str, str], tracked: Tracked
 ) -> AsyncIterator[bytes]:
     """SSE `data: {text_output}` per piece; a failure mid-stream becomes an error event."""
-    status = 200
-    try:
-        async for piece in pieces:
-            yield b"data: " + orjson.dumps({**head, "text_output": piece}) + b"\n\n"
-    except ServerError as exc:
-        status = exc.status_code
-        yield b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
-    except Exception as exc:
-        status = 500
-        log.exception("Generation failed")
-        error = {"error": f"generation failed: {type(exc).__name__}"}
-        yield b"data: " + orjson.dumps(error) + b"\n\n"
-    finally:
-        tracker.finish(started, status)
+    with tracked:
+        try:
+            async for piece in pieces:
+                yield b"data: " + orjson.dumps({**head, "text_output": piece}) + b"\n\n"
+        except ServerError as exc:
+            tracked.status = exc.status_code
+            yield b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
+        except Exception as exc:
+            tracked.status = 500
+            log.exception("Generation failed")
+            error = {"error": f"generation failed: {type(exc).__name__}"}
+            yield b"data: " + orjson.dumps(error) + b"\n\n"
+        finally:
+            await _aclose(pieces)
+
+
+async def _aclose(pieces: AsyncIterator[str]) -> None:
+    """Close the dataplane's stream at once (a client that went away stops the model)."""
+    close = getattr(pieces, "aclose", None)
+    if close is not None:
+        await close()
 
 
 @router.post(

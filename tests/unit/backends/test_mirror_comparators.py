@@ -13,6 +13,7 @@ import pytest
 
 from model_server.backends import create_backend
 from model_server.backends.base import LoadOptions
+from model_server.generation import SamplingParams
 from model_server.mirror.classification import classification_agreement
 from model_server.mirror.generation import token_agreement
 from model_server.mirror.tensors import tensor_agreement
@@ -53,7 +54,7 @@ def test_generation_on_greedy_tokens_of_real_generators(tmp_path: Path, factory:
     a = _load("transformers", tmp_path / "a", task="text-generation")
     again = _load("transformers", tmp_path / "a", task="text-generation")
     b = _load("transformers", tmp_path / "b", task="text-generation")
-    params = {"max_new_tokens": 12}
+    params = SamplingParams(max_new_tokens=12)
 
     def tokens(backend: object, prompt: str) -> list[int]:
         text = "".join(backend.generate(prompt, params))  # type: ignore[attr-defined]

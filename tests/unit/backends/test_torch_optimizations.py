@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from model_server.backends import create_backend
-from model_server.backends.base import LoadOptions, ModelLoadError
+from model_server.backends.base import LoadOptions
+from model_server.errors import ModelLoadError
 
 pytestmark = pytest.mark.torch
 

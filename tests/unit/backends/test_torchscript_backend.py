@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from model_server.backends import create_backend
-from model_server.backends.base import LoadOptions, ModelLoadError, TensorSpec
+from model_server.backends.base import LoadOptions, TensorSpec
 from model_server.codec import InferRequest
-from model_server.errors import InvalidInput
+from model_server.errors import InvalidInput, ModelLoadError
 from model_server.validation import Signature
 
 pytestmark = pytest.mark.torch

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from model_server.backends import create_backend
-from model_server.backends.base import LoadOptions, ModelLoadError
+from model_server.backends.base import LoadOptions
 from model_server.codec import InferRequest
-from model_server.errors import InvalidInput
+from model_server.errors import InvalidInput, ModelLoadError
+from model_server.generation import GenerationRequest, SamplingParams, sampling
 from model_server.validation import Signature
 
 from .conftest import has_cuda
@@ -60,20 +61,23 @@ def test_text_generation_predict_and_stream(text_generator_dir: Path) -> None:
     assert backend.supports_generate()
     out = backend.predict({"text": _texts("hello world", "the")})
     assert out["text_output"].shape == (2,) and out["text_output"].dtype == object
-    pieces = list(backend.generate("hello", {"max_new_tokens": 32}))
+    pieces = list(backend.generate("hello", SamplingParams(max_new_tokens=32)))
     assert len(pieces) >= 2 and all(isinstance(p, str) for p in pieces)
     # greedy decoding both ways: the stream adds up to the non-streamed continuation
     whole = backend.predict({"text": _texts("hello")})["text_output"][0].decode()
     assert "".join(pieces).strip() == whole.strip()
-    with pytest.raises(InvalidInput, match="max_new_tokens"):
-        list(backend.generate("hello", {"max_new_tokens": 0}))
 
 
 PROMPTS = ["hello", "the movie was", "once upon a time there", "a", "good food and",
            "we went to the", "it is", "why"]
 
 
-async def _collect(backend: Any, prompt: str, params: dict[str, Any]) -> list[str]:
+def _p(max_tokens: int, **params: Any) -> SamplingParams:
+    """Settings as the dataplane hands them over: checked by the server's rules."""
+    return sampling(GenerationRequest(max_tokens=max_tokens, **params))
+
+
+async def _collect(backend: Any, prompt: str, params: SamplingParams) -> list[str]:
     stream = backend.stream_generation(prompt, params)
     return [piece async for piece in stream]
 
@@ -83,11 +87,11 @@ def test_concurrent_streams_share_batches_and_match_one_by_one(text_generator_di
     fed apart) and each row's text is what the same prompt gives alone."""
     backend = create_backend("transformers")
     backend.load(text_generator_dir, LoadOptions(task="text-generation"))
-    alone = ["".join(backend.generate(p, {"max_new_tokens": 12})) for p in PROMPTS]
+    alone = ["".join(backend.generate(p, _p(12))) for p in PROMPTS]
 
     async def together() -> list[list[str]]:
         return list(await asyncio.gather(
-            *(_collect(backend, p, {"max_new_tokens": 12}) for p in PROMPTS)))
+            *(_collect(backend, p, _p(12)) for p in PROMPTS)))
 
     pieces = asyncio.run(together())
     batcher = backend._generation
@@ -101,14 +105,14 @@ def test_concurrent_streams_share_batches_and_match_one_by_one(text_generator_di
 def test_batched_rows_keep_their_own_limits_and_settings(text_generator_dir: Path) -> None:
     backend = create_backend("transformers")
     backend.load(text_generator_dir, LoadOptions(task="text-generation"))
-    short = backend.count_tokens("".join(backend.generate("hello", {"max_new_tokens": 3})))
+    short = backend.count_tokens("".join(backend.generate("hello", _p(3))))
 
     async def run() -> tuple[list[str], list[str], list[str], list[str]]:
         return await asyncio.gather(  # type: ignore[return-value]
-            _collect(backend, "hello", {"max_new_tokens": 3}),
-            _collect(backend, "hello", {"max_new_tokens": 20}),
-            _collect(backend, "hello", {"max_new_tokens": 20, "temperature": 1.0, "seed": 7}),
-            _collect(backend, "hello", {"max_new_tokens": 20, "temperature": 1.0, "seed": 7}),
+            _collect(backend, "hello", _p(3)),
+            _collect(backend, "hello", _p(20)),
+            _collect(backend, "hello", _p(20, temperature=1.0, seed=7)),
+            _collect(backend, "hello", _p(20, temperature=1.0, seed=7)),
         )
 
     three, twenty, sampled_a, sampled_b = asyncio.run(run())
@@ -116,8 +120,6 @@ def test_batched_rows_keep_their_own_limits_and_settings(text_generator_dir: Pat
     assert backend.count_tokens("".join(twenty)) > short
     # seeded sampling is never batched with others, so a seed reproduces its text
     assert "".join(sampled_a) == "".join(sampled_b)
-    with pytest.raises(InvalidInput, match="max_new_tokens"):
-        backend.stream_generation("hello", {"max_new_tokens": 0})
     backend.close()
 
 
@@ -131,12 +133,12 @@ def test_a_stream_closed_early_stops_its_row(text_generator_dir: Path) -> None:
 
     backend = create_backend("transformers")
     backend.load(text_generator_dir, LoadOptions(task="text-generation"))
-    alone = "".join(backend.generate("the movie was", {"max_new_tokens": 20}))
+    alone = "".join(backend.generate("the movie was", _p(20)))
 
     async def run() -> tuple[Any, str]:
-        left = backend.stream_generation("hello", {"max_new_tokens": 20})
+        left = backend.stream_generation("hello", _p(20))
         await left.aclose()  # before the collector's window closed
-        return left, "".join(await _collect(backend, "the movie was", {"max_new_tokens": 20}))
+        return left, "".join(await _collect(backend, "the movie was", _p(20)))
 
     left, other = asyncio.run(run())
     assert left.tokens == 0 and other == alone

@@ -6,12 +6,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from model_server.backends.base import Backend, BackendInfo, LoadOptions, ModelLoadError, TensorSpec
-from model_server.errors import InvalidInput
+from model_server.backends.base import Backend, BackendInfo, LoadOptions, TensorSpec
+from model_server.errors import InvalidInput, ModelLoadError
+from model_server.generation import SamplingParams
 
 
 class EchoBackend(Backend):
@@ -79,16 +79,13 @@ class EchoBackend(Backend):
 
 
 class GenerateBackend(EchoBackend):
-    """Adds the generate extension: echoes the prompt word by word."""
+    """Adds the generate extension: echoes the prompt word by word, up to the token limit."""
 
     def supports_generate(self) -> bool:
         return True
 
-    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
-        limit = int(parameters.get("max_tokens", 100))
-        if limit < 0:
-            raise InvalidInput("max_tokens must be >= 0")
-        for word in prompt.split()[:limit]:
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        for word in prompt.split()[: params.max_new_tokens]:
             yield word + " "
 
 
@@ -128,7 +125,7 @@ class EndlessGenerateBackend(GenerateBackend):
         self.closed = threading.Event()
         self.produced = 0
 
-    def generate(self, prompt: str, parameters: Mapping[str, Any]) -> Iterator[str]:
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         try:
             while True:
                 time.sleep(0.01)

@@ -27,12 +27,13 @@ from model_server.codec import (
     encode_request,
 )
 from model_server.dataplane import artifact_bytes
+from model_server.generation import Generation, GenerationRequest, sampling
 from model_server.http_server import uvicorn_options
 from model_server.metrics import MirrorMetrics
 from model_server.mirror.classification import classification_agreement
 from model_server.mirror.control import ANNOTATION, MirrorTarget, parse_target, read_annotations
 from model_server.mirror.generation import token_agreement
-from model_server.mirror.sender import Mirror, comparison_kind, is_greedy
+from model_server.mirror.sender import Mirror, comparison_kind
 from model_server.mirror.tensors import ATOL, RTOL, tensor_agreement
 from model_server.settings import Settings, mirror_base_url
 
@@ -261,11 +262,26 @@ def test_the_task_picks_the_comparator(task: str | None, kind: str) -> None:
     assert comparison_kind(task) == kind
 
 
-def test_greedy_is_the_backends_rule() -> None:
-    assert is_greedy({}) and is_greedy({"temperature": 0}) and is_greedy({"max_tokens": 3})
-    assert not is_greedy({"temperature": 0.7})
-    assert not is_greedy({"do_sample": True})
-    assert is_greedy({"do_sample": False, "temperature": 0.7})
+@pytest.mark.parametrize(
+    ("params", "greedy"),
+    [({}, True), ({"temperature": 0}, True), ({"max_tokens": 3}, True),
+     ({"temperature": 0.7}, False), ({"do_sample": True}, False),
+     ({"do_sample": False, "temperature": 0.7}, True)],
+)  # fmt: skip
+def test_only_greedy_generations_are_queued_by_the_generation_rules(
+    params: dict[str, object], greedy: bool
+) -> None:
+    mirror = Mirror(url="http://127.0.0.1:9", model_name="echo", percent=100, queue_size=2,
+                    timeout_s=1, metrics=MirrorMetrics(CollectorRegistry(), "echo", "int8", "c"),
+                    random_draw=lambda: 0.0)  # fmt: skip
+    mirror._open = True  # taking requests, workers not started
+    request = GenerationRequest.from_parameters("one two", params)
+    answer = Generation("one two", sampling(request), lambda text: None)
+    answer.pieces.append("three")
+    mirror.offer_generate(answer, request)
+    assert mirror._queue.qsize() == int(greedy)
+    if greedy:  # sent on as the client's generate-extension parameters
+        assert mirror._queue.get_nowait()[1:4] == ("one two", params, "three")
 
 
 # what the mirror sends and reads ----------------------------------------------------------
