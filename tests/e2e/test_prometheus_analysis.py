@@ -159,11 +159,11 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
     assert spec.rollout is not None
     verdict, gates, _ = rollout.evaluate(spec.rollout, sample, "baseline", 90, {})
     assert verdict == "Failed"
-    by_name = {g["name"]: g for g in gates}
-    assert by_name["latency"]["value"] == pytest.approx(2.0, rel=1e-3)
-    assert by_name["latency"]["passed"] is False
-    assert by_name["errorRate"]["passed"] is False
-    assert by_name["agreement"]["passed"] is False
+    by_name = {g.name: g for g in gates}
+    assert by_name["latency"].value == pytest.approx(2.0, rel=1e-3)
+    assert by_name["latency"].passed is False
+    assert by_name["errorRate"].passed is False
+    assert by_name["agreement"].passed is False
 
 
 def test_a_query_prometheus_refuses_is_a_typed_error(prometheus: tuple[str, Exporters]) -> None:
