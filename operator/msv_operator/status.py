@@ -136,8 +136,10 @@ class Verdict:
     variants: list[VariantState] = field(default_factory=list)
 
 
-def service_url(name: str, namespace: str) -> str:
-    """The cluster-internal URL of the stable Service."""
+def service_url(name: str, namespace: str, tls: bool = False) -> str:
+    """The cluster-internal URL of the stable Service (with TLS its port 80 speaks https)."""
+    if tls:
+        return f"https://{name}.{namespace}.svc.cluster.local:80"
     return f"http://{name}.{namespace}.svc.cluster.local"
 
 
@@ -485,7 +487,8 @@ def compute_status(
         # ready/desired replicas per variant (the REPLICAS column)
         "replicaCounts": ",".join(f"{s.name}={s.ready_replicas}/{s.desired or 0}"
                                   for s in verdict.variants),
-        "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", ""))),
+        "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", "")),
+                           tls=_serves_tls(ms)),
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
@@ -494,6 +497,13 @@ def compute_status(
     if brownout:
         status["brownout"] = dict(brownout)
     return status
+
+
+def _serves_tls(ms: Mapping[str, Any]) -> bool:
+    spec = ms.get("spec")
+    server = spec.get("server") if isinstance(spec, Mapping) else None
+    tls = server.get("tls") if isinstance(server, Mapping) else None
+    return isinstance(tls, Mapping) and bool(tls.get("secretName"))
 
 
 def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],

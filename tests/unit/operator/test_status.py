@@ -588,3 +588,9 @@ def test_only_the_servers_exit_2_with_a_reason_is_a_secret_problem(
     else:
         p = real_pod(containers=[container(state=state)])
     assert (s.pod_problem(p) or ("",))[0] == "ModelLoadFailed"
+
+
+def test_url_says_https_when_the_pods_serve_tls() -> None:
+    body = secured_ms(tls={"secretName": "web-tls"})
+    out = s.compute_status(body, deployments={}, pods=[], now=NOW, observed_generation=1)
+    assert out["url"] == "https://sentiment.ml.svc.cluster.local:80"
