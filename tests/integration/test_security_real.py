@@ -7,10 +7,11 @@ gRPC (tritonclient.grpc, the CA as root certificates) and the OpenAI-compatible 
 ``openai`` client over an httpx client with the CA) refuse a missing or wrong token and
 accept the right one. Prometheus (prometheus-operator, from the ServiceMonitor the operator
 writes) scrapes the pod over https, verifying the certificate with the Secret's ``ca.crt``
-and presenting the token (``protectMetrics``); trusting another CA, it cannot. Rotating the token Secret takes effect in the
-running pod (same uid, no restart); the time it takes is printed. A ModelService whose token
-Secret does not exist gets ``Ready=False, AuthSecretMissing`` naming the Secret and never an
-endpoint; an empty ``tokenSecret`` is refused by the API server.
+and presenting the token (``protectMetrics``); trusting another CA, it cannot. Rotating the
+token Secret takes effect in the running pod (same uid, no restart); the time it takes is
+printed. A ModelService whose token Secret does not exist gets ``Ready=False,
+AuthSecretMissing`` naming the Secret and never an endpoint; an empty ``tokenSecret`` is
+refused by the API server.
 """
 
 from __future__ import annotations
