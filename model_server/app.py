@@ -15,6 +15,11 @@ reason in the logs, the model metadata (`parameters.reason`) and every 503 body.
 `ModelServerApp.start_draining()` (called by the CLI on SIGTERM) turns `/v2/health/ready`
 to 503 at once while every other endpoint keeps serving.
 
+With `MODEL_SERVER_AUTH_TOKENS` the tokens are read here (a path without a token stops the
+start: ConfigError) and re-read by a task of the lifespan (`auth.watch`, every
+`MODEL_SERVER_AUTH_RELOAD_SECONDS`); while no token is accepted, `/v2/health/ready` answers 503
+naming the problem and every other request is refused (fail closed).
+
 Tests pass a `backend` (any `model_server.backends.base.Backend`) and a fresh
 `CollectorRegistry`; in production both come from the settings.
 """
@@ -33,7 +38,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from pydantic.json_schema import models_json_schema
 
-from model_server.auth import TokenAuth, read_tokens
+from model_server.auth import TokenAuth, watch
 from model_server.backends import create_backend
 from model_server.backends.base import Backend
 from model_server.dataplane import SERVER_VERSION, DataPlane
@@ -81,7 +86,7 @@ def load_auth(settings: Settings) -> TokenAuth | None:
     """The token check of every front end, or None when authentication is off."""
     if settings.auth_tokens is None:
         return None
-    return TokenAuth(read_tokens(settings.auth_tokens), protect_metrics=settings.auth_metrics)
+    return TokenAuth.from_path(settings.auth_tokens, protect_metrics=settings.auth_metrics)
 
 
 async def _start_grpc(
@@ -158,7 +163,8 @@ class ModelServerApp(RestEntry, FastAPI):
 
     `RestEntry.__call__` (routers/fastpath.py) sees every request first, checks its token,
     and hands all but infer requests to `handle`, the normal FastAPI/Starlette stack. While
-    draining, `handle` answers the server readiness probe with 503 (the hot path is untouched).
+    draining, or while authentication accepts no token, `handle` answers the server
+    readiness probe with 503 (the hot path is untouched).
     """
 
     draining = False
@@ -167,11 +173,25 @@ class ModelServerApp(RestEntry, FastAPI):
         """Report not ready from now on; requests keep being served."""
         self.draining = True
 
+    def unready_reason(self) -> str | None:
+        """Why the server must report not ready whatever the model's state, or None."""
+        if self.draining:
+            return "the server is shutting down"
+        auth = self._auth
+        if auth is not None and not auth.usable:
+            return (
+                f"no bearer token is accepted ({auth.problem}); every request is refused "
+                "until the token Secret holds a token"
+            )
+        return None
+
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.draining and scope["type"] == "http" and scope["path"] == READY_PATH:
-            response = error_response(ModelNotReady("the server is shutting down"))
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["path"] == READY_PATH:
+            reason = self.unready_reason()
+            if reason is not None:
+                response = error_response(ModelNotReady(reason))
+                await response(scope, receive, send)
+                return
         await FastAPI.__call__(self, scope, receive, send)
 
 
@@ -231,6 +251,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        token_task = None
+        if auth is not None and settings.auth_reload_seconds > 0:
+            token_task = asyncio.create_task(
+                watch(auth, settings.auth_reload_seconds), name="auth-token-reload"
+            )
         app.state.load_task = asyncio.create_task(load(app), name="model-load")
         grpc_server = await _start_grpc(app, settings, dataplane, auth, tls)
         try:
@@ -239,6 +264,9 @@ def create_app(
             task: asyncio.Task[None] = app.state.load_task
             if not task.done():
                 task.cancel()
+            if token_task is not None:
+                token_task.cancel()
+                await asyncio.gather(token_task, return_exceptions=True)
             if grpc_server is not None:
                 await grpc_server.stop(5)
             control_task: asyncio.Task[None] | None = getattr(

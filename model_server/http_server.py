@@ -13,7 +13,8 @@ it). Bodies are not limited by it: MODEL_SERVER_REQUEST_TIMEOUT_S bounds the req
 (nothing else reads the client address it rewrites).
 
 `read_tls` reads and checks the certificate and key once at startup (REST and gRPC use the
-same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2.
+same pair); a missing, unreadable or mismatched file is a ConfigError: one line, exit 2, led
+by the reason the operator reports (msv_contract.env: TLSSecretMissing, TLSSecretInvalid).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model_server.auth import ConfigError
+from msv_contract.env import TLS_SECRET_INVALID, TLS_SECRET_MISSING
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -123,11 +125,16 @@ def read_tls(cert_file: Path, key_file: Path) -> tuple[bytes, bytes]:
         try:
             pems.append(path.read_bytes())
         except OSError as exc:
-            raise ConfigError(f"cannot read TLS {kind} {path}: {exc.strerror or exc}") from None
+            missing = isinstance(exc, FileNotFoundError)
+            reason = TLS_SECRET_MISSING if missing else TLS_SECRET_INVALID
+            raise ConfigError(
+                f"cannot read TLS {kind} {path}: {exc.strerror or exc}", reason
+            ) from None
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(
-            f"TLS certificate {cert_file} and key {key_file} do not load as a pair: {exc}"
+            f"TLS certificate {cert_file} and key {key_file} do not load as a pair: {exc}",
+            TLS_SECRET_INVALID,
         ) from None
     return pems[0], pems[1]

@@ -104,11 +104,22 @@ class Settings(BaseSettings):
     serve TLS only. Needs tls_key_file."""
     tls_key_file: Path | None = None
     """PEM private key (`tls.key`) matching tls_cert_file."""
+    auth_reload_seconds: float = Field(default=2.0, ge=0.0, le=300.0)
+    """How often auth_tokens is re-read while the server runs (a token Secret the kubelet
+    updates takes effect within this after the kubelet wrote it); 0: read once at startup."""
 
-    @field_validator("auth_tokens", "tls_cert_file", "tls_key_file", "grpc_port", mode="before")
+    @field_validator("grpc_port", mode="before")
     @classmethod
-    def _empty_path_is_none(cls, value: object) -> object:
+    def _empty_port_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("auth_tokens", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_security_path(cls, value: object) -> object:
+        # An empty value is a templating slip, not "off": it must not serve in the clear.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (unset it to serve without authentication or TLS)")
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -58,3 +58,27 @@ HTTP_PORT = 8080
 """OIP v2 REST, the OpenAI-compatible API, /metrics and the health probes."""
 GRPC_PORT_NUMBER = 8081
 """OIP v2 gRPC."""
+
+# The Secrets the operator mounts, as it mounts them.
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+TLS_CA_KEY = "ca.crt"
+"""The CA of the serving certificate, in the TLS Secret as cert-manager writes it: the
+ServiceMonitor verifies the pods' certificate with it (the server never reads it)."""
+METRICS_TOKEN_KEY = "token"
+"""The token Secret's key Prometheus presents on /metrics with protectMetrics, unless
+``spec.server.auth.metricsTokenKey`` names another."""
+
+# The back channel: when a mounted Secret cannot be used, `model-server serve` exits 2 and its
+# one-line termination message carries one of these words followed by ": " (the server's
+# ConfigError.reason); the operator's status turns it into the Ready condition's reason,
+# naming the Secret and its spec field.
+AUTH_SECRET_MISSING = "AuthSecretMissing"
+"""The token directory holds no file: the token Secret does not exist or has no keys."""
+NO_TOKENS = "NoTokens"
+"""The token files hold no token (empty values), or cannot be read."""
+TLS_SECRET_MISSING = "TLSSecretMissing"
+"""``tls.crt`` or ``tls.key`` is not there: the TLS Secret does not exist or lacks the key."""
+TLS_SECRET_INVALID = "TLSSecretInvalid"
+"""``tls.crt``/``tls.key`` are not a PEM certificate and the private key that matches it."""
+SECRET_REASONS = (AUTH_SECRET_MISSING, NO_TOKENS, TLS_SECRET_MISSING, TLS_SECRET_INVALID)

@@ -4,7 +4,8 @@
 share the dataplane, its batcher and its metrics. Every call but ServerLive/ServerReady
 (the health calls, open like their REST twins) must carry `authorization: Bearer <token>`
 metadata when authentication is on — the same `TokenAuth` as REST; refused calls end with
-UNAUTHENTICATED and a `www-authenticate` trailer. Errors are the dataplane's
+UNAUTHENTICATED and a `www-authenticate` trailer; while that `TokenAuth` accepts no token
+(a token Secret emptied while running) ServerReady answers not ready. Errors are the dataplane's
 model_server.errors classes, mapped to gRPC codes by `errors.GRPC_CODES`. Inference is
 accounted like every front end's (`RequestTracker.track`, model_server.metrics), under
 the endpoint `grpc_infer`. The OIP gRPC service has no generate call.
@@ -35,8 +36,9 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 class InferenceService:
     """The RPC handlers, each a coroutine (request message, context) -> response message."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, auth: TokenAuth | None = None) -> None:
         self._dp = dataplane
+        self._auth = auth
         self._tracker = dataplane.metrics.tracker("grpc_infer")
         self._messages = {name: message(name) for pair in METHODS.values() for name in pair}
 
@@ -47,7 +49,9 @@ class InferenceService:
         return self._reply("ServerLive", live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return self._reply("ServerReady", ready=self._dp.ready)
+        auth = self._auth
+        ready = self._dp.ready and (auth is None or auth.usable)
+        return self._reply("ServerReady", ready=ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         ready = self._dp.model_ready(request.name, request.version or None)
@@ -111,7 +115,7 @@ def _wrap(
 
 
 def generic_handler(dataplane: DataPlane, auth: TokenAuth | None) -> Any:
-    service = InferenceService(dataplane)
+    service = InferenceService(dataplane, auth)
     handlers = {}
     for rpc, (request_name, _) in METHODS.items():
         response_cls = message(f"{rpc}Response")

@@ -212,8 +212,8 @@ def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
         out[env.AUTH_TOKENS] = AUTH_DIR
         out[env.AUTH_METRICS] = "true" if spec.auth_protect_metrics else "false"
     if spec.tls_secret:
-        out[env.TLS_CERT_FILE] = f"{TLS_DIR}/tls.crt"
-        out[env.TLS_KEY_FILE] = f"{TLS_DIR}/tls.key"
+        out[env.TLS_CERT_FILE] = f"{TLS_DIR}/{env.TLS_CERT_KEY}"
+        out[env.TLS_KEY_FILE] = f"{TLS_DIR}/{env.TLS_KEY_KEY}"
     # The mirror target arrives as a pod annotation (reconcile), read through the downward
     # API: a rollout starting or ending changes no template and restarts no pod.
     out[env.MIRROR_FILE] = env.PODINFO_ANNOTATIONS
@@ -232,13 +232,18 @@ def mirror_annotation(mirror: Mirror) -> str:
 
 
 def _secret_volumes(spec: ModelServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts) of the auth-token and TLS Secrets: mounted, never read here."""
+    """(volumes, mounts) of the auth-token and TLS Secrets: mounted, never read here.
+
+    ``optional``: a missing Secret mounts as an empty directory, the server refuses to start
+    without its files (exit 2, the reason in its termination message) and the status names
+    the Secret; a required one would hold the pod in ContainerCreating with nothing on the
+    pod to say why. Either way nothing is served without the Secret."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for name, secret, path in (("auth-tokens", spec.auth_token_secret, AUTH_DIR),
                                ("tls", spec.tls_secret, TLS_DIR)):
         if secret:
-            volumes.append({"name": name, "secret": {"secretName": secret}})
+            volumes.append({"name": name, "secret": {"secretName": secret, "optional": True}})
             mounts.append({"name": name, "mountPath": path, "readOnly": True})
     return volumes, mounts
 
@@ -404,15 +409,33 @@ def build_service_monitor(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict
                          {"key": LABEL_MODELSERVICE, "operator": "In", "values": [spec.name]},
                          {"key": LABEL_VARIANT, "operator": "Exists"}]},
                      "endpoints": [{"port": "http", "path": "/metrics",
-                                    "interval": spec.scrape_interval, **_scrape_tls(spec)}]}}
+                                    "interval": spec.scrape_interval, **_scrape_tls(spec),
+                                    **_scrape_auth(spec)}]}}
+
+
+def scrape_server_name(spec: ModelServiceSpec) -> str:
+    """The name Prometheus verifies the pods' certificate for: the stable Service's
+    ``<name>.<namespace>.svc``, which the certificate must carry as a DNS SAN (Prometheus
+    scrapes pod IPs, which no certificate names)."""
+    return f"{object_name(spec.name)}.{spec.namespace}.svc"
 
 
 def _scrape_tls(spec: ModelServiceSpec) -> dict[str, Any]:
-    """Scrape over HTTPS when the server serves TLS (its certificate names the Service, not
-    the pod IP Prometheus scrapes, so the name is not verified)."""
+    """Scrape over HTTPS when the server serves TLS, verifying the certificate: the CA is
+    ``ca.crt`` of the TLS Secret (as cert-manager writes it), the name scrape_server_name."""
     if not spec.tls_secret:
         return {}
-    return {"scheme": "https", "tlsConfig": {"insecureSkipVerify": True}}
+    return {"scheme": "https", "tlsConfig": {
+        "ca": {"secret": {"name": spec.tls_secret, "key": env.TLS_CA_KEY}},
+        "serverName": scrape_server_name(spec)}}
+
+
+def _scrape_auth(spec: ModelServiceSpec) -> dict[str, Any]:
+    """With protectMetrics: present the token under metricsTokenKey of the token Secret."""
+    if not (spec.auth_token_secret and spec.auth_protect_metrics):
+        return {}
+    return {"authorization": {"type": "Bearer", "credentials": {
+        "name": spec.auth_token_secret, "key": spec.auth_metrics_token_key}}}
 
 
 def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,

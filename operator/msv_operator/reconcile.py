@@ -108,6 +108,17 @@ def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
                     f"spec.monitoring.interval: {parsed.scrape_interval} needs a ServiceMonitor "
                     "(prometheus.io/* scrape annotations cannot carry an interval), so the "
                     "Prometheus scrape configuration's own interval applies"))
+    if annotations and parsed.tls_secret:
+        out.append(("ScrapeTLSUnverified",
+                    "spec.server.tls.secretName: prometheus.io/* scrape annotations cannot "
+                    "carry a CA or a server name, so a scraper reading them cannot verify the "
+                    "pods' certificate (a ServiceMonitor verifies it with ca.crt of the "
+                    "Secret: install the Prometheus Operator CRDs)"))
+    if annotations and parsed.auth_token_secret and parsed.auth_protect_metrics:
+        out.append(("ScrapeTokenUnavailable",
+                    "spec.server.auth.protectMetrics: prometheus.io/* scrape annotations cannot "
+                    "carry a token, so a scraper reading them gets 401 unless it is given one "
+                    "(a ServiceMonitor presents it: install the Prometheus Operator CRDs)"))
     if parsed.gateway_parents and not opts.gateway_api:
         out.append(("GatewayAPIUnavailable",
                     "spec.gateway: the cluster does not serve gateway.networking.k8s.io/v1 "

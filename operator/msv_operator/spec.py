@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msv_contract import capabilities as caps
+from msv_contract import env
 
 FRAMEWORKS = caps.FRAMEWORK_NAMES
 TASKS = caps.TASKS
@@ -23,6 +24,7 @@ PRUNING_METHODS = caps.PRUNING_METHODS
 URI_SCHEMES = ("pvc", "file", "http", "https", "s3")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 MAX_NAME = 63
 
 
@@ -171,6 +173,8 @@ class ModelServiceSpec:
     auth_token_secret: str | None = None
     """Secret whose keys are bearer tokens (mounted; the operator never reads it)."""
     auth_protect_metrics: bool = False
+    auth_metrics_token_key: str = env.METRICS_TOKEN_KEY
+    """The token Secret's key Prometheus presents on /metrics (with auth_protect_metrics)."""
     tls_secret: str | None = None
     """kubernetes.io/tls Secret (tls.crt, tls.key) for REST and gRPC (mounted, never read)."""
     rollout: Rollout | None = None
@@ -192,11 +196,30 @@ def stable_of(traffic: Mapping[str, int]) -> str:
     return max(traffic, key=lambda v: traffic[v])
 
 
-def _secret_name(value: Any, where: str) -> str | None:
-    if value is None or value == "":
+def _secret_name(section: Any, key: str, where: str, without: str) -> str | None:
+    """The Secret that ``section[key]`` names; None when the section is absent. A section
+    without a name, or with an empty one, is refused: it would serve ``without``."""
+    if section is None:
         return None
+    field_ = f"{where}.{key}"
+    if not isinstance(section, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with {key}")
+    value = section.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidSpecError(
+            f"{field_}: {'missing' if value is None else 'empty'}; it must name a Secret (the "
+            f"pods would otherwise serve {without}); remove {where} to serve {without}")
     if not isinstance(value, str) or len(value) > 253 or not DNS_SUBDOMAIN.match(value):
-        raise InvalidSpecError(f"{where}: {value!r} is not a valid Secret name")
+        raise InvalidSpecError(f"{field_}: {value!r} is not a valid Secret name")
+    return value
+
+
+def _secret_key(value: Any, where: str) -> str:
+    if value is None:
+        return env.METRICS_TOKEN_KEY
+    if not isinstance(value, str) or len(value) > 253 or not SECRET_KEY.match(value):
+        raise InvalidSpecError(
+            f"{where}: {value!r} is not a valid Secret key (letters, digits, '-', '_', '.')")
     return value
 
 
@@ -467,8 +490,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
 
     server = spec.get("server") or {}
     batching = server.get("batching") or {}
-    auth = server.get("auth") or {}
-    tls = server.get("tls") or {}
+    auth = server.get("auth")
+    tls = server.get("tls")
     monitoring = spec.get("monitoring") or {}
     gateway = spec.get("gateway") or {}
     return ModelServiceSpec(
@@ -489,8 +512,11 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         scrape_interval=str(monitoring.get("interval") or "15s"),
         gateway_parents=tuple(gateway.get("parentRefs") or ()),
         hostnames=tuple(gateway.get("hostnames") or ()),
-        auth_token_secret=_secret_name(auth.get("tokenSecret"), "spec.server.auth.tokenSecret"),
-        auth_protect_metrics=bool(auth.get("protectMetrics", False)),
-        tls_secret=_secret_name(tls.get("secretName"), "spec.server.tls.secretName"),
+        auth_token_secret=_secret_name(auth, "tokenSecret", "spec.server.auth",
+                                       "without authentication"),
+        auth_protect_metrics=bool((auth or {}).get("protectMetrics", False)),
+        auth_metrics_token_key=_secret_key((auth or {}).get("metricsTokenKey"),
+                                           "spec.server.auth.metricsTokenKey"),
+        tls_secret=_secret_name(tls, "secretName", "spec.server.tls", "without TLS"),
         rollout=parse_rollout(spec.get("rollout"), tuple(variants), traffic),
     )

@@ -29,6 +29,11 @@ Failure reasons, in the order they win:
 * ``ApplyFailed`` - the API server refused an object;
 * ``Unschedulable`` - a pod's ``PodScheduled`` condition is False; the scheduler's message is kept,
   led by the cause when the model's PersistentVolumeClaim does not exist;
+* ``AuthSecretMissing``, ``NoTokens``, ``TLSSecretMissing``, ``TLSSecretInvalid`` - the model
+  server refused to start because a mounted Secret cannot be used (the reason leads its
+  termination message, msv_contract.env); the message names the Secret and its spec field
+  (``spec.server.auth.tokenSecret``, ``spec.server.tls.secretName``), then the pods'
+  messages. The Secret volumes are optional, so a missing Secret reaches the server too;
 * ``ModelLoadFailed`` - the model server or the ``model-pull`` init container exited non-zero
   (its termination message is copied: ``model-server serve`` writes the load error there), or
   a container cannot start (image pull, config errors: the kubelet's message and the image);
@@ -45,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
 from msv_operator.brownout import HpaState, blind
@@ -77,6 +83,24 @@ MODEL_VOLUME = "model"
 MESSAGE_MAX = 1024
 """Longest termination or kubelet message copied into a condition (per pod)."""
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
+SECRET_REASONS = env.SECRET_REASONS
+CANNOT_SERVE = frozenset({"ModelLoadFailed", *SECRET_REASONS})
+"""Reasons that mean a variant's pods cannot serve (a rollout counts them as failed)."""
+_SECRET_EXIT = re.compile(
+    r"^model server exited with code 2\b[^:]*: .*?\b(" + "|".join(SECRET_REASONS) + r"): ")
+_SECRET_PROBLEMS = {
+    env.AUTH_SECRET_MISSING: ("auth", "tokenSecret",
+                              "does not exist or has no keys; create it with one accepted "
+                              "token per key"),
+    env.NO_TOKENS: ("auth", "tokenSecret",
+                    "holds no token (its keys are empty or unreadable); put one token in "
+                    "each key"),
+    env.TLS_SECRET_MISSING: ("tls", "secretName",
+                             f"does not exist or lacks {env.TLS_CERT_KEY} or {env.TLS_KEY_KEY}"),
+    env.TLS_SECRET_INVALID: ("tls", "secretName",
+                             f"does not hold a PEM certificate ({env.TLS_CERT_KEY}) and the "
+                             f"private key that matches it ({env.TLS_KEY_KEY})"),
+}
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
 OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "replicaCounts", "url",
@@ -112,8 +136,10 @@ class Verdict:
     variants: list[VariantState] = field(default_factory=list)
 
 
-def service_url(name: str, namespace: str) -> str:
-    """The cluster-internal URL of the stable Service."""
+def service_url(name: str, namespace: str, tls: bool = False) -> str:
+    """The cluster-internal URL of the stable Service (with TLS its port 80 speaks https)."""
+    if tls:
+        return f"https://{name}.{namespace}.svc.cluster.local:80"
     return f"http://{name}.{namespace}.svc.cluster.local"
 
 
@@ -259,8 +285,22 @@ def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         for cs in st.get(key) or ():
             problem = _container_problem(cs, init=key == "initContainerStatuses")
             if problem:
-                return "ModelLoadFailed", f"pod {name}: {problem}"
+                secret = _SECRET_EXIT.match(problem) if key == "containerStatuses" else None
+                return (secret.group(1) if secret else "ModelLoadFailed"), f"pod {name}: {problem}"
     return None
+
+
+def secret_problem(ms: Mapping[str, Any], reason: str) -> str:
+    """What is wrong with the Secret behind a ``SECRET_REASONS`` reason, naming it and its
+    spec field (the name as the spec says it now)."""
+    section, key, what = _SECRET_PROBLEMS[reason]
+    name: Any = ms
+    for step in ("spec", "server", section, key):
+        name = name.get(step) if isinstance(name, Mapping) else None
+    field_ = f"spec.server.{section}.{key}"
+    secret = f'Secret "{name}" ({field_})' if isinstance(name, str) and name else (
+        f"the Secret of {field_}")
+    return f"{secret} {what}; the pods serve nothing until it is fixed"
 
 
 def _deployment_state(
@@ -309,7 +349,7 @@ def _deployment_state(
     )
 
 
-_FAILURE_ORDER = ("Unschedulable", "ModelLoadFailed", "ProgressDeadlineExceeded")
+_FAILURE_ORDER = ("Unschedulable", *SECRET_REASONS, "ModelLoadFailed", "ProgressDeadlineExceeded")
 
 
 def assess(
@@ -337,6 +377,9 @@ def assess(
             f"variant {s.name}: {s.problem_message}" for s in problems
             if s.problem_reason == first.problem_reason
         )
+        if first.problem_reason in SECRET_REASONS:
+            lead = secret_problem(ms, first.problem_reason)
+            verdict.failure_message = f"{lead}. {verdict.failure_message}"
     pending = [s for s in states if s.waiting_for]
     verdict.progressing_message = "; ".join(f"variant {s.name}: waiting for {s.waiting_for}"
                                             for s in pending)
@@ -444,7 +487,8 @@ def compute_status(
         # ready/desired replicas per variant (the REPLICAS column)
         "replicaCounts": ",".join(f"{s.name}={s.ready_replicas}/{s.desired or 0}"
                                   for s in verdict.variants),
-        "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", ""))),
+        "url": service_url(str(meta.get("name", "")), str(meta.get("namespace", "")),
+                           tls=_serves_tls(ms)),
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
@@ -453,6 +497,13 @@ def compute_status(
     if brownout:
         status["brownout"] = dict(brownout)
     return status
+
+
+def _serves_tls(ms: Mapping[str, Any]) -> bool:
+    spec = ms.get("spec")
+    server = spec.get("server") if isinstance(spec, Mapping) else None
+    tls = server.get("tls") if isinstance(server, Mapping) else None
+    return isinstance(tls, Mapping) and bool(tls.get("secretName"))
 
 
 def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],
@@ -508,14 +559,14 @@ def prior_measured(prior: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]
 def readiness(deployments: Mapping[str, Mapping[str, Any] | None],
               pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, str | None]]:
     """Per variant: (ready replicas, why its pods cannot serve or None). A pod that cannot
-    load its model or crash-loops counts (``ModelLoadFailed``); one that waits for a node
-    does not (the rollout holds instead)."""
+    load its model, crash-loops or cannot use its Secrets counts (``CANNOT_SERVE``); one that
+    waits for a node does not (the rollout holds instead)."""
     out: dict[str, tuple[int, str | None]] = {}
     for name, dep in deployments.items():
         vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
             LABEL_VARIANT) == name]
         state = _deployment_state(name, 0, dep, vpods)
-        failure = state.problem_message if state.problem_reason == "ModelLoadFailed" else None
+        failure = state.problem_message if state.problem_reason in CANNOT_SERVE else None
         out[name] = (state.ready_replicas, failure)
     return out
 

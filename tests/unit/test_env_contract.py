@@ -34,6 +34,7 @@ NOT_WIRED = {
     "torch_threads",  # written only when spec.server.torchThreads is set (checked below)
     "mirror_queue", "mirror_timeout_seconds",  # the mirror's own tuning, server defaults
     "mirror_file_interval_seconds",
+    "auth_reload_seconds",  # the server polls its token Secret at its default interval
     # A fixed mirror for a server run by hand; the operator names the target in a pod
     # annotation instead (MODEL_SERVER_MIRROR_FILE, checked below), so no pod restarts.
     "mirror_url", "mirror_percent", "mirror_variant",

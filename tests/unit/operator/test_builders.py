@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from typing import Any
 
 import pytest
@@ -226,8 +227,10 @@ def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     assert env["MODEL_SERVER_TLS_KEY_FILE"] == f"{b.TLS_DIR}/tls.key"
     pod = dep["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["auth-tokens"]["secret"] == {"secretName": "sentiment-tokens"}
-    assert volumes["tls"]["secret"] == {"secretName": "sentiment-tls"}
+    # optional: a missing Secret reaches the server, which refuses to start and says why
+    assert volumes["auth-tokens"]["secret"] == {"secretName": "sentiment-tokens",
+                                                "optional": True}
+    assert volumes["tls"]["secret"] == {"secretName": "sentiment-tls", "optional": True}
     c = pod["containers"][0]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["auth-tokens"] == {"name": "auth-tokens", "mountPath": b.AUTH_DIR,
@@ -239,6 +242,74 @@ def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
     plain = by_kind(b.build_all(spec, OPTS), "Deployment")["sentiment-baseline"]  # no monitor
     assert plain["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+
+
+MONITORED = b.BuildOptions(default_image="i", default_gpu_image=None, service_monitor=True,
+                           gateway_api=False)
+
+
+def scrape_endpoint(**server: Any) -> dict[str, Any]:
+    objs = b.build_all(ms(server=server), MONITORED)
+    endpoints = by_kind(objs, "ServiceMonitor")["sentiment"]["spec"]["endpoints"]
+    assert len(endpoints) == 1
+    return endpoints[0]  # type: ignore[no-any-return]
+
+
+def test_service_monitor_verifies_tls_with_the_secrets_ca_and_the_service_name() -> None:
+    ep = scrape_endpoint(tls={"secretName": "sentiment-tls"})
+    assert ep["scheme"] == "https"
+    assert ep["tlsConfig"] == {
+        "ca": {"secret": {"name": "sentiment-tls", "key": "ca.crt"}},
+        "serverName": "sentiment.ml.svc"}
+    assert "insecureSkipVerify" not in str(ep)
+    assert "authorization" not in ep  # metrics stay open without protectMetrics
+
+
+def test_service_monitor_presents_the_token_only_with_protect_metrics() -> None:
+    open_metrics = scrape_endpoint(auth={"tokenSecret": "toks"})
+    assert "authorization" not in open_metrics and "scheme" not in open_metrics
+    protected = scrape_endpoint(auth={"tokenSecret": "toks", "protectMetrics": True})
+    assert protected["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "toks", "key": "token"}}
+    keyed = scrape_endpoint(auth={"tokenSecret": "toks", "protectMetrics": True,
+                                  "metricsTokenKey": "prometheus"},
+                            tls={"secretName": "t"})
+    assert keyed["authorization"]["credentials"] == {"name": "toks", "key": "prometheus"}
+    assert keyed["scheme"] == "https" and keyed["tlsConfig"]["serverName"] == "sentiment.ml.svc"
+
+
+def _known_fields(value: Any, schema: dict[str, Any], where: str) -> None:
+    """Every key of ``value`` is a property of ``schema`` (a structural CRD schema prunes
+    unknown fields silently, so a misspelt one would just vanish)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key, sub in value.items():
+            assert key in props, f"{where}.{key} is not in the ServiceMonitor schema"
+            _known_fields(sub, props[key], f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _known_fields(item, schema.get("items") or {}, f"{where}[{i}]")
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+def test_service_monitor_matches_the_prometheus_operator_crd() -> None:
+    """The built ServiceMonitor (TLS verified, token presented) is valid against the
+    ServiceMonitor CRD of the pinned prometheus-operator module (v0.85)."""
+    import jsonschema
+    import yaml
+
+    from localcluster import addons
+
+    (crd_file,) = [f for f in addons.crd_files("prometheus-operator")
+                   if f.name.endswith("_servicemonitors.yaml")]
+    crd = yaml.safe_load(crd_file.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = version["schema"]["openAPIV3Schema"]
+    spec = ms(server={"auth": {"tokenSecret": "toks", "protectMetrics": True},
+                      "tls": {"secretName": "t"}})
+    monitor = by_kind(b.build_all(spec, MONITORED), "ServiceMonitor")["sentiment"]
+    jsonschema.validate(monitor, schema)
+    _known_fields(monitor["spec"], schema["properties"]["spec"], "spec")
 
 
 def test_grpc_port_in_pods_and_services_and_no_secrets_by_default() -> None:
@@ -287,6 +358,32 @@ def test_fields_that_cannot_act_are_named(monitoring: dict[str, str], gateway: b
     for reason, message in got:
         assert message.startswith(fields[reason] + ":"), message
         assert "; " not in message, "'; ' separates the entries of the condition message"
+
+
+@pytest.mark.parametrize(("server", "served", "reasons"), [
+    ({"tls": {"secretName": "t"}}, False, ["ScrapeTLSUnverified"]),
+    ({"tls": {"secretName": "t"}}, True, []),
+    ({"auth": {"tokenSecret": "k"}}, False, []),  # /metrics stays open: nothing to present
+    ({"auth": {"tokenSecret": "k", "protectMetrics": True}, "tls": {"secretName": "t"}}, False,
+     ["ScrapeTLSUnverified", "ScrapeTokenUnavailable"]),
+    ({"auth": {"tokenSecret": "k", "protectMetrics": True}}, True, []),
+])
+def test_scrape_security_the_annotations_cannot_carry_is_named(
+        server: dict[str, Any], served: bool, reasons: list[str]) -> None:
+    from msv_operator import reconcile
+
+    opts = b.BuildOptions(default_image="i", default_gpu_image=None, service_monitor=served,
+                          gateway_api=False)
+    got = reconcile.ignored_fields(parse_spec(ms(server=server)), opts)
+    assert [r for r, _ in got] == reasons
+    fields = {"ScrapeTLSUnverified": "spec.server.tls.secretName",
+              "ScrapeTokenUnavailable": "spec.server.auth.protectMetrics"}
+    for reason, message in got:
+        assert message.startswith(fields[reason] + ":"), message
+        assert "; " not in message
+    disabled = reconcile.ignored_fields(
+        parse_spec(ms(server=server, monitoring={"serviceMonitor": "disabled"})), opts)
+    assert disabled == []  # no scraping asked for: nothing is ignored
 
 
 # ---- effective weights and the rollout mirror -----------------------------------------------

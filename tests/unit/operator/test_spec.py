@@ -62,3 +62,40 @@ def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
     from model_server.backends import transformers_backend
 
     assert spec.TASKS == transformers_backend.TASKS
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ({"auth": {"tokenSecret": ""}},
+     "spec.server.auth.tokenSecret: empty; it must name a Secret (the pods would otherwise "
+     "serve without authentication); remove spec.server.auth to serve without authentication"),
+    ({"auth": {"tokenSecret": "  "}}, "spec.server.auth.tokenSecret: empty;"),
+    ({"auth": {"protectMetrics": True}}, "spec.server.auth.tokenSecret: missing;"),
+    ({"auth": {}}, "spec.server.auth.tokenSecret: missing;"),
+    ({"auth": "tokens"}, "spec.server.auth: expected an object with tokenSecret"),
+    ({"tls": {"secretName": ""}},
+     "spec.server.tls.secretName: empty; it must name a Secret (the pods would otherwise "
+     "serve without TLS); remove spec.server.tls to serve without TLS"),
+    ({"tls": {}}, "spec.server.tls.secretName: missing;"),
+    ({"auth": {"tokenSecret": "t", "metricsTokenKey": "a/b"}},
+     "spec.server.auth.metricsTokenKey: 'a/b' is not a valid Secret key"),
+])
+def test_secret_fields_must_name_a_secret(server: dict[str, Any], message: str) -> None:
+    """An empty or missing name is a templating slip: refused, never read as "off"."""
+    body = manifest("sentiment", "ml", {"model": MODEL, "server": server})
+    with pytest.raises(InvalidSpecError) as info:
+        parse_spec(body)
+    assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(InvalidSpecError):
+        b.build_all(body, OPTS)
+
+
+def test_secret_fields_parse() -> None:
+    spec = parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+        "auth": {"tokenSecret": "toks", "protectMetrics": True}, "tls": {"secretName": "t"}}}))
+    assert (spec.auth_token_secret, spec.auth_protect_metrics, spec.auth_metrics_token_key,
+            spec.tls_secret) == ("toks", True, "token", "t")
+    keyed = parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+        "auth": {"tokenSecret": "toks", "metricsTokenKey": "prom.token"}}}))
+    assert keyed.auth_metrics_token_key == "prom.token" and keyed.tls_secret is None
+    plain = parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {}}))
+    assert plain.auth_token_secret is None and plain.tls_secret is None

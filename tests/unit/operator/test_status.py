@@ -504,3 +504,93 @@ def test_variant_provenance_is_shown_in_status() -> None:
     assert "derivedFrom" not in by_name["baseline"] and "optimization" not in by_name["baseline"]
     assert by_name["distilled"]["derivedFrom"] == "s3://m/bert-base"
     assert by_name["int8"]["optimization"] == "dynamic-int8+pruned-unstructured-0.3"
+
+
+# ---- Secrets the server cannot use (the reason leads its termination message) --------------
+
+NO_TOKEN_FILE = ("model-server serve: AuthSecretMissing: auth tokens path /etc/model-server/auth "
+                 "holds no token: the directory has no token file (a mounted Secret that does "
+                 "not exist or has no keys)")
+
+
+def secured_ms(**server: Any) -> dict[str, Any]:
+    body = ms(["baseline", "int8"], [("baseline", 90), ("int8", 10)])
+    body["spec"]["server"] = server
+    return body
+
+
+def test_missing_token_secret_is_its_own_reason_naming_the_secret() -> None:
+    p = real_pod(containers=[container(state=back_off("model-server"),
+                                       last=terminated(2, NO_TOKEN_FILE), restarts=1)])
+    out = s.compute_status(secured_ms(auth={"tokenSecret": "sentiment-tokens"}),
+                           deployments={"baseline": deployment(1, 1), "int8": deployment(1, 0)},
+                           pods=[p], now=NOW, observed_generation=1)
+    ready = cond(out, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "AuthSecretMissing")
+    assert ready["message"] == (
+        'Secret "sentiment-tokens" (spec.server.auth.tokenSecret) does not exist or has no '
+        "keys; create it with one accepted token per key; the pods serve nothing until it is "
+        f"fixed. variant int8: pod {POD}: model server exited with code 2: {NO_TOKEN_FILE}")
+    assert cond(out, "Stalled")["reason"] == "AuthSecretMissing"
+    assert cond(out, "Degraded")["status"] == "True"
+
+
+def test_secret_reason_is_found_on_the_first_exit_and_while_restarting() -> None:
+    first = real_pod(containers=[container(state=terminated(2, NO_TOKEN_FILE))])
+    running = {"running": {"startedAt": "2026-01-01T00:00:30Z"}}
+    again = real_pod(containers=[container(state=running, last=terminated(2, NO_TOKEN_FILE),
+                                           restarts=4)])
+    for p in (first, again):
+        reason, message = s.pod_problem(p) or ("", "")
+        assert reason == "AuthSecretMissing" and NO_TOKEN_FILE in message
+
+
+def test_secret_problems_win_over_load_failures_and_count_for_a_rollout() -> None:
+    secret = real_pod("baseline", containers=[container(
+        state=back_off("model-server"), restarts=1, last=terminated(
+            2, "model-server serve: TLSSecretInvalid: TLS certificate /etc/model-server/tls/"
+               "tls.crt and key /etc/model-server/tls/tls.key do not load as a pair: [SSL] PEM "
+               "lib (_ssl.c:3926)"))])
+    load = real_pod(containers=[container(state=back_off("model-server"),
+                                          last=terminated(4, LOAD_ERROR), restarts=1)])
+    load["metadata"]["name"] = "sentiment-int8-2"
+    deployments = {"baseline": deployment(1, 0), "int8": deployment(1, 0)}
+    out = s.compute_status(secured_ms(tls={"secretName": "web-tls"}), deployments=deployments,
+                           pods=[secret, load], now=NOW, observed_generation=1)
+    ready = cond(out, "Ready")
+    assert ready["reason"] == "TLSSecretInvalid"
+    assert ready["message"].startswith('Secret "web-tls" (spec.server.tls.secretName) does not '
+                                       "hold a PEM certificate (tls.crt)")
+    failing = s.readiness(deployments, [secret, load])
+    assert failing["baseline"][1] is not None and "TLSSecretInvalid" in failing["baseline"][1]
+    assert failing["int8"][1] is not None
+
+
+def test_secret_reason_without_the_field_in_the_spec_still_names_the_field() -> None:
+    p = real_pod(containers=[container(state=terminated(2, NO_TOKEN_FILE))])
+    ready = cond(int8_status(p), "Ready")
+    assert ready["reason"] == "AuthSecretMissing"
+    assert ready["message"].startswith("the Secret of spec.server.auth.tokenSecret does not "
+                                       "exist")
+
+
+@pytest.mark.parametrize("problem", [
+    {"init": True, "code": 2, "message": NO_TOKEN_FILE},  # the pull container is not the server
+    {"init": False, "code": 4, "message": NO_TOKEN_FILE},  # a load failure quoting the words
+    {"init": False, "code": 2, "message": "model-server serve: invalid settings: x"},
+])
+def test_only_the_servers_exit_2_with_a_reason_is_a_secret_problem(
+        problem: dict[str, Any]) -> None:
+    state = terminated(problem["code"], problem["message"])
+    if problem["init"]:
+        p = real_pod(phase="Pending", init=[container("model-pull", state=state)],
+                     containers=[container(state={"waiting": {"reason": "PodInitializing"}})])
+    else:
+        p = real_pod(containers=[container(state=state)])
+    assert (s.pod_problem(p) or ("",))[0] == "ModelLoadFailed"
+
+
+def test_url_says_https_when_the_pods_serve_tls() -> None:
+    body = secured_ms(tls={"secretName": "web-tls"})
+    out = s.compute_status(body, deployments={}, pods=[], now=NOW, observed_generation=1)
+    assert out["url"] == "https://sentiment.ml.svc.cluster.local:80"

@@ -1,10 +1,12 @@
-"""A throwaway CA and a serving certificate for 127.0.0.1/localhost, in the files a
-kubernetes.io/tls Secret (as cert-manager writes it) mounts: tls.crt, tls.key, ca.crt."""
+"""A throwaway CA and a serving certificate (for 127.0.0.1/localhost unless other names are
+given), in the files a kubernetes.io/tls Secret (as cert-manager writes it) mounts: tls.crt,
+tls.key, ca.crt. Used by the server's unit tests and tests/integration/test_security_real.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -17,8 +19,12 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def write_tls_secret(directory: Path) -> Path:
-    """Write tls.crt, tls.key and ca.crt into `directory`; return it."""
+def write_tls_secret(
+    directory: Path,
+    dns_names: Sequence[str] = ("localhost",),
+    ips: Sequence[str] = ("127.0.0.1",),
+) -> Path:
+    """Write tls.crt (SANs: `dns_names` and `ips`), tls.key and ca.crt into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -36,7 +42,7 @@ def write_tls_secret(directory: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name((dns_names[0] if dns_names else "server")[:64]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -44,7 +50,8 @@ def write_tls_secret(directory: Path) -> Path:
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName(n) for n in dns_names]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
             ),
             critical=False,
         )
