@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -77,6 +78,20 @@ def test_the_single_image_values_of_0_1_0_fail_the_render_naming_the_new_ones() 
     out = helm("template", "rel", str(CHART), "--set", "modelServer.images.onnx.image=x",
                check=False)
     assert "additional properties 'onnx' not allowed" in out.stderr
+
+
+def test_the_upgrade_note_works_on_a_release_with_the_old_values(tmp_path: Path) -> None:
+    old = tmp_path / "old-values.yaml"  # what a 0.1.0 release has (helm get values)
+    old.write_text("modelServer:\n  image: reg/ms:0.1.0\n  gpuImage: reg/ms:0.1.0-cuda\n")
+    assert helm("template", "rel", str(CHART), "-f", str(old), check=False).returncode != 0
+    out = helm("template", "rel", str(CHART), "-f", str(old),
+               "--set", "modelServer.image=null", "--set", "modelServer.gpuImage=null",
+               "--set", "modelServer.images.torch.image=reg/ms:0.1.0")
+    dep = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in
+           dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MSV_TORCH_IMAGE"] == "reg/ms:0.1.0"
+    assert env["MSV_TENSORFLOW_IMAGE"] == DEFAULT_IMAGES["tensorflow"].cpu
 
 
 def _schema_entry(schema: dict[str, Any], runtime: str) -> dict[str, Any]:
