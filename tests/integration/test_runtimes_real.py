@@ -38,7 +38,6 @@ from msv_contract import capabilities as caps
 pytestmark = [pytest.mark.slow, pytest.mark.tensorflow]
 
 TF_IMAGE = str(DEFAULT_IMAGES["tensorflow"].cpu)
-TORCH_IMAGE = str(DEFAULT_IMAGES["torch"].cpu)
 # The model server ignores torchThreads for TensorFlow; the rest of the shared small requests.
 TF_SERVER = {k: v for k, v in SERVER.items() if k != "torchThreads"}
 BATCH = 8  # within the server's default maxBatchSize
@@ -145,10 +144,15 @@ def test_tensorflow_classifier_and_its_tflite_variant_serve_in_the_tensorflow_im
     assert seen == {"baseline", "int8"}
 
 
+FRAMEWORK_MODULES = {"torch": ("torch", "transformers"), "tensorflow": ("tensorflow", "keras")}
+"""What each runtime's image must have, and the others must not."""
+
+
 def _probe_pod(name: str, ns: str, image: str) -> dict[str, Any]:
     """A Pod (Pod Security restricted) that prints which ML frameworks the image has."""
+    modules = (*sorted(m for ms in FRAMEWORK_MODULES.values() for m in ms), "model_server")
     code = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None "
-            "for m in ('torch', 'transformers', 'tensorflow', 'keras', 'model_server')}))")
+            f"for m in {modules!r}}}))")
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
             "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
                      "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
@@ -162,26 +166,30 @@ def _probe_pod(name: str, ns: str, image: str) -> dict[str, Any]:
                                              "capabilities": {"drop": ["ALL"]}}}]}}
 
 
-def test_each_runtime_image_carries_only_its_own_framework(
-        cluster: lc.Cluster, real_namespace: str, k: kube.Kube) -> None:
+@pytest.mark.parametrize("runtime", caps.RUNTIME_NAMES)
+def test_a_runtime_image_carries_only_its_own_framework(
+        cluster: lc.Cluster, real_namespace: str, k: kube.Kube, runtime: str) -> None:
+    assert set(FRAMEWORK_MODULES) == set(caps.RUNTIME_NAMES), "name each runtime's modules"
     ns = real_namespace
-    images = {"torch": TORCH_IMAGE, "tensorflow": TF_IMAGE}
-    for runtime, image in images.items():
-        k.apply(_probe_pod(f"probe-{runtime}", ns, image))
-    found = {}
-    for runtime in images:
-        def done(pod_name: str = f"probe-{runtime}") -> str | None:
-            pod = k.get("v1", "Pod", ns, pod_name) or {}
-            phase = (pod.get("status") or {}).get("phase")
-            assert phase != "Failed", pod.get("status")
-            return phase if phase == "Succeeded" else None
-        wait_for(f"probe-{runtime} to finish", done, timeout=180, interval=1)
-        logs = cluster.kubectl_run("logs", "-n", ns, f"probe-{runtime}").stdout
-        found[runtime] = json.loads(logs.strip().splitlines()[-1])
-    assert found["torch"] == {"torch": True, "transformers": True, "tensorflow": False,
-                              "keras": False, "model_server": True}
-    assert found["tensorflow"] == {"torch": False, "transformers": False, "tensorflow": True,
-                                   "keras": True, "model_server": True}
+    pod = f"probe-{runtime}"
+    k.apply(_probe_pod(pod, ns, str(DEFAULT_IMAGES[runtime].cpu)))
+
+    def done() -> str | None:  # a RuntimeError ends the wait at once
+        status = (k.get("v1", "Pod", ns, pod) or {}).get("status") or {}
+        if status.get("phase") == "Failed":
+            raise RuntimeError(f"{pod} failed: {status}")
+        waiting = [(c.get("state") or {}).get("waiting") or {}
+                   for c in status.get("containerStatuses") or ()]
+        if any(w.get("reason") in ("ErrImagePull", "ImagePullBackOff") for w in waiting):
+            raise RuntimeError(f"{DEFAULT_IMAGES[runtime].cpu} is not in the node's "
+                               f"containerd (python -m localcluster images load): {waiting}")
+        return "done" if status.get("phase") == "Succeeded" else None
+    wait_for(f"{pod} to finish", done, timeout=180, interval=1)
+    logs = cluster.kubectl_run("logs", "-n", ns, pod).stdout
+    found = json.loads(logs.strip().splitlines()[-1])
+    assert found.pop("model_server") is True
+    own = set(FRAMEWORK_MODULES[runtime])
+    assert {m for m, present in found.items() if present} == own, found
 
 
 def test_a_gpu_tensorflow_modelservice_without_a_gpu_image_is_refused_before_any_pod(
