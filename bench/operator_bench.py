@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from msv_operator import builders, kube
+from msv_operator.config import uniform_images
 
 import localcluster
 from localcluster import paths
@@ -340,7 +341,7 @@ def objects_per_modelservice(client: kube.Kube, ns: str) -> int:
     body = ms_body("probe", ns)
     body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000"
     opts = builders.BuildOptions(
-        default_image="bench", default_gpu_image=None,
+        images=uniform_images("bench"),
         service_monitor=client.served(*kube.SERVICE_MONITOR_API),
         gateway_api=client.served(*kube.HTTPROUTE_API))
     return len([o for o in builders.build_all(body, opts)

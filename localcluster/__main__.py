@@ -8,6 +8,7 @@ import sys
 import time
 
 from localcluster import addons, build, cluster, images, monitoring, paths
+from localcluster.images import dockerfile
 
 
 def _out(line: str) -> None:
@@ -116,6 +117,8 @@ def _cmd_images(args: argparse.Namespace) -> int:
     try:
         if args.images_command == "build":
             images.build(args.names or None, out=_out)
+        elif args.images_command == "dockerfile":
+            dockerfile.write(out=_out)
         else:
             socket = paths.containerd_socket(args.state_dir)
             images.load(socket, args.names or None, out=_out)
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     il = with_state(im_sub.add_parser("load", help="build if needed, then import into the "
                                       "node's containerd (skips images it already has)"))
     il.add_argument("names", nargs="*", metavar="NAME", help=names_help)
+    im_sub.add_parser("dockerfile", help="write the Dockerfiles generated from the image "
+                      "recipes (model_server/Dockerfile.<runtime>, operator/Dockerfile)")
     im.set_defaults(func=_cmd_images)
 
     args = p.parse_args(argv)

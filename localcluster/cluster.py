@@ -532,7 +532,8 @@ def _ensure_monitoring(cluster: Cluster, out: Callable[[str], None]) -> None:
 
 
 def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:
-    """Import the locally built images (pause, model-server, operator, model-store)."""
+    """Import the locally built images (every one: the model-server image of each runtime,
+    operator, model-store, pause and the monitoring images)."""
     try:
         images.load(realnode.socket(ctx), out=out)
     except images.ImageError as e:

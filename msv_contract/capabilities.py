@@ -1,16 +1,23 @@
 """What the model server can serve: framework x task x optimization, in one table.
 
 Each `Framework` record says how the server loads it (the backend class), which runtime
-image and pip extra carry it, which tasks and optimizations it serves, and the message a
-variant gets when it asks for an optimization the framework cannot apply. Each
-`Quantization` says which devices run it and how many bytes a parameter takes.
+carries it, which tasks and optimizations it serves (and on which devices, where a device
+cannot run one), and the message a variant gets when it asks for an optimization the
+framework cannot apply. Each `Runtime` is one model-server image (``model-server-<name>``):
+the pip extra that installs its ML framework and the devices that extra's wheels run on.
+Each `Quantization` says which devices run it and how many bytes a parameter takes.
 
 Readers: the operator's spec validation (`msv_operator.spec`), the server's backend
 registry (`model_server.backends`) and settings, `model-server optimize`'s choices, the
-CRD's enums (held equal by tests/unit/test_contract.py) and the table in
-docs/optimization.md (`python -m msv_contract` prints it; the same test holds it equal).
+operator's image choice (`msv_operator.builders.serving_image`, by runtime and device), the
+image recipes (`localcluster.images.recipes`: one image per runtime), the CRD's enums (held
+equal by tests/unit/test_contract.py) and the table in docs/optimization.md
+(`python -m msv_contract` prints it; the same test holds it equal).
 
 Adding a framework: a record in `FRAMEWORKS` plus its backend module; the CRD's enum.
+Adding a runtime: a record in `RUNTIMES` (its extra in pyproject.toml); the image recipe,
+the operator's image settings and the chart's ``modelServer.images.<runtime>`` follow from it
+(the chart's values and schema list it: a unit test says so).
 Adding a quantization: a record in `QUANTIZATIONS`, the frameworks that apply it, and the
 code that applies it (model_server/optimize/); the CRD's enum.
 """
@@ -36,15 +43,39 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    name: str
+    """The ML framework one model-server image carries (image ``model-server-<name>``)."""
+    extra: str
+    """The pip extra of this project that installs it (beside the server's own extras)."""
+    devices: tuple[str, ...]
+    """Devices the extra's wheels run on, so the devices its one image serves: torch's PyPI
+    wheels bundle the CUDA libraries (the image is also the GPU image); the ``tensorflow``
+    wheel brings none (that is ``tensorflow[and-cuda]``), so a GPU image for it is one the
+    operator is configured with."""
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("torch", "torch", DEVICES),
+    Runtime("tensorflow", "tensorflow", ("cpu",)),
+)}
+RUNTIME_NAMES = tuple(RUNTIMES)
+
+
+def image_name(runtime: str) -> str:
+    """The name of `runtime`'s model-server image (its repository without the registry):
+    the local image builder, the operator's default image references and the chart use it."""
+    return f"model-server-{runtime}"
+
+
+@dataclass(frozen=True)
 class Framework:
     name: str
     """The value of ``spec.model.framework`` and ``MODEL_SERVER_FRAMEWORK``."""
     backend: str
     """``module:Class`` of the server backend that loads it (imported lazily)."""
     runtime: str
-    """The runtime (ML framework) its server image must carry."""
-    extra: str
-    """The pip extra of this project that installs that runtime."""
+    """The runtime (``RUNTIMES``) its server image must carry."""
     platform: str
     """OIP v2 model metadata ``platform``."""
     tasks: tuple[str, ...]
@@ -57,6 +88,16 @@ class Framework:
     model_files: tuple[str, ...]
     """Globs that mark a model directory of this framework (``MODEL_SERVER_FRAMEWORK=auto``);
     a single-file model is recognised by the suffix of a ``*.suffix`` glob."""
+    device_limits: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(quantization, the only devices it runs on for this framework), where narrower than
+    the quantization's own devices."""
+    device_limit_reason: str = ""
+    """Why (the message names it when a variant asks for another device)."""
+
+    @property
+    def extra(self) -> str:
+        """The pip extra that installs this framework's runtime."""
+        return RUNTIMES[self.runtime].extra
 
 
 NONE = "none"
@@ -84,7 +125,7 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework(
         name="transformers",
         backend="model_server.backends.transformers_backend:TransformersBackend",
-        runtime="torch", extra="torch", platform="pytorch_transformers",
+        runtime="torch", platform="pytorch_transformers",
         tasks=TASKS,
         quantizations=tuple(QUANTIZATIONS),
         pruning=PRUNING_METHODS,
@@ -94,7 +135,7 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework(
         name="torchscript",
         backend="model_server.backends.torchscript_backend:TorchScriptBackend",
-        runtime="torch", extra="torch", platform="pytorch_libtorch",
+        runtime="torch", platform="pytorch_libtorch",
         tasks=(),
         quantizations=(NONE, "float16", "bfloat16"),
         pruning=("unstructured",),
@@ -106,13 +147,17 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework(
         name="tensorflow",
         backend="model_server.backends.tensorflow_backend:TensorFlowBackend",
-        runtime="tensorflow", extra="tensorflow", platform="tensorflow_savedmodel",
+        runtime="tensorflow", platform="tensorflow_savedmodel",
         tasks=(),
         quantizations=(NONE, "dynamic-int8", "float16"),
         pruning=("unstructured",),
         unsupported_optimization=(
             "TensorFlow variants support dynamic-int8, float16 and unstructured pruning"),
         model_files=("saved_model.pb", "*.keras"),
+        device_limits=(("dynamic-int8", ("cpu",)), ("float16", ("cpu",))),
+        device_limit_reason=(
+            "TensorFlow's quantized variants are TFLite models, and the TFLite interpreter "
+            "runs on the CPU only (a GPU pod would hold its GPU idle)"),
     ),
 )}
 
@@ -128,6 +173,15 @@ def supports(framework: str, quantization: str = NONE, pruning: str = NONE) -> b
     return quantization in fw.quantizations and (pruning == NONE or pruning in fw.pruning)
 
 
+def devices(framework: str, quantization: str = NONE) -> tuple[str, ...]:
+    """The devices on which `framework` runs `quantization` (unknown: none)."""
+    fw, q = FRAMEWORKS.get(framework), QUANTIZATIONS.get(quantization)
+    if fw is None or q is None or quantization not in fw.quantizations:
+        return ()
+    limit = dict(fw.device_limits).get(quantization, DEVICES)
+    return tuple(d for d in q.devices if d in limit)
+
+
 def markdown_table() -> str:
     """The docs' capability table (docs/optimization.md holds exactly this)."""
     quants = [q for q in QUANTIZATION_NAMES if q != NONE]
@@ -137,9 +191,16 @@ def markdown_table() -> str:
     for fw in FRAMEWORKS.values():
         cells = [f"`{fw.name}`", f"{fw.runtime} (`{fw.extra}`)",
                  ", ".join(fw.tasks) or "any (tensor signature)"]
-        cells += ["yes" if q in fw.quantizations else "no" for q in quants]
+        cells += [_support(fw, q) for q in quants]
         cells += ["yes" if m in fw.pruning else "no" for m in PRUNING_METHODS]
         rows.append("| " + " | ".join(cells) + " |")
+    rows.append("")
+    rows.append("| runtime | image | pip extra | devices its wheels run on | frameworks |")
+    rows.append("|---|---|---|---|---|")
+    for rt in RUNTIMES.values():
+        served = ", ".join(f"`{f.name}`" for f in FRAMEWORKS.values() if f.runtime == rt.name)
+        rows.append(f"| {rt.name} | `{image_name(rt.name)}` | `{rt.extra}` "
+                    f"| {', '.join(rt.devices)} | {served} |")
     rows.append("")
     rows.append("| quantization | devices | bytes per parameter | what it is |")
     rows.append("|---|---|---|---|")
@@ -147,3 +208,12 @@ def markdown_table() -> str:
         rows.append(f"| `{q.name}` | {', '.join(q.devices)} | {q.bytes_per_parameter:g} "
                     f"| {q.summary} |")
     return "\n".join(rows) + "\n"
+
+
+def _support(fw: Framework, quantization: str) -> str:
+    """A framework row's cell: yes / no / yes on the devices it is limited to."""
+    if quantization not in fw.quantizations:
+        return "no"
+    limited = devices(fw.name, quantization)
+    return "yes" if limited == QUANTIZATIONS[quantization].devices else (
+        f"yes ({', '.join(limited)} only)")

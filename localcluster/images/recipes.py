@@ -3,7 +3,14 @@
 The one place for the image references (``REFS``, ``image_ref``) and for what goes into each
 image: its steps (one layer each, bottom first) and its runtime config. Everything that keys a
 layer is read from here (``steps.step_key``); ``REPO_DIR`` is the source tree the recipes read
-(``bench/images.py`` points it at a copy it may edit).
+(``bench/images.py`` points it at a copy it may edit). The Dockerfiles are generated from
+these recipes (``dockerfile.py``, ``python -m localcluster images dockerfile``).
+
+The model-server images are one per runtime of the capability table
+(``msv_contract.capabilities.RUNTIMES``), named ``model-server-<runtime>`` and made by
+``runtime_recipe``: debian, venv, the server's own dependencies (``SERVER_EXTRAS``, one layer
+every runtime image shares), the runtime's extra less those (its only layer of its own), then
+the model_server package. A new runtime is a record in the table, not a recipe here.
 
 To put another of the project's packages into an image, add its directory (relative to the
 repository) to that image's ``package`` step; ``SHARED_PACKAGES`` goes into both the
@@ -21,14 +28,18 @@ from pathlib import Path
 from localcluster import paths
 from localcluster.images.host import ImageError
 from localcluster.images.oci import ImageConfig
+from msv_contract import capabilities as caps
+from msv_contract.env import MODEL_MOUNT
 
 # -- Image references (the one place) -------------------------------------------------------
 
 REGISTRY = "docker.io"
 REPOSITORY = "modelservice"
 TAG = "0.1.0"
-NAMES = ("model-server", "operator", "model-store", "pause", "prometheus", "prometheus-operator",
-         "metrics-server", "prometheus-adapter")
+RUNTIME_IMAGES = {caps.image_name(rt): rt for rt in caps.RUNTIME_NAMES}
+"""Model-server image name -> the runtime it carries (``model-server-torch``: ``torch``, ...)."""
+NAMES = (*RUNTIME_IMAGES, "operator", "model-store", "pause", "prometheus",
+         "prometheus-operator", "metrics-server", "prometheus-adapter")
 
 
 def image_ref(name: str) -> str:
@@ -55,7 +66,7 @@ DEBIAN_HOOK = (
     f'chroot "$1" groupadd --gid {UID} {USER_NAME}'
     f' && chroot "$1" useradd --uid {UID} --gid {UID} --no-create-home'
     f" --home-dir /nonexistent --shell /usr/sbin/nologin {USER_NAME}"
-    f' && mkdir -p "$1/mnt/models" && chown {UID}:{UID} "$1/mnt/models"'
+    f' && mkdir -p "$1{MODEL_MOUNT}" && chown {UID}:{UID} "$1{MODEL_MOUNT}"'
     ' && : > "$1/etc/resolv.conf" && rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*'
 )
 DEBIAN_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
@@ -64,10 +75,17 @@ DEBIAN_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
 MODEL_SERVER_ENV = (
     f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1", "HF_HUB_OFFLINE=1",
-    "TRANSFORMERS_OFFLINE=1", "HF_HOME=/tmp/hf", "MODEL_SERVER_MODEL_DIR=/mnt/models",
+    "TRANSFORMERS_OFFLINE=1", "HF_HOME=/tmp/hf", f"MODEL_SERVER_MODEL_DIR={MODEL_MOUNT}",
     "MODEL_SERVER_PORT=8080",
 )
 PYTHON_ENV = (MODEL_SERVER_ENV[0], "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+CUDA_ENV = ("NVIDIA_DRIVER_CAPABILITIES=compute,utility",)
+"""For images whose runtime runs on CUDA: what the NVIDIA container toolkit mounts (the
+device plugin chooses the devices; the image never asks for all of them)."""
+
+SERVER_EXTRAS = ("server", "s3")
+"""The model server's own extras (FastAPI, gRPC, boto3, ...): one layer every runtime image
+shares, below its framework layer."""
 
 # Packages of this repository both the model-server and the operator image install (beside
 # their own), as directories relative to the repository.
@@ -128,28 +146,44 @@ class Recipe:
     name: str
     steps: tuple[Step, ...]
     config: ImageConfig
+    dockerfile: str = ""
+    """Where its generated Dockerfile lives, relative to the repository ("": none)."""
 
 
 LABELS = (("org.opencontainers.image.licenses", "Apache-2.0"),)
 
 
+def runtime_recipe(runtime: caps.Runtime) -> Recipe:
+    """The model-server image of ``runtime``: the shared server layers plus its framework."""
+    name = caps.image_name(runtime.name)
+    shared = requirements(SERVER_EXTRAS)
+    framework = [r for r in requirements((runtime.extra, *SERVER_EXTRAS)) if r not in shared]
+    frameworks = ", ".join(f.name for f in caps.FRAMEWORKS.values() if f.runtime == runtime.name)
+    return Recipe(name, (
+        DEBIAN, VENV_STEP, Step("server-deps", "pip", tuple(shared)),
+        Step(runtime.name, "pip", tuple(framework)),
+        Step("model_server", "package", ("model_server", *SHARED_PACKAGES)),
+    ), ImageConfig(
+        entrypoint=("model-server",), cmd=("serve",),
+        env=MODEL_SERVER_ENV + (CUDA_ENV if "cuda" in runtime.devices else ()),
+        user=f"{UID}:{UID}", workdir="/tmp", ports=(8080, 8081), labels=(
+            ("org.opencontainers.image.title", f"modelservice {name}"),
+            ("org.opencontainers.image.description",
+             f"Open Inference Protocol v2 model server, {runtime.name} runtime ({frameworks}; "
+             f"{', '.join(runtime.devices)})"), *LABELS)),
+        dockerfile=f"model_server/Dockerfile.{runtime.name}")
+
+
 def recipes() -> dict[str, Recipe]:
     """What each image is made of (reads pyproject.toml for the extras' requirements)."""
     return {
-        "model-server": Recipe("model-server", (
-            DEBIAN, VENV_STEP, Step("torch", "pip", ("torch",)),
-            Step("server-deps", "pip", tuple(requirements(("torch", "s3")))),
-            Step("model_server", "package", ("model_server", *SHARED_PACKAGES)),
-        ), ImageConfig(entrypoint=("model-server",), cmd=("serve",), env=MODEL_SERVER_ENV,
-                       user=f"{UID}:{UID}", workdir="/tmp", ports=(8080,), labels=(
-                           ("org.opencontainers.image.title", "modelservice model-server"),
-                           ("org.opencontainers.image.description",
-                            "Open Inference Protocol v2 model server (CPU)"), *LABELS))),
+        **{r.name: r for r in map(runtime_recipe, caps.RUNTIMES.values())},
         "operator": Recipe("operator", (
             DEBIAN, VENV_STEP, Step("operator-deps", "pip", tuple(requirements(("operator",)))),
             Step("msv_operator", "package", ("operator/msv_operator", *SHARED_PACKAGES)),
         ), ImageConfig(entrypoint=("msv-operator",), cmd=("run",), env=PYTHON_ENV,
-                       user=f"{UID}:{UID}", ports=(8080, 8081), labels=LABELS)),
+                       user=f"{UID}:{UID}", ports=(8080, 8081), labels=LABELS),
+            dockerfile="operator/Dockerfile"),
         "model-store": Recipe("model-store", (
             DEBIAN, VENV_STEP, Step("moto", "pip", ("moto[server]",)),
         ), ImageConfig(entrypoint=("moto_server",), cmd=("--host", "0.0.0.0", "--port", "9000"),

@@ -5,7 +5,8 @@ constraints and requirements; the packages' source files; ``pause.c`` and gcc; t
 binaries) chained to its parent's key; ``layer_maker`` returns the function that fills a new
 layer's rootfs: ``mmdebstrap`` for the Debian base, a script in the overlay chroot
 (``chroot.run_step``) for the venv, pip and package steps, plain files for the rest.
-Called by ``builder.py``.
+Called by ``builder.py``; ``dockerfile.py`` writes the same scripts (``venv_script``,
+``pip_script``, ``package_script``) into the generated Dockerfiles.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def step_key(step: Step, parent: str) -> str:
         return layer_key(parent, "venv", VENV, PIP_VERSION)
     if step.kind == "pip":
         return layer_key(parent, "pip", (repo / "constraints.txt").read_bytes(), *step.args,
-                         _pip_script(""))
+                         pip_script(""))
     if step.kind == "package":
         return layer_key(parent, "package", (repo / "pyproject.toml").read_bytes(),
                          (repo / "README.md").read_bytes(),
@@ -75,22 +76,18 @@ def layer_maker(step: Step, lowers: Sequence[Path], label: str) -> Callable[[Pat
             debian_rootfs(rootfs)
         elif step.kind == "venv":
             need_root()
-            run_step(lowers, rootfs, f"python3 -m venv {VENV}\n"
-                     f"{VENV}/bin/pip install -q --no-warn-script-location pip=={PIP_VERSION}\n"
-                     f"python3 -m compileall -q -q {VENV}/lib >/dev/null || true\n", what)
+            run_step(lowers, rootfs, venv_script(), what)
         elif step.kind == "pip":
             need_root()
             with tempfile.TemporaryDirectory(prefix="msv-img-") as d:
                 shutil.copy2(recipes.REPO_DIR / "constraints.txt", Path(d) / "constraints.txt")
-                args = " ".join(f"'{a}'" for a in step.args)
-                run_step(lowers, rootfs, _pip_script(
-                    f"-c {CHROOT_SRC}/constraints.txt {args}"), what, src=Path(d))
+                run_step(lowers, rootfs, pip_requirements_script(step.args), what,
+                         src=Path(d))
         elif step.kind == "package":
             need_root()
             with tempfile.TemporaryDirectory(prefix="msv-img-") as d:
                 whl = _wheel([recipes.REPO_DIR / a for a in step.args], Path(d))
-                run_step(lowers, rootfs, _pip_script(
-                    f"--no-deps --no-index {CHROOT_SRC}/wheels/{whl.name}"), what, src=Path(d))
+                run_step(lowers, rootfs, package_script(whl.name), what, src=Path(d))
         elif step.kind == "pause":
             need_tool("gcc", "gcc libc6-dev")
             rootfs.mkdir()
@@ -123,10 +120,29 @@ def debian_rootfs(dest: Path) -> None:
     run(cmd, "mmdebstrap", stdin=subprocess.DEVNULL)
 
 
-def _pip_script(args: str) -> str:
+def venv_script() -> str:
+    """The venv step: ``/opt/venv`` with the pinned pip, byte-compiled."""
+    return (f"python3 -m venv {VENV}\n"
+            f"{VENV}/bin/pip install -q --no-warn-script-location pip=={PIP_VERSION}\n"
+            f"python3 -m compileall -q -q {VENV}/lib >/dev/null || true\n")
+
+
+def pip_script(args: str) -> str:
+    """``pip install ARGS`` into the venv, then drop ``tests`` folders and byte-compile."""
     return (f"pip install --no-warn-script-location {args}\n"
             f"find {VENV}/lib -path '*site-packages/*/tests' -prune -exec rm -rf {{}} +\n"
             f"python -m compileall -q -q {SITE_PACKAGES} >/dev/null || true\n")
+
+
+def pip_requirements_script(requirements: Sequence[str]) -> str:
+    """A pip step: its requirements, held to ``constraints.txt`` (at ``/tmp/src``)."""
+    args = " ".join(f"'{a}'" for a in requirements)
+    return pip_script(f"-c {CHROOT_SRC}/constraints.txt {args}")
+
+
+def package_script(wheel: str) -> str:
+    """A package step: the project's wheel (at ``/tmp/src/wheels``), without dependencies."""
+    return pip_script(f"--no-deps --no-index {CHROOT_SRC}/wheels/{wheel}")
 
 
 def _copy_tree(src: Path, dest: Path) -> None:

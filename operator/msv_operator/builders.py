@@ -15,6 +15,11 @@ must carry instead (the effective `serving` label and, on the stable variants wh
 rollout is active, the mirror annotation the server reads through the downward API), and
 the reconciler patches the live pods.
 
+The image is the one configured for the framework's runtime (capability table) and device
+(`serving_image`; `spec.server.image` overrides it): a spec no configured image serves (no
+image for that runtime on that device, or a variant's quantization the device cannot run)
+is refused with `NoServingImage` before any object is built.
+
 Traffic split without Gateway API is approximate: the stable Service selects the pods of
 every variant with a non-zero weight, so each variant receives a share proportional to its
 ready replicas; replicas are therefore split by weight (docs/modelservice-api.md).
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from msv_contract import capabilities as caps
 from msv_contract import env, metrics
 from msv_contract.api import (
     ANNOTATION_MIRROR,
@@ -39,8 +45,9 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
+from msv_operator.config import RuntimeImages, image_env
 from msv_operator.rollout import spec_weights
-from msv_operator.spec import ModelServiceSpec, ModelSource, Variant, parse_spec
+from msv_operator.spec import InvalidSpecError, ModelServiceSpec, ModelSource, Variant, parse_spec
 
 MIRROR_ANNOTATION = ANNOTATION_MIRROR
 MODEL_DIR = env.MODEL_MOUNT
@@ -66,14 +73,50 @@ TERMINATION_GRACE_SECONDS = 30
 class BuildOptions:
     """What the builders need to know about the operator and the cluster."""
 
-    default_image: str
-    """Model-server image for CPU variants when spec.server.image is empty."""
-    default_gpu_image: str | None
-    """Image for GPU variants (falls back to default_image)."""
+    images: Mapping[str, RuntimeImages]
+    """Model-server images per runtime (CPU and GPU) when spec.server.image is empty."""
     service_monitor: bool
     """The cluster serves monitoring.coreos.com/v1 ServiceMonitor."""
     gateway_api: bool
     """The cluster serves gateway.networking.k8s.io/v1 HTTPRoute."""
+
+
+class NoServingImage(InvalidSpecError):
+    """No configured model-server image serves the spec (``Ready=False``, this reason; no
+    Deployment is built): its framework's runtime has no image for the device, or a variant
+    asks for a quantization the capability table says the device cannot run."""
+
+    reason = "NoServingImage"
+
+
+def serving_image(spec: ModelServiceSpec, opts: BuildOptions) -> str:
+    """The model-server image of every variant of ``spec``: ``spec.server.image``, else the
+    one configured for its framework's runtime on its device (GPU with ``spec.gpu``).
+    Raises NoServingImage naming the field and the image (or the setting that lacks one)."""
+    fw = caps.FRAMEWORKS[spec.framework]
+    gpu = spec.gpu is not None
+    device = "cuda" if gpu else "cpu"
+    image = spec.image
+    if not image:
+        configured = opts.images.get(fw.runtime)
+        image = configured.on(gpu) if configured is not None else None
+    if not image:
+        value = "gpuImage" if gpu else "image"
+        raise NoServingImage(
+            f"spec.model.framework: {spec.framework} runs in the {fw.runtime} runtime, and the "
+            f"operator has no {fw.runtime} model-server image for {'GPU' if gpu else 'CPU'}"
+            f"{' variants (spec.gpu)' if gpu else ' variants'}; set the operator's "
+            f"{image_env(fw.runtime, gpu)} (chart value modelServer.images.{fw.runtime}.{value})"
+            f", or spec.server.image{', or remove spec.gpu' if gpu else ''}")
+    for i, v in enumerate(spec.variants):
+        runs_on = caps.devices(spec.framework, v.quantization)
+        if device not in runs_on:
+            raise NoServingImage(
+                f"spec.variants[{i}].optimization.quantization: {v.quantization} of framework "
+                f"{spec.framework} runs on {', '.join(runs_on)} only, but the variant would run "
+                f"on {device} ({'spec.gpu' if gpu else 'no spec.gpu'}, image {image}): "
+                f"{fw.device_limit_reason}")
+    return image
 
 
 @dataclass(frozen=True)
@@ -270,8 +313,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
                      opts: BuildOptions, replicas: int | None,
                      scrape_annotations: bool) -> dict[str, Any]:
     name = object_name(spec.name, variant.name)
-    image = spec.image or (
-        (opts.default_gpu_image or opts.default_image) if spec.gpu else opts.default_image)
+    image = serving_image(spec, opts)
     security = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -483,9 +525,11 @@ def pod_marks(spec: ModelServiceSpec, serving: Serving) -> dict[str, PodMarks]:
 def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
               serving: Serving | None = None) -> list[dict[str, Any]]:
     """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
-    not given; raises InvalidSpecError for a bad one); ``serving`` the effective weights
+    not given; raises InvalidSpecError for a bad one, NoServingImage for one no configured
+    image serves); ``serving`` the effective weights
     (spec.traffic when not given)."""
     spec = spec if spec is not None else parse_spec(ms)
+    serving_image(spec, opts)  # refuses (NoServingImage) before any object is built
     serving = serving if serving is not None else spec_serving(spec)
     weights = serving.weights
     service_monitor = opts.service_monitor and spec.service_monitor != "disabled"

@@ -2,6 +2,11 @@
 
 ``load(argv, environ)`` merges, in increasing priority: defaults, ``MSV_*`` environment
 variables, command-line flags. ``__main__`` calls it; docs/operator-config.md documents it.
+
+The model-server images are settings per runtime of the capability table
+(``msv_contract.capabilities.RUNTIMES``): ``MSV_<RUNTIME>_IMAGE`` / ``--<runtime>-image`` for
+CPU variants and ``MSV_<RUNTIME>_GPU_IMAGE`` / ``--<runtime>-gpu-image`` for GPU ones (empty:
+that runtime is not served on that device); ``builders.serving_image`` picks among them.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from msv_contract import capabilities as caps
 from msv_contract.api import GROUP, MANAGED_BY
 
-DEFAULT_IMAGE = "modelservice/model-server:0.1.0"
-DEFAULT_GPU_IMAGE = "modelservice/model-server:0.1.0-cuda"
+IMAGE_REPOSITORY = "modelservice"
+IMAGE_TAG = "0.1.0"
 FIELD_MANAGER = MANAGED_BY
 PREFIX = GROUP
 
@@ -29,17 +35,72 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class RuntimeImages:
+    """The model-server images of one runtime; None: the runtime is not served there."""
+
+    cpu: str | None
+    """For ModelServices without ``spec.gpu``."""
+    gpu: str | None
+    """For ModelServices with ``spec.gpu``."""
+
+    def on(self, gpu: bool) -> str | None:
+        return self.gpu if gpu else self.cpu
+
+
+def default_image(runtime: str) -> str:
+    """``modelservice/model-server-<runtime>:0.1.0``, the image the local builder makes."""
+    return f"{IMAGE_REPOSITORY}/{caps.image_name(runtime)}:{IMAGE_TAG}"
+
+
+DEFAULT_IMAGES: Mapping[str, RuntimeImages] = {
+    rt.name: RuntimeImages(default_image(rt.name),
+                           default_image(rt.name) if "cuda" in rt.devices else None)
+    for rt in caps.RUNTIMES.values()}
+"""Per runtime: its image for CPU, and the same image for GPU where the runtime's wheels
+carry CUDA (torch); none for GPU otherwise (a GPU ModelService is refused until set)."""
+
+
+def uniform_images(cpu: str | None, gpu: str | None = None) -> dict[str, RuntimeImages]:
+    """Every runtime served by the same images (an image built with every runtime's extra)."""
+    return {rt: RuntimeImages(cpu, gpu) for rt in caps.RUNTIME_NAMES}
+
+
+def image_env(runtime: str, gpu: bool) -> str:
+    """``MSV_TORCH_IMAGE``, ``MSV_TORCH_GPU_IMAGE``, ... (the chart sets these)."""
+    return f"MSV_{runtime.upper().replace('-', '_')}_{'GPU_' if gpu else ''}IMAGE"
+
+
+def image_flag(runtime: str, gpu: bool) -> str:
+    """``--torch-image``, ``--torch-gpu-image``, ..."""
+    return f"--{runtime}-{'gpu-' if gpu else ''}image"
+
+
+REPLACED_SETTINGS = ("MSV_DEFAULT_IMAGE", "MSV_DEFAULT_GPU_IMAGE")
+"""One image for every framework is gone: a TensorFlow model in the torch image crash-looped."""
+
+
+def _replaced(name: str, flags: bool = False) -> ConfigError:
+    new = image_flag if flags else image_env
+    settings = ", ".join(new(rt, gpu) for rt in caps.RUNTIME_NAMES for gpu in (False, True))
+    return ConfigError(f"{name} was replaced by one model-server image per runtime: set "
+                       f"{settings} (docs/operator-config.md)")
+
+
+def _replaced_flag(name: str) -> str:
+    """``MSV_DEFAULT_IMAGE`` -> ``--default-image``."""
+    return "--" + name.removeprefix("MSV_").lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     """Settings of one operator process."""
 
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch (``--namespace``, ``MSV_NAMESPACES``); empty = all namespaces."""
 
-    default_image: str = DEFAULT_IMAGE
-    """Model-server image when ``spec.server.image`` is unset (``MSV_DEFAULT_IMAGE``)."""
-
-    default_gpu_image: str | None = DEFAULT_GPU_IMAGE
-    """Image for GPU ModelServices without ``spec.server.image`` (``MSV_DEFAULT_GPU_IMAGE``)."""
+    images: Mapping[str, RuntimeImages] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    """Model-server images per runtime, for ModelServices without ``spec.server.image``
+    (``MSV_<RUNTIME>_IMAGE``, ``MSV_<RUNTIME>_GPU_IMAGE``)."""
 
     log_format: str = "text"
     """``text`` or ``json`` (``MSV_LOG_FORMAT``)."""
@@ -169,11 +230,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     """Defaults overridden by ``MSV_*`` environment variables."""
     env = os.environ if environ is None else environ
     namespaces = tuple(n.strip() for n in env.get("MSV_NAMESPACES", "").split(",") if n.strip())
-    gpu_image = env.get("MSV_DEFAULT_GPU_IMAGE", DEFAULT_GPU_IMAGE)
+    for name in REPLACED_SETTINGS:
+        if env.get(name):
+            raise _replaced(name)
+
+    def image(runtime: str, gpu: bool) -> str | None:
+        value = env.get(image_env(runtime, gpu))
+        return DEFAULT_IMAGES[runtime].on(gpu) if value is None else (value.strip() or None)
+
     cfg = OperatorConfig(
         namespaces=namespaces,
-        default_image=env.get("MSV_DEFAULT_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
-        default_gpu_image=gpu_image or None,
+        images={rt: RuntimeImages(image(rt, False), image(rt, True))
+                for rt in caps.RUNTIME_NAMES},
         log_format=env.get("MSV_LOG_FORMAT", "text") or "text",
         log_level=(env.get("MSV_LOG_LEVEL", "INFO") or "INFO").upper(),
         metrics_port=_env_int(env, "MSV_METRICS_PORT", 8080),
@@ -215,8 +283,10 @@ def validate(cfg: OperatorConfig) -> OperatorConfig:
         raise ConfigError(f"prometheus url {cfg.prometheus_url!r}: expected http(s)://host:port")
     if cfg.prometheus_timeout <= 0 or cfg.measure_seconds <= 0:
         raise ConfigError("prometheus timeout and measure seconds must be > 0")
-    if not cfg.default_image:
-        raise ConfigError("default image must not be empty")
+    unknown = sorted(set(cfg.images) - set(caps.RUNTIME_NAMES))
+    if unknown:
+        raise ConfigError(f"images: unknown runtime {', '.join(unknown)}; the runtimes are "
+                          f"{', '.join(caps.RUNTIME_NAMES)}")
     if not 0 < cfg.retry_period < cfg.renew_deadline < cfg.lease_duration:
         raise ConfigError(
             f"leader election: expected 0 < retry period ({cfg.retry_period}) < renew deadline "
@@ -235,8 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="watch this namespace (repeatable); default: all namespaces")
     scope.add_argument("--all-namespaces", "-A", action="store_true",
                        help="watch every namespace (the default)")
-    run.add_argument("--default-image")
-    run.add_argument("--default-gpu-image")
+    for rt in caps.RUNTIME_NAMES:
+        run.add_argument(image_flag(rt, False), dest=_image_dest(rt, False), metavar="IMAGE",
+                         help=f"model-server image of runtime {rt} for CPU variants")
+        run.add_argument(image_flag(rt, True), dest=_image_dest(rt, True), metavar="IMAGE",
+                         help=f"model-server image of runtime {rt} for GPU variants "
+                              "(empty: not served on GPU)")
+    for name in REPLACED_SETTINGS:  # refused with a message naming the new settings
+        run.add_argument(_replaced_flag(name), dest=name.lower(), help=argparse.SUPPRESS)
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument("--log-level")
     run.add_argument("--metrics-port", type=int)
@@ -260,18 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _image_dest(runtime: str, gpu: bool) -> str:
+    return image_flag(runtime, gpu).removeprefix("--").replace("-", "_")
+
+
 def load(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[str, OperatorConfig]:
     """(command, config) from flags over environment over defaults."""
     args = build_parser().parse_args(argv)
+    for name in REPLACED_SETTINGS:
+        if getattr(args, name.lower()) is not None:
+            raise _replaced(_replaced_flag(name), flags=True)
     cfg = from_env(environ)
     overrides: dict[str, object] = {}
+    images = dict(cfg.images)
+    for rt, current in cfg.images.items():
+        cpu, gpu = (getattr(args, _image_dest(rt, g)) for g in (False, True))
+        images[rt] = RuntimeImages(current.cpu if cpu is None else (cpu.strip() or None),
+                                   current.gpu if gpu is None else (gpu.strip() or None))
+    overrides["images"] = images
     if args.all_namespaces:
         overrides["namespaces"] = ()
     elif args.namespaces:
         overrides["namespaces"] = tuple(dict.fromkeys(args.namespaces))
-    for attr in ("default_image", "default_gpu_image", "log_format", "log_level",
+    for attr in ("log_format", "log_level",
                  "metrics_port", "health_port", "bind_address", "max_workers",
                  "resync_seconds", "discovery_seconds", "qps", "burst", "prometheus_url",
                  "prometheus_timeout", "measure_seconds", "leader_election",

@@ -70,6 +70,8 @@ class Result:
     unchanged: int = 0
     pruned: list[str] = field(default_factory=list)
     invalid: str | None = None
+    invalid_reason: str = spec.InvalidSpecError.reason
+    """``InvalidSpec``, or ``NoServingImage`` when no configured image serves the spec."""
     apply_error: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
     status_written: bool = False
@@ -144,8 +146,7 @@ class Context:
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
     return builders.BuildOptions(
-        default_image=cfg.default_image,
-        default_gpu_image=cfg.default_gpu_image,
+        images=cfg.images,
         service_monitor=caps.service_monitor,
         gateway_api=caps.gateway_api,
     )
@@ -190,6 +191,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     try:
         opts = build_options(ctx.config, caps)
         parsed = spec.parse_spec(ms)
+        builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
         ignored = ignored_fields(parsed, opts)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(deployments_by_variant(live.values(), uid), pods).items()}
@@ -205,8 +207,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live))
         marks = builders.pod_marks(parsed, serving)
         desired = [apply.with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
-    except spec.InvalidSpecError as e:
-        result.invalid = str(e)
+    except spec.InvalidSpecError as e:  # also builders.NoServingImage
+        result.invalid, result.invalid_reason = str(e), e.reason
 
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     if result.invalid is None:
@@ -274,7 +276,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     result.status = status.compute_status(
         ms, deployments=deployments, pods=pods, now=now,
         observed_generation=int(generation) if generation is not None else None,
-        invalid_spec=result.invalid, apply_error=result.apply_error, ignored_fields=ignored,
+        invalid_spec=result.invalid, invalid_reason=result.invalid_reason,
+        apply_error=result.apply_error, ignored_fields=ignored,
         weights=shed.weights if shed is not None else None,
         # an invalid spec keeps the rollout and the brownout where they were
         rollout=decision.status if decision is not None else prior.get("rollout"),

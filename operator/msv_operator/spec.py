@@ -31,6 +31,9 @@ MAX_NAME = 63
 class InvalidSpecError(ValueError):
     """The spec cannot be served as written; the message names the field and the fix."""
 
+    reason = "InvalidSpec"
+    """The reason of the ``Ready=False`` condition (a subclass may say more precisely)."""
+
 
 @dataclass(frozen=True)
 class ModelSource:

@@ -26,6 +26,8 @@ reports a failure.
 Failure reasons, in the order they win:
 
 * ``InvalidSpec`` - the spec cannot be turned into objects (message names the field);
+  ``NoServingImage`` in its place when the spec is valid but no configured model-server
+  image serves it (message names the field and the image or the setting that lacks one);
 * ``ApplyFailed`` - the API server refused an object;
 * ``Unschedulable`` - a pod's ``PodScheduled`` condition is False; the scheduler's message is kept,
   led by the cause when the model's PersistentVolumeClaim does not exist;
@@ -349,6 +351,13 @@ def _deployment_state(
     )
 
 
+NOT_ROLLING_OUT = {
+    "InvalidSpec": "the spec must be fixed before rolling out",
+    "NoServingImage": "nothing is rolled out until a configured model-server image serves "
+                      "the spec (the spec or the operator's images must change)",
+}
+"""``Progressing``'s message while the spec is refused, by reason."""
+
 _FAILURE_ORDER = ("Unschedulable", *SECRET_REASONS, "ModelLoadFailed", "ProgressDeadlineExceeded")
 
 
@@ -398,6 +407,7 @@ def compute_status(
     now: str,
     observed_generation: int | None,
     invalid_spec: str | None = None,
+    invalid_reason: str = "InvalidSpec",
     apply_error: str | None = None,
     ignored_fields: Sequence[tuple[str, str]] = (),
     weights: Mapping[str, int] | None = None,
@@ -406,8 +416,9 @@ def compute_status(
     brownout: Mapping[str, Any] | None = None,
     hpas: Mapping[str, HpaState] | None = None,
 ) -> dict[str, Any]:
-    """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds,
-    the effective ``weights``, the rollout's and the brownout's state, the variants' HPAs
+    """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
+    (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
+    ``weights``, the rollout's and the brownout's state, the variants' HPAs
     and the per-variant ``measured`` fields."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
@@ -421,9 +432,10 @@ def compute_status(
 
     verdict = assess(ms, deployments, pods, weights)
     if invalid_spec is not None:
-        failure: tuple[str, str] | None = ("InvalidSpec", invalid_spec)
-        put(READY, cond.FALSE, "InvalidSpec", invalid_spec)
-        put(PROGRESSING, cond.FALSE, "InvalidSpec", "the spec must be fixed before rolling out")
+        failure: tuple[str, str] | None = (invalid_reason, invalid_spec)
+        put(READY, cond.FALSE, invalid_reason, invalid_spec)
+        put(PROGRESSING, cond.FALSE, invalid_reason, NOT_ROLLING_OUT.get(
+            invalid_reason, NOT_ROLLING_OUT["InvalidSpec"]))
     elif apply_error is not None:
         failure = ("ApplyFailed", apply_error)
         put(READY, cond.TRUE if verdict.ready else cond.FALSE, "ApplyFailed", apply_error)

@@ -79,7 +79,7 @@ def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
 
 
 def test_operator_deployment_is_restricted_and_configurable() -> None:
-    docs = render("modelServer.image=registry.local/ms:1", "crds.keep=false")
+    docs = render("modelServer.images.torch.image=registry.local/ms:1", "crds.keep=false")
     dep = next(d for d in docs if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -87,7 +87,7 @@ def test_operator_deployment_is_restricted_and_configurable() -> None:
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["MSV_DEFAULT_IMAGE"] == "registry.local/ms:1"
+    assert env["MSV_TORCH_IMAGE"] == "registry.local/ms:1"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert "annotations" not in crd["metadata"]

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 from msv_operator import builders as b
 from msv_operator import status
+from msv_operator.config import uniform_images
 from msv_operator.spec import parse_spec
 
 from model_server import cli
 from model_server.mirror import control
 from model_server.settings import ENV_PREFIX, Settings, env_names, mirror_base_url, unknown_env
 
-OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
+OPTS = b.BuildOptions(images=uniform_images("ms:cpu", "ms:cuda"),
                       service_monitor=True, gateway_api=True)
 
 # Settings the operator leaves at the server's default, on purpose.

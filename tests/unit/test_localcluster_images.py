@@ -48,7 +48,8 @@ def test_requirements_expand_the_projects_own_extras() -> None:
 def test_references_match_the_operator_default_and_the_chart() -> None:
     from msv_operator import config
 
-    assert images.REFS["model-server"] == "docker.io/" + config.DEFAULT_IMAGE
+    for runtime, imgs in config.DEFAULT_IMAGES.items():
+        assert images.REFS[f"model-server-{runtime}"] == "docker.io/" + str(imgs.cpu)
     chart = yaml.safe_load((REPO / "helm/modelservice-operator/Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "helm/modelservice-operator/values.yaml").read_text())
     repo, tag = values["image"]["repository"], chart["appVersion"]
@@ -61,12 +62,13 @@ def test_references_match_the_operator_default_and_the_chart() -> None:
 
 def test_images_match_the_dockerfiles_runtime_settings() -> None:
     r = recipes.recipes()
-    dockerfile = (REPO / "model_server/Dockerfile").read_text()
-    ms = r["model-server"].config
-    assert ms.entrypoint == ("model-server",) and ms.cmd == ("serve",)
-    assert ms.user == "10001:10001" and ms.workdir == "/tmp"
-    for env in ms.env[1:]:
-        assert env.split("=")[0] in dockerfile
+    for runtime in ("torch", "tensorflow"):
+        dockerfile = (REPO / f"model_server/Dockerfile.{runtime}").read_text()
+        ms = r[f"model-server-{runtime}"].config
+        assert ms.entrypoint == ("model-server",) and ms.cmd == ("serve",)
+        assert ms.user == "10001:10001" and ms.workdir == "/tmp"
+        for env in ms.env:
+            assert f"ENV {env}\n" in dockerfile
     assert r["operator"].config.entrypoint == ("msv-operator",)
     assert r["operator"].config.cmd == ("run",)
     assert not any("torch" in a for s in r["operator"].steps for a in s.args)
@@ -134,11 +136,14 @@ def test_shared_packages_go_into_the_model_server_and_operator_images(
 
     assert recipes.SHARED_PACKAGES == ("msv_contract",)
     got = packages()
-    assert got["model-server"] == ["model_server", "msv_contract"]
+    servers = [n for n in got if n.startswith("model-server-")]
+    assert servers == ["model-server-torch", "model-server-tensorflow"]
+    for n in servers:
+        assert got[n] == ["model_server", "msv_contract"]
     assert got["operator"] == ["operator/msv_operator", "msv_contract"]
-    assert not any(got[n] for n in got if n not in ("model-server", "operator"))
+    assert not any(got[n] for n in got if n not in (*servers, "operator"))
     monkeypatch.setattr(recipes, "SHARED_PACKAGES", ())
-    assert packages()["model-server"] == ["model_server"]
+    assert packages()["model-server-tensorflow"] == ["model_server"]
     assert packages()["operator"] == ["operator/msv_operator"]
 
 

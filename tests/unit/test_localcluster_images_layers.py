@@ -86,7 +86,7 @@ def test_a_code_change_changes_only_the_top_layer_key(tmp_path: Path,
         (repo / f).write_bytes((REPO / f).read_bytes())
     (repo / "model_server/cli.py").write_text("def main(): pass\n")
     monkeypatch.setattr(recipes, "REPO_DIR", repo)
-    ms_steps = recipes.recipes()["model-server"].steps
+    ms_steps = recipes.recipes()["model-server-torch"].steps
 
     def keys() -> list[str]:
         out, parent = [], ""
@@ -98,7 +98,7 @@ def test_a_code_change_changes_only_the_top_layer_key(tmp_path: Path,
     before = keys()
     (repo / "model_server/cli.py").write_text("def main(): return 0\n")
     after = keys()
-    assert [s.name for s in ms_steps] == ["debian", "venv", "torch", "server-deps", "model_server"]
+    assert [s.name for s in ms_steps] == ["debian", "venv", "server-deps", "torch", "model_server"]
     assert before[:-1] == after[:-1] and before[-1] != after[-1]
     (repo / "constraints.txt").write_text("torch==0.0.1\n")
     assert keys()[2] != after[2] and keys()[1] == after[1]

@@ -60,3 +60,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
   resources: [pods]
   verbs: [get, list]
 {{- end -}}
+
+{{/* The model-server images, one per runtime (docs/operator-config.md): MSV_<RUNTIME>_IMAGE
+     and MSV_<RUNTIME>_GPU_IMAGE; an empty value means that runtime is not served there. The
+     single image of 0.1.0 is refused: it cannot say which runtime it carries. */}}
+{{- define "msv.modelServerImages" -}}
+{{- if or .Values.modelServer.image .Values.modelServer.gpuImage -}}
+{{- fail "modelServer.image and modelServer.gpuImage were replaced by one image per runtime: set modelServer.images.<runtime>.image and .gpuImage for the runtimes torch and tensorflow instead (docs/install.md, \"Upgrading\")" -}}
+{{- end -}}
+{{- range $runtime, $images := .Values.modelServer.images }}
+{{- $env := $runtime | upper | replace "-" "_" }}
+- name: MSV_{{ $env }}_IMAGE
+  value: {{ $images.image | default "" | quote }}
+- name: MSV_{{ $env }}_GPU_IMAGE
+  value: {{ $images.gpuImage | default "" | quote }}
+{{- end }}
+{{- end -}}

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from msv_operator import builders as b
+from msv_operator.config import uniform_images
 from msv_operator.spec import parse_spec
 
-OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
+OPTS = b.BuildOptions(images=uniform_images("ms:cpu", "ms:cuda"),
                       service_monitor=False, gateway_api=False)
 
 
@@ -150,7 +151,7 @@ def test_replicas_split_by_weight_without_gateway() -> None:
 
 
 def test_service_monitor_and_http_route_when_served() -> None:
-    opts = b.BuildOptions("ms:cpu", None, service_monitor=True, gateway_api=True)
+    opts = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=True, gateway_api=True)
     spec = ms(variants=[{"name": "a"}, {"name": "b"}],
               traffic=[{"variant": "a", "weight": 75}, {"variant": "b", "weight": 25}],
               gateway={"parentRefs": [{"name": "public", "namespace": "gw"}]})
@@ -163,12 +164,12 @@ def test_service_monitor_and_http_route_when_served() -> None:
     dep = by_kind(objs, "Deployment")["sentiment-a"]
     assert "annotations" not in dep["spec"]["template"]["metadata"]
     # Without Gateway API the route is not built even though spec.gateway is set.
-    no_gw = b.build_all(spec, b.BuildOptions("ms:cpu", None, True, False))
+    no_gw = b.build_all(spec, b.BuildOptions(uniform_images("ms:cpu"), True, False))
     assert not by_kind(no_gw, "HTTPRoute")
 
 
 def test_services_per_variant_only_with_two_or_more_variants() -> None:
-    opts = b.BuildOptions("ms:cpu", None, service_monitor=True, gateway_api=True)
+    opts = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=True, gateway_api=True)
     gateway = {"parentRefs": [{"name": "public", "namespace": "gw"}]}
     two = b.build_all(ms(variants=[{"name": "a"}, {"name": "b"}],
                          traffic=[{"variant": "a", "weight": 100}], gateway=gateway), opts)
@@ -193,7 +194,7 @@ def test_services_per_variant_only_with_two_or_more_variants() -> None:
 
 def test_monitoring_disabled_builds_neither() -> None:
     objs = b.build_all(ms(monitoring={"serviceMonitor": "disabled"}),
-                       b.BuildOptions("ms:cpu", None, True, False))
+                       b.BuildOptions(uniform_images("ms:cpu"), True, False))
     assert not by_kind(objs, "ServiceMonitor")
     assert "annotations" not in objs[1]["spec"]["template"]["metadata"]
 
@@ -216,7 +217,7 @@ def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     spec = ms(server={"auth": {"tokenSecret": "sentiment-tokens"},
                       "tls": {"secretName": "sentiment-tls"}},
               monitoring={"serviceMonitor": "enabled"})
-    opts = b.BuildOptions(default_image="ms:cpu", default_gpu_image=None,
+    opts = b.BuildOptions(images=uniform_images("ms:cpu", None),
                           service_monitor=True, gateway_api=False)
     objs = b.build_all(spec, opts)
     dep = by_kind(objs, "Deployment")["sentiment-baseline"]
@@ -348,7 +349,7 @@ def test_fields_that_cannot_act_are_named(monitoring: dict[str, str], gateway: b
     extra: dict[str, Any] = {"monitoring": monitoring}
     if gateway:
         extra["gateway"] = {"parentRefs": [{"name": "gw"}]}
-    opts = b.BuildOptions(default_image="i", default_gpu_image="g", service_monitor=served,
+    opts = b.BuildOptions(images=uniform_images("i", "g"), service_monitor=served,
                           gateway_api=served)
     got = reconcile.ignored_fields(parse_spec(ms(**extra)), opts)
     assert [r for r, _ in got] == reasons
@@ -398,7 +399,7 @@ def rollout_ms() -> dict[str, Any]:
 def test_effective_weights_drive_route_and_replicas_but_never_roll_the_pods() -> None:
     body = rollout_ms()
     spec = parse_spec(body)
-    opts = b.BuildOptions("ms:cpu", None, service_monitor=False, gateway_api=True)
+    opts = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=False, gateway_api=True)
     objs = b.build_all(body, opts, spec, b.Serving({"baseline": 75, "int8": 25}))
     route = by_kind(objs, "HTTPRoute")["sentiment"]
     assert route["spec"]["rules"][0]["backendRefs"] == [

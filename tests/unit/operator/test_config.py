@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import pytest
-from msv_operator.config import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, ConfigError, load
+from msv_operator.config import DEFAULT_IMAGES, ConfigError, RuntimeImages, load
 
 
 def test_defaults_watch_all_namespaces() -> None:
     command, cfg = load(["run"], {})
     assert command == "run"
     assert cfg.clusterwide and cfg.namespaces == ()
-    assert (cfg.default_image, cfg.default_gpu_image) == (DEFAULT_IMAGE, DEFAULT_GPU_IMAGE)
+    assert cfg.images == DEFAULT_IMAGES
     assert (cfg.metrics_port, cfg.health_port, cfg.log_format) == (8080, 8081, "text")
     assert cfg.field_manager == "modelservice-operator"
 
 
 def test_environment_is_read() -> None:
-    _, cfg = load(["run"], {"MSV_NAMESPACES": "ml, serving ,", "MSV_DEFAULT_IMAGE": "img:1",
+    _, cfg = load(["run"], {"MSV_NAMESPACES": "ml, serving ,", "MSV_TORCH_IMAGE": "img:1",
                             "MSV_LOG_FORMAT": "json", "MSV_METRICS_PORT": "9090",
-                            "MSV_MAX_WORKERS": "3", "MSV_DEFAULT_GPU_IMAGE": ""})
+                            "MSV_MAX_WORKERS": "3", "MSV_TORCH_GPU_IMAGE": ""})
     assert cfg.namespaces == ("ml", "serving")
     assert not cfg.clusterwide
-    assert (cfg.default_image, cfg.log_format, cfg.metrics_port, cfg.max_workers) == (
-        "img:1", "json", 9090, 3)
-    assert cfg.default_gpu_image is None
+    assert (cfg.log_format, cfg.metrics_port, cfg.max_workers) == ("json", 9090, 3)
+    assert cfg.images["torch"] == RuntimeImages("img:1", None)
 
 
 def test_flags_win_over_environment() -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from manifests import manifest
 from msv_operator import builders as b
+from msv_operator.config import uniform_images
 from msv_operator.spec import InvalidSpecError, parse_spec
 
-OPTS = b.BuildOptions(default_image="ms:cpu", default_gpu_image="ms:cuda",
+OPTS = b.BuildOptions(images=uniform_images("ms:cpu", "ms:cuda"),
                       service_monitor=False, gateway_api=False)
 MODEL = {"uri": "s3://models/sst2", "framework": "transformers", "task": "text-classification"}
 
