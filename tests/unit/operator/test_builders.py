@@ -245,7 +245,7 @@ def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     assert plain["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
 
 
-MONITORED = b.BuildOptions(default_image="i", default_gpu_image=None, service_monitor=True,
+MONITORED = b.BuildOptions(images=uniform_images("i"), service_monitor=True,
                            gateway_api=False)
 
 
@@ -373,7 +373,7 @@ def test_scrape_security_the_annotations_cannot_carry_is_named(
         server: dict[str, Any], served: bool, reasons: list[str]) -> None:
     from msv_operator import reconcile
 
-    opts = b.BuildOptions(default_image="i", default_gpu_image=None, service_monitor=served,
+    opts = b.BuildOptions(images=uniform_images("i"), service_monitor=served,
                           gateway_api=False)
     got = reconcile.ignored_fields(parse_spec(ms(server=server)), opts)
     assert [r for r, _ in got] == reasons
