@@ -87,13 +87,26 @@ def namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[s
     yield from _make_namespace(cluster, request, dict(nodes.SIMULATED_NAMESPACE), {})
 
 
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def _make_real_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    if not cluster.real_node:
+        pytest.fail("this test needs the real node; start the cluster without --no-real-node",
+                    pytrace=False)
+    yield from _make_namespace(cluster, request, {}, RESTRICTED)
+
+
 @pytest.fixture
 def real_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace whose CPU pods run on the real node, under Pod Security
     ``restricted`` (enforced), as a careful platform team would configure it."""
-    if not cluster.real_node:
-        pytest.fail("this test needs the real node; start the cluster without --no-real-node",
-                    pytrace=False)
-    yield from _make_namespace(cluster, request, {}, {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest"})
+    yield from _make_real_namespace(cluster, request)
+
+
+@pytest.fixture(scope="module")
+def module_real_namespace(cluster: lc.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``real_namespace`` shared by the tests of one module: ModelServices applied together
+    start their pods together (named after the module)."""
+    yield from _make_real_namespace(cluster, request)

@@ -185,6 +185,44 @@ def make_text_generator(
     return model
 
 
+def add_eos_tokens(path: str | Path, token_ids: list[int]) -> list[int]:
+    """Make the saved generator at `path` also end generation at `token_ids` (its
+    `generation_config.json`); returns every EOS id. A random model seldom emits its own EOS:
+    a test that needs a generation ending before its token limit picks a token the model
+    emits greedily (see `greedy_tokens`)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(path)
+    eos = config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+    ids += [int(t) for t in token_ids if int(t) not in ids]
+    config.eos_token_id = ids
+    config.save_pretrained(path)
+    return ids
+
+
+def greedy_tokens(path: str | Path, prompt: str, max_new_tokens: int) -> list[int]:
+    """The token ids the saved generator at `path` continues `prompt` with, greedily, up to
+    `max_new_tokens` or before the first of its EOS ids (which is not part of the text)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    stop = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    enc = tok([prompt], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    new: list[int] = []
+    for t in out[0, enc["input_ids"].shape[1]:].tolist():
+        if t in stop:
+            break
+        new.append(int(t))
+    return new
+
+
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's reversible byte -> printable unicode mapping, in byte order."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

@@ -9,22 +9,23 @@ request goes through a Service programmed by kube-proxy. The namespaces enforce 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from manifests import INT8, MS_API, model, modelservice
+from manifests import INT8, MS_API
 from msv_operator import kube
-from operator_harness import RunningOperator, condition
+from operator_harness import RunningOperator
+from realpods import SERVER as SERVER  # re-exported, like the fixtures below
+from realpods import cluster_ip, http_json, ms_condition, served, wait_ready, wait_reason
+from realpods import operator as operator  # the fixture: an operator on real_namespace
+from realpods import stores as stores  # the fixture: the in-cluster model stores
 from waiting import wait_for
 
 from localcluster import cluster as lc
@@ -32,16 +33,7 @@ from localcluster import modelstores
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
-# Small requests so that several model-server pods fit on the 2-core real node.
-SERVER = {"torchThreads": 1,
-          "resources": {"requests": {"cpu": "50m", "memory": "300Mi"},
-                        "limits": {"memory": "1500Mi"}}}
 TEXTS = ["i really love this movie", "the food was terrible"]
-
-
-@pytest.fixture(scope="module")
-def stores(cluster: lc.Cluster) -> None:
-    modelstores.deploy(cluster)
 
 
 @pytest.fixture(scope="module")
@@ -51,82 +43,6 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "classifier"
     make_text_classifier(path)
     return path
-
-
-@pytest.fixture
-def operator(crd: None, real_namespace: str) -> Iterator[RunningOperator]:
-    op = RunningOperator([real_namespace]).start()
-    yield op
-    assert op.alive, "the operator must still be running at the end of the test"
-    op.stop()
-
-
-def served(name: str, ns: str, uri: str, sha256: str | None, credentials: str | None = None,
-           **fields: Any) -> dict[str, Any]:
-    """A ModelService whose pods really run: the model at ``uri`` (checked against
-    ``sha256``, pulled with the ``credentials`` Secret), the small ``SERVER`` requests."""
-    server = {**SERVER, **fields.pop("server", {})}
-    return modelservice(name, ns, model=model(uri=uri, sha256=sha256,
-                                              credentialsSecret=credentials),
-                        server=server, **fields)
-
-
-def ms_condition(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
-    return condition(k.get(MS_API, "ModelService", ns, name), "Ready")
-
-
-def wait_ready(k: kube.Kube, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        ms = k.get(MS_API, "ModelService", ns, name) or {}
-        c = condition(ms, "Ready")
-        if c.get("reason") in ("ModelLoadFailed", "InvalidSpec"):
-            raise RuntimeError(f"{name} failed: {c}")  # stops the wait at once
-        ok = c.get("status") == "True" and (
-            ms.get("status", {}).get("observedGeneration") == ms["metadata"]["generation"])
-        return ms if ok else None
-    return wait_for(f"{name} Ready=True (real pods)", ready, timeout=timeout, interval=1)
-
-
-def wait_reason(k: kube.Kube, ns: str, name: str, reason: str, timeout: float = 240
-                ) -> dict[str, Any]:
-    def reported() -> dict[str, Any] | None:
-        c = ms_condition(k, ns, name)
-        assert c.get("status") != "True", f"{name} must never be Ready: {c}"
-        return c if c.get("reason") == reason else None
-    return wait_for(f"{name}: Ready/{reason}", reported, timeout=timeout, interval=1)
-
-
-def cluster_ip(k: kube.Kube, ns: str, name: str, endpoints: int = 1) -> str:
-    """The Service's cluster IP, once ``endpoints`` ready pods back it and it answers.
-
-    A ModelService is Ready when its pods are; the EndpointSlice controller and kube-proxy
-    then need a moment to route to them (until then the Service refuses connections).
-    """
-    svc = k.get("v1", "Service", ns, name)
-    assert svc, f"Service {ns}/{name} missing"
-    ip: str = svc["spec"]["clusterIP"]
-
-    def routed() -> bool:
-        slices = k.list("discovery.k8s.io/v1", "EndpointSlice", ns,
-                        f"kubernetes.io/service-name={name}")
-        ready = [e for s in slices for e in s.get("endpoints") or []
-                 if (e.get("conditions") or {}).get("ready")]
-        if len(ready) < endpoints:
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{ip}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-    wait_for(f"Service {ns}/{name} to route to {endpoints} ready pod(s)", routed, timeout=60)
-    return ip
-
-
-def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def infer_once(ip: str, model: str) -> dict[str, Any]:
