@@ -376,6 +376,8 @@ def test_example_serves(path: Path, deployed: Deployed) -> None:
     # Ready needs the serving variants; a rollout's candidate may still be starting
     for pod in wait_pods_ready(d.k, d.ns, name, variants):
         assert_really_ran(pod)
+        # the model came from the store the test published it to
+        assert pod["spec"]["initContainers"][0]["args"][:2] == ["pull", spec["model"]["uri"]]
 
     # an answer through the stable Service, and one from each variant's own Service (with
     # two or more variants), equal to what the server computes here for the variant
