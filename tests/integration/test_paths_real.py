@@ -11,8 +11,9 @@ ModelService applied at once (their pods start together), each test then waits f
   (tests/modelfactory.py) and published to an in-cluster store (the S3 store when the example
   names a credentials Secret, which the test creates with the store's credentials; the HTTP
   store otherwise; nothing at the examples' hosts is contacted); small requests and one torch
-  thread; at most one replica and no scaling out. Each becomes Ready and gives one answer equal
-  to what the server's own backend computes here for the variant that answered. The GPU
+  thread; at most one replica and no scaling out. Each becomes Ready and answers, through its
+  stable Service and each variant's own, what the server's own backend computes here for the
+  variant that answered. The GPU
   example is applied as written and checked for placement only (kwok's simulated A100 nodes:
   no pod runs there). The TensorFlow example needs the TensorFlow runtime image: it is not
   applied, and its test skipped, unless the operator runs TensorFlow models in an image of
@@ -31,6 +32,7 @@ ModelService applied at once (their pods start together), each test then waits f
   answers through its own Service what the server's backend computes here, with the parameter
   count and sparsity of the model optimized here; wherever the baseline is sure, every variant
   gives its label.
+* ``images``: a tiny ViT, the third task (image classification), answering encoded PNGs.
 """
 
 from __future__ import annotations
@@ -105,11 +107,13 @@ class Models:
     classifier: Path = field(init=False)
     generator: Path = field(init=False)
     scripted: Path = field(init=False)
+    images: Path = field(init=False)
 
     def __post_init__(self) -> None:
         from modelfactory import (
             add_eos_tokens,
             greedy_tokens,
+            make_image_classifier,
             make_text_generator,
             make_torchscript,
             make_trained_text_classifier,
@@ -128,6 +132,8 @@ class Models:
         add_eos_tokens(self.generator, [stop])
         self.scripted = self.root / "scripted"
         make_torchscript(self.scripted)
+        self.images = self.root / "images"
+        make_image_classifier(self.images)
 
     @property
     def keras(self) -> Path:
@@ -203,6 +209,7 @@ class Deployed:
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)  # file stem -> applied
     skipped: dict[str, str] = field(default_factory=dict)  # file stem -> why not applied
     classifier: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +225,10 @@ def deployed(cluster: lc.Cluster, crd: None, stores: None, module_real_namespace
                               traffic={v["name"]: 100 if v["name"] == "baseline" else 0
                                        for v in CLASSIFIER_VARIANTS})
         k.apply(d.classifier)
+        uri, digest = modelstores.publish_http(d.models.images, f"{ns}-images")
+        d.images = served("images", ns, uri, digest)
+        d.images["spec"]["model"]["task"] = "image-classification"
+        k.apply(d.images)
         tf_skip = tensorflow_skip(k)
         # each applied once its model is published, TensorFlow's last: the pods start together
         bodies = {path.stem: yaml.safe_load(path.read_text()) for path in EXAMPLES}
@@ -365,8 +376,11 @@ def test_example_serves(path: Path, deployed: Deployed) -> None:
     # Ready needs the serving variants; a rollout's candidate may still be starting
     for pod in wait_pods_ready(d.k, d.ns, name, variants):
         assert_really_ran(pod)
+        # the model came from the store the test published it to
+        assert pod["spec"]["initContainers"][0]["args"][:2] == ["pull", spec["model"]["uri"]]
 
-    # one answer through the stable Service, equal to what the server computes here
+    # an answer through the stable Service, and one from each variant's own Service (with
+    # two or more variants), equal to what the server computes here for the variant
     d_model = d.models.for_example(spec["model"]["framework"], spec["model"].get("task"))
     ip = cluster_ip(d.k, d.ns, name)
     if spec["model"].get("task") == "text-generation":
@@ -375,20 +389,31 @@ def test_example_serves(path: Path, deployed: Deployed) -> None:
                         timeout=60)
         assert out["text_output"] == expected_generation(d_model, LENGTH_PROMPT, 6).text, out
         return
-    if spec["model"].get("task") == "text-classification":
-        inputs = {"text": np.array([t.encode() for t in texts()], dtype=object)}
-    elif spec["model"]["framework"] == "tensorflow":
-        from modelfactory import colour_images
+    inputs = inputs_for(spec, http_json(f"http://{ip}/v2/models/{name}"))
+    services = [(name, None)] + [(f"{name}-{v}", v) for v in variants if len(variants) > 1]
+    for service, variant in services:
+        answered, got = infer_http(cluster_ip(d.k, d.ns, service), name, inputs)
+        assert variant in (None, answered), (service, answered)
+        expected = reference(spec, d_model, answered).predict(inputs)
+        quantization = load_options(spec, answered).quantization
+        assert_like(got, expected, TOLERANCE[quantization], f"{service}: {answered}")
 
-        (announced,) = http_json(f"http://{ip}/v2/models/{name}")["inputs"]
-        inputs = {announced["name"]: colour_images(4, seed=1)[0]}
+
+def inputs_for(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A request's inputs for a model of ``spec`` with metadata ``meta``."""
+    from modelfactory import colour_images, make_png
+
+    (announced,) = meta["inputs"]
+    task = spec["model"].get("task")
+    if task == "text-classification":
+        value = np.array([t.encode() for t in texts()], dtype=object)
+    elif task == "image-classification":
+        value = np.array([make_png(seed=i) for i in range(3)], dtype=object)
+    elif spec["model"]["framework"] == "tensorflow":
+        value = colour_images(4, seed=1)[0]
     else:
-        inputs = {"input": tensor()}
-    variant, got = infer_http(ip, name, inputs)
-    backend = reference(spec, d_model, variant)
-    expected = backend.predict(inputs)
-    quantization = load_options(spec, variant).quantization
-    assert_like(got, expected, TOLERANCE[quantization], f"{name}/{variant}")
+        value = tensor()
+    return {announced["name"]: value}
 
 
 def test_torchscript_over_http_and_grpc_on_each_variant(deployed: Deployed) -> None:
@@ -578,3 +603,20 @@ def test_classifier_every_optimization_serves_from_its_own_service(deployed: Dep
         assert (got_labels[sure] == labels["baseline"][sure]).all(), (variant, labels)
     agreement = {v: float(np.mean(got == labels["baseline"])) for v, got in labels.items()}
     print(f"agreement with the baseline over {len(sentences)} sentences: {agreement}")
+
+
+def test_image_classification_serves(deployed: Deployed) -> None:
+    d = deployed
+    spec = d.images["spec"]
+    wait_ready(d.k, d.ns, "images", timeout=READY_TIMEOUT)
+    (pod,) = pods_of(d.k, d.ns, "images")
+    assert_really_ran(pod)
+    ip = cluster_ip(d.k, d.ns, "images")
+    meta = http_json(f"http://{ip}/v2/models/images")
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("image", "BYTES")]
+    inputs = inputs_for(spec, meta)  # encoded PNGs
+    variant, got = infer_http(ip, "images", inputs)
+    assert variant == "baseline"
+    assert set(strings(got["label"])) <= {"cat", "dog", "bird"}
+    assert_like(got, reference(spec, d.models.images, variant).predict(inputs),
+                TOLERANCE["none"], "images")
