@@ -103,7 +103,27 @@ def current_layer_keys() -> set[str]:
 
 def prune_layers(out: Out = print) -> int:
     """Remove cached layers that no current recipe uses (an old torch layer is ~11 GB with
-    its rootfs); returns the bytes freed. Directories of builds in progress are left alone."""
+    its rootfs) and the archives of images no recipe makes any more (the single
+    ``model-server`` image of 0.1.0: 6 GB); returns the bytes freed. Directories of builds in
+    progress are left alone."""
+    freed = remove_stale_archives(out)
     if not layers_dir().is_dir():
+        return freed
+    return freed + remove_unused(current_layer_keys(), out)
+
+
+def remove_stale_archives(out: Out = print) -> int:
+    """Remove ``<name>-<tag>.oci.tar`` (and its digest file) of every name not in NAMES."""
+    root = paths.images_dir()
+    if not root.is_dir():
         return 0
-    return remove_unused(current_layer_keys(), out)
+    current = {archive_path(n).name for n in NAMES}
+    freed = 0
+    for f in root.glob(f"*-{TAG}.oci.tar"):
+        if f.name in current or not f.is_file():
+            continue
+        freed += f.stat().st_size
+        f.unlink()
+        f.with_name(f.name + ".digest").unlink(missing_ok=True)
+        out(f"==> images: removed {f.name} (no recipe makes that image any more)")
+    return freed

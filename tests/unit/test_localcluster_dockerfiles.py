@@ -124,3 +124,25 @@ def test_write_rewrites_only_what_differs(tmp_path: Path) -> None:
 def test_images_without_a_dockerfile_are_refused() -> None:
     with pytest.raises(ImageError, match="image pause has no Dockerfile"):
         dockerfile.render(recipes.recipes()["pause"])
+
+
+def test_prune_removes_the_archives_of_images_no_recipe_makes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from localcluster import paths
+    from localcluster.images import builder
+
+    monkeypatch.setenv("MSV_CACHE", str(tmp_path))
+    paths.images_dir().mkdir(parents=True)
+    old = paths.images_dir() / "model-server-0.1.0.oci.tar"  # the single image of 0.1.0
+    old.write_bytes(b"x" * 100)
+    old.with_name(old.name + ".digest").write_text("sha256:0")
+    current = builder.archive_path("model-server-tensorflow")
+    current.write_bytes(b"y" * 10)
+    other_tag = paths.images_dir() / "model-server-9.9.9.oci.tar"
+    other_tag.write_bytes(b"z")
+    lines: list[str] = []
+    assert builder.prune_layers(lines.append) == 100
+    assert sorted(p.name for p in paths.images_dir().iterdir()) == [
+        "model-server-9.9.9.oci.tar", "model-server-tensorflow-0.1.0.oci.tar"]
+    assert lines == ["==> images: removed model-server-0.1.0.oci.tar (no recipe makes that "
+                     "image any more)"]
