@@ -132,7 +132,8 @@ def know(rt: Runtime, *keys: Key, owned: Mapping[Key, list[dict[str, Any]]] | No
     })
 
 
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `condition` (generous timeout: a loaded CI machine must not fail the test)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -141,10 +142,8 @@ async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
 
 
 async def stop(rt: Runtime) -> None:
-    """Stop the runtime once its workers are back in their wait. On Python 3.11 a cancel that
-    lands in the same loop iteration as a queue's wake-up is lost inside ``asyncio.wait_for``
-    (``WorkQueue.get``), and ``stop`` would wait for that worker forever; the timeout turns
-    such a hang into a failure."""
+    """Stop the runtime once its workers are back in their wait; the timeout turns a worker
+    that does not stop (see test_workqueue's cancellation test) into a failure."""
     await asyncio.sleep(0.05)
     await asyncio.wait_for(rt.stop(), 10)
 
