@@ -163,8 +163,14 @@ def test_a_standby_answers_healthz_and_runs_no_operator(
     try:
         p.wait_up()
         k.apply(modelservice("waits", namespace))
-        answer = wait_for("the standby's /healthz", lambda: json.loads(urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/healthz", timeout=2).read()), timeout=30)
+        def healthz() -> Any:
+            try:
+                return json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/healthz", timeout=2).read())
+            except OSError as e:  # the health endpoint may start after /metrics
+                raise AssertionError(f"/healthz not answering yet: {e}") from e
+
+        answer = wait_for("the standby's /healthz", healthz, timeout=30)
         assert answer == {"leader": False, "state": "standby"}
         assert "Started the ModelService operator" not in p.tail()
         assert writes(p) == 0
