@@ -94,8 +94,24 @@ class Rejected(ApiError):
     """400/403/422: the API server refused the request; retrying the same body will not help."""
 
 
+class NamespaceTerminating(Rejected):
+    """403 because the namespace is being deleted: nothing new can be created in it. Not an
+    error of the spec or of RBAC; the namespace's deletion removes the ModelService too."""
+
+
 class NotLeader(Transient):
     """A write refused locally: this process does not (or no longer) hold the leader lease."""
+
+
+def _terminating(exc: ApiException) -> bool:
+    """The API server's cause for a create refused in a namespace being deleted."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return False
+    causes = ((body.get("details") or {}).get("causes") or []) if isinstance(body, dict) else []
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating"
+               for c in causes)
 
 
 def _message(exc: ApiException) -> str:
@@ -115,6 +131,8 @@ def translate(exc: BaseException, what: str) -> ApiError:
             return NotFound(text, status)
         if status == 409:
             return Conflict(text, status)
+        if status == 403 and _terminating(exc):
+            return NamespaceTerminating(text, status)
         if status in (400, 403, 422):
             return Rejected(text, status)
         if status == 500 and "failed to create typed patch object" in text:

@@ -16,7 +16,8 @@ class OperatorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reconciles = self._counter(
             "msv_operator_reconciles_total",
-            "Reconcile passes of a ModelService by result (applied, unchanged, invalid, error).",
+            "Reconcile passes of a ModelService by result (applied, unchanged, invalid, error, "
+            "terminating).",
             "result")
         self.reconcile_duration = Histogram(
             "msv_operator_reconcile_duration_seconds",

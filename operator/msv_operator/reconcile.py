@@ -82,9 +82,13 @@ class Result:
     """Seconds until a timed step or the next analysis/measurement needs another pass."""
     repaired: list[str] = field(default_factory=list)
     """What a pass restored after someone deleted or edited it by hand (one Event each)."""
+    namespace_terminating: bool = False
+    """The namespace is being deleted: the pass stopped, wrote no status and posts no Event."""
 
     @property
     def outcome(self) -> str:
+        if self.namespace_terminating:
+            return "terminating"
         if self.invalid is not None:
             return "invalid"
         if self.apply_error is not None:
@@ -229,6 +233,13 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 live_answer = ctx.kube.apply(obj, answer=obj["kind"] == "Deployment")
                 if live_answer:
                     fresh[key_of(obj)] = live_answer
+            except kubeapi.NamespaceTerminating:
+                # Its deletion takes the ModelService and everything it owns with it.
+                log.info("Namespace %s is being deleted; not creating %s", ns, describe(obj),
+                         extra={"namespace": ns, "modelservice": name})
+                result.namespace_terminating = True
+                result.events = []
+                return result
             except kubeapi.Rejected as e:
                 result.apply_error = str(e)
                 log.warning("Could not apply %s: %s", describe(obj), e,

@@ -255,5 +255,7 @@ class Runtime:
         try:
             await loop.run_in_executor(self.executor, kube.post_event, self.kube, involved,
                                        type_, reason, message, now())
+        except kube.NamespaceTerminating:
+            return  # the namespace and its Events are being deleted
         except kube.ApiError as e:
             log.warning("Could not post event %s: %s", reason, e)

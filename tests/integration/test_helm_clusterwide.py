@@ -11,6 +11,7 @@ release's Lease. ModelServices in two namespaces are reconciled by the one leade
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,9 @@ def reconciled(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
     return None
 
 
+RBAC_DENIAL = re.compile(r"forbidden: User .* cannot ", re.IGNORECASE)
+
+
 def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
         release: lc.Cluster, tmp_path: Path) -> None:
     c = release
@@ -112,7 +116,10 @@ def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
         for p in procs:
             assert p.alive, p.tail()
             log = p.tail(200_000)
-            assert "forbidden" not in log.lower(), log[-3000:]
+            # RBAC denials name the user ("... is forbidden: User ... cannot ..."); other
+            # tests' namespaces being deleted meanwhile are not this release's business.
+            denied = [line for line in log.splitlines() if RBAC_DENIAL.search(line)]
+            assert not denied, "\n".join(denied[-20:])
     finally:
         for p in procs:
             p.close()
