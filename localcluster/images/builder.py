@@ -80,7 +80,9 @@ def select_names(names: Iterable[str] | None) -> list[str]:
 
 def build(names: Iterable[str] | None = None, out: Out = print) -> dict[str, BuiltImage]:
     """Build the named images (default: all); unchanged layers come from the cache, and
-    cached layers no current recipe uses any more are removed (``prune_layers``)."""
+    cached layers no current recipe uses any more are removed (``prune_layers``) before the
+    build (the disk holds one generation of the big framework layers, not two) and after."""
+    prune_layers(out)
     memo: dict[str, BuiltLayer] = {}
     built = {n: build_image(n, out, memo) for n in select_names(names)}
     prune_layers(out)

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from localcluster.images.builder import BuiltImage, build, select_names
 from localcluster.images.host import ImageError, Out, mb, need_tool, run
 from localcluster.images.oci import COPY_BUFFER
+from localcluster.images.recipes import REFS, REGISTRY, REPOSITORY
 
 
 def _ctr(socket: Path, namespace: str) -> list[str]:
@@ -88,6 +89,19 @@ def _ctr_import(socket: Path, namespace: str, img: BuiltImage, have: set[str], o
         f"ctr images import {img.archive.name}")
 
 
+def remove_stale_images(socket: Path, namespace: str = "k8s.io", out: Out = print) -> list[str]:
+    """Remove this project's images (``docker.io/modelservice/...``) that no recipe makes any
+    more, such as the single ``model-server`` image of 0.1.0 (12 GB with its snapshots);
+    containerd then collects their content. Returns the references removed."""
+    prefix = f"{REGISTRY}/{REPOSITORY}/"
+    stale = sorted(ref for ref in containerd_images(socket, namespace)
+                   if ref.startswith(prefix) and ref not in REFS.values())
+    for ref in stale:
+        run([*_ctr(socket, namespace), "images", "rm", "--sync", ref], f"ctr images rm {ref}")
+        out(f"==> images: removed {ref} from containerd (no recipe makes that image any more)")
+    return stale
+
+
 def _check_socket(socket: Path) -> None:
     if not socket.is_socket():
         raise ImageError(f"no containerd socket at {socket}: start the cluster's node first "
@@ -98,10 +112,12 @@ def import_images(socket: Path, names: Iterable[str] | None = None, namespace: s
                   out: Out = print, built: dict[str, BuiltImage] | None = None) -> list[str]:
     """Import the images' archives into containerd; returns the names actually imported.
 
-    An image whose reference already points at the same manifest digest is skipped.
+    An image whose reference already points at the same manifest digest is skipped. This
+    project's images no recipe makes are removed first (``remove_stale_images``).
     """
     socket = Path(socket)
     _check_socket(socket)
+    remove_stale_images(socket, namespace, out)
     selected = select_names(names)
     images = built if built is not None else build(selected, out)
     have = containerd_images(socket, namespace)
@@ -122,7 +138,9 @@ def import_images(socket: Path, names: Iterable[str] | None = None, namespace: s
 
 
 def load(socket: Path, names: Iterable[str] | None = None, out: Out = print) -> list[str]:
-    """Build what is missing, then import into the containerd at ``socket``."""
+    """Build what is missing, then import into the containerd at ``socket`` (images no recipe
+    makes are removed from it first, so the disk never holds both generations)."""
     _check_socket(Path(socket))
+    remove_stale_images(Path(socket), out=out)
     selected = select_names(names)
     return import_images(Path(socket), selected, out=out, built=build(selected, out))

@@ -15,9 +15,8 @@ ModelService applied at once (their pods start together), each test then waits f
   stable Service and each variant's own, what the server's own backend computes here for the
   variant that answered. The GPU
   example is applied as written and checked for placement only (kwok's simulated A100 nodes:
-  no pod runs there). The TensorFlow example needs the TensorFlow runtime image: it is not
-  applied, and its test skipped, unless the operator runs TensorFlow models in an image of
-  their own that the real node has.
+  no pod runs there). The TensorFlow example runs in the TensorFlow runtime image; if the real
+  node lacks it, the example is not applied and its test fails saying how to load it.
 * TorchScript (the ``torchscript`` example: a scripted MLP and an unstructured-pruned
   variant): ``tritonclient.http`` and ``tritonclient.grpc`` (the Services' ``grpc`` port) on
   each variant's Service, against the module's own output and the module pruned here with the
@@ -177,25 +176,18 @@ def rewritten(example: dict[str, Any], ns: str, uri: str) -> dict[str, Any]:
     return out
 
 
-def tensorflow_skip(k: kube.Kube) -> str | None:
-    """Why the TensorFlow example cannot serve here (None: it can).
-
-    It needs an operator that runs TensorFlow models in an image of their own (the image per
-    runtime of the capability table, ``msv_operator.config.DEFAULT_IMAGES``) and that image on
-    the real node (kubelet's list of the node's containerd images).
-    """
-    images = getattr(operator_config, "DEFAULT_IMAGES", None)
-    image = getattr((images or {}).get("tensorflow"), "cpu", None)
-    if not image:
-        return ("this operator runs every framework in one image (no TensorFlow runtime image "
-                "setting): the TensorFlow example needs the TensorFlow runtime image")
+def tensorflow_image_missing(k: kube.Kube) -> str | None:
+    """Why the TensorFlow example cannot serve here (None: it can): the TensorFlow runtime
+    image (``msv_operator.config.DEFAULT_IMAGES``) must be on the real node (kubelet's list
+    of the node's containerd images)."""
+    image = str(operator_config.DEFAULT_IMAGES["tensorflow"].cpu)
     ref = image if image.split("/")[0].count(".") else f"docker.io/{image}"
     node = k.get("v1", "Node", None, "node-1") or {}
     names = {n for i in (node.get("status") or {}).get("images") or []
              for n in i.get("names") or []}
     if ref not in names:
         return (f"the real node has no TensorFlow runtime image {ref} (build it and load it "
-                "into the cluster: python -m localcluster images build, then load)")
+                "into the cluster: python -m localcluster images load)")
     return None
 
 
@@ -207,7 +199,7 @@ class Deployed:
     k: kube.Kube
     models: Models
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)  # file stem -> applied
-    skipped: dict[str, str] = field(default_factory=dict)  # file stem -> why not applied
+    missing: dict[str, str] = field(default_factory=dict)  # file stem -> why not applied
     classifier: dict[str, Any] = field(default_factory=dict)
     images: dict[str, Any] = field(default_factory=dict)
 
@@ -229,14 +221,14 @@ def deployed(cluster: lc.Cluster, crd: None, stores: None, module_real_namespace
         d.images = served("images", ns, uri, digest)
         d.images["spec"]["model"]["task"] = "image-classification"
         k.apply(d.images)
-        tf_skip = tensorflow_skip(k)
+        tf_missing = tensorflow_image_missing(k)
         # each applied once its model is published, TensorFlow's last: the pods start together
         bodies = {path.stem: yaml.safe_load(path.read_text()) for path in EXAMPLES}
         for stem, body in sorted(bodies.items(),
                                  key=lambda i: i[1]["spec"]["model"]["framework"] == "tensorflow"):
             spec = body["spec"]
-            if spec["model"]["framework"] == "tensorflow" and tf_skip:
-                d.skipped[stem] = tf_skip
+            if spec["model"]["framework"] == "tensorflow" and tf_missing:
+                d.missing[stem] = tf_missing
                 continue
             if "gpu" in spec:  # kwok's GPU nodes: scheduled, never run, nothing pulled
                 body["metadata"]["namespace"] = ns
@@ -339,8 +331,8 @@ def assert_like(got: dict[str, Any], expected: dict[str, Any], atol: float, what
 
 
 def example(d: Deployed, stem: str) -> dict[str, Any]:
-    if stem in d.skipped:
-        pytest.skip(d.skipped[stem])
+    if stem in d.missing:
+        pytest.fail(d.missing[stem])
     return d.examples[stem]
 
 

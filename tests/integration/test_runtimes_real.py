@@ -17,6 +17,7 @@ the waits on Ready and on a routed Service).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,9 @@ from test_real_pods import SERVER, cluster_ip, operator, stores, wait_ready  # n
 from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import modelstores
+from localcluster import images, modelstores, paths
+from localcluster.images import containerd
+from localcluster.images.host import need_tool
 from msv_contract import capabilities as caps
 
 pytestmark = [pytest.mark.slow, pytest.mark.tensorflow]
@@ -190,6 +193,24 @@ def test_a_runtime_image_carries_only_its_own_framework(
     assert found.pop("model_server") is True
     own = set(FRAMEWORK_MODULES[runtime])
     assert {m for m, present in found.items() if present} == own, found
+
+
+def test_images_no_recipe_makes_are_removed_from_the_node(cluster: lc.Cluster) -> None:
+    """An image of this project that no recipe makes any more (the single model-server image
+    of 0.1.0 is one) leaves the node's containerd on the next load; the others stay."""
+    socket = paths.containerd_socket()
+    kept = images.REFS["pause"]
+    retired = kept.replace("/pause:", "/retired-model-server:")
+    ctr = [need_tool("ctr", "containerd"), "--address", str(socket), "-n", "k8s.io"]
+    subprocess.run([*ctr, "images", "tag", "--force", kept, retired], check=True,
+                   capture_output=True)
+    assert retired in containerd.containerd_images(socket)
+    said: list[str] = []
+    assert containerd.remove_stale_images(socket, out=said.append) == [retired]
+    have = containerd.containerd_images(socket)
+    assert retired not in have and kept in have
+    assert any("retired-model-server" in line for line in said), said
+    assert containerd.remove_stale_images(socket, out=said.append) == []
 
 
 def test_a_gpu_tensorflow_modelservice_without_a_gpu_image_is_refused_before_any_pod(
