@@ -53,7 +53,7 @@ RESULTS = REPO / "bench" / "results" / "real_pods.json"
 FRAMEWORKS: dict[str, tuple[str | None, str]] = {
     "transformers": ("text-classification",
                      "BERT-shaped text classifier, ~40k parameters (tests/modelfactory)"),
-    "torchscript": (None, "scripted MLP 16 -> 32 -> 4 (tests/modelfactory)"),
+    "torchscript": (None, "scripted MLP 8 -> 16 -> 4 (tests/modelfactory)"),
     "tensorflow": ("image-classification",
                    "Keras CNN on 32x32x3 images as a SavedModel (tests/modelfactory)"),
 }
