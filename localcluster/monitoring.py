@@ -280,7 +280,7 @@ def manifests() -> dict[str, Any]:
 
 
 def _poll(what: str, check: Callable[[], tuple[bool, str]], timeout: float,
-          hint: str) -> None:
+          hint: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     detail = ""
     while True:
@@ -288,7 +288,7 @@ def _poll(what: str, check: Callable[[], tuple[bool, str]], timeout: float,
         if ok:
             return
         if time.monotonic() > deadline:
-            raise MonitoringError(f"{what} not ready after {timeout:.0f} s ({detail}); {hint}")
+            raise MonitoringError(f"{what} not ready after {timeout:.0f} s ({detail}); {hint()}")
         time.sleep(0.5)
 
 
@@ -309,6 +309,30 @@ def _api_available(cluster: Any, name: str = METRICS_API) -> tuple[bool, str]:
     return avail.get("status") == "True", str(avail.get("message", "no condition yet"))
 
 
+def pod_summary(cluster: Any, *namespaces: str) -> str:
+    """One line per pod of ``namespaces``: phase, node and why a container waits or died, so
+    a stack that does not come up says what its pods are doing."""
+    parts = []
+    for ns in namespaces:
+        proc = cluster.kubectl_run("get", "pods", "-n", ns, "-o", "json", check=False)
+        if proc.returncode != 0:
+            parts.append(f"{ns}: {proc.stderr.strip()[-200:]}")
+            continue
+        for pod in json.loads(proc.stdout).get("items", []):
+            st = pod.get("status") or {}
+            why = [f"{c.get('name')} {k} {v.get('reason', '')} {v.get('message', '')}".strip()
+                   for c in (st.get("initContainerStatuses") or [])
+                   + (st.get("containerStatuses") or [])
+                   for k, v in (c.get("state") or {}).items()
+                   if k in ("waiting", "terminated")]
+            unscheduled = [c.get("message", "") for c in st.get("conditions") or []
+                           if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+            parts.append(f"{ns}/{pod['metadata']['name']} {st.get('phase')} on "
+                         f"{(pod.get('spec') or {}).get('nodeName') or '-'}"
+                         + "".join(f" [{w[:160]}]" for w in why + unscheduled))
+    return "; ".join(parts) or "none"
+
+
 def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = print) -> None:
     """Apply the operator's CRDs and the stack, then wait until Prometheus answers on its
     Service and both metrics APIs are Available. Idempotent (server-side apply)."""
@@ -322,8 +346,10 @@ def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = pri
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", "-",
                         input=json.dumps(manifests()))
     out(f"  monitoring: CRDs and manifests applied ({time.monotonic() - t0:.1f} s)")
-    hint = (f"see: kubectl get pods -n {NAMESPACE}; kubectl get pods -n {METRICS_NAMESPACE}; "
-            f"kubectl logs -n {NAMESPACE} deploy/prometheus-operator")
+    def hint() -> str:
+        return (f"pods now: {pod_summary(cluster, NAMESPACE, METRICS_NAMESPACE)}; see: kubectl "
+                f"get pods -n {NAMESPACE}; kubectl get pods -n {METRICS_NAMESPACE}; "
+                f"kubectl logs -n {NAMESPACE} deploy/prometheus-operator")
     _poll(f"Prometheus at {PROMETHEUS_URL}", lambda: _http_ok(PROMETHEUS_URL + "/-/ready"),
           timeout, hint)
     out(f"  monitoring: Prometheus answers on {PROMETHEUS_URL} ({time.monotonic() - t0:.1f} s)")
