@@ -237,7 +237,7 @@ def test_bad_gateway_fields_name_the_field(gateway: dict[str, Any], message: str
 def test_gateway_that_is_not_an_object_is_refused() -> None:
     body = ms()
     body["spec"]["gateway"] = "msv-gateway"
-    with pytest.raises(InvalidSpecError, match="spec.gateway: expected an object"):
+    with pytest.raises(InvalidSpecError, match=r"spec\.gateway: expected an object"):
         parse_spec(body)
 
 
