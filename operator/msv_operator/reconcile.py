@@ -22,6 +22,11 @@ that the builders and the status both take, and the mirror target of the stable 
 rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement.
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
+
+With spec.gateway, once the objects are applied, the HTTPRoute's status and a GET of each
+parent Gateway say whether the route carries the traffic (``routing``): ``routed`` goes to
+the status; a route no parent routes is reported in ``FieldsIgnored`` (``GatewayNotReady``)
+and looked at again on a timer (``requeue_after``: HTTPRoutes and Gateways are not watched).
 """
 
 from __future__ import annotations
