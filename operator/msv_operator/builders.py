@@ -5,7 +5,9 @@ server-side apply, and the reconciler decides what to send. Per variant: a Deplo
 the model-server image, (with two or more variants) a Service and (with spec.autoscaling) an
 HPA; for the whole ModelService: a stable Service, a ServiceMonitor when the cluster serves
 monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
-served and spec.gateway names a parent.
+served and spec.gateway names a parent (with the gateway's retries when the cluster's
+HTTPRoute CRD has them, and one header-matched rule per variant with
+spec.gateway.variantHeader; `build_http_route`).
 
 The caller passes the *effective weights* (`Serving`; spec.traffic, then the rollout's step
 or promotion and the brownout, see `rollout`, `brownout`), which drive the HTTPRoute and the
@@ -79,6 +81,8 @@ class BuildOptions:
     """The cluster serves monitoring.coreos.com/v1 ServiceMonitor."""
     gateway_api: bool
     """The cluster serves gateway.networking.k8s.io/v1 HTTPRoute."""
+    gateway_retry: bool = False
+    """The cluster's HTTPRoute CRD has ``rules[].retry`` (Gateway API's experimental channel)."""
 
 
 class NoServingImage(InvalidSpecError):
@@ -480,17 +484,59 @@ def _scrape_auth(spec: ModelServiceSpec) -> dict[str, Any]:
         "name": spec.auth_token_secret, "key": spec.auth_metrics_token_key}}}
 
 
+def route_retry(spec: ModelServiceSpec, opts: BuildOptions) -> dict[str, Any] | None:
+    """Each HTTPRoute rule's ``retry`` (Gateway API, experimental channel): spec.gateway.retry,
+    or None when ``attempts`` is 0 or the cluster's HTTPRoute CRD has no such field (the
+    reconciler then reports ``spec.gateway.retry`` in FieldsIgnored: written anyway, the API
+    server would drop it and every pass would find the route drifted)."""
+    r = spec.gateway_retry
+    if r.attempts == 0 or not opts.gateway_retry:
+        return None
+    out: dict[str, Any] = {"attempts": r.attempts}
+    if r.codes:
+        out["codes"] = list(r.codes)
+    if r.backoff:
+        out["backoff"] = r.backoff
+    return out
+
+
+def _every_path() -> dict[str, Any]:
+    return {"path": {"type": "PathPrefix", "value": "/"}}
+
+
 def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
-                     weights: Mapping[str, int]) -> dict[str, Any]:
-    """One weighted backend per variant in spec.traffic or with an effective weight (the
-    stable Service with one variant)."""
+                     weights: Mapping[str, int], opts: BuildOptions) -> dict[str, Any]:
+    """The HTTPRoute ``<name>``: its last rule sends every request to one backend per variant
+    weighted by the effective ``weights`` (every variant is listed, a variant at 0 with weight
+    0, so the backends stay the same through a rollout or a brownout and only the weights
+    move; with one variant, the stable Service at 100). With spec.gateway.variantHeader, one
+    rule per variant before it sends requests whose header names the variant (Exact) to that
+    variant's own Service; a header naming no variant matches none of them and takes the
+    weighted rule. Every rule carries the same ``retry`` (``route_retry``)."""
     per_variant = variant_services(spec)
-    backends = [{"name": object_name(spec.name, v if per_variant else None), "port": 80,
-                 "weight": w}
-                for v, w in weights.items() if v in spec.traffic or w > 0]
+
+    def service(variant: str) -> str:
+        return object_name(spec.name, variant if per_variant else None)
+
+    if per_variant:
+        backends = [{"name": service(v.name), "port": 80, "weight": int(weights.get(v.name, 0))}
+                    for v in spec.variants]
+    else:
+        only = spec.variants[0].name
+        backends = [{"name": service(only), "port": 80, "weight": int(weights.get(only, 100))}]
+    rules: list[dict[str, Any]] = []
+    if spec.variant_header:
+        rules += [{"matches": [{**_every_path(), "headers": [
+                       {"type": "Exact", "name": spec.variant_header, "value": v.name}]}],
+                   "backendRefs": [{"name": service(v.name), "port": 80}]}
+                  for v in spec.variants]
+    rules.append({"matches": [_every_path()], "backendRefs": backends})
+    for rule in rules:
+        retry = route_retry(spec, opts)
+        if retry is not None:
+            rule["retry"] = retry
     route: dict[str, Any] = {"parentRefs": [dict(p) for p in spec.gateway_parents],
-                             "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                                        "backendRefs": backends}]}
+                             "rules": rules}
     if spec.hostnames:
         route["hostnames"] = list(spec.hostnames)
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -549,5 +595,5 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if opts.gateway_api and spec.gateway_parents:
-        out.append(build_http_route(ms, spec, weights))
+        out.append(build_http_route(ms, spec, weights, opts))
     return out

@@ -9,7 +9,9 @@
 * ``Kube.patch_metadata`` - merge patch of labels and annotations (a running pod joining or
   leaving the stable Service, or mirroring, without a restart);
 * ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
-* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL;
+* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL
+  (and whether the HTTPRoute CRD has ``rules[].retry``: ``Kube.metadata`` of the CRD on each
+  ask, its schema only when its ``resourceVersion`` changed);
 * ``Kube.lease`` / ``Kube.write_lease`` - the leader-election Lease (``coordination.k8s.io``),
   the one object written with ``PUT`` (optimistic concurrency on its ``resourceVersion``).
 
@@ -53,6 +55,8 @@ PLURALS = {
     "ServiceMonitor": "servicemonitors",
     "PodMonitor": "podmonitors",
     "HTTPRoute": "httproutes",
+    "Gateway": "gateways",
+    "CustomResourceDefinition": "customresourcedefinitions",
     "ConfigMap": "configmaps",
     "Secret": "secrets",
     "Pod": "pods",
@@ -68,6 +72,11 @@ LEASE_API = "coordination.k8s.io/v1"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
+CRD_API = "apiextensions.k8s.io/v1"
+HTTPROUTE_CRD = "httproutes.gateway.networking.k8s.io"
+GATEWAY_CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
+"""``standard`` or ``experimental``: the Gateway API bundle the CRD comes from."""
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class ApiError(Exception):
@@ -227,8 +236,9 @@ class Kube:
 
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
               body: Any = None, content_type: str | None = None, what: str,
-              timeout: float = 30.0, decode: bool = True) -> Any:
-        headers = {"Accept": "application/json"}
+              timeout: float = 30.0, decode: bool = True,
+              accept: str = "application/json") -> Any:
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         if method != "GET":
@@ -342,6 +352,17 @@ class Kube:
         except NotFound:
             return None
 
+    def metadata(self, api_version: str, kind: str, namespace: str | None, name: str
+                 ) -> dict[str, Any] | None:
+        """Only the object's ``metadata`` (``PartialObjectMetadata``: a small answer for a
+        large object such as a CRD); None when it does not exist."""
+        try:
+            return dict(self._call("GET", api_path(api_version, plural_of(kind), namespace,
+                                                   name), what=f"get {kind} {name} metadata",
+                                   accept=PARTIAL_METADATA))
+        except NotFound:
+            return None
+
     def list(self, api_version: str, kind: str, namespace: str | None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
         """Objects from the watch cache (``resourceVersion=0``); [] when the API is absent."""
@@ -384,10 +405,29 @@ class Kube:
 class CapabilityAnswer:
     service_monitor: bool
     gateway_api: bool
+    gateway_retry: bool = False
+    """The HTTPRoute CRD's schema has ``rules[].retry`` (Gateway API experimental channel)."""
+    gateway_channel: str | None = None
+    """The HTTPRoute CRD's channel annotation ("" when it has none); None when the CRD could
+    not be read (Gateway API not served, or no ``get`` on it)."""
+
+
+def http_route_retry(crd: Mapping[str, Any]) -> bool:
+    """Whether the HTTPRoute CRD's ``v1`` schema has ``spec.rules[].retry`` (the operator
+    writes v1 HTTPRoutes; a field the schema lacks would be dropped by the API server)."""
+    for version in (crd.get("spec") or {}).get("versions") or ():
+        if version.get("name") != HTTPROUTE_API[0].rsplit("/", 1)[1]:
+            continue
+        node: Any = ((version.get("schema") or {}).get("openAPIV3Schema") or {})
+        for step in ("properties", "spec", "properties", "rules", "items", "properties"):
+            node = node.get(step) if isinstance(node, Mapping) else None
+        return isinstance(node, Mapping) and "retry" in node
+    return False
 
 
 class Capabilities:
-    """Cached answers to "is ServiceMonitor / HTTPRoute served?" (re-asked after ``ttl`` s)."""
+    """Cached answers to "is ServiceMonitor / HTTPRoute served?" and "does the HTTPRoute CRD
+    have retries?" (re-asked after ``ttl`` s)."""
 
     def __init__(self, kube: Kube, ttl: float) -> None:
         self.kube = kube
@@ -395,6 +435,37 @@ class Capabilities:
         self.lock = threading.Lock()
         self.answer: CapabilityAnswer | None = None
         self.stamp = 0.0
+        self.route_crd: tuple[str, bool] | None = None
+        """(resourceVersion, has retry) of the HTTPRoute CRD last read whole."""
+
+    def _route_crd(self) -> tuple[bool, str | None]:
+        """(has retry, channel) of the HTTPRoute CRD: its metadata on every ask, its schema
+        (some 400 kB) only when its resourceVersion changed. (False, None) when it cannot be
+        read: the chart grants get on CRDs; without it no retry is written."""
+        try:
+            meta = self.kube.metadata(CRD_API, "CustomResourceDefinition", None, HTTPROUTE_CRD)
+        except Rejected as e:
+            log.warning("Cannot read the CRD %s, so no HTTPRoute retry is written: %s",
+                        HTTPROUTE_CRD, e)
+            return False, None
+        if meta is None:
+            return False, None
+        m = meta.get("metadata") or {}
+        version = str(m.get("resourceVersion") or "")
+        channel = str((m.get("annotations") or {}).get(GATEWAY_CHANNEL_ANNOTATION) or "")
+        if self.route_crd is not None and version and self.route_crd[0] == version:
+            return self.route_crd[1], channel
+        try:
+            crd = self.kube.get(CRD_API, "CustomResourceDefinition", None, HTTPROUTE_CRD)
+        except Rejected as e:
+            log.warning("Cannot read the CRD %s, so no HTTPRoute retry is written: %s",
+                        HTTPROUTE_CRD, e)
+            return False, None
+        if crd is None:
+            return False, None
+        retry = http_route_retry(crd)
+        self.route_crd = (version, retry)
+        return retry, channel
 
     def get(self) -> CapabilityAnswer:
         with self.lock:
@@ -402,9 +473,11 @@ class Capabilities:
                 return self.answer
             previous = self.answer
             try:
+                gateway_api = self.kube.served(*HTTPROUTE_API)
+                retry, channel = self._route_crd() if gateway_api else (False, None)
                 answer = CapabilityAnswer(
                     service_monitor=self.kube.served(*SERVICE_MONITOR_API),
-                    gateway_api=self.kube.served(*HTTPROUTE_API),
+                    gateway_api=gateway_api, gateway_retry=retry, gateway_channel=channel,
                 )
             except ApiError as e:
                 if previous is None:
@@ -414,7 +487,9 @@ class Capabilities:
             if answer != previous:
                 log.info("Discovered capabilities: ServiceMonitor %s, HTTPRoute %s",
                          "served" if answer.service_monitor else "not served",
-                         "served" if answer.gateway_api else "not served")
+                         ("not served" if not answer.gateway_api else
+                          f"served ({answer.gateway_channel or 'unknown'} channel, "
+                          f"{'with' if answer.gateway_retry else 'without'} rules[].retry)"))
             self.answer = answer
             self.stamp = time.monotonic()
             return answer

@@ -22,6 +22,11 @@ that the builders and the status both take, and the mirror target of the stable 
 rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement.
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
+
+With spec.gateway, once the objects are applied, the HTTPRoute's status and a GET of each
+parent Gateway say whether the route carries the traffic (``routing``): ``routed`` goes to
+the status; a route no parent routes is reported in ``FieldsIgnored`` (``GatewayNotReady``)
+and looked at again on a timer (``requeue_after``: HTTPRoutes and Gateways are not watched).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from msv_operator import apply, brownout, builders, conditions, rollout, spec, status
+from msv_operator import apply, brownout, builders, conditions, rollout, routing, spec, status
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
 from msv_operator.measure import measure
@@ -52,6 +57,7 @@ LABEL_MODELSERVICE = builders.LABEL_MODELSERVICE
 # Optional kinds the operator creates, observed only when their API is served.
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
 HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+GATEWAY = ("gateway.networking.k8s.io/v1", "Gateway")
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Result:
     """What a pass restored after someone deleted or edited it by hand (one Event each)."""
     namespace_terminating: bool = False
     """The namespace is being deleted: the pass stopped, wrote no status and posts no Event."""
+    routed: bool = False
+    """The HTTPRoute carries the traffic (``routing``): its weights are what requests get."""
 
     @property
     def outcome(self) -> str:
@@ -99,9 +107,13 @@ class Result:
 DEFAULT_SCRAPE_INTERVAL = "15s"
 
 
-def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
-                   ) -> list[tuple[str, str]]:
-    """(reason, message) for each field the spec sets that cannot act in this cluster."""
+GATEWAY_RETRY_UNSUPPORTED = "GatewayRetryUnsupported"
+
+
+def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions,
+                   gateway_channel: str | None = "") -> list[tuple[str, str]]:
+    """(reason, message) for each field the spec sets that cannot act in this cluster
+    (``gateway_channel``: the HTTPRoute CRD's channel, None when it could not be read)."""
     out: list[tuple[str, str]] = []
     if parsed.service_monitor == "enabled" and not opts.service_monitor:
         out.append(("ServiceMonitorUnavailable",
@@ -130,6 +142,19 @@ def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
                     "spec.gateway: the cluster does not serve gateway.networking.k8s.io/v1 "
                     "HTTPRoute (install Gateway API), so traffic is split by the stable Service's "
                     "ready pods instead (approximate)"))
+    if (parsed.gateway_parents and opts.gateway_api and not opts.gateway_retry
+            and parsed.gateway_retry.attempts > 0):
+        why = (f"the operator cannot read the CustomResourceDefinition {kubeapi.HTTPROUTE_CRD} "
+               "(it needs get on it) to learn whether HTTPRoute rules have retry"
+               if gateway_channel is None else
+               f"the cluster's HTTPRoute CRD ({kubeapi.HTTPROUTE_CRD}, Gateway API "
+               f"{gateway_channel or 'unknown'} channel) has no rules[].retry (retries are in "
+               "the experimental channel)")
+        out.append((GATEWAY_RETRY_UNSUPPORTED,
+                    f"spec.gateway.retry: {why}, so the HTTPRoute carries no retries and a "
+                    "request that meets a crashed or stopping pod fails instead of being tried "
+                    "again; install Gateway API's experimental-channel CRDs, or set "
+                    "spec.gateway.retry.attempts: 0 to run without retries"))
     return out
 
 
@@ -146,6 +171,9 @@ class Context:
     """Where analysis samples come from (None: no Prometheus configured)."""
     measured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """When each ModelService was last measured (in memory: a restart measures at once)."""
+    unrouted_since: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """Since when each ModelService with spec.gateway has found its HTTPRoute not routed (in
+    memory: it paces the re-checks, ``routing``)."""
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -153,6 +181,7 @@ def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builde
         images=cfg.images,
         service_monitor=caps.service_monitor,
         gateway_api=caps.gateway_api,
+        gateway_retry=caps.gateway_retry,
     )
 
 
@@ -192,11 +221,12 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     marks: dict[str, builders.PodMarks] = {}  # what each variant's running pods carry
     hpas = hpas_by_variant(live.values(), uid)
     measured = status.prior_measured(prior)
+    parsed: spec.ModelServiceSpec | None = None
+    opts = build_options(ctx.config, caps)
     try:
-        opts = build_options(ctx.config, caps)
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
-        ignored = ignored_fields(parsed, opts)
+        ignored = ignored_fields(parsed, opts, caps.gateway_channel)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(deployments_by_variant(live.values(), uid), pods).items()}
         taken = measure(ctx, parsed, prior, moment, measured)
@@ -281,6 +311,18 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
             result.pruned.append(describe(obj))
             log.info("Deleted %s", describe(obj), extra={"namespace": ns, "modelservice": name})
 
+        if parsed is not None and parsed.gateway_parents and opts.gateway_api:
+            # After applying: the route's status is the one the pass's LIST found (a route
+            # created or changed just now is judged by the next look, ``recheck``).
+            found = route_state(ctx, parsed, live.get(("HTTPRoute", builders.object_name(name))),
+                                moment)
+            result.routed = found.routed
+            if found.problem is not None:
+                ignored.append((routing.GATEWAY_NOT_READY, found.problem))
+            result.requeue_after = _sooner(result.requeue_after, found.recheck)
+        else:
+            ctx.unrouted_since.pop((ns, name), None)
+
     latest = {**live, **fresh}
     deployments: dict[str, Mapping[str, Any] | None] = dict(
         deployments_by_variant(latest.values(), uid))
@@ -293,10 +335,36 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         # an invalid spec keeps the rollout and the brownout where they were
         rollout=decision.status if decision is not None else prior.get("rollout"),
         brownout=shed.status if shed is not None else prior.get("brownout"),
-        hpas=hpas, measured=measured,
+        hpas=hpas, measured=measured, routed=result.routed,
     )
     write_status(ctx, ms, result)
     return result
+
+
+def route_state(ctx: Context, parsed: spec.ModelServiceSpec, route: Mapping[str, Any] | None,
+                moment: datetime) -> routing.Routing:
+    """Whether the HTTPRoute (as this pass's LIST found it) carries the traffic: its status
+    and a GET of each parent Gateway (``routing.assess``); remembers since when it has not."""
+    gateways: dict[tuple[str, str], routing.GatewayRead] = {}
+    for ref in parsed.gateway_parents:
+        key = routing.gateway_key(ref, parsed.namespace)
+        if key in gateways:
+            continue
+        try:
+            gateways[key] = routing.GatewayRead(ctx.kube.get(*GATEWAY, *key))
+        except kubeapi.ApiError as e:  # e.g. no get on Gateways in that namespace
+            log.debug("Cannot read Gateway %s/%s: %s", *key, e)
+            gateways[key] = routing.GatewayRead(readable=False)
+    ms_key = (parsed.namespace, parsed.name)
+    since = ctx.unrouted_since.get(ms_key, moment)
+    found = routing.assess(parsed.gateway_parents, route, parsed.namespace,
+                           builders.object_name(parsed.name), gateways, moment,
+                           (moment - since).total_seconds())
+    if found.routed:
+        ctx.unrouted_since.pop(ms_key, None)
+    else:
+        ctx.unrouted_since.setdefault(ms_key, moment)
+    return found
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

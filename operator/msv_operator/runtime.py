@@ -171,6 +171,7 @@ class Runtime:
         self.triggers.pop(key, None)
         self.retries.pop(key, None)
         self.ctx.measured_at.pop(key, None)
+        self.ctx.unrouted_since.pop(key, None)
 
     def known(self) -> list[Key]:
         index = self.indexes.get("msv_bodies")

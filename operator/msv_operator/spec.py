@@ -26,6 +26,15 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 MAX_NAME = 63
+HEADER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+"""``spec.gateway.variantHeader``: a lower-case HTTP header name (the CRD's CEL rule says the
+same)."""
+HEADER_NAME_MAX = 64
+RESERVED_HEADERS = ("authorization", "connection", "content-length", "content-type", "cookie",
+                    "host", "keep-alive", "proxy-authorization", "te", "trailer",
+                    "transfer-encoding", "upgrade")
+"""Headers with a meaning of their own in every request: never a variant selector (the CRD
+lists the same)."""
 
 
 class InvalidSpecError(ValueError):
@@ -83,6 +92,11 @@ ANALYSIS_DEFAULTS: Mapping[str, Any] = {
     "interval": "15s", "window": "1m", "maxLatencyRatio": 1.2, "maxErrorRate": 0.01,
     "minAgreement": 0.99, "mirrorPercent": 10, "failureLimit": 2}
 """``spec.rollout.analysis``."""
+GATEWAY_RETRY_DEFAULTS: Mapping[str, Any] = {"attempts": 2, "codes": (503,)}
+"""``spec.gateway.retry`` (``backoff``: none unless set, the gateway's own)."""
+RETRY_MAX_ATTEMPTS = 5
+GATEWAY_DURATION = re.compile(r"^[0-9]{1,5}(ms|s|m|h)$")
+"""A duration Gateway API accepts (its pattern allows up to four such parts; one is enough)."""
 BROWNOUT_DEFAULTS: Mapping[str, Any] = {
     "maxShare": 50, "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
     "interval": "15s", "window": "30s"}
@@ -150,6 +164,19 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """The gateway's retries of one request (``spec.gateway.retry``; the HTTPRoute rules'
+    ``retry``): up to ``attempts`` more tries after a connection failure or an answer in
+    ``codes``; ``attempts`` 0 switches them off."""
+
+    attempts: int = GATEWAY_RETRY_DEFAULTS["attempts"]
+    codes: tuple[int, ...] = GATEWAY_RETRY_DEFAULTS["codes"]
+    backoff: str | None = None
+    """Least wait between tries, as Gateway API writes durations (``100ms``); None: the
+    implementation's."""
+
+
+@dataclass(frozen=True)
 class ModelServiceSpec:
     name: str
     namespace: str
@@ -173,6 +200,11 @@ class ModelServiceSpec:
     scrape_interval: str = "15s"
     gateway_parents: tuple[Mapping[str, Any], ...] = ()
     hostnames: tuple[str, ...] = ()
+    gateway_retry: Retry = field(default_factory=Retry)
+    """``spec.gateway.retry`` (on by default: it only acts with spec.gateway)."""
+    variant_header: str | None = None
+    """``spec.gateway.variantHeader``: requests carrying it with a variant's name reach that
+    variant (None: off)."""
     auth_token_secret: str | None = None
     """Secret whose keys are bearer tokens (mounted; the operator never reads it)."""
     auth_protect_metrics: bool = False
@@ -375,6 +407,48 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
     )
 
 
+def parse_retry(raw: Any) -> Retry:
+    """``spec.gateway.retry`` with its defaults (the CRD says the same at admission)."""
+    where = "spec.gateway.retry"
+    if raw is None:
+        return Retry()
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with attempts, codes, backoff")
+    r = {**GATEWAY_RETRY_DEFAULTS, **raw}
+    attempts = _int(r["attempts"], f"{where}.attempts", 0, RETRY_MAX_ATTEMPTS)
+    raw_codes = r["codes"]
+    if not isinstance(raw_codes, list | tuple):
+        raise InvalidSpecError(f"{where}.codes: expected a list of HTTP status codes 500..599")
+    codes: list[int] = []
+    for i, c in enumerate(raw_codes):
+        code = _int(c, f"{where}.codes[{i}]", 500, 599)
+        if code in codes:
+            raise InvalidSpecError(f"{where}.codes[{i}]: {code} is listed twice")
+        codes.append(code)
+    backoff = r.get("backoff")
+    if backoff is not None:
+        parse_duration(backoff, f"{where}.backoff")
+        if not GATEWAY_DURATION.match(backoff):
+            raise InvalidSpecError(f"{where}.backoff: {backoff!r} has more than 5 digits")
+    return Retry(attempts=attempts, codes=tuple(codes), backoff=backoff)
+
+
+def parse_variant_header(raw: Any) -> str | None:
+    """``spec.gateway.variantHeader``: a lower-case header name no request uses otherwise."""
+    where = "spec.gateway.variantHeader"
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > HEADER_NAME_MAX or not HEADER_NAME.match(raw):
+        raise InvalidSpecError(
+            f"{where}: {raw!r} is not a lower-case HTTP header name (a-z, 0-9 and '-', at most "
+            f"{HEADER_NAME_MAX} characters), e.g. x-msv-variant")
+    if raw in RESERVED_HEADERS:
+        raise InvalidSpecError(
+            f"{where}: {raw!r} has a meaning of its own in requests; name a header of your "
+            "own, e.g. x-msv-variant")
+    return raw
+
+
 def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
     """Validate a whole ModelService object and return its typed spec."""
     meta = body.get("metadata") or {}
@@ -497,6 +571,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
     tls = server.get("tls")
     monitoring = spec.get("monitoring") or {}
     gateway = spec.get("gateway") or {}
+    if not isinstance(gateway, Mapping):
+        raise InvalidSpecError("spec.gateway: expected an object with parentRefs")
     return ModelServiceSpec(
         name=name, namespace=namespace,
         model=ModelSource(uri, model.get("sha256")), framework=str(framework),
@@ -515,6 +591,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         scrape_interval=str(monitoring.get("interval") or "15s"),
         gateway_parents=tuple(gateway.get("parentRefs") or ()),
         hostnames=tuple(gateway.get("hostnames") or ()),
+        gateway_retry=parse_retry(gateway.get("retry")),
+        variant_header=parse_variant_header(gateway.get("variantHeader")),
         auth_token_secret=_secret_name(auth, "tokenSecret", "spec.server.auth",
                                        "without authentication"),
         auth_protect_metrics=bool((auth or {}).get("protectMetrics", False)),

@@ -415,11 +415,13 @@ def compute_status(
     measured: Mapping[str, Mapping[str, Any]] | None = None,
     brownout: Mapping[str, Any] | None = None,
     hpas: Mapping[str, HpaState] | None = None,
+    routed: bool = False,
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
     ``weights``, the rollout's and the brownout's state, the variants' HPAs
-    and the per-variant ``measured`` fields."""
+    and the per-variant ``measured`` fields. ``routed``: the HTTPRoute carries the traffic
+    (``routing``), so the weights are what requests get."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())

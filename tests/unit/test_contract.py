@@ -67,6 +67,7 @@ def _default_in(description: str) -> str:
     ("rollout", spec.ROLLOUT_DEFAULTS),
     ("rollout.analysis", spec.ANALYSIS_DEFAULTS),
     ("autoscaling.brownout", spec.BROWNOUT_DEFAULTS),
+    ("gateway.retry", spec.GATEWAY_RETRY_DEFAULTS),
 ])
 def test_crd_descriptions_state_the_parser_defaults(path: str, defaults: Mapping[str, Any]
                                                     ) -> None:

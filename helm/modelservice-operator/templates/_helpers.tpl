@@ -50,6 +50,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways]
+  verbs: [get]  # is the parent of a ModelService's HTTPRoute Programmed? (read, never watched)
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]  # patch: the serving label and mirror annotation (no restarts)

@@ -350,7 +350,7 @@ def test_fields_that_cannot_act_are_named(monitoring: dict[str, str], gateway: b
     if gateway:
         extra["gateway"] = {"parentRefs": [{"name": "gw"}]}
     opts = b.BuildOptions(images=uniform_images("i", "g"), service_monitor=served,
-                          gateway_api=served)
+                          gateway_api=served, gateway_retry=served)
     got = reconcile.ignored_fields(parse_spec(ms(**extra)), opts)
     assert [r for r, _ in got] == reasons
     fields = {"ServiceMonitorUnavailable": "spec.monitoring.serviceMonitor",

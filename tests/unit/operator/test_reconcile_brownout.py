@@ -39,7 +39,21 @@ class FakeKube:
 
     def list(self, api_version: str, kind: str, namespace: str | None,
              selector: str) -> list[dict[str, Any]]:
-        return []
+        if kind != "HTTPRoute":
+            return []
+        # The route as the gateway's implementation left it: accepted by its parent.
+        return [{"apiVersion": api_version, "kind": kind,
+                 "metadata": {"name": "sentiment", "namespace": "ml",
+                              "creationTimestamp": "2026-01-01T11:00:00Z"},
+                 "status": {"parents": [{"parentRef": {"name": "gw"},
+                                         "controllerName": "example.com/gateway",
+                                         "conditions": [{"type": "Accepted",
+                                                         "status": "True"}]}]}}]
+
+    def get(self, api_version: str, kind: str, namespace: str | None,
+            name: str) -> dict[str, Any] | None:
+        assert (kind, namespace, name) == ("Gateway", "ml", "gw")
+        return {"status": {"conditions": [{"type": "Programmed", "status": "True"}]}}
 
     def delete(self, *args: Any) -> None:
         raise AssertionError(f"nothing should be pruned: {args}")
@@ -182,7 +196,8 @@ def test_a_pass_applies_the_brownout_weights_and_takes_them_back() -> None:
     op.at(80, p95_ms=40)
     assert op.status["brownout"]["phase"] == bo.INACTIVE
     assert op.status["traffic"] == "baseline=100,int8=0"
-    assert op.route_weights() == {"sentiment-baseline": 100}  # weight 0, not in spec.traffic
+    # listed at weight 0: the route's backends stay the same, only the weights move
+    assert op.route_weights() == {"sentiment-baseline": 100, "sentiment-int8": 0}
     assert op.serving("int8") == "false"
     blind = next(c for c in op.status["conditions"] if c["type"] == "AutoscalingBlind")
     assert blind["status"] == "False"

@@ -42,6 +42,12 @@ class FakeKube:
         self.discoveries += 1
         return self.serves_gateway and plural == "httproutes"
 
+    def metadata(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        return None  # no HTTPRoute CRD to read: no retries
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        return None
+
     def close(self) -> None:
         self.closed = True
 

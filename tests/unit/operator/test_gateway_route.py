@@ -1,0 +1,315 @@
+"""The HTTPRoute the operator writes (weights from every source, retries, the header canary),
+the spec fields behind it (spec.gateway.retry, spec.gateway.variantHeader: parser and CRD),
+and the discovery of rules[].retry in the cluster's HTTPRoute CRD."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from msv_operator import builders as b
+from msv_operator import kube, rollout
+from msv_operator import spec as sp
+from msv_operator.config import uniform_images
+from msv_operator.spec import InvalidSpecError, parse_spec
+
+from msv_contract import api
+
+ROOT = Path(__file__).resolve().parents[3]
+WITH_RETRY = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=False, gateway_api=True,
+                            gateway_retry=True)
+NO_RETRY = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=False, gateway_api=True,
+                          gateway_retry=False)
+TWO = {"variants": [{"name": "baseline"},
+                    {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
+       "traffic": [{"variant": "baseline", "weight": 100}]}
+
+
+def ms(gateway: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"uri": "s3://models/sst2", "framework": "transformers",
+                  "task": "text-classification"},
+        "gateway": {"parentRefs": [{"name": "msv-gateway", "namespace": "msv-gateway"}],
+                    **(gateway or {})}}
+    base.update(spec)
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND,
+            "metadata": {"name": "sentiment", "namespace": "ml", "uid": "uid-1"}, "spec": base}
+
+
+def route_of(body: dict[str, Any], opts: b.BuildOptions = WITH_RETRY,
+             weights: dict[str, int] | None = None) -> dict[str, Any]:
+    spec = parse_spec(body)
+    serving = b.Serving(weights) if weights is not None else None
+    (route,) = [o for o in b.build_all(body, opts, spec, serving) if o["kind"] == "HTTPRoute"]
+    return dict(route["spec"])
+
+
+def weighted(route: dict[str, Any]) -> dict[str, int]:
+    """The last rule's backends (the weighted rule) as name -> weight."""
+    return {r["name"]: r["weight"] for r in route["rules"][-1]["backendRefs"]}
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+def test_spec_weights_reach_the_route_and_a_variant_at_zero_is_listed_at_zero() -> None:
+    body = ms(variants=[{"name": "a"}, {"name": "b"}, {"name": "c"}],
+              traffic=[{"variant": "a", "weight": 70}, {"variant": "b", "weight": 30}])
+    # c has no spec.traffic entry: it is listed at weight 0 (Gateway API: no request to it)
+    assert weighted(route_of(body)) == {"sentiment-a": 70, "sentiment-b": 30, "sentiment-c": 0}
+
+
+def test_rollout_step_and_brownout_weights_reach_the_route() -> None:
+    body = ms(**TWO, rollout={"candidate": "int8"})
+    spec = parse_spec(body)
+    # the rollout's first step: 10% to the candidate, the rest to the stable variant
+    step = rollout.step_weights(spec, "int8", spec.rollout.steps[0])  # type: ignore[union-attr]
+    assert weighted(route_of(body, weights=step)) == {
+        "sentiment-baseline": 90, "sentiment-int8": 10}
+    promoted = rollout.step_weights(spec, "int8", 100)
+    assert weighted(route_of(body, weights=promoted)) == {
+        "sentiment-baseline": 0, "sentiment-int8": 100}
+    # a brownout's share (brownout.shifted_weights is the same split)
+    brown = ms(**TWO, autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 50}})
+    from msv_operator import brownout
+    bspec = parse_spec(brown)
+    assert bspec.autoscaling is not None and bspec.autoscaling.brownout is not None
+    shifted = brownout.shifted_weights(bspec, bspec.autoscaling.brownout, 40)
+    assert weighted(route_of(brown, weights=shifted)) == {
+        "sentiment-baseline": 60, "sentiment-int8": 40}
+
+
+def test_one_variant_routes_to_the_stable_service() -> None:
+    route = route_of(ms())
+    assert route["parentRefs"] == [{"name": "msv-gateway", "namespace": "msv-gateway"}]
+    assert route["rules"][-1]["backendRefs"] == [{"name": "sentiment", "port": 80,
+                                                  "weight": 100}]
+
+
+# ---- retries ----------------------------------------------------------------------------------
+
+def test_retries_are_on_by_default_with_two_attempts_on_503() -> None:
+    route = route_of(ms(**TWO, gateway={"variantHeader": "x-msv-variant"}))
+    assert [r["retry"] for r in route["rules"]] == [{"attempts": 2, "codes": [503]}] * 3
+
+
+def test_retry_settings_reach_every_rule() -> None:
+    route = route_of(ms(gateway={"retry": {"attempts": 5, "codes": [502, 503, 504],
+                                           "backoff": "100ms"}}))
+    assert route["rules"][0]["retry"] == {"attempts": 5, "codes": [502, 503, 504],
+                                          "backoff": "100ms"}
+    # no codes: connection failures only
+    route = route_of(ms(gateway={"retry": {"codes": []}}))
+    assert route["rules"][0]["retry"] == {"attempts": 2}
+
+
+def test_retries_off_or_not_in_the_crd_are_not_written() -> None:
+    off = route_of(ms(gateway={"retry": {"attempts": 0}}))
+    assert all("retry" not in r for r in off["rules"])
+    standard = route_of(ms(gateway={"variantHeader": "x-v"}, **TWO), opts=NO_RETRY)
+    assert all("retry" not in r for r in standard["rules"])
+
+
+# ---- header canary ----------------------------------------------------------------------------
+
+def test_header_rules_come_first_one_per_variant_to_its_own_service() -> None:
+    route = route_of(ms(gateway={"variantHeader": "x-msv-variant"}, **TWO))
+    rules = route["rules"]
+    assert len(rules) == 3
+    for rule, variant in zip(rules[:2], ("baseline", "int8"), strict=True):
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [
+            {"type": "Exact", "name": "x-msv-variant", "value": variant}]}]
+        assert rule["backendRefs"] == [{"name": f"sentiment-{variant}", "port": 80}]
+    # the weighted rule last, matching every request without a header condition: a header
+    # that names no variant matches no header rule and gets normal routing
+    assert rules[2]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert weighted(route) == {"sentiment-baseline": 100, "sentiment-int8": 0}
+
+
+def test_no_header_rules_unless_asked() -> None:
+    route = route_of(ms(**TWO))
+    assert len(route["rules"]) == 1
+    assert "headers" not in route["rules"][0]["matches"][0]
+
+
+def test_header_rule_of_a_single_variant_uses_the_stable_service() -> None:
+    route = route_of(ms(gateway={"variantHeader": "x-msv-variant"}))
+    assert route["rules"][0]["backendRefs"] == [{"name": "sentiment", "port": 80}]
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+def test_route_is_valid_against_gateway_api_crds() -> None:
+    """The built route (header rules, retries) validates against the experimental-channel
+    HTTPRoute CRD of the pinned Gateway API module, and without retry against the standard
+    channel's (jsonschema: the structural parts; CEL rules are the API server's)."""
+    import jsonschema
+
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "sentiment"},
+             "spec": route_of(ms(gateway={"variantHeader": "x-msv-variant",
+                                          "retry": {"backoff": "100ms"}}, **TWO))}
+    plain = {**route, "spec": route_of(ms(gateway={"variantHeader": "x-msv-variant"}, **TWO),
+                                       opts=NO_RETRY)}
+    for channel, obj in (("experimental", route), ("standard", plain)):
+        crd = _gateway_crd(channel)
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        schema = version["schema"]["openAPIV3Schema"]
+        jsonschema.validate(obj, schema)
+        _known_fields(obj["spec"], schema["properties"]["spec"], f"{channel}: spec")
+        assert kube.http_route_retry(crd) is (channel == "experimental")
+        assert crd["metadata"]["annotations"][kube.GATEWAY_CHANNEL_ANNOTATION] == channel
+
+
+def _known_fields(value: Any, schema: dict[str, Any], where: str) -> None:
+    """Every key of ``value`` is in ``schema`` (the API server would drop it silently, and
+    every pass would then find the route drifted)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key, sub in value.items():
+            assert key in props, f"{where}.{key} is not in the HTTPRoute schema"
+            _known_fields(sub, props[key], f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _known_fields(item, schema.get("items") or {}, f"{where}[{i}]")
+
+
+def _gateway_crd(channel: str) -> dict[str, Any]:
+    from localcluster import addons, versions
+
+    root = addons.module_dir("sigs.k8s.io/gateway-api", versions.GATEWAY_API)
+    path = root / "config" / "crd" / channel / "gateway.networking.k8s.io_httproutes.yaml"
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def test_retry_discovery_reads_the_v1_schema() -> None:
+    def crd(rule_props: dict[str, Any], version: str = "v1") -> dict[str, Any]:
+        return {"spec": {"versions": [{"name": version, "schema": {"openAPIV3Schema": {
+            "properties": {"spec": {"properties": {"rules": {"items": {
+                "properties": rule_props}}}}}}}}]}}
+
+    assert kube.http_route_retry(crd({"matches": {}, "retry": {}}))
+    assert not kube.http_route_retry(crd({"matches": {}}))
+    assert not kube.http_route_retry(crd({"retry": {}}, version="v1beta1"))
+    assert not kube.http_route_retry({})
+
+
+# ---- spec parsing -----------------------------------------------------------------------------
+
+def test_parser_defaults_and_values() -> None:
+    parsed = parse_spec(ms())
+    assert parsed.gateway_retry == sp.Retry(attempts=2, codes=(503,), backoff=None)
+    assert parsed.variant_header is None
+    parsed = parse_spec(ms(gateway={"variantHeader": "x-msv-variant", "retry": {
+        "attempts": 0, "codes": [500, 503], "backoff": "1s"}}))
+    assert parsed.gateway_retry == sp.Retry(attempts=0, codes=(500, 503), backoff="1s")
+    assert parsed.variant_header == "x-msv-variant"
+
+
+@pytest.mark.parametrize(("gateway", "message"), [
+    ({"retry": {"attempts": 6}}, "spec.gateway.retry.attempts: 6 is outside [0, 5]"),
+    ({"retry": {"attempts": -1}}, "spec.gateway.retry.attempts: -1 is outside [0, 5]"),
+    ({"retry": {"attempts": "2"}}, "spec.gateway.retry.attempts: expected an integer"),
+    ({"retry": {"codes": [404]}}, "spec.gateway.retry.codes[0]: 404 is outside [500, 599]"),
+    ({"retry": {"codes": [503, 503]}}, "spec.gateway.retry.codes[1]: 503 is listed twice"),
+    ({"retry": {"codes": 503}}, "spec.gateway.retry.codes: expected a list"),
+    ({"retry": {"backoff": "fast"}}, "spec.gateway.retry.backoff: 'fast' is not a duration"),
+    ({"retry": {"backoff": "0ms"}}, "spec.gateway.retry.backoff: '0ms' must be longer"),
+    ({"retry": {"backoff": "100000ms"}}, "spec.gateway.retry.backoff: '100000ms' has more"),
+    ({"retry": 3}, "spec.gateway.retry: expected an object"),
+    ({"variantHeader": "X-Msv-Variant"}, "spec.gateway.variantHeader: 'X-Msv-Variant' is not "
+                                         "a lower-case HTTP header name"),
+    ({"variantHeader": "x msv"}, "is not a lower-case HTTP header name"),
+    ({"variantHeader": "-x"}, "is not a lower-case HTTP header name"),
+    ({"variantHeader": "x" * 65}, "at most 64 characters"),
+    ({"variantHeader": 7}, "spec.gateway.variantHeader: 7 is not"),
+    ({"variantHeader": "host"}, "spec.gateway.variantHeader: 'host' has a meaning of its own"),
+    ({"variantHeader": "authorization"}, "has a meaning of its own"),
+])
+def test_bad_gateway_fields_name_the_field(gateway: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpecError) as e:
+        parse_spec(ms(gateway=gateway))
+    assert message in str(e.value)
+
+
+def test_gateway_that_is_not_an_object_is_refused() -> None:
+    body = ms()
+    body["spec"]["gateway"] = "msv-gateway"
+    with pytest.raises(InvalidSpecError, match=r"spec\.gateway: expected an object"):
+        parse_spec(body)
+
+
+# ---- the CRD says the same at admission -------------------------------------------------------
+
+def _gateway_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((ROOT / "crds" / f"{api.CRD_NAME}.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == api.VERSION]
+    return dict(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "gateway"])
+
+
+def _cel_regex(rule: str) -> str:
+    found = re.search(r"matches\('([^']*)'\)", rule)
+    assert found, rule
+    return found.group(1)
+
+
+def test_crd_retry_bounds_are_the_parsers() -> None:
+    retry = _gateway_schema()["properties"]["retry"]["properties"]
+    assert (retry["attempts"]["minimum"], retry["attempts"]["maximum"]) == (
+        0, sp.RETRY_MAX_ATTEMPTS)
+    assert (retry["codes"]["items"]["minimum"], retry["codes"]["items"]["maximum"]) == (500, 599)
+    assert retry["codes"]["x-kubernetes-list-type"] == "set"  # duplicates refused
+    (rule,) = retry["backoff"]["x-kubernetes-validations"]
+    assert _cel_regex(rule["rule"]) == sp.GATEWAY_DURATION.pattern
+    assert rule["message"].startswith("spec.gateway.retry.backoff")
+
+
+@pytest.mark.parametrize(("retry", "valid"), [
+    ({"attempts": 0}, True), ({"attempts": 5, "codes": [500, 599]}, True),
+    ({"attempts": 6}, False), ({"attempts": -1}, False), ({"codes": [404]}, False),
+    ({"codes": [600]}, False), ({"codes": ["503"]}, False),
+])
+def test_crd_schema_admits_what_the_parser_admits(retry: dict[str, Any], valid: bool) -> None:
+    import jsonschema
+
+    schema = _gateway_schema()
+    gateway = {"parentRefs": [{"name": "gw"}], "retry": retry}
+    try:
+        jsonschema.validate(gateway, schema)
+        admitted = True
+    except jsonschema.ValidationError:
+        admitted = False
+    assert admitted is valid
+    try:
+        parse_spec(ms(gateway={"retry": retry}))
+        parsed = True
+    except InvalidSpecError:
+        parsed = False
+    assert parsed is valid
+
+
+def test_crd_variant_header_rules_are_the_parsers() -> None:
+    header = _gateway_schema()["properties"]["variantHeader"]
+    assert header["maxLength"] == sp.HEADER_NAME_MAX
+    shape, reserved = header["x-kubernetes-validations"]
+    assert _cel_regex(shape["rule"]) == sp.HEADER_NAME.pattern
+    listed = re.findall(r"'([^']*)'", reserved["rule"])
+    assert tuple(listed) == sp.RESERVED_HEADERS
+    for rule in (shape, reserved):
+        assert rule["message"].startswith("spec.gateway.variantHeader")
+    pattern = re.compile(_cel_regex(shape["rule"]))
+    for good in ("x-msv-variant", "variant", "x1"):
+        assert pattern.match(good)
+    for bad in ("X-Msv-Variant", "x_msv", "-x", "x-", "x msv", ""):
+        assert not pattern.match(bad)
+
+
+def test_crd_copy_in_the_chart_carries_the_new_fields() -> None:
+    chart = yaml.safe_load((ROOT / "helm" / "modelservice-operator" / "files" /
+                            f"{api.CRD_NAME}.yaml").read_text())
+    (version,) = [v for v in chart["spec"]["versions"] if v["name"] == api.VERSION]
+    gateway = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gateway"]
+    assert {"retry", "variantHeader"} <= set(gateway["properties"])
