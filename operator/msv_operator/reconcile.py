@@ -192,6 +192,10 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     marks: dict[str, builders.PodMarks] = {}  # what each variant's running pods carry
     hpas = hpas_by_variant(live.values(), uid)
     measured = status.prior_measured(prior)
+    # Issue 22 (gateway): True once the HTTPRoute is accepted by a programmed Gateway, so the
+    # weights are exact per request; until that is wired every split is by ready pods
+    # (shares: steps the replicas cannot represent hold, status shows the delivered share).
+    routed = False
     try:
         opts = build_options(ctx.config, caps)
         parsed = spec.parse_spec(ms)
@@ -202,13 +206,13 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         taken = measure(ctx, parsed, prior, moment, measured)
         result.requeue_after = taken.wait
         decision = rollout.advance(parsed, prior.get("rollout"), readiness, taken.for_rollout,
-                                   meta.get("annotations") or {}, moment)
+                                   meta.get("annotations") or {}, moment, routed=routed)
         shed = brownout.advance(parsed, prior.get("brownout"), decision.weights,
                                 decision.status, hpas.get(parsed.stable), readiness,
                                 taken.taken, moment)
         result.events = [*decision.events, *shed.events]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
-        serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live))
+        serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
         desired = [apply.with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
@@ -264,6 +268,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 ctx.kube.patch_metadata("v1", "Pod", ns, pod_name, labels, annotations)
             except kubeapi.NotFound:
                 continue
+            pods = marked(pods, pod_name, labels)  # the shares in the status follow at once
             log.info("Marked Pod %s: %s", pod_name, ", ".join(
                 [f"{'into' if v == 'true' else 'out of'} the stable Service"
                  for v in labels.values()]
@@ -293,10 +298,24 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         # an invalid spec keeps the rollout and the brownout where they were
         rollout=decision.status if decision is not None else prior.get("rollout"),
         brownout=shed.status if shed is not None else prior.get("brownout"),
-        hpas=hpas, measured=measured,
+        hpas=hpas, measured=measured, routed=routed,
     )
     write_status(ctx, ms, result)
     return result
+
+
+def marked(pods: list[dict[str, Any]], name: str, labels: Mapping[str, str]
+           ) -> list[dict[str, Any]]:
+    """``pods`` with the pod ``name`` carrying ``labels`` (a copy of it; the others as they
+    were): what the stable Service selects once a mark is patched."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("name") == name and labels:
+            meta = {**meta, "labels": {**(meta.get("labels") or {}), **labels}}
+            pod = {**pod, "metadata": meta}
+        out.append(pod)
+    return out
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

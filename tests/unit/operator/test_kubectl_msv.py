@@ -67,7 +67,8 @@ def test_get_shows_steps_weights_gates_history_and_variants() -> None:
     history = next(i for i, line in enumerate(lines) if line == "History:")
     assert "rollout of int8 started" in lines[history + 2]
     int8 = next(line for line in lines if line.strip().startswith("int8 "))
-    assert int8.split()[:8] == ["int8", "25", "1/1", "-", "8.9", "4.1", "0.0", "0.9981"]
+    # a status written before shares existed: the share is "-"
+    assert int8.split()[:9] == ["int8", "25", "-", "1/1", "-", "8.9", "4.1", "0.0", "0.9981"]
     assert "5.9KiB" in int8 and "dynamic-int8" in int8
     base = next(line for line in lines if line.strip().startswith("baseline "))
     assert "300.0MiB" in base and "210" in base
@@ -98,7 +99,7 @@ def test_get_shows_the_brownout_replicas_and_a_blind_autoscaler() -> None:
     assert "stable:   2/2 replicas (current/max)" in out
     assert "Autoscaling is blind (PrometheusUnavailable): brownout cannot read" in out
     base = next(line for line in out.splitlines() if line.strip().startswith("baseline "))
-    assert base.split()[:4] == ["baseline", "60", "1/2", "1..2"]
+    assert base.split()[:5] == ["baseline", "60", "-", "1/2", "1..2"]
     pending = {**ms, "status": {}}
     assert "Brownout: not evaluated yet" in plugin.render(pending)
     assert "Brownout" not in plugin.render({**RECORDED, "spec": {}})
