@@ -4,6 +4,7 @@ a table, what the builders, the rollout machine and the status make of it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from msv_operator import shares
 from msv_operator import status as s
 from msv_operator.config import RuntimeImages
 from msv_operator.spec import parse_spec
+
+from msv_contract import api
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 NOW = "2026-01-01T12:00:00Z"
@@ -375,3 +378,36 @@ def test_a_held_rollout_is_the_progressing_message() -> None:
     assert progressing["message"].startswith("rollout holding before step 1/2")
     assert cond(st, "Rollout")["reason"] == shares.SHARE_NOT_REPRESENTABLE
     assert st["shares"] == "baseline=100,int8=0" and st["traffic"] == "baseline=100,int8=0"
+
+
+# ---- kubectl get msv: the SHARES column names what compute_status writes ----------------------
+
+def crd() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parents[3]
+    return dict(yaml.safe_load((root / "crds" / f"{api.CRD_NAME}.yaml").read_text()))
+
+
+def test_the_shares_column_stands_beside_traffic_and_names_a_written_field() -> None:
+    version = crd()["spec"]["versions"][0]
+    columns = version["additionalPrinterColumns"]
+    names = [c["name"] for c in columns]
+    assert names.index("Shares") == names.index("Traffic") + 1
+    column = columns[names.index("Shares")]
+    assert "priority" not in column  # shown by a plain `kubectl get msv`
+    ms = traffic_90_10(replicas=2)
+    written = s.compute_status(ms, deployments={"baseline": dep(2), "int8": dep(1)},
+                               pods=[pod("baseline", 1), pod("baseline", 2), pod("int8", 1)],
+                               now=NOW, observed_generation=1)
+    # every column reading a plain .status.<key> names a key compute_status writes
+    for c in columns:
+        path = c["jsonPath"]
+        key = path.removeprefix(".status.").split(".")[0]
+        if path.startswith(".status.") and "[" not in path and key not in ("rollout",
+                                                                          "brownout"):
+            assert key in written and key in s.OWNED_KEYS, c
+    assert column["jsonPath"] == ".status.shares" and written["shares"] == "baseline=67,int8=33"
+    # ... and the schema declares the fields (a structural schema would prune them otherwise)
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert schema["shares"]["type"] == "string"
+    assert schema["variants"]["items"]["properties"]["share"]["type"] == "integer"
