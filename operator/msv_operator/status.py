@@ -65,7 +65,7 @@ from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
 from msv_operator import shares
 from msv_operator.brownout import HpaState, blind
-from msv_operator.rollout import traffic_weights
+from msv_operator.rollout import PAUSED, traffic_weights
 from msv_operator.spec import InvalidSpecError, parse_spec
 from msv_operator.state import RolloutStatus, VariantStatus
 
@@ -543,7 +543,7 @@ def share_problem(ms: Mapping[str, Any], verdict: Verdict, rollout_state: Rollou
     split cannot represent (``shares.plan``)."""
     if routed:
         return None
-    if (rollout_state is not None and rollout_state.phase == "Paused"
+    if (rollout_state is not None and rollout_state.phase == PAUSED
             and rollout_state.reason == shares.SHARE_NOT_REPRESENTABLE):
         return f"rollout {rollout_state.message}"
     try:
