@@ -22,9 +22,13 @@ The image is the one configured for the framework's runtime (capability table) a
 image for that runtime on that device, or a variant's quantization the device cannot run)
 is refused with `NoServingImage` before any object is built.
 
-Traffic split without Gateway API is approximate: the stable Service selects the pods of
-every variant with a non-zero weight, so each variant receives a share proportional to its
-ready replicas; replicas are therefore split by weight (docs/modelservice-api.md).
+Traffic split without a gateway that routes the ModelService (``Serving.routed`` False) is
+by pods: the stable Service selects the pods of every variant with a non-zero weight, so each
+variant receives a share proportional to its ready replicas. Replicas are therefore split by
+weight, and where that split is more than ``shares.TOLERANCE`` points off a weight the stable
+side gets the extra pods ``shares.plan`` finds within the replica bounds (Deployment replicas;
+with autoscaling the HPAs' minReplicas). status.variants[].share says what is delivered
+(docs/rollouts.md, "What a weight means with and without a gateway").
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
+from msv_operator import shares
 from msv_operator.config import RuntimeImages, image_env
 from msv_operator.rollout import spec_weights
 from msv_operator.spec import InvalidSpecError, ModelServiceSpec, ModelSource, Variant, parse_spec
@@ -136,10 +141,14 @@ class Mirror:
 
 @dataclass(frozen=True)
 class Serving:
-    """The effective weights (variant -> percent) and the mirror, if any."""
+    """The effective weights (variant -> percent), the mirror, if any, and whether a gateway
+    routes them exactly (``routed``: the HTTPRoute is accepted by a programmed Gateway)."""
 
     weights: Mapping[str, int]
     mirror: Mirror | None = None
+    routed: bool = False
+    """False: requests split by the stable Service's ready pods, so the replica split follows
+    ``shares.plan`` (extra stable pods where the plain split is off a weight)."""
 
 
 def object_name(ms_name: str, variant: str | None = None) -> str:
@@ -181,17 +190,32 @@ def _metadata(ms: Mapping[str, Any], name: str, variant: str | None = None) -> d
     }
 
 
-def variant_replicas(spec: ModelServiceSpec, weights: Mapping[str, int]) -> dict[str, int]:
+def variant_replicas(spec: ModelServiceSpec, weights: Mapping[str, int],
+                     routed: bool = False) -> dict[str, int]:
     """Replicas per variant when no HPA owns them: explicit ones win, the rest split
-    `spec.replicas` by the effective weight (at least one pod for any variant with weight)."""
+    `spec.replicas` by the effective weight (at least one pod for any variant with weight;
+    ``shares.floor_of``). Not ``routed``: the split ``shares.plan`` finds when it represents
+    the weights (more stable pods, within spec.replicas per variant), else the plain one."""
+    split = shares.plan(spec, weights).split if not routed else None
+    planned = split.pods if split is not None and split.representable else {}
     out: dict[str, int] = {}
     for v in spec.variants:
         if v.replicas is not None:
             out[v.name] = v.replicas
             continue
-        weight = weights.get(v.name, 0)
-        out[v.name] = max(1, round(spec.replicas * weight / 100)) if weight else 1
+        out[v.name] = planned.get(v.name) or shares.floor_of(spec.replicas,
+                                                             weights.get(v.name, 0))
     return out
+
+
+def hpa_min_replicas(spec: ModelServiceSpec, serving: Serving) -> dict[str, int]:
+    """Per variant with autoscaling: minReplicas of its HPA. Not ``routed``: raised to the
+    split ``shares.plan`` finds when it represents the weights (never above maxReplicas)."""
+    assert spec.autoscaling is not None
+    low = spec.autoscaling.min_replicas
+    split = shares.plan(spec, serving.weights).split if not serving.routed else None
+    planned = split.pods if split is not None and split.representable else {}
+    return {v.name: max(low, planned.get(v.name, low)) for v in spec.variants}
 
 
 def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
@@ -426,7 +450,10 @@ def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[
                      "ports": _service_ports()}}
 
 
-def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant) -> dict[str, Any]:
+def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
+              min_replicas: int | None = None) -> dict[str, Any]:
+    """The variant's HPA; ``min_replicas`` overrides spec.autoscaling.minReplicas
+    (``hpa_min_replicas``)."""
     assert spec.autoscaling is not None
     a = spec.autoscaling
     name = object_name(spec.name, variant.name)
@@ -440,7 +467,8 @@ def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant) -
             "target": {"type": "AverageValue", "averageValue": str(a.target_inflight)}}})
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas, "metrics": metrics,
+        "minReplicas": a.min_replicas if min_replicas is None else min_replicas,
+        "maxReplicas": a.max_replicas, "metrics": metrics,
     }
     if a.behavior:
         hpa_spec["behavior"] = dict(a.behavior)
@@ -580,7 +608,8 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     weights = serving.weights
     service_monitor = opts.service_monitor and spec.service_monitor != "disabled"
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
-    replicas = variant_replicas(spec, weights)
+    replicas = variant_replicas(spec, weights, serving.routed)
+    hpa_min = hpa_min_replicas(spec, serving) if spec.autoscaling else {}
     # The stable Service first: when a second variant is added it drops the variant label
     # before the per-variant Services appear, so no pod is ever selected twice for scraping.
     out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
@@ -591,7 +620,7 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
         if variant_services(spec):
             out.append(build_variant_service(ms, spec, variant))
         if spec.autoscaling:
-            out.append(build_hpa(ms, spec, variant))
+            out.append(build_hpa(ms, spec, variant, hpa_min[variant.name]))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if opts.gateway_api and spec.gateway_parents:

@@ -1,8 +1,9 @@
 """``kubectl msv``: a kubectl plugin (console script ``kubectl-msv``) to watch and steer rollouts.
 
 * ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
-  measured value against its threshold, the history) and the per-variant table (``-w``: again
-  every 2 s, a live view, until Ctrl-C);
+  measured value against its threshold, the history) and the per-variant table, with each
+  variant's requested weight beside the share it actually receives (``-w``: again every 2 s,
+  a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
@@ -28,6 +29,7 @@ from msv_contract.api import API_VERSION, GROUP, KIND, SINGULAR
 from msv_operator import kube
 from msv_operator.conditions import rfc3339
 from msv_operator.rollout import ANNOTATION_ACTION, ANNOTATION_PAUSED
+from msv_operator.shares import SHARE_NOT_REPRESENTABLE
 from msv_operator.state import (
     ABSENT,
     Analysis,
@@ -78,7 +80,11 @@ def render(ms: Mapping[str, Any]) -> str:
     ready = _condition(ms, "Ready")
     lines = [f"ModelService {meta.get('namespace')}/{meta.get('name')}   "
              f"Ready={ready.get('status', '?')} ({ready.get('reason', '-')})   "
-             f"traffic {st.get('traffic', '-')}"]
+             f"traffic {st.get('traffic', '-')}   shares {st.get('shares', '-')}"]
+    progressing = _condition(ms, "Progressing")
+    if progressing.get("reason") == SHARE_NOT_REPRESENTABLE:
+        lines.append(f"Shares differ from the weights ({SHARE_NOT_REPRESENTABLE}): "
+                     f"{progressing.get('message', '')}")
     spec_rollout = (ms.get("spec") or {}).get("rollout")
     if not st.get("rollout"):
         lines.append("Rollout: none" if not spec_rollout else
@@ -90,9 +96,9 @@ def render(ms: Mapping[str, Any]) -> str:
     if variants:
         lines.append("Variants:")
         lines += _table(
-            ["NAME", "WEIGHT", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS", "AGREEMENT",
-             "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
-            [[v.name, v.weight,
+            ["NAME", "WEIGHT", "SHARE", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS",
+             "AGREEMENT", "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
+            [[v.name, v.weight, v.share,
               f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}",
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),

@@ -223,6 +223,10 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     measured = status.prior_measured(prior)
     parsed: spec.ModelServiceSpec | None = None
     opts = build_options(ctx.config, caps)
+    # True once the HTTPRoute is accepted by a programmed Gateway (``routing``): the weights
+    # are exact per request. False: requests split by the stable Service's ready pods, so a
+    # step the replicas cannot represent holds and the status shows the delivered share.
+    routed = False
     try:
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
@@ -231,14 +235,25 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                      status.readiness(deployments_by_variant(live.values(), uid), pods).items()}
         taken = measure(ctx, parsed, prior, moment, measured)
         result.requeue_after = taken.wait
+        if parsed.gateway_parents and opts.gateway_api:
+            # The route's status as this pass's LIST found it (a route created or changed
+            # just now is judged by the next look, ``recheck``).
+            found = route_state(ctx, parsed, live.get(("HTTPRoute", builders.object_name(name))),
+                                moment)
+            routed = result.routed = found.routed
+            if found.problem is not None:
+                ignored.append((routing.GATEWAY_NOT_READY, found.problem))
+            result.requeue_after = _sooner(result.requeue_after, found.recheck)
+        else:
+            ctx.unrouted_since.pop((ns, name), None)
         decision = rollout.advance(parsed, prior.get("rollout"), readiness, taken.for_rollout,
-                                   meta.get("annotations") or {}, moment)
+                                   meta.get("annotations") or {}, moment, routed=routed)
         shed = brownout.advance(parsed, prior.get("brownout"), decision.weights,
                                 decision.status, hpas.get(parsed.stable), readiness,
                                 taken.taken, moment)
         result.events = [*decision.events, *shed.events]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
-        serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live))
+        serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
         desired = [apply.with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
@@ -294,6 +309,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 ctx.kube.patch_metadata("v1", "Pod", ns, pod_name, labels, annotations)
             except kubeapi.NotFound:
                 continue
+            pods = marked(pods, pod_name, labels)  # the shares in the status follow at once
             log.info("Marked Pod %s: %s", pod_name, ", ".join(
                 [f"{'into' if v == 'true' else 'out of'} the stable Service"
                  for v in labels.values()]
@@ -311,18 +327,6 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
             result.pruned.append(describe(obj))
             log.info("Deleted %s", describe(obj), extra={"namespace": ns, "modelservice": name})
 
-        if parsed is not None and parsed.gateway_parents and opts.gateway_api:
-            # After applying: the route's status is the one the pass's LIST found (a route
-            # created or changed just now is judged by the next look, ``recheck``).
-            found = route_state(ctx, parsed, live.get(("HTTPRoute", builders.object_name(name))),
-                                moment)
-            result.routed = found.routed
-            if found.problem is not None:
-                ignored.append((routing.GATEWAY_NOT_READY, found.problem))
-            result.requeue_after = _sooner(result.requeue_after, found.recheck)
-        else:
-            ctx.unrouted_since.pop((ns, name), None)
-
     latest = {**live, **fresh}
     deployments: dict[str, Mapping[str, Any] | None] = dict(
         deployments_by_variant(latest.values(), uid))
@@ -335,7 +339,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         # an invalid spec keeps the rollout and the brownout where they were
         rollout=decision.status if decision is not None else prior.get("rollout"),
         brownout=shed.status if shed is not None else prior.get("brownout"),
-        hpas=hpas, measured=measured, routed=result.routed,
+        hpas=hpas, measured=measured, routed=routed,
     )
     write_status(ctx, ms, result)
     return result
@@ -365,6 +369,20 @@ def route_state(ctx: Context, parsed: spec.ModelServiceSpec, route: Mapping[str,
     else:
         ctx.unrouted_since.setdefault(ms_key, moment)
     return found
+
+
+def marked(pods: list[dict[str, Any]], name: str, labels: Mapping[str, str]
+           ) -> list[dict[str, Any]]:
+    """``pods`` with the pod ``name`` carrying ``labels`` (a copy of it; the others as they
+    were): what the stable Service selects once a mark is patched."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("name") == name and labels:
+            meta = {**meta, "labels": {**(meta.get("labels") or {}), **labels}}
+            pod = {**pod, "metadata": meta}
+        out.append(pod)
+    return out
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -14,8 +14,11 @@ status use it too); ``step_weights`` and ``effective_weights`` move them during 
 
 Phases: ``Pending`` (candidate not ready) -> ``Progressing`` (step i) -> ``Promoted``, or
 ``RolledBack`` (a gate failed more than ``failureLimit`` times, or the candidate cannot load or
-crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``PausedByUser``)
-or because the metrics cannot be read (reason ``MetricsUnavailable``: never promote blind).
+crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``PausedByUser``),
+because the metrics cannot be read (reason ``MetricsUnavailable``: never promote blind) or,
+without a gateway (``routed`` False), because the replica split cannot represent the next
+step's weight (reason ``ShareNotRepresentable``, ``shares.plan``: never claim a share that is
+not delivered); the last two resume by themselves once the obstacle is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from msv_contract.api import ANNOTATION_ROLLOUT_ACTION, ANNOTATION_ROLLOUT_PAUSED
+from msv_operator import shares
 from msv_operator.conditions import rfc3339
 from msv_operator.spec import ModelServiceSpec, Rollout
 from msv_operator.state import (
@@ -51,6 +55,8 @@ TERMINAL = (PROMOTED, ROLLED_BACK, ABORTED)
 
 PAUSED_BY_USER = "PausedByUser"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
+SHARE_NOT_REPRESENTABLE = shares.SHARE_NOT_REPRESENTABLE
+"""Paused before a step whose weight the replica split cannot represent (no gateway)."""
 
 ANNOTATION_PAUSED = ANNOTATION_ROLLOUT_PAUSED
 """``"true"`` holds the rollout at its current weights (level-triggered: remove to resume)."""
@@ -217,7 +223,8 @@ def analysis_due(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any
     st = RolloutStatus.of(prior)
     if r is None or st is None or (st.candidate, st.stable) != identity(spec):
         return None
-    if not (st.phase == PROGRESSING or (st.phase == PAUSED and st.reason == METRICS_UNAVAILABLE)):
+    if not (st.phase == PROGRESSING or (st.phase == PAUSED and st.reason == METRICS_UNAVAILABLE)
+            or (st.phase == PAUSED and st.reason == SHARE_NOT_REPRESENTABLE and st.step)):
         return None
     last = seconds_since(st.last_analysis.time if st.last_analysis else None, now)
     if last is not None and last < r.analysis.interval_seconds:
@@ -295,12 +302,14 @@ def _fresh(spec: ModelServiceSpec, now: str) -> RolloutStatus:
 class _Run:
     """One call of ``advance``: the status being built and the Events it produced."""
 
-    def __init__(self, spec: ModelServiceSpec, st: RolloutStatus, now: datetime) -> None:
+    def __init__(self, spec: ModelServiceSpec, st: RolloutStatus, now: datetime,
+                 routed: bool = False) -> None:
         assert spec.rollout is not None
         self.spec = spec
         self.r: Rollout = spec.rollout
         self.st = st
         self.now = now
+        self.routed = routed
         self.stamp = rfc3339(now)
         self.events: list[Event] = []
 
@@ -330,6 +339,22 @@ class _Run:
         self.st.phase, self.st.reason, self.st.message = PROGRESSING, "", message
         self.record(message)
         self.events.append(("Normal", "RolloutStep", message))
+
+    def try_enter(self, step: int) -> bool:
+        """Enter ``step``, or (not routed, its weight not representable by the replica
+        split: ``shares.plan``) hold before it; True when entered."""
+        if not self.routed:
+            plan = shares.plan(self.spec, step_weights(self.spec, self.r.candidate,
+                                                       self.r.steps[step - 1]))
+            if not plan.split.representable:
+                message = (f"holding before step {step}/{len(self.r.steps)} (candidate "
+                           f"{self.r.candidate} at {self.r.steps[step - 1]}%): "
+                           f"{shares.explain(plan, would=True)}")
+                self.move(PAUSED, SHARE_NOT_REPRESENTABLE, message,
+                          ("Warning", "RolloutPaused", message))
+                return False
+        self.enter_step(step)
+        return True
 
     def promote(self, why: str) -> None:
         message = f"candidate {self.r.candidate} promoted to 100%: {why}; make it the stable " \
@@ -374,8 +399,10 @@ def _action(run: _Run, action: str, readiness: Mapping[str, Readiness],
 
 def advance(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any] | None,
             readiness: Mapping[str, Readiness], sample: Sample | None,
-            annotations: Mapping[str, str], now: datetime) -> Decision:
-    """One step of the machine (see the module docstring)."""
+            annotations: Mapping[str, str], now: datetime, *, routed: bool = False
+            ) -> Decision:
+    """One step of the machine (see the module docstring). ``routed``: a gateway routes the
+    weights exactly; without one a step the replica split cannot represent holds."""
     r = spec.rollout
     if r is None:
         return Decision(status=None, weights=spec_weights(spec))
@@ -385,9 +412,9 @@ def advance(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any] | N
         st = known if known is not prior else copy.deepcopy(known)  # never change the caller's
         st.steps = list(r.steps)
         st.step = min(st.step or 0, len(r.steps))
-        run = _Run(spec, st, now)
+        run = _Run(spec, st, now, routed)
     else:
-        run = _Run(spec, _fresh(spec, stamp), now)
+        run = _Run(spec, _fresh(spec, stamp), now, routed)
         run.record(f"rollout of {r.candidate} started")
         run.events.append(("Normal", "RolloutStarted",
                            f"rollout of {r.candidate} from {run.st.stable} in steps "
@@ -420,7 +447,11 @@ def advance(spec: ModelServiceSpec, prior: RolloutStatus | Mapping[str, Any] | N
 
     if st.phase == PENDING and cand.ready >= 1:
         st.failures = 0
-        run.enter_step(1)
+        if not run.try_enter(1):
+            requeue = r.analysis.interval_seconds
+    elif st.phase == PAUSED and st.reason == SHARE_NOT_REPRESENTABLE and not run.step:
+        if cand.ready < 1 or not run.try_enter(1):
+            requeue = r.analysis.interval_seconds
     elif st.phase in (PROGRESSING, PAUSED) and st.reason != PAUSED_BY_USER:
         requeue = _progress(run, cand, sample)
 
@@ -439,11 +470,13 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
         st.message = (f"step {run.step}: holding; the candidate {r.candidate} has no ready "
                       "pod, so it gets no traffic")
         return a.interval_seconds
+    holding = st.message if st.reason == SHARE_NOT_REPRESENTABLE else None
     if sample is not None:
         _analyse(run, sample)
         if st.phase not in (PROGRESSING, PAUSED):
             return None
-    if st.phase == PAUSED:
+    held = st.phase == PAUSED and st.reason == SHARE_NOT_REPRESENTABLE
+    if st.phase == PAUSED and not held:
         return a.interval_seconds
     elapsed = seconds_since(st.step_started_at, now) or 0.0
     last = st.last_analysis or Analysis()
@@ -453,8 +486,12 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
         if run.step >= len(r.steps):
             run.promote(f"every gate held through {len(r.steps)} steps")
             return None
-        run.enter_step(run.step + 1)
+        if not run.try_enter(run.step + 1):
+            return a.interval_seconds
         elapsed = 0.0
+    elif held:  # the step's gates no longer pass: the hold stands, its message too
+        st.message = holding or st.message
+        return a.interval_seconds
     if elapsed >= r.step_seconds:
         st.message = (f"step {run.step}/{len(r.steps)}: duration reached; waiting for a "
                       f"passing analysis with at least {r.min_requests} candidate requests")
@@ -498,7 +535,7 @@ def _analyse(run: _Run, sample: Sample) -> None:
                  f"no data for gate(s) {missing} at step {run.step} (never promotes blind)",
                  ("Warning", "RolloutPaused", f"no data for gate(s) {missing}"))
         return
-    if st.phase == PAUSED:
+    if st.phase == PAUSED and st.reason == METRICS_UNAVAILABLE:
         st.step_started_at = run.stamp  # time without metrics does not count
         run.move(PROGRESSING, "", f"metrics are back; step {run.step}/{len(r.steps)}",
                  ("Normal", "RolloutResumed", "metrics are back"))

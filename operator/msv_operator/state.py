@@ -268,7 +268,8 @@ class BrownoutStatus(_Record):
 
 @dataclass
 class VariantStatus(_Record):
-    """One entry of ``status.variants``: replicas, weight, provenance and what was measured."""
+    """One entry of ``status.variants``: replicas, weight, share, provenance and what was
+    measured."""
 
     name: str | None = None
     replicas: int | None = None
@@ -278,6 +279,9 @@ class VariantStatus(_Record):
     """The HPA's bounds, with autoscaling (like ``max_replicas``)."""
     max_replicas: int | None = None
     weight: int | None = None
+    """The weight asked (spec.traffic, then the rollout and the brownout)."""
+    share: int | None = None
+    """The percent of the requests it receives (``shares.delivered``)."""
     derived_from: str | None = None
     optimization: str | None = None
     p95_ms: float | None = None

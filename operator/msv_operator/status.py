@@ -4,6 +4,14 @@
 ``Ready``, ``Progressing``, ``Degraded``, ``Reconciling``, ``Stalled`` and ``FieldsIgnored`` (see
 ``conditions`` for the transition semantics), per-variant ``replicas``/``readyReplicas``/
 ``weight`` (and ``derivedFrom``/``optimization`` provenance), ``observedGeneration`` and ``url``.
+``weight`` is the weight asked; ``share`` (and ``status.shares``, the ``SHARES`` column) the
+percent of the requests the variant receives (``shares.delivered``): its weight when a gateway
+routes the ModelService (``routed``), else its Ready pods carrying the serving mark over all
+such pods. Without a gateway, a weight the replica split cannot represent within
+``shares.TOLERANCE`` points (``shares.plan``), or a rollout held before such a step, sets
+``Progressing=False`` with reason ``ShareNotRepresentable`` (once nothing is failing or
+rolling out; information, like ``FieldsIgnored``: ``Ready``, ``Reconciling`` and ``Stalled``
+stay as the pods say, the stable variants serve).
 The weights are the effective ones the caller passes (spec.traffic, then the rollout); with a
 rollout it also carries ``status.rollout`` (from ``rollout``), the ``Rollout`` condition and
 the per-variant measured fields (``MEASURED_KEYS``). With ``spec.autoscaling``: the HPAs'
@@ -55,8 +63,10 @@ from typing import Any
 from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
+from msv_operator import shares
 from msv_operator.brownout import HpaState, blind
-from msv_operator.rollout import traffic_weights
+from msv_operator.rollout import PAUSED, traffic_weights
+from msv_operator.spec import InvalidSpecError, parse_spec
 from msv_operator.state import RolloutStatus, VariantStatus
 
 READY = "Ready"
@@ -105,8 +115,8 @@ _SECRET_PROBLEMS = {
 }
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
-OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "replicaCounts", "url",
-              "rollout", "brownout")
+OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "shares",
+              "replicaCounts", "url", "rollout", "brownout")
 
 MEASURED_KEYS = VariantStatus.MEASURED
 """Per-variant measured fields (Prometheus and metrics.k8s.io), carried between refreshes."""
@@ -420,8 +430,9 @@ def compute_status(
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
     ``weights``, the rollout's and the brownout's state, the variants' HPAs
-    and the per-variant ``measured`` fields. ``routed``: the HTTPRoute carries the traffic
-    (``routing``), so the weights are what requests get."""
+    and the per-variant ``measured`` fields. ``routed``: the ModelService's HTTPRoute is
+    accepted by a programmed Gateway (``routing``), so the weights are exact per request
+    (False: requests split by the stable Service's ready pods)."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -433,6 +444,7 @@ def compute_status(
                                  message=message, now=now, observed_generation=gen)
 
     verdict = assess(ms, deployments, pods, weights)
+    rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
     if invalid_spec is not None:
         failure: tuple[str, str] | None = (invalid_reason, invalid_spec)
         put(READY, cond.FALSE, invalid_reason, invalid_spec)
@@ -457,6 +469,8 @@ def compute_status(
             put(PROGRESSING, cond.FALSE, *failure)
         elif verdict.progressing_message:
             put(PROGRESSING, cond.TRUE, "RollingOut", verdict.progressing_message)
+        elif (unrepresentable := share_problem(ms, verdict, rollout_state, routed)):
+            put(PROGRESSING, cond.FALSE, shares.SHARE_NOT_REPRESENTABLE, unrepresentable)
         else:
             put(PROGRESSING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
     if failure:
@@ -477,7 +491,6 @@ def compute_status(
         put(FIELDS_IGNORED, cond.TRUE, ignored[0][0], "; ".join(m for _, m in ignored))
     else:
         put(FIELDS_IGNORED, cond.FALSE, "AllFieldsActing", "every field of the spec takes effect")
-    rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
     if rollout_state is not None and rollout_state.phase:
         put(ROLLOUT, *rollout_condition(rollout_state))
     else:
@@ -489,15 +502,18 @@ def compute_status(
 
     provenance = variant_provenance(ms)
     hpas = hpas or {}
+    delivered = shares.delivered({s.name: s.weight for s in verdict.variants}, pods, routed)
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [
             _variant_entry(s, hpas.get(s.name), provenance.get(s.name, {}),
-                           (measured or {}).get(s.name) or {}).to_dict()
+                           (measured or {}).get(s.name) or {}, delivered[s.name]).to_dict()
             for s in verdict.variants
         ],
         # One string for `kubectl get msv` (printer columns show only the first list item).
         "traffic": ",".join(f"{s.name}={s.weight}" for s in verdict.variants),
+        # what each variant receives, beside what it asks (the SHARES column)
+        "shares": shares.text(delivered),
         # ready/desired replicas per variant (the REPLICAS column)
         "replicaCounts": ",".join(f"{s.name}={s.ready_replicas}/{s.desired or 0}"
                                   for s in verdict.variants),
@@ -520,14 +536,36 @@ def _serves_tls(ms: Mapping[str, Any]) -> bool:
     return isinstance(tls, Mapping) and bool(tls.get("secretName"))
 
 
+def share_problem(ms: Mapping[str, Any], verdict: Verdict, rollout_state: RolloutStatus | None,
+                  routed: bool) -> str | None:
+    """Why a weight is not delivered (``Progressing``'s ``ShareNotRepresentable`` message),
+    or None: a rollout held before a step, or (no gateway) effective weights the replica
+    split cannot represent (``shares.plan``)."""
+    if routed:
+        return None
+    if (rollout_state is not None and rollout_state.phase == PAUSED
+            and rollout_state.reason == shares.SHARE_NOT_REPRESENTABLE):
+        return f"rollout {rollout_state.message}"
+    try:
+        parsed = parse_spec(ms)
+    except InvalidSpecError:
+        return None
+    weights = {s.name: s.weight for s in verdict.variants}
+    plan = shares.plan(parsed, weights)
+    if plan.split.representable:
+        return None
+    return (f"traffic {','.join(f'{v}={w}' for v, w in weights.items())}: "
+            f"{shares.explain(plan)}")
+
+
 def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],
-                   measured: Mapping[str, Any]) -> VariantStatus:
+                   measured: Mapping[str, Any], share: int) -> VariantStatus:
     """One ``status.variants`` entry: the measured fields it has (``MEASURED_KEYS``; others
-    are dropped), then the replicas and weight, the HPA's bounds of an autoscaled variant and
-    the provenance."""
+    are dropped), then the replicas, weight and share, the HPA's bounds of an autoscaled
+    variant and the provenance."""
     entry = VariantStatus.from_dict({k: v for k, v in measured.items()
                                      if k in MEASURED_KEYS and v is not None})
-    entry.name, entry.weight = s.name, s.weight
+    entry.name, entry.weight, entry.share = s.name, s.weight, share
     entry.replicas, entry.ready_replicas = s.replicas, s.ready_replicas
     entry.desired_replicas = s.desired if s.desired is not None else 0
     if hpa is not None:

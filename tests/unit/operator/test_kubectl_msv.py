@@ -67,7 +67,8 @@ def test_get_shows_steps_weights_gates_history_and_variants() -> None:
     history = next(i for i, line in enumerate(lines) if line == "History:")
     assert "rollout of int8 started" in lines[history + 2]
     int8 = next(line for line in lines if line.strip().startswith("int8 "))
-    assert int8.split()[:8] == ["int8", "25", "1/1", "-", "8.9", "4.1", "0.0", "0.9981"]
+    # a status written before shares existed: the share is "-"
+    assert int8.split()[:9] == ["int8", "25", "-", "1/1", "-", "8.9", "4.1", "0.0", "0.9981"]
     assert "5.9KiB" in int8 and "dynamic-int8" in int8
     base = next(line for line in lines if line.strip().startswith("baseline "))
     assert "300.0MiB" in base and "210" in base
@@ -98,7 +99,7 @@ def test_get_shows_the_brownout_replicas_and_a_blind_autoscaler() -> None:
     assert "stable:   2/2 replicas (current/max)" in out
     assert "Autoscaling is blind (PrometheusUnavailable): brownout cannot read" in out
     base = next(line for line in out.splitlines() if line.strip().startswith("baseline "))
-    assert base.split()[:4] == ["baseline", "60", "1/2", "1..2"]
+    assert base.split()[:5] == ["baseline", "60", "-", "1/2", "1..2"]
     pending = {**ms, "status": {}}
     assert "Brownout: not evaluated yet" in plugin.render(pending)
     assert "Brownout" not in plugin.render({**RECORDED, "spec": {}})
@@ -161,3 +162,33 @@ def test_help_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Non
         plugin.main(argv, RecordedClient(None))  # type: ignore[arg-type]
     assert exit_.value.code == 0
     assert "usage: kubectl msv" in capsys.readouterr().out
+
+
+def test_get_shows_the_requested_weight_beside_the_share_delivered_and_why_they_differ() -> None:
+    message = ("traffic baseline=90,int8=10: without a gateway requests split by ready pods, "
+               "and spec.replicas=2 allows no split within ±5 points: int8 at 10% gets 33% "
+               "(1 of 3 pods); add a gateway (spec.gateway) for exact weights, or raise "
+               "spec.replicas to 6")
+    ms = {**RECORDED, "spec": {}, "status": {
+        "traffic": "baseline=90,int8=10", "shares": "baseline=67,int8=33",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AllVariantsReady"},
+                       {"type": "Progressing", "status": "False",
+                        "reason": "ShareNotRepresentable", "message": message}],
+        "variants": [{"name": "baseline", "replicas": 2, "readyReplicas": 2,
+                      "desiredReplicas": 2, "weight": 90, "share": 67},
+                     {"name": "int8", "replicas": 1, "readyReplicas": 1,
+                      "desiredReplicas": 1, "weight": 10, "share": 33}]}}
+    out = plugin.render(ms)
+    lines = out.splitlines()
+    assert lines[0].endswith("traffic baseline=90,int8=10   shares baseline=67,int8=33")
+    assert lines[1] == f"Shares differ from the weights (ShareNotRepresentable): {message}"
+    header = next(line for line in lines if line.strip().startswith("NAME"))
+    assert header.split()[:3] == ["NAME", "WEIGHT", "SHARE"]
+    int8 = next(line for line in lines if line.strip().startswith("int8 "))
+    assert int8.split()[:4] == ["int8", "10", "33", "1/1"]
+    # nothing serving: said on the first line
+    none = {**ms, "status": {**ms["status"], "shares": "baseline=0,int8=0 (no ready endpoints)",
+                             "conditions": ms["status"]["conditions"][:1]}}
+    first = plugin.render(none).splitlines()
+    assert first[0].endswith("shares baseline=0,int8=0 (no ready endpoints)")
+    assert not first[1].startswith("Shares differ")

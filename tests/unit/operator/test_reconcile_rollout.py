@@ -120,7 +120,7 @@ def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout(
     b = body(candidate="int8")
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
-                                        T0).status}
+                                        T0, routed=True).status}
     got = measure.measure(c, spec, prior, T0 + timedelta(seconds=30), {}).for_rollout
     assert got is not None and analyzer.calls == [(60.0, 30.0)]
 
@@ -129,13 +129,13 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
     b = body(candidate="int8")
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
-                                        T0).status}
+                                        T0, routed=True).status}
     m = measure.measure(ctx(RecordedKube([]), None), spec, prior,
                         T0 + timedelta(seconds=30), {})
     got = m.for_rollout
     assert got is not None and got.error == measure.NO_PROMETHEUS and m.wait is None
     d = rollout.advance(spec, prior["rollout"], {"int8": rollout.Readiness(1)}, got, {},
-                        T0 + timedelta(seconds=30))
+                        T0 + timedelta(seconds=30), routed=True)
     assert d.status is not None and d.status["reason"] == rollout.METRICS_UNAVAILABLE
     assert "MSV_PROMETHEUS_URL" in d.status["message"]
 

@@ -50,8 +50,9 @@ def at(seconds: float) -> datetime:
 def step(prior: dict[str, Any] | None, seconds: float, sample: ro.Sample | None = None,
          readiness: dict[str, ro.Readiness] | None = None,
          annotations: dict[str, str] | None = None, spec: Any = SPEC) -> ro.Decision:
+    # routed: exact weights (a gateway); test_shares.py holds steps without one
     return ro.advance(spec, prior, READY if readiness is None else readiness, sample,
-                      annotations or {}, at(seconds))
+                      annotations or {}, at(seconds), routed=True)
 
 
 def progressing(seconds: float = 0) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def test_spec_traffic_as_weights_is_one_computation_every_caller_agrees_on(
     assert list(ro.traffic_weights(variants, spec.traffic)) == variants  # in spec order
     # the rollout without spec.rollout, the builders without effective weights, the status
     # of a spec as written (and of one that does not parse, below)
-    assert ro.advance(spec, None, READY, None, {}, T0).weights == expected
+    assert ro.advance(spec, None, READY, None, {}, T0, routed=True).weights == expected
     assert builders.spec_serving(spec).weights == expected
     assert status.variant_weights(raw) == expected
     out = status.compute_status(raw, deployments={}, pods=[], now="2026-01-01T12:00:00Z",
@@ -156,7 +157,7 @@ def test_weights_of_a_spec_that_does_not_parse_are_what_it_says() -> None:
 def test_no_rollout_means_spec_weights() -> None:
     b = body()
     del b["spec"]["rollout"]
-    d = ro.advance(parse_spec(b), None, READY, None, {}, T0)
+    d = ro.advance(parse_spec(b), None, READY, None, {}, T0, routed=True)
     assert d.status is None and d.weights == {"baseline": 100, "int8": 0} and not d.mirror
 
 
@@ -377,7 +378,8 @@ def test_changing_the_candidate_or_stable_traffic_starts_a_new_rollout() -> None
     b["spec"]["variants"].append({"name": "fp16"})
     b["spec"]["rollout"]["candidate"] = "fp16"
     spec = parse_spec(b)
-    d = ro.advance(spec, st, {**READY, "fp16": ro.Readiness(0)}, None, {}, at(5))
+    d = ro.advance(spec, st, {**READY, "fp16": ro.Readiness(0)}, None, {}, at(5),
+                   routed=True)
     assert d.status is not None and d.status["candidate"] == "fp16"
     assert d.status["phase"] == ro.PENDING and d.events[0][1] == "RolloutStarted"
 

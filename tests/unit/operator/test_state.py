@@ -108,7 +108,7 @@ def rollout_statuses() -> list[dict[str, Any]]:
         st: dict[str, Any] | None = None
         for seconds, smp, steering in script:
             d = ro.advance(spec, st, not_ready if seconds == 0 else ready, smp, steering,
-                           T0 + timedelta(seconds=seconds))
+                           T0 + timedelta(seconds=seconds), routed=True)
             assert d.status is not None
             st = d.status
             out.append(st)
@@ -301,16 +301,17 @@ def test_reading_and_writing_share_nothing_with_the_dicts() -> None:
 def test_the_machines_keep_keys_they_do_not_know() -> None:
     spec = parse_spec(rollout_body([10, 100]))
     ready = {"baseline": ro.Readiness(1), "int8": ro.Readiness(1)}
-    first = ro.advance(spec, None, ready, None, {}, T0).status
+    first = ro.advance(spec, None, ready, None, {}, T0, routed=True).status
     assert first is not None
     prior = with_unknown_keys(first)
-    d = ro.advance(spec, prior, ready, sample(), {}, T0 + timedelta(seconds=15))
+    d = ro.advance(spec, prior, ready, sample(), {}, T0 + timedelta(seconds=15), routed=True)
     assert d.status is not None and d.status["futureField"] == {"nested": [1, None]}
     assert d.status["history"][0]["futureNested"] == "x"
     assert d.status["lastAnalysis"]["verdict"] == "Passed"
     assert prior == with_unknown_keys(first)  # the caller's dict is untouched
     typed = RolloutStatus.from_dict(prior)
-    again = ro.advance(spec, typed, ready, sample(), {}, T0 + timedelta(seconds=15))
+    again = ro.advance(spec, typed, ready, sample(), {}, T0 + timedelta(seconds=15),
+                       routed=True)
     assert again.status == d.status and typed == RolloutStatus.from_dict(prior)
     b = brownout_statuses()[0]
     shed = bo.advance(spec, {**b, "futureField": 1}, {"baseline": 100, "int8": 0}, None,

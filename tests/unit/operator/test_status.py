@@ -47,16 +47,18 @@ def test_ready_when_every_variant_has_ready_replicas() -> None:
     out = s.compute_status(
         ms(["baseline", "int8"], [("baseline", 75), ("int8", 25)]),
         deployments={"baseline": deployment(2, 2), "int8": deployment(1, 1)},
-        pods=[], now=NOW, observed_generation=1)
+        pods=[], now=NOW, observed_generation=1, routed=True)
     assert cond(out, "Ready")["status"] == "True"
     assert cond(out, "Progressing")["status"] == "False"
     assert cond(out, "Progressing")["reason"] == "RolloutComplete"
     assert cond(out, "Degraded")["status"] == "False"
     assert out["variants"] == [
         {"name": "baseline", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2,
-         "weight": 75},
-        {"name": "int8", "replicas": 1, "readyReplicas": 1, "desiredReplicas": 1, "weight": 25},
+         "weight": 75, "share": 0},
+        {"name": "int8", "replicas": 1, "readyReplicas": 1, "desiredReplicas": 1, "weight": 25,
+         "share": 0},
     ]
+    assert out["shares"] == "baseline=0,int8=0 (no ready endpoints)"  # pods=[]: none
     assert out["replicaCounts"] == "baseline=2/2,int8=1/1"
     assert "AutoscalingBlind" not in [c["type"] for c in out["conditions"]]
     assert out["observedGeneration"] == 1
@@ -71,7 +73,7 @@ def test_missing_deployment_is_progressing_not_ready() -> None:
     assert cond(out, "Progressing")["status"] == "True"
     assert "baseline" in cond(out, "Progressing")["message"]
     assert out["variants"][0] == {"name": "baseline", "replicas": 0, "readyReplicas": 0,
-                                  "desiredReplicas": 0, "weight": 100}
+                                  "desiredReplicas": 0, "weight": 100, "share": 0}
 
 
 def test_unschedulable_carries_the_scheduler_message() -> None:
