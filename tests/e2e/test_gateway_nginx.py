@@ -1,0 +1,368 @@
+"""The gateway's data plane with the REAL nginx binary, on loopback only.
+
+Rendered configurations (``localcluster.gateway.render``) are served by a real nginx master
+(``localcluster.gateway.nginx``, as the controller runs it) on 127.0.0.1 with free ports and a
+temporary prefix directory; small Python HTTP servers on loopback are the endpoints (the
+EndpointSlices fed to render carry 127.0.0.1 and their ports). Each backend answers with its
+name, so a test counts where each request went. Nothing here needs root or a cluster; nginx
+must be installed (Debian's package: ``scripts/node-packages`` installs it for ``make test``),
+and a missing nginx FAILS with the install line rather than skipping.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import select
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_objects import (
+    backend,
+    endpoint_slice,
+    gateway,
+    gateway_class,
+    listener,
+    objects,
+    route,
+    rule,
+    service,
+)
+from waiting import wait_for
+
+from localcluster.gateway import render
+from localcluster.gateway.nginx import Nginx, NginxError, find_binary
+
+pytestmark = pytest.mark.slow
+
+VARIANT_HEADER = "x-msv-variant"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Backend
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if self.server.delay:
+            time.sleep(self.server.delay)
+        body = self.server.name.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Backend(ThreadingHTTPServer):
+    """An endpoint on 127.0.0.1 answering its name; ``kill`` drops it like ``kill -9``."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str, delay: float = 0.0) -> None:
+        self.name, self.delay = name, delay
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.port = int(self.server_address[1])
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conns_lock:
+            self.conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.conns_lock:
+            self.conns.discard(request)
+        super().shutdown_request(request)
+
+    def kill(self) -> None:
+        """No more connections, and every open one cut mid-request (a crashed process)."""
+        self.shutdown()
+        self.socket.close()
+        with self.conns_lock:
+            for c in list(self.conns):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    try:
+        return find_binary()
+    except NginxError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@dataclass
+class Gateway:
+    """A real nginx serving what ``serve`` renders; ``url`` is its listener on loopback."""
+
+    binary: str
+    dir: Path
+    port: int = field(default_factory=_free_port)
+    status: str = field(default_factory=lambda: f"127.0.0.1:{_free_port()}")
+    nginx: Nginx | None = None
+    last: render.Rendered | None = None
+
+    def serve(self, *items: Mapping[str, Any]) -> render.Rendered:
+        out = render.render(objects(gateway_class(), gateway([listener(self.port)]), *items),
+                            render.Options(runtime_dir=str(self.dir), listen_address="127.0.0.1",
+                                           status_listen=self.status, workers="1"))
+        if self.nginx is None:
+            self.nginx = Nginx(self.dir, self.dir, self.status, binary=self.binary,
+                               log=lambda _line: None)
+            self.nginx.start(out.config)
+        else:
+            applied = self.nginx.apply(out.config)
+            assert not applied.error, applied.error
+        self.last = out
+        return out
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+
+@pytest.fixture
+def gw(nginx_binary: str) -> Iterator[Gateway]:
+    d = Path(tempfile.mkdtemp(prefix="msv-gw-"))
+    d.chmod(0o755)  # nginx's workers (nobody, when the tests run as root) use its temp dirs
+    g = Gateway(nginx_binary, d)
+    try:
+        yield g
+    finally:
+        if g.nginx is not None:
+            g.nginx.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    made: list[Backend] = []
+
+    def make(name: str, delay: float = 0.0) -> Backend:
+        b = Backend(name, delay)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.shutdown()
+        b.server_close()
+
+
+def _svc(name: str, *eps: Backend) -> list[dict[str, Any]]:
+    """The Service and one EndpointSlice per endpoint (each has its own port on loopback)."""
+    return [service(name), *(endpoint_slice(name, ["127.0.0.1"], b.port, name=f"{name}-{i}")
+                             for i, b in enumerate(eps))]
+
+
+def request(conn: http.client.HTTPConnection, path: str = "/v2/models/m/infer",
+            headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    conn.request("POST", path, body=b'{"inputs": []}',
+                 headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode(errors="replace")
+
+
+def where(gw: Gateway, n: int, headers: Mapping[str, str] | None = None,
+          path: str = "/v2/models/m/infer") -> Counter[str]:
+    """Send ``n`` requests on one keep-alive connection; count answers by backend name (or
+    by status for errors)."""
+    got: Counter[str] = Counter()
+    conn = gw.connection()
+    for _ in range(n):
+        status, body = request(conn, path, headers)
+        got[body if status == 200 else str(status)] += 1
+    conn.close()
+    return got
+
+
+def _closed_by_server(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive connection the server has closed (readable at EOF)."""
+    if conn.sock is None:
+        return False
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    return bool(readable)
+
+
+class SteadyClient:
+    """``threads`` clients sending requests back to back until stopped (bounded in count)."""
+
+    def __init__(self, gw: Gateway, threads: int = 4, limit: int = 20000) -> None:
+        self.gw, self.limit = gw, limit
+        self.ok = 0
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> SteadyClient:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)
+
+    def done(self) -> int:
+        with self.lock:
+            return self.ok + len(self.failures)
+
+    def _run(self) -> None:
+        conn = self.gw.connection()
+        while not self.stopping.is_set() and self.done() < self.limit:
+            if _closed_by_server(conn):  # what urllib3, httpx and Go check before reusing one
+                conn.close()
+                conn = self.gw.connection()
+            try:
+                status, body = request(conn)
+                outcome = "" if status == 200 else f"HTTP {status}: {body[:80]}"
+            except (OSError, http.client.HTTPException) as e:
+                outcome = f"{type(e).__name__}: {e}"
+                conn.close()
+                conn = self.gw.connection()
+            with self.lock:
+                if outcome:
+                    self.failures.append(outcome)
+                else:
+                    self.ok += 1
+        conn.close()
+
+    def wait_for(self, n: int, timeout: float = 60) -> None:
+        start = self.done()
+        wait_for(f"{n} more requests", lambda: self.done() - start >= n, timeout=timeout)
+
+
+def test_a_10_90_split_measures_10_percent_over_1000_requests(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable, canary = backends("stable"), backends("canary")
+    # Two stable pods against one canary pod: the split is per request, not per pod.
+    stable2 = backends("stable")
+    gw.serve(route([rule([backend("canary", weight=10), backend("stable", weight=90)])]),
+             *_svc("stable", stable, stable2), *_svc("canary", canary))
+    got = where(gw, 1000)
+    assert set(got) == {"stable", "canary"}, got
+    assert 70 <= got["canary"] <= 130, got  # 10 % +- 3 points
+
+
+def test_a_header_match_reaches_its_backend_and_nothing_else_does(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable, canary = backends("stable"), backends("canary")
+    gw.serve(route([rule([backend("stable")], path="/"),
+                    rule([backend("canary")], path="/", headers={VARIANT_HEADER: "canary"})]),
+             *_svc("stable", stable), *_svc("canary", canary))
+    assert where(gw, 100, {VARIANT_HEADER: "canary"}) == Counter(canary=100)
+    assert where(gw, 100) == Counter(stable=100)
+    # A value that names no variant, another case, or the header on another name: normal routing.
+    assert where(gw, 20, {VARIANT_HEADER: "Canary"}) == Counter(stable=20)
+    assert where(gw, 20, {VARIANT_HEADER: "nope"}) == Counter(stable=20)
+    assert where(gw, 20, {"x-other": "canary"}) == Counter(stable=20)
+
+
+def test_no_matching_rule_is_404_and_an_exact_path_wins(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    a, b = backends("a"), backends("b")
+    gw.serve(route([rule([backend("a")], path="/v2"),
+                    rule([backend("b")], path="/v2/health/ready", exact=True)]),
+             *_svc("a", a), *_svc("b", b))
+    assert where(gw, 5, path="/v2/models/x") == Counter(a=5)
+    assert where(gw, 5, path="/v2/health/ready") == Counter(b=5)
+    assert where(gw, 5, path="/v2/health/ready/x") == Counter(a=5)
+    assert where(gw, 5, path="/v2x") == Counter({"404": 5})
+    assert where(gw, 5, path="/metrics") == Counter({"404": 5})
+
+
+def test_a_killed_endpoint_under_a_steady_client_fails_no_request(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    pod1, pod2 = backends("stable", delay=0.005), backends("stable", delay=0.005)
+    gw.serve(route([rule([backend("stable")], retry={"attempts": 2, "codes": [503]})]),
+             *_svc("stable", pod1, pod2))
+    with SteadyClient(gw) as client:
+        client.wait_for(200)
+        pod1.kill()  # its in-flight requests are cut, new connections refused
+        client.wait_for(600)
+    assert client.failures == [], client.failures[:5]
+    assert client.ok >= 800
+
+
+def test_a_backend_without_endpoints_answers_503_for_its_share_only(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable = backends("stable")
+    out = gw.serve(route([rule([backend("stable", weight=50), backend("empty", weight=50)])]),
+                   *_svc("stable", stable), service("empty"))
+    got = where(gw, 400)
+    assert set(got) == {"stable", "503"}, got  # never re-spread onto stable
+    assert 160 <= got["503"] <= 240, got
+    (parent,) = out.routes[("app", "route")]
+    resolved = {c["type"]: c for c in parent["conditions"]}["ResolvedRefs"]
+    assert "app/empty:80 has no ready endpoints" in resolved["message"]
+
+
+def test_a_reload_under_load_drops_nothing(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable, canary = backends("stable"), backends("canary")
+    eps = (*_svc("stable", stable), *_svc("canary", canary))
+    gw.serve(route([rule([backend("canary", weight=10), backend("stable", weight=90)])]), *eps)
+    assert gw.nginx is not None
+    with SteadyClient(gw) as client:
+        client.wait_for(100)
+        for step in (20, 30, 40, 50, 60):
+            gw.serve(route([rule([backend("canary", weight=step),
+                                  backend("stable", weight=100 - step)])]), *eps)
+            client.wait_for(100)
+    assert gw.nginx.reloads == 5
+    assert client.failures == [], client.failures[:5]
+
+
+def test_a_config_nginx_refuses_keeps_the_old_one_serving(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable = backends("stable")
+    gw.serve(route([rule([backend("stable")])]), *_svc("stable", stable))
+    assert gw.nginx is not None and gw.last is not None
+    broken = gw.last.config.replace("keepalive 16;", "keepalive nope;")
+    applied = gw.nginx.apply(broken)
+    assert not applied.changed and 'invalid number of connections "nope"' in applied.error
+    assert gw.nginx.reload_errors == 1
+    assert where(gw, 10) == Counter(stable=10)
+    # The same refused text is not tried again; a good one is served.
+    assert gw.nginx.apply(broken).error == applied.error and gw.nginx.reload_errors == 1
+    gw.serve(route([rule([backend("stable")], path="/v2")]), *_svc("stable", stable))
+    assert where(gw, 3, path="/x") == Counter({"404": 3})
+
+
+def test_nginx_is_installed_for_make_test() -> None:
+    """scripts/node-packages installs nginx, so make test never runs without it."""
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "node-packages").read_text()
+    assert "nginx" in script.split("packages=(", 1)[1].split(")", 1)[0].split()
+    assert os.access(find_binary(), os.X_OK)
