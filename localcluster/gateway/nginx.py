@@ -1,6 +1,8 @@
-"""The nginx master as a child process: start it, apply a configuration, know it is alive.
+"""The data plane's nginx masters as child processes: start, apply a configuration, stop.
 
-``Nginx.start(text)`` writes the first configuration and runs ``nginx`` in the foreground
+``DataPlane`` runs the two tiers ``render`` describes: the edge (its configuration never
+changes while it runs) and the routing tier (``apply`` on every change); it is alive while
+both masters are. ``Nginx`` is one master: ``Nginx.start(text)`` writes the first configuration and runs ``nginx`` in the foreground
 (``daemon off`` is in the rendered text), its error log on a pipe this module reads: every
 line goes on to our stderr and the last ones are kept for error messages.
 ``Nginx.apply(text)`` does nothing when the text is what nginx already serves; otherwise it
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster.gateway.render import CONFIG_DIGEST
+from localcluster.gateway.render import CONFIG_DIGEST, Options, edge_config
 
 INSTALL_HINT = "apt-get install nginx (Debian's package; scripts/node-packages installs it)"
 
@@ -71,15 +73,17 @@ class Applied:
 class Nginx:
     """One nginx master serving ``conf_dir/nginx.conf`` with its files under ``runtime_dir``."""
 
-    def __init__(self, conf_dir: Path, runtime_dir: Path, status_address: str,
+    def __init__(self, name: str, conf_dir: Path, runtime_dir: Path, status_address: str,
                  binary: str | None = None, log: Callable[[str], None] | None = None,
                  reload_timeout: float = 10.0) -> None:
+        self.name = name
         self.binary = binary or find_binary()
         self.conf_dir, self.runtime_dir = Path(conf_dir), Path(runtime_dir)
-        self.conf = self.conf_dir / "nginx.conf"
+        self.conf = self.conf_dir / f"{name}.conf"
         self.status_url = f"http://{status_address}"
         self.reload_timeout = reload_timeout
-        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._log = log or (lambda line: print(f"nginx {name}: {line}", file=sys.stderr,
+                                                flush=True))
         self._lines: collections.deque[str] = collections.deque(maxlen=40)
         self._lines_seen = 0
         self._lock = threading.Lock()
@@ -138,8 +142,9 @@ class Nginx:
         if not error:
             mark = self._lines_seen
             assert self.proc is not None
+            old = self.workers()
             self.proc.send_signal(signal.SIGHUP)
-            if self._wait_serving(dig, self.reload_timeout, mark):
+            if self._wait_serving(dig, self.reload_timeout, mark) and self._wait_retired(old):
                 self.serving, self.refused, self.last_error = dig, "", ""
                 self.reloads += 1
                 return Applied(True)
@@ -157,7 +162,7 @@ class Nginx:
     def _write_checked(self, final: str) -> str:
         """Write ``final`` as a candidate, ``nginx -t`` it, move it over the live file.
         Returns nginx's message when it refuses the text (the live file is kept)."""
-        candidate = self.conf_dir / "nginx.conf.candidate"
+        candidate = self.conf_dir / f"{self.name}.conf.candidate"
         with open(candidate, "w") as f:
             f.write(final)
             f.flush()
@@ -169,9 +174,37 @@ class Nginx:
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if "[emerg]" in ln or "[alert]" in ln]
             message = " ".join(map(_clean, lines or proc.stderr.splitlines()[-3:])).strip()
-            return message.replace(str(candidate), "nginx.conf") or f"exit {proc.returncode}"
+            return message.replace(str(candidate), self.conf.name) or f"exit {proc.returncode}"
         os.replace(candidate, self.conf)
         return ""
+
+    def workers(self) -> dict[int, str]:
+        """The master's worker processes: pid -> title (``nginx: worker process``, or ``...
+        is shutting down`` for an old one finishing its requests)."""
+        if self.proc is None:
+            return {}
+        out = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) != self.proc.pid:
+                    continue
+                title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            out[int(stat.parent.name)] = title.decode(errors="replace").strip()
+        return out
+
+    def _wait_retired(self, old: dict[int, str]) -> bool:
+        """Until none of the ``old`` workers takes new requests (each has exited or is
+        finishing in-flight ones): before that one could still answer with the old config."""
+        deadline = time.monotonic() + self.reload_timeout
+        while time.monotonic() < deadline:
+            now = self.workers()
+            if all(pid not in now or "shutting down" in now[pid] for pid in old):
+                return True
+            time.sleep(0.02)
+        return False
 
     def _wait_serving(self, dig: str, timeout: float, mark: int | None = None) -> bool:
         """Until the workers answer ``dig``; False when nginx died, logged an emergency after
@@ -228,3 +261,45 @@ class Nginx:
         for k, v in zip(lines[3].split()[::2], lines[3].split()[1::2], strict=True):
             out[k.rstrip(":").lower()] = int(v)
         return out
+
+
+class DataPlane:
+    """The edge and the routing tier (``render``'s ``edge_config`` and ``render().config``)."""
+
+    def __init__(self, conf_dir: Path, runtime_dir: Path, options: Options,
+                 binary: str | None = None, log: Callable[[str], None] | None = None) -> None:
+        binary = binary or find_binary()
+        self.options = options
+        self.runtime_dir = Path(runtime_dir)
+        self.routing = Nginx("routing", conf_dir, runtime_dir, options.status_listen, binary,
+                             log and (lambda line: log(f"routing: {line}")))
+        self.edge = Nginx("edge", conf_dir, runtime_dir, options.edge_status_listen, binary,
+                          log and (lambda line: log(f"edge: {line}")))
+
+    def start(self, routing_text: str) -> None:
+        """Start the routing tier with ``routing_text``, then the edge in front of it."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.runtime_dir.glob("listener-*.sock"):  # a previous run's, killed
+            stale.unlink()
+        self.routing.start(routing_text)
+        try:
+            self.edge.start(edge_config(self.options))
+        except NginxError:
+            self.routing.stop()
+            raise
+
+    def apply(self, routing_text: str) -> Applied:
+        return self.routing.apply(routing_text)
+
+    def alive(self) -> bool:
+        return self.routing.alive() and self.edge.alive()
+
+    def dead(self) -> str:
+        """Which master exited, with its exit code ("" while both run)."""
+        return ", ".join(f"nginx {n.name} exited with {n.exit_code()}"
+                         for n in (self.edge, self.routing)
+                         if n.proc is not None and not n.alive())
+
+    def stop(self) -> None:
+        self.edge.stop()
+        self.routing.stop()
