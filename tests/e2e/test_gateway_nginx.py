@@ -290,6 +290,18 @@ def test_a_header_match_reaches_its_backend_and_nothing_else_does(
     assert where(gw, 20, {"x-other": "canary"}) == Counter(stable=20)
 
 
+def test_header_values_and_paths_with_nginx_syntax_route_exactly(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable, canary = backends("stable"), backends("canary")
+    evil = 'x"; } server { listen 1; } #'
+    gw.serve(route([rule([backend("stable")], path="/"),
+                    rule([backend("canary")], path="/p;$x", headers={VARIANT_HEADER: evil})]),
+             *_svc("stable", stable), *_svc("canary", canary))
+    assert where(gw, 5, {VARIANT_HEADER: evil}, path="/p;$x/y") == Counter(canary=5)
+    assert where(gw, 5, {VARIANT_HEADER: evil}, path="/p;$xy") == Counter(stable=5)
+    assert where(gw, 5, {VARIANT_HEADER: evil[:-1]}, path="/p;$x") == Counter(stable=5)
+
+
 def test_no_matching_rule_is_404_and_an_exact_path_wins(
         gw: Gateway, backends: Callable[..., Backend]) -> None:
     a, b = backends("a"), backends("b")
