@@ -2,9 +2,10 @@
 
 ``DataPlane`` runs the two tiers ``render`` describes: the edge (its configuration never
 changes while it runs) and the routing tier (``apply`` on every change); it is alive while
-both masters are. ``Nginx`` is one master: ``Nginx.start(text)`` writes the first configuration and runs ``nginx`` in the foreground
-(``daemon off`` is in the rendered text), its error log on a pipe this module reads: every
-line goes on to our stderr and the last ones are kept for error messages.
+both masters are. ``Nginx`` is one master: ``Nginx.start(text)`` writes the first
+configuration and runs ``nginx`` in the foreground (``daemon off`` is in the rendered text),
+its error log on a pipe this module reads: every line goes on to our stderr and the last ones
+are kept for error messages.
 ``Nginx.apply(text)`` does nothing when the text is what nginx already serves; otherwise it
 writes the candidate beside the live file, has ``nginx -t`` check it (a refused text never
 replaces the live one), renames it over the live file (atomic), sends the master SIGHUP and

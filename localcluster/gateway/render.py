@@ -249,7 +249,7 @@ def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) ->
             return False
     for expr in _as_list(selector.get("matchExpressions")):
         expr = _as_map(expr)
-        key, op, values = expr.get("key"), expr.get("operator"), _as_list(expr.get("values"))
+        key, op, values = str(expr.get("key")), expr.get("operator"), _as_list(expr.get("values"))
         has = key in labels
         if op == "In" and not (has and labels[key] in values):
             return False
@@ -448,7 +448,7 @@ def _rule(route: Mapping[str, Any], i: int, raw: Mapping[str, Any],
         elif not isinstance(port, int) or not 0 < port < 65536:
             error, reason = f"{bw}.port: a Service backend needs its port", "UnsupportedValue"
         eps: tuple[str, ...] = ()
-        if not error:
+        if not error and isinstance(port, int):
             eps, why = endpoints.resolve(bns, bname, port)
             if why:
                 error, reason = f"{bw}: {why}", "BackendNotFound"

@@ -11,6 +11,7 @@ and a missing nginx FAILS with the install line rather than skipping.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -108,10 +109,8 @@ class Backend(ThreadingHTTPServer):
         self.socket.close()
         with self.conns_lock:
             for c in list(self.conns):
-                try:
+                with contextlib.suppress(OSError):
                     c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @pytest.fixture(scope="module")
