@@ -21,6 +21,7 @@ the tests drive ``Controller`` with a fake of it. Started by ``__main__``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import threading
@@ -158,7 +159,8 @@ class KubeApi:
             timeout=(10, timeout + 30)).response  # urllib3's, streamed
         try:
             buf = b""
-            for chunk in resp.stream(64 * 1024):
+            # as each chunk arrives; a last line without its newline counts too
+            for chunk in itertools.chain(resp.stream(64 * 1024), [b"\n"]):
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
