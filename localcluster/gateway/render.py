@@ -606,8 +606,7 @@ def _head(emit: Any, options: Options, name: str, headers: Sequence[str]) -> Non
     for line in (
         "access_log off;", "server_tokens off;", "default_type application/octet-stream;",
         f"client_max_body_size {MAX_BODY};", f"client_body_buffer_size {BODY_BUFFER};",
-        "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-        "proxy_set_header Host $http_host;", *headers,
+        "proxy_http_version 1.1;", 'proxy_set_header Connection "";', *headers,
         "proxy_buffering off;", "proxy_request_buffering on;",
     ):
         emit(line, 1)
@@ -640,9 +639,13 @@ def edge_config(options: Options) -> str:
     def emit(text: str = "", depth: int = 0) -> None:
         lines.append("    " * depth + text if text else "")
 
+    # Host: the host the request names (request line or Host header, without the port); an
+    # HTTP/1.0 request without one says "localhost" (the routing tier needs one).
     _head(emit, options, "edge", (
+        "proxy_set_header Host $msv_host;",
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;"))
+    emit('map $host $msv_host { "" localhost; default $host; }', 1)
     for line in (f"proxy_connect_timeout {CONNECT_TIMEOUT};",
                  f"proxy_send_timeout {SEND_TIMEOUT};", f"proxy_read_timeout {EDGE_READ_TIMEOUT};",
                  "proxy_next_upstream error non_idempotent;",
@@ -679,6 +682,7 @@ def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
         lines.append("    " * depth + text if text else "")
 
     _head(emit, options, "routing", (
+        "proxy_set_header Host $http_host;",
         # The edge set them from the client's connection.
         "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;"))

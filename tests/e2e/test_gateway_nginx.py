@@ -63,6 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
+        if self.path == "/stream":
+            self._stream()
+            return
         if self.server.delay:
             time.sleep(self.server.delay)
         body = self.server.name.encode()
@@ -71,6 +74,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _stream(self) -> None:
+        """Server-sent events: one event, then a wait until the client has it, then one more."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for n in (1, 2):
+            event = f"data: {self.server.name} {n}\n\n".encode()
+            self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            self.wfile.flush()
+            if n == 1:
+                self.server.first_event_seen_in_time = self.server.first_event_seen.wait(10)
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = _answer
 
@@ -87,6 +104,8 @@ class Backend(ThreadingHTTPServer):
         self.name, self.delay = name, delay
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
+        self.first_event_seen = threading.Event()
+        self.first_event_seen_in_time = False
         super().__init__(("127.0.0.1", 0), _Handler)
         self.port = int(self.server_address[1])
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
@@ -299,6 +318,49 @@ def test_header_values_and_paths_with_nginx_syntax_route_exactly(
     assert where(gw, 5, {VARIANT_HEADER: evil}, path="/p;$x/y") == Counter(canary=5)
     assert where(gw, 5, {VARIANT_HEADER: evil}, path="/p;$xy") == Counter(stable=5)
     assert where(gw, 5, {VARIANT_HEADER: evil[:-1]}, path="/p;$x") == Counter(stable=5)
+
+
+def _raw(gw: Gateway, request: bytes) -> tuple[int, str]:
+    """One request as bytes on its own connection: (status, body)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_hostnames_pick_their_routes_whatever_the_case_port_or_http_version(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    stable, canary = backends("stable"), backends("canary")
+    gw.serve(route([rule([backend("stable")])], name="any"),
+             route([rule([backend("canary")])], name="exact", hostnames=["m.example.com"]),
+             *_svc("stable", stable), *_svc("canary", canary))
+    assert _raw(gw, b"GET / HTTP/1.1\r\nHost: m.example.com\r\nConnection: close\r\n\r\n") \
+        == (200, "canary")
+    assert _raw(gw, b"GET / HTTP/1.1\r\nHost: M.Example.com:80\r\nConnection: close\r\n\r\n") \
+        == (200, "canary")
+    assert _raw(gw, b"GET http://m.example.com/ HTTP/1.1\r\nHost: x\r\nConnection: close"
+                    b"\r\n\r\n") == (200, "canary")  # the request line's host wins
+    assert _raw(gw, b"GET / HTTP/1.1\r\nHost: other.org\r\nConnection: close\r\n\r\n") \
+        == (200, "stable")
+    assert _raw(gw, b"GET / HTTP/1.0\r\n\r\n") == (200, "stable")  # no Host at all
+
+
+def test_a_streamed_response_reaches_the_client_as_it_is_sent(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    sse = backends("sse")
+    gw.serve(route([rule([backend("sse")])]), *_svc("sse", sse))
+    conn = gw.connection()
+    conn.request("GET", "/stream", headers={"Accept": "text/event-stream"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline() == b"data: sse 1\n"  # before the server sends the second event
+    sse.first_event_seen.set()
+    assert resp.read() == b"\ndata: sse 2\n\n"
+    assert sse.first_event_seen_in_time
+    conn.close()
 
 
 def test_no_matching_rule_is_404_and_an_exact_path_wins(
