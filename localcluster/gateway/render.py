@@ -744,6 +744,11 @@ def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
                     if e.host == host or e.host == "*"
                     or (e.host.startswith("*.") and host != "*" and _wild_covers(e.host, host))]
             mine.sort(key=_Entry.order)
+            # A match reached through two listeners or hostnames: once, where it ranks highest.
+            first: dict[tuple[int, int], _Entry] = {}
+            for e in mine:
+                first.setdefault((e.rule, e.match_index), e)
+            mine = list(first.values())
             emit(f'map "{bit_vars}:$request_method:$uri" $msv_s{s} {{', 1)
             for e in mine:
                 m = e.match

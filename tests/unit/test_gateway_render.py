@@ -231,6 +231,23 @@ def test_hostnames_get_their_own_servers_exact_before_wildcard_before_any() -> N
                          "m.example.com": ["exact", "wild", "any"]}
 
 
+def test_a_route_on_two_listeners_is_routed_once_per_server_at_its_best_rank() -> None:
+    gw = gateway([listener(80), listener(80, name="api", hostname="api.example.com")])
+    out = _render(route([rule([backend("a")])], name="both"),
+                  route([rule([backend("a")])], name="api-only", sectionName="api",
+                        created="2025-01-01T00:00:00Z"),
+                  *_svc("a", "10.0.0.1"), gw=gw)
+    servers = re.findall(r"server_name (\S+);", out.config)
+    assert servers == ["_", "api.example.com"]
+    assert re.findall(r"# app/(\S+) rules", _block(out.config, "$msv_s0 {")) == ["both"]
+    # On api.example.com both routes match the same host and path: the older one first.
+    assert re.findall(r"# app/(\S+) rules", _block(out.config, "$msv_s1 {")) == \
+        ["api-only", "both"]
+    listeners = {lis["name"]: lis["attachedRoutes"]
+                 for lis in out.gateways[("gw", "gw")]["listeners"]}
+    assert listeners == {"http": 1, "api": 2}
+
+
 def test_listener_and_route_hostnames_intersect() -> None:
     f = render.intersect_hostnames
     assert f(None, []) == ["*"]
