@@ -1,6 +1,6 @@
 """Builds the project's container images locally (no Docker, no registry) and imports them.
 
-Nine images, each an OCI archive under ``paths.images_dir()``:
+Ten images, each an OCI archive under ``paths.images_dir()``:
 
 - ``model-server-<runtime>``, one per runtime of the capability table
   (``msv_contract.capabilities.RUNTIMES``): ``model-server-torch`` (transformers, TorchScript;
@@ -9,6 +9,8 @@ Nine images, each an OCI archive under ``paths.images_dir()``:
   ``server,s3``; shared by both) + the runtime's extra + model_server, neither carrying the
   other framework;
 - ``operator``: debian + venv + operator deps (extra ``operator``) + msv_operator;
+- ``gateway``: the operator's first three layers + Debian's nginx (an ``apt`` step) + the
+  ``localcluster`` package, running ``python -m localcluster.gateway`` (docs/gateway.md);
 - ``model-store``: debian + venv + ``moto[server]`` (``python3 -m http.server`` needs no layer);
 - ``pause``: one static binary built from ``localcluster/pause/pause.c``;
 - ``prometheus``, ``prometheus-operator`` (also the config reloader: the operator names its

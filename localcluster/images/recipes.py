@@ -38,7 +38,7 @@ REPOSITORY = "modelservice"
 TAG = "0.1.0"
 RUNTIME_IMAGES = {caps.image_name(rt): rt for rt in caps.RUNTIME_NAMES}
 """Model-server image name -> the runtime it carries (``model-server-torch``: ``torch``, ...)."""
-NAMES = (*RUNTIME_IMAGES, "operator", "model-store", "pause", "prometheus",
+NAMES = (*RUNTIME_IMAGES, "operator", "gateway", "model-store", "pause", "prometheus",
          "prometheus-operator", "metrics-server", "prometheus-adapter")
 
 
@@ -120,12 +120,13 @@ def requirements(extras: Iterable[str], pyproject: Path | None = None) -> list[s
 class Step:
     """One layer of a recipe: a name and how to key and make it (``steps.py``).
 
-    ``args`` by kind: ``pip`` the requirements; ``package`` directories of this repository
-    installed as one wheel of the project; ``gobin`` binaries ``localcluster build`` made.
+    ``args`` by kind: ``pip`` the requirements; ``apt`` Debian packages (of
+    ``DEBIAN_RELEASE``); ``package`` directories of this repository installed as one wheel of
+    the project; ``gobin`` binaries ``localcluster build`` made.
     """
 
     name: str
-    kind: str  # debian | venv | pip | package | pause | static | gobin
+    kind: str  # debian | venv | pip | apt | package | pause | static | gobin
     args: tuple[str, ...] = ()
 
 
@@ -174,16 +175,33 @@ def runtime_recipe(runtime: caps.Runtime) -> Recipe:
         dockerfile=f"model_server/Dockerfile.{runtime.name}")
 
 
+GATEWAY_PACKAGES = ("nginx",)
+"""Debian's nginx (bookworm: 1.22): the gateway's data plane (docs/gateway.md)."""
+
+
 def recipes() -> dict[str, Recipe]:
     """What each image is made of (reads pyproject.toml for the extras' requirements)."""
+    operator_deps = Step("operator-deps", "pip", tuple(requirements(("operator",))))
     return {
         **{r.name: r for r in map(runtime_recipe, caps.RUNTIMES.values())},
         "operator": Recipe("operator", (
-            DEBIAN, VENV_STEP, Step("operator-deps", "pip", tuple(requirements(("operator",)))),
+            DEBIAN, VENV_STEP, operator_deps,
             Step("msv_operator", "package", ("operator/msv_operator", *SHARED_PACKAGES)),
         ), ImageConfig(entrypoint=("msv-operator",), cmd=("run",), env=PYTHON_ENV,
                        user=f"{UID}:{UID}", ports=(8080, 8081), labels=LABELS),
             dockerfile="operator/Dockerfile"),
+        # The operator's layers (its deps hold the kubernetes client and prometheus_client the
+        # controller uses), then nginx, then the localcluster package (localcluster.gateway;
+        # its other modules are never imported in the image).
+        "gateway": Recipe("gateway", (
+            DEBIAN, VENV_STEP, operator_deps, Step("nginx", "apt", GATEWAY_PACKAGES),
+            Step("localcluster", "package", ("localcluster",)),
+        ), ImageConfig(entrypoint=(f"{VENV}/bin/python", "-m", "localcluster.gateway"),
+                       env=PYTHON_ENV, user=f"{UID}:{UID}", workdir="/tmp", ports=(80, 8080),
+                       labels=(("org.opencontainers.image.title", "modelservice gateway"),
+                               ("org.opencontainers.image.description",
+                                "Gateway API data plane of the local cluster: nginx driven by "
+                                "localcluster.gateway"), *LABELS))),
         "model-store": Recipe("model-store", (
             DEBIAN, VENV_STEP, Step("moto", "pip", ("moto[server]",)),
         ), ImageConfig(entrypoint=("moto_server",), cmd=("--host", "0.0.0.0", "--port", "9000"),

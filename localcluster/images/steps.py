@@ -1,10 +1,11 @@
 """Each kind of recipe step: what keys its layer and how the layer is made.
 
 ``step_key`` hashes a step's inputs (Debian release and packages; venv path and pip version;
-constraints and requirements; the packages' source files; ``pause.c`` and gcc; the Go
-binaries) chained to its parent's key; ``layer_maker`` returns the function that fills a new
-layer's rootfs: ``mmdebstrap`` for the Debian base, a script in the overlay chroot
-(``chroot.run_step``) for the venv, pip and package steps, plain files for the rest.
+constraints and requirements; an apt step's packages and script; the packages' source
+files; ``pause.c`` and gcc; the Go binaries) chained to its parent's key; ``layer_maker``
+returns the function that fills a new layer's rootfs: ``mmdebstrap`` for the Debian base,
+a script in the overlay chroot (``chroot.run_step``) for the venv, pip, apt and package
+steps, plain files for the rest.
 Called by ``builder.py``; ``dockerfile.py`` writes the same scripts (``venv_script``,
 ``pip_script``, ``package_script``) into the generated Dockerfiles.
 """
@@ -52,6 +53,8 @@ def step_key(step: Step, parent: str) -> str:
     if step.kind == "pip":
         return layer_key(parent, "pip", (repo / "constraints.txt").read_bytes(), *step.args,
                          pip_script(""))
+    if step.kind == "apt":
+        return layer_key(parent, "apt", DEBIAN_RELEASE, *step.args, apt_script(step.args))
     if step.kind == "package":
         return layer_key(parent, "package", (repo / "pyproject.toml").read_bytes(),
                          (repo / "README.md").read_bytes(),
@@ -83,6 +86,9 @@ def layer_maker(step: Step, lowers: Sequence[Path], label: str) -> Callable[[Pat
                 shutil.copy2(recipes.REPO_DIR / "constraints.txt", Path(d) / "constraints.txt")
                 run_step(lowers, rootfs, pip_requirements_script(step.args), what,
                          src=Path(d))
+        elif step.kind == "apt":
+            need_root()
+            run_step(lowers, rootfs, apt_script(step.args), what)
         elif step.kind == "package":
             need_root()
             with tempfile.TemporaryDirectory(prefix="msv-img-") as d:
@@ -138,6 +144,19 @@ def pip_requirements_script(requirements: Sequence[str]) -> str:
     """A pip step: its requirements, held to ``constraints.txt`` (at ``/tmp/src``)."""
     args = " ".join(f"'{a}'" for a in requirements)
     return pip_script(f"-c {CHROOT_SRC}/constraints.txt {args}")
+
+
+def apt_script(packages: Sequence[str]) -> str:
+    """An apt step: Debian packages with no service started (a policy-rc.d for the install),
+    no default site, no package lists left behind."""
+    return ("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d\n"
+            "chmod 755 /usr/sbin/policy-rc.d\n"
+            "apt-get update -q\n"
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+            + " ".join(packages) + "\n"
+            "rm -f /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default\n"
+            "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* "
+            "/var/log/dpkg.log\n")
 
 
 def package_script(wheel: str) -> str:

@@ -141,7 +141,8 @@ def test_shared_packages_go_into_the_model_server_and_operator_images(
     for n in servers:
         assert got[n] == ["model_server", "msv_contract"]
     assert got["operator"] == ["operator/msv_operator", "msv_contract"]
-    assert not any(got[n] for n in got if n not in (*servers, "operator"))
+    assert got["gateway"] == ["localcluster"]  # it runs localcluster.gateway only
+    assert not any(got[n] for n in got if n not in (*servers, "operator", "gateway"))
     monkeypatch.setattr(recipes, "SHARED_PACKAGES", ())
     assert packages()["model-server-tensorflow"] == ["model_server"]
     assert packages()["operator"] == ["operator/msv_operator"]
@@ -157,3 +158,30 @@ def test_every_packaged_directory_is_a_package_the_project_wheel_finds() -> None
         assert str(path.parent) in roots, f"{d}: not under a packages.find root {roots}"
         assert any(fnmatch.fnmatch(path.name, p) for p in find["include"]), \
             f"{d}: add it to [tool.setuptools.packages.find] include in pyproject.toml"
+
+
+def test_the_gateway_image_shares_the_operators_layers_and_adds_debians_nginx() -> None:
+    r = recipes.recipes()
+    gw, op = r["gateway"], r["operator"]
+    assert gw.steps[:3] == op.steps[:3]  # debian, venv, the operator's deps: one set of layers
+    deps = {re.split(r"[<>=\[ ]", a, maxsplit=1)[0] for a in gw.steps[2].args}
+    assert {"kubernetes", "prometheus-client"} <= deps
+    assert [(s.name, s.kind, s.args) for s in gw.steps[3:]] == [
+        ("nginx", "apt", ("nginx",)), ("localcluster", "package", ("localcluster",))]
+    assert gw.config.entrypoint == ("/opt/venv/bin/python", "-m", "localcluster.gateway")
+    assert gw.config.user == "10001:10001" and 80 in gw.config.ports
+    assert gw.dockerfile == ""  # a local-cluster image: no registry Dockerfile
+    assert images.REFS["gateway"] == "docker.io/modelservice/gateway:0.1.0"
+
+
+def test_an_apt_step_starts_no_service_and_keys_its_packages() -> None:
+    from localcluster.images import steps
+
+    script = steps.apt_script(("nginx",))
+    assert "exit 101" in script and "policy-rc.d" in script  # no service starts meanwhile
+    assert "--no-install-recommends nginx" in script
+    assert "rm -f /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default" in script
+    assert "/var/lib/apt/lists/*" in script
+    one = steps.step_key(recipes.Step("x", "apt", ("nginx",)), "p")
+    assert one != steps.step_key(recipes.Step("x", "apt", ("nginx", "curl")), "p")
+    assert one == steps.step_key(recipes.Step("y", "apt", ("nginx",)), "p")
