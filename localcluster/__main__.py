@@ -8,6 +8,7 @@ import sys
 import time
 
 from localcluster import addons, build, cluster, images, monitoring, paths
+from localcluster.gateway import install as gateway_install
 from localcluster.images import dockerfile
 
 
@@ -75,7 +76,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     healthy = all(s.healthy for s in st)
     c = cluster.current(args.state_dir)
     if c and c.real_node:
-        for name, ok, detail in monitoring.health(c):
+        for name, ok, detail in [*monitoring.health(c), *gateway_install.health(c)]:
             _out(f"{name:<24} {'healthy' if ok else 'UNHEALTHY':<9} {detail}")
             healthy = healthy and ok
     if healthy:

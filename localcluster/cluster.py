@@ -38,6 +38,7 @@ from localcluster import (
     paths,
     realnode,
 )
+from localcluster.gateway import install as gateway_install
 
 # The machine's one real node (its bridge, iptables and kubelet cgroups are host-wide):
 # which state directory runs it.
@@ -352,6 +353,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 180,
                 # again; unchanged ones cost one `ctr images ls`.
                 _load_images(_ctx(sd, state), out)
                 _ensure_monitoring(c, out)
+                _ensure_gateway(c, out)
         elif state and _repairable(sd, state):
             c = _repair(sd, state, timeout, out)
         else:
@@ -454,6 +456,7 @@ def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str]
     if ctx.real_node:
         _load_images(ctx, out)
         _ensure_monitoring(c, out)
+        _ensure_gateway(c, out)
     return c
 
 
@@ -508,6 +511,7 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str,
     if real_node:
         _load_images(ctx, out)  # unbounded by ``timeout``: a first import moves gigabytes
         _install_monitoring(cluster, out)
+        _install_gateway(cluster, out)  # after monitoring: its ServiceMonitor needs the CRD
     return cluster
 
 
@@ -529,6 +533,21 @@ def _ensure_monitoring(cluster: Cluster, out: Callable[[str], None]) -> None:
     """Install the monitoring stack again if a part of it is missing or unhealthy."""
     if not all(ok for _name, ok, _detail in monitoring.health(cluster)):
         _install_monitoring(cluster, out)
+
+
+def _install_gateway(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """The Gateway API implementation (``localcluster.gateway``: nginx and its controller)
+    as a pod on the real node, with the experimental-channel Gateway API CRDs."""
+    try:
+        gateway_install.install(cluster, out=out)
+    except (gateway_install.GatewayError, ClusterError, subprocess.CalledProcessError) as e:
+        raise ClusterError(f"the gateway did not start: {e}") from e
+
+
+def _ensure_gateway(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """Install the gateway again if it is missing or unhealthy."""
+    if not all(ok for _name, ok, _detail in gateway_install.health(cluster)):
+        _install_gateway(cluster, out)
 
 
 def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:

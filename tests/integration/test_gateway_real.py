@@ -1,0 +1,194 @@
+"""Requests through the local cluster's Gateway API implementation to real pods.
+
+The local cluster runs a real Gateway (nginx driven by ``localcluster.gateway``, as pods on the
+real node, ``msv-gateway`` in ``msv-gateway``). One ModelService with a ``baseline`` (two pods)
+and an ``int8`` variant (one pod) at 90/10 attaches to it with a variant header; the operator's
+HTTPRoute carries the weights, a retry and one header rule per variant. Through the gateway:
+
+* 1,000 requests give int8 10 ± 3 % (the pods alone would give it a third);
+* the variant header reaches its variant and nothing else does; a header naming no variant
+  is routed normally, never a 5xx;
+* ``kill -9`` of a serving baseline pod's server process under a steady client fails no
+  request (the route's retry moves a refused request to the other pod);
+* a parent Gateway that does not exist leaves ``FieldsIgnored`` naming ``spec.gateway`` and
+  the stable Service keeps serving.
+
+Fixtures and helpers are test_real_pods.py's (the stores, a namespace-scoped operator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from manifests import INT8, MS_API
+from msv_operator import kube
+from operator_harness import RunningOperator, condition
+from realpods import cluster_ip, http_json, served, wait_ready
+from test_real_pods import TEXTS, classifier, operator, stores  # noqa: F401
+from waiting import wait_for
+
+from localcluster import cluster as lc
+from localcluster import modelstores, paths
+from localcluster.gateway import install as gateway
+from localcluster.images.host import need_tool
+
+pytestmark = [pytest.mark.slow]
+
+NAME = "gw"
+HEADER = "x-msv-variant"
+WEIGHTS = {"baseline": 90, "int8": 10}
+PARENT = {"name": gateway.GATEWAY, "namespace": gateway.NAMESPACE}
+
+
+def gateway_url(path: str) -> str:
+    return f"http://{gateway.SERVICE_IP}{path}"
+
+
+def variant_of(url: str, headers: dict[str, str] | None = None) -> str:
+    """The variant that answered a metadata request (a fresh connection each time)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return str(json.loads(r.read())["parameters"]["variant"])
+
+
+@pytest.fixture(scope="module")
+def routed(cluster: lc.Cluster, stores: None, classifier: Path,  # noqa: F811
+           real_namespace: str, operator: RunningOperator,  # noqa: F811
+           k: kube.Kube) -> dict[str, Any]:
+    """The ModelService, Ready, its route accepted by the programmed Gateway (share ==
+    weight in the status), and the gateway answering for it."""
+    ns = real_namespace
+    uri, digest = modelstores.publish_http(classifier, f"{ns}-gw")
+    k.apply(served(NAME, ns, uri, digest, variants=[{"name": "baseline"}, INT8],
+                   traffic=WEIGHTS, replicas=2,
+                   gateway={"parentRefs": [PARENT], "variantHeader": HEADER}))
+    wait_ready(k, ns, NAME, timeout=420)
+
+    def exact() -> dict[str, Any] | None:
+        ms = k.get(MS_API, "ModelService", ns, NAME) or {}
+        st = ms.get("status") or {}
+        shares = {v["name"]: v.get("share") for v in st.get("variants") or []}
+        ready = {v["name"]: v.get("readyReplicas", 0) for v in st.get("variants") or []}
+        ignored = condition(ms, "FieldsIgnored")
+        ok = (shares == WEIGHTS and ready == {"baseline": 2, "int8": 1}
+              and ignored.get("status") == "False")
+        return ms if ok else None
+    ms = wait_for("the route accepted, shares = weights, all 3 pods ready", exact,
+                  timeout=300, interval=1)
+    route = k.get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, NAME) or {}
+    assert any(r.get("retry") for r in route["spec"]["rules"]), route["spec"]
+    # nginx has the pods' endpoints once every variant answers through the gateway
+    wait_for("every variant answering through the gateway", lambda: {
+        variant_of(gateway_url(f"/v2/models/{NAME}")) for _ in range(60)} == set(WEIGHTS),
+        timeout=120)
+    return ms
+
+
+def test_a_thousand_requests_through_the_gateway_follow_the_weights(
+        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
+    n = 1000
+    counts = Counter(variant_of(gateway_url(f"/v2/models/{NAME}")) for _ in range(n))
+    share = 100.0 * counts["int8"] / n
+    print(f"through the gateway over {n} requests: {dict(counts)} -> int8 {share:.1f}%")
+    assert abs(share - WEIGHTS["int8"]) <= 3.0, counts
+    # The stable Service alone splits by pods (2:1), which is why the gateway is needed;
+    # its status says what the gateway delivers.
+    st = (k.get(MS_API, "ModelService", real_namespace, NAME) or {})["status"]
+    assert st["shares"] == "baseline=90,int8=10", st
+
+
+def test_the_variant_header_reaches_its_variant_and_nothing_else(routed: dict[str, Any]) -> None:
+    url = gateway_url(f"/v2/models/{NAME}")
+    for variant in WEIGHTS:
+        got = Counter(variant_of(url, {HEADER: variant}) for _ in range(40))
+        assert got == Counter({variant: 40}), (variant, got)
+    # Without the header, and with one naming no variant: the weighted split, never a 5xx.
+    plain = Counter(variant_of(url, {HEADER: "nope"}) for _ in range(200))
+    assert set(plain) <= set(WEIGHTS) and plain["baseline"] > plain["int8"], plain
+
+
+def server_pid(pod: dict[str, Any]) -> int:
+    """The host PID of the pod's model-server process (the real node's containerd)."""
+    cid = next(c["containerID"] for c in pod["status"]["containerStatuses"]
+               if c.get("containerID")).split("://", 1)[1]
+    out = subprocess.run([need_tool("ctr", "containerd"), "--address",
+                          str(paths.containerd_socket()), "-n", "k8s.io", "tasks", "ls"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == cid:
+            return int(pid)
+    raise AssertionError(f"no containerd task {cid}")
+
+
+def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(
+        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
+    ns = real_namespace
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
+    url = gateway_url(f"/v2/models/{NAME}/infer")
+    results: Counter[str] = Counter()
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                http_json(url, body, timeout=30)
+                results["ok"] += 1
+            except (urllib.error.URLError, OSError) as e:
+                results["failed"] += 1
+                failures.append(repr(e))
+            time.sleep(0.05)  # ~15-20 requests/s
+
+    pods = [p for p in k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={NAME}")
+            if p["metadata"]["labels"].get("serving.modelservice.dev/variant") == "baseline"]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    victim = pods[0]
+    restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
+        os.kill(server_pid(victim), signal.SIGKILL)
+        before = results["ok"]
+        # until the kubelet has restarted the container and it is ready again
+        def back() -> bool:
+            pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
+            st = (pod.get("status") or {}).get("containerStatuses") or [{}]
+            return st[0].get("restartCount", 0) > restarts and bool(st[0].get("ready"))
+        wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
+        assert results["ok"] > before + 50, results  # the client kept going meanwhile
+    finally:
+        stop.set()
+        thread.join(60)
+    print(f"kill -9 under a steady client through the gateway: {dict(results)}")
+    assert results["failed"] == 0, failures[:5]
+
+
+def test_a_missing_gateway_is_named_and_the_service_keeps_serving(
+        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
+    ns = real_namespace
+    ms = k.get(MS_API, "ModelService", ns, NAME) or {}
+    spec = dict(ms["spec"])
+    spec["gateway"] = {**spec["gateway"], "parentRefs": [{"name": "nope", "namespace": ns}]}
+    k.apply({"apiVersion": MS_API, "kind": "ModelService",
+             "metadata": {"name": NAME, "namespace": ns}, "spec": spec})
+
+    def named() -> dict[str, Any] | None:
+        c = condition(k.get(MS_API, "ModelService", ns, NAME), "FieldsIgnored")
+        return c if c.get("reason") == "GatewayNotReady" else None
+    c = wait_for("FieldsIgnored GatewayNotReady", named, timeout=120)
+    assert "spec.gateway" in c["message"] and "nope" in c["message"], c
+    ip = cluster_ip(k, ns, NAME, endpoints=3)
+    assert variant_of(f"http://{ip}/v2/models/{NAME}") in WEIGHTS
