@@ -13,7 +13,7 @@ HTTPRoute carries the weights, a retry and one header rule per variant. Through 
 * a parent Gateway that does not exist leaves ``FieldsIgnored`` naming ``spec.gateway`` and
   the stable Service keeps serving.
 
-Fixtures and helpers are test_real_pods.py's (the stores, a namespace-scoped operator).
+The stores and the classifier are test_real_pods.py's; the module runs its own operator.
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from manifests import INT8, MS_API
 from msv_operator import kube
-from operator_harness import RunningOperator, condition
+from operator_harness import RunningOperator, api, condition
 from realpods import cluster_ip, http_json, served, wait_ready
-from test_real_pods import TEXTS, classifier, operator, stores  # noqa: F401
+from test_real_pods import TEXTS, classifier, stores  # noqa: F401
 from waiting import wait_for
 
 from localcluster import cluster as lc
@@ -62,13 +64,29 @@ def variant_of(url: str, headers: dict[str, str] | None = None) -> str:
         return str(json.loads(r.read())["parameters"]["variant"])
 
 
+@dataclass
+class Routed:
+    ns: str
+    k: kube.Kube
+
+
 @pytest.fixture(scope="module")
-def routed(cluster: lc.Cluster, stores: None, classifier: Path,  # noqa: F811
-           real_namespace: str, operator: RunningOperator,  # noqa: F811
-           k: kube.Kube) -> dict[str, Any]:
+def routed(cluster: lc.Cluster, crd: None, stores: None, classifier: Path,  # noqa: F811
+           module_real_namespace: str) -> Iterator[Routed]:
     """The ModelService, Ready, its route accepted by the programmed Gateway (share ==
     weight in the status), and the gateway answering for it."""
-    ns = real_namespace
+    ns = module_real_namespace
+    k = api()
+    op = RunningOperator([ns]).start()
+    try:
+        yield _routed(ns, k, classifier)
+        assert op.alive, "the operator must still be running at the end of the module"
+    finally:
+        op.stop()
+        k.close()
+
+
+def _routed(ns: str, k: kube.Kube, classifier: Path) -> Routed:  # noqa: F811
     uri, digest = modelstores.publish_http(classifier, f"{ns}-gw")
     k.apply(served(NAME, ns, uri, digest, variants=[{"name": "baseline"}, INT8],
                    traffic=WEIGHTS, replicas=2,
@@ -84,19 +102,18 @@ def routed(cluster: lc.Cluster, stores: None, classifier: Path,  # noqa: F811
         ok = (shares == WEIGHTS and ready == {"baseline": 2, "int8": 1}
               and ignored.get("status") == "False")
         return ms if ok else None
-    ms = wait_for("the route accepted, shares = weights, all 3 pods ready", exact,
-                  timeout=300, interval=1)
+    wait_for("the route accepted, shares = weights, all 3 pods ready", exact,
+             timeout=300, interval=1)
     route = k.get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, NAME) or {}
     assert any(r.get("retry") for r in route["spec"]["rules"]), route["spec"]
     # nginx has the pods' endpoints once every variant answers through the gateway
     wait_for("every variant answering through the gateway", lambda: {
         variant_of(gateway_url(f"/v2/models/{NAME}")) for _ in range(60)} == set(WEIGHTS),
         timeout=120)
-    return ms
+    return Routed(ns, k)
 
 
-def test_a_thousand_requests_through_the_gateway_follow_the_weights(
-        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
+def test_a_thousand_requests_through_the_gateway_follow_the_weights(routed: Routed) -> None:
     n = 1000
     counts = Counter(variant_of(gateway_url(f"/v2/models/{NAME}")) for _ in range(n))
     share = 100.0 * counts["int8"] / n
@@ -104,11 +121,11 @@ def test_a_thousand_requests_through_the_gateway_follow_the_weights(
     assert abs(share - WEIGHTS["int8"]) <= 3.0, counts
     # The stable Service alone splits by pods (2:1), which is why the gateway is needed;
     # its status says what the gateway delivers.
-    st = (k.get(MS_API, "ModelService", real_namespace, NAME) or {})["status"]
+    st = (routed.k.get(MS_API, "ModelService", routed.ns, NAME) or {})["status"]
     assert st["shares"] == "baseline=90,int8=10", st
 
 
-def test_the_variant_header_reaches_its_variant_and_nothing_else(routed: dict[str, Any]) -> None:
+def test_the_variant_header_reaches_its_variant_and_nothing_else(routed: Routed) -> None:
     url = gateway_url(f"/v2/models/{NAME}")
     for variant in WEIGHTS:
         got = Counter(variant_of(url, {HEADER: variant}) for _ in range(40))
@@ -132,9 +149,8 @@ def server_pid(pod: dict[str, Any]) -> int:
     raise AssertionError(f"no containerd task {cid}")
 
 
-def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(
-        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
-    ns = real_namespace
+def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Routed) -> None:
+    ns, k = routed.ns, routed.k
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
     url = gateway_url(f"/v2/models/{NAME}/infer")
     results: Counter[str] = Counter()
@@ -176,9 +192,8 @@ def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(
     assert results["failed"] == 0, failures[:5]
 
 
-def test_a_missing_gateway_is_named_and_the_service_keeps_serving(
-        routed: dict[str, Any], k: kube.Kube, real_namespace: str) -> None:
-    ns = real_namespace
+def test_a_missing_gateway_is_named_and_the_service_keeps_serving(routed: Routed) -> None:
+    ns, k = routed.ns, routed.k
     ms = k.get(MS_API, "ModelService", ns, NAME) or {}
     spec = dict(ms["spec"])
     spec["gateway"] = {**spec["gateway"], "parentRefs": [{"name": "nope", "namespace": ns}]}
