@@ -88,24 +88,26 @@ def build_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, whether the server closes the connection after this response)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
+    closes = b"\r\nconnection: close" in lower
     idx = lower.find(b"content-length:")
     if idx >= 0:
         end = lower.index(b"\r\n", idx)
         length = int(lower[idx + 15 : end])
         if length:
             await reader.readexactly(length)
-        return status
+        return status, closes
     if b"transfer-encoding: chunked" in lower:
         while True:
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.strip().split(b";")[0], 16)
             await reader.readexactly(size + 2)
             if size == 0:
-                return status
+                return status, closes
     raise RuntimeError("response without length")
 
 
@@ -139,7 +141,7 @@ async def _run(
                 t0 = time.perf_counter()
                 writer.write(request)
                 try:
-                    status = await _read_response(reader)
+                    status, closes = await _read_response(reader)
                 except (asyncio.IncompleteReadError, ConnectionError, RuntimeError):
                     if measuring:
                         errors += 1
@@ -149,6 +151,9 @@ async def _run(
                 if measuring:
                     latencies.append(time.perf_counter() - t0)
                     statuses[status] = statuses.get(status, 0) + 1
+                if closes:  # the server ends keep-alive here (e.g. nginx's keepalive_requests)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
         finally:
             writer.close()
 

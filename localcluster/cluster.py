@@ -545,9 +545,9 @@ def _install_gateway(cluster: Cluster, out: Callable[[str], None]) -> None:
 
 
 def _ensure_gateway(cluster: Cluster, out: Callable[[str], None]) -> None:
-    """Install the gateway again if it is missing or unhealthy."""
-    if not all(ok for _name, ok, _detail in gateway_install.health(cluster)):
-        _install_gateway(cluster, out)
+    """Apply the gateway again (idempotent; a rebuilt image rolls its pod, a missing or
+    unhealthy part is restored) and wait until it is programmed."""
+    _install_gateway(cluster, out)
 
 
 def _load_images(ctx: components.Ctx, out: Callable[[str], None]) -> None:

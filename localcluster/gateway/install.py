@@ -87,7 +87,20 @@ def _rbac() -> list[dict[str, Any]]:
     ]
 
 
-def _deployment() -> dict[str, Any]:
+IMAGE_DIGEST = "modelservice.dev/image-digest"
+"""Pod annotation: the gateway image's manifest digest, so an image rebuilt under the same tag
+rolls the pod instead of leaving the old code running."""
+
+
+def image_digest() -> str | None:
+    """The built ``gateway`` image's manifest digest (None before it is built)."""
+    from localcluster.images import builder
+
+    path = builder.archive_path("gateway").with_suffix(".tar.digest")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _deployment(digest: str | None = None) -> dict[str, Any]:
     container = {
         "name": "gateway", "image": images.image_ref("gateway"),
         "imagePullPolicy": "IfNotPresent",
@@ -112,7 +125,9 @@ def _deployment() -> dict[str, Any]:
             "replicas": 1, "selector": {"matchLabels": LABELS},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": LABELS}, "spec": {
+            "template": {"metadata": {
+                "labels": LABELS,
+                **({"annotations": {IMAGE_DIGEST: digest}} if digest else {})}, "spec": {
                 "serviceAccountName": NAME, "nodeSelector": dict(REAL_NODE_SELECTOR),
                 # nginx finishes in-flight requests on SIGTERM (the controller's SIGQUIT)
                 "terminationGracePeriodSeconds": 30,
@@ -124,9 +139,10 @@ def _deployment() -> dict[str, Any]:
             }}}}
 
 
-def manifests(service_monitor: bool = False) -> dict[str, Any]:
+def manifests(service_monitor: bool = False, digest: str | None = None) -> dict[str, Any]:
     """Everything ``install`` applies after the CRDs, as one List (``service_monitor``: add a
-    ServiceMonitor for the metrics port; needs prometheus-operator's CRDs)."""
+    ServiceMonitor for the metrics port; needs prometheus-operator's CRDs; ``digest``: the
+    image's manifest digest, a pod annotation)."""
     items: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": NAMESPACE, "labels": PART_OF}},
@@ -140,7 +156,7 @@ def manifests(service_monitor: bool = False) -> dict[str, Any]:
          "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": [
              {"name": LISTENER, "port": PORT, "protocol": "HTTP",
               "allowedRoutes": {"namespaces": {"from": "All"}}}]}},
-        _deployment(),
+        _deployment(digest),
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": LABELS},
          "spec": {"clusterIP": SERVICE_IP, "selector": LABELS, "ports": [
@@ -201,7 +217,8 @@ def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = pri
     cluster.wait_established(*crd_names(), timeout=60)
     monitor = cluster.kubectl_run("get", "crd", SERVICE_MONITOR_CRD, check=False).returncode == 0
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", "-",
-                        input=json.dumps(manifests(service_monitor=monitor)))
+                        input=json.dumps(manifests(service_monitor=monitor,
+                                                   digest=image_digest())))
     out(f"  gateway: Gateway API CRDs ({GATEWAY_API_CHANNEL}) and manifests applied "
         f"({time.monotonic() - t0:.1f} s)")
     hint = (f"see: kubectl get pods -n {NAMESPACE}; kubectl logs -n {NAMESPACE} deploy/{NAME}; "

@@ -86,6 +86,9 @@ EDGE_READ_TIMEOUT = "660s"
 """The edge waits longer than the routing tier's read timeout plus its retries."""
 EDGE_TRIES = 3
 EDGE_KEEPALIVE_TIMEOUT = "60s"
+EDGE_KEEPALIVE_REQUESTS = 100_000
+"""Requests a client's keep-alive connection carries before the edge closes it (nginx's
+default, 1,000, makes busy clients reconnect every thousand requests)."""
 CONFIG_DIGEST = "@MSV_CONFIG_DIGEST@"
 """Placeholder ``nginx.apply`` replaces with the config's digest: the status server's
 ``/msv-config`` answers it, so the controller sees when the workers serve a new config."""
@@ -646,7 +649,8 @@ def edge_config(options: Options) -> str:
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;"))
     emit('map $host $msv_host { "" localhost; default $host; }', 1)
-    for line in (f"proxy_connect_timeout {CONNECT_TIMEOUT};",
+    for line in (f"keepalive_requests {EDGE_KEEPALIVE_REQUESTS};",
+                 f"proxy_connect_timeout {CONNECT_TIMEOUT};",
                  f"proxy_send_timeout {SEND_TIMEOUT};", f"proxy_read_timeout {EDGE_READ_TIMEOUT};",
                  "proxy_next_upstream error non_idempotent;",
                  f"proxy_next_upstream_tries {EDGE_TRIES};"):

@@ -99,3 +99,14 @@ def test_a_bad_flag_is_one_line_and_exit_2() -> None:
                           capture_output=True, text=True, check=False, cwd=REPO)
     assert proc.returncode == 2
     assert "'80,x' is not a comma-separated list of ports" in proc.stderr.splitlines()[-1]
+
+
+def test_a_rebuilt_image_rolls_the_pod_through_its_digest_annotation() -> None:
+    def template(digest: str | None) -> dict[str, Any]:
+        items = install.manifests(digest=digest)["items"]
+        dep = next(o for o in items if o["kind"] == "Deployment")
+        return dep["spec"]["template"]["metadata"]  # type: ignore[no-any-return]
+
+    assert template("sha256:aa")["annotations"] == {install.IMAGE_DIGEST: "sha256:aa"}
+    assert template("sha256:bb") != template("sha256:aa")
+    assert "annotations" not in template(None)
