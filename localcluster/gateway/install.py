@@ -202,9 +202,14 @@ def _deployment_ready(cluster: Any) -> tuple[bool, str]:
                                check=False)
     if proc.returncode != 0:
         return False, f"deployment {NAMESPACE}/{NAME} missing"
-    st = json.loads(proc.stdout).get("status", {})
+    dep = json.loads(proc.stdout)
+    st = dep.get("status", {})
     ready, want = int(st.get("readyReplicas", 0)), int(st.get("replicas", 0))
-    return want > 0 and ready == want, f"{ready}/{want} ready"
+    # A re-apply that changed the template (a rebuilt image) counts once the new pod serves.
+    current = st.get("observedGeneration") == dep["metadata"].get("generation") and \
+        int(st.get("updatedReplicas", 0)) == want
+    return want > 0 and ready == want and current, f"{ready}/{want} ready" + (
+        "" if current else ", rolling out")
 
 
 def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = print) -> None:
