@@ -5,7 +5,8 @@ real node, ``msv-gateway`` in ``msv-gateway``). One ModelService with a ``baseli
 and an ``int8`` variant (one pod) at 90/10 attaches to it with a variant header; the operator's
 HTTPRoute carries the weights, a retry and one header rule per variant. Through the gateway:
 
-* 1,000 requests give int8 10 ± 3 % (the pods alone would give it a third);
+* 1,000 requests give int8 10 ± 3 % (the pods alone would give it a third); a rollout's
+  first step of 25 % measures 25 ± 4 %;
 * the variant header reaches its variant and nothing else does; a header naming no variant
   is routed normally, never a 5xx;
 * ``kill -9`` of a serving baseline pod's server process under a steady client fails no
@@ -123,6 +124,35 @@ def test_a_thousand_requests_through_the_gateway_follow_the_weights(routed: Rout
     # its status says what the gateway delivers.
     st = (routed.k.get(MS_API, "ModelService", routed.ns, NAME) or {})["status"]
     assert st["shares"] == "baseline=90,int8=10", st
+
+
+def test_a_rollout_step_measures_its_weight_through_the_gateway(routed: Routed) -> None:
+    """int8 back to weight 0 and named the rollout's candidate: its first step (25%) is
+    what 1,000 requests through the gateway measure, whatever the pods (1 int8, 2 baseline)."""
+    ns, k = routed.ns, routed.k
+    ms = k.get(MS_API, "ModelService", ns, NAME) or {}
+    spec = {**ms["spec"], "traffic": [{"variant": "baseline", "weight": 100}],
+            "rollout": {"candidate": "int8", "steps": [25, 100], "stepDuration": "1h"}}
+    k.apply({"apiVersion": MS_API, "kind": "ModelService",
+             "metadata": {"name": NAME, "namespace": ns}, "spec": spec})
+
+    def at_step_1() -> dict[str, Any] | None:
+        st = (k.get(MS_API, "ModelService", ns, NAME) or {}).get("status") or {}
+        ok = (st.get("rollout") or {}).get("step") == 1 and \
+            st.get("traffic") == "baseline=75,int8=25"
+        return st if ok else None
+    st = wait_for("rollout step 1 (25%)", at_step_1, timeout=120)
+    assert st["shares"] == "baseline=75,int8=25", st  # routed: the share is the weight
+    url = gateway_url(f"/v2/models/{NAME}")
+
+    def route_moved() -> bool:  # the route re-applied and reloaded: no longer 10%
+        return sum(variant_of(url) == "int8" for _ in range(200)) >= 34  # 17%
+    wait_for("the step's weights in the gateway", route_moved, timeout=60)
+    n = 1000
+    counts = Counter(variant_of(url) for _ in range(n))
+    share = 100.0 * counts["int8"] / n
+    print(f"rollout step 1 through the gateway over {n} requests: {dict(counts)}")
+    assert abs(share - 25.0) <= 4.0, counts  # 3 standard deviations of 1,000 draws
 
 
 def test_the_variant_header_reaches_its_variant_and_nothing_else(routed: Routed) -> None:
