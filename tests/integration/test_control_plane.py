@@ -16,6 +16,7 @@ from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import monitoring, nodes, paths, versions
+from localcluster.gateway import install as gateway_install
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_NODES = {n.name for n in nodes.DEFAULT_POOL if n.gpus}
@@ -219,8 +220,9 @@ def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
     proc = run_cli("status", "--state-dir", str(cluster.state_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [p.name for p in lc.processes(cluster.real_node)]
-    if cluster.real_node:  # the monitoring stack's parts, one line each
-        names += [name for name, _ok, _detail in monitoring.health(cluster)]
+    if cluster.real_node:  # the monitoring stack's and the gateway's parts, one line each
+        names += [name for name, _ok, _detail in
+                  [*monitoring.health(cluster), *gateway_install.health(cluster)]]
     for name in names:
         assert f"{name}" in proc.stdout
     assert proc.stdout.count("healthy") == len(names)
