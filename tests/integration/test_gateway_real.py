@@ -94,15 +94,16 @@ def _routed(ns: str, k: kube.Kube, classifier: Path) -> Routed:  # noqa: F811
                    gateway={"parentRefs": [PARENT], "variantHeader": HEADER}))
     wait_ready(k, ns, NAME, timeout=420)
 
-    def exact() -> dict[str, Any] | None:
+    def exact() -> dict[str, Any]:
         ms = k.get(MS_API, "ModelService", ns, NAME) or {}
         st = ms.get("status") or {}
         shares = {v["name"]: v.get("share") for v in st.get("variants") or []}
         ready = {v["name"]: v.get("readyReplicas", 0) for v in st.get("variants") or []}
         ignored = condition(ms, "FieldsIgnored")
-        ok = (shares == WEIGHTS and ready == {"baseline": 2, "int8": 1}
-              and ignored.get("status") == "False")
-        return ms if ok else None
+        # the state in the AssertionError is what a timeout reports
+        assert (shares == WEIGHTS and ready == {"baseline": 2, "int8": 1}
+                and ignored.get("status") == "False"), (shares, ready, ignored)
+        return ms
     wait_for("the route accepted, shares = weights, all 3 pods ready", exact,
              timeout=300, interval=1)
     route = k.get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, NAME) or {}

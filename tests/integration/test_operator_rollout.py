@@ -260,9 +260,10 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         "split", ns, replicas=2, variants=[{"name": "baseline"}, {"name": "int8"}],
         traffic=[{"variant": "baseline", "weight": 90}, {"variant": "int8", "weight": 10}]))
 
-    def split_status() -> dict[str, Any] | None:
+    def split_status() -> dict[str, Any]:
         st = (k.get(MS_API, "ModelService", ns, "split") or {}).get("status") or {}
-        return st if st.get("shares") == "baseline=67,int8=33" else None
+        assert st.get("shares") == "baseline=67,int8=33", st  # a timeout reports the status
+        return st
 
     st = wait_for("shares 67/33", split_status, timeout=90)
     assert st["traffic"] == "baseline=90,int8=10"
@@ -299,8 +300,9 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
     base = k.get("apps/v1", "Deployment", ns, "held-baseline") or {}
     assert base["spec"]["replicas"] == 6
 
-    def delivered() -> str | None:
+    def delivered() -> str:
         st = (k.get(MS_API, "ModelService", ns, "held") or {}).get("status") or {}
-        return st.get("shares") if st.get("shares") == "baseline=86,int8=14" else None
+        assert st.get("shares") == "baseline=86,int8=14", st
+        return str(st["shares"])
 
     wait_for("shares 86/14 once the stable pods are ready", delivered, timeout=120)
