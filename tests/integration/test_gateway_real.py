@@ -58,6 +58,15 @@ def gateway_url(path: str) -> str:
     return f"http://{gateway.SERVICE_IP}{path}"
 
 
+def answering(url: str) -> set[str]:
+    """The variants 60 requests reach; a refused or failed request means "not yet" (the
+    controller may not have reloaded nginx with the pods' endpoints)."""
+    try:
+        return {variant_of(url) for _ in range(60)}
+    except OSError as e:
+        raise AssertionError(f"{url}: {e}") from e
+
+
 def variant_of(url: str, headers: dict[str, str] | None = None) -> str:
     """The variant that answered a metadata request (a fresh connection each time)."""
     req = urllib.request.Request(url, headers=headers or {})
@@ -105,13 +114,12 @@ def _routed(ns: str, k: kube.Kube, classifier: Path) -> Routed:  # noqa: F811
                 and ignored.get("status") == "False"), (shares, ready, ignored)
         return ms
     wait_for("the route accepted, shares = weights, all 3 pods ready", exact,
-             timeout=300, interval=1)
+             timeout=420, interval=1)
     route = k.get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, NAME) or {}
     assert any(r.get("retry") for r in route["spec"]["rules"]), route["spec"]
     # nginx has the pods' endpoints once every variant answers through the gateway
-    wait_for("every variant answering through the gateway", lambda: {
-        variant_of(gateway_url(f"/v2/models/{NAME}")) for _ in range(60)} == set(WEIGHTS),
-        timeout=120)
+    wait_for("every variant answering through the gateway",
+             lambda: answering(gateway_url(f"/v2/models/{NAME}")) == set(WEIGHTS), timeout=180)
     return Routed(ns, k)
 
 
@@ -142,13 +150,16 @@ def test_a_rollout_step_measures_its_weight_through_the_gateway(routed: Routed) 
         ok = (st.get("rollout") or {}).get("step") == 1 and \
             st.get("traffic") == "baseline=75,int8=25"
         return st if ok else None
-    st = wait_for("rollout step 1 (25%)", at_step_1, timeout=120)
+    st = wait_for("rollout step 1 (25%)", at_step_1, timeout=180)
     assert st["shares"] == "baseline=75,int8=25", st  # routed: the share is the weight
     url = gateway_url(f"/v2/models/{NAME}")
 
     def route_moved() -> bool:  # the route re-applied and reloaded: no longer 10%
-        return sum(variant_of(url) == "int8" for _ in range(200)) >= 34  # 17%
-    wait_for("the step's weights in the gateway", route_moved, timeout=60)
+        try:
+            return sum(variant_of(url) == "int8" for _ in range(200)) >= 34  # 17%
+        except OSError as e:
+            raise AssertionError(str(e)) from e
+    wait_for("the step's weights in the gateway", route_moved, timeout=120)
     n = 1000
     counts = Counter(variant_of(url) for _ in range(n))
     share = 100.0 * counts["int8"] / n

@@ -265,7 +265,7 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         assert st.get("shares") == "baseline=67,int8=33", st  # a timeout reports the status
         return st
 
-    st = wait_for("shares 67/33", split_status, timeout=90)
+    st = wait_for("shares 67/33", split_status, timeout=180)
     assert st["traffic"] == "baseline=90,int8=10"
     assert {v["name"]: (v["weight"], v["share"]) for v in st["variants"]} == {
         "baseline": (90, 67), "int8": (10, 33)}
@@ -285,7 +285,7 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         traffic=[{"variant": "baseline", "weight": 100}],
         rollout={"candidate": "int8", "steps": [10, 100]}))
     held = wait_for("held before step 1", lambda: in_phase(
-        k, ns, "held", "Paused", "ShareNotRepresentable", step=0), timeout=90)
+        k, ns, "held", "Paused", "ShareNotRepresentable", step=0), timeout=180)
     assert "candidate int8 at 10%" in held["message"] and "33%" in held["message"]
     assert traffic(k, ns, "held") == "baseline=100,int8=0"
     ms = k.get(MS_API, "ModelService", ns, "held")
@@ -295,7 +295,7 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         "held", ns, replicas=6, variants=[{"name": "baseline"}, {"name": "int8"}],
         traffic=[{"variant": "baseline", "weight": 100}],
         rollout={"candidate": "int8", "steps": [10, 100]}))
-    wait_for("step 1", lambda: rollout_of(k, ns, "held").get("step") == 1, timeout=90)
+    wait_for("step 1", lambda: rollout_of(k, ns, "held").get("step") == 1, timeout=180)
     assert traffic(k, ns, "held") == "baseline=90,int8=10"
     base = k.get("apps/v1", "Deployment", ns, "held-baseline") or {}
     assert base["spec"]["replicas"] == 6
@@ -305,4 +305,4 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         assert st.get("shares") == "baseline=86,int8=14", st
         return str(st["shares"])
 
-    wait_for("shares 86/14 once the stable pods are ready", delivered, timeout=120)
+    wait_for("shares 86/14 once the stable pods are ready", delivered, timeout=240)
