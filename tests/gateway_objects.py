@@ -1,7 +1,7 @@
 """Gateway API objects as the API returns them, for the gateway's tests
 (tests/unit/test_gateway_render.py, tests/e2e/test_gateway_nginx.py): the one factory of
-GatewayClass, Gateway, HTTPRoute, Service and EndpointSlice dicts fed to
-``localcluster.gateway.render``.
+GatewayClass, Gateway, HTTPRoute, Service, EndpointSlice and XBackendTrafficPolicy dicts fed
+to ``localcluster.gateway.render``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from localcluster.gateway.render import CONTROLLER_NAME, Objects
+from localcluster.gateway.render import CONTROLLER_NAME, POLICY_GROUP, POLICY_KIND, Objects
 
 API = "gateway.networking.k8s.io/v1"
+POLICY_API = f"{POLICY_GROUP}/v1alpha1"
 CLASS = "msv-test"
 
 
@@ -100,6 +101,31 @@ def endpoint_slice(service_name: str, endpoints: Sequence[str | tuple[str, bool]
             "endpoints": eps}
 
 
+def policy(targets: Sequence[str | Mapping[str, Any]], name: str = "budget",
+           namespace: str = "app", created: str = "2026-01-01T00:00:00Z", generation: int = 1,
+           **spec: Any) -> dict[str, Any]:
+    """An XBackendTrafficPolicy; ``targets``: Service names or whole targetRefs entries."""
+    refs = [{"group": "", "kind": "Service", "name": t} if isinstance(t, str) else dict(t)
+            for t in targets]
+    return {"apiVersion": POLICY_API, "kind": POLICY_KIND,
+            "metadata": {"name": name, "namespace": namespace, "generation": generation,
+                         "creationTimestamp": created},
+            "spec": {"targetRefs": refs, **spec}}
+
+
+def budget(percent: int | None = None, interval: str | None = None, count: int | None = None,
+           floor: str | None = None) -> dict[str, Any]:
+    """A ``retryConstraint`` (what is None left out)."""
+    out: dict[str, Any] = {}
+    b = {k: v for k, v in (("percent", percent), ("interval", interval)) if v is not None}
+    m = {k: v for k, v in (("count", count), ("interval", floor)) if v is not None}
+    if b:
+        out["budget"] = b
+    if m:
+        out["minRetryRate"] = m
+    return out
+
+
 def objects(*items: Mapping[str, Any], namespaces: Sequence[str] = ("app", "gw")) -> Objects:
     """Sort ``items`` by kind into ``Objects`` (plus the namespaces, labelled by name)."""
     by: dict[str, list[Mapping[str, Any]]] = {}
@@ -108,6 +134,6 @@ def objects(*items: Mapping[str, Any], namespaces: Sequence[str] = ("app", "gw")
     return Objects(
         gateway_classes=by.get("GatewayClass", []), gateways=by.get("Gateway", []),
         routes=by.get("HTTPRoute", []), services=by.get("Service", []),
-        endpoint_slices=by.get("EndpointSlice", []),
+        endpoint_slices=by.get("EndpointSlice", []), policies=by.get(POLICY_KIND, []),
         namespaces=[{"metadata": {"name": n, "labels": {"kubernetes.io/metadata.name": n}}}
                     for n in namespaces])

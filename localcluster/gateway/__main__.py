@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         Settings(options, service=args.service, controller_name=args.controller_name,
                  debounce=args.debounce),
         stub_status=plane.edge.stub_status,
-        reload_counts=lambda: (plane.routing.reloads, plane.routing.reload_errors))
+        reload_counts=lambda: (plane.routing.reloads, plane.routing.reload_errors),
+        budget_counters=plane.routing.budget_counters)
     serve_http(controller, args.metrics_port)
 
     def stop(_sig: int, _frame: FrameType | None) -> None:

@@ -1,18 +1,21 @@
 """The gateway controller: watches Gateway API objects, programs nginx, writes status.
 
 ``Controller.run`` lists and watches GatewayClasses, Gateways, HTTPRoutes, Services,
-EndpointSlices and Namespaces (one thread per kind: list, then watch from the list's
-resourceVersion; a 410 or any error re-lists after a backoff of 1 s doubling to 30 s), and
+EndpointSlices, Namespaces and XBackendTrafficPolicies (one thread per kind: list, then watch
+from the list's resourceVersion; a 410 or any error re-lists after a backoff of 1 s doubling
+to 30 s; a cluster without the policies' CRD has none, listed again with that backoff), and
 after the first full list of every kind renders (``render``) at most once per ``debounce``
 seconds while anything changes. The routing configuration goes to ``nginx.DataPlane.apply``
 (written atomically, ``nginx -t``, reload only when the text changed); a text nginx refuses
 keeps the old one serving and sets every owned Gateway's ``Programmed=False`` with nginx's
 message. It writes status (GatewayClass ``Accepted``; Gateway ``Accepted``/``Programmed``,
 listeners, ``addresses`` = the data plane Service's clusterIP; HTTPRoute ``status.parents[]``
-entries of ``CONTROLLER_NAME``, other controllers' entries kept) only where it changed, and
-serves ``/healthz`` (200 once nginx serves a configuration rendered from a full list) and
-``/metrics`` (``METRICS``) on its own port. nginx runs as its child: when either master dies
-``run`` returns 1 and the process exits, so the kubelet restarts the pod.
+and XBackendTrafficPolicy ``status.ancestors[]`` entries of ``CONTROLLER_NAME``, other
+controllers' entries kept) only where it changed, and serves ``/healthz`` (200 once nginx
+serves a configuration rendered from a full list) and ``/metrics`` (``METRICS``, the retry
+budget's counters read from the routing tier at each scrape) on its own port. nginx runs as
+its child: when either master dies ``run`` returns 1 and the process exits, so the kubelet
+restarts the pod.
 
 ``KubeApi`` is the only code here that talks to the API server (the ``kubernetes`` client);
 the tests drive ``Controller`` with a fake of it. Started by ``__main__``.
@@ -51,6 +54,7 @@ class Kind:
     version: str
     namespaced: bool
     status: bool = False  # this controller writes its status
+    optional: bool = False  # a cluster without its CRD has none of it (not an error)
 
 
 KINDS = (
@@ -60,6 +64,8 @@ KINDS = (
     Kind("services", "", "v1", True),
     Kind("endpointslices", "discovery.k8s.io", "v1", True),
     Kind("namespaces", "", "v1", False),
+    Kind("xbackendtrafficpolicies", render.POLICY_GROUP, "v1alpha1", True, status=True,
+         optional=True),
 )
 KIND = {k.name: k for k in KINDS}
 
@@ -73,6 +79,8 @@ METRICS = {
     "requests": "msv_gateway_nginx_requests_total",
     "connections": "msv_gateway_nginx_connections",
     "status_writes": "msv_gateway_status_writes_total",
+    "backend_requests": "msv_gateway_backend_requests_total",
+    "retries": "msv_gateway_retries_total",
 }
 """The series ``/metrics`` serves (docs/gateway.md, Metrics)."""
 
@@ -83,6 +91,11 @@ class Gone(Exception):
 
 class Conflict(Exception):
     """A status write raced another writer (HTTP 409): the next pass writes again."""
+
+
+class NotFound(RuntimeError):
+    """The API server does not serve the path (HTTP 404): for a list, the kind's CRD is not
+    installed."""
 
 
 class Api(Protocol):
@@ -144,6 +157,8 @@ class KubeApi:
                 raise Gone(text)
             if resp.status == 409:
                 raise Conflict(text)
+            if resp.status == 404:
+                raise NotFound(f"{method} {path}: HTTP 404: {text}")
             raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {text}")
         return resp
 
@@ -234,6 +249,10 @@ class Store:
         with self.lock:
             return self.objects[kind].get(key)
 
+    def get_all(self, kind: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.objects[kind].values())
+
 
 # -- the controller ----------------------------------------------------------------------------
 
@@ -266,7 +285,9 @@ class Controller:
     def __init__(self, api: Api, plane: Plane, settings: Settings,
                  log: Callable[[str], None] | None = None,
                  stub_status: Callable[[], dict[str, int]] | None = None,
-                 reload_counts: Callable[[], tuple[int, int]] | None = None) -> None:
+                 reload_counts: Callable[[], tuple[int, int]] | None = None,
+                 budget_counters: Callable[[], dict[str, dict[str, int]]] | None = None
+                 ) -> None:
         self.api, self.plane, self.settings = api, plane, settings
         self.store = Store()
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -276,17 +297,38 @@ class Controller:
         self.last_error = ""
         self._stub_status = stub_status
         self._reload_counts = reload_counts or (lambda: (0, 0))
+        self._budget_counters = budget_counters
         self._last_render = 0.0
         self._render_lock = threading.Lock()
 
     # -- watching ------------------------------------------------------------------------
 
     def watch_kind(self, kind: Kind) -> None:
-        """List, then watch from the list's version; re-list after 410 or any error."""
+        """List, then watch from the list's version; re-list after 410 or any error. An
+        optional kind the API server does not serve counts as listed and empty, and is
+        listed again after the backoff (logged once, until it is served)."""
         backoff = 1.0
+        missing = False
         while not self.stopping.is_set():
             try:
-                items, rv = self.api.list(kind)
+                try:
+                    items, rv = self.api.list(kind)
+                except NotFound:
+                    if not kind.optional:
+                        raise
+                    if not missing:
+                        missing = True
+                        self.log(f"{kind.name}.{kind.group} is not served (its CRD is not "
+                                 "installed): none of them; listing again with a backoff")
+                    if self.store.get_all(kind.name) or not self.store.synced[kind.name].is_set():
+                        self.store.replace(kind.name, [])
+                    if self.stopping.wait(backoff):
+                        return
+                    backoff = min(self.settings.max_backoff, backoff * 2)
+                    continue
+                if missing:
+                    missing = False
+                    self.log(f"{kind.name}.{kind.group} is served now")
                 self.store.replace(kind.name, items)
                 backoff = 1.0
                 while not self.stopping.is_set():
@@ -329,7 +371,8 @@ class Controller:
         out = render.render(render.Objects(
             gateway_classes=snap["gatewayclasses"], gateways=snap["gateways"],
             routes=snap["httproutes"], services=snap["services"],
-            endpoint_slices=snap["endpointslices"], namespaces=snap["namespaces"]),
+            endpoint_slices=snap["endpointslices"], namespaces=snap["namespaces"],
+            policies=snap["xbackendtrafficpolicies"]),
             self._options(snap), self.settings.controller_name)
         if not self.started:
             self.plane.start(out.config)
@@ -356,23 +399,35 @@ class Controller:
             if nginx_error:
                 status = render.programmed_false(status, nginx_error)
             self._put(KIND["gateways"], key, status, now)
+        snap = self.store.snapshot()
+        for route in snap["httproutes"]:
+            self._put_entries(KIND["httproutes"], route, "parents", "parentRef",
+                              out.routes.get(_okey(route), []), now)
+        for policy in snap["xbackendtrafficpolicies"]:
+            self._put_entries(KIND["xbackendtrafficpolicies"], policy, "ancestors",
+                              "ancestorRef", out.policies.get(_okey(policy), []), now,
+                              limit=render.MAX_ANCESTORS)
+
+    def _put_entries(self, kind: Kind, obj: Mapping[str, Any], field: str, ref: str,
+                     want: list[dict[str, Any]], now: str, limit: int | None = None) -> None:
+        """Replace this controller's entries of ``status.<field>`` (keyed by ``ref``) with
+        ``want``, other controllers' entries kept (at most ``limit`` entries in all)."""
         ours = self.settings.controller_name
-        for route in self.store.snapshot()["httproutes"]:
-            key = _okey(route)
-            want = out.routes.get(key, [])
-            parents = list(((route.get("status") or {}).get("parents")) or [])
-            mine = [p for p in parents if p.get("controllerName") == ours]
-            if not want and not mine:
-                continue
-            old_by_ref = {json.dumps(p.get("parentRef"), sort_keys=True): p for p in mine}
-            stamped = []
-            for p in want:
-                old = old_by_ref.get(json.dumps(p["parentRef"], sort_keys=True), {})
-                stamped.append({**p, "conditions": render.stamp_conditions(
-                    p["conditions"], old.get("conditions") or [], now)})
-            others = [p for p in parents if p.get("controllerName") != ours]
-            self._put(KIND["httproutes"], key, {**(route.get("status") or {}),
-                                                 "parents": others + stamped}, now, stamp=False)
+        status = obj.get("status") or {}
+        entries = list(status.get(field) or [])
+        mine = [p for p in entries if p.get("controllerName") == ours]
+        if not want and not mine:
+            return
+        old_by_ref = {json.dumps(p.get(ref), sort_keys=True): p for p in mine}
+        stamped = []
+        for p in want:
+            old = old_by_ref.get(json.dumps(p[ref], sort_keys=True), {})
+            stamped.append({**p, "conditions": render.stamp_conditions(
+                p["conditions"], old.get("conditions") or [], now)})
+        others = [p for p in entries if p.get("controllerName") != ours]
+        if limit is not None:
+            stamped = stamped[:max(0, limit - len(others))]
+        self._put(kind, _okey(obj), {**status, field: others + stamped}, now, stamp=False)
 
     def _put(self, kind: Kind, key: tuple[str, str], status: Mapping[str, Any], now: str,
              stamp: bool = True) -> None:
@@ -469,6 +524,13 @@ class Controller:
         yield restarts
         yield CounterMetricFamily(METRICS["status_writes"].removesuffix("_total"),
                                   "status subresource writes", value=self.stats.status_writes)
+        if self._budget_counters is not None:
+            try:
+                counters = self._budget_counters()
+            except (OSError, ValueError):
+                counters = None
+            if counters is not None:
+                yield from budget_metrics(counters)
         if self._stub_status is not None:
             try:
                 st = self._stub_status()
@@ -481,6 +543,26 @@ class Controller:
             for state in ("reading", "writing", "waiting"):
                 conns.add_metric([state], st.get(state, 0))
             yield conns
+
+
+def budget_metrics(counters: Mapping[str, Mapping[str, int]]) -> Iterator[Any]:
+    """The retry budget's series from the routing tier's counters (``Nginx.budget_counters``:
+    ``namespace/name`` -> requests, retries_allowed, retries_rejected)."""
+    requests = CounterMetricFamily(
+        METRICS["backend_requests"].removesuffix("_total"),
+        "requests to each backend Service (first tries), as its retry budget counts them",
+        labels=["namespace", "service"])
+    retries = CounterMetricFamily(
+        METRICS["retries"].removesuffix("_total"),
+        "retries to each backend Service: allowed by its retry budget or rejected (503)",
+        labels=["namespace", "service", "result"])
+    for backend, c in sorted(counters.items()):
+        ns, _, svc = backend.partition("/")
+        requests.add_metric([ns, svc], c.get("requests", 0))
+        retries.add_metric([ns, svc, "allowed"], c.get("retries_allowed", 0))
+        retries.add_metric([ns, svc, "rejected"], c.get("retries_rejected", 0))
+    yield requests
+    yield retries
 
 
 # -- /healthz and /metrics ------------------------------------------------------------------

@@ -8,7 +8,8 @@ List; ``install`` applies the CRDs, then the manifests, and waits until the Gate
 whose CRDs let ``manifests`` add a ServiceMonitor for the gateway's metrics).
 
 - Gateway API ``GATEWAY_API_CHANNEL`` CRDs from the pinned Go module (``addons``): the
-  experimental channel carries ``HTTPRoute.spec.rules[].retry``;
+  experimental channel carries ``HTTPRoute.spec.rules[].retry``, and XBackendTrafficPolicy
+  (the retry budget) is its one ``x-k8s.io`` kind installed;
 - GatewayClass ``GATEWAY_CLASS`` (``controllerName`` ``render.CONTROLLER_NAME``), Gateway
   ``GATEWAY`` in namespace ``NAMESPACE``: one HTTP listener on port ``PORT``, routes from
   every namespace;
@@ -16,8 +17,8 @@ whose CRDs let ``manifests`` add a ServiceMonitor for the gateway's metrics).
   ``python -m localcluster.gateway``), ready once nginx serves a configuration rendered from
   a full list; Service ``msv-gateway`` on the fixed cluster IP ``SERVICE_IP``: ``PORT`` ->
   nginx, ``METRICS_PORT`` -> the controller's ``/metrics``;
-- RBAC: read the Gateway API kinds, Services, EndpointSlices and Namespaces; update the
-  three kinds' status.
+- RBAC: read the Gateway API kinds, XBackendTrafficPolicies, Services, EndpointSlices and
+  Namespaces; update the status of the four kinds the controller writes it for.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import yaml
 
 from localcluster import addons, images
-from localcluster.gateway.render import CONTROLLER_NAME, GROUP
+from localcluster.gateway.render import CONTROLLER_NAME, GROUP, POLICY_GROUP
 from localcluster.images.recipes import UID
 
 NAMESPACE = "msv-gateway"
@@ -70,6 +71,9 @@ def _rbac() -> list[dict[str, Any]]:
          "verbs": read},
         {"apiGroups": [GROUP], "resources": ["gatewayclasses/status", "gateways/status",
                                              "httproutes/status"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": [POLICY_GROUP], "resources": ["xbackendtrafficpolicies"], "verbs": read},
+        {"apiGroups": [POLICY_GROUP], "resources": ["xbackendtrafficpolicies/status"],
          "verbs": ["get", "update", "patch"]},
         {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": read},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},

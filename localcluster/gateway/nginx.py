@@ -12,6 +12,8 @@ replaces the live one), renames it over the live file (atomic), sends the master
 waits until the status server's ``/msv-config`` answers the new text's digest, i.e. the new
 workers serve it. A reload the master refuses (a port it cannot bind, ...) keeps the old
 workers: ``apply`` then returns nginx's message and does not try the same text again.
+``Nginx.stub_status`` and ``Nginx.budget_counters`` read a master's status server (nginx's
+counters; the routing tier's retry budget counters).
 Used by ``controller`` and by tests/e2e/test_gateway_nginx.py (real nginx on loopback).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster.gateway.render import CONFIG_DIGEST, Options, edge_config
+from localcluster.gateway.render import BUDGET_STATUS_PATH, CONFIG_DIGEST, Options, edge_config
 
 INSTALL_HINT = "apt-get install nginx (Debian's package; scripts/node-packages installs it)"
 
@@ -263,6 +266,16 @@ class Nginx:
             out[k.rstrip(":").lower()] = int(v)
         return out
 
+    def budget_counters(self) -> dict[str, dict[str, int]]:
+        """The routing tier's retry budget counters: ``namespace/name`` of each backend
+        Service -> ``requests``, ``retries_allowed``, ``retries_rejected`` (since nginx
+        started; reloads keep them)."""
+        with urllib.request.urlopen(self.status_url + BUDGET_STATUS_PATH, timeout=2) as r:
+            data = json.loads(r.read())
+        if not isinstance(data, dict):
+            raise ValueError(f"{BUDGET_STATUS_PATH}: not an object")
+        return {str(k): {str(n): int(v) for n, v in dict(c).items()} for k, c in data.items()}
+
 
 class DataPlane:
     """The edge and the routing tier (``render``'s ``edge_config`` and ``render().config``)."""
@@ -280,7 +293,7 @@ class DataPlane:
     def start(self, routing_text: str) -> None:
         """Start the routing tier with ``routing_text``, then the edge in front of it."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.runtime_dir.glob("listener-*.sock"):  # a previous run's, killed
+        for stale in self.runtime_dir.glob("*.sock"):  # a previous run's, killed
             stale.unlink()
         self.routing.start(routing_text)
         try:

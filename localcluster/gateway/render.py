@@ -1,12 +1,13 @@
 """PURE: Gateway API objects -> the nginx configuration and the status they should carry.
 
 ``render(objects, options)`` takes the GatewayClasses, Gateways, HTTPRoutes, Services,
-EndpointSlices and Namespaces (plain dicts, as the API returns them) and returns a
-``Rendered``: the nginx.conf text, the status of each GatewayClass and Gateway this controller
-owns (``CONTROLLER_NAME``) and this controller's ``status.parents[]`` entries of each HTTPRoute
-attached to one of them, plus the numbers the controller exports as metrics. It reads no
-clock, file or network: ``controller`` calls it, ``stamp_conditions`` adds the
-``lastTransitionTime``s. docs/gateway.md says what of Gateway API it implements.
+EndpointSlices, Namespaces and XBackendTrafficPolicies (plain dicts, as the API returns them)
+and returns a ``Rendered``: the nginx.conf text, the status of each GatewayClass and Gateway
+this controller owns (``CONTROLLER_NAME``), this controller's ``status.parents[]`` entries of
+each HTTPRoute attached to one of them and its ``status.ancestors[]`` entries of each policy,
+plus the numbers the controller exports as metrics. It reads no clock, file or network:
+``controller`` calls it, ``stamp_conditions`` adds the ``lastTransitionTime``s.
+docs/gateway.md says what of Gateway API it implements.
 
 Two nginx masters make the data plane (``nginx.DataPlane``): the EDGE (``edge_config``)
 listens on the listener ports and hands every request, keep-alive, to the ROUTING tier
@@ -33,13 +34,22 @@ How the routing tier routes a request (one nginx ``server`` per listener port an
 - retries: ``proxy_next_upstream`` (to another endpoint of the same backend) on connection
   errors and timeouts, plus the rule's ``retry.codes`` (default 503) with ``non_idempotent``,
   at most ``MAX_ATTEMPTS`` retries; a rule without ``retry`` gets ``DEFAULT_RETRIES`` retry on
-  connection errors only.
+  connection errors only;
+- retry budget: every backend upstream has a ``balancer_by_lua_block`` calling ``budget.lua``
+  (shipped beside this module; Debian's lua module, ``NGINX_LUA_MODULES``, routing tier only)
+  with its Service's ``Budget``: the one an XBackendTrafficPolicy gives it (the oldest policy
+  on a Service wins, later ones are ``Conflicted``), else ``DEFAULT_BUDGET``. The first try
+  counts a request, each retry the budget allows counts a retry (counters in a
+  ``lua_shared_dict``); a refused retry goes to a local server that answers 503 with
+  ``BUDGET_HEADER``. The status server answers the counters on ``BUDGET_STATUS_PATH``.
 
 Everything that reaches the configuration is validated or generated: object names only in
-sanitised comments, hostnames by Gateway API's pattern, paths and header values only as
-hex-escaped regexes, header names limited to letters, digits and ``-``, endpoints parsed as IP
-addresses. A rule that asks for what this cannot do safely is left out with a condition naming
-the field (``PartiallyInvalid``, or ``Accepted=False`` when no rule is left).
+sanitised comments (and, as Lua strings, Service names and namespaces that are DNS labels),
+hostnames by Gateway API's pattern, paths and header values only as hex-escaped regexes,
+header names limited to letters, digits and ``-``, endpoints parsed as IP addresses,
+directories of ``Options`` limited to letters, digits and ``._/+-``. A rule that asks for
+what this cannot do safely is left out with a condition naming the field
+(``PartiallyInvalid``, or ``Accepted=False`` when no rule is left).
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 CONTROLLER_NAME = "modelservice.dev/nginx-gateway"
@@ -89,6 +100,8 @@ EDGE_KEEPALIVE_TIMEOUT = "60s"
 EDGE_KEEPALIVE_REQUESTS = 100_000
 """Requests a client's keep-alive connection carries before the edge closes it (nginx's
 default, 1,000, makes busy clients reconnect every thousand requests)."""
+POLICY_GROUP = "gateway.networking.x-k8s.io"
+POLICY_KIND = "XBackendTrafficPolicy"
 CONFIG_DIGEST = "@MSV_CONFIG_DIGEST@"
 """Placeholder ``nginx.apply`` replaces with the config's digest: the status server's
 ``/msv-config`` answers it, so the controller sees when the workers serve a new config."""
@@ -102,6 +115,40 @@ _DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9._/:=-]")
 _LISTEN_ADDRESS = re.compile(r"^([0-9.]+|\[[0-9a-fA-F:]+\])$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CONFIG_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A backend Service's retry budget (``XBackendTrafficPolicy.spec.retryConstraint``): a
+    retry is allowed while the retries of the last ``interval_ms`` are below ``percent`` % of
+    its requests, or while the retries of the last ``min_interval_ms`` are below
+    ``min_count``. The defaults are Gateway API's."""
+
+    percent: int = 20
+    interval_ms: int = 10_000
+    min_count: int = 10
+    min_interval_ms: int = 1_000
+
+
+DEFAULT_BUDGET = Budget()
+"""Every backend's budget unless a policy targets its Service (this gateway's safe default)."""
+BUDGET_DICT = "msv_retry_budget"
+"""The routing tier's ``lua_shared_dict`` of the budget counters."""
+BUDGET_DICT_SIZE = "4m"
+BUDGET_HEADER = "x-msv-retry-budget"
+BUDGET_HEADER_VALUE = "exhausted"
+"""The header of the 503 a client gets when a retry was refused for the budget."""
+BUDGET_BODY = "the backend failed and its retry budget is spent: not retried\\n"
+"""That 503's body (an nginx string: no quote, no variable)."""
+BUDGET_STATUS_PATH = "/msv-retry-budget"
+"""The routing tier's status server answers the budget counters there (JSON)."""
+LUA_MODULE = "budget"
+LUA_DIR = str(Path(__file__).resolve().parent)
+"""Where ``budget.lua`` is: beside this module (the package ships it)."""
+NGINX_LUA_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
+"""Debian's libnginx-mod-http-lua (and the NDK it needs), loaded by the routing tier."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +169,10 @@ class Options:
     addresses: tuple[str, ...] = ()
     """The Gateways' ``status.addresses`` (the data plane Service's clusterIP)."""
     workers: str = "auto"
+    nginx_modules_dir: str = "/usr/lib/nginx/modules"
+    """Where nginx's dynamic modules are (``NGINX_LUA_MODULES``; Debian's directory)."""
+    lua_dir: str = LUA_DIR
+    """Where the routing tier finds ``budget.lua``."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +185,8 @@ class Objects:
     services: Sequence[Mapping[str, Any]] = ()
     endpoint_slices: Sequence[Mapping[str, Any]] = ()
     namespaces: Sequence[Mapping[str, Any]] = ()
+    policies: Sequence[Mapping[str, Any]] = ()
+    """XBackendTrafficPolicies (``POLICY_GROUP``)."""
 
 
 Key = tuple[str, str]  # (namespace, name)
@@ -164,6 +217,10 @@ class Rendered:
     """HTTPRoutes accepted by at least one parent."""
     backends: dict[tuple[str, str, int], int] = field(default_factory=dict)
     """(namespace, Service, port) of every resolved backend -> its ready endpoints."""
+    policies: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
+    """XBackendTrafficPolicy -> this controller's status.ancestors[] entries."""
+    budgets: dict[Key, Budget] = field(default_factory=dict)
+    """Service -> the budget a policy gives it (the others get ``DEFAULT_BUDGET``)."""
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -219,6 +276,20 @@ def duration_seconds(text: str) -> float:
         raise ValueError(f"{text!r} is not a Gateway API duration (e.g. 100ms, 1s, 1m30s)")
     unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     return sum(int(n) * unit[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _dns_label(name: Any) -> bool:
+    """A Service name or namespace (RFC 1123 label): the only names that reach Lua code."""
+    return isinstance(name, str) and bool(_DNS_LABEL.match(name))
+
+
+def _config_path(path: str, what: str) -> str:
+    """``path`` as it may appear in the configuration (and in Lua strings): absolute, of
+    letters, digits and ``._/+-`` only; ValueError naming ``what`` otherwise."""
+    if not _CONFIG_PATH.match(path):
+        raise ValueError(f"{what}: {path!r} is not an absolute path of letters, digits and "
+                         "._/+- only")
+    return path.rstrip("/") or "/"
 
 
 def valid_hostname(name: Any) -> bool:
@@ -450,6 +521,9 @@ def _rule(route: Mapping[str, Any], i: int, raw: Mapping[str, Any],
             reason = "RefNotPermitted"
         elif not isinstance(port, int) or not 0 < port < 65536:
             error, reason = f"{bw}.port: a Service backend needs its port", "UnsupportedValue"
+        elif not (_dns_label(bname) and _dns_label(bns)):
+            error = f"{bw}.name: {bname!r} in namespace {bns!r} is not a Service name"
+            reason = "BackendNotFound"
         eps: tuple[str, ...] = ()
         if not error and isinstance(port, int):
             eps, why = endpoints.resolve(bns, bname, port)
@@ -561,6 +635,141 @@ def _allows(lis: _Listener, route_ns: str, ns_labels: Mapping[str, Mapping[str, 
     return False
 
 
+# -- retry budgets (XBackendTrafficPolicy) -----------------------------------------------------
+
+MAX_BUDGET_INTERVAL_MS = 3_600_000
+"""The longest interval of a budget or its floor (the API's: 1h)."""
+MAX_ANCESTORS = 16
+"""The most ``status.ancestors`` entries a policy holds (the API's)."""
+_UNTARGETABLE = ("InvalidKind", "RefNotPermitted")
+
+
+def _duration_text(ms: int) -> str:
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def describe(budget: Budget) -> str:
+    """A budget as the conditions and docs say it."""
+    return (f"{budget.percent}% of requests per {_duration_text(budget.interval_ms)}, at least "
+            f"{budget.min_count} per {_duration_text(budget.min_interval_ms)}")
+
+
+def _count(value: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Unsupported(f"{where}: {value!r} is not {low}..{high}")
+    return value
+
+
+def _interval_ms(value: Any, default_ms: int, where: str, low_ms: int) -> int:
+    if value is None:
+        return default_ms
+    try:
+        ms = round(duration_seconds(value) * 1000)
+    except ValueError as e:
+        raise Unsupported(f"{where}: {e}") from None
+    if not low_ms <= ms <= MAX_BUDGET_INTERVAL_MS:
+        raise Unsupported(f"{where}: {value} is not {_duration_text(low_ms)}..1h")
+    return ms
+
+
+def _budget(spec: Mapping[str, Any]) -> Budget:
+    """The budget a policy's ``spec.retryConstraint`` asks for (Gateway API's defaults for what
+    it leaves out, all of them without one); Unsupported naming the field out of range."""
+    where = "spec.retryConstraint"
+    rc = spec.get("retryConstraint")
+    if rc is None:
+        return DEFAULT_BUDGET
+    if not isinstance(rc, Mapping):
+        raise Unsupported(f"{where}: not an object")
+    budget, floor = _as_map(rc.get("budget")), _as_map(rc.get("minRetryRate"))
+    d = DEFAULT_BUDGET
+    return Budget(
+        _count(budget.get("percent", d.percent), f"{where}.budget.percent", 0, 100),
+        _interval_ms(budget.get("interval"), d.interval_ms, f"{where}.budget.interval", 1000),
+        _count(floor.get("count", d.min_count), f"{where}.minRetryRate.count", 1, 1_000_000),
+        _interval_ms(floor.get("interval"), d.min_interval_ms,
+                     f"{where}.minRetryRate.interval", 1))
+
+
+def _policies(policies: Iterable[Mapping[str, Any]], services: Mapping[Key, Any],
+              service_gateways: Mapping[Key, set[Key]], ns_gateways: Mapping[str, set[Key]],
+              out: Rendered, controller_name: str) -> None:
+    """Each policy's budget and status into ``out`` (``budgets``, ``policies``).
+
+    A policy applies to the core Services its ``targetRefs`` name (other refs are ignored and
+    said so); two policies on one Service: the older (creationTimestamp, then namespace/name)
+    wins, the other is ``Conflicted`` there. Its ancestors are the Gateways whose attached
+    routes reference a targeted Service (a policy without a valid target: the Gateways of the
+    routes in its namespace, so its ``Invalid`` is seen)."""
+    def age(p: Mapping[str, Any]) -> tuple[str, Key]:
+        return str(_meta(p).get("creationTimestamp") or ""), _key(p)
+
+    owner: dict[Key, Key] = {}  # Service -> the policy whose budget it has
+    for pol in sorted(policies, key=age):
+        key, gen = _key(pol), _generation(pol)
+        ns, spec = key[0], _as_map(pol.get("spec"))
+        notes: list[str] = []
+        targets: list[tuple[int, str]] = []
+        for i, ref in enumerate(map(_as_map, _as_list(spec.get("targetRefs")))):
+            where = f"spec.targetRefs[{i}]"
+            group, kind, name = ref.get("group") or "", ref.get("kind"), ref.get("name")
+            if group != "" or kind != "Service":
+                notes.append(f"{where}: only core Services are supported, not "
+                             f"{_comment(str(group or 'core'))}/{_comment(str(kind))}; ignored")
+            elif not _dns_label(name):
+                notes.append(f"{where}.name: {_comment(str(name))!r} is not a Service name; "
+                             "ignored")
+            else:
+                targets.append((i, str(name)))
+        if spec.get("sessionPersistence"):
+            notes.append("spec.sessionPersistence: not supported by this gateway; ignored")
+        invalid, budget = "", DEFAULT_BUDGET
+        try:
+            budget = _budget(spec)
+        except Unsupported as e:
+            invalid = str(e)
+        if not targets and not invalid:
+            invalid = "spec.targetRefs: no entry names a core Service"
+        won: list[str] = []
+        conflicts: list[str] = []
+        missing: list[str] = []
+        if not invalid:
+            for i, name in targets:
+                winner = owner.setdefault((ns, name), key)
+                if winner != key:
+                    conflicts.append(f"spec.targetRefs[{i}]: Service {name} has the budget of "
+                                     f"the older {POLICY_KIND} {winner[0]}/{winner[1]}")
+                    continue
+                out.budgets[(ns, name)] = budget
+                won.append(name)
+                if (ns, name) not in services:
+                    missing.append(f"spec.targetRefs[{i}]: Service {name} not found")
+        if invalid:
+            ok, reason, message = False, "Invalid", invalid
+        elif not won:
+            ok, reason, message = False, "Conflicted", "; ".join(conflicts)
+        elif len(missing) == len(won):
+            ok, reason, message = False, "TargetNotFound", "; ".join(missing)
+        else:
+            ok, reason = True, "Accepted"
+            message = f"retry budget {describe(budget)} for Service {', '.join(won)}"
+            notes = conflicts + missing + notes
+        message = "; ".join([message, *notes])
+        gateways: set[Key] = set()
+        for _i, name in targets:
+            gateways |= service_gateways.get((ns, name), set())
+        if not targets:
+            gateways = set(ns_gateways.get(ns, set()))
+        out.policies[key] = [{
+            "ancestorRef": {"group": GROUP, "kind": "Gateway", "namespace": g[0], "name": g[1]},
+            "controllerName": controller_name,
+            "conditions": [condition("Accepted", ok, reason, message, gen)],
+        } for g in sorted(gateways)[:MAX_ANCESTORS]]
+
+
 # -- the configuration text -------------------------------------------------------------------
 
 
@@ -593,10 +802,14 @@ def _path_rx(m: Match) -> str:
     return _rx(m.path) + r"(\x2f.*)?\z"
 
 
-def _head(emit: Any, options: Options, name: str, headers: Sequence[str]) -> None:
-    """The main context and the http block's common settings of the ``name`` tier."""
+def _head(emit: Any, options: Options, name: str, headers: Sequence[str],
+          modules: Sequence[str] = ()) -> None:
+    """The main context (``modules`` loaded first) and the http block's common settings of
+    the ``name`` tier."""
     rd = options.runtime_dir.rstrip("/")
     emit(f"# Generated by localcluster.gateway.render ({name} tier): do not edit.")
+    for module in modules:
+        emit(f"load_module {module};")
     emit("daemon off;")
     emit(f"worker_processes {options.workers};")
     emit(f"pid {rd}/{name}.pid;")
@@ -615,12 +828,15 @@ def _head(emit: Any, options: Options, name: str, headers: Sequence[str]) -> Non
         emit(line, 1)
 
 
-def _status_server(emit: Any, listen: str) -> None:
-    """nginx's own status server, on loopback: stub_status and the config digest."""
+def _status_server(emit: Any, listen: str, locations: Sequence[str] = ()) -> None:
+    """nginx's own status server, on loopback: stub_status, the config digest and
+    ``locations``."""
     emit("server {", 1)
     emit(f"listen {listen};", 2)
     emit("location = /stub_status { stub_status; }", 2)
     emit(f'location = /msv-config {{ return 200 "{CONFIG_DIGEST}"; }}', 2)
+    for location in locations:
+        emit(location, 2)
     emit("location / { return 404; }", 2)
     emit("}", 1)
 
@@ -628,6 +844,41 @@ def _status_server(emit: Any, listen: str) -> None:
 def socket_path(options: Options, port: int) -> str:
     """The unix socket the routing tier serves listener ``port`` on (the edge proxies to it)."""
     return f"{options.runtime_dir.rstrip('/')}/listener-{port}.sock"
+
+
+def budget_socket_path(options: Options) -> str:
+    """The routing tier's unix socket that answers a retry its budget refused (503)."""
+    return f"{options.runtime_dir.rstrip('/')}/retry-budget.sock"
+
+
+def _lua_call(function: str, *args: str | int) -> str:
+    """``require("budget").function(args)``: strings only of letters, digits and ``._/+-``
+    (names that are DNS labels, checked paths), so nothing reaches Lua as syntax."""
+    parts = []
+    for a in args:
+        if isinstance(a, str):
+            if not re.fullmatch(r"[A-Za-z0-9._/+-]*", a):
+                raise ValueError(f"{a!r} cannot be a Lua string here")
+            parts.append(f'"{a}"')
+        else:
+            parts.append(str(int(a)))
+    return f'require("{LUA_MODULE}").{function}({", ".join(parts)})'
+
+
+def _budget_blocks(emit: Any, options: Options) -> None:
+    """The routing tier's http-level budget settings: the Lua module, its counters, the
+    server that answers a refused retry."""
+    lua_dir = _config_path(options.lua_dir, "Options.lua_dir")
+    sock = _config_path(budget_socket_path(options), "Options.runtime_dir")
+    emit(f'lua_package_path "{lua_dir}/?.lua;;";', 1)
+    emit(f"lua_shared_dict {BUDGET_DICT} {BUDGET_DICT_SIZE};", 1)
+    emit(f"init_by_lua_block {{ {_lua_call('init', BUDGET_DICT, sock)} }}", 1)
+    emit("server {  # a retry the backend's budget refused", 1)
+    emit(f"listen unix:{sock};", 2)
+    emit("default_type text/plain;", 2)
+    emit(f"location / {{ add_header {BUDGET_HEADER} {BUDGET_HEADER_VALUE} always; "
+         f'return 503 "{BUDGET_BODY}"; }}', 2)
+    emit("}", 1)
 
 
 def edge_config(options: Options) -> str:
@@ -678,18 +929,21 @@ def _listen_prefix(options: Options) -> str:
     return f"{listen}:" if listen else ""
 
 
-def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
+def _config(options: Options, rules: list[Rule], entries: list[_Entry],
+            budgets: Mapping[Key, Budget]) -> str:
     """The routing tier (see the module docstring)."""
     lines: list[str] = []
 
     def emit(text: str = "", depth: int = 0) -> None:
         lines.append("    " * depth + text if text else "")
 
+    modules_dir = _config_path(options.nginx_modules_dir, "Options.nginx_modules_dir")
     _head(emit, options, "routing", (
         "proxy_set_header Host $http_host;",
         # The edge set them from the client's connection.
         "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
-        "proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;"))
+        "proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;"),
+        modules=[f"{modules_dir}/{m}" for m in NGINX_LUA_MODULES])
     for line in (
         "server_names_hash_bucket_size 256;", "server_names_hash_max_size 4096;",
         "map_hash_bucket_size 128;", "variables_hash_bucket_size 128;",
@@ -697,6 +951,7 @@ def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
         f"proxy_read_timeout {READ_TIMEOUT};", f"proxy_next_upstream_timeout {RETRY_WINDOW};",
     ):
         emit(line, 1)
+    _budget_blocks(emit, options)
 
     # One bit per (header, value) pair some match names.
     bits: dict[tuple[str, str], int] = {}
@@ -723,6 +978,12 @@ def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
                      f":{be.port}", 1)
                 for ep in be.endpoints:
                     emit(f"server {ep} max_fails=1 fail_timeout={rule.fail_timeout}s;", 2)
+                # Before keepalive, which wraps the balancer; nginx's round robin picks the
+                # endpoint of every try the budget allows.
+                bud = budgets.get((be.namespace, be.service), DEFAULT_BUDGET)
+                emit("balancer_by_lua_block { " + _lua_call(
+                    "balance", f"{be.namespace}/{be.service}", bud.percent, bud.interval_ms,
+                    bud.min_count, bud.min_interval_ms) + " }", 2)
                 emit(f"keepalive {UPSTREAM_KEEPALIVE};", 2)
                 emit(f"keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT};", 2)
                 emit("}", 1)
@@ -776,7 +1037,9 @@ def _config(options: Options, rules: list[Rule], entries: list[_Entry]) -> str:
             emit("}", 1)
             s += 1
 
-    _status_server(emit, options.status_listen)
+    _status_server(emit, options.status_listen, (
+        f"location = {BUDGET_STATUS_PATH} {{ default_type application/json; "
+        f"content_by_lua_block {{ {_lua_call('report')} }} }}",))
     emit("}")
     return "\n".join(lines) + "\n"
 
@@ -869,6 +1132,8 @@ def render(objects: Objects, options: Options, controller_name: str = CONTROLLER
     endpoints = _Endpoints(objects.services, objects.endpoint_slices)
     rules: list[Rule] = []
     entries: list[_Entry] = []
+    service_gateways: dict[Key, set[Key]] = {}  # Service -> Gateways routing to it
+    ns_gateways: dict[str, set[Key]] = {}  # namespace -> Gateways its routes attach to
     for route in _sorted(objects.routes):
         key, gen = _key(route), _generation(route)
         spec = _as_map(route.get("spec"))
@@ -903,6 +1168,7 @@ def render(objects: Objects, options: Options, controller_name: str = CONTROLLER
                  if not be.error and not be.endpoints and be.weight > 0]
         statuses: list[dict[str, Any]] = []
         attached_any = False
+        accepted_by: set[Key] = set()
         first_rule = len(rules)
         for ref, gkey in parents:
             section, port = ref.get("sectionName"), ref.get("port")
@@ -939,6 +1205,7 @@ def render(objects: Objects, options: Options, controller_name: str = CONTROLLER
                 conds.append(condition("Accepted", False, reason, message, gen))
             else:
                 attached_any = True
+                accepted_by.add(gkey)
                 msg = "accepted" + (f" ({'; '.join(notes)})" if notes else "")
                 conds.append(condition("Accepted", True, "Accepted", msg, gen))
                 for lis, hosts in attached:
@@ -967,10 +1234,14 @@ def render(objects: Objects, options: Options, controller_name: str = CONTROLLER
         if attached_any:
             rules.extend(compiled)
             out.attached_routes += 1
+            ns_gateways.setdefault(key[0], set()).update(accepted_by)
             for rule in compiled:
                 for be in rule.backends:
                     if not be.error:
                         out.backends[(be.namespace, be.service, be.port)] = len(be.endpoints)
+                    if be.reason not in _UNTARGETABLE:
+                        service_gateways.setdefault((be.namespace, be.service), set()).update(
+                            accepted_by)
 
     for key, listeners in gateways.items():
         out.gateways[key]["listeners"] = [{
@@ -978,7 +1249,9 @@ def render(objects: Objects, options: Options, controller_name: str = CONTROLLER
             "supportedKinds": [{"group": GROUP, "kind": ROUTE_KIND}] if lis.kinds_ok else [],
             "attachedRoutes": lis.attached, "conditions": lis.conditions,
         } for lis in listeners]
-    out.config = _config(options, rules, entries)
+    _policies(objects.policies, endpoints.services, service_gateways, ns_gateways, out,
+              controller_name)
+    out.config = _config(options, rules, entries, out.budgets)
     return out
 
 

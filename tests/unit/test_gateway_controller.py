@@ -19,6 +19,7 @@ from gateway_objects import (
     gateway,
     gateway_class,
     listener,
+    policy,
     route,
     rule,
     service,
@@ -42,7 +43,8 @@ class FakeApi:
     def __init__(self, items: list[dict[str, Any]]) -> None:
         by_kind = {"GatewayClass": "gatewayclasses", "Gateway": "gateways",
                    "HTTPRoute": "httproutes", "Service": "services",
-                   "EndpointSlice": "endpointslices", "Namespace": "namespaces"}
+                   "EndpointSlice": "endpointslices", "Namespace": "namespaces",
+                   "XBackendTrafficPolicy": "xbackendtrafficpolicies"}
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             k.name: {} for k in c.KINDS}
         self.rv = 1
@@ -55,6 +57,7 @@ class FakeApi:
         self.lists: dict[str, int] = {k.name: 0 for k in c.KINDS}
         self.writes: list[tuple[str, dict[str, Any]]] = []
         self.gone: set[str] = set()
+        self.missing: set[str] = set()  # kinds whose CRD is not installed (404)
 
     def _next(self) -> int:
         self.rv += 1
@@ -62,6 +65,8 @@ class FakeApi:
 
     def list(self, kind: c.Kind) -> tuple[list[dict[str, Any]], str]:
         self.lists[kind.name] += 1
+        if kind.name in self.missing:
+            raise c.NotFound(f"GET /apis/{kind.group}/{kind.version}/{kind.name}: HTTP 404")
         return [copy.deepcopy(o) for o in self.objects[kind.name].values()], str(self.rv)
 
     def watch(self, kind: c.Kind, resource_version: str, timeout: int
@@ -132,11 +137,14 @@ def _items(**route_extra: Any) -> list[dict[str, Any]]:
 
 
 class Running:
-    def __init__(self, api: FakeApi, plane: FakePlane, debounce: float = 0.0) -> None:
+    def __init__(self, api: FakeApi, plane: FakePlane, debounce: float = 0.0,
+                 max_backoff: float = 30.0) -> None:
         self.api, self.plane = api, plane
+        self.logged: list[str] = []
         self.ctl = c.Controller(api, plane, c.Settings(Options(runtime_dir="/r"),
-                                                       debounce=debounce),
-                                log=lambda _l: None)
+                                                       debounce=debounce,
+                                                       max_backoff=max_backoff),
+                                log=self.logged.append)
         self.rc: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -271,5 +279,111 @@ def test_healthz_and_metrics_are_served(running: Running) -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert e.value.code == 503
+    finally:
+        server.shutdown()
+
+
+THEIR_ANCESTOR = {"ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                  "namespace": "x", "name": "theirs"},
+                  "controllerName": "example.com/other", "conditions": OTHER["conditions"]}
+
+
+def test_a_policys_ancestor_status_is_written_once_beside_other_controllers() -> None:
+    pol = policy(["a"], sessionPersistence={"type": "Cookie"})
+    pol["status"] = {"ancestors": [copy.deepcopy(THEIR_ANCESTOR)]}
+    r = Running(FakeApi([*_items(), pol]), FakePlane())
+    try:
+        wait_for("the first render", lambda: r.ctl.started, timeout=10)
+        writes = _settled(r)
+        assert writes == 4  # GatewayClass, Gateway, HTTPRoute, the policy
+        ancestors = r.obj("xbackendtrafficpolicies", ("app", "budget"))["status"]["ancestors"]
+        assert ancestors[0] == THEIR_ANCESTOR
+        assert ancestors[1]["ancestorRef"] == {"group": "gateway.networking.k8s.io",
+                                               "kind": "Gateway", "namespace": "gw",
+                                               "name": "gw"}
+        assert ancestors[1]["controllerName"] == CONTROLLER_NAME
+        accepted = _conds(ancestors[1])["Accepted"]
+        assert accepted["status"] == "True" and accepted["lastTransitionTime"].endswith("Z")
+        assert "spec.sessionPersistence: not supported" in accepted["message"]
+        assert 'balance("app/a", 20, 10000, 10, 1000)' in r.plane.texts[-1]
+        # The route leaves: our entry goes, theirs stays.
+        moved = copy.deepcopy(r.obj("httproutes", ("app", "route")))
+        moved["spec"]["parentRefs"] = [{"name": "elsewhere"}]
+        r.api.change("httproutes", moved)
+        wait_for("our ancestor removed", lambda: r.obj(
+            "xbackendtrafficpolicies", ("app", "budget"))["status"]["ancestors"]
+            == [THEIR_ANCESTOR], timeout=10)
+    finally:
+        r.stop()
+
+
+def test_a_cluster_without_the_policy_crd_is_served_and_picks_it_up_later() -> None:
+    api = FakeApi(_items())
+    api.missing.add("xbackendtrafficpolicies")
+    r = Running(api, FakePlane(), max_backoff=0.1)
+    try:
+        wait_for("the first render", lambda: r.ctl.started, timeout=10)
+        wait_for("three lists", lambda: api.lists["xbackendtrafficpolicies"] >= 3, timeout=10)
+        assert r.ctl.healthy() == (True, "ok")
+        missing = [ln for ln in r.logged if "xbackendtrafficpolicies" in ln]
+        assert missing == ["xbackendtrafficpolicies.gateway.networking.x-k8s.io is not served "
+                           "(its CRD is not installed): none of them; listing again with a "
+                           "backoff"]
+        assert r.ctl.stats.watch_restarts["xbackendtrafficpolicies"] == 0
+        # The CRD is installed and a policy made: it is listed and applied.
+        api.objects["xbackendtrafficpolicies"][("app", "budget")] = {
+            **policy(["a"], retryConstraint={"budget": {"percent": 7}}),
+            "metadata": {**policy(["a"])["metadata"], "resourceVersion": "1"}}
+        api.missing.clear()
+        wait_for("the policy's budget served",
+                 lambda: 'balance("app/a", 7, 10000, 10, 1000)' in r.plane.texts[-1], timeout=10)
+        assert "xbackendtrafficpolicies.gateway.networking.x-k8s.io is served now" in r.logged
+    finally:
+        r.stop()
+
+
+def test_a_missing_crd_of_a_kind_the_gateway_needs_is_an_error() -> None:
+    api = FakeApi(_items())
+    api.missing.add("httproutes")
+    r = Running(api, FakePlane(), max_backoff=0.1)
+    try:
+        wait_for("two lists", lambda: api.lists["httproutes"] >= 2, timeout=10)
+        assert not r.ctl.started
+        assert r.ctl.stats.watch_restarts["httproutes"] >= 1
+        assert any("watch httproutes: NotFound" in ln for ln in r.logged)
+    finally:
+        r.stop()
+
+
+def test_the_retry_budget_counters_become_metrics() -> None:
+    counters = {"app/a": {"requests": 12, "retries_allowed": 3, "retries_rejected": 2},
+                "ml/stable": {"requests": 1, "retries_allowed": 0, "retries_rejected": 0}}
+    calls: list[int] = []
+
+    def read() -> dict[str, dict[str, int]]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("connection refused")  # nginx restarting: the series are left out
+        return counters
+
+    ctl = c.Controller(FakeApi(_items()), FakePlane(), c.Settings(Options(runtime_dir="/r")),
+                       log=lambda _l: None, budget_counters=read)
+    server = c.serve_http(ctl, 0, "127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        requests, retries = c.METRICS["backend_requests"], c.METRICS["retries"]
+        assert (requests, retries) == ("msv_gateway_backend_requests_total",
+                                       "msv_gateway_retries_total")
+        for line in (f'{requests}{{namespace="app",service="a"}} 12.0',
+                     f'{requests}{{namespace="ml",service="stable"}} 1.0',
+                     f'{retries}{{namespace="app",result="allowed",service="a"}} 3.0',
+                     f'{retries}{{namespace="app",result="rejected",service="a"}} 2.0',
+                     f'{retries}{{namespace="ml",result="rejected",service="stable"}} 0.0'):
+            assert line in text.splitlines(), line
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        assert requests not in text and c.METRICS["reloads"] in text
     finally:
         server.shutdown()

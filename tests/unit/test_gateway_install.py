@@ -1,18 +1,20 @@
 """localcluster.gateway.install: the manifests of the local cluster's gateway, and what the
-gateway image runs needing nothing of the host side."""
+gateway image runs needing nothing of the host side (and carrying the retry budget's Lua)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from localcluster import images
 from localcluster.gateway import install
 from localcluster.gateway.controller import KINDS
-from localcluster.gateway.render import CONTROLLER_NAME
+from localcluster.gateway.render import CONTROLLER_NAME, LUA_DIR, LUA_MODULE
+from localcluster.images import recipes, steps
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,3 +112,12 @@ def test_a_rebuilt_image_rolls_the_pod_through_its_digest_annotation() -> None:
     assert template("sha256:aa")["annotations"] == {install.IMAGE_DIGEST: "sha256:aa"}
     assert template("sha256:bb") != template("sha256:aa")
     assert "annotations" not in template(None)
+
+
+def test_the_gateway_images_wheel_carries_the_retry_budgets_lua(tmp_path: Path) -> None:
+    (step,) = [st for st in recipes.recipes()["gateway"].steps if st.kind == "package"]
+    whl = steps._wheel([REPO / d for d in step.args], tmp_path)  # as the image's layer makes it
+    lua = f"localcluster/gateway/{LUA_MODULE}.lua"
+    with zipfile.ZipFile(whl) as z:
+        assert z.read(lua) == (Path(LUA_DIR) / f"{LUA_MODULE}.lua").read_bytes()
+    assert "libnginx-mod-http-lua" in recipes.GATEWAY_PACKAGES

@@ -1,6 +1,7 @@
 """localcluster.gateway.controller.KubeApi against a small fake API server on loopback: the
 requests the kubernetes client sends (paths, watch parameters, PUT .../status) and what comes
-back (lists, streamed watch events, 410 -> Gone, 409 -> Conflict, other errors)."""
+back (lists, streamed watch events, 410 -> Gone, 409 -> Conflict, 404 -> NotFound, other
+errors)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(("GET", url.path, q, None))
         if url.path == "/api/v1/namespaces":
             self._send(500, b'{"message": "boom"}')
+        elif url.path.startswith("/apis/gateway.networking.x-k8s.io/"):
+            self._send(404, b'{"kind": "Status", "code": 404, "message": "404 page not found"}')
         elif q.get("watch") == ["true"] and q.get("resourceVersion") == ["old"]:
             self._send(200, json.dumps({"type": "ERROR", "object": {
                 "kind": "Status", "code": 410, "message": "too old resource version"}}).encode())
@@ -123,6 +126,15 @@ def test_an_expired_watch_is_gone_and_other_errors_are_errors(
         list(k.watch(c.KIND["services"], "old", 300))
     with pytest.raises(RuntimeError, match="GET /api/v1/namespaces: HTTP 500"):
         k.list(c.KIND["namespaces"])
+
+
+def test_a_kind_the_server_does_not_serve_is_not_found(
+        api: tuple[c.KubeApi, FakeApiServer]) -> None:
+    k, server = api
+    with pytest.raises(c.NotFound, match="HTTP 404"):
+        k.list(c.KIND["xbackendtrafficpolicies"])
+    assert server.requests[-1][1] == \
+        "/apis/gateway.networking.x-k8s.io/v1alpha1/xbackendtrafficpolicies"
 
 
 def test_status_is_put_on_the_subresource_with_the_read_version(

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from gateway_objects import (
     backend,
+    budget,
     endpoint_slice,
     gateway,
     gateway_class,
     listener,
     objects,
+    policy,
     route,
     rule,
     service,
@@ -271,12 +274,16 @@ def test_the_same_objects_in_any_order_render_the_same_text() -> None:
     items = [route([rule([backend("a")], headers={"x-v": "1"})], name="r1"),
              route([rule([backend("b", weight=3), backend("a")])], name="r2",
                    hostnames=["h.example.com"]),
-             *_svc("a", "10.0.0.1", "10.0.0.5"), *_svc("b", "10.0.0.2")]
-    first = _render(*items).config
+             *_svc("a", "10.0.0.1", "10.0.0.5"), *_svc("b", "10.0.0.2"),
+             policy(["a"], name="p1", retryConstraint=budget(percent=1)),
+             policy(["a", "b"], name="p2", retryConstraint=budget(percent=2))]
+    first = _render(*items)
     for seed in range(3):
         shuffled = list(items)
         random.Random(seed).shuffle(shuffled)
-        assert _render(*shuffled).config == first
+        again = _render(*shuffled)
+        assert again.config == first.config
+        assert again.policies == first.policies
 
 
 # -- retries ------------------------------------------------------------------------------------
@@ -491,3 +498,209 @@ def test_transition_times_change_only_with_the_status() -> None:
            render.condition("ResolvedRefs", True, "ResolvedRefs", "m", 2)]
     stamped = render.stamp_conditions(new, old, "T1")
     assert [c["lastTransitionTime"] for c in stamped] == ["T0", "T1", "T1"]
+
+
+# -- retry budgets ------------------------------------------------------------------------------
+
+
+def _balance(config: str, upstream: str) -> str:
+    """The balancer line of ``upstream``'s block."""
+    (line,) = [ln.strip() for ln in _block(config, f"upstream {upstream} ").splitlines()
+               if "balancer_by_lua_block" in ln]
+    return line
+
+
+def _ancestors(out: render.Rendered, key: tuple[str, str] = ("app", "budget")
+               ) -> list[dict[str, Any]]:
+    return out.policies[key]
+
+
+def _accepted(out: render.Rendered, key: tuple[str, str] = ("app", "budget")) -> dict[str, Any]:
+    (entry,) = _ancestors(out, key)
+    return _conds(entry)["Accepted"]
+
+
+def test_every_upstream_counts_against_the_default_budget_in_the_routing_tier_only() -> None:
+    out = _render(route([rule([backend("a"), backend("b")])]),
+                  *_svc("a", "10.0.0.1"), *_svc("b", "10.0.0.2"))
+    head = out.config.split("http {", 1)[0]
+    assert head.splitlines()[1:3] == [
+        "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+        "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"]
+    assert f'lua_package_path "{render.LUA_DIR}/?.lua;;";' in out.config
+    assert (Path(render.LUA_DIR) / f"{render.LUA_MODULE}.lua").is_file()
+    assert "lua_shared_dict msv_retry_budget 4m;" in out.config
+    assert ('init_by_lua_block { require("budget").init("msv_retry_budget", '
+            '"/run/gw/retry-budget.sock") }') in out.config
+    # The GEP's defaults: 20 % per 10 s, at least 10 retries per 1 s.
+    assert render.describe(render.DEFAULT_BUDGET) == \
+        "20% of requests per 10s, at least 10 per 1s"
+    for upstream, svc in (("msv_u0_0", "a"), ("msv_u0_1", "b")):
+        assert _balance(out.config, upstream) == (
+            'balancer_by_lua_block { require("budget").balance('
+            f'"app/{svc}", 20, 10000, 10, 1000) }}')
+        up = _block(out.config, f"upstream {upstream} ").splitlines()
+        # the endpoints stay nginx's to pick; keepalive wraps the balancer, so comes after it
+        assert next(i for i, ln in enumerate(up) if "balancer_by_lua" in ln) \
+            < next(i for i, ln in enumerate(up) if "keepalive 16;" in ln)
+        assert any(ln.strip().startswith("server 10.0.0.") for ln in up)
+    refused = _block(out.config, "# a retry the backend's budget refused")
+    assert "listen unix:/run/gw/retry-budget.sock;" in refused
+    assert ("add_header x-msv-retry-budget exhausted always; return 503 "
+            '"the backend failed and its retry budget is spent: not retried\\n";') in refused
+    status = out.config.split("listen 127.0.0.1:8082;", 1)[1]
+    assert status.splitlines()[3].strip() == (
+        "location = /msv-retry-budget { default_type application/json; "
+        'content_by_lua_block { require("budget").report() } }')
+    assert out.policies == {} and out.budgets == {}
+    edge = render.edge_config(OPTS)
+    assert "lua" not in edge and "load_module" not in edge
+
+
+def test_a_policy_sets_its_services_budget_and_reports_on_the_gateway() -> None:
+    out = _render(route([rule([backend("a"), backend("b")])], generation=3),
+                  *_svc("a", "10.0.0.1"), *_svc("b", "10.0.0.2"),
+                  policy(["a"], generation=5, retryConstraint=budget(
+                      percent=0, interval="1m", count=1, floor="1h")))
+    assert _balance(out.config, "msv_u0_0").endswith(
+        'balance("app/a", 0, 60000, 1, 3600000) }')
+    assert _balance(out.config, "msv_u0_1").endswith(
+        'balance("app/b", 20, 10000, 10, 1000) }')  # not targeted: the default
+    assert out.budgets == {("app", "a"): render.Budget(0, 60000, 1, 3600000)}
+    (entry,) = _ancestors(out)
+    assert entry["ancestorRef"] == {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                    "namespace": "gw", "name": "gw"}
+    assert entry["controllerName"] == CONTROLLER_NAME
+    accepted = _conds(entry)["Accepted"]
+    assert (accepted["status"], accepted["reason"], accepted["observedGeneration"]) == \
+        ("True", "Accepted", 5)
+    assert accepted["message"] == \
+        "retry budget 0% of requests per 1m, at least 1 per 1h for Service a"
+
+
+@pytest.mark.parametrize(("constraint", "want"), [
+    (None, render.DEFAULT_BUDGET),
+    ({}, render.DEFAULT_BUDGET),
+    (budget(percent=50), render.Budget(50, 10000, 10, 1000)),
+    (budget(floor="250ms"), render.Budget(20, 10000, 10, 250)),
+    (budget(interval="1m30s", count=3), render.Budget(20, 90000, 3, 1000)),
+])
+def test_what_a_retry_constraint_leaves_out_is_gateway_apis_default(
+        constraint: dict[str, Any] | None, want: render.Budget) -> None:
+    extra = {} if constraint is None else {"retryConstraint": constraint}
+    out = _render(route([rule([backend("a")])]), *_svc("a", "10.0.0.1"), policy(["a"], **extra))
+    assert out.budgets == {("app", "a"): want}
+    assert _accepted(out)["status"] == "True"
+
+
+@pytest.mark.parametrize(("constraint", "words"), [
+    (budget(percent=101), "spec.retryConstraint.budget.percent: 101 is not 0..100"),
+    (budget(percent=True), "spec.retryConstraint.budget.percent"),
+    (budget(interval="500ms"), "spec.retryConstraint.budget.interval: 500ms is not 1s..1h"),
+    (budget(interval="61m"), "spec.retryConstraint.budget.interval: 61m is not 1s..1h"),
+    (budget(interval="soon"), "spec.retryConstraint.budget.interval: 'soon' is not a Gateway"),
+    (budget(count=0), "spec.retryConstraint.minRetryRate.count: 0 is not 1..1000000"),
+    (budget(floor="0s"), "spec.retryConstraint.minRetryRate.interval: 0s is not 1ms..1h"),
+    ("20%", "spec.retryConstraint: not an object"),
+])
+def test_a_budget_out_of_the_apis_range_is_invalid_by_field(constraint: Any, words: str) -> None:
+    out = _render(route([rule([backend("a")])]), *_svc("a", "10.0.0.1"),
+                  policy(["a"], retryConstraint=constraint))
+    accepted = _accepted(out)
+    assert (accepted["status"], accepted["reason"]) == ("False", "Invalid")
+    assert words in accepted["message"]
+    assert out.budgets == {}  # the Service keeps the default
+    assert _balance(out.config, "msv_u0_0").endswith('balance("app/a", 20, 10000, 10, 1000) }')
+
+
+def test_the_older_policy_wins_a_service_and_the_newer_is_conflicted() -> None:
+    older = policy(["a"], name="zz-older", created="2026-01-01T00:00:00Z",
+                   retryConstraint=budget(percent=5))
+    newer = policy(["a", "b"], name="aa-newer", created="2026-02-01T00:00:00Z",
+                   retryConstraint=budget(percent=50))
+    only = policy(["a"], name="only-a", created="2026-03-01T00:00:00Z")
+    out = _render(route([rule([backend("a"), backend("b")])]),
+                  *_svc("a", "10.0.0.1"), *_svc("b", "10.0.0.2"), newer, older, only)
+    assert out.budgets == {("app", "a"): render.Budget(5, 10000, 10, 1000),
+                           ("app", "b"): render.Budget(50, 10000, 10, 1000)}
+    assert _accepted(out, ("app", "zz-older"))["status"] == "True"
+    partly = _accepted(out, ("app", "aa-newer"))
+    assert (partly["status"], partly["reason"]) == ("True", "Accepted")
+    assert partly["message"].startswith("retry budget 50% of requests per 10s, at least 10 "
+                                        "per 1s for Service b; spec.targetRefs[0]: Service a "
+                                        "has the budget of the older XBackendTrafficPolicy "
+                                        "app/zz-older")
+    lost = _accepted(out, ("app", "only-a"))
+    assert (lost["status"], lost["reason"]) == ("False", "Conflicted")
+    assert "Service a has the budget of the older XBackendTrafficPolicy app/zz-older" \
+        in lost["message"]
+    # Ties on creationTimestamp go to namespace/name.
+    tie = _render(route([rule([backend("a")])]), *_svc("a", "10.0.0.1"),
+                  policy(["a"], name="b2", retryConstraint=budget(percent=2)),
+                  policy(["a"], name="b1", retryConstraint=budget(percent=1)))
+    assert tie.budgets == {("app", "a"): render.Budget(1, 10000, 10, 1000)}
+    assert _accepted(tie, ("app", "b2"))["reason"] == "Conflicted"
+
+
+def test_target_refs_other_than_core_services_are_ignored_and_named() -> None:
+    out = _render(route([rule([backend("a")])]), *_svc("a", "10.0.0.1"), policy([
+        "a", {"group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": "a"},
+        {"group": "", "kind": "Service", "name": 'x"); os.exit(1) --'}],
+        sessionPersistence={"type": "Cookie"}))
+    accepted = _accepted(out)
+    assert (accepted["status"], accepted["reason"]) == ("True", "Accepted")
+    for words in ("spec.targetRefs[1]: only core Services are supported, not "
+                  "multicluster.x-k8s.io/ServiceImport; ignored",
+                  "spec.targetRefs[2].name: 'x____os.exit_1__--' is not a Service name; ignored",
+                  "spec.sessionPersistence: not supported by this gateway; ignored"):
+        assert words in accepted["message"]
+    assert "os.exit" not in out.config
+
+
+def test_a_policy_without_a_service_it_can_apply_to_says_so_where_it_is_seen() -> None:
+    items = (route([rule([backend("a")])]), *_svc("a", "10.0.0.1"))
+    # No core Service at all: Invalid, on the Gateways of the routes in its namespace.
+    out = _render(*items, policy([{"group": "apps", "kind": "Deployment", "name": "a"}]))
+    accepted = _accepted(out)
+    assert (accepted["status"], accepted["reason"]) == ("False", "Invalid")
+    assert "spec.targetRefs: no entry names a core Service" in accepted["message"]
+    assert "spec.targetRefs[0]: only core Services are supported, not apps/Deployment" \
+        in accepted["message"]
+    # A Service that does not exist but a route names: TargetNotFound there.
+    out = _render(route([rule([backend("a"), backend("gone")])]), *_svc("a", "10.0.0.1"),
+                  policy(["gone"]))
+    accepted = _accepted(out)
+    assert (accepted["status"], accepted["reason"]) == ("False", "TargetNotFound")
+    assert accepted["message"].startswith("spec.targetRefs[0]: Service gone not found")
+    # A Service no route of ours sends to: no ancestor of ours.
+    out = _render(*items, *_svc("idle", "10.0.0.9"), policy(["idle"]))
+    assert out.policies == {("app", "budget"): []}
+    assert out.budgets == {("app", "idle"): render.DEFAULT_BUDGET}
+
+
+def test_a_policy_reports_on_every_gateway_routing_to_its_services() -> None:
+    out = render.render(objects(
+        gateway_class(), gateway([listener(80)]), gateway([listener(80)], name="gw2"),
+        gateway([listener(80)], name="not-ours", cls="theirs"),
+        route([rule([backend("a")])], name="r1"),
+        route([rule([backend("a")])], name="r2", parent="gw2"),
+        route([rule([backend("a")])], name="r3", parent="not-ours"),
+        *_svc("a", "10.0.0.1"), policy(["a"])), OPTS)
+    assert [e["ancestorRef"]["name"] for e in _ancestors(out)] == ["gw", "gw2"]
+
+
+def test_names_that_reach_lua_are_dns_labels_and_paths_are_plain() -> None:
+    evil = 'a") os.execute("x'
+    out = _render(route([rule([backend(evil), backend("a")])]), *_svc("a", "10.0.0.1"),
+                  {**service("x"), "metadata": {"name": evil, "namespace": "app"}},
+                  endpoint_slice(evil, ["10.0.0.5"], 8080))
+    resolved = _conds(_parent(out))["ResolvedRefs"]
+    assert (resolved["status"], resolved["reason"]) == ("False", "BackendNotFound")
+    assert "is not a Service name" in resolved["message"]
+    assert "os.execute" not in out.config and "10.0.0.5" not in out.config
+    for field in ("lua_dir", "nginx_modules_dir", "runtime_dir"):
+        opts = Options(**{"runtime_dir": "/run/gw", field: '/x"; os.exit() --'})
+        with pytest.raises(ValueError, match=f"Options.{field}: .* is not an absolute path"):
+            _render(route([rule([backend("a")])]), *_svc("a", "10.0.0.1"), opts=opts)
+    with pytest.raises(ValueError, match="cannot be a Lua string"):
+        render._lua_call("balance", 'a"b')
