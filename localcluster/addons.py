@@ -19,20 +19,22 @@ from localcluster import versions
 class CrdSource:
     module: str
     version: str
-    pattern: str  # glob inside the module
+    patterns: tuple[str, ...]  # globs inside the module
 
 
 ADDONS: dict[str, CrdSource] = {
     "prometheus-operator": CrdSource(
         "github.com/prometheus-operator/prometheus-operator",
         versions.PROMETHEUS_OPERATOR,
-        "example/prometheus-operator-crd/monitoring.coreos.com_*.yaml",
+        ("example/prometheus-operator-crd/monitoring.coreos.com_*.yaml",),
     ),
     # The experimental channel: HTTPRoute's rules[].retry, which the local cluster's gateway
-    # implements (docs/gateway.md), is only there. Its x-k8s.io alpha kinds are left out.
+    # implements (docs/gateway.md), is only there. Of its x-k8s.io alpha kinds only
+    # XBackendTrafficPolicy (the gateway's retry budget) is installed.
     "gateway-api": CrdSource(
         "sigs.k8s.io/gateway-api", versions.GATEWAY_API,
-        "config/crd/experimental/gateway.networking.k8s.io_*.yaml",
+        ("config/crd/experimental/gateway.networking.k8s.io_*.yaml",
+         "config/crd/experimental/gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml"),
     ),
 }
 
@@ -71,10 +73,12 @@ def crd_files(name: str) -> list[Path]:
         src = ADDONS[name]
     except KeyError:
         raise AddonError(f"unknown add-on {name!r}; known: {', '.join(sorted(ADDONS))}") from None
-    files = [
-        f for f in sorted(module_dir(src.module, src.version).glob(src.pattern))
-        if "kind: CustomResourceDefinition" in f.read_text()
-    ]
-    if not files:
-        raise AddonError(f"{src.module}@{src.version} has no files matching {src.pattern}")
+    root = module_dir(src.module, src.version)
+    files: list[Path] = []
+    for pattern in src.patterns:
+        found = [f for f in sorted(root.glob(pattern))
+                 if "kind: CustomResourceDefinition" in f.read_text()]
+        if not found:
+            raise AddonError(f"{src.module}@{src.version} has no CRD file matching {pattern}")
+        files += found
     return files

@@ -175,8 +175,9 @@ def runtime_recipe(runtime: caps.Runtime) -> Recipe:
         dockerfile=f"model_server/Dockerfile.{runtime.name}")
 
 
-GATEWAY_PACKAGES = ("nginx",)
-"""Debian's nginx (bookworm: 1.22): the gateway's data plane (docs/gateway.md)."""
+GATEWAY_PACKAGES = ("nginx", "libnginx-mod-http-lua")
+"""Debian's nginx (bookworm: 1.22): the gateway's data plane, and its lua module (with the
+NDK and lua-resty-core it depends on): the routing tier's retry budget (docs/gateway.md)."""
 
 
 def recipes() -> dict[str, Recipe]:

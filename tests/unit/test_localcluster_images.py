@@ -160,14 +160,16 @@ def test_every_packaged_directory_is_a_package_the_project_wheel_finds() -> None
             f"{d}: add it to [tool.setuptools.packages.find] include in pyproject.toml"
 
 
-def test_the_gateway_image_shares_the_operators_layers_and_adds_debians_nginx() -> None:
+def test_the_gateway_image_shares_the_operators_layers_and_adds_debians_nginx_with_lua(
+) -> None:
     r = recipes.recipes()
     gw, op = r["gateway"], r["operator"]
     assert gw.steps[:3] == op.steps[:3]  # debian, venv, the operator's deps: one set of layers
     deps = {re.split(r"[<>=\[ ]", a, maxsplit=1)[0] for a in gw.steps[2].args}
     assert {"kubernetes", "prometheus-client"} <= deps
     assert [(s.name, s.kind, s.args) for s in gw.steps[3:]] == [
-        ("nginx", "apt", ("nginx",)), ("localcluster", "package", ("localcluster",))]
+        ("nginx", "apt", ("nginx", "libnginx-mod-http-lua")),  # the lua module: retry budget
+        ("localcluster", "package", ("localcluster",))]
     assert gw.config.entrypoint == ("/opt/venv/bin/python", "-m", "localcluster.gateway")
     assert gw.config.user == "10001:10001" and 80 in gw.config.ports
     assert gw.dockerfile == ""  # a local-cluster image: no registry Dockerfile
