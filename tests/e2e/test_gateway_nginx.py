@@ -6,7 +6,9 @@ temporary prefix directory; small Python HTTP servers on loopback are the endpoi
 EndpointSlices fed to render carry 127.0.0.1 and their ports). Each backend answers with its
 name, so a test counts where each request went. Nothing here needs root or a cluster; nginx
 must be installed (Debian's package: ``scripts/node-packages`` installs it for ``make test``),
-and a missing nginx FAILS with the install line rather than skipping.
+and a missing nginx FAILS with the install line rather than skipping. The retry budget's tests
+read the routing tier's counters (``Nginx.budget_counters``) and compare them with what the
+endpoints answered.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ from typing import Any
 import pytest
 from gateway_objects import (
     backend,
+    budget,
     endpoint_slice,
     gateway,
     gateway_class,
     listener,
     objects,
+    policy,
     route,
     rule,
     service,
 )
 from waiting import wait_for
 
-from localcluster.gateway import render
+from localcluster.gateway import controller, render
 from localcluster.gateway.nginx import DataPlane, Nginx, NginxError, find_binary
 
 pytestmark = pytest.mark.slow
@@ -72,8 +76,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.server.delay:
             time.sleep(self.server.delay)
+        with self.server.conns_lock:
+            self.server.hits += 1
         body = self.server.name.encode()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -100,12 +106,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Backend(ThreadingHTTPServer):
-    """An endpoint on 127.0.0.1 answering its name; ``kill`` drops it like ``kill -9``."""
+    """An endpoint on 127.0.0.1 answering its name with ``status`` (``hits`` counts the
+    answers); ``kill`` drops it like ``kill -9``."""
 
     daemon_threads = True
 
-    def __init__(self, name: str, delay: float = 0.0) -> None:
-        self.name, self.delay = name, delay
+    def __init__(self, name: str, delay: float = 0.0, status: int = 200) -> None:
+        self.name, self.delay, self.status = name, delay, status
+        self.hits = 0
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
         self.first_event_seen = threading.Event()
@@ -199,8 +207,8 @@ def gw(nginx_binary: str) -> Iterator[Gateway]:
 def backends() -> Iterator[Callable[..., Backend]]:
     made: list[Backend] = []
 
-    def make(name: str, delay: float = 0.0) -> Backend:
-        b = Backend(name, delay)
+    def make(name: str, delay: float = 0.0, status: int = 200) -> Backend:
+        b = Backend(name, delay, status)
         made.append(b)
         return b
 
@@ -437,8 +445,117 @@ def test_a_config_nginx_refuses_keeps_the_old_one_serving(
     assert where(gw, 3, path="/x") == Counter({"404": 3})
 
 
+# -- the retry budget ---------------------------------------------------------------------------
+
+
+@dataclass
+class Answers:
+    """What a client got: 200s, 503s the budget refused (header and body), anything else."""
+
+    ok: int = 0
+    refused: int = 0
+    other: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.refused + len(self.other)
+
+    def send(self, conn: http.client.HTTPConnection) -> Answers:
+        conn.request("POST", "/v2/models/m/infer", body=b'{"inputs": []}',
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        header = resp.getheader(render.BUDGET_HEADER)
+        if resp.status == 200 and body == "stable" and header is None:
+            self.ok += 1
+        elif resp.status == 503 and header == render.BUDGET_HEADER_VALUE \
+                and body == "the backend failed and its retry budget is spent: not retried\n":
+            self.refused += 1
+        else:
+            self.other.append(f"{resp.status} {header} {body[:80]!r}")
+        return self
+
+
+def _metric(families: list[Any], name: str, **labels: str) -> float:
+    (value,) = [s.value for f in families for s in f.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return float(value)
+
+
+def test_a_failing_endpoint_gets_no_more_retries_than_its_budget(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    bad, good = backends("stable", status=503), backends("stable")
+    items = (route([rule([backend("stable")], retry={"attempts": 2, "codes": [503]})]),
+             *_svc("stable", bad, good))
+    # No share of requests, and a floor of one retry per hour: one retry, then none.
+    out = gw.serve(*items, policy(["stable"], retryConstraint=budget(
+        percent=0, count=1, floor="1h")))
+    assert _balance_line(out.config).endswith('balance("app/stable", 0, 10000, 1, 3600000) }')
+    got = Answers()
+    conn = gw.connection()
+    # The failing endpoint sits out nginx's fail_timeout (1 s) after each failure, so it is
+    # reached every second or two: wait for three refused retries.
+    wait_for("three retries refused", lambda: got.send(conn).refused >= 3, timeout=60,
+             interval=0.01)
+    conn.close()
+    assert got.other == []
+    counters = gw.nginx.budget_counters()["app/stable"]
+    assert counters == {"requests": got.total, "retries_allowed": 1,
+                        "retries_rejected": got.refused}
+    # Every hit of the failing endpoint was a first try: one retried (the floor), the rest
+    # refused; the healthy endpoint answered every 200 once.
+    assert bad.hits == 1 + got.refused
+    assert good.hits == got.ok
+    families = list(controller.budget_metrics(gw.nginx.budget_counters()))
+    labels = {"namespace": "app", "service": "stable"}
+    assert _metric(families, controller.METRICS["backend_requests"], **labels) == got.total
+    assert _metric(families, controller.METRICS["retries"], result="allowed", **labels) == 1
+    assert _metric(families, controller.METRICS["retries"], result="rejected",
+                   **labels) == got.refused
+    # A policy that allows every retry takes effect on reload; the counters survive it.
+    gw.serve(*items, policy(["stable"], retryConstraint=budget(percent=100, count=1,
+                                                               floor="1h")))
+    assert gw.nginx.budget_counters()["app/stable"] == counters
+    hits, after = bad.hits, Answers()
+    conn = gw.connection()
+    wait_for("the failing endpoint tried again",
+             lambda: after.send(conn) and bad.hits > hits, timeout=60, interval=0.01)
+    conn.close()
+    assert after.ok == after.total and after.total >= 1, after
+    assert gw.nginx.budget_counters()["app/stable"]["retries_allowed"] == 1 + bad.hits - hits
+
+
+def test_with_the_default_budget_a_failing_endpoint_at_low_traffic_is_always_retried(
+        gw: Gateway, backends: Callable[..., Backend]) -> None:
+    bad, good = backends("stable", status=503), backends("stable")
+    out = gw.serve(route([rule([backend("stable")], retry={"attempts": 2, "codes": [503]})]),
+                   *_svc("stable", bad, good))
+    assert _balance_line(out.config).endswith('balance("app/stable", 20, 10000, 10, 1000) }')
+    got = Answers()
+    conn = gw.connection()
+    # Two requests a second (wait_for's pace): the failing endpoint, back after its
+    # fail_timeout, takes one in two to five of them, so retries come near or above 20 % of
+    # requests; the floor (10 a second) allows them whatever the share.
+    wait_for("three hits of the failing endpoint", lambda: got.send(conn) and bad.hits >= 3,
+             timeout=60, interval=0.5)
+    conn.close()
+    assert got.ok == got.total and got.other == [], got
+    assert gw.nginx.budget_counters() == {"app/stable": {
+        "requests": got.total, "retries_allowed": bad.hits, "retries_rejected": 0}}
+    assert good.hits == got.total
+
+
+def _balance_line(config: str) -> str:
+    (line,) = [ln.strip() for ln in config.splitlines() if "balancer_by_lua_block" in ln]
+    return line
+
+
 def test_nginx_is_installed_for_make_test() -> None:
-    """scripts/node-packages installs nginx, so make test never runs without it."""
+    """scripts/node-packages installs nginx and its lua module, so make test never runs
+    without them."""
     script = (Path(__file__).resolve().parents[2] / "scripts" / "node-packages").read_text()
-    assert "nginx" in script.split("packages=(", 1)[1].split(")", 1)[0].split()
+    packages = script.split("packages=(", 1)[1].split(")", 1)[0].split()
+    assert {"nginx", "libnginx-mod-http-lua"} <= set(packages)
     assert os.access(find_binary(), os.X_OK)
+    modules = Path(render.Options(runtime_dir="/r").nginx_modules_dir)
+    assert all((modules / m).is_file() for m in render.NGINX_LUA_MODULES)
