@@ -1,9 +1,12 @@
 """The local cluster's Gateway API implementation: nginx (Debian's) as the data plane, driven
 by the project's own controller (docs/gateway.md).
 
-- ``render``: PURE. GatewayClass/Gateway/HTTPRoute/Service/EndpointSlice/Namespace objects
-  (plain dicts, as the API returns them) -> the nginx.conf text and the status each
-  GatewayClass, Gateway and HTTPRoute parent should carry;
+- ``render``: PURE. GatewayClass/Gateway/HTTPRoute/Service/EndpointSlice/Namespace and
+  XBackendTrafficPolicy objects (plain dicts, as the API returns them) -> the nginx.conf text
+  and the status each GatewayClass, Gateway, HTTPRoute parent and policy ancestor should
+  carry;
+- ``budget.lua``: the retry budget the routing tier's nginx runs (Debian's lua module) on
+  every try of a request, per backend Service; shipped as package data;
 - ``nginx``: the nginx master as a child process: write a config atomically, ``nginx -t``,
   reload, confirm the workers serve the new config;
 - ``controller``: lists and watches the objects (``kubernetes`` client), renders on change
