@@ -408,13 +408,13 @@ class Controller:
                               "ancestorRef", out.policies.get(_okey(policy), []), now,
                               limit=render.MAX_ANCESTORS)
 
-    def _put_entries(self, kind: Kind, obj: Mapping[str, Any], field: str, ref: str,
+    def _put_entries(self, kind: Kind, obj: Mapping[str, Any], list_name: str, ref: str,
                      want: list[dict[str, Any]], now: str, limit: int | None = None) -> None:
-        """Replace this controller's entries of ``status.<field>`` (keyed by ``ref``) with
+        """Replace this controller's entries of ``status.<list_name>`` (keyed by ``ref``) with
         ``want``, other controllers' entries kept (at most ``limit`` entries in all)."""
         ours = self.settings.controller_name
         status = obj.get("status") or {}
-        entries = list(status.get(field) or [])
+        entries = list(status.get(list_name) or [])
         mine = [p for p in entries if p.get("controllerName") == ours]
         if not want and not mine:
             return
@@ -427,7 +427,7 @@ class Controller:
         others = [p for p in entries if p.get("controllerName") != ours]
         if limit is not None:
             stamped = stamped[:max(0, limit - len(others))]
-        self._put(kind, _okey(obj), {**status, field: others + stamped}, now, stamp=False)
+        self._put(kind, _okey(obj), {**status, list_name: others + stamped}, now, stamp=False)
 
     def _put(self, kind: Kind, key: tuple[str, str], status: Mapping[str, Any], now: str,
              stamp: bool = True) -> None:
