@@ -1,5 +1,6 @@
-"""The HTTPRoute the operator writes (weights from every source, retries, the header canary),
-the spec fields behind it (spec.gateway.retry, spec.gateway.variantHeader: parser and CRD),
+"""The HTTPRoute the operator writes (weights from every source, retries, the header canary)
+and the XBackendTrafficPolicy with its retry budget, the spec fields behind them
+(spec.gateway.retry with its budget, spec.gateway.variantHeader: parser, CRD, the example),
 and the discovery of rules[].retry in the cluster's HTTPRoute CRD."""
 
 from __future__ import annotations
@@ -530,3 +531,29 @@ def test_policy_is_valid_against_the_gateway_api_crd() -> None:
         written = policy["spec"]["retryConstraint"]
         assert pattern.match(written["budget"]["interval"])
         assert pattern.match(written["minRetryRate"]["interval"])
+
+
+def test_the_examples_gateway_block_is_valid_once_uncommented() -> None:
+    """examples/sentiment-rollout.yaml shows spec.gateway commented out (it needs a Gateway):
+    uncommented, it passes the CRD's structure and the parser, budget included."""
+    import jsonschema
+
+    lines = (ROOT / "examples" / "sentiment-rollout.yaml").read_text().splitlines()
+    start = lines.index("  # gateway:")
+    block = ["  gateway:"]
+    for line in lines[start + 1:]:
+        if not line.startswith("  #   "):
+            break
+        block.append("  " + line[len("  # "):])
+    body = yaml.safe_load("\n".join(["spec:", *block]))
+    gateway = body["spec"]["gateway"]
+    assert "budget" in gateway["retry"]
+    jsonschema.validate(gateway, _gateway_schema())
+    example = yaml.safe_load("\n".join(lines))
+    example["metadata"].update(namespace="ml", uid="u")
+    example["spec"]["gateway"] = gateway
+    parsed = parse_spec(example)
+    assert parsed.gateway_retry.budget == sp.RetryBudget(explicit=True)
+    (policy,) = policies_of(example)
+    assert [t["name"] for t in policy["spec"]["targetRefs"]] == [
+        "sentiment-rollout-baseline", "sentiment-rollout-int8"]
