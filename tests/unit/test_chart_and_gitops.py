@@ -50,7 +50,8 @@ def _namespaced_rules() -> list[dict[str, Any]]:
 
 def test_the_operator_role_grants_every_kind_the_builders_write() -> None:
     """Every kind a ModelService can get (all optional APIs served, every feature on) may be
-    created, patched (server-side apply), read, listed, watched and deleted (pruned)."""
+    created, patched (server-side apply), read, listed, watched and deleted (pruned), by a
+    cluster-wide install and by a namespaced one alike."""
     from msv_operator import builders, kube
     from msv_operator.config import uniform_images
 
@@ -73,6 +74,11 @@ def test_the_operator_role_grants_every_kind_the_builders_write() -> None:
     for group, plural in sorted(written):
         for verb in ("get", "list", "watch", "create", "patch", "delete"):
             assert (group, plural, verb) in granted, f"{verb} {plural}.{group or 'core'}"
+    # both install modes grant exactly these rules: the ClusterRole, and the Role per namespace
+    for docs, kind in ((render(), "ClusterRole"), (render("watchNamespaces={team-a}"), "Role")):
+        (role,) = [d for d in docs if d["kind"] == kind and not d["metadata"]["name"].endswith(
+            ("-discovery", "-leader-election"))]
+        assert all(rule in role["rules"] for rule in _namespaced_rules()), kind
 
 
 def test_helm_lint_is_clean() -> None:
