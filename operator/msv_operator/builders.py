@@ -7,7 +7,9 @@ HPA; for the whole ModelService: a stable Service, a ServiceMonitor when the clu
 monitoring.coreos.com/v1, and an HTTPRoute with weighted backends when Gateway API is
 served and spec.gateway names a parent (with the gateway's retries when the cluster's
 HTTPRoute CRD has them, and one header-matched rule per variant with
-spec.gateway.variantHeader; `build_http_route`).
+spec.gateway.variantHeader; `build_http_route`) and, while those retries are on, an
+XBackendTrafficPolicy that caps them with a budget per backend Service when the cluster
+serves that kind (`build_retry_budget`).
 
 The caller passes the *effective weights* (`Serving`; spec.traffic, then the rollout's step
 or promotion and the brownout, see `rollout`, `brownout`), which drive the HTTPRoute and the
@@ -88,6 +90,9 @@ class BuildOptions:
     """The cluster serves gateway.networking.k8s.io/v1 HTTPRoute."""
     gateway_retry: bool = False
     """The cluster's HTTPRoute CRD has ``rules[].retry`` (Gateway API's experimental channel)."""
+    retry_budget: bool = False
+    """The cluster serves gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy (Gateway
+    API's experimental channel, GEP-3388)."""
 
 
 class NoServingImage(InvalidSpecError):
@@ -532,6 +537,48 @@ def _every_path() -> dict[str, Any]:
     return {"path": {"type": "PathPrefix", "value": "/"}}
 
 
+def route_service(spec: ModelServiceSpec, variant: str) -> str:
+    """The Service the HTTPRoute sends ``variant``'s requests to: its own, or with one variant
+    the stable Service (``variant_services``)."""
+    return object_name(spec.name, variant if variant_services(spec) else None)
+
+
+def route_services(spec: ModelServiceSpec) -> list[str]:
+    """Every Service the HTTPRoute's backendRefs name, in spec.variants order, once each."""
+    return list(dict.fromkeys(route_service(spec, v.name) for v in spec.variants))
+
+
+RETRY_BUDGET_POLICY = ("gateway.networking.x-k8s.io/v1alpha1", "XBackendTrafficPolicy")
+"""(apiVersion, kind) of Gateway API's retry budget (GEP-3388, experimental)."""
+POLICY_TARGETS_MAX = 16
+"""An XBackendTrafficPolicy's targetRefs hold at most this many Services."""
+
+
+def retry_budget_wanted(spec: ModelServiceSpec, opts: BuildOptions) -> bool:
+    """Whether the ModelService gets an XBackendTrafficPolicy: it has an HTTPRoute, its
+    retries are on (``attempts`` above 0; the budget then always is, by default Gateway API's)
+    and the cluster serves the kind."""
+    return (opts.gateway_api and bool(spec.gateway_parents) and opts.retry_budget
+            and spec.gateway_retry.attempts > 0)
+
+
+def build_retry_budget(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[str, Any]:
+    """The XBackendTrafficPolicy ``<name>``: spec.gateway.retry.budget as the
+    ``retryConstraint`` of every Service the HTTPRoute names (``route_services``; the first
+    ``POLICY_TARGETS_MAX``, the reconciler names the rest in FieldsIgnored). Gateway API keeps
+    a budget per targeted backend, so a failing variant spends its own and no other's."""
+    b = spec.gateway_retry.budget
+    targets = [{"group": "", "kind": "Service", "name": name}
+               for name in route_services(spec)[:POLICY_TARGETS_MAX]]
+    api_version, kind = RETRY_BUDGET_POLICY
+    return {"apiVersion": api_version, "kind": kind,
+            "metadata": _metadata(ms, object_name(spec.name)),
+            "spec": {"targetRefs": targets, "retryConstraint": {
+                "budget": {"percent": b.percent, "interval": b.interval},
+                "minRetryRate": {"count": b.min_retry_rate.count,
+                                 "interval": b.min_retry_rate.interval}}}}
+
+
 def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
                      weights: Mapping[str, int], opts: BuildOptions) -> dict[str, Any]:
     """The HTTPRoute ``<name>``: its last rule sends every request to one backend per variant
@@ -541,22 +588,18 @@ def build_http_route(ms: Mapping[str, Any], spec: ModelServiceSpec,
     rule per variant before it sends requests whose header names the variant (Exact) to that
     variant's own Service; a header naming no variant matches none of them and takes the
     weighted rule. Every rule carries the same ``retry`` (``route_retry``)."""
-    per_variant = variant_services(spec)
-
-    def service(variant: str) -> str:
-        return object_name(spec.name, variant if per_variant else None)
-
-    if per_variant:
-        backends = [{"name": service(v.name), "port": 80, "weight": int(weights.get(v.name, 0))}
-                    for v in spec.variants]
+    if variant_services(spec):
+        backends = [{"name": route_service(spec, v.name), "port": 80,
+                     "weight": int(weights.get(v.name, 0))} for v in spec.variants]
     else:
         only = spec.variants[0].name
-        backends = [{"name": service(only), "port": 80, "weight": int(weights.get(only, 100))}]
+        backends = [{"name": route_service(spec, only), "port": 80,
+                     "weight": int(weights.get(only, 100))}]
     rules: list[dict[str, Any]] = []
     if spec.variant_header:
         rules += [{"matches": [{**_every_path(), "headers": [
                        {"type": "Exact", "name": spec.variant_header, "value": v.name}]}],
-                   "backendRefs": [{"name": service(v.name), "port": 80}]}
+                   "backendRefs": [{"name": route_service(spec, v.name), "port": 80}]}
                   for v in spec.variants]
     rules.append({"matches": [_every_path()], "backendRefs": backends})
     for rule in rules:
@@ -623,6 +666,8 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
             out.append(build_hpa(ms, spec, variant, hpa_min[variant.name]))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
+    if retry_budget_wanted(spec, opts):  # before the route: its retries start capped
+        out.append(build_retry_budget(ms, spec))
     if opts.gateway_api and spec.gateway_parents:
         out.append(build_http_route(ms, spec, weights, opts))
     return out

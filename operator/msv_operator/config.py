@@ -125,8 +125,8 @@ class OperatorConfig:
     finds nothing changed sends no write."""
 
     discovery_seconds: float = 30.0
-    """How long a capability answer (ServiceMonitor / HTTPRoute served?) is reused
-    (``MSV_DISCOVERY_SECONDS``)."""
+    """How long a capability answer (ServiceMonitor / HTTPRoute / XBackendTrafficPolicy served?)
+    is reused (``MSV_DISCOVERY_SECONDS``)."""
 
     qps: float = 200.0
     """Client-side limit of the operator's mutating requests per second (``MSV_QPS``)."""

@@ -9,9 +9,10 @@
 * ``Kube.patch_metadata`` - merge patch of labels and annotations (a running pod joining or
   leaving the stable Service, or mirroring, without a restart);
 * ``Kube.pod_metrics`` - CPU and memory per pod from metrics.k8s.io (``[]`` when not served);
-* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs, cached for a TTL
-  (and whether the HTTPRoute CRD has ``rules[].retry``: ``Kube.metadata`` of the CRD on each
-  ask, its schema only when its ``resourceVersion`` changed);
+* ``Kube.served`` / ``Capabilities`` - run-time discovery of optional APIs (ServiceMonitor,
+  HTTPRoute, XBackendTrafficPolicy), cached for a TTL (and whether the HTTPRoute CRD has
+  ``rules[].retry``: ``Kube.metadata`` of the CRD on each ask, its schema only when its
+  ``resourceVersion`` changed);
 * ``Kube.lease`` / ``Kube.write_lease`` - the leader-election Lease (``coordination.k8s.io``),
   the one object written with ``PUT`` (optimistic concurrency on its ``resourceVersion``).
 
@@ -55,6 +56,7 @@ PLURALS = {
     "ServiceMonitor": "servicemonitors",
     "PodMonitor": "podmonitors",
     "HTTPRoute": "httproutes",
+    "XBackendTrafficPolicy": "xbackendtrafficpolicies",
     "Gateway": "gateways",
     "CustomResourceDefinition": "customresourcedefinitions",
     "ConfigMap": "configmaps",
@@ -72,6 +74,8 @@ LEASE_API = "coordination.k8s.io/v1"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
+RETRY_BUDGET_API = ("gateway.networking.x-k8s.io/v1alpha1", "xbackendtrafficpolicies")
+"""Gateway API's retry budget (GEP-3388, experimental channel)."""
 CRD_API = "apiextensions.k8s.io/v1"
 HTTPROUTE_CRD = "httproutes.gateway.networking.k8s.io"
 GATEWAY_CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
@@ -410,6 +414,8 @@ class CapabilityAnswer:
     gateway_channel: str | None = None
     """The HTTPRoute CRD's channel annotation ("" when it has none); None when the CRD could
     not be read (Gateway API not served, or no ``get`` on it)."""
+    retry_budget: bool = False
+    """The cluster serves ``RETRY_BUDGET_API`` (XBackendTrafficPolicy)."""
 
 
 def http_route_retry(crd: Mapping[str, Any]) -> bool:
@@ -426,8 +432,8 @@ def http_route_retry(crd: Mapping[str, Any]) -> bool:
 
 
 class Capabilities:
-    """Cached answers to "is ServiceMonitor / HTTPRoute served?" and "does the HTTPRoute CRD
-    have retries?" (re-asked after ``ttl`` s)."""
+    """Cached answers to "is ServiceMonitor / HTTPRoute / XBackendTrafficPolicy served?" and
+    "does the HTTPRoute CRD have retries?" (re-asked after ``ttl`` s)."""
 
     def __init__(self, kube: Kube, ttl: float) -> None:
         self.kube = kube
@@ -478,6 +484,8 @@ class Capabilities:
                 answer = CapabilityAnswer(
                     service_monitor=self.kube.served(*SERVICE_MONITOR_API),
                     gateway_api=gateway_api, gateway_retry=retry, gateway_channel=channel,
+                    # asked whatever HTTPRoute's answer: a policy left from before is pruned
+                    retry_budget=self.kube.served(*RETRY_BUDGET_API),
                 )
             except ApiError as e:
                 if previous is None:
@@ -485,11 +493,13 @@ class Capabilities:
                 log.warning("Kept the previous capability answer: %s", e)
                 answer = previous
             if answer != previous:
-                log.info("Discovered capabilities: ServiceMonitor %s, HTTPRoute %s",
+                log.info("Discovered capabilities: ServiceMonitor %s, HTTPRoute %s, "
+                         "XBackendTrafficPolicy %s",
                          "served" if answer.service_monitor else "not served",
                          ("not served" if not answer.gateway_api else
                           f"served ({answer.gateway_channel or 'unknown'} channel, "
-                          f"{'with' if answer.gateway_retry else 'without'} rules[].retry)"))
+                          f"{'with' if answer.gateway_retry else 'without'} rules[].retry)"),
+                         "served" if answer.retry_budget else "not served")
             self.answer = answer
             self.stamp = time.monotonic()
             return answer

@@ -27,6 +27,9 @@ With spec.gateway, once the objects are applied, the HTTPRoute's status and a GE
 parent Gateway say whether the route carries the traffic (``routing``): ``routed`` goes to
 the status; a route no parent routes is reported in ``FieldsIgnored`` (``GatewayNotReady``)
 and looked at again on a timer (``requeue_after``: HTTPRoutes and Gateways are not watched).
+While its retries are on, the XBackendTrafficPolicy with their budget is applied with the
+route where the cluster serves that kind, and pruned like any other object once it is not
+wanted; a budget the spec sets where it cannot act is reported in ``FieldsIgnored``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ LABEL_MODELSERVICE = builders.LABEL_MODELSERVICE
 # Optional kinds the operator creates, observed only when their API is served.
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
 HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+RETRY_BUDGET_POLICY = builders.RETRY_BUDGET_POLICY
 GATEWAY = ("gateway.networking.k8s.io/v1", "Gateway")
 
 
@@ -108,6 +112,8 @@ DEFAULT_SCRAPE_INTERVAL = "15s"
 
 
 GATEWAY_RETRY_UNSUPPORTED = "GatewayRetryUnsupported"
+GATEWAY_RETRY_BUDGET_UNSUPPORTED = "GatewayRetryBudgetUnsupported"
+GATEWAY_RETRY_BUDGET_PARTIAL = "GatewayRetryBudgetPartial"
 
 
 def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions,
@@ -155,6 +161,24 @@ def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions,
                     "request that meets a crashed or stopping pod fails instead of being tried "
                     "again; install Gateway API's experimental-channel CRDs, or set "
                     "spec.gateway.retry.attempts: 0 to run without retries"))
+    retries = (bool(parsed.gateway_parents) and opts.gateway_api
+               and parsed.gateway_retry.attempts > 0)
+    if retries and parsed.gateway_retry.budget.explicit and not opts.retry_budget:
+        api_version, kind = RETRY_BUDGET_POLICY
+        out.append((GATEWAY_RETRY_BUDGET_UNSUPPORTED,
+                    f"spec.gateway.retry.budget: the cluster does not serve {api_version} "
+                    f"{kind} (Gateway API's experimental channel), so the gateway's retries are "
+                    "bounded per request only (spec.gateway.retry.attempts) and a failing "
+                    "variant may get up to attempts + 1 times its requests; install Gateway "
+                    "API's experimental-channel CRDs with an implementation that enforces "
+                    f"{kind}, or remove spec.gateway.retry.budget"))
+    if builders.retry_budget_wanted(parsed, opts):
+        left = builders.route_services(parsed)[builders.POLICY_TARGETS_MAX:]
+        if left:
+            out.append((GATEWAY_RETRY_BUDGET_PARTIAL,
+                        f"spec.gateway.retry.budget: an {RETRY_BUDGET_POLICY[1]} targets at most "
+                        f"{builders.POLICY_TARGETS_MAX} Services, so the retries to "
+                        f"{', '.join(left)} have no budget (bounded per request only)"))
     return out
 
 
@@ -182,17 +206,20 @@ def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builde
         service_monitor=caps.service_monitor,
         gateway_api=caps.gateway_api,
         gateway_retry=caps.gateway_retry,
+        retry_budget=caps.retry_budget,
     )
 
 
 def observe_optional(ctx: Context, ms: Mapping[str, Any], caps: kubeapi.CapabilityAnswer
                      ) -> list[dict[str, Any]]:
-    """Owned ServiceMonitors/HTTPRoutes (LIST, only for APIs the cluster serves)."""
+    """Owned ServiceMonitors/HTTPRoutes/XBackendTrafficPolicies (LIST, only for APIs the
+    cluster serves)."""
     meta = ms["metadata"]
     selector = f"{LABEL_MODELSERVICE}={meta['name']}"
     found: list[dict[str, Any]] = []
     for served, (api_version, kind) in ((caps.service_monitor, SERVICE_MONITOR),
-                                        (caps.gateway_api, HTTPROUTE)):
+                                        (caps.gateway_api, HTTPROUTE),
+                                        (caps.retry_budget, RETRY_BUDGET_POLICY)):
         if served:
             found.extend(ctx.kube.list(api_version, kind, meta["namespace"], selector))
     return found

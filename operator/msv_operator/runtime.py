@@ -11,8 +11,9 @@
   again; ``kube.Conflict``/``kube.Transient`` and every other error re-queue it after an
   exponential backoff (1 s, 2 s, 4 s, ... at most 60 s), reset by the next good pass;
 * a resync loop queues every known ModelService every ``resync_seconds``, a capability
-  watcher queues them all when ServiceMonitor/HTTPRoute appear or disappear, and once the
-  start-up burst is over the process hands its memory back (``memory.release``);
+  watcher queues them all when ServiceMonitor/HTTPRoute/XBackendTrafficPolicy appear or
+  disappear, and once the start-up burst is over the process hands its memory back
+  (``memory.release``);
 * each pass is counted into ``OperatorMetrics``, and its Events (``events.for_pass``, then the
   rollout's and the brownout's) are posted through ``kube.post_event``.
 """

@@ -93,10 +93,22 @@ ANALYSIS_DEFAULTS: Mapping[str, Any] = {
     "minAgreement": 0.99, "mirrorPercent": 10, "failureLimit": 2}
 """``spec.rollout.analysis``."""
 GATEWAY_RETRY_DEFAULTS: Mapping[str, Any] = {"attempts": 2, "codes": (503,)}
-"""``spec.gateway.retry`` (``backoff``: none unless set, the gateway's own)."""
+"""``spec.gateway.retry`` (``backoff``: none unless set, the gateway's own; ``budget``: the
+defaults below)."""
 RETRY_MAX_ATTEMPTS = 5
 GATEWAY_DURATION = re.compile(r"^[0-9]{1,5}(ms|s|m|h)$")
 """A duration Gateway API accepts (its pattern allows up to four such parts; one is enough)."""
+RETRY_BUDGET_DEFAULTS: Mapping[str, Any] = {"percent": 20, "interval": "10s"}
+"""``spec.gateway.retry.budget`` (Gateway API's own for XBackendTrafficPolicy's
+``retryConstraint.budget``, GEP-3388)."""
+MIN_RETRY_RATE_DEFAULTS: Mapping[str, Any] = {"count": 10, "interval": "1s"}
+"""``spec.gateway.retry.budget.minRetryRate`` (Gateway API's own)."""
+RETRY_BUDGET_INTERVAL = ("1s", "1h")
+"""Least and most ``spec.gateway.retry.budget.interval`` (Gateway API's bounds)."""
+MIN_RETRY_RATE_INTERVAL_MAX = "1h"
+"""Most ``spec.gateway.retry.budget.minRetryRate.interval`` (above zero; Gateway API's)."""
+MIN_RETRY_RATE_COUNT_MAX = 1_000_000
+"""Most ``spec.gateway.retry.budget.minRetryRate.count`` (at least 1; Gateway API's)."""
 BROWNOUT_DEFAULTS: Mapping[str, Any] = {
     "maxShare": 50, "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
     "interval": "15s", "window": "30s"}
@@ -164,16 +176,45 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class RetryRate:
+    """Retries a backend may always get, whatever its budget: ``count`` per ``interval``
+    (``spec.gateway.retry.budget.minRetryRate``), so a variant with little traffic can still
+    retry."""
+
+    count: int = MIN_RETRY_RATE_DEFAULTS["count"]
+    interval: str = MIN_RETRY_RATE_DEFAULTS["interval"]
+    """As Gateway API writes durations (``1s``)."""
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """The gateway's retries across the requests to one backend (``spec.gateway.retry.budget``;
+    Gateway API's XBackendTrafficPolicy ``retryConstraint``, GEP-3388): retries may be at most
+    ``percent`` of the backend's active requests over ``interval``, or ``min_retry_rate`` when
+    that allows more; a retry beyond it is not sent and the client gets 503."""
+
+    percent: int = RETRY_BUDGET_DEFAULTS["percent"]
+    interval: str = RETRY_BUDGET_DEFAULTS["interval"]
+    """As Gateway API writes durations (``10s``)."""
+    min_retry_rate: RetryRate = field(default_factory=RetryRate)
+    explicit: bool = False
+    """The spec sets ``spec.gateway.retry.budget`` (only then is a cluster that cannot enforce
+    it reported in FieldsIgnored; the defaults apply silently where they can)."""
+
+
+@dataclass(frozen=True)
 class Retry:
     """The gateway's retries of one request (``spec.gateway.retry``; the HTTPRoute rules'
     ``retry``): up to ``attempts`` more tries after a connection failure or an answer in
-    ``codes``; ``attempts`` 0 switches them off."""
+    ``codes``, within ``budget`` across requests; ``attempts`` 0 switches them off (and with
+    them the budget)."""
 
     attempts: int = GATEWAY_RETRY_DEFAULTS["attempts"]
     codes: tuple[int, ...] = GATEWAY_RETRY_DEFAULTS["codes"]
     backoff: str | None = None
     """Least wait between tries, as Gateway API writes durations (``100ms``); None: the
     implementation's."""
+    budget: RetryBudget = field(default_factory=RetryBudget)
 
 
 @dataclass(frozen=True)
@@ -407,13 +448,53 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
     )
 
 
+def gateway_duration(value: Any, where: str, least: str | None = None,
+                     most: str | None = None) -> str:
+    """``value`` if it is a duration Gateway API accepts (``GATEWAY_DURATION``), above zero and
+    within [``least``, ``most``] when given; else InvalidSpecError naming ``where``."""
+    seconds = parse_duration(value, where)
+    if not GATEWAY_DURATION.match(value):
+        raise InvalidSpecError(f"{where}: {value!r} has more than 5 digits")
+    if (least is not None and seconds < _seconds(least)) or (
+            most is not None and seconds > _seconds(most)):
+        bounds = f"from {least} to {most}" if least is not None else f"above zero, at most {most}"
+        raise InvalidSpecError(f"{where}: {value!r} is outside the bounds ({bounds})")
+    return str(value)
+
+
+def parse_retry_budget(raw: Any) -> RetryBudget:
+    """``spec.gateway.retry.budget`` with Gateway API's defaults and bounds (the CRD says the
+    same at admission); absent: the defaults, not ``explicit``."""
+    where = "spec.gateway.retry.budget"
+    if raw is None:
+        return RetryBudget()
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with percent, interval, "
+                               "minRetryRate")
+    b = {**RETRY_BUDGET_DEFAULTS, **raw}
+    raw_rate = raw.get("minRetryRate")
+    if raw_rate is not None and not isinstance(raw_rate, Mapping):
+        raise InvalidSpecError(f"{where}.minRetryRate: expected an object with count, interval")
+    m = {**MIN_RETRY_RATE_DEFAULTS, **(raw_rate or {})}
+    return RetryBudget(
+        percent=_int(b["percent"], f"{where}.percent", 0, 100),
+        interval=gateway_duration(b["interval"], f"{where}.interval", *RETRY_BUDGET_INTERVAL),
+        min_retry_rate=RetryRate(
+            count=_int(m["count"], f"{where}.minRetryRate.count", 1, MIN_RETRY_RATE_COUNT_MAX),
+            interval=gateway_duration(m["interval"], f"{where}.minRetryRate.interval",
+                                      most=MIN_RETRY_RATE_INTERVAL_MAX)),
+        explicit=True,
+    )
+
+
 def parse_retry(raw: Any) -> Retry:
     """``spec.gateway.retry`` with its defaults (the CRD says the same at admission)."""
     where = "spec.gateway.retry"
     if raw is None:
         return Retry()
     if not isinstance(raw, Mapping):
-        raise InvalidSpecError(f"{where}: expected an object with attempts, codes, backoff")
+        raise InvalidSpecError(f"{where}: expected an object with attempts, codes, backoff, "
+                               "budget")
     r = {**GATEWAY_RETRY_DEFAULTS, **raw}
     attempts = _int(r["attempts"], f"{where}.attempts", 0, RETRY_MAX_ATTEMPTS)
     raw_codes = r["codes"]
@@ -427,10 +508,9 @@ def parse_retry(raw: Any) -> Retry:
         codes.append(code)
     backoff = r.get("backoff")
     if backoff is not None:
-        parse_duration(backoff, f"{where}.backoff")
-        if not GATEWAY_DURATION.match(backoff):
-            raise InvalidSpecError(f"{where}.backoff: {backoff!r} has more than 5 digits")
-    return Retry(attempts=attempts, codes=tuple(codes), backoff=backoff)
+        backoff = gateway_duration(backoff, f"{where}.backoff")
+    return Retry(attempts=attempts, codes=tuple(codes), backoff=backoff,
+                 budget=parse_retry_budget(r.get("budget")))
 
 
 def parse_variant_header(raw: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,49 @@ def test_crd_copy_in_the_chart_is_identical() -> None:
     source = (ROOT / "crds" / CRD_NAME).read_bytes()
     copy = (CHART / "files" / CRD_NAME).read_bytes()
     assert source == copy, "the chart's CRD differs from crds/: run scripts/sync-crds"
+
+
+def _namespaced_rules() -> list[dict[str, Any]]:
+    """The rules of ``msv.namespacedRules`` (_helpers.tpl): the ClusterRole of a cluster-wide
+    install and the Role in each watched namespace both include them."""
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    found = re.search(r'define "msv\.namespacedRules" -}}\n(.*?)\n{{- end -}}', text, re.S)
+    assert found, "msv.namespacedRules is not in _helpers.tpl"
+    assert "{{" not in found.group(1), "the rules are plain YAML"
+    return list(yaml.safe_load(found.group(1)))
+
+
+def test_the_operator_role_grants_every_kind_the_builders_write() -> None:
+    """Every kind a ModelService can get (all optional APIs served, every feature on) may be
+    created, patched (server-side apply), read, listed, watched and deleted (pruned), by a
+    cluster-wide install and by a namespaced one alike."""
+    from msv_operator import builders, kube
+    from msv_operator.config import uniform_images
+
+    ms = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+          "metadata": {"name": "m", "namespace": "n", "uid": "u"},
+          "spec": {"model": {"uri": "s3://b/m", "framework": "transformers",
+                             "task": "text-classification"},
+                   "variants": [{"name": "a"}, {"name": "b"}],
+                   "traffic": [{"variant": "a", "weight": 100}],
+                   "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+                   "gateway": {"parentRefs": [{"name": "gw"}]}}}
+    opts = builders.BuildOptions(uniform_images("i"), service_monitor=True, gateway_api=True,
+                                 gateway_retry=True, retry_budget=True)
+    written = {(str(o["apiVersion"]).rpartition("/")[0], kube.plural_of(o["kind"]))
+               for o in builders.build_all(ms, opts)}
+    assert ("gateway.networking.x-k8s.io", "xbackendtrafficpolicies") in written
+    granted = {(group, resource, verb) for rule in _namespaced_rules()
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    for group, plural in sorted(written):
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert (group, plural, verb) in granted, f"{verb} {plural}.{group or 'core'}"
+    # both install modes grant exactly these rules: the ClusterRole, and the Role per namespace
+    for docs, kind in ((render(), "ClusterRole"), (render("watchNamespaces={team-a}"), "Role")):
+        (role,) = [d for d in docs if d["kind"] == kind and not d["metadata"]["name"].endswith(
+            ("-discovery", "-leader-election"))]
+        assert all(rule in role["rules"] for rule in _namespaced_rules()), kind
 
 
 def test_helm_lint_is_clean() -> None:

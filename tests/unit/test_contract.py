@@ -68,6 +68,8 @@ def _default_in(description: str) -> str:
     ("rollout.analysis", spec.ANALYSIS_DEFAULTS),
     ("autoscaling.brownout", spec.BROWNOUT_DEFAULTS),
     ("gateway.retry", spec.GATEWAY_RETRY_DEFAULTS),
+    ("gateway.retry.budget", spec.RETRY_BUDGET_DEFAULTS),
+    ("gateway.retry.budget.minRetryRate", spec.MIN_RETRY_RATE_DEFAULTS),
 ])
 def test_crd_descriptions_state_the_parser_defaults(path: str, defaults: Mapping[str, Any]
                                                     ) -> None:

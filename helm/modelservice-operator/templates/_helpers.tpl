@@ -53,6 +53,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [gateway.networking.k8s.io]
   resources: [gateways]
   verbs: [get]  # is the parent of a ModelService's HTTPRoute Programmed? (read, never watched)
+- apiGroups: [gateway.networking.x-k8s.io]
+  resources: [xbackendtrafficpolicies]
+  verbs: [get, list, watch, create, patch, delete]  # the retry budget of the HTTPRoute's Services
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]  # patch: the serving label and mirror annotation (no restarts)

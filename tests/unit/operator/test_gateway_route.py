@@ -1,5 +1,6 @@
-"""The HTTPRoute the operator writes (weights from every source, retries, the header canary),
-the spec fields behind it (spec.gateway.retry, spec.gateway.variantHeader: parser and CRD),
+"""The HTTPRoute the operator writes (weights from every source, retries, the header canary)
+and the XBackendTrafficPolicy with its retry budget, the spec fields behind them
+(spec.gateway.retry with its budget, spec.gateway.variantHeader: parser, CRD, the example),
 and the discovery of rules[].retry in the cluster's HTTPRoute CRD."""
 
 from __future__ import annotations
@@ -313,3 +314,246 @@ def test_crd_copy_in_the_chart_carries_the_new_fields() -> None:
     (version,) = [v for v in chart["spec"]["versions"] if v["name"] == api.VERSION]
     gateway = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gateway"]
     assert {"retry", "variantHeader"} <= set(gateway["properties"])
+
+
+# ---- the retry budget (XBackendTrafficPolicy) -------------------------------------------------
+
+BUDGETED = b.BuildOptions(uniform_images("ms:cpu"), service_monitor=False, gateway_api=True,
+                          gateway_retry=True, retry_budget=True)
+OWNER = {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": "sentiment", "uid": "uid-1",
+         "controller": True, "blockOwnerDeletion": True}
+
+
+def policies_of(body: dict[str, Any], opts: b.BuildOptions = BUDGETED) -> list[dict[str, Any]]:
+    return [o for o in b.build_all(body, opts) if o["kind"] == "XBackendTrafficPolicy"]
+
+
+def test_two_variants_get_one_policy_with_gateway_apis_defaults() -> None:
+    (policy,) = policies_of(ms(**TWO))
+    assert policy == {
+        "apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackendTrafficPolicy",
+        "metadata": {"name": "sentiment", "namespace": "ml",
+                     "labels": {"app.kubernetes.io/name": "modelservice",
+                                "app.kubernetes.io/instance": "sentiment",
+                                "app.kubernetes.io/managed-by": api.MANAGED_BY,
+                                api.LABEL_MODELSERVICE: "sentiment"},
+                     "ownerReferences": [OWNER]},
+        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "sentiment-baseline"},
+                                {"group": "", "kind": "Service", "name": "sentiment-int8"}],
+                 "retryConstraint": {"budget": {"percent": 20, "interval": "10s"},
+                                     "minRetryRate": {"count": 10, "interval": "1s"}}}}
+    # what discovery asks for and the LIST/apply paths use is this kind
+    assert (policy["apiVersion"], kube.plural_of(policy["kind"])) == kube.RETRY_BUDGET_API
+
+
+def test_the_policy_targets_exactly_the_services_the_route_names() -> None:
+    for body in (ms(**TWO), ms(), ms(gateway={"variantHeader": "x-v"}, **TWO),
+                 ms(variants=[{"name": "a"}, {"name": "b"}, {"name": "c"}],
+                    traffic=[{"variant": "a", "weight": 100}])):
+        (policy,) = policies_of(body)
+        route = route_of(body, BUDGETED)
+        named = {ref["name"] for rule in route["rules"] for ref in rule["backendRefs"]}
+        targets = [t["name"] for t in policy["spec"]["targetRefs"]]
+        assert sorted(targets) == sorted(named) and len(targets) == len(set(targets))
+    # one variant: the stable Service, which the route names
+    (policy,) = policies_of(ms())
+    assert policy["spec"]["targetRefs"] == [{"group": "", "kind": "Service", "name": "sentiment"}]
+
+
+def test_the_spec_budget_is_written_and_the_policy_comes_before_the_route() -> None:
+    body = ms(gateway={"retry": {"budget": {"percent": 5, "interval": "1m",
+                                            "minRetryRate": {"count": 3, "interval": "500ms"}}}},
+              **TWO)
+    kinds = [o["kind"] for o in b.build_all(body, BUDGETED)]
+    assert kinds.index("XBackendTrafficPolicy") == kinds.index("HTTPRoute") - 1
+    (policy,) = policies_of(body)
+    assert policy["spec"]["retryConstraint"] == {
+        "budget": {"percent": 5, "interval": "1m"},
+        "minRetryRate": {"count": 3, "interval": "500ms"}}
+
+
+@pytest.mark.parametrize(("body", "opts"), [
+    (ms(gateway={"retry": {"attempts": 0, "budget": {"percent": 5}}}, **TWO), BUDGETED),
+    (ms(gateway={"retry": {"budget": {"percent": 5}}}, **TWO), WITH_RETRY),  # kind not served
+    ({**ms(**TWO), "spec": {k: v for k, v in ms(**TWO)["spec"].items() if k != "gateway"}},
+     BUDGETED),
+    (ms(**TWO), b.BuildOptions(uniform_images("ms:cpu"), service_monitor=False,
+                               gateway_api=False, retry_budget=True)),
+])
+def test_no_policy_without_retries_route_or_kind(body: dict[str, Any],
+                                                 opts: b.BuildOptions) -> None:
+    assert policies_of(body, opts) == []
+
+
+def test_more_services_than_a_policy_holds_are_cut_at_sixteen() -> None:
+    names = [f"v{i}" for i in range(b.POLICY_TARGETS_MAX + 2)]
+    body = ms(variants=[{"name": n} for n in names], traffic=[{"variant": "v0", "weight": 100}])
+    (policy,) = policies_of(body)
+    assert [t["name"] for t in policy["spec"]["targetRefs"]] == [
+        f"sentiment-{n}" for n in names[:b.POLICY_TARGETS_MAX]]
+
+
+def test_budget_parser_defaults_explicit_and_values() -> None:
+    default = parse_spec(ms()).gateway_retry.budget
+    assert default == sp.RetryBudget(percent=20, interval="10s",
+                                     min_retry_rate=sp.RetryRate(count=10, interval="1s"))
+    assert not default.explicit
+    empty = parse_spec(ms(gateway={"retry": {"budget": {}}})).gateway_retry.budget
+    assert empty.explicit and (empty.percent, empty.interval, empty.min_retry_rate) == (
+        20, "10s", sp.RetryRate())
+    set_ = parse_spec(ms(gateway={"retry": {"budget": {
+        "percent": 0, "interval": "1h", "minRetryRate": {"count": 1000000, "interval": "1h"}}}}))
+    assert set_.gateway_retry.budget == sp.RetryBudget(
+        percent=0, interval="1h", min_retry_rate=sp.RetryRate(1000000, "1h"), explicit=True)
+    # half of minRetryRate: the other half is Gateway API's default
+    half = parse_spec(ms(gateway={"retry": {"budget": {"minRetryRate": {"count": 2}}}}))
+    assert half.gateway_retry.budget.min_retry_rate == sp.RetryRate(count=2, interval="1s")
+    # attempts 0 keeps the budget as written (nothing is built from it)
+    off = parse_spec(ms(gateway={"retry": {"attempts": 0, "budget": {"percent": 5}}}))
+    assert off.gateway_retry.budget.percent == 5
+
+
+B = "spec.gateway.retry.budget"
+
+
+@pytest.mark.parametrize(("budget", "message"), [
+    ({"percent": 101}, f"{B}.percent: 101 is outside [0, 100]"),
+    ({"percent": -1}, f"{B}.percent: -1 is outside [0, 100]"),
+    ({"percent": "20"}, f"{B}.percent: expected an integer"),
+    ({"percent": 20.5}, f"{B}.percent: expected an integer"),
+    ({"interval": "999ms"}, f"{B}.interval: '999ms' is outside the bounds (from 1s to 1h)"),
+    ({"interval": "61m"}, f"{B}.interval: '61m' is outside the bounds (from 1s to 1h)"),
+    ({"interval": "0s"}, f"{B}.interval: '0s' must be longer than zero"),
+    ({"interval": "10"}, f"{B}.interval: '10' is not a duration"),
+    ({"interval": "1m30s"}, f"{B}.interval: '1m30s' is not a duration"),
+    ({"interval": "100000ms"}, f"{B}.interval: '100000ms' has more than 5 digits"),
+    ({"minRetryRate": {"count": 0}}, f"{B}.minRetryRate.count: 0 is outside [1, 1000000]"),
+    ({"minRetryRate": {"count": 1000001}},
+     f"{B}.minRetryRate.count: 1000001 is outside [1, 1000000]"),
+    ({"minRetryRate": {"interval": "0ms"}}, f"{B}.minRetryRate.interval: '0ms' must be longer"),
+    ({"minRetryRate": {"interval": "2h"}},
+     f"{B}.minRetryRate.interval: '2h' is outside the bounds (above zero, at most 1h)"),
+    ({"minRetryRate": 10}, f"{B}.minRetryRate: expected an object with count, interval"),
+])
+def test_bad_budget_fields_name_the_field(budget: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpecError) as e:
+        parse_spec(ms(gateway={"retry": {"budget": budget}}))
+    assert message in str(e.value)
+
+
+def test_a_budget_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(InvalidSpecError, match=rf"^{B}: expected an object"):
+        parse_spec(ms(gateway={"retry": {"budget": 20}}))
+
+
+def test_crd_budget_bounds_and_rules_are_the_parsers() -> None:
+    budget = _gateway_schema()["properties"]["retry"]["properties"]["budget"]
+    props = budget["properties"]
+    assert (props["percent"]["minimum"], props["percent"]["maximum"]) == (0, 100)
+    rate = props["minRetryRate"]["properties"]
+    assert (rate["count"]["minimum"], rate["count"]["maximum"]) == (
+        1, sp.MIN_RETRY_RATE_COUNT_MAX)
+    least, most = sp.RETRY_BUDGET_INTERVAL
+    for node, where, bounds in (
+            (props["interval"], f"{B}.interval",
+             (f"duration(self) >= duration('{least}')", f"duration(self) <= duration('{most}')")),
+            (rate["interval"], f"{B}.minRetryRate.interval",
+             ("duration(self) > duration('0s')",
+              f"duration(self) <= duration('{sp.MIN_RETRY_RATE_INTERVAL_MAX}')"))):
+        (rule,) = node["x-kubernetes-validations"]
+        assert _cel_regex(rule["rule"]) == sp.GATEWAY_DURATION.pattern
+        assert all(b_ in rule["rule"] for b_ in bounds), rule["rule"]
+        assert rule["message"].startswith(where)
+        assert node["maxLength"] == 24
+    # no schema defaults: the parser holds them, and an unset budget stays told apart
+    assert "default" not in budget and all("default" not in p for p in props.values())
+
+
+@pytest.mark.parametrize(("budget", "valid"), [
+    ({}, True), ({"percent": 0}, True), ({"percent": 100, "interval": "1h"}, True),
+    ({"minRetryRate": {"count": 1, "interval": "1ms"}}, True),
+    ({"percent": 101}, False), ({"percent": -1}, False), ({"percent": "5"}, False),
+    ({"minRetryRate": {"count": 0}}, False), ({"minRetryRate": {"count": 1000001}}, False),
+    ({"minRetryRate": 3}, False),
+])
+def test_crd_budget_schema_admits_what_the_parser_admits(budget: dict[str, Any],
+                                                         valid: bool) -> None:
+    """The structural part (jsonschema); the durations' CEL rules are checked above."""
+    import jsonschema
+
+    gateway = {"parentRefs": [{"name": "gw"}], "retry": {"budget": budget}}
+    try:
+        jsonschema.validate(gateway, _gateway_schema())
+        admitted = True
+    except jsonschema.ValidationError:
+        admitted = False
+    assert admitted is valid
+    try:
+        parse_spec(ms(gateway={"retry": {"budget": budget}}))
+        parsed = True
+    except InvalidSpecError:
+        parsed = False
+    assert parsed is valid
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+def test_policy_is_valid_against_the_gateway_api_crd() -> None:
+    """The built policy validates against the pinned Gateway API's XBackendTrafficPolicy CRD
+    (jsonschema and every field known to it; its duration pattern), and the CRD is the kind,
+    plural and version the operator discovers."""
+    import jsonschema
+
+    from localcluster import addons, versions
+
+    root = addons.module_dir("sigs.k8s.io/gateway-api", versions.GATEWAY_API)
+    crd = yaml.safe_load((root / "config" / "crd" / "experimental" /
+                          "gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml").read_text())
+    group_version, plural = kube.RETRY_BUDGET_API
+    assert (f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}",
+            crd["spec"]["names"]["plural"], crd["spec"]["names"]["kind"]) == (
+        group_version, plural, b.RETRY_BUDGET_POLICY[1])
+    assert kube.plural_of(b.RETRY_BUDGET_POLICY[1]) == plural
+    (version,) = [v for v in crd["spec"]["versions"] if f"{crd['spec']['group']}/{v['name']}"
+                  == b.RETRY_BUDGET_POLICY[0]]
+    schema = version["schema"]["openAPIV3Schema"]
+    spec_schema = schema["properties"]["spec"]
+    assert spec_schema["properties"]["targetRefs"]["maxItems"] == b.POLICY_TARGETS_MAX
+    constraint = spec_schema["properties"]["retryConstraint"]["properties"]
+    assert constraint["budget"]["default"] == dict(sp.RETRY_BUDGET_DEFAULTS)
+    assert constraint["minRetryRate"]["default"] == dict(sp.MIN_RETRY_RATE_DEFAULTS)
+    pattern = re.compile(constraint["budget"]["properties"]["interval"]["pattern"])
+    for body in (ms(**TWO), ms(gateway={"retry": {"budget": {
+            "percent": 0, "interval": "3600s", "minRetryRate": {"count": 1, "interval": "5ms"}}}})):
+        (policy,) = policies_of(body)
+        obj = {**policy, "metadata": {"name": policy["metadata"]["name"]}}
+        jsonschema.validate(obj, schema)
+        _known_fields(policy["spec"], spec_schema, "spec")
+        written = policy["spec"]["retryConstraint"]
+        assert pattern.match(written["budget"]["interval"])
+        assert pattern.match(written["minRetryRate"]["interval"])
+
+
+def test_the_examples_gateway_block_is_valid_once_uncommented() -> None:
+    """examples/sentiment-rollout.yaml shows spec.gateway commented out (it needs a Gateway):
+    uncommented, it passes the CRD's structure and the parser, budget included."""
+    import jsonschema
+
+    lines = (ROOT / "examples" / "sentiment-rollout.yaml").read_text().splitlines()
+    start = lines.index("  # gateway:")
+    block = ["  gateway:"]
+    for line in lines[start + 1:]:
+        if not line.startswith("  #   "):
+            break
+        block.append("  " + line[len("  # "):])
+    body = yaml.safe_load("\n".join(["spec:", *block]))
+    gateway = body["spec"]["gateway"]
+    assert "budget" in gateway["retry"]
+    jsonschema.validate(gateway, _gateway_schema())
+    example = yaml.safe_load("\n".join(lines))
+    example["metadata"].update(namespace="ml", uid="u")
+    example["spec"]["gateway"] = gateway
+    parsed = parse_spec(example)
+    assert parsed.gateway_retry.budget == sp.RetryBudget(explicit=True)
+    (policy,) = policies_of(example)
+    assert [t["name"] for t in policy["spec"]["targetRefs"]] == [
+        "sentiment-rollout-baseline", "sentiment-rollout-int8"]

@@ -2,7 +2,9 @@
 its parent Gateway say decides ``routed`` (handed to the status) and ``FieldsIgnored``
 (GatewayNotReady naming spec.gateway, the parent and the implementation's message); an
 HTTPRoute CRD without rules[].retry gets no retry and FieldsIgnored names spec.gateway.retry;
-the capability discovery reads the CRD's schema only when it changed."""
+the retry budget's XBackendTrafficPolicy is applied where the kind is served, pruned when not
+wanted, and a budget the spec sets where it cannot act is named in FieldsIgnored; the capability
+discovery reads the CRD's schema only when it changed and asks for XBackendTrafficPolicy."""
 
 from __future__ import annotations
 
@@ -53,12 +55,17 @@ def gateway(programmed: str = "True", reason: str = "Programmed", message: str =
 
 
 class FakeKube:
-    """Records applies and the status; answers the HTTPRoute LIST and Gateway GETs."""
+    """Records applies, deletes and the status; answers the HTTPRoute and
+    XBackendTrafficPolicy LISTs and Gateway GETs."""
 
     def __init__(self) -> None:
         self.applied: dict[tuple[str, str], dict[str, Any]] = {}
         self.status: dict[str, Any] = {}
         self.route: dict[str, Any] | None = None
+        self.policy: dict[str, Any] | None = None
+        self.listed: list[str] = []
+        self.deleted: list[tuple[Any, ...]] = []
+        self.may_delete = False
         self.gateways: dict[tuple[str, str], dict[str, Any] | Exception | None] = {
             GW: gateway()}
         self.gets: list[tuple[str, str | None, str]] = []
@@ -77,7 +84,9 @@ class FakeKube:
 
     def list(self, api_version: str, kind: str, namespace: str | None,
              selector: str) -> list[dict[str, Any]]:
-        return [self.route] if kind == "HTTPRoute" and self.route is not None else []
+        self.listed.append(kind)
+        found = {"HTTPRoute": self.route, "XBackendTrafficPolicy": self.policy}.get(kind)
+        return [found] if found is not None else []
 
     def get(self, api_version: str, kind: str, namespace: str | None,
             name: str) -> dict[str, Any] | None:
@@ -89,7 +98,8 @@ class FakeKube:
         return found
 
     def delete(self, *args: Any) -> None:
-        raise AssertionError(f"nothing should be pruned: {args}")
+        assert self.may_delete, f"nothing should be pruned: {args}"
+        self.deleted.append(args)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.status = {k: v for k, v in status.items() if v is not None}
@@ -102,9 +112,11 @@ class FakeKube:
 
 
 class Caps:
-    def __init__(self, retry: bool = True, channel: str | None = "experimental") -> None:
-        self.answer = kube.CapabilityAnswer(service_monitor=False, gateway_api=True,
-                                            gateway_retry=retry, gateway_channel=channel)
+    def __init__(self, retry: bool = True, channel: str | None = "experimental",
+                 budget: bool = False, gateway_api: bool = True) -> None:
+        self.answer = kube.CapabilityAnswer(service_monitor=False, gateway_api=gateway_api,
+                                            gateway_retry=retry, gateway_channel=channel,
+                                            retry_budget=budget)
 
     def get(self) -> kube.CapabilityAnswer:
         return self.answer
@@ -344,15 +356,23 @@ def test_without_spec_gateway_nothing_is_read() -> None:
 class DiscoveryKube:
     """Discovery answers, the HTTPRoute CRD's metadata and the CRD itself (counted)."""
 
-    def __init__(self, retry: bool, channel: str = "experimental") -> None:
+    def __init__(self, retry: bool, channel: str = "experimental",
+                 budget: bool = False, gateway_api: bool = True) -> None:
         self.version = "1"
         self.retry = retry
         self.channel = channel
         self.full_reads = 0
         self.refuse: Exception | None = None
+        self.served_apis = {("gateway.networking.k8s.io/v1", "httproutes")} if gateway_api \
+            else set()
+        if budget:
+            self.served_apis.add(("gateway.networking.x-k8s.io/v1alpha1",
+                                  "xbackendtrafficpolicies"))
+        self.asked: list[tuple[str, str]] = []
 
     def served(self, api_version: str, plural: str) -> bool:
-        return plural == "httproutes"
+        self.asked.append((api_version, plural))
+        return (api_version, plural) in self.served_apis
 
     def metadata(self, api_version: str, kind: str, namespace: str | None, name: str
                  ) -> dict[str, Any] | None:
@@ -406,3 +426,155 @@ def test_a_rollout_step_reaches_the_route_in_the_pass_that_takes_it(op: Operator
     assert {r["name"]: r["weight"] for r in route["rules"][-1]["backendRefs"]} == {
         "sentiment-baseline": 90, "sentiment-int8": 10}
     assert op.kube.status["traffic"] == "baseline=90,int8=10" and result.routed
+
+
+# ---- the retry budget ---------------------------------------------------------------------------
+
+POLICY = ("XBackendTrafficPolicy", "sentiment")
+
+
+def live_policy() -> dict[str, Any]:
+    """The policy an earlier pass applied (as the LIST returns it)."""
+    return {"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackendTrafficPolicy",
+            "metadata": {"name": "sentiment", "namespace": "ml", "uid": "p-1",
+                         "labels": {builders.LABEL_MODELSERVICE: "sentiment"},
+                         "ownerReferences": [{"kind": "ModelService", "uid": UID,
+                                              "controller": True}]},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service",
+                                     "name": "sentiment-baseline"}]}}
+
+
+def test_a_served_kind_gets_the_policy_with_the_defaults_next_to_the_route() -> None:
+    op = Operator(Caps(budget=True))
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    result = op.at()
+    assert "XBackendTrafficPolicy" in op.kube.listed  # observed, so it can be pruned
+    policy = op.kube.applied[POLICY]
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "", "kind": "Service", "name": "sentiment-baseline"},
+        {"group": "", "kind": "Service", "name": "sentiment-int8"}]
+    assert policy["spec"]["retryConstraint"] == {
+        "budget": {"percent": 20, "interval": "10s"},
+        "minRetryRate": {"count": 10, "interval": "1s"}}
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert "XBackendTrafficPolicy sentiment" in result.applied
+    assert op.ignored()["status"] == "False" and result.routed
+    # the spec's budget reaches the policy in the pass that reads it
+    op.at(retry={"budget": {"percent": 5, "minRetryRate": {"count": 2}}})
+    assert op.kube.applied[POLICY]["spec"]["retryConstraint"] == {
+        "budget": {"percent": 5, "interval": "10s"},
+        "minRetryRate": {"count": 2, "interval": "1s"}}
+
+
+def test_a_budget_set_where_the_kind_is_not_served_is_named_and_the_route_still_works() -> None:
+    op = Operator(Caps(budget=False))
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    result = op.at(retry={"budget": {"percent": 10}})
+    assert result.routed
+    assert POLICY not in op.kube.applied
+    assert "XBackendTrafficPolicy" not in op.kube.listed  # an API not served is not listed
+    rules = op.kube.applied[("HTTPRoute", "sentiment")]["spec"]["rules"]
+    assert [r["retry"] for r in rules] == [{"attempts": 2, "codes": [503]}]
+    ignored = op.ignored()
+    assert (ignored["status"], ignored["reason"]) == (
+        "True", reconcile.GATEWAY_RETRY_BUDGET_UNSUPPORTED)
+    assert ignored["message"].startswith(
+        "spec.gateway.retry.budget: the cluster does not serve "
+        "gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy")
+    assert "remove spec.gateway.retry.budget" in ignored["message"]
+
+
+@pytest.mark.parametrize("retry", [None, {"attempts": 0, "budget": {"percent": 10}}])
+def test_no_budget_asked_for_or_no_retries_is_silent_where_the_kind_is_not_served(
+        retry: dict[str, Any] | None) -> None:
+    op = Operator(Caps(budget=False))
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    op.at(**({"retry": retry} if retry is not None else {}))
+    assert POLICY not in op.kube.applied
+    assert op.ignored()["status"] == "False"
+
+
+def test_without_http_route_retries_the_budget_is_still_written() -> None:
+    """Some implementations retry by default; the budget caps those too."""
+    op = Operator(Caps(retry=False, channel="standard", budget=True))
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    op.at()
+    assert POLICY in op.kube.applied
+    assert op.ignored()["reason"] == reconcile.GATEWAY_RETRY_UNSUPPORTED
+
+
+def _pruned_after(op: Operator, body: dict[str, Any]) -> reconcile.Result:
+    op.kube.policy = live_policy()
+    op.kube.may_delete = True
+    op.kube.applied.clear()
+    return reconcile.reconcile(op.ctx, body, observed(), stamp(T0))
+
+
+def test_retries_switched_off_prune_the_policy() -> None:
+    op = Operator(Caps(budget=True))
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    body = modelservice(retry={"attempts": 0})
+    result = _pruned_after(op, body)
+    assert op.kube.deleted == [("gateway.networking.x-k8s.io/v1alpha1",
+                                "XBackendTrafficPolicy", "ml", "sentiment", "p-1")]
+    assert result.pruned == ["XBackendTrafficPolicy sentiment"]
+    assert POLICY not in op.kube.applied and ("HTTPRoute", "sentiment") in op.kube.applied
+
+
+def test_spec_gateway_removed_prunes_the_policy() -> None:
+    op = Operator(Caps(budget=True))
+    body = modelservice()
+    del body["spec"]["gateway"]
+    result = _pruned_after(op, body)
+    assert "XBackendTrafficPolicy sentiment" in result.pruned
+    assert [d[1] for d in op.kube.deleted] == ["XBackendTrafficPolicy"]
+
+
+def test_gateway_api_gone_prunes_a_policy_left_behind() -> None:
+    """HTTPRoute no longer served but the policy's kind still is: no route, so no policy."""
+    op = Operator(Caps(gateway_api=False, retry=False, channel=None, budget=True))
+    result = _pruned_after(op, modelservice())
+    assert result.pruned == ["XBackendTrafficPolicy sentiment"]
+    assert op.ignored()["reason"] == "GatewayAPIUnavailable"  # spec.gateway, not the budget
+    assert "spec.gateway.retry.budget" not in op.ignored()["message"]
+
+
+def test_a_policy_of_another_owner_is_never_pruned() -> None:
+    op = Operator(Caps(budget=True))
+    body = modelservice(retry={"attempts": 0})
+    op.kube.policy = live_policy()
+    op.kube.policy["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    op.kube.set_route(parent("msv-gateway", "msv-gateway", *ACCEPTED))
+    result = reconcile.reconcile(op.ctx, body, observed(), stamp(T0))  # may_delete False
+    assert result.pruned == [] and op.kube.deleted == []
+
+
+def test_services_beyond_what_a_policy_holds_are_named() -> None:
+    names = [f"v{i}" for i in range(builders.POLICY_TARGETS_MAX + 2)]
+    body = modelservice()
+    body["spec"]["variants"] = [{"name": n} for n in names]
+    body["spec"]["traffic"] = [{"variant": "v0", "weight": 100}]
+    parsed = reconcile.spec.parse_spec(body)
+    opts = reconcile.build_options(OperatorConfig(), Caps(budget=True).get())
+    found = dict(reconcile.ignored_fields(parsed, opts, "experimental"))
+    assert found[reconcile.GATEWAY_RETRY_BUDGET_PARTIAL] == (
+        "spec.gateway.retry.budget: an XBackendTrafficPolicy targets at most 16 Services, so the "
+        "retries to sentiment-v16, sentiment-v17 have no budget (bounded per request only)")
+    body["spec"]["variants"] = body["spec"]["variants"][:builders.POLICY_TARGETS_MAX]
+    parsed = reconcile.spec.parse_spec(body)
+    assert reconcile.ignored_fields(parsed, opts, "experimental") == []
+
+
+@pytest.mark.parametrize(("budget", "gateway_api"), [(True, True), (False, True), (True, False)])
+def test_discovery_asks_whether_the_policy_kind_is_served(
+        budget: bool, gateway_api: bool, caplog: pytest.LogCaptureFixture) -> None:
+    client = DiscoveryKube(retry=True, budget=budget, gateway_api=gateway_api)
+    caps = kube.Capabilities(client, ttl=3600)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="msv_operator.kube"):
+        answer = caps.get()
+        assert caps.get() is answer  # cached like the other answers
+    assert answer.retry_budget is budget
+    assert client.asked.count(kube.RETRY_BUDGET_API) == 1
+    (line,) = [r.getMessage() for r in caplog.records
+               if r.getMessage().startswith("Discovered capabilities")]
+    assert line.endswith(f"XBackendTrafficPolicy {'served' if budget else 'not served'}")
