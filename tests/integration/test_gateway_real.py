@@ -11,6 +11,9 @@ HTTPRoute carries the weights, a retry and one header rule per variant. Through 
   is routed normally, never a 5xx;
 * ``kill -9`` of a serving baseline pod's server process under a steady client fails no
   request (the route's retry moves a refused request to the other pod);
+* the operator's retry budget (an ``XBackendTrafficPolicy`` per ModelService) is accepted by
+  the gateway; spent (0 %, a floor of one retry an hour), a crash's retries are refused: the
+  client gets 503 with ``x-msv-retry-budget: exhausted`` and the gateway's counters say so;
 * a parent Gateway that does not exist leaves ``FieldsIgnored`` naming ``spec.gateway`` and
   the stable Service keeps serving.
 
@@ -44,12 +47,14 @@ from waiting import wait_for
 from localcluster import cluster as lc
 from localcluster import modelstores, paths
 from localcluster.gateway import install as gateway
+from localcluster.gateway import render as gateway_render
 from localcluster.images.host import need_tool
 
 pytestmark = [pytest.mark.slow]
 
 NAME = "gw"
 HEADER = "x-msv-variant"
+BUDGET_API = "gateway.networking.x-k8s.io/v1alpha1"
 WEIGHTS = {"baseline": 90, "int8": 10}
 PARENT = {"name": gateway.GATEWAY, "namespace": gateway.NAMESPACE}
 
@@ -117,6 +122,13 @@ def _routed(ns: str, k: kube.Kube, classifier: Path) -> Routed:  # noqa: F811
              timeout=420, interval=1)
     route = k.get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, NAME) or {}
     assert any(r.get("retry") for r in route["spec"]["rules"]), route["spec"]
+    policy = wait_for("the retry budget accepted by the gateway",
+                      lambda: budget_accepted(k, ns), timeout=120)
+    assert {t["name"] for t in policy["spec"]["targetRefs"]} == \
+        {f"{NAME}-{v}" for v in WEIGHTS}, policy["spec"]
+    assert policy["spec"]["retryConstraint"] == {
+        "budget": {"percent": 20, "interval": "10s"},
+        "minRetryRate": {"count": 10, "interval": "1s"}}, policy["spec"]
     # nginx has the pods' endpoints once every variant answers through the gateway
     wait_for("every variant answering through the gateway",
              lambda: answering(gateway_url(f"/v2/models/{NAME}")) == set(WEIGHTS), timeout=180)
@@ -232,6 +244,106 @@ def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Ro
         thread.join(60)
     print(f"kill -9 under a steady client through the gateway: {dict(results)}")
     assert results["failed"] == 0, failures[:5]
+
+
+def budget_accepted(k: kube.Kube, ns: str) -> dict[str, Any] | None:
+    """The ModelService's XBackendTrafficPolicy once the gateway accepted its generation."""
+    policy = k.get(BUDGET_API, "XBackendTrafficPolicy", ns, NAME) or {}
+    gen = (policy.get("metadata") or {}).get("generation")
+    for a in (policy.get("status") or {}).get("ancestors") or []:
+        if a.get("controllerName") != gateway_render.CONTROLLER_NAME:
+            continue
+        c = next((c for c in a.get("conditions") or [] if c.get("type") == "Accepted"), {})
+        if c.get("status") == "True" and c.get("observedGeneration") == gen:
+            return policy
+    return None
+
+
+def retry_counters(service: str, ns: str) -> dict[str, float]:
+    """The gateway's budget counters of ``service`` (its controller's /metrics)."""
+    url = f"http://{gateway.SERVICE_IP}:{gateway.METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out = {"allowed": 0.0, "rejected": 0.0}
+    for line in text.splitlines():
+        if line.startswith("msv_gateway_retries_total{") and f'namespace="{ns}"' in line \
+                and f'service="{service}"' in line:
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            out[result] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_a_spent_retry_budget_refuses_a_crashs_retries(routed: Routed) -> None:
+    """Budget 0 % with a floor of one retry an hour: after at most one allowed retry, every
+    retry a crash causes is refused (503 + x-msv-retry-budget), and the gateway's counters
+    match what the client saw. Each kill causes at least one refused connection, so a second
+    kill is only needed when the first one spent the floor."""
+    ns, k = routed.ns, routed.k
+    ms = k.get(MS_API, "ModelService", ns, NAME) or {}
+    spec = dict(ms["spec"])
+    spec["gateway"] = {**spec["gateway"], "retry": {
+        "budget": {"percent": 0, "minRetryRate": {"count": 1, "interval": "1h"}}}}
+    k.apply({"apiVersion": MS_API, "kind": "ModelService",
+             "metadata": {"name": NAME, "namespace": ns}, "spec": spec})
+
+    def spent() -> dict[str, Any] | None:
+        p = budget_accepted(k, ns)
+        return p if p and p["spec"]["retryConstraint"]["budget"]["percent"] == 0 else None
+    wait_for("the spent budget accepted by the gateway", spent, timeout=120)
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
+    url = gateway_url(f"/v2/models/{NAME}/infer")
+    service = f"{NAME}-baseline"
+    before = retry_counters(service, ns)
+    results: Counter[str] = Counter()
+    other: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                http_json(url, body, timeout=30)
+                results["ok"] += 1
+            except urllib.error.HTTPError as e:
+                if e.code == 503 and e.headers.get("x-msv-retry-budget") == "exhausted":
+                    results["refused"] += 1
+                else:
+                    other.append(f"{e.code} {e.headers}")
+            except OSError as e:
+                other.append(repr(e))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
+        for _ in range(3):
+            pods = [p for p in k.list("v1", "Pod", ns,
+                                      f"serving.modelservice.dev/modelservice={NAME}")
+                    if p["metadata"]["labels"].get("serving.modelservice.dev/variant")
+                    == "baseline"]
+            victim = pods[0]
+            restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
+            os.kill(server_pid(victim), signal.SIGKILL)
+
+            def back(victim: dict[str, Any] = victim, restarts: int = restarts) -> bool:
+                pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
+                st = (pod.get("status") or {}).get("containerStatuses") or [{}]
+                return st[0].get("restartCount", 0) > restarts and bool(st[0].get("ready"))
+            wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
+            if results["refused"]:
+                break
+    finally:
+        stop.set()
+        thread.join(60)
+    after = retry_counters(service, ns)
+    allowed = after["allowed"] - before["allowed"]
+    rejected = after["rejected"] - before["rejected"]
+    print(f"spent budget, kill -9 under a steady client: {dict(results)}; gateway: "
+          f"{allowed:.0f} retries allowed, {rejected:.0f} refused")
+    assert not other, other[:5]  # a failure is a refused retry, nothing else
+    assert results["refused"] >= 1, results
+    assert rejected == results["refused"], (rejected, results)
+    assert allowed <= 1, allowed  # the floor: one retry an hour
 
 
 def test_a_missing_gateway_is_named_and_the_service_keeps_serving(routed: Routed) -> None:
