@@ -12,7 +12,11 @@ One ModelService (the tiny text classifier of tests/modelfactory, two ``baseline
   ``kill -9``, with the route's retry (default: 2 attempts on 503 and connection errors)
   and with the route's retry off (``attempts: 0``: the gateway's own default then still
   retries a refused connection once, docs/gateway.md): failed requests, and the latency the
-  retried requests pay (p50/p99/max over the crash window: the retry's cost).
+  retried requests pay (p50/p99/max over the crash window: the retry's cost);
+* **the retry budget under a crash**: the same crash with the route's retry and its budget
+  spent (0 %, a floor of one retry an hour): what the budget costs in failed requests, and
+  the retries the gateway allowed and refused in each crash (its ``/metrics`` counters), per
+  request of the crash window: the extra load retries put on the surviving pod.
 
     python bench/gateway.py [--rounds 3] [--seconds 5]    # as root; starts the cluster
 
@@ -54,7 +58,14 @@ BODY = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"
 PATH = f"/v2/models/{NAME}/infer"
 
 
-def modelservice(ns: str, uri: str, sha: str, attempts: int) -> dict[str, Any]:
+SPENT_BUDGET = {"percent": 0, "minRetryRate": {"count": 1, "interval": "1h"}}
+
+
+def modelservice(ns: str, uri: str, sha: str, attempts: int,
+                 budget: dict[str, Any] | None = None) -> dict[str, Any]:
+    retry: dict[str, Any] = {"attempts": attempts}
+    if budget is not None:
+        retry["budget"] = budget
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
             "metadata": {"name": NAME, "namespace": ns},
             "spec": {"model": {"uri": uri, "sha256": sha, "framework": "transformers",
@@ -64,7 +75,7 @@ def modelservice(ns: str, uri: str, sha: str, attempts: int) -> dict[str, Any]:
                      "variants": [{"name": "baseline"}], "replicas": 2,
                      "gateway": {"parentRefs": [{"name": gateway.GATEWAY,
                                                  "namespace": gateway.NAMESPACE}],
-                                 "retry": {"attempts": attempts}}}}
+                                 "retry": retry}}}
 
 
 def wait_until(what: str, check: Any, timeout: float = 300) -> Any:
@@ -116,9 +127,24 @@ def server_pid(pod: dict[str, Any]) -> int:
                 if line.split()[0] == cid)
 
 
+def retry_counters(ns: str) -> dict[str, float]:
+    """The gateway's retry-budget counters of the ModelService's Service (its /metrics)."""
+    url = f"http://{gateway.SERVICE_IP}:{gateway.METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out = {"allowed": 0.0, "rejected": 0.0}
+    for line in text.splitlines():
+        if line.startswith("msv_gateway_retries_total{") and f'namespace="{ns}"' in line \
+                and f'service="{NAME}"' in line:
+            out[line.split('result="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     """A steady client (one request every 50 ms, a new connection each) through the
-    Gateway while one pod's server is killed; counts until the pod is ready again."""
+    Gateway while one pod's server is killed; counts until the pod is ready again, with the
+    retries the gateway allowed and refused meanwhile."""
+    before = retry_counters(ns)
     counts: Counter[str] = Counter()
     took: list[float] = []
     stop = threading.Event()
@@ -147,7 +173,12 @@ def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     stop.set()
     t.join(30)
     took.sort()
+    after = retry_counters(ns)
+    requests = counts["ok"] + counts["failed"]
+    allowed = after["allowed"] - before["allowed"]
     return {"ok": counts["ok"], "failed": counts["failed"],
+            "retries_allowed": allowed, "retries_refused": after["rejected"] - before["rejected"],
+            "retries_per_request": round(allowed / requests, 4) if requests else 0.0,
             "p50_ms": round(1e3 * took[len(took) // 2], 2),
             "p99_ms": round(1e3 * took[min(len(took) - 1, int(0.99 * len(took)))], 2),
             "max_ms": round(1e3 * took[-1], 2)}
@@ -191,6 +222,12 @@ def main() -> int:
         log("crash with the route's retry off (attempts 0; the gateway's default remains)")
         without = crash(c, ns)
         log(f"  {without}")
+        c.apply(modelservice(ns, uri, sha, attempts=2, budget=SPENT_BUDGET))
+        time.sleep(5)  # the operator re-applies the policy; the controller reloads nginx
+        wait_until("two ready pods", lambda: len(ready_pods(c, ns)) == 2)
+        log("crash with the route's retry and its budget spent (0 %, floor 1 an hour)")
+        spent = crash(c, ns)
+        log(f"  {spent}")
     added_p50 = med["gateway_c1"]["p50_ms"] - med["service_c1"]["p50_ms"]
     rps_ratio = med["gateway_c16"]["rps"] / med["service_c16"]["rps"]
     result.update({
@@ -199,6 +236,7 @@ def main() -> int:
         "runs": rounds, "added_p50_ms_c1": round(added_p50, 3),
         "rps_ratio_gateway_over_service_c16": round(rps_ratio, 3),
         "crash_with_retry": with_retry, "crash_without_retry": without,
+        "crash_with_spent_budget": spent,
     })
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -209,7 +247,11 @@ def main() -> int:
     log(f"added p50 at c=1: {added_p50:+.2f} ms; requests/s at 16 clients: {rps_ratio:.2f}x")
     log(f"kill -9 of one of two pods: failed {with_retry['failed']} of "
         f"{with_retry['ok'] + with_retry['failed']} with the route's retry, {without['failed']} of "
-        f"{without['ok'] + without['failed']} with the gateway's default only ({RESULTS})")
+        f"{without['ok'] + without['failed']} with the gateway's default only, "
+        f"{spent['failed']} of {spent['ok'] + spent['failed']} with the budget spent")
+    log(f"retries per request over the crash: {with_retry['retries_per_request']} (default "
+        f"budget), {spent['retries_per_request']} (spent; {spent['retries_refused']:.0f} "
+        f"refused) ({RESULTS})")
     return 0
 
 
