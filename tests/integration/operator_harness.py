@@ -132,8 +132,14 @@ class OperatorProcess:
         """The operator's own samples (``{}`` while its endpoint is not up)."""
         return operator_metrics(self.port)
 
+    def scrape(self, timeout: float = 60) -> dict[str, float]:
+        """The operator's samples, for an assertion: a live operator's endpoint may miss the
+        2 s scrape timeout on a loaded machine, which must not read as "no writes"."""
+        return wait_for(f"{self.name}'s /metrics to answer",
+                        lambda: self.metrics() or self._dead(), timeout=timeout, interval=0.5)
+
     def total(self, prefix: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+        return sum(v for k, v in self.scrape().items() if k.startswith(prefix))
 
     def wait_up(self, timeout: float = 60) -> OperatorProcess:
         wait_for(f"{self.name} to serve /metrics", lambda: self.metrics() or self._dead(),

@@ -78,7 +78,7 @@ def test_only_the_leader_writes_and_kill_9_hands_over(
     assert len(writers) == 1, applied
     first = writers[0]
     other = next(n for n in REPLICAS if n != first)
-    assert writes(replicas[other]) == 0, replicas[other].metrics()
+    assert writes(replicas[other]) == 0, replicas[other].scrape()
     assert holder(k, namespace) == first
 
     replicas[first].kill()

@@ -260,17 +260,21 @@ def test_the_share_the_pods_deliver_is_reported_and_a_step_holds(
         "split", ns, replicas=2, variants=[{"name": "baseline"}, {"name": "int8"}],
         traffic=[{"variant": "baseline", "weight": 90}, {"variant": "int8", "weight": 10}]))
 
-    def split_status() -> dict[str, Any]:
-        st = (k.get(MS_API, "ModelService", ns, "split") or {}).get("status") or {}
-        assert st.get("shares") == "baseline=67,int8=33", st  # a timeout reports the status
-        return st
+    def split_status() -> tuple[dict[str, Any], dict[str, Any]]:
+        # The shares follow the EndpointSlices, Progressing the Deployments' status, which
+        # may lag them by a pass: both settled. A timeout reports what it saw.
+        ms = k.get(MS_API, "ModelService", ns, "split") or {}
+        st = ms.get("status") or {}
+        progressing = condition(ms, "Progressing")
+        assert st.get("shares") == "baseline=67,int8=33" and \
+            progressing.get("reason") == "ShareNotRepresentable", (st, progressing)
+        return st, progressing
 
-    st = wait_for("shares 67/33", split_status, timeout=180)
+    st, progressing = wait_for("shares 67/33, Progressing ShareNotRepresentable",
+                               split_status, timeout=180)
     assert st["traffic"] == "baseline=90,int8=10"
     assert {v["name"]: (v["weight"], v["share"]) for v in st["variants"]} == {
         "baseline": (90, 67), "int8": (10, 33)}
-    progressing = condition(k.get(MS_API, "ModelService", ns, "split"), "Progressing")
-    assert progressing["reason"] == "ShareNotRepresentable", progressing
     assert "int8 at 10% gets 33%" in progressing["message"]
     assert "raise spec.replicas to 6" in progressing["message"]
     shown = kubectl_msv(cluster, plugin_env, "get", "split", "-n", ns)
