@@ -74,8 +74,8 @@ FLOAT_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2", "F8_E4M3", "F8_E5M2", "F8_
 
 LENGTH_BYTES = 8
 """The header length prefix: an unsigned 64-bit little-endian integer."""
-MAX_HEADER_BYTES = 100 * 2**20
-"""The largest header read (the safetensors library refuses headers above 100 MB too)."""
+MAX_HEADER_BYTES = 100_000_000
+"""The largest header read: 100 MB, the limit of the safetensors library itself."""
 
 RUNTIME_OVERHEAD_BYTES = 2**30
 """Per device, whatever the model: the CUDA context and its kernels (about 0.3-0.5 GiB with

@@ -177,7 +177,7 @@ def test_a_server_that_ignores_ranges_is_read_no_further_than_needed(store: Stor
 @pytest.mark.parametrize(("content", "reason"), [
     (b"", "shorter than the 8-byte header length"),
     (b"\x01\x02\x03", "shorter than the 8-byte header length"),
-    ((200 * 2**20).to_bytes(8, "little") + b"{}", "above the 104857600-byte limit"),
+    ((200 * 2**20).to_bytes(8, "little") + b"{}", "above the 100000000-byte limit"),
     ((100).to_bytes(8, "little") + b'{"w": ', "ends 6 bytes into its 100-byte header"),
     (sh.with_length(b"{not json}"), "the header is not JSON"),
     (sh.with_length(b'{"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 3]}}'),
