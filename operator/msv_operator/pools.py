@@ -1,4 +1,4 @@
-"""PURE: the GPU pools a cluster offers, their prices, and the cheapest one a variant fits.
+"""PURE: the GPU pools a cluster offers, and the cheapest one a variant fits.
 
 Pools come from Node objects as NVIDIA's GPU feature discovery (GFD) and device plugin
 leave them: a full GPU is ``nvidia.com/gpu`` in the node's allocatable with labels
@@ -9,30 +9,31 @@ the label ``nvidia.com/mig-<profile>.memory`` (MiB) or, without it, from the pro
 (``10gb``: 10 GB, the name's unit); under the ``single`` strategy the partitions are
 ``nvidia.com/gpu`` and the product label carries the profile (``A100-SXM4-40GB-MIG-1g.5gb``).
 Cordoned nodes offer nothing. An ``Offer`` is one (product, resource) with its memory per
-device, the devices all nodes hold and the most one node holds.
+device, the devices all nodes hold and the most one node holds. ``trim_node`` keeps of a
+Node only what this reads (the operator's watch cache of Nodes).
 
-Prices are per device-hour, in US dollars: per GPU product, and per MIG profile either set
-or derived from its product's price times the profile's share of the GPU (the larger of its
-compute slices over the GPU's and its memory over the GPU's: a slice holds both).
-``DEFAULT_PRICES`` are approximate on-demand list prices (``LIST_PRICES`` names each
-source); a cluster sets its own.
+Prices per device-hour are ``prices``' (list prices with their sources, the configured
+table, MIG profiles priced as their share of the GPU).
 
 ``choose`` places one variant: the cheapest offer whose devices hold the need and of which
 one node holds ``gpu.count`` (ties: the smaller device, then the name), as node affinity on
-the product label and the resource to request; a variant that pins products or a resource
-is only checked against what it pins. Nothing fits: ``DoesNotFit`` (reason
-``InsufficientGPUMemory``), naming the need and the largest offer.
+the product label and the resource to request (``Target``). ``gpu.resourceName`` narrows the
+choice to that resource; ``gpu.products`` to those products, whose fit alone is checked (the
+pods may go to any pinned product that holds the variant). Nothing fits: ``DoesNotFit``
+(reason ``InsufficientGPUMemory``), naming the need and the largest offer; no offer at all
+among what is allowed: ``DoesNotFit`` with no ``largest`` (``no_offer``), which the caller
+treats as a fit it cannot check.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from msv_operator import quantity
 from msv_operator.gpufit import gib
+from msv_operator.prices import Prices, mig_memory_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
@@ -40,29 +41,12 @@ PRODUCT_LABEL = "nvidia.com/gpu.product"
 MEMORY_LABEL = "nvidia.com/gpu.memory"
 """MiB per GPU (per MIG device under the single strategy)."""
 MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+NVIDIA_PREFIX = "nvidia.com/"
+"""The labels and resources GFD and NVIDIA's device plugin set."""
 SINGLE_MIG_MARK = "-MIG-"
 """The single strategy's product label: ``<product>-MIG-<profile>``."""
-_PROFILE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb(?:\+me)?$")
-"""``1g.10gb``, ``1c.3g.40gb`` (a compute instance of a 3g), ``1g.10gb+me`` (media engines)."""
-MIG_COMPUTE_SLICES: Mapping[str, int] = {"A30": 4}
-"""Compute slices of a whole GPU, by a part of its product name; 7 otherwise (A100, H100,
-H200, B200)."""
-FULL_COMPUTE_SLICES = 7
 INSUFFICIENT = "InsufficientGPUMemory"
 """The ``Ready`` reason when no offer holds a variant."""
-
-
-def mig_memory_bytes(profile: str) -> int | None:
-    """A profile's memory from its name (``3g.40gb``: 40 GB); None when it is not one."""
-    m = _PROFILE.match(profile)
-    return int(m.group(3)) * 10**9 if m else None
-
-
-def mig_compute_slices(profile: str) -> int | None:
-    m = _PROFILE.match(profile)
-    if not m:
-        return None
-    return int(m.group(1) or m.group(2))
 
 
 @dataclass(frozen=True)
@@ -166,134 +150,58 @@ def pools_from_nodes(nodes: Iterable[Mapping[str, Any]]) -> Pools:
     return Pools(offers, tuple(ignored))
 
 
-# ---- prices ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ListPrice:
-    product: str
-    """GFD's ``nvidia.com/gpu.product`` value."""
-    usd_per_hour: float
-    """Per GPU."""
-    source: str
+def is_gpu_resource(resource: str) -> bool:
+    """``nvidia.com/gpu`` or a MIG resource (``nvidia.com/mig-<profile>``)."""
+    return resource == GPU_RESOURCE or resource.startswith(MIG_RESOURCE_PREFIX)
 
 
-LIST_PRICES: tuple[ListPrice, ...] = (
-    ListPrice("Tesla-T4", 0.53, "Amazon EC2 g4dn.xlarge (1 x T4), $0.526/h"),
-    ListPrice("NVIDIA-A10G", 1.01, "Amazon EC2 g5.xlarge (1 x A10G), $1.006/h"),
-    ListPrice("NVIDIA-L4", 0.80, "Amazon EC2 g6.xlarge (1 x L4), $0.8048/h"),
-    ListPrice("NVIDIA-L40S", 1.86, "Amazon EC2 g6e.xlarge (1 x L40S), $1.861/h"),
-    ListPrice("NVIDIA-A100-SXM4-40GB", 4.10, "Amazon EC2 p4d.24xlarge (8 x A100 40GB), "
-              "$32.77/h / 8"),
-    ListPrice("NVIDIA-A100-SXM4-80GB", 5.12, "Amazon EC2 p4de.24xlarge (8 x A100 80GB), "
-              "$40.97/h / 8"),
-    ListPrice("NVIDIA-H100-80GB-HBM3", 12.29, "Amazon EC2 p5.48xlarge (8 x H100 80GB), "
-              "$98.32/h / 8"),
-)
-"""Approximate on-demand list prices per GPU-hour: the smallest Amazon EC2 instance holding
-the GPU, US East (N. Virginia), Linux, as listed on the Amazon EC2 On-Demand Pricing page in
-2024, divided by its GPUs (so the host's share of CPU and memory is included). Providers
-change them (Amazon lowered P4 and P5 prices in 2025) and discounts differ: set your own."""
-OTHER_PRODUCTS = ("NVIDIA-A100-PCIE-40GB", "NVIDIA-A100-80GB-PCIe", "NVIDIA-H100-PCIe",
-                  "NVIDIA-A10", "NVIDIA-L40")
-"""Products a price table may name beyond those with a list price."""
-KNOWN_PRODUCTS = tuple(p.product for p in LIST_PRICES) + OTHER_PRODUCTS
-"""The products a price table may name (the chart's schema lists the same): a name outside
-it is a typo for GFD's label more often than a GPU this table lacks (add it here)."""
-
-
-class PriceError(ValueError):
-    """A price table the operator cannot use; the message names the key."""
-
-
-@dataclass(frozen=True)
-class Prices:
-    """Per device-hour, US dollars."""
-
-    products: Mapping[str, float] = field(default_factory=dict)
-    mig: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    """product -> MIG profile -> price of one slice; a profile not set is derived."""
-
-    def of(self, offer: Offer) -> float | None:
-        """One device of ``offer``; None when neither it nor its GPU has a price."""
-        parent = offer.parent_product
-        if offer.profile is None:
-            return self.products.get(offer.product)
-        if offer.resource == GPU_RESOURCE and offer.product in self.products:
-            return self.products[offer.product]  # single strategy, priced as its label
-        set_ = self.mig.get(parent, {}).get(offer.profile)
-        if set_ is not None:
-            return set_
-        whole = self.products.get(parent)
-        share = mig_share(offer)
-        return None if whole is None or share is None else round(whole * share, 4)
-
-
-def mig_share(offer: Offer) -> float | None:
-    """The share of its GPU a MIG device takes: the larger of its compute slices over the
-    GPU's and its memory over the GPU's (None when the profile name is not one)."""
-    if offer.profile is None:
+def trim_node(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What ``pools_from_nodes`` reads of a Node: its name, its ``nvidia.com/`` labels, its
+    GPU resources (allocatable) and whether it is cordoned; None for a node without GPUs."""
+    meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    allocatable = status.get("allocatable") or status.get("capacity") or {}
+    gpus = {str(k): str(v) for k, v in allocatable.items() if is_gpu_resource(str(k))}
+    if not gpus:
         return None
-    slices = mig_compute_slices(offer.profile)
-    if slices is None:
-        return None
-    full = next((n for part, n in MIG_COMPUTE_SLICES.items() if part in offer.product),
-                FULL_COMPUTE_SLICES)
-    share = slices / full
-    if offer.gpu_memory_bytes:
-        share = max(share, offer.memory_bytes / offer.gpu_memory_bytes)
-    return min(1.0, share)
-
-
-DEFAULT_PRICES = Prices(products={p.product: p.usd_per_hour for p in LIST_PRICES})
-
-
-def _price(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 10**6:
-        raise PriceError(f"{where}: {value!r} is not a price per hour (a number from 0)")
-    return float(value)
-
-
-def parse_prices(raw: Mapping[str, Any] | None, *,
-                 known: Sequence[str] = KNOWN_PRODUCTS) -> Prices:
-    """A price table as configured (``{products: {product: usd}, mig: {product: {profile:
-    usd}}}``), over the defaults; a product outside ``known`` or a malformed profile is
-    refused, naming the key."""
-    if raw is None:
-        return DEFAULT_PRICES
-    if not isinstance(raw, Mapping):
-        raise PriceError("gpuPrices: expected an object with products and mig")
-    unknown = set(raw) - {"products", "mig"}
-    if unknown:
-        raise PriceError(f"gpuPrices.{sorted(unknown)[0]}: unknown key; use products and mig")
-
-    def product(name: Any, where: str) -> str:
-        if name not in known:
-            raise PriceError(f"{where}: {name!r} is not a known GPU product "
-                             f"(nvidia.com/gpu.product); known: {', '.join(known)}")
-        return str(name)
-
-    products = dict(DEFAULT_PRICES.products)
-    for name, value in (raw.get("products") or {}).items():
-        products[product(name, f"gpuPrices.products.{name}")] = _price(
-            value, f"gpuPrices.products.{name}")
-    mig: dict[str, dict[str, float]] = {}
-    for name, profiles in (raw.get("mig") or {}).items():
-        where = f"gpuPrices.mig.{name}"
-        if not isinstance(profiles, Mapping):
-            raise PriceError(f"{where}: expected profile -> price, e.g. 1g.10gb: 1.76")
-        for profile, value in profiles.items():
-            if not _PROFILE.match(str(profile)):
-                raise PriceError(f"{where}.{profile}: not a MIG profile such as 1g.10gb")
-            mig.setdefault(product(name, where), {})[str(profile)] = _price(
-                value, f"{where}.{profile}")
-    return Prices(products, mig)
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()
+              if str(k).startswith(NVIDIA_PREFIX)}
+    out: dict[str, Any] = {"metadata": {"name": str(meta.get("name") or ""), "labels": labels},
+                           "status": {"allocatable": gpus}}
+    if (node.get("spec") or {}).get("unschedulable"):
+        out["spec"] = {"unschedulable": True}
+    return out
 
 
 # ---- placement -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Target:
+    """What a variant's pods request and where they may run: ``count`` devices of
+    ``resource`` (requests = limits), on nodes whose product label is one of ``products``
+    (empty: any node)."""
+
+    resource: str
+    count: int
+    products: tuple[str, ...] = ()
+
+    def resources(self) -> dict[str, str]:
+        """The requests and limits of the resource (extended resources: equal)."""
+        return {self.resource: str(self.count)}
+
+    def node_affinity(self) -> dict[str, Any] | None:
+        """``affinity.nodeAffinity``: the products, required (None without products)."""
+        if not self.products:
+            return None
+        return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": PRODUCT_LABEL, "operator": "In",
+                                   "values": list(self.products)}]}]}}
+
+
+@dataclass(frozen=True)
 class Placement:
-    """Where a variant's pods go: ``gpu_count`` devices of ``offer``."""
+    """Where a variant's pods go: ``gpu_count`` devices of ``offer`` (with pinned products:
+    of any of ``products`` that holds the variant, ``offer`` the cheapest of them)."""
 
     offer: Offer
     gpu_count: int
@@ -301,21 +209,23 @@ class Placement:
     price_per_hour: float | None
     """Per pod (``gpu_count`` devices); None: no price for this offer."""
     pinned: bool
-    """The user pinned it (products or resource): only its fit was checked."""
+    """The spec pins products or the resource: the choice was only among what they allow."""
+    products: tuple[str, ...] = ()
+    """The products the pods may run on (empty: ``offer``'s alone)."""
 
     @property
     def resource(self) -> str:
         return self.offer.resource
 
-    def resources(self) -> dict[str, str]:
-        """The requests and limits of the resource (extended resources: equal)."""
-        return {self.offer.resource: str(self.gpu_count)}
+    @property
+    def target(self) -> Target:
+        return Target(self.offer.resource, self.gpu_count, self.products or (self.offer.product,))
 
-    def node_affinity(self) -> dict[str, Any]:
-        """``affinity.nodeAffinity``: the offer's product, required."""
-        return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": PRODUCT_LABEL, "operator": "In",
-                                   "values": [self.offer.product]}]}]}}
+    def resources(self) -> dict[str, str]:
+        return self.target.resources()
+
+    def node_affinity(self) -> dict[str, Any] | None:
+        return self.target.node_affinity()
 
     @property
     def message(self) -> str:
@@ -335,6 +245,8 @@ class Placement:
             out["migProfile"] = self.offer.profile
         if self.price_per_hour is not None:
             out["pricePerHour"] = self.price_per_hour
+        if len(self.products) > 1:
+            out["products"] = list(self.products)
         return out
 
 
@@ -348,20 +260,29 @@ class DoesNotFit:
     pinned: bool
     reason: str = INSUFFICIENT
 
+    @property
+    def no_offer(self) -> bool:
+        """Nothing is offered at all among what the spec allows (no GPU node, or none of the
+        pinned products or resource): the fit cannot be judged."""
+        return self.largest is None
+
 
 def choose(need_bytes: int, gpu_count: int, pools: Pools | Sequence[Offer], prices: Prices,
            pinned_products: Sequence[str] = (), pinned_resource: str | None = None
            ) -> Placement | DoesNotFit:
     """The cheapest offer where ``gpu_count`` devices holding ``need_bytes`` each fit on one
-    node; with pins (``gpu.products``; a ``gpu.resourceName`` other than nvidia.com/gpu),
-    only what they allow is checked (a pinned product without a pinned resource means whole
-    GPUs, as the pods request them)."""
+    node, among the offers of ``pinned_resource`` (``gpu.resourceName``; any when None) and
+    of ``pinned_products`` (``gpu.products``; whole GPUs unless a resource is pinned too, as
+    the pods request them). With pinned products the pods may go to every pinned product
+    that holds the variant (``Placement.products``)."""
     offers = pools.offers if isinstance(pools, Pools) else tuple(pools)
     pinned = bool(pinned_products) or pinned_resource is not None
-    if pinned:
+    if pinned_products:
         resource = pinned_resource or GPU_RESOURCE
         offers = tuple(o for o in offers if o.resource == resource
-                       and (not pinned_products or o.product in pinned_products))
+                       and o.product in pinned_products)
+    elif pinned_resource is not None:
+        offers = tuple(o for o in offers if o.resource == pinned_resource)
     fits = [o for o in offers if o.memory_bytes >= need_bytes and o.max_per_node >= gpu_count]
     if fits:
         def key(o: Offer) -> tuple[bool, float, int, str, str]:
@@ -369,8 +290,11 @@ def choose(need_bytes: int, gpu_count: int, pools: Pools | Sequence[Offer], pric
             return (p is None, p or 0.0, o.memory_bytes, o.product, o.resource)
         best = min(fits, key=key)
         unit = prices.of(best)
+        holding = {o.product for o in fits}
+        products = tuple(p for p in dict.fromkeys(pinned_products) if p in holding)
         return Placement(best, gpu_count, need_bytes,
-                         None if unit is None else round(unit * gpu_count, 4), pinned)
+                         None if unit is None else round(unit * gpu_count, 4), pinned,
+                         products)
     return _does_not_fit(need_bytes, gpu_count, offers, pinned, pinned_products,
                          pinned_resource)
 
@@ -378,13 +302,13 @@ def choose(need_bytes: int, gpu_count: int, pools: Pools | Sequence[Offer], pric
 def _does_not_fit(need: int, count: int, offers: Sequence[Offer], pinned: bool,
                   products: Sequence[str], resource: str | None) -> DoesNotFit:
     scope = ""
-    if pinned:
-        what = resource or GPU_RESOURCE
-        scope = (f" among {what} of the pinned products {', '.join(products)}" if products
-                 else f" among {what}")
+    if products:
+        scope = f" among {resource or GPU_RESOURCE} of the pinned products {', '.join(products)}"
+    elif resource is not None:
+        scope = f" among {resource}"
     if not offers:
         return DoesNotFit(need, None, f"needs {gib(need)} of GPU memory, and the cluster "
-                          f"offers no GPU{scope or ''} (no schedulable node carries "
+                          f"offers no GPU{scope} (no schedulable node carries "
                           f"{PRODUCT_LABEL} with its memory)", pinned)
     largest = max(offers, key=lambda o: (o.memory_bytes, o.max_per_node, o.product))
     if largest.memory_bytes >= need:
