@@ -240,7 +240,7 @@ class Placement:
         out: dict[str, Any] = {"product": self.offer.product, "resource": self.offer.resource,
                                "count": self.gpu_count,
                                "deviceMemoryBytes": self.offer.memory_bytes,
-                               "pinned": self.pinned}
+                               "pinned": self.pinned, "checked": True}
         if self.offer.profile:
             out["migProfile"] = self.offer.profile
         if self.price_per_hour is not None:

@@ -172,7 +172,7 @@ def test_a_3b_float16_variant_takes_a_mig_slice_where_no_cheaper_gpu_holds_it() 
     assert p.price_per_hour == round(12.29 / 7, 4)
     assert p.to_status() == {"product": H100, "resource": "nvidia.com/mig-1g.10gb",
                              "count": 1, "deviceMemoryBytes": 9536 * 2**20,
-                             "pinned": False, "migProfile": "1g.10gb",
+                             "pinned": False, "checked": True, "migProfile": "1g.10gb",
                              "pricePerHour": p.price_per_hour}
     # and where the slice is priced below the L4, there with the L4 present too
     cheap = prices.parse_prices({"mig": {H100: {"1g.10gb": 0.5}}})
