@@ -23,9 +23,10 @@ The estimate follows what the model server does when it loads a variant on a GPU
   ``mlp.fc1``/``fc2``, GPT-2 ``mlp.c_fc``/``c_proj``, Llama ``gate``/``up``/``down_proj``,
   DistilBERT ``ffn.lin1``/``lin2``) to the width it keeps; unstructured pruning zeroes
   weights in place and saves nothing.
-* **load peak**: what sits on the device while loading. ``dynamic-int8`` on a GPU moves the
-  float32 model to the device before quantizing it, so its peak is the float32 size;
-  TorchScript is loaded onto the device at its saved dtypes before any cast.
+* **load peak**: what sits on the device while loading. The transformers backend optimizes
+  the model on the CPU it loaded it on (``dynamic-int8`` included) and moves the result, so its
+  peak is the weights it serves with; TorchScript is loaded onto the device at its saved
+  dtypes before any cast.
 * **activations** for one batch through one layer at a time: rows x tokens x (4 x hidden +
   2 x feed-forward width) at the compute dtype (queries, keys, values and the attention
   output; the gate and up projections of a gated MLP), plus, for generation, the last
@@ -97,16 +98,15 @@ FULL_BYTES = caps.QUANTIZATIONS[caps.NONE].bytes_per_parameter
 PIPELINE_FRAMEWORKS = frozenset(f.name for f in caps.FRAMEWORKS.values() if f.tasks)
 """Frameworks served through a pipeline (transformers): their backend loads every
 floating-point tensor at ``FULL_BYTES`` whatever the artifact holds, on the CPU, and moves
-the model to the GPU after its optimization; the others load the artifact's dtypes straight
-onto the device and cast it there."""
+the model to the GPU after its optimization (quantization included); the others load the
+artifact's dtypes straight onto the device and cast it there."""
 CASTS = frozenset(q.name for q in caps.QUANTIZATIONS.values()
                   if q.name != caps.NONE and q.bytes_per_parameter >= 2)
 """Quantizations that cast every floating-point tensor (``float16``, ``bfloat16``)."""
 WEIGHT_ONLY = frozenset(q.name for q in caps.QUANTIZATIONS.values()
                         if q.bytes_per_parameter < 2)
 """Quantizations that store linear layers' weights in fewer bytes and leave every other
-tensor (``dynamic-int8``); on a GPU a pipeline framework's model is moved there at
-``FULL_BYTES`` before they apply."""
+tensor (``dynamic-int8``)."""
 
 
 class HeaderError(ValueError):
@@ -454,12 +454,11 @@ def estimate_from_headers(headers: Iterable[Header], workload: Workload,
     notes: list[str] = []
     tensors = _pruned(raw, workload, shape, notes)
     weights = sum(_held(t, workload) for t in tensors) + _tied_output_copy(raw, workload, shape)
-    loaded = sum(_loaded(t, workload) for t in tensors)
     floats = [t for t in raw if t.dtype in FLOAT_DTYPES]
     artifact_float = (sum(t.nbytes for t in floats) / max(1, sum(t.numel for t in floats))
                       if floats else 4.0)
     return _finish("safetensors-header", sum(t.numel for t in raw), sum(t.nbytes for t in raw),
-                   weights, loaded, workload, shape, artifact_float, notes)
+                   weights, workload, shape, artifact_float, notes)
 
 
 def estimate_from_size(size_bytes: int, workload: Workload,
@@ -480,21 +479,18 @@ def estimate_from_size(size_bytes: int, workload: Workload,
                          "which are linear)")
     if workload.pruning_method == "structured" and workload.pruning_amount:
         notes.append("structured pruning not counted (no header)")
-    return _finish("artifact-size", None, size_bytes, weights, size_bytes, workload, shape,
-                   FULL_BYTES, notes)
+    return _finish("artifact-size", None, size_bytes, weights, workload, shape, FULL_BYTES,
+                   notes)
 
 
-def _finish(source: str, parameters: int | None, artifact: int, weights: int, loaded: int,
+def _finish(source: str, parameters: int | None, artifact: int, weights: int,
             w: Workload, shape: ModelShape, artifact_float: float, notes: list[str]
             ) -> MemoryEstimate:
     compute = _compute_bytes(w, artifact_float)
     rows = w.rows
-    if w.framework not in PIPELINE_FRAMEWORKS:
-        peak = max(artifact, weights)  # loaded onto the device as saved, then cast
-    elif w.quantization in WEIGHT_ONLY:
-        peak = loaded  # moved to the GPU at float32, then quantized there
-    else:
-        peak = weights  # optimized on the CPU, then moved
+    # Pipelines optimize on the CPU (int8 too), then move; the others load onto the device
+    # as saved, then cast.
+    peak = weights if w.framework in PIPELINE_FRAMEWORKS else max(artifact, weights)
     tokens = w.sequence_length or shape.context
     if shape.hidden is None:
         activations = math.ceil(ACTIVATION_FRACTION * weights)
