@@ -67,7 +67,8 @@ MIRROR_OUTCOMES = ("sent", "dropped", "failed", "compared")
 
 
 class GpuMemoryCollector(Collector):
-    """`model_server_gpu_memory_{allocated,reserved}_bytes` per CUDA device, when present."""
+    """`model_server_gpu_memory_{allocated,reserved,peak}_bytes` per CUDA device, when
+    present (peak: the most reserved since start, what the operator's GPU fit reads)."""
 
     def __init__(self, model: str, variant: str) -> None:
         self._labels = [model, variant]
@@ -89,14 +90,21 @@ class GpuMemoryCollector(Collector):
                 "GPU memory reserved by the caching allocator",
                 labels=[m.LABEL_MODEL, m.LABEL_VARIANT, "device"],
             )
+            peak = GaugeMetricFamily(
+                m.GPU_MEMORY_PEAK_BYTES,
+                "The most GPU memory the caching allocator reserved since the server started",
+                labels=[m.LABEL_MODEL, m.LABEL_VARIANT, "device"],
+            )
             for index in range(torch.cuda.device_count()):
                 labels = [*self._labels, str(index)]
                 allocated.add_metric(labels, float(torch.cuda.memory_allocated(index)))
                 reserved.add_metric(labels, float(torch.cuda.memory_reserved(index)))
+                peak.add_metric(labels, float(torch.cuda.max_memory_reserved(index)))
         except Exception:  # a broken driver must not break /metrics
             return
         yield allocated
         yield reserved
+        yield peak
 
 
 class _Hist:

@@ -31,6 +31,10 @@ ANNOTATION_MIRROR = f"{GROUP}/mirror"
 variant); the server reads it through the downward API (docs/model-server.md, Mirroring)."""
 ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"
 """On every object the operator applies: the hash of what it applied (drift detection)."""
+ANNOTATION_PLACEMENT_INPUTS = f"{GROUP}/placement-inputs"
+"""On a GPU variant's Deployment: the hash of the inputs its placement was chosen for (its
+artifact, optimization, spec.gpu, batching and task); while it is unchanged the placement is
+kept (docs/modelservice-api.md, "Placement")."""
 ANNOTATION_ROLLOUT_PAUSED = f"{GROUP}/rollout-paused"
 """On a ModelService: ``"true"`` holds the rollout at its step (``kubectl msv pause``)."""
 ANNOTATION_ROLLOUT_ACTION = f"{GROUP}/rollout-action"

@@ -44,6 +44,10 @@ MODEL_SPARSITY_RATIO = f"{PREFIX}model_sparsity_ratio"
 # GPU memory (CUDA only).
 GPU_MEMORY_ALLOCATED_BYTES = f"{PREFIX}gpu_memory_allocated_bytes"
 GPU_MEMORY_RESERVED_BYTES = f"{PREFIX}gpu_memory_reserved_bytes"
+GPU_MEMORY_PEAK_BYTES = f"{PREFIX}gpu_memory_peak_bytes"
+"""The most the caching allocator has reserved on the device since the server started
+(``torch.cuda.max_memory_reserved``): the load's peak or serving's, whichever was higher. The
+operator reads it into ``status.variants[].gpuMemory.measuredBytes`` beside its estimate."""
 
 # Mirroring (rollout analysis).
 MIRROR_REQUESTS = f"{PREFIX}mirror_requests"

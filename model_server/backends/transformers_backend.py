@@ -18,9 +18,11 @@ Tensors per task (the first dimension is the batch):
 
 Safety: `trust_remote_code` only when the option says so; weights from safetensors when
 the directory has them, otherwise transformers' `torch.load(weights_only=True)`.
-Optimizations run in this order at load: structured/unstructured pruning, then
-dynamic-int8 (CPU: torch dynamic quantization; CUDA: torchao int8 weight-only, after the
-move) or float16/bfloat16, then the move to the device.
+Optimizations run in this order at load, on the CPU the weights were loaded on: structured/
+unstructured pruning, then dynamic-int8 (for the CPU: torch dynamic quantization; for CUDA:
+torchao int8 weight-only) or float16/bfloat16; then the optimized model moves to the device,
+so a GPU never holds more than the variant serves with (the operator's GPU-fit estimate
+counts on it: msv_operator.gpufit).
 """
 
 from __future__ import annotations
@@ -102,9 +104,8 @@ class TransformersBackend(LoadedInfo, Backend):
         self.options = options
         self.model_dir = model_dir
         model, config = self._load_model(model_dir, options)
-        model = self._apply_optimizations(model, options)
-        if options.quantization != "dynamic-int8":  # quantize_int8 placed it already
-            model = model.to(self.device)
+        model = self._apply_optimizations(model, options)  # on the CPU
+        model = model.to(self.device)
         self.model = model.eval()
         self._labels = self._label_list(config)
         self._info = self._measure()

@@ -1,11 +1,13 @@
 """Quantization and reduced precision: torch dynamic int8, half precision, TFLite dynamic range.
 
-- `quantize_int8(model, device)`: what `dynamic-int8` means on each device. On CPU,
-  `quantize_dynamic_int8`: torch `quantize_dynamic` on every nn.Linear (weights int8,
-  activations quantized per batch at run time; the fbgemm / onednn / qnnpack kernels are
-  CPU only). On CUDA, `quantize_weight_only_int8`: torchao's int8 weight-only quantization
-  of every nn.Linear (int8 weights with per-channel scales, dequantized in the matmul), which
-  runs on any device; it is the same function on CPU, so CPU tests cover it.
+- `quantize_int8(model, device)`: what `dynamic-int8` means on each device, applied where
+  the model was loaded (the CPU): the caller moves the result to the device afterwards, so a
+  GPU never holds the float32 model. For the CPU, `quantize_dynamic_int8`: torch
+  `quantize_dynamic` on every nn.Linear (weights int8, activations quantized per batch at run
+  time; the fbgemm / onednn / qnnpack kernels are CPU only). For CUDA,
+  `quantize_weight_only_int8`: torchao's int8 weight-only quantization of every nn.Linear
+  (int8 weights with per-channel scales, dequantized in the matmul), which runs on any device
+  and moves with the module; it is the same function on CPU, so CPU tests cover it.
 - `to_half`: casts a torch module to float16 or bfloat16. On CPU both run (bfloat16 is
   fast on AVX512-BF16/AMX machines, float16 mostly saves memory); on CUDA both are native.
 - `tflite_convert`: TensorFlow dynamic-range (int8 weights) or float16 quantization through
@@ -30,10 +32,11 @@ def int8_method(device: str) -> str:
 
 
 def quantize_int8(model: Any, device: str) -> Any:
-    """`model` quantized to int8 for `device` (and on it); returns the module to serve."""
+    """`model` quantized to int8 for `device`, where it is now (the CPU it was loaded on);
+    returns the module to move to `device` and serve."""
     if int8_method(device) == "dynamic":
         return quantize_dynamic_int8(model)
-    return quantize_weight_only_int8(model.to(device))
+    return quantize_weight_only_int8(model)
 
 
 def quantize_weight_only_int8(model: Any) -> Any:

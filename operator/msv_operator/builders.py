@@ -19,6 +19,12 @@ must carry instead (the effective `serving` label and, on the stable variants wh
 rollout is active, the mirror annotation the server reads through the downward API), and
 the reconciler patches the live pods.
 
+With spec.gpu, a variant's pods request what its GPU placement says (``GpuPlacement``: the
+resource, count and products the reconciler's GPU fit chose or kept; without one, spec.gpu as
+written, whole GPUs unless it names a resource) and its Deployment carries the hash of the
+inputs that placement was chosen for; ``gpu_target_of`` reads the placement back from a live
+Deployment. A variant the GPU fit refused (``withheld``) gets no Deployment and no HPA.
+
 The image is the one configured for the framework's runtime (capability table) and device
 (`serving_image`; `spec.server.image` overrides it): a spec no configured image serves (no
 image for that runtime on that device, or a variant's quantization the device cannot run)
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +52,7 @@ from msv_contract import capabilities as caps
 from msv_contract import env, metrics
 from msv_contract.api import (
     ANNOTATION_MIRROR,
+    ANNOTATION_PLACEMENT_INPUTS,
     API_VERSION,
     KIND,
     LABEL_MODELSERVICE,
@@ -53,7 +60,7 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
-from msv_operator import shares
+from msv_operator import pools, shares
 from msv_operator.config import RuntimeImages, image_env
 from msv_operator.rollout import spec_weights
 from msv_operator.spec import InvalidSpecError, ModelServiceSpec, ModelSource, Variant, parse_spec
@@ -67,7 +74,9 @@ TLS_DIR = env.TLS_MOUNT
 PODINFO_DIR = env.PODINFO_MOUNT
 INFLIGHT_METRIC = metrics.INFLIGHT
 GPU_TAINT_KEY = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+"""The taint managed GPU node pools carry (tolerated by every GPU pod)."""
+GPU_PRODUCT_LABEL = pools.PRODUCT_LABEL
+PLACEMENT_ANNOTATION = ANNOTATION_PLACEMENT_INPUTS
 DEFAULT_REQUESTS = {"cpu": "500m", "memory": "1Gi"}
 SERVER_CONTAINER = "model-server"
 PULL_CONTAINER = "model-pull"
@@ -131,6 +140,50 @@ def serving_image(spec: ModelServiceSpec, opts: BuildOptions) -> str:
                 f"on {device} ({'spec.gpu' if gpu else 'no spec.gpu'}, image {image}): "
                 f"{fw.device_limit_reason}")
     return image
+
+
+@dataclass(frozen=True)
+class GpuPlacement:
+    """Where one GPU variant's pods go (the reconciler's GPU fit): ``target``, and the hash of
+    the inputs it was chosen for, written on the Deployment (``PLACEMENT_ANNOTATION``)."""
+
+    target: pools.Target
+    inputs: str
+
+
+def spec_target(spec: ModelServiceSpec) -> pools.Target | None:
+    """spec.gpu as written: its resource (whole GPUs when it names none), count, products."""
+    if spec.gpu is None:
+        return None
+    return pools.Target(spec.gpu.resource_name or pools.GPU_RESOURCE, spec.gpu.count,
+                        tuple(spec.gpu.products))
+
+
+def gpu_target_of(deployment: Mapping[str, Any] | None) -> pools.Target | None:
+    """The placement a live Deployment's pods have (what ``build_deployment`` wrote): the
+    GPU resource its server container is limited to, the count, the products of its node
+    affinity; None without one."""
+    pod = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    container = next((c for c in pod.get("containers") or ()
+                      if c.get("name") == SERVER_CONTAINER), None)
+    limits = ((container or {}).get("resources") or {}).get("limits") or {}
+    extended = [k for k in limits if "/" in str(k)]
+    resource = next((k for k in extended if pools.is_gpu_resource(k)),
+                    extended[0] if extended else None)
+    if resource is None:
+        return None
+    try:
+        count = int(str(limits[resource]))
+    except ValueError:
+        return None
+    products: tuple[str, ...] = ()
+    required = ((((pod.get("affinity") or {}).get("nodeAffinity") or {})
+                 .get("requiredDuringSchedulingIgnoredDuringExecution")) or {})
+    for term in required.get("nodeSelectorTerms") or ():
+        for expr in term.get("matchExpressions") or ():
+            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In":
+                products = tuple(str(v) for v in expr.get("values") or ())
+    return pools.Target(str(resource), count, products)
 
 
 @dataclass(frozen=True)
@@ -329,13 +382,13 @@ def _service_ports() -> list[dict[str, Any]]:
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
 
 
-def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
+def _resources(spec: ModelServiceSpec, target: pools.Target | None) -> dict[str, Any]:
     requests = dict(spec.resources.get("requests") or DEFAULT_REQUESTS)
     limits = dict(spec.resources.get("limits") or {})
-    if spec.gpu:
+    if target is not None:
         # Extended resources must be requested and limited to the same count.
-        requests[spec.gpu.resource_name] = str(spec.gpu.count)
-        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+        requests.update(target.resources())
+        limits.update(target.resources())
     out: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
     if limits:
         out["limits"] = {k: str(v) for k, v in limits.items()}
@@ -344,8 +397,14 @@ def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
                      opts: BuildOptions, replicas: int | None,
-                     scrape_annotations: bool) -> dict[str, Any]:
+                     scrape_annotations: bool,
+                     placement: GpuPlacement | None = None) -> dict[str, Any]:
+    """The variant's Deployment; with spec.gpu its pods request ``placement``'s target (spec.gpu
+    as written without one)."""
     name = object_name(spec.name, variant.name)
+    target = None
+    if spec.gpu is not None:
+        target = placement.target if placement is not None else spec_target(spec)
     image = serving_image(spec, opts)
     security = {
         "allowPrivilegeEscalation": False,
@@ -366,7 +425,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": _env(spec, variant),
-        "resources": _resources(spec),
+        "resources": _resources(spec, target),
         "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"},
                          {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
                          *secret_mounts],
@@ -402,16 +461,14 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     }
     if init:
         pod["initContainers"] = init
-    if spec.gpu:
+    if spec.gpu and target is not None:
         pod["tolerations"] = [
             {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
             *[dict(t) for t in spec.gpu.tolerations],
         ]
-        if spec.gpu.products:
-            pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [{
-                    "key": GPU_PRODUCT_LABEL, "operator": "In",
-                    "values": list(spec.gpu.products)}]}]}}}
+        affinity = target.node_affinity()
+        if affinity is not None:
+            pod["affinity"] = {"nodeAffinity": affinity}
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": {LABEL_MODELSERVICE: spec.name, LABEL_VARIANT: variant.name}},
         "strategy": {"type": "RollingUpdate",
@@ -420,8 +477,11 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     }
     if replicas is not None:
         dep_spec["replicas"] = replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": _metadata(ms, name, variant.name), "spec": dep_spec}
+    metadata = _metadata(ms, name, variant.name)
+    if placement is not None:
+        metadata["annotations"] = {PLACEMENT_ANNOTATION: placement.inputs}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
+            "spec": dep_spec}
 
 
 def build_variant_service(ms: Mapping[str, Any], spec: ModelServiceSpec,
@@ -640,11 +700,15 @@ def pod_marks(spec: ModelServiceSpec, serving: Serving) -> dict[str, PodMarks]:
 
 
 def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
-              serving: Serving | None = None) -> list[dict[str, Any]]:
+              serving: Serving | None = None,
+              gpu: Mapping[str, GpuPlacement] | None = None,
+              withheld: Collection[str] = ()) -> list[dict[str, Any]]:
     """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
     not given; raises InvalidSpecError for a bad one, NoServingImage for one no configured
     image serves); ``serving`` the effective weights
-    (spec.traffic when not given)."""
+    (spec.traffic when not given); ``gpu`` each GPU variant's placement (spec.gpu as written
+    for a variant without one); ``withheld`` the variants that get no Deployment and no HPA
+    (the GPU fit refused them)."""
     spec = spec if spec is not None else parse_spec(ms)
     serving_image(spec, opts)  # refuses (NoServingImage) before any object is built
     serving = serving if serving is not None else spec_serving(spec)
@@ -657,12 +721,15 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     # before the per-variant Services appear, so no pod is ever selected twice for scraping.
     out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
     for variant in spec.variants:
-        out.append(build_deployment(
-            ms, spec, variant, opts,
-            None if spec.autoscaling else replicas[variant.name], scrape_annotations))
+        served = variant.name not in withheld
+        if served:
+            out.append(build_deployment(
+                ms, spec, variant, opts,
+                None if spec.autoscaling else replicas[variant.name], scrape_annotations,
+                (gpu or {}).get(variant.name)))
         if variant_services(spec):
             out.append(build_variant_service(ms, spec, variant))
-        if spec.autoscaling:
+        if spec.autoscaling and served:
             out.append(build_hpa(ms, spec, variant, hpa_min[variant.name]))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))

@@ -2,8 +2,10 @@
 
 ``handlers``' kopf indexes store every watched object ``pack``-ed (compressed compact JSON
 without the metadata a pass never reads, ``strip_live``; Pods trimmed to what the status
-reads, ``trim_pod``); ``runtime`` ``unpack``-s the few a pass reads. ``pod_summary`` is the
-fingerprint that decides whether a Pod event wakes its ModelService.
+reads, ``trim_pod``; GPU nodes trimmed to their GPU labels and resources,
+``pools.trim_node``, all under one key, ``GPU_NODES``); ``runtime`` ``unpack``-s the few a
+pass reads. ``pod_summary`` is the fingerprint that decides whether a Pod event wakes its
+ModelService.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def pod_summary(pod: Mapping[str, Any]) -> str:
                        (meta.get("annotations") or {}).get(builders.MIRROR_ANNOTATION)],
                       sort_keys=True, default=str)
 
+
+GPU_NODES = "gpu-nodes"
+"""The one key of the Node index: every GPU node (``pools.trim_node``) is a value of it."""
 
 # Metadata a pass never reads: dropped from cached objects (smaller caches).
 UNREAD_METADATA = ("managedFields", "resourceVersion", "creationTimestamp", "selfLink")

@@ -7,11 +7,18 @@ The model-server images are settings per runtime of the capability table
 (``msv_contract.capabilities.RUNTIMES``): ``MSV_<RUNTIME>_IMAGE`` / ``--<runtime>-image`` for
 CPU variants and ``MSV_<RUNTIME>_GPU_IMAGE`` / ``--<runtime>-gpu-image`` for GPU ones (empty:
 that runtime is not served on that device); ``builders.serving_image`` picks among them.
+
+GPU fit (docs/operator-config.md, "GPU fit"): ``MSV_GPU_FIT`` switches the estimate, the
+choice of pool and the costs on (the default) or off; ``MSV_GPU_PRICES`` is the price table
+as JSON (``prices.parse_prices``: a product outside ``prices.KNOWN_PRODUCTS`` is refused,
+naming the setting and the key); ``MSV_GPU_FIT_READ_CREDENTIALS`` lets the operator read a
+ModelService's ``spec.model.credentialsSecret`` to sign its S3 header reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import uuid
@@ -21,6 +28,7 @@ from typing import TypeVar
 
 from msv_contract import capabilities as caps
 from msv_contract.api import GROUP, MANAGED_BY
+from msv_operator import prices
 
 IMAGE_REPOSITORY = "modelservice"
 IMAGE_TAG = "0.1.0"
@@ -171,6 +179,19 @@ class OperatorConfig:
     """This replica's name in the Lease (``MSV_LEADER_IDENTITY``; default ``$POD_NAME`` or
     the host name, plus a random suffix)."""
 
+    gpu_fit: bool = True
+    """Estimate each GPU variant's memory from its artifact's headers, place it on the
+    cheapest pool that holds it and report its cost (``MSV_GPU_FIT``, ``--gpu-fit``); off:
+    GPU variants are placed as ``spec.gpu`` says and Nodes are not watched."""
+
+    gpu_fit_read_credentials: bool = False
+    """Read ``spec.model.credentialsSecret`` to sign the S3 requests of the header reads
+    (``MSV_GPU_FIT_READ_CREDENTIALS``; the operator then needs get on Secrets)."""
+
+    gpu_prices: prices.Prices = field(default_factory=lambda: prices.DEFAULT_PRICES)
+    """Per device-hour, US dollars (``MSV_GPU_PRICES``, ``--gpu-prices``: JSON
+    ``{"products": {...}, "mig": {...}}`` over the list prices of ``prices.LIST_PRICES``)."""
+
     field_manager: str = field(default=FIELD_MANAGER)
     """Server-side apply field manager (not configurable from outside; fixed by design)."""
 
@@ -226,6 +247,22 @@ def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
+def parse_gpu_prices(raw: str | None, name: str = "MSV_GPU_PRICES") -> prices.Prices:
+    """The price table of ``raw`` (JSON; empty: the list prices); ConfigError naming
+    ``name`` and the key for a table the operator cannot use."""
+    if raw is None or not raw.strip():
+        return prices.DEFAULT_PRICES
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not JSON ({exc.msg} at character {exc.pos}); expected "
+                          '{"products": {"NVIDIA-L4": 0.8}, "mig": {...}}') from None
+    try:
+        return prices.parse_prices(doc)
+    except prices.PriceError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     """Defaults overridden by ``MSV_*`` environment variables."""
     env = os.environ if environ is None else environ
@@ -262,6 +299,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         renew_deadline=_env_float(env, "MSV_RENEW_DEADLINE", 10.0),
         retry_period=_env_float(env, "MSV_RETRY_PERIOD", 2.0),
         identity=env.get("MSV_LEADER_IDENTITY") or _default_identity(env),
+        gpu_fit=_env_bool(env, "MSV_GPU_FIT", True),
+        gpu_fit_read_credentials=_env_bool(env, "MSV_GPU_FIT_READ_CREDENTIALS", False),
+        gpu_prices=parse_gpu_prices(env.get("MSV_GPU_PRICES")),
     )
     return validate(cfg)
 
@@ -333,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--renew-deadline", type=float)
     run.add_argument("--retry-period", type=float)
     run.add_argument("--identity")
+    run.add_argument("--gpu-fit", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--gpu-fit-read-credentials", action=argparse.BooleanOptionalAction,
+                     default=None)
+    run.add_argument("--gpu-prices", metavar="JSON")
     return parser
 
 
@@ -365,10 +409,12 @@ def load(
                  "resync_seconds", "discovery_seconds", "qps", "burst", "prometheus_url",
                  "prometheus_timeout", "measure_seconds", "leader_election",
                  "lease_name", "lease_namespace", "lease_duration", "renew_deadline",
-                 "retry_period", "identity"):
+                 "retry_period", "identity", "gpu_fit", "gpu_fit_read_credentials"):
         value = getattr(args, attr)
         if value is not None:
             overrides[attr] = value
+    if args.gpu_prices is not None:
+        overrides["gpu_prices"] = parse_gpu_prices(args.gpu_prices, "--gpu-prices")
     if "log_level" in overrides:
         overrides["log_level"] = str(overrides["log_level"]).upper()
     fields = {**cfg.__dict__, **overrides}

@@ -13,7 +13,11 @@
 * ``@kopf.index`` caches of the owned Deployments, Services, HPAs and Pods (selected by the
   label ``serving.modelservice.dev/modelservice``) and of the ModelServices themselves, so a pass
   reads nothing from the API server; each cached object is kept packed (``cache.pack``:
-  compressed JSON without managedFields) and unpacked only by the pass that reads it;
+  compressed JSON without managedFields) and unpacked only by the pass that reads it. With GPU
+  fit on, one more of the GPU Nodes, each trimmed to its GPU labels and resources
+  (``pools.trim_node``, under ``cache.GPU_NODES``): the pools a pass places variants on. A
+  Node's events wake no ModelService (pools that change move nothing that runs; the resync
+  and the variants' own events place what is new);
 * ``@kopf.on.event`` for those owned kinds -> the owner goes onto the coalescing work queue, so
   a Deployment becoming ready, a Pod that cannot be scheduled or an object edited/deleted by
   hand reaches the ModelService (status or repair) within seconds.
@@ -36,7 +40,7 @@ from typing import Any
 import kopf
 
 from msv_contract import api
-from msv_operator import builders, cache, kopf_fixes, leader
+from msv_operator import builders, cache, kopf_fixes, leader, pools
 from msv_operator.config import PREFIX, OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from msv_operator.runtime import Key, Runtime
@@ -62,6 +66,9 @@ NOISE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
 # Owned-object events wait this long on the queue, so a burst (a Deployment and its Pods
 # changing together) costs one pass instead of one per event.
 OWNED_EVENT_DELAY = 0.3
+
+CLUSTER_INDEXED = ("nodes",)
+"""Cluster-scoped kinds indexed with GPU fit on (listed once, whatever the namespaces)."""
 
 # Objects per page of kopf's initial LISTs (see ``configure``).
 LIST_CHUNK = 500
@@ -170,6 +177,12 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
         kopf.index(group, version, plural, labels={LABEL: kopf.PRESENT}, registry=registry,
                    id=f"msv_owned_{plural}")(owned_index(api_version, kind))
 
+    if config.gpu_fit:
+        @kopf.index("", "v1", "nodes", registry=registry, id="msv_nodes")
+        async def msv_nodes(body: kopf.Body, **_: Any) -> Any:
+            trimmed = pools.trim_node(body)
+            return None if trimmed is None else {cache.GPU_NODES: trimmed}
+
     @kopf.index("", "v1", "pods", labels={LABEL: kopf.PRESENT}, registry=registry,
                 id="msv_pods")
     async def msv_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
@@ -240,7 +253,7 @@ def register(config: OperatorConfig, metrics: OperatorMetrics,
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Merge the per-kind owned-object indexes into one view (they share their keys)."""
     out: dict[str, Any] = {}
-    for name in ("msv_bodies", "msv_pods"):
+    for name in ("msv_bodies", "msv_pods", "msv_nodes"):
         if name in kwargs:
             out[name] = kwargs[name]
     owned = [kwargs[f"msv_owned_{plural}"] for _g, _v, plural, _a, _k in OWNED
@@ -294,7 +307,9 @@ async def operate(config: OperatorConfig, metrics: OperatorMetrics, *,
         on_stopped = stop.set if write_gate is not None else None
         # Made before kopf.operator: it binds to this run's indexes (kopf_fixes.IndexGate).
         index_gate = (kopf_fixes.IndexGate([*(o[2] for o in OWNED), "pods", PLURAL],
-                                           config.namespaces)
+                                           config.namespaces,
+                                           cluster_plurals=CLUSTER_INDEXED if config.gpu_fit
+                                           else ())
                       if kopf_fixes.applied() else None)
         await kopf.operator(
             registry=register(config, metrics, write_gate=write_gate, on_stopped=on_stopped,

@@ -60,13 +60,16 @@ _GLOB = set("*?[!")
 class IndexGate:
     """Opens once kopf has filled every index of the ``kopf.operator`` run started after it
     was made (in the same event loop). ``plurals``: the indexed resources; ``namespaces``:
-    the watched namespaces (empty: cluster-wide; glob patterns: any namespace counts)."""
+    the watched namespaces (empty: cluster-wide; glob patterns: any namespace counts);
+    ``cluster_plurals``: indexed cluster-scoped resources (listed once, without a namespace)."""
 
-    def __init__(self, plurals: Iterable[str], namespaces: Iterable[str] = ()) -> None:
+    def __init__(self, plurals: Iterable[str], namespaces: Iterable[str] = (),
+                 cluster_plurals: Iterable[str] = ()) -> None:
         names = tuple(namespaces)
         self._any_namespace = not names or any(_GLOB & set(n) for n in names)
         self._expected = {(p, None if self._any_namespace else n)
                           for p in plurals for n in (names or (None,))}
+        self._expected |= {(p, None) for p in cluster_plurals}
         self._listed: set[tuple[str, str | None]] = set()
         self._all_listed = asyncio.Event()
         self._set: Any = None

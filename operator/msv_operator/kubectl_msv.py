@@ -2,8 +2,10 @@
 
 * ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
   measured value against its threshold, the history) and the per-variant table, with each
-  variant's requested weight beside the share it actually receives (``-w``: again every 2 s,
-  a live view, until Ctrl-C);
+  variant's requested weight beside the share it actually receives, and for GPU variants
+  where each runs, its memory (the estimate, then what its pods reserved), its cost per hour
+  and per 1,000 requests and its mark on the Pareto frontier (``-w``: again every 2 s, a live
+  view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
@@ -28,6 +30,7 @@ from typing import Any
 from msv_contract.api import API_VERSION, GROUP, KIND, SINGULAR
 from msv_operator import kube
 from msv_operator.conditions import rfc3339
+from msv_operator.pools import INSUFFICIENT
 from msv_operator.rollout import ANNOTATION_ACTION, ANNOTATION_PAUSED
 from msv_operator.shares import SHARE_NOT_REPRESENTABLE
 from msv_operator.state import (
@@ -81,6 +84,8 @@ def render(ms: Mapping[str, Any]) -> str:
     lines = [f"ModelService {meta.get('namespace')}/{meta.get('name')}   "
              f"Ready={ready.get('status', '?')} ({ready.get('reason', '-')})   "
              f"traffic {st.get('traffic', '-')}   shares {st.get('shares', '-')}"]
+    if ready.get("reason") == INSUFFICIENT:
+        lines.append(f"No GPU pool holds a variant ({INSUFFICIENT}): {ready.get('message', '')}")
     progressing = _condition(ms, "Progressing")
     if progressing.get("reason") == SHARE_NOT_REPRESENTABLE:
         lines.append(f"Shares differ from the weights ({SHARE_NOT_REPRESENTABLE}): "
@@ -103,7 +108,44 @@ def render(ms: Mapping[str, Any]) -> str:
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
+    if any(v.placement or v.gpu_memory for v in variants):
+        lines.append("GPU placement and cost (US dollars; MEM: needed, estimated/measured):")
+        lines += _table(["NAME", "GPU", "MEM", "$/H", "$/1K", "PARETO"],
+                        [[v.name, _gpu(v), _gpu_memory(v), _money(v.cost_per_hour, 2),
+                          _money(v.cost_per_1k_requests, 4), _pareto(v)] for v in variants])
     return "\n".join(lines)
+
+
+def _gpu(v: VariantStatus) -> str | None:
+    """``NVIDIA-L4 x1``, ``NVIDIA-H100-80GB-HBM3 MIG 1g.10gb x1``; the pinned products that
+    hold it when several may; ``(not checked)`` when the fit was not."""
+    p = v.placement or {}
+    if not p:
+        return None
+    products = p.get("products") or ([p["product"]] if p.get("product") else [])
+    where = "|".join(str(x) for x in products) or str(p.get("resource", "?"))
+    if p.get("migProfile"):
+        where += f" MIG {p['migProfile']}"
+    text = f"{where} x{p.get('count', '?')}"
+    return text if p.get("checked", True) else f"{text} (not checked)"
+
+
+def _gpu_memory(v: VariantStatus) -> str | None:
+    m = v.gpu_memory or {}
+    need, measured = _size(m.get("totalBytes")), _size(m.get(VariantStatus.MEASURED_GPU_MEMORY))
+    if need is None and measured is None:
+        return None
+    return f"{need or '-'}/{measured or '-'}"
+
+
+def _money(value: float | None, digits: int) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _pareto(v: VariantStatus) -> str | None:
+    if v.pareto is None:
+        return None
+    return f"{v.pareto} by {','.join(v.dominated_by)}" if v.dominated_by else v.pareto
 
 
 def _rollout_lines(r: RolloutStatus, spec_rollout: Mapping[str, Any]) -> list[str]:

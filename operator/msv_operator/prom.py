@@ -22,12 +22,14 @@ from typing import Any
 
 from msv_contract import metrics as m
 from msv_operator.rollout import Sample, VariantMetrics
+from msv_operator.state import VariantStatus
 
 REQUESTS = m.total(m.REQUESTS)
 DURATION = m.bucket(m.REQUEST_DURATION)
 AGREEMENT = m.MIRROR_AGREEMENT
 PARAMETERS = m.MODEL_PARAMETERS
 SIZE = m.MODEL_SIZE_BYTES
+GPU_PEAK = m.GPU_MEMORY_PEAK_BYTES
 VARIANT, TARGET, STATUS = m.LABEL_VARIANT, m.LABEL_TARGET, m.LABEL_STATUS
 
 
@@ -108,6 +110,7 @@ class PrometheusAnalyzer:
                          f"sum by ({TARGET}) (rate({AGREEMENT}_count{{{sel}}}[{w}]))",
             "parameters": f"max by ({VARIANT}) ({PARAMETERS}{{{sel}}})",
             "size": f"max by ({VARIANT}) ({SIZE}{{{sel}}})",
+            "gpuMemory": f"max by ({VARIANT}) ({GPU_PEAK}{{{sel}}})",
         }
         if step_seconds is not None:
             out["step"] = (f"sum by ({VARIANT}) (increase({REQUESTS}{{{sel}}}"
@@ -124,6 +127,7 @@ class PrometheusAnalyzer:
             agreement = self.prometheus.by(q["agreement"], TARGET)
             parameters = self.prometheus.by(q["parameters"], VARIANT)
             size = self.prometheus.by(q["size"], VARIANT)
+            gpu_memory = self.prometheus.by(q["gpuMemory"], VARIANT)
             step = self.prometheus.by(q["step"], VARIANT) if "step" in q else {}
         except PrometheusError as e:
             return Sample(error=str(e))
@@ -137,12 +141,14 @@ class PrometheusAnalyzer:
                 agreement=agreement.get(v),
                 parameters=parameters.get(v),
                 size_bytes=size.get(v),
+                gpu_memory_bytes=gpu_memory.get(v),
             )
         return Sample(variants=out, step_requests={v: step.get(v, 0.0) for v in variants})
 
 
-FIELDS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes")
-"""The ``status.variants[]`` fields that come from Prometheus."""
+FIELDS = ("p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes", "gpuMemory")
+"""The ``status.variants[]`` fields that come from Prometheus (of ``gpuMemory`` its
+``measuredBytes``: the peak the server's pods reserved)."""
 
 
 def measured_fields(metrics: VariantMetrics) -> dict[str, Any]:
@@ -155,5 +161,7 @@ def measured_fields(metrics: VariantMetrics) -> dict[str, Any]:
         "errorRate": r(metrics.error_rate, 4), "agreement": r(metrics.agreement, 4),
         "parameters": None if metrics.parameters is None else int(metrics.parameters),
         "sizeBytes": None if metrics.size_bytes is None else int(metrics.size_bytes),
+        "gpuMemory": None if metrics.gpu_memory_bytes is None else {
+            VariantStatus.MEASURED_GPU_MEMORY: int(metrics.gpu_memory_bytes)},
     }
     return {k: v for k, v in fields.items() if v is not None}

@@ -23,6 +23,11 @@ rollout), from the stored ``status.brownout``, the stable variant's HPA and the 
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
 
+With spec.gpu and the operator's GPU fit on, ``placement`` says per variant where its pods go
+(kept from its live Deployment, chosen from the Nodes' GPU pools, or as spec.gpu says when
+the fit cannot be checked) and which variants no pool holds: those get no Deployment (a live
+one is neither changed nor pruned) and ``Ready=False``, reason ``InsufficientGPUMemory``.
+
 With spec.gateway, once the objects are applied, the HTTPRoute's status and a GET of each
 parent Gateway say whether the route carries the traffic (``routing``): ``routed`` goes to
 the status; a route no parent routes is reported in ``FieldsIgnored`` (``GatewayNotReady``)
@@ -40,7 +45,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from msv_operator import apply, brownout, builders, conditions, rollout, routing, spec, status
+from msv_operator import (
+    apply,
+    brownout,
+    builders,
+    conditions,
+    placement,
+    rollout,
+    routing,
+    spec,
+    status,
+)
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
 from msv_operator.measure import measure
@@ -70,6 +85,8 @@ class Observed:
 
     objects: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] | None = None
+    """The GPU nodes (``pools.trim_node``); None: Nodes are not watched (GPU fit is off)."""
 
 
 @dataclass
@@ -198,6 +215,8 @@ class Context:
     unrouted_since: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """Since when each ModelService with spec.gateway has found its HTTPRoute not routed (in
     memory: it paces the re-checks, ``routing``)."""
+    gpu: placement.GpuFitState = field(default_factory=placement.GpuFitState)
+    """GPU fit's artifact cache and the Events it posted (``placement``)."""
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -254,10 +273,15 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     # are exact per request. False: requests split by the stable Service's ready pods, so a
     # step the replicas cannot represent holds and the status shows the delivered share.
     routed = False
+    fit: placement.Fit | None = None
     try:
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
         ignored = ignored_fields(parsed, opts, caps.gateway_channel)
+        if ctx.config.gpu_fit and parsed.gpu is not None and observed.nodes is not None:
+            fit = placement.place(
+                ctx, parsed, int(generation) if generation is not None else None,
+                deployments_by_variant(live.values(), uid), pods, observed.nodes)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(deployments_by_variant(live.values(), uid), pods).items()}
         taken = measure(ctx, parsed, prior, moment, measured)
@@ -278,11 +302,13 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         shed = brownout.advance(parsed, prior.get("brownout"), decision.weights,
                                 decision.status, hpas.get(parsed.stable), readiness,
                                 taken.taken, moment)
-        result.events = [*decision.events, *shed.events]
+        result.events = [*decision.events, *shed.events, *(fit.events if fit else ())]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
-        desired = [apply.with_hash(o) for o in builders.build_all(ms, opts, parsed, serving)]
+        desired = [apply.with_hash(o) for o in builders.build_all(
+            ms, opts, parsed, serving, gpu=fit.placements if fit else None,
+            withheld=fit.withheld if fit else ())]
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
         result.invalid, result.invalid_reason = str(e), e.reason
 
@@ -345,6 +371,9 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
+        for variant in sorted(fit.withheld if fit else ()):  # refused: left as they are
+            wanted |= {(kind, builders.object_name(name, variant))
+                       for kind in ("Deployment", "HorizontalPodAutoscaler")}
         for key, obj in sorted(live.items()):
             labels = (obj.get("metadata") or {}).get("labels") or {}
             if key in wanted or labels.get(LABEL_MODELSERVICE) != name or not owned_by(obj, uid):
@@ -367,6 +396,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         rollout=decision.status if decision is not None else prior.get("rollout"),
         brownout=shed.status if shed is not None else prior.get("brownout"),
         hpas=hpas, measured=measured, routed=routed,
+        gpu=fit.status() if fit is not None else None,
     )
     write_status(ctx, ms, result)
     return result

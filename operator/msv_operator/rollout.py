@@ -93,6 +93,8 @@ class VariantMetrics:
     """Share of mirrored requests this variant answered like the stable variant(s)."""
     parameters: float | None = None
     size_bytes: float | None = None
+    gpu_memory_bytes: float | None = None
+    """The most GPU memory any of its pods reserved (absent on CPU)."""
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ class Runtime:
         self.retries.pop(key, None)
         self.ctx.measured_at.pop(key, None)
         self.ctx.unrouted_since.pop(key, None)
+        self.ctx.gpu.forget(key)
 
     def known(self) -> list[Key]:
         index = self.indexes.get("msv_bodies")
@@ -195,7 +196,18 @@ class Runtime:
                      for o in (owned[key] if owned is not None and key in owned else ())],
             pods=[cache.unpack(p) for p in (pods[key] if pods is not None and key in pods
                                             else ())],
+            nodes=self.gpu_nodes(),
         )
+
+    def gpu_nodes(self) -> list[dict[str, Any]] | None:
+        """The GPU nodes of the Node watch cache (a snapshot, taken in the event loop); None
+        when Nodes are not watched (GPU fit off)."""
+        if not self.config.gpu_fit:
+            return None
+        nodes = self.indexes.get("msv_nodes")
+        if nodes is None or cache.GPU_NODES not in nodes:
+            return []
+        return list(nodes[cache.GPU_NODES])
 
     async def run(self, key: Key, body: Mapping[str, Any] | None = None
                   ) -> reconcile.Result | None:

@@ -67,7 +67,8 @@ class Variant:
 @dataclass(frozen=True)
 class Gpu:
     count: int = 1
-    resource_name: str = "nvidia.com/gpu"
+    resource_name: str | None = None
+    """``spec.gpu.resourceName``; None: the operator chooses (GPU fit), else whole GPUs."""
     products: tuple[str, ...] = ()
     tolerations: tuple[Mapping[str, Any], ...] = ()
 
@@ -624,7 +625,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         g = spec["gpu"]
         gpu = Gpu(
             count=_int(g.get("count", 1), "spec.gpu.count", 1, 16),
-            resource_name=str(g.get("resourceName") or "nvidia.com/gpu"),
+            resource_name=str(g["resourceName"]) if g.get("resourceName") else None,
             products=tuple(g.get("products") or ()),
             tolerations=tuple(g.get("tolerations") or ()),
         )

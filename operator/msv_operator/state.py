@@ -292,14 +292,31 @@ class VariantStatus(_Record):
     size_bytes: int | None = None
     cpu_millicores: int | None = None
     memory_bytes: int | None = None
+    gpu_memory: dict[str, Any] | None = None
+    """GPU fit: the estimate's parts (``gpufit.MemoryEstimate.to_status``) and, once the pods
+    have loaded, ``measuredBytes``."""
+    placement: dict[str, Any] | None = None
+    """GPU fit: where its pods go (``pools.Placement.to_status``)."""
+    cost_per_hour: float | None = None
+    cost_per_1k_requests: float | None = None
+    pareto: str | None = None
+    """``frontier``, ``dominated`` or ``unmeasured`` (``pareto``)."""
+    dominated_by: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     MEASURED: ClassVar[tuple[str, ...]] = (
         "p95Ms", "rps", "errorRate", "agreement", "parameters", "sizeBytes", "cpuMillicores",
-        "memoryBytes")
-    """The keys measured by Prometheus and metrics.k8s.io, carried between refreshes."""
+        "memoryBytes", "gpuMemory")
+    """The keys measured by Prometheus and metrics.k8s.io, carried between refreshes (of
+    ``gpuMemory`` only its ``measuredBytes``)."""
+    MEASURED_GPU_MEMORY: ClassVar[str] = "measuredBytes"
 
     def measured(self) -> dict[str, Any]:
         """The measured fields it has, by key."""
         out = self.to_dict()
-        return {k: out[k] for k in self.MEASURED if k in out}
+        found = {k: out[k] for k in self.MEASURED if k in out}
+        found.pop("gpuMemory", None)
+        peak = (self.gpu_memory or {}).get(self.MEASURED_GPU_MEMORY)
+        if isinstance(peak, int) and not isinstance(peak, bool):
+            found["gpuMemory"] = {self.MEASURED_GPU_MEMORY: peak}
+        return found

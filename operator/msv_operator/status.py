@@ -49,6 +49,16 @@ Failure reasons, in the order they win:
   a container cannot start (image pull, config errors: the kubelet's message and the image);
 * ``ProgressDeadlineExceeded`` - the Deployment controller gave up on a rollout.
 
+Before them all, ``InsufficientGPUMemory``: the operator's GPU fit found no GPU pool that
+holds a variant (``gpu``, from ``placement``), so that variant has no Deployment of its own
+(a live one is left as it was); the message names the need and the largest offer.
+
+With GPU fit (``gpu``), each variant entry also carries ``gpuMemory`` (the estimate's parts,
+and the measured peak a pass read from Prometheus, ``measuredBytes``), ``placement``, its cost
+(``pareto.cost``: its pods at the placement's price per pod, and per 1,000 requests at its
+measured ``rps``) and its mark on the Pareto frontier over ``p95Ms``, ``costPer1kRequests`` and
+``agreement`` (the stable variant's agreement is 1: it is the reference).
+
 ``reconcile`` calls it after applying; ``handlers`` call it again whenever an owned Deployment or
 Pod changes, so the status follows the cluster within seconds.
 """
@@ -57,16 +67,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
-from msv_operator import shares
+from msv_operator import pareto, shares
 from msv_operator.brownout import HpaState, blind
+from msv_operator.pools import INSUFFICIENT
 from msv_operator.rollout import PAUSED, traffic_weights
-from msv_operator.spec import InvalidSpecError, parse_spec
+from msv_operator.spec import InvalidSpecError, parse_spec, stable_of
 from msv_operator.state import RolloutStatus, VariantStatus
 
 READY = "Ready"
@@ -120,6 +131,19 @@ OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "shares
 
 MEASURED_KEYS = VariantStatus.MEASURED
 """Per-variant measured fields (Prometheus and metrics.k8s.io), carried between refreshes."""
+
+
+@dataclass(frozen=True)
+class GpuVariant:
+    """What GPU fit says of one variant (``placement.VariantFit``)."""
+
+    gpu_memory: Mapping[str, Any] | None = None
+    """The estimate's parts (``gpufit.MemoryEstimate.to_status``)."""
+    placement: Mapping[str, Any] | None = None
+    price_per_pod: float | None = None
+    """US dollars per hour of one pod; None: unknown."""
+    refused: str | None = None
+    """Why no pool holds it (``InsufficientGPUMemory``)."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +392,8 @@ NOT_ROLLING_OUT = {
 }
 """``Progressing``'s message while the spec is refused, by reason."""
 
-_FAILURE_ORDER = ("Unschedulable", *SECRET_REASONS, "ModelLoadFailed", "ProgressDeadlineExceeded")
+_FAILURE_ORDER = (INSUFFICIENT, "Unschedulable", *SECRET_REASONS, "ModelLoadFailed",
+                  "ProgressDeadlineExceeded")
 
 
 def assess(
@@ -376,15 +401,21 @@ def assess(
     deployments: Mapping[str, Mapping[str, Any] | None],
     pods: Sequence[Mapping[str, Any]],
     weights: Mapping[str, int] | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Summarise the variants' Deployments and Pods (``weights``: the effective weights;
-    spec.traffic as written when not given, e.g. for a spec that does not parse)."""
+    spec.traffic as written when not given, e.g. for a spec that does not parse;
+    ``refused``: the variants no GPU pool holds, with why)."""
     weights = variant_weights(ms) if weights is None else weights
     states: list[VariantState] = []
     for name, weight in weights.items():
         vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
             LABEL_VARIANT) == name]
-        states.append(_deployment_state(name, weight, deployments.get(name), vpods))
+        state = _deployment_state(name, weight, deployments.get(name), vpods)
+        if refused and name in refused:
+            state = replace(state, problem_reason=INSUFFICIENT,
+                                        problem_message=refused[name], waiting_for=None)
+        states.append(state)
     verdict = Verdict(variants=states)
     problems = [s for s in states if s.problem_reason]
     if problems:
@@ -426,13 +457,15 @@ def compute_status(
     brownout: Mapping[str, Any] | None = None,
     hpas: Mapping[str, HpaState] | None = None,
     routed: bool = False,
+    gpu: Mapping[str, GpuVariant] | None = None,
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
     ``weights``, the rollout's and the brownout's state, the variants' HPAs
     and the per-variant ``measured`` fields. ``routed``: the ModelService's HTTPRoute is
     accepted by a programmed Gateway (``routing``), so the weights are exact per request
-    (False: requests split by the stable Service's ready pods)."""
+    (False: requests split by the stable Service's ready pods). ``gpu``: GPU fit's answer
+    per variant (None: GPU fit is off or the ModelService has no spec.gpu)."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -443,7 +476,8 @@ def compute_status(
         conditions = cond.upsert(conditions, type_=type_, status=status, reason=reason,
                                  message=message, now=now, observed_generation=gen)
 
-    verdict = assess(ms, deployments, pods, weights)
+    refused = {v: g.refused for v, g in (gpu or {}).items() if g.refused}
+    verdict = assess(ms, deployments, pods, weights, refused)
     rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
     if invalid_spec is not None:
         failure: tuple[str, str] | None = (invalid_reason, invalid_spec)
@@ -503,13 +537,15 @@ def compute_status(
     provenance = variant_provenance(ms)
     hpas = hpas or {}
     delivered = shares.delivered({s.name: s.weight for s in verdict.variants}, pods, routed)
+    entries = [_variant_entry(s, hpas.get(s.name), provenance.get(s.name, {}),
+                              (measured or {}).get(s.name) or {}, delivered[s.name],
+                              (gpu or {}).get(s.name))
+               for s in verdict.variants]
+    if gpu:
+        _mark_frontier(entries, stable_of(variant_weights(ms)) if entries else None)
     status: dict[str, Any] = {
         "conditions": conditions,
-        "variants": [
-            _variant_entry(s, hpas.get(s.name), provenance.get(s.name, {}),
-                           (measured or {}).get(s.name) or {}, delivered[s.name]).to_dict()
-            for s in verdict.variants
-        ],
+        "variants": [entry.to_dict() for entry in entries],
         # One string for `kubectl get msv` (printer columns show only the first list item).
         "traffic": ",".join(f"{s.name}={s.weight}" for s in verdict.variants),
         # what each variant receives, beside what it asks (the SHARES column)
@@ -559,10 +595,11 @@ def share_problem(ms: Mapping[str, Any], verdict: Verdict, rollout_state: Rollou
 
 
 def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],
-                   measured: Mapping[str, Any], share: int) -> VariantStatus:
+                   measured: Mapping[str, Any], share: int,
+                   gpu: GpuVariant | None = None) -> VariantStatus:
     """One ``status.variants`` entry: the measured fields it has (``MEASURED_KEYS``; others
     are dropped), then the replicas, weight and share, the HPA's bounds of an autoscaled
-    variant and the provenance."""
+    variant, the provenance and, with GPU fit, its memory, placement and cost."""
     entry = VariantStatus.from_dict({k: v for k, v in measured.items()
                                      if k in MEASURED_KEYS and v is not None})
     entry.name, entry.weight, entry.share = s.name, s.weight, share
@@ -572,7 +609,26 @@ def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[st
         entry.min_replicas, entry.max_replicas = hpa.min_replicas, hpa.max_replicas
     entry.derived_from = provenance.get("derivedFrom")
     entry.optimization = provenance.get("optimization")
+    if gpu is not None:
+        memory = {**(gpu.gpu_memory or {}), **(entry.gpu_memory or {})}
+        entry.gpu_memory = memory or None
+        entry.placement = dict(gpu.placement) if gpu.placement is not None else None
+        cost = pareto.cost(s.replicas, gpu.price_per_pod, entry.rps)
+        entry.cost_per_hour = None if cost.per_hour is None else round(cost.per_hour, 4)
+        entry.cost_per_1k_requests = (None if cost.per_1k_requests is None
+                                      else round(cost.per_1k_requests, 6))
     return entry
+
+
+def _mark_frontier(entries: Sequence[VariantStatus], stable: str | None) -> None:
+    """Each entry's ``pareto`` and ``dominatedBy`` over p95, cost per 1,000 requests and
+    agreement (the stable variant is the reference: its agreement is 1)."""
+    points = [pareto.Point(str(e.name), e.p95_ms, e.cost_per_1k_requests,
+                           1.0 if e.name == stable else e.agreement) for e in entries]
+    marks = pareto.frontier(points)
+    for e in entries:
+        mark = marks[str(e.name)]
+        e.pareto, e.dominated_by = mark.state, list(mark.dominated_by) or None
 
 
 def autoscaling_blind_condition(hpas: Mapping[str, HpaState],

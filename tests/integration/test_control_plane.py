@@ -77,10 +77,14 @@ def test_node_pool_advertises_gpus_with_labels_and_taint(cluster: lc.Cluster) ->
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
         assert ready == "True"
         taints = node["spec"].get("taints", [])
-        if spec.gpus:
-            assert node["status"]["allocatable"]["nvidia.com/gpu"] == str(spec.gpus)
+        if spec.has_gpus:
+            allocatable = node["status"]["allocatable"]
+            assert allocatable.get("nvidia.com/gpu") == (str(spec.gpus) if spec.gpus else None)
+            for profile, count in spec.mig:  # the H100 pool's MIG devices (mixed strategy)
+                assert allocatable[f"nvidia.com/mig-{profile}"] == str(count)
             assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == spec.gpu_product
-            assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(spec.gpus)
+            assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(
+                spec.gpus + spec.mig_gpus)
             assert {"key": "nvidia.com/gpu", "value": "present",
                     "effect": "NoSchedule"} in taints
         else:

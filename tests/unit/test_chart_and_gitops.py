@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -25,11 +26,23 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
                           check=check)
 
 
-def render(*sets: str) -> list[dict[str, Any]]:
+def render(*sets: str, values: Path | None = None) -> list[dict[str, Any]]:
     args = ["template", "rel", str(CHART), "-n", "msv-system"]
     for s in sets:
         args += ["--set", s]
+    if values is not None:
+        args += ["-f", str(values)]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return {e["name"]: e.get("value")
+            for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def rules_of(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(r, v) for rule in doc["rules"] for r in rule["resources"] for v in rule["verbs"]}
 
 
 def test_crd_copy_in_the_chart_is_identical() -> None:
@@ -110,12 +123,11 @@ def test_namespaced_mode_renders_roles_per_namespace_only() -> None:
                      ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
     assert [d["metadata"]["name"] for d in cluster_roles] == ["rel-modelservice-operator-discovery"]
-    cluster_rules = {(r, v) for rule in cluster_roles[0]["rules"] for r in rule["resources"]
-                     for v in rule["verbs"]}
-    assert cluster_rules == {("customresourcedefinitions", "get"),
-                             ("customresourcedefinitions", "list"),
-                             ("customresourcedefinitions", "watch"),
-                             ("namespaces", "list"), ("namespaces", "watch")}
+    assert rules_of(cluster_roles[0]) == {("customresourcedefinitions", "get"),
+                                          ("customresourcedefinitions", "list"),
+                                          ("customresourcedefinitions", "watch"),
+                                          ("namespaces", "list"), ("namespaces", "watch"),
+                                          ("nodes", "list"), ("nodes", "watch")}
     dep = next(d for d in docs if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value")
            for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -185,11 +197,66 @@ def test_one_replica_has_no_pdb_and_without_leader_election_no_lease_rights() ->
     ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
     ("watchNamespaces={Bad_NS}", "does not match pattern"),
     ("replicaCount=2,leaderElection.enabled=false", "/replicaCount"),
+    # a price table naming a product GPU feature discovery does not label: refused at install
+    ("gpuPrices.products.NVIDIA-A100=4", "at '/gpuPrices/products': additional properties "
+     "'NVIDIA-A100' not allowed"),
+    ("gpuPrices.products.NVIDIA-L4=-1", "at '/gpuPrices/products/NVIDIA-L4': minimum"),
+    ("gpuPrices.mig.NVIDIA-H100-80GB-HBM3.big=1", "at '/gpuPrices/mig/NVIDIA-H100-80GB-HBM3': "
+     "additional properties 'big' not allowed"),
+    ("gpuPrices.mig.H100.big=1", "additional properties 'H100' not allowed"),
+    ("gpuFit.enabled=maybe", "/gpuFit/enabled"),
 ])
 def test_schema_rejects_bad_values(value: str, message: str) -> None:
     out = helm("template", "rel", str(CHART), "--set", value, check=False)
     assert out.returncode != 0
     assert message in out.stderr
+
+
+def test_the_schema_knows_exactly_the_operators_gpu_products_profiles_and_price_limit() -> None:
+    """The chart refuses at install what the operator would refuse at start (prices.py)."""
+    from msv_operator import prices
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    table = schema["properties"]["gpuPrices"]["properties"]
+    assert list(table["products"]["properties"]) == list(prices.KNOWN_PRODUCTS)
+    assert list(table["mig"]["properties"]) == list(prices.KNOWN_PRODUCTS)
+    mig = schema["definitions"]["migPrices"]
+    assert list(mig["patternProperties"]) == [prices.PROFILE.pattern]
+    assert schema["definitions"]["price"]["exclusiveMaximum"] == prices.PRICE_LIMIT
+
+
+def test_a_price_table_reaches_the_operator_as_the_table_it_parses(tmp_path: Path) -> None:
+    from msv_operator import config
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"gpuPrices": {
+        "products": {"NVIDIA-L4": 0.7}, "mig": {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}}}))
+    env = operator_env(render(values=values))
+    table = config.parse_gpu_prices(env["MSV_GPU_PRICES"])
+    assert table.products["NVIDIA-L4"] == 0.7
+    assert table.products["NVIDIA-A100-SXM4-80GB"] == 5.12  # the list price, not overridden
+    assert table.mig == {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}
+    assert (env["MSV_GPU_FIT"], env["MSV_GPU_FIT_READ_CREDENTIALS"]) == ("true", "false")
+    # the defaults: an empty table, the list prices
+    assert config.parse_gpu_prices(operator_env(render())["MSV_GPU_PRICES"]) == (
+        config.prices.DEFAULT_PRICES)
+
+
+def test_gpu_fit_watches_nodes_and_reads_secrets_only_when_asked() -> None:
+    role = next(d for d in render() if d["kind"] == "ClusterRole")
+    assert {("nodes", "list"), ("nodes", "watch")} <= rules_of(role)
+    assert not {r for r, _ in rules_of(role)} & {"secrets"}
+    for docs, kind in ((render("gpuFit.readModelCredentials=true"), "ClusterRole"),
+                       (render("gpuFit.readModelCredentials=true",
+                               "watchNamespaces={team-a}"), "Role")):
+        (granting,) = [d for d in docs if d["kind"] == kind and not d["metadata"][
+            "name"].endswith(("-discovery", "-leader-election"))]
+        assert {v for r, v in rules_of(granting) if r == "secrets"} == {"get"}, kind
+    off = render("gpuFit.enabled=false", "gpuFit.readModelCredentials=true")
+    assert operator_env(off)["MSV_GPU_FIT"] == "false"
+    for doc in off:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            assert not {r for r, _ in rules_of(doc)} & {"nodes", "secrets"}, doc["kind"]
 
 
 def _lua_health(obj: dict[str, Any]) -> dict[str, str]:

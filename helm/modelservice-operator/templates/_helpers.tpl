@@ -67,6 +67,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
   verbs: [get, list]
 {{- end -}}
 
+{{/* GPU fit's reads of spec.model.credentialsSecret (gpuFit.readModelCredentials): get on
+     Secrets where the operator watches ModelServices, nothing else. */}}
+{{- define "msv.credentialRules" -}}
+{{- if and .Values.gpuFit.enabled .Values.gpuFit.readModelCredentials }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
+{{- end -}}
+
 {{/* The model-server images, one per runtime (docs/operator-config.md): MSV_<RUNTIME>_IMAGE
      and MSV_<RUNTIME>_GPU_IMAGE; an empty value means that runtime is not served there. The
      single image of 0.1.0 is refused: it cannot say which runtime it carries. */}}

@@ -81,6 +81,37 @@ def test_int8_weight_only_quantizes_gpt2_conv1d(text_generator_dir: Path, monkey
     assert int8.predict({"text": np.array([b"hello"], dtype=object)})["text_output"].shape == (1,)
 
 
+def test_int8_for_a_gpu_is_quantized_on_the_cpu_then_moved(
+    trained_classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The GPU never holds the float32 model: with the device selected as CUDA, the one move
+    to it happens when every Linear weight is already int8 (a stub move: no GPU here)."""
+    import torch
+
+    from model_server.optimize import device
+
+    moves: list[set[str]] = []
+    real_to = torch.nn.Module.to
+
+    def to(module, *args, **kwargs):  # type: ignore[no-untyped-def]
+        target = args[0] if args else kwargs.get("device")
+        if str(target) == "cuda":
+            moves.append({type(m.weight).__name__ for m in module.modules()
+                          if isinstance(m, torch.nn.Linear)})
+            return module
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(device, "select_torch_device", lambda requested: "cuda")
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    int8 = _load(trained_classifier_dir, quantization="dynamic-int8", device="cuda")
+    assert moves == [{"Int8Tensor"}]
+    assert (int8.info().device, int8.info().extra["int8"]) == ("cuda", "weight-only")
+    # float16 for a GPU: cast on the CPU, then one move, too
+    moves.clear()
+    _load(trained_classifier_dir, quantization="float16", device="cuda")
+    assert moves == [{"Parameter"}]
+
+
 @pytest.mark.gpu
 def test_dynamic_int8_on_cuda_is_weight_only(trained_classifier_dir: Path, factory):
     import torch

@@ -101,6 +101,35 @@ def test_gpu_requests_placement_and_tolerations() -> None:
     assert any(t.get("key") == "team" for t in pod["tolerations"])
 
 
+def test_a_gpu_placement_sets_the_resource_the_products_and_the_inputs_it_was_chosen_for(
+) -> None:
+    from msv_operator import pools
+
+    body = ms(gpu={"count": 1}, variants=[{"name": "fp16"}, {"name": "int8"}, {"name": "big"}],
+              traffic=[{"variant": "fp16", "weight": 100}],
+              autoscaling={"minReplicas": 1, "maxReplicas": 2})
+    mig = b.GpuPlacement(pools.Target("nvidia.com/mig-2g.20gb", 1, ("NVIDIA-H100-80GB-HBM3",)),
+                        "inputs-1")
+    objs = b.build_all(body, OPTS, gpu={"int8": mig}, withheld=("big",))
+    deps = by_kind(objs, "Deployment")
+    # the refused variant: no Deployment, no HPA; its Service stays (the route names it)
+    assert sorted(deps) == ["sentiment-fp16", "sentiment-int8"]
+    assert sorted(by_kind(objs, "HorizontalPodAutoscaler")) == sorted(deps)
+    assert "sentiment-big" in by_kind(objs, "Service")
+    int8 = deps["sentiment-int8"]
+    assert int8["metadata"]["annotations"] == {b.PLACEMENT_ANNOTATION: "inputs-1"}
+    assert int8["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "nvidia.com/mig-2g.20gb": "1"}
+    assert b.gpu_target_of(int8) == mig.target
+    # without a placement: spec.gpu as written, whole GPUs, no affinity, no annotation
+    fp16 = deps["sentiment-fp16"]
+    assert "annotations" not in fp16["metadata"]
+    assert "affinity" not in fp16["spec"]["template"]["spec"]
+    assert b.gpu_target_of(fp16) == pools.Target("nvidia.com/gpu", 1)
+    cpu = by_kind(b.build_all(ms(), OPTS), "Deployment")["sentiment-baseline"]
+    assert b.gpu_target_of(cpu) is None and b.gpu_target_of(None) is None
+
+
 @pytest.mark.parametrize(("uri", "volume_key", "init"), [
     ("pvc://models/sst2/v1", "persistentVolumeClaim", False),
     ("s3://bucket/key", "emptyDir", True),

@@ -80,3 +80,50 @@ def test_in_cluster_login_uses_the_service_address_the_kubelet_gives_pods() -> N
     v6 = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
     assert in_cluster_address(info, v6).server == "https://[fd00::1]:6443"
     assert in_cluster_address(info, {}).server == "https://kubernetes.default.svc"
+
+
+def test_gpu_fit_is_on_by_default_and_reads_no_secret() -> None:
+    from msv_operator import prices
+
+    _, cfg = load(["run"], {})
+    assert (cfg.gpu_fit, cfg.gpu_fit_read_credentials) == (True, False)
+    assert cfg.gpu_prices == prices.DEFAULT_PRICES
+    _, off = load(["run"], {"MSV_GPU_FIT": "false", "MSV_GPU_FIT_READ_CREDENTIALS": "true"})
+    assert (off.gpu_fit, off.gpu_fit_read_credentials) == (False, True)
+    _, flags = load(["run", "--no-gpu-fit"], {"MSV_GPU_FIT": "true"})
+    assert flags.gpu_fit is False
+
+
+def test_a_gpu_price_table_is_read_over_the_list_prices() -> None:
+    env = {"MSV_GPU_PRICES": '{"products": {"NVIDIA-L4": 0.7}, '
+                             '"mig": {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}}'}
+    _, cfg = load(["run"], env)
+    assert cfg.gpu_prices.products["NVIDIA-L4"] == 0.7
+    assert cfg.gpu_prices.products["NVIDIA-A100-SXM4-80GB"] == 5.12
+    assert cfg.gpu_prices.mig == {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}
+    _, flag = load(["run", "--gpu-prices", '{"products": {"NVIDIA-L4": 0.5}}'], env)
+    assert flag.gpu_prices.products["NVIDIA-L4"] == 0.5
+    _, empty = load(["run"], {"MSV_GPU_PRICES": ""})
+    assert empty.gpu_prices.products["NVIDIA-L4"] == 0.80
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["run"], {"MSV_GPU_PRICES": '{"products": {"NVIDIA A100": 4}}'},
+     "MSV_GPU_PRICES: gpuPrices.products.NVIDIA A100: 'NVIDIA A100' is not a known GPU "
+     "product (nvidia.com/gpu.product); known: Tesla-T4, "),
+    (["run"], {"MSV_GPU_PRICES": "{products: 1}"},
+     "MSV_GPU_PRICES: not JSON (Expecting property name enclosed in double quotes at "
+     "character 1)"),
+    (["run"], {"MSV_GPU_PRICES": '{"products": []}'},
+     "MSV_GPU_PRICES: gpuPrices.products: expected an object"),
+    (["run"], {"MSV_GPU_PRICES": '{"mig": {"NVIDIA-L4": {"big": 1}}}'},
+     "MSV_GPU_PRICES: gpuPrices.mig.NVIDIA-L4.big: not a MIG profile such as 1g.10gb"),
+    (["run", "--gpu-prices", '{"products": {"NVIDIA-L4": "cheap"}}'], {},
+     "--gpu-prices: gpuPrices.products.NVIDIA-L4: 'cheap' is not a price per hour"),
+    (["run"], {"MSV_GPU_FIT": "sometimes"}, "MSV_GPU_FIT='sometimes': expected true or false"),
+])
+def test_a_bad_gpu_setting_is_refused_naming_it(argv: list[str], env: dict[str, str],
+                                                message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(argv, env)
+    assert str(e.value).startswith(message)

@@ -273,6 +273,23 @@ def test_the_index_gate_opens_only_when_every_kind_is_listed_and_indexed() -> No
     asyncio.run(scenario())
 
 
+def test_a_cluster_scoped_kind_is_expected_once_without_a_namespace() -> None:
+    """Nodes (GPU fit) are listed once whatever namespaces are watched."""
+    async def scenario() -> None:
+        gate = kopf_fixes.IndexGate(["modelservices"], ["ns-a", "ns-b"],
+                                    cluster_plurals=["nodes"])
+        for namespace in ("ns-a", "ns-b"):
+            gate._listed_one("modelservices", namespace)
+        assert gate.waiting_for() == "kopf to start watching"
+        gate._bind(aiotoggles.ToggleSet(all))
+        assert gate.waiting_for() == "the first list of nodes"
+        gate._listed_one("nodes", None)
+        assert gate.waiting_for() == "kopf to index the listed objects"
+        assert gate.is_open()  # the (empty) set is on
+
+    asyncio.run(scenario())
+
+
 def test_without_a_gate_kopf_waits_as_before() -> None:
     kopf_fixes.apply()
 

@@ -192,3 +192,50 @@ def test_get_shows_the_requested_weight_beside_the_share_delivered_and_why_they_
     first = plugin.render(none).splitlines()
     assert first[0].endswith("shares baseline=0,int8=0 (no ready endpoints)")
     assert not first[1].startswith("Shares differ")
+
+
+GPU: dict[str, Any] = {
+    "apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+    "metadata": {"name": "llm", "namespace": "demo"},
+    "spec": {"gpu": {"count": 1}},
+    "status": {
+        "traffic": "fp16=90,int8=10,big=0",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "InsufficientGPUMemory",
+                        "message": "variant big: needs 135.0 GiB of GPU memory, the largest "
+                                   "offer is 80.0 GiB (NVIDIA-A100-SXM4-80GB)"}],
+        "variants": [
+            {"name": "fp16", "replicas": 2, "readyReplicas": 2, "weight": 90, "p95Ms": 41.0,
+             "rps": 30.0, "gpuMemory": {"totalBytes": 30279519232},
+             "placement": {"product": "NVIDIA-A100-SXM4-80GB", "resource": "nvidia.com/gpu",
+                           "count": 1, "pricePerHour": 5.12, "pinned": False,
+                           "checked": True},
+             "costPerHour": 10.24, "costPer1kRequests": 0.094815, "pareto": "frontier"},
+            {"name": "int8", "replicas": 1, "readyReplicas": 1, "weight": 10, "p95Ms": 38.0,
+             "rps": 3.0, "agreement": 0.97,
+             "gpuMemory": {"totalBytes": 20937965568, "measuredBytes": 16106127360},
+             "placement": {"product": "NVIDIA-H100-80GB-HBM3", "migProfile": "2g.20gb",
+                           "resource": "nvidia.com/mig-2g.20gb", "count": 1,
+                           "pricePerHour": 3.5114, "pinned": False, "checked": False},
+             "costPerHour": 3.5114, "costPer1kRequests": 0.325130, "pareto": "dominated",
+             "dominatedBy": ["fp16"]},
+            {"name": "big", "replicas": 0, "readyReplicas": 0, "weight": 0,
+             "gpuMemory": {"totalBytes": 144955146240}, "pareto": "unmeasured"}]}}
+
+
+def test_get_shows_where_each_gpu_variant_runs_what_it_costs_and_the_frontier() -> None:
+    out = plugin.render(GPU)
+    lines = out.splitlines()
+    assert ("No GPU pool holds a variant (InsufficientGPUMemory): variant big: needs 135.0 GiB "
+            "of GPU memory, the largest offer is 80.0 GiB (NVIDIA-A100-SXM4-80GB)") in lines
+    table = lines.index("GPU placement and cost (US dollars; MEM: needed, "
+                        "estimated/measured):")
+    assert lines[table + 1].split() == ["NAME", "GPU", "MEM", "$/H", "$/1K", "PARETO"]
+    rows = {line.split()[0]: line.split() for line in lines[table + 2:]}
+    assert rows["fp16"] == ["fp16", "NVIDIA-A100-SXM4-80GB", "x1", "28.2GiB/-", "10.24",
+                            "0.0948", "frontier"]
+    assert rows["int8"] == ["int8", "NVIDIA-H100-80GB-HBM3", "MIG", "2g.20gb", "x1", "(not",
+                            "checked)", "19.5GiB/15.0GiB", "3.51", "0.3251", "dominated", "by",
+                            "fp16"]
+    assert rows["big"] == ["big", "-", "135.0GiB/-", "-", "-", "unmeasured"]
+    # a ModelService without GPU fit has no such table
+    assert "GPU placement" not in plugin.render(RECORDED)

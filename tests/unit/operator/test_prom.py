@@ -68,6 +68,8 @@ def recorded(query: str) -> tuple[int, dict[str, Any]]:
         return 200, vector(({"variant": "int8"}, "4386"), ({"variant": "baseline"}, "4386"))
     if "model_size_bytes" in query:
         return 200, vector(({"variant": "int8"}, "5000"), ({"variant": "baseline"}, "17544"))
+    if "gpu_memory_peak_bytes" in query:  # CUDA pods only: the int8 variant here
+        return 200, vector(({"variant": "int8"}, "16106127360"))
     return 200, vector()
 
 
@@ -83,6 +85,8 @@ def test_analyzer_turns_answers_into_a_sample(server: tuple[str, list[str], list
     assert int8.error_rate == pytest.approx(0.05) and base.error_rate == 0.0
     assert int8.agreement == pytest.approx(0.995) and base.agreement is None
     assert int8.size_bytes == 5000 and int8.parameters == 4386
+    assert int8.gpu_memory_bytes == 15 * 2**30 and base.gpu_memory_bytes is None
+    assert any(q.startswith("max by (variant) (model_server_gpu_memory_peak_bytes{") for q in seen)
     assert sample.step_requests == {"baseline": 900.0, "int8": 120.0}
     # every query is scoped to the ModelService's namespace and model label
     assert all('namespace="ml",model="sentiment"' in q for q in seen)
@@ -90,7 +94,9 @@ def test_analyzer_turns_answers_into_a_sample(server: tuple[str, list[str], list
                                                    for q in seen)
     assert prom.measured_fields(int8) == {"p95Ms": 12.0, "rps": 1.0, "errorRate": 0.05,
                                           "agreement": 0.995, "parameters": 4386,
-                                          "sizeBytes": 5000}
+                                          "sizeBytes": 5000,
+                                          "gpuMemory": {"measuredBytes": 15 * 2**30}}
+    assert "gpuMemory" not in prom.measured_fields(base)
 
 
 def test_no_step_query_outside_a_rollout(server: tuple[str, list[str], list[Answer]]) -> None:

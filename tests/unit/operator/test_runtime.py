@@ -431,3 +431,33 @@ def test_events_are_posted_in_order_and_a_failed_post_fails_nothing(
     assert scripted.count(A) == 1  # a lost Event is not retried by another pass
     assert metric(metrics, "msv_operator_rollout_events_total", reason="RolloutStep") == 1
     assert metric(metrics, "msv_operator_rollout_events_total", reason="BrownoutEngaged") == 1
+
+
+def test_a_pass_sees_the_gpu_nodes_of_the_node_index_only_with_gpu_fit() -> None:
+    from msv_operator import handlers, pools
+    from msv_operator.metrics import OperatorMetrics
+
+    gpu = {"metadata": {"name": "gpu-1", "labels": {pools.PRODUCT_LABEL: "NVIDIA-L4",
+                                                     "kubernetes.io/os": "linux"}},
+           "status": {"allocatable": {"nvidia.com/gpu": "4", "cpu": "48"}}}
+    cpu = {"metadata": {"name": "cpu-1"}, "status": {"allocatable": {"cpu": "16"}}}
+    trimmed = [t for t in map(pools.trim_node, (gpu, cpu)) if t is not None]
+    assert [t["metadata"] for t in trimmed] == [
+        {"name": "gpu-1", "labels": {pools.PRODUCT_LABEL: "NVIDIA-L4"}}]
+    rt, _, _ = make()
+    assert rt.observed(A).nodes == []  # watched, none listed yet
+    rt.bind({"msv_nodes": {cache.GPU_NODES: trimmed}})
+    assert rt.observed(A).nodes == trimmed
+    rt.ctx.gpu.warned[A] = {("pvc://m", 1)}
+    rt.forget(A)
+    assert A not in rt.ctx.gpu.warned
+    rt.executor.shutdown()
+    off, _, _ = make(gpu_fit=False)
+    off.bind({"msv_nodes": {cache.GPU_NODES: trimmed}})
+    assert off.observed(A).nodes is None
+    off.executor.shutdown()
+    # the handlers index Nodes only with GPU fit on
+    for config, indexed in ((OperatorConfig(), True), (OperatorConfig(gpu_fit=False), False)):
+        registry = handlers.register(config, OperatorMetrics())
+        ids = {h.id for h in registry._indexing.get_all_handlers()}
+        assert ("msv_nodes" in ids) is indexed

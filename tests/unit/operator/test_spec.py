@@ -100,3 +100,15 @@ def test_secret_fields_parse() -> None:
     assert keyed.auth_metrics_token_key == "prom.token" and keyed.tls_secret is None
     plain = parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {}}))
     assert plain.auth_token_secret is None and plain.tls_secret is None
+
+
+def test_gpu_resource_name_is_a_pin_only_when_set() -> None:
+    model = {"uri": "s3://b/m", "framework": "transformers", "task": "text-classification"}
+    chosen = parse_spec(manifest("m", "ns", {"model": model, "gpu": {"count": 2}}))
+    assert chosen.gpu is not None
+    assert (chosen.gpu.resource_name, chosen.gpu.count, chosen.gpu.products) == (None, 2, ())
+    pinned = parse_spec(manifest("m", "ns", {"model": model, "gpu": {
+        "resourceName": "nvidia.com/mig-1g.10gb", "products": ["NVIDIA-A100-SXM4-80GB"]}}))
+    assert pinned.gpu is not None
+    assert (pinned.gpu.resource_name, pinned.gpu.products) == (
+        "nvidia.com/mig-1g.10gb", ("NVIDIA-A100-SXM4-80GB",))

@@ -49,6 +49,21 @@ RECORDED_BROWNOUT: dict[str, Any] = {  # test_kubectl_msv
     "releaseBelowMs": 160.0, "stableReplicas": 2,
     "stableMaxReplicas": 2, "message": "metrics unavailable"}
 
+GPU_VARIANT: dict[str, Any] = {
+    "name": "int8", "replicas": 2, "readyReplicas": 2, "weight": 50, "p95Ms": 31.5, "rps": 40.0,
+    "agreement": 0.997, "optimization": "dynamic-int8",
+    "gpuMemory": {"source": "safetensors-header", "totalBytes": 20937965568,
+                  "weightBytes": 13535580160, "artifactWeightBytes": 26031728640,
+                  "loadPeakBytes": 13535580160, "activationBytes": 6328156160,
+                  "kvCacheBytes": 0, "overheadBytes": 1073741824, "rows": 8, "tokens": 4096,
+                  "parameters": 13015864320, "measuredBytes": 15032385536},
+    "placement": {"product": "NVIDIA-L4", "resource": "nvidia.com/gpu", "count": 1,
+                  "deviceMemoryBytes": 24152899584, "pinned": False, "checked": True,
+                  "pricePerHour": 0.8},
+    "costPerHour": 1.6, "costPer1kRequests": 0.011111, "pareto": "dominated",
+    "dominatedBy": ["fp16"]}
+"""A GPU variant's entry with every GPU fit field (recorded from the status tests)."""
+
 RECORDED_VARIANTS: list[dict[str, Any]] = [  # test_kubectl_msv, test_status
     {"name": "baseline", "replicas": 1, "readyReplicas": 1, "weight": 75,
      "p95Ms": 8.1, "rps": 12.5, "errorRate": 0.0, "parameters": 4386,
@@ -60,6 +75,7 @@ RECORDED_VARIANTS: list[dict[str, Any]] = [  # test_kubectl_msv, test_status
      "desiredReplicas": 2, "minReplicas": 1, "maxReplicas": 2, "weight": 60},
     {"name": "distilled", "replicas": 0, "readyReplicas": 0, "desiredReplicas": 0, "weight": 0,
      "derivedFrom": "s3://m/bert-base"},
+    GPU_VARIANT,
 ]
 
 # ---- statuses the machines write -----------------------------------------------------------
@@ -253,6 +269,17 @@ def test_fields_read_the_camel_case_keys() -> None:
         1, 0.0, 17544, 314572800)
     assert v.measured() == {k: RECORDED_VARIANTS[0][k] for k in s.MEASURED_KEYS
                             if k in RECORDED_VARIANTS[0]}
+
+
+def test_gpu_fields_read_their_keys_and_only_the_measured_memory_is_carried() -> None:
+    v = VariantStatus.from_dict(GPU_VARIANT)
+    assert (v.cost_per_hour, v.cost_per_1k_requests, v.pareto, v.dominated_by) == (
+        1.6, 0.011111, "dominated", ["fp16"])
+    assert v.placement is not None and v.placement["product"] == "NVIDIA-L4"
+    # the estimate is computed again by every pass: only what was measured is carried
+    assert v.measured()["gpuMemory"] == {"measuredBytes": 15032385536}
+    assert "gpuMemory" not in VariantStatus.from_dict(
+        {**GPU_VARIANT, "gpuMemory": {"totalBytes": 1}}).measured()
 
 
 def test_null_and_missing_differ_where_null_means_something() -> None:

@@ -48,10 +48,12 @@ def test_gpu_memory_only_when_torch_uses_cuda(monkeypatch: pytest.MonkeyPatch) -
         device_count=lambda: 1,
         memory_allocated=lambda i: 1024.0,
         memory_reserved=lambda i: 4096.0,
+        max_memory_reserved=lambda i: 8192.0,
     )
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
     assert registry.get_sample_value("model_server_gpu_memory_allocated_bytes", labels) == 1024
     assert registry.get_sample_value("model_server_gpu_memory_reserved_bytes", labels) == 4096
+    assert registry.get_sample_value("model_server_gpu_memory_peak_bytes", labels) == 8192
 
     def broken() -> bool:
         raise RuntimeError("driver gone")
