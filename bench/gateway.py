@@ -127,24 +127,11 @@ def server_pid(pod: dict[str, Any]) -> int:
                 if line.split()[0] == cid)
 
 
-def retry_counters(ns: str) -> dict[str, float]:
-    """The gateway's retry-budget counters of the ModelService's Service (its /metrics)."""
-    url = f"http://{gateway.SERVICE_IP}:{gateway.METRICS_PORT}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    out = {"allowed": 0.0, "rejected": 0.0}
-    for line in text.splitlines():
-        if line.startswith("msv_gateway_retries_total{") and f'namespace="{ns}"' in line \
-                and f'service="{NAME}"' in line:
-            out[line.split('result="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
 def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     """A steady client (one request every 50 ms, a new connection each) through the
     Gateway while one pod's server is killed; counts until the pod is ready again, with the
     retries the gateway allowed and refused meanwhile."""
-    before = retry_counters(ns)
+    before = gateway.retry_counters(ns, NAME)
     counts: Counter[str] = Counter()
     took: list[float] = []
     stop = threading.Event()
@@ -173,7 +160,7 @@ def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     stop.set()
     t.join(30)
     took.sort()
-    after = retry_counters(ns)
+    after = gateway.retry_counters(ns, NAME)
     requests = counts["ok"] + counts["failed"]
     allowed = after["allowed"] - before["allowed"]
     return {"ok": counts["ok"], "failed": counts["failed"],

@@ -24,7 +24,9 @@ whose CRDs let ``manifests`` add a ServiceMonitor for the gateway's metrics).
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -244,6 +246,26 @@ def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = pri
                 raise GatewayError(f"{what} not ready after {timeout:.0f} s ({detail}); {hint}")
             time.sleep(0.5)
     out(f"  gateway: {URL} programmed ({time.monotonic() - t0:.1f} s)")
+
+
+def retry_counters(namespace: str, service: str, timeout: float = 10) -> dict[str, float]:
+    """The retries the running gateway allowed and refused so far for a backend Service
+    (``{"allowed": n, "rejected": n}``), from its controller's ``/metrics`` on the Service's
+    metrics port (the counters are the gateway pod's: docs/gateway.md#retry-budget)."""
+    from localcluster.gateway.controller import METRICS
+
+    with urllib.request.urlopen(f"http://{SERVICE_IP}:{METRICS_PORT}/metrics",
+                                timeout=timeout) as r:
+        text = r.read().decode()
+    out = {"allowed": 0.0, "rejected": 0.0}
+    head = METRICS["retries"] + "{"
+    for line in text.splitlines():
+        if not line.startswith(head):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[len(head):line.index("}")]))
+        if labels.get("namespace") == namespace and labels.get("service") == service:
+            out[labels["result"]] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def health(cluster: Any) -> list[tuple[str, bool, str]]:

@@ -203,6 +203,23 @@ def server_pid(pod: dict[str, Any]) -> int:
     raise AssertionError(f"no containerd task {cid}")
 
 
+def kill_9_a_baseline_pod(k: kube.Kube, ns: str) -> None:
+    """``kill -9`` of one of the two baseline pods' server process; returns once the kubelet
+    has restarted the container and it is ready again."""
+    pods = [p for p in k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={NAME}")
+            if p["metadata"]["labels"].get("serving.modelservice.dev/variant") == "baseline"]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    victim = pods[0]
+    restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
+    os.kill(server_pid(victim), signal.SIGKILL)
+
+    def back() -> bool:
+        pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
+        st = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        return st[0].get("restartCount", 0) > restarts and bool(st[0].get("ready"))
+    wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
+
+
 def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Routed) -> None:
     ns, k = routed.ns, routed.k
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
@@ -221,23 +238,12 @@ def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Ro
                 failures.append(repr(e))
             time.sleep(0.05)  # ~15-20 requests/s
 
-    pods = [p for p in k.list("v1", "Pod", ns, f"serving.modelservice.dev/modelservice={NAME}")
-            if p["metadata"]["labels"].get("serving.modelservice.dev/variant") == "baseline"]
-    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
-    victim = pods[0]
-    restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
         wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
-        os.kill(server_pid(victim), signal.SIGKILL)
         before = results["ok"]
-        # until the kubelet has restarted the container and it is ready again
-        def back() -> bool:
-            pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
-            st = (pod.get("status") or {}).get("containerStatuses") or [{}]
-            return st[0].get("restartCount", 0) > restarts and bool(st[0].get("ready"))
-        wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
+        kill_9_a_baseline_pod(k, ns)
         assert results["ok"] > before + 50, results  # the client kept going meanwhile
     finally:
         stop.set()
@@ -257,20 +263,6 @@ def budget_accepted(k: kube.Kube, ns: str) -> dict[str, Any] | None:
         if c.get("status") == "True" and c.get("observedGeneration") == gen:
             return policy
     return None
-
-
-def retry_counters(service: str, ns: str) -> dict[str, float]:
-    """The gateway's budget counters of ``service`` (its controller's /metrics)."""
-    url = f"http://{gateway.SERVICE_IP}:{gateway.METRICS_PORT}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    out = {"allowed": 0.0, "rejected": 0.0}
-    for line in text.splitlines():
-        if line.startswith("msv_gateway_retries_total{") and f'namespace="{ns}"' in line \
-                and f'service="{service}"' in line:
-            result = line.split('result="', 1)[1].split('"', 1)[0]
-            out[result] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def test_a_spent_retry_budget_refuses_a_crashs_retries(routed: Routed) -> None:
@@ -293,7 +285,7 @@ def test_a_spent_retry_budget_refuses_a_crashs_retries(routed: Routed) -> None:
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
     url = gateway_url(f"/v2/models/{NAME}/infer")
     service = f"{NAME}-baseline"
-    before = retry_counters(service, ns)
+    before = gateway.retry_counters(ns, service)
     results: Counter[str] = Counter()
     other: list[str] = []
     stop = threading.Event()
@@ -317,25 +309,13 @@ def test_a_spent_retry_budget_refuses_a_crashs_retries(routed: Routed) -> None:
     try:
         wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
         for _ in range(3):
-            pods = [p for p in k.list("v1", "Pod", ns,
-                                      f"serving.modelservice.dev/modelservice={NAME}")
-                    if p["metadata"]["labels"].get("serving.modelservice.dev/variant")
-                    == "baseline"]
-            victim = pods[0]
-            restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
-            os.kill(server_pid(victim), signal.SIGKILL)
-
-            def back(victim: dict[str, Any] = victim, restarts: int = restarts) -> bool:
-                pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
-                st = (pod.get("status") or {}).get("containerStatuses") or [{}]
-                return st[0].get("restartCount", 0) > restarts and bool(st[0].get("ready"))
-            wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
+            kill_9_a_baseline_pod(k, ns)
             if results["refused"]:
                 break
     finally:
         stop.set()
         thread.join(60)
-    after = retry_counters(service, ns)
+    after = gateway.retry_counters(ns, service)
     allowed = after["allowed"] - before["allowed"]
     rejected = after["rejected"] - before["rejected"]
     print(f"spent budget, kill -9 under a steady client: {dict(results)}; gateway: "
