@@ -220,36 +220,58 @@ def kill_9_a_baseline_pod(k: kube.Kube, ns: str) -> None:
     wait_for("the killed pod restarted and ready", back, timeout=300, interval=1)
 
 
-def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Routed) -> None:
-    ns, k = routed.ns, routed.k
-    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
-    url = gateway_url(f"/v2/models/{NAME}/infer")
-    results: Counter[str] = Counter()
-    failures: list[str] = []
-    stop = threading.Event()
+class SteadyClient:
+    """Infer requests through the gateway on a thread, one every 50 ms (~15-20/s, a new
+    connection each): counts answers (``ok``), retries the budget refused (``refused``: 503
+    with ``x-msv-retry-budget: exhausted``) and any other failure (``failed``, described in
+    ``failures``). Entered once it has 20 answers; left when its thread has stopped."""
 
-    def client() -> None:
-        while not stop.is_set():
+    BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
+
+    def __init__(self) -> None:
+        self.results: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._url = gateway_url(f"/v2/models/{NAME}/infer")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
             try:
-                http_json(url, body, timeout=30)
-                results["ok"] += 1
-            except (urllib.error.URLError, OSError) as e:
-                results["failed"] += 1
-                failures.append(repr(e))
-            time.sleep(0.05)  # ~15-20 requests/s
+                http_json(self._url, self.BODY, timeout=30)
+                self.results["ok"] += 1
+            except urllib.error.HTTPError as e:
+                if e.code == 503 and e.headers.get("x-msv-retry-budget") == "exhausted":
+                    self.results["refused"] += 1
+                else:
+                    self.results["failed"] += 1
+                    self.failures.append(f"{e.code} {e.headers}")
+            except OSError as e:
+                self.results["failed"] += 1
+                self.failures.append(repr(e))
+            time.sleep(0.05)
 
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    try:
-        wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
-        before = results["ok"]
-        kill_9_a_baseline_pod(k, ns)
-        assert results["ok"] > before + 50, results  # the client kept going meanwhile
-    finally:
-        stop.set()
-        thread.join(60)
-    print(f"kill -9 under a steady client through the gateway: {dict(results)}")
-    assert results["failed"] == 0, failures[:5]
+    def __enter__(self) -> SteadyClient:
+        self._thread.start()
+        try:
+            wait_for("the client running", lambda: self.results["ok"] >= 20, timeout=60)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_kill_9_of_a_serving_pod_fails_no_request_through_the_gateway(routed: Routed) -> None:
+    with SteadyClient() as client:
+        before = client.results["ok"]
+        kill_9_a_baseline_pod(routed.k, routed.ns)
+        assert client.results["ok"] > before + 50, client.results  # it kept going meanwhile
+    print(f"kill -9 under a steady client through the gateway: {dict(client.results)}")
+    assert client.results["failed"] == client.results["refused"] == 0, client.failures[:5]
 
 
 def budget_accepted(k: kube.Kube, ns: str) -> dict[str, Any] | None:
@@ -259,7 +281,8 @@ def budget_accepted(k: kube.Kube, ns: str) -> dict[str, Any] | None:
     for a in (policy.get("status") or {}).get("ancestors") or []:
         if a.get("controllerName") != gateway_render.CONTROLLER_NAME:
             continue
-        c = next((c for c in a.get("conditions") or [] if c.get("type") == "Accepted"), {})
+        c: dict[str, Any] = next(
+            (c for c in a.get("conditions") or [] if c.get("type") == "Accepted"), {})
         if c.get("status") == "True" and c.get("observedGeneration") == gen:
             return policy
     return None
@@ -282,45 +305,20 @@ def test_a_spent_retry_budget_refuses_a_crashs_retries(routed: Routed) -> None:
         p = budget_accepted(k, ns)
         return p if p and p["spec"]["retryConstraint"]["budget"]["percent"] == 0 else None
     wait_for("the spent budget accepted by the gateway", spent, timeout=120)
-    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]}
-    url = gateway_url(f"/v2/models/{NAME}/infer")
     service = f"{NAME}-baseline"
     before = gateway.retry_counters(ns, service)
-    results: Counter[str] = Counter()
-    other: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                http_json(url, body, timeout=30)
-                results["ok"] += 1
-            except urllib.error.HTTPError as e:
-                if e.code == 503 and e.headers.get("x-msv-retry-budget") == "exhausted":
-                    results["refused"] += 1
-                else:
-                    other.append(f"{e.code} {e.headers}")
-            except OSError as e:
-                other.append(repr(e))
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    try:
-        wait_for("the client running", lambda: results["ok"] >= 20, timeout=60)
+    with SteadyClient() as client:
         for _ in range(3):
             kill_9_a_baseline_pod(k, ns)
-            if results["refused"]:
+            if client.results["refused"]:
                 break
-    finally:
-        stop.set()
-        thread.join(60)
     after = gateway.retry_counters(ns, service)
     allowed = after["allowed"] - before["allowed"]
     rejected = after["rejected"] - before["rejected"]
+    results = client.results
     print(f"spent budget, kill -9 under a steady client: {dict(results)}; gateway: "
           f"{allowed:.0f} retries allowed, {rejected:.0f} refused")
-    assert not other, other[:5]  # a failure is a refused retry, nothing else
+    assert results["failed"] == 0, client.failures[:5]  # a failure is a refused retry
     assert results["refused"] >= 1, results
     assert rejected == results["refused"], (rejected, results)
     assert allowed <= 1, allowed  # the floor: one retry an hour
