@@ -100,19 +100,19 @@ def test_clusterwide_release_with_two_replicas_reconciles_two_namespaces(
     try:
         for p in procs:
             p.wait_up()
-        holder = wait_for("a leader", lambda: leader.lease_holder(
-            k.lease(SYSTEM, FULLNAME, 10)), timeout=30)
+        wait_for("a leader", lambda: leader.lease_holder(k.lease(SYSTEM, FULLNAME, 10)),
+                 timeout=30)
         for team in TEAMS:
             k.apply(modelservice("sentiment", team))
         for team in TEAMS:
             wait_for(f"{team}/sentiment Ready", lambda t=team: reconciled(k, t, "sentiment"),
                      timeout=90)
             assert k.get("apps/v1", "Deployment", team, "sentiment-baseline") is not None
-        by_name = {p.name: p for p in procs}
-        # Two ModelServices: at least a Deployment and a Service each.
-        assert by_name[holder].total("msv_operator_applies_total") >= 4
-        standby = next(p for p in procs if p.name != holder)
-        assert standby.total("msv_operator_applies_total") == 0
+        # Whoever held the Lease when the passes ran applied both ModelServices (at least a
+        # Deployment and a Service each; on a loaded machine the Lease may have changed hands
+        # since the first look); the other applied nothing.
+        applied = {p.name: p.total("msv_operator_applies_total") for p in procs}
+        assert sorted(applied.values())[0] == 0 and sorted(applied.values())[1] >= 4, applied
         for p in procs:
             assert p.alive, p.tail()
             log = p.tail(200_000)
