@@ -162,7 +162,11 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
         agreement = gate(second, "agreement")
         assert agreement["passed"] and agreement["value"] >= 0.95, agreement
 
-        # kill -9 during step 2; a new operator resumes at step 2 from the status alone
+        # kill -9 during step 2; a new operator resumes at step 2 from the status alone.
+        # The operator posts a step's Event after the status that shows the step: once it is
+        # there, the Events below tell whether the restart repeated a step.
+        wait_for("the step 2 Event", lambda: event_reasons(k, ns, name).count(
+            "RolloutStep") == 2, timeout=60)
         operator.kill()
         after_kill = rollout_of(k, ns, name)
         assert after_kill["step"] == 2
