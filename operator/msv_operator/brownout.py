@@ -18,6 +18,15 @@ proportions of spec.traffic; each further ``engageAfter`` of overload adds ``ste
 without a ready pod (``VariantNotReady``: never used, only reported); metrics that cannot be
 read (``MetricsUnavailable``: the phase and its weights hold, the windows start over).
 Only a fresh measurement moves the windows; between measurements the state holds.
+
+Which variant: the spec's ``variant``, or, without one, the operator's choice among the
+candidates (``choose``) from each variant's ``Standing`` (its Pareto mark, p95, cost and
+agreement as this pass's status shows them, ``status.standings``): a ready candidate on the
+frontier, cheapest per 1,000 requests; else (nothing measured on the frontier) the
+``fallback``: the cheapest pod, then the first listed. The choice is made while ``Inactive``
+(``status.brownout.variant`` shows what an engagement would take now), held from engaging to
+release and made again for the next engagement. No candidate that can take traffic
+(``VariantNotReady`` or ``NoEligibleVariant``): never engages, only reports.
 The machine works on the typed ``state.BrownoutStatus`` (and reads the rollout's phase from
 ``state.RolloutStatus``); the stored dict is read once and written once (``Decision.status``).
 """
@@ -31,6 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from msv_operator.conditions import rfc3339
+from msv_operator.pareto import DOMINATED, FRONTIER
 from msv_operator.rollout import (
     ACTIVE,
     PROMOTED,
@@ -55,6 +65,8 @@ OVERLOADED = "Overloaded"
 RECOVERING = "Recovering"
 """Engaged: p95 below the release line, for less than releaseAfter so far."""
 VARIANT_NOT_READY = "VariantNotReady"
+NO_ELIGIBLE_VARIANT = "NoEligibleVariant"
+"""Inactive, the operator choosing: no candidate has a ready pod and the agreement floor."""
 ROLLOUT_ACTIVE = "RolloutActive"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 
@@ -89,6 +101,82 @@ def hpa_state(hpa: Mapping[str, Any]) -> HpaState:
                     max_replicas=int(spec.get("maxReplicas") or 0), blind=blind)
 
 
+CHOSEN_BY_SPEC = "spec"
+CHOSEN_BY_FRONTIER = "frontier"
+CHOSEN_BY_FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What the status shows of one variant, for the choice (None: not known)."""
+
+    pareto: str | None = None
+    """``frontier``, ``dominated``, ``unmeasured``; None without GPU fit (no price)."""
+    p95_ms: float | None = None
+    cost_per_1k: float | None = None
+    agreement: float | None = None
+    price_per_pod: float | None = None
+    """US dollars per hour of one of its pods (its placement's)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    variant: str | None
+    """None: no candidate can be chosen (``why`` says each one's obstacle)."""
+    chosen_by: str | None
+    why: str
+    not_ready: bool = False
+    """Nothing chosen, and only for want of ready pods (``VariantNotReady``)."""
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "not measured" if value is None else f"{value:g}{unit}"
+
+
+def choose(b: Brownout, readiness: Mapping[str, Readiness],
+           standings: Mapping[str, Standing]) -> Choice:
+    """The variant an engagement takes now, when the operator chooses (``b.variant`` None).
+
+    Eligible: a candidate with a ready pod and no failure, and, with ``minAgreement``, a
+    measured agreement at or above it. Among the eligible on the Pareto frontier: the lowest
+    cost per 1,000 requests, then the lowest p95, then the first listed (``frontier``).
+    None on the frontier (nothing measured yet, or only dominated ones): not dominated first,
+    then the lowest known price per pod, then the first listed (``fallback``)."""
+    eligible: list[tuple[int, str, Standing]] = []
+    obstacles: list[str] = []
+    unready = 0
+    for i, name in enumerate(b.candidates):
+        ready = readiness.get(name, Readiness())
+        found = standings.get(name, Standing())
+        if ready.ready < 1 or ready.failure:
+            unready += 1
+            obstacles.append(f"{name}: {ready.failure or 'no ready pod'}")
+        elif b.min_agreement is not None and (found.agreement is None
+                                              or found.agreement < b.min_agreement):
+            obstacles.append(f"{name}: agreement {_num(found.agreement)} below minAgreement "
+                             f"{b.min_agreement:g}")
+        else:
+            eligible.append((i, name, found))
+    if not eligible:
+        return Choice(None, None, "; ".join(obstacles), not_ready=unready == len(b.candidates))
+    listed = ", ".join(name for _, name, _ in eligible)
+    front = [e for e in eligible if e[2].pareto == FRONTIER and e[2].cost_per_1k is not None]
+    if front:
+        _, name, s = min(front, key=lambda e: (
+            e[2].cost_per_1k, float("inf") if e[2].p95_ms is None else e[2].p95_ms, e[0]))
+        return Choice(name, CHOSEN_BY_FRONTIER,
+                      f"on the Pareto frontier with the lowest cost per 1,000 requests "
+                      f"(${_num(s.cost_per_1k)}, p95 {_num(s.p95_ms, ' ms')}) of "
+                      f"{', '.join(n for _, n, _ in front)}")
+    _, name, s = min(eligible, key=lambda e: (
+        e[2].pareto == DOMINATED, e[2].price_per_pod is None,
+        e[2].price_per_pod or 0.0, e[0]))
+    by = (f"the lowest price per pod (${s.price_per_pod:g}/h)" if s.price_per_pod is not None
+          else "the first listed")
+    return Choice(name, CHOSEN_BY_FALLBACK,
+                  f"no eligible candidate is on the Pareto frontier yet; {by} of {listed}")
+
+
 @dataclass
 class Decision:
     status: dict[str, Any] | None
@@ -97,10 +185,14 @@ class Decision:
     events: list[Event] = field(default_factory=list)
 
 
-def shifted_weights(spec: ModelServiceSpec, b: Brownout, share: int) -> dict[str, int]:
-    """``share`` percent (at least the variant's own spec weight) to the brownout variant, the
-    rest over the other variants in the proportions of spec.traffic."""
-    return step_weights(spec, b.variant, max(share, int(spec.traffic.get(b.variant, 0))))
+def shifted_weights(spec: ModelServiceSpec, b: Brownout, share: int,
+                    variant: str | None = None) -> dict[str, int]:
+    """``share`` percent (at least the variant's own spec weight) to the brownout variant
+    (``variant``, else the spec's), the rest over the other variants in the proportions of
+    spec.traffic."""
+    to = variant or b.variant
+    assert to is not None, "an operator-chosen brownout names the variant it holds"
+    return step_weights(spec, to, max(share, int(spec.traffic.get(to, 0))))
 
 
 def first_share(b: Brownout) -> int:
@@ -112,6 +204,17 @@ def _fresh(b: Brownout, stable: str, stamp: str) -> BrownoutStatus:
     return BrownoutStatus(variant=b.variant, stable=stable, phase=INACTIVE,
                           reason=WITHIN_OBJECTIVE, message="nothing measured yet", since=stamp,
                           share=0)
+
+
+def _continues(b: Brownout, known: BrownoutStatus, stable: str) -> bool:
+    """Whether a stored status goes on under this spec (else the brownout starts afresh): the
+    same stable variant and, with the spec's variant, the same one; when the operator
+    chooses, an engagement goes on while its variant is still a candidate."""
+    if known.stable != stable:
+        return False
+    if b.variant is not None:
+        return known.variant == b.variant
+    return known.phase != ENGAGED or known.variant in b.candidates
 
 
 def _ms(value: float | None) -> float | None:
@@ -135,8 +238,13 @@ class _Run:
         if event is not None and changed:
             self.events.append(event)
 
+    @property
+    def variant(self) -> str:
+        """The variant engaged, or an engagement would take (set by then)."""
+        return str(self.st.variant)
+
     def release(self, reason: str, why: str) -> None:
-        message = f"released: traffic back from {self.b.variant}: {why}"
+        message = f"released: traffic back from {self.variant}: {why}"
         self.st.share = 0
         self.move(INACTIVE, reason, message, ("Normal", "BrownoutReleased", message))
 
@@ -159,18 +267,27 @@ def advance(spec: ModelServiceSpec, prior: BrownoutStatus | Mapping[str, Any] | 
             weights: Mapping[str, int],
             rollout_status: RolloutStatus | Mapping[str, Any] | None,
             hpa: HpaState | None, readiness: Mapping[str, Readiness], sample: Sample | None,
-            now: datetime) -> Decision:
-    """One step of the machine (see the module docstring)."""
+            now: datetime, standings: Mapping[str, Standing] | None = None) -> Decision:
+    """One step of the machine (see the module docstring; ``standings``: each variant's, for
+    the choice when the spec names no variant)."""
     b = spec.autoscaling.brownout if spec.autoscaling else None
     if b is None:
         return Decision(status=None, weights=dict(weights))
     stable = spec.stable
     stamp = rfc3339(now)
     known = BrownoutStatus.of(prior)
-    if known is not None and (known.variant, known.stable) == (b.variant, stable):
+    if known is not None and _continues(b, known, stable):
         st = known if known is not prior else copy.deepcopy(known)  # never change the caller's
     else:
         st = _fresh(b, stable, stamp)
+    none_eligible: Choice | None = None
+    if b.variant is not None:
+        st.chosen_by, st.choice = CHOSEN_BY_SPEC, "spec.autoscaling.brownout.variant"
+    elif st.phase != ENGAGED:  # held while engaged; chosen again for the next engagement
+        choice = choose(b, readiness, standings or {})
+        st.variant, st.chosen_by, st.choice = choice.variant, choice.chosen_by, choice.why
+        if choice.variant is None:
+            none_eligible = choice
     run = _Run(b, st, now)
     st.objective_ms = _ms(b.objective_ms)
     st.release_below_ms = _ms(b.objective_ms * b.release_below)
@@ -184,18 +301,24 @@ def advance(spec: ModelServiceSpec, prior: BrownoutStatus | Mapping[str, Any] | 
     elif sample is not None:
         st.metrics_error = sample.error
 
-    ready = readiness.get(b.variant, Readiness())
+    ready = readiness.get(st.variant or "", Readiness())
     rollout = RolloutStatus.of(rollout_status)
     rollout_phase = rollout.phase if spec.rollout and rollout is not None else None
     if rollout_phase in (*ACTIVE, PROMOTED):
         _suspend(run, f"the rollout of {spec.rollout.candidate if spec.rollout else '?'} is "
                       f"{rollout_phase}; the rollout decides the weights (it takes precedence)",
                  ROLLOUT_ACTIVE, ("Normal", "BrownoutSuspended", "a rollout is active"))
+    elif none_eligible is not None:
+        why = f"no candidate variant can take traffic ({none_eligible.why})"
+        _suspend(run, f"{why}; the brownout never engages while so",
+                 VARIANT_NOT_READY if none_eligible.not_ready else NO_ELIGIBLE_VARIANT,
+                 ("Warning", "BrownoutUnavailable", why),
+                 keep_pressure=True, sample=sample, hpa=hpa)
     elif ready.ready < 1 or ready.failure:
         why = ready.failure or "it has no ready pod"
-        _suspend(run, f"brownout variant {b.variant} cannot take traffic: {why}; it is never "
+        _suspend(run, f"brownout variant {run.variant} cannot take traffic: {why}; it is never "
                       "given weight while so", VARIANT_NOT_READY,
-                 ("Warning", "BrownoutUnavailable", f"variant {b.variant} is not ready: {why}"),
+                 ("Warning", "BrownoutUnavailable", f"variant {run.variant} is not ready: {why}"),
                  keep_pressure=True, sample=sample, hpa=hpa)
     elif sample is not None and sample.error is not None:
         st.pressure_since = st.calm_since = None
@@ -205,14 +328,14 @@ def advance(spec: ModelServiceSpec, prior: BrownoutStatus | Mapping[str, Any] | 
                  ("Warning", "BrownoutMetricsUnavailable", message))
     elif sample is not None:
         _evaluate(run, hpa)
-    elif st.reason in (ROLLOUT_ACTIVE, VARIANT_NOT_READY):
-        # the obstacle is gone (both leave the phase Inactive); the next measurement says more
+    elif st.reason in (ROLLOUT_ACTIVE, VARIANT_NOT_READY, NO_ELIGIBLE_VARIANT):
+        # the obstacle is gone (all leave the phase Inactive); the next measurement says more
         run.move(INACTIVE, WITHIN_OBJECTIVE, "waiting for the next measurement")
 
     out = dict(weights)
     if st.phase == ENGAGED:
-        out = shifted_weights(spec, b, st.share or first_share(b))
-        st.share = out[b.variant]
+        out = shifted_weights(spec, b, st.share or first_share(b), run.variant)
+        st.share = out[run.variant]
     else:
         st.share = 0
     return Decision(status=st.to_dict(), weights=out, events=run.events)
@@ -252,7 +375,9 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
                 st.share = first_share(b)
                 message = (f"engaged: {seen} above the objective {b.objective_ms:g} ms at "
                            f"maxReplicas for {held:.0f}s; {st.share}% of the traffic goes "
-                           f"to {b.variant} (maxShare {b.max_share}%)")
+                           f"to {run.variant} (maxShare {b.max_share}%)")
+                if b.variant is None:
+                    message += f"; {run.variant} chosen by {st.chosen_by}: {st.choice}"
                 run.move(ENGAGED, OVERLOADED, message, ("Warning", "BrownoutEngaged", message))
                 return
             run.move(INACTIVE, OVERLOADED,
@@ -278,14 +403,14 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
             st.pressure_since = None
             st.share = min(b.max_share, share + (b.step or b.max_share))
             message = (f"{seen} still above the objective {b.objective_ms:g} ms at maxReplicas "
-                       f"for {held:.0f}s; {st.share}% to {b.variant} (maxShare "
+                       f"for {held:.0f}s; {st.share}% to {run.variant} (maxShare "
                        f"{b.max_share}%)")
             run.events.append(("Warning", "BrownoutStep", message))
             run.move(ENGAGED, OVERLOADED, message)
             return
         run.move(ENGAGED, OVERLOADED, f"{seen} above the objective at maxReplicas for "
                  f"{held:.0f}s of engageAfter {b.engage_seconds:g}s before the next step; "
-                 f"{share}% to {b.variant}")
+                 f"{share}% to {run.variant}")
         return
     st.pressure_since = None
     if p95 is None or p95 < line:
@@ -299,7 +424,7 @@ def _evaluate(run: _Run, hpa: HpaState | None) -> None:
         return
     st.calm_since = None
     run.move(ENGAGED, OVERLOADED, f"{seen}, not below the release line {line:g} ms; "
-             f"{st.share or 0}% to {b.variant}")
+             f"{st.share or 0}% to {run.variant}")
 
 
 def blind(hpas: Mapping[str, HpaState],

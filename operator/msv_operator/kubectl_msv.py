@@ -194,8 +194,13 @@ def _brownout_lines(ms: Mapping[str, Any]) -> list[str]:
         b = BrownoutStatus.from_dict(stored)
         reason = f" ({b.reason})" if b.reason else ""
         p95 = "-" if b.p95_ms is ABSENT else b.p95_ms
+        lines.append(f"Brownout: variant {_or(b.variant, '(none eligible)')} for stable "
+                     f"{b.stable}")
+        if b.chosen_by:
+            lines.append(f"  chosen:   by {b.chosen_by}: {_or(b.choice, '')}")
+        elif b.choice:
+            lines.append(f"  chosen:   none: {b.choice}")
         lines += [
-            f"Brownout: variant {b.variant} for stable {b.stable}",
             f"  phase:    {b.phase}{reason} since {_or(b.since, '-')}",
             f"  share:    {_or(b.share, 0)}% (maxShare {_or(b.max_share, '-')})",
             f"  p95:      {p95} ms (objective {b.objective_ms} ms, "

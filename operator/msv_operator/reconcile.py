@@ -19,7 +19,9 @@ The spec is parsed once per pass. ``rollout.advance`` turns it, the stored ``sta
 the variants' readiness and (when one is due) an analysis sample into the *effective weights*
 that the builders and the status both take, and the mirror target of the stable variants;
 ``brownout.advance`` then may shift part of them to a cheaper variant (never during a
-rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement.
+rollout), from the stored ``status.brownout``, the stable variant's HPA and the measurement;
+when the spec leaves the variant to the operator, it chooses from each variant's Pareto mark,
+cost and measurements as this pass's status computes them (``status.standings``).
 Per-variant measurements (Prometheus, metrics.k8s.io) are refreshed on the analysis interval
 (``measure``), not on every pass, and carried over in the status between refreshes.
 
@@ -301,7 +303,9 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                                    meta.get("annotations") or {}, moment, routed=routed)
         shed = brownout.advance(parsed, prior.get("brownout"), decision.weights,
                                 decision.status, hpas.get(parsed.stable), readiness,
-                                taken.taken, moment)
+                                taken.taken, moment, standings=brownout_standings(
+                                    parsed, deployments_by_variant(live.values(), uid),
+                                    measured, fit))
         result.events = [*decision.events, *shed.events, *(fit.events if fit else ())]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
@@ -400,6 +404,20 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     )
     write_status(ctx, ms, result)
     return result
+
+
+def brownout_standings(parsed: spec.ModelServiceSpec,
+                       deployments: Mapping[str, Mapping[str, Any] | None],
+                       measured: Mapping[str, Mapping[str, Any]],
+                       fit: placement.Fit | None) -> dict[str, brownout.Standing] | None:
+    """What an operator-chosen brownout picks its variant from: each variant's Pareto mark,
+    cost and measurements as this pass's status writes them (None when the spec names the
+    variant, or has no brownout)."""
+    b = parsed.autoscaling.brownout if parsed.autoscaling else None
+    if b is None or b.variant is not None:
+        return None
+    return status.standings([v.name for v in parsed.variants], parsed.stable, deployments,
+                            measured, fit.status() if fit is not None else None)
 
 
 def route_state(ctx: Context, parsed: spec.ModelServiceSpec, route: Mapping[str, Any] | None,

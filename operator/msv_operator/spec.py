@@ -121,9 +121,12 @@ class Brownout:
     """Load-adaptive precision (``spec.autoscaling.brownout``): while the stable variant is at
     maxReplicas and its p95 stays above ``objective_ms`` for ``engage_seconds``, up to
     ``max_share`` percent of the traffic goes to the cheaper ``variant``; it comes back after
-    ``release_seconds`` with the p95 below ``release_below`` x the objective."""
+    ``release_seconds`` with the p95 below ``release_below`` x the objective. Without
+    ``variant`` the operator chooses one of ``candidates`` each time it engages
+    (``brownout.choose``)."""
 
-    variant: str
+    variant: str | None
+    """The variant the spec names; None: the operator chooses among ``candidates``."""
     objective_ms: float
     max_share: int = BROWNOUT_DEFAULTS["maxShare"]
     step: int | None = None
@@ -136,6 +139,13 @@ class Brownout:
     """How often the stable variant's p95 is measured while brownout is configured."""
     window_seconds: float = _seconds(BROWNOUT_DEFAULTS["window"])
     """PromQL range of that measurement."""
+    candidates: tuple[str, ...] = ()
+    """Without ``variant``: the variants the operator chooses among, in the order listed
+    (``spec.autoscaling.brownout.candidates``, else every variant but the stable ones in
+    spec.variants' order); () with ``variant``."""
+    min_agreement: float | None = None
+    """Without ``variant``: a candidate needs a measured agreement at least this high to be
+    chosen; None: no floor."""
 
 
 @dataclass(frozen=True)
@@ -417,24 +427,40 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
         return None
     where = "spec.autoscaling.brownout"
     if not isinstance(raw, Mapping):
-        raise InvalidSpecError(f"{where}: expected an object with at least variant and "
-                               "latencyObjectiveMs")
+        raise InvalidSpecError(f"{where}: expected an object with at least latencyObjectiveMs")
     b = {**BROWNOUT_DEFAULTS, **raw}
     names = [v.name for v in variants]
-    variant = raw.get("variant")
-    if variant not in names:
-        raise InvalidSpecError(
-            f"{where}.variant: {variant!r} is not in spec.variants ({', '.join(names)})")
     top = max(traffic.values())
-    if traffic.get(variant, 0) >= top:
-        raise InvalidSpecError(
-            f"{where}.variant: {variant!r} is the stable variant (the most weight in "
-            "spec.traffic); name a cheaper variant that brownout may shift traffic to")
+    stable = [v for v in names if traffic.get(v, 0) >= top]
+    variant = raw.get("variant")
+    candidates: tuple[str, ...] = ()
+    min_agreement = None
+    if variant is not None:
+        if variant not in names:
+            raise InvalidSpecError(
+                f"{where}.variant: {variant!r} is not in spec.variants ({', '.join(names)})")
+        if variant in stable:
+            raise InvalidSpecError(
+                f"{where}.variant: {variant!r} is the stable variant (the most weight in "
+                "spec.traffic); name a cheaper variant that brownout may shift traffic to")
+        for key in ("candidates", "minAgreement"):
+            if raw.get(key) is not None:
+                raise InvalidSpecError(
+                    f"{where}.{key}: applies only when the operator chooses the variant; "
+                    f"remove {key}, or remove variant to let the operator choose")
+        variant = str(variant)
+    else:
+        candidates = _brownout_candidates(raw.get("candidates"), names, stable,
+                                          f"{where}.candidates")
+        raw_floor = raw.get("minAgreement")
+        if raw_floor is not None:
+            floor = _ratio(raw_floor, f"{where}.minAgreement", 0.0, 1.0)
+            min_agreement = floor or None  # 0: no floor
     if raw.get("latencyObjectiveMs") is None:
         raise InvalidSpecError(f"{where}.latencyObjectiveMs: required (the stable variant's "
                                "p95 objective in milliseconds)")
     return Brownout(
-        variant=str(variant),
+        variant=variant,
         objective_ms=_ratio(raw["latencyObjectiveMs"], f"{where}.latencyObjectiveMs",
                             0.001, 3_600_000.0),
         max_share=_int(b["maxShare"], f"{where}.maxShare", 1, 100),
@@ -446,7 +472,39 @@ def parse_brownout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str
         release_below=_ratio(b["releaseBelow"], f"{where}.releaseBelow", 0.05, 1.0),
         interval_seconds=parse_duration(b["interval"], f"{where}.interval"),
         window_seconds=parse_duration(b["window"], f"{where}.window"),
+        candidates=candidates,
+        min_agreement=min_agreement,
     )
+
+
+def _brownout_candidates(raw: Any, names: list[str], stable: list[str], where: str
+                         ) -> tuple[str, ...]:
+    """The variants an operator-chosen brownout picks from: ``raw`` checked (listed, not
+    stable, each once), or every variant that is not stable when ``raw`` is None."""
+    if raw is None:
+        found = tuple(v for v in names if v not in stable)
+        if not found:
+            raise InvalidSpecError(
+                f"{where.rsplit('.', 1)[0]}.variant: omitted, so the operator chooses among the "
+                "variants other than the stable one, and spec.variants has none; add a cheaper "
+                "variant (with weight below the stable one's in spec.traffic)")
+        return found
+    if not isinstance(raw, list | tuple) or not raw:
+        raise InvalidSpecError(f"{where}: expected a non-empty list of variant names; remove "
+                               "it to let the operator choose among every non-stable variant")
+    out: list[str] = []
+    for i, name in enumerate(raw):
+        if name not in names:
+            raise InvalidSpecError(
+                f"{where}[{i}]: {name!r} is not in spec.variants ({', '.join(names)})")
+        if name in stable:
+            raise InvalidSpecError(
+                f"{where}[{i}]: {name!r} is the stable variant (the most weight in "
+                "spec.traffic); list cheaper variants that brownout may shift traffic to")
+        if name in out:
+            raise InvalidSpecError(f"{where}[{i}]: {name!r} is listed twice")
+        out.append(str(name))
+    return tuple(out)
 
 
 def gateway_duration(value: Any, where: str, least: str | None = None,

@@ -240,6 +240,12 @@ class BrownoutStatus(_Record):
     """``status.brownout``: the brownout's phase, its share and the windows it is timing."""
 
     variant: str | None = None
+    """The variant that takes the share: the spec's, or the one the operator chose (held from
+    engaging to release; while inactive, the one an engagement would take now)."""
+    chosen_by: str | None = None
+    """``spec``, ``frontier`` or ``fallback`` (``brownout.choose``)."""
+    choice: str | None = None
+    """Why that variant (or why none can be chosen)."""
     stable: str | None = None
     phase: str | None = None
     reason: str | None = None

@@ -74,7 +74,7 @@ from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
 from msv_operator import pareto, shares
-from msv_operator.brownout import HpaState, blind
+from msv_operator.brownout import HpaState, Standing, blind
 from msv_operator.pools import INSUFFICIENT
 from msv_operator.rollout import PAUSED, traffic_weights
 from msv_operator.spec import InvalidSpecError, parse_spec, stable_of
@@ -600,9 +600,8 @@ def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[st
     """One ``status.variants`` entry: the measured fields it has (``MEASURED_KEYS``; others
     are dropped), then the replicas, weight and share, the HPA's bounds of an autoscaled
     variant, the provenance and, with GPU fit, its memory, placement and cost."""
-    entry = VariantStatus.from_dict({k: v for k, v in measured.items()
-                                     if k in MEASURED_KEYS and v is not None})
-    entry.name, entry.weight, entry.share = s.name, s.weight, share
+    entry = _measured_entry(s.name, measured)
+    entry.weight, entry.share = s.weight, share
     entry.replicas, entry.ready_replicas = s.replicas, s.ready_replicas
     entry.desired_replicas = s.desired if s.desired is not None else 0
     if hpa is not None:
@@ -613,11 +612,49 @@ def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[st
         memory = {**(gpu.gpu_memory or {}), **(entry.gpu_memory or {})}
         entry.gpu_memory = memory or None
         entry.placement = dict(gpu.placement) if gpu.placement is not None else None
-        cost = pareto.cost(s.replicas, gpu.price_per_pod, entry.rps)
-        entry.cost_per_hour = None if cost.per_hour is None else round(cost.per_hour, 4)
-        entry.cost_per_1k_requests = (None if cost.per_1k_requests is None
-                                      else round(cost.per_1k_requests, 6))
+        _price(entry, s.replicas, gpu)
     return entry
+
+
+def _measured_entry(name: str, measured: Mapping[str, Any]) -> VariantStatus:
+    entry = VariantStatus.from_dict({k: v for k, v in measured.items()
+                                     if k in MEASURED_KEYS and v is not None})
+    entry.name = name
+    return entry
+
+
+def _price(entry: VariantStatus, replicas: int, gpu: GpuVariant) -> None:
+    """The entry's ``costPerHour`` and ``costPer1kRequests`` (``pareto.cost``: its pods at the
+    placement's price per pod, at its measured ``rps``)."""
+    cost = pareto.cost(replicas, gpu.price_per_pod, entry.rps)
+    entry.cost_per_hour = None if cost.per_hour is None else round(cost.per_hour, 4)
+    entry.cost_per_1k_requests = (None if cost.per_1k_requests is None
+                                  else round(cost.per_1k_requests, 6))
+
+
+def standings(names: Sequence[str], stable: str,
+              deployments: Mapping[str, Mapping[str, Any] | None],
+              measured: Mapping[str, Mapping[str, Any]],
+              gpu: Mapping[str, GpuVariant] | None) -> dict[str, Standing]:
+    """What the brownout chooses from (``brownout.choose``): per variant its Pareto mark, p95,
+    cost per 1,000 requests, agreement and price per pod, computed as ``compute_status``
+    writes them into ``status.variants[]`` from the same Deployments, measurements and GPU
+    fit (no marks nor costs without GPU fit)."""
+    entries = []
+    for name in names:
+        entry = _measured_entry(name, measured.get(name) or {})
+        g = (gpu or {}).get(name)
+        if g is not None:
+            dep = deployments.get(name) or {}
+            _price(entry, int((dep.get("status") or {}).get("replicas") or 0), g)
+        entries.append(entry)
+    if gpu:
+        _mark_frontier(entries, stable)
+    prices = {name: g.price_per_pod for name, g in (gpu or {}).items()}
+    return {str(e.name): Standing(pareto=e.pareto, p95_ms=e.p95_ms,
+                                  cost_per_1k=e.cost_per_1k_requests, agreement=e.agreement,
+                                  price_per_pod=prices.get(str(e.name)))
+            for e in entries}
 
 
 def _mark_frontier(entries: Sequence[VariantStatus], stable: str | None) -> None:

@@ -4,6 +4,7 @@ without ready pods and unreadable metrics, the spec checks, the HPA reading and 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -356,3 +357,252 @@ def test_autoscaling_blind_condition_from_hpas_and_prometheus() -> None:
     out = s.compute_status(fixed, deployments=deps, pods=[], now="2026-01-01T12:00:00Z",
                            observed_generation=1)
     assert s.AUTOSCALING_BLIND not in [c["type"] for c in out["conditions"]]
+
+
+# ---- the operator's choice (no spec variant) -------------------------------------------------
+
+AUTO = {"latencyObjectiveMs": 100, "engageAfter": "60s", "releaseAfter": "120s"}
+THREE_READY = {"baseline": Readiness(2), "int8": Readiness(1), "fp16": Readiness(1),
+               "pruned": Readiness(1)}
+
+
+def auto(**brownout: Any) -> Any:
+    b = body({**AUTO, **brownout})
+    b["spec"]["variants"] += [{"name": "fp16"}, {"name": "pruned"}]
+    return parse_spec(b)
+
+
+def standing(pareto: str | None, cost: float | None, p95_ms: float | None = 50.0,
+             agreement: float | None = 0.99, price: float | None = None) -> bo.Standing:
+    return bo.Standing(pareto=pareto, p95_ms=p95_ms, cost_per_1k=cost, agreement=agreement,
+                       price_per_pod=price)
+
+
+# int8 and fp16 on the frontier (fp16 cheaper per 1,000 requests), pruned dominated
+MEASURED = {"baseline": standing("frontier", 0.05, 120.0, 1.0),
+            "int8": standing("frontier", 0.02, 40.0, 0.99),
+            "fp16": standing("frontier", 0.01, 60.0, 0.97),
+            "pruned": standing("dominated", 0.03, 70.0, 0.90)}
+
+
+class AutoMachine(Machine):
+    def __init__(self, spec: Any, standings: dict[str, bo.Standing]) -> None:
+        super().__init__(spec)
+        self.standings = standings
+
+    def at(self, seconds: float, sample: Sample | None, hpa: bo.HpaState | None = AT_MAX,
+           readiness: dict[str, Readiness] = THREE_READY,
+           rollout: dict[str, Any] | None = None,
+           weights: dict[str, int] | None = None) -> dict[str, Any]:
+        d = bo.advance(self.spec, self.status, weights or {**BASE, "fp16": 0, "pruned": 0},
+                       rollout, hpa, readiness, sample, T0 + timedelta(seconds=seconds),
+                       standings=self.standings)
+        assert d.status is not None
+        self.status, self.weights = d.status, d.weights
+        self.events += d.events
+        return d.status
+
+
+def test_without_a_variant_the_candidates_are_every_non_stable_variant_in_order() -> None:
+    b = auto().autoscaling.brownout
+    assert b.variant is None and b.candidates == ("int8", "fp16", "pruned")
+    assert b.min_agreement is None
+    listed = auto(candidates=["pruned", "int8"], minAgreement=0.95).autoscaling.brownout
+    assert listed.candidates == ("pruned", "int8") and listed.min_agreement == 0.95
+    assert auto(minAgreement=0).autoscaling.brownout.min_agreement is None  # 0: no floor
+
+
+def test_the_choice_is_the_cheapest_per_1k_requests_on_the_frontier() -> None:
+    b = auto().autoscaling.brownout
+    c = bo.choose(b, THREE_READY, MEASURED)
+    assert (c.variant, c.chosen_by) == ("fp16", bo.CHOSEN_BY_FRONTIER)
+    assert "lowest cost per 1,000 requests ($0.01, p95 60 ms) of int8, fp16" in c.why
+    # equal cost: the lower p95 wins; equal both: the first listed
+    tie = {**MEASURED, "int8": standing("frontier", 0.01, 40.0)}
+    assert bo.choose(b, THREE_READY, tie).variant == "int8"
+    same = {**MEASURED, "int8": standing("frontier", 0.01, 60.0)}
+    assert bo.choose(b, THREE_READY, same).variant == "int8"
+    # a frontier variant without a ready pod is never chosen
+    no_fp16 = {**THREE_READY, "fp16": Readiness(0)}
+    assert bo.choose(b, no_fp16, MEASURED).variant == "int8"
+    # candidates limit the choice
+    only = auto(candidates=["pruned", "int8"]).autoscaling.brownout
+    assert bo.choose(only, THREE_READY, MEASURED).variant == "int8"
+
+
+def test_the_agreement_floor_excludes_unmeasured_and_low_agreement() -> None:
+    b = auto(minAgreement=0.98).autoscaling.brownout
+    c = bo.choose(b, THREE_READY, MEASURED)
+    assert (c.variant, c.chosen_by) == ("int8", bo.CHOSEN_BY_FRONTIER)  # fp16: 0.97
+    unmeasured = {k: standing("unmeasured", None, agreement=None) for k in MEASURED}
+    none = bo.choose(b, THREE_READY, unmeasured)
+    assert none.variant is None and not none.not_ready
+    assert "int8: agreement not measured below minAgreement 0.98" in none.why
+
+    m = AutoMachine(auto(minAgreement=0.98), unmeasured)
+    st = m.at(0, p95(250))
+    assert (st["phase"], st["reason"]) == (bo.INACTIVE, bo.NO_ELIGIBLE_VARIANT)
+    assert "variant" not in st and "minAgreement 0.98" in st["choice"]
+    st = m.at(120, p95(250))
+    assert st["phase"] == bo.INACTIVE and m.weights["baseline"] == 100
+    assert m.reasons() == ["BrownoutUnavailable"]
+    m.standings = MEASURED  # measured now: it engages at once (the overload was tracked)
+    st = m.at(130, p95(250))
+    assert (st["phase"], st["variant"], st["chosenBy"]) == (bo.ENGAGED, "int8", "frontier")
+
+
+def test_engaging_names_the_chosen_variant_and_why() -> None:
+    m = AutoMachine(auto(), MEASURED)
+    st = m.at(0, p95(250))
+    assert (st["phase"], st["variant"], st["chosenBy"]) == (bo.INACTIVE, "fp16", "frontier")
+    st = m.at(60, p95(250))
+    assert (st["phase"], st["share"], st["variant"]) == (bo.ENGAGED, 50, "fp16")
+    assert m.weights == {"baseline": 50, "int8": 0, "fp16": 50, "pruned": 0}
+    severity, reason, message = m.events[-1]
+    assert (severity, reason) == ("Warning", "BrownoutEngaged")
+    assert "50% of the traffic goes to fp16" in message
+    assert "fp16 chosen by frontier: on the Pareto frontier" in message
+
+
+def test_the_choice_is_held_while_engaged_and_made_again_for_the_next_engagement() -> None:
+    m = AutoMachine(auto(), MEASURED)
+    m.at(0, p95(250))
+    m.at(60, p95(250))
+    # while engaged, int8 becomes the cheapest: the engagement keeps fp16
+    m.standings = {**MEASURED, "int8": standing("frontier", 0.001, 40.0)}
+    st = m.at(75, p95(250))
+    assert (st["phase"], st["variant"]) == (bo.ENGAGED, "fp16")
+    assert m.weights["fp16"] == 50 and m.weights["int8"] == 0
+    m.at(80, p95(40))
+    st = m.at(200, p95(40))  # released: traffic back from fp16
+    assert (st["phase"], st["variant"]) == (bo.INACTIVE, "fp16")
+    assert "traffic back from fp16" in m.events[-1][2]
+    st = m.at(210, p95(250))  # inactive: chosen again
+    assert (st["variant"], st["chosenBy"]) == ("int8", "frontier")
+    st = m.at(270, p95(250))
+    assert (st["phase"], st["variant"]) == (bo.ENGAGED, "int8")
+    assert m.weights == {"baseline": 50, "int8": 50, "fp16": 0, "pruned": 0}
+    assert m.reasons() == ["BrownoutEngaged", "BrownoutReleased", "BrownoutEngaged"]
+    assert "goes to int8" in m.events[-1][2]
+
+
+def test_a_held_variant_that_loses_its_pods_releases_then_another_is_chosen() -> None:
+    m = AutoMachine(auto(), MEASURED)
+    m.at(0, p95(250))
+    m.at(60, p95(250))
+    lost = {**THREE_READY, "fp16": Readiness(0)}
+    st = m.at(70, p95(250), readiness=lost)
+    assert (st["phase"], st["reason"]) == (bo.INACTIVE, bo.VARIANT_NOT_READY)
+    assert m.reasons()[-1] == "BrownoutReleased"
+    st = m.at(75, p95(250), readiness=lost)
+    assert (st["variant"], st["phase"]) == ("int8", bo.INACTIVE)
+
+
+def test_a_held_variant_no_longer_a_candidate_starts_afresh() -> None:
+    m = AutoMachine(auto(), MEASURED)
+    m.at(0, p95(250))
+    m.at(60, p95(250))
+    d = bo.advance(auto(candidates=["int8"]), m.status, BASE, None, AT_MAX, THREE_READY,
+                   None, T0 + timedelta(seconds=70), standings=MEASURED)
+    assert d.status is not None and d.status["phase"] == bo.INACTIVE
+    assert d.status["variant"] == "int8" and d.weights == BASE
+
+
+def test_fallback_when_nothing_eligible_is_on_the_frontier() -> None:
+    b = auto().autoscaling.brownout
+    nothing = bo.choose(b, THREE_READY, {})
+    assert (nothing.variant, nothing.chosen_by) == ("int8", bo.CHOSEN_BY_FALLBACK)
+    assert "first listed of int8, fp16, pruned" in nothing.why
+    priced = {"int8": standing("unmeasured", None, price=0.8),
+              "fp16": standing("unmeasured", None, price=1.2),
+              "pruned": standing("unmeasured", None, price=0.4)}
+    c = bo.choose(b, THREE_READY, priced)
+    assert (c.variant, c.chosen_by) == ("pruned", bo.CHOSEN_BY_FALLBACK)
+    assert "lowest price per pod ($0.4/h)" in c.why
+    # a dominated variant comes after those not known to be worse
+    dominated = {**priced, "pruned": standing("dominated", 0.03, price=0.4)}
+    assert bo.choose(b, THREE_READY, dominated).variant == "int8"
+    # the first ready one
+    assert bo.choose(b, {**THREE_READY, "int8": Readiness(0)}, {}).variant == "fp16"
+    m = AutoMachine(auto(), {})
+    m.at(0, p95(250))
+    st = m.at(60, p95(250))
+    assert (st["phase"], st["variant"], st["chosenBy"]) == (bo.ENGAGED, "int8", "fallback")
+    assert "int8 chosen by fallback" in m.events[-1][2]
+
+
+def test_no_ready_candidate_is_variant_not_ready() -> None:
+    m = AutoMachine(auto(), MEASURED)
+    none_ready = {"baseline": Readiness(2), "int8": Readiness(0),
+                  "fp16": Readiness(1, "model server exited with code 4"),
+                  "pruned": Readiness(0)}
+    st = m.at(0, p95(250), readiness=none_ready)
+    assert (st["phase"], st["reason"]) == (bo.INACTIVE, bo.VARIANT_NOT_READY)
+    assert "fp16: model server exited with code 4" in st["message"]
+    assert m.reasons() == ["BrownoutUnavailable"]
+    st = m.at(60, p95(250), readiness=none_ready)
+    assert st["phase"] == bo.INACTIVE
+    st = m.at(65, p95(250))  # a candidate is ready: the tracked overload engages
+    assert (st["phase"], st["variant"]) == (bo.ENGAGED, "fp16")
+
+
+def test_an_explicit_variant_is_the_spec_choice_whatever_the_frontier_says() -> None:
+    three = body()
+    three["spec"]["variants"] += [{"name": "fp16"}, {"name": "pruned"}]
+    m = AutoMachine(parse_spec(three), MEASURED)
+    st = m.at(0, p95(250))
+    assert (st["variant"], st["chosenBy"]) == ("int8", bo.CHOSEN_BY_SPEC)
+    assert st["choice"] == "spec.autoscaling.brownout.variant"
+    m.at(60, p95(250))
+    assert m.weights["int8"] == 50 and m.weights["fp16"] == 0
+    assert "chosen by" not in m.events[-1][2]  # the engage message as before
+
+
+@pytest.mark.parametrize(("brownout", "field"), [
+    ({"candidates": ["zz"]}, "brownout.candidates[0]"),
+    ({"candidates": ["int8", "baseline"]}, "brownout.candidates[1]"),
+    ({"candidates": ["int8", "int8"]}, "brownout.candidates[1]"),
+    ({"candidates": []}, "brownout.candidates"),
+    ({"candidates": "int8"}, "brownout.candidates"),
+    ({"variant": "int8", "candidates": ["int8"]}, "brownout.candidates"),
+    ({"variant": "int8", "minAgreement": 0.9}, "brownout.minAgreement"),
+    ({"minAgreement": 1.5}, "brownout.minAgreement"),
+    ({"minAgreement": "high"}, "brownout.minAgreement"),
+])
+def test_invalid_choice_fields_name_the_field(brownout: dict[str, Any], field: str) -> None:
+    b = body({"latencyObjectiveMs": 100, **brownout})
+    b["spec"]["variants"].append({"name": "fp16"})
+    with pytest.raises(InvalidSpecError, match=rf"spec\.autoscaling\.{re.escape(field)}"):
+        parse_spec(b)
+
+
+def test_without_a_variant_there_must_be_a_non_stable_one() -> None:
+    even = [{"variant": "baseline", "weight": 50}, {"variant": "int8", "weight": 50}]
+    with pytest.raises(InvalidSpecError, match=r"spec\.autoscaling\.brownout\.variant: omitted"):
+        parse_spec(body({"latencyObjectiveMs": 100}, even))
+
+
+def test_standings_are_the_marks_the_status_writes() -> None:
+    b = body({"latencyObjectiveMs": 100})
+    b["spec"]["variants"].append({"name": "fp16"})
+    deps = {v: {"spec": {"replicas": 1}, "status": {"replicas": 1, "readyReplicas": 1}}
+            for v in ("baseline", "int8", "fp16")}
+    measured = {"baseline": {"p95Ms": 120.0, "rps": 50.0},
+                "int8": {"p95Ms": 40.0, "rps": 10.0, "agreement": 0.99},
+                "fp16": {"p95Ms": 60.0, "rps": 10.0, "agreement": 0.97}}
+    gpu = {"baseline": s.GpuVariant(price_per_pod=4.0), "int8": s.GpuVariant(price_per_pod=1.0),
+           "fp16": s.GpuVariant(price_per_pod=0.5)}
+    found = s.standings(["baseline", "int8", "fp16"], "baseline", deps, measured, gpu)
+    out = s.compute_status(b, deployments=deps, pods=[], now="2026-01-01T12:00:00Z",
+                           observed_generation=1, measured=measured, gpu=gpu)
+    for v in out["variants"]:
+        got = found[v["name"]]
+        assert (got.pareto, got.cost_per_1k, got.p95_ms) == (
+            v["pareto"], v.get("costPer1kRequests"), v.get("p95Ms"))
+    assert found["fp16"].price_per_pod == 0.5 and found["fp16"].pareto == "frontier"
+    spec = parse_spec(b)
+    assert spec.autoscaling is not None and spec.autoscaling.brownout is not None
+    ready = {v: Readiness(1) for v in deps}
+    assert bo.choose(spec.autoscaling.brownout, ready, found).variant == "fp16"
+    plain = s.standings(["int8"], "baseline", deps, measured, None)  # no GPU fit: no marks
+    assert plain["int8"] == bo.Standing(p95_ms=40.0, agreement=0.99)

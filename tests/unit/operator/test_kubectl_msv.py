@@ -105,6 +105,24 @@ def test_get_shows_the_brownout_replicas_and_a_blind_autoscaler() -> None:
     assert "Brownout" not in plugin.render({**RECORDED, "spec": {}})
 
 
+def test_get_shows_which_variant_the_operator_chose_and_why() -> None:
+    chosen = {**RECORDED,
+              "spec": {"autoscaling": {"brownout": {"latencyObjectiveMs": 200}}},
+              "status": {"brownout": {
+                  "variant": "int8", "chosenBy": "frontier",
+                  "choice": "on the Pareto frontier with the lowest cost per 1,000 requests",
+                  "stable": "baseline", "phase": "Engaged", "share": 50}}}
+    out = plugin.render(chosen)
+    assert "Brownout: variant int8 for stable baseline" in out
+    assert "chosen:   by frontier: on the Pareto frontier with the lowest cost" in out
+    none = {**chosen, "status": {"brownout": {
+        "stable": "baseline", "phase": "Inactive", "reason": "NoEligibleVariant",
+        "choice": "int8: agreement not measured below minAgreement 0.95"}}}
+    out = plugin.render(none)
+    assert "Brownout: variant (none eligible) for stable baseline" in out
+    assert "chosen:   none: int8: agreement not measured" in out
+
+
 def test_get_without_a_rollout_or_before_the_operator_wrote_one() -> None:
     no = {**RECORDED, "spec": {}, "status": {"traffic": "baseline=100"}}
     assert "Rollout: none" in plugin.render(no)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from msv_operator import brownout as bo
-from msv_operator import builders, cache, kube, reconcile, rollout
+from msv_operator import builders, cache, kube, reconcile, rollout, spec
 from msv_operator.config import OperatorConfig
 from msv_operator.owned import key_of
 
@@ -88,7 +88,12 @@ class ScriptedAnalyzer:
         return self.next
 
 
-def modelservice(status: Mapping[str, Any]) -> dict[str, Any]:
+BROWNOUT = {"variant": "int8", "latencyObjectiveMs": 100, "maxShare": 40, "engageAfter": "30s",
+            "releaseAfter": "30s", "interval": "10s", "window": "20s"}
+
+
+def modelservice(status: Mapping[str, Any],
+                 brownout: Mapping[str, Any] = BROWNOUT) -> dict[str, Any]:
     return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
             "metadata": {"name": "sentiment", "namespace": "ml", "uid": UID, "generation": 1},
             "spec": {
@@ -98,10 +103,8 @@ def modelservice(status: Mapping[str, Any]) -> dict[str, Any]:
                              {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}],
                 "traffic": [{"variant": "baseline", "weight": 100}],
                 "gateway": {"parentRefs": [{"name": "gw"}]},
-                "autoscaling": {"minReplicas": 1, "maxReplicas": 1, "brownout": {
-                    "variant": "int8", "latencyObjectiveMs": 100, "maxShare": 40,
-                    "engageAfter": "30s", "releaseAfter": "30s", "interval": "10s",
-                    "window": "20s"}}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 1,
+                                "brownout": dict(brownout)}},
             "status": dict(status)}
 
 
@@ -133,13 +136,15 @@ def cluster(int8_ready: int = 1, pods: Sequence[Mapping[str, Any]] = ()) -> reco
 class Operator:
     """Runs passes at chosen times, carrying the written status like the API server does."""
 
-    def __init__(self) -> None:
+    def __init__(self, brownout: Mapping[str, Any] = BROWNOUT) -> None:
+        self.brownout = brownout
         self.kube = FakeKube()
         self.analyzer = ScriptedAnalyzer()
         self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,  # type: ignore[arg-type]
                                      capabilities=Caps(), analyzer=self.analyzer)  # type: ignore[arg-type]
         self.status: dict[str, Any] = {}
         self.events: list[str] = []
+        self.messages: list[str] = []
 
     def at(self, seconds: float, p95_ms: float | None = None, error: str | None = None,
            observed: reconcile.Observed | None = None) -> reconcile.Result:
@@ -148,10 +153,12 @@ class Operator:
         now = (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.kube.applied.clear()
         observed = observed or cluster(pods=list(self.kube.pods.values()))
-        result = reconcile.reconcile(self.ctx, modelservice(self.status), observed, now)
+        result = reconcile.reconcile(self.ctx, modelservice(self.status, self.brownout),
+                                     observed, now)
         if result.status_written:
             self.status = self.kube.status
         self.events += [reason for _, reason, _ in result.events]
+        self.messages += [message for _, _, message in result.events]
         return result
 
     def route_weights(self) -> dict[str, int]:
@@ -223,3 +230,32 @@ def test_without_prometheus_the_brownout_says_it_is_blind() -> None:
     assert "MSV_PROMETHEUS_URL" in op.status["brownout"]["metricsError"]
     blind = next(c for c in op.status["conditions"] if c["type"] == "AutoscalingBlind")
     assert blind["status"] == "True" and op.status["traffic"] == "baseline=100,int8=0"
+
+
+def test_a_pass_chooses_the_variant_when_the_spec_leaves_it_to_the_operator() -> None:
+    auto = {k: v for k, v in BROWNOUT.items() if k != "variant"}
+    op = Operator({**auto, "candidates": ["int8"]})
+    op.at(0, p95_ms=300)
+    # no GPU fit here, so no Pareto marks: the documented fallback takes the first listed
+    assert (op.status["brownout"]["variant"], op.status["brownout"]["chosenBy"]) == (
+        "int8", bo.CHOSEN_BY_FALLBACK)
+    op.at(30, p95_ms=300)
+    assert op.status["brownout"]["phase"] == bo.ENGAGED
+    assert op.route_weights() == {"sentiment-baseline": 60, "sentiment-int8": 40}
+    assert op.events == ["BrownoutEngaged"]
+    assert "int8 chosen by fallback" in op.messages[0]
+    floor = Operator({**auto, "minAgreement": 0.9})
+    floor.at(0, p95_ms=300)
+    floor.at(30, p95_ms=300)  # agreement is not measured outside a rollout: never engaged
+    assert (floor.status["brownout"]["phase"], floor.status["brownout"]["reason"]) == (
+        bo.INACTIVE, bo.NO_ELIGIBLE_VARIANT)
+    assert floor.status["traffic"] == "baseline=100,int8=0"
+    assert floor.events == ["BrownoutUnavailable"]
+
+
+def test_standings_follow_the_gpu_fit_and_this_pass_measurements() -> None:
+    auto = {k: v for k, v in BROWNOUT.items() if k != "variant"}
+    parsed = spec.parse_spec(modelservice({}, auto))
+    assert reconcile.brownout_standings(spec.parse_spec(modelservice({})), {}, {}, None) is None
+    found = reconcile.brownout_standings(parsed, {}, {"int8": {"p95Ms": 12.0}}, None)
+    assert found is not None and found["int8"] == bo.Standing(p95_ms=12.0)
