@@ -81,4 +81,20 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "spec.server.auth.tokenSecret"),
     ("tls-secret-bad-name", {"server": {"tls": {"secretName": "-x"}}},
      "spec.server.tls.secretName"),
+    ("brownout-candidate-unknown", {"variants": AB, "autoscaling": {"brownout": {
+        "candidates": ["zzz"], "latencyObjectiveMs": 200}}},
+     "spec.autoscaling.brownout.candidates"),
+    ("brownout-candidate-stable", {"variants": AB, "autoscaling": {"brownout": {
+        "candidates": ["a"], "latencyObjectiveMs": 200}}},
+     "spec.autoscaling.brownout.candidates"),
+    ("brownout-variant-and-candidates", {"variants": AB, "autoscaling": {"brownout": {
+        "variant": "b", "candidates": ["b"], "latencyObjectiveMs": 200}}},
+     "spec.autoscaling.brownout"),
+    ("brownout-floor-with-variant", {"variants": AB, "autoscaling": {"brownout": {
+        "variant": "b", "minAgreement": 0.9, "latencyObjectiveMs": 200}}},
+     "spec.autoscaling.brownout.minAgreement"),
+    ("brownout-nothing-to-choose", {"variants": AB, "traffic": [
+        {"variant": "a", "weight": 50}, {"variant": "b", "weight": 50}],
+        "autoscaling": {"brownout": {"latencyObjectiveMs": 200}}},
+     "spec.autoscaling.brownout"),
 ]

@@ -1,4 +1,4 @@
-"""35 bad ModelServices (tests/integration/bad_specs.py): each is refused at admission with a
+"""40 bad ModelServices (tests/integration/bad_specs.py): each is refused at admission with a
 message naming the field, or reported ``Stalled=True`` (reason ``InvalidSpec``) with a
 message naming the field; the operator never crashes and keeps serving a good ModelService.
 

@@ -188,6 +188,39 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         autoscaling={"brownout": {"variant": "int8", "latencyObjectiveMs": 200,
                                   "releaseAfter": "later"}}),
      "spec.autoscaling.brownout.releaseAfter"),
+    ("brownout-candidate-unknown", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"candidates": ["fp16"], "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.candidates: every entry must name a variant listed in "
+     "spec.variants"),
+    ("brownout-candidate-is-stable", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"candidates": ["int8", "baseline"],
+                                  "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.candidates must not name the stable variant"),
+    ("brownout-candidates-duplicate", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"candidates": ["int8", "int8"], "latencyObjectiveMs": 200}}),
+     "Duplicate value"),
+    ("brownout-variant-and-candidates", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "candidates": ["int8"],
+                                  "latencyObjectiveMs": 200}}),
+     "set variant (a fixed choice) or candidates (the operator chooses among them), not both"),
+    ("brownout-floor-with-variant", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"variant": "int8", "minAgreement": 0.9,
+                                  "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.minAgreement applies only when the operator chooses"),
+    ("brownout-floor-over-1", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        autoscaling={"brownout": {"minAgreement": 1.5, "latencyObjectiveMs": 200}}),
+     "spec.autoscaling.brownout.minAgreement"),
+    ("brownout-nothing-to-choose", with_model(
+        variants=[{"name": "baseline"}, {"name": "int8"}],
+        traffic=[{"variant": "baseline", "weight": 50}, {"variant": "int8", "weight": 50}],
+        autoscaling={"brownout": {"latencyObjectiveMs": 200}}),
+     "without variant the operator chooses among the variants other than the stable one"),
 ]
 
 
@@ -254,3 +287,17 @@ def test_valid_brownout_is_accepted_and_shown(cluster: lc.Cluster, ns: str) -> N
     table = cluster.kubectl_run("get", "msv", "brownout", "-n", ns).stdout
     assert "REPLICAS" in table and "BROWNOUT" in table
     cluster.kubectl_run("delete", "modelservice", "brownout", "-n", ns)
+
+
+def test_brownout_left_to_the_operator_is_accepted(cluster: lc.Cluster, ns: str) -> None:
+    body = modelservice(
+        "brownout-chosen", ns, model=MODEL,
+        variants=[{"name": "baseline"}, {"name": "int8"}, {"name": "fp16"}],
+        traffic={"baseline": 100},
+        autoscaling={"minReplicas": 1, "maxReplicas": 3, "brownout": {
+            "candidates": ["fp16", "int8"], "minAgreement": 0.95, "latencyObjectiveMs": 250}})
+    cluster.kubectl_run("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(body))
+    ms = cluster.kubectl_json("get", "modelservice", "brownout-chosen", "-n", ns)
+    assert ms["spec"]["autoscaling"]["brownout"]["candidates"] == ["fp16", "int8"]
+    assert "variant" not in ms["spec"]["autoscaling"]["brownout"]
+    cluster.kubectl_run("delete", "modelservice", "brownout-chosen", "-n", ns)

@@ -96,6 +96,33 @@ def test_parser_applies_the_defaults() -> None:
     assert parsed.autoscaling.brownout.release_seconds == 120.0
 
 
+def test_crd_brownout_choice_fields_match_the_parser() -> None:
+    """Variant optional; candidates and minAgreement bounded as parse_brownout checks them,
+    with admission rules for what the parser refuses across fields."""
+    s = _crd_schema()
+    b = _at(s, "autoscaling.brownout")
+    assert b["required"] == ["latencyObjectiveMs"]
+    props = b["properties"]
+    assert props["candidates"]["maxItems"] == _at(s, "variants")["maxItems"]
+    assert props["candidates"]["x-kubernetes-list-type"] == "set"
+    assert props["candidates"]["items"]["maxLength"] == props["variant"]["maxLength"]
+    assert (props["minAgreement"]["minimum"], props["minAgreement"]["maximum"]) == (0, 1)
+    rules = [r["message"] for r in b["x-kubernetes-validations"]] + [
+        r["message"] for r in s["x-kubernetes-validations"]]
+    for fragment in ("not both", "minAgreement applies only when the operator chooses",
+                     "candidates: every entry must name a variant",
+                     "candidates must not name the stable variant",
+                     "without variant the operator chooses"):
+        assert any(fragment in m for m in rules), fragment
+    body = {"metadata": {"name": "m", "namespace": "n"}, "spec": {
+        "model": {"uri": "file:///m", "framework": "transformers", "task": "text-generation"},
+        "variants": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+        "autoscaling": {"brownout": {"latencyObjectiveMs": 100}}}}
+    parsed = spec.parse_spec(body)
+    assert parsed.autoscaling is not None and parsed.autoscaling.brownout is not None
+    assert parsed.autoscaling.brownout.candidates == ("b", "c")
+
+
 def test_docs_carry_the_capability_table() -> None:
     text = (ROOT / "docs" / "optimization.md").read_text()
     assert capabilities.markdown_table() in text, (
