@@ -35,11 +35,14 @@ SPEC = parse_spec(body())
 
 
 def good(requests: float = 100, p95: float = 10.0, errors: float = 0.0,
-         agreement: float | None = 1.0, stable_p95: float | None = 10.0) -> ro.Sample:
+         agreement: float | None = 1.0, stable_p95: float | None = 10.0,
+         compared: float | None = 1000) -> ro.Sample:
+    """A sample; by default its agreement rests on enough comparisons to decide at 0.99."""
     return ro.Sample(
         variants={"baseline": ro.VariantMetrics(p95_ms=stable_p95, rps=5.0, error_rate=0.0),
                   "int8": ro.VariantMetrics(p95_ms=p95, rps=1.0, error_rate=errors,
-                                            agreement=agreement)},
+                                            agreement=agreement,
+                                            agreement_samples=compared)},
         step_requests={"int8": requests})
 
 
@@ -292,7 +295,7 @@ def test_at_100_percent_the_last_stable_measurements_stand_in() -> None:
     d = step(st, 15, good(stable_p95=None, agreement=None), spec=spec)
     assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "NoData"
     st2 = dict(d.status, phase=ro.PROGRESSING, reason="",
-               reference={"stableP95Ms": 10.0, "agreement": 1.0})
+               reference={"stableP95Ms": 10.0, "agreement": 1.0, "agreementSamples": 1000})
     d2 = step(st2, 30, good(stable_p95=None, agreement=None), spec=spec)
     assert d2.status is not None and d2.status["lastAnalysis"]["verdict"] == "Passed"
 
