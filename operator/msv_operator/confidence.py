@@ -45,7 +45,9 @@ def wilson(p: float, n: float, z: float) -> tuple[float, float]:
     denominator = 1.0 + z2 / n
     centre = (p + z2 / (2.0 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if p == 0.0 else max(0.0, centre - half)  # exact at the ends, no rounding dust
+    high = 1.0 if p == 1.0 else min(1.0, centre + half)
+    return low, high
 
 
 def decide(p: float, n: float, threshold: float, z: float) -> bool | None:
