@@ -11,8 +11,8 @@ therefore lies outside the interval exactly when ``n >= z**2 * t * (1 - t) / (p 
 
 Each comparison is one observation in [0, 1]: 1 or 0 for a classification row (top label
 equal or not), a fraction for a generation (the share of equal tokens) or a raw tensor (the
-share of close elements). The interval is exact in its assumptions for the 1/0 rows. For
-fractions it is an approximation that errs on the careful side: an observation in [0, 1] with
+share of close elements). The Wilson interval is the standard one for a share of 1/0 rows.
+For fractions it is an approximation that errs on the careful side: an observation in [0, 1] with
 mean ``p`` has a variance of at most ``p * (1 - p)``, the variance of a 1/0 observation with
 that mean, which is the variance the interval assumes; so for fractional observations the
 interval is at least as wide as the normal approximation with their true variance would be.
