@@ -18,7 +18,10 @@ crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``
 because the metrics cannot be read (reason ``MetricsUnavailable``: never promote blind) or,
 without a gateway (``routed`` False), because the replica split cannot represent the next
 step's weight (reason ``ShareNotRepresentable``, ``shares.plan``: never claim a share that is
-not delivered); the last two resume by themselves once the obstacle is gone.
+not delivered); the last two resume by themselves once the obstacle is gone. The agreement
+gate judges a confidence interval on the measured agreement (``confidence``): while the
+interval still holds its threshold the analysis is ``Undecided`` and the step holds, without
+counting a failure.
 """
 
 from __future__ import annotations
