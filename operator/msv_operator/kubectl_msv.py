@@ -1,7 +1,8 @@
 """``kubectl msv``: a kubectl plugin (console script ``kubectl-msv``) to watch and steer rollouts.
 
 * ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
-  measured value against its threshold, the history) and the per-variant table, with each
+  measured value against its threshold, the agreement gate's confidence interval and the
+  comparisons it still needs, the history) and the per-variant table, with each
   variant's requested weight beside the share it actually receives, and for GPU variants
   where each runs, its memory (the estimate, then what its pods reserved), its cost per hour
   and per 1,000 requests and its mark on the Pareto frontier (``-w``: again every 2 s, a live
@@ -37,6 +38,7 @@ from msv_operator.state import (
     ABSENT,
     Analysis,
     BrownoutStatus,
+    Gate,
     RolloutStatus,
     VariantStatus,
     present,
@@ -148,6 +150,25 @@ def _pareto(v: VariantStatus) -> str | None:
     return f"{v.pareto} by {','.join(v.dominated_by)}" if v.dominated_by else v.pareto
 
 
+def _passed(g: Gate) -> str:
+    passed = present(g.passed)
+    if passed is None:
+        return "undecided" if present(g.value) is not None else "no data"
+    return "yes" if passed else "NO"
+
+
+def _interval(g: Gate) -> str:
+    """``agreement: 20 comparisons, 95% interval [0.8389, 1.0]; about 15 more needed``."""
+    level = "" if g.confidence is None else f"{g.confidence * 100:g}% "
+    text = f"  {g.name}: {g.samples} comparisons, {level}interval [{g.lower_bound}, " \
+           f"{g.upper_bound}]"
+    if g.samples_needed is ABSENT:
+        return text
+    needed = present(g.samples_needed)
+    return text + (f"; about {needed} more needed" if needed is not None else
+                   "; not reachable (the agreement is at or too close to the threshold)")
+
+
 def _rollout_lines(r: RolloutStatus, spec_rollout: Mapping[str, Any]) -> list[str]:
     """The rollout block: phase, steps, the last analysis's gates, the history."""
     steps = [int(s) for s in r.steps or ()]
@@ -175,9 +196,10 @@ def _rollout_lines(r: RolloutStatus, spec_rollout: Mapping[str, Any]) -> list[st
         if last.gates:
             lines += _table(
                 ["GATE", "VALUE", "THRESHOLD", "PASSED"],
-                [[g.name, present(g.value), f"{g.comparison} {g.threshold}",
-                  {True: "yes", False: "NO", None: "no data"}[present(g.passed)]]
+                [[g.name, present(g.value), f"{g.comparison} {g.threshold}", _passed(g)]
                  for g in last.gates])
+            lines += [_interval(g) for g in last.gates
+                      if g.samples is not None and present(g.value) is not None]
     if r.history:
         lines.append("History:")
         lines += _table(["TIME", "PHASE", "STEP", "MESSAGE"],

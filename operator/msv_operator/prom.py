@@ -108,6 +108,8 @@ class PrometheusAnalyzer:
             "errors": f'sum by ({VARIANT}) (rate({REQUESTS}{{{sel},{STATUS}=~"5.."}}[{w}]))',
             "agreement": f"sum by ({TARGET}) (rate({AGREEMENT}_sum{{{sel}}}[{w}])) / "
                          f"sum by ({TARGET}) (rate({AGREEMENT}_count{{{sel}}}[{w}]))",
+            # the comparisons behind it, in the same window: the gate's confidence interval
+            "agreementSamples": f"sum by ({TARGET}) (increase({AGREEMENT}_count{{{sel}}}[{w}]))",
             "parameters": f"max by ({VARIANT}) ({PARAMETERS}{{{sel}}})",
             "size": f"max by ({VARIANT}) ({SIZE}{{{sel}}})",
             "gpuMemory": f"max by ({VARIANT}) ({GPU_PEAK}{{{sel}}})",
@@ -125,6 +127,7 @@ class PrometheusAnalyzer:
             rps = self.prometheus.by(q["rps"], VARIANT)
             errors = self.prometheus.by(q["errors"], VARIANT)
             agreement = self.prometheus.by(q["agreement"], TARGET)
+            compared = self.prometheus.by(q["agreementSamples"], TARGET)
             parameters = self.prometheus.by(q["parameters"], VARIANT)
             size = self.prometheus.by(q["size"], VARIANT)
             gpu_memory = self.prometheus.by(q["gpuMemory"], VARIANT)
@@ -139,6 +142,7 @@ class PrometheusAnalyzer:
                 rps=total,
                 error_rate=(errors.get(v, 0.0) / total) if total else None,
                 agreement=agreement.get(v),
+                agreement_samples=compared.get(v),
                 parameters=parameters.get(v),
                 size_bytes=size.get(v),
                 gpu_memory_bytes=gpu_memory.get(v),

@@ -18,19 +18,23 @@ crash-loops) or ``Aborted`` (by annotation); ``Paused`` by annotation (reason ``
 because the metrics cannot be read (reason ``MetricsUnavailable``: never promote blind) or,
 without a gateway (``routed`` False), because the replica split cannot represent the next
 step's weight (reason ``ShareNotRepresentable``, ``shares.plan``: never claim a share that is
-not delivered); the last two resume by themselves once the obstacle is gone.
+not delivered); the last two resume by themselves once the obstacle is gone. The agreement
+gate judges a confidence interval on the measured agreement (``confidence``): while the
+interval still holds its threshold the analysis is ``Undecided`` and the step holds, without
+counting a failure.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from msv_contract.api import ANNOTATION_ROLLOUT_ACTION, ANNOTATION_ROLLOUT_PAUSED
-from msv_operator import shares
+from msv_operator import confidence, shares
 from msv_operator.conditions import rfc3339
 from msv_operator.spec import ModelServiceSpec, Rollout
 from msv_operator.state import (
@@ -90,7 +94,10 @@ class VariantMetrics:
     rps: float | None = None
     error_rate: float | None = None
     agreement: float | None = None
-    """Share of mirrored requests this variant answered like the stable variant(s)."""
+    """Mean agreement of the mirrored comparisons this variant answered, with the stable
+    variant(s) (each comparison scores 0..1)."""
+    agreement_samples: float | None = None
+    """The comparisons behind ``agreement`` (in the analysis window)."""
     parameters: float | None = None
     size_bytes: float | None = None
     gpu_memory_bytes: float | None = None
@@ -250,21 +257,61 @@ def _gate(name: str, value: float | None, threshold: float, comparison: str,
                 candidate_p95_ms=candidate_p95_ms, stable_p95_ms=stable_p95_ms, passed=passed)
 
 
+def _agreement_gate(value: float | None, samples: float | None, threshold: float,
+                    level: float) -> Gate:
+    """The agreement gate: passed when the low bound of the Wilson interval on ``value`` over
+    ``samples`` comparisons is at or above ``threshold``, failed when the high bound is below
+    it, undecided (``passed`` None with a value, and ``samples_needed``) in between; no data
+    without a value or without its count. ``samples`` counts whole comparisons (rounded
+    down: Prometheus's ``increase`` extrapolates)."""
+    if value is None or samples is None:
+        return Gate(name=GATE_AGREEMENT, value=None, threshold=threshold, comparison=">=",
+                    passed=None)
+    n = max(0, math.floor(samples))
+    z = confidence.z_score(level)
+    low, high = confidence.wilson(value, n, z)
+    gate = Gate(name=GATE_AGREEMENT, value=_round(value), threshold=threshold,
+                comparison=">=", samples=n, confidence=level, lower_bound=_round(low),
+                upper_bound=_round(high), passed=confidence.decide(value, n, threshold, z))
+    if gate.passed is None:
+        gate.samples_needed = confidence.samples_needed(value, n, threshold, z)
+    return gate
+
+
+def undecided(g: Gate) -> bool:
+    """A gate with a value that neither passed nor failed (the agreement gate's interval
+    still holds its threshold)."""
+    return present(g.passed) is None and present(g.value) is not None
+
+
+def agreement_evidence(cand: VariantMetrics, reference: Reference, stable_weight: int
+                       ) -> tuple[float | None, float | None]:
+    """(agreement, comparisons) the agreement gate judges: the candidate's measurement. While
+    the stable variant serves nothing (the 100% step) nothing new is mirrored and the window
+    only holds a fading remainder of earlier comparisons, so the reference (the last
+    measurement while the stable variant served) stands in; the window only when there is
+    no reference with its count."""
+    if stable_weight == 0 and reference.agreement is not None \
+            and reference.agreement_samples is not None:
+        return reference.agreement, reference.agreement_samples
+    return cand.agreement, cand.agreement_samples
+
+
 def evaluate(r: Rollout, sample: Sample, stable: str, stable_weight: int,
              reference: Reference) -> tuple[str, list[Gate], float]:
-    """(verdict, gates, candidate requests in the step). Verdict ``Passed``, ``Failed``,
-    ``Inconclusive`` (fewer than minRequests so far) or ``NoData`` (a gate has no value).
-    While the stable variant serves nothing (the 100% step) its last measured p95 and the
-    last measured agreement stand in (there is nothing new to compare)."""
+    """(verdict, gates, candidate requests in the step). Verdict ``Inconclusive`` (fewer than
+    minRequests so far), else ``NoData`` (a gate has no value), else ``Failed`` (a gate is
+    outside its threshold), else ``Undecided`` (the agreement gate's interval still holds its
+    threshold: the step waits for more comparisons), else ``Passed``. While the stable variant
+    serves nothing (the 100% step) its last measured p95 and agreement stand in (there is
+    nothing new to compare)."""
     a = r.analysis
     cand = sample.variants.get(r.candidate, VariantMetrics())
     base = sample.variants.get(stable, VariantMetrics())
     requests = float(sample.step_requests.get(r.candidate, 0.0))
     stable_p95 = base.p95_ms
-    agreement = cand.agreement
     if stable_weight == 0:
         stable_p95 = stable_p95 if stable_p95 is not None else reference.stable_p95_ms
-        agreement = agreement if agreement is not None else reference.agreement
     ratio = (cand.p95_ms / stable_p95 if cand.p95_ms is not None and stable_p95
              else None)
     gates = [
@@ -273,20 +320,39 @@ def evaluate(r: Rollout, sample: Sample, stable: str, stable_weight: int,
         _gate(GATE_ERRORS, _round(cand.error_rate), a.max_error_rate, "<="),
     ]
     if a.min_agreement is not None:
-        gates.append(_gate(GATE_AGREEMENT, _round(agreement), a.min_agreement, ">="))
+        agreement, samples = agreement_evidence(cand, reference, stable_weight)
+        gates.append(_agreement_gate(agreement, samples, a.min_agreement,
+                                     a.agreement_confidence))
     if requests < r.min_requests:
         return "Inconclusive", gates, requests
-    if any(g.passed is None for g in gates):
+    if any(present(g.value) is None for g in gates):
         return "NoData", gates, requests
-    if all(g.passed for g in gates):
-        return "Passed", gates, requests
-    return "Failed", gates, requests
+    if any(g.passed is False for g in gates):
+        return "Failed", gates, requests
+    if any(undecided(g) for g in gates):
+        return "Undecided", gates, requests
+    return "Passed", gates, requests
 
 
 def gate_text(g: Gate) -> str:
+    """``latency 1.35 (threshold <= 1.2)``; the agreement gate adds its interval."""
     value = present(g.value)
-    return f"{g.name} {'no data' if value is None else value} " \
+    text = f"{g.name} {'no data' if value is None else value} " \
            f"(threshold {g.comparison} {g.threshold})"
+    if g.samples is not None and value is not None:
+        level = "" if g.confidence is None else f"{g.confidence * 100:g}% "
+        text += f", {level}interval [{g.lower_bound}, {g.upper_bound}] over " \
+                f"{g.samples} comparisons"
+    return text
+
+
+def undecided_text(g: Gate) -> str:
+    """Why an undecided gate holds the step, and what moves it."""
+    needed = present(g.samples_needed)
+    more = (f"about {needed} more comparisons decide it if the agreement holds"
+            if needed is not None else
+            "not reachable: the agreement is at or too close to the threshold")
+    return f"{gate_text(g)}: undecided, {more}"
 
 
 # ---- the machine ---------------------------------------------------------------------------
@@ -494,7 +560,10 @@ def _progress(run: _Run, cand: Readiness, sample: Sample | None) -> float | None
     elif held:  # the step's gates no longer pass: the hold stands, its message too
         st.message = holding or st.message
         return a.interval_seconds
-    if elapsed >= r.step_seconds:
+    if elapsed >= r.step_seconds and last.verdict == "Undecided":
+        st.message = (f"step {run.step}/{len(r.steps)}: duration reached; holding for a "
+                      f"decided analysis: {last.message}")
+    elif elapsed >= r.step_seconds:
         st.message = (f"step {run.step}/{len(r.steps)}: duration reached; waiting for a "
                       f"passing analysis with at least {r.min_requests} candidate requests")
     since_last = seconds_since(last.time, now)
@@ -527,8 +596,10 @@ def _analyse(run: _Run, sample: Sample) -> None:
     cand = sample.variants.get(r.candidate, VariantMetrics())
     if base.p95_ms is not None:
         reference.stable_p95_ms = _round(base.p95_ms)
-    if cand.agreement is not None:
-        reference.agreement = _round(cand.agreement)
+    agreement, samples = agreement_evidence(cand, reference, weights.get(stable, 0))
+    if agreement is not None and samples is not None:
+        reference.agreement = _round(agreement)
+        reference.agreement_samples = max(0, math.floor(samples))
     if reference.to_dict():
         st.reference = reference
     if verdict == "NoData":
@@ -547,6 +618,10 @@ def _analyse(run: _Run, sample: Sample) -> None:
         return
     if verdict == "Passed":
         st.message = f"step {run.step}/{len(r.steps)}: every gate holds"
+        return
+    if verdict == "Undecided":  # neither a pass nor a failure: the step holds
+        record.message = "; ".join(undecided_text(g) for g in gates if undecided(g))
+        st.message = f"step {run.step}/{len(r.steps)}: holding: {record.message}"
         return
     failed = [g for g in gates if g.passed is False]
     failures = (st.failures or 0) + 1

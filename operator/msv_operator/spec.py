@@ -91,8 +91,10 @@ ROLLOUT_DEFAULTS: Mapping[str, Any] = {
 """``spec.rollout``."""
 ANALYSIS_DEFAULTS: Mapping[str, Any] = {
     "interval": "15s", "window": "1m", "maxLatencyRatio": 1.2, "maxErrorRate": 0.01,
-    "minAgreement": 0.99, "mirrorPercent": 10, "failureLimit": 2}
+    "minAgreement": 0.99, "agreementConfidence": 0.95, "mirrorPercent": 10, "failureLimit": 2}
 """``spec.rollout.analysis``."""
+AGREEMENT_CONFIDENCE_RANGE = (0.8, 0.999)
+"""``spec.rollout.analysis.agreementConfidence``: the allowed confidence levels (inclusive)."""
 GATEWAY_RETRY_DEFAULTS: Mapping[str, Any] = {"attempts": 2, "codes": (503,)}
 """``spec.gateway.retry`` (``backoff``: none unless set, the gateway's own; ``budget``: the
 defaults below)."""
@@ -169,7 +171,11 @@ class Analysis:
     max_error_rate: float = ANALYSIS_DEFAULTS["maxErrorRate"]
     """Share of the candidate's requests answered 5xx must stay at or below this."""
     min_agreement: float | None = ANALYSIS_DEFAULTS["minAgreement"]
-    """Share of mirrored requests the candidate answers like the stable variant; None: no gate."""
+    """Share of mirrored comparisons the candidate answers like the stable variant, as the low
+    bound of a confidence interval must show it (below 1: no finite sample shows 1); None: no
+    gate."""
+    agreement_confidence: float = ANALYSIS_DEFAULTS["agreementConfidence"]
+    """Confidence level of the agreement gate's interval (``confidence.wilson``)."""
     mirror_percent: int = ANALYSIS_DEFAULTS["mirrorPercent"]
     failure_limit: int = ANALYSIS_DEFAULTS["failureLimit"]
     """Failed analyses tolerated; one more rolls the candidate back (Argo Rollouts' meaning)."""
@@ -403,9 +409,16 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
         max_error_rate=_ratio(a["maxErrorRate"], f"{where}.maxErrorRate", 0.0, 1.0),
         min_agreement=None if min_agreement is None or min_agreement == 0 else _ratio(
             min_agreement, f"{where}.minAgreement", 0.0, 1.0),
+        agreement_confidence=_ratio(a["agreementConfidence"], f"{where}.agreementConfidence",
+                                    *AGREEMENT_CONFIDENCE_RANGE),
         mirror_percent=_int(a["mirrorPercent"], f"{where}.mirrorPercent", 0, 100),
         failure_limit=_int(a["failureLimit"], f"{where}.failureLimit", 0, 100),
     )
+    if analysis.min_agreement == 1.0:
+        raise InvalidSpecError(
+            f"{where}.minAgreement: 1 cannot be shown by any number of mirrored requests (the "
+            "gate passes when a confidence bound clears it, docs/rollouts.md); use a value "
+            "below 1, such as 0.999")
     if analysis.min_agreement is not None and analysis.mirror_percent == 0:
         raise InvalidSpecError(
             f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "

@@ -179,8 +179,17 @@ class Gate(_Record):
     candidate_p95_ms: float | Absent | None = field(default=ABSENT, metadata=_NULLABLE)
     """The latency gate only, like ``stable_p95_ms``."""
     stable_p95_ms: float | Absent | None = field(default=ABSENT, metadata=_NULLABLE)
+    samples: int | None = None
+    """The agreement gate only, like the fields below: the comparisons in the window."""
+    confidence: float | None = None
+    lower_bound: float | None = None
+    """The confidence interval on ``value`` (``confidence.wilson``)."""
+    upper_bound: float | None = None
+    samples_needed: int | Absent | None = field(default=ABSENT, metadata=_NULLABLE)
+    """While undecided: the further comparisons after which the interval clears the threshold
+    if ``value`` holds; None: not reachable (``value`` is at or too close to the threshold)."""
     passed: bool | Absent | None = field(default=ABSENT, metadata=_NULLABLE)
-    """None: no data."""
+    """None: no data, or (with a value) undecided."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,7 +200,7 @@ class Analysis(_Record):
     time: str | None = None
     step: int | None = None
     verdict: str | None = None
-    """``Passed``, ``Failed``, ``Inconclusive`` or ``NoData``."""
+    """``Passed``, ``Failed``, ``Inconclusive``, ``Undecided`` or ``NoData``."""
     message: str | None = None
     requests: int | None = None
     min_requests: int | None = None
@@ -206,6 +215,8 @@ class Reference(_Record):
 
     stable_p95_ms: float | None = None
     agreement: float | None = None
+    agreement_samples: int | None = None
+    """The comparisons ``agreement`` was measured over."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ size back exactly as recorded, and the rollout gates must judge them.
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import threading
@@ -134,11 +135,12 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
         s = analyzer.sample(NAMESPACE, MODEL, ["baseline", "int8"], 10, 10)
         ready = s.error is None and all(
             m.p95_ms is not None and m.rps for m in s.variants.values()) \
-            and s.variants["int8"].agreement is not None
+            and s.variants["int8"].agreement is not None \
+            and (s.variants["int8"].agreement_samples or 0) >= 2000  # enough to decide
         return s if ready else None
 
-    sample = wait_for("Prometheus to have two scrapes of both targets", complete, timeout=90,
-                      interval=0.5)
+    sample = wait_for("Prometheus to have scrapes of both targets and 2,000 comparisons",
+                      complete, timeout=90, interval=0.5)
 
     base, int8 = sample.variants["baseline"], sample.variants["int8"]
     # every observation in one bucket: histogram_quantile interpolates to 95% of the bucket
@@ -148,6 +150,10 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
     assert base.error_rate == 0.0
     assert int8.agreement == pytest.approx(0.98, abs=0.005)
     assert base.agreement is None
+    # 50 comparisons every 0.1 s: at most about 5,000 in the 10 s window (increase()
+    # extrapolates, and the window may still be filling)
+    assert 2000 <= (int8.agreement_samples or 0) <= 5000 * 1.3
+    assert base.agreement_samples is None
     assert int8.size_bytes == 6000 and base.size_bytes == 17544 and int8.parameters == 4386
     assert (int8.rps or 0) > 0 and (base.rps or 0) > 0  # rate() extrapolates: no exact value
     assert sample.step_requests["int8"] > 0
@@ -164,6 +170,9 @@ def test_analysis_reads_back_what_the_servers_recorded_and_the_gates_judge_it(
     assert by_name["latency"].passed is False
     assert by_name["errorRate"].passed is False
     assert by_name["agreement"].passed is False
+    # 0.98 over thousands of comparisons: the interval's high bound is below 0.99
+    assert by_name["agreement"].samples == math.floor(int8.agreement_samples or 0)
+    assert (by_name["agreement"].upper_bound or 1.0) < 0.99
 
 
 def test_a_query_prometheus_refuses_is_a_typed_error(prometheus: tuple[str, Exporters]) -> None:

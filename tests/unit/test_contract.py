@@ -79,6 +79,26 @@ def test_crd_descriptions_state_the_parser_defaults(path: str, defaults: Mapping
         assert _default_in(props[field]["description"]) == shown, f"spec.{path}.{field}"
 
 
+def test_crd_bounds_the_agreement_gate_as_the_parser_does() -> None:
+    props = _at(_crd_schema(), "rollout.analysis")["properties"]
+    confidence = props["agreementConfidence"]
+    assert (confidence["minimum"], confidence["maximum"]) == spec.AGREEMENT_CONFIDENCE_RANGE
+    # no finite sample shows an agreement of 1: both refuse it
+    assert props["minAgreement"]["maximum"] == 1 and props["minAgreement"]["exclusiveMaximum"]
+    body = {"metadata": {"name": "m", "namespace": "n"}, "spec": {
+        "model": {"uri": "file:///m", "framework": "transformers", "task": "text-generation"},
+        "variants": [{"name": "a"}, {"name": "b"}],
+        "traffic": [{"variant": "a", "weight": 100}],
+        "rollout": {"candidate": "b", "analysis": {"minAgreement": 1}}}}
+    with pytest.raises(spec.InvalidSpecError, match=r"^spec\.rollout\.analysis\.minAgreement"):
+        spec.parse_spec(body)
+    lo, hi = spec.AGREEMENT_CONFIDENCE_RANGE
+    for level in (lo, hi):
+        body["spec"]["rollout"]["analysis"] = {"agreementConfidence": level}
+        parsed = spec.parse_spec(body).rollout
+        assert parsed is not None and parsed.analysis.agreement_confidence == level
+
+
 def test_parser_applies_the_defaults() -> None:
     body = {"metadata": {"name": "m", "namespace": "n"}, "spec": {
         "model": {"uri": "file:///m", "framework": "transformers", "task": "text-generation"},

@@ -74,6 +74,35 @@ def test_get_shows_steps_weights_gates_history_and_variants() -> None:
     assert "300.0MiB" in base and "210" in base
 
 
+def test_get_shows_the_agreement_interval_and_the_comparisons_still_needed() -> None:
+    gates = [{"name": "latency", "value": 1.0, "threshold": 1.2, "comparison": "<=",
+              "passed": True},
+             {"name": "agreement", "value": 1.0, "threshold": 0.9, "comparison": ">=",
+              "samples": 20, "confidence": 0.95, "lowerBound": 0.8389, "upperBound": 1.0,
+              "samplesNeeded": 15, "passed": None}]
+    rollout = {**RECORDED["status"]["rollout"],
+               "lastAnalysis": {"time": "2026-11-30T14:00:00Z", "step": 2,
+                                "verdict": "Undecided", "requests": 73, "minRequests": 50,
+                                "gates": gates}}
+    ms = {**RECORDED, "status": {**RECORDED["status"], "rollout": rollout}}
+    lines = plugin.render(ms).splitlines()
+    assert "Last analysis 2026-11-30T14:00:00Z (step 2): Undecided, 73/50 candidate " \
+           "requests" in lines
+    row = next(line for line in lines if line.strip().startswith("agreement "))
+    assert row.split() == ["agreement", "1.0", ">=", "0.9", "undecided"]
+    assert "  agreement: 20 comparisons, 95% interval [0.8389, 1.0]; about 15 more needed" \
+        in lines
+    gates[1] = {**gates[1], "value": 0.9, "samplesNeeded": None}
+    out = plugin.render(ms)
+    assert "; not reachable (the agreement is at or too close to the threshold)" in out
+    gates[1] = {**gates[1], "passed": True, "samples": 400, "lowerBound": 0.95}
+    del gates[1]["samplesNeeded"]
+    lines = plugin.render(ms).splitlines()
+    assert "  agreement: 400 comparisons, 95% interval [0.95, 1.0]" in lines
+    assert next(line for line in lines
+                if line.strip().startswith("agreement ")).split()[-1] == "yes"
+
+
 def test_get_shows_the_brownout_replicas_and_a_blind_autoscaler() -> None:
     ms = {**RECORDED,
           "spec": {"autoscaling": {"maxReplicas": 2, "brownout": {"variant": "int8"}}},

@@ -58,6 +58,8 @@ def recorded(query: str) -> tuple[int, dict[str, Any]]:
         return 200, vector(({"variant": "baseline"}, "0.010"), ({"variant": "int8"}, "0.012"))
     if "status=~" in query:
         return 200, vector(({"variant": "int8"}, "0.05"))
+    if query.startswith("sum by (target) (increase(model_server_mirror_agreement_count"):
+        return 200, vector(({"target": "int8"}, "240.6"))  # increase() extrapolates
     if "increase(" in query:
         return 200, vector(({"variant": "int8"}, "120"), ({"variant": "baseline"}, "900"))
     if "sum by (variant) (rate(model_server_requests_total" in query:
@@ -84,6 +86,10 @@ def test_analyzer_turns_answers_into_a_sample(server: tuple[str, list[str], list
     assert int8.p95_ms == pytest.approx(12.0) and base.p95_ms == pytest.approx(10.0)
     assert int8.error_rate == pytest.approx(0.05) and base.error_rate == 0.0
     assert int8.agreement == pytest.approx(0.995) and base.agreement is None
+    # the comparisons behind the agreement, over the same window, for its confidence bound
+    assert int8.agreement_samples == pytest.approx(240.6) and base.agreement_samples is None
+    assert any(q.startswith("sum by (target) (increase(model_server_mirror_agreement_count{")
+               and q.endswith("[60s]))") for q in seen)
     assert int8.size_bytes == 5000 and int8.parameters == 4386
     assert int8.gpu_memory_bytes == 15 * 2**30 and base.gpu_memory_bytes is None
     assert any(q.startswith("max by (variant) (model_server_gpu_memory_peak_bytes{") for q in seen)
@@ -103,7 +109,7 @@ def test_no_step_query_outside_a_rollout(server: tuple[str, list[str], list[Answ
     url, seen, _ = server
     sample = prom.PrometheusAnalyzer(prom.Prometheus(url)).sample("ml", "m", ["a"], 60, None)
     assert sample.error is None and sample.step_requests == {"a": 0.0}
-    assert not any("increase(" in q for q in seen)
+    assert not any(f"increase({prom.REQUESTS}" in q for q in seen)  # no step query
     assert sample.variants["a"] == prom.VariantMetrics()
 
 

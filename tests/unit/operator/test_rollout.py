@@ -35,11 +35,14 @@ SPEC = parse_spec(body())
 
 
 def good(requests: float = 100, p95: float = 10.0, errors: float = 0.0,
-         agreement: float | None = 1.0, stable_p95: float | None = 10.0) -> ro.Sample:
+         agreement: float | None = 1.0, stable_p95: float | None = 10.0,
+         compared: float | None = 1000) -> ro.Sample:
+    """A sample; by default its agreement rests on enough comparisons to decide at 0.99."""
     return ro.Sample(
         variants={"baseline": ro.VariantMetrics(p95_ms=stable_p95, rps=5.0, error_rate=0.0),
                   "int8": ro.VariantMetrics(p95_ms=p95, rps=1.0, error_rate=errors,
-                                            agreement=agreement)},
+                                            agreement=agreement,
+                                            agreement_samples=compared)},
         step_requests={"int8": requests})
 
 
@@ -77,6 +80,7 @@ def test_parse_rollout_defaults_and_durations() -> None:
     assert r is not None
     assert r.steps == (5, 100) and r.step_seconds == 120 and r.analysis.interval_seconds == 15
     assert r.analysis.failure_limit == 1 and r.analysis.min_agreement == 0.99
+    assert r.analysis.agreement_confidence == 0.95
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -292,9 +296,131 @@ def test_at_100_percent_the_last_stable_measurements_stand_in() -> None:
     d = step(st, 15, good(stable_p95=None, agreement=None), spec=spec)
     assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "NoData"
     st2 = dict(d.status, phase=ro.PROGRESSING, reason="",
-               reference={"stableP95Ms": 10.0, "agreement": 1.0})
+               reference={"stableP95Ms": 10.0, "agreement": 1.0, "agreementSamples": 1000})
     d2 = step(st2, 30, good(stable_p95=None, agreement=None), spec=spec)
     assert d2.status is not None and d2.status["lastAnalysis"]["verdict"] == "Passed"
+
+
+# ---- the agreement gate's confidence interval ---------------------------------------------
+
+AT_90 = parse_spec(body(analysis={"minAgreement": 0.9, "failureLimit": 1}))
+
+
+def agreement_gate(d: ro.Decision) -> dict[str, Any]:
+    assert d.status is not None
+    return next(g for g in d.status["lastAnalysis"]["gates"] if g["name"] == "agreement")
+
+
+def test_twenty_perfect_comparisons_leave_the_gate_undecided_with_what_it_needs() -> None:
+    st = step(None, 0, spec=AT_90).status
+    d = step(st, 15, good(agreement=1.0, compared=20), spec=AT_90)
+    assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "Undecided"
+    g = agreement_gate(d)
+    assert g["passed"] is None and g["value"] == 1.0 and g["samples"] == 20
+    assert g["lowerBound"] == pytest.approx(0.8389, abs=1e-4) and g["upperBound"] == 1.0
+    assert g["confidence"] == 0.95 and g["threshold"] == 0.9
+    assert g["samplesNeeded"] == 15  # 35 comparisons at 100% put the low bound above 0.9
+    assert "15 more comparisons" in d.status["message"]
+    assert "[0.8389, 1.0] over 20 comparisons" in d.status["message"]
+    assert d.status["failures"] == 0 and d.events == []
+
+
+@pytest.mark.parametrize(("agreement", "compared", "verdict", "passed"), [
+    (0.97, 200, "Passed", True), (0.5, 200, "Failed", False), (1.0, 35, "Passed", True),
+    (1.0, 34, "Undecided", None)])
+def test_fixed_counts_decide_on_the_bounds(agreement: float, compared: int, verdict: str,
+                                          passed: bool | None) -> None:
+    st = step(None, 0, spec=AT_90).status
+    d = step(st, 15, good(agreement=agreement, compared=compared), spec=AT_90)
+    assert d.status is not None and d.status["lastAnalysis"]["verdict"] == verdict
+    g = agreement_gate(d)
+    assert g["passed"] is passed and g["samples"] == compared
+    assert ("samplesNeeded" in g) is (passed is None)
+    if passed is True:
+        assert g["lowerBound"] >= 0.9
+    if passed is False:
+        assert g["upperBound"] < 0.9 and d.status["failures"] == 1
+
+
+def test_an_undecided_gate_holds_the_step_without_counting_a_failure() -> None:
+    st = progressing()
+    t, d = 0.0, None
+    for _ in range(12):  # three minutes of undecided analyses, three times stepDuration
+        t += 15
+        d = step(st, t, good(agreement=1.0, compared=100))
+        assert d.status is not None
+        st = d.status
+        assert st["phase"] == ro.PROGRESSING and st["step"] == 1 and st["failures"] == 0
+        assert st["lastAnalysis"]["verdict"] == "Undecided"
+        assert d.weights == {"baseline": 90, "int8": 10} and d.events == []
+    assert d is not None and d.status is not None
+    assert "duration reached" in d.status["message"]
+    assert "281 more comparisons" in d.status["message"]  # 381 at 100% decide 0.99
+    g = agreement_gate(d)
+    assert g["samplesNeeded"] == 281 and g["passed"] is None
+    # as comparisons accumulate the estimate falls, then a decided analysis moves on
+    nearer = step(st, t + 15, good(agreement=1.0, compared=300))
+    assert agreement_gate(nearer)["samplesNeeded"] == 81
+    enough = step(nearer.status, t + 30, good(agreement=1.0, compared=381))
+    assert enough.status is not None and enough.status["step"] == 2
+    assert enough.status["lastAnalysis"]["verdict"] == "Passed"
+
+
+def test_undecided_never_rolls_back_but_a_decided_failure_beside_it_counts() -> None:
+    st = progressing()
+    d = step(st, 15, good(agreement=0.99, compared=500))  # at the threshold: not reachable
+    g = agreement_gate(d)
+    assert g["passed"] is None and g["samplesNeeded"] is None
+    assert d.status is not None and "not reachable" in d.status["message"]
+    d = step(d.status, 30, good(p95=20.0, agreement=0.99, compared=500))
+    assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "Failed"
+    assert d.status["failures"] == 1
+    assert [e[1] for e in d.events] == ["AnalysisFailed"]
+
+
+def test_an_agreement_without_its_count_is_no_data() -> None:
+    st = progressing()
+    d = step(st, 15, good(agreement=1.0, compared=None))
+    assert d.status is not None and d.status["reason"] == ro.METRICS_UNAVAILABLE
+    assert agreement_gate(d)["value"] is None
+
+
+def test_at_100_percent_the_fading_window_does_not_replace_the_reference() -> None:
+    spec = parse_spec(body(steps=[50, 100]))
+    st = step(None, 0, spec=spec).status
+    d = step(st, 15, good(agreement=1.0, compared=400), spec=spec)
+    d = step(d.status, 61, good(agreement=1.0, compared=400), spec=spec)
+    assert d.status is not None and d.status["step"] == 2 and d.weights["int8"] == 100
+    assert d.status["reference"]["agreementSamples"] == 400
+    # nothing is mirrored any more: the window holds fewer and fewer earlier comparisons
+    d2 = step(d.status, 76, good(agreement=1.0, compared=60, stable_p95=None), spec=spec)
+    assert d2.status is not None and d2.status["lastAnalysis"]["verdict"] == "Passed"
+    assert agreement_gate(d2)["samples"] == 400
+    assert d2.status["reference"] == d.status["reference"]
+
+
+def test_a_higher_confidence_asks_for_more_comparisons() -> None:
+    strict = parse_spec(body(analysis={"minAgreement": 0.9, "agreementConfidence": 0.999}))
+    assert strict.rollout is not None and strict.rollout.analysis.agreement_confidence == 0.999
+    usual = step(step(None, 0, spec=AT_90).status, 15, good(agreement=0.97, compared=100),
+                 spec=AT_90)
+    assert agreement_gate(usual)["passed"] is True
+    st = step(None, 0, spec=strict).status
+    d = step(st, 15, good(agreement=0.97, compared=100), spec=strict)
+    assert agreement_gate(d)["passed"] is None and agreement_gate(d)["confidence"] == 0.999
+    assert agreement_gate(d)["samplesNeeded"] == 99  # 199 in all, against 71 at 0.95
+
+
+@pytest.mark.parametrize(("analysis", "message"), [
+    ({"minAgreement": 1}, "1 cannot be shown"),
+    ({"agreementConfidence": 0.5}, "outside"),
+    ({"agreementConfidence": 1}, "outside"),
+    ({"agreementConfidence": "high"}, "expected a number"),
+])
+def test_bad_agreement_settings_name_the_field(analysis: dict[str, Any], message: str) -> None:
+    field = "spec.rollout.analysis." + next(iter(analysis))
+    with pytest.raises(InvalidSpecError, match="^" + re.escape(field) + ".*" + message):
+        parse_spec(body(analysis=analysis))
 
 
 def test_pause_annotation_holds_weights_and_resume_restarts_the_step() -> None:

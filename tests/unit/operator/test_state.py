@@ -98,10 +98,11 @@ def rollout_body(steps: list[int]) -> dict[str, Any]:
 
 
 def sample(p95: float | None = 10.0, agreement: float | None = 1.0, stable: float | None = 10.0,
-           requests: float = 100) -> ro.Sample:
+           requests: float = 100, compared: float = 1000) -> ro.Sample:
     return ro.Sample(variants={"baseline": ro.VariantMetrics(p95_ms=stable, error_rate=0.0),
                                "int8": ro.VariantMetrics(p95_ms=p95, error_rate=0.0,
-                                                         agreement=agreement)},
+                                                         agreement=agreement,
+                                                         agreement_samples=compared)},
                      step_requests={"int8": requests})
 
 
@@ -110,7 +111,8 @@ def rollout_statuses() -> list[dict[str, Any]]:
     ready = {"baseline": ro.Readiness(1), "int8": ro.Readiness(1)}
     not_ready = {"baseline": ro.Readiness(1), "int8": ro.Readiness(0)}
     script: list[tuple[float, ro.Sample | None, dict[str, str]]] = [
-        (0, None, {}), (1, None, {}), (15, sample(), {}), (30, sample(agreement=None), {}),
+        (0, None, {}), (1, None, {}), (15, sample(), {}), (20, sample(compared=20), {}),
+        (25, sample(agreement=0.99, compared=5000), {}), (30, sample(agreement=None), {}),
         (45, ro.Sample(error="Prometheus unreachable"), {}), (61, sample(requests=10), {}),
         (76, sample(p95=20.0), {}), (90, sample(), {ro.ANNOTATION_PAUSED: "true"}),
         (100, None, {}), (115, sample(), {}), (180, sample(), {}),
@@ -218,8 +220,12 @@ def test_every_stored_status_round_trips(kind: Any, dicts: list[dict[str, Any]])
 def test_the_machines_wrote_what_the_round_trips_need() -> None:
     """The generated cases hold what makes a round trip hard (else the test above is weak)."""
     last = [st["lastAnalysis"] for st in ROLLOUTS if "lastAnalysis" in st]
-    assert {a["verdict"] for a in last} >= {"Passed", "Failed", "Inconclusive", "NoData"}
+    assert {a["verdict"] for a in last} >= {"Passed", "Failed", "Inconclusive", "Undecided",
+                                            "NoData"}
     assert any(g["value"] is None for a in last for g in a["gates"])
+    needed = [g["samplesNeeded"] for a in last for g in a["gates"] if "samplesNeeded" in g]
+    assert None in needed and any(isinstance(n, int) for n in needed)
+    assert any("agreementSamples" in st.get("reference", {}) for st in ROLLOUTS)
     assert any(a["gates"] == [] for a in last)
     assert {st["phase"] for st in ROLLOUTS if "phase" in st} >= {
         "Pending", "Progressing", "Paused", "Promoted", "RolledBack"}
