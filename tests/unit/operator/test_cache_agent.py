@@ -318,3 +318,31 @@ def test_s3_credentials_travel_in_headers_and_sign_the_store_requests() -> None:
     assert "http://127.0.0.1:9" in src.identity  # another endpoint is another artifact
     assert mc.CREDENTIAL_HEADERS[mc.credential_header("AWS_SESSION_TOKEN")] == (
         "AWS_SESSION_TOKEN")
+
+
+def test_two_pulls_of_one_artifact_fetch_it_from_the_store_once(
+        tmp_path: Path, origin: str, agent: tuple[str, server.Agent]) -> None:
+    from model_server.pull import pull, pulled
+
+    url, _ = agent
+    uri, data = f"{origin}/model.tar.gz", _tarball()
+    (tmp_path / "store" / "model.tar.gz").write_bytes(data)
+    digest = sha(data)
+    first = pulled(pull(uri, tmp_path / "pod-1", sha256=digest, cache=url))
+    second = pulled(pull(uri, tmp_path / "pod-2", sha256=digest, cache=url))
+    assert (first["source"], second["source"]) == (mc.MISS, mc.HIT)
+    assert (first["storeBytes"], second["storeBytes"]) == (len(data), 0)
+    assert (tmp_path / "pod-2" / "config.json").read_text() == "{}"
+    assert _Origin.gets == ["/model.tar.gz"]
+
+
+def _tarball() -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tf:
+        info = tarfile.TarInfo("config.json")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"{}"))
+    return out.getvalue()
