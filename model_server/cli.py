@@ -47,6 +47,8 @@ EXIT_INVALID_SETTINGS = 2
 EXIT_LOAD_FAILED = 4
 SHUTDOWN_TIMEOUT_S = 10.0
 """After the drain: how long requests in flight may take before they are cancelled."""
+MODEL_CACHE_BYPASSED = "model cache bypassed"
+"""How a successful pull's termination message starts when the node's cache was not used."""
 TERMINATION_MESSAGE_MAX = 4096
 """Kubernetes keeps at most 4096 bytes of a termination message."""
 
@@ -206,15 +208,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     from model_server.logging import configure_logging
-    from model_server.pull import PullError, pull
+    from model_server.pull import PullError, pull, pulled
 
     configure_logging(args.log_format, "info")
     try:
-        pull(args.uri, args.dest, sha256=args.sha256, force=args.force)
+        dest = pull(args.uri, args.dest, sha256=args.sha256, force=args.force,
+                    cache=args.cache or None)
     except PullError as exc:
         log.error("Pull failed: %s", exc)
         write_termination_message(termination_log_path(), f"model pull failed: {exc}")
         return EXIT_PULL_FAILED
+    bypass = pulled(dest).get("cacheBypass")
+    if args.cache and bypass:
+        # The pod starts all the same; the message tells why the node's cache was not used.
+        write_termination_message(termination_log_path(), f"{MODEL_CACHE_BYPASSED}: {bypass}")
     return EXIT_OK
 
 
@@ -249,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--sha256", help="expected SHA-256 (hex) of the downloaded file or archive")
     pull.add_argument(
         "--force", action="store_true", help="replace a non-empty DEST that was not pulled here"
+    )
+    pull.add_argument(
+        "--cache", metavar="URL", default="",
+        help="the node's model cache agent (http://host:port): asked first, the store "
+             "directly when it cannot answer (the operator sets it with the chart's modelCache)",
     )
     pull.add_argument("--log-format", choices=["json", "text"], default="json")
     pull.set_defaults(func=_pull)

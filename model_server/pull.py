@@ -12,6 +12,16 @@ DEST. When DEST already exists as an empty directory (a volume mount point, whic
 replaced), the temporary directory is created inside it and its entries are moved in at
 the end; a marker file `.model-pull.json` is written last, so a re-run of the same pull is a
 no-op and an interrupted one is detected. On any error nothing is left at DEST.
+
+With ``cache`` (``--cache URL``: the node's model cache agent, docs/model-cache.md) the one
+file is asked of the agent first (``msv_contract.modelcache``: the URI, the pinned digest and
+the ``AWS_*`` credentials in request headers); an agent that is unreachable, refuses the
+artifact (a directory, a prefix) or sends bytes that do not match the digest it announces is
+logged and the pull goes to the store directly. Archives are unpacked and ``--sha256`` is
+checked the same either way. The marker records where the bytes came from: ``source``
+(cache-hit, cache-miss, bypassed, direct), ``storeBytes`` (read from the store, by the agent
+or here), ``cacheBytes`` (received from the agent), ``seconds`` and, when the cache could not
+be used, ``cacheBypass`` (the reason).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from msv_contract import modelcache as mc
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +216,73 @@ def _fetch_s3(uri: str, staging: Path) -> tuple[Path | None, str | None]:
     return None, None
 
 
+class _CacheUnavailable(Exception):
+    """The agent cannot give the artifact; the pull fetches it directly."""
+
+
+CACHE_CONNECT_TIMEOUT_S = 5.0
+CACHE_READ_TIMEOUT_S = 3600.0
+"""The agent answers a miss once it has the whole artifact: a long wait is not a failure (its
+own reads of the store time out when the store stalls)."""
+
+
+def _fetch_cache(cache: str, uri: str, sha256: str | None, staging: Path
+                 ) -> tuple[Path, str, dict[str, object]]:
+    """The artifact as one file from the agent at ``cache``; raises _CacheUnavailable."""
+    import httpx
+
+    headers = {mc.credential_header(v): os.environ[v] for v in mc.CREDENTIAL_ENV
+               if os.environ.get(v)}
+    params = {"uri": uri, **({"sha256": sha256} if sha256 else {})}
+    target = staging / _file_name(urlparse(uri).path)
+    timeout = httpx.Timeout(CACHE_READ_TIMEOUT_S, connect=CACHE_CONNECT_TIMEOUT_S)
+    url = cache.rstrip("/") + mc.ARTIFACT_PATH
+    try:
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=timeout) as answer:
+            if answer.status_code != 200:
+                answer.read()
+                raise _CacheUnavailable(
+                    f"the agent answered HTTP {answer.status_code}: {answer.text.strip()[:300]}")
+            length = answer.headers.get("content-length")
+            progress = _Progress(uri, int(length) if length and length.isdigit() else None)
+            digest = _write_stream(answer.iter_bytes(CHUNK), target, progress)
+            if length and length.isdigit() and progress.done != int(length):
+                raise _CacheUnavailable(f"the agent sent {progress.done} of {length} bytes")
+            announced = answer.headers.get(mc.SHA256_HEADER)
+            if announced and announced != digest:
+                raise _CacheUnavailable(f"the agent's bytes have sha256 {digest}, not the "
+                                        f"{announced} it announced")
+            source = answer.headers.get(mc.SOURCE_HEADER) or mc.MISS
+            store_bytes = answer.headers.get(mc.STORE_BYTES_HEADER)
+            record: dict[str, object] = {
+                "source": source if source in mc.SOURCES else mc.MISS,
+                "storeBytes": int(store_bytes) if store_bytes and store_bytes.isdigit()
+                else progress.done,
+                "cacheBytes": progress.done,
+            }
+            if answer.headers.get(mc.BYPASS_HEADER):
+                record["cacheBypass"] = answer.headers[mc.BYPASS_HEADER]
+    except httpx.HTTPError as exc:
+        raise _CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise PullError(f"{uri}: {exc}") from exc
+    log.info("Got %s from the model cache (%s)", uri, record["source"],
+             extra={"uri": uri, **record})
+    return target, digest, record
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _empty(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def checked_tar_members(tf: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
     """The members of ``tf`` if all are plain files, directories or links that stay inside
     ``root`` (what tarfile's "data" filter allows); raises PullError naming the first that is
@@ -245,8 +324,19 @@ def _unpack(archive: Path, staging: Path) -> None:
     archive.unlink()
 
 
-def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool = False) -> Path:
-    """Fetch `uri` into directory `dest` atomically; return `dest`. Raises PullError."""
+def pulled(dest: str | Path) -> dict[str, object]:
+    """What the marker of a finished pull into `dest` records (empty without one)."""
+    try:
+        data = json.loads((Path(dest) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool = False,
+         cache: str | None = None) -> Path:
+    """Fetch `uri` into directory `dest` atomically (through the model cache agent at
+    `cache` when given); return `dest`. Raises PullError."""
     dest = Path(dest)
     scheme = urlparse(uri).scheme
     fetchers = {"file": _fetch_file, "http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3}
@@ -269,7 +359,7 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
                 previous = json.loads(marker_file.read_text())
             except ValueError:
                 previous = None
-            if previous == marker:
+            if isinstance(previous, dict) and {k: previous.get(k) for k in marker} == marker:
                 log.info("Already pulled %s into %s", uri, dest, extra={"uri": uri})
                 return dest
         for stale in dest.glob(".pull-*"):
@@ -293,7 +383,29 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
     staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=parent))
     try:
         log.info("Pulling %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
-        single, digest = fetch(uri, staging)
+        started = time.monotonic()
+        record: dict[str, object] | None = None
+        single: Path | None = None
+        digest: str | None = None
+        if cache:
+            try:
+                single, digest, record = _fetch_cache(cache, uri, sha256, staging)
+            except _CacheUnavailable as exc:
+                log.warning("The model cache at %s was not used for %s (%s); pulling directly",
+                            cache, uri, exc, extra={"uri": uri})
+                _empty(staging)
+                record = {"cacheBypass": f"the agent was not used: {exc}"}
+            else:
+                if sha256 is not None and digest != sha256:
+                    log.warning("The model cache sent %s with sha256 %s, not %s; pulling "
+                                "directly", uri, digest, sha256, extra={"uri": uri})
+                    _empty(staging)
+                    record = {"cacheBypass": "the agent's bytes did not match --sha256"}
+        if record is None or "source" not in record:
+            single, digest = fetch(uri, staging)
+            record = {**(record or {}), "source": mc.DIRECT, "storeBytes": _tree_bytes(staging),
+                      "cacheBytes": 0}
+        record["seconds"] = round(time.monotonic() - started, 3)
         if sha256 is not None:
             if single is None:
                 raise PullError("--sha256 applies to a single file or archive, not a directory")
@@ -304,7 +416,7 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
             log.info("Verified sha256 of %s", uri, extra={"uri": uri, "sha256": digest})
         if single is not None and single.name.endswith(_ARCHIVES):
             _unpack(single, staging)
-        (staging / MARKER).write_text(json.dumps(marker))
+        (staging / MARKER).write_text(json.dumps({**marker, **record}))
         if in_place:
             entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER)
             for entry in entries:  # the marker moves last

@@ -197,8 +197,9 @@ def s3_url(bucket: str, key: str, access: S3Access, query: str = "") -> str:
 
 # ---- requests --------------------------------------------------------------------------------
 
-class _Failed(Exception):
-    """A request or a file the read cannot use; the message is the NotChecked reason."""
+class ReadFailed(Exception):
+    """A request or a file the read cannot use; the message is the NotChecked reason (the
+    model cache agent's reason too)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -206,28 +207,30 @@ class _Failed(Exception):
         """The HTTP status that answered, if one did."""
 
 
-def _check_host(url: str) -> None:
+def check_host(url: str) -> None:
+    """Raise ReadFailed when ``url``'s host does not resolve or resolves to a link-local,
+    unspecified or multicast address (also used by the model cache agent)."""
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError as exc:
-        raise _Failed(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        raise ReadFailed(f"cannot resolve {host}: {exc.strerror or exc}") from None
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if ip.is_link_local or ip.is_unspecified or ip.is_multicast:
-            raise _Failed(f"{host} resolves to {ip}, a link-local address (such as a cloud "
+            raise ReadFailed(f"{host} resolves to {ip}, a link-local address (such as a cloud "
                           "metadata endpoint); the operator does not read from it")
 
 
-class _Redirects(urllib.request.HTTPRedirectHandler):
+class CheckedRedirects(urllib.request.HTTPRedirectHandler):
     """Redirects of unsigned requests only, each target's host checked like the first."""
 
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                          headers: Any, newurl: str) -> urllib.request.Request | None:
         if req.has_header("Authorization"):
-            raise _Failed(f"the store redirected a signed request (HTTP {code}); the bucket "
+            raise ReadFailed(f"the store redirected a signed request (HTTP {code}); the bucket "
                           "may be in another region than the credentials' AWS_REGION")
-        _check_host(newurl)
+        check_host(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -244,13 +247,13 @@ class _Client:
     clock: Callable[[], float] = time.monotonic
     now: Callable[[], dt.datetime] = _utcnow
     opener: urllib.request.OpenerDirector = field(
-        default_factory=lambda: urllib.request.build_opener(_Redirects()))
+        default_factory=lambda: urllib.request.build_opener(CheckedRedirects()))
 
     def open(self, url: str, headers: Mapping[str, str] | None = None, signed: bool = False
              ) -> Any:
         if self.clock() > self.deadline:
-            raise _Failed("the artifact took longer than its read deadline")
-        _check_host(url)
+            raise ReadFailed("the artifact took longer than its read deadline")
+        check_host(url)
         sent = dict(headers or {})
         if signed and self.creds is not None and self.creds.signs:
             sent = sigv4_headers("GET", url, sent, self.creds, self.now())
@@ -258,12 +261,12 @@ class _Client:
         try:
             return self.opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _Failed(_http_error(url, exc), exc.code) from None
+            raise ReadFailed(_http_error(url, exc), exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError | socket.timeout):
                 reason = f"no answer within {self.timeout:g} s"
-            raise _Failed(f"cannot read {_where(url)}: {reason}") from None
+            raise ReadFailed(f"cannot read {_where(url)}: {reason}") from None
 
     def read(self, url: str, start: int, length: int, signed: bool) -> tuple[bytes, int | None]:
         """Bytes [start, start + length) of ``url`` (fewer at its end) and the file's size
@@ -272,7 +275,7 @@ class _Client:
             return b"", None
         try:
             answer = self.open(url, {"Range": f"bytes={start}-{start + length - 1}"}, signed)
-        except _Failed as exc:
+        except ReadFailed as exc:
             if exc.status == 416:  # the file ends before ``start``
                 return b"", None
             raise
@@ -289,14 +292,14 @@ class _Client:
         """A whole small file; None when the answer's status is one of ``missing``."""
         try:
             answer = self.open(url, signed=signed)
-        except _Failed as exc:
+        except ReadFailed as exc:
             if exc.status in missing:
                 return None
             raise
         with answer:
             data = _bounded(answer, limit + 1)
         if len(data) > limit:
-            raise _Failed(f"{_where(url)} is larger than {limit} bytes")
+            raise ReadFailed(f"{_where(url)} is larger than {limit} bytes")
         return data
 
     def stream(self, url: str, signed: bool) -> tuple[Iterator[bytes], int | None, Any]:
@@ -356,7 +359,7 @@ def _header(client: _Client, url: str, signed: bool, limit: int
             raise gpufit.HeaderError(f"the file ends {len(raw)} bytes into its {n}-byte header")
         return gpufit.parse_header(raw), size
     except gpufit.HeaderError as exc:
-        raise _Failed(f"{_where(url)}: {exc}") from None
+        raise ReadFailed(f"{_where(url)}: {exc}") from None
 
 
 def _config(client: _Client, url: str, signed: bool) -> Mapping[str, Any] | None:
@@ -372,9 +375,9 @@ def _json_object(data: bytes, where: str) -> Mapping[str, Any]:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _Failed(f"{where} is not JSON") from None
+        raise ReadFailed(f"{where} is not JSON") from None
     if not isinstance(doc, dict):
-        raise _Failed(f"{where} is not a JSON object")
+        raise ReadFailed(f"{where} is not a JSON object")
     return doc
 
 
@@ -387,12 +390,12 @@ def _sibling(url: str, name: str) -> str:
 def _shards(index: Mapping[str, Any], where: str) -> list[str]:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise _Failed(f"{where} has no weight_map")
+        raise ReadFailed(f"{where} has no weight_map")
     names = sorted({str(v) for v in weight_map.values()})
     if len(names) > MAX_SHARDS:
-        raise _Failed(f"{where} lists {len(names)} shards, more than {MAX_SHARDS}")
+        raise ReadFailed(f"{where} lists {len(names)} shards, more than {MAX_SHARDS}")
     if any("/" in n or n.startswith(".") for n in names):
-        raise _Failed(f"{where} names a shard outside its directory")
+        raise ReadFailed(f"{where} names a shard outside its directory")
     return names
 
 
@@ -415,7 +418,7 @@ def _file(client: _Client, uri: str, url: str, signed: bool, limit: int) -> Arti
         return _archive(client, uri, url, signed, limit)
     _, size = client.read(url, 0, 1, signed)
     if not size:
-        raise _Failed(f"{_where(url)} did not say its size")
+        raise ReadFailed(f"{_where(url)} did not say its size")
     return Artifact(uri, (), None, size)
 
 
@@ -430,21 +433,21 @@ def _s3(client: _Client, access: S3Access, uri: str, limit: int) -> Artifact:
     if key and not key.endswith("/"):
         try:
             return _file(client, uri, url(key), signed, limit)
-        except _Failed as exc:
+        except ReadFailed as exc:
             if exc.status != 404 or not str(exc).startswith(url(key)):
                 raise
         key += "/"  # no such object: a prefix, as the pull reads it
     query = f"list-type=2&prefix={_quote(key)}"
     listing = client.small(url("", query), signed, MAX_LISTING_BYTES)
     if listing is None:
-        raise _Failed(f"s3://{bucket}: no such bucket", 404)
+        raise ReadFailed(f"s3://{bucket}: no such bucket", 404)
     objects = _listed(listing, key)
     if not objects:
-        raise _Failed(f"{uri}: no objects found")
+        raise ReadFailed(f"{uri}: no objects found")
     files = {name: size for name, size in objects.items() if "/" not in name}
     shards = sorted(n for n in files if n.endswith(SAFETENSORS))
     if len(shards) > MAX_SHARDS:
-        raise _Failed(f"{uri} holds more than {MAX_SHARDS} safetensors files")
+        raise ReadFailed(f"{uri} holds more than {MAX_SHARDS} safetensors files")
     if not shards and len(files) == 1 and next(iter(files)).lower().endswith(TAR_SUFFIXES):
         return _archive(client, uri, url(key + next(iter(files))), signed, limit)
     headers = tuple(_header(client, url(key + n), signed, limit)[0] for n in shards)
@@ -457,7 +460,7 @@ def _listed(xml: bytes, prefix: str) -> dict[str, int]:
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
-        raise _Failed("the bucket listing is not XML") from None
+        raise ReadFailed("the bucket listing is not XML") from None
     out: dict[str, int] = {}
     for item in root.iter():
         if not item.tag.endswith("Contents"):
@@ -480,9 +483,9 @@ TAR_BLOCK = 512
 
 def tar_entry(block: bytes) -> tuple[str, int, bytes] | None:
     """(name, size, type) of a tar header block; None for the end-of-archive block;
-    ``_Failed`` when the block is not a tar header (bad checksum)."""
+    ``ReadFailed`` when the block is not a tar header (bad checksum)."""
     if len(block) < TAR_BLOCK:
-        raise _Failed("the archive ends inside a member header")
+        raise ReadFailed("the archive ends inside a member header")
     if block == bytes(TAR_BLOCK):
         return None
     stored = block[148:156].split(b"\0", 1)[0].strip()
@@ -491,7 +494,7 @@ def tar_entry(block: bytes) -> tuple[str, int, bytes] | None:
         if int(stored or b"-1", 8) != check:
             raise ValueError
     except ValueError:
-        raise _Failed("not a tar archive (a member header's checksum does not match)") from None
+        raise ReadFailed("not a tar archive (a member header's checksum does not match)") from None
     name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
     if block[257:262] == b"ustar":
         prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -625,7 +628,7 @@ def _archive(client: _Client, uri: str, url: str, signed: bool, limit: int) -> A
         with answer:
             for block in chunks:
                 if client.clock() > client.deadline:
-                    raise _Failed("the artifact took longer than its read deadline")
+                    raise ReadFailed("the artifact took longer than its read deadline")
                 read += len(block)
                 pending = block
                 while pending and not scan.enough and inflated < MAX_ARCHIVE_INFLATED:
@@ -640,11 +643,11 @@ def _archive(client: _Client, uri: str, url: str, signed: bool, limit: int) -> A
                         or inflated >= MAX_ARCHIVE_INFLATED):
                     break
     except zlib.error:
-        raise _Failed(f"{_where(url)} is not a gzip stream") from None
+        raise ReadFailed(f"{_where(url)} is not a gzip stream") from None
     except gpufit.HeaderError as exc:
-        raise _Failed(f"{_where(url)}: {exc}") from None
+        raise ReadFailed(f"{_where(url)}: {exc}") from None
     if not size:
-        raise _Failed(f"{_where(url)} did not say its size")
+        raise ReadFailed(f"{_where(url)} did not say its size")
     shard_names = [n for n, _ in scan.headers]
     complete = scan.ended or not any("-of-" in n for n in shard_names)
     if scan.headers and complete:
@@ -679,7 +682,7 @@ def read(uri: str, *, s3: S3Access | None = None, timeout: float = TIMEOUT_SECON
         if scheme == "s3":
             return _s3(client, access, uri, max_header_bytes)
         return _file(client, uri, uri, False, max_header_bytes)
-    except _Failed as exc:
+    except ReadFailed as exc:
         return NotChecked(uri, str(exc))
     except (OSError, http.client.HTTPException) as exc:  # while reading an answer's body
         return NotChecked(uri, f"reading it failed: {type(exc).__name__}: {exc}")

@@ -102,6 +102,9 @@ class BuildOptions:
     retry_budget: bool = False
     """The cluster serves gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy (Gateway
     API's experimental channel, GEP-3388)."""
+    model_cache_url: str | None = None
+    """The node-local model cache agent's Service: the pull init containers get ``--cache``
+    with it (docs/model-cache.md); None: they pull from the store."""
 
 
 class NoServingImage(InvalidSpecError):
@@ -277,7 +280,8 @@ def hpa_min_replicas(spec: ModelServiceSpec, serving: Serving) -> dict[str, int]
 
 
 def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
-                  pull_policy: str | None, security: dict[str, Any]
+                  pull_policy: str | None, security: dict[str, Any],
+                  cache_url: str | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """The volume holding the model, its mount, and the init containers that fill it."""
     parsed = urlparse(src.uri)
@@ -297,6 +301,8 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
     args = ["pull", src.uri, MODEL_DIR]
     if src.sha256:
         args += ["--sha256", src.sha256]
+    if cache_url:
+        args += ["--cache", cache_url]
     init: dict[str, Any] = {
         "name": PULL_CONTAINER,
         "image": image,
@@ -414,7 +420,8 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
-                                        image, spec.image_pull_policy, security)
+                                        image, spec.image_pull_policy, security,
+                                        opts.model_cache_url)
     secret_volumes, secret_mounts = _secret_volumes(spec)
     scheme = "HTTPS" if spec.tls_secret else "HTTP"
     container: dict[str, Any] = {

@@ -192,6 +192,11 @@ class OperatorConfig:
     """Per device-hour, US dollars (``MSV_GPU_PRICES``, ``--gpu-prices``: JSON
     ``{"products": {...}, "mig": {...}}`` over the list prices of ``prices.LIST_PRICES``)."""
 
+    model_cache_url: str = ""
+    """The node-local model cache agent's Service (``MSV_MODEL_CACHE_URL``,
+    ``--model-cache-url``; the chart's ``modelCache``): the pull init containers ask it first
+    (docs/model-cache.md). Empty: they pull from the store."""
+
     field_manager: str = field(default=FIELD_MANAGER)
     """Server-side apply field manager (not configurable from outside; fixed by design)."""
 
@@ -302,6 +307,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         gpu_fit=_env_bool(env, "MSV_GPU_FIT", True),
         gpu_fit_read_credentials=_env_bool(env, "MSV_GPU_FIT_READ_CREDENTIALS", False),
         gpu_prices=parse_gpu_prices(env.get("MSV_GPU_PRICES")),
+        model_cache_url=(env.get("MSV_MODEL_CACHE_URL") or "").strip(),
     )
     return validate(cfg)
 
@@ -321,6 +327,8 @@ def validate(cfg: OperatorConfig) -> OperatorConfig:
         raise ConfigError("qps must be > 0 and burst >= 1")
     if cfg.prometheus_url and not cfg.prometheus_url.startswith(("http://", "https://")):
         raise ConfigError(f"prometheus url {cfg.prometheus_url!r}: expected http(s)://host:port")
+    if cfg.model_cache_url and not cfg.model_cache_url.startswith(("http://", "https://")):
+        raise ConfigError(f"model cache url {cfg.model_cache_url!r}: expected http(s)://host:port")
     if cfg.prometheus_timeout <= 0 or cfg.measure_seconds <= 0:
         raise ConfigError("prometheus timeout and measure seconds must be > 0")
     unknown = sorted(set(cfg.images) - set(caps.RUNTIME_NAMES))
@@ -377,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu-fit-read-credentials", action=argparse.BooleanOptionalAction,
                      default=None)
     run.add_argument("--gpu-prices", metavar="JSON")
+    run.add_argument("--model-cache-url", metavar="URL")
     return parser
 
 
@@ -409,7 +418,8 @@ def load(
                  "resync_seconds", "discovery_seconds", "qps", "burst", "prometheus_url",
                  "prometheus_timeout", "measure_seconds", "leader_election",
                  "lease_name", "lease_namespace", "lease_duration", "renew_deadline",
-                 "retry_period", "identity", "gpu_fit", "gpu_fit_read_credentials"):
+                 "retry_period", "identity", "gpu_fit", "gpu_fit_read_credentials",
+                 "model_cache_url"):
         value = getattr(args, attr)
         if value is not None:
             overrides[attr] = value

@@ -228,6 +228,7 @@ def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builde
         gateway_api=caps.gateway_api,
         gateway_retry=caps.gateway_retry,
         retry_budget=caps.retry_budget,
+        model_cache_url=cfg.model_cache_url or None,
     )
 
 

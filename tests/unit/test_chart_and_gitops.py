@@ -298,3 +298,27 @@ def test_argocd_health_message_carries_the_reason() -> None:
     got = _lua_health(_ms(1, 1, {"type": "Ready", "status": "False", "reason": "Unschedulable",
                                  "message": "0/5 nodes: Insufficient nvidia.com/gpu"}))
     assert got["message"] == "Unschedulable: 0/5 nodes: Insufficient nvidia.com/gpu"
+
+
+def test_the_model_cache_renders_agents_a_node_local_service_and_the_operators_url() -> None:
+    assert not [d for d in render() if "model-cache" in d["metadata"]["name"]]
+    docs = render("modelCache.enabled=true", "modelCache.maxBytes=1073741824")
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    (svc,) = [d for d in docs if d["kind"] == "Service" and "model-cache" in d["metadata"]["name"]]
+    assert svc["spec"]["internalTrafficPolicy"] == "Local"
+    assert svc["spec"]["selector"] == ds["spec"]["template"]["metadata"]["labels"]
+    # The operator's own Service and Deployment do not select the agents.
+    (op_svc,) = [d for d in docs if d["metadata"]["name"] == "rel-modelservice-operator-metrics"]
+    assert not set(op_svc["spec"]["selector"].items()) <= set(svc["spec"]["selector"].items())
+    pod = ds["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert agent["command"] == ["python3", "-m", "msv_operator.cache_agent"]
+    assert "--max-bytes=1073741824" in agent["args"] and "--verify" in agent["args"]
+    assert agent["securityContext"]["runAsNonRoot"] is True
+    assert pod["volumes"] == [{"name": "cache", "hostPath": {
+        "path": "/var/cache/modelservice/models", "type": "DirectoryOrCreate"}}]
+    assert pod["automountServiceAccountToken"] is False
+    env = operator_env(docs)
+    assert env["MSV_MODEL_CACHE_URL"] == (
+        f"http://{svc['metadata']['name']}.msv-system.svc:{svc['spec']['ports'][0]['port']}")
+    assert "MSV_MODEL_CACHE_URL" not in operator_env(render())

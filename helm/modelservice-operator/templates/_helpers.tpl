@@ -15,6 +15,17 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The model cache agents' DaemonSet and Service. */}}
+{{- define "msv.cacheName" -}}
+{{- printf "%s-model-cache" (include "msv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Not the operator's selector labels: its Service and PDB must not select the agents. */}}
+{{- define "msv.cacheSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-model-cache
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "msv.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -155,6 +155,23 @@ def test_model_source_wiring(uri: str, volume_key: str, init: bool) -> None:
         assert "initContainers" not in pod
 
 
+def test_the_model_cache_reaches_the_pull_and_leaves_mounted_sources_alone() -> None:
+    opts = b.BuildOptions(images=uniform_images("ms:cpu"), service_monitor=False,
+                          gateway_api=False, model_cache_url="http://cache.msv-system.svc:8090")
+    spec = ms()
+    spec["spec"]["model"].update(sha256="b" * 64)
+    pod = b.build_all(spec, opts)[1]["spec"]["template"]["spec"]
+    (ic,) = pod["initContainers"]
+    assert ic["args"] == ["pull", "s3://models/sst2", "/mnt/models", "--sha256", "b" * 64,
+                          "--cache", "http://cache.msv-system.svc:8090"]
+    # The model pod itself stays as it was: no hostPath, the same security context.
+    assert [v for v in pod["volumes"] if "hostPath" in v] == []
+    assert ic["securityContext"]["runAsNonRoot"] is True
+    pvc = ms()
+    pvc["spec"]["model"]["uri"] = "pvc://models/sst2"
+    assert "initContainers" not in b.build_all(pvc, opts)[1]["spec"]["template"]["spec"]
+
+
 def test_hpa_owns_replicas() -> None:
     spec = ms(autoscaling={"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilization": 60,
                            "targetInFlight": 4})

@@ -44,6 +44,7 @@ def test_flags_win_over_environment() -> None:
     ({"MSV_PROMETHEUS_URL": "prometheus:9090"}, "prometheus url"),
     ({"MSV_PROMETHEUS_TIMEOUT": "0"}, "prometheus timeout"),
     ({"MSV_MEASURE_SECONDS": "soon"}, "MSV_MEASURE_SECONDS"),
+    ({"MSV_MODEL_CACHE_URL": "cache:8090"}, "model cache url"),
 ])
 def test_bad_values_are_refused_with_the_setting_named(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -127,3 +128,11 @@ def test_a_bad_gpu_setting_is_refused_naming_it(argv: list[str], env: dict[str, 
     with pytest.raises(ConfigError) as e:
         load(argv, env)
     assert str(e.value).startswith(message)
+
+
+def test_the_model_cache_url_is_off_by_default_and_read_from_env_and_flag() -> None:
+    assert load(["run"], {})[1].model_cache_url == ""
+    env = {"MSV_MODEL_CACHE_URL": "http://agent.msv-system.svc:8090"}
+    assert load(["run"], env)[1].model_cache_url == "http://agent.msv-system.svc:8090"
+    flag = load(["run", "--model-cache-url", "http://other:8090"], env)[1]
+    assert flag.model_cache_url == "http://other:8090"
