@@ -28,7 +28,8 @@ variant, with its artifact (``variants[].model`` or ``spec.model``):
   ``READ_GRACE`` for it. Not read by then, the variant is placed ``pending``: without pinned
   products (``spec.gpu.products``) the pool cannot be chosen, so no Deployment is made yet
   (a live one is left as it is) and the status says ``EstimatingGPUMemory``; with them it is
-  placed as pinned at once and its fit is checked once the read ends. The read's end wakes
+  placed as pinned at once (its inputs hash marked ``UNESTIMATED``) and placed again once the
+  read ends: on the pinned products that hold it, or refused. The read's end wakes
   every ModelService that waited for it (``HeaderReads.wake``: the runtime queues a pass); a
   read still running after ``READ_TIMEOUT`` counts as failed (``NotChecked``), and the pass
   is queued again by then (``Fit.requeue_after``) so that it is placed even if no read ends.
@@ -83,6 +84,10 @@ READ_GRACE = 0.25
 """Seconds a pass waits for a read it started before placing the variant as pending: a store
 that answers at once costs no second pass."""
 ESTIMATING = status.ESTIMATING
+UNESTIMATED = "+pending"
+"""Follows the inputs hash of a placement made before its estimate (pinned products): the
+pass after the read places the variant again (among the pinned products that hold it, or
+refused), which changes no pod that the estimate does not move."""
 
 Reader = Callable[..., artifacts.Artifact | artifacts.NotChecked]
 """``artifacts.read`` (a test's double in its place)."""
@@ -491,11 +496,11 @@ def place(ctx: Sources, parsed: spec.ModelServiceSpec, generation: int | None,
             fit.variants[variant.name] = VariantFit(variant.name, inputs, None, None, shown,
                                                     None, pending=estimating(source.uri))
             continue
-        if waiting:  # pinned products: placed as pinned, the fit checked once it is read
+        if waiting:  # pinned products: placed as pinned, placed again once it is read
             shown, price = describe(as_spec, offers, table, None, pinned)
             shown.update(checked=False, pending=True)
-            fit.variants[variant.name] = VariantFit(variant.name, inputs, as_spec, None,
-                                                    shown, price)
+            fit.variants[variant.name] = VariantFit(variant.name, inputs + UNESTIMATED,
+                                                    as_spec, None, shown, price)
             continue
         choice = (pools.choose(need, gpu.count, offers, table, gpu.products, gpu.resource_name)
                   if need is not None else None)

@@ -558,7 +558,7 @@ def test_an_unpinned_variant_waits_for_its_artifacts_read_with_no_deployment() -
     assert len(reader.reads) == 1 and held.jobs == []
 
 
-def test_a_pinned_variant_is_made_at_once_and_its_fit_checked_once_read() -> None:
+def test_a_pinned_variant_is_made_at_once_and_placed_again_once_read() -> None:
     kube, reader = FakeKube(), Reader()
     reads, held, woken = held_reads()
     ctx = context(kube, reader, reads)
@@ -566,18 +566,40 @@ def test_a_pinned_variant_is_made_at_once_and_its_fit_checked_once_read() -> Non
     result = run(ctx, body, kube)
     dep = deployments(kube)["llm-fp16"]
     assert target(dep) == pools.Target("nvidia.com/gpu", 1, (A100,))
+    inputs = dep["metadata"]["annotations"][builders.PLACEMENT_ANNOTATION]
+    assert inputs.endswith(placement.UNESTIMATED)
     placed = entry(kube, "fp16")["placement"]
     assert (placed["product"], placed["pinned"], placed["checked"], placed["pending"]) == (
         A100, True, False, True)
     assert placed["pricePerHour"] == 5.12
     assert result.events == [] and ready(kube)["reason"] == "RollingOut"
+    # a pass before the read ends changes nothing
+    run(ctx, body, kube, [running(dep)])
+    assert "llm-fp16" not in deployments(kube)
     held.finish()
     assert woken == [("ml", "llm")]
     run(ctx, body, kube, [running(dep)])
-    assert "llm-fp16" not in deployments(kube)  # kept as it runs
+    again = deployments(kube)["llm-fp16"]  # placed with its estimate: only the hash changes
+    assert again["spec"]["template"] == dep["spec"]["template"]
+    assert again["metadata"]["annotations"][builders.PLACEMENT_ANNOTATION] == inputs.removesuffix(
+        placement.UNESTIMATED)
     placed = entry(kube, "fp16")["placement"]
     assert placed["checked"] is True and "pending" not in placed
     assert entry(kube, "fp16")["gpuMemory"]["weightBytes"] == 2 * sh.LLAMA_2_13B.parameters
+
+
+def test_a_pinned_variant_made_before_its_estimate_is_refused_once_read_and_left_running(
+) -> None:
+    kube, reader = FakeKube(), Reader()
+    reads, held, _ = held_reads()
+    ctx = context(kube, reader, reads)
+    body = ms(FP16, gpu={"count": 1, "products": [L4]})  # 28.2 GiB on a 22.5 GiB L4
+    run(ctx, body, kube)
+    dep = deployments(kube)["llm-fp16"]
+    held.finish()
+    run(ctx, body, kube, [running(dep)])
+    assert "llm-fp16" not in deployments(kube) and kube.deleted == []
+    assert ready(kube)["reason"] == "InsufficientGPUMemory"
 
 
 def test_a_read_that_raises_is_placed_as_spec_gpu_says_with_the_warning() -> None:
