@@ -100,6 +100,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.ctx.gpu.reads.wake = None  # a read that ends later queues nothing
         self.ctx.gpu.reads.close()
         self.kube.close()
 
