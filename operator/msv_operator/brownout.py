@@ -111,7 +111,7 @@ class Standing:
     """What the status shows of one variant, for the choice (None: not known)."""
 
     pareto: str | None = None
-    """``frontier``, ``dominated``, ``unmeasured``; None without GPU fit (no price)."""
+    """``frontier``, ``dominated``, ``unmeasured``; None with GPU fit off (no price)."""
     p95_ms: float | None = None
     cost_per_1k: float | None = None
     agreement: float | None = None

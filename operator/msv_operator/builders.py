@@ -388,6 +388,15 @@ def _service_ports() -> list[dict[str, Any]]:
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
 
 
+def cpu_request(spec: ModelServiceSpec) -> str | None:
+    """The server container's CPU request as its Deployment gets it (``spec.server.resources``
+    or ``DEFAULT_REQUESTS``; a CPU limit without a request is the request, as Kubernetes
+    sets it); None when it has neither."""
+    resources = _resources(spec, None)
+    cpu = resources["requests"].get("cpu") or (resources.get("limits") or {}).get("cpu")
+    return None if cpu is None else str(cpu)
+
+
 def _resources(spec: ModelServiceSpec, target: pools.Target | None) -> dict[str, Any]:
     requests = dict(spec.resources.get("requests") or DEFAULT_REQUESTS)
     limits = dict(spec.resources.get("limits") or {})

@@ -9,10 +9,11 @@ CPU variants and ``MSV_<RUNTIME>_GPU_IMAGE`` / ``--<runtime>-gpu-image`` for GPU
 that runtime is not served on that device); ``builders.serving_image`` picks among them.
 
 GPU fit (docs/operator-config.md, "GPU fit"): ``MSV_GPU_FIT`` switches the estimate, the
-choice of pool and the costs on (the default) or off; ``MSV_GPU_PRICES`` is the price table
-as JSON (``prices.parse_prices``: a product outside ``prices.KNOWN_PRODUCTS`` is refused,
-naming the setting and the key); ``MSV_GPU_FIT_READ_CREDENTIALS`` lets the operator read a
-ModelService's ``spec.model.credentialsSecret`` to sign its S3 header reads.
+choice of pool and the costs (of CPU-only ModelServices too) on (the default) or off;
+``MSV_GPU_PRICES`` is the price table as JSON (``prices.parse_prices``: a product outside
+``prices.KNOWN_PRODUCTS`` is refused, naming the setting and the key);
+``MSV_GPU_FIT_READ_CREDENTIALS`` lets the operator read a ModelService's
+``spec.model.credentialsSecret`` to sign its S3 header reads.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ class OperatorConfig:
 
     gpu_prices: prices.Prices = field(default_factory=lambda: prices.DEFAULT_PRICES)
     """Per device-hour, US dollars (``MSV_GPU_PRICES``, ``--gpu-prices``: JSON
-    ``{"products": {...}, "mig": {...}}`` over the list prices of ``prices.LIST_PRICES``)."""
+    ``{"products": {...}, "mig": {...}, "cpu": usd}`` over the list prices of
+    ``prices.LIST_PRICES``; ``cpu``: per vCPU-hour of a ModelService without spec.gpu,
+    ``prices.CPU_LIST_PRICE`` when absent, 0: free)."""
 
     model_cache_url: str = ""
     """The node-local model cache agent's Service (``MSV_MODEL_CACHE_URL``,

@@ -3,10 +3,10 @@
 * ``kubectl msv get NAME [-n NS] [-w]`` prints the rollout (steps, current weights, each gate's
   measured value against its threshold, the agreement gate's confidence interval and the
   comparisons it still needs, the history) and the per-variant table, with each
-  variant's requested weight beside the share it actually receives, and for GPU variants
-  where each runs, its memory (the estimate, then what its pods reserved), its cost per hour
-  and per 1,000 requests and its mark on the Pareto frontier (``-w``: again every 2 s, a live
-  view, until Ctrl-C);
+  variant's requested weight beside the share it actually receives, and where each runs (a
+  GPU pool, or the CPU its pods request), its GPU memory (the estimate, then what its pods
+  reserved), its cost per hour and per 1,000 requests and its mark on the Pareto frontier
+  (``-w``: again every 2 s, a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
@@ -111,24 +111,32 @@ def render(ms: Mapping[str, Any]) -> str:
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
     if any(v.placement or v.gpu_memory for v in variants):
-        lines.append("GPU placement and cost (US dollars; MEM: needed, estimated/measured):")
-        lines += _table(["NAME", "GPU", "MEM", "$/H", "$/1K", "PARETO"],
-                        [[v.name, _gpu(v), _gpu_memory(v), _money(v.cost_per_hour, 2),
+        lines.append("Placement and cost (US dollars; MEM: GPU memory needed, "
+                     "estimated/measured):")
+        lines += _table(["NAME", "ON", "MEM", "$/H", "$/1K", "PARETO"],
+                        [[v.name, _placed(v), _gpu_memory(v), _hourly(v.cost_per_hour),
                           _money(v.cost_per_1k_requests, 4), _pareto(v)] for v in variants])
     return "\n".join(lines)
 
 
-def _gpu(v: VariantStatus) -> str | None:
+def _placed(v: VariantStatus) -> str | None:
     """``NVIDIA-L4 x1``, ``NVIDIA-H100-80GB-HBM3 MIG 1g.10gb x1``; the pinned products that
-    hold it when several may; ``(not checked)`` when the fit was not."""
+    hold it when several may; ``(not checked)`` when the fit was not, ``(estimating)`` while
+    its artifact is read; ``CPU 500m`` without GPUs."""
     p = v.placement or {}
     if not p:
         return None
+    if "cpu" in p:
+        return f"CPU {p['cpu']}"
+    if p.get("pending") and "resource" not in p:
+        return "(estimating)"
     products = p.get("products") or ([p["product"]] if p.get("product") else [])
     where = "|".join(str(x) for x in products) or str(p.get("resource", "?"))
     if p.get("migProfile"):
         where += f" MIG {p['migProfile']}"
     text = f"{where} x{p.get('count', '?')}"
+    if p.get("pending"):
+        return f"{text} (estimating)"
     return text if p.get("checked", True) else f"{text} (not checked)"
 
 
@@ -142,6 +150,11 @@ def _gpu_memory(v: VariantStatus) -> str | None:
 
 def _money(value: float | None, digits: int) -> str | None:
     return None if value is None else f"{value:.{digits}f}"
+
+
+def _hourly(value: float | None) -> str | None:
+    """Cents for a GPU's hour, four digits for a few CPUs' (0.0223)."""
+    return _money(value, 2 if value is None or value == 0 or value >= 0.1 else 4)
 
 
 def _pareto(v: VariantStatus) -> str | None:

@@ -1,7 +1,8 @@
 """PURE: what each variant costs, and which variants another one beats on every axis.
 
 Cost per hour is the variant's pods times the price of one pod (its ``gpu.count`` devices of
-the offer it was placed on, ``pools.Placement.price_per_hour``). Cost per 1,000 requests is
+the offer it was placed on, ``pools.Placement.price_per_hour``; without GPUs its CPU request
+at the price per vCPU-hour, ``prices.Prices.of_cpu``). Cost per 1,000 requests is
 that hour's cost over the requests it served in an hour at its measured rate
 (``status.variants[].rps``): the cost at the traffic it received, so a variant holding a
 small share looks dear per request; compare variants at comparable load (a rollout's later
@@ -39,7 +40,7 @@ class Cost:
         """``costPerHour`` and ``costPer1kRequests`` (US dollars), the ones known."""
         out: dict[str, Any] = {}
         if self.per_hour is not None:
-            out["costPerHour"] = round(self.per_hour, 4)
+            out["costPerHour"] = round(self.per_hour, 6)
         if self.per_1k_requests is not None:
             out["costPer1kRequests"] = round(self.per_1k_requests, 6)
         return out

@@ -22,17 +22,34 @@ variant, with its artifact (``variants[].model`` or ``spec.model``):
   products): placed as spec.gpu says, with one Warning Event ``GPUFitNotChecked`` per URI and
   generation.
 
+* **Pending.** The artifact is read in the background (``HeaderReads``), not in the pass: the
+  first pass that needs an artifact the cache has no answer for starts its read (at most one
+  per URI, sha256 and credentials Secret in flight, on a bounded pool of threads) and waits
+  ``READ_GRACE`` for it. Not read by then, the variant is placed ``pending``: without pinned
+  products (``spec.gpu.products``) the pool cannot be chosen, so no Deployment is made yet
+  (a live one is left as it is) and the status says ``EstimatingGPUMemory``; with them it is
+  placed as pinned at once (its inputs hash marked ``UNESTIMATED``) and placed again once the
+  read ends: on the pinned products that hold it, or refused. The read's end wakes
+  every ModelService that waited for it (``HeaderReads.wake``: the runtime queues a pass); a
+  read still running after ``READ_TIMEOUT`` counts as failed (``NotChecked``), and the pass
+  is queued again by then (``Fit.requeue_after``) so that it is placed even if no read ends.
+
 The artifact is read at most once per URI, sha256 and credentials Secret
 (``ArtifactCache``): kept while the operator runs when the spec pins its sha256, an hour
 without, and a read that failed (``NotChecked``) is tried again after ``NOT_CHECKED_TTL``.
 With ``gpu_fit_read_credentials``, an ``s3://`` read is signed with the keys of
-``spec.model.credentialsSecret`` (read only when the cache has no answer).
+``spec.model.credentialsSecret`` (read with the artifact, only when the cache has no answer).
+
+A ModelService without spec.gpu is priced as CPU (``cpu_priced``): each pod its server
+container's CPU request in cores (``builders.cpu_request``) times the price per vCPU-hour
+(``prices.Prices.cpu``); no fit, no placement choice.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -44,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from msv_contract.api import LABEL_VARIANT
-from msv_operator import artifacts, builders, gpufit, pools, spec, status
+from msv_operator import artifacts, builders, gpufit, pools, prices, quantity, spec, status
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
 
@@ -58,10 +75,28 @@ UNPINNED_TTL = 3600.0
 """Seconds a read is kept when the spec does not pin the artifact's sha256."""
 CACHE_LIMIT = 1024
 """Artifacts remembered at most (the least recently used are dropped)."""
+READ_WORKERS = 4
+"""Artifact reads running at once (the others wait for a thread)."""
+READ_TIMEOUT = artifacts.DEADLINE_SECONDS + 2 * artifacts.TIMEOUT_SECONDS
+"""Seconds after which a read not yet ended (waiting for a thread included) counts as
+failed; ``artifacts.read`` itself gives up after its deadline plus one request's timeout."""
+READ_GRACE = 0.25
+"""Seconds a pass waits for a read it started before placing the variant as pending: a store
+that answers at once costs no second pass."""
+ESTIMATING = status.ESTIMATING
+UNESTIMATED = "+pending"
+"""Follows the inputs hash of a placement made before its estimate (pinned products): the
+pass after the read places the variant again (among the pinned products that hold it, or
+refused), which changes no pod that the estimate does not move."""
 
 Reader = Callable[..., artifacts.Artifact | artifacts.NotChecked]
 """``artifacts.read`` (a test's double in its place)."""
 Event = tuple[str, str, str]
+Read = artifacts.Artifact | artifacts.NotChecked
+CacheKey = tuple[str, str | None, str | None]
+"""(URI, sha256, credentials Secret)."""
+MsKey = tuple[str, str]
+"""(namespace, name) of a ModelService."""
 
 
 class SecretReader(Protocol):
@@ -96,11 +131,10 @@ class ArtifactCache:
                  limit: int = CACHE_LIMIT) -> None:
         self.clock = clock
         self.limit = limit
-        self.entries: OrderedDict[tuple[str, str | None, str | None], _Entry] = OrderedDict()
+        self.entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: tuple[str, str | None, str | None]
-            ) -> artifacts.Artifact | artifacts.NotChecked | None:
+    def get(self, key: CacheKey) -> Read | None:
         with self.lock:
             entry = self.entries.get(key)
             if entry is None:
@@ -111,8 +145,7 @@ class ArtifactCache:
             self.entries.move_to_end(key)
             return entry.value
 
-    def put(self, key: tuple[str, str | None, str | None],
-            value: artifacts.Artifact | artifacts.NotChecked) -> None:
+    def put(self, key: CacheKey, value: Read) -> None:
         if isinstance(value, artifacts.NotChecked):
             ttl: float | None = NOT_CHECKED_TTL
         else:
@@ -124,12 +157,111 @@ class ArtifactCache:
                 self.entries.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A read not ended yet."""
+
+    uri: str
+    due_in: float
+    """Seconds until it counts as failed (``READ_TIMEOUT`` after it started)."""
+
+
+@dataclass
+class _Flight:
+    started: float
+    waiters: set[MsKey] = field(default_factory=set)
+    """The ModelServices to wake when it ends."""
+    future: concurrent.futures.Future[None] | None = None
+
+
+class HeaderReads:
+    """Artifact reads in the background: at most one per cache key in flight, on at most
+    ``workers`` threads (made on the first read); each answer goes into the cache, then every
+    ModelService that waited for it is woken (``wake``, set by the runtime: it queues a pass).
+    Thread-safe: passes of different ModelServices ask at once."""
+
+    def __init__(self, *, workers: int = READ_WORKERS, timeout: float = READ_TIMEOUT,
+                 grace: float = READ_GRACE, clock: Callable[[], float] = time.monotonic,
+                 executor: concurrent.futures.Executor | None = None) -> None:
+        self.workers, self.timeout, self.grace, self.clock = workers, timeout, grace, clock
+        self.executor = executor
+        self.flights: dict[CacheKey, _Flight] = {}
+        self.lock = threading.Lock()
+        self.wake: Callable[[MsKey], None] | None = None
+
+    def _pool(self) -> concurrent.futures.Executor:
+        if self.executor is None:
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="artifact-read")
+        return self.executor
+
+    def in_flight(self) -> list[CacheKey]:
+        with self.lock:
+            return list(self.flights)
+
+    def ask(self, key: CacheKey, job: Callable[[], Read], cache: ArtifactCache,
+            waiter: MsKey) -> Read | Pending:
+        """The cached answer for ``key``; else its read (started now with ``job`` unless one
+        is in flight) as ``Pending``, ``waiter`` to be woken when it ends; ``NotChecked``
+        once it has run ``timeout`` seconds."""
+        for _ in range(2):  # a read that ended and was dropped from the cache: read again
+            with self.lock:
+                found = cache.get(key)
+                if found is not None:
+                    return found
+                flight = self.flights.get(key)
+                start = flight is None
+                if flight is None:
+                    flight = self.flights[key] = _Flight(self.clock())
+            if start:
+                flight.future = self._pool().submit(self._run, key, job, cache)
+                if self.grace > 0:
+                    concurrent.futures.wait([flight.future], timeout=self.grace)
+            with self.lock:
+                found = cache.get(key)
+                if found is not None:
+                    return found
+                if self.flights.get(key) is not flight:
+                    continue
+                waited = self.clock() - flight.started
+                if waited >= self.timeout:  # still running: its answer, if any, comes later
+                    late = artifacts.NotChecked(
+                        key[0], f"reading it took longer than {self.timeout:.0f} s")
+                    cache.put(key, late)
+                    return late
+                flight.waiters.add(waiter)
+                return Pending(key[0], self.timeout - waited)
+        return artifacts.NotChecked(key[0], "its answer was dropped from the cache at once")
+
+    def _run(self, key: CacheKey, job: Callable[[], Read], cache: ArtifactCache) -> None:
+        try:
+            value = job()
+        except Exception as e:  # a reader's bug must not lose the wake-up
+            log.exception("Reading %s failed", key[0])
+            value = artifacts.NotChecked(key[0], f"reading it failed: {type(e).__name__}")
+        with self.lock:
+            cache.put(key, value)
+            flight = self.flights.pop(key, None)
+        for waiter in sorted(flight.waiters if flight is not None else ()):
+            try:
+                if self.wake is not None:
+                    self.wake(waiter)
+            except Exception:
+                log.exception("Waking ModelService %s/%s failed", *waiter)
+
+    def close(self) -> None:
+        """Stop taking reads (those running end on their own deadline)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass
 class GpuFitState:
     """GPU fit's state in one operator process (in memory: a restart reads again)."""
 
     reader: Reader = artifacts.read
     cache: ArtifactCache = field(default_factory=ArtifactCache)
+    reads: HeaderReads = field(default_factory=HeaderReads)
     warned: dict[tuple[str, str], set[tuple[str, int | None]]] = field(default_factory=dict)
     """Per ModelService: the (URI, generation) a GPUFitNotChecked Event was posted for."""
     ignored: tuple[str, ...] = ()
@@ -156,11 +288,15 @@ class VariantFit:
     not_checked: str | None = None
     kept: bool = False
     """Its live Deployment's placement was kept."""
+    pending: str | None = None
+    """Waits for its artifact's read to choose a pool (the ``EstimatingGPUMemory`` message):
+    no Deployment is made yet."""
 
     def to_status(self) -> status.GpuVariant:
         return status.GpuVariant(
             gpu_memory=self.estimate.to_status() if self.estimate is not None else None,
-            placement=self.placement, price_per_pod=self.price_per_pod, refused=self.refused)
+            placement=self.placement, price_per_pod=self.price_per_pod, refused=self.refused,
+            pending=self.pending)
 
 
 @dataclass
@@ -169,6 +305,9 @@ class Fit:
 
     variants: dict[str, VariantFit] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Seconds until a pending read counts as failed (a pass then places its variants even
+    if no read ends); None: nothing pending."""
 
     @property
     def placements(self) -> dict[str, builders.GpuPlacement]:
@@ -177,7 +316,8 @@ class Fit:
 
     @property
     def withheld(self) -> set[str]:
-        """Refused variants: no Deployment or HPA is built, a live one is left alone."""
+        """Refused and pending variants: no Deployment or HPA is built, a live one is left
+        alone."""
         return {v.name for v in self.variants.values() if v.target is None}
 
     def status(self) -> dict[str, status.GpuVariant]:
@@ -229,26 +369,47 @@ def _credentials(ctx: Sources, parsed: spec.ModelServiceSpec
 
 
 def read(ctx: Sources, parsed: spec.ModelServiceSpec, source: spec.ModelSource
-         ) -> artifacts.Artifact | artifacts.NotChecked:
-    """What the estimate needs of ``source`` (cached; never raises for what it reads)."""
+         ) -> Read | Pending:
+    """What the estimate needs of ``source``: cached, else read in the background
+    (``HeaderReads``; Pending until it ends). Never raises for what it reads."""
     secret = parsed.credentials_secret if source.scheme == "s3" else None
     key = (source.uri, source.sha256, secret)
     found = ctx.gpu.cache.get(key)
     if found is not None:
         return found
-    access, problem = _credentials(ctx, parsed) if secret else (None, None)
-    try:
+
+    def job() -> Read:
+        access, problem = _credentials(ctx, parsed) if secret else (None, None)
         value = ctx.gpu.reader(source.uri, s3=access)
-    except Exception as e:  # a reader's bug must not stop the pass
-        log.exception("Reading %s failed", source.uri)
-        value = artifacts.NotChecked(source.uri, f"reading it failed: {type(e).__name__}")
-    if isinstance(value, artifacts.NotChecked) and problem:
-        value = artifacts.NotChecked(value.uri, f"{value.reason} ({problem})")
-    ctx.gpu.cache.put(key, value)
-    return value
+        if isinstance(value, artifacts.NotChecked) and problem:
+            value = artifacts.NotChecked(value.uri, f"{value.reason} ({problem})")
+        return value
+
+    return ctx.gpu.reads.ask(key, job, ctx.gpu.cache, (parsed.namespace, parsed.name))
 
 
-def describe(target: pools.Target, offers: pools.Pools, prices: Any, need: int | None,
+def estimating(uri: str) -> str:
+    """What a variant waits for while its artifact is read (``EstimatingGPUMemory``)."""
+    return (f"its GPU memory estimate: the operator is reading the headers of {uri} to choose "
+            "a GPU pool, and creates its Deployment then")
+
+
+def cpu_priced(parsed: spec.ModelServiceSpec, table: prices.Prices
+               ) -> dict[str, status.GpuVariant]:
+    """What a ModelService without spec.gpu costs, per variant: its pods' CPU request
+    (``builders.cpu_request``) at ``table.cpu`` per vCPU-hour; no price without a request."""
+    assert parsed.gpu is None
+    request = builders.cpu_request(parsed)
+    cores = quantity.parse(request)
+    if request is None or cores is None:
+        return {v.name: status.GpuVariant() for v in parsed.variants}
+    price = table.of_cpu(cores)
+    shown = {"cpu": request, "pricePerHour": price}
+    return {v.name: status.GpuVariant(placement=dict(shown), price_per_pod=price)
+            for v in parsed.variants}
+
+
+def describe(target: pools.Target, offers: pools.Pools, table: Any, need: int | None,
              pinned: bool) -> tuple[dict[str, Any], float | None]:
     """The status placement and price per pod of a placement not chosen by this pass (kept,
     or as spec.gpu says): the cheapest offer it may land on prices it (as ``pools.choose``
@@ -265,7 +426,7 @@ def describe(target: pools.Target, offers: pools.Pools, prices: Any, need: int |
         out["products"] = list(target.products)
     price: float | None = None
     if matching:
-        cheapest = pools.choose(0, target.count, matching, prices)
+        cheapest = pools.choose(0, target.count, matching, table)
         if isinstance(cheapest, pools.Placement):
             price = cheapest.price_per_hour
             if cheapest.offer.profile:
@@ -290,7 +451,7 @@ def place(ctx: Sources, parsed: spec.ModelServiceSpec, generation: int | None,
         ctx.gpu.ignored = offers.ignored
         for why in offers.ignored:
             log.warning("GPU fit leaves out %s", why)
-    prices = ctx.config.gpu_prices
+    table = ctx.config.gpu_prices
     pinned = bool(gpu.products) or gpu.resource_name is not None
     as_spec = builders.spec_target(parsed)
     assert as_spec is not None
@@ -302,7 +463,11 @@ def place(ctx: Sources, parsed: spec.ModelServiceSpec, generation: int | None,
         read_ = read(ctx, parsed, source)
         estimate: gpufit.MemoryEstimate | None = None
         problem: str | None = None
-        if isinstance(read_, artifacts.Artifact):
+        waiting = isinstance(read_, Pending)
+        if isinstance(read_, Pending):
+            due = read_.due_in + 1.0  # then it counts as failed
+            fit.requeue_after = due if fit.requeue_after is None else min(fit.requeue_after, due)
+        elif isinstance(read_, artifacts.Artifact):
             try:
                 estimate = read_.estimate(gpufit.Workload.of(parsed, variant))
             except gpufit.HeaderError as e:
@@ -318,11 +483,26 @@ def place(ctx: Sources, parsed: spec.ModelServiceSpec, generation: int | None,
             LABEL_VARIANT) == variant.name]
         if (live_target is not None and live_inputs in (None, inputs)
                 and not unschedulable(mine)):
-            shown, price = describe(live_target, offers, prices, need, pinned)
+            shown, price = describe(live_target, offers, table, need, pinned)
+            if waiting:
+                shown["pending"] = True
             fit.variants[variant.name] = VariantFit(variant.name, inputs, live_target,
                                                     estimate, shown, price, kept=True)
             continue
-        choice = (pools.choose(need, gpu.count, offers, prices, gpu.products, gpu.resource_name)
+        if waiting and not gpu.products:  # the pool needs the estimate: nothing made yet
+            shown = {"pending": True, "count": gpu.count, "pinned": pinned}
+            if gpu.resource_name:
+                shown["resource"] = gpu.resource_name
+            fit.variants[variant.name] = VariantFit(variant.name, inputs, None, None, shown,
+                                                    None, pending=estimating(source.uri))
+            continue
+        if waiting:  # pinned products: placed as pinned, placed again once it is read
+            shown, price = describe(as_spec, offers, table, None, pinned)
+            shown.update(checked=False, pending=True)
+            fit.variants[variant.name] = VariantFit(variant.name, inputs + UNESTIMATED,
+                                                    as_spec, None, shown, price)
+            continue
+        choice = (pools.choose(need, gpu.count, offers, table, gpu.products, gpu.resource_name)
                   if need is not None else None)
         if isinstance(choice, pools.Placement):
             fit.variants[variant.name] = VariantFit(
@@ -336,7 +516,7 @@ def place(ctx: Sources, parsed: spec.ModelServiceSpec, generation: int | None,
         if isinstance(choice, pools.DoesNotFit):  # nothing offered at all: cannot judge
             problem = (f"the GPU memory fit of {source.uri} was not checked: it "
                        f"{choice.message}; the pods are placed as spec.gpu says")
-        shown, price = describe(as_spec, offers, prices, need, pinned)
+        shown, price = describe(as_spec, offers, table, need, pinned)
         shown["checked"] = False
         fit.variants[variant.name] = VariantFit(variant.name, inputs, as_spec, estimate, shown,
                                                 price, not_checked=problem)

@@ -1,11 +1,14 @@
-"""PURE: what a GPU costs per device-hour, and the price tables the operator accepts.
+"""PURE: what a GPU costs per device-hour and a CPU per vCPU-hour, and the price tables the
+operator accepts.
 
 Prices are per device-hour, in US dollars: per GPU product (GPU feature discovery's
 ``nvidia.com/gpu.product`` value), and per MIG profile either set or derived from its
 product's price times the profile's share of the GPU (the larger of its compute slices over
-the GPU's and its memory over the GPU's: a slice holds both). ``DEFAULT_PRICES`` are
-approximate on-demand list prices (``LIST_PRICES`` names each source); a cluster sets its own
-(``parse_prices``: the chart's ``gpuPrices``, the operator's ``MSV_GPU_PRICES``).
+the GPU's and its memory over the GPU's: a slice holds both). A variant without GPUs is priced
+per vCPU-hour of its CPU request (``cpu``; 0: CPU is free). ``DEFAULT_PRICES`` are
+approximate on-demand list prices (``LIST_PRICES`` and ``CPU_LIST_PRICE`` name each source); a
+cluster sets its own (``parse_prices``: the chart's ``gpuPrices``, the operator's
+``MSV_GPU_PRICES``).
 
 MIG profile names (``1g.10gb``, ``1c.3g.40gb``, ``1g.10gb+me``) are read here too: a price
 table names them, and ``pools`` reads a profile's memory and compute slices from them.
@@ -89,6 +92,10 @@ change them (Amazon lowered P4 and P5 prices in 2025) and discounts differ: set 
 OTHER_PRODUCTS = ("NVIDIA-A100-PCIE-40GB", "NVIDIA-A100-80GB-PCIe", "NVIDIA-H100-PCIe",
                   "NVIDIA-A10", "NVIDIA-L40")
 """Products a price table may name beyond those with a list price."""
+CPU_LIST_PRICE = ListPrice("vCPU", 0.0446, "Amazon EC2 c7i.large (2 vCPU, 4 GiB), $0.08925/h / 2")
+"""Per vCPU-hour (one core of a CPU request), as the GPU list prices: the general-purpose
+compute-optimized instance's on-demand price in US East (N. Virginia), Linux, listed 2024,
+divided by its vCPUs (so its memory is included)."""
 KNOWN_PRODUCTS = tuple(p.product for p in LIST_PRICES) + OTHER_PRODUCTS
 """The products a price table may name (the chart's schema lists the same): a name outside
 it is a typo for GFD's label more often than a GPU this table lacks (add it here)."""
@@ -105,6 +112,12 @@ class Prices:
     products: Mapping[str, float] = field(default_factory=dict)
     mig: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """product -> MIG profile -> price of one slice; a profile not set is derived."""
+    cpu: float = CPU_LIST_PRICE.usd_per_hour
+    """Per vCPU-hour of a variant without GPUs (0: CPU is free)."""
+
+    def of_cpu(self, cores: float) -> float:
+        """One pod requesting ``cores`` CPUs (a GPU's price includes its host's CPU)."""
+        return round(max(0.0, cores) * self.cpu, 6)
 
     def of(self, offer: Priced) -> float | None:
         """One device of ``offer``; None when neither it nor its GPU has a price."""
@@ -139,7 +152,7 @@ def mig_share(offer: Priced) -> float | None:
 
 DEFAULT_PRICES = Prices(products={p.product: p.usd_per_hour for p in LIST_PRICES})
 PRICE_LIMIT = 10**6
-"""Prices are below this (USD per device-hour; the chart's schema says the same)."""
+"""Prices are below this (USD per device- or vCPU-hour; the chart's schema says the same)."""
 
 
 def _price(value: Any, where: str) -> float:
@@ -152,15 +165,17 @@ def _price(value: Any, where: str) -> float:
 def parse_prices(raw: Mapping[str, Any] | None, *,
                  known: Sequence[str] = KNOWN_PRODUCTS) -> Prices:
     """A price table as configured (``{products: {product: usd}, mig: {product: {profile:
-    usd}}}``), over the defaults; a product outside ``known`` or a malformed profile is
-    refused, naming the key."""
+    usd}}, cpu: usd}``), over the defaults (``cpu`` absent or null: its list price); a product
+    outside ``known``, a malformed profile or a price that is not one is refused, naming the
+    key."""
     if raw is None:
         return DEFAULT_PRICES
     if not isinstance(raw, Mapping):
-        raise PriceError("gpuPrices: expected an object with products and mig")
-    unknown = set(raw) - {"products", "mig"}
+        raise PriceError("gpuPrices: expected an object with products, mig and cpu")
+    unknown = set(raw) - {"products", "mig", "cpu"}
     if unknown:
-        raise PriceError(f"gpuPrices.{sorted(unknown)[0]}: unknown key; use products and mig")
+        raise PriceError(f"gpuPrices.{sorted(unknown)[0]}: unknown key; use products, mig "
+                         "and cpu")
 
     def product(name: Any, where: str) -> str:
         if name not in known:
@@ -190,4 +205,6 @@ def parse_prices(raw: Mapping[str, Any] | None, *,
                 raise PriceError(f"{where}.{profile}: not a MIG profile such as 1g.10gb")
             mig.setdefault(product(name, where), {})[str(profile)] = _price(
                 value, f"{where}.{profile}")
-    return Prices(products, mig)
+    cpu = raw.get("cpu")
+    return Prices(products, mig, DEFAULT_PRICES.cpu if cpu is None else _price(
+        cpu, "gpuPrices.cpu"))

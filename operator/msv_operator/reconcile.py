@@ -29,6 +29,10 @@ With spec.gpu and the operator's GPU fit on, ``placement`` says per variant wher
 (kept from its live Deployment, chosen from the Nodes' GPU pools, or as spec.gpu says when
 the fit cannot be checked) and which variants no pool holds: those get no Deployment (a live
 one is neither changed nor pruned) and ``Ready=False``, reason ``InsufficientGPUMemory``.
+Neither do variants whose artifact is still being read to choose their pool (reason
+``EstimatingGPUMemory``): the read's end queues a pass (``placement.HeaderReads``), and the
+pass is queued again by the time the read would be given up. Without spec.gpu (GPU fit on),
+the variants are priced as CPU (``placement.cpu_priced``).
 
 With spec.gateway, once the objects are applied, the HTTPRoute's status and a GET of each
 parent Gateway say whether the route carries the traffic (``routing``): ``routed`` goes to
@@ -277,6 +281,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     # step the replicas cannot represent holds and the status shows the delivered share.
     routed = False
     fit: placement.Fit | None = None
+    cpu: dict[str, status.GpuVariant] | None = None
     try:
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
@@ -285,6 +290,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
             fit = placement.place(
                 ctx, parsed, int(generation) if generation is not None else None,
                 deployments_by_variant(live.values(), uid), pods, observed.nodes)
+        elif ctx.config.gpu_fit and parsed.gpu is None:
+            cpu = placement.cpu_priced(parsed, ctx.config.gpu_prices)
         readiness = {v: rollout.Readiness(ready, failure) for v, (ready, failure) in
                      status.readiness(deployments_by_variant(live.values(), uid), pods).items()}
         taken = measure(ctx, parsed, prior, moment, measured)
@@ -309,6 +316,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                                     measured, fit))
         result.events = [*decision.events, *shed.events, *(fit.events if fit else ())]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
+        if fit is not None:
+            result.requeue_after = _sooner(result.requeue_after, fit.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
         desired = [apply.with_hash(o) for o in builders.build_all(
@@ -376,7 +385,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
-        for variant in sorted(fit.withheld if fit else ()):  # refused: left as they are
+        for variant in sorted(fit.withheld if fit else ()):  # refused, pending: left as is
             wanted |= {(kind, builders.object_name(name, variant))
                        for kind in ("Deployment", "HorizontalPodAutoscaler")}
         for key, obj in sorted(live.items()):
@@ -401,7 +410,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         rollout=decision.status if decision is not None else prior.get("rollout"),
         brownout=shed.status if shed is not None else prior.get("brownout"),
         hpas=hpas, measured=measured, routed=routed,
-        gpu=fit.status() if fit is not None else None,
+        gpu=fit.status() if fit is not None else cpu,
     )
     write_status(ctx, ms, result)
     return result

@@ -8,7 +8,9 @@
   thread pool on the ModelService and owned objects of kopf's caches (``cache.unpack``); no
   pass starts before the index gate opens (``kopf_fixes.IndexGate``);
 * a pass's ``requeue_after`` (a timed rollout step, the next measurement) queues the key
-  again; ``kube.Conflict``/``kube.Transient`` and every other error re-queue it after an
+  again, and so does the end of an artifact read a pass waited for (GPU fit,
+  ``placement.HeaderReads.wake``, from the reading thread into the event loop);
+  ``kube.Conflict``/``kube.Transient`` and every other error re-queue it after an
   exponential backoff (1 s, 2 s, 4 s, ... at most 60 s), reset by the next good pass;
 * a resync loop queues every known ModelService every ``resync_seconds``, a capability
   watcher queues them all when ServiceMonitor/HTTPRoute/XBackendTrafficPolicy appear or
@@ -77,6 +79,11 @@ class Runtime:
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.queue = WorkQueue()
+        loop = asyncio.get_running_loop()
+
+        def wake(key: Key) -> None:  # from a reading thread
+            loop.call_soon_threadsafe(self.enqueue, key)
+        self.ctx.gpu.reads.wake = wake
         self.tasks = [asyncio.create_task(self._worker(), name=f"msv-worker-{i}")
                       for i in range(self.config.max_workers)]
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
@@ -93,6 +100,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.ctx.gpu.reads.wake = None  # a read that ends later queues nothing
+        self.ctx.gpu.reads.close()
         self.kube.close()
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:

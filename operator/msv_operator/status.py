@@ -53,11 +53,16 @@ Before them all, ``InsufficientGPUMemory``: the operator's GPU fit found no GPU 
 holds a variant (``gpu``, from ``placement``), so that variant has no Deployment of its own
 (a live one is left as it was); the message names the need and the largest offer.
 
+While GPU fit still reads a variant's artifact to choose its pool (``GpuVariant.pending``),
+that variant has no Deployment yet either: not a failure, ``Ready``, ``Progressing`` and
+``Reconciling`` then say ``EstimatingGPUMemory`` (``ESTIMATING``), naming what it waits for.
+
 With GPU fit (``gpu``), each variant entry also carries ``gpuMemory`` (the estimate's parts,
 and the measured peak a pass read from Prometheus, ``measuredBytes``), ``placement``, its cost
 (``pareto.cost``: its pods at the placement's price per pod, and per 1,000 requests at its
 measured ``rps``) and its mark on the Pareto frontier over ``p95Ms``, ``costPer1kRequests`` and
-``agreement`` (the stable variant's agreement is 1: it is the reference).
+``agreement`` (the stable variant's agreement is 1: it is the reference). A ModelService
+without spec.gpu has the same, priced as CPU (``placement.cpu_priced``; no ``gpuMemory``).
 
 ``reconcile`` calls it after applying; ``handlers`` call it again whenever an owned Deployment or
 Pod changes, so the status follows the cluster within seconds.
@@ -88,6 +93,8 @@ STALLED = "Stalled"
 FIELDS_IGNORED = "FieldsIgnored"
 ROLLOUT = "Rollout"
 AUTOSCALING_BLIND = "AutoscalingBlind"
+ESTIMATING = "EstimatingGPUMemory"
+"""The reason while a variant waits for its GPU memory estimate to be placed."""
 """Only with spec.rollout: True once promoted, Unknown while pending or progressing, False
 when stopped (paused, rolled back, aborted); the reason says why (docs/rollouts.md)."""
 
@@ -135,7 +142,8 @@ MEASURED_KEYS = VariantStatus.MEASURED
 
 @dataclass(frozen=True)
 class GpuVariant:
-    """What GPU fit says of one variant (``placement.VariantFit``)."""
+    """What GPU fit says of one variant (``placement.VariantFit``), or its CPU price
+    (``placement.cpu_priced``)."""
 
     gpu_memory: Mapping[str, Any] | None = None
     """The estimate's parts (``gpufit.MemoryEstimate.to_status``)."""
@@ -144,6 +152,8 @@ class GpuVariant:
     """US dollars per hour of one pod; None: unknown."""
     refused: str | None = None
     """Why no pool holds it (``InsufficientGPUMemory``)."""
+    pending: str | None = None
+    """What it waits for before it is placed (``EstimatingGPUMemory``)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,8 @@ class Verdict:
     progressing_message: str = ""
     ready: bool = False
     variants: list[VariantState] = field(default_factory=list)
+    estimating: bool = False
+    """A variant waits for its GPU memory estimate (``ESTIMATING``)."""
 
 
 def service_url(name: str, namespace: str, tls: bool = False) -> str:
@@ -402,10 +414,12 @@ def assess(
     pods: Sequence[Mapping[str, Any]],
     weights: Mapping[str, int] | None = None,
     refused: Mapping[str, str] | None = None,
+    pending: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Summarise the variants' Deployments and Pods (``weights``: the effective weights;
     spec.traffic as written when not given, e.g. for a spec that does not parse;
-    ``refused``: the variants no GPU pool holds, with why)."""
+    ``refused``: the variants no GPU pool holds, with why; ``pending``: those waiting for
+    their GPU memory estimate, with what they wait for)."""
     weights = variant_weights(ms) if weights is None else weights
     states: list[VariantState] = []
     for name, weight in weights.items():
@@ -415,8 +429,11 @@ def assess(
         if refused and name in refused:
             state = replace(state, problem_reason=INSUFFICIENT,
                                         problem_message=refused[name], waiting_for=None)
+        elif pending and name in pending:
+            state = replace(state, waiting_for=pending[name])
         states.append(state)
-    verdict = Verdict(variants=states)
+    verdict = Verdict(variants=states, estimating=any(s.name in (pending or {})
+                                                      for s in states))
     problems = [s for s in states if s.problem_reason]
     if problems:
         problems.sort(key=lambda s: _FAILURE_ORDER.index(s.problem_reason or "")
@@ -430,9 +447,9 @@ def assess(
         if first.problem_reason in SECRET_REASONS:
             lead = secret_problem(ms, first.problem_reason)
             verdict.failure_message = f"{lead}. {verdict.failure_message}"
-    pending = [s for s in states if s.waiting_for]
+    waiting = [s for s in states if s.waiting_for]
     verdict.progressing_message = "; ".join(f"variant {s.name}: waiting for {s.waiting_for}"
-                                            for s in pending)
+                                            for s in waiting)
     verdict.ready = bool(states) and not problems and all(
         s.weight == 0 or (s.desired is not None and s.ready_replicas >= s.desired)
         for s in states
@@ -477,7 +494,10 @@ def compute_status(
                                  message=message, now=now, observed_generation=gen)
 
     refused = {v: g.refused for v, g in (gpu or {}).items() if g.refused}
-    verdict = assess(ms, deployments, pods, weights, refused)
+    pending = {v: g.pending for v, g in (gpu or {}).items() if g.pending}
+    verdict = assess(ms, deployments, pods, weights, refused, pending)
+    # waiting for a variant's estimate rather than for its pods
+    rolling = ESTIMATING if verdict.estimating else "RollingOut"
     rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
     if invalid_spec is not None:
         failure: tuple[str, str] | None = (invalid_reason, invalid_spec)
@@ -497,12 +517,12 @@ def compute_status(
         elif failure:
             put(READY, cond.FALSE, *failure)
         else:
-            put(READY, cond.FALSE, "RollingOut", verdict.progressing_message
+            put(READY, cond.FALSE, rolling, verdict.progressing_message
                 or "waiting for the variants to become ready")
         if failure:
             put(PROGRESSING, cond.FALSE, *failure)
         elif verdict.progressing_message:
-            put(PROGRESSING, cond.TRUE, "RollingOut", verdict.progressing_message)
+            put(PROGRESSING, cond.TRUE, rolling, verdict.progressing_message)
         elif (unrepresentable := share_problem(ms, verdict, rollout_state, routed)):
             put(PROGRESSING, cond.FALSE, shares.SHARE_NOT_REPRESENTABLE, unrepresentable)
         else:
@@ -517,7 +537,7 @@ def compute_status(
         if verdict.ready and not verdict.progressing_message:
             put(RECONCILING, cond.FALSE, "RolloutComplete", "every variant is rolled out")
         else:
-            put(RECONCILING, cond.TRUE, "RollingOut", verdict.progressing_message
+            put(RECONCILING, cond.TRUE, rolling, verdict.progressing_message
                 or "waiting for the variants to become ready")
         put(STALLED, cond.FALSE, "AsExpected", "no failures observed")
     ignored = list(ignored_fields)
@@ -541,8 +561,10 @@ def compute_status(
                               (measured or {}).get(s.name) or {}, delivered[s.name],
                               (gpu or {}).get(s.name))
                for s in verdict.variants]
-    if gpu:
-        _mark_frontier(entries, stable_of(variant_weights(ms)) if entries else None)
+    if gpu and entries:  # the reference: the spec's stable variant (the default one when
+        # the spec lists none)
+        _mark_frontier(entries, stable_of(variant_weights(ms) or {
+            s.name: s.weight for s in verdict.variants}))
     status: dict[str, Any] = {
         "conditions": conditions,
         "variants": [entry.to_dict() for entry in entries],
@@ -627,7 +649,7 @@ def _price(entry: VariantStatus, replicas: int, gpu: GpuVariant) -> None:
     """The entry's ``costPerHour`` and ``costPer1kRequests`` (``pareto.cost``: its pods at the
     placement's price per pod, at its measured ``rps``)."""
     cost = pareto.cost(replicas, gpu.price_per_pod, entry.rps)
-    entry.cost_per_hour = None if cost.per_hour is None else round(cost.per_hour, 4)
+    entry.cost_per_hour = None if cost.per_hour is None else round(cost.per_hour, 6)
     entry.cost_per_1k_requests = (None if cost.per_1k_requests is None
                                   else round(cost.per_1k_requests, 6))
 

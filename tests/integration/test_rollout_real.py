@@ -148,7 +148,11 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
         # machine), and at step 2 a second int8 pod starts on the same two cores while one
         # takes all the traffic: the gate is set where a good candidate passes on a busy
         # machine too (the latency gate's rollback has its own test, a 100x larger model).
-        {"maxLatencyRatio": 6.0, "minAgreement": 0.95}, steps=[50, 100]))
+        # The agreement gate decides on a 95% Wilson bound: a candidate agreeing on every
+        # request needs 73 comparisons in one window to clear 0.95, so the window is 60 s
+        # and every stable request is mirrored (about 1.2 stable requests/s suffice).
+        {"maxLatencyRatio": 6.0, "minAgreement": 0.95, "window": "60s",
+         "mirrorPercent": 100}, steps=[50, 100]))
     ip = stable_ip(k, ns, name)
     traffic_at: dict[int, str] = {}
     with Load(ip, name) as load:
@@ -161,6 +165,7 @@ def test_a_good_int8_candidate_is_promoted_step_by_step_across_an_operator_kill(
         # the analysis that let step 1 pass measured real agreement on mirrored requests
         agreement = gate(second, "agreement")
         assert agreement["passed"] and agreement["value"] >= 0.95, agreement
+        assert agreement["lowerBound"] >= 0.95 and agreement["samples"] >= 73, agreement
 
         # kill -9 during step 2; a new operator resumes at step 2 from the status alone.
         # The operator posts a step's Event after the status that shows the step: once it is

@@ -204,6 +204,7 @@ def test_one_replica_has_no_pdb_and_without_leader_election_no_lease_rights() ->
     ("gpuPrices.mig.NVIDIA-H100-80GB-HBM3.big=1", "at '/gpuPrices/mig/NVIDIA-H100-80GB-HBM3': "
      "additional properties 'big' not allowed"),
     ("gpuPrices.mig.H100.big=1", "additional properties 'H100' not allowed"),
+    ("gpuPrices.cpu=-1", "at '/gpuPrices/cpu'"),
     ("gpuFit.enabled=maybe", "/gpuFit/enabled"),
 ])
 def test_schema_rejects_bad_values(value: str, message: str) -> None:
@@ -230,9 +231,11 @@ def test_a_price_table_reaches_the_operator_as_the_table_it_parses(tmp_path: Pat
 
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"gpuPrices": {
-        "products": {"NVIDIA-L4": 0.7}, "mig": {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}}}))
+        "products": {"NVIDIA-L4": 0.7}, "mig": {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}},
+        "cpu": 0}}))
     env = operator_env(render(values=values))
     table = config.parse_gpu_prices(env["MSV_GPU_PRICES"])
+    assert table.cpu == 0.0  # CPU is free
     assert table.products["NVIDIA-L4"] == 0.7
     assert table.products["NVIDIA-A100-SXM4-80GB"] == 5.12  # the list price, not overridden
     assert table.mig == {"NVIDIA-H100-80GB-HBM3": {"1g.10gb": 1.5}}

@@ -106,6 +106,9 @@ def test_a_gpu_price_table_is_read_over_the_list_prices() -> None:
     assert flag.gpu_prices.products["NVIDIA-L4"] == 0.5
     _, empty = load(["run"], {"MSV_GPU_PRICES": ""})
     assert empty.gpu_prices.products["NVIDIA-L4"] == 0.80
+    assert empty.gpu_prices.cpu == 0.0446
+    _, cpu = load(["run", "--gpu-prices", '{"cpu": 0.03}'], env)
+    assert (cpu.gpu_prices.cpu, cpu.gpu_prices.products["NVIDIA-L4"]) == (0.03, 0.80)
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), [
@@ -121,6 +124,8 @@ def test_a_gpu_price_table_is_read_over_the_list_prices() -> None:
      "MSV_GPU_PRICES: gpuPrices.mig.NVIDIA-L4.big: not a MIG profile such as 1g.10gb"),
     (["run", "--gpu-prices", '{"products": {"NVIDIA-L4": "cheap"}}'], {},
      "--gpu-prices: gpuPrices.products.NVIDIA-L4: 'cheap' is not a price per hour"),
+    (["run"], {"MSV_GPU_PRICES": '{"cpu": -1}'},
+     "MSV_GPU_PRICES: gpuPrices.cpu: -1 is not a price per hour"),
     (["run"], {"MSV_GPU_FIT": "sometimes"}, "MSV_GPU_FIT='sometimes': expected true or false"),
 ])
 def test_a_bad_gpu_setting_is_refused_naming_it(argv: list[str], env: dict[str, str],

@@ -274,9 +274,9 @@ def test_get_shows_where_each_gpu_variant_runs_what_it_costs_and_the_frontier() 
     lines = out.splitlines()
     assert ("No GPU pool holds a variant (InsufficientGPUMemory): variant big: needs 135.0 GiB "
             "of GPU memory, the largest offer is 80.0 GiB (NVIDIA-A100-SXM4-80GB)") in lines
-    table = lines.index("GPU placement and cost (US dollars; MEM: needed, "
+    table = lines.index("Placement and cost (US dollars; MEM: GPU memory needed, "
                         "estimated/measured):")
-    assert lines[table + 1].split() == ["NAME", "GPU", "MEM", "$/H", "$/1K", "PARETO"]
+    assert lines[table + 1].split() == ["NAME", "ON", "MEM", "$/H", "$/1K", "PARETO"]
     rows = {line.split()[0]: line.split() for line in lines[table + 2:]}
     assert rows["fp16"] == ["fp16", "NVIDIA-A100-SXM4-80GB", "x1", "28.2GiB/-", "10.24",
                             "0.0948", "frontier"]
@@ -285,4 +285,26 @@ def test_get_shows_where_each_gpu_variant_runs_what_it_costs_and_the_frontier() 
                             "fp16"]
     assert rows["big"] == ["big", "-", "135.0GiB/-", "-", "-", "unmeasured"]
     # a ModelService without GPU fit has no such table
-    assert "GPU placement" not in plugin.render(RECORDED)
+    assert "Placement and cost" not in plugin.render(RECORDED)
+
+
+def test_get_shows_a_cpu_variants_request_and_cost_and_a_variant_being_estimated() -> None:
+    cpu = {**GPU, "spec": {}, "status": {"variants": [
+        {"name": "a", "replicas": 2, "weight": 100, "rps": 20.0,
+         "placement": {"cpu": "500m", "pricePerHour": 0.0223}, "costPerHour": 0.0446,
+         "costPer1kRequests": 0.000619, "pareto": "frontier"}]}}
+    lines = plugin.render(cpu).splitlines()
+    table = lines.index("Placement and cost (US dollars; MEM: GPU memory needed, "
+                        "estimated/measured):")
+    assert lines[table + 2].split() == ["a", "CPU", "500m", "-", "0.0446", "0.0006", "frontier"]
+    waiting = {**GPU, "status": {"variants": [
+        {"name": "fp16", "replicas": 0, "weight": 100,
+         "placement": {"pending": True, "count": 1, "pinned": False}, "pareto": "unmeasured"},
+        {"name": "int8", "replicas": 0, "weight": 0,
+         "placement": {"pending": True, "resource": "nvidia.com/gpu", "count": 1,
+                       "product": "NVIDIA-L4", "pinned": True, "checked": False},
+         "pareto": "unmeasured"}]}}
+    lines = plugin.render(waiting).splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[-2:]}
+    assert rows["fp16"][:2] == ["fp16", "(estimating)"]
+    assert rows["int8"][:4] == ["int8", "NVIDIA-L4", "x1", "(estimating)"]

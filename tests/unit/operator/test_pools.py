@@ -132,6 +132,23 @@ def test_a_price_table_overrides_the_defaults_and_refuses_what_it_cannot_use() -
         prices.parse_prices({"currency": "EUR"})
 
 
+def test_a_vcpu_hour_has_a_default_price_a_table_may_set_or_make_free() -> None:
+    assert prices.CPU_LIST_PRICE.source.startswith("Amazon EC2 c7i.large")
+    assert prices.DEFAULT_PRICES.cpu == 0.0446  # $0.08925/h for 2 vCPU
+    assert prices.DEFAULT_PRICES.of_cpu(0.5) == 0.0223
+    # absent or null: the default; the GPU prices stay as they were
+    assert prices.parse_prices({"products": {L4: 0.7}}).cpu == 0.0446
+    assert prices.parse_prices({"cpu": None}) == prices.DEFAULT_PRICES
+    table = prices.parse_prices({"cpu": 0.05})
+    assert (table.cpu, table.of_cpu(2.0), table.products) == (
+        0.05, 0.1, prices.DEFAULT_PRICES.products)
+    free = prices.parse_prices({"cpu": 0})
+    assert (free.cpu, free.of_cpu(4.0)) == (0.0, 0.0)
+    for bad in (-0.01, "0.04", True, float("nan"), prices.PRICE_LIMIT):
+        with pytest.raises(PriceError, match=r"^gpuPrices.cpu: .* is not a price per hour"):
+            prices.parse_prices({"cpu": bad})
+
+
 # ---- placement: the targets ------------------------------------------------------------
 
 def test_a_13b_float16_generator_goes_to_the_a100_pool() -> None:

@@ -1,12 +1,14 @@
 """Whole reconcile passes with GPU fit on the local cluster's simulated pools (A100 80GB,
 L4, an H100 in MIG slices; localcluster.nodes), artifacts shaped like public checkpoints
 (tests/safetensors_headers.py) served by a reader double: where each variant goes, what is
-refused and why, what stays where it runs, and what the status and Events say."""
+refused and why, what stays where it runs, what waits for its artifact's read, and what the
+status and Events say; and what a ModelService without GPUs costs."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import concurrent.futures
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import safetensors_headers as sh
@@ -42,6 +44,35 @@ class Reader:
             return artifacts.NotChecked(uri, f"{uri} answered HTTP 404")
         header = gpufit.parse_header(sh.header(shape.tensors(), "F16"))
         return artifacts.Artifact(uri, (header,), shape.config(), header.nbytes)
+
+
+class Inline(concurrent.futures.Executor):
+    """Runs each background read as it starts: the pass that started it finds it ended."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+class Held(concurrent.futures.Executor):
+    """Keeps each background read until the test ends it (``finish``)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...],
+                              concurrent.futures.Future[Any]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.jobs.append((fn, args, future))
+        return future
+
+    def finish(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for fn, args, future in jobs:
+            future.set_result(fn(*args))
 
 
 class FakeKube:
@@ -87,10 +118,25 @@ class FixedCapabilities:
         return kubeapi.CapabilityAnswer(service_monitor=False, gateway_api=False)
 
 
-def context(kube: FakeKube, reader: Reader, **config: Any) -> reconcile.Context:
+def context(kube: FakeKube, reader: Callable[..., Any],
+            reads: placement.HeaderReads | None = None, **config: Any) -> reconcile.Context:
+    """A pass's context; its artifact reads end as they start unless ``reads`` says else."""
     return reconcile.Context(config=OperatorConfig(**config), kube=kube,  # type: ignore[arg-type]
                              capabilities=FixedCapabilities(),  # type: ignore[arg-type]
-                             gpu=placement.GpuFitState(reader=reader))
+                             gpu=placement.GpuFitState(
+                                 reader=reader,
+                                 reads=reads or placement.HeaderReads(executor=Inline())))
+
+
+def held_reads(now: list[float] | None = None) -> tuple[placement.HeaderReads, Held,
+                                                        list[tuple[str, str]]]:
+    """Background reads the test ends (``Held.finish``), on the clock ``now``; the
+    ModelServices they wake."""
+    held, woken = Held(), []
+    clock = (lambda: now[0]) if now is not None else (lambda: 0.0)
+    reads = placement.HeaderReads(executor=held, grace=0, clock=clock)
+    reads.wake = woken.append
+    return reads, held, woken
 
 
 def gpu_nodes(without: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -460,3 +506,200 @@ def test_the_status_marks_the_frontier_of_three_measured_variants() -> None:
     assert by["int8"]["gpuMemory"] == {"totalBytes": 20 * 2**30, "measuredBytes": 15 * 2**30}
     # and is carried to the next pass, the estimate is not
     assert status.prior_measured(st)["int8"]["gpuMemory"] == {"measuredBytes": 15 * 2**30}
+
+
+# ---- the artifact read in the background -------------------------------------------------------
+
+def condition(kube: FakeKube, type_: str) -> dict[str, Any]:
+    return next(c for c in kube.status["conditions"] if c["type"] == type_)
+
+
+def renamed(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**body, "metadata": {**body["metadata"], "name": name, "uid": f"uid-{name}"}}
+
+
+def test_an_unpinned_variant_waits_for_its_artifacts_read_with_no_deployment() -> None:
+    kube, reader = FakeKube(), Reader()
+    reads, held, woken = held_reads()
+    ctx = context(kube, reader, reads)
+    result = run(ctx, ms(FP16, INT8), kube)
+    assert deployments(kube) == {} and reader.reads == []  # started, not ended
+    assert len(held.jobs) == 1  # one read for the artifact both variants share
+    assert ("Service", "llm-fp16") in kube.applied  # the rest is made
+    fp16 = entry(kube, "fp16")
+    assert fp16["placement"] == {"pending": True, "count": 1, "pinned": False}
+    assert "gpuMemory" not in fp16 and "costPerHour" not in fp16
+    for type_, state in (("Ready", "False"), ("Progressing", "True"), ("Reconciling", "True")):
+        c = condition(kube, type_)
+        assert (c["status"], c["reason"]) == (state, "EstimatingGPUMemory"), type_
+    assert condition(kube, "Progressing")["message"].startswith(
+        f"variant fp16: waiting for its GPU memory estimate: the operator is reading the "
+        f"headers of {URI_13B} to choose a GPU pool, and creates its Deployment then; "
+        "variant int8: waiting for its GPU memory estimate")
+    assert condition(kube, "Stalled")["status"] == "False"  # not a failure
+    assert result.events == []
+    # the pass comes back by the time the read counts as failed, should nothing wake it
+    assert result.requeue_after == placement.READ_TIMEOUT + 1.0
+    # another pass, and another ModelService of the same artifact: no second read
+    run(ctx, ms(FP16, INT8), kube)
+    run(ctx, renamed(ms(FP16), "other"), FakeKube())
+    assert len(held.jobs) == 1 and reads.in_flight() == [(URI_13B, None, None)]
+    # its end wakes both, and the next pass places the variants
+    held.finish()
+    assert sorted(woken) == [("ml", "llm"), ("ml", "other")]
+    assert reads.in_flight() == [] and [uri for uri, _ in reader.reads] == [URI_13B]
+    result = run(ctx, ms(FP16, INT8), kube)
+    deps = deployments(kube)
+    assert target(deps["llm-fp16"]) == pools.Target("nvidia.com/gpu", 1, (A100,))
+    assert target(deps["llm-int8"]) == pools.Target("nvidia.com/gpu", 1, (L4,))
+    assert "pending" not in entry(kube, "fp16")["placement"]
+    assert condition(kube, "Progressing")["reason"] == "RollingOut"
+    assert result.requeue_after != placement.READ_TIMEOUT + 1.0
+    assert len(reader.reads) == 1 and held.jobs == []
+
+
+def test_a_pinned_variant_is_made_at_once_and_placed_again_once_read() -> None:
+    kube, reader = FakeKube(), Reader()
+    reads, held, woken = held_reads()
+    ctx = context(kube, reader, reads)
+    body = ms(FP16, gpu={"count": 1, "products": [A100]})
+    result = run(ctx, body, kube)
+    dep = deployments(kube)["llm-fp16"]
+    assert target(dep) == pools.Target("nvidia.com/gpu", 1, (A100,))
+    inputs = dep["metadata"]["annotations"][builders.PLACEMENT_ANNOTATION]
+    assert inputs.endswith(placement.UNESTIMATED)
+    placed = entry(kube, "fp16")["placement"]
+    assert (placed["product"], placed["pinned"], placed["checked"], placed["pending"]) == (
+        A100, True, False, True)
+    assert placed["pricePerHour"] == 5.12
+    assert result.events == [] and ready(kube)["reason"] == "RollingOut"
+    # a pass before the read ends changes nothing
+    run(ctx, body, kube, [running(dep)])
+    assert "llm-fp16" not in deployments(kube)
+    held.finish()
+    assert woken == [("ml", "llm")]
+    run(ctx, body, kube, [running(dep)])
+    again = deployments(kube)["llm-fp16"]  # placed with its estimate: only the hash changes
+    assert again["spec"]["template"] == dep["spec"]["template"]
+    assert again["metadata"]["annotations"][builders.PLACEMENT_ANNOTATION] == inputs.removesuffix(
+        placement.UNESTIMATED)
+    placed = entry(kube, "fp16")["placement"]
+    assert placed["checked"] is True and "pending" not in placed
+    assert entry(kube, "fp16")["gpuMemory"]["weightBytes"] == 2 * sh.LLAMA_2_13B.parameters
+
+
+def test_a_pinned_variant_made_before_its_estimate_is_refused_once_read_and_left_running(
+) -> None:
+    kube, reader = FakeKube(), Reader()
+    reads, held, _ = held_reads()
+    ctx = context(kube, reader, reads)
+    body = ms(FP16, gpu={"count": 1, "products": [L4]})  # 28.2 GiB on a 22.5 GiB L4
+    run(ctx, body, kube)
+    dep = deployments(kube)["llm-fp16"]
+    held.finish()
+    run(ctx, body, kube, [running(dep)])
+    assert "llm-fp16" not in deployments(kube) and kube.deleted == []
+    assert ready(kube)["reason"] == "InsufficientGPUMemory"
+
+
+def test_a_read_that_raises_is_placed_as_spec_gpu_says_with_the_warning() -> None:
+    def broken(uri: str, *, s3: artifacts.S3Access | None = None) -> artifacts.Artifact:
+        raise RuntimeError("a bug in the reader")
+
+    kube = FakeKube()
+    reads, held, woken = held_reads()
+    ctx = context(kube, broken, reads)
+    run(ctx, ms(FP16), kube)
+    assert deployments(kube) == {}
+    held.finish()
+    assert woken == [("ml", "llm")] and reads.in_flight() == []
+    result = run(ctx, ms(FP16), kube)
+    assert target(deployments(kube)["llm-fp16"]) == pools.Target("nvidia.com/gpu", 1)
+    (event,) = result.events
+    assert event[:2] == ("Warning", "GPUFitNotChecked")
+    assert f"the GPU memory fit of {URI_13B} was not checked: reading it failed: RuntimeError" in (
+        event[2])
+    assert entry(kube, "fp16")["placement"]["checked"] is False
+
+
+def test_a_read_not_ended_in_time_counts_as_failed_and_its_late_answer_still_counts() -> None:
+    now = [0.0]
+    kube, reader = FakeKube(), Reader()
+    reads, held, _ = held_reads(now)
+    ctx = context(kube, reader, reads)
+    assert run(ctx, ms(INT8), kube).requeue_after == placement.READ_TIMEOUT + 1.0
+    now[0] = placement.READ_TIMEOUT / 2
+    assert run(ctx, ms(INT8), kube).requeue_after == placement.READ_TIMEOUT / 2 + 1.0
+    assert deployments(kube) == {}
+    now[0] = placement.READ_TIMEOUT
+    result = run(ctx, ms(INT8), kube)
+    dep = deployments(kube)["llm-int8"]
+    assert target(dep) == pools.Target("nvidia.com/gpu", 1)  # as spec.gpu says
+    (event,) = result.events
+    assert f"reading it took longer than {placement.READ_TIMEOUT:.0f} s" in event[2]
+    # still in flight once that failure is forgotten: no second read of the artifact
+    now[0] += placement.NOT_CHECKED_TTL
+    run(ctx, ms(INT8), kube, [running(dep)])
+    assert len(held.jobs) == 1
+    # its late answer is kept: the placement that runs is checked against it
+    held.finish()
+    run(ctx, ms(INT8), kube, [running(dep)])
+    assert "llm-int8" not in deployments(kube)
+    assert entry(kube, "int8")["placement"]["checked"] is True  # both GPUs hold 19.5 GiB
+    assert len(reader.reads) == 1
+
+
+# ---- a ModelService without GPUs ---------------------------------------------------------------
+
+def cpu_only(**spec: Any) -> dict[str, Any]:
+    body = ms(FP16, INT8, **spec)
+    del body["spec"]["gpu"]
+    return body
+
+
+def test_a_modelservice_without_gpus_costs_its_cpu_request_at_the_vcpu_price() -> None:
+    kube, reader = FakeKube(), Reader()
+    ctx = context(kube, reader)
+    run(ctx, cpu_only(replicas=2), kube)
+    # builders.DEFAULT_REQUESTS' 500m at the list price, $0.0446 per vCPU-hour
+    assert entry(kube, "fp16")["placement"] == {"cpu": "500m", "pricePerHour": 0.0223}
+    assert reader.reads == [] and "gpuMemory" not in entry(kube, "fp16")
+    run(ctx, cpu_only(replicas=2), kube, live_objects(kube, 2))
+    assert entry(kube, "fp16")["costPerHour"] == 0.0446  # two pods
+    assert entry(kube, "fp16")["pareto"] == "unmeasured"  # no requests measured yet
+    # its own request at a price of its own, measured traffic: a cost per 1,000 requests and
+    # a place on the frontier
+    body = cpu_only(server={"resources": {"requests": {"cpu": "2", "memory": "4Gi"}}})
+    kube = FakeKube()
+    ctx = context(kube, reader, gpu_prices=prices.parse_prices({"cpu": 0.05}))
+    run(ctx, body, kube)
+    kube.status["variants"] = [{"name": "fp16", "p95Ms": 20.0, "rps": 10.0},
+                               {"name": "int8", "p95Ms": 15.0, "rps": 10.0}]
+    run(ctx, body, kube, live_objects(kube, 1))
+    fp16, int8 = entry(kube, "fp16"), entry(kube, "int8")
+    assert fp16["placement"] == {"cpu": "2", "pricePerHour": 0.1}
+    # one pod for an hour at 10 requests/s: 36,000 requests
+    assert (fp16["costPerHour"], fp16["costPer1kRequests"]) == (0.1, round(0.1 / 36, 6))
+    assert (fp16["pareto"], int8["pareto"]) == ("frontier", "unmeasured")  # int8: no agreement
+
+
+def test_a_free_cpu_costs_nothing_and_a_pod_without_a_cpu_request_has_no_price() -> None:
+    kube, reader = FakeKube(), Reader()
+    run(context(kube, reader, gpu_prices=prices.parse_prices({"cpu": 0})), cpu_only(), kube)
+    assert entry(kube, "fp16")["placement"] == {"cpu": "500m", "pricePerHour": 0.0}
+    # a CPU limit alone is the request (as Kubernetes sets it)
+    kube = FakeKube()
+    limited = {"requests": {"memory": "1Gi"}, "limits": {"cpu": "1500m"}}
+    run(context(kube, reader), cpu_only(server={"resources": limited}), kube)
+    assert entry(kube, "fp16")["placement"] == {"cpu": "1500m", "pricePerHour": 0.0669}
+    # neither: no price, no cost, unmeasured
+    kube = FakeKube()
+    run(context(kube, reader), cpu_only(server={"resources": {"requests": {"memory": "1Gi"}}}),
+        kube)
+    fp16 = entry(kube, "fp16")
+    assert "placement" not in fp16 and "costPerHour" not in fp16
+    assert fp16["pareto"] == "unmeasured"
+    # GPU fit off: no price either
+    kube = FakeKube()
+    run(context(kube, reader, gpu_fit=False), cpu_only(), kube)
+    assert all("placement" not in v and "pareto" not in v for v in kube.status["variants"])

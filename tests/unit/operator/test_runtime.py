@@ -461,3 +461,36 @@ def test_a_pass_sees_the_gpu_nodes_of_the_node_index_only_with_gpu_fit() -> None
         registry = handlers.register(config, OperatorMetrics())
         ids = {h.id for h in registry._indexing.get_all_handlers()}
         assert ("msv_nodes" in ids) is indexed
+
+
+def test_the_end_of_an_artifact_read_queues_a_pass_of_each_modelservice_that_waited(
+        scripted: ScriptedPass) -> None:
+    from msv_operator import artifacts, placement
+
+    rt, _, metrics = make()
+    know(rt, A, B)
+    reads = rt.ctx.gpu.reads
+    reads.grace = 0
+    release = threading.Event()
+    started: list[str] = []
+
+    def job() -> artifacts.NotChecked:
+        started.append("read")
+        assert release.wait(10)
+        return artifacts.NotChecked("http://store.test/m.safetensors", "answered HTTP 404")
+
+    key = ("http://store.test/m.safetensors", None, None)
+
+    async def scenario() -> None:
+        for waiter in (A, B):  # two passes ask while the one read runs on its thread
+            answer = reads.ask(key, job, rt.ctx.gpu.cache, waiter)
+            assert isinstance(answer, placement.Pending)
+        assert reads.in_flight() == [key]
+        release.set()
+        await until(lambda: finished(metrics) == 2)
+
+    run(rt, scenario)
+    assert sorted(k for k, _ in scripted.passes) == [A, B]
+    assert started == ["read"]  # one read for both
+    assert isinstance(rt.ctx.gpu.cache.get(key), artifacts.NotChecked)
+    assert reads.in_flight() == []
