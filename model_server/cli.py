@@ -11,6 +11,8 @@ The process is the unit Kubernetes sees, so this module owns how it ends:
 
 * exit codes: 0 clean shutdown, 1 pull failed (or any unexpected error), 2 invalid settings
   or unknown `MODEL_SERVER_*` variables, 4 the model failed to load;
+* after a successful pull its report (one JSON object: msv_contract.env.PULL_*) goes to the
+  termination-message file, where the operator reads what the pull took;
 * on 1, 2 and 4 a one-paragraph error goes to the termination-message file
   (`MODEL_SERVER_TERMINATION_LOG`, default /dev/termination-log), which the operator copies
   into the ModelService's `ModelLoadFailed` condition;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -206,15 +209,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     from model_server.logging import configure_logging
-    from model_server.pull import PullError, pull
+    from model_server.pull import PullError, pull_report
 
     configure_logging(args.log_format, "info")
     try:
-        pull(args.uri, args.dest, sha256=args.sha256, force=args.force)
+        done = pull_report(args.uri, args.dest, sha256=args.sha256, force=args.force)
     except PullError as exc:
         log.error("Pull failed: %s", exc)
         write_termination_message(termination_log_path(), f"model pull failed: {exc}")
         return EXIT_PULL_FAILED
+    # what the pull took, for the operator's status.variants[].startup (msv_contract.env)
+    write_termination_message(termination_log_path(),
+                              json.dumps(done.report(), separators=(",", ":")))
     return EXIT_OK
 
 

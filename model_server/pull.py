@@ -11,7 +11,12 @@ verified (SHA-256 of the downloaded file when `--sha256` is given) before it is 
 DEST. When DEST already exists as an empty directory (a volume mount point, which cannot be
 replaced), the temporary directory is created inside it and its entries are moved in at
 the end; a marker file `.model-pull.json` is written last, so a re-run of the same pull is a
-no-op and an interrupted one is detected. On any error nothing is left at DEST.
+no-op (a cache hit) and an interrupted one is detected. On any error nothing is left at DEST.
+
+The marker also says what the last pull into DEST took (`read_marker`, `Pulled`): bytes
+fetched, seconds, whether it was a cache hit and when it finished. `model-server pull` puts
+the same report in its termination message, where the operator reads it
+(msv_contract.env.PULL_*); the server reads the marker at start (model_server.startup).
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
+
+from msv_contract import env as contract
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +45,52 @@ CHUNK = 1 << 20
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
+_IDENTITY = ("uri", "sha256")
+"""The marker keys that say which model DEST holds (the rest reports the last pull)."""
+FINISHED_AT = "finishedAt"
+"""Marker key: when the last pull into DEST finished (seconds since the epoch)."""
+
+
 class PullError(Exception):
     """The pull failed; the message says why. DEST is left untouched (or absent)."""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What one pull did: where the model is, the bytes fetched, how long it took, and
+    whether DEST already held the model (a cache hit: nothing fetched)."""
+
+    path: Path
+    bytes: int
+    seconds: float
+    cache_hit: bool
+    finished_at: float
+    """Seconds since the epoch."""
+
+    def report(self) -> dict[str, Any]:
+        """The report in the termination message and the marker (msv_contract.env.PULL_*)."""
+        return {contract.PULL_BYTES: self.bytes, contract.PULL_SECONDS: round(self.seconds, 3),
+                contract.PULL_CACHE_HIT: self.cache_hit}
+
+
+def read_marker(dest: str | Path) -> dict[str, Any] | None:
+    """The marker of a pulled directory (None: none, or unreadable)."""
+    try:
+        data = json.loads((Path(dest) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_marker(directory: Path, marker: dict[str, Any]) -> None:
+    """Write the marker atomically (a reader sees the old one or the new one)."""
+    tmp = directory / f".pull-marker-{os.getpid()}"
+    tmp.write_text(json.dumps(marker))
+    tmp.rename(directory / MARKER)
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 class _Progress:
@@ -247,6 +300,13 @@ def _unpack(archive: Path, staging: Path) -> None:
 
 def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool = False) -> Path:
     """Fetch `uri` into directory `dest` atomically; return `dest`. Raises PullError."""
+    return pull_report(uri, dest, sha256=sha256, force=force).path
+
+
+def pull_report(uri: str, dest: str | Path, *, sha256: str | None = None,
+                force: bool = False) -> Pulled:
+    """`pull`, saying what it did (also written to the marker). Raises PullError."""
+    started = time.monotonic()
     dest = Path(dest)
     scheme = urlparse(uri).scheme
     fetchers = {"file": _fetch_file, "http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3}
@@ -259,19 +319,20 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
         sha256 = sha256.strip().lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise PullError("--sha256 must be 64 hexadecimal characters")
-    marker = {"uri": uri, "sha256": sha256}
+    marker: dict[str, Any] = {"uri": uri, "sha256": sha256}
     in_place = dest.is_dir()
     if in_place:
         existing = [p for p in dest.iterdir() if not p.name.startswith(".pull-")]
-        marker_file = dest / MARKER
-        if marker_file.is_file():
+        previous = read_marker(dest)
+        if previous is not None and {k: previous.get(k) for k in _IDENTITY} == marker:
+            done = Pulled(dest, 0, time.monotonic() - started, True, time.time())
             try:
-                previous = json.loads(marker_file.read_text())
-            except ValueError:
-                previous = None
-            if previous == marker:
-                log.info("Already pulled %s into %s", uri, dest, extra={"uri": uri})
-                return dest
+                _write_marker(dest, {**previous, **done.report(), FINISHED_AT: done.finished_at})
+            except OSError as exc:  # the model is there: a report it cannot update is no error
+                log.warning("Cannot update %s in %s: %s", MARKER, dest, exc)
+            log.info("Already pulled %s into %s", uri, dest,
+                     extra={"uri": uri, **done.report()})
+            return done
         for stale in dest.glob(".pull-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if existing:
@@ -294,6 +355,7 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
     try:
         log.info("Pulling %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
         single, digest = fetch(uri, staging)
+        fetched = _tree_bytes(staging)
         if sha256 is not None:
             if single is None:
                 raise PullError("--sha256 applies to a single file or archive, not a directory")
@@ -304,6 +366,8 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
             log.info("Verified sha256 of %s", uri, extra={"uri": uri, "sha256": digest})
         if single is not None and single.name.endswith(_ARCHIVES):
             _unpack(single, staging)
+        done = Pulled(dest, fetched, time.monotonic() - started, False, time.time())
+        marker.update({**done.report(), FINISHED_AT: done.finished_at})
         (staging / MARKER).write_text(json.dumps(marker))
         if in_place:
             entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER)
@@ -321,5 +385,6 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("Pulled %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
-    return dest
+    log.info("Pulled %s into %s: %d bytes in %.2f s", uri, dest, done.bytes, done.seconds,
+             extra={"uri": uri, "dest": str(dest), **done.report()})
+    return done

@@ -82,3 +82,14 @@ TLS_SECRET_MISSING = "TLSSecretMissing"
 TLS_SECRET_INVALID = "TLSSecretInvalid"
 """``tls.crt``/``tls.key`` are not a PEM certificate and the private key that matches it."""
 SECRET_REASONS = (AUTH_SECRET_MISSING, NO_TOKENS, TLS_SECRET_MISSING, TLS_SECRET_INVALID)
+
+# The pull's report: after a successful `model-server pull` its termination message is one JSON
+# object with these keys (the kubelet keeps it in the init container's
+# ``state.terminated.message``); the operator reads it into status.variants[].startup. The
+# same keys are in the pull marker (``.model-pull.json``) the server reads at start.
+PULL_BYTES = "bytes"
+"""Bytes the pull wrote into the model directory (0 on a cache hit)."""
+PULL_SECONDS = "seconds"
+"""Wall-clock seconds the pull took (fetch, verify, unpack, move)."""
+PULL_CACHE_HIT = "cacheHit"
+"""True: the directory already held this model (same URI and checksum), nothing was fetched."""

@@ -79,6 +79,9 @@ async def ready(request: Request) -> Response:
     if not dp.ready:
         dp.require_ready()  # raises ModelNotReady with the state and reason
         raise ModelNotReady("the model is not ready")
+    startup = dp.startup
+    if startup is not None and startup.ready_at is None:
+        startup.ready_seen()  # the first ready answer ends the start (model_server.startup)
     return Response(b'{"ready":true}', media_type=JSON)
 
 
