@@ -57,10 +57,11 @@ from model_server.routers.openai import router as openai_router
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings, mirror_base_url
 from model_server.startup import StartupClock
+from msv_contract import env as contract_env
 
 log = logging.getLogger(__name__)
 
-READY_PATH = "/v2/health/ready"
+READY_PATH = contract_env.READY_PATH
 
 
 def _backend_factory(settings: Settings, backend: Backend | None) -> Any:

@@ -59,6 +59,13 @@ HTTP_PORT = 8080
 GRPC_PORT_NUMBER = 8081
 """OIP v2 gRPC."""
 
+# The health endpoints the kubelet probes (open without a token).
+LIVE_PATH = "/v2/health/live"
+"""200 as soon as the process serves HTTP, also while the model loads (liveness)."""
+READY_PATH = "/v2/health/ready"
+"""200 once the model is loaded and serving, 503 before, after a failure and while draining
+(startup and readiness)."""
+
 # The Secrets the operator mounts, as it mounts them.
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"

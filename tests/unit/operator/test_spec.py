@@ -57,6 +57,25 @@ def test_bad_secret_names_name_the_field() -> None:
                                                  "server": {"auth": {"tokenSecret": "-x"}}}))
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("5s", r"spec\.server\.startupTimeout: '5s' is outside \[10s, 24h\]"),
+    ("25h", r"spec\.server\.startupTimeout: '25h' is outside"),
+    ("soon", r"spec\.server\.startupTimeout: 'soon' is not a duration"),
+    (600, r"spec\.server\.startupTimeout: 600 is not a duration"),
+])
+def test_bad_startup_timeout_names_the_field(value: Any, message: str) -> None:
+    with pytest.raises(InvalidSpecError, match=message):
+        parse_spec(manifest("sentiment", "ml", {"model": MODEL,
+                                                 "server": {"startupTimeout": value}}))
+
+
+def test_startup_timeout_default_and_value() -> None:
+    assert parse_spec(manifest("sentiment", "ml", {"model": MODEL})).startup_timeout_seconds \
+        == 30 * 60
+    assert parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+        "startupTimeout": "90s"}})).startup_timeout_seconds == 90
+
+
 def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
     from msv_operator import spec
 
