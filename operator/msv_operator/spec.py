@@ -696,6 +696,9 @@ def parse_startup_timeout(value: Any) -> float:
     """Seconds of ``spec.server.startupTimeout`` (``STARTUP_TIMEOUT_DEFAULT`` when absent),
     within ``STARTUP_TIMEOUT_RANGE``."""
     where = "spec.server.startupTimeout"
+    if isinstance(value, str) and not GATEWAY_DURATION.match(value):  # the CRD's pattern
+        raise InvalidSpecError(f"{where}: {value!r} is not a duration such as 30m (at most 5 "
+                               "digits)")
     seconds = parse_duration(STARTUP_TIMEOUT_DEFAULT if value is None else value, where)
     lo, hi = (parse_duration(v, where) for v in STARTUP_TIMEOUT_RANGE)
     if not lo <= seconds <= hi:

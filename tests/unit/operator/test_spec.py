@@ -131,3 +131,28 @@ def test_gpu_resource_name_is_a_pin_only_when_set() -> None:
     assert pinned.gpu is not None
     assert (pinned.gpu.resource_name, pinned.gpu.products) == (
         "nvidia.com/mig-1g.10gb", ("NVIDIA-A100-SXM4-80GB",))
+
+
+def test_crd_startup_timeout_is_the_parsers() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+    from msv_operator import spec as sp
+
+    from msv_contract import api
+
+    root = Path(__file__).resolve().parents[3]
+    crd = yaml.safe_load((root / "crds" / f"{api.CRD_NAME}.yaml").read_text())
+    server = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["server"]["properties"]
+    field = server["startupTimeout"]
+    assert field["default"] == sp.STARTUP_TIMEOUT_DEFAULT
+    (rule,) = field["x-kubernetes-validations"]
+    assert re.search(r"matches\('([^']*)'\)", rule["rule"]).group(1) == (  # type: ignore[union-attr]
+        sp.GATEWAY_DURATION.pattern)
+    assert re.findall(r"duration\('([^']*)'\)", rule["rule"]) == list(sp.STARTUP_TIMEOUT_RANGE)
+    assert rule["message"].startswith("spec.server.startupTimeout")
+    with pytest.raises(InvalidSpecError, match="at most 5 digits"):
+        parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+            "startupTimeout": "123456s"}}))
