@@ -8,8 +8,10 @@ image), the model published to the in-cluster HTTP store with its SHA-256:
 * **pod**: ``kubectl apply`` of a one-variant ModelService (warm images: the framework's
   runtime image already on the node) with the operator running; polled every 0.1 s: Deployment
   created by the operator, pod scheduled, pull (init container) done, model-server container
-  running, pod Ready (the server's own readiness probe after the model loaded). Phases:
-  operator, scheduling, sandbox + pull, start + load + readiness.
+  running, pod Ready (the server's startup probe after the model loaded). Phases:
+  operator, scheduling, sandbox + pull, start + load + readiness; beside them the operator's
+  own account, ``status.variants[].startup`` (``status_*``: scheduled, image, fetch, load,
+  total).
 * **host**: the same two steps as processes on this machine — ``model-server pull`` of the
   same URI (through the same Service) and ``model-server serve`` until
   ``/v2/health/ready`` answers 200.
@@ -115,12 +117,30 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
             if _ready(pod):
                 seen.setdefault("ready", now)
         time.sleep(0.1)
+    startup = status_startup(c, ns, name, deadline=time.monotonic() + 30)
     c.kubectl_run("delete", "modelservice", name, "-n", ns, "--wait=false")
     return {"operator": seen["deployment"],
             "scheduling": seen["scheduled"] - seen["deployment"],
             "sandbox_and_pull": seen["pulled"] - seen["scheduled"],
             "start_load_ready": seen["ready"] - seen["pulled"],
-            "total": seen["ready"]}
+            "total": seen["ready"],
+            # the operator's own account (whole seconds, but the pull's report)
+            **{f"status_{k.removesuffix('Seconds')}": float(startup[k])
+               for k in ("scheduledSeconds", "imageSeconds", "fetchSeconds", "loadSeconds",
+                         "totalSeconds")}}
+
+
+def status_startup(c: lc.Cluster, ns: str, name: str, deadline: float) -> dict[str, Any]:
+    """status.variants[0].startup of the ModelService, once the operator wrote it."""
+    while True:
+        ms = get(c, "modelservice", name, "-n", ns) or {}
+        variants = (ms.get("status") or {}).get("variants") or [{}]
+        startup = variants[0].get("startup")
+        if startup:
+            return dict(startup)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: the operator wrote no status.variants[].startup")
+        time.sleep(0.2)
 
 
 def _free_port() -> int:

@@ -12,6 +12,10 @@ the operator reports `ModelLoadFailed` with it (docs/model-server.md). Without t
 or `MODEL_SERVER_EXIT_ON_LOAD_FAILURE=false`) the server stays up and not ready, with the
 reason in the logs, the model metadata (`parameters.reason`) and every 503 body.
 
+The start is timed (model_server.startup): process start, what the pull took (its marker in
+the model directory), the load and the first ready answer, exported as
+`model_server_startup_phase_seconds` and in the model metadata.
+
 `ModelServerApp.start_draining()` (called by the CLI on SIGTERM) turns `/v2/health/ready`
 to 503 at once while every other endpoint keeps serving.
 
@@ -52,10 +56,12 @@ from model_server.routers.fastpath import RestEntry, RestInfer
 from model_server.routers.openai import router as openai_router
 from model_server.routers.v2 import router
 from model_server.settings import Settings, detect_framework, get_settings, mirror_base_url
+from model_server.startup import StartupClock
+from msv_contract import env as contract_env
 
 log = logging.getLogger(__name__)
 
-READY_PATH = "/v2/health/ready"
+READY_PATH = contract_env.READY_PATH
 
 
 def _backend_factory(settings: Settings, backend: Backend | None) -> Any:
@@ -220,6 +226,8 @@ def create_app(
         timeout_s=settings.request_timeout_s,
         metrics=metrics,
     )
+    startup = StartupClock(settings.model_dir, on_ready=metrics.set_startup)
+    dataplane.startup = startup
     make_backend = _backend_factory(settings, backend)
     mirror = create_mirror(settings, metrics, dataplane)
 
@@ -230,9 +238,11 @@ def create_app(
             settings.model_dir,
             extra={"model": settings.model_name, "variant": settings.variant},
         )
+        startup.loading()
         await asyncio.to_thread(
             dataplane.load, make_backend, Path(settings.model_dir), settings.load_options()
         )
+        startup.loaded()
         if dataplane.model.state == "failed":
             on_failed = getattr(app.state, "on_load_failed", None)
             if on_failed is not None:

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import orjson
 
-from msv_contract.env import AUTH_SECRET_MISSING, NO_TOKENS
+from msv_contract.env import AUTH_SECRET_MISSING, LIVE_PATH, NO_TOKENS, READY_PATH
 
 log = logging.getLogger(__name__)
 
 REALM = "model-server"
-HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+HEALTH_PATHS = frozenset({LIVE_PATH, READY_PATH})
 METRICS_PATH = "/metrics"
 RECHECK_S = 0.2
 """A reload that finds no token reads again after this before failing closed (the kubelet

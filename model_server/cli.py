@@ -11,6 +11,8 @@ The process is the unit Kubernetes sees, so this module owns how it ends:
 
 * exit codes: 0 clean shutdown, 1 pull failed (or any unexpected error), 2 invalid settings
   or unknown `MODEL_SERVER_*` variables, 4 the model failed to load;
+* after a successful pull its report (one JSON object: msv_contract.env.PULL_*) goes to the
+  termination-message file, where the operator reads what the pull took;
 * on 1, 2 and 4 a one-paragraph error goes to the termination-message file
   (`MODEL_SERVER_TERMINATION_LOG`, default /dev/termination-log), which the operator copies
   into the ModelService's `ModelLoadFailed` condition;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -47,8 +50,6 @@ EXIT_INVALID_SETTINGS = 2
 EXIT_LOAD_FAILED = 4
 SHUTDOWN_TIMEOUT_S = 10.0
 """After the drain: how long requests in flight may take before they are cancelled."""
-MODEL_CACHE_BYPASSED = "model cache bypassed"
-"""How a successful pull's termination message starts when the node's cache was not used."""
 TERMINATION_MESSAGE_MAX = 4096
 """Kubernetes keeps at most 4096 bytes of a termination message."""
 
@@ -208,20 +209,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     from model_server.logging import configure_logging
-    from model_server.pull import PullError, pull, pulled
+    from model_server.pull import PullError, pull_report
 
     configure_logging(args.log_format, "info")
     try:
-        dest = pull(args.uri, args.dest, sha256=args.sha256, force=args.force,
-                    cache=args.cache or None)
+        done = pull_report(args.uri, args.dest, sha256=args.sha256, force=args.force,
+                           cache=args.cache or None)
     except PullError as exc:
         log.error("Pull failed: %s", exc)
         write_termination_message(termination_log_path(), f"model pull failed: {exc}")
         return EXIT_PULL_FAILED
-    bypass = pulled(dest).get("cacheBypass")
-    if args.cache and bypass:
-        # The pod starts all the same; the message tells why the node's cache was not used.
-        write_termination_message(termination_log_path(), f"{MODEL_CACHE_BYPASSED}: {bypass}")
+    # what the pull took and where its bytes came from (a model cache that was not used says
+    # why: the operator posts it as a Warning), for status.variants[].startup (msv_contract.env)
+    write_termination_message(termination_log_path(),
+                              json.dumps(done.report(), separators=(",", ":")))
     return EXIT_OK
 
 

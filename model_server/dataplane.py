@@ -35,6 +35,7 @@ from msv_contract import capabilities as caps
 
 if TYPE_CHECKING:
     from model_server.mirror.sender import Mirror
+    from model_server.startup import StartupClock
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class DataPlane:
         self.signature = Signature([], [])
         self.mirror: Mirror | None = None
         """Set while a rollout mirrors this server's answered requests to its candidate."""
+        self.startup: StartupClock | None = None
+        """The start's phases (set by the app): in the model metadata as ``startup``."""
 
     # lifecycle ---------------------------------------------------------------------------
     def load(
@@ -246,6 +249,8 @@ class DataPlane:
             )
             for key, value in info.extra.items():
                 params.setdefault(key, value)
+        if self.startup is not None:
+            params["startup"] = self.startup.to_json()
         framework = str(params["framework"])
         return {
             "name": self.model_name,

@@ -394,6 +394,12 @@ class ServerMetrics:
         self.sparsity = gauge(
             m.MODEL_SPARSITY_RATIO, "Fraction of zero weights after pruning"
         )
+        self.startup_phase = Gauge(
+            m.STARTUP_PHASE_SECONDS,
+            "Seconds each phase of this server's start took (fetch, start, load, ready, total)",
+            [*labels, m.LABEL_PHASE],
+            registry=registry,
+        )
         # handed to the batcher as its on_batch callback: one call per batch, no wrapper
         self.observe_batch: Callable[[int], None] = self.hot.batch.observe
         registry.register(GpuMemoryCollector(model, variant))
@@ -408,6 +414,11 @@ class ServerMetrics:
     def tracker(self, endpoint: str) -> RequestTracker:
         """The accounting of `endpoint` (front ends resolve theirs once, at startup)."""
         return RequestTracker(self.hot, self.hot.endpoint(endpoint))
+
+    def set_startup(self, phases: dict[str, float]) -> None:
+        """Export the start-up phases (model_server.startup), once the first ready answer."""
+        for phase, seconds in phases.items():
+            self.startup_phase.labels(self.model, self.variant, phase).set(seconds)
 
     def set_queue_depth(self, depth: int) -> None:
         self.hot.queue_depth = depth

@@ -11,17 +11,23 @@ verified (SHA-256 of the downloaded file when `--sha256` is given) before it is 
 DEST. When DEST already exists as an empty directory (a volume mount point, which cannot be
 replaced), the temporary directory is created inside it and its entries are moved in at
 the end; a marker file `.model-pull.json` is written last, so a re-run of the same pull is a
-no-op and an interrupted one is detected. On any error nothing is left at DEST.
+no-op (the model is already there) and an interrupted one is detected. On any error nothing
+is left at DEST.
 
 With ``cache`` (``--cache URL``: the node's model cache agent, docs/model-cache.md) the one
 file is asked of the agent first (``msv_contract.modelcache``: the URI, the pinned digest and
 the ``AWS_*`` credentials in request headers); an agent that is unreachable, refuses the
 artifact (a directory, a prefix) or sends bytes that do not match the digest it announces is
 logged and the pull goes to the store directly. Archives are unpacked and ``--sha256`` is
-checked the same either way. The marker records where the bytes came from: ``source``
-(cache-hit, cache-miss, bypassed, direct), ``storeBytes`` (read from the store, by the agent
-or here), ``cacheBytes`` (received from the agent), ``seconds`` and, when the cache could not
-be used, ``cacheBypass`` (the reason).
+checked the same either way.
+
+The marker also says what the last pull into DEST took (`read_marker`, `Pulled`): bytes
+fetched from the store, seconds, whether nothing was fetched from the store (a cache hit: the
+node's cache, or DEST already held the model), where the bytes came from (``source``:
+cache-hit, cache-miss, bypassed, direct), the bytes received from the agent and, when the
+cache could not be used, why. `model-server pull` puts the same report in its termination
+message, where the operator reads it (msv_contract.env.PULL_*); the server reads the marker at
+start (model_server.startup).
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
+from msv_contract import env as contract
 from msv_contract import modelcache as mc
 
 log = logging.getLogger(__name__)
@@ -48,8 +57,64 @@ CHUNK = 1 << 20
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
+_IDENTITY = ("uri", "sha256")
+"""The marker keys that say which model DEST holds (the rest reports the last pull)."""
+FINISHED_AT = "finishedAt"
+"""Marker key: when the last pull into DEST finished (seconds since the epoch)."""
+
+
 class PullError(Exception):
     """The pull failed; the message says why. DEST is left untouched (or absent)."""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What one pull did: where the model is, the bytes fetched, how long it took, and
+    whether DEST already held the model (a cache hit: nothing fetched)."""
+
+    path: Path
+    bytes: int
+    seconds: float
+    cache_hit: bool
+    """Nothing came from the store: the node's cache had it, or DEST already held it."""
+    finished_at: float
+    """Seconds since the epoch."""
+    source: str = mc.DIRECT
+    """``msv_contract.modelcache.SOURCES``: cache-hit, cache-miss, bypassed, direct."""
+    cache_bytes: int = 0
+    """Bytes received from the node's cache agent."""
+    cache_bypass: str | None = None
+    """Why the node's cache was not used (None: it was, or none is configured)."""
+
+    def report(self) -> dict[str, Any]:
+        """The report in the termination message and the marker (msv_contract.env.PULL_*)."""
+        out: dict[str, Any] = {
+            contract.PULL_BYTES: self.bytes, contract.PULL_SECONDS: round(self.seconds, 3),
+            contract.PULL_CACHE_HIT: self.cache_hit, contract.PULL_SOURCE: self.source,
+            contract.PULL_CACHE_BYTES: self.cache_bytes}
+        if self.cache_bypass:
+            out[contract.PULL_CACHE_BYPASS] = self.cache_bypass
+        return out
+
+
+def read_marker(dest: str | Path) -> dict[str, Any] | None:
+    """The marker of a pulled directory (None: none, or unreadable)."""
+    try:
+        data = json.loads((Path(dest) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_marker(directory: Path, marker: dict[str, Any]) -> None:
+    """Write the marker atomically (a reader sees the old one or the new one)."""
+    tmp = directory / f".pull-marker-{os.getpid()}"
+    tmp.write_text(json.dumps(marker))
+    tmp.rename(directory / MARKER)
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 class _Progress:
@@ -271,10 +336,6 @@ def _fetch_cache(cache: str, uri: str, sha256: str | None, staging: Path
     return target, digest, record
 
 
-def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
 def _empty(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_dir() and not path.is_symlink():
@@ -324,19 +385,17 @@ def _unpack(archive: Path, staging: Path) -> None:
     archive.unlink()
 
 
-def pulled(dest: str | Path) -> dict[str, object]:
-    """What the marker of a finished pull into `dest` records (empty without one)."""
-    try:
-        data = json.loads((Path(dest) / MARKER).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool = False,
          cache: str | None = None) -> Path:
     """Fetch `uri` into directory `dest` atomically (through the model cache agent at
     `cache` when given); return `dest`. Raises PullError."""
+    return pull_report(uri, dest, sha256=sha256, force=force, cache=cache).path
+
+
+def pull_report(uri: str, dest: str | Path, *, sha256: str | None = None,
+                force: bool = False, cache: str | None = None) -> Pulled:
+    """`pull`, saying what it did (also written to the marker). Raises PullError."""
+    started = time.monotonic()
     dest = Path(dest)
     scheme = urlparse(uri).scheme
     fetchers = {"file": _fetch_file, "http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3}
@@ -349,19 +408,20 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
         sha256 = sha256.strip().lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise PullError("--sha256 must be 64 hexadecimal characters")
-    marker = {"uri": uri, "sha256": sha256}
+    marker: dict[str, Any] = {"uri": uri, "sha256": sha256}
     in_place = dest.is_dir()
     if in_place:
         existing = [p for p in dest.iterdir() if not p.name.startswith(".pull-")]
-        marker_file = dest / MARKER
-        if marker_file.is_file():
+        previous = read_marker(dest)
+        if previous is not None and {k: previous.get(k) for k in _IDENTITY} == marker:
+            done = Pulled(dest, 0, time.monotonic() - started, True, time.time())
             try:
-                previous = json.loads(marker_file.read_text())
-            except ValueError:
-                previous = None
-            if isinstance(previous, dict) and {k: previous.get(k) for k in marker} == marker:
-                log.info("Already pulled %s into %s", uri, dest, extra={"uri": uri})
-                return dest
+                _write_marker(dest, {**previous, **done.report(), FINISHED_AT: done.finished_at})
+            except OSError as exc:  # the model is there: a report it cannot update is no error
+                log.warning("Cannot update %s in %s: %s", MARKER, dest, exc)
+            log.info("Already pulled %s into %s", uri, dest,
+                     extra={"uri": uri, **done.report()})
+            return done
         for stale in dest.glob(".pull-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if existing:
@@ -383,8 +443,7 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
     staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=parent))
     try:
         log.info("Pulling %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
-        started = time.monotonic()
-        record: dict[str, object] | None = None
+        record: dict[str, Any] | None = None
         single: Path | None = None
         digest: str | None = None
         if cache:
@@ -405,7 +464,6 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
             single, digest = fetch(uri, staging)
             record = {**(record or {}), "source": mc.DIRECT, "storeBytes": _tree_bytes(staging),
                       "cacheBytes": 0}
-        record["seconds"] = round(time.monotonic() - started, 3)
         if sha256 is not None:
             if single is None:
                 raise PullError("--sha256 applies to a single file or archive, not a directory")
@@ -416,7 +474,12 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
             log.info("Verified sha256 of %s", uri, extra={"uri": uri, "sha256": digest})
         if single is not None and single.name.endswith(_ARCHIVES):
             _unpack(single, staging)
-        (staging / MARKER).write_text(json.dumps({**marker, **record}))
+        done = Pulled(dest, int(record.get("storeBytes") or 0), time.monotonic() - started,
+                      record["source"] == mc.HIT, time.time(), source=str(record["source"]),
+                      cache_bytes=int(record.get("cacheBytes") or 0),
+                      cache_bypass=record.get("cacheBypass"))
+        marker.update({**done.report(), FINISHED_AT: done.finished_at})
+        (staging / MARKER).write_text(json.dumps(marker))
         if in_place:
             entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER)
             for entry in entries:  # the marker moves last
@@ -433,5 +496,6 @@ def pull(uri: str, dest: str | Path, *, sha256: str | None = None, force: bool =
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("Pulled %s into %s", uri, dest, extra={"uri": uri, "dest": str(dest)})
-    return dest
+    log.info("Pulled %s into %s: %d bytes in %.2f s", uri, dest, done.bytes, done.seconds,
+             extra={"uri": uri, "dest": str(dest), **done.report()})
+    return done

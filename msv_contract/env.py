@@ -59,6 +59,13 @@ HTTP_PORT = 8080
 GRPC_PORT_NUMBER = 8081
 """OIP v2 gRPC."""
 
+# The health endpoints the kubelet probes (open without a token).
+LIVE_PATH = "/v2/health/live"
+"""200 as soon as the process serves HTTP, also while the model loads (liveness)."""
+READY_PATH = "/v2/health/ready"
+"""200 once the model is loaded and serving, 503 before, after a failure and while draining
+(startup and readiness)."""
+
 # The Secrets the operator mounts, as it mounts them.
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"
@@ -82,3 +89,23 @@ TLS_SECRET_MISSING = "TLSSecretMissing"
 TLS_SECRET_INVALID = "TLSSecretInvalid"
 """``tls.crt``/``tls.key`` are not a PEM certificate and the private key that matches it."""
 SECRET_REASONS = (AUTH_SECRET_MISSING, NO_TOKENS, TLS_SECRET_MISSING, TLS_SECRET_INVALID)
+
+# The pull's report: after a successful `model-server pull` its termination message is one JSON
+# object with these keys (the kubelet keeps it in the init container's
+# ``state.terminated.message``); the operator reads it into status.variants[].startup. The
+# same keys are in the pull marker (``.model-pull.json``) the server reads at start.
+PULL_BYTES = "bytes"
+"""Bytes read from the model store for this pull (by the pod, or by the node's model cache
+agent on its behalf): 0 when the node's cache or the directory already held the model."""
+PULL_SECONDS = "seconds"
+"""Wall-clock seconds the pull took (fetch, verify, unpack, move)."""
+PULL_CACHE_HIT = "cacheHit"
+"""True: nothing came from the store (the node's model cache had it, or the directory already
+held this model: same URI and checksum)."""
+PULL_SOURCE = "source"
+"""Where the bytes came from: ``msv_contract.modelcache.SOURCES`` (cache-hit, cache-miss,
+bypassed, direct)."""
+PULL_CACHE_BYTES = "cacheBytes"
+"""Bytes received from the node's model cache agent."""
+PULL_CACHE_BYPASS = "cacheBypass"
+"""Present when a configured model cache was not used: why (the pod pulled all the same)."""

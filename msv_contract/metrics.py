@@ -20,6 +20,8 @@ LABEL_ENDPOINT = "endpoint"
 LABEL_NAMESPACE = "namespace"
 """Added by the scrape (the ServiceMonitor's or the annotations' relabelling), as is `LABEL_POD`."""
 LABEL_POD = "pod"
+LABEL_PHASE = "phase"
+"""On `STARTUP_PHASE_SECONDS`: one of `STARTUP_PHASES`."""
 
 # Requests (RequestTracker).
 REQUESTS = f"{PREFIX}requests"
@@ -40,6 +42,16 @@ MODEL_PARAMETERS = f"{PREFIX}model_parameters"
 MODEL_SIZE_BYTES = f"{PREFIX}model_size_bytes"
 MODEL_ARTIFACT_BYTES = f"{PREFIX}model_artifact_bytes"
 MODEL_SPARSITY_RATIO = f"{PREFIX}model_sparsity_ratio"
+
+# Start-up (docs/model-server.md, Start-up phases).
+STARTUP_PHASE_SECONDS = f"{PREFIX}startup_phase_seconds"
+"""Gauge by model, variant, phase: how long each phase of this process's start took, set once
+the first readiness check answered ready."""
+STARTUP_PHASES = ("fetch", "start", "load", "ready", "total")
+"""``fetch``: the model pull (init container) as its marker reports it; ``start``: process
+start -> the app begins loading (interpreter, imports, settings); ``load``: the backend's load;
+``ready``: load done -> the first ``/v2/health/ready`` answered 200 (the probe that saw it);
+``total``: process start -> that answer (``fetch`` ran before the process and is not in it)."""
 
 # GPU memory (CUDA only).
 GPU_MEMORY_ALLOCATED_BYTES = f"{PREFIX}gpu_memory_allocated_bytes"

@@ -16,6 +16,10 @@ TFLite interpreter that ships with tensorflow (ai-edge-litert is used when tenso
 lacks it). bfloat16 is refused. Unstructured pruning zeroes the smallest kernel weights;
 structured pruning removes Conv2D output channels of chain-shaped `.keras` models
 (model_server.optimize.prune.prune_keras_conv_channels) and is refused for SavedModels.
+
+Load speed: TensorFlow reads a SavedModel's variables and a `.keras` file's weights into
+memory through its own checkpoint readers (no memory-mapped load); a TFLite model is read
+into one buffer by the interpreter.
 """
 
 from __future__ import annotations

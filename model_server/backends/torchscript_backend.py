@@ -16,6 +16,9 @@ objects. Optimizations: float16/bfloat16 (module and inputs cast, outputs cast b
 the declared datatype) and unstructured magnitude pruning of the weight matrices.
 dynamic-int8 and structured pruning need the Python module (quantize/prune before
 scripting) and are refused with a message.
+
+Load speed: a TorchScript archive cannot be memory-mapped (`torch.jit.load` has no `mmap`;
+only `torch.load` of a `torch.save`d state dict does), so its tensors are read into memory.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Tensors per task (the first dimension is the batch):
 
 Safety: `trust_remote_code` only when the option says so; weights from safetensors when
 the directory has them, otherwise transformers' `torch.load(weights_only=True)`.
+Load speed: safetensors files are memory-mapped, not read into memory first (`mmap_kwargs`:
+transformers maps them on the CPU unless told not to, and is told to map where it has the
+option); the weights are then copied from the page cache into the model's parameters.
+`.bin` checkpoints in the zip format are memory-mapped by transformers' `torch.load` too.
 Optimizations run in this order at load, on the CPU the weights were loaded on: structured/
 unstructured pruning, then dynamic-int8 (for the CPU: torch dynamic quantization; for CUDA:
 torchao int8 weight-only) or float16/bfloat16; then the optimized model moves to the device,
@@ -27,6 +31,7 @@ counts on it: msv_operator.gpufit).
 
 from __future__ import annotations
 
+import inspect
 import io
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +57,17 @@ from msv_contract import capabilities as caps
 TASKS = caps.FRAMEWORKS["transformers"].tasks
 GENERATION_MAX_BATCH = 16
 """Concurrent generation streams of the same settings batched into one `generate` call."""
+
+
+def mmap_kwargs(from_pretrained: Any) -> dict[str, Any]:
+    """Arguments of ``from_pretrained`` that keep safetensors memory-mapped: transformers maps
+    them by default but turns mapping off on filesystems it distrusts; ``disable_mmap=False``
+    where this transformers has the option (older ones always map and do not take it)."""
+    try:
+        params = inspect.signature(from_pretrained).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"disable_mmap": False} if "disable_mmap" in params else {}
 
 
 def infer_task(config: Any) -> str | None:
@@ -147,6 +163,7 @@ class TransformersBackend(LoadedInfo, Backend):
                 use_safetensors=True if has_safetensors else None,
                 local_files_only=True,
                 dtype=torch.float32,
+                **mmap_kwargs(transformers.PreTrainedModel.from_pretrained),
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load the {task} model from {model_dir}: {exc}") from exc

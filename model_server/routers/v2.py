@@ -25,6 +25,7 @@ from model_server.errors import ModelNotReady, ServerError
 from model_server.metrics import Tracked
 from model_server.routers import schemas as s
 from model_server.routers.fastpath import RestInfer, body_too_large, check_declared_length
+from msv_contract.env import LIVE_PATH, READY_PATH
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": s.ErrorResponse, "description": "Invalid input (names the problem)"},
@@ -68,17 +69,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 # health and metadata ---------------------------------------------------------------------
-@router.get("/v2/health/live", response_model=s.ServerLive, tags=["health"])
+@router.get(LIVE_PATH, response_model=s.ServerLive, tags=["health"])
 async def live() -> Response:
     return Response(b'{"live":true}', media_type=JSON)
 
 
-@router.get("/v2/health/ready", response_model=s.ServerReady, responses=ERRORS, tags=["health"])
+@router.get(READY_PATH, response_model=s.ServerReady, responses=ERRORS, tags=["health"])
 async def ready(request: Request) -> Response:
     dp = _dp(request)
     if not dp.ready:
         dp.require_ready()  # raises ModelNotReady with the state and reason
         raise ModelNotReady("the model is not ready")
+    startup = dp.startup
+    if startup is not None and startup.ready_at is None:
+        startup.ready_seen()  # the first ready answer ends the start (model_server.startup)
     return Response(b'{"ready":true}', media_type=JSON)
 
 

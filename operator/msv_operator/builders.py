@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,33 @@ DRAIN_SECONDS = 5
 gone from every Service/gateway before it stops accepting (docs/model-server.md)."""
 TERMINATION_GRACE_SECONDS = 30
 """Drain + up to 10 s for requests in flight + shutdown, with room to spare."""
+STARTUP_PROBE_PERIOD_SECONDS = 1
+"""The startup probe asks ``READY_PATH`` this often until the model is loaded, so the pod is
+Ready within about this long of the load's end (the kubelet runs the readiness probe at once
+when the startup probe succeeds); its failure budget is spec.server.startupTimeout."""
+READINESS_PERIOD_SECONDS = 5
+"""Steady state, after the start: readiness every 5 s, 3 failures to leave the endpoints."""
+LIVENESS_PERIOD_SECONDS = 10
+"""Steady state, after the start: liveness every 10 s, 6 failures to restart."""
+
+
+def probes(spec: ModelServiceSpec) -> dict[str, dict[str, Any]]:
+    """The server container's probes. The startup probe asks the ready endpoint every second
+    for up to spec.server.startupTimeout: liveness and readiness do not run until it
+    succeeds (a slow load is never killed by liveness), and the pod is Ready about a second
+    after the model loaded instead of on the next readiness period."""
+    scheme = "HTTPS" if spec.tls_secret else "HTTP"
+    ready = {"path": env.READY_PATH, "port": "http", "scheme": scheme}
+    live = {"path": env.LIVE_PATH, "port": "http", "scheme": scheme}
+    budget = math.ceil(spec.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS)
+    return {
+        "startupProbe": {"httpGet": ready, "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+                         "failureThreshold": max(budget, 1)},
+        "readinessProbe": {"httpGet": dict(ready), "periodSeconds": READINESS_PERIOD_SECONDS,
+                           "failureThreshold": 3},
+        "livenessProbe": {"httpGet": live, "periodSeconds": LIVENESS_PERIOD_SECONDS,
+                          "failureThreshold": 6},
+    }
 
 
 @dataclass(frozen=True)
@@ -432,7 +460,6 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
                                         image, spec.image_pull_policy, security,
                                         opts.model_cache_url)
     secret_volumes, secret_mounts = _secret_volumes(spec)
-    scheme = "HTTPS" if spec.tls_secret else "HTTP"
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": image,
@@ -445,12 +472,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"},
                          {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
                          *secret_mounts],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http",
-                                       "scheme": scheme},
-                           "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http",
-                                      "scheme": scheme},
-                          "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
+        **probes(spec),
         "securityContext": security,
         # a failed load exits 4 with the error in /dev/termination-log (status.py reads it)
         "terminationMessagePolicy": "FallbackToLogsOnError",

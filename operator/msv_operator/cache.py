@@ -40,10 +40,13 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
     def containers(key: str) -> list[dict[str, Any]]:
         return [{"name": c.get("name"), "ready": c.get("ready"), "state": plain(c.get("state")),
-                 "lastState": plain(c.get("lastState"))} for c in st.get(key) or ()]
+                 "lastState": plain(c.get("lastState")),
+                 "restartCount": c.get("restartCount") or 0} for c in st.get(key) or ()]
 
+    # creationTimestamp: where the pod's start-up phases begin (``startup``)
     trimmed_meta = {"name": meta.get("name"), "labels": plain(meta.get("labels") or {}),
-                    "ownerReferences": plain(meta.get("ownerReferences") or [])}
+                    "ownerReferences": plain(meta.get("ownerReferences") or []),
+                    "creationTimestamp": meta.get("creationTimestamp")}
     mirror = (meta.get("annotations") or {}).get(builders.MIRROR_ANNOTATION)
     if mirror is not None:
         trimmed_meta["annotations"] = {builders.MIRROR_ANNOTATION: mirror}

@@ -5,7 +5,8 @@
   comparisons it still needs, the history) and the per-variant table, with each
   variant's requested weight beside the share it actually receives, and where each runs (a
   GPU pool, or the CPU its pods request), its GPU memory (the estimate, then what its pods
-  reserved), its cost per hour and per 1,000 requests and its mark on the Pareto frontier
+  reserved), its cost per hour and per 1,000 requests, its mark on the Pareto frontier, and
+  where the start of each variant's newest Ready pod went (``status.variants[].startup``)
   (``-w``: again every 2 s, a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
@@ -110,6 +111,10 @@ def render(ms: Mapping[str, Any]) -> str:
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
+    if any(v.startup for v in variants):
+        lines.append("Start-up of each variant's newest Ready pod (seconds):")
+        lines += _table(["NAME", "TOTAL", "SCHEDULED", "IMAGE", "FETCH", "LOAD", "POD"],
+                        [[v.name, *_startup(v)] for v in variants])
     if any(v.placement or v.gpu_memory for v in variants):
         lines.append("Placement and cost (US dollars; MEM: GPU memory needed, "
                      "estimated/measured):")
@@ -117,6 +122,18 @@ def render(ms: Mapping[str, Any]) -> str:
                         [[v.name, _placed(v), _gpu_memory(v), _hourly(v.cost_per_hour),
                           _money(v.cost_per_1k_requests, 4), _pareto(v)] for v in variants])
     return "\n".join(lines)
+
+
+def _startup(v: VariantStatus) -> list[Any]:
+    """TOTAL, SCHEDULED, IMAGE, FETCH (with the bytes or ``cache hit``), LOAD, POD."""
+    st = v.startup or {}
+    fetch = st.get("fetchSeconds")
+    if fetch is not None and st.get("cacheHit"):
+        fetch = f"{fetch} (cache hit)"
+    elif fetch is not None and _size(st.get("fetchedBytes")):
+        fetch = f"{fetch} ({_size(st.get('fetchedBytes'))})"
+    return [st.get("totalSeconds"), st.get("scheduledSeconds"), st.get("imageSeconds"), fetch,
+            st.get("loadSeconds"), st.get("pod")]
 
 
 def _placed(v: VariantStatus) -> str | None:

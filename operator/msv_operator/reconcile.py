@@ -60,6 +60,7 @@ from msv_operator import (
     rollout,
     routing,
     spec,
+    startup,
     status,
 )
 from msv_operator import kube as kubeapi
@@ -119,6 +120,9 @@ class Result:
     """The namespace is being deleted: the pass stopped, wrote no status and posts no Event."""
     routed: bool = False
     """The HTTPRoute carries the traffic (``routing``): its weights are what requests get."""
+    started: list[rollout.Event] = field(default_factory=list)
+    """A ``VariantStarted`` Event per variant whose first pod became Ready (``startup``),
+    once the status recording it is written."""
 
     @property
     def outcome(self) -> str:
@@ -512,3 +516,5 @@ def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
     result.status_written = True
     result.transitions = conditions.transitions(prior.get("conditions"),
                                                 result.status.get("conditions"))
+    result.started = startup.started_events(prior.get("variants"),
+                                            result.status.get("variants"))

@@ -16,8 +16,9 @@
   watcher queues them all when ServiceMonitor/HTTPRoute/XBackendTrafficPolicy appear or
   disappear, and once the start-up burst is over the process hands its memory back
   (``memory.release``);
-* each pass is counted into ``OperatorMetrics``, and its Events (``events.for_pass``, then the
-  rollout's and the brownout's) are posted through ``kube.post_event``.
+* each pass is counted into ``OperatorMetrics``, and its Events (``events.for_pass``, a
+  variant's first start (``startup``), then the rollout's and the brownout's) are posted
+  through ``kube.post_event``.
 """
 
 from __future__ import annotations
@@ -267,6 +268,8 @@ class Runtime:
                     "metadata": ms.get("metadata") or {}}
         for type_, reason, message in events.for_pass(result.transitions,
                                                        result.repaired):
+            await self._post(involved, type_, reason, message)
+        for type_, reason, message in result.started:  # a variant's first pod is Ready
             await self._post(involved, type_, reason, message)
         for type_, reason, message in result.events:
             self.metrics.rollout_events.labels(reason=reason).inc()

@@ -112,6 +112,11 @@ MIN_RETRY_RATE_INTERVAL_MAX = "1h"
 """Most ``spec.gateway.retry.budget.minRetryRate.interval`` (above zero; Gateway API's)."""
 MIN_RETRY_RATE_COUNT_MAX = 1_000_000
 """Most ``spec.gateway.retry.budget.minRetryRate.count`` (at least 1; Gateway API's)."""
+STARTUP_TIMEOUT_DEFAULT = "30m"
+"""``spec.server.startupTimeout``: how long a pod's server may take from its start to ready
+(the model's load) before the kubelet restarts it (the startup probe's failure budget)."""
+STARTUP_TIMEOUT_RANGE = ("10s", "24h")
+"""Least and most ``spec.server.startupTimeout``."""
 BROWNOUT_DEFAULTS: Mapping[str, Any] = {
     "maxShare": 50, "engageAfter": "1m", "releaseAfter": "2m", "releaseBelow": 0.8,
     "interval": "15s", "window": "30s"}
@@ -271,6 +276,8 @@ class ModelServiceSpec:
     tls_secret: str | None = None
     """kubernetes.io/tls Secret (tls.crt, tls.key) for REST and gRPC (mounted, never read)."""
     rollout: Rollout | None = None
+    startup_timeout_seconds: float = field(default_factory=lambda: parse_startup_timeout(None))
+    """``spec.server.startupTimeout`` (``STARTUP_TIMEOUT_DEFAULT``) in seconds."""
 
     @property
     def stable_variants(self) -> tuple[str, ...]:
@@ -752,4 +759,20 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
                                            "spec.server.auth.metricsTokenKey"),
         tls_secret=_secret_name(tls, "secretName", "spec.server.tls", "without TLS"),
         rollout=parse_rollout(spec.get("rollout"), tuple(variants), traffic),
+        startup_timeout_seconds=parse_startup_timeout(server.get("startupTimeout")),
     )
+
+
+def parse_startup_timeout(value: Any) -> float:
+    """Seconds of ``spec.server.startupTimeout`` (``STARTUP_TIMEOUT_DEFAULT`` when absent),
+    within ``STARTUP_TIMEOUT_RANGE``."""
+    where = "spec.server.startupTimeout"
+    if isinstance(value, str) and not GATEWAY_DURATION.match(value):  # the CRD's pattern
+        raise InvalidSpecError(f"{where}: {value!r} is not a duration such as 30m (at most 5 "
+                               "digits)")
+    seconds = parse_duration(STARTUP_TIMEOUT_DEFAULT if value is None else value, where)
+    lo, hi = (parse_duration(v, where) for v in STARTUP_TIMEOUT_RANGE)
+    if not lo <= seconds <= hi:
+        raise InvalidSpecError(f"{where}: {value!r} is outside [{STARTUP_TIMEOUT_RANGE[0]}, "
+                               f"{STARTUP_TIMEOUT_RANGE[1]}]")
+    return seconds

@@ -319,6 +319,8 @@ class VariantStatus(_Record):
     pareto: str | None = None
     """``frontier``, ``dominated`` or ``unmeasured`` (``pareto``)."""
     dominated_by: list[str] | None = None
+    startup: dict[str, Any] | None = None
+    """Where the start of its newest Ready pod went (``startup``): seconds per phase, the pod."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     MEASURED: ClassVar[tuple[str, ...]] = (

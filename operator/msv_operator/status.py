@@ -64,6 +64,10 @@ measured ``rps``) and its mark on the Pareto frontier over ``p95Ms``, ``costPer1
 ``agreement`` (the stable variant's agreement is 1: it is the reference). A ModelService
 without spec.gpu has the same, priced as CPU (``placement.cpu_priced``; no ``gpuMemory``).
 
+Each variant entry carries ``startup``: where the start of its newest Ready pod went
+(``startup``: scheduled, image, fetch, load, total seconds and the pod), kept until a newer pod
+of the variant is Ready.
+
 ``reconcile`` calls it after applying; ``handlers`` call it again whenever an owned Deployment or
 Pod changes, so the status follows the cluster within seconds.
 """
@@ -78,7 +82,7 @@ from typing import Any
 from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import conditions as cond
-from msv_operator import pareto, shares
+from msv_operator import pareto, shares, startup
 from msv_operator.brownout import HpaState, Standing, blind
 from msv_operator.pools import INSUFFICIENT
 from msv_operator.rollout import PAUSED, traffic_weights
@@ -557,9 +561,10 @@ def compute_status(
     provenance = variant_provenance(ms)
     hpas = hpas or {}
     delivered = shares.delivered({s.name: s.weight for s in verdict.variants}, pods, routed)
+    started = variant_startups(prior, pods, [s.name for s in verdict.variants])
     entries = [_variant_entry(s, hpas.get(s.name), provenance.get(s.name, {}),
                               (measured or {}).get(s.name) or {}, delivered[s.name],
-                              (gpu or {}).get(s.name))
+                              (gpu or {}).get(s.name), started.get(s.name))
                for s in verdict.variants]
     if gpu and entries:  # the reference: the spec's stable variant (the default one when
         # the spec lists none)
@@ -616,12 +621,31 @@ def share_problem(ms: Mapping[str, Any], verdict: Verdict, rollout_state: Rollou
             f"{shares.explain(plan)}")
 
 
+def variant_startups(prior: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
+                     names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per variant: ``startup`` of its newest Ready pod (``startup.latest``), the stored one
+    carried over while no newer pod is Ready."""
+    stored = {v.get("name"): v.get("startup") for v in prior.get("variants") or ()
+              if isinstance(v, Mapping)}
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        vpods = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
+            LABEL_VARIANT) == name]
+        found = startup.latest(vpods, stored.get(name), server=SERVER_CONTAINER,
+                               pull=PULL_CONTAINER)
+        if found is not None:
+            out[name] = found
+    return out
+
+
 def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[str, str],
                    measured: Mapping[str, Any], share: int,
-                   gpu: GpuVariant | None = None) -> VariantStatus:
+                   gpu: GpuVariant | None = None,
+                   started: Mapping[str, Any] | None = None) -> VariantStatus:
     """One ``status.variants`` entry: the measured fields it has (``MEASURED_KEYS``; others
     are dropped), then the replicas, weight and share, the HPA's bounds of an autoscaled
-    variant, the provenance and, with GPU fit, its memory, placement and cost."""
+    variant, the provenance, where its newest pod's start went (``started``) and, with GPU
+    fit, its memory, placement and cost."""
     entry = _measured_entry(s.name, measured)
     entry.weight, entry.share = s.weight, share
     entry.replicas, entry.ready_replicas = s.replicas, s.ready_replicas
@@ -630,6 +654,7 @@ def _variant_entry(s: VariantState, hpa: HpaState | None, provenance: Mapping[st
         entry.min_replicas, entry.max_replicas = hpa.min_replicas, hpa.max_replicas
     entry.derived_from = provenance.get("derivedFrom")
     entry.optimization = provenance.get("optimization")
+    entry.startup = dict(started) if started is not None else None
     if gpu is not None:
         memory = {**(gpu.gpu_memory or {}), **(entry.gpu_memory or {})}
         entry.gpu_memory = memory or None

@@ -242,3 +242,34 @@ def test_half_precision_on_cuda(text_classifier_dir: Path, quantization: str) ->
     )
     assert backend.info().device == "cuda"
     assert backend.predict({"text": _texts("good")})["logits"].dtype == np.float32
+
+
+def test_safetensors_load_memory_mapped(text_classifier_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.modeling_utils as mu
+
+    opened: list[dict[str, Any]] = []
+    real = mu.safe_open
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "safe_open", spy)
+    assert any(text_classifier_dir.glob("*.safetensors"))
+    backend = create_backend("transformers")
+    backend.load(text_classifier_dir, LoadOptions(task="text-classification"))
+    assert opened, "the weights were not opened with safe_open"
+    # mapped on the CPU: no read of the whole file into bytes first
+    assert all(k.get("backend", "mmap") == "mmap" and k.get("device", "cpu") == "cpu"
+               for k in opened), opened
+
+
+def test_mmap_kwargs_only_where_transformers_has_the_option() -> None:
+    from model_server.backends.transformers_backend import mmap_kwargs
+
+    def new(path: str, *, disable_mmap: bool | None = None, **kw: Any) -> None: ...
+    def old(path: str, **kw: Any) -> None: ...
+
+    assert mmap_kwargs(new) == {"disable_mmap": False}
+    assert mmap_kwargs(old) == {}

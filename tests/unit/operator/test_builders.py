@@ -285,6 +285,7 @@ def test_auth_and_tls_secrets_are_mounted_not_read() -> None:
     assert mounts["tls"]["mountPath"] == b.TLS_DIR
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
     monitor = by_kind(objs, "ServiceMonitor")["sentiment"]
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
     plain = by_kind(b.build_all(spec, OPTS), "Deployment")["sentiment-baseline"]  # no monitor
@@ -496,3 +497,33 @@ def test_mirror_marks_only_the_stable_pods_and_no_template_ever_changes() -> Non
     env = env_of(plain["sentiment-baseline"])
     assert env["MODEL_SERVER_MIRROR_FILE"] == f"{b.PODINFO_DIR}/annotations"
     assert "MODEL_SERVER_MIRROR_URL" not in env
+
+
+def server_container(spec: dict[str, Any]) -> dict[str, Any]:
+    dep = by_kind(b.build_all(spec, OPTS), "Deployment")["sentiment-baseline"]
+    container: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_startup_probe_asks_ready_every_second_for_the_startup_timeout() -> None:
+    c = server_container(ms())
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": "HTTP"}
+    assert startup["periodSeconds"] == b.STARTUP_PROBE_PERIOD_SECONDS == 1
+    # the default budget: 30 minutes of one probe a second
+    assert startup["failureThreshold"] * startup["periodSeconds"] == 30 * 60
+    # steady state after the start: readiness and liveness keep their periods; liveness needs
+    # no initial delay, the kubelet runs it only once the startup probe succeeded
+    assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (
+        5, 3)
+    assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["failureThreshold"]) == (
+        10, 6)
+    assert "initialDelaySeconds" not in c["livenessProbe"]
+    assert c["readinessProbe"]["httpGet"] == startup["httpGet"]
+    assert c["readinessProbe"]["httpGet"] is not startup["httpGet"]
+
+
+@pytest.mark.parametrize(("timeout", "threshold"), [("10s", 10), ("2m", 120), ("2h", 7200)])
+def test_startup_timeout_sets_the_startup_probe_budget(timeout: str, threshold: int) -> None:
+    c = server_container(ms(server={"startupTimeout": timeout}))
+    assert c["startupProbe"]["failureThreshold"] == threshold

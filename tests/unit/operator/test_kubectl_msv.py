@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -308,3 +309,19 @@ def test_get_shows_a_cpu_variants_request_and_cost_and_a_variant_being_estimated
     rows = {line.split()[0]: line.split() for line in lines[-2:]}
     assert rows["fp16"][:2] == ["fp16", "(estimating)"]
     assert rows["int8"][:4] == ["int8", "NVIDIA-L4", "x1", "(estimating)"]
+
+
+def test_get_shows_where_each_variants_start_went() -> None:
+    ms = copy.deepcopy(RECORDED)
+    ms["status"]["variants"][0]["startup"] = {
+        "pod": "sentiment-baseline-7d9f8c6b5-x2k4q", "scheduledSeconds": 0, "imageSeconds": 2,
+        "fetchSeconds": 0.412, "fetchedBytes": 1183744, "cacheHit": False, "loadSeconds": 4,
+        "totalSeconds": 7}
+    lines = plugin.render(ms).splitlines()
+    at = lines.index("Start-up of each variant's newest Ready pod (seconds):")
+    assert lines[at + 1].split() == ["NAME", "TOTAL", "SCHEDULED", "IMAGE", "FETCH", "LOAD",
+                                     "POD"]
+    assert lines[at + 2].split() == ["baseline", "7", "0", "2", "0.412", "(1.1MiB)", "4",
+                                     "sentiment-baseline-7d9f8c6b5-x2k4q"]
+    assert lines[at + 3].split()[0] == "int8"  # not started yet: its cells are empty
+    assert "Start-up" not in plugin.render(RECORDED)

@@ -57,6 +57,25 @@ def test_bad_secret_names_name_the_field() -> None:
                                                  "server": {"auth": {"tokenSecret": "-x"}}}))
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("5s", r"spec\.server\.startupTimeout: '5s' is outside \[10s, 24h\]"),
+    ("25h", r"spec\.server\.startupTimeout: '25h' is outside"),
+    ("soon", r"spec\.server\.startupTimeout: 'soon' is not a duration"),
+    (600, r"spec\.server\.startupTimeout: 600 is not a duration"),
+])
+def test_bad_startup_timeout_names_the_field(value: Any, message: str) -> None:
+    with pytest.raises(InvalidSpecError, match=message):
+        parse_spec(manifest("sentiment", "ml", {"model": MODEL,
+                                                 "server": {"startupTimeout": value}}))
+
+
+def test_startup_timeout_default_and_value() -> None:
+    assert parse_spec(manifest("sentiment", "ml", {"model": MODEL})).startup_timeout_seconds \
+        == 30 * 60
+    assert parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+        "startupTimeout": "90s"}})).startup_timeout_seconds == 90
+
+
 def test_spec_tasks_are_the_tasks_the_model_server_serves() -> None:
     from msv_operator import spec
 
@@ -112,3 +131,28 @@ def test_gpu_resource_name_is_a_pin_only_when_set() -> None:
     assert pinned.gpu is not None
     assert (pinned.gpu.resource_name, pinned.gpu.products) == (
         "nvidia.com/mig-1g.10gb", ("NVIDIA-A100-SXM4-80GB",))
+
+
+def test_crd_startup_timeout_is_the_parsers() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+    from msv_operator import spec as sp
+
+    from msv_contract import api
+
+    root = Path(__file__).resolve().parents[3]
+    crd = yaml.safe_load((root / "crds" / f"{api.CRD_NAME}.yaml").read_text())
+    server = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["server"]["properties"]
+    field = server["startupTimeout"]
+    assert field["default"] == sp.STARTUP_TIMEOUT_DEFAULT
+    (rule,) = field["x-kubernetes-validations"]
+    assert re.search(r"matches\('([^']*)'\)", rule["rule"]).group(1) == (  # type: ignore[union-attr]
+        sp.GATEWAY_DURATION.pattern)
+    assert re.findall(r"duration\('([^']*)'\)", rule["rule"]) == list(sp.STARTUP_TIMEOUT_RANGE)
+    assert rule["message"].startswith("spec.server.startupTimeout")
+    with pytest.raises(InvalidSpecError, match="at most 5 digits"):
+        parse_spec(manifest("sentiment", "ml", {"model": MODEL, "server": {
+            "startupTimeout": "123456s"}}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from model_server.cli import main as cli_main
-from model_server.pull import MARKER, PullError, pull
+from model_server.pull import MARKER, PullError, pull, pull_report, read_marker
+from msv_contract import env as contract
 
 
 def make_model_dir(root: Path) -> Path:
@@ -239,3 +241,46 @@ def test_member_check_keeps_a_normal_model_and_strips_special_bits(tmp_path: Pat
         assert members[1].mode == 0o755
         tf.extractall(root, members=members)
     assert (root / "config.json").read_bytes() == b"x"
+
+
+def test_marker_and_report_say_what_the_pull_took(tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path)
+    volume = tmp_path / "mnt"
+    volume.mkdir()
+    first = pull_report(archive.as_uri(), volume, sha256=sha(archive))
+    assert first.path == volume and not first.cache_hit
+    assert first.bytes == archive.stat().st_size  # the archive fetched, before unpacking
+    assert first.seconds >= 0
+    marker = read_marker(volume)
+    assert marker is not None
+    assert {k: marker[k] for k in ("uri", "sha256", "bytes", "cacheHit")} == {
+        "uri": archive.as_uri(), "sha256": sha(archive), "bytes": first.bytes, "cacheHit": False}
+    again = pull_report(archive.as_uri(), volume, sha256=sha(archive))  # e.g. a pod restart
+    assert again.cache_hit and again.bytes == 0
+    assert read_marker(volume)["cacheHit"] is True  # type: ignore[index]
+    assert again.report() == {"bytes": 0, "seconds": round(again.seconds, 3), "cacheHit": True,
+                              "source": "direct", "cacheBytes": 0}
+    assert not list(volume.glob(".pull-*"))
+
+
+def test_a_marker_without_timings_still_counts_as_pulled(tmp_path: Path) -> None:
+    src = make_model_dir(tmp_path)
+    volume = tmp_path / "mnt"
+    volume.mkdir()
+    pull(src.as_uri(), volume)
+    (volume / MARKER).write_text(json.dumps({"uri": src.as_uri(), "sha256": None}))  # older
+    assert pull_report(src.as_uri(), volume).cache_hit
+
+
+def test_cli_writes_the_report_as_its_termination_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = make_tarball(tmp_path)
+    tlog = tmp_path / "termination-log"
+    tlog.touch()
+    monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(tlog))
+    assert cli_main(["pull", archive.as_uri(), str(tmp_path / "model")]) == 0
+    report = json.loads(tlog.read_text())
+    assert set(report) == {contract.PULL_BYTES, contract.PULL_SECONDS, contract.PULL_CACHE_HIT,
+                           contract.PULL_SOURCE, contract.PULL_CACHE_BYTES}
+    assert report[contract.PULL_BYTES] == archive.stat().st_size
+    assert report[contract.PULL_CACHE_HIT] is False

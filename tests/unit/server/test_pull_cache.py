@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from model_server import cli
-from model_server.pull import MARKER, PullError, pull, pulled
+from model_server.pull import MARKER, PullError, pull, read_marker
 from msv_contract import modelcache as mc
 
 
@@ -85,10 +85,10 @@ def test_a_hit_is_unpacked_checked_and_recorded(tmp_path: Path, agent: tuple[str
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRET")
     dest = pull("s3://models/m/model.tar.gz", tmp_path / "m", sha256=sha(data), cache=url)
     assert json.loads((dest / "config.json").read_text()) == {"a": 1}
-    record = pulled(dest)
-    assert {k: record[k] for k in ("uri", "sha256", "source", "storeBytes", "cacheBytes")} == {
+    record = read_marker(dest)
+    assert {k: record[k] for k in ("uri", "sha256", "source", "bytes", "cacheBytes")} == {
         "uri": "s3://models/m/model.tar.gz", "sha256": sha(data), "source": mc.HIT,
-        "storeBytes": 0, "cacheBytes": len(data)}
+        "bytes": 0, "cacheBytes": len(data)}
     assert isinstance(record["seconds"], float)
     path, headers = fake.requests[0]
     assert path.startswith(mc.ARTIFACT_PATH) and f"sha256={sha(data)}" in path
@@ -109,8 +109,8 @@ def test_an_unreachable_agent_falls_back_to_the_store(tmp_path: Path,
     model.write_bytes(b"weights")
     dest = pull(model.as_uri(), tmp_path / "m", cache=f"http://127.0.0.1:{port}")
     assert (dest / "model.pt").read_bytes() == b"weights"
-    record = pulled(dest)
-    assert (record["source"], record["storeBytes"], record["cacheBytes"]) == (mc.DIRECT, 7, 0)
+    record = read_marker(dest)
+    assert (record["source"], record["bytes"], record["cacheBytes"]) == (mc.DIRECT, 7, 0)
     assert "the agent was not used" in str(record["cacheBypass"])
     assert "pulling directly" in caplog.text
 
@@ -129,7 +129,7 @@ def test_refusals_and_wrong_bytes_from_the_agent_fall_back(
     model.write_bytes(b"weights")
     dest = pull(model.as_uri(), tmp_path / "m", sha256=sha(b"weights"), cache=url)
     assert (dest / "model.pt").read_bytes() == b"weights"
-    assert pulled(dest)["source"] == mc.DIRECT and why in str(pulled(dest)["cacheBypass"])
+    assert read_marker(dest)["source"] == mc.DIRECT and why in str(read_marker(dest)["cacheBypass"])
 
 
 def test_a_bypass_is_recorded_and_told_in_the_termination_message(
@@ -142,10 +142,10 @@ def test_a_bypass_is_recorded_and_told_in_the_termination_message(
     monkeypatch.setenv("MODEL_SERVER_TERMINATION_LOG", str(log_file))
     dest = tmp_path / "m"
     assert cli.main(["pull", "https://store.example/model.pt", str(dest), "--cache", url]) == 0
-    record = pulled(dest)
-    assert (record["source"], record["storeBytes"]) == (mc.BYPASSED, 7)
-    assert log_file.read_text() == (
-        f"{cli.MODEL_CACHE_BYPASSED}: the cache's disk is full")
+    record = read_marker(dest)
+    assert (record["source"], record["bytes"]) == (mc.BYPASSED, 7)
+    told = json.loads(log_file.read_text())
+    assert (told["source"], told["cacheBypass"]) == (mc.BYPASSED, "the cache's disk is full")
 
 
 def test_a_store_error_through_the_agent_still_fails_the_pull(
@@ -162,5 +162,5 @@ def test_without_a_cache_the_marker_says_direct(tmp_path: Path) -> None:
     model.write_bytes(b"abc")
     dest = pull(model.as_uri(), tmp_path / "m")
     record: dict[str, Any] = json.loads((dest / MARKER).read_text())
-    assert (record["source"], record["storeBytes"]) == (mc.DIRECT, 3)
+    assert (record["source"], record["bytes"]) == (mc.DIRECT, 3)
     assert "cacheBypass" not in record
