@@ -291,3 +291,70 @@ def test_a_candidate_that_cannot_load_is_rolled_back_at_once_and_nothing_fails(
     assert ms_of(k, ns, name)["status"]["traffic"] == "baseline=100,next=0"
     assert load.failures == {}, load.statuses
     assert load.variants.keys() == {"baseline"}, load.variants
+
+
+def test_costs_and_pareto_marks_follow_the_variants_real_measurements(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], real_namespace: str,
+        operator: OperatorProcess, k: kube.Kube) -> None:
+    """CPU pods priced per vCPU-hour (the default list price), and each variant's mark on the
+    frontier over its measured p95, cost per 1,000 requests and agreement. A long first step
+    holds the rollout at 50/50 with mirroring, so the baseline (the reference: agreement 1)
+    and the int8 candidate are both measured; a weight-0 variant serves nothing and stays
+    ``unmeasured``, neither better nor worse."""
+    from msv_operator import kubectl_msv, pareto, prices
+
+    ns, name = real_namespace, "costs"
+    int8 = {"name": "int8", "optimization": {"quantization": "dynamic-int8"}}
+    k.apply(modelservice(
+        name, ns, model=model(**publish(models, "trained", ns)), server=SERVER, replicas=1,
+        monitoring={"interval": "5s"},
+        variants=[{"name": "baseline"}, int8, {**int8, "name": "spare"}],
+        traffic={"baseline": 100, "spare": 0},
+        rollout={"candidate": "int8", "steps": [50, 100], "stepDuration": "30m",
+                 "minRequests": 10, "analysis": {**ANALYSIS, "maxLatencyRatio": 6.0}}))
+    ip = stable_ip(k, ns, name)
+
+    def marked() -> dict[str, dict[str, Any]] | None:
+        vs = {v["name"]: v for v in (ms_of(k, ns, name).get("status") or {}).get("variants")
+              or []}
+        done = all((vs.get(n) or {}).get("pareto") in (pareto.FRONTIER, pareto.DOMINATED)
+                   for n in ("baseline", "int8"))
+        return vs if done else None
+    with Load(ip, name) as load:
+        wait_for("step 1", lambda: rollout_of(k, ns, name).get("step") == 1 or None,
+                 timeout=300)
+        variants = wait_for("both serving variants measured and marked", marked, timeout=240,
+                            interval=1)
+        shown = ms_of(k, ns, name)
+    assert load.failures == {}, load.statuses
+    per_pod = prices.DEFAULT_PRICES.of_cpu(0.05)  # SERVER requests 50m
+    for v in variants.values():
+        assert v["placement"] == {"cpu": "50m", "pricePerHour": per_pod}, v
+        assert v["costPerHour"] == pytest.approx(v["replicas"] * per_pod, abs=1e-6), v
+    for n in ("baseline", "int8"):
+        v = variants[n]
+        assert v["p95Ms"] > 0 and v["rps"] > 0, v
+        assert v["costPer1kRequests"] == pytest.approx(
+            v["costPerHour"] / (v["rps"] * 3600) * 1000, rel=0.02), v
+    assert 0 <= variants["int8"]["agreement"] <= 1
+    # the marks are the frontier's definition applied to the numbers the status reports
+    points = [pareto.Point(n, v.get("p95Ms"), v.get("costPer1kRequests"),
+                           1.0 if n == "baseline" else v.get("agreement"))
+              for n, v in variants.items()]
+    for n, mark in pareto.frontier(points).items():
+        assert (variants[n]["pareto"], variants[n].get("dominatedBy") or []) == (
+            mark.state, list(mark.dominated_by)), (n, variants[n])
+    assert variants["spare"]["pareto"] == pareto.UNMEASURED, variants["spare"]
+    assert "costPer1kRequests" not in variants["spare"]
+    # kubectl msv get shows the costs and the marks (printed: the README's example)
+    text = kubectl_msv.render(shown)
+    print(text)
+    lines = text.splitlines()
+    at = next(i for i, t in enumerate(lines) if t.startswith("Placement and cost"))
+    rows: dict[str, str] = {}
+    for line in lines[at + 2:]:
+        if not line.startswith("  "):
+            break  # the table ends where the next section starts
+        rows[line.split()[0]] = line
+    for n in ("baseline", "int8", "spare"):
+        assert variants[n]["pareto"] in rows[n], (n, text)
