@@ -494,16 +494,36 @@ def mirror_for(parsed: spec.ModelServiceSpec, decision: rollout.Decision,
     return builders.Mirror(f"{scheme}://{host}:80", r.analysis.mirror_percent, r.candidate)
 
 
+def _removals(prior: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``prior``: every key of an object in ``prior`` that
+    ``new`` no longer has becomes an explicit null, at every depth (a merge patch keeps a key
+    it does not name, so a field a pass cleared, e.g. the note of an earlier analysis, would
+    outlive it); lists are replaced whole, as a merge patch does."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = prior.get(key)
+        out[key] = (_removals(before, value)
+                    if isinstance(value, Mapping) and isinstance(before, Mapping) else value)
+    for key in prior:
+        if key not in new:
+            out[key] = None
+    return out
+
+
+def status_patch(prior: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns status ``prior`` into ``new``: a top-level key is removed
+    only when the operator owns it (``status.OWNED_KEYS``); below, see ``_removals``."""
+    return _removals({k: v for k, v in prior.items() if k in status.OWNED_KEYS or k in new},
+                     new)
+
+
 def write_status(ctx: Context, ms: Mapping[str, Any], result: Result) -> None:
     """Patch the status when (and only when) it changed; record condition transitions."""
     prior = ms.get("status") or {}
     if not status.changed(prior, result.status):
         return
     meta = ms["metadata"]
-    patch: dict[str, Any] = dict(result.status)
-    for key in status.OWNED_KEYS:  # a merge patch removes a key only with an explicit null
-        if key in prior and key not in patch:
-            patch[key] = None
+    patch = status_patch(prior, result.status)
     try:
         ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
     except kubeapi.NotFound:

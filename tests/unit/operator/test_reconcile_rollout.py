@@ -163,6 +163,22 @@ def test_a_removed_rollout_is_deleted_from_the_status_with_an_explicit_null() ->
     assert len(kube.patches) == 1 and not unchanged.status_written
 
 
+def test_a_field_cleared_deep_in_the_status_is_nulled_so_it_does_not_outlive_its_state() -> None:
+    """An undecided analysis had a note; the passing one after it has none: the patch must
+    remove it (a merge patch keeps what it does not name), at any depth, and leave lists and
+    keys the operator does not own alone."""
+    kube = RecordedPatches()
+    c = ctx(kube, None)
+    before = {"rollout": {"phase": "Progressing", "lastAnalysis": {
+        "verdict": "Undecided", "message": "undecided: 42 comparisons", "gates": [{"a": 1}]}},
+        "somebodyElses": {"x": 1}}
+    after = {"rollout": {"phase": "Progressing", "lastAnalysis": {
+        "verdict": "Passed", "gates": [{"b": 2}]}}}
+    reconcile.write_status(c, {**body(), "status": before}, reconcile.Result(status=after))
+    assert kube.patches == [{"rollout": {"phase": "Progressing", "lastAnalysis": {
+        "verdict": "Passed", "message": None, "gates": [{"b": 2}]}}}]
+
+
 def test_every_measured_field_is_one_the_status_writes() -> None:
     from msv_operator import prom, status
     assert set(prom.FIELDS) | {"cpuMillicores", "memoryBytes"} == set(status.MEASURED_KEYS)
