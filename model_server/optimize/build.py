@@ -149,10 +149,10 @@ def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, dat
     progress("evaluating", 0, 2, force=True)
     source_eval = evaluate(Path(source), held, latency_repeats, reference=None)
     progress("evaluating", 1, 2)
-    result_eval = evaluate(model_dir, held, latency_repeats, reference=source_eval["_pred"])
+    result_eval = evaluate(model_dir, held, latency_repeats, reference=source_eval["_logits"])
     progress("evaluating", 2, 2)
-    source_eval.pop("_pred")
-    result_eval.pop("_pred")
+    source_eval.pop("_logits")
+    result_eval.pop("_logits")
     deadline.check("evaluating")
 
     report: dict[str, Any] = {
@@ -225,7 +225,8 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
     if recipe.name == "prune-recover":
         progress("pruning", 0, 1, force=True)
         student, removed = train.prune(teacher, recipe.amount)
-        before = train.agreement(student, teacher_held, tokenizer, held, recipe.max_length)
+        before, before_kl = train.fidelity(student, teacher_held, tokenizer, held,
+                                           recipe.max_length)
         progress("pruning", 1, 1)
         deadline.check("pruning")
         training_details = train.match_teacher(student, teacher, tokenizer, training, recipe,
@@ -233,7 +234,8 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
         train.save(student, tokenizer, model_dir)
         return {"ffnNeuronsRemoved": removed,
                 "intermediateSize": int(student.config.intermediate_size),
-                "pruneOnlyAgreement": round(before, 6), "training": training_details}
+                "pruneOnlyAgreement": round(before, 6), "pruneOnlyKlToSource": round(before_kl, 8),
+                "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, tokenizer, training, recipe,
                                               progress, deadline)
@@ -245,7 +247,7 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *,
              reference: Any | None) -> dict[str, Any]:
     """Load `model_dir` through the server's backend and measure it on the held-out split:
     parameters, bytes, on-disk bytes, CPU latency p50 at batch 1 and 8, top-1 agreement with
-    `reference` (the source's predictions), accuracy when labels exist."""
+    and KL divergence from `reference` (the source's logits), accuracy when labels exist."""
     from model_server.backends import create_backend
     from model_server.backends.base import LoadOptions
     from model_server.errors import ModelLoadError
@@ -256,12 +258,13 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *,
     except ModelLoadError as exc:
         raise BuildError(f"the server cannot load {model_dir.name}: {exc}") from exc
     try:
-        preds = []
+        chunks = []
         for start in range(0, len(held), EVAL_BATCH):
             texts = held.texts[start:start + EVAL_BATCH]
             out = backend.predict({"text": _texts(texts)})
-            preds.append(np.asarray(out["logits"]).argmax(-1))
-        pred = np.concatenate(preds)
+            chunks.append(np.asarray(out["logits"], dtype=np.float64))
+        logits = np.concatenate(chunks)
+        pred = logits.argmax(-1)
         latency = {}
         for size in (1, 8):
             batch = {"text": _texts([held.texts[i % len(held)] for i in range(size)])}
@@ -280,14 +283,27 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *,
         "sizeBytes": info.size_bytes,
         "diskBytes": sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()),
         "latencyMsP50": latency,
-        "agreement": 1.0 if reference is None else round(float((pred == reference).mean()), 6),
-        "_pred": pred,
+        "agreement": 1.0 if reference is None else round(
+            float((pred == reference.argmax(-1)).mean()), 6),
+        "klToSource": 0.0 if reference is None else round(_kl(reference, logits), 8),
+        "_logits": logits,
     }
     if info.extra.get("int8"):
         result["int8"] = info.extra["int8"]
     if held.labels is not None:
         result["accuracy"] = round(float((pred == np.asarray(held.labels)).mean()), 6)
     return result
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return np.asarray(x - np.log(np.exp(x).sum(-1, keepdims=True)))
+
+
+def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL divergence of `logits`' distribution from `reference`'s, per example."""
+    p, q = _log_softmax(reference), _log_softmax(logits)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def _texts(texts: list[str]) -> np.ndarray:
@@ -307,6 +323,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "recipe": report["recipe"]["recipe"],
         "agreement": res["agreement"],
+        "klToSource": res["klToSource"],
         "speedupBatch1": ratio(src["latencyMsP50"]["batch1"], res["latencyMsP50"]["batch1"]),
         "speedupBatch8": ratio(src["latencyMsP50"]["batch8"], res["latencyMsP50"]["batch8"]),
         "sizeRatio": ratio(res["sizeBytes"], src["sizeBytes"]),
@@ -319,4 +336,5 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         out["sourceAccuracy"] = src["accuracy"]
     if "pruneOnlyAgreement" in report["details"]:
         out["pruneOnlyAgreement"] = report["details"]["pruneOnlyAgreement"]
+        out["pruneOnlyKlToSource"] = report["details"]["pruneOnlyKlToSource"]
     return out

@@ -178,11 +178,16 @@ def logits(model: Any, tokenizer: Any, data: TextData, max_length: int,
     return torch.cat(out)
 
 
-def agreement(model: Any, teacher_logits: Any, tokenizer: Any, data: TextData,
-              max_length: int) -> float:
-    """Top-1 agreement of `model` with the teacher's logits over `data`."""
-    pred = logits(model, tokenizer, data, max_length).argmax(-1)
-    return float((pred == teacher_logits.argmax(-1)).float().mean())
+def fidelity(model: Any, teacher_logits: Any, tokenizer: Any, data: TextData,
+             max_length: int) -> tuple[float, float]:
+    """(top-1 agreement, mean KL divergence from the teacher's distribution) over `data`."""
+    import torch
+
+    out = logits(model, tokenizer, data, max_length)
+    agree = float((out.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+    kl = torch.nn.functional.kl_div(torch.log_softmax(out, -1), torch.log_softmax(
+        teacher_logits, -1), log_target=True, reduction="batchmean")
+    return agree, float(kl)
 
 
 def total_steps(recipe: Recipe, n_train: int) -> int:
