@@ -26,7 +26,9 @@ Optimizations run in this order at load, on the CPU the weights were loaded on: 
 unstructured pruning, then dynamic-int8 (for the CPU: torch dynamic quantization; for CUDA:
 torchao int8 weight-only) or float16/bfloat16; then the optimized model moves to the device,
 so a GPU never holds more than the variant serves with (the operator's GPU-fit estimate
-counts on it: msv_operator.gpufit).
+counts on it: msv_operator.gpufit). A model directory holding a static-int8 calibration
+(optimize.static_int8, written by `model-server optimize build`) is served static int8 on the
+CPU instead, with no other load-time optimization.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class TransformersBackend(LoadedInfo, Backend):
         self._dtype: Any = None
         self._image_size: tuple[int, int] | None = None
         self._structured_removed = 0
+        self._static_int8 = False
         self._generation: GenerationBatcher | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -192,9 +195,24 @@ class TransformersBackend(LoadedInfo, Backend):
         return model, config
 
     def _apply_optimizations(self, model: Any, options: LoadOptions) -> Any:
-        from model_server.optimize import prune, quantize
+        from model_server.optimize import prune, quantize, static_int8
 
         self._dtype = None
+        self._static_int8 = False
+        calibration = static_int8.read_calibration(self.model_dir) if self.model_dir else None
+        if calibration is not None:
+            if options.quantization != "none" or options.pruning_method != "none":
+                raise ModelLoadError(
+                    f"this model is calibrated static int8 ({static_int8.CALIBRATION_FILE}): "
+                    "serve it with quantization none and pruning none"
+                )
+            if self.device != "cpu":
+                raise ModelLoadError(
+                    f"static int8 ({static_int8.CALIBRATION_FILE}) runs on the CPU, "
+                    f"not {self.device}"
+                )
+            self._static_int8 = True
+            return static_int8.apply_calibration(model, calibration)
         if options.pruning_method == "unstructured":
             prune.prune_unstructured(model, options.pruning_amount)
         elif options.pruning_method == "structured":
@@ -225,6 +243,8 @@ class TransformersBackend(LoadedInfo, Backend):
             extra["ffn_neurons_removed"] = self._structured_removed
         if self.options.quantization == "dynamic-int8":
             extra["int8"] = quantize_int8_method(self.device)
+        if self._static_int8:
+            extra["int8"] = "static"
         if self.options.pruning_method == "unstructured":
             extra["note"] = "unstructured sparsity: zeros are stored densely, no speedup"
         return BackendInfo(

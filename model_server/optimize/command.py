@@ -8,6 +8,9 @@ backends the server uses), runs both on the same generated sample inputs, measur
 latency, size and parameters, compares outputs, writes the optimized artifact with the
 backend's `export()` and the report (`optimization-report.json` / `.txt`) into --out.
 The CLI (model_server.cli) calls `register(subparsers)` and dispatches to `run(args)`.
+
+`model-server optimize build ...` is the optimization pipeline's Job (recipes trained on
+data, evaluated and published): model_server.optimize.build.
 """
 
 from __future__ import annotations
@@ -48,12 +51,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "optimize",
         help="write an optimized (quantized/pruned) model and a size/latency/agreement report",
         description="Optimize a model offline and report size, latency and output agreement "
-        "with the original on sample inputs.",
+        "with the original on sample inputs (--framework, --in and --out are required); "
+        "`optimize build` runs a recipe on data instead.",
     )
-    p.add_argument("--framework", required=True, choices=FRAMEWORKS)
+    p.add_argument("--framework", choices=FRAMEWORKS)
     p.add_argument("--task", help="transformers task (default: from config.architectures)")
-    p.add_argument("--in", dest="in_dir", required=True, type=Path, help="source model dir")
-    p.add_argument("--out", dest="out_dir", required=True, type=Path, help="output dir")
+    p.add_argument("--in", dest="in_dir", type=Path, help="source model dir")
+    p.add_argument("--out", dest="out_dir", type=Path, help="output dir")
     p.add_argument(
         "--quantization",
         default="none",
@@ -69,11 +73,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(optimize_parser=p)
+    from model_server.optimize import build
+
+    modes = p.add_subparsers(dest="optimize_mode", metavar="{build}")
+    build.register(modes)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; 0 on success, 2 with a one-line reason on bad input or a bad model."""
+    if getattr(args, "optimize_mode", None) == "build":
+        from model_server.optimize import build
+
+        return build.run(args)
+    missing = [flag for flag, value in (("--framework", args.framework), ("--in", args.in_dir),
+                                        ("--out", args.out_dir)) if value is None]
+    if missing:
+        args.optimize_parser.error("the following arguments are required: " + ", ".join(missing))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = optimize(

@@ -1,0 +1,162 @@
+"""Benchmark: the optimization pipeline's recipes (`model-server optimize build`) side by side.
+
+    python bench/pipeline.py [--steps 200] [--samples 600] [--iterations 20] [--threads 1]
+
+On a 4-layer, hidden-128 classifier trained here on synthetic sentiment data (the build's
+source), each recipe runs through `model_server.optimize.build.build` exactly as the Job runs
+it (data file in, artifact published to a local file:// store), and the reports are compared:
+- prune-recover: 50% of the FFN neurons removed, then recovery training, vs the same pruning
+  at load time alone (the report's prune-only agreement / distance to the source). Goal
+  (issue 19): agreement after recovery >= prune-only, latency ratio <= 0.80x.
+- distill: a student with half the layers and half the width. Goal: speedup >= 1.5x,
+  size <= 0.5x, agreement >= 0.95.
+- static-int8 (calibrated) vs dynamic-int8 (the load-time setting) on the same source:
+  latency and agreement.
+- the Job's wall time and CPU seconds per recipe.
+Results: bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _optim_common import finish, parse_args, torch
+
+from model_server.optimize.build import build
+
+GOALS = {"prune_recover_latency": 0.80, "distill_speedup": 1.5, "distill_size": 0.5,
+         "distill_agreement": 0.95}
+BASE = {"framework": "transformers", "task": "text-classification", "seed": 0,
+        "maxLength": 64}
+
+
+def _source(root: Path, steps: int) -> Path:
+    import modelfactory
+    from transformers import AutoTokenizer
+
+    path = root / "source"
+    model = modelfactory.make_text_classifier(path, hidden_size=128, num_layers=4, num_heads=4,
+                                              intermediate_size=512, save=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    modelfactory.train_text_classifier(model, tokenizer, steps=steps)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _dynamic_int8(source: Path, texts: list[str], iterations: int) -> dict[str, Any]:
+    """The source served with load-time dynamic-int8: latency p50 and agreement."""
+    import numpy as np
+
+    from model_server.backends import create_backend
+    from model_server.backends.base import LoadOptions
+
+    def load(quantization: str) -> Any:
+        backend = create_backend("transformers")
+        backend.load(source, LoadOptions(task="text-classification", device="cpu",
+                                         quantization=quantization))
+        return backend
+
+    def batch(items: list[str]) -> Any:
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = [t.encode() for t in items]
+        return {"text": arr}
+
+    fp32, int8 = load("none"), load("dynamic-int8")
+    agree = float((np.asarray(fp32.predict(batch(texts))["logits"]).argmax(-1)
+                   == np.asarray(int8.predict(batch(texts))["logits"]).argmax(-1)).mean())
+    latency = {}
+    for size in (1, 8):
+        b = batch(texts[:size])
+        times = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            int8.predict(b)
+            times.append((time.perf_counter() - t0) * 1000)
+        latency[f"batch{size}"] = round(statistics.median(times), 4)
+    return {"agreement": round(agree, 4), "latencyMsP50": latency}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="recovery/distill steps")
+    parser.add_argument("--samples", type=int, default=600, help="data lines")
+    args = parse_args(parser, iterations=20)
+    started = time.time()
+    import modelfactory
+
+    recipes = {
+        "prune-recover": {"recipe": "prune-recover", "amount": 0.5, "steps": args.steps,
+                          "learningRate": 1e-3},
+        "distill": {"recipe": "distill", "steps": args.steps, "learningRate": 1e-3,
+                    "student": {"layers": 2, "hiddenSize": 64, "intermediateSize": 256,
+                                "heads": 4}},
+        "static-int8": {"recipe": "static-int8", "calibrationSamples": 128},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = _source(root, steps=80)
+        texts, _ = modelfactory.sentiment_sentences(args.samples, seed=7)
+        data = root / "data.txt"
+        data.write_text("\n".join(texts) + "\n")
+        reports = {}
+        for name, recipe in recipes.items():
+            result = build(source=source, data=data, recipe_json=json.dumps({**BASE, **recipe}),
+                           source_sha256="0" * 64, data_sha256="1" * 64,
+                           publish_uri=(root / "store").as_uri(), work=root / f"work-{name}",
+                           latency_repeats=args.iterations)
+            reports[name] = json.loads(Path(result["reportUri"][len("file://"):]).read_text())
+        dynamic = _dynamic_int8(source, texts[-100:], args.iterations)
+
+    summaries = {name: report["summary"] for name, report in reports.items()}
+    pr, di, st = summaries["prune-recover"], summaries["distill"], summaries["static-int8"]
+    source_latency = reports["static-int8"]["source"]["latencyMsP50"]
+    static_latency = reports["static-int8"]["result"]["latencyMsP50"]
+    int8 = {
+        "static": {"agreement": st["agreement"], "latencyMsP50": static_latency},
+        "dynamic": dynamic,
+        "source_latencyMsP50": source_latency,
+        "static_vs_dynamic_latency": {
+            b: round(static_latency[b] / dynamic["latencyMsP50"][b], 3) for b in static_latency},
+    }
+    verdict = {
+        "prune_recover_agreement_vs_prune_only": pr["agreement"] >= pr["pruneOnlyAgreement"],
+        "prune_recover_latency": 1 / pr["speedupBatch1"] <= GOALS["prune_recover_latency"],
+        "distill_speedup": di["speedupBatch1"] >= GOALS["distill_speedup"],
+        "distill_size": di["sizeRatio"] <= GOALS["distill_size"],
+        "distill_agreement": di["agreement"] >= GOALS["distill_agreement"],
+    }
+    doc = {
+        "benchmark": "optimize build recipes on a 4-layer hidden-128 classifier, CPU",
+        "command": f"python bench/pipeline.py --steps {args.steps} --samples {args.samples} "
+                   f"--iterations {args.iterations} --threads {args.threads}",
+        "summaries": summaries,
+        "details": {name: report["details"] for name, report in reports.items()},
+        "jobs": {name: report["job"] for name, report in reports.items()},
+        "int8": int8,
+    }
+    print("optimize build recipes vs source (4 layers, hidden 128), CPU")
+    print(f"  prune-recover 50%: agreement {pr['agreement']:.3f} (prune only "
+          f"{pr['pruneOnlyAgreement']:.3f}), KL {pr['klToSource']:.2e} (prune only "
+          f"{pr['pruneOnlyKlToSource']:.2e}), speedup b1 {pr['speedupBatch1']:.2f}x "
+          f"b8 {pr['speedupBatch8']:.2f}x, size {pr['sizeRatio']:.3f}x")
+    print(f"  distill 1/2 layers 1/2 width: agreement {di['agreement']:.3f}, speedup b1 "
+          f"{di['speedupBatch1']:.2f}x b8 {di['speedupBatch8']:.2f}x, size {di['sizeRatio']:.3f}x")
+    print(f"  static-int8: agreement {st['agreement']:.3f}, latency b1 "
+          f"{static_latency['batch1']:.2f} ms vs dynamic {dynamic['latencyMsP50']['batch1']:.2f}"
+          f" ms (dynamic agreement {dynamic['agreement']:.3f})")
+    for name, report in reports.items():
+        print(f"  job {name}: wall {report['job']['wallSeconds']:.1f} s, "
+              f"CPU {report['job']['cpuSeconds']:.1f} s")
+    _ = torch  # the common module configures torch threads
+    finish("pipeline", doc, GOALS, verdict, started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

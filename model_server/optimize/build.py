@@ -1,0 +1,340 @@
+"""`model-server optimize build`: the optimization pipeline's Job (msv_contract.pipeline).
+
+    model-server optimize build --source /model --data /data --recipe-json '{...}' \
+        --source-sha256 HEX --data-sha256 HEX --publish s3://bucket/builds/ --work /work
+
+Steps: check the recipe (model_server.optimize.recipe) and compute the artifact key; if the
+key's MANIFEST already exists in the store, reuse it and do nothing else; load the source
+model and the data, split off the held-out examples, run the recipe (model_server.optimize.
+train), evaluate the source and the result on the held-out split through the server's own
+backend (so the result is known to load as it will be served), write report.json, publish
+(model_server.optimize.publish) and put the result (pipeline.RESULT_KEYS + summary) in the
+termination message. Progress lines go to stdout throughout.
+
+Exit codes: 0 done (or reused), 2 the build cannot be done as asked (bad recipe, data,
+source, student, or the budget ran out), 1 anything unexpected; on failure the termination
+message is one line with the cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from model_server.optimize.recipe import BuildError, Recipe, parse_recipe
+from msv_contract import pipeline
+
+log = logging.getLogger("model_server.optimize.build")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+LATENCY_REPEATS = 5
+EVAL_BATCH = 32
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `build` to the `optimize` command's sub-commands."""
+    p = subparsers.add_parser(
+        "build",
+        help="run an optimization recipe (static-int8, prune-recover, distill) on data, "
+             "evaluate it and publish the artifact (the optimization Job)",
+        description="Build an optimized variant from a source model and data, evaluate it on "
+                    "held-out data and publish it content-addressed (docs/optimization.md).",
+    )
+    p.add_argument("--source", required=True, type=Path, help="the source model directory")
+    p.add_argument("--data", required=True, type=Path,
+                   help="a data file (text lines or label<TAB>text lines), or a directory "
+                        "holding one")
+    p.add_argument("--recipe-json", required=True, help="the recipe (JSON object)")
+    p.add_argument("--source-sha256", required=True, help="the source artifact's sha256")
+    p.add_argument("--data-sha256", required=True, help="the data's sha256")
+    p.add_argument("--publish", required=True,
+                   help="output prefix: s3://bucket/prefix/ or file:///dir; the artifact goes "
+                        "to <prefix>/<key>/")
+    p.add_argument("--work", required=True, type=Path, help="a scratch directory")
+    p.add_argument("--latency-repeats", type=int, default=LATENCY_REPEATS,
+                   help="timed runs per model and batch size in the evaluation")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the build; writes the termination message either way."""
+    from model_server.cli import write_termination_message
+    from model_server.settings import termination_log_path
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        outcome = build(
+            source=args.source, data=args.data, recipe_json=args.recipe_json,
+            source_sha256=args.source_sha256, data_sha256=args.data_sha256,
+            publish_uri=args.publish, work=args.work, latency_repeats=args.latency_repeats,
+        )
+    except BuildError as exc:
+        return _failed(f"optimize build failed: {exc}", EXIT_BAD_INPUT)
+    except Exception as exc:  # the cause must reach the operator, whatever it is
+        log.exception("optimize build failed")
+        return _failed(f"optimize build failed: {type(exc).__name__}: {exc}", EXIT_FAILED)
+    message = json.dumps(outcome, separators=(",", ":"))
+    print(message, flush=True)
+    write_termination_message(termination_log_path(), message)
+    return EXIT_OK
+
+
+def _failed(message: str, code: int) -> int:
+    from model_server.cli import write_termination_message
+    from model_server.settings import termination_log_path
+
+    line = " ".join(message.split())
+    print(line, file=sys.stderr, flush=True)
+    write_termination_message(termination_log_path(), line)
+    return code
+
+
+def _cpu_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, data_sha256: str,
+          publish_uri: str, work: Path, latency_repeats: int = LATENCY_REPEATS,
+          out: TextIO | None = None) -> dict[str, Any]:
+    """Build, evaluate and publish; returns the termination message (RESULT_KEYS + summary).
+
+    BuildError carries the one-line cause of a build that cannot be done.
+    """
+    from model_server.optimize import publish, train
+
+    started, cpu_started = time.monotonic(), _cpu_seconds()
+    recipe = parse_recipe(recipe_json)
+    for name, digest in (("--source-sha256", source_sha256), ("--data-sha256", data_sha256)):
+        if not digest or not all(c in "0123456789abcdef" for c in digest.lower()):
+            raise BuildError(f"{name} must be a hex digest, not {digest!r}")
+    key = pipeline.artifact_key(source_sha256, recipe.raw, data_sha256)
+    store = publish.Store(publish_uri, key)
+    existing = publish.manifest(store)
+    progress = train.Progress(out)
+    if existing is not None:
+        previous = _existing_summary(store)
+        progress("done", 1, 1, force=True)
+        return publish.result(store, existing, {**previous, "reused": True})
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = train.Deadline(recipe.max_seconds, started)
+
+    progress("loading", 0, 1, force=True)
+    teacher, tokenizer = _load_source(Path(source))
+    config = teacher.config
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    dataset = train.read_text_data(Path(data), label2id, int(config.num_labels))
+    training, held = train.split(dataset, recipe.held_out, recipe.seed)
+    teacher_held = train.logits(teacher, tokenizer, held, recipe.max_length)
+    progress("loading", 1, 1)
+    deadline.check("loading")
+
+    model_dir = work / "model"
+    details = _run_recipe(recipe, teacher, tokenizer, training, held, teacher_held, model_dir,
+                          progress, deadline)
+    deadline.check(recipe.name)
+
+    progress("evaluating", 0, 2, force=True)
+    source_eval = evaluate(Path(source), held, latency_repeats, reference=None)
+    progress("evaluating", 1, 2)
+    result_eval = evaluate(model_dir, held, latency_repeats, reference=source_eval["_logits"])
+    progress("evaluating", 2, 2)
+    source_eval.pop("_logits")
+    result_eval.pop("_logits")
+    deadline.check("evaluating")
+
+    report: dict[str, Any] = {
+        "key": key,
+        "codeVersion": pipeline.CODE_VERSION,
+        "recipe": recipe.raw,
+        "sourceSha256": source_sha256,
+        "dataSha256": data_sha256,
+        "data": {"examples": len(dataset), "train": len(training), "heldOut": len(held),
+                 "labels": dataset.labels is not None},
+        "source": source_eval,
+        "result": result_eval,
+        "details": details,
+    }
+    report["job"] = {"wallSeconds": round(time.monotonic() - started, 3),
+                     "cpuSeconds": round(_cpu_seconds() - cpu_started, 3)}
+    report["summary"] = summary(report)
+    body = json.dumps(report, indent=2, sort_keys=True).encode()
+
+    progress("publishing", 0, 1, force=True)
+    entry = publish.publish(store, key, model_dir, body, work)
+    progress("publishing", 1, 1)
+    progress("done", 1, 1, force=True)
+    return publish.result(store, entry, report["summary"])
+
+
+def _existing_summary(store: Any) -> dict[str, Any]:
+    data = store.read(pipeline.REPORT_FILE)
+    try:
+        report = json.loads(data) if data else {}
+    except ValueError:
+        report = {}
+    value = report.get("summary") if isinstance(report, dict) else None
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _load_source(source: Path) -> tuple[Any, Any]:
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if not (source / "config.json").is_file():
+        raise BuildError(f"source {source} is not a transformers model directory "
+                         "(no config.json)")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception as exc:
+        raise BuildError(f"cannot load the source text classifier: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, held: Any,
+                teacher_held: Any, model_dir: Path, progress: Any, deadline: Any
+                ) -> dict[str, Any]:
+    from model_server.optimize import static_int8, train
+
+    if recipe.name == "static-int8":
+        calibration, details = train.static_int8(teacher, tokenizer, training, recipe,
+                                                 progress, deadline)
+        train.save(teacher, tokenizer, model_dir)
+        (model_dir / static_int8.CALIBRATION_FILE).write_text(
+            json.dumps(calibration, indent=1, sort_keys=True))
+        details["note"] = ("int8 Linear layers with calibrated input/output scales; the float "
+                           "weights and the calibration are stored, int8 is rebuilt at load")
+        return details
+    if recipe.name == "prune-recover":
+        progress("pruning", 0, 1, force=True)
+        student, removed = train.prune(teacher, recipe.amount)
+        before, before_kl = train.fidelity(student, teacher_held, tokenizer, held,
+                                           recipe.max_length)
+        progress("pruning", 1, 1)
+        deadline.check("pruning")
+        training_details = train.match_teacher(student, teacher, tokenizer, training, recipe,
+                                               progress, deadline)
+        train.save(student, tokenizer, model_dir)
+        return {"ffnNeuronsRemoved": removed,
+                "intermediateSize": int(student.config.intermediate_size),
+                "pruneOnlyAgreement": round(before, 6), "pruneOnlyKlToSource": round(before_kl, 8),
+                "training": training_details}
+    student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
+    details["training"] = train.match_teacher(student, teacher, tokenizer, training, recipe,
+                                              progress, deadline)
+    train.save(student, tokenizer, model_dir)
+    return details
+
+
+def evaluate(model_dir: Path, held: Any, repeats: int, *,
+             reference: Any | None) -> dict[str, Any]:
+    """Load `model_dir` through the server's backend and measure it on the held-out split:
+    parameters, bytes, on-disk bytes, CPU latency p50 at batch 1 and 8, top-1 agreement with
+    and KL divergence from `reference` (the source's logits), accuracy when labels exist."""
+    from model_server.backends import create_backend
+    from model_server.backends.base import LoadOptions
+    from model_server.errors import ModelLoadError
+
+    backend = create_backend("transformers")
+    try:
+        backend.load(model_dir, LoadOptions(task="text-classification", device="cpu"))
+    except ModelLoadError as exc:
+        raise BuildError(f"the server cannot load {model_dir.name}: {exc}") from exc
+    try:
+        chunks = []
+        for start in range(0, len(held), EVAL_BATCH):
+            texts = held.texts[start:start + EVAL_BATCH]
+            out = backend.predict({"text": _texts(texts)})
+            chunks.append(np.asarray(out["logits"], dtype=np.float64))
+        logits = np.concatenate(chunks)
+        pred = logits.argmax(-1)
+        latency = {}
+        for size in (1, 8):
+            batch = {"text": _texts([held.texts[i % len(held)] for i in range(size)])}
+            backend.predict(batch)  # warm-up
+            times = []
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                backend.predict(batch)
+                times.append((time.perf_counter() - t0) * 1000)
+            latency[f"batch{size}"] = round(statistics.median(times), 4)
+        info = backend.info()
+    finally:
+        backend.close()
+    result: dict[str, Any] = {
+        "parameters": info.parameters,
+        "sizeBytes": info.size_bytes,
+        "diskBytes": sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()),
+        "latencyMsP50": latency,
+        "agreement": 1.0 if reference is None else round(
+            float((pred == reference.argmax(-1)).mean()), 6),
+        "klToSource": 0.0 if reference is None else round(_kl(reference, logits), 8),
+        "_logits": logits,
+    }
+    if info.extra.get("int8"):
+        result["int8"] = info.extra["int8"]
+    if held.labels is not None:
+        result["accuracy"] = round(float((pred == np.asarray(held.labels)).mean()), 6)
+    return result
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return np.asarray(x - np.log(np.exp(x).sum(-1, keepdims=True)))
+
+
+def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL divergence of `logits`' distribution from `reference`'s, per example."""
+    p, q = _log_softmax(reference), _log_softmax(logits)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+def _texts(texts: list[str]) -> np.ndarray:
+    arr = np.empty(len(texts), dtype=object)
+    for i, text in enumerate(texts):
+        arr[i] = text.encode()
+    return arr
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's headline numbers (what the termination message carries)."""
+    src, res = report["source"], report["result"]
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 4) if b else None
+
+    out: dict[str, Any] = {
+        "recipe": report["recipe"]["recipe"],
+        "agreement": res["agreement"],
+        "klToSource": res["klToSource"],
+        "speedupBatch1": ratio(src["latencyMsP50"]["batch1"], res["latencyMsP50"]["batch1"]),
+        "speedupBatch8": ratio(src["latencyMsP50"]["batch8"], res["latencyMsP50"]["batch8"]),
+        "sizeRatio": ratio(res["sizeBytes"], src["sizeBytes"]),
+        "parameterRatio": ratio(res["parameters"], src["parameters"]),
+        "wallSeconds": report["job"]["wallSeconds"],
+        "cpuSeconds": report["job"]["cpuSeconds"],
+    }
+    if "accuracy" in res:
+        out["accuracy"] = res["accuracy"]
+        out["sourceAccuracy"] = src["accuracy"]
+    if "pruneOnlyAgreement" in report["details"]:
+        out["pruneOnlyAgreement"] = report["details"]["pruneOnlyAgreement"]
+        out["pruneOnlyKlToSource"] = report["details"]["pruneOnlyKlToSource"]
+    return out

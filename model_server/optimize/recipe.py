@@ -1,0 +1,152 @@
+"""The recipe of `model-server optimize build`: parsed and checked before any work starts.
+
+The recipe is JSON (msv_contract.pipeline: the operator hashes it as given into the artifact
+key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per recipe
+
+- ``static-int8``: ``calibrationSamples`` (default 128);
+- ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <= 0.9), ``steps`` or
+  ``epochs``, ``learningRate``;
+- ``distill``: ``student`` (``layers``, optional ``hiddenSize``, ``intermediateSize``,
+  ``heads``), ``steps`` or ``epochs``, ``learningRate``;
+
+and for all: ``budget.maxSeconds``, ``heldOut`` (fraction, default 0.2), ``seed``, and for the
+training recipes ``batchSize``, ``temperature``, ``maxLength``. Every error names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from msv_contract import pipeline
+
+SUPPORTED = {("transformers", "text-classification")}
+"""(framework, task) pairs the recipes are implemented for."""
+DEFAULT_HELD_OUT = 0.2
+DEFAULT_CALIBRATION_SAMPLES = 128
+DEFAULT_STEPS = 100
+DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_MAX_LENGTH = 128
+MAX_PRUNE_AMOUNT = 0.9
+
+
+class BuildError(Exception):
+    """A build that cannot go on; the message is the one-line cause for the operator."""
+
+
+@dataclass(frozen=True)
+class Student:
+    layers: int
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    heads: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    framework: str
+    task: str
+    raw: dict[str, Any] = field(repr=False)
+    held_out: float = DEFAULT_HELD_OUT
+    seed: int = 0
+    max_seconds: float | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    temperature: float = DEFAULT_TEMPERATURE
+    max_length: int = DEFAULT_MAX_LENGTH
+    amount: float = 0.0
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    student: Student | None = None
+
+
+def _number(raw: dict[str, Any], name: str, default: Any, *, integer: bool = False,
+            low: float | None = None, high: float | None = None, low_open: bool = False,
+            where: str = "recipe") -> Any:
+    value = raw.get(name, default)
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise BuildError(f"{where}.{name} must be {kind}, not {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise BuildError(f"{where}.{name} must be {'>' if low_open else '>='} {low}, not {value}")
+    if high is not None and value > high:
+        raise BuildError(f"{where}.{name} must be <= {high}, not {value}")
+    return value
+
+
+def parse_recipe(text: str) -> Recipe:
+    """The recipe from its JSON text; BuildError naming the field on anything wrong."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise BuildError(f"recipe is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BuildError("recipe must be a JSON object")
+    name = raw.get("recipe")
+    if name not in pipeline.RECIPES:
+        raise BuildError(f"recipe.recipe must be one of {', '.join(pipeline.RECIPES)}, "
+                         f"not {name!r}")
+    framework, task = raw.get("framework"), raw.get("task")
+    if (framework, task) not in SUPPORTED:
+        supported = ", ".join(f"{f}/{t}" for f, t in sorted(SUPPORTED))
+        raise BuildError(f"recipe {name!r} is not implemented for framework {framework!r} "
+                         f"task {task!r} (supported: {supported})")
+    budget = raw.get("budget") or {}
+    if not isinstance(budget, dict):
+        raise BuildError("recipe.budget must be an object")
+    common: dict[str, Any] = {
+        "name": name, "framework": framework, "task": task, "raw": raw,
+        "held_out": _number(raw, "heldOut", DEFAULT_HELD_OUT, low=0, high=0.9, low_open=True),
+        "seed": _number(raw, "seed", 0, integer=True, low=0),
+        "max_seconds": _number(budget, "maxSeconds", None, low=0, low_open=True,
+                               where="recipe.budget"),
+        "batch_size": _number(raw, "batchSize", DEFAULT_BATCH_SIZE, integer=True, low=1),
+        "temperature": _number(raw, "temperature", DEFAULT_TEMPERATURE, low=0, low_open=True),
+        "max_length": _number(raw, "maxLength", DEFAULT_MAX_LENGTH, integer=True, low=2),
+    }
+    if name == "static-int8":
+        common["calibration_samples"] = _number(
+            raw, "calibrationSamples", DEFAULT_CALIBRATION_SAMPLES, integer=True, low=1)
+        return Recipe(**common)
+    steps = _number(raw, "steps", None, integer=True, low=1)
+    epochs = _number(raw, "epochs", None, low=0, low_open=True)
+    if steps is not None and epochs is not None:
+        raise BuildError("recipe: give steps or epochs, not both")
+    if steps is None and epochs is None:
+        steps = DEFAULT_STEPS
+    common.update(
+        steps=steps, epochs=epochs,
+        learning_rate=_number(raw, "learningRate", DEFAULT_LEARNING_RATE, low=0,
+                              low_open=True, high=1),
+    )
+    if name == "prune-recover":
+        if "amount" not in raw:
+            raise BuildError("recipe.amount is required for prune-recover")
+        common["amount"] = _number(raw, "amount", None, low=0, low_open=True,
+                                   high=MAX_PRUNE_AMOUNT)
+        return Recipe(**common)
+    student = raw.get("student")
+    if not isinstance(student, dict):
+        raise BuildError("recipe.student (an object with layers) is required for distill")
+    w = "recipe.student"
+    common["student"] = Student(
+        layers=_number(student, "layers", None, integer=True, low=1, where=w)
+        or _missing(f"{w}.layers"),
+        hidden_size=_number(student, "hiddenSize", None, integer=True, low=1, where=w),
+        intermediate_size=_number(student, "intermediateSize", None, integer=True, low=1,
+                                  where=w),
+        heads=_number(student, "heads", None, integer=True, low=1, where=w),
+    )
+    return Recipe(**common)
+
+
+def _missing(name: str) -> Any:
+    raise BuildError(f"{name} is required")

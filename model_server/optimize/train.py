@@ -1,0 +1,346 @@
+"""The recipes' work on a transformers text classifier: data, calibration, pruning with
+recovery, distillation (used by `model-server optimize build`, model_server.optimize.build).
+
+Data: a UTF-8 file of text lines, or of ``label<TAB>text`` lines (a label is one of the
+model's label names or an index); blank lines are skipped; labels are all or nothing. A
+directory holding exactly one file is read as that file (a pulled data set).
+
+Recovery and distillation train a student to match the teacher's (the source model's) logits:
+KL divergence of the temperature-softened distributions, times T², plus cross-entropy when the
+data has labels; AdamW; batches cycle through the shuffled training split. Progress lines
+(msv_contract.pipeline.PROGRESS_PREFIX) go to stdout at most every `Progress.interval_s`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from model_server.optimize.recipe import BuildError, Recipe, Student
+from msv_contract import pipeline
+
+
+@dataclass
+class TextData:
+    texts: list[str]
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx: Sequence[int]) -> TextData:
+        labels = None if self.labels is None else [self.labels[i] for i in idx]
+        return TextData([self.texts[i] for i in idx], labels)
+
+
+def data_file(path: Path) -> Path:
+    """The data file at `path` (a file, or a directory holding exactly one file)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if len(files) != 1:
+            raise BuildError(f"data directory {path} must hold exactly one data file, "
+                             f"found {len(files)}")
+        return files[0]
+    if not path.is_file():
+        raise BuildError(f"data {path} does not exist")
+    return path
+
+
+def read_text_data(path: Path, label2id: dict[str, int], num_labels: int) -> TextData:
+    """Text lines or ``label<TAB>text`` lines; BuildError naming the line on bad input."""
+    file = data_file(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"data {file.name} is not UTF-8 text (text classification needs "
+                         f"text lines): {exc}") from exc
+    except OSError as exc:
+        raise BuildError(f"cannot read data {file.name}: {exc}") from exc
+    texts: list[str] = []
+    labels: list[int] = []
+    labelled: bool | None = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        has_label = "\t" in line
+        if labelled is None:
+            labelled = has_label
+        elif has_label != labelled:
+            raise BuildError(f"data line {number}: mixes labelled (label<TAB>text) and "
+                             "unlabelled lines")
+        if has_label:
+            label, text = line.split("\t", 1)
+            labels.append(_label_id(label.strip(), label2id, num_labels, number))
+            texts.append(text)
+        else:
+            texts.append(line)
+    if len(texts) < 2:
+        raise BuildError(f"data {file.name} has {len(texts)} non-empty line(s); at least 2 "
+                         "are needed (a training and a held-out split)")
+    return TextData(texts, labels if labelled else None)
+
+
+def _label_id(label: str, label2id: dict[str, int], num_labels: int, number: int) -> int:
+    if label in label2id:
+        return label2id[label]
+    if label.isdigit() and int(label) < num_labels:
+        return int(label)
+    raise BuildError(f"data line {number}: label {label!r} is not one of the model's labels "
+                     f"({', '.join(label2id) or 'none'}) nor an index below {num_labels}")
+
+
+def split(data: TextData, held_out: float, seed: int) -> tuple[TextData, TextData]:
+    """(training, held-out) splits of a seeded shuffle; each gets at least one example."""
+    idx = list(range(len(data)))
+    random.Random(seed).shuffle(idx)
+    n_held = min(len(idx) - 1, max(1, round(len(idx) * held_out)))
+    return data.take(idx[n_held:]), data.take(idx[:n_held])
+
+
+class Progress:
+    """Prints ``PROGRESS_PREFIX {phase, step, total, etaSeconds}`` lines."""
+
+    interval_s = 2.0
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out
+        self._last = -math.inf
+        self._phase = ""
+        self._started = time.monotonic()
+
+    def __call__(self, phase: str, step: int = 0, total: int = 0, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if phase != self._phase:
+            self._phase, self._started, force = phase, now, True
+        if not force and now - self._last < self.interval_s and step < total:
+            return
+        self._last = now
+        eta = None
+        if 0 < step < total:
+            eta = round((now - self._started) / step * (total - step), 1)
+        elif total and step >= total:
+            eta = 0.0
+        line = json.dumps({"phase": phase, "step": step, "total": total, "etaSeconds": eta},
+                          separators=(",", ":"))
+        print(pipeline.PROGRESS_PREFIX + line, file=self.out or sys.stdout, flush=True)
+
+
+class Deadline:
+    """The recipe's budget: `check` raises BuildError once maxSeconds have passed."""
+
+    def __init__(self, max_seconds: float | None, started: float | None = None) -> None:
+        self.max_seconds = max_seconds
+        self.started = time.monotonic() if started is None else started
+
+    def check(self, phase: str) -> None:
+        if self.max_seconds is None:
+            return
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.max_seconds:
+            raise BuildError(f"budget exceeded: {elapsed:.1f} s > budget.maxSeconds "
+                             f"{self.max_seconds} while {phase}")
+
+
+def batches(data: TextData, size: int, *, seed: int | None = None) -> Iterator[TextData]:
+    """`data` in batches of `size` (shuffled with `seed`, in order without)."""
+    idx = list(range(len(data)))
+    if seed is not None:
+        random.Random(seed).shuffle(idx)
+    for start in range(0, len(idx), size):
+        yield data.take(idx[start:start + size])
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                     return_tensors="pt")
+
+
+def logits(model: Any, tokenizer: Any, data: TextData, max_length: int,
+           batch_size: int = 32) -> Any:
+    """The model's logits over `data` (inference)."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches(data, batch_size):
+            out.append(model(**encode(tokenizer, batch.texts, max_length)).logits.float())
+    return torch.cat(out)
+
+
+def fidelity(model: Any, teacher_logits: Any, tokenizer: Any, data: TextData,
+             max_length: int) -> tuple[float, float]:
+    """(top-1 agreement, mean KL divergence from the teacher's distribution) over `data`."""
+    import torch
+
+    out = logits(model, tokenizer, data, max_length)
+    agree = float((out.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+    kl = torch.nn.functional.kl_div(torch.log_softmax(out, -1), torch.log_softmax(
+        teacher_logits, -1), log_target=True, reduction="batchmean")
+    return agree, float(kl)
+
+
+def total_steps(recipe: Recipe, n_train: int) -> int:
+    if recipe.steps is not None:
+        return recipe.steps
+    per_epoch = math.ceil(n_train / recipe.batch_size)
+    return max(1, math.ceil((recipe.epochs or 1) * per_epoch))
+
+
+def match_teacher(student: Any, teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
+                  progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
+    """Train `student` in place on the teacher's logits (and the labels, if any)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(recipe.seed)
+    steps = total_steps(recipe, len(train))
+    temp = recipe.temperature
+    optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.learning_rate)
+    teacher.eval()
+    student.train()
+    epoch = 0
+    stream = batches(train, recipe.batch_size, seed=recipe.seed)
+    last_loss = math.nan
+    progress("training", 0, steps, force=True)
+    for step in range(1, steps + 1):
+        batch = next(stream, None)
+        if batch is None:
+            epoch += 1
+            stream = batches(train, recipe.batch_size, seed=recipe.seed + epoch)
+            batch = next(stream)
+        enc = encode(tokenizer, batch.texts, recipe.max_length)
+        with torch.no_grad():
+            target = teacher(**enc).logits.float()
+        out = student(**enc).logits.float()
+        loss = F.kl_div(F.log_softmax(out / temp, -1), F.softmax(target / temp, -1),
+                        reduction="batchmean") * temp * temp
+        if batch.labels is not None:
+            loss = loss + F.cross_entropy(out, torch.tensor(batch.labels))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        last_loss = float(loss.detach())
+        progress("training", step, steps)
+        deadline.check("training")
+    student.eval()
+    return {"steps": steps, "finalLoss": round(last_loss, 6), "temperature": temp,
+            "learningRate": recipe.learning_rate, "batchSize": recipe.batch_size,
+            "labels": train.labels is not None}
+
+
+def static_int8(teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
+                progress: Callable[..., None], deadline: Deadline) -> tuple[Any, dict[str, Any]]:
+    """(the calibration, details): activation ranges of the Linear layers over up to
+    calibrationSamples training examples."""
+    from model_server.errors import ModelLoadError
+    from model_server.optimize import static_int8 as s8
+
+    sample = train.take(range(min(len(train), recipe.calibration_samples)))
+    chunks = list(batches(sample, recipe.batch_size))
+
+    def feed() -> Iterator[Any]:
+        for i, batch in enumerate(chunks, 1):
+            yield encode(tokenizer, batch.texts, recipe.max_length)
+            progress("calibrating", i, len(chunks))
+            deadline.check("calibrating")
+
+    progress("calibrating", 0, len(chunks), force=True)
+    try:
+        calibration = s8.calibrate(copy.deepcopy(teacher), feed())
+    except ModelLoadError as exc:
+        raise BuildError(str(exc)) from exc
+    return calibration, {"calibrationSamples": len(sample),
+                         "layers": len(calibration["layers"]), "engine": calibration["engine"]}
+
+
+def prune(teacher: Any, amount: float) -> tuple[Any, int]:
+    """A copy of `teacher` with `amount` of every FFN's neurons removed; (model, removed)."""
+    from model_server.errors import ModelLoadError
+    from model_server.optimize.prune import prune_structured_ffn
+
+    student = copy.deepcopy(teacher)
+    try:
+        removed = prune_structured_ffn(student, amount)
+    except ModelLoadError as exc:
+        raise BuildError(str(exc)) from exc
+    return student, removed
+
+
+_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layer initialising each student layer: every k-th, ending at the last."""
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
+    """A smaller model of the teacher's architecture: `spec.layers` layers initialised from
+    every k-th teacher layer; tensors whose shape changed (a narrower width) start fresh."""
+    import torch
+
+    config = copy.deepcopy(teacher.config)
+    for attr in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+        if not isinstance(getattr(config, attr, None), int):
+            raise BuildError(f"distill needs a BERT-style config ({attr}); "
+                             f"{type(config).__name__} has none")
+    n_teacher = config.num_hidden_layers
+    if spec.layers > n_teacher:
+        raise BuildError(f"recipe.student.layers {spec.layers} exceeds the source model's "
+                         f"{n_teacher} layers")
+    hidden = spec.hidden_size or config.hidden_size
+    heads = spec.heads or config.num_attention_heads
+    if hidden % heads:
+        raise BuildError(f"recipe.student: hiddenSize {hidden} is not divisible by heads "
+                         f"{heads}; the student cannot be built")
+    config.num_hidden_layers = spec.layers
+    config.hidden_size = hidden
+    config.num_attention_heads = heads
+    config.intermediate_size = spec.intermediate_size or config.intermediate_size
+    torch.manual_seed(0)
+    try:
+        student = type(teacher)(config)
+    except Exception as exc:
+        raise BuildError(f"recipe.student: the student cannot be built: {exc}") from exc
+    mapping = layer_map(n_teacher, spec.layers)
+    source = teacher.state_dict()
+    target = student.state_dict()
+    copied = fresh = 0
+    with torch.no_grad():
+        for name, tensor in target.items():
+            match = _LAYER.search(name)
+            from_name = name
+            if match:
+                teacher_layer = mapping[int(match.group(1))]
+                from_name = name[:match.start()] + f".layer.{teacher_layer}." + name[match.end():]
+            value = source.get(from_name)
+            if value is not None and value.shape == tensor.shape:
+                tensor.copy_(value)
+                copied += 1
+            else:
+                fresh += 1
+    student.load_state_dict(target)
+    return student.eval(), {"layers": spec.layers, "hiddenSize": hidden, "heads": heads,
+                            "intermediateSize": config.intermediate_size,
+                            "initialisedFrom": mapping, "tensorsCopied": copied,
+                            "tensorsFresh": fresh}
+
+
+def save(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    """A normal transformers model directory (safetensors + tokenizer) the server loads."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
