@@ -1,0 +1,49 @@
+"""The optimization pipeline: what the operator (which writes the Job and reads its outcome)
+and ``model-server optimize build`` (which runs in it) agree on (docs/optimization.md).
+
+A variant with ``build`` is produced by a Job before it is served. The artifact is
+content-addressed: ``artifact_key`` of (source model sha256, the recipe as canonical JSON, data
+sha256, ``CODE_VERSION``) names the directory ``<output prefix>/<key>/`` it is published to:
+``model.tar.gz`` (the optimized model), ``report.json`` (the offline evaluation), and last
+``MANIFEST`` (JSON: the key, the artifact's sha256 and size, the report's sha256): a key whose
+MANIFEST exists is finished and never recomputed; one without it is not served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+RECIPES = ("static-int8", "prune-recover", "distill")
+"""``static-int8``: int8 with activation ranges calibrated on the data; ``prune-recover``:
+structured pruning of FFN neurons, then training the pruned model to match the source's
+outputs on the (unlabeled) data; ``distill``: a smaller student (fewer layers, narrower)
+trained on the source's outputs."""
+CODE_VERSION = "1"
+"""Bumped when a recipe's implementation changes what it produces (a new key, a new Job)."""
+
+ARTIFACT_FILE = "model.tar.gz"
+REPORT_FILE = "report.json"
+MANIFEST_FILE = "MANIFEST"
+
+PROGRESS_PREFIX = "msv-progress "
+"""A log line of the Job's container starting with this is followed by JSON
+``{"phase": str, "step": int, "total": int, "etaSeconds": float | null}``; phases:
+``loading``, ``calibrating`` | ``pruning`` | ``training``, ``evaluating``, ``publishing``,
+``done``. The operator reads the newest one from the pod's log (status progress)."""
+RESULT_KEYS = ("key", "artifactUri", "sha256", "sizeBytes", "reportUri")
+"""The container's termination message on success: JSON with these keys (plus ``summary``:
+the report's headline numbers)."""
+
+
+def canonical(recipe: Mapping[str, Any]) -> str:
+    """The recipe as canonical JSON (sorted keys, no spaces): what the key hashes."""
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+
+
+def artifact_key(source_sha256: str, recipe: Mapping[str, Any], data_sha256: str) -> str:
+    """The artifact's content address: sha256 hex of the four inputs."""
+    text = "\n".join((source_sha256, canonical(recipe), data_sha256, CODE_VERSION))
+    return hashlib.sha256(text.encode()).hexdigest()
