@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 
 from msv_contract import pipeline
 from msv_contract.api import LABEL_MODELSERVICE
-from msv_operator import artifacts, builders, placement, spec
+from msv_operator import artifacts, builders, placement, spec, status
 from msv_operator import kube as kubeapi
 
 log = logging.getLogger("msv_operator.optimize")
@@ -72,7 +72,7 @@ LOG_TAIL_BYTES = 16384
 LOG_LINES = 20
 """Lines of a failed Job's log in the ``BuildFailed`` message."""
 MESSAGE_MAX = 4096
-BUILT = "Built"
+BUILT = status.BUILT
 """The condition: True when every built variant's artifact is published."""
 BUILDING, BUILD_FAILED, BUILT_REASON = "Building", "BuildFailed", "ArtifactsPublished"
 
@@ -393,6 +393,14 @@ class Builds:
             return "False", BUILDING, "; ".join(waiting)
         return "True", BUILT_REASON, "every built variant's artifact is published"
 
+    def summary(self) -> status.BuildSummary:
+        """What the status says of the pipeline."""
+        return status.BuildSummary(
+            self.condition(),
+            {n: f"its artifact (Job {b.job}, {b.phase.lower()})"
+             for n, b in self.variants.items() if b.source is None and b.phase != "Failed"},
+            serving_records(self))
+
 
 class Sources(Protocol):
     @property
@@ -582,7 +590,11 @@ def _check(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
         log.info("Cannot read %s (%s); the Job decides", manifest_uri, read.reason)
     # not published: its Job
     if job is None:
-        ctx.kube.apply(build_job(ms, parsed, variant, key, opts), answer=False)
+        try:
+            ctx.kube.apply(build_job(ms, parsed, variant, key, opts), answer=False)
+        except kubeapi.Rejected as e:
+            vb.phase, vb.failure = "Failed", f"Job {name} was refused: {e}"
+            return
         log.info("Created Job %s for variant %s (key %s)", name, variant.name, key[:12])
         vb.phase = "Pending"
         out.requeue_after = _sooner(out.requeue_after, poll)
