@@ -665,8 +665,9 @@ def _pod(ctx: Sources, parsed: spec.ModelServiceSpec, job: str) -> dict[str, Any
 
 
 def _running(pod: Mapping[str, Any]) -> bool:
-    return any(cs.get("name") == BUILD_CONTAINER and ((cs.get("state") or {}).get("running")
-                                                     or (cs.get("state") or {}).get("terminated"))
+    """Its build container has started (its log exists)."""
+    return any(cs.get("name") == BUILD_CONTAINER
+               and {"running", "terminated"} & set(cs.get("state") or {})
                for cs in (pod.get("status") or {}).get("containerStatuses") or ())
 
 
