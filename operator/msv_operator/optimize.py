@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from msv_contract import pipeline
+from msv_contract import api, pipeline
 from msv_contract.api import LABEL_MODELSERVICE
 from msv_operator import artifacts, builders, placement, spec, status
 from msv_operator import kube as kubeapi
@@ -55,13 +55,10 @@ WORK_DIR = "/tmp/work"
 BUILD_CONTAINER = "optimize"
 SOURCE_PULL = "source-pull"
 DATA_PULL = "data-pull"
-LABEL_BUILD = "serving.modelservice.dev/build"
-"""On the Job and its pods: the variant it builds."""
-LABEL_KEY = "serving.modelservice.dev/build-key"
-"""On the Job and its pods: the first 63 hex digits of the artifact key."""
-ANNOTATION_GENERATION = "serving.modelservice.dev/generation"
-"""On the Job: the ModelService generation it was made for (a failed Job is retried by a
-newer one)."""
+LABEL_BUILD = api.LABEL_BUILD
+LABEL_KEY = api.LABEL_BUILD_KEY
+ANNOTATION_GENERATION = api.ANNOTATION_BUILD_GENERATION
+"""A failed Job is retried by a newer generation than this."""
 JOB_NAME_SELECTOR = "batch.kubernetes.io/job-name"
 BACKOFF_LIMIT = 0
 """A failed build is reported, not retried by the Job controller (its cause rarely passes)."""
@@ -582,6 +579,13 @@ def _check(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
         if isinstance(found, str):
             vb.phase, vb.failure = "Failed", f"{manifest_uri}: {found}; not served"
             return
+        result = termination_result(_pod(ctx, parsed, name)) if (
+            job is not None and job_state(job)[0] == "Succeeded") else None
+        if result is not None and result.get("sha256") != found["sha256"]:
+            vb.phase = "Failed"
+            vb.failure = (f"Job {name} reported sha256 {result.get('sha256')} but {manifest_uri} "
+                          f"says {found['sha256']}; not served")
+            return
         vb.phase = "Published"
         vb.provenance = record(parsed, build, key, name if job is not None else "", found,
                                None)
@@ -626,6 +630,12 @@ def _check(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
             vb.phase = "Failed"
             vb.failure = (f"Job {name} succeeded but its result names key "
                           f"{result.get('key')!r}; not served")
+            return
+        if isinstance(read, artifacts.NotChecked) and result is not None:
+            # the operator cannot read the store: the Job's own word (the pull checks the
+            # sha256, so nothing but the finished artifact can be served)
+            vb.phase = "Published"
+            vb.provenance = record(parsed, build, key, name, result, None)
             return
         vb.phase = "Checking"
         out.requeue_after = _sooner(out.requeue_after, 1.0)

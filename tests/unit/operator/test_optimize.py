@@ -340,3 +340,21 @@ def test_a_build_needs_the_source_sha256_and_no_model_of_its_own() -> None:
     ms["spec"]["variants"][1]["model"] = {"uri": "s3://x/y"}
     with pytest.raises(spec.InvalidSpecError, match=r"variants\[1\]\.model"):
         spec.parse_spec(ms)
+
+
+def test_a_finished_job_is_served_once_its_manifest_is_read() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    key = key_for(ms)
+    kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.pods = [running_pod(name, terminated={"exitCode": 0, "message": json.dumps(
+        {"key": key, "sha256": ART, "artifactUri": "x", "sizeBytes": 1, "reportUri": "y"})})]
+    store.publish(key)
+    run(ctx, ms)  # the "missing" answer is dropped: read again
+    run(ctx, ms)
+    assert entry(ms, "small")["provenance"]["artifactSha256"] == ART
+    assert entry(ms, "small")["provenance"]["job"] == name
+    assert ("Deployment", "s-small") in kube.applied
