@@ -317,6 +317,13 @@ class Kube:
                                content_type="application/merge-patch+json",
                                what=f"annotate {kind} {name}"))
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str,
+                    body: Mapping[str, Any]) -> None:
+        """Merge-patch the object (``kubectl msv rollout``: the user's spec change)."""
+        path = api_path(api_version, plural_of(kind), namespace, name)
+        self._call("PATCH", path, body=dict(body), content_type="application/merge-patch+json",
+                   what=f"patch {kind} {name}", decode=False)
+
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
                        labels: Mapping[str, str | None] | None = None,
                        annotations: Mapping[str, str | None] | None = None) -> None:
