@@ -93,6 +93,9 @@ class Framework:
     the quantization's own devices."""
     device_limit_reason: str = ""
     """Why (the message names it when a variant asks for another device)."""
+    recipes: tuple[str, ...] = ()
+    """Optimization recipes ``model-server optimize build`` runs for it (``RECIPES``;
+    ``variants[].build.recipe``), each for the tasks the recipe names."""
 
     @property
     def extra(self) -> str:
@@ -119,6 +122,28 @@ TASKS = ("text-classification", "text-generation", "image-classification")
 """Pipeline tasks the server serves (``spec.model.task``, ``MODEL_SERVER_TASK``)."""
 
 GENERATION_TASKS = ("text-generation",)
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    """The value of ``variants[].build.recipe`` (``msv_contract.pipeline.RECIPES``)."""
+    tasks: tuple[str, ...]
+    """Tasks it can produce a variant of."""
+    summary: str
+    """One line for the docs' table."""
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("static-int8", ("text-classification", "image-classification"),
+           "int8 weights and activations, the activation ranges calibrated on the data"),
+    Recipe("prune-recover", TASKS,
+           "structured pruning of FFN neurons, then training to match the source's outputs"),
+    Recipe("distill", TASKS,
+           "a smaller student (fewer layers, narrower) trained on the source's outputs"),
+)}
+RECIPE_NAMES = tuple(RECIPES)
+DATA_KINDS = {"image-classification": "images"}
+"""What a build's data holds per task (``text`` lines otherwise)."""
 """Tasks served by /generate and the OpenAI-compatible API."""
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
@@ -131,6 +156,7 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
         pruning=PRUNING_METHODS,
         unsupported_optimization="",
         model_files=("config.json",),
+        recipes=RECIPE_NAMES,
     ),
     Framework(
         name="torchscript",
@@ -173,6 +199,21 @@ def supports(framework: str, quantization: str = NONE, pruning: str = NONE) -> b
     return quantization in fw.quantizations and (pruning == NONE or pruning in fw.pruning)
 
 
+def recipe_problem(framework: str, task: str | None, recipe: str) -> str | None:
+    """Why ``framework``/``task`` cannot run ``recipe`` (None: it can)."""
+    fw, r = FRAMEWORKS.get(framework), RECIPES.get(recipe)
+    if r is None:
+        return f"{recipe!r} is not one of {', '.join(RECIPE_NAMES)}"
+    if fw is None or recipe not in fw.recipes:
+        able = [f.name for f in FRAMEWORKS.values() if recipe in f.recipes]
+        return (f"{recipe} needs a model the pipeline can retrain: framework "
+                f"{' or '.join(able) or '(none)'}, not {framework}")
+    if task not in r.tasks:
+        return (f"{recipe} does not produce {task or 'task-less'} models (it does "
+                f"{', '.join(r.tasks)})")
+    return None
+
+
 def devices(framework: str, quantization: str = NONE) -> tuple[str, ...]:
     """The devices on which `framework` runs `quantization` (unknown: none)."""
     fw, q = FRAMEWORKS.get(framework), QUANTIZATIONS.get(quantization)
@@ -207,6 +248,12 @@ def markdown_table() -> str:
     for q in QUANTIZATIONS.values():
         rows.append(f"| `{q.name}` | {', '.join(q.devices)} | {q.bytes_per_parameter:g} "
                     f"| {q.summary} |")
+    rows.append("")
+    rows.append("| recipe (`build.recipe`) | frameworks | tasks | what it does |")
+    rows.append("|---|---|---|---|")
+    for r in RECIPES.values():
+        able = ", ".join(f"`{f.name}`" for f in FRAMEWORKS.values() if r.name in f.recipes)
+        rows.append(f"| `{r.name}` | {able} | {', '.join(r.tasks)} | {r.summary} |")
     return "\n".join(rows) + "\n"
 
 

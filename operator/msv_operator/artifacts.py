@@ -688,3 +688,35 @@ def read(uri: str, *, s3: S3Access | None = None, timeout: float = TIMEOUT_SECON
         return NotChecked(uri, f"reading it failed: {type(exc).__name__}: {exc}")
     except ValueError as exc:  # what a file holds, past the checks above
         return NotChecked(uri, f"it holds what the operator cannot read: {exc}")
+
+
+@dataclass(frozen=True)
+class SmallFile:
+    """A small object read whole (``read_small``): its bytes, None when it does not exist."""
+
+    uri: str
+    data: bytes | None
+
+
+def read_small(uri: str, *, s3: S3Access | None = None, limit: int = MAX_SMALL_FILE,
+               timeout: float = TIMEOUT_SECONDS, deadline: float = DEADLINE_SECONDS
+               ) -> SmallFile | NotChecked:
+    """The whole object at ``uri`` (``s3://`` or ``http(s)://``, at most ``limit`` bytes; the
+    optimization pipeline's MANIFEST and report.json), or why it could not be read; a 404
+    (S3 ``NoSuchKey``) is an answer: ``SmallFile(uri, None)``."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in ("http", "https", "s3"):
+        return NotChecked(uri, f"the URI scheme {scheme or '(none)'!r} is not one the "
+                          "operator reads")
+    access = s3 or S3Access()
+    client = _Client(access if scheme == "s3" else None, timeout, time.monotonic() + deadline)
+    try:
+        if scheme == "s3":
+            parts = urllib.parse.urlsplit(uri)
+            url = s3_url(parts.netloc, urllib.parse.unquote(parts.path.lstrip("/")), access)
+            return SmallFile(uri, client.small(url, access.signs, limit))
+        return SmallFile(uri, client.small(uri, False, limit))
+    except ReadFailed as exc:
+        return NotChecked(uri, str(exc))
+    except (OSError, http.client.HTTPException) as exc:
+        return NotChecked(uri, f"reading it failed: {type(exc).__name__}: {exc}")

@@ -309,34 +309,39 @@ def hpa_min_replicas(spec: ModelServiceSpec, serving: Serving) -> dict[str, int]
 
 def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
                   pull_policy: str | None, security: dict[str, Any],
-                  cache_url: str | None = None
+                  cache_url: str | None = None, *, volume_name: str = "model",
+                  mount_path: str = MODEL_DIR, container: str = PULL_CONTAINER
                   ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The volume holding the model, its mount, and the init containers that fill it."""
+    """The volume holding the model (or any pulled file: ``volume_name`` at ``mount_path``),
+    its mount, and the init container ``container`` that fills it (``model-server pull``,
+    checking the sha256 when the source names one; the source's own credentials Secret, else
+    ``credentials_secret``)."""
+    credentials_secret = src.credentials_secret or credentials_secret
     parsed = urlparse(src.uri)
-    mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}
+    mount: dict[str, Any] = {"name": volume_name, "mountPath": mount_path, "readOnly": True}
     if src.scheme == "pvc":
         sub_path = parsed.path.strip("/")
         if sub_path:
             mount["subPath"] = sub_path
-        volume = {"name": "model", "persistentVolumeClaim": {
+        volume = {"name": volume_name, "persistentVolumeClaim": {
             "claimName": parsed.netloc, "readOnly": True}}
         return volume, mount, []
     if src.scheme == "file":
         # Single-node development clusters only: hostPath is refused where Pod Security
         # "restricted" is enforced (docs/modelservice-api.md).
-        volume = {"name": "model", "hostPath": {"path": parsed.path, "type": "Directory"}}
+        volume = {"name": volume_name, "hostPath": {"path": parsed.path, "type": "Directory"}}
         return volume, mount, []
-    args = ["pull", src.uri, MODEL_DIR]
+    args = ["pull", src.uri, mount_path]
     if src.sha256:
         args += ["--sha256", src.sha256]
     if cache_url:
         args += ["--cache", cache_url]
     init: dict[str, Any] = {
-        "name": PULL_CONTAINER,
+        "name": container,
         "image": image,
         "command": ["model-server"],
         "args": args,
-        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+        "volumeMounts": [{"name": volume_name, "mountPath": mount_path},
                          {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": security,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
@@ -348,7 +353,7 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
         init["imagePullPolicy"] = pull_policy
     if credentials_secret:
         init["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
-    return {"name": "model", "emptyDir": {}}, mount, [init]
+    return {"name": volume_name, "emptyDir": {}}, mount, [init]
 
 
 def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
@@ -438,6 +443,29 @@ def _resources(spec: ModelServiceSpec, target: pools.Target | None) -> dict[str,
     return out
 
 
+def container_security() -> dict[str, Any]:
+    """Every container's securityContext (Pod Security ``restricted``)."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def pod_security() -> dict[str, Any]:
+    """Every pod's securityContext (Pod Security ``restricted``)."""
+    return {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def pull_volume(src: ModelSource, credentials_secret: str | None, image: str,
+                pull_policy: str | None, *, volume_name: str, mount_path: str, container: str
+                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """``_model_volume`` for another pod than a variant's (the optimization Job's source and
+    data; no model cache)."""
+    return _model_volume(src, credentials_secret, image, pull_policy, container_security(),
+                         None, volume_name=volume_name, mount_path=mount_path,
+                         container=container)
+
+
 def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
                      opts: BuildOptions, replicas: int | None,
                      scrape_annotations: bool,
@@ -449,13 +477,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     if spec.gpu is not None:
         target = placement.target if placement is not None else spec_target(spec)
     image = serving_image(spec, opts)
-    security = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    security = container_security()
     volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
                                         image, spec.image_pull_policy, security,
                                         opts.model_cache_url)
@@ -490,8 +512,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         if spec.tls_secret:
             template_meta["annotations"]["prometheus.io/scheme"] = "https"
     pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                            "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": [volume, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME, *secret_volumes],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

@@ -83,6 +83,10 @@ GATEWAY_CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
+LOG_TAIL_LINES = 200
+LOG_MAX_BYTES = 1 << 20
+
+
 class ApiError(Exception):
     """An API request failed; ``status`` is the HTTP status (0 when none)."""
 
@@ -241,7 +245,7 @@ class Kube:
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
               body: Any = None, content_type: str | None = None, what: str,
               timeout: float = 30.0, decode: bool = True,
-              accept: str = "application/json") -> Any:
+              accept: str = "application/json", raw: bool = False) -> Any:
         headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
@@ -264,6 +268,8 @@ class Kube:
         if response.status >= 400:
             raise translate(ApiException(status=response.status, reason=response.reason,
                                          body=data.decode("utf-8", "replace")), what)
+        if raw:
+            return data
         return json.loads(data) if data and decode else {}
 
     # ---- writes -----------------------------------------------------------------------
@@ -310,6 +316,13 @@ class Kube:
                                body={"metadata": {"annotations": dict(annotations)}},
                                content_type="application/merge-patch+json",
                                what=f"annotate {kind} {name}"))
+
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str,
+                    body: Mapping[str, Any]) -> None:
+        """Merge-patch the object (``kubectl msv rollout``: the user's spec change)."""
+        path = api_path(api_version, plural_of(kind), namespace, name)
+        self._call("PATCH", path, body=dict(body), content_type="application/merge-patch+json",
+                   what=f"patch {kind} {name}", decode=False)
 
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
                        labels: Mapping[str, str | None] | None = None,
@@ -383,6 +396,19 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def pod_log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
+        """The last ``limit_bytes`` of a container's last ``LOG_TAIL_LINES`` log lines: the
+        newest lines are what the optimization pipeline reads (progress, a failure's cause).
+        The server sends at most ``LOG_MAX_BYTES`` (``limitBytes`` counts from the tail's
+        start, so it only bounds a log of huge lines)."""
+        path = api_path("v1", "pods", namespace, name, "log")
+        query = [("container", container), ("tailLines", str(LOG_TAIL_LINES)),
+                 ("limitBytes", str(LOG_MAX_BYTES))]
+        data = self._call("GET", path, query=query, what=f"read the log of Pod {name}",
+                          accept="text/plain", decode=False, raw=True)
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+        return text[-limit_bytes:]
 
     def pod_metrics(self, namespace: str, label_selector: str
                     ) -> builtins.list[dict[str, Any]]:

@@ -111,6 +111,18 @@ def render(ms: Mapping[str, Any]) -> str:
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
+    built = [v for v in variants if v.build or v.provenance]
+    if built:
+        lines.append("Built variants (provenance and offline report, CPU latency in ms "
+                     "vs the source):")
+        lines += _table(["NAME", "BUILD", "PROGRESS", "KEY", "SOURCE", "DATA", "ARTIFACT",
+                         "SIZE", "PARAMS", "LAT@1", "LAT@8", "AGREEMENT", "ACCURACY",
+                         "ROLL OUT"],
+                        [[v.name, *_built(v)] for v in built])
+        for v in built:
+            message = (v.build or {}).get("message")
+            if message:
+                lines.append(f"  {v.name}: {message}")
     if any(v.startup for v in variants):
         lines.append("Start-up of each variant's newest Ready pod (seconds):")
         lines += _table(["NAME", "TOTAL", "SCHEDULED", "IMAGE", "FETCH", "LOAD", "POD"],
@@ -122,6 +134,36 @@ def render(ms: Mapping[str, Any]) -> str:
                         [[v.name, _placed(v), _gpu_memory(v), _hourly(v.cost_per_hour),
                           _money(v.cost_per_1k_requests, 4), _pareto(v)] for v in variants])
     return "\n".join(lines)
+
+
+def _short(sha: Any) -> str | None:
+    return f"{str(sha)[:12]}" if sha else None
+
+
+def _versus(report: Mapping[str, Any], mine: str, base: str) -> str | None:
+    if report.get(mine) is None:
+        return None
+    other = report.get(base)
+    return f"{report[mine]:g}" + (f"/{other:g}" if isinstance(other, int | float) else "")
+
+
+def _built(v: VariantStatus) -> list[Any]:
+    """A built variant's row: its Job's phase and progress, the hashes of its provenance and
+    its offline report's headline numbers."""
+    b, p = v.build or {}, v.provenance or {}
+    report = p.get("report") or {}
+    progress = (f"{b.get('stage', '')} {b.get('step', '?')}/{b.get('total', '?')}"
+                + (f" eta {b['etaSeconds']:g}s" if b.get("etaSeconds") is not None else "")
+                if b.get("phase") == "Running" else None)
+    ready = b.get("readyToRollOut")
+    return [b.get("phase"), progress, _short(b.get("key") or p.get("key")),
+            _short(p.get("sourceSha256")), _short(p.get("dataSha256")),
+            _short(p.get("artifactSha256")), _size(report.get("sizeBytes")),
+            report.get("parameters"),
+            _versus(report, "latencyMsBatch1", "baselineLatencyMsBatch1"),
+            _versus(report, "latencyMsBatch8", "baselineLatencyMsBatch8"),
+            report.get("agreement"), report.get("accuracy"),
+            None if ready is None else ("ready" if ready else "gates not met")]
 
 
 def _startup(v: VariantStatus) -> list[Any]:
@@ -289,10 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
              "abort": "stop the rollout; traffic goes back to spec.traffic",
              "pause": "hold the rollout at its current weights",
              "resume": "continue a paused rollout (the interrupted step starts over)",
-             "retry": "start a rolled-back or aborted rollout again"}
+             "retry": "start a rolled-back or aborted rollout again",
+             "rollout": "start a rollout of VARIANT (sets spec.rollout.candidate; e.g. a "
+                        "built variant whose offline report passed its gates)"}
     for verb, text in helps.items():
         p = sub.add_parser(verb, help=text)
         p.add_argument("name")
+        if verb == "rollout":
+            p.add_argument("variant")
         p.add_argument("-n", "--namespace")
         if verb == "get":
             p.add_argument("-w", "--watch", action="store_true",
@@ -338,6 +384,13 @@ def main(argv: Sequence[str] | None = None, client: kube.Kube | None = None) -> 
             print(f"kubectl msv: ModelService {namespace}/{args.name} not found",
                   file=sys.stderr)
             return 1
+        if args.verb == "rollout":
+            # the user's own spec change (the operator never writes spec)
+            api.merge_patch(API_VERSION, KIND, namespace, args.name,
+                            {"spec": {"rollout": {"candidate": args.variant}}})
+            print(f"{SINGULAR}.{GROUP}/{args.name} patched (spec.rollout.candidate="
+                  f"{args.variant})")
+            return 0
         patch = steering_annotations(args.verb, datetime.now(UTC))
         api.annotate(API_VERSION, KIND, namespace, args.name, patch)
     except kube.ApiError as e:

@@ -58,7 +58,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from msv_contract.api import LABEL_VARIANT
 from msv_operator import artifacts, builders, gpufit, pools, prices, quantity, spec, status
@@ -93,6 +93,11 @@ Reader = Callable[..., artifacts.Artifact | artifacts.NotChecked]
 """``artifacts.read`` (a test's double in its place)."""
 Event = tuple[str, str, str]
 Read = artifacts.Artifact | artifacts.NotChecked
+Stored = Read | artifacts.SmallFile
+"""What the cache and the background reads hold: GPU fit's reads, and the small files the
+optimization pipeline reads (``optimize``: MANIFEST, report.json)."""
+ABSENT_TTL = 20.0
+"""Seconds a small file found missing is remembered (a Job may publish it any moment)."""
 CacheKey = tuple[str, str | None, str | None]
 """(URI, sha256, credentials Secret)."""
 MsKey = tuple[str, str]
@@ -119,7 +124,7 @@ class Sources(Protocol):
 
 @dataclass
 class _Entry:
-    value: artifacts.Artifact | artifacts.NotChecked
+    value: Stored
     until: float | None
 
 
@@ -134,7 +139,7 @@ class ArtifactCache:
         self.entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: CacheKey) -> Read | None:
+    def get(self, key: CacheKey) -> Stored | None:
         with self.lock:
             entry = self.entries.get(key)
             if entry is None:
@@ -145,9 +150,11 @@ class ArtifactCache:
             self.entries.move_to_end(key)
             return entry.value
 
-    def put(self, key: CacheKey, value: Read) -> None:
+    def put(self, key: CacheKey, value: Stored) -> None:
         if isinstance(value, artifacts.NotChecked):
             ttl: float | None = NOT_CHECKED_TTL
+        elif isinstance(value, artifacts.SmallFile) and value.data is None:
+            ttl = ABSENT_TTL
         else:
             ttl = None if key[1] else UNPINNED_TTL
         with self.lock:
@@ -199,8 +206,8 @@ class HeaderReads:
         with self.lock:
             return list(self.flights)
 
-    def ask(self, key: CacheKey, job: Callable[[], Read], cache: ArtifactCache,
-            waiter: MsKey) -> Read | Pending:
+    def ask(self, key: CacheKey, job: Callable[[], Stored], cache: ArtifactCache,
+            waiter: MsKey) -> Stored | Pending:
         """The cached answer for ``key``; else its read (started now with ``job`` unless one
         is in flight) as ``Pending``, ``waiter`` to be woken when it ends; ``NotChecked``
         once it has run ``timeout`` seconds."""
@@ -233,7 +240,7 @@ class HeaderReads:
                 return Pending(key[0], self.timeout - waited)
         return artifacts.NotChecked(key[0], "its answer was dropped from the cache at once")
 
-    def _run(self, key: CacheKey, job: Callable[[], Read], cache: ArtifactCache) -> None:
+    def _run(self, key: CacheKey, job: Callable[[], Stored], cache: ArtifactCache) -> None:
         try:
             value = job()
         except Exception as e:  # a reader's bug must not lose the wake-up
@@ -346,15 +353,23 @@ def unschedulable(pods: Sequence[Mapping[str, Any]]) -> bool:
         for p in live)
 
 
-def _credentials(ctx: Sources, parsed: spec.ModelServiceSpec
+def _credentials(ctx: Sources, parsed: spec.ModelServiceSpec, name: str | None = None
                  ) -> tuple[artifacts.S3Access | None, str | None]:
-    """The S3 access of spec.model.credentialsSecret (when the operator may read it), and
+    """The S3 access of spec.model.credentialsSecret (when the operator may read it), or of
+    the Secret ``name``, and what went wrong reading it."""
+    if name is None:
+        name = parsed.credentials_secret
+        if not name or not ctx.config.gpu_fit_read_credentials:
+            return None, None
+    return secret_access(ctx.kube, parsed.namespace, name)
+
+
+def secret_access(kube: SecretReader, namespace: str, name: str
+                  ) -> tuple[artifacts.S3Access | None, str | None]:
+    """The S3 access in the Secret ``name`` (its ``AWS_*`` keys, the pull's convention), and
     what went wrong reading it."""
-    name = parsed.credentials_secret
-    if not name or not ctx.config.gpu_fit_read_credentials:
-        return None, None
     try:
-        secret = ctx.kube.get("v1", "Secret", parsed.namespace, name)
+        secret = kube.get("v1", "Secret", namespace, name)
     except kubeapi.ApiError as e:
         return None, f"the credentials Secret {name} could not be read: {e}"
     if secret is None:
@@ -371,21 +386,24 @@ def _credentials(ctx: Sources, parsed: spec.ModelServiceSpec
 def read(ctx: Sources, parsed: spec.ModelServiceSpec, source: spec.ModelSource
          ) -> Read | Pending:
     """What the estimate needs of ``source``: cached, else read in the background
-    (``HeaderReads``; Pending until it ends). Never raises for what it reads."""
-    secret = parsed.credentials_secret if source.scheme == "s3" else None
+    (``HeaderReads``; Pending until it ends). Never raises for what it reads. A source with
+    a Secret of its own (a built variant's artifact) is read with that Secret's keys."""
+    own = source.credentials_secret
+    secret = (own or parsed.credentials_secret) if source.scheme == "s3" else None
     key = (source.uri, source.sha256, secret)
     found = ctx.gpu.cache.get(key)
     if found is not None:
-        return found
+        return cast(Read, found)
 
     def job() -> Read:
-        access, problem = _credentials(ctx, parsed) if secret else (None, None)
+        access, problem = _credentials(ctx, parsed, own) if secret else (None, None)
         value = ctx.gpu.reader(source.uri, s3=access)
         if isinstance(value, artifacts.NotChecked) and problem:
             value = artifacts.NotChecked(value.uri, f"{value.reason} ({problem})")
         return value
 
-    return ctx.gpu.reads.ask(key, job, ctx.gpu.cache, (parsed.namespace, parsed.name))
+    return cast(Read | Pending, ctx.gpu.reads.ask(key, job, ctx.gpu.cache,
+                                                  (parsed.namespace, parsed.name)))
 
 
 def estimating(uri: str) -> str:

@@ -56,6 +56,7 @@ from msv_operator import (
     brownout,
     builders,
     conditions,
+    optimize,
     placement,
     rollout,
     routing,
@@ -227,6 +228,8 @@ class Context:
     memory: it paces the re-checks, ``routing``)."""
     gpu: placement.GpuFitState = field(default_factory=placement.GpuFitState)
     """GPU fit's artifact cache and the Events it posted (``placement``)."""
+    pipeline: optimize.PipelineState = field(default_factory=optimize.PipelineState)
+    """The optimization pipeline's reads and what it read of its Jobs (``optimize``)."""
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -286,9 +289,13 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     routed = False
     fit: placement.Fit | None = None
     cpu: dict[str, status.GpuVariant] | None = None
+    builds = optimize.Builds()
     try:
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
+        # built variants serve their finished artifact (or the previous one), or wait
+        builds = optimize.resolve(ctx, ms, parsed, opts, moment)
+        parsed = builds.serve(parsed)
         ignored = ignored_fields(parsed, opts, caps.gateway_channel)
         if ctx.config.gpu_fit and parsed.gpu is not None and observed.nodes is not None:
             fit = placement.place(
@@ -318,15 +325,17 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                                 taken.taken, moment, standings=brownout_standings(
                                     parsed, deployments_by_variant(live.values(), uid),
                                     measured, fit))
-        result.events = [*decision.events, *shed.events, *(fit.events if fit else ())]
+        result.events = [*decision.events, *shed.events, *(fit.events if fit else ()),
+                         *builds.events]
         result.requeue_after = _sooner(result.requeue_after, decision.requeue_after)
+        result.requeue_after = _sooner(result.requeue_after, builds.requeue_after)
         if fit is not None:
             result.requeue_after = _sooner(result.requeue_after, fit.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
         desired = [apply.with_hash(o) for o in builders.build_all(
             ms, opts, parsed, serving, gpu=fit.placements if fit else None,
-            withheld=fit.withheld if fit else ())]
+            withheld=withheld(fit, builds))]
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
         result.invalid, result.invalid_reason = str(e), e.reason
 
@@ -389,7 +398,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
                 extra={"namespace": ns, "modelservice": name})
 
         wanted = {key_of(o) for o in desired}
-        for variant in sorted(fit.withheld if fit else ()):  # refused, pending: left as is
+        for variant in sorted(withheld(fit, builds)):  # refused, pending, unbuilt: left as is
             wanted |= {(kind, builders.object_name(name, variant))
                        for kind in ("Deployment", "HorizontalPodAutoscaler")}
         for key, obj in sorted(live.items()):
@@ -415,9 +424,16 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         brownout=shed.status if shed is not None else prior.get("brownout"),
         hpas=hpas, measured=measured, routed=routed,
         gpu=fit.status() if fit is not None else cpu,
+        builds=builds.summary() if result.invalid is None else None,
     )
     write_status(ctx, ms, result)
     return result
+
+
+def withheld(fit: placement.Fit | None, builds: optimize.Builds) -> set[str]:
+    """Variants that get no Deployment this pass (a live one is left as it is): those GPU fit
+    refused or waits to place, and built variants with no finished artifact yet."""
+    return (fit.withheld if fit else set()) | builds.withheld
 
 
 def brownout_standings(parsed: spec.ModelServiceSpec,

@@ -85,6 +85,7 @@ class Runtime:
         def wake(key: Key) -> None:  # from a reading thread
             loop.call_soon_threadsafe(self.enqueue, key)
         self.ctx.gpu.reads.wake = wake
+        self.ctx.pipeline.reads.wake = wake  # a MANIFEST or report read that ended
         self.tasks = [asyncio.create_task(self._worker(), name=f"msv-worker-{i}")
                       for i in range(self.config.max_workers)]
         self.tasks.append(asyncio.create_task(self._watch_capabilities(), name="msv-discovery"))
@@ -101,8 +102,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.ctx.gpu.reads.wake = None  # a read that ends later queues nothing
-        self.ctx.gpu.reads.close()
+        for reads in (self.ctx.gpu.reads, self.ctx.pipeline.reads):
+            reads.wake = None  # a read that ends later queues nothing
+            reads.close()
         self.kube.close()
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:

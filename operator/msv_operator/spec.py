@@ -48,29 +48,12 @@ class InvalidSpecError(ValueError):
 class ModelSource:
     uri: str
     sha256: str | None = None
+    credentials_secret: str | None = None
+    """The Secret the pull reads for this source (None: spec.model.credentialsSecret)."""
 
     @property
     def scheme(self) -> str:
         return self.uri.split("://", 1)[0]
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    model: ModelSource | None = None
-    quantization: str = "none"
-    pruning_method: str = "none"
-    pruning_amount: float = 0.0
-    replicas: int | None = None
-
-
-@dataclass(frozen=True)
-class Gpu:
-    count: int = 1
-    resource_name: str | None = None
-    """``spec.gpu.resourceName``; None: the operator chooses (GPU fit), else whole GPUs."""
-    products: tuple[str, ...] = ()
-    tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
@@ -81,6 +64,71 @@ def _seconds(text: str) -> float:
     m = _DURATION.match(text)
     assert m is not None, text
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+RECIPES = caps.RECIPE_NAMES
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+BUILD_DEFAULTS: Mapping[str, Any] = {"deadline": "2h", "pruningAmount": 0.3}
+"""``spec.variants[].build``: the Job's deadline, and the share of FFN neurons prune-recover
+removes."""
+BUILD_DEADLINE_RANGE = ("1m", "168h")
+BUILD_GATE_DEFAULTS: Mapping[str, Any] = {"minAgreement": 0.99, "maxLatencyRatio": 1.0}
+"""``spec.variants[].build.gates``: what the offline report must show for ``readyToRollOut``."""
+
+
+@dataclass(frozen=True)
+class Student:
+    """The smaller model ``distill`` trains (``build.student``); None keeps the source's."""
+
+    layers: int
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    heads: int | None = None
+
+
+@dataclass(frozen=True)
+class Build:
+    """How a variant's model is produced from spec.model by a Job (``variants[].build``,
+    docs/optimization.md)."""
+
+    recipe: str
+    data: ModelSource
+    """The data set (its sha256 is required: the artifact key hashes it)."""
+    data_labels: bool
+    output: str
+    """``s3://bucket/prefix/`` the artifact is published under (``<output>/<key>/``)."""
+    output_secret: str | None
+    steps: int | None = None
+    epochs: int | None = None
+    max_time_seconds: float | None = None
+    pruning_amount: float | None = None
+    student: Student | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    deadline_seconds: int = int(_seconds(BUILD_DEFAULTS["deadline"]))
+    min_agreement: float = BUILD_GATE_DEFAULTS["minAgreement"]
+    max_latency_ratio: float = BUILD_GATE_DEFAULTS["maxLatencyRatio"]
+    auto_rollout: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: ModelSource | None = None
+    quantization: str = "none"
+    pruning_method: str = "none"
+    pruning_amount: float = 0.0
+    replicas: int | None = None
+    build: Build | None = None
+    """The variant's model is produced by a Job (``model`` is then the artifact, once built)."""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    count: int = 1
+    resource_name: str | None = None
+    """``spec.gpu.resourceName``; None: the operator chooses (GPU fit), else whole GPUs."""
+    products: tuple[str, ...] = ()
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
 # Defaults of the optional fields, by their CRD name: the parser and the dataclasses below
@@ -373,6 +421,120 @@ def _ratio(value: Any, where: str, lo: float, hi: float) -> float:
     if not lo <= number <= hi:
         raise InvalidSpecError(f"{where}: {number} is outside [{lo}, {hi}]")
     return number
+
+
+def _sha256(value: Any, where: str, why: str) -> str:
+    if not isinstance(value, str) or not SHA256.match(value):
+        raise InvalidSpecError(f"{where}: {'missing' if value is None else repr(value)}; a "
+                               f"sha256 (64 lower-case hex digits) is required: {why}")
+    return value
+
+
+def _object(raw: Any, where: str, keys: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with {keys}")
+    return raw
+
+
+def parse_build(raw: Any, where: str, framework: str, task: str | None, source: ModelSource,
+                has_model: bool) -> Build | None:
+    """``spec.variants[i].build`` checked against the capability table (the CRD's CEL rules
+    refuse most of it at admission); None when absent."""
+    if raw is None:
+        return None
+    b = _object(raw, where, "recipe, data, budget, output")
+    if has_model:
+        raise InvalidSpecError(f"{where.rsplit('.', 1)[0]}.model: a variant with build serves "
+                               "the artifact its Job produces; remove model or build")
+    recipe = b.get("recipe")
+    problem = caps.recipe_problem(framework, task, str(recipe))
+    if problem is not None:
+        raise InvalidSpecError(f"{where}.recipe: {problem}")
+    if source.scheme not in ("http", "https", "s3", "pvc"):
+        raise InvalidSpecError(f"spec.model.uri: a build pulls its source into the Job; "
+                               f"{source.scheme}:// cannot be (use s3://, http(s):// or pvc://)")
+    _sha256(source.sha256, "spec.model.sha256",
+            f"the artifact of {where} is named by the source model's sha256")
+    data = _object(b.get("data"), f"{where}.data", "uri, sha256")
+    data_uri = _check_uri(data.get("uri"), f"{where}.data.uri")
+    if data_uri.split("://", 1)[0] not in ("http", "https", "s3"):
+        raise InvalidSpecError(f"{where}.data.uri: the Job pulls its data; use s3:// or "
+                               "http(s)://")
+    if not urlparse(data_uri).path.rstrip("/").rsplit("/", 1)[-1]:
+        raise InvalidSpecError(f"{where}.data.uri: {data_uri!r} names no file (text lines, "
+                               "or an archive of images)")
+    data_sha = _sha256(data.get("sha256"), f"{where}.data.sha256",
+                       "the artifact is named by the data's sha256")
+    data_secret = _secret_name(data, "credentialsSecret", f"{where}.data",
+                               "unsigned") if data.get("credentialsSecret") is not None else None
+    labels = data.get("labels", False)
+    if not isinstance(labels, bool):
+        raise InvalidSpecError(f"{where}.data.labels: expected true or false")
+    budget = _object(b.get("budget"), f"{where}.budget", "steps or epochs, maxTime")
+    steps = budget.get("steps")
+    epochs = budget.get("epochs")
+    if (steps is None) == (epochs is None):
+        raise InvalidSpecError(f"{where}.budget: set exactly one of steps and epochs")
+    max_time = budget.get("maxTime")
+    output = _object(b.get("output"), f"{where}.output", "uri")
+    out_uri = _check_uri(output.get("uri"), f"{where}.output.uri")
+    if not out_uri.startswith("s3://"):
+        raise InvalidSpecError(f"{where}.output.uri: {out_uri!r}: artifacts are published to "
+                               "an s3://bucket/prefix/ (the operator reads their MANIFEST)")
+    out_secret = (_secret_name(output, "credentialsSecret", f"{where}.output", "unsigned")
+                  if output.get("credentialsSecret") is not None else None)
+    amount: float | None = None
+    if recipe == "prune-recover":
+        pr = b.get("pruning") or {}
+        amount = _ratio(_object(pr, f"{where}.pruning", "amount").get(
+            "amount", BUILD_DEFAULTS["pruningAmount"]), f"{where}.pruning.amount", 0.01, 0.95)
+    elif b.get("pruning") is not None:
+        raise InvalidSpecError(f"{where}.pruning: applies to recipe prune-recover only")
+    student: Student | None = None
+    if recipe == "distill":
+        st = _object(b.get("student"), f"{where}.student",
+                     "layers (and hiddenSize, intermediateSize, heads)")
+        if st.get("layers") is None:
+            raise InvalidSpecError(f"{where}.student.layers: required (the student's layers)")
+
+        def size(key: str) -> int | None:
+            return None if st.get(key) is None else _int(st[key], f"{where}.student.{key}",
+                                                         1, 1 << 20)
+        student = Student(_int(st["layers"], f"{where}.student.layers", 1, 1000),
+                          size("hiddenSize"), size("intermediateSize"), size("heads"))
+        if (student.hidden_size and student.heads
+                and student.hidden_size % student.heads):
+            raise InvalidSpecError(f"{where}.student.hiddenSize: {student.hidden_size} is not "
+                                   f"a multiple of heads ({student.heads})")
+    elif b.get("student") is not None:
+        raise InvalidSpecError(f"{where}.student: applies to recipe distill only")
+    gates = b.get("gates") or {}
+    g = {**BUILD_GATE_DEFAULTS, **_object(gates, f"{where}.gates",
+                                          "minAgreement, maxLatencyRatio")}
+    deadline = parse_duration(b.get("deadline", BUILD_DEFAULTS["deadline"]),
+                              f"{where}.deadline")
+    lo, hi = (_seconds(v) for v in BUILD_DEADLINE_RANGE)
+    if not lo <= deadline <= hi:
+        raise InvalidSpecError(f"{where}.deadline: outside [{BUILD_DEADLINE_RANGE[0]}, "
+                               f"{BUILD_DEADLINE_RANGE[1]}]")
+    auto = b.get("autoRollout", False)
+    if not isinstance(auto, bool):
+        raise InvalidSpecError(f"{where}.autoRollout: expected true or false")
+    resources = b.get("resources") or {}
+    _object(resources, f"{where}.resources", "requests, limits")
+    return Build(
+        recipe=str(recipe), data=ModelSource(data_uri, data_sha, data_secret),
+        data_labels=labels, output=out_uri.rstrip("/") + "/", output_secret=out_secret,
+        steps=None if steps is None else _int(steps, f"{where}.budget.steps", 1, 10**7),
+        epochs=None if epochs is None else _int(epochs, f"{where}.budget.epochs", 1, 1000),
+        max_time_seconds=None if max_time is None else parse_duration(
+            max_time, f"{where}.budget.maxTime"),
+        pruning_amount=amount, student=student, resources=dict(resources),
+        deadline_seconds=int(deadline),
+        min_agreement=_ratio(g["minAgreement"], f"{where}.gates.minAgreement", 0.0, 1.0),
+        max_latency_ratio=_ratio(g["maxLatencyRatio"], f"{where}.gates.maxLatencyRatio",
+                                 0.01, 100.0),
+        auto_rollout=auto)
 
 
 def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str, int]
@@ -676,10 +838,13 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
             raise InvalidSpecError(
                 f"{where}.optimization: {caps.FRAMEWORKS[framework].unsupported_optimization}")
         replicas = v.get("replicas")
+        build = parse_build(v.get("build"), f"{where}.build", str(framework), task,
+                            ModelSource(uri, model.get("sha256")), vmodel is not None)
         variants.append(Variant(
             name=vname, model=vmodel, quantization=quant, pruning_method=method,
             pruning_amount=amount,
             replicas=None if replicas is None else _int(replicas, f"{where}.replicas", 0, 1000),
+            build=build,
         ))
 
     raw_traffic = spec.get("traffic") or [{"variant": variants[0].name, "weight": 100}]

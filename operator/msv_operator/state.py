@@ -321,6 +321,11 @@ class VariantStatus(_Record):
     dominated_by: list[str] | None = None
     startup: dict[str, Any] | None = None
     """Where the start of its newest Ready pod went (``startup``): seconds per phase, the pod."""
+    build: dict[str, Any] | None = None
+    """A built variant: its Job's phase, key, progress (``optimize.VariantBuild.status``)."""
+    provenance: dict[str, Any] | None = None
+    """A built variant: the verified record of the artifact it serves and its offline report
+    (``optimize.record``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     MEASURED: ClassVar[tuple[str, ...]] = (

@@ -160,6 +160,22 @@ class GpuVariant:
     """What it waits for before it is placed (``EstimatingGPUMemory``)."""
 
 
+BUILT = "Built"
+"""The optimization pipeline's condition (only with a variant that has ``build``)."""
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What the optimization pipeline (``optimize``) puts in the status."""
+
+    condition: tuple[str, str, str] | None
+    """``Built``: (status, reason, message); None without built variants."""
+    building: Mapping[str, str] = field(default_factory=dict)
+    """Built variants with nothing finished to serve yet, and what they wait for."""
+    records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per built variant: ``build``, ``provenance`` and ``derivedFrom`` of its entry."""
+
+
 @dataclass(frozen=True)
 class VariantState:
     """What the cluster says about one variant."""
@@ -419,6 +435,7 @@ def assess(
     weights: Mapping[str, int] | None = None,
     refused: Mapping[str, str] | None = None,
     pending: Mapping[str, str] | None = None,
+    building: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Summarise the variants' Deployments and Pods (``weights``: the effective weights;
     spec.traffic as written when not given, e.g. for a spec that does not parse;
@@ -435,6 +452,8 @@ def assess(
                                         problem_message=refused[name], waiting_for=None)
         elif pending and name in pending:
             state = replace(state, waiting_for=pending[name])
+        elif building and name in building:
+            state = replace(state, waiting_for=building[name])
         states.append(state)
     verdict = Verdict(variants=states, estimating=any(s.name in (pending or {})
                                                       for s in states))
@@ -479,6 +498,7 @@ def compute_status(
     hpas: Mapping[str, HpaState] | None = None,
     routed: bool = False,
     gpu: Mapping[str, GpuVariant] | None = None,
+    builds: BuildSummary | None = None,
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
@@ -486,7 +506,9 @@ def compute_status(
     and the per-variant ``measured`` fields. ``routed``: the ModelService's HTTPRoute is
     accepted by a programmed Gateway (``routing``), so the weights are exact per request
     (False: requests split by the stable Service's ready pods). ``gpu``: GPU fit's answer
-    per variant (None: GPU fit is off or the ModelService has no spec.gpu)."""
+    per variant (None: GPU fit is off or the ModelService has no spec.gpu). ``builds``: the
+    optimization pipeline's answer (``optimize``; the ``Built`` condition, each built
+    variant's ``build`` and ``provenance``)."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -499,7 +521,8 @@ def compute_status(
 
     refused = {v: g.refused for v, g in (gpu or {}).items() if g.refused}
     pending = {v: g.pending for v, g in (gpu or {}).items() if g.pending}
-    verdict = assess(ms, deployments, pods, weights, refused, pending)
+    building = dict(builds.building) if builds is not None else {}
+    verdict = assess(ms, deployments, pods, weights, refused, pending, building)
     # waiting for a variant's estimate rather than for its pods
     rolling = ESTIMATING if verdict.estimating else "RollingOut"
     rollout_state = RolloutStatus.from_dict(rollout) if rollout else None
@@ -553,12 +576,18 @@ def compute_status(
         put(ROLLOUT, *rollout_condition(rollout_state))
     else:
         conditions = [c for c in conditions if c.get("type") != ROLLOUT]
+    built = builds.condition if builds is not None else None
+    if built is not None:
+        put(BUILT, *built)
+    elif builds is not None:
+        conditions = [c for c in conditions if c.get("type") != BUILT]
     if (ms.get("spec") or {}).get("autoscaling"):
         put(AUTOSCALING_BLIND, *autoscaling_blind_condition(hpas or {}, brownout))
     else:
         conditions = [c for c in conditions if c.get("type") != AUTOSCALING_BLIND]
 
     provenance = variant_provenance(ms)
+    records = builds.records if builds is not None else {}
     hpas = hpas or {}
     delivered = shares.delivered({s.name: s.weight for s in verdict.variants}, pods, routed)
     started = variant_startups(prior, pods, [s.name for s in verdict.variants])
@@ -566,6 +595,12 @@ def compute_status(
                               (measured or {}).get(s.name) or {}, delivered[s.name],
                               (gpu or {}).get(s.name), started.get(s.name))
                for s in verdict.variants]
+    for entry in entries:
+        found = records.get(entry.name or "")
+        if found:
+            entry.build = found["build"]
+            entry.provenance = found.get("provenance")
+            entry.derived_from = found.get("derivedFrom") or entry.derived_from
     if gpu and entries:  # the reference: the spec's stable variant (the default one when
         # the spec lists none)
         _mark_frontier(entries, stable_of(variant_weights(ms) or {

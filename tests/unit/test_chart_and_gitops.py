@@ -255,6 +255,9 @@ def test_gpu_fit_watches_nodes_and_reads_secrets_only_when_asked() -> None:
         (granting,) = [d for d in docs if d["kind"] == kind and not d["metadata"][
             "name"].endswith(("-discovery", "-leader-election"))]
         assert {v for r, v in rules_of(granting) if r == "secrets"} == {"get"}, kind
+    (granting,) = [d for d in render("optimization.readOutputCredentials=true")
+                   if d["kind"] == "ClusterRole"]
+    assert {v for r, v in rules_of(granting) if r == "secrets"} == {"get"}
     off = render("gpuFit.enabled=false", "gpuFit.readModelCredentials=true")
     assert operator_env(off)["MSV_GPU_FIT"] == "false"
     for doc in off:

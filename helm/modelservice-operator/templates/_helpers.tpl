@@ -76,12 +76,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [metrics.k8s.io]
   resources: [pods]
   verbs: [get, list]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, create, patch, delete]  # the optimization pipeline's build Jobs
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]  # a build Job's progress and, when it fails, its last lines
 {{- end -}}
 
 {{/* GPU fit's reads of spec.model.credentialsSecret (gpuFit.readModelCredentials): get on
      Secrets where the operator watches ModelServices, nothing else. */}}
 {{- define "msv.credentialRules" -}}
-{{- if and .Values.gpuFit.enabled .Values.gpuFit.readModelCredentials }}
+{{- if or (and .Values.gpuFit.enabled .Values.gpuFit.readModelCredentials) (.Values.optimization | default dict).readOutputCredentials }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

@@ -325,3 +325,38 @@ def test_get_shows_where_each_variants_start_went() -> None:
                                      "sentiment-baseline-7d9f8c6b5-x2k4q"]
     assert lines[at + 3].split()[0] == "int8"  # not started yet: its cells are empty
     assert "Start-up" not in plugin.render(RECORDED)
+
+
+def test_built_variants_show_provenance_and_the_offline_report() -> None:
+    ms = {"metadata": {"name": "s", "namespace": "ml"}, "status": {"variants": [
+        {"name": "baseline", "weight": 100, "p95Ms": 12.0},
+        {"name": "small", "weight": 0, "build": {"phase": "Published", "key": "f" * 64,
+                                                 "readyToRollOut": True},
+         "provenance": {"sourceSha256": "a" * 64, "dataSha256": "b" * 64,
+                        "artifactSha256": "c" * 64, "report": {
+                            "latencyMsBatch1": 5.0, "baselineLatencyMsBatch1": 9.0,
+                            "agreement": 0.991, "parameters": 1000}}},
+        {"name": "tiny", "weight": 0, "build": {"phase": "Running", "stage": "training",
+                                                "step": 5, "total": 50, "etaSeconds": 40}}]}}
+    text = plugin.render(ms)
+    assert "Built variants" in text
+    small = next(ln for ln in text.splitlines() if ln.strip().startswith("small")
+                 and "Published" in ln)
+    assert "cccccccccccc" in small and "5/9" in small and "0.991" in small and "ready" in small
+    assert "training 5/50 eta 40s" in text
+
+
+def test_rollout_sets_the_candidate_in_spec() -> None:
+
+    class Api:
+        patched: list[Any] = []
+
+        def get(self, *args: Any) -> dict[str, Any]:
+            return {"metadata": {"name": "s"}}
+
+        def merge_patch(self, *args: Any) -> None:
+            self.patched.append(args)
+
+    api = Api()
+    assert plugin.main(["rollout", "s", "small", "-n", "ml"], client=api) == 0  # type: ignore[arg-type]
+    assert api.patched[0][-1] == {"spec": {"rollout": {"candidate": "small"}}}

@@ -1,0 +1,360 @@
+"""The optimization pipeline in whole passes (a fake Kube, a double for the store): the key,
+the Job, reuse of a published artifact, progress, failure, and that nothing unfinished is
+served."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+from msv_operator import artifacts, optimize, placement, reconcile, spec
+from msv_operator import kube as kubeapi
+from msv_operator.config import OperatorConfig
+from msv_operator.owned import key_of
+
+from msv_contract import pipeline
+
+NOW = "2026-01-01T12:00:00Z"
+SRC = "a" * 64
+DATA = "b" * 64
+ART = "c" * 64
+UID = "0b6f6a2e-0000-4000-8000-000000000019"
+
+
+def body(**build: Any) -> dict[str, Any]:
+    b = {"recipe": "prune-recover",
+         "data": {"uri": "s3://data/sst2/train.txt", "sha256": DATA},
+         "pruning": {"amount": 0.3}, "budget": {"steps": 200},
+         "output": {"uri": "s3://out/built/", "credentialsSecret": "out-creds"}}
+    b.update(build)
+    return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "s", "namespace": "ml", "uid": UID, "generation": 1},
+            "spec": {"model": {"uri": "s3://models/bert.tar.gz", "sha256": SRC,
+                               "framework": "transformers", "task": "text-classification"},
+                     "variants": [{"name": "baseline"}, {"name": "small", "build": b}],
+                     "traffic": [{"variant": "baseline", "weight": 100}]}}
+
+
+class Inline(concurrent.futures.Executor):
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+class Store:
+    """``artifacts.read_small`` over a dict of URI -> bytes; counts reads."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    def __call__(self, uri: str, *, s3: artifacts.S3Access | None = None
+                 ) -> artifacts.SmallFile | artifacts.NotChecked:
+        self.reads.append(uri)
+        return artifacts.SmallFile(uri, self.files.get(uri))
+
+    def publish(self, key: str, report: Mapping[str, Any] | None = None) -> None:
+        prefix = f"s3://out/built/{key}/"
+        self.files[prefix + pipeline.MANIFEST_FILE] = json.dumps(
+            {"key": key, "sha256": ART, "sizeBytes": 1000}).encode()
+        if report is not None:
+            self.files[prefix + pipeline.REPORT_FILE] = json.dumps(report).encode()
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deleted: list[tuple[str, str]] = []
+        self.status: dict[str, Any] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.logs: dict[str, str] = {}
+
+    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
+              field_manager: str | None = None) -> None:
+        self.applied[key_of(obj)] = copy.deepcopy(dict(obj))
+        if obj["kind"] == "Job":
+            self.jobs[obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        if kind == "Job":
+            return [copy.deepcopy(j) for j in self.jobs.values()]
+        if kind == "Pod":
+            return copy.deepcopy(self.pods)
+        return []
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        return None
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str,
+               uid: str | None = None) -> None:
+        self.deleted.append((kind, name))
+        self.jobs.pop(name, None)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.status = {k: v for k, v in status.items() if v is not None}
+
+    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return []
+
+    def patch_metadata(self, *args: Any) -> None:
+        return None
+
+    def pod_log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
+        return self.logs.get(container, "")
+
+
+class Caps:
+    def get(self) -> kubeapi.CapabilityAnswer:
+        return kubeapi.CapabilityAnswer(service_monitor=False, gateway_api=False)
+
+
+def context(kube: FakeKube, store: Store) -> reconcile.Context:
+    return reconcile.Context(
+        config=OperatorConfig(), kube=kube, capabilities=Caps(),  # type: ignore[arg-type]
+        pipeline=optimize.PipelineState(reader=store,
+                                        reads=placement.HeaderReads(executor=Inline())))
+
+
+def run(ctx: reconcile.Context, ms: dict[str, Any]) -> reconcile.Result:
+    result = reconcile.reconcile(ctx, ms, reconcile.Observed(), NOW)
+    ms["status"] = copy.deepcopy(ctx.kube.status)  # type: ignore[attr-defined]
+    return result
+
+
+def key_for(ms: Mapping[str, Any]) -> str:
+    parsed = spec.parse_spec(ms)
+    build = parsed.variants[1].build
+    assert build is not None
+    return optimize.key_of(parsed, build)
+
+
+def entry(ms: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in ms["status"]["variants"] if v["name"] == name)
+
+
+def condition(ms: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in ms["status"]["conditions"] if c["type"] == type_)
+
+
+def test_key_is_stable_and_changes_with_the_recipe_not_with_the_output() -> None:
+    a = key_for(body())
+    assert a == key_for(body())
+    assert key_for(body(output={"uri": "s3://elsewhere/x/"})) == a
+    assert key_for(body(deadline="3h")) == a
+    assert key_for(body(budget={"steps": 201})) != a
+    assert key_for(body(pruning={"amount": 0.4})) != a
+    other = body()
+    other["spec"]["model"]["sha256"] = "d" * 64
+    assert key_for(other) != a
+
+
+def test_job_is_restricted_and_runs_the_agreed_command() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    run(context(kube, store), ms)
+    key = key_for(ms)
+    (job,) = kube.jobs.values()
+    assert job["metadata"]["name"] == f"s-small-build-{key[:10]}"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    source, data = pod["initContainers"]
+    assert source["args"] == ["pull", "s3://models/bert.tar.gz", "/mnt/source",
+                              "--sha256", SRC]
+    assert data["args"] == ["pull", "s3://data/sst2/train.txt", "/mnt/data", "--sha256", DATA]
+    (c,) = pod["containers"]
+    recipe = optimize.recipe_of(spec.parse_spec(ms), spec.parse_spec(ms).variants[1].build)
+    assert c["args"] == ["optimize", "build", "--source", "/mnt/source",
+                         "--data", "/mnt/data/train.txt",
+                         "--recipe-json", pipeline.canonical(recipe),
+                         "--source-sha256", SRC, "--data-sha256", DATA,
+                         "--publish", f"s3://out/built/{key}/", "--work", "/tmp/work"]
+    assert c["envFrom"] == [{"secretRef": {"name": "out-creds"}}]
+    # nothing is served from an unfinished artifact: no Deployment for the variant
+    assert ("Deployment", "s-small") not in kube.applied
+    assert ("Deployment", "s-baseline") in kube.applied
+    assert entry(ms, "small")["build"]["phase"] == "Pending"
+    assert condition(ms, "Built")["reason"] == "Building"
+
+
+def test_published_artifact_is_served_without_a_job() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    key = key_for(ms)
+    store.publish(key, {"summary": {"agreement": 0.995, "latencyRatio": 0.6,
+                                    "sizeBytes": 1000, "parameters": 10}})
+    run(context(kube, store), ms)
+    assert kube.jobs == {}
+    dep = kube.applied[("Deployment", "s-small")]
+    (pull,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert pull["args"][:2] == ["pull", f"s3://out/built/{key}/model.tar.gz"]
+    assert pull["args"][pull["args"].index("--sha256") + 1] == ART
+    assert pull["envFrom"] == [{"secretRef": {"name": "out-creds"}}]
+    small = entry(ms, "small")
+    assert small["provenance"]["artifactSha256"] == ART
+    assert small["provenance"]["sourceSha256"] == SRC
+    assert small["provenance"]["dataSha256"] == DATA
+    assert small["provenance"]["report"]["agreement"] == 0.995
+    assert small["derivedFrom"] == f"s3://models/bert.tar.gz@sha256:{SRC}"
+    assert small["build"]["readyToRollOut"] is True
+    assert condition(ms, "Built")["status"] == "True"
+    # the next pass trusts the verified record: no second MANIFEST read
+    reads = len(store.reads)
+    run(context(kube, store), ms)
+    assert len(store.reads) == reads
+
+
+def test_progress_comes_from_the_newest_line() -> None:
+    log = "\n".join(["hello", pipeline.PROGRESS_PREFIX + json.dumps(
+        {"phase": "training", "step": 10, "total": 200, "etaSeconds": 95.04}),
+        "x " + pipeline.PROGRESS_PREFIX + "not json", pipeline.PROGRESS_PREFIX + json.dumps(
+        {"phase": "training", "step": 20, "total": 200, "etaSeconds": 80})])
+    assert optimize.parse_progress(log) == {"stage": "training", "step": 20, "total": 200,
+                                            "etaSeconds": 80.0}
+    assert optimize.parse_progress("no progress here") is None
+
+
+def running_pod(job: str, **state: Any) -> dict[str, Any]:
+    return {"metadata": {"name": f"{job}-x", "creationTimestamp": "2026-01-01T11:00:00Z"},
+            "status": {"containerStatuses": [{"name": "optimize", "state": state}]}}
+
+
+def test_running_job_reports_progress_and_serves_nothing() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    kube.pods = [running_pod(name, running={})]
+    kube.logs["optimize"] = pipeline.PROGRESS_PREFIX + json.dumps(
+        {"phase": "training", "step": 50, "total": 200, "etaSeconds": 30})
+    result = run(ctx, ms)
+    build = entry(ms, "small")["build"]
+    assert build == {"phase": "Running", "key": key_for(ms), "job": name, "stage": "training",
+                     "step": 50, "total": 200, "etaSeconds": 30.0}
+    assert result.requeue_after is not None
+    assert ("Deployment", "s-small") not in kube.applied
+
+
+def test_failed_job_names_the_cause_with_log_lines_and_stable_keeps_serving() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    kube.jobs[name]["status"] = {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+         "message": "Job was active longer than specified deadline"}]}
+    kube.pods = [running_pod(name, terminated={"exitCode": 137, "reason": "Error"})]
+    kube.logs["optimize"] = "loading\nstep 3\nRuntimeError: out of patience"
+    result = run(ctx, ms)
+    built = condition(ms, "Built")
+    assert built["status"] == "False" and built["reason"] == "BuildFailed"
+    assert "deadline" in built["message"]
+    assert "RuntimeError: out of patience" in built["message"]
+    assert any(e[1] == "BuildFailed" for e in result.events)
+    assert ("Deployment", "s-small") not in kube.applied
+    assert condition(ms, "Ready")["status"] == "False"  # the baseline has no pods in the fake
+    assert ("Deployment", "s-baseline") in kube.applied
+    # the same generation does not retry; a new one does
+    run(ctx, ms)
+    assert ("Job", name) not in kube.deleted
+    ms["metadata"]["generation"] = 2
+    run(ctx, ms)
+    assert ("Job", name) in kube.deleted
+
+
+def test_a_changed_recipe_keeps_the_previous_artifact_serving() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    store.publish(key_for(ms))
+    ctx = context(kube, store)
+    run(ctx, ms)
+    before = kube.applied[("Deployment", "s-small")]
+    ms["spec"]["variants"][1]["build"]["budget"] = {"steps": 400}
+    ms["metadata"]["generation"] = 2
+    kube.applied.clear()
+    run(ctx, ms)
+    assert len(kube.jobs) == 1  # the new key's Job
+    # the Deployment is unchanged: it still pulls the old artifact
+    assert ("Deployment", "s-small") not in kube.applied or kube.applied[
+        ("Deployment", "s-small")]["spec"] == before["spec"]
+    assert entry(ms, "small")["provenance"]["key"] == key_for(body())
+
+
+def test_a_manifest_of_another_key_is_not_served() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    key = key_for(ms)
+    store.files[f"s3://out/built/{key}/MANIFEST"] = json.dumps(
+        {"key": "0" * 64, "sha256": ART}).encode()
+    run(context(kube, store), ms)
+    assert ("Deployment", "s-small") not in kube.applied
+    assert condition(ms, "Built")["reason"] == "BuildFailed"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"recipe": "quantum"}, "build.recipe"),
+    ({"data": {"uri": "s3://data/x.txt"}}, "build.data.sha256"),
+    ({"budget": {}}, "build.budget"),
+    ({"output": {"uri": "pvc://claim/x"}}, "build.output.uri"),
+    ({"recipe": "distill"}, "build.pruning"),
+])
+def test_spec_errors_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(spec.InvalidSpecError, match=field.replace(".", r"\.")):
+        spec.parse_spec(body(**change))
+
+
+def test_a_framework_that_cannot_build_is_refused() -> None:
+    ms = body()
+    ms["spec"]["model"]["framework"] = "torchscript"
+    del ms["spec"]["model"]["task"]
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.recipe.*transformers"):
+        spec.parse_spec(ms)
+    ms = body(recipe="static-int8")
+    ms["spec"]["model"]["task"] = "text-generation"
+    with pytest.raises(spec.InvalidSpecError, match="static-int8"):
+        spec.parse_spec(ms)
+
+
+def test_a_build_needs_the_source_sha256_and_no_model_of_its_own() -> None:
+    ms = body()
+    del ms["spec"]["model"]["sha256"]
+    with pytest.raises(spec.InvalidSpecError, match=r"spec\.model\.sha256"):
+        spec.parse_spec(ms)
+    ms = body()
+    ms["spec"]["variants"][1]["model"] = {"uri": "s3://x/y"}
+    with pytest.raises(spec.InvalidSpecError, match=r"variants\[1\]\.model"):
+        spec.parse_spec(ms)
+
+
+def test_a_finished_job_is_served_once_its_manifest_is_read() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    key = key_for(ms)
+    kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.pods = [running_pod(name, terminated={"exitCode": 0, "message": json.dumps(
+        {"key": key, "sha256": ART, "artifactUri": "x", "sizeBytes": 1, "reportUri": "y"})})]
+    store.publish(key)
+    run(ctx, ms)  # the "missing" answer is dropped: read again
+    run(ctx, ms)
+    assert entry(ms, "small")["provenance"]["artifactSha256"] == ART
+    assert entry(ms, "small")["provenance"]["job"] == name
+    assert ("Deployment", "s-small") in kube.applied
