@@ -331,9 +331,21 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "wallSeconds": report["job"]["wallSeconds"],
         "cpuSeconds": report["job"]["cpuSeconds"],
     }
+    # the numbers the operator copies into status.variants[].provenance.report (by these
+    # names: operator/msv_operator/optimize.py REPORT_KEYS), the baseline being the source
+    out.update({
+        "sizeBytes": res["sizeBytes"], "parameters": res["parameters"],
+        "baselineSizeBytes": src["sizeBytes"], "baselineParameters": src["parameters"],
+        "latencyMsBatch1": res["latencyMsP50"]["batch1"],
+        "latencyMsBatch8": res["latencyMsP50"]["batch8"],
+        "baselineLatencyMsBatch1": src["latencyMsP50"]["batch1"],
+        "baselineLatencyMsBatch8": src["latencyMsP50"]["batch8"],
+        "latencyRatio": ratio(res["latencyMsP50"]["batch1"], src["latencyMsP50"]["batch1"]),
+        "examples": report["data"]["heldOut"],
+    })
     if "accuracy" in res:
         out["accuracy"] = res["accuracy"]
-        out["sourceAccuracy"] = src["accuracy"]
+        out["baselineAccuracy"] = src["accuracy"]
     if "pruneOnlyAgreement" in report["details"]:
         out["pruneOnlyAgreement"] = report["details"]["pruneOnlyAgreement"]
         out["pruneOnlyKlToSource"] = report["details"]["pruneOnlyKlToSource"]

@@ -112,22 +112,21 @@ class PipelineState:
 # ---- the key --------------------------------------------------------------------------------
 
 def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any]:
-    """The canonical recipe the key hashes: the recipe, the framework and task, whether the
-    data has labels, the budget (steps or epochs, maxTime), and the recipe's own knobs
-    (pruning amount; the student). Not in it: URIs, credentials, output, resources, deadline,
+    """The recipe the Job runs and the key hashes, in the form ``model-server optimize build``
+    reads (model_server/optimize/recipe.py): the recipe, the framework and task, ``steps`` or
+    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``) and
+    whether the data has labels. Not in it: URIs, credentials, output, resources, deadline,
     gates, autoRollout (they do not change what is produced)."""
-    budget: dict[str, Any] = {}
-    if build.steps is not None:
-        budget["steps"] = build.steps
-    if build.epochs is not None:
-        budget["epochs"] = build.epochs
-    if build.max_time_seconds is not None:
-        budget["maxTimeSeconds"] = build.max_time_seconds
     out: dict[str, Any] = {"recipe": build.recipe, "framework": parsed.framework,
-                           "task": parsed.task, "labels": build.data_labels,
-                           "budget": budget}
+                           "task": parsed.task, "labels": build.data_labels}
+    if build.steps is not None:
+        out["steps"] = build.steps
+    if build.epochs is not None:
+        out["epochs"] = build.epochs
+    if build.max_time_seconds is not None:
+        out["budget"] = {"maxSeconds": build.max_time_seconds}
     if build.pruning_amount is not None:
-        out["pruning"] = {"amount": build.pruning_amount}
+        out["amount"] = build.pruning_amount
     if build.student is not None:
         st = build.student
         out["student"] = {k: v for k, v in (
@@ -185,7 +184,8 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
             "--recipe-json", pipeline.canonical(recipe),
             "--source-sha256", str(parsed.model.sha256),
             "--data-sha256", str(build.data.sha256),
-            "--publish", location(build, key), "--work", WORK_DIR]
+            # the output prefix: the build adds <key>/ itself (msv_contract.pipeline)
+            "--publish", build.output, "--work", WORK_DIR]
     requests = dict(build.resources.get("requests") or DEFAULT_REQUESTS)
     resources: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
     if build.resources.get("limits"):

@@ -182,7 +182,7 @@ def test_job_is_restricted_and_runs_the_agreed_command() -> None:
                          "--data", "/mnt/data/train.txt",
                          "--recipe-json", pipeline.canonical(recipe),
                          "--source-sha256", SRC, "--data-sha256", DATA,
-                         "--publish", f"s3://out/built/{key}/", "--work", "/tmp/work"]
+                         "--publish", "s3://out/built/", "--work", "/tmp/work"]
     assert c["envFrom"] == [{"secretRef": {"name": "out-creds"}}]
     # nothing is served from an unfinished artifact: no Deployment for the variant
     assert ("Deployment", "s-small") not in kube.applied
