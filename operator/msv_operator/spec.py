@@ -592,6 +592,11 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
         raise InvalidSpecError(
             f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "
             "mirrorPercent above 0 or minAgreement to 0")
+    if analysis.min_agreement is not None and steps[0] >= 100:
+        raise InvalidSpecError(
+            f"spec.rollout.steps: the agreement gate needs a step below 100: the stable "
+            f"variant mirrors its requests to the candidate only while it serves some (e.g. "
+            f"steps [50, 100]), or set {where}.minAgreement to 0")
     r = {**ROLLOUT_DEFAULTS, **raw}
     return Rollout(
         candidate=str(candidate), steps=steps,
