@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from msv_contract import capabilities as caps
 from msv_contract import env
+from msv_contract.pipeline import Student
 
 FRAMEWORKS = caps.FRAMEWORK_NAMES
 TASKS = caps.TASKS
@@ -74,16 +75,6 @@ removes."""
 BUILD_DEADLINE_RANGE = ("1m", "168h")
 BUILD_GATE_DEFAULTS: Mapping[str, Any] = {"minAgreement": 0.99, "maxLatencyRatio": 1.0}
 """``spec.variants[].build.gates``: what the offline report must show for ``readyToRollOut``."""
-
-
-@dataclass(frozen=True)
-class Student:
-    """The smaller model ``distill`` trains (``build.student``); None keeps the source's."""
-
-    layers: int
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    heads: int | None = None
 
 
 @dataclass(frozen=True)
