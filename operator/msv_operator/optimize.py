@@ -10,7 +10,8 @@ what is produced) and the data's sha256. Per pass, per built variant:
   ``placement.ABSENT_TTL``). Found and well-formed (its key, a sha256): the variant serves
   ``<output>/<key>/model.tar.gz`` with that sha256 (the pull checks it), no Job is made, and
   report.json is read the same way for the offline report. A status that already records
-  the key (``provenance``) serves it without a read (it was verified when recorded).
+  the key at this output (``provenance``) serves it without a read (it was verified when
+  recorded).
 * **Building.** No MANIFEST: the Job ``<ms>-<variant>-build-<key[:10]>`` (``build_job``) is
   created unless it exists; while it runs the newest progress line of its pod's log
   (``PROGRESS_PREFIX``) is read on the measurement interval into ``status.variants[].build``.
@@ -20,6 +21,14 @@ what is produced) and the data's sha256. Per pass, per built variant:
 * **Succeeded.** The Job's termination message (``RESULT_KEYS``) must name the key and the
   sha256 the MANIFEST then says; the cached "missing" answer is dropped so the next read
   finds it.
+* **A store the operator does not read.** A ``pvc://`` output (``reads_output``: the claim is
+  mounted into the Job only, read-write at ``OUTPUT_DIR``) is never read here, and an S3
+  MANIFEST that cannot be read (``NotChecked``) is treated alike: the Job decides. It finds a
+  published key and ends at once without work, or builds; its result (key, sha256, size, the
+  report's summary) is the record, kept in the status, so the same recipe never runs a Job
+  again while the status holds it. The variant's pods check that sha256 when they pull
+  (a ``pvc://`` archive is pulled from the claim, ``builders._model_volume``). A Job that
+  succeeds without a result is a failure (nothing says what it published).
 * **Failed.** ``Built=False``, reason ``BuildFailed``: the Job's own reason (deadline, back-off),
   the container's termination message and the last ``LOG_LINES`` lines of its log (read once
   per Job). The variant keeps what it served. A new generation of the ModelService deletes
