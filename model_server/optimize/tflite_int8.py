@@ -148,9 +148,11 @@ def op_types(content: bytes) -> dict[str, Any]:
     import tensorflow as tf
 
     try:  # without the default (XNNPACK) delegate, which would replace ops by DELEGATE
-        interpreter = tf.lite.Interpreter(
-            model_content=content, experimental_op_resolver_type=(
-                tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            interpreter = tf.lite.Interpreter(
+                model_content=content, experimental_op_resolver_type=(
+                    tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
         interpreter.allocate_tensors()
         ops = interpreter._get_ops_details()
     except Exception:  # private API missing: say nothing rather than something wrong
