@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import addons, images, monitoring, versions
+from localcluster import addons, images, monitoring, network, versions
 
 NAMESPACE = "keda"
 OPERATOR = "keda-operator"
@@ -42,7 +42,6 @@ SERVICE_ACCOUNT = "keda-operator"
 OPERATOR_IP = "10.96.0.92"
 METRICS_SERVICE_PORT = 9666  # the operator's gRPC metrics service, which the adapter asks
 CERT_SECRET = "kedaorg-certs"
-CLUSTER_DOMAIN = "cluster.local"  # the kubelet's (``localcluster.realnode``)
 EXTERNAL_METRICS_API = "v1beta1.external.metrics.k8s.io"
 
 MODULE = "github.com/kedacore/keda/v2"
@@ -110,7 +109,7 @@ def _upstream(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def stack(rbac: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The namespace, upstream's RBAC, both Deployments, their Services and the APIService."""
-    authority = f"{OPERATOR}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}"
+    authority = f"{OPERATOR}.{NAMESPACE}.svc.{network.CLUSTER_DOMAIN}"
     items: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": NAMESPACE, "labels": PART_OF}},
@@ -119,7 +118,7 @@ def stack(rbac: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         _deployment(OPERATOR, images.image_ref("keda"), [
             "--zap-log-level=info", "--zap-encoder=console", "--zap-time-encoding=rfc3339",
             "--enable-cert-rotation=true", f"--cert-secret-name={CERT_SECRET}",
-            "--cert-dir=/certs", f"--k8s-cluster-domain={CLUSTER_DOMAIN}",
+            "--cert-dir=/certs", f"--k8s-cluster-domain={network.CLUSTER_DOMAIN}",
             f"--operator-service-name={OPERATOR}", f"--metrics-server-service-name={ADAPTER}",
             "--enable-webhook-patching=false",
             "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",

@@ -61,9 +61,9 @@ def test_the_adapter_reaches_the_operator_by_its_fixed_ip_with_the_certificates_
     # and cluster domain); the adapter presents the full one as the gRPC authority.
     (operator,) = deployments[keda.OPERATOR]["spec"]["template"]["spec"]["containers"]
     assert f"--operator-service-name={keda.OPERATOR}" in operator["args"]
-    assert f"--k8s-cluster-domain={keda.CLUSTER_DOMAIN}" in operator["args"]
+    assert f"--k8s-cluster-domain={network.CLUSTER_DOMAIN}" in operator["args"]
     assert (f"--metrics-service-grpc-authority={keda.OPERATOR}.{keda.NAMESPACE}.svc."
-            f"{keda.CLUSTER_DOMAIN}") in adapter["args"]
+            f"{network.CLUSTER_DOMAIN}") in adapter["args"]
     # Each Service selects its Deployment's pods.
     for name in (keda.OPERATOR, keda.ADAPTER):
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
