@@ -186,7 +186,7 @@ class Activator:
         admin = web.AppRunner(self.admin_app(), access_log=None)
         await admin.setup()
         await web.TCPSite(admin, c.bind, c.metrics_port, reuse_address=True).start()
-        grpc_server = await scaler_mod.serve(self.scaler, c.bind, c.scaler_port)
+        grpc_server, _ = await scaler_mod.serve(self.scaler, c.bind, c.scaler_port)
         tasks = [asyncio.create_task(coro) for coro in
                  (self.routes_loop(), self.endpoints_loop(), self.peers.run())]
         log.info("Activator in namespace %s: routes from ConfigMap %s, queue %d, hold %g s",

@@ -78,7 +78,9 @@ class Proxy:
         app = web.Application(client_max_size=self.max_body, handler_args={"access_log": None})
         app[_ROUTE_PORT] = port
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.holder.hold_seconds)
+        # handler_cancellation: a client that hangs up while held leaves the queue at once
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=self.holder.hold_seconds)
         await runner.setup()
         await web.TCPSite(runner, self.bind, port, reuse_address=True).start()
         self.runners[port] = runner

@@ -194,7 +194,8 @@ def handler(scaler: Scaler) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-async def serve(scaler: Scaler, bind: str, port: int) -> grpc.aio.Server:
+async def serve(scaler: Scaler, bind: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """The started server and its port (``port`` 0: one the system chose)."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler(scaler),))
     bound = server.add_insecure_port(f"{bind}:{port}")
@@ -202,4 +203,4 @@ async def serve(scaler: Scaler, bind: str, port: int) -> grpc.aio.Server:
         raise OSError(f"scaler port {port}: cannot listen")
     await server.start()
     log.info("KEDA external scaler on port %d", bound)
-    return server
+    return server, bound
