@@ -17,8 +17,6 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
-
-from msv_contract import scaletozero as stz
 from msv_operator.activator import peers as peers_mod
 from msv_operator.activator import routes as r
 from msv_operator.activator import scaler as sc
@@ -27,6 +25,8 @@ from msv_operator.activator.app import Activator, Config
 from msv_operator.activator.holder import Holder
 from msv_operator.activator.metrics import Metrics
 from msv_operator.activator.proxy import RETRY_AFTER_SECONDS, Proxy
+
+from msv_contract import scaletozero as stz
 
 NS, SVC, MS = "team", "sentiment", "sentiment"
 
