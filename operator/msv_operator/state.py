@@ -321,6 +321,8 @@ class VariantStatus(_Record):
     dominated_by: list[str] | None = None
     startup: dict[str, Any] | None = None
     """Where the start of its newest Ready pod went (``startup``): seconds per phase, the pod."""
+    scaled_to_zero: bool | None = None
+    """True while the variant is at zero by its idle policy (a state, not a failure)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     MEASURED: ClassVar[tuple[str, ...]] = (
