@@ -107,7 +107,7 @@ def render(ms: Mapping[str, Any]) -> str:
             ["NAME", "WEIGHT", "SHARE", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS",
              "AGREEMENT", "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
             [[v.name, v.weight, v.share,
-              f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}",
+              _replicas(v),
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
@@ -122,6 +122,13 @@ def render(ms: Mapping[str, Any]) -> str:
                         [[v.name, _placed(v), _gpu_memory(v), _hourly(v.cost_per_hour),
                           _money(v.cost_per_1k_requests, 4), _pareto(v)] for v in variants])
     return "\n".join(lines)
+
+
+def _replicas(v: VariantStatus) -> str:
+    """READY/DESIRED; ``0 (idle)`` for a variant at zero by its idle policy."""
+    if v.scaled_to_zero:
+        return "0 (idle)"
+    return f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}"
 
 
 def _startup(v: VariantStatus) -> list[Any]:

@@ -325,3 +325,14 @@ def test_get_shows_where_each_variants_start_went() -> None:
                                      "sentiment-baseline-7d9f8c6b5-x2k4q"]
     assert lines[at + 3].split()[0] == "int8"  # not started yet: its cells are empty
     assert "Start-up" not in plugin.render(RECORDED)
+
+
+def test_get_shows_a_variant_at_zero_as_idle_not_as_unready() -> None:
+    ms = copy.deepcopy(RECORDED)
+    ms["status"]["variants"][1].update(replicas=0, readyReplicas=0, desiredReplicas=0,
+                                        scaledToZero=True, weight=0)
+    ms["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "ScaledToZero"}]
+    rows = {line.split()[0]: line for line in plugin.render(ms).splitlines()
+            if line.startswith("  ") and line.split() and line.split()[0] in ("baseline", "int8")}
+    assert "0 (idle)" in rows["int8"]
+    assert "1/1" in rows["baseline"] and "idle" not in rows["baseline"]
