@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from msv_contract import scaletozero as stz
 from msv_operator import builders, spec, status, zero
 from msv_operator.config import uniform_images
+
+from msv_contract import scaletozero as stz
 
 UID = "u-1"
 ABLE = zero.Ability(keda=True, activator="msv-system/msv-activator",
