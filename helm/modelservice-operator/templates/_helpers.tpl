@@ -76,14 +76,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [metrics.k8s.io]
   resources: [pods]
   verbs: [get, list]
-{{- if .Values.scaleToZero.enabled }}
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, list, watch, create, patch, delete]  # scale to zero: KEDA makes the HPA
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [get, list, watch, create, patch, delete]  # <service>-activator slices only
-{{- end }}
 {{- end -}}
 
 {{/* GPU fit's reads of spec.model.credentialsSecret (gpuFit.readModelCredentials): get on
