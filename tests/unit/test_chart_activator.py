@@ -103,3 +103,26 @@ def test_the_schema_refuses_bad_activator_values(value: str, message: str) -> No
 def test_helm_lint_is_clean_with_the_activator() -> None:
     out = helm("lint", "--strict", str(CHART), "--set", "scaleToZero.enabled=true")
     assert "0 chart(s) failed" in out.stdout
+
+
+def test_the_operator_is_told_the_activator_service_it_renders() -> None:
+    docs = render('scaleToZero={"enabled": true, "kedaPrometheusUrl": "http://prom:9090"}')
+    operator = next(d for d in docs if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "rel-modelservice-operator")
+    env = {e["name"]: e.get("value") for c in operator["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env") or ()}
+    assert env["MSV_ACTIVATOR_SERVICE"] == NAME
+    assert env["MSV_KEDA_PROMETHEUS_URL"] == "http://prom:9090"
+    service = named(docs, "Service")[0]
+    assert stz.SCALER_PORT in [p["port"] for p in service["spec"]["ports"]]
+    role = next(d for d in docs if d["kind"] == "Role"
+                and d["metadata"]["name"] == "rel-modelservice-operator-scale-to-zero")
+    assert ("configmaps", "patch") in rules_of(role)
+
+
+def test_without_scale_to_zero_the_operator_gets_no_activator() -> None:
+    operator = next(d for d in render() if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "rel-modelservice-operator")
+    names = {e["name"] for c in operator["spec"]["template"]["spec"]["containers"]
+             for e in c.get("env") or ()}
+    assert "MSV_ACTIVATOR_SERVICE" not in names

@@ -82,6 +82,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]  # a build Job's progress and, when it fails, its last lines
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]  # scale to zero: KEDA makes the HPA
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch, create, patch, delete]  # <service>-activator slices only
 {{- end -}}
 
 {{/* GPU fit's reads of spec.model.credentialsSecret (gpuFit.readModelCredentials): get on

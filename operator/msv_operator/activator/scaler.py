@@ -137,8 +137,17 @@ class Scaler:
         self.heartbeat = heartbeat
         self._m = {name: message(name) for name in MESSAGES}
 
+    def count(self, target: Target) -> int:
+        """Held requests that a variant's ScaledObject must see: those held on its own Service
+        and those held on the ModelService's stable Service (variant ""), which is held only
+        while every variant it routes to is at zero, so any of them may answer."""
+        counts = self.counts()
+        ns, model, variant = target
+        return int(counts.get(target, 0)) + (int(counts.get((ns, model, ""), 0)) if variant
+                                             else 0)
+
     def held(self, ref: Any) -> int:
-        return int(self.counts().get(target_of(ref), 0))
+        return self.count(target_of(ref))
 
     async def _target(self, ref: Any, context: Any) -> Target:
         try:
@@ -149,7 +158,7 @@ class Scaler:
 
     async def IsActive(self, request: Any, context: Any) -> Any:
         target = await self._target(request, context)
-        return self._m["IsActiveResponse"](result=self.counts().get(target, 0) > 0)
+        return self._m["IsActiveResponse"](result=self.count(target) > 0)
 
     async def StreamIsActive(self, request: Any, context: Any) -> AsyncIterator[Any]:
         target = await self._target(request, context)
@@ -158,7 +167,7 @@ class Scaler:
             last: bool | None = None
             while True:
                 wake.clear()  # before reading: a change while the answer is sent wakes us
-                active = self.counts().get(target, 0) > 0
+                active = self.count(target) > 0
                 if active != last or active:
                     yield self._m["IsActiveResponse"](result=active)
                     last = active
@@ -176,7 +185,7 @@ class Scaler:
 
     async def GetMetrics(self, request: Any, context: Any) -> Any:
         target = await self._target(request.scaledObjectRef, context)
-        n = int(self.counts().get(target, 0))
+        n = self.count(target)
         value = self._m["MetricValue"](metricName=request.metricName or METRIC,
                                        metricValue=n, metricValueFloat=float(n))
         return self._m["GetMetricsResponse"](metricValues=[value])

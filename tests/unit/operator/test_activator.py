@@ -17,12 +17,13 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
+from msv_operator import spec, zero
 from msv_operator.activator import peers as peers_mod
 from msv_operator.activator import routes as r
 from msv_operator.activator import scaler as sc
 from msv_operator.activator.__main__ import build_parser
 from msv_operator.activator.app import Activator, Config
-from msv_operator.activator.holder import Holder
+from msv_operator.activator.holder import Holder, Signal
 from msv_operator.activator.metrics import Metrics
 from msv_operator.activator.proxy import RETRY_AFTER_SECONDS, Proxy
 
@@ -358,6 +359,46 @@ def test_the_scaler_reports_held_requests_and_pushes_when_one_is_held() -> None:
         finally:
             await server.stop(None)
     run(main())
+
+
+def test_a_variant_sees_the_requests_held_on_its_own_and_on_the_stable_service() -> None:
+    counts = {(NS, MS, ""): 2, (NS, MS, "int8"): 1, (NS, "other", ""): 5}
+    scaler = sc.Scaler(lambda: counts, Signal())
+    assert scaler.count((NS, MS, "int8")) == 3
+    assert scaler.count((NS, MS, "baseline")) == 2  # the stable Service may route to it
+    assert scaler.count((NS, MS, "")) == 2
+    assert scaler.count((NS, "absent", "int8")) == 0
+
+
+def test_the_operator_and_the_activator_agree_on_routes_slices_and_the_scaler() -> None:
+    """What the operator writes (routes ConfigMap, EndpointSlice, ScaledObject trigger) is
+    what the activator reads."""
+    b = {"metadata": {"name": MS, "namespace": NS, "uid": "u"},
+         "spec": {"model": {"uri": "s3://m/x", "framework": "transformers",
+                            "task": "text-classification"},
+                  "variants": [{"name": "baseline"}, {"name": "int8"}],
+                  "traffic": [{"variant": "baseline", "weight": 100}],
+                  "autoscaling": {"maxReplicas": 3, "minReplicas": 0}}}
+    parsed = spec.parse_spec(b)
+    able = zero.Ability(keda=True, activator="msv-system/a", scaler_address="10.0.0.9:9090",
+                        activator_ips=("10.1.0.5",), prometheus_url="http://prom:9090")
+    so = zero.build_scaled_object({"name": "x"}, parsed, "int8", "x", able, 0, None)
+    push = next(t for t in so["spec"]["triggers"] if t["type"] == "external-push")
+    assert push["metadata"]["scalerAddress"].endswith(f":{stz.SCALER_PORT}")
+    ref = sc.message("ScaledObjectRef")(name="x", namespace=NS, scalerMetadata={
+        k: v for k, v in push["metadata"].items() if k != "scalerAddress"})
+    assert sc.target_of(ref) == (NS, MS, "int8")
+    lo = stz.PORT_RANGE[0]
+    routes = zero.assign_ports([], NS, MS, [(SVC, 80, None), (f"{SVC}-int8", 80, "int8")])
+    cm = zero.build_routes("msv-system", routes)
+    read = r.parse_routes(cm["data"][stz.ROUTES_KEY])
+    assert {p: (x.service, x.service_port, x.variant) for p, x in read.items()} == {
+        lo: (SVC, 80, None), lo + 1: (f"{SVC}-int8", 80, "int8")}
+    held = zero.HeldService(f"{SVC}-int8", "int8")
+    sl = zero.build_slice({"name": f"{SVC}-int8-activator", "namespace": NS}, held,
+                          {"http": lo + 1}, able.activator_ips)
+    assert [p["port"] for p in sl["ports"]] == [lo + 1]
+    assert read[sl["ports"][0]["port"]].service == held.service
 
 
 def test_the_proto_has_keda_field_numbers() -> None:
