@@ -40,7 +40,8 @@ SCALER_PORT = 9090
 """The activator's KEDA external scaler (gRPC, ``externalscaler.ExternalScaler``)."""
 SCALER_METADATA = ("namespace", "modelservice", "variant")
 """The ``external-push`` trigger's metadata keys the activator reads (variant: the
-Deployment's variant)."""
+Deployment's variant; its count adds the requests held on the stable Service, whose routes
+have no variant)."""
 
 # -- held requests ----------------------------------------------------------------------------
 HELD_HEADER = "x-msv-held-ms"
