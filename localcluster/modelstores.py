@@ -133,17 +133,29 @@ def publish_http(model_dir: Path, name: str, state_dir: Path | None = None
 
 def publish_s3(model_dir: Path, bucket: str, key: str) -> tuple[str, str]:
     """Upload ``model_dir`` as one .tar.gz object through the S3 store's Service."""
+    return put_s3(bucket, key, tar_gz(model_dir))
+
+
+def s3_client() -> Any:
+    """A boto3 client of the S3 store, with its credentials."""
     import boto3
 
-    data = tar_gz(model_dir)
-    s3 = boto3.client("s3", endpoint_url=S3_ENDPOINT,
-                      aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                      region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
-    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
+    return boto3.client("s3", endpoint_url=S3_ENDPOINT,
+                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+
+
+def ensure_bucket(bucket: str) -> None:
+    s3 = s3_client()
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=bucket)
-    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def put_s3(bucket: str, key: str, data: bytes) -> tuple[str, str]:
+    """Store ``data`` as object ``key`` (the bucket created if needed); (uri, sha256)."""
+    ensure_bucket(bucket)
+    s3_client().put_object(Bucket=bucket, Key=key, Body=data)
     return f"s3://{bucket}/{key}", hashlib.sha256(data).hexdigest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 RECIPES = ("static-int8", "prune-recover", "distill")
@@ -33,6 +34,17 @@ PROGRESS_PREFIX = "msv-progress "
 ``{"phase": str, "step": int, "total": int, "etaSeconds": float | null}``; phases:
 ``loading``, ``calibrating`` | ``pruning`` | ``training``, ``evaluating``, ``publishing``,
 ``done``. The operator reads the newest one from the pod's log (status progress)."""
+@dataclass(frozen=True)
+class Student:
+    """The smaller model ``distill`` trains (the recipe's ``student``, the spec's
+    ``build.student``); a size left None keeps the source's."""
+
+    layers: int
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    heads: int | None = None
+
+
 RESULT_KEYS = ("key", "artifactUri", "sha256", "sizeBytes", "reportUri")
 """The container's termination message on success: JSON with these keys (plus ``summary``:
 the report's headline numbers)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msv_contract import pipeline
+from msv_contract.pipeline import Student
 
 SUPPORTED = {("transformers", "text-classification")}
 """(framework, task) pairs the recipes are implemented for."""
@@ -35,14 +36,6 @@ MAX_PRUNE_AMOUNT = 0.9
 
 class BuildError(Exception):
     """A build that cannot go on; the message is the one-line cause for the operator."""
-
-
-@dataclass(frozen=True)
-class Student:
-    layers: int
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    heads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -661,33 +661,46 @@ def _archive(client: _Client, uri: str, url: str, signed: bool, limit: int) -> A
 
 # ---- the entry point -------------------------------------------------------------------------
 
-def read(uri: str, *, s3: S3Access | None = None, timeout: float = TIMEOUT_SECONDS,
-         deadline: float = DEADLINE_SECONDS, max_header_bytes: int = gpufit.MAX_HEADER_BYTES
-         ) -> Artifact | NotChecked:
-    """What the GPU-fit estimate needs of ``uri``, or why it could not be read; ``s3``:
-    the endpoint and keys for s3:// (None: Amazon S3, unsigned)."""
+_UNREAD_SCHEMES = {
+    "pvc": "a pvc:// volume is mounted into the pods only; the operator does not mount it",
+    "file": "a file:// path is on the node that runs the pod; the operator cannot read it",
+}
+
+
+def _reading(uri: str, s3: S3Access | None, timeout: float, deadline: float,
+             read_with: Callable[[_Client, S3Access, str], Any]) -> Any:
+    """``read_with(client, access, scheme)`` on ``uri`` when the operator reads its scheme
+    (``s3://``, ``http(s)://``), within ``timeout`` per request and ``deadline`` in all; a
+    failure becomes ``NotChecked`` naming why."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme == "pvc":
-        return NotChecked(uri, "a pvc:// volume is mounted into the pods only; the operator "
-                          "does not mount it")
-    if scheme == "file":
-        return NotChecked(uri, "a file:// path is on the node that runs the pod; the "
-                          "operator cannot read it")
+    if scheme in _UNREAD_SCHEMES:
+        return NotChecked(uri, _UNREAD_SCHEMES[scheme])
     if scheme not in ("http", "https", "s3"):
         return NotChecked(uri, f"the URI scheme {scheme or '(none)'!r} is not one the "
                           "operator reads")
     access = s3 or S3Access()
     client = _Client(access if scheme == "s3" else None, timeout, time.monotonic() + deadline)
     try:
-        if scheme == "s3":
-            return _s3(client, access, uri, max_header_bytes)
-        return _file(client, uri, uri, False, max_header_bytes)
+        return read_with(client, access, scheme)
     except ReadFailed as exc:
         return NotChecked(uri, str(exc))
     except (OSError, http.client.HTTPException) as exc:  # while reading an answer's body
         return NotChecked(uri, f"reading it failed: {type(exc).__name__}: {exc}")
     except ValueError as exc:  # what a file holds, past the checks above
         return NotChecked(uri, f"it holds what the operator cannot read: {exc}")
+
+
+def read(uri: str, *, s3: S3Access | None = None, timeout: float = TIMEOUT_SECONDS,
+         deadline: float = DEADLINE_SECONDS, max_header_bytes: int = gpufit.MAX_HEADER_BYTES
+         ) -> Artifact | NotChecked:
+    """What the GPU-fit estimate needs of ``uri``, or why it could not be read; ``s3``:
+    the endpoint and keys for s3:// (None: Amazon S3, unsigned)."""
+    def headers(client: _Client, access: S3Access, scheme: str) -> Artifact:
+        if scheme == "s3":
+            return _s3(client, access, uri, max_header_bytes)
+        return _file(client, uri, uri, False, max_header_bytes)
+    result: Artifact | NotChecked = _reading(uri, s3, timeout, deadline, headers)
+    return result
 
 
 @dataclass(frozen=True)
@@ -704,19 +717,11 @@ def read_small(uri: str, *, s3: S3Access | None = None, limit: int = MAX_SMALL_F
     """The whole object at ``uri`` (``s3://`` or ``http(s)://``, at most ``limit`` bytes; the
     optimization pipeline's MANIFEST and report.json), or why it could not be read; a 404
     (S3 ``NoSuchKey``) is an answer: ``SmallFile(uri, None)``."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme not in ("http", "https", "s3"):
-        return NotChecked(uri, f"the URI scheme {scheme or '(none)'!r} is not one the "
-                          "operator reads")
-    access = s3 or S3Access()
-    client = _Client(access if scheme == "s3" else None, timeout, time.monotonic() + deadline)
-    try:
+    def whole(client: _Client, access: S3Access, scheme: str) -> SmallFile:
         if scheme == "s3":
             parts = urllib.parse.urlsplit(uri)
             url = s3_url(parts.netloc, urllib.parse.unquote(parts.path.lstrip("/")), access)
             return SmallFile(uri, client.small(url, access.signs, limit))
         return SmallFile(uri, client.small(uri, False, limit))
-    except ReadFailed as exc:
-        return NotChecked(uri, str(exc))
-    except (OSError, http.client.HTTPException) as exc:
-        return NotChecked(uri, f"reading it failed: {type(exc).__name__}: {exc}")
+    result: SmallFile | NotChecked = _reading(uri, s3, timeout, deadline, whole)
+    return result

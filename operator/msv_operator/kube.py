@@ -407,8 +407,10 @@ class Kube:
         path = api_path("v1", "pods", namespace, name, "log")
         query = [("container", container), ("tailLines", str(LOG_TAIL_LINES)),
                  ("limitBytes", str(LOG_MAX_BYTES))]
+        # the log is plain text, but the API server refuses ``Accept: text/plain`` (406: it
+        # lists only its serializers); ``*/*`` is what kubectl sends
         data = self._call("GET", path, query=query, what=f"read the log of Pod {name}",
-                          accept="text/plain", decode=False, raw=True)
+                          accept="*/*", decode=False, raw=True)
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
         return text[-limit_bytes:]
 

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from msv_contract import capabilities as caps
 from msv_contract import env
+from msv_contract.pipeline import Student
 
 FRAMEWORKS = caps.FRAMEWORK_NAMES
 TASKS = caps.TASKS
@@ -90,16 +91,6 @@ removes."""
 BUILD_DEADLINE_RANGE = ("1m", "168h")
 BUILD_GATE_DEFAULTS: Mapping[str, Any] = {"minAgreement": 0.99, "maxLatencyRatio": 1.0}
 """``spec.variants[].build.gates``: what the offline report must show for ``readyToRollOut``."""
-
-
-@dataclass(frozen=True)
-class Student:
-    """The smaller model ``distill`` trains (``build.student``); None keeps the source's."""
-
-    layers: int
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    heads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -636,6 +627,11 @@ def parse_rollout(raw: Any, variants: tuple[Variant, ...], traffic: Mapping[str,
         raise InvalidSpecError(
             f"{where}.mirrorPercent: the agreement gate needs mirrored requests; set "
             "mirrorPercent above 0 or minAgreement to 0")
+    if analysis.min_agreement is not None and steps[0] >= 100:
+        raise InvalidSpecError(
+            f"spec.rollout.steps: the agreement gate needs a step below 100: the stable "
+            f"variant mirrors its requests to the candidate only while it serves some (e.g. "
+            f"steps [50, 100]), or set {where}.minAgreement to 0")
     r = {**ROLLOUT_DEFAULTS, **raw}
     return Rollout(
         candidate=str(candidate), steps=steps,

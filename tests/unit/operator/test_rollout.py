@@ -75,6 +75,14 @@ def test_min_agreement_zero_switches_the_agreement_gate_off() -> None:
     assert [g["name"] for g in d.status["lastAnalysis"]["gates"]] == ["latency", "errorRate"]
 
 
+def test_an_agreement_gate_needs_a_step_where_the_stable_variant_still_mirrors() -> None:
+    with pytest.raises(InvalidSpecError, match=r"spec.rollout.steps: the agreement gate needs "
+                                               r"a step below 100"):
+        parse_spec(body(steps=[100]))
+    spec = parse_spec(body(steps=[100], analysis={"minAgreement": 0, "mirrorPercent": 0}))
+    assert spec.rollout is not None and spec.rollout.steps == (100,)
+
+
 def test_parse_rollout_defaults_and_durations() -> None:
     r = parse_spec(body(steps=[5, 100], stepDuration="2m")).rollout
     assert r is not None
@@ -291,8 +299,8 @@ def test_no_data_for_a_gate_with_enough_requests_pauses() -> None:
 
 
 def test_at_100_percent_the_last_stable_measurements_stand_in() -> None:
-    spec = parse_spec(body(steps=[100]))
-    st = step(None, 0, spec=spec).status
+    spec = parse_spec(body(steps=[50, 100]))
+    st = dict(step(None, 0, spec=spec).status or {}, step=2)  # at the 100% step
     d = step(st, 15, good(stable_p95=None, agreement=None), spec=spec)
     assert d.status is not None and d.status["lastAnalysis"]["verdict"] == "NoData"
     st2 = dict(d.status, phase=ro.PROGRESSING, reason="",

@@ -121,7 +121,7 @@ def rollout_statuses() -> list[dict[str, Any]]:
         (302, None, {ro.ANNOTATION_ACTION: "promote/1"}),
     ]
     out = []
-    for steps in ([10, 50, 100], [100]):
+    for steps in ([10, 50, 100], [50, 100]):
         spec = parse_spec(rollout_body(steps))
         st: dict[str, Any] | None = None
         for seconds, smp, steering in script:
