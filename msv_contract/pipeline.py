@@ -6,7 +6,10 @@ content-addressed: ``artifact_key`` of (source model sha256, the recipe as canon
 sha256, ``CODE_VERSION``) names the directory ``<output prefix>/<key>/`` it is published to:
 ``model.tar.gz`` (the optimized model), ``report.json`` (the offline evaluation), and last
 ``MANIFEST`` (JSON: the key, the artifact's sha256 and size, the report's sha256): a key whose
-MANIFEST exists is finished and never recomputed; one without it is not served.
+MANIFEST exists is finished and never recomputed; one without it is not served. The output
+prefix is an S3 prefix or a directory on a PersistentVolumeClaim (``pvc://claim/prefix/``: the
+Job mounts the claim and publishes to it as ``file://``; the operator never reads the volume
+and records the Job's result instead).
 """
 
 from __future__ import annotations

@@ -311,27 +311,44 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
                   pull_policy: str | None, security: dict[str, Any],
                   cache_url: str | None = None, *, volume_name: str = "model",
                   mount_path: str = MODEL_DIR, container: str = PULL_CONTAINER
-                  ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The volume holding the model (or any pulled file: ``volume_name`` at ``mount_path``),
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The volumes holding the model (or any pulled file: ``volume_name`` at ``mount_path``),
     its mount, and the init container ``container`` that fills it (``model-server pull``,
     checking the sha256 when the source names one; the source's own credentials Secret, else
-    ``credentials_secret``)."""
+    ``credentials_secret``).
+
+    ``pvc://claim/dir``: the directory is mounted read-only, nothing is pulled.
+    ``pvc://claim/…/model.tar.gz`` (an archive, ``env.ARCHIVE_SUFFIXES``; a built variant's
+    artifact on a volume): the claim is mounted read-only into the init container only, which
+    pulls the archive from it (``file://``) into an emptyDir, unpacking it and checking its
+    sha256, as from a store."""
     credentials_secret = src.credentials_secret or credentials_secret
     parsed = urlparse(src.uri)
     mount: dict[str, Any] = {"name": volume_name, "mountPath": mount_path, "readOnly": True}
-    if src.scheme == "pvc":
-        sub_path = parsed.path.strip("/")
+    sub_path = parsed.path.strip("/")
+    pull_uri = src.uri
+    claim_volume: dict[str, Any] | None = None
+    claim_mount: dict[str, Any] | None = None
+    if src.scheme == "pvc" and not sub_path.endswith(env.ARCHIVE_SUFFIXES):
         if sub_path:
             mount["subPath"] = sub_path
         volume = {"name": volume_name, "persistentVolumeClaim": {
             "claimName": parsed.netloc, "readOnly": True}}
-        return volume, mount, []
+        return [volume], mount, []
+    if src.scheme == "pvc":
+        claim_volume = {"name": f"{volume_name}-claim", "persistentVolumeClaim": {
+            "claimName": parsed.netloc, "readOnly": True}}
+        claim_dir = f"{env.CLAIM_MOUNT}/{volume_name}"
+        claim_mount = {"name": claim_volume["name"], "mountPath": claim_dir, "readOnly": True}
+        pull_uri = f"file://{claim_dir}/{sub_path}"
+        cache_url = None  # the node's cache agent cannot read the pod's volume
+        credentials_secret = None
     if src.scheme == "file":
         # Single-node development clusters only: hostPath is refused where Pod Security
         # "restricted" is enforced (docs/modelservice-api.md).
         volume = {"name": volume_name, "hostPath": {"path": parsed.path, "type": "Directory"}}
-        return volume, mount, []
-    args = ["pull", src.uri, mount_path]
+        return [volume], mount, []
+    args = ["pull", pull_uri, mount_path]
     if src.sha256:
         args += ["--sha256", src.sha256]
     if cache_url:
@@ -342,7 +359,8 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
         "command": ["model-server"],
         "args": args,
         "volumeMounts": [{"name": volume_name, "mountPath": mount_path},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         *([claim_mount] if claim_mount else [])],
         "securityContext": security,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         # `model-server pull` writes its one-line error to /dev/termination-log; anything
@@ -353,7 +371,10 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
         init["imagePullPolicy"] = pull_policy
     if credentials_secret:
         init["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
-    return {"name": volume_name, "emptyDir": {}}, mount, [init]
+    volumes = [{"name": volume_name, "emptyDir": {}}]
+    if claim_volume:
+        volumes.append(claim_volume)
+    return volumes, mount, [init]
 
 
 def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
@@ -469,7 +490,7 @@ def pod_security() -> dict[str, Any]:
 
 def pull_volume(src: ModelSource, credentials_secret: str | None, image: str,
                 pull_policy: str | None, *, volume_name: str, mount_path: str, container: str
-                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+                ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """``_model_volume`` for another pod than a variant's (the optimization Job's source and
     data; no model cache)."""
     return _model_volume(src, credentials_secret, image, pull_policy, container_security(),
@@ -489,7 +510,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         target = placement.target if placement is not None else spec_target(spec)
     image = serving_image(spec, opts)
     security = container_security()
-    volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
+    volumes, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
                                         image, spec.image_pull_policy, security,
                                         opts.model_cache_url)
     secret_volumes, secret_mounts = _secret_volumes(spec)
@@ -525,7 +546,8 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     pod: dict[str, Any] = {
         "securityContext": pod_security(),
         "containers": [container],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME, *secret_volumes],
+        "volumes": [*volumes, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME,
+                    *secret_volumes],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
     }

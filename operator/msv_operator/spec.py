@@ -89,6 +89,10 @@ BUILD_DEFAULTS: Mapping[str, Any] = {"deadline": "2h", "pruningAmount": 0.3}
 """``spec.variants[].build``: the Job's deadline, and the share of FFN neurons prune-recover
 removes."""
 BUILD_DEADLINE_RANGE = ("1m", "168h")
+BUILD_OUTPUT_SCHEMES = ("s3", "pvc")
+"""``spec.variants[].build.output.uri``: an S3 prefix (the operator reads its MANIFEST), or a
+directory on a PersistentVolumeClaim the Job mounts read-write (the operator records what the
+Job reports; docs/optimization.md)."""
 BUILD_GATE_DEFAULTS: Mapping[str, Any] = {"minAgreement": 0.99, "maxLatencyRatio": 1.0}
 """``spec.variants[].build.gates``: what the offline report must show for ``readyToRollOut``."""
 
@@ -103,7 +107,8 @@ class Build:
     """The data set (its sha256 is required: the artifact key hashes it)."""
     data_labels: bool
     output: str
-    """``s3://bucket/prefix/`` the artifact is published under (``<output>/<key>/``)."""
+    """``s3://bucket/prefix/`` or ``pvc://claim/prefix/`` the artifact is published under
+    (``<output>/<key>/``; always ends with ``/``)."""
     output_secret: str | None
     steps: int | None = None
     epochs: int | None = None
@@ -513,9 +518,16 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     max_time = budget.get("maxTime")
     output = _object(b.get("output"), f"{where}.output", "uri")
     out_uri = _check_uri(output.get("uri"), f"{where}.output.uri")
-    if not out_uri.startswith("s3://"):
+    out_scheme = out_uri.split("://", 1)[0]
+    if out_scheme not in BUILD_OUTPUT_SCHEMES:
         raise InvalidSpecError(f"{where}.output.uri: {out_uri!r}: artifacts are published to "
-                               "an s3://bucket/prefix/ (the operator reads their MANIFEST)")
+                               "an s3://bucket/prefix/ or a pvc://claim/prefix/")
+    if out_scheme == "pvc" and ".." in urlparse(out_uri).path.split("/"):
+        raise InvalidSpecError(f"{where}.output.uri: {out_uri!r}: a '..' would leave the "
+                               "volume; name a directory inside the claim")
+    if out_scheme == "pvc" and output.get("credentialsSecret") is not None:
+        raise InvalidSpecError(f"{where}.output.credentialsSecret: a pvc:// output is a volume "
+                               "the Job mounts; it takes no credentials (remove the field)")
     out_secret = (_secret_name(output, "credentialsSecret", f"{where}.output", "unsigned")
                   if output.get("credentialsSecret") is not None else None)
     amount: float | None = None

@@ -330,7 +330,10 @@ def _unschedulable(pod: Mapping[str, Any], message: str) -> str:
         for v in (pod.get("spec") or {}).get("volumes") or ():
             if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim:
                 use = ("the model volume (spec.model.uri pvc://" + claim + ")"
-                       if v.get("name") == MODEL_VOLUME else f"volume {v.get('name')}")
+                       if v.get("name") == MODEL_VOLUME
+                       else f"the model volume (pvc://{claim})"
+                       if v.get("name") == f"{MODEL_VOLUME}-claim"
+                       else f"volume {v.get('name')}")
                 return (f'PersistentVolumeClaim "{claim}" does not exist; create it or fix '
                         f"{use}: {_trim(message)}")
     return _trim(message)
