@@ -5,7 +5,10 @@ Two loops read the Kubernetes API (through ``msv_operator.kube``, in a worker th
 served from the API server's watch cache):
 
 * routes: the routes ConfigMap every ``poll`` seconds -> ``Holder.set_routes`` -> listeners
-  opened and closed; a malformed document is logged and the previous routes are kept;
+  opened and closed; a malformed document is logged and the previous routes are kept; a
+  route the operator removed keeps its listener for ``retire_seconds`` (forwarding to the
+  Service's ready pods), since kube-proxy may still send new connections to the activator
+  for a moment after the operator removed its EndpointSlice;
 * endpoints: for each routed Service, the Service and its controller-managed EndpointSlices
   -> each route's ready endpoints; every ``poll`` seconds, every ``fast_poll`` seconds while
   a request is held for it, and at once when a request starts being held. The activator's
@@ -53,6 +56,9 @@ class Config:
     """The activator's own Service (its endpoints are the replicas); empty: no peers."""
     pod_name: str = "activator"
     pod_ip: str = ""
+    retire_seconds: float = 10.0
+    """How long a removed route keeps its listener (kube-proxy's lag after the slice goes);
+    a connection there meanwhile is forwarded to a ready pod, never refused."""
 
 
 class Activator:
@@ -68,6 +74,9 @@ class Activator:
         self.scaler = scaler_mod.Scaler(self.peers.counts, self.holder.changed)
         self.routes_read = False
         self._routes_text: str | None = None
+        self._routes: dict[int, r.Route] = {}
+        self._retiring: dict[int, tuple[r.Route, float]] = {}
+        """Removed routes still listening: port -> (route, when its listener closes)."""
 
     # -- routes ---------------------------------------------------------------------------
     async def sync_routes(self) -> None:
@@ -76,15 +85,26 @@ class Activator:
                                      c.routes_configmap)
         text = ((cm or {}).get("data") or {}).get(c.routes_key)
         self.routes_read = True
-        if text == self._routes_text:
+        now = asyncio.get_running_loop().time()
+        expired = any(until <= now for _, until in self._retiring.values())
+        if text == self._routes_text and not expired:
             return
-        try:
-            routes = r.parse_routes(text)
-        except r.RouteError as e:
-            log.error("Kept the previous routes: ConfigMap %s/%s: %s", c.namespace,
-                      c.routes_configmap, e)
-            return
-        self._routes_text = text
+        if text != self._routes_text:
+            try:
+                parsed = r.parse_routes(text)
+            except r.RouteError as e:
+                log.error("Kept the previous routes: ConfigMap %s/%s: %s", c.namespace,
+                          c.routes_configmap, e)
+                return
+            self._routes_text = text
+            for port, route in self._routes.items():
+                if port not in parsed:
+                    self._retiring[port] = (route, now + c.retire_seconds)
+            self._routes = parsed
+        for port in list(self._retiring):
+            if port in self._routes or self._retiring[port][1] <= now:
+                del self._retiring[port]
+        routes = {**{p: route for p, (route, _) in self._retiring.items()}, **self._routes}
         opened, closed = self.holder.set_routes(routes)
         for port in closed:
             await self.proxy.close(port)

@@ -288,7 +288,7 @@ async def connects(port: int) -> bool:
 def test_listeners_follow_the_routes_configmap_and_endpoints_follow_the_service() -> None:
     async def main() -> None:
         kube = FakeKube()
-        app = Activator(Config(namespace="system", bind="127.0.0.1"), kube)
+        app = Activator(Config(namespace="system", bind="127.0.0.1", retire_seconds=0.3), kube)
         a, b = free_port(), free_port()
         kube.routes(a, b)
         await app.sync_routes()
@@ -300,6 +300,14 @@ def test_listeners_follow_the_routes_configmap_and_endpoints_follow_the_service(
         await app.sync_endpoints()
         assert app.holder.routes[a].endpoints == [("10.1.2.3", 8080)]
         kube.routes(a)
+        await app.sync_routes()
+        # a removed route keeps listening (kube-proxy may still send to it), with its
+        # Service's endpoints, until retire_seconds have passed; then it closes
+        assert sorted(app.proxy.runners) == sorted([a, b]) and await connects(b)
+        kube.slices[(NS, SVC)] = [_slice(r.CONTROLLER_MANAGED_BY, [("10.1.2.4", True)])]
+        await app.sync_endpoints()
+        assert app.holder.routes[b].endpoints == [("10.1.2.4", 8080)]
+        await asyncio.sleep(0.35)
         await app.sync_routes()
         assert list(app.proxy.runners) == [a]
         assert not await connects(b)
