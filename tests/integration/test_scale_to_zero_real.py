@@ -178,10 +178,18 @@ def activator_slice(k: kube.Kube, ns: str, service: str) -> bool:
     return any(s["metadata"]["name"] == f"{service}{stz.SLICE_SUFFIX}" for s in slices)
 
 
-def activator_requests(k: kube.Kube, system: str) -> dict[str, float]:
+def activator_pods(k: kube.Kube, release: tuple[str, str]) -> list[dict[str, Any]]:
+    system, rel = release
+    return k.list("v1", "Pod", system, f"app.kubernetes.io/instance={rel},"
+                                       "app.kubernetes.io/name=modelservice-operator-activator")
+
+
+def activator_requests(k: kube.Kube, release: tuple[str, str]) -> dict[str, float]:
     """``msv_activator_requests_total`` by result, summed over the activator's pods."""
     total: dict[str, float] = {}
-    for pod in k.list("v1", "Pod", system, "app.kubernetes.io/component=activator"):
+    pods = activator_pods(k, release)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    for pod in pods:
         ip = (pod.get("status") or {}).get("podIP")
         if not ip:
             continue
@@ -228,7 +236,7 @@ def test_a_modelservice_at_zero_holds_the_first_requests_and_goes_back_to_zero_w
 
     # The activator's metrics, summed over its replicas: the held requests were forwarded,
     # none timed out.
-    total = activator_requests(k, release[0])
+    total = activator_requests(k, release)
     assert total.get("forwarded", 0) >= len(load.held_ms), total
     assert total.get("timeout", 0) == 0 and total.get("full", 0) == 0, total
 
@@ -259,6 +267,8 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
         return weight > 0
     wait_for("the rollout to send int8 traffic", sent_traffic, timeout=300, interval=0.5)
     phases = [p for p, _, _ in seen]
+    changes = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
+    print(f"rollout of a candidate at zero: (phase, int8 weight, int8 ready pods) {changes}")
     assert "Pending" in phases or seen[0][2] >= 1, seen[:10]
     so = k.get(stz.KEDA_API, stz.SCALED_OBJECT, ns, f"{name}-int8")
     assert so and so["spec"]["minReplicaCount"] == 1, "held at one pod during the rollout"
