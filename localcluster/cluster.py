@@ -14,7 +14,6 @@ clusters can run side by side with different state directories; ports are picked
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from localcluster import (
     components,
     images,
     keda,
+    locks,
     monitoring,
     network,
     nodes,
@@ -187,16 +187,9 @@ def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, _state_file(state_dir))
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise up/down on one state directory (or the machine's one real node)."""
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Serialise up/down/release on one state directory."""
+    return locks.held(path / ".lock")
 
 
 def _free_ports(names: list[str]) -> dict[str, int]:

@@ -37,6 +37,20 @@ PROGRESS_PREFIX = "msv-progress "
 ``{"phase": str, "step": int, "total": int, "etaSeconds": float | null}``; phases:
 ``loading``, ``calibrating`` | ``pruning`` | ``training``, ``evaluating``, ``publishing``,
 ``done``. The operator reads the newest one from the pod's log (status progress)."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Image data (tasks whose data are images, ``capabilities.DATA_KINDS``): files with these
+suffixes (any case), PNG or JPEG, any size and colour mode (read as RGB)."""
+IMAGE_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+"""Image data comes as one tar archive (optionally gzipped) with these suffixes, or as a
+directory tree. Inside, paths are relative to the archive's root: ``name.png`` is an
+unlabelled image, ``<label>/name.png`` one labelled with the model's label ``<label>`` (a
+label name or an index); labels are all or nothing. Other files (and names starting with a
+dot) are ignored."""
+MAX_IMAGES = 100_000
+"""An image data set holding more images is refused (the build reads them all)."""
+
+
 @dataclass(frozen=True)
 class Student:
     """The smaller model ``distill`` trains (the recipe's ``student``, the spec's

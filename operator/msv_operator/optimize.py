@@ -127,8 +127,9 @@ class PipelineState:
 def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any]:
     """The recipe the Job runs and the key hashes, in the form ``model-server optimize build``
     reads (model_server/optimize/recipe.py): the recipe, the framework and task, ``steps`` or
-    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``) and
-    whether the data has labels. Not in it: URIs, credentials, output, resources, deadline,
+    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``), how
+    image pixels become a TensorFlow model's input (``inputRange``) and whether the data has
+    labels. Not in it: URIs, credentials, output, resources, deadline,
     gates, autoRollout (they do not change what is produced)."""
     out: dict[str, Any] = {"recipe": build.recipe, "framework": parsed.framework,
                            "task": parsed.task, "labels": build.data_labels}
@@ -145,6 +146,8 @@ def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any
         out["student"] = {k: v for k, v in (
             ("layers", st.layers), ("hiddenSize", st.hidden_size),
             ("intermediateSize", st.intermediate_size), ("heads", st.heads)) if v is not None}
+    if build.input_range is not None:
+        out["inputRange"] = list(build.input_range)
     return out
 
 

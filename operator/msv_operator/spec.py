@@ -115,6 +115,8 @@ class Build:
     max_time_seconds: float | None = None
     pruning_amount: float | None = None
     student: Student | None = None
+    input_range: tuple[float, float] | None = None
+    """``data.inputRange`` (framework tensorflow): what image pixels 0..255 become."""
     resources: Mapping[str, Any] = field(default_factory=dict)
     deadline_seconds: int = int(_seconds(BUILD_DEFAULTS["deadline"]))
     min_agreement: float = BUILD_GATE_DEFAULTS["minAgreement"]
@@ -510,6 +512,20 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     labels = data.get("labels", False)
     if not isinstance(labels, bool):
         raise InvalidSpecError(f"{where}.data.labels: expected true or false")
+    input_range: tuple[float, float] | None = None
+    if data.get("inputRange") is not None:
+        value = data["inputRange"]
+        if caps.FRAMEWORKS[framework].tasks:  # a pipeline framework preprocesses itself
+            tensor = [f.name for f in caps.FRAMEWORKS.values() if not f.tasks]
+            raise InvalidSpecError(f"{where}.data.inputRange: applies to framework "
+                                   f"{' or '.join(tensor)} only (a {framework} model's own "
+                                   "preprocessor scales pixels)")
+        if (not isinstance(value, list) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+                or not value[0] < value[1]):
+            raise InvalidSpecError(f"{where}.data.inputRange: expected [low, high] with "
+                                   f"low < high, not {value!r}")
+        input_range = (float(value[0]), float(value[1]))
     budget = _object(b.get("budget"), f"{where}.budget", "steps or epochs, maxTime")
     steps = budget.get("steps")
     epochs = budget.get("epochs")
@@ -576,7 +592,8 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
         epochs=None if epochs is None else _int(epochs, f"{where}.budget.epochs", 1, 1000),
         max_time_seconds=None if max_time is None else parse_duration(
             max_time, f"{where}.budget.maxTime"),
-        pruning_amount=amount, student=student, resources=dict(resources),
+        pruning_amount=amount, student=student, input_range=input_range,
+        resources=dict(resources),
         deadline_seconds=int(deadline),
         min_agreement=_ratio(g["minAgreement"], f"{where}.gates.minAgreement", 0.0, 1.0),
         max_latency_ratio=_ratio(g["maxLatencyRatio"], f"{where}.gates.maxLatencyRatio",

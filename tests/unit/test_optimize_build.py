@@ -110,7 +110,8 @@ def test_static_int8_publishes_manifest_last_loads_calibrated_and_is_reused(
     report = _report(result)
     assert report["key"] == key and report["codeVersion"] == pipeline.CODE_VERSION
     assert report["sourceSha256"] == SHA_SOURCE and report["dataSha256"] == SHA_DATA
-    assert report["data"] == {"examples": 96, "train": 72, "heldOut": 24, "labels": True}
+    assert report["data"] == {"kind": "text", "examples": 96, "train": 72, "heldOut": 24,
+                              "labels": True}
     assert report["result"]["int8"] == "static"
     assert report["result"]["agreement"] >= 0.9
     assert "accuracy" in report["result"] and report["job"]["cpuSeconds"] > 0

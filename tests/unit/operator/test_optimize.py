@@ -336,6 +336,41 @@ def test_a_framework_that_cannot_build_is_refused() -> None:
         spec.parse_spec(ms)
 
 
+def test_exactly_the_capability_tables_framework_task_pairs_build() -> None:
+    def tf(task: str | None, **build: Any) -> dict[str, Any]:
+        ms = body(recipe="static-int8", pruning=None, **build)
+        del ms["spec"]["variants"][1]["build"]["pruning"]
+        ms["spec"]["model"].update(framework="tensorflow", uri="s3://models/cnn.tar.gz")
+        ms["spec"]["model"].pop("task")
+        if task:
+            ms["spec"]["model"]["task"] = task
+        return ms
+
+    images = {"uri": "s3://data/colours.tar.gz", "sha256": DATA, "inputRange": [-1, 1]}
+    parsed = spec.parse_spec(tf("image-classification", data=images))
+    build = parsed.variants[1].build
+    assert build is not None and build.input_range == (-1.0, 1.0)
+    assert optimize.recipe_of(parsed, build)["inputRange"] == [-1.0, 1.0]
+    with pytest.raises(spec.InvalidSpecError,
+                       match=r"build\.recipe: static-int8 does not produce tensorflow task-less"):
+        spec.parse_spec(tf(None))
+    ms = tf("image-classification")
+    ms["spec"]["variants"][1]["build"].update(recipe="distill", student={"layers": 1})
+    with pytest.raises(spec.InvalidSpecError,
+                       match=r"build\.recipe: distill needs .*framework transformers, not "
+                             "tensorflow"):
+        spec.parse_spec(ms)
+    ms = body()
+    ms["spec"]["model"]["task"] = "text-generation"
+    with pytest.raises(spec.InvalidSpecError, match=r"prune-recover does not produce"):
+        spec.parse_spec(ms)
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.data\.inputRange: applies to "
+                                                    "framework torchscript or tensorflow only"):
+        spec.parse_spec(body(data=images))
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.data\.inputRange: expected"):
+        spec.parse_spec(tf("image-classification", data={**images, "inputRange": [1, 0]}))
+
+
 def test_a_build_needs_the_source_sha256_and_no_model_of_its_own() -> None:
     ms = body()
     del ms["spec"]["model"]["sha256"]
