@@ -76,7 +76,8 @@ def release(crd: None, keda: None, cluster: lc.Cluster, module_real_namespace: s
     system, name = f"msv-zero-{suffix}", f"msv-zero-{suffix}"
     helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system, "--create-namespace",
          "--set", f"watchNamespaces={{{module_real_namespace}}}", "--set", "crds.install=false",
-         "--set", f"prometheus.url={monitoring.PROMETHEUS_URL}", "--set", "prometheus.measureSeconds=5",
+         "--set", f"prometheus.url={monitoring.PROMETHEUS_URL}",
+         "--set", "prometheus.measureSeconds=5",
          "--set", "scaleToZero.enabled=true",
          "--set", f"scaleToZero.kedaPrometheusUrl={monitoring.PROMETHEUS_URL}",
          "--set", "scaleToZero.activator.holdSeconds=150", "--wait", "--timeout=240s")
