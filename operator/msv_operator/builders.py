@@ -61,7 +61,7 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
-from msv_operator import pools, shares
+from msv_operator import pools, shares, zero
 from msv_operator.config import RuntimeImages, image_env
 from msv_operator.rollout import spec_weights
 from msv_operator.spec import InvalidSpecError, ModelServiceSpec, ModelSource, Variant, parse_spec
@@ -437,6 +437,17 @@ def _secret_volumes(spec: ModelServiceSpec) -> tuple[list[dict[str, Any]], list[
     return volumes, mounts
 
 
+def service_ports() -> list[dict[str, Any]]:
+    """The ports of every Service of a ModelService (the activator's slices mirror them)."""
+    return _service_ports()
+
+
+def object_metadata(ms: Mapping[str, Any], name: str, variant: str | None = None
+                    ) -> dict[str, Any]:
+    """Name, namespace, labels and the controller ownerReference of an object of ``ms``."""
+    return _metadata(ms, name, variant)
+
+
 def _service_ports() -> list[dict[str, Any]]:
     return [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
@@ -599,7 +610,7 @@ def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[
 def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
               min_replicas: int | None = None) -> dict[str, Any]:
     """The variant's HPA; ``min_replicas`` overrides spec.autoscaling.minReplicas
-    (``hpa_min_replicas``)."""
+    (``hpa_min_replicas``); never below 1 (a variant at zero is KEDA's, ``zero``)."""
     assert spec.autoscaling is not None
     a = spec.autoscaling
     name = object_name(spec.name, variant.name)
@@ -613,7 +624,7 @@ def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
             "target": {"type": "AverageValue", "averageValue": str(a.target_inflight)}}})
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": a.min_replicas if min_replicas is None else min_replicas,
+        "minReplicas": max(1, a.min_replicas if min_replicas is None else min_replicas),
         "maxReplicas": a.max_replicas, "metrics": metrics,
     }
     if a.behavior:
@@ -783,13 +794,16 @@ def pod_marks(spec: ModelServiceSpec, serving: Serving) -> dict[str, PodMarks]:
 def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
               serving: Serving | None = None,
               gpu: Mapping[str, GpuPlacement] | None = None,
-              withheld: Collection[str] = ()) -> list[dict[str, Any]]:
+              withheld: Collection[str] = (), scale: zero.Plan | None = None,
+              ability: zero.Ability | None = None) -> list[dict[str, Any]]:
     """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
     not given; raises InvalidSpecError for a bad one, NoServingImage for one no configured
     image serves); ``serving`` the effective weights
     (spec.traffic when not given); ``gpu`` each GPU variant's placement (spec.gpu as written
     for a variant without one); ``withheld`` the variants that get no Deployment and no HPA
-    (the GPU fit refused them)."""
+    (the GPU fit refused them); ``scale`` the scale-to-zero plan of this pass
+    (``zero.plan``; its variants get a KEDA ScaledObject instead of an HPA, built with
+    ``ability``)."""
     spec = spec if spec is not None else parse_spec(ms)
     serving_image(spec, opts)  # refuses (NoServingImage) before any object is built
     serving = serving if serving is not None else spec_serving(spec)
@@ -798,6 +812,9 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
     replicas = variant_replicas(spec, weights, serving.routed)
     hpa_min = hpa_min_replicas(spec, serving) if spec.autoscaling else {}
+    if scale is not None:
+        hpa_min = {**hpa_min, **scale.floor}
+    keda = scale.keda if scale is not None and ability is not None else {}
     # The stable Service first: when a second variant is added it drops the variant label
     # before the per-variant Services appear, so no pod is ever selected twice for scraping.
     out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
@@ -810,8 +827,14 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
                 (gpu or {}).get(variant.name)))
         if variant_services(spec):
             out.append(build_variant_service(ms, spec, variant))
-        if spec.autoscaling and served:
-            out.append(build_hpa(ms, spec, variant, hpa_min[variant.name]))
+        if spec.autoscaling and served and variant.name in keda:
+            assert scale is not None and ability is not None
+            out.append(zero.build_scaled_object(
+                _metadata(ms, object_name(spec.name, variant.name), variant.name), spec,
+                variant.name, object_name(spec.name, variant.name), ability,
+                keda[variant.name], scale.paused.get(variant.name)))
+        elif spec.autoscaling and served:
+            out.append(build_hpa(ms, spec, variant, max(1, hpa_min[variant.name])))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if retry_budget_wanted(spec, opts):  # before the route: its retries start capped
