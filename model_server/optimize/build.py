@@ -7,7 +7,8 @@ Steps: check the recipe (model_server.optimize.recipe) and compute the artifact 
 key's MANIFEST already exists in the store, reuse it and do nothing else; load the source
 model and the data, split off the held-out examples, run the recipe (model_server.optimize.
 train), evaluate the source and the result on the held-out split through the server's own
-backend (so the result is known to load as it will be served), write report.json, publish
+backend (so the result is known to load as it will be served; their latencies are timed
+interleaved, so a shared CPU slows both alike), write report.json, publish
 (model_server.optimize.publish) and put the result (pipeline.RESULT_KEYS + summary) in the
 termination message. Progress lines go to stdout throughout.
 
@@ -146,13 +147,25 @@ def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, dat
                           progress, deadline)
     deadline.check(recipe.name)
 
-    progress("evaluating", 0, 2, force=True)
-    source_eval = evaluate(Path(source), held, latency_repeats, reference=None)
-    progress("evaluating", 1, 2)
-    result_eval = evaluate(model_dir, held, latency_repeats, reference=source_eval["_logits"])
-    progress("evaluating", 2, 2)
-    source_eval.pop("_logits")
-    result_eval.pop("_logits")
+    progress("evaluating", 0, 3, force=True)
+    source_backend = _serve(Path(source))
+    try:
+        result_backend = _serve(model_dir)
+        try:
+            source_eval = evaluate(source_backend, Path(source), held, reference=None)
+            progress("evaluating", 1, 3)
+            result_eval = evaluate(result_backend, model_dir, held,
+                                   reference=source_eval.pop("_logits"))
+            result_eval.pop("_logits")
+            progress("evaluating", 2, 3)
+            latency = interleaved_latency([source_backend, result_backend], held,
+                                          latency_repeats)
+            source_eval["latencyMsP50"], result_eval["latencyMsP50"] = latency
+            progress("evaluating", 3, 3)
+        finally:
+            result_backend.close()
+    finally:
+        source_backend.close()
     deadline.check("evaluating")
 
     report: dict[str, Any] = {
@@ -243,11 +256,8 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
     return details
 
 
-def evaluate(model_dir: Path, held: Any, repeats: int, *,
-             reference: Any | None) -> dict[str, Any]:
-    """Load `model_dir` through the server's backend and measure it on the held-out split:
-    parameters, bytes, on-disk bytes, CPU latency p50 at batch 1 and 8, top-1 agreement with
-    and KL divergence from `reference` (the source's logits), accuracy when labels exist."""
+def _serve(model_dir: Path) -> Any:
+    """`model_dir` loaded through the server's backend, as a variant is served."""
     from model_server.backends import create_backend
     from model_server.backends.base import LoadOptions
     from model_server.errors import ModelLoadError
@@ -257,32 +267,25 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *,
         backend.load(model_dir, LoadOptions(task="text-classification", device="cpu"))
     except ModelLoadError as exc:
         raise BuildError(f"the server cannot load {model_dir.name}: {exc}") from exc
-    try:
-        chunks = []
-        for start in range(0, len(held), EVAL_BATCH):
-            texts = held.texts[start:start + EVAL_BATCH]
-            out = backend.predict({"text": _texts(texts)})
-            chunks.append(np.asarray(out["logits"], dtype=np.float64))
-        logits = np.concatenate(chunks)
-        pred = logits.argmax(-1)
-        latency = {}
-        for size in (1, 8):
-            batch = {"text": _texts([held.texts[i % len(held)] for i in range(size)])}
-            backend.predict(batch)  # warm-up
-            times = []
-            for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                backend.predict(batch)
-                times.append((time.perf_counter() - t0) * 1000)
-            latency[f"batch{size}"] = round(statistics.median(times), 4)
-        info = backend.info()
-    finally:
-        backend.close()
+    return backend
+
+
+def evaluate(backend: Any, model_dir: Path, held: Any, *,
+             reference: Any | None) -> dict[str, Any]:
+    """Measure the served `backend` (loaded from `model_dir`) on the held-out split:
+    parameters, bytes, on-disk bytes, top-1 agreement with and KL divergence from
+    `reference` (the source's logits), accuracy when labels exist."""
+    chunks = []
+    for start in range(0, len(held), EVAL_BATCH):
+        out = backend.predict({"text": _texts(held.texts[start:start + EVAL_BATCH])})
+        chunks.append(np.asarray(out["logits"], dtype=np.float64))
+    logits = np.concatenate(chunks)
+    pred = logits.argmax(-1)
+    info = backend.info()
     result: dict[str, Any] = {
         "parameters": info.parameters,
         "sizeBytes": info.size_bytes,
         "diskBytes": sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()),
-        "latencyMsP50": latency,
         "agreement": 1.0 if reference is None else round(
             float((pred == reference.argmax(-1)).mean()), 6),
         "klToSource": 0.0 if reference is None else round(_kl(reference, logits), 8),
@@ -293,6 +296,29 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *,
     if held.labels is not None:
         result["accuracy"] = round(float((pred == np.asarray(held.labels)).mean()), 6)
     return result
+
+
+def interleaved_latency(backends: list[Any], held: Any, repeats: int
+                        ) -> list[dict[str, float]]:
+    """CPU latency p50 (ms) of each backend at batch 1 and 8 on held-out texts, keyed
+    batch1 / batch8. The backends take turns within each repetition, in alternating order
+    (after one warm-up each), so load from other processes during the measurement hits
+    them alike and their ratio stays meaningful on a shared machine."""
+    out: list[dict[str, float]] = [{} for _ in backends]
+    for size in (1, 8):
+        batch = {"text": _texts([held.texts[i % len(held)] for i in range(size)])}
+        times: list[list[float]] = [[] for _ in backends]
+        for backend in backends:
+            backend.predict(batch)  # warm-up
+        for rep in range(max(1, repeats)):
+            turns = list(zip(backends, times, strict=True))
+            for backend, series in turns[::-1] if rep % 2 else turns:
+                t0 = time.perf_counter()
+                backend.predict(batch)
+                series.append((time.perf_counter() - t0) * 1000)
+        for latency, series in zip(out, times, strict=True):
+            latency[f"batch{size}"] = round(statistics.median(series), 4)
+    return out
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

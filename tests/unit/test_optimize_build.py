@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from model_server.optimize import publish
-from model_server.optimize.build import build
+from model_server.optimize.build import build, interleaved_latency
 from model_server.optimize.recipe import BuildError
+from model_server.optimize.train import TextData
 from msv_contract import pipeline
 from tests import modelfactory
 
@@ -157,6 +158,12 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))
     assert backend.model.config.intermediate_size == 8
+    # the served model's FFN layers are physically narrower (no masks, no zero rows)
+    layer = backend.model.bert.encoder.layer[0]
+    assert tuple(layer.intermediate.dense.weight.shape) == (8, 32)
+    assert tuple(layer.output.dense.weight.shape) == (32, 8)
+    assert not any(name.endswith("_mask") for name, _ in backend.model.named_buffers())
+    assert set(report["result"]["latencyMsP50"]) == {"batch1", "batch8"}
 
 
 def test_distill_builds_the_requested_student(
@@ -224,3 +231,25 @@ def test_cli_writes_the_cause_to_the_termination_log(
     assert message.startswith("optimize build failed: recipe.student: hiddenSize 32 is not "
                               "divisible by heads 3")
     assert "\n" not in message
+
+
+class _Clock:
+    """A backend stand-in that records which backend ran, at which batch size."""
+
+    def __init__(self, name: str, calls: list[tuple[str, int]]) -> None:
+        self.name, self.calls = name, calls
+
+    def predict(self, inputs: dict[str, Any]) -> None:
+        self.calls.append((self.name, len(inputs["text"])))
+
+
+def test_latency_interleaves_source_and_result_in_alternating_order() -> None:
+    calls: list[tuple[str, int]] = []
+    held = TextData(["one", "two", "three"])
+    latency = interleaved_latency([_Clock("source", calls), _Clock("result", calls)], held, 4)
+    assert [set(x) for x in latency] == [{"batch1", "batch8"}] * 2
+    batch1 = [name for name, size in calls if size == 1]
+    # one warm-up each, then turns: source first on even rounds, result first on odd ones
+    assert batch1 == ["source", "result", "source", "result", "result", "source",
+                      "source", "result", "result", "source"]
+    assert [size for _, size in calls].count(8) == 10  # held-out texts cycled to batch 8
