@@ -236,18 +236,31 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
                            "weights and the calibration are stored, int8 is rebuilt at load")
         return details
     if recipe.name == "prune-recover":
+        # the same pruning at load time (weights only), for the report's comparison
+        load_time, removed = train.prune(teacher, recipe.amount)
+        prune_only, prune_only_kl = train.fidelity(load_time, teacher_held, tokenizer, held,
+                                                   recipe.max_length)
+        del load_time
+        norms = None
+        if recipe.ranking == "activation":
+            norms = train.activation_norms(teacher, tokenizer, training, recipe, progress,
+                                           deadline)
         progress("pruning", 0, 1, force=True)
-        student, removed = train.prune(teacher, recipe.amount)
+        student, removed = train.prune(teacher, recipe.amount, norms)
         before, before_kl = train.fidelity(student, teacher_held, tokenizer, held,
                                            recipe.max_length)
         progress("pruning", 1, 1)
         deadline.check("pruning")
         training_details = train.match_teacher(student, teacher, tokenizer, training, recipe,
-                                               progress, deadline)
+                                               progress, deadline, fine_tune=True)
         train.save(student, tokenizer, model_dir)
         return {"ffnNeuronsRemoved": removed,
                 "intermediateSize": int(student.config.intermediate_size),
-                "pruneOnlyAgreement": round(before, 6), "pruneOnlyKlToSource": round(before_kl, 8),
+                "ranking": recipe.ranking,
+                "pruneOnlyAgreement": round(prune_only, 6),
+                "pruneOnlyKlToSource": round(prune_only_kl, 8),
+                "beforeRecoveryAgreement": round(before, 6),
+                "beforeRecoveryKlToSource": round(before_kl, 8),
                 "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, tokenizer, training, recipe,

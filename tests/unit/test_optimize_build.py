@@ -154,6 +154,11 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     # shows the recovery: at least halved, and never fewer agreeing predictions
     assert report["result"]["klToSource"] < 0.5 * details["pruneOnlyKlToSource"]
     assert report["result"]["agreement"] >= details["pruneOnlyAgreement"]
+    # ranked on the data by default; the report also has that model before recovery
+    assert details["ranking"] == "activation"
+    assert report["result"]["klToSource"] < details["beforeRecoveryKlToSource"]
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == (
+        "warmup-cosine", False)
     assert report["result"]["parameters"] < report["source"]["parameters"]
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))
@@ -175,6 +180,7 @@ def test_distill_builds_the_requested_student(
     details = _report(result)["details"]
     assert details["initialisedFrom"] == [1]  # the teacher's last layer
     assert details["tensorsFresh"] > 0  # the narrower tensors start fresh
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == ("constant", True)
     config = _served(_unpack(result, tmp_path / "unpacked")).model.config
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size,
             config.num_attention_heads) == (1, 16, 32, 2)
@@ -190,6 +196,8 @@ def test_distill_builds_the_requested_student(
          "student.layers 3 exceeds the source model's 2 layers"),
         ({"recipe": "prune-recover", "amount": 0.95}, "labelled",
          "recipe.amount must be <= 0.9"),
+        ({"recipe": "prune-recover", "amount": 0.5, "ranking": "random"}, "labelled",
+         "recipe.ranking must be one of activation, weight, not 'random'"),
         ({"recipe": "prune-recover", "amount": 0.5, "steps": 50, "budget": {"maxSeconds": 0.01}},
          "labelled", "budget exceeded"),
         ({"recipe": "static-int8"}, "binary", "is not UTF-8 text"),
