@@ -115,10 +115,11 @@ def _near_ties(source: Path, texts: list[str], amount: float) -> dict[str, Any]:
 
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    data = train.TextData(texts)
-    ref = train.logits(model, tokenizer, data, BASE["maxLength"])
+    data = train.Examples(list(texts))
+    encoder = train.text_encoder(tokenizer, BASE["maxLength"])
+    ref = train.logits(model, encoder, data)
     pruned, _ = train.prune(model, amount)
-    out = train.logits(pruned, tokenizer, data, BASE["maxLength"])
+    out = train.logits(pruned, encoder, data)
     top2 = ref.softmax(-1).topk(2, -1).values
     clear = (top2[:, 0] - top2[:, 1]) >= NEAR_TIE
     agree = out.argmax(-1) == ref.argmax(-1)

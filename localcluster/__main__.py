@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 
-from localcluster import addons, build, cluster, images, monitoring, paths
+from localcluster import addons, build, cluster, images, keda, monitoring, paths
 from localcluster.gateway import install as gateway_install
 from localcluster.images import dockerfile
 
@@ -76,7 +76,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     healthy = all(s.healthy for s in st)
     c = cluster.current(args.state_dir)
     if c and c.real_node:
-        for name, ok, detail in [*monitoring.health(c), *gateway_install.health(c)]:
+        for name, ok, detail in [*monitoring.health(c), *keda.health(c),
+                                 *gateway_install.health(c)]:
             _out(f"{name:<24} {'healthy' if ok else 'UNHEALTHY':<9} {detail}")
             healthy = healthy and ok
     if healthy:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build the binaries from the pinned Go modules")
-    b.add_argument("components", nargs="*", help="etcd, kubernetes, kwok, helm (default: all)")
+    b.add_argument("components", nargs="*", help="etcd, kubernetes, kwok, helm, ..., keda "
+                   "(default: all)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.set_defaults(func=_cmd_build)
 

@@ -1,12 +1,14 @@
 """Third-party CRDs the project installs into the local cluster, taken from Go modules.
 
 ``crd_files(name)`` downloads the pinned module through the Go module proxy (``go mod
-download``, cached in Go's module cache) and returns the CRD manifests it ships.
+download``, cached in Go's module cache; with the Go toolchain the module asks for,
+``versions.toolchain_of``) and returns the CRD manifests it ships.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -36,6 +38,13 @@ ADDONS: dict[str, CrdSource] = {
         ("config/crd/experimental/gateway.networking.k8s.io_*.yaml",
          "config/crd/experimental/gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml"),
     ),
+    # KEDA's own kinds (ScaledObject, ScaledJob, TriggerAuthentication,
+    # ClusterTriggerAuthentication) and its eventing ones (CloudEventSource,
+    # ClusterCloudEventSource): its operator watches all six and does not start without them.
+    "keda": CrdSource(
+        "github.com/kedacore/keda/v2", versions.KEDA,
+        ("config/crd/bases/keda.sh_*.yaml", "config/crd/bases/eventing.keda.sh_*.yaml"),
+    ),
 }
 
 
@@ -47,9 +56,11 @@ def module_dir(module: str, version: str) -> Path:
     go = shutil.which("go")
     if not go:
         raise AddonError("the Go toolchain is not on PATH (needed to fetch CRD modules)")
+    toolchain = versions.toolchain_of(module)
+    env = dict(os.environ, **({"GOTOOLCHAIN": toolchain} if toolchain else {}))
     proc = subprocess.run(
         [go, "mod", "download", "-json", f"{module}@{version}"],
-        capture_output=True, text=True, check=False, cwd=Path.home(),
+        capture_output=True, text=True, check=False, cwd=Path.home(), env=env,
     )
     try:
         info = json.loads(proc.stdout)
@@ -62,7 +73,7 @@ def module_dir(module: str, version: str) -> Path:
 
 
 def crd_files(name: str) -> list[Path]:
-    """CRD YAML files of add-on ``name`` (``prometheus-operator`` or ``gateway-api``).
+    """CRD YAML files of add-on ``name`` (``prometheus-operator``, ``gateway-api``, ``keda``).
 
     Install them with ``kubectl apply --server-side -f FILE`` (they are too large for the
     client-side last-applied annotation). To read them in Python use

@@ -3,8 +3,11 @@
 Each component (a folder under ``localcluster/go/``) is built with ``go build -trimpath`` and
 ``CGO_ENABLED=0`` into ``$MSV_CACHE/bin/<component>-<version>/``. A stamp file there records a
 hash of everything that decides the output (version, go.mod, go.sum, sources, ldflags, Go
-version); when it matches, the component is "up to date" and nothing runs. Go's own module
-and build caches stay where Go keeps them (outside the repository).
+version: the component's own ``toolchain`` when it names one, which the go command fetches
+through the module proxy, else the local one); when it matches, the component is "up to
+date" and nothing runs. Go's own module and build caches stay where Go keeps them (outside
+the repository). With several packages, go names each file after its package; a component
+may rename them (``_outputs``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def module_dir(c: Component) -> Path:
 
 def _stamp_key(c: Component, go_version: str) -> str:
     h = hashlib.sha256()
-    h.update(f"{c.module}@{c.version}\n{go_version}\n".encode())
+    h.update(f"{c.module}@{c.version}\n{c.toolchain or go_version}\n".encode())
     h.update("\n".join((*c.packages, *c.ldflags, *c.tags)).encode())
     for f in sorted(module_dir(c).iterdir()):
         if f.is_file() and (f.suffix == ".go" or f.name in ("go.mod", "go.sum")):
@@ -67,6 +70,19 @@ def _check_pin(c: Component) -> None:
             f"{module_dir(c) / 'go.mod'} does not require {c.module} {c.version} "
             "(localcluster/versions.py and the wrapper module disagree)"
         )
+
+
+def _go_env(c: Component) -> dict[str, str]:
+    """What ``go build`` of ``c`` runs with besides the caller's environment."""
+    return {"CGO_ENABLED": "0", **({"GOTOOLCHAIN": c.toolchain} if c.toolchain else {})}
+
+
+def _outputs(c: Component) -> list[tuple[str, str]]:
+    """(file go build writes, binary name) per binary: with several packages go names each
+    file after its package's last element, which a binary may rename (``keda``)."""
+    if len(c.binaries) == 1:
+        return [(c.binaries[0], c.binaries[0])]
+    return [(pkg.rsplit("/", 1)[-1], b) for pkg, b in zip(c.packages, c.binaries, strict=True)]
 
 
 def is_built(c: Component) -> bool:
@@ -110,7 +126,7 @@ def build_component(c: Component, go: str, go_version: str, *, force: bool = Fal
     start = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{c.name}-", dir=target.parent))
-    env = dict(os.environ, CGO_ENABLED="0")
+    env = dict(os.environ, **_go_env(c))
     ldflags = " ".join(("-s", "-w", *c.ldflags))
     cmd = [go, "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags]
     if c.tags:
@@ -126,11 +142,12 @@ def build_component(c: Component, go: str, go_version: str, *, force: bool = Fal
             raise BuildError(
                 f"building {c.module}@{c.version} failed (go build exited {proc.returncode}):\n"
                 f"{tail}\nretry with: {RETRY} {c.name}\n"
-                f"(the failing command, run in {module_dir(c)}: CGO_ENABLED=0 {hand})"
+                f"(the failing command, run in {module_dir(c)}: "
+                f"{' '.join(f'{k}={v}' for k, v in _go_env(c).items())} {hand})"
             )
         target.mkdir(parents=True, exist_ok=True)
-        for b in c.binaries:
-            os.replace(tmp / b, target / b)
+        for made, b in _outputs(c):
+            os.replace(tmp / made, target / b)
         stamp.write_text(key + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

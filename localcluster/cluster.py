@@ -14,7 +14,6 @@ clusters can run side by side with different state directories; ports are picked
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,16 +21,19 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localcluster import (
+    addons,
     build,
     certs,
     components,
     images,
+    keda,
+    locks,
     monitoring,
     network,
     nodes,
@@ -185,16 +187,9 @@ def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, _state_file(state_dir))
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise up/down on one state directory (or the machine's one real node)."""
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Serialise up/down/release on one state directory."""
+    return locks.held(path / ".lock")
 
 
 def _free_ports(names: list[str]) -> dict[str, int]:
@@ -353,6 +348,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = 180,
                 # again; unchanged ones cost one `ctr images ls`.
                 _load_images(_ctx(sd, state), out)
                 _ensure_monitoring(c, out)
+                _ensure_keda(c, out)
                 _ensure_gateway(c, out)
         elif state and _repairable(sd, state):
             c = _repair(sd, state, timeout, out)
@@ -456,6 +452,7 @@ def _repair(sd: Path, state: dict[str, Any], timeout: float, out: Callable[[str]
     if ctx.real_node:
         _load_images(ctx, out)
         _ensure_monitoring(c, out)
+        _ensure_keda(c, out)
         _ensure_gateway(c, out)
     return c
 
@@ -511,6 +508,7 @@ def _start(sd: Path, timeout: float, out: Callable[[str], None], owner: str,
     if real_node:
         _load_images(ctx, out)  # unbounded by ``timeout``: a first import moves gigabytes
         _install_monitoring(cluster, out)
+        _install_keda(cluster, out)
         _install_gateway(cluster, out)  # after monitoring: its ServiceMonitor needs the CRD
     return cluster
 
@@ -533,6 +531,22 @@ def _ensure_monitoring(cluster: Cluster, out: Callable[[str], None]) -> None:
     """Install the monitoring stack again if a part of it is missing or unhealthy."""
     if not all(ok for _name, ok, _detail in monitoring.health(cluster)):
         _install_monitoring(cluster, out)
+
+
+def _install_keda(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """KEDA's operator and metrics adapter (external.metrics.k8s.io), as pods on the real
+    node, with its CRDs."""
+    try:
+        keda.install(cluster, out=out)
+    except (keda.KedaError, monitoring.MonitoringError, addons.AddonError,
+            subprocess.CalledProcessError) as e:
+        raise ClusterError(f"KEDA did not start: {e}") from e
+
+
+def _ensure_keda(cluster: Cluster, out: Callable[[str], None]) -> None:
+    """Install KEDA again if a part of it is missing or unhealthy."""
+    if not all(ok for _name, ok, _detail in keda.health(cluster)):
+        _install_keda(cluster, out)
 
 
 def _install_gateway(cluster: Cluster, out: Callable[[str], None]) -> None:

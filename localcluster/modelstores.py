@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localcluster import images, paths
+from localcluster import images, locks, paths
 
 NAMESPACE = "model-stores"
 IMAGE = images.image_ref("model-store")
@@ -29,6 +29,7 @@ HTTP_IP = "10.96.0.80"
 S3_IP = "10.96.0.81"
 HTTP_URL = f"http://{HTTP_IP}"
 S3_ENDPOINT = f"http://{S3_IP}"
+DEPLOY_LOCK = ".model-stores.lock"  # in the state directory: one ``deploy`` at a time
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local-secret",
                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": S3_ENDPOINT}
 
@@ -84,7 +85,16 @@ def manifests(state_dir: Path | None = None) -> dict[str, Any]:
 
 
 def deploy(cluster: Any, timeout: float = 120) -> None:
-    """Apply the stores and wait until both answer through their Services."""
+    """Apply the stores and wait until both answer through their Services.
+
+    Several processes (test workers) may call it at once: one applies and waits, the others
+    then find the stores answering.
+    """
+    with locks.held(cluster.state_dir / DEPLOY_LOCK):
+        _deploy(cluster, timeout)
+
+
+def _deploy(cluster: Any, timeout: float) -> None:
     import urllib.error
     import urllib.request
 

@@ -86,13 +86,13 @@ class MonitoringError(RuntimeError):
 # -- Manifests (pure: upstream documents in, objects out) ------------------------------------
 
 
-def _security(user: int = 65534) -> dict[str, Any]:
+def security(user: int = 65534) -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
             "runAsNonRoot": True, "runAsUser": user, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _binding(name: str, role: str, sa: str, namespace: str, *, kind: str = "ClusterRoleBinding",
+def binding(name: str, role: str, sa: str, namespace: str, *, kind: str = "ClusterRoleBinding",
              role_kind: str = "ClusterRole", in_namespace: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": PART_OF}
     if in_namespace:
@@ -102,7 +102,7 @@ def _binding(name: str, role: str, sa: str, namespace: str, *, kind: str = "Clus
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]}
 
 
-def _service_account(name: str, namespace: str) -> dict[str, Any]:
+def service_account(name: str, namespace: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": name, "namespace": namespace, "labels": PART_OF}}
 
@@ -127,7 +127,7 @@ def _deployment(name: str, namespace: str, image: str, args: list[str], port: tu
                          "args": args, "ports": [{"name": port[0], "containerPort": port[1]}],
                          "readinessProbe": {**probe, "periodSeconds": 2},
                          "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
-                         "securityContext": _security(),
+                         "securityContext": security(),
                          "volumeMounts": mounts}],
                      "volumes": volumes}}}}
 
@@ -140,11 +140,11 @@ def prometheus_stack(operator_role: Mapping[str, Any], prometheus_role: Mapping[
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": NAMESPACE, "labels": PART_OF}},
         {**operator_role, "metadata": {"name": "prometheus-operator", "labels": PART_OF}},
-        _service_account("prometheus-operator", NAMESPACE),
-        _binding("prometheus-operator", "prometheus-operator", "prometheus-operator", NAMESPACE),
+        service_account("prometheus-operator", NAMESPACE),
+        binding("prometheus-operator", "prometheus-operator", "prometheus-operator", NAMESPACE),
         {**prometheus_role, "metadata": {"name": "localcluster-prometheus", "labels": PART_OF}},
-        _service_account("prometheus", NAMESPACE),
-        _binding("localcluster-prometheus", "localcluster-prometheus", "prometheus", NAMESPACE),
+        service_account("prometheus", NAMESPACE),
+        binding("localcluster-prometheus", "localcluster-prometheus", "prometheus", NAMESPACE),
         _deployment("prometheus-operator", NAMESPACE, op_image, [
             f"--prometheus-config-reloader={op_image}",
             "--web.listen-address=:8080", "--log-level=info",
@@ -234,10 +234,10 @@ def adapter_stack(adapter_role: Mapping[str, Any]) -> list[dict[str, Any]]:
     name = "prometheus-adapter"
     items: list[dict[str, Any]] = [
         {**adapter_role, "metadata": {"name": name, "labels": PART_OF}},
-        _service_account(name, NAMESPACE),
-        _binding(name, name, name, NAMESPACE),
-        _binding(f"{name}:system:auth-delegator", "system:auth-delegator", name, NAMESPACE),
-        _binding(f"{name}-auth-reader", "extension-apiserver-authentication-reader", name,
+        service_account(name, NAMESPACE),
+        binding(name, name, name, NAMESPACE),
+        binding(f"{name}:system:auth-delegator", "system:auth-delegator", name, NAMESPACE),
+        binding(f"{name}-auth-reader", "extension-apiserver-authentication-reader", name,
                  NAMESPACE, kind="RoleBinding", role_kind="Role",
                  in_namespace=METRICS_NAMESPACE),
         {"apiVersion": "v1", "kind": "ConfigMap",
@@ -260,17 +260,17 @@ def _prometheus_release() -> str:
     return f"3.{int(minor) - 300}.{patch}"
 
 
-def _load(module: str, version: str, rel: str) -> list[dict[str, Any]]:
+def module_yaml(module: str, version: str, rel: str) -> list[dict[str, Any]]:
     path: Path = addons.module_dir(module, version) / rel
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def manifests() -> dict[str, Any]:
     """Everything ``install`` applies after the CRDs, as one List."""
-    (op_role,) = _load(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, OPERATOR_ROLE)
-    (prom_role,) = _load(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, PROMETHEUS_ROLE)
-    ms_rbac = _load(METRICS_SERVER_MODULE, versions.METRICS_SERVER, METRICS_SERVER_RBAC)
-    (adapter_role,) = _load(ADAPTER_MODULE, versions.PROMETHEUS_ADAPTER, ADAPTER_ROLE)
+    (op_role,) = module_yaml(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, OPERATOR_ROLE)
+    (prom_role,) = module_yaml(OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR, PROMETHEUS_ROLE)
+    ms_rbac = module_yaml(METRICS_SERVER_MODULE, versions.METRICS_SERVER, METRICS_SERVER_RBAC)
+    (adapter_role,) = module_yaml(ADAPTER_MODULE, versions.PROMETHEUS_ADAPTER, ADAPTER_ROLE)
     items = (prometheus_stack(op_role, prom_role) + metrics_server_stack(ms_rbac)
              + adapter_stack(adapter_role))
     return {"apiVersion": "v1", "kind": "List", "items": items}
@@ -279,7 +279,7 @@ def manifests() -> dict[str, Any]:
 # -- Installing and checking -----------------------------------------------------------------
 
 
-def _poll(what: str, check: Callable[[], tuple[bool, str]], timeout: float,
+def poll(what: str, check: Callable[[], tuple[bool, str]], timeout: float,
           hint: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     detail = ""
@@ -300,7 +300,7 @@ def _http_ok(url: str) -> tuple[bool, str]:
         return False, str(e)
 
 
-def _api_available(cluster: Any, name: str = METRICS_API) -> tuple[bool, str]:
+def api_available(cluster: Any, name: str = METRICS_API) -> tuple[bool, str]:
     proc = cluster.kubectl_run("get", "apiservice", name, "-o", "json", check=False)
     if proc.returncode != 0:
         return False, proc.stderr.strip()
@@ -350,35 +350,38 @@ def install(cluster: Any, timeout: float = 180, out: Callable[[str], None] = pri
         return (f"pods now: {pod_summary(cluster, NAMESPACE, METRICS_NAMESPACE)}; see: kubectl "
                 f"get pods -n {NAMESPACE}; kubectl get pods -n {METRICS_NAMESPACE}; "
                 f"kubectl logs -n {NAMESPACE} deploy/prometheus-operator")
-    _poll(f"Prometheus at {PROMETHEUS_URL}", lambda: _http_ok(PROMETHEUS_URL + "/-/ready"),
+    poll(f"Prometheus at {PROMETHEUS_URL}", lambda: _http_ok(PROMETHEUS_URL + "/-/ready"),
           timeout, hint)
     out(f"  monitoring: Prometheus answers on {PROMETHEUS_URL} ({time.monotonic() - t0:.1f} s)")
-    _poll(f"the APIService {METRICS_API}", lambda: _api_available(cluster), timeout, hint)
+    poll(f"the APIService {METRICS_API}", lambda: api_available(cluster), timeout, hint)
     out(f"  monitoring: metrics.k8s.io Available ({time.monotonic() - t0:.1f} s)")
-    _poll(f"the APIService {CUSTOM_METRICS_API}",
-          lambda: _api_available(cluster, CUSTOM_METRICS_API), timeout, hint)
+    poll(f"the APIService {CUSTOM_METRICS_API}",
+          lambda: api_available(cluster, CUSTOM_METRICS_API), timeout, hint)
     out(f"  monitoring: custom.metrics.k8s.io Available ({time.monotonic() - t0:.1f} s)")
+
+
+def workload_ready(cluster: Any, kind: str, name: str, namespace: str) -> tuple[bool, str]:
+    """Whether a Deployment or StatefulSet has all its replicas ready, and a detail."""
+    proc = cluster.kubectl_run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return False, f"{kind} {namespace}/{name} missing"
+    st = json.loads(proc.stdout).get("status", {})
+    ready, want = int(st.get("readyReplicas", 0)), int(st.get("replicas", 0))
+    return want > 0 and ready == want, f"{ready}/{want} ready ({kind} {namespace})"
 
 
 def health(cluster: Any) -> list[tuple[str, bool, str]]:
     """(name, healthy, detail) for each part of the stack, for ``localcluster status``."""
-    report = []
-    for name, ns, kind in (("prometheus-operator", NAMESPACE, "deployment"),
-                           (f"prometheus-{PROMETHEUS_NAME}", NAMESPACE, "statefulset"),
-                           ("metrics-server", METRICS_NAMESPACE, "deployment"),
-                           ("prometheus-adapter", NAMESPACE, "deployment")):
-        proc = cluster.kubectl_run("get", kind, name, "-n", ns, "-o", "json", check=False)
-        if proc.returncode != 0:
-            report.append((name, False, f"{kind} {ns}/{name} missing"))
-            continue
-        st = json.loads(proc.stdout).get("status", {})
-        ready, want = int(st.get("readyReplicas", 0)), int(st.get("replicas", 0))
-        report.append((name, want > 0 and ready == want, f"{ready}/{want} ready ({kind} {ns})"))
+    report = [(name, *workload_ready(cluster, kind, name, ns)) for name, ns, kind in (
+        ("prometheus-operator", NAMESPACE, "deployment"),
+        (f"prometheus-{PROMETHEUS_NAME}", NAMESPACE, "statefulset"),
+        ("metrics-server", METRICS_NAMESPACE, "deployment"),
+        ("prometheus-adapter", NAMESPACE, "deployment"))]
     ok, detail = _http_ok(PROMETHEUS_URL + "/-/ready")
     report.append(("prometheus-api", ok, f"{PROMETHEUS_URL} {detail}"))
     for name, api in (("metrics.k8s.io", METRICS_API),
                       ("custom.metrics.k8s.io", CUSTOM_METRICS_API)):
-        ok, detail = _api_available(cluster, api)
+        ok, detail = api_available(cluster, api)
         report.append((name, ok, detail or "Available"))
     return report
 

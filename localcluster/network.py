@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_DOMAIN = "cluster.local"  # the kubelet's; no DNS server answers for it
 POD_CIDR = "10.244.0.0/16"  # the cluster's pod range: kwok's pools and the real node
 KWOK_POD_CIDR = "10.244.0.0/17"  # simulated pods (their IPs lead nowhere: unreachable)
 NODE_SUBNET = "10.244.200.0/24"  # the real node's pods, on the bridge

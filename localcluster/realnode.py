@@ -156,7 +156,7 @@ def _kubelet_config(ctx: Ctx) -> dict[str, object]:
         "failCgroupV1": False,  # this machine mounts cgroup v1 controllers (hybrid)
         "failSwapOn": False,
         "resolvConf": "",  # no cluster DNS; pods get no resolver that could lead outside
-        "clusterDomain": "cluster.local",
+        "clusterDomain": network.CLUSTER_DOMAIN,
         "podLogsDir": str(_dir(ctx, "pod-logs")),
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 100,  # model-server images are several GB

@@ -19,8 +19,13 @@ CLI_UTILS = "v0.37.2"  # kstatus, the status reader Flux uses (a test helper, no
 PROMETHEUS = "v0.316.0"  # the Go module's version of Prometheus 3.16.0
 PROMETHEUS_OPERATOR = "v0.85.0"
 METRICS_SERVER = "v0.9.0"
-# custom.metrics.k8s.io from Prometheus (KEDA was weighed: docs/local-cluster.md says why not).
+# custom.metrics.k8s.io from Prometheus (the in-flight HPAs' per-pod metrics).
 PROMETHEUS_ADAPTER = "v0.12.0"
+# Event-driven autoscaling (scale to zero): KEDA's operator and its external.metrics.k8s.io
+# adapter. Its go.mod asks for a newer Go than the local toolchain; the go command fetches
+# that one (GOTOOLCHAIN) through the module proxy.
+KEDA = "v2.21.1"
+KEDA_GO = "go1.27.4"
 
 # Add-on CRD sources (downloaded as Go modules, never built).
 GATEWAY_API = "v1.6.3"
@@ -75,6 +80,7 @@ class Component:
     binaries: tuple[str, ...]  # resulting executables
     ldflags: tuple[str, ...] = field(default=())
     tags: tuple[str, ...] = field(default=())  # go build -tags
+    toolchain: str = ""  # GOTOOLCHAIN for its build when the module needs a newer Go
 
     @property
     def bin_dir_name(self) -> str:
@@ -166,6 +172,18 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("sigs.k8s.io/prometheus-adapter/cmd/adapter",),
         binaries=("prometheus-adapter",),
     ),
+    Component(
+        name="keda",
+        module="github.com/kedacore/keda/v2",
+        version=KEDA,
+        packages=("github.com/kedacore/keda/v2/cmd/operator",
+                  "github.com/kedacore/keda/v2/cmd/adapter"),
+        # Upstream's names (its images run /keda and /keda-adapter); "operator" is taken.
+        binaries=("keda", "keda-adapter"),
+        ldflags=(f"-X github.com/kedacore/keda/v2/version.Version={KEDA.lstrip('v')}",
+                 f"-X github.com/kedacore/keda/v2/version.GitCommit={KEDA}"),
+        toolchain=KEDA_GO,
+    ),
 )
 
 
@@ -181,3 +199,9 @@ def component_of_binary(binary: str) -> Component:
         if binary in c.binaries:
             return c
     raise KeyError(f"no component builds {binary!r}")
+
+
+def toolchain_of(module: str) -> str:
+    """The Go toolchain a pinned module needs (``""``: the local one); downloading it needs
+    that one too, since the go command refuses a module that asks for a newer Go."""
+    return next((c.toolchain for c in COMPONENTS if c.module == module), "")

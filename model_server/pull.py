@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".model-pull.json"
 CHUNK = 1 << 20
-_ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
+_ARCHIVES = contract.ARCHIVE_SUFFIXES
 
 
 _IDENTITY = ("uri", "sha256")

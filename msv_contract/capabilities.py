@@ -93,10 +93,6 @@ class Framework:
     the quantization's own devices."""
     device_limit_reason: str = ""
     """Why (the message names it when a variant asks for another device)."""
-    recipes: tuple[str, ...] = ()
-    """Optimization recipes ``model-server optimize build`` runs for it (``RECIPES``;
-    ``variants[].build.recipe``), each for the tasks the recipe names."""
-
     @property
     def extra(self) -> str:
         """The pip extra that installs this framework's runtime."""
@@ -122,29 +118,42 @@ TASKS = ("text-classification", "text-generation", "image-classification")
 """Pipeline tasks the server serves (``spec.model.task``, ``MODEL_SERVER_TASK``)."""
 
 GENERATION_TASKS = ("text-generation",)
+"""Tasks served by /generate and the OpenAI-compatible API."""
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     """The value of ``variants[].build.recipe`` (``msv_contract.pipeline.RECIPES``)."""
-    tasks: tuple[str, ...]
-    """Tasks it can produce a variant of."""
+    targets: tuple[tuple[str, str], ...]
+    """The (framework, task) pairs ``model-server optimize build`` runs it for: exactly
+    these (anything else is refused naming the recipe, framework and task)."""
     summary: str
     """One line for the docs' table."""
 
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f for f, _ in self.targets))
 
+    def tasks(self, framework: str) -> tuple[str, ...]:
+        return tuple(t for f, t in self.targets if f == framework)
+
+
+_TRANSFORMERS_CLASSIFIERS = (("transformers", "text-classification"),
+                             ("transformers", "image-classification"))
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("static-int8", ("text-classification", "image-classification"),
-           "int8 weights and activations, the activation ranges calibrated on the data"),
-    Recipe("prune-recover", TASKS,
+    Recipe("static-int8", (*_TRANSFORMERS_CLASSIFIERS, ("tensorflow", "image-classification")),
+           "int8 weights and activations, the activation ranges calibrated on the data "
+           "(TensorFlow: a full-integer TFLite model)"),
+    Recipe("prune-recover", _TRANSFORMERS_CLASSIFIERS,
            "structured pruning of FFN neurons, then training to match the source's outputs"),
-    Recipe("distill", TASKS,
+    Recipe("distill", _TRANSFORMERS_CLASSIFIERS,
            "a smaller student (fewer layers, narrower) trained on the source's outputs"),
 )}
 RECIPE_NAMES = tuple(RECIPES)
 DATA_KINDS = {"image-classification": "images"}
-"""What a build's data holds per task (``text`` lines otherwise)."""
-"""Tasks served by /generate and the OpenAI-compatible API."""
+"""What a build's data holds per task (``text`` lines otherwise): the formats are in
+``msv_contract.pipeline`` (``IMAGE_*``)."""
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework(
@@ -156,7 +165,6 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
         pruning=PRUNING_METHODS,
         unsupported_optimization="",
         model_files=("config.json",),
-        recipes=RECIPE_NAMES,
     ),
     Framework(
         name="torchscript",
@@ -201,16 +209,15 @@ def supports(framework: str, quantization: str = NONE, pruning: str = NONE) -> b
 
 def recipe_problem(framework: str, task: str | None, recipe: str) -> str | None:
     """Why ``framework``/``task`` cannot run ``recipe`` (None: it can)."""
-    fw, r = FRAMEWORKS.get(framework), RECIPES.get(recipe)
+    r = RECIPES.get(recipe)
     if r is None:
         return f"{recipe!r} is not one of {', '.join(RECIPE_NAMES)}"
-    if fw is None or recipe not in fw.recipes:
-        able = [f.name for f in FRAMEWORKS.values() if recipe in f.recipes]
-        return (f"{recipe} needs a model the pipeline can retrain: framework "
-                f"{' or '.join(able) or '(none)'}, not {framework}")
-    if task not in r.tasks:
-        return (f"{recipe} does not produce {task or 'task-less'} models (it does "
-                f"{', '.join(r.tasks)})")
+    if framework not in r.frameworks:
+        return (f"{recipe} needs a model the pipeline can rebuild: framework "
+                f"{' or '.join(r.frameworks)}, not {framework}")
+    if task not in r.tasks(framework):
+        return (f"{recipe} does not produce {framework} {task or 'task-less'} models (it does "
+                f"{framework} {', '.join(r.tasks(framework))})")
     return None
 
 
@@ -249,11 +256,11 @@ def markdown_table() -> str:
         rows.append(f"| `{q.name}` | {', '.join(q.devices)} | {q.bytes_per_parameter:g} "
                     f"| {q.summary} |")
     rows.append("")
-    rows.append("| recipe (`build.recipe`) | frameworks | tasks | what it does |")
-    rows.append("|---|---|---|---|")
+    rows.append("| recipe (`build.recipe`) | framework: tasks | what it does |")
+    rows.append("|---|---|---|")
     for r in RECIPES.values():
-        able = ", ".join(f"`{f.name}`" for f in FRAMEWORKS.values() if r.name in f.recipes)
-        rows.append(f"| `{r.name}` | {able} | {', '.join(r.tasks)} | {r.summary} |")
+        able = "; ".join(f"`{f}`: {', '.join(r.tasks(f))}" for f in r.frameworks)
+        rows.append(f"| `{r.name}` | {able} | {r.summary} |")
     return "\n".join(rows) + "\n"
 
 

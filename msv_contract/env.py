@@ -45,6 +45,12 @@ MIRROR_VARIANT = var("mirror_variant")
 # Where the operator mounts things in the server container.
 MODEL_MOUNT = "/mnt/models"
 """The model: the pull init container's download directory, or the PVC."""
+CLAIM_MOUNT = "/mnt/claim"
+"""A ``pvc://`` model that names an archive: its claim, read-only, in the pull init container
+only (the pull unpacks the archive into ``MODEL_MOUNT``, checking its sha256)."""
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+"""A single pulled file with one of these endings is an archive: `model-server pull` unpacks
+it."""
 AUTH_MOUNT = "/etc/model-server/auth"
 """The token Secret (one token per key)."""
 TLS_MOUNT = "/etc/model-server/tls"

@@ -6,7 +6,10 @@ content-addressed: ``artifact_key`` of (source model sha256, the recipe as canon
 sha256, ``CODE_VERSION``) names the directory ``<output prefix>/<key>/`` it is published to:
 ``model.tar.gz`` (the optimized model), ``report.json`` (the offline evaluation), and last
 ``MANIFEST`` (JSON: the key, the artifact's sha256 and size, the report's sha256): a key whose
-MANIFEST exists is finished and never recomputed; one without it is not served.
+MANIFEST exists is finished and never recomputed; one without it is not served. The output
+prefix is an S3 prefix or a directory on a PersistentVolumeClaim (``pvc://claim/prefix/``: the
+Job mounts the claim and publishes to it as ``file://``; the operator never reads the volume
+and records the Job's result instead).
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ PROGRESS_PREFIX = "msv-progress "
 ``{"phase": str, "step": int, "total": int, "etaSeconds": float | null}``; phases:
 ``loading``, ``calibrating`` | ``pruning`` | ``training``, ``evaluating``, ``publishing``,
 ``done``. The operator reads the newest one from the pod's log (status progress)."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Image data (tasks whose data are images, ``capabilities.DATA_KINDS``): files with these
+suffixes (any case), PNG or JPEG, any size and colour mode (read as RGB)."""
+IMAGE_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+"""Image data comes as one tar archive (optionally gzipped) with these suffixes, or as a
+directory tree. Inside, paths are relative to the archive's root: ``name.png`` is an
+unlabelled image, ``<label>/name.png`` one labelled with the model's label ``<label>`` (a
+label name or an index); labels are all or nothing. Other files (and names starting with a
+dot) are ignored."""
+MAX_IMAGES = 100_000
+"""An image data set holding more images is refused (the build reads them all)."""
+
+
 @dataclass(frozen=True)
 class Student:
     """The smaller model ``distill`` trains (the recipe's ``student``, the spec's

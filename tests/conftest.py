@@ -3,8 +3,10 @@
 ``cluster`` is session-scoped. It reuses a healthy control plane that is already running in
 the shared state directory (``$MSV_STATE``, default ``~/.cache/modelservice/state``), or starts
 one and stops it at the end of the session, unless another live test session still uses it
-or ``MSV_KEEP_CLUSTER=1``. It never builds: missing binaries fail the test with the command to
-run. Tests that use it are marked ``cluster`` automatically.
+or ``MSV_KEEP_CLUSTER=1``. Several sessions may use it at once (scripts/test runs two
+pytest-xdist workers): each registers its pid, and only the last one to finish stops it. It
+never builds: missing binaries fail the test with the command to run. Tests that use it are
+marked ``cluster`` automatically.
 """
 
 from __future__ import annotations

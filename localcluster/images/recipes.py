@@ -39,7 +39,7 @@ TAG = "0.1.0"
 RUNTIME_IMAGES = {caps.image_name(rt): rt for rt in caps.RUNTIME_NAMES}
 """Model-server image name -> the runtime it carries (``model-server-torch``: ``torch``, ...)."""
 NAMES = (*RUNTIME_IMAGES, "operator", "gateway", "model-store", "pause", "prometheus",
-         "prometheus-operator", "metrics-server", "prometheus-adapter")
+         "prometheus-operator", "metrics-server", "prometheus-adapter", "keda", "keda-adapter")
 
 
 def image_ref(name: str) -> str:
@@ -226,6 +226,14 @@ def recipes() -> dict[str, Recipe]:
             STATIC, Step("prometheus-adapter", "gobin", ("prometheus-adapter",)),
         ), ImageConfig(entrypoint=("/bin/prometheus-adapter",), user="65534:65534",
                        ports=(6443,), labels=LABELS)),
+        # KEDA as upstream ships it: the operator and its metrics adapter, one image each.
+        "keda": Recipe("keda", (STATIC, Step("keda", "gobin", ("keda",))),
+                       ImageConfig(entrypoint=("/bin/keda",), user="65534:65534",
+                                   ports=(8080, 8081, 9666), labels=LABELS)),
+        "keda-adapter": Recipe("keda-adapter", (
+            STATIC, Step("keda-adapter", "gobin", ("keda-adapter",)),
+        ), ImageConfig(entrypoint=("/bin/keda-adapter",), user="65534:65534",
+                       ports=(6443, 8080), labels=LABELS)),
     }
 
 

@@ -5,10 +5,12 @@
 
 Steps: check the recipe (model_server.optimize.recipe) and compute the artifact key; if the
 key's MANIFEST already exists in the store, reuse it and do nothing else; load the source
-model and the data, split off the held-out examples, run the recipe (model_server.optimize.
-train), evaluate the source and the result on the held-out split through the server's own
-backend (so the result is known to load as it will be served; their latencies are timed
-interleaved, so a shared CPU slows both alike), write report.json, publish
+model and the data, split off the held-out examples, run the recipe
+(model_server.optimize.train; a TensorFlow model's static-int8:
+model_server.optimize.tflite_int8), evaluate the source and the result on the held-out split
+through the server's own backend (so the result is known to load as it will be served; text
+and images go through the tokenizer or image processor the backend uses; their latencies are
+timed interleaved, so a shared CPU slows both alike), write report.json, publish
 (model_server.optimize.publish) and put the result (pipeline.RESULT_KEYS + summary) in the
 termination message. Progress lines go to stdout throughout.
 
@@ -26,6 +28,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,8 +58,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--source", required=True, type=Path, help="the source model directory")
     p.add_argument("--data", required=True, type=Path,
-                   help="a data file (text lines or label<TAB>text lines), or a directory "
-                        "holding one")
+                   help="a data file (text lines or label<TAB>text lines; for images a tar "
+                        "archive of PNG/JPEG files, label/name.png when labelled), or a "
+                        "directory holding one (or, for images, the image tree)")
     p.add_argument("--recipe-json", required=True, help="the recipe (JSON object)")
     p.add_argument("--source-sha256", required=True, help="the source artifact's sha256")
     p.add_argument("--data-sha256", required=True, help="the data's sha256")
@@ -133,33 +138,29 @@ def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, dat
     deadline = train.Deadline(recipe.max_seconds, started)
 
     progress("loading", 0, 1, force=True)
-    teacher, tokenizer = _load_source(Path(source))
-    config = teacher.config
-    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
-    dataset = train.read_text_data(Path(data), label2id, int(config.num_labels))
-    training, held = train.split(dataset, recipe.held_out, recipe.seed)
-    teacher_held = train.logits(teacher, tokenizer, held, recipe.max_length)
-    progress("loading", 1, 1)
-    deadline.check("loading")
-
     model_dir = work / "model"
-    details = _run_recipe(recipe, teacher, tokenizer, training, held, teacher_held, model_dir,
-                          progress, deadline)
+    if recipe.framework == "tensorflow":
+        dataset, training, held, details, served = _tensorflow(
+            recipe, Path(source), Path(data), model_dir, work, progress, deadline)
+    else:
+        dataset, training, held, details, served = _transformers(
+            recipe, Path(source), Path(data), model_dir, progress, deadline)
     deadline.check(recipe.name)
 
     progress("evaluating", 0, 3, force=True)
-    source_backend = _serve(Path(source))
+    source_backend = _serve(Path(source), served)
     try:
-        result_backend = _serve(model_dir)
+        result_backend = _serve(model_dir, served)
         try:
-            source_eval = evaluate(source_backend, Path(source), held, reference=None)
+            source_eval = evaluate(source_backend, Path(source), held, reference=None,
+                                   served=served)
             progress("evaluating", 1, 3)
             result_eval = evaluate(result_backend, model_dir, held,
-                                   reference=source_eval.pop("_logits"))
+                                   reference=source_eval.pop("_logits"), served=served)
             result_eval.pop("_logits")
             progress("evaluating", 2, 3)
-            latency = interleaved_latency([source_backend, result_backend], held,
-                                          latency_repeats)
+            latency = interleaved_latency([source_backend, result_backend], served.request,
+                                          len(held), latency_repeats)
             source_eval["latencyMsP50"], result_eval["latencyMsP50"] = latency
             progress("evaluating", 3, 3)
         finally:
@@ -174,8 +175,8 @@ def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, dat
         "recipe": recipe.raw,
         "sourceSha256": source_sha256,
         "dataSha256": data_sha256,
-        "data": {"examples": len(dataset), "train": len(training), "heldOut": len(held),
-                 "labels": dataset.labels is not None},
+        "data": {"kind": recipe.data_kind, "examples": len(dataset), "train": len(training),
+                 "heldOut": len(held), "labels": dataset.labels is not None},
         "source": source_eval,
         "result": result_eval,
         "details": details,
@@ -202,34 +203,135 @@ def _existing_summary(store: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def _load_source(source: Path) -> tuple[Any, Any]:
+@dataclass
+class Served:
+    """How the evaluation talks to the server's backend: its framework and task, and the
+    request (input name -> array) for some held-out examples."""
+
+    framework: str
+    task: str
+    request: Callable[[list[int]], dict[str, np.ndarray]]
+
+
+def _transformers(recipe: Recipe, source: Path, data: Path, model_dir: Path, progress: Any,
+                  deadline: Any) -> tuple[Any, Any, Any, dict[str, Any], Served]:
+    from model_server.optimize import images, train
+
+    teacher, preprocessor = _load_source(source, recipe.task)
+    config = teacher.config
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    if recipe.data_kind == "images":
+        dataset = images.read_image_data(data, label2id, int(config.num_labels))
+        encoder = train.image_encoder(preprocessor)
+        name = "image"
+    else:
+        dataset = train.read_text_data(data, label2id, int(config.num_labels))
+        encoder = train.text_encoder(preprocessor, recipe.max_length)
+        name = "text"
+    training, held = train.split(dataset, recipe.held_out, recipe.seed)
+    teacher_held = train.logits(teacher, encoder, held)
+    progress("loading", 1, 1)
+    deadline.check("loading")
+    details = _run_recipe(recipe, teacher, preprocessor, encoder, training, held, teacher_held,
+                          model_dir, progress, deadline)
+
+    def request(idx: list[int]) -> dict[str, np.ndarray]:
+        return {name: _blobs([held.items[i] for i in idx])}
+
+    return dataset, training, held, details, Served("transformers", recipe.task, request)
+
+
+def _tensorflow(recipe: Recipe, source: Path, data: Path, model_dir: Path, work: Path,
+                progress: Any, deadline: Any) -> tuple[Any, Any, Any, dict[str, Any], Served]:
+    from model_server.backends.tensorflow_backend import detect_format
+    from model_server.errors import ModelLoadError
+    from model_server.optimize import images, tflite_int8, train
+
+    try:
+        loaded = tflite_int8.load_source(*detect_format(source))
+    except ModelLoadError as exc:
+        raise BuildError(f"source: {exc}") from exc
+    # a tensor model has no label names: labels are class indices
+    dataset = images.read_image_data(data, {}, _tf_classes(source))
+    training, held = train.split(dataset, recipe.held_out, recipe.seed)
+    size = (loaded.height, loaded.width)
+    held_pixels = images.tensor_inputs(held.items, *size, recipe.input_range)
+    progress("loading", 1, 1)
+    deadline.check("loading")
+    sample = training.take(range(min(len(training), recipe.calibration_samples)))
+    pixels = images.tensor_inputs(sample.items, *size, recipe.input_range)
+    progress("calibrating", 0, len(pixels), force=True)
+
+    def on_sample(step: int, total: int) -> None:
+        progress("calibrating", step, total)
+        deadline.check("calibrating")
+
+    content, details = tflite_int8.convert(loaded, pixels, work, on_sample)
+    tflite_int8.save(content, model_dir)
+    details.update(inputRange=list(recipe.input_range), sourceFormat=loaded.format,
+                   note="full-integer TFLite: int8 weights and activations calibrated on the "
+                        "data, float32 input and output")
+
+    def request(idx: list[int]) -> dict[str, np.ndarray]:
+        return {loaded.input_name: held_pixels[idx]}
+
+    return dataset, training, held, details, Served("tensorflow", recipe.task, request)
+
+
+def _tf_classes(source: Path) -> int:
+    """The source's number of classes (its output's last dimension), for index labels."""
+    from model_server.backends import create_backend
+    from model_server.backends.base import LoadOptions
+    from model_server.errors import ModelLoadError
+
+    backend = create_backend("tensorflow")
+    try:
+        backend.load(source, LoadOptions(device="cpu"))
+    except ModelLoadError as exc:
+        raise BuildError(f"the server cannot load the source: {exc}") from exc
+    try:
+        outputs = backend.outputs()
+    finally:
+        backend.close()
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[-1] < 2:
+        raise BuildError("static-int8 for TensorFlow image-classification needs one output "
+                         f"[batch, classes], not {[list(o.shape) for o in outputs]}")
+    return int(outputs[0].shape[-1])
+
+
+def _load_source(source: Path, task: str) -> tuple[Any, Any]:
+    """(the transformers classifier, its tokenizer or image processor)."""
     import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if not (source / "config.json").is_file():
         raise BuildError(f"source {source} is not a transformers model directory "
                          "(no config.json)")
+    auto: Any
+    pre: Any
+    if task == "image-classification":
+        auto, pre = transformers.AutoModelForImageClassification, transformers.AutoImageProcessor
+    else:
+        auto, pre = transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        model = auto.from_pretrained(source, local_files_only=True, dtype=torch.float32)
+        preprocessor = pre.from_pretrained(source, local_files_only=True)
     except Exception as exc:
-        raise BuildError(f"cannot load the source text classifier: {exc}") from exc
-    return model.eval(), tokenizer
+        raise BuildError(f"cannot load the source {task} model: {exc}") from exc
+    return model.eval(), preprocessor
 
 
-def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, held: Any,
-                teacher_held: Any, model_dir: Path, progress: Any, deadline: Any
+def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, training: Any,
+                held: Any, teacher_held: Any, model_dir: Path, progress: Any, deadline: Any
                 ) -> dict[str, Any]:
     from model_server.optimize import static_int8, train
 
     if recipe.name == "static-int8":
-        calibration, details = train.static_int8(teacher, tokenizer, training, recipe,
+        calibration, details = train.static_int8(teacher, encoder, training, recipe,
                                                  progress, deadline)
-        train.save(teacher, tokenizer, model_dir)
+        train.save(teacher, preprocessor, model_dir)
         (model_dir / static_int8.CALIBRATION_FILE).write_text(
             json.dumps(calibration, indent=1, sort_keys=True))
         details["note"] = ("int8 Linear layers with calibrated input/output scales; the float "
@@ -238,22 +340,20 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
     if recipe.name == "prune-recover":
         # the same pruning at load time (weights only), for the report's comparison
         load_time, removed = train.prune(teacher, recipe.amount)
-        prune_only, prune_only_kl = train.fidelity(load_time, teacher_held, tokenizer, held,
-                                                   recipe.max_length)
+        prune_only, prune_only_kl = train.fidelity(load_time, teacher_held, encoder, held)
         del load_time
         norms = None
         if recipe.ranking == "activation":
-            norms = train.activation_norms(teacher, tokenizer, training, recipe, progress,
+            norms = train.activation_norms(teacher, encoder, training, recipe, progress,
                                            deadline)
         progress("pruning", 0, 1, force=True)
         student, removed = train.prune(teacher, recipe.amount, norms)
-        before, before_kl = train.fidelity(student, teacher_held, tokenizer, held,
-                                           recipe.max_length)
+        before, before_kl = train.fidelity(student, teacher_held, encoder, held)
         progress("pruning", 1, 1)
         deadline.check("pruning")
-        training_details = train.match_teacher(student, teacher, tokenizer, training, recipe,
+        training_details = train.match_teacher(student, teacher, encoder, training, recipe,
                                                progress, deadline, fine_tune=True)
-        train.save(student, tokenizer, model_dir)
+        train.save(student, preprocessor, model_dir)
         return {"ffnNeuronsRemoved": removed,
                 "intermediateSize": int(student.config.intermediate_size),
                 "ranking": recipe.ranking,
@@ -263,35 +363,35 @@ def _run_recipe(recipe: Recipe, teacher: Any, tokenizer: Any, training: Any, hel
                 "beforeRecoveryKlToSource": round(before_kl, 8),
                 "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
-    details["training"] = train.match_teacher(student, teacher, tokenizer, training, recipe,
+    details["training"] = train.match_teacher(student, teacher, encoder, training, recipe,
                                               progress, deadline)
-    train.save(student, tokenizer, model_dir)
+    train.save(student, preprocessor, model_dir)
     return details
 
 
-def _serve(model_dir: Path) -> Any:
+def _serve(model_dir: Path, served: Served) -> Any:
     """`model_dir` loaded through the server's backend, as a variant is served."""
     from model_server.backends import create_backend
     from model_server.backends.base import LoadOptions
     from model_server.errors import ModelLoadError
 
-    backend = create_backend("transformers")
+    backend = create_backend(served.framework)
     try:
-        backend.load(model_dir, LoadOptions(task="text-classification", device="cpu"))
+        backend.load(model_dir, LoadOptions(task=served.task, device="cpu"))
     except ModelLoadError as exc:
         raise BuildError(f"the server cannot load {model_dir.name}: {exc}") from exc
     return backend
 
 
-def evaluate(backend: Any, model_dir: Path, held: Any, *,
-             reference: Any | None) -> dict[str, Any]:
+def evaluate(backend: Any, model_dir: Path, held: Any, *, reference: Any | None,
+             served: Served) -> dict[str, Any]:
     """Measure the served `backend` (loaded from `model_dir`) on the held-out split:
     parameters, bytes, on-disk bytes, top-1 agreement with and KL divergence from
     `reference` (the source's logits), accuracy when labels exist."""
     chunks = []
     for start in range(0, len(held), EVAL_BATCH):
-        out = backend.predict({"text": _texts(held.texts[start:start + EVAL_BATCH])})
-        chunks.append(np.asarray(out["logits"], dtype=np.float64))
+        idx = list(range(start, min(len(held), start + EVAL_BATCH)))
+        chunks.append(scores(backend.predict(served.request(idx))))
     logits = np.concatenate(chunks)
     pred = logits.argmax(-1)
     info = backend.info()
@@ -311,15 +411,16 @@ def evaluate(backend: Any, model_dir: Path, held: Any, *,
     return result
 
 
-def interleaved_latency(backends: list[Any], held: Any, repeats: int
-                        ) -> list[dict[str, float]]:
-    """CPU latency p50 (ms) of each backend at batch 1 and 8 on held-out texts, keyed
-    batch1 / batch8. The backends take turns within each repetition, in alternating order
-    (after one warm-up each), so load from other processes during the measurement hits
-    them alike and their ratio stays meaningful on a shared machine."""
+def interleaved_latency(backends: list[Any], request: Callable[[list[int]], dict[str, Any]],
+                        n_held: int, repeats: int) -> list[dict[str, float]]:
+    """CPU latency p50 (ms) of each backend at batch 1 and 8 on held-out examples
+    (`request` of their indices, of `n_held`), keyed batch1 / batch8. The backends take turns
+    within each repetition, in alternating order (after one warm-up each), so load from other
+    processes during the measurement hits them alike and their ratio stays meaningful on a
+    shared machine."""
     out: list[dict[str, float]] = [{} for _ in backends]
     for size in (1, 8):
-        batch = {"text": _texts([held.texts[i % len(held)] for i in range(size)])}
+        batch = request([i % n_held for i in range(size)])
         times: list[list[float]] = [[] for _ in backends]
         for backend in backends:
             backend.predict(batch)  # warm-up
@@ -334,6 +435,22 @@ def interleaved_latency(backends: list[Any], held: Any, repeats: int
     return out
 
 
+def scores(out: dict[str, np.ndarray]) -> np.ndarray:
+    """Class scores as logits from a backend's answer: ``logits`` (transformers), else the
+    one [batch, classes] output, whose probabilities (rows of non-negative numbers summing
+    to 1, a softmax output) become log-probabilities."""
+    if "logits" in out:
+        return np.asarray(out["logits"], dtype=np.float64)
+    numeric = [v for v in out.values() if v.dtype != object and v.ndim == 2]
+    if len(numeric) != 1:
+        raise BuildError(f"the model answers {sorted(out)}; the evaluation needs one "
+                         "[batch, classes] output")
+    values = numeric[0].astype(np.float64)
+    if values.min() >= 0 and np.allclose(values.sum(-1), 1.0, atol=1e-2):
+        return np.asarray(np.log(np.clip(values, 1e-12, None)))
+    return values
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(-1, keepdims=True)
     return np.asarray(x - np.log(np.exp(x).sum(-1, keepdims=True)))
@@ -345,10 +462,11 @@ def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
     return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
-def _texts(texts: list[str]) -> np.ndarray:
-    arr = np.empty(len(texts), dtype=object)
-    for i, text in enumerate(texts):
-        arr[i] = text.encode()
+def _blobs(items: list[Any]) -> np.ndarray:
+    """A BYTES input: texts UTF-8 encoded, encoded images as they are."""
+    arr = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        arr[i] = item.encode() if isinstance(item, str) else bytes(item)
     return arr
 
 

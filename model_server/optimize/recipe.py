@@ -12,7 +12,10 @@ key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per
   ``heads``), ``steps`` or ``epochs``, ``learningRate``;
 
 and for all: ``budget.maxSeconds``, ``heldOut`` (fraction, default 0.2), ``seed``, and for the
-training recipes ``batchSize``, ``temperature``, ``maxLength``. Every error names the field.
+training recipes ``batchSize``, ``temperature``, ``maxLength``; for TensorFlow models (tensor
+inputs) ``inputRange`` ([low, high], default [0, 1]: what the image pixels 0..255 become).
+The (recipe, framework, task) triples implemented are msv_contract.capabilities.RECIPES's.
+Every error names the field.
 """
 
 from __future__ import annotations
@@ -21,11 +24,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from msv_contract import capabilities as caps
 from msv_contract import pipeline
 from msv_contract.pipeline import Student
 
-SUPPORTED = {("transformers", "text-classification")}
-"""(framework, task) pairs the recipes are implemented for."""
 DEFAULT_HELD_OUT = 0.2
 DEFAULT_CALIBRATION_SAMPLES = 128
 DEFAULT_STEPS = 100
@@ -36,6 +38,7 @@ DEFAULT_MAX_LENGTH = 128
 MAX_PRUNE_AMOUNT = 0.9
 RANKINGS = ("activation", "weight")
 """How prune-recover ranks FFN neurons (model_server.optimize.prune); the first is the default."""
+DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
 
 class BuildError(Exception):
@@ -61,6 +64,12 @@ class Recipe:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     ranking: str = RANKINGS[0]
     student: Student | None = None
+    input_range: tuple[float, float] = DEFAULT_INPUT_RANGE
+
+    @property
+    def data_kind(self) -> str:
+        """``images`` or ``text``: what the data holds (capabilities.DATA_KINDS)."""
+        return caps.DATA_KINDS.get(self.task, "text")
 
 
 def _number(raw: dict[str, Any], name: str, default: Any, *, integer: bool = False,
@@ -93,8 +102,8 @@ def parse_recipe(text: str) -> Recipe:
         raise BuildError(f"recipe.recipe must be one of {', '.join(pipeline.RECIPES)}, "
                          f"not {name!r}")
     framework, task = raw.get("framework"), raw.get("task")
-    if (framework, task) not in SUPPORTED:
-        supported = ", ".join(f"{f}/{t}" for f, t in sorted(SUPPORTED))
+    if (framework, task) not in caps.RECIPES[name].targets:
+        supported = ", ".join(f"{f}/{t}" for f, t in caps.RECIPES[name].targets)
         raise BuildError(f"recipe {name!r} is not implemented for framework {framework!r} "
                          f"task {task!r} (supported: {supported})")
     budget = raw.get("budget") or {}
@@ -110,6 +119,17 @@ def parse_recipe(text: str) -> Recipe:
         "temperature": _number(raw, "temperature", DEFAULT_TEMPERATURE, low=0, low_open=True),
         "max_length": _number(raw, "maxLength", DEFAULT_MAX_LENGTH, integer=True, low=2),
     }
+    if "inputRange" in raw:
+        if framework != "tensorflow":
+            raise BuildError("recipe.inputRange applies to framework tensorflow only (a "
+                             "transformers model's image processor scales its pixels)")
+        value = raw["inputRange"]
+        if (not isinstance(value, list) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+                or not value[0] < value[1]):
+            raise BuildError(f"recipe.inputRange must be [low, high] numbers with low < high, "
+                             f"not {value!r}")
+        common["input_range"] = (float(value[0]), float(value[1]))
     if name in ("static-int8", "prune-recover"):
         common["calibration_samples"] = _number(
             raw, "calibrationSamples", DEFAULT_CALIBRATION_SAMPLES, integer=True, low=1)

@@ -1,9 +1,13 @@
-"""The recipes' work on a transformers text classifier: data, calibration, pruning with
-recovery, distillation (used by `model-server optimize build`, model_server.optimize.build).
+"""The recipes' work on a transformers classifier (text or images): data, calibration,
+pruning with recovery, distillation (used by `model-server optimize build`,
+model_server.optimize.build).
 
-Data: a UTF-8 file of text lines, or of ``label<TAB>text`` lines (a label is one of the
+Text data: a UTF-8 file of text lines, or of ``label<TAB>text`` lines (a label is one of the
 model's label names or an index); blank lines are skipped; labels are all or nothing. A
-directory holding exactly one file is read as that file (a pulled data set).
+directory holding exactly one file is read as that file (a pulled data set). Image data:
+model_server.optimize.images. An `Encoder` turns a batch of examples (texts, or encoded
+images) into the model's keyword inputs: the tokenizer, or the image processor, the server's
+backend uses.
 
 Recovery and distillation train a student to match the teacher's (the source model's) logits:
 KL divergence of the temperature-softened distributions, times T², plus cross-entropy when the
@@ -36,16 +40,37 @@ from msv_contract import pipeline
 
 
 @dataclass
-class TextData:
-    texts: list[str]
+class Examples:
+    """The data: texts, or encoded images (PNG/JPEG bytes), with their labels, if any."""
+
+    items: list[Any]
     labels: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.items)
 
-    def take(self, idx: Sequence[int]) -> TextData:
+    def take(self, idx: Sequence[int]) -> Examples:
         labels = None if self.labels is None else [self.labels[i] for i in idx]
-        return TextData([self.texts[i] for i in idx], labels)
+        return Examples([self.items[i] for i in idx], labels)
+
+
+Encoder = Callable[[Sequence[Any]], dict[str, Any]]
+"""A batch of examples -> the model's keyword inputs (torch tensors)."""
+
+
+def text_encoder(tokenizer: Any, max_length: int) -> Encoder:
+    def encode(texts: Sequence[Any]) -> dict[str, Any]:
+        return dict(tokenizer(list(texts), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt"))
+    return encode
+
+
+def image_encoder(processor: Any) -> Encoder:
+    from model_server.optimize.images import processor_inputs
+
+    def encode(images: Sequence[Any]) -> dict[str, Any]:
+        return processor_inputs(processor, images)
+    return encode
 
 
 def data_file(path: Path) -> Path:
@@ -62,7 +87,7 @@ def data_file(path: Path) -> Path:
     return path
 
 
-def read_text_data(path: Path, label2id: dict[str, int], num_labels: int) -> TextData:
+def read_text_data(path: Path, label2id: dict[str, int], num_labels: int) -> Examples:
     """Text lines or ``label<TAB>text`` lines; BuildError naming the line on bad input."""
     file = data_file(path)
     try:
@@ -86,26 +111,27 @@ def read_text_data(path: Path, label2id: dict[str, int], num_labels: int) -> Tex
                              "unlabelled lines")
         if has_label:
             label, text = line.split("\t", 1)
-            labels.append(_label_id(label.strip(), label2id, num_labels, number))
+            labels.append(label_id(label.strip(), label2id, num_labels, f"data line {number}"))
             texts.append(text)
         else:
             texts.append(line)
     if len(texts) < 2:
         raise BuildError(f"data {file.name} has {len(texts)} non-empty line(s); at least 2 "
                          "are needed (a training and a held-out split)")
-    return TextData(texts, labels if labelled else None)
+    return Examples(texts, labels if labelled else None)
 
 
-def _label_id(label: str, label2id: dict[str, int], num_labels: int, number: int) -> int:
+def label_id(label: str, label2id: dict[str, int], num_labels: int, where: str) -> int:
+    """The class index of `label` (a label name or an index); BuildError naming `where`."""
     if label in label2id:
         return label2id[label]
     if label.isdigit() and int(label) < num_labels:
         return int(label)
-    raise BuildError(f"data line {number}: label {label!r} is not one of the model's labels "
+    raise BuildError(f"{where}: label {label!r} is not one of the model's labels "
                      f"({', '.join(label2id) or 'none'}) nor an index below {num_labels}")
 
 
-def split(data: TextData, held_out: float, seed: int) -> tuple[TextData, TextData]:
+def split(data: Examples, held_out: float, seed: int) -> tuple[Examples, Examples]:
     """(training, held-out) splits of a seeded shuffle; each gets at least one example."""
     idx = list(range(len(data)))
     random.Random(seed).shuffle(idx)
@@ -157,7 +183,7 @@ class Deadline:
                              f"{self.max_seconds} while {phase}")
 
 
-def batches(data: TextData, size: int, *, seed: int | None = None) -> Iterator[TextData]:
+def batches(data: Examples, size: int, *, seed: int | None = None) -> Iterator[Examples]:
     """`data` in batches of `size` (shuffled with `seed`, in order without)."""
     idx = list(range(len(data)))
     if seed is not None:
@@ -166,13 +192,7 @@ def batches(data: TextData, size: int, *, seed: int | None = None) -> Iterator[T
         yield data.take(idx[start:start + size])
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
-    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                     return_tensors="pt")
-
-
-def logits(model: Any, tokenizer: Any, data: TextData, max_length: int,
-           batch_size: int = 32) -> Any:
+def logits(model: Any, encoder: Encoder, data: Examples, batch_size: int = 32) -> Any:
     """The model's logits over `data` (inference)."""
     import torch
 
@@ -180,16 +200,16 @@ def logits(model: Any, tokenizer: Any, data: TextData, max_length: int,
     model.eval()
     with torch.inference_mode():
         for batch in batches(data, batch_size):
-            out.append(model(**encode(tokenizer, batch.texts, max_length)).logits.float())
+            out.append(model(**encoder(batch.items)).logits.float())
     return torch.cat(out)
 
 
-def fidelity(model: Any, teacher_logits: Any, tokenizer: Any, data: TextData,
-             max_length: int) -> tuple[float, float]:
+def fidelity(model: Any, teacher_logits: Any, encoder: Encoder,
+             data: Examples) -> tuple[float, float]:
     """(top-1 agreement, mean KL divergence from the teacher's distribution) over `data`."""
     import torch
 
-    out = logits(model, tokenizer, data, max_length)
+    out = logits(model, encoder, data)
     agree = float((out.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
     kl = torch.nn.functional.kl_div(torch.log_softmax(out, -1), torch.log_softmax(
         teacher_logits, -1), log_target=True, reduction="batchmean")
@@ -217,7 +237,7 @@ def total_steps(recipe: Recipe, n_train: int) -> int:
     return max(1, math.ceil((recipe.epochs or 1) * per_epoch))
 
 
-def match_teacher(student: Any, teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
+def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                   progress: Callable[..., None], deadline: Deadline, *,
                   fine_tune: bool = False) -> dict[str, Any]:
     """Train `student` in place on the teacher's logits (and the labels, if any);
@@ -247,7 +267,7 @@ def match_teacher(student: Any, teacher: Any, tokenizer: Any, train: TextData, r
             epoch += 1
             stream = batches(train, recipe.batch_size, seed=recipe.seed + epoch)
             batch = next(stream)
-        enc = encode(tokenizer, batch.texts, recipe.max_length)
+        enc = encoder(batch.items)
         with torch.no_grad():
             target = teacher(**enc).logits.float()
         out = student(**enc).logits.float()
@@ -269,7 +289,7 @@ def match_teacher(student: Any, teacher: Any, tokenizer: Any, train: TextData, r
             "batchSize": recipe.batch_size, "labels": train.labels is not None}
 
 
-def static_int8(teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
+def static_int8(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                 progress: Callable[..., None], deadline: Deadline) -> tuple[Any, dict[str, Any]]:
     """(the calibration, details): activation ranges of the Linear layers over up to
     calibrationSamples training examples."""
@@ -281,7 +301,7 @@ def static_int8(teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
 
     def feed() -> Iterator[Any]:
         for i, batch in enumerate(chunks, 1):
-            yield encode(tokenizer, batch.texts, recipe.max_length)
+            yield encoder(batch.items)
             progress("calibrating", i, len(chunks))
             deadline.check("calibrating")
 
@@ -294,7 +314,7 @@ def static_int8(teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
                          "layers": len(calibration["layers"]), "engine": calibration["engine"]}
 
 
-def activation_norms(teacher: Any, tokenizer: Any, train: TextData, recipe: Recipe,
+def activation_norms(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                      progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
     """The teacher's FFN activation norms (prune.ffn_activation_norms) over up to
     calibrationSamples training examples."""
@@ -306,7 +326,7 @@ def activation_norms(teacher: Any, tokenizer: Any, train: TextData, recipe: Reci
 
     def feed() -> Iterator[Any]:
         for i, batch in enumerate(chunks, 1):
-            yield encode(tokenizer, batch.texts, recipe.max_length)
+            yield encoder(batch.items)
             progress("pruning", i, len(chunks))
             deadline.check("pruning")
 
@@ -391,10 +411,11 @@ def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
                             "tensorsFresh": fresh}
 
 
-def save(model: Any, tokenizer: Any, out_dir: Path) -> Path:
-    """A normal transformers model directory (safetensors + tokenizer) the server loads."""
+def save(model: Any, preprocessor: Any, out_dir: Path) -> Path:
+    """A normal transformers model directory (safetensors + the tokenizer or image
+    processor) the server loads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    preprocessor.save_pretrained(out_dir)
     return out_dir

@@ -170,7 +170,8 @@ def replicas_handover(desired: Mapping[str, Any], live: Mapping[tuple[str, str],
     current = live.get(key_of(desired))
     replicas = ((current or {}).get("spec") or {}).get("replicas")
     name = (desired.get("metadata") or {}).get("name")
-    if replicas is None or ("HorizontalPodAutoscaler", str(name)) in live:
+    if replicas is None or ("HorizontalPodAutoscaler", str(name)) in live \
+            or ("ScaledObject", str(name)) in live:  # KEDA's HPA owns them
         return None
     meta = desired["metadata"]
     return {"apiVersion": desired["apiVersion"], "kind": "Deployment",

@@ -61,7 +61,7 @@ from msv_contract.api import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
-from msv_operator import pools, shares
+from msv_operator import pools, shares, zero
 from msv_operator.config import RuntimeImages, image_env
 from msv_operator.rollout import spec_weights
 from msv_operator.spec import InvalidSpecError, ModelServiceSpec, ModelSource, Variant, parse_spec
@@ -311,27 +311,44 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
                   pull_policy: str | None, security: dict[str, Any],
                   cache_url: str | None = None, *, volume_name: str = "model",
                   mount_path: str = MODEL_DIR, container: str = PULL_CONTAINER
-                  ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The volume holding the model (or any pulled file: ``volume_name`` at ``mount_path``),
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The volumes holding the model (or any pulled file: ``volume_name`` at ``mount_path``),
     its mount, and the init container ``container`` that fills it (``model-server pull``,
     checking the sha256 when the source names one; the source's own credentials Secret, else
-    ``credentials_secret``)."""
+    ``credentials_secret``).
+
+    ``pvc://claim/dir``: the directory is mounted read-only, nothing is pulled.
+    ``pvc://claim/…/model.tar.gz`` (an archive, ``env.ARCHIVE_SUFFIXES``; a built variant's
+    artifact on a volume): the claim is mounted read-only into the init container only, which
+    pulls the archive from it (``file://``) into an emptyDir, unpacking it and checking its
+    sha256, as from a store."""
     credentials_secret = src.credentials_secret or credentials_secret
     parsed = urlparse(src.uri)
     mount: dict[str, Any] = {"name": volume_name, "mountPath": mount_path, "readOnly": True}
-    if src.scheme == "pvc":
-        sub_path = parsed.path.strip("/")
+    sub_path = parsed.path.strip("/")
+    pull_uri = src.uri
+    claim_volume: dict[str, Any] | None = None
+    claim_mount: dict[str, Any] | None = None
+    if src.scheme == "pvc" and not sub_path.endswith(env.ARCHIVE_SUFFIXES):
         if sub_path:
             mount["subPath"] = sub_path
         volume = {"name": volume_name, "persistentVolumeClaim": {
             "claimName": parsed.netloc, "readOnly": True}}
-        return volume, mount, []
+        return [volume], mount, []
+    if src.scheme == "pvc":
+        claim_volume = {"name": f"{volume_name}-claim", "persistentVolumeClaim": {
+            "claimName": parsed.netloc, "readOnly": True}}
+        claim_dir = f"{env.CLAIM_MOUNT}/{volume_name}"
+        claim_mount = {"name": claim_volume["name"], "mountPath": claim_dir, "readOnly": True}
+        pull_uri = f"file://{claim_dir}/{sub_path}"
+        cache_url = None  # the node's cache agent cannot read the pod's volume
+        credentials_secret = None
     if src.scheme == "file":
         # Single-node development clusters only: hostPath is refused where Pod Security
         # "restricted" is enforced (docs/modelservice-api.md).
         volume = {"name": volume_name, "hostPath": {"path": parsed.path, "type": "Directory"}}
-        return volume, mount, []
-    args = ["pull", src.uri, mount_path]
+        return [volume], mount, []
+    args = ["pull", pull_uri, mount_path]
     if src.sha256:
         args += ["--sha256", src.sha256]
     if cache_url:
@@ -342,7 +359,8 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
         "command": ["model-server"],
         "args": args,
         "volumeMounts": [{"name": volume_name, "mountPath": mount_path},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         *([claim_mount] if claim_mount else [])],
         "securityContext": security,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         # `model-server pull` writes its one-line error to /dev/termination-log; anything
@@ -353,7 +371,10 @@ def _model_volume(src: ModelSource, credentials_secret: str | None, image: str,
         init["imagePullPolicy"] = pull_policy
     if credentials_secret:
         init["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
-    return {"name": volume_name, "emptyDir": {}}, mount, [init]
+    volumes = [{"name": volume_name, "emptyDir": {}}]
+    if claim_volume:
+        volumes.append(claim_volume)
+    return volumes, mount, [init]
 
 
 def _env(spec: ModelServiceSpec, variant: Variant) -> list[dict[str, str]]:
@@ -416,6 +437,17 @@ def _secret_volumes(spec: ModelServiceSpec) -> tuple[list[dict[str, Any]], list[
     return volumes, mounts
 
 
+def service_ports() -> list[dict[str, Any]]:
+    """The ports of every Service of a ModelService (the activator's slices mirror them)."""
+    return _service_ports()
+
+
+def object_metadata(ms: Mapping[str, Any], name: str, variant: str | None = None
+                    ) -> dict[str, Any]:
+    """Name, namespace, labels and the controller ownerReference of an object of ``ms``."""
+    return _metadata(ms, name, variant)
+
+
 def _service_ports() -> list[dict[str, Any]]:
     return [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
@@ -458,7 +490,7 @@ def pod_security() -> dict[str, Any]:
 
 def pull_volume(src: ModelSource, credentials_secret: str | None, image: str,
                 pull_policy: str | None, *, volume_name: str, mount_path: str, container: str
-                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+                ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """``_model_volume`` for another pod than a variant's (the optimization Job's source and
     data; no model cache)."""
     return _model_volume(src, credentials_secret, image, pull_policy, container_security(),
@@ -478,7 +510,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         target = placement.target if placement is not None else spec_target(spec)
     image = serving_image(spec, opts)
     security = container_security()
-    volume, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
+    volumes, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
                                         image, spec.image_pull_policy, security,
                                         opts.model_cache_url)
     secret_volumes, secret_mounts = _secret_volumes(spec)
@@ -514,7 +546,8 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     pod: dict[str, Any] = {
         "securityContext": pod_security(),
         "containers": [container],
-        "volumes": [volume, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME, *secret_volumes],
+        "volumes": [*volumes, {"name": "tmp", "emptyDir": {}}, PODINFO_VOLUME,
+                    *secret_volumes],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
     }
@@ -577,7 +610,7 @@ def build_stable_service(ms: Mapping[str, Any], spec: ModelServiceSpec) -> dict[
 def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
               min_replicas: int | None = None) -> dict[str, Any]:
     """The variant's HPA; ``min_replicas`` overrides spec.autoscaling.minReplicas
-    (``hpa_min_replicas``)."""
+    (``hpa_min_replicas``); never below 1 (a variant at zero is KEDA's, ``zero``)."""
     assert spec.autoscaling is not None
     a = spec.autoscaling
     name = object_name(spec.name, variant.name)
@@ -591,7 +624,7 @@ def build_hpa(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
             "target": {"type": "AverageValue", "averageValue": str(a.target_inflight)}}})
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": a.min_replicas if min_replicas is None else min_replicas,
+        "minReplicas": max(1, a.min_replicas if min_replicas is None else min_replicas),
         "maxReplicas": a.max_replicas, "metrics": metrics,
     }
     if a.behavior:
@@ -761,13 +794,16 @@ def pod_marks(spec: ModelServiceSpec, serving: Serving) -> dict[str, PodMarks]:
 def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec | None = None,
               serving: Serving | None = None,
               gpu: Mapping[str, GpuPlacement] | None = None,
-              withheld: Collection[str] = ()) -> list[dict[str, Any]]:
+              withheld: Collection[str] = (), scale: zero.Plan | None = None,
+              ability: zero.Ability | None = None) -> list[dict[str, Any]]:
     """Every object `ms` needs, in apply order. ``spec`` is the parsed spec (parsed here when
     not given; raises InvalidSpecError for a bad one, NoServingImage for one no configured
     image serves); ``serving`` the effective weights
     (spec.traffic when not given); ``gpu`` each GPU variant's placement (spec.gpu as written
     for a variant without one); ``withheld`` the variants that get no Deployment and no HPA
-    (the GPU fit refused them)."""
+    (the GPU fit refused them); ``scale`` the scale-to-zero plan of this pass
+    (``zero.plan``; its variants get a KEDA ScaledObject instead of an HPA, built with
+    ``ability``)."""
     spec = spec if spec is not None else parse_spec(ms)
     serving_image(spec, opts)  # refuses (NoServingImage) before any object is built
     serving = serving if serving is not None else spec_serving(spec)
@@ -776,6 +812,9 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
     scrape_annotations = not service_monitor and spec.service_monitor != "disabled"
     replicas = variant_replicas(spec, weights, serving.routed)
     hpa_min = hpa_min_replicas(spec, serving) if spec.autoscaling else {}
+    if scale is not None:
+        hpa_min = {**hpa_min, **scale.floor}
+    keda = scale.keda if scale is not None and ability is not None else {}
     # The stable Service first: when a second variant is added it drops the variant label
     # before the per-variant Services appear, so no pod is ever selected twice for scraping.
     out: list[dict[str, Any]] = [build_stable_service(ms, spec)]
@@ -788,8 +827,14 @@ def build_all(ms: Mapping[str, Any], opts: BuildOptions, spec: ModelServiceSpec 
                 (gpu or {}).get(variant.name)))
         if variant_services(spec):
             out.append(build_variant_service(ms, spec, variant))
-        if spec.autoscaling and served:
-            out.append(build_hpa(ms, spec, variant, hpa_min[variant.name]))
+        if spec.autoscaling and served and variant.name in keda:
+            assert scale is not None and ability is not None
+            out.append(zero.build_scaled_object(
+                _metadata(ms, object_name(spec.name, variant.name), variant.name), spec,
+                variant.name, object_name(spec.name, variant.name), ability,
+                keda[variant.name], scale.paused.get(variant.name)))
+        elif spec.autoscaling and served:
+            out.append(build_hpa(ms, spec, variant, max(1, hpa_min[variant.name])))
     if service_monitor:
         out.append(build_service_monitor(ms, spec))
     if retry_budget_wanted(spec, opts):  # before the route: its retries start capped

@@ -200,12 +200,30 @@ class OperatorConfig:
     ``--model-cache-url``; the chart's ``modelCache``): the pull init containers ask it first
     (docs/model-cache.md). Empty: they pull from the store."""
 
+    activator_service: str = ""
+    """The activator's Service, ``<name>`` in the operator's namespace (``lease_namespace``)
+    or ``<namespace>/<name>`` (``MSV_ACTIVATOR_SERVICE``; the chart sets it with
+    ``scaleToZero.enabled``). Empty: no scale to zero (a ``minReplicas: 0`` keeps one pod and
+    is reported, docs/scale-to-zero.md)."""
+
+    keda_prometheus_url: str = ""
+    """The Prometheus KEDA's triggers ask (``MSV_KEDA_PROMETHEUS_URL``; default
+    ``prometheus_url``): an address KEDA's pods can reach."""
+
     field_manager: str = field(default=FIELD_MANAGER)
     """Server-side apply field manager (not configurable from outside; fixed by design)."""
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def activator(self) -> tuple[str, str] | None:
+        """(namespace, name) of the activator Service; None: not configured."""
+        if not self.activator_service:
+            return None
+        ns, _, name = self.activator_service.rpartition("/")
+        return (ns or self.lease_namespace, name)
 
 
 def _env_number(environ: Mapping[str, str], name: str, default: T,
@@ -311,6 +329,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         gpu_fit_read_credentials=_env_bool(env, "MSV_GPU_FIT_READ_CREDENTIALS", False),
         gpu_prices=parse_gpu_prices(env.get("MSV_GPU_PRICES")),
         model_cache_url=(env.get("MSV_MODEL_CACHE_URL") or "").strip(),
+        activator_service=(env.get("MSV_ACTIVATOR_SERVICE") or "").strip(),
+        keda_prometheus_url=(env.get("MSV_KEDA_PROMETHEUS_URL") or "").strip(),
     )
     return validate(cfg)
 

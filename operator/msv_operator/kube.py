@@ -76,6 +76,8 @@ SERVICE_MONITOR_API = ("monitoring.coreos.com/v1", "servicemonitors")
 HTTPROUTE_API = ("gateway.networking.k8s.io/v1", "httproutes")
 RETRY_BUDGET_API = ("gateway.networking.x-k8s.io/v1alpha1", "xbackendtrafficpolicies")
 """Gateway API's retry budget (GEP-3388, experimental channel)."""
+KEDA_SCALED_OBJECTS = ("keda.sh/v1alpha1", "scaledobjects")
+"""KEDA's ScaledObject (``msv_contract.scaletozero.KEDA_API``): scale to zero."""
 CRD_API = "apiextensions.k8s.io/v1"
 HTTPROUTE_CRD = "httproutes.gateway.networking.k8s.io"
 GATEWAY_CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
@@ -444,6 +446,8 @@ class CapabilityAnswer:
     not be read (Gateway API not served, or no ``get`` on it)."""
     retry_budget: bool = False
     """The cluster serves ``RETRY_BUDGET_API`` (XBackendTrafficPolicy)."""
+    keda: bool = False
+    """The cluster serves ``KEDA_API`` ScaledObject (scale to zero)."""
 
 
 def http_route_retry(crd: Mapping[str, Any]) -> bool:
@@ -514,6 +518,7 @@ class Capabilities:
                     gateway_api=gateway_api, gateway_retry=retry, gateway_channel=channel,
                     # asked whatever HTTPRoute's answer: a policy left from before is pruned
                     retry_budget=self.kube.served(*RETRY_BUDGET_API),
+                    keda=self.kube.served(*KEDA_SCALED_OBJECTS),
                 )
             except ApiError as e:
                 if previous is None:
@@ -522,12 +527,13 @@ class Capabilities:
                 answer = previous
             if answer != previous:
                 log.info("Discovered capabilities: ServiceMonitor %s, HTTPRoute %s, "
-                         "XBackendTrafficPolicy %s",
+                         "XBackendTrafficPolicy %s, ScaledObject %s",
                          "served" if answer.service_monitor else "not served",
                          ("not served" if not answer.gateway_api else
                           f"served ({answer.gateway_channel or 'unknown'} channel, "
                           f"{'with' if answer.gateway_retry else 'without'} rules[].retry)"),
-                         "served" if answer.retry_budget else "not served")
+                         "served" if answer.retry_budget else "not served",
+                         "served" if answer.keda else "not served")
             self.answer = answer
             self.stamp = time.monotonic()
             return answer

@@ -107,7 +107,7 @@ def render(ms: Mapping[str, Any]) -> str:
             ["NAME", "WEIGHT", "SHARE", "READY/DESIRED", "HPA", "P95(ms)", "RPS", "ERRORS",
              "AGREEMENT", "PARAMS", "SIZE", "CPU(m)/POD", "MEM/POD", "OPTIMIZATION"],
             [[v.name, v.weight, v.share,
-              f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}",
+              _replicas(v),
               None if v.max_replicas is None else f"{v.min_replicas}..{v.max_replicas}",
               v.p95_ms, v.rps, v.error_rate, v.agreement, v.parameters, _size(v.size_bytes),
               v.cpu_millicores, _size(v.memory_bytes), v.optimization] for v in variants])
@@ -164,6 +164,13 @@ def _built(v: VariantStatus) -> list[Any]:
             _versus(report, "latencyMsBatch8", "baselineLatencyMsBatch8"),
             report.get("agreement"), report.get("accuracy"),
             None if ready is None else ("ready" if ready else "gates not met")]
+
+
+def _replicas(v: VariantStatus) -> str:
+    """READY/DESIRED; ``0 (idle)`` for a variant at zero by its idle policy."""
+    if v.scaled_to_zero:
+        return "0 (idle)"
+    return f"{_or(v.ready_replicas, 0)}/{_or(v.desired_replicas, _or(v.replicas, 0))}"
 
 
 def _startup(v: VariantStatus) -> list[Any]:

@@ -10,7 +10,8 @@ what is produced) and the data's sha256. Per pass, per built variant:
   ``placement.ABSENT_TTL``). Found and well-formed (its key, a sha256): the variant serves
   ``<output>/<key>/model.tar.gz`` with that sha256 (the pull checks it), no Job is made, and
   report.json is read the same way for the offline report. A status that already records
-  the key (``provenance``) serves it without a read (it was verified when recorded).
+  the key at this output (``provenance``) serves it without a read (it was verified when
+  recorded).
 * **Building.** No MANIFEST: the Job ``<ms>-<variant>-build-<key[:10]>`` (``build_job``) is
   created unless it exists; while it runs the newest progress line of its pod's log
   (``PROGRESS_PREFIX``) is read on the measurement interval into ``status.variants[].build``.
@@ -20,6 +21,14 @@ what is produced) and the data's sha256. Per pass, per built variant:
 * **Succeeded.** The Job's termination message (``RESULT_KEYS``) must name the key and the
   sha256 the MANIFEST then says; the cached "missing" answer is dropped so the next read
   finds it.
+* **A store the operator does not read.** A ``pvc://`` output (``reads_output``: the claim is
+  mounted into the Job only, read-write at ``OUTPUT_DIR``) is never read here, and an S3
+  MANIFEST that cannot be read (``NotChecked``) is treated alike: the Job decides. It finds a
+  published key and ends at once without work, or builds; its result (key, sha256, size, the
+  report's summary) is the record, kept in the status, so the same recipe never runs a Job
+  again while the status holds it. The variant's pods check that sha256 when they pull
+  (a ``pvc://`` archive is pulled from the claim, ``builders._model_volume``). A Job that
+  succeeds without a result is a failure (nothing says what it published).
 * **Failed.** ``Built=False``, reason ``BuildFailed``: the Job's own reason (deadline, back-off),
   the container's termination message and the last ``LOG_LINES`` lines of its log (read once
   per Job). The variant keeps what it served. A new generation of the ModelService deletes
@@ -51,6 +60,10 @@ log = logging.getLogger("msv_operator.optimize")
 JOB_API = "batch/v1"
 SOURCE_DIR = "/mnt/source"
 DATA_DIR = "/mnt/data"
+OUTPUT_DIR = "/mnt/output"
+"""A ``pvc://`` output's claim, mounted read-write in the build container (the Job publishes
+to ``file://<OUTPUT_DIR>/<prefix>/``)."""
+OUTPUT_VOLUME = "output"
 WORK_DIR = "/tmp/work"
 BUILD_CONTAINER = "optimize"
 SOURCE_PULL = "source-pull"
@@ -114,8 +127,9 @@ class PipelineState:
 def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any]:
     """The recipe the Job runs and the key hashes, in the form ``model-server optimize build``
     reads (model_server/optimize/recipe.py): the recipe, the framework and task, ``steps`` or
-    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``) and
-    whether the data has labels. Not in it: URIs, credentials, output, resources, deadline,
+    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``), how
+    image pixels become a TensorFlow model's input (``inputRange``) and whether the data has
+    labels. Not in it: URIs, credentials, output, resources, deadline,
     gates, autoRollout (they do not change what is produced)."""
     out: dict[str, Any] = {"recipe": build.recipe, "framework": parsed.framework,
                            "task": parsed.task, "labels": build.data_labels}
@@ -132,6 +146,8 @@ def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any
         out["student"] = {k: v for k, v in (
             ("layers", st.layers), ("hiddenSize", st.hidden_size),
             ("intermediateSize", st.intermediate_size), ("heads", st.heads)) if v is not None}
+    if build.input_range is not None:
+        out["inputRange"] = list(build.input_range)
     return out
 
 
@@ -156,6 +172,21 @@ def job_name(ms_name: str, variant: str, key: str) -> str:
     return base + suffix
 
 
+def reads_output(build: spec.Build) -> bool:
+    """Whether the operator reads the output store itself (``s3://``); a ``pvc://`` output is
+    mounted into the Job only, and the Job's result is the operator's record of it."""
+    return build.output.startswith("s3://")
+
+
+def publish_target(build: spec.Build) -> str:
+    """What the Job's ``--publish`` names: the S3 prefix, or the claim's directory as
+    ``file://`` under ``OUTPUT_DIR``."""
+    if reads_output(build):
+        return build.output
+    sub = urlparse(build.output).path.strip("/")
+    return f"file://{OUTPUT_DIR}/{sub + '/' if sub else ''}"
+
+
 def data_file(build: spec.Build) -> str:
     return urlparse(build.data.uri).path.rstrip("/").rsplit("/", 1)[-1]
 
@@ -166,16 +197,18 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
               key: str, opts: builders.BuildOptions) -> dict[str, Any]:
     """The Job that produces ``variant``'s artifact: init containers pull the source model
     and the data (each sha256-checked), then ``model-server optimize build`` publishes
-    ``<output>/<key>/`` (write, checksum, MANIFEST last). Pod Security ``restricted``; owned
-    by the ModelService; no retries; ``deadline`` as activeDeadlineSeconds."""
+    ``<output>/<key>/`` (write, checksum, MANIFEST last; a ``pvc://`` output's claim is
+    mounted read-write at ``OUTPUT_DIR`` and published to as ``file://``). Pod Security
+    ``restricted``; owned by the ModelService; no retries; ``deadline`` as
+    activeDeadlineSeconds."""
     build = variant.build
     assert build is not None
     image = builders.serving_image(parsed, opts)
     policy = parsed.image_pull_policy
-    src_volume, src_mount, src_init = builders.pull_volume(
+    src_volumes, src_mount, src_init = builders.pull_volume(
         parsed.model, parsed.credentials_secret, image, policy, volume_name="source",
         mount_path=SOURCE_DIR, container=SOURCE_PULL)
-    data_volume, data_mount, data_init = builders.pull_volume(
+    data_volumes, data_mount, data_init = builders.pull_volume(
         build.data, None, image, policy, volume_name="data", mount_path=DATA_DIR,
         container=DATA_PULL)
     recipe = recipe_of(parsed, build)
@@ -185,7 +218,7 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
             "--source-sha256", str(parsed.model.sha256),
             "--data-sha256", str(build.data.sha256),
             # the output prefix: the build adds <key>/ itself (msv_contract.pipeline)
-            "--publish", build.output, "--work", WORK_DIR]
+            "--publish", publish_target(build), "--work", WORK_DIR]
     requests = dict(build.resources.get("requests") or DEFAULT_REQUESTS)
     resources: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
     if build.resources.get("limits"):
@@ -203,6 +236,11 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
         container["imagePullPolicy"] = policy
     if build.output_secret:
         container["envFrom"] = [{"secretRef": {"name": build.output_secret}}]
+    volumes = [*src_volumes, *data_volumes, {"name": "tmp", "emptyDir": {}}]
+    if not reads_output(build):
+        volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
+            "claimName": urlparse(build.output).netloc}})
+        container["volumeMounts"].append({"name": OUTPUT_VOLUME, "mountPath": OUTPUT_DIR})
     name = job_name(parsed.name, variant.name, key)
     labels = {**builders.labels(parsed.name), LABEL_BUILD: variant.name,
               LABEL_KEY: key[:63]}
@@ -226,7 +264,7 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
                     "automountServiceAccountToken": False,
                     "initContainers": [*src_init, *data_init],
                     "containers": [container],
-                    "volumes": [src_volume, data_volume, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 }},
         },
     }
@@ -517,7 +555,8 @@ def resolve(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
         vb = VariantBuild(key, name, "Checking")
         out.variants[variant.name] = vb
         earlier = records.get(variant.name) or {}
-        if earlier.get("key") == key and earlier.get("artifactSha256"):
+        if (earlier.get("key") == key and earlier.get("artifactSha256")
+                and earlier.get("artifactUri") == location(build, key, pipeline.ARTIFACT_FILE)):
             vb.phase, vb.provenance = "Published", dict(earlier)
         else:
             vb.provenance = dict(earlier) if earlier.get("artifactSha256") else None
@@ -542,6 +581,8 @@ def resolve(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
 
 def _report(ctx: Sources, parsed: spec.ModelServiceSpec, build: spec.Build, key: str,
             vb: VariantBuild, out: Builds) -> dict[str, Any] | None:
+    if not reads_output(build):  # the Job's result carried it, or nothing will
+        return None
     read = _ask(ctx, parsed, location(build, key, pipeline.REPORT_FILE), build.output_secret)
     if isinstance(read, placement.Pending):
         out.requeue_after = _sooner(out.requeue_after, read.due_in + 1.0)
@@ -570,7 +611,8 @@ def _check(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
     build = variant.build
     assert build is not None
     manifest_uri = location(build, key, pipeline.MANIFEST_FILE)
-    read = _ask(ctx, parsed, manifest_uri, build.output_secret)
+    read = (_ask(ctx, parsed, manifest_uri, build.output_secret) if reads_output(build)
+            else artifacts.read_small(manifest_uri))  # NotChecked at once: not read
     if isinstance(read, placement.Pending):
         out.requeue_after = _sooner(out.requeue_after, read.due_in + 1.0)
         return
@@ -632,14 +674,21 @@ def _check(ctx: Sources, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
                           f"{result.get('key')!r}; not served")
             return
         if isinstance(read, artifacts.NotChecked) and result is not None:
-            # the operator cannot read the store: the Job's own word (the pull checks the
-            # sha256, so nothing but the finished artifact can be served)
+            # the operator cannot read the store: the Job's own word, its report's numbers
+            # included (the pull checks the sha256, so nothing but the finished artifact can
+            # be served)
             vb.phase = "Published"
-            vb.provenance = record(parsed, build, key, name, result, None)
+            vb.provenance = record(parsed, build, key, name, result,
+                                   result if isinstance(result.get("summary"), Mapping)
+                                   else None)
             return
-        vb.phase = "Checking"
-        out.requeue_after = _sooner(out.requeue_after, 1.0)
-        return
+        if not isinstance(read, artifacts.NotChecked):
+            vb.phase = "Checking"
+            out.requeue_after = _sooner(out.requeue_after, 1.0)
+            return
+        # nothing says what it published: reported as a failure (a new generation retries)
+        why = (f"its pod ended without a result (the termination message) and the operator "
+               f"cannot read {manifest_uri}")
     # failed
     uid = str(job_meta.get("uid") or name)
     made_for = int((job_meta.get("annotations") or {}).get(ANNOTATION_GENERATION) or 0)

@@ -59,6 +59,21 @@ def deployments_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
 
 def hpas_by_variant(objects: Iterable[Mapping[str, Any]], uid: str
                     ) -> dict[str, brownout.HpaState]:
-    """What each owned HPA says, by variant."""
-    return {v: brownout.hpa_state(o)
-            for v, o in by_variant(objects, uid, "HorizontalPodAutoscaler").items()}
+    """What each owned HPA says, by variant; for a variant KEDA scales, the HPA KEDA made
+    from its ScaledObject (it carries the ScaledObject's labels and is owned by it)."""
+    objects = list(objects)
+    scaled = {str((o.get("metadata") or {}).get("uid")) for o in objects
+              if o.get("kind") == "ScaledObject" and owned_by(o, uid)}
+    out: dict[str, brownout.HpaState] = {}
+    for o in objects:
+        if o.get("kind") != "HorizontalPodAutoscaler":
+            continue
+        meta = o.get("metadata") or {}
+        by_keda = any(ref.get("kind") == "ScaledObject" and ref.get("uid") in scaled
+                      for ref in meta.get("ownerReferences") or ())
+        variant = (meta.get("labels") or {}).get(builders.LABEL_VARIANT)
+        if variant and by_keda:
+            out[str(variant)] = brownout.hpa_state(o)
+    out.update({v: brownout.hpa_state(o)
+                for v, o in by_variant(objects, uid, "HorizontalPodAutoscaler").items()})
+    return out

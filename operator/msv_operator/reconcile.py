@@ -46,7 +46,9 @@ wanted; a budget the spec sets where it cannot act is reported in ``FieldsIgnore
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,11 +65,13 @@ from msv_operator import (
     spec,
     startup,
     status,
+    zero,
 )
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
 from msv_operator.measure import measure
 from msv_operator.owned import (
+    by_variant,
     deployments_by_variant,
     describe,
     hpas_by_variant,
@@ -212,6 +216,22 @@ def ignored_fields(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions,
 
 # ---- the pass ------------------------------------------------------------------------------
 
+ABILITY_SECONDS = 5.0
+"""How long the activator's Service and ready pods, as last read, are reused."""
+
+
+@dataclass
+class ZeroState:
+    """Scale to zero's process-wide state: the activator as last read and the routes
+    ConfigMap's routes (the operator, leader-elected, is its only writer)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    routes: list[zero.Route] | None = None
+    """None: not read yet."""
+    ability: zero.Ability | None = None
+    stamp: float = 0.0
+
+
 @dataclass
 class Context:
     """What a pass needs besides the ModelService (one per operator process)."""
@@ -230,6 +250,7 @@ class Context:
     """GPU fit's artifact cache and the Events it posted (``placement``)."""
     pipeline: optimize.PipelineState = field(default_factory=optimize.PipelineState)
     """The optimization pipeline's reads and what it read of its Jobs (``optimize``)."""
+    zero: ZeroState = field(default_factory=ZeroState)
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -252,10 +273,72 @@ def observe_optional(ctx: Context, ms: Mapping[str, Any], caps: kubeapi.Capabili
     found: list[dict[str, Any]] = []
     for served, (api_version, kind) in ((caps.service_monitor, SERVICE_MONITOR),
                                         (caps.gateway_api, HTTPROUTE),
-                                        (caps.retry_budget, RETRY_BUDGET_POLICY)):
+                                        (caps.retry_budget, RETRY_BUDGET_POLICY),
+                                        (caps.keda, zero.SCALED_OBJECT)):
         if served:
             found.extend(ctx.kube.list(api_version, kind, meta["namespace"], selector))
+    if ctx.config.activator is not None:  # only the slices the operator wrote
+        found.extend(o for o in ctx.kube.list(
+            *zero.SLICE_API, meta["namespace"],
+            f"{selector},{zero.MANAGED_BY_LABEL}={zero.stz.SLICE_MANAGED_BY}")
+            if zero.owns_slice(o))
     return found
+
+
+def zero_ability(ctx: Context, caps: kubeapi.CapabilityAnswer) -> zero.Ability:
+    """What scale to zero can count on: KEDA served, the activator Service's cluster IP (the
+    KEDA scaler address: no cluster DNS needed) and its ready pods (reused for
+    ``ABILITY_SECONDS``)."""
+    cfg = ctx.config
+    url = cfg.keda_prometheus_url or cfg.prometheus_url
+    where = cfg.activator
+    if where is None:
+        return zero.Ability(caps.keda, None, None, (), url)
+    with ctx.zero.lock:
+        known = ctx.zero.ability
+        if (known is not None and known.keda == caps.keda
+                and time.monotonic() - ctx.zero.stamp < ABILITY_SECONDS):
+            return known
+    ns, name = where
+    address: str | None = None
+    ips: list[str] = []
+    try:
+        svc = ctx.kube.get("v1", "Service", ns, name)
+        ip = ((svc or {}).get("spec") or {}).get("clusterIP")
+        if ip and ip != "None":
+            host = f"[{ip}]" if ":" in str(ip) else str(ip)
+            address = f"{host}:{zero.stz.SCALER_PORT}"
+        for eps in ctx.kube.list(*zero.SLICE_API, ns, f"{zero.SERVICE_NAME_LABEL}={name}"):
+            for ep in eps.get("endpoints") or ():
+                if (ep.get("conditions") or {}).get("ready") is False:
+                    continue
+                ips.extend(str(a) for a in ep.get("addresses") or ())
+    except kubeapi.ApiError as e:
+        log.warning("Cannot read the activator %s/%s: %s", ns, name, e)
+    found = zero.Ability(caps.keda, f"{ns}/{name}", address, tuple(sorted(set(ips))), url)
+    with ctx.zero.lock:
+        ctx.zero.ability, ctx.zero.stamp = found, time.monotonic()
+    return found
+
+
+def hold_routes(ctx: Context, namespace: str, name: str,
+                wanted: Sequence[tuple[str, int, str | None]]) -> dict[tuple[str, int], int]:
+    """Record ``wanted`` ((service, service port, variant)) as the ModelService's routes in
+    the routes ConfigMap (written only when they change); (service, service port) ->
+    activator port."""
+    where = ctx.config.activator
+    assert where is not None
+    with ctx.zero.lock:
+        if ctx.zero.routes is None:
+            ctx.zero.routes = zero.read_routes(ctx.kube.get(
+                "v1", "ConfigMap", where[0], zero.stz.ROUTES_CONFIGMAP))
+        before = ctx.zero.routes
+        after = zero.assign_ports(before, namespace, name, wanted)
+        if after != before:
+            ctx.kube.apply(zero.build_routes(where[0], after), answer=False)
+            ctx.zero.routes = after
+    return {(r.service, r.service_port): r.port for r in after
+            if r.namespace == namespace and r.modelservice == name}
 
 
 def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str) -> Result:
@@ -266,6 +349,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     generation = meta.get("generation")
     result = Result()
     if meta.get("deletionTimestamp"):
+        if ctx.config.activator is not None:  # its routes go (its slices: the collector)
+            hold_routes(ctx, ns, name, ())
         return result  # the garbage collector removes the children
 
     caps = ctx.capabilities.get()
@@ -287,6 +372,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     # are exact per request. False: requests split by the stable Service's ready pods, so a
     # step the replicas cannot represent holds and the status shows the delivered share.
     routed = False
+    scale: zero.Plan | None = None
+    ability: zero.Ability | None = None
     fit: placement.Fit | None = None
     cpu: dict[str, status.GpuVariant] | None = None
     builds = optimize.Builds()
@@ -333,9 +420,19 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
             result.requeue_after = _sooner(result.requeue_after, fit.requeue_after)
         serving = builders.Serving(shed.weights, mirror_for(parsed, decision, live), routed)
         marks = builders.pod_marks(parsed, serving)
+        if parsed.may_scale_to_zero:
+            ability = zero_ability(ctx, caps)
+            scale = zero.plan(
+                parsed, ability, zero_live(live, uid), shed.weights,
+                zero.awake(parsed, decision.status, shed.status),
+                builders.hpa_min_replicas(parsed, serving))
+            ignored += [(zero.REASON, m) for m in scale.ignored]
         desired = [apply.with_hash(o) for o in builders.build_all(
             ms, opts, parsed, serving, gpu=fit.placements if fit else None,
-            withheld=withheld(fit, builds))]
+            withheld=withheld(fit, builds), scale=scale, ability=ability)]
+        if ctx.config.activator is not None:
+            desired += [apply.with_hash(o) for o in activator_slices(
+                ctx, ms, parsed, scale, ability, shed.weights, pods, live)]
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
         result.invalid, result.invalid_reason = str(e), e.reason
 
@@ -378,6 +475,21 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
             else:
                 log.info("Applied %s", describe(obj),
                          extra={"namespace": ns, "modelservice": name})
+
+        for variant, count in sorted((scale.restore if scale else {}).items()):
+            # KEDA or the activator cannot act and the variant is at zero with traffic: the
+            # operator brings one pod back itself (KEDA is paused at that size meanwhile).
+            dep = {"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": builders.object_name(name, variant), "namespace": ns},
+                   "spec": {"replicas": count}}
+            try:
+                ctx.kube.apply(dep, answer=False,
+                               field_manager=apply.handover_manager(ctx.config.field_manager))
+                log.info("Scaled %s to %d: scale to zero cannot act", describe(dep), count,
+                         extra={"namespace": ns, "modelservice": name})
+            except kubeapi.Rejected as e:
+                log.warning("Could not scale %s: %s", describe(dep), e,
+                            extra={"namespace": ns, "modelservice": name})
 
         for pod_name, labels, annotations in apply.pods_to_mark(marks, pods):
             # Pod templates carry spec.traffic's label and no mirror (builders): weights and
@@ -425,6 +537,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         hpas=hpas, measured=measured, routed=routed,
         gpu=fit.status() if fit is not None else cpu,
         builds=builds.summary() if result.invalid is None else None,
+        zero_variants=tuple(scale.keda) if scale is not None else (),
+        zero_blind=tuple(scale.blind) if scale is not None else (),
     )
     write_status(ctx, ms, result)
     return result
@@ -434,6 +548,49 @@ def withheld(fit: placement.Fit | None, builds: optimize.Builds) -> set[str]:
     """Variants that get no Deployment this pass (a live one is left as it is): those GPU fit
     refused or waits to place, and built variants with no finished artifact yet."""
     return (fit.withheld if fit else set()) | builds.withheld
+
+
+def zero_live(live: Mapping[tuple[str, str], Mapping[str, Any]], uid: str
+              ) -> dict[str, zero.Live]:
+    """Each variant's ScaledObject and Deployment replicas as this pass found them."""
+    scaled = by_variant(live.values(), uid, zero.stz.SCALED_OBJECT)
+    deps = deployments_by_variant(live.values(), uid)
+    out = {}
+    for v in {*scaled, *deps}:
+        replicas = ((deps.get(v) or {}).get("spec") or {}).get("replicas")
+        out[v] = zero.Live(scaled.get(v), None if replicas is None else int(replicas))
+    return out
+
+
+def activator_slices(ctx: Context, ms: Mapping[str, Any], parsed: spec.ModelServiceSpec,
+                     scale: zero.Plan | None, ability: zero.Ability | None,
+                     weights: Mapping[str, int], pods: list[dict[str, Any]],
+                     live: Mapping[tuple[str, str], Mapping[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """The EndpointSlices sending the traffic of the ModelService's Services that have no
+    ready pod to the activator, on ports recorded in the routes ConfigMap (none, and no
+    route, when KEDA does not scale any of its variants or the activator has no ready pod)."""
+    name = parsed.name
+    held: list[zero.HeldService] = []
+    if scale is not None and scale.keda and ability is not None and ability.activator_ips:
+        replicas = {v: z.replicas for v, z in zero_live(live, ms["metadata"]["uid"]).items()}
+        variant_service = ({v.name: builders.object_name(name, v.name) for v in parsed.variants}
+                           if builders.variant_services(parsed) else {})
+        held = zero.services_at_zero(parsed, builders.object_name(name), variant_service,
+                                     scale.keda, weights, pods, replicas)
+    ports = builders.service_ports()
+    wanted = [(h.service, int(p["port"]), h.variant) for h in held for p in ports]
+    try:
+        assigned = hold_routes(ctx, parsed.namespace, name, wanted)
+    except zero.PortsExhausted as e:
+        log.warning("No activator port left: %s", e,
+                    extra={"namespace": parsed.namespace, "modelservice": name})
+        return []
+    assert ability is not None or not held
+    return [zero.build_slice(
+        builders.object_metadata(ms, h.service, h.variant), h,
+        {str(p["name"]): assigned[(h.service, int(p["port"]))] for p in ports},
+        ability.activator_ips if ability else ()) for h in held]
 
 
 def brownout_standings(parsed: spec.ModelServiceSpec,

@@ -57,6 +57,22 @@ class ModelSource:
         return self.uri.split("://", 1)[0]
 
 
+IDLE_AFTER_DEFAULT = "5m"
+"""``spec.autoscaling.idleAfter``: how long a variant that may scale to zero must see no
+request before its last pod goes (KEDA's cooldownPeriod)."""
+IDLE_AFTER_RANGE = ("30s", "24h")
+"""Least and most ``idleAfter``."""
+
+
+@dataclass(frozen=True)
+class VariantAutoscaling:
+    """``spec.variants[].autoscaling``: overrides of spec.autoscaling for one variant (None:
+    spec.autoscaling's)."""
+
+    min_replicas: int | None = None
+    idle_seconds: float | None = None
+
+
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -73,6 +89,10 @@ BUILD_DEFAULTS: Mapping[str, Any] = {"deadline": "2h", "pruningAmount": 0.3}
 """``spec.variants[].build``: the Job's deadline, and the share of FFN neurons prune-recover
 removes."""
 BUILD_DEADLINE_RANGE = ("1m", "168h")
+BUILD_OUTPUT_SCHEMES = ("s3", "pvc")
+"""``spec.variants[].build.output.uri``: an S3 prefix (the operator reads its MANIFEST), or a
+directory on a PersistentVolumeClaim the Job mounts read-write (the operator records what the
+Job reports; docs/optimization.md)."""
 BUILD_GATE_DEFAULTS: Mapping[str, Any] = {"minAgreement": 0.99, "maxLatencyRatio": 1.0}
 """``spec.variants[].build.gates``: what the offline report must show for ``readyToRollOut``."""
 
@@ -87,13 +107,16 @@ class Build:
     """The data set (its sha256 is required: the artifact key hashes it)."""
     data_labels: bool
     output: str
-    """``s3://bucket/prefix/`` the artifact is published under (``<output>/<key>/``)."""
+    """``s3://bucket/prefix/`` or ``pvc://claim/prefix/`` the artifact is published under
+    (``<output>/<key>/``; always ends with ``/``)."""
     output_secret: str | None
     steps: int | None = None
     epochs: int | None = None
     max_time_seconds: float | None = None
     pruning_amount: float | None = None
     student: Student | None = None
+    input_range: tuple[float, float] | None = None
+    """``data.inputRange`` (framework tensorflow): what image pixels 0..255 become."""
     resources: Mapping[str, Any] = field(default_factory=dict)
     deadline_seconds: int = int(_seconds(BUILD_DEFAULTS["deadline"]))
     min_agreement: float = BUILD_GATE_DEFAULTS["minAgreement"]
@@ -111,6 +134,9 @@ class Variant:
     replicas: int | None = None
     build: Build | None = None
     """The variant's model is produced by a Job (``model`` is then the artifact, once built)."""
+    autoscaling: VariantAutoscaling | None = None
+    """``spec.variants[].autoscaling``: this variant's own floor and idle period (over
+    spec.autoscaling's)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,8 @@ class Autoscaling:
     target_inflight: int | None = None
     behavior: Mapping[str, Any] | None = None
     brownout: Brownout | None = None
+    idle_seconds: float = field(default_factory=lambda: parse_idle_after(None, ""))
+    """``spec.autoscaling.idleAfter`` in seconds (``IDLE_AFTER_DEFAULT``)."""
 
 
 @dataclass(frozen=True)
@@ -328,6 +356,29 @@ class ModelServiceSpec:
         """The stable variant: the one with the most weight in spec.traffic (the first of
         equals)."""
         return stable_of(self.traffic)
+
+    def min_replicas(self, variant: str) -> int | None:
+        """The variant's autoscaling floor (its own, else spec.autoscaling's); None without
+        spec.autoscaling."""
+        if self.autoscaling is None:
+            return None
+        own = next((v.autoscaling for v in self.variants if v.name == variant), None)
+        if own is not None and own.min_replicas is not None:
+            return own.min_replicas
+        return self.autoscaling.min_replicas
+
+    def idle_seconds(self, variant: str) -> float:
+        """The variant's idle period before it goes to zero (its own, else
+        spec.autoscaling.idleAfter)."""
+        own = next((v.autoscaling for v in self.variants if v.name == variant), None)
+        if own is not None and own.idle_seconds is not None:
+            return own.idle_seconds
+        return self.autoscaling.idle_seconds if self.autoscaling else parse_idle_after(None, "")
+
+    @property
+    def may_scale_to_zero(self) -> tuple[str, ...]:
+        """The variants whose autoscaling floor is 0, in spec.variants order."""
+        return tuple(v.name for v in self.variants if self.min_replicas(v.name) == 0)
 
 
 def stable_of(traffic: Mapping[str, int]) -> str:
@@ -461,6 +512,20 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     labels = data.get("labels", False)
     if not isinstance(labels, bool):
         raise InvalidSpecError(f"{where}.data.labels: expected true or false")
+    input_range: tuple[float, float] | None = None
+    if data.get("inputRange") is not None:
+        value = data["inputRange"]
+        if caps.FRAMEWORKS[framework].tasks:  # a pipeline framework preprocesses itself
+            tensor = [f.name for f in caps.FRAMEWORKS.values() if not f.tasks]
+            raise InvalidSpecError(f"{where}.data.inputRange: applies to framework "
+                                   f"{' or '.join(tensor)} only (a {framework} model's own "
+                                   "preprocessor scales pixels)")
+        if (not isinstance(value, list) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+                or not value[0] < value[1]):
+            raise InvalidSpecError(f"{where}.data.inputRange: expected [low, high] with "
+                                   f"low < high, not {value!r}")
+        input_range = (float(value[0]), float(value[1]))
     budget = _object(b.get("budget"), f"{where}.budget", "steps or epochs, maxTime")
     steps = budget.get("steps")
     epochs = budget.get("epochs")
@@ -469,9 +534,16 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     max_time = budget.get("maxTime")
     output = _object(b.get("output"), f"{where}.output", "uri")
     out_uri = _check_uri(output.get("uri"), f"{where}.output.uri")
-    if not out_uri.startswith("s3://"):
+    out_scheme = out_uri.split("://", 1)[0]
+    if out_scheme not in BUILD_OUTPUT_SCHEMES:
         raise InvalidSpecError(f"{where}.output.uri: {out_uri!r}: artifacts are published to "
-                               "an s3://bucket/prefix/ (the operator reads their MANIFEST)")
+                               "an s3://bucket/prefix/ or a pvc://claim/prefix/")
+    if out_scheme == "pvc" and ".." in urlparse(out_uri).path.split("/"):
+        raise InvalidSpecError(f"{where}.output.uri: {out_uri!r}: a '..' would leave the "
+                               "volume; name a directory inside the claim")
+    if out_scheme == "pvc" and output.get("credentialsSecret") is not None:
+        raise InvalidSpecError(f"{where}.output.credentialsSecret: a pvc:// output is a volume "
+                               "the Job mounts; it takes no credentials (remove the field)")
     out_secret = (_secret_name(output, "credentialsSecret", f"{where}.output", "unsigned")
                   if output.get("credentialsSecret") is not None else None)
     amount: float | None = None
@@ -520,7 +592,8 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
         epochs=None if epochs is None else _int(epochs, f"{where}.budget.epochs", 1, 1000),
         max_time_seconds=None if max_time is None else parse_duration(
             max_time, f"{where}.budget.maxTime"),
-        pruning_amount=amount, student=student, resources=dict(resources),
+        pruning_amount=amount, student=student, input_range=input_range,
+        resources=dict(resources),
         deadline_seconds=int(deadline),
         min_agreement=_ratio(g["minAgreement"], f"{where}.gates.minAgreement", 0.0, 1.0),
         max_latency_ratio=_ratio(g["maxLatencyRatio"], f"{where}.gates.maxLatencyRatio",
@@ -841,6 +914,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
             pruning_amount=amount,
             replicas=None if replicas is None else _int(replicas, f"{where}.replicas", 0, 1000),
             build=build,
+            autoscaling=parse_variant_autoscaling(v.get("autoscaling"), f"{where}.autoscaling",
+                                                  spec.get("autoscaling")),
         ))
 
     raw_traffic = spec.get("traffic") or [{"variant": variants[0].name, "weight": 100}]
@@ -872,17 +947,24 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
     autoscaling = None
     if isinstance(spec.get("autoscaling"), Mapping):
         a = spec["autoscaling"]
-        lo = _int(a.get("minReplicas", 1), "spec.autoscaling.minReplicas", 1, 1000)
+        lo = _int(a.get("minReplicas", 1), "spec.autoscaling.minReplicas", 0, 1000)
         hi = _int(a.get("maxReplicas", 4), "spec.autoscaling.maxReplicas", 1, 1000)
         if lo > hi:
             raise InvalidSpecError(
                 f"spec.autoscaling: minReplicas ({lo}) must not exceed maxReplicas ({hi})"
             )
+        for i, v in enumerate(variants):
+            own = v.autoscaling.min_replicas if v.autoscaling else None
+            if own is not None and own > hi:
+                raise InvalidSpecError(
+                    f"spec.variants[{i}].autoscaling.minReplicas: {own} must not exceed "
+                    f"spec.autoscaling.maxReplicas ({hi})")
         autoscaling = Autoscaling(
             min_replicas=lo, max_replicas=hi,
             target_cpu=a.get("targetCPUUtilization"), target_inflight=a.get("targetInFlight"),
             behavior=a.get("behavior"),
             brownout=parse_brownout(a.get("brownout"), tuple(variants), traffic),
+            idle_seconds=parse_idle_after(a.get("idleAfter"), "spec.autoscaling.idleAfter"),
         )
 
     server = spec.get("server") or {}
@@ -922,6 +1004,42 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         rollout=parse_rollout(spec.get("rollout"), tuple(variants), traffic),
         startup_timeout_seconds=parse_startup_timeout(server.get("startupTimeout")),
     )
+
+
+def parse_idle_after(value: Any, where: str) -> float:
+    """Seconds of an ``idleAfter`` (``IDLE_AFTER_DEFAULT`` when absent), within
+    ``IDLE_AFTER_RANGE``."""
+    if isinstance(value, str) and not GATEWAY_DURATION.match(value):  # the CRD's pattern
+        raise InvalidSpecError(f"{where}: {value!r} is not a duration such as 5m (at most 5 "
+                               "digits)")
+    seconds = parse_duration(IDLE_AFTER_DEFAULT if value is None else value, where)
+    lo, hi = (_seconds(v) for v in IDLE_AFTER_RANGE)
+    if not lo <= seconds <= hi:
+        raise InvalidSpecError(f"{where}: {value!r} is outside [{IDLE_AFTER_RANGE[0]}, "
+                               f"{IDLE_AFTER_RANGE[1]}]")
+    return seconds
+
+
+def parse_variant_autoscaling(raw: Any, where: str, autoscaling: Any
+                              ) -> VariantAutoscaling | None:
+    """``spec.variants[].autoscaling``: ``minReplicas`` (0 lets the variant scale to zero) and
+    ``idleAfter``; only with spec.autoscaling (the variant's maxReplicas and metric are its)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError(f"{where}: expected an object with minReplicas, idleAfter")
+    if not isinstance(autoscaling, Mapping):
+        raise InvalidSpecError(
+            f"{where}: needs spec.autoscaling (the variant's maxReplicas and scaling metric "
+            "come from it); add spec.autoscaling or remove this")
+    unknown = sorted(set(raw) - {"minReplicas", "idleAfter"})
+    if unknown:
+        raise InvalidSpecError(f"{where}.{unknown[0]}: unknown field (minReplicas, idleAfter)")
+    lo = raw.get("minReplicas")
+    idle = raw.get("idleAfter")
+    return VariantAutoscaling(
+        min_replicas=None if lo is None else _int(lo, f"{where}.minReplicas", 0, 1000),
+        idle_seconds=None if idle is None else parse_idle_after(idle, f"{where}.idleAfter"))
 
 
 def parse_startup_timeout(value: Any) -> float:

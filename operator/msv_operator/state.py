@@ -326,6 +326,8 @@ class VariantStatus(_Record):
     provenance: dict[str, Any] | None = None
     """A built variant: the verified record of the artifact it serves and its offline report
     (``optimize.record``)."""
+    scaled_to_zero: bool | None = None
+    """True while the variant is at zero by its idle policy (a state, not a failure)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     MEASURED: ClassVar[tuple[str, ...]] = (

@@ -81,6 +81,7 @@ from typing import Any
 
 from msv_contract import env
 from msv_contract.api import LABEL_VARIANT
+from msv_contract.scaletozero import REASON_SCALED_TO_ZERO, REASON_SCALING_BLIND
 from msv_operator import conditions as cond
 from msv_operator import pareto, shares, startup
 from msv_operator.brownout import HpaState, Standing, blind
@@ -329,7 +330,10 @@ def _unschedulable(pod: Mapping[str, Any], message: str) -> str:
         for v in (pod.get("spec") or {}).get("volumes") or ():
             if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim:
                 use = ("the model volume (spec.model.uri pvc://" + claim + ")"
-                       if v.get("name") == MODEL_VOLUME else f"volume {v.get('name')}")
+                       if v.get("name") == MODEL_VOLUME
+                       else f"the model volume (pvc://{claim})"
+                       if v.get("name") == f"{MODEL_VOLUME}-claim"
+                       else f"volume {v.get('name')}")
                 return (f'PersistentVolumeClaim "{claim}" does not exist; create it or fix '
                         f"{use}: {_trim(message)}")
     return _trim(message)
@@ -499,6 +503,8 @@ def compute_status(
     routed: bool = False,
     gpu: Mapping[str, GpuVariant] | None = None,
     builds: BuildSummary | None = None,
+    zero_variants: Sequence[str] = (),
+    zero_blind: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
@@ -508,7 +514,9 @@ def compute_status(
     (False: requests split by the stable Service's ready pods). ``gpu``: GPU fit's answer
     per variant (None: GPU fit is off or the ModelService has no spec.gpu). ``builds``: the
     optimization pipeline's answer (``optimize``; the ``Built`` condition, each built
-    variant's ``build`` and ``provenance``)."""
+    variant's ``build`` and ``provenance``). ``zero_variants``: the variants KEDA may scale
+    to zero (``zero.plan``), ``zero_blind``: why scale to zero cannot act as asked
+    (``AutoscalingBlind``)."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -538,7 +546,13 @@ def compute_status(
     else:
         failure = ((verdict.failure_reason, verdict.failure_message)
                    if verdict.failure_reason else None)
-        if verdict.ready:
+        idle = scaled_to_zero(verdict, zero_variants)
+        serving = [s for s in verdict.variants if s.weight > 0]
+        if verdict.ready and serving and all(s.name in idle for s in serving):
+            put(READY, cond.TRUE, REASON_SCALED_TO_ZERO,
+                f"scaled to zero after idling ({', '.join(s.name for s in serving)}): the "
+                "first request is held while a pod starts")
+        elif verdict.ready:
             put(READY, cond.TRUE, "AllVariantsReady",
                 f"{len(verdict.variants)} variant(s) ready")
         elif failure:
@@ -582,7 +596,11 @@ def compute_status(
     elif builds is not None:
         conditions = [c for c in conditions if c.get("type") != BUILT]
     if (ms.get("spec") or {}).get("autoscaling"):
-        put(AUTOSCALING_BLIND, *autoscaling_blind_condition(hpas or {}, brownout))
+        blind_state = autoscaling_blind_condition(hpas or {}, brownout)
+        if zero_blind:
+            blind_state = (cond.TRUE, REASON_SCALING_BLIND, "; ".join(
+                [*zero_blind, *([blind_state[2]] if blind_state[0] == cond.TRUE else [])]))
+        put(AUTOSCALING_BLIND, *blind_state)
     else:
         conditions = [c for c in conditions if c.get("type") != AUTOSCALING_BLIND]
 
@@ -595,12 +613,15 @@ def compute_status(
                               (measured or {}).get(s.name) or {}, delivered[s.name],
                               (gpu or {}).get(s.name), started.get(s.name))
                for s in verdict.variants]
+    idle = scaled_to_zero(verdict, zero_variants)
     for entry in entries:
         found = records.get(entry.name or "")
         if found:
             entry.build = found["build"]
             entry.provenance = found.get("provenance")
             entry.derived_from = found.get("derivedFrom") or entry.derived_from
+        if entry.name in idle:
+            entry.scaled_to_zero = True
     if gpu and entries:  # the reference: the spec's stable variant (the default one when
         # the spec lists none)
         _mark_frontier(entries, stable_of(variant_weights(ms) or {
@@ -625,6 +646,13 @@ def compute_status(
     if brownout:
         status["brownout"] = dict(brownout)
     return status
+
+
+def scaled_to_zero(verdict: Verdict, zero_variants: Sequence[str]) -> set[str]:
+    """The variants that are at zero by their idle policy: KEDA may scale them to zero
+    (``zero_variants``), their Deployment asks 0 replicas and none is left."""
+    return {s.name for s in verdict.variants if s.name in zero_variants
+            and s.desired == 0 and s.replicas == 0 and not s.problem_reason}
 
 
 def _serves_tls(ms: Mapping[str, Any]) -> bool:

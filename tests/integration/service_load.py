@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+from msv_contract.scaletozero import HELD_HEADER
+
 POSITIVE = ["i really love this movie", "a great and happy film", "good food and nice people"]
 NEGATIVE = ["the food was terrible", "an awful boring movie", "bad service and sad staff"]
 
@@ -22,9 +24,13 @@ class Load:
     ``pause`` seconds between requests. The counters are shared; a lost increment under a
     race cannot add a status or variant that was not answered, which is all tests read."""
 
-    def __init__(self, ip: str, model: str, clients: int = 1, pause: float = 0.03) -> None:
+    def __init__(self, ip: str, model: str, clients: int = 1, pause: float = 0.03,
+                 timeout: float = 10) -> None:
         self.url = f"http://{ip}/v2/models/{model}/infer"
         self.pause = pause
+        self.timeout = timeout
+        self.held_ms: list[float] = []
+        """``x-msv-held-ms`` of the answers that carried it (held while scaled to zero)."""
         self.statuses: Counter[int | str] = Counter()
         self.variants: Counter[str] = Counter()
         self.errors: list[str] = []
@@ -39,8 +45,11 @@ class Load:
         req = urllib.request.Request(self.url, data=body,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 answer = json.loads(r.read())
+                held = r.headers.get(HELD_HEADER)
+                if held is not None:
+                    self.held_ms.append(float(held))
                 self.statuses[r.status] += 1
                 self.variants[str((answer.get("parameters") or {}).get("variant"))] += 1
         except urllib.error.HTTPError as e:

@@ -7,6 +7,7 @@ unit-tested against `msv_operator.spec.parse_spec` (InvalidSpec) in tests/unit/o
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.fixture(scope="module")
 def ns(crd: None, cluster: lc.Cluster) -> Iterator[str]:
-    name = "t-crd-validation"
+    name = f"t-crd-validation-{uuid.uuid4().hex[:6]}"
     cluster.kubectl_run("create", "namespace", name, check=False)
     yield name
     cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)

@@ -26,7 +26,9 @@ from waiting import wait_for
 
 from localcluster import cluster as lc
 
-pytestmark = pytest.mark.slow
+# serial: 200 ModelServices and restarts of a control plane load the 2-core machine, and the
+# operator's CPU is measured while the API server is away; nothing else runs meanwhile.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 OWNED_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"),
                ("autoscaling/v2", "HorizontalPodAutoscaler"))

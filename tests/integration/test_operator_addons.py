@@ -22,7 +22,9 @@ from waiting import wait_for
 from localcluster import addons
 from localcluster import cluster as lc
 
-pytestmark = pytest.mark.slow
+# serial: installing the add-on CRDs changes what every running operator discovers (other
+# tests expect what the cluster served when they started: test_operator_gitops_status.py).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 SCRAPE = "prometheus.io/scrape"
 

@@ -74,16 +74,23 @@ def data_lines(n: int = 240) -> bytes:
     return "".join(f"{names[y]}\t{t}\n" for t, y in zip(texts, labels, strict=True)).encode()
 
 
+RECIPES = {"prune-recover": {"pruning": {"amount": 0.5}},
+           "distill": {"student": {"layers": 1, "hiddenSize": 16, "intermediateSize": 64,
+                                   "heads": 1}}}
+"""The recipes a real Job builds (with their own fields); the variant is named after it."""
+VARIANT = {"prune-recover": "pruned", "distill": "student"}
+
+
 def with_build(name: str, ns: str, source: tuple[str, str], data: tuple[str, str],
-               steps: int = 20, **extra: Any) -> dict[str, Any]:
+               steps: int = 20, recipe: str = "prune-recover", **extra: Any) -> dict[str, Any]:
     uri, digest = source
-    build = {"recipe": "prune-recover",
+    build = {"recipe": recipe,
              "data": {"uri": data[0], "sha256": data[1], "credentialsSecret": "s3-creds",
                       "labels": True},
-             "pruning": {"amount": 0.5}, "budget": {"steps": steps},
+             **RECIPES[recipe], "budget": {"steps": steps},
              "output": {"uri": f"s3://built/{ns}/", "credentialsSecret": "s3-creds"}}
     return served(name, ns, uri, digest, credentials="s3-creds",
-                  variants=[{"name": "baseline"}, {"name": "pruned", "build": build}],
+                  variants=[{"name": "baseline"}, {"name": VARIANT[recipe], "build": build}],
                   traffic={"baseline": 100}, **extra)
 
 
@@ -105,39 +112,42 @@ def predict(k: kube.Kube, ns: str, service: str, model: str) -> Any:
     return http_json(f"http://{ip}/v2/models/{model}/infer", body)["outputs"]
 
 
-def test_a_prune_recover_job_builds_what_a_variant_serves_and_the_rollout_promotes(
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_a_built_variant_is_served_and_the_rollout_promotes_it(
         cluster: lc.Cluster, stores: None, trained: Path, real_namespace: str,  # noqa: F811
-        operator: RunningOperator, k: kube.Kube) -> None:
-    ns, name = real_namespace, "pipe"
+        operator: RunningOperator, k: kube.Kube, recipe: str) -> None:
+    """A prune-recover Job and a distillation Job each build the artifact a variant serves
+    (its provenance verified against the store) and the gated rollout promotes."""
+    ns, name, built = real_namespace, "pipe", VARIANT[recipe]
     k.apply(modelstores.credentials_secret("s3-creds", ns))
     source = modelstores.publish_s3(trained, "models", f"{ns}/trained.tar.gz")
     data = modelstores.put_s3("data", f"{ns}/sentiment.txt", data_lines())
     modelstores.ensure_bucket("built")
     # enough training steps that the Job runs a while: its progress is read from its log on
     # the measurement interval (5 s here)
-    k.apply(with_build(name, ns, source, data, steps=1000))
+    k.apply(with_build(name, ns, source, data, steps=1000, recipe=recipe))
 
     # the Job runs on the real node, and its progress reaches the status
     job = wait_for("the build Job", lambda: jobs(k, ns) or None, timeout=60)[0]
-    assert job.startswith(f"{name}-pruned-build-"), job
+    assert job.startswith(f"{name}-{built}-build-"), job
     stages: set[str] = set()
 
     def published() -> dict[str, Any] | None:
-        build = variant(k, ns, name, "pruned").get("build") or {}
+        build = variant(k, ns, name, built).get("build") or {}
         if build.get("stage"):
             stages.add(build["stage"])
         c = condition(k.get(MS_API, "ModelService", ns, name) or {}, "Built")
         if c.get("reason") == "BuildFailed":
             raise RuntimeError(f"the build failed: {c}")  # ends the wait at once
         return build if build.get("phase") == "Published" else None
-    build = wait_for("the pruned variant's artifact published", published, timeout=600,
+    build = wait_for(f"the {built} variant's artifact published", published, timeout=600,
                      interval=1)
     assert stages, "no progress was reported while the Job ran"
     ms = wait_ready(k, ns, name)
     assert condition(ms, "Built")["status"] == "True"
 
     # provenance: what the store holds, verified
-    record = variant(k, ns, name, "pruned")["provenance"]
+    record = variant(k, ns, name, built)["provenance"]
     key = build["key"]
     assert record["key"] == key and record["sourceSha256"] == source[1]
     assert record["dataSha256"] == data[1] and record["job"] == job
@@ -150,17 +160,17 @@ def test_a_prune_recover_job_builds_what_a_variant_serves_and_the_rollout_promot
     report = record["report"]
     assert 0 <= report["agreement"] <= 1 and report["parameters"] < report["baselineParameters"]
     # the variant's pods pull exactly that artifact, checked
-    dep = k.get("apps/v1", "Deployment", ns, f"{name}-pruned") or {}
+    dep = k.get("apps/v1", "Deployment", ns, f"{name}-{built}") or {}
     pull = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
     assert record["artifactUri"] in pull and record["artifactSha256"] in pull, pull
-    answer = predict(k, ns, f"{name}-pruned", name)
+    answer = predict(k, ns, f"{name}-{built}", name)
     assert answer[0]["data"], answer
 
     # the gated rollout promotes it on real traffic
     ms = k.get(MS_API, "ModelService", ns, name) or {}
     ms["spec"]["monitoring"] = {"interval": "5s"}
     ms["spec"]["rollout"] = {
-        "candidate": "pruned", "steps": [50, 100], "stepDuration": "10s", "minRequests": 10,
+        "candidate": built, "steps": [50, 100], "stepDuration": "10s", "minRequests": 10,
         "analysis": {"interval": "5s", "window": "60s", "maxLatencyRatio": 6.0,
                      "maxErrorRate": 0.01, "minAgreement": 0.8, "mirrorPercent": 100,
                      "failureLimit": 1}}

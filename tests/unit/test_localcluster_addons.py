@@ -18,7 +18,8 @@ def test_unknown_addon_is_a_clear_error() -> None:
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
 @pytest.mark.parametrize(("name", "kind"), [("gateway-api", "HTTPRoute"),
-                                            ("prometheus-operator", "ServiceMonitor")])
+                                            ("prometheus-operator", "ServiceMonitor"),
+                                            ("keda", "ScaledObject")])
 def test_addon_crds_come_from_the_go_module(name: str, kind: str) -> None:
     files = addons.crd_files(name)
     kinds = set()
@@ -74,3 +75,12 @@ def test_the_gateway_api_globs_take_the_k8s_io_crds_and_only_the_retry_policy_of
     (exp / "gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml").unlink()
     with pytest.raises(addons.AddonError, match=r"no CRD file matching .*xbackendtrafficpolicies"):
         addons.crd_files("gateway-api")
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+def test_keda_crds_are_every_kind_its_operator_watches() -> None:
+    docs = [yaml.safe_load(f.read_text()) for f in addons.crd_files("keda")]
+    kinds = {(d["spec"]["group"], d["spec"]["names"]["kind"]) for d in docs}
+    assert kinds == {("keda.sh", k) for k in (
+        "ScaledObject", "ScaledJob", "TriggerAuthentication", "ClusterTriggerAuthentication")
+    } | {("eventing.keda.sh", k) for k in ("CloudEventSource", "ClusterCloudEventSource")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,42 @@ def test_every_pinned_component_matches_its_wrapper_module() -> None:
 
     for c in versions.COMPONENTS:
         build._check_pin(c)  # raises on mismatch
+
+
+def test_a_component_with_its_own_toolchain_builds_with_it_whatever_go_is_local(
+        scratch: Component) -> None:
+    pinned = dataclasses.replace(scratch, toolchain="go1.99.1")
+    assert build._go_env(pinned) == {"CGO_ENABLED": "0", "GOTOOLCHAIN": "go1.99.1"}
+    assert build._go_env(scratch) == {"CGO_ENABLED": "0"}
+    # The stamp follows the toolchain that builds it, not the local go.
+    assert build._stamp_key(pinned, "go1.26.0") == build._stamp_key(pinned, "go1.26.8")
+    assert build._stamp_key(pinned, "go1.26.0") != build._stamp_key(scratch, "go1.26.0")
+    assert build._stamp_key(scratch, "go1.26.0") != build._stamp_key(scratch, "go1.26.8")
+
+
+def test_keda_binaries_take_upstreams_names_not_the_package_names() -> None:
+    from localcluster import versions
+
+    keda = versions.component("keda")
+    assert build._outputs(keda) == [("operator", "keda"), ("adapter", "keda-adapter")]
+    assert keda.toolchain == versions.KEDA_GO
+    # Every binary name is one component's: paths.binary() finds each by name.
+    names = [b for c in versions.COMPONENTS for b in c.binaries]
+    assert len(names) == len(set(names))
+    assert versions.component_of_binary("operator").name == "prometheus-operator"
+
+
+@needs_go
+def test_several_packages_are_built_under_their_binary_names(scratch: Component) -> None:
+    for pkg in ("a", "b"):
+        (paths.GO_DIR / "demo" / "cmd" / pkg).mkdir(parents=True)
+        (paths.GO_DIR / "demo" / "cmd" / pkg / "main.go").write_text(HELLO)
+    two = dataclasses.replace(scratch, packages=("example.invalid/demo/cmd/a",
+                                                 "example.invalid/demo/cmd/b"),
+                              binaries=("demo-a", "demo-b"))
+    go, ver = _go()
+    assert build.build_component(two, go, ver, out=lambda _l: None) is True
+    target = paths.bin_root() / "demo-v1.2.3"
+    assert sorted(p.name for p in target.iterdir() if p.name != build.STAMP) == [
+        "demo-a", "demo-b"]
+    assert build.is_built(two)

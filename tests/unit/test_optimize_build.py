@@ -13,7 +13,6 @@ import pytest
 from model_server.optimize import publish
 from model_server.optimize.build import build, interleaved_latency
 from model_server.optimize.recipe import BuildError
-from model_server.optimize.train import TextData
 from msv_contract import pipeline
 from tests import modelfactory
 
@@ -111,7 +110,8 @@ def test_static_int8_publishes_manifest_last_loads_calibrated_and_is_reused(
     report = _report(result)
     assert report["key"] == key and report["codeVersion"] == pipeline.CODE_VERSION
     assert report["sourceSha256"] == SHA_SOURCE and report["dataSha256"] == SHA_DATA
-    assert report["data"] == {"examples": 96, "train": 72, "heldOut": 24, "labels": True}
+    assert report["data"] == {"kind": "text", "examples": 96, "train": 72, "heldOut": 24,
+                              "labels": True}
     assert report["result"]["int8"] == "static"
     assert report["result"]["agreement"] >= 0.9
     assert "accuracy" in report["result"] and report["job"]["cpuSeconds"] > 0
@@ -253,8 +253,13 @@ class _Clock:
 
 def test_latency_interleaves_source_and_result_in_alternating_order() -> None:
     calls: list[tuple[str, int]] = []
-    held = TextData(["one", "two", "three"])
-    latency = interleaved_latency([_Clock("source", calls), _Clock("result", calls)], held, 4)
+    held = ["one", "two", "three"]
+
+    def request(idx: list[int]) -> dict[str, Any]:
+        return {"text": [held[i] for i in idx]}
+
+    latency = interleaved_latency([_Clock("source", calls), _Clock("result", calls)], request,
+                                  len(held), 4)
     assert [set(x) for x in latency] == [{"batch1", "batch8"}] * 2
     batch1 = [name for name, size in calls if size == 1]
     # one warm-up each, then turns: source first on even rounds, result first on odd ones

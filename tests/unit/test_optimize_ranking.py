@@ -89,3 +89,19 @@ def test_recovery_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:], strict=False))
     assert factors[-1] < 0.01
     assert lr_factor(0, 1) == pytest.approx(1.0)  # a single step is never a zero step
+
+
+def test_activation_norms_cover_a_vit_image_classifier(tmp_path: Path) -> None:
+    from transformers import AutoImageProcessor
+
+    from model_server.optimize.images import processor_inputs
+
+    model = modelfactory.make_image_classifier(tmp_path / "vit").eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "vit")
+    inputs = processor_inputs(processor, [modelfactory.make_png(seed=i) for i in range(3)])
+    norms = ffn_activation_norms(model, [inputs])  # pixel inputs: no padding mask
+    width = model.config.intermediate_size
+    assert set(norms) == {f"vit.encoder.layer.{i}" for i in range(model.config.num_hidden_layers)}
+    assert all(value.shape == (width,) and float(value.sum()) > 0 for value in norms.values())
+    prune_structured_ffn(model, 0.5, norms)
+    assert model.vit.encoder.layer[0].intermediate.dense.out_features == width // 2

@@ -82,6 +82,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]  # a build Job's progress and, when it fails, its last lines
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]  # scale to zero: KEDA makes the HPA
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch, create, patch, delete]  # <service>-activator slices only
 {{- end -}}
 
 {{/* GPU fit's reads of spec.model.credentialsSecret (gpuFit.readModelCredentials): get on
@@ -108,4 +114,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | trunc 63 | trimSuf
 - name: MSV_{{ $env }}_GPU_IMAGE
   value: {{ $images.gpuImage | default "" | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* The activator (docs/scale-to-zero.md): its Deployment, Service (KEDA's scaler address:
+     <name>.<release namespace>.svc:9090) and ServiceAccount. */}}
+{{- define "msv.activatorName" -}}
+{{- printf "%s-activator" (include "msv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Not the operator's selector labels: its Service and PDB must not select the activator. */}}
+{{- define "msv.activatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-activator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* What the activator reads where ModelServices are: Services and their EndpointSlices. */}}
+{{- define "msv.activatorRules" -}}
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
 {{- end -}}

@@ -155,6 +155,28 @@ def test_model_source_wiring(uri: str, volume_key: str, init: bool) -> None:
         assert "initContainers" not in pod
 
 
+def test_an_archive_on_a_claim_is_pulled_from_it_checked_not_mounted_as_the_model() -> None:
+    opts = b.BuildOptions(images=uniform_images("ms:cpu"), service_monitor=False,
+                          gateway_api=False, model_cache_url="http://cache.msv-system.svc:8090")
+    spec = ms()
+    spec["spec"]["model"].update(uri="pvc://models/sst2/model.tar.gz", sha256="c" * 64,
+                                 credentialsSecret="store")
+    pod = b.build_all(spec, opts)[1]["spec"]["template"]["spec"]
+    (ic,) = pod["initContainers"]
+    # no cache (the agent cannot read the pod's volume), no credentials (a volume needs none)
+    assert ic["args"] == ["pull", "file:///mnt/claim/model/sst2/model.tar.gz", "/mnt/models",
+                          "--sha256", "c" * 64]
+    assert "envFrom" not in ic
+    assert {"name": "model-claim", "mountPath": "/mnt/claim/model",
+            "readOnly": True} in ic["volumeMounts"]
+    assert {"name": "model", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model-claim", "persistentVolumeClaim": {
+        "claimName": "models", "readOnly": True}} in pod["volumes"]
+    server = pod["containers"][0]
+    assert [m["name"] for m in server["volumeMounts"] if m["name"].startswith("model")] == [
+        "model"]
+
+
 def test_the_model_cache_reaches_the_pull_and_leaves_mounted_sources_alone() -> None:
     opts = b.BuildOptions(images=uniform_images("ms:cpu"), service_monitor=False,
                           gateway_api=False, model_cache_url="http://cache.msv-system.svc:8090")

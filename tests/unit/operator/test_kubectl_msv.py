@@ -360,3 +360,14 @@ def test_rollout_sets_the_candidate_in_spec() -> None:
     api = Api()
     assert plugin.main(["rollout", "s", "small", "-n", "ml"], client=api) == 0  # type: ignore[arg-type]
     assert api.patched[0][-1] == {"spec": {"rollout": {"candidate": "small"}}}
+
+
+def test_get_shows_a_variant_at_zero_as_idle_not_as_unready() -> None:
+    ms = copy.deepcopy(RECORDED)
+    ms["status"]["variants"][1].update(replicas=0, readyReplicas=0, desiredReplicas=0,
+                                        scaledToZero=True, weight=0)
+    ms["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "ScaledToZero"}]
+    rows = {line.split()[0]: line for line in plugin.render(ms).splitlines()
+            if line.startswith("  ") and line.split() and line.split()[0] in ("baseline", "int8")}
+    assert "0 (idle)" in rows["int8"]
+    assert "1/1" in rows["baseline"] and "idle" not in rows["baseline"]

@@ -311,7 +311,12 @@ def test_a_manifest_of_another_key_is_not_served() -> None:
     ({"recipe": "quantum"}, "build.recipe"),
     ({"data": {"uri": "s3://data/x.txt"}}, "build.data.sha256"),
     ({"budget": {}}, "build.budget"),
-    ({"output": {"uri": "pvc://claim/x"}}, "build.output.uri"),
+    ({"output": {"uri": "http://store/x/"}}, "build.output.uri"),
+    ({"output": {"uri": "file:///x/"}}, "build.output.uri"),
+    ({"output": {"uri": "pvc://Not_A_Claim/x"}}, "build.output.uri"),
+    ({"output": {"uri": "pvc://claim/../x"}}, "build.output.uri"),
+    ({"output": {"uri": "pvc://claim/x", "credentialsSecret": "c"}},
+     "build.output.credentialsSecret"),
     ({"recipe": "distill"}, "build.pruning"),
 ])
 def test_spec_errors_name_the_field(change: dict[str, Any], field: str) -> None:
@@ -329,6 +334,41 @@ def test_a_framework_that_cannot_build_is_refused() -> None:
     ms["spec"]["model"]["task"] = "text-generation"
     with pytest.raises(spec.InvalidSpecError, match="static-int8"):
         spec.parse_spec(ms)
+
+
+def test_exactly_the_capability_tables_framework_task_pairs_build() -> None:
+    def tf(task: str | None, **build: Any) -> dict[str, Any]:
+        ms = body(recipe="static-int8", pruning=None, **build)
+        del ms["spec"]["variants"][1]["build"]["pruning"]
+        ms["spec"]["model"].update(framework="tensorflow", uri="s3://models/cnn.tar.gz")
+        ms["spec"]["model"].pop("task")
+        if task:
+            ms["spec"]["model"]["task"] = task
+        return ms
+
+    images = {"uri": "s3://data/colours.tar.gz", "sha256": DATA, "inputRange": [-1, 1]}
+    parsed = spec.parse_spec(tf("image-classification", data=images))
+    build = parsed.variants[1].build
+    assert build is not None and build.input_range == (-1.0, 1.0)
+    assert optimize.recipe_of(parsed, build)["inputRange"] == [-1.0, 1.0]
+    with pytest.raises(spec.InvalidSpecError,
+                       match=r"build\.recipe: static-int8 does not produce tensorflow task-less"):
+        spec.parse_spec(tf(None))
+    ms = tf("image-classification")
+    ms["spec"]["variants"][1]["build"].update(recipe="distill", student={"layers": 1})
+    with pytest.raises(spec.InvalidSpecError,
+                       match=r"build\.recipe: distill needs .*framework transformers, not "
+                             "tensorflow"):
+        spec.parse_spec(ms)
+    ms = body()
+    ms["spec"]["model"]["task"] = "text-generation"
+    with pytest.raises(spec.InvalidSpecError, match=r"prune-recover does not produce"):
+        spec.parse_spec(ms)
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.data\.inputRange: applies to "
+                                                    "framework torchscript or tensorflow only"):
+        spec.parse_spec(body(data=images))
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.data\.inputRange: expected"):
+        spec.parse_spec(tf("image-classification", data={**images, "inputRange": [1, 0]}))
 
 
 def test_a_build_needs_the_source_sha256_and_no_model_of_its_own() -> None:
@@ -358,3 +398,154 @@ def test_a_finished_job_is_served_once_its_manifest_is_read() -> None:
     assert entry(ms, "small")["provenance"]["artifactSha256"] == ART
     assert entry(ms, "small")["provenance"]["job"] == name
     assert ("Deployment", "s-small") in kube.applied
+
+
+# ---- a pvc:// output: the Job mounts the claim, the operator records what the Job reports ----
+
+PVC_OUTPUT = {"uri": "pvc://built/models"}
+
+
+def finish(kube: FakeKube, name: str, result: Mapping[str, Any] | None) -> None:
+    """The Job ``name`` completed; its build container's termination message is ``result``."""
+    kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    term: dict[str, Any] = {"exitCode": 0}
+    if result is not None:
+        term["message"] = json.dumps(result)
+    kube.pods = [running_pod(name, terminated=term)]
+
+
+def job_result(key: str, **summary: Any) -> dict[str, Any]:
+    """What ``model-server optimize build`` reports publishing to the claim."""
+    base = f"file:///mnt/output/models/{key}/"
+    return {"key": key, "artifactUri": base + pipeline.ARTIFACT_FILE, "sha256": ART,
+            "sizeBytes": 1000, "reportUri": base + pipeline.REPORT_FILE, "summary": summary}
+
+
+def test_a_pvc_output_is_accepted_with_its_claim_and_prefix() -> None:
+    build = spec.parse_spec(body(output=PVC_OUTPUT)).variants[1].build
+    assert build is not None
+    assert (build.output, build.output_secret) == ("pvc://built/models/", None)
+    assert optimize.publish_target(build) == "file:///mnt/output/models/"
+    bare = spec.parse_spec(body(output={"uri": "pvc://built"})).variants[1].build
+    assert bare is not None and optimize.publish_target(bare) == "file:///mnt/output/"
+
+
+def test_a_pvc_output_job_mounts_the_claim_read_write_and_publishes_to_it() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body(output=PVC_OUTPUT)
+    run(context(kube, store), ms)
+    (job,) = kube.jobs.values()
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["fsGroup"] == 10001
+    (c,) = pod["containers"]
+    args = c["args"]
+    assert args[args.index("--publish") + 1] == "file:///mnt/output/models/"
+    assert {"name": "output", "mountPath": "/mnt/output"} in c["volumeMounts"]
+    assert {"name": "output", "persistentVolumeClaim": {"claimName": "built"}} in pod["volumes"]
+    assert "envFrom" not in c  # a volume takes no credentials
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    # the operator does not read the volume: no MANIFEST read was asked of the store
+    assert store.reads == []
+    assert entry(ms, "small")["build"]["phase"] == "Pending"
+    assert ("Deployment", "s-small") not in kube.applied
+
+
+def test_a_pvc_output_is_served_checksummed_from_the_jobs_result_and_never_recomputed(
+        ) -> None:
+    kube, store = FakeKube(), Store()
+    ms = body(output=PVC_OUTPUT)
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    key = key_for(ms)
+    finish(kube, name, job_result(key, agreement=0.995, latencyRatio=0.6, parameters=10))
+    run(ctx, ms)
+    small = entry(ms, "small")
+    record = small["provenance"]
+    assert small["build"]["phase"] == "Published"
+    assert record["key"] == key and record["job"] == name
+    assert record["artifactUri"] == f"pvc://built/models/{key}/model.tar.gz"
+    assert record["artifactSha256"] == ART and record["sizeBytes"] == 1000
+    assert record["report"] == {"agreement": 0.995, "latencyRatio": 0.6, "parameters": 10}
+    assert small["build"]["readyToRollOut"] is True
+    assert condition(ms, "Built")["status"] == "True"
+    # the variant's pods pull the archive from the claim (read-only), checking its sha256
+    dep = kube.applied[("Deployment", "s-small")]["spec"]["template"]["spec"]
+    (pull,) = dep["initContainers"]
+    assert pull["args"] == ["pull", f"file:///mnt/claim/model/models/{key}/model.tar.gz",
+                            "/mnt/models", "--sha256", ART]
+    assert {"name": "model-claim", "mountPath": "/mnt/claim/model",
+            "readOnly": True} in pull["volumeMounts"]
+    assert "envFrom" not in pull
+    assert {"name": "model-claim", "persistentVolumeClaim": {
+        "claimName": "built", "readOnly": True}} in dep["volumes"]
+    assert {"name": "model", "emptyDir": {}} in dep["volumes"]
+    (server,) = dep["containers"]
+    assert not any(m["name"] == "model-claim" for m in server["volumeMounts"])
+
+    # the same recipe again, its Job gone (the TTL controller): the record serves, no Job
+    kube.jobs.clear()
+    kube.applied.clear()
+    run(ctx, ms)
+    assert kube.jobs == {}
+    assert entry(ms, "small")["provenance"] == record
+    assert kube.applied[("Deployment", "s-small")]["spec"]["template"]["spec"][
+        "initContainers"][0]["args"] == pull["args"]
+    assert store.reads == []
+
+
+def test_a_pvc_output_without_a_record_asks_the_job_which_reuses_the_published_key() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body(output=PVC_OUTPUT)
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    key = key_for(ms)
+    # the status is lost while the finished Job is still there: its result is read again
+    finish(kube, name, job_result(key, agreement=0.995, latencyRatio=0.6, reused=True))
+    ms["status"] = {}
+    run(ctx, ms)
+    assert list(kube.jobs) == [name] and kube.deleted == []
+    assert entry(ms, "small")["provenance"]["artifactSha256"] == ART
+    # status and Job both gone: one new Job, which finds the MANIFEST and reports at once
+    kube.jobs.clear()
+    ms["status"] = {}
+    run(ctx, ms)
+    assert list(kube.jobs) == [name]
+    assert entry(ms, "small")["build"]["phase"] == "Pending"
+
+
+def test_a_pvc_output_job_that_reports_nothing_is_a_failure_not_a_wait() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body(output=PVC_OUTPUT)
+    ctx = context(kube, store)
+    run(ctx, ms)
+    (name,) = kube.jobs
+    finish(kube, name, None)
+    result = run(ctx, ms)
+    built = condition(ms, "Built")
+    assert built["reason"] == "BuildFailed"
+    assert "without a result" in built["message"] and "pvc://built/models/" in built["message"]
+    assert any(e[1] == "BuildFailed" for e in result.events)
+    assert ("Deployment", "s-small") not in kube.applied
+    ms["metadata"]["generation"] = 2  # a new generation tries again
+    run(ctx, ms)
+    assert ("Job", name) in kube.deleted
+
+
+def test_a_record_at_another_output_is_not_served_from_the_new_one() -> None:
+    kube, store = FakeKube(), Store()
+    ms = body()
+    store.publish(key_for(ms))
+    ctx = context(kube, store)
+    run(ctx, ms)
+    assert entry(ms, "small")["provenance"]["artifactUri"].startswith("s3://out/built/")
+    ms["spec"]["variants"][1]["build"]["output"] = PVC_OUTPUT
+    ms["metadata"]["generation"] = 2
+    run(ctx, ms)
+    # the key is the same, the place is not: the Job publishes it there (the S3 copy serves
+    # meanwhile)
+    assert len(kube.jobs) == 1
+    assert entry(ms, "small")["build"]["phase"] == "Pending"
+    assert entry(ms, "small")["provenance"]["artifactUri"].startswith("s3://out/built/")

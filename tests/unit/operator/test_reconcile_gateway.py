@@ -577,4 +577,5 @@ def test_discovery_asks_whether_the_policy_kind_is_served(
     assert client.asked.count(kube.RETRY_BUDGET_API) == 1
     (line,) = [r.getMessage() for r in caplog.records
                if r.getMessage().startswith("Discovered capabilities")]
-    assert line.endswith(f"XBackendTrafficPolicy {'served' if budget else 'not served'}")
+    assert f"XBackendTrafficPolicy {'served' if budget else 'not served'}, " in line
+    assert line.endswith("ScaledObject not served")  # KEDA is asked too (scale to zero)
