@@ -25,7 +25,7 @@ RECIPES = ("static-int8", "prune-recover", "distill")
 structured pruning of FFN neurons, then training the pruned model to match the source's
 outputs on the (unlabeled) data; ``distill``: a smaller student (fewer layers, narrower)
 trained on the source's outputs."""
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 """Bumped when a recipe's implementation changes what it produces (a new key, a new Job)."""
 
 ARTIFACT_FILE = "model.tar.gz"

@@ -13,7 +13,7 @@ test loads and runs one in well under a second.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +403,47 @@ def sentiment_sentences(n: int, seed: int = 0, length: int = 8) -> tuple[list[st
     return texts, labels
 
 
+_MODIFIERS = {"not": -1, "very": 2, "really": 2}
+_GRADED_NEUTRAL = [w for w in _NEUTRAL if w not in _MODIFIERS]
+
+
+def graded_sentiment_sentences(
+    n: int, seed: int = 0, length: int = 40, noise: float = 0.0
+) -> tuple[list[str], list[int]]:
+    """Synthetic five-class graded sentiment that needs word order and counting.
+
+    `length` neutral words carry one to four polar phrases: a polar word counts +1
+    (positive) or -1 (negative), times 2 right after "very"/"really" and times -1 right
+    after "not". The label buckets the sum: <= -2, -1, 0, 1, >= 2 give 0..4. With `noise`,
+    that fraction of the labels is replaced by a random class. Unlike `sentiment_sentences`
+    a small model does not saturate on it: many examples sit near a class boundary, so
+    changes to the model (pruning) show in its predictions.
+    """
+    import random
+
+    rnd = random.Random(seed)
+    texts: list[str] = []
+    labels: list[int] = []
+    for _ in range(n):
+        units = [[rnd.choice(_GRADED_NEUTRAL)] for _ in range(length)]
+        score = 0
+        for _ in range(rnd.randint(1, 4)):
+            sign = rnd.choice((1, -1))
+            phrase = [rnd.choice(_POSITIVE if sign > 0 else _NEGATIVE)]
+            modifier = rnd.choice((None, None, "not", "very", "really"))
+            if modifier is not None:
+                phrase.insert(0, modifier)
+                sign *= _MODIFIERS[modifier]
+            score += sign
+            units.insert(rnd.randrange(len(units) + 1), phrase)  # phrases stay whole
+        label = min(4, max(0, score + 2))
+        if rnd.random() < noise:
+            label = rnd.randrange(5)
+        texts.append(" ".join(word for unit in units for word in unit))
+        labels.append(label)
+    return texts, labels
+
+
 def train_text_classifier(
     model: Any,
     tokenizer: Any,
@@ -411,12 +452,15 @@ def train_text_classifier(
     batch_size: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
+    sentences: Callable[..., tuple[list[str], list[int]]] | None = None,
 ) -> float:
-    """Train `model` on `sentiment_sentences` in place; returns held-out accuracy."""
+    """Train `model` in place on `sentences(n, seed=...)` (default `sentiment_sentences`);
+    returns held-out accuracy."""
     import torch
 
+    sentences = sentences or sentiment_sentences
     torch.manual_seed(seed)
-    texts, labels = sentiment_sentences(steps * batch_size, seed=seed)
+    texts, labels = sentences(steps * batch_size, seed=seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(steps):
@@ -427,7 +471,7 @@ def train_text_classifier(
         opt.step()
         opt.zero_grad()
     model.eval()
-    test_texts, test_labels = sentiment_sentences(256, seed=seed + 1000)
+    test_texts, test_labels = sentences(256, seed=seed + 1000)
     with torch.inference_mode():
         enc = tokenizer(test_texts, padding=True, truncation=True, return_tensors="pt")
         pred = model(**enc).logits.argmax(-1)

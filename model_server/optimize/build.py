@@ -9,10 +9,10 @@ model and the data, split off the held-out examples, run the recipe
 (model_server.optimize.train; a TensorFlow model's static-int8:
 model_server.optimize.tflite_int8), evaluate the source and the result on the held-out split
 through the server's own backend (so the result is known to load as it will be served; text
-and images go through the tokenizer or image processor the backend uses), write
-report.json, publish (model_server.optimize.publish) and put the result
-(pipeline.RESULT_KEYS + summary) in the termination message. Progress lines go to stdout
-throughout.
+and images go through the tokenizer or image processor the backend uses; their latencies are
+timed interleaved, so a shared CPU slows both alike), write report.json, publish
+(model_server.optimize.publish) and put the result (pipeline.RESULT_KEYS + summary) in the
+termination message. Progress lines go to stdout throughout.
 
 Exit codes: 0 done (or reused), 2 the build cannot be done as asked (bad recipe, data,
 source, student, or the budget ran out), 1 anything unexpected; on failure the termination
@@ -147,14 +147,26 @@ def build(*, source: Path, data: Path, recipe_json: str, source_sha256: str, dat
             recipe, Path(source), Path(data), model_dir, progress, deadline)
     deadline.check(recipe.name)
 
-    progress("evaluating", 0, 2, force=True)
-    source_eval = evaluate(Path(source), held, latency_repeats, reference=None, served=served)
-    progress("evaluating", 1, 2)
-    result_eval = evaluate(model_dir, held, latency_repeats, reference=source_eval["_logits"],
-                           served=served)
-    progress("evaluating", 2, 2)
-    source_eval.pop("_logits")
-    result_eval.pop("_logits")
+    progress("evaluating", 0, 3, force=True)
+    source_backend = _serve(Path(source), served)
+    try:
+        result_backend = _serve(model_dir, served)
+        try:
+            source_eval = evaluate(source_backend, Path(source), held, reference=None,
+                                   served=served)
+            progress("evaluating", 1, 3)
+            result_eval = evaluate(result_backend, model_dir, held,
+                                   reference=source_eval.pop("_logits"), served=served)
+            result_eval.pop("_logits")
+            progress("evaluating", 2, 3)
+            latency = interleaved_latency([source_backend, result_backend], served.request,
+                                          len(held), latency_repeats)
+            source_eval["latencyMsP50"], result_eval["latencyMsP50"] = latency
+            progress("evaluating", 3, 3)
+        finally:
+            result_backend.close()
+    finally:
+        source_backend.close()
     deadline.check("evaluating")
 
     report: dict[str, Any] = {
@@ -326,17 +338,29 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
                            "weights and the calibration are stored, int8 is rebuilt at load")
         return details
     if recipe.name == "prune-recover":
+        # the same pruning at load time (weights only), for the report's comparison
+        load_time, removed = train.prune(teacher, recipe.amount)
+        prune_only, prune_only_kl = train.fidelity(load_time, teacher_held, encoder, held)
+        del load_time
+        norms = None
+        if recipe.ranking == "activation":
+            norms = train.activation_norms(teacher, encoder, training, recipe, progress,
+                                           deadline)
         progress("pruning", 0, 1, force=True)
-        student, removed = train.prune(teacher, recipe.amount)
+        student, removed = train.prune(teacher, recipe.amount, norms)
         before, before_kl = train.fidelity(student, teacher_held, encoder, held)
         progress("pruning", 1, 1)
         deadline.check("pruning")
         training_details = train.match_teacher(student, teacher, encoder, training, recipe,
-                                               progress, deadline)
+                                               progress, deadline, fine_tune=True)
         train.save(student, preprocessor, model_dir)
         return {"ffnNeuronsRemoved": removed,
                 "intermediateSize": int(student.config.intermediate_size),
-                "pruneOnlyAgreement": round(before, 6), "pruneOnlyKlToSource": round(before_kl, 8),
+                "ranking": recipe.ranking,
+                "pruneOnlyAgreement": round(prune_only, 6),
+                "pruneOnlyKlToSource": round(prune_only_kl, 8),
+                "beforeRecoveryAgreement": round(before, 6),
+                "beforeRecoveryKlToSource": round(before_kl, 8),
                 "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, encoder, training, recipe,
@@ -345,11 +369,8 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
     return details
 
 
-def evaluate(model_dir: Path, held: Any, repeats: int, *, reference: Any | None,
-             served: Served) -> dict[str, Any]:
-    """Load `model_dir` through the server's backend and measure it on the held-out split:
-    parameters, bytes, on-disk bytes, CPU latency p50 at batch 1 and 8, top-1 agreement with
-    and KL divergence from `reference` (the source's logits), accuracy when labels exist."""
+def _serve(model_dir: Path, served: Served) -> Any:
+    """`model_dir` loaded through the server's backend, as a variant is served."""
     from model_server.backends import create_backend
     from model_server.backends.base import LoadOptions
     from model_server.errors import ModelLoadError
@@ -359,31 +380,25 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *, reference: Any | None,
         backend.load(model_dir, LoadOptions(task=served.task, device="cpu"))
     except ModelLoadError as exc:
         raise BuildError(f"the server cannot load {model_dir.name}: {exc}") from exc
-    try:
-        chunks = []
-        for start in range(0, len(held), EVAL_BATCH):
-            idx = list(range(start, min(len(held), start + EVAL_BATCH)))
-            chunks.append(scores(backend.predict(served.request(idx))))
-        logits = np.concatenate(chunks)
-        pred = logits.argmax(-1)
-        latency = {}
-        for size in (1, 8):
-            batch = served.request([i % len(held) for i in range(size)])
-            backend.predict(batch)  # warm-up
-            times = []
-            for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                backend.predict(batch)
-                times.append((time.perf_counter() - t0) * 1000)
-            latency[f"batch{size}"] = round(statistics.median(times), 4)
-        info = backend.info()
-    finally:
-        backend.close()
+    return backend
+
+
+def evaluate(backend: Any, model_dir: Path, held: Any, *, reference: Any | None,
+             served: Served) -> dict[str, Any]:
+    """Measure the served `backend` (loaded from `model_dir`) on the held-out split:
+    parameters, bytes, on-disk bytes, top-1 agreement with and KL divergence from
+    `reference` (the source's logits), accuracy when labels exist."""
+    chunks = []
+    for start in range(0, len(held), EVAL_BATCH):
+        idx = list(range(start, min(len(held), start + EVAL_BATCH)))
+        chunks.append(scores(backend.predict(served.request(idx))))
+    logits = np.concatenate(chunks)
+    pred = logits.argmax(-1)
+    info = backend.info()
     result: dict[str, Any] = {
         "parameters": info.parameters,
         "sizeBytes": info.size_bytes,
         "diskBytes": sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()),
-        "latencyMsP50": latency,
         "agreement": 1.0 if reference is None else round(
             float((pred == reference.argmax(-1)).mean()), 6),
         "klToSource": 0.0 if reference is None else round(_kl(reference, logits), 8),
@@ -394,6 +409,30 @@ def evaluate(model_dir: Path, held: Any, repeats: int, *, reference: Any | None,
     if held.labels is not None:
         result["accuracy"] = round(float((pred == np.asarray(held.labels)).mean()), 6)
     return result
+
+
+def interleaved_latency(backends: list[Any], request: Callable[[list[int]], dict[str, Any]],
+                        n_held: int, repeats: int) -> list[dict[str, float]]:
+    """CPU latency p50 (ms) of each backend at batch 1 and 8 on held-out examples
+    (`request` of their indices, of `n_held`), keyed batch1 / batch8. The backends take turns
+    within each repetition, in alternating order (after one warm-up each), so load from other
+    processes during the measurement hits them alike and their ratio stays meaningful on a
+    shared machine."""
+    out: list[dict[str, float]] = [{} for _ in backends]
+    for size in (1, 8):
+        batch = request([i % n_held for i in range(size)])
+        times: list[list[float]] = [[] for _ in backends]
+        for backend in backends:
+            backend.predict(batch)  # warm-up
+        for rep in range(max(1, repeats)):
+            turns = list(zip(backends, times, strict=True))
+            for backend, series in turns[::-1] if rep % 2 else turns:
+                t0 = time.perf_counter()
+                backend.predict(batch)
+                series.append((time.perf_counter() - t0) * 1000)
+        for latency, series in zip(out, times, strict=True):
+            latency[f"batch{size}"] = round(statistics.median(series), 4)
+    return out
 
 
 def scores(out: dict[str, np.ndarray]) -> np.ndarray:

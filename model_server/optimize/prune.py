@@ -8,7 +8,11 @@ reported as sparsity, never as a speedup.
 Structured pruning physically removes a fraction of the feed-forward (FFN) intermediate
 neurons of every transformer block: the up-projection loses output rows, the
 down-projection the matching input columns. Neurons are ranked per layer by the product
-of the L2 norms of their incoming and outgoing weights. Every block keeps the same width
+of the L2 norms of their incoming and outgoing weights (data-free: what load-time pruning
+does), or, given activation norms measured on data (`ffn_activation_norms`), by the L2 norm
+of the neuron's activation over the data's tokens times that of its outgoing weights (the
+neuron's actual contribution to the block's output; the optimization pipeline's
+prune-recover uses this). Every block keeps the same width
 (rounded to a multiple of 8), and the config's intermediate size is updated, so the
 pruned model saves and reloads with `save_pretrained` / `from_pretrained`.
 Supported layouts: BERT/RoBERTa-style (`intermediate.dense` + `output.dense`),
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from model_server.errors import ModelLoadError
@@ -147,8 +152,87 @@ def _top(score: Any, keep: int) -> Any:
     return torch.sort(torch.topk(score, keep).indices).values
 
 
-def _prune_ffn_block(module: Any, amount: float) -> tuple[int, int] | None:
-    """Prune the FFN of `module` in place when it is a block of a known layout.
+def _ffn_down(module: Any) -> Any | None:
+    """The down-projection of `module` when it is an FFN block of a known layout (its input
+    is the activated intermediate neurons), else None."""
+    import torch
+
+    linear = torch.nn.Linear
+    inter: Any = getattr(module, "intermediate", None)
+    out: Any = getattr(module, "output", None)
+    ffn: Any = getattr(module, "ffn", None)
+    mlp: Any = getattr(module, "mlp", None)
+    if (
+        isinstance(getattr(inter, "dense", None), linear)
+        and isinstance(getattr(out, "dense", None), linear)
+        and out.dense.in_features == inter.dense.out_features
+    ):
+        return out.dense
+    if isinstance(getattr(ffn, "lin1", None), linear):
+        return ffn.lin2
+    if isinstance(getattr(mlp, "fc1", None), linear) and isinstance(
+        getattr(mlp, "fc2", None), linear
+    ):
+        return mlp.fc2
+    if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
+        return mlp.c_proj
+    if mlp is not None and all(
+        isinstance(getattr(mlp, n, None), linear) for n in ("gate_proj", "up_proj", "down_proj")
+    ):
+        return mlp.down_proj
+    return None
+
+
+def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per FFN block (keyed by its module name): the L2 norm of each intermediate neuron's
+    activation over every token of `inputs` (model keyword arguments, e.g. tokenizer
+    output; positions an ``attention_mask`` marks as padding are left out)."""
+    import torch
+
+    sums: dict[str, Any] = {}
+    mask: list[Any] = [None]
+    hooks = []
+
+    def hook_for(name: str) -> Any:
+        def hook(_module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().float()
+            m = mask[0]
+            if m is not None and tuple(m.shape) == tuple(x.shape[:2]):
+                x = x * m.to(x.dtype).unsqueeze(-1)
+            sq = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+            sums[name] = sq if name not in sums else sums[name] + sq
+
+        return hook
+
+    for name, module in model.named_modules():
+        down = _ffn_down(module)
+        if down is not None:
+            hooks.append(down.register_forward_pre_hook(hook_for(name)))
+    if not hooks:
+        raise ModelLoadError(
+            "structured pruning supports transformer FFN blocks (BERT/RoBERTa, ViT, DistilBERT, "
+            "GPT-2, Llama-style); this model has none")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in inputs:
+                mask[0] = batch.get("attention_mask")
+                model(**batch)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    if not sums:
+        raise ModelLoadError("no data reached the FFN blocks: activation norms need inputs")
+    return {name: total.sqrt() for name, total in sums.items()}
+
+
+def _prune_ffn_block(module: Any, amount: float, activation: Any = None
+                     ) -> tuple[int, int] | None:
+    """Prune the FFN of `module` in place when it is a block of a known layout, ranking
+    neurons by `activation` (their activation norms) or, without it, by their incoming
+    weights; both times the norms of their outgoing weights.
 
     Returns (neurons removed, width kept), or None for any other module.
     """
@@ -164,17 +248,18 @@ def _prune_ffn_block(module: Any, amount: float) -> tuple[int, int] | None:
         and isinstance(getattr(out, "dense", None), linear)
         and out.dense.in_features == inter.dense.out_features
     ):
-        return _prune_linear_pair(inter, "dense", out, "dense", amount)
+        return _prune_linear_pair(inter, "dense", out, "dense", amount, activation)
     if isinstance(getattr(ffn, "lin1", None), linear):
-        return _prune_linear_pair(ffn, "lin1", ffn, "lin2", amount)
+        return _prune_linear_pair(ffn, "lin1", ffn, "lin2", amount, activation)
     if isinstance(getattr(mlp, "fc1", None), linear) and isinstance(
         getattr(mlp, "fc2", None), linear
     ):
-        return _prune_linear_pair(mlp, "fc1", mlp, "fc2", amount)
+        return _prune_linear_pair(mlp, "fc1", mlp, "fc2", amount, activation)
     if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
         up, down = mlp.c_fc, mlp.c_proj  # Conv1D: weight [in, out]
         width = up.weight.shape[1]
-        score = up.weight.norm(dim=0) * down.weight.norm(dim=1)
+        incoming = up.weight.norm(dim=0) if activation is None else activation
+        score = incoming * down.weight.norm(dim=1)
         keep = _top(score, _keep_count(width, amount))
         mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
         return width - len(keep), len(keep)
@@ -182,7 +267,9 @@ def _prune_ffn_block(module: Any, amount: float) -> tuple[int, int] | None:
         isinstance(getattr(mlp, n, None), linear) for n in ("gate_proj", "up_proj", "down_proj")
     ):
         gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        score = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)) * down.weight.norm(dim=0)
+        incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
+                    if activation is None else activation)
+        score = incoming * down.weight.norm(dim=0)
         keep = _top(score, _keep_count(up.out_features, amount))
         mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
         mlp.down_proj = _linear_cols(down, keep)
@@ -191,22 +278,28 @@ def _prune_ffn_block(module: Any, amount: float) -> tuple[int, int] | None:
 
 
 def _prune_linear_pair(
-    up_owner: Any, up_name: str, down_owner: Any, down_name: str, amount: float
+    up_owner: Any, up_name: str, down_owner: Any, down_name: str, amount: float,
+    activation: Any = None,
 ) -> tuple[int, int]:
     """Prune a Linear up-projection and the matching down-projection (attributes of their
     owners); returns (neurons removed, width kept)."""
     up, down = getattr(up_owner, up_name), getattr(down_owner, down_name)
-    score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+    incoming = up.weight.norm(dim=1) if activation is None else activation
+    score = incoming * down.weight.norm(dim=0)
     keep = _top(score, _keep_count(up.out_features, amount))
     setattr(up_owner, up_name, _linear_rows(up, keep))
     setattr(down_owner, down_name, _linear_cols(down, keep))
     return up.out_features - len(keep), len(keep)
 
 
-def prune_structured_ffn(model: Any, amount: float) -> int:
+def prune_structured_ffn(model: Any, amount: float,
+                         activation_norms: dict[str, Any] | None = None) -> int:
     """Remove `amount` of the FFN neurons of every block; returns the neurons removed.
 
-    Raises ModelLoadError when the architecture has no FFN layout this function knows.
+    With `activation_norms` (`ffn_activation_norms` of this model) neurons are ranked by
+    what they contribute on that data, else by their weights alone. Raises ModelLoadError
+    when the architecture has no FFN layout this function knows, or when
+    `activation_norms` lacks a block.
     """
     import torch
 
@@ -214,8 +307,13 @@ def prune_structured_ffn(model: Any, amount: float) -> int:
     removed = 0
     new_width: int | None = None
     with torch.no_grad():
-        for module in list(model.modules()):
-            pruned = _prune_ffn_block(module, amount)
+        for name, module in list(model.named_modules()):
+            activation = None
+            if activation_norms is not None and _ffn_down(module) is not None:
+                activation = activation_norms.get(name)
+                if activation is None:
+                    raise ModelLoadError(f"no activation norms for the FFN block {name!r}")
+            pruned = _prune_ffn_block(module, amount, activation)
             if pruned is not None:
                 removed += pruned[0]
                 new_width = pruned[1]

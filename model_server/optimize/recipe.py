@@ -4,8 +4,10 @@ The recipe is JSON (msv_contract.pipeline: the operator hashes it as given into 
 key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per recipe
 
 - ``static-int8``: ``calibrationSamples`` (default 128);
-- ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <= 0.9), ``steps`` or
-  ``epochs``, ``learningRate``;
+- ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <= 0.9), ``ranking``
+  (one of RANKINGS, default ``activation``: neurons ranked on ``calibrationSamples`` of the
+  data; ``weight``: by weights alone, as at load time), ``steps`` or ``epochs``,
+  ``learningRate``;
 - ``distill``: ``student`` (``layers``, optional ``hiddenSize``, ``intermediateSize``,
   ``heads``), ``steps`` or ``epochs``, ``learningRate``;
 
@@ -34,6 +36,8 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_MAX_LENGTH = 128
 MAX_PRUNE_AMOUNT = 0.9
+RANKINGS = ("activation", "weight")
+"""How prune-recover ranks FFN neurons (model_server.optimize.prune); the first is the default."""
 DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
 
@@ -58,6 +62,7 @@ class Recipe:
     max_length: int = DEFAULT_MAX_LENGTH
     amount: float = 0.0
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    ranking: str = RANKINGS[0]
     student: Student | None = None
     input_range: tuple[float, float] = DEFAULT_INPUT_RANGE
 
@@ -125,9 +130,10 @@ def parse_recipe(text: str) -> Recipe:
             raise BuildError(f"recipe.inputRange must be [low, high] numbers with low < high, "
                              f"not {value!r}")
         common["input_range"] = (float(value[0]), float(value[1]))
-    if name == "static-int8":
+    if name in ("static-int8", "prune-recover"):
         common["calibration_samples"] = _number(
             raw, "calibrationSamples", DEFAULT_CALIBRATION_SAMPLES, integer=True, low=1)
+    if name == "static-int8":
         return Recipe(**common)
     steps = _number(raw, "steps", None, integer=True, low=1)
     epochs = _number(raw, "epochs", None, low=0, low_open=True)
@@ -145,6 +151,11 @@ def parse_recipe(text: str) -> Recipe:
             raise BuildError("recipe.amount is required for prune-recover")
         common["amount"] = _number(raw, "amount", None, low=0, low_open=True,
                                    high=MAX_PRUNE_AMOUNT)
+        ranking = raw.get("ranking", RANKINGS[0])
+        if ranking not in RANKINGS:
+            raise BuildError(f"recipe.ranking must be one of {', '.join(RANKINGS)}, "
+                             f"not {ranking!r}")
+        common["ranking"] = ranking
         return Recipe(**common)
     student = raw.get("student")
     if not isinstance(student, dict):

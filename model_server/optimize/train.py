@@ -11,7 +11,13 @@ backend uses.
 
 Recovery and distillation train a student to match the teacher's (the source model's) logits:
 KL divergence of the temperature-softened distributions, times T², plus cross-entropy when the
-data has labels; AdamW; batches cycle through the shuffled training split. Progress lines
+data has labels; AdamW; batches cycle through the shuffled training split. Recovery
+fine-tunes a pruned model that already nearly matches: dropout off, the learning rate warmed
+up linearly over the first `WARMUP_FRACTION` of the steps, then decayed to zero on a cosine.
+Distillation trains a mostly fresh student: dropout on, constant learning rate (measured
+better for each: bench/README.md). Pruning ranks FFN neurons by their activations on (up to
+calibrationSamples of) the training split, or by weights alone (``ranking: weight``, what
+load-time pruning does). Progress lines
 (msv_contract.pipeline.PROGRESS_PREFIX) go to stdout at most every `Progress.interval_s`.
 """
 
@@ -210,6 +216,20 @@ def fidelity(model: Any, teacher_logits: Any, encoder: Encoder,
     return agree, float(kl)
 
 
+WARMUP_FRACTION = 0.1
+"""Share of the training steps over which the learning rate rises linearly to its value."""
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based) of `steps`: linear warmup
+    over the first WARMUP_FRACTION, then cosine decay towards zero."""
+    warmup = max(1, round(steps * WARMUP_FRACTION))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def total_steps(recipe: Recipe, n_train: int) -> int:
     if recipe.steps is not None:
         return recipe.steps
@@ -218,8 +238,10 @@ def total_steps(recipe: Recipe, n_train: int) -> int:
 
 
 def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
-                  progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
-    """Train `student` in place on the teacher's logits (and the labels, if any)."""
+                  progress: Callable[..., None], deadline: Deadline, *,
+                  fine_tune: bool = False) -> dict[str, Any]:
+    """Train `student` in place on the teacher's logits (and the labels, if any);
+    `fine_tune`: dropout off and a warmup-cosine learning rate (recovery)."""
     import torch
     import torch.nn.functional as F
 
@@ -227,8 +249,14 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
     steps = total_steps(recipe, len(train))
     temp = recipe.temperature
     optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: lr_factor(i, steps) if fine_tune else 1.0)
     teacher.eval()
     student.train()
+    if fine_tune:
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
     epoch = 0
     stream = batches(train, recipe.batch_size, seed=recipe.seed)
     last_loss = math.nan
@@ -249,14 +277,16 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             loss = loss + F.cross_entropy(out, torch.tensor(batch.labels))
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
         last_loss = float(loss.detach())
         progress("training", step, steps)
         deadline.check("training")
     student.eval()
     return {"steps": steps, "finalLoss": round(last_loss, 6), "temperature": temp,
-            "learningRate": recipe.learning_rate, "batchSize": recipe.batch_size,
-            "labels": train.labels is not None}
+            "learningRate": recipe.learning_rate,
+            "schedule": "warmup-cosine" if fine_tune else "constant", "dropout": not fine_tune,
+            "batchSize": recipe.batch_size, "labels": train.labels is not None}
 
 
 def static_int8(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
@@ -284,14 +314,38 @@ def static_int8(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                          "layers": len(calibration["layers"]), "engine": calibration["engine"]}
 
 
-def prune(teacher: Any, amount: float) -> tuple[Any, int]:
-    """A copy of `teacher` with `amount` of every FFN's neurons removed; (model, removed)."""
+def activation_norms(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
+                     progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
+    """The teacher's FFN activation norms (prune.ffn_activation_norms) over up to
+    calibrationSamples training examples."""
+    from model_server.errors import ModelLoadError
+    from model_server.optimize.prune import ffn_activation_norms
+
+    sample = train.take(range(min(len(train), recipe.calibration_samples)))
+    chunks = list(batches(sample, recipe.batch_size))
+
+    def feed() -> Iterator[Any]:
+        for i, batch in enumerate(chunks, 1):
+            yield encoder(batch.items)
+            progress("pruning", i, len(chunks))
+            deadline.check("pruning")
+
+    progress("pruning", 0, len(chunks), force=True)
+    try:
+        return ffn_activation_norms(teacher, feed())
+    except ModelLoadError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def prune(teacher: Any, amount: float, norms: dict[str, Any] | None = None) -> tuple[Any, int]:
+    """A copy of `teacher` with `amount` of every FFN's neurons removed, ranked by `norms`
+    (activation_norms) or, without, by weights; (model, removed)."""
     from model_server.errors import ModelLoadError
     from model_server.optimize.prune import prune_structured_ffn
 
     student = copy.deepcopy(teacher)
     try:
-        removed = prune_structured_ffn(student, amount)
+        removed = prune_structured_ffn(student, amount, norms)
     except ModelLoadError as exc:
         raise BuildError(str(exc)) from exc
     return student, removed

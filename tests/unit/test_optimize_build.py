@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from model_server.optimize import publish
-from model_server.optimize.build import build
+from model_server.optimize.build import build, interleaved_latency
 from model_server.optimize.recipe import BuildError
 from msv_contract import pipeline
 from tests import modelfactory
@@ -154,10 +154,21 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     # shows the recovery: at least halved, and never fewer agreeing predictions
     assert report["result"]["klToSource"] < 0.5 * details["pruneOnlyKlToSource"]
     assert report["result"]["agreement"] >= details["pruneOnlyAgreement"]
+    # ranked on the data by default; the report also has that model before recovery
+    assert details["ranking"] == "activation"
+    assert report["result"]["klToSource"] < details["beforeRecoveryKlToSource"]
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == (
+        "warmup-cosine", False)
     assert report["result"]["parameters"] < report["source"]["parameters"]
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))
     assert backend.model.config.intermediate_size == 8
+    # the served model's FFN layers are physically narrower (no masks, no zero rows)
+    layer = backend.model.bert.encoder.layer[0]
+    assert tuple(layer.intermediate.dense.weight.shape) == (8, 32)
+    assert tuple(layer.output.dense.weight.shape) == (32, 8)
+    assert not any(name.endswith("_mask") for name, _ in backend.model.named_buffers())
+    assert set(report["result"]["latencyMsP50"]) == {"batch1", "batch8"}
 
 
 def test_distill_builds_the_requested_student(
@@ -169,6 +180,7 @@ def test_distill_builds_the_requested_student(
     details = _report(result)["details"]
     assert details["initialisedFrom"] == [1]  # the teacher's last layer
     assert details["tensorsFresh"] > 0  # the narrower tensors start fresh
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == ("constant", True)
     config = _served(_unpack(result, tmp_path / "unpacked")).model.config
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size,
             config.num_attention_heads) == (1, 16, 32, 2)
@@ -184,6 +196,8 @@ def test_distill_builds_the_requested_student(
          "student.layers 3 exceeds the source model's 2 layers"),
         ({"recipe": "prune-recover", "amount": 0.95}, "labelled",
          "recipe.amount must be <= 0.9"),
+        ({"recipe": "prune-recover", "amount": 0.5, "ranking": "random"}, "labelled",
+         "recipe.ranking must be one of activation, weight, not 'random'"),
         ({"recipe": "prune-recover", "amount": 0.5, "steps": 50, "budget": {"maxSeconds": 0.01}},
          "labelled", "budget exceeded"),
         ({"recipe": "static-int8"}, "binary", "is not UTF-8 text"),
@@ -225,3 +239,30 @@ def test_cli_writes_the_cause_to_the_termination_log(
     assert message.startswith("optimize build failed: recipe.student: hiddenSize 32 is not "
                               "divisible by heads 3")
     assert "\n" not in message
+
+
+class _Clock:
+    """A backend stand-in that records which backend ran, at which batch size."""
+
+    def __init__(self, name: str, calls: list[tuple[str, int]]) -> None:
+        self.name, self.calls = name, calls
+
+    def predict(self, inputs: dict[str, Any]) -> None:
+        self.calls.append((self.name, len(inputs["text"])))
+
+
+def test_latency_interleaves_source_and_result_in_alternating_order() -> None:
+    calls: list[tuple[str, int]] = []
+    held = ["one", "two", "three"]
+
+    def request(idx: list[int]) -> dict[str, Any]:
+        return {"text": [held[i] for i in idx]}
+
+    latency = interleaved_latency([_Clock("source", calls), _Clock("result", calls)], request,
+                                  len(held), 4)
+    assert [set(x) for x in latency] == [{"batch1", "batch8"}] * 2
+    batch1 = [name for name, size in calls if size == 1]
+    # one warm-up each, then turns: source first on even rounds, result first on odd ones
+    assert batch1 == ["source", "result", "source", "result", "result", "source",
+                      "source", "result", "result", "source"]
+    assert [size for _, size in calls].count(8) == 10  # held-out texts cycled to batch 8

@@ -160,6 +160,20 @@ def test_vit_prune_recover_and_distill_build_smaller_image_models(
                                            "steps": 3, "batchSize": 8}, tmp_path / "p"))
     assert pruned["details"]["intermediateSize"] == 32  # 64 neurons, half removed
     assert pruned["summary"]["parameterRatio"] < 1
+    # ranked on the images' activations (the ViT blocks' FFNs), recovered as a fine-tune
+    details = pruned["details"]
+    assert details["ranking"] == "activation"
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == (
+        "warmup-cosine", False)
+    assert set(pruned["result"]["latencyMsP50"]) == {"batch1", "batch8"}
+    by_weight = _report(_build(vit, vit_data, {**VIT, "recipe": "prune-recover", "amount": 0.5,
+                                              "ranking": "weight", "steps": 3, "batchSize": 8},
+                               tmp_path / "w"))
+    assert by_weight["details"]["ranking"] == "weight"
+    # weight ranking is what load-time pruning does: the same model before recovery
+    assert (by_weight["details"]["beforeRecoveryKlToSource"]
+            == by_weight["details"]["pruneOnlyKlToSource"])
+    assert details["beforeRecoveryKlToSource"] != details["pruneOnlyKlToSource"]
     student = _report(_build(vit, vit_data, {**VIT, "recipe": "distill", "steps": 3,
                                             "student": {"layers": 1}}, tmp_path / "d"))
     assert student["details"]["layers"] == 1 and student["details"]["initialisedFrom"] == [1]

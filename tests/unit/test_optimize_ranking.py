@@ -1,0 +1,107 @@
+"""Activation-aware FFN pruning (the prune-recover recipe's ranking) and the recovery's
+learning-rate schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_server.errors import ModelLoadError
+from model_server.optimize.prune import ffn_activation_norms, prune_structured_ffn
+from model_server.optimize.train import WARMUP_FRACTION, lr_factor
+from tests import modelfactory
+
+pytest.importorskip("transformers")
+
+
+def _classifier(tmp_path: Path) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    model = modelfactory.make_text_classifier(tmp_path / "m", save=False, intermediate_size=64)
+    return model.eval(), AutoTokenizer.from_pretrained(tmp_path / "m")
+
+
+def test_activation_ranking_drops_a_heavy_neuron_that_never_fires(tmp_path: Path) -> None:
+    import torch
+
+    model, tokenizer = _classifier(tmp_path)
+    layer = model.bert.encoder.layer[0]
+    with torch.no_grad():
+        # neuron 5: the largest weights of the block, but a bias that keeps GELU at zero
+        layer.intermediate.dense.weight[5].fill_(0.01)
+        layer.intermediate.dense.bias[5] = -1e4
+        layer.output.dense.weight[:, 5].fill_(10.0)
+    inputs = [tokenizer(["good film", "the bad night was long"], padding=True,
+                        return_tensors="pt")]
+    norms = ffn_activation_norms(model, inputs)
+    assert set(norms) == {"bert.encoder.layer.0", "bert.encoder.layer.1"}
+    assert norms["bert.encoder.layer.0"].shape == (64,)
+    assert float(norms["bert.encoder.layer.0"][5]) == 0.0
+    assert not any(h for h in layer.output.dense._forward_pre_hooks.values())  # hooks removed
+
+    by_weight = modelfactory.make_text_classifier(tmp_path / "w", save=False,
+                                                  intermediate_size=64)
+    by_weight.load_state_dict(model.state_dict())
+    prune_structured_ffn(by_weight, 0.5)
+    prune_structured_ffn(model, 0.5, norms)
+    column = layer.output.dense.weight.new_full((32,), 10.0)
+
+    def keeps_neuron_5(m: Any) -> bool:
+        down = m.bert.encoder.layer[0].output.dense.weight
+        return any(torch.equal(down[:, j], column) for j in range(down.shape[1]))
+
+    assert keeps_neuron_5(by_weight)  # weights alone rank it first
+    assert not keeps_neuron_5(model)  # it contributes nothing on the data
+
+
+def test_activation_norms_leave_padding_out(tmp_path: Path) -> None:
+    import torch
+
+    model, tokenizer = _classifier(tmp_path)
+    alone = ffn_activation_norms(model, [tokenizer(["good film"], return_tensors="pt")])
+    padded = ffn_activation_norms(model, [tokenizer(["good film"], padding="max_length",
+                                                    max_length=24, return_tensors="pt")])
+    for name, value in alone.items():
+        torch.testing.assert_close(padded[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_norms_need_a_known_ffn_layout_and_data(tmp_path: Path) -> None:
+    import torch
+
+    with pytest.raises(ModelLoadError, match="this model has none"):
+        ffn_activation_norms(torch.nn.Sequential(torch.nn.Linear(2, 2)), [])
+    model, _ = _classifier(tmp_path)
+    with pytest.raises(ModelLoadError, match="no data reached the FFN blocks"):
+        ffn_activation_norms(model, [])
+    with pytest.raises(ModelLoadError, match="no activation norms for the FFN block"):
+        prune_structured_ffn(model, 0.5, {})
+
+
+def test_recovery_learning_rate_warms_up_then_decays_to_zero() -> None:
+    steps = 100
+    warmup = round(steps * WARMUP_FRACTION)
+    factors = [lr_factor(i, steps) for i in range(steps)]
+    assert factors[0] == pytest.approx(1 / warmup)
+    assert factors[warmup - 1] == pytest.approx(1.0)
+    assert factors[warmup] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:], strict=False))
+    assert factors[-1] < 0.01
+    assert lr_factor(0, 1) == pytest.approx(1.0)  # a single step is never a zero step
+
+
+def test_activation_norms_cover_a_vit_image_classifier(tmp_path: Path) -> None:
+    from transformers import AutoImageProcessor
+
+    from model_server.optimize.images import processor_inputs
+
+    model = modelfactory.make_image_classifier(tmp_path / "vit").eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "vit")
+    inputs = processor_inputs(processor, [modelfactory.make_png(seed=i) for i in range(3)])
+    norms = ffn_activation_norms(model, [inputs])  # pixel inputs: no padding mask
+    width = model.config.intermediate_size
+    assert set(norms) == {f"vit.encoder.layer.{i}" for i in range(model.config.num_hidden_layers)}
+    assert all(value.shape == (width,) and float(value.sum()) > 0 for value in norms.values())
+    prune_structured_ffn(model, 0.5, norms)
+    assert model.vit.encoder.layer[0].intermediate.dense.out_features == width // 2
