@@ -304,5 +304,3 @@ def test_with_the_activator_down_a_modelservice_keeps_serving_and_says_scaling_i
     wait_for("AutoscalingBlind=False once the activator is back",
              lambda: condition(ms_of(k, ns, name), "AutoscalingBlind").get("status") != "True",
              timeout=180, interval=1)
-
-
