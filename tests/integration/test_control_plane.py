@@ -15,7 +15,7 @@ import pytest
 from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import monitoring, nodes, paths, versions
+from localcluster import keda, monitoring, nodes, paths, versions
 from localcluster.gateway import install as gateway_install
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -226,7 +226,8 @@ def test_up_on_a_running_cluster_reuses_it(cluster: lc.Cluster) -> None:
     names = [p.name for p in lc.processes(cluster.real_node)]
     if cluster.real_node:  # the monitoring stack's and the gateway's parts, one line each
         names += [name for name, _ok, _detail in
-                  [*monitoring.health(cluster), *gateway_install.health(cluster)]]
+                  [*monitoring.health(cluster), *keda.health(cluster),
+                   *gateway_install.health(cluster)]]
     for name in names:
         assert f"{name}" in proc.stdout
     assert proc.stdout.count("healthy") == len(names)
