@@ -13,6 +13,8 @@ removes the activator's EndpointSlice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from msv_contract.api import GROUP
 
 # -- the activator's routes: written by the operator, read by the activator -----------------
@@ -25,6 +27,28 @@ forwards to the ready endpoints of Service ``namespace/service`` on the target p
 port ``servicePort``. ``variant`` null: the stable Service of the ModelService."""
 PORT_RANGE = (20000, 20999)
 """Activator listener ports the operator allocates (one per Service port held)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One entry of ``ROUTES_KEY`` (``servicePort`` is ``service_port`` here)."""
+
+    port: int
+    namespace: str
+    service: str
+    service_port: int
+    modelservice: str
+    variant: str | None
+
+    def key(self) -> tuple[str, str, int]:
+        """(namespace, service, service port): the Service port the route holds."""
+        return self.namespace, self.service, self.service_port
+
+    @property
+    def target(self) -> tuple[str, str, str]:
+        """(namespace, modelservice, variant or ""): what KEDA's trigger metadata names."""
+        return (self.namespace, self.modelservice, self.variant or "")
+
 
 # -- the EndpointSlice that sends a Service's traffic to the activator ------------------------
 SLICE_SUFFIX = "-activator"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from model_server.errors import ModelLoadError
 from model_server.optimize.stats import prunable_torch_modules
@@ -152,9 +152,30 @@ def _top(score: Any, keep: int) -> Any:
     return torch.sort(torch.topk(score, keep).indices).values
 
 
-def _ffn_down(module: Any) -> Any | None:
-    """The down-projection of `module` when it is an FFN block of a known layout (its input
-    is the activated intermediate neurons), else None."""
+class _Ffn(NamedTuple):
+    """An FFN block's up- and down-projection, each named by its owner module and attribute
+    (so pruning can replace it). kind: "linear" (both Linear), "conv1d" (GPT-2's Conv1D) or
+    "gated" (Llama-style: a Linear ``gate_proj`` beside ``up_proj``, same owner)."""
+
+    kind: str
+    up_owner: Any
+    up_name: str
+    down_owner: Any
+    down_name: str
+
+    @property
+    def up(self) -> Any:
+        return getattr(self.up_owner, self.up_name)
+
+    @property
+    def down(self) -> Any:
+        """The down-projection: its input is the activated intermediate neurons."""
+        return getattr(self.down_owner, self.down_name)
+
+
+def _ffn(module: Any) -> _Ffn | None:
+    """The up- and down-projection of `module` when it is an FFN block of a known layout,
+    else None."""
     import torch
 
     linear = torch.nn.Linear
@@ -167,19 +188,19 @@ def _ffn_down(module: Any) -> Any | None:
         and isinstance(getattr(out, "dense", None), linear)
         and out.dense.in_features == inter.dense.out_features
     ):
-        return out.dense
+        return _Ffn("linear", inter, "dense", out, "dense")
     if isinstance(getattr(ffn, "lin1", None), linear):
-        return ffn.lin2
+        return _Ffn("linear", ffn, "lin1", ffn, "lin2")
     if isinstance(getattr(mlp, "fc1", None), linear) and isinstance(
         getattr(mlp, "fc2", None), linear
     ):
-        return mlp.fc2
+        return _Ffn("linear", mlp, "fc1", mlp, "fc2")
     if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
-        return mlp.c_proj
+        return _Ffn("conv1d", mlp, "c_fc", mlp, "c_proj")
     if mlp is not None and all(
         isinstance(getattr(mlp, n, None), linear) for n in ("gate_proj", "up_proj", "down_proj")
     ):
-        return mlp.down_proj
+        return _Ffn("gated", mlp, "up_proj", mlp, "down_proj")
     return None
 
 
@@ -205,9 +226,9 @@ def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[s
         return hook
 
     for name, module in model.named_modules():
-        down = _ffn_down(module)
-        if down is not None:
-            hooks.append(down.register_forward_pre_hook(hook_for(name)))
+        found = _ffn(module)
+        if found is not None:
+            hooks.append(found.down.register_forward_pre_hook(hook_for(name)))
     if not hooks:
         raise ModelLoadError(
             "structured pruning supports transformer FFN blocks (BERT/RoBERTa, ViT, DistilBERT, "
@@ -228,53 +249,29 @@ def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[s
     return {name: total.sqrt() for name, total in sums.items()}
 
 
-def _prune_ffn_block(module: Any, amount: float, activation: Any = None
-                     ) -> tuple[int, int] | None:
-    """Prune the FFN of `module` in place when it is a block of a known layout, ranking
-    neurons by `activation` (their activation norms) or, without it, by their incoming
-    weights; both times the norms of their outgoing weights.
-
-    Returns (neurons removed, width kept), or None for any other module.
-    """
-    import torch
-
-    linear = torch.nn.Linear
-    inter: Any = getattr(module, "intermediate", None)
-    out: Any = getattr(module, "output", None)
-    ffn: Any = getattr(module, "ffn", None)
-    mlp: Any = getattr(module, "mlp", None)
-    if (
-        isinstance(getattr(inter, "dense", None), linear)
-        and isinstance(getattr(out, "dense", None), linear)
-        and out.dense.in_features == inter.dense.out_features
-    ):
-        return _prune_linear_pair(inter, "dense", out, "dense", amount, activation)
-    if isinstance(getattr(ffn, "lin1", None), linear):
-        return _prune_linear_pair(ffn, "lin1", ffn, "lin2", amount, activation)
-    if isinstance(getattr(mlp, "fc1", None), linear) and isinstance(
-        getattr(mlp, "fc2", None), linear
-    ):
-        return _prune_linear_pair(mlp, "fc1", mlp, "fc2", amount, activation)
-    if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
-        up, down = mlp.c_fc, mlp.c_proj  # Conv1D: weight [in, out]
+def _prune_ffn_block(found: _Ffn, amount: float, activation: Any = None) -> tuple[int, int]:
+    """Prune the FFN block `found` in place, ranking neurons by `activation` (their
+    activation norms) or, without it, by their incoming weights; both times the norms of
+    their outgoing weights. Returns (neurons removed, width kept)."""
+    if found.kind == "linear":
+        return _prune_linear_pair(found.up_owner, found.up_name, found.down_owner,
+                                  found.down_name, amount, activation)
+    mlp, up, down = found.up_owner, found.up, found.down
+    if found.kind == "conv1d":  # Conv1D: weight [in, out]
         width = up.weight.shape[1]
         incoming = up.weight.norm(dim=0) if activation is None else activation
         score = incoming * down.weight.norm(dim=1)
         keep = _top(score, _keep_count(width, amount))
         mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
         return width - len(keep), len(keep)
-    if mlp is not None and all(
-        isinstance(getattr(mlp, n, None), linear) for n in ("gate_proj", "up_proj", "down_proj")
-    ):
-        gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
-                    if activation is None else activation)
-        score = incoming * down.weight.norm(dim=0)
-        keep = _top(score, _keep_count(up.out_features, amount))
-        mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
-        mlp.down_proj = _linear_cols(down, keep)
-        return up.out_features - len(keep), len(keep)
-    return None
+    gate = mlp.gate_proj
+    incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
+                if activation is None else activation)
+    score = incoming * down.weight.norm(dim=0)
+    keep = _top(score, _keep_count(up.out_features, amount))
+    mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
+    mlp.down_proj = _linear_cols(down, keep)
+    return up.out_features - len(keep), len(keep)
 
 
 def _prune_linear_pair(
@@ -308,15 +305,16 @@ def prune_structured_ffn(model: Any, amount: float,
     new_width: int | None = None
     with torch.no_grad():
         for name, module in list(model.named_modules()):
+            found = _ffn(module)
+            if found is None:
+                continue
             activation = None
-            if activation_norms is not None and _ffn_down(module) is not None:
+            if activation_norms is not None:
                 activation = activation_norms.get(name)
                 if activation is None:
                     raise ModelLoadError(f"no activation norms for the FFN block {name!r}")
-            pruned = _prune_ffn_block(module, amount, activation)
-            if pruned is not None:
-                removed += pruned[0]
-                new_width = pruned[1]
+            dropped, new_width = _prune_ffn_block(found, amount, activation)
+            removed += dropped
     if new_width is None:
         raise ModelLoadError(
             "structured pruning supports transformer FFN blocks (BERT/RoBERTa, ViT, DistilBERT, "

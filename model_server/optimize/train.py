@@ -289,6 +289,24 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             "batchSize": recipe.batch_size, "labels": train.labels is not None}
 
 
+def _calibration_feed(encoder: Encoder, train: Examples, recipe: Recipe, stage: str,
+                      progress: Callable[..., None], deadline: Deadline
+                      ) -> tuple[Examples, Iterator[Any]]:
+    """(the sample, its encoded batches): up to calibrationSamples training examples in
+    batches of batchSize; each batch fed reports `stage` progress and checks the deadline."""
+    sample = train.take(range(min(len(train), recipe.calibration_samples)))
+    chunks = list(batches(sample, recipe.batch_size))
+
+    def feed() -> Iterator[Any]:
+        for i, batch in enumerate(chunks, 1):
+            yield encoder(batch.items)
+            progress(stage, i, len(chunks))
+            deadline.check(stage)
+
+    progress(stage, 0, len(chunks), force=True)
+    return sample, feed()
+
+
 def static_int8(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                 progress: Callable[..., None], deadline: Deadline) -> tuple[Any, dict[str, Any]]:
     """(the calibration, details): activation ranges of the Linear layers over up to
@@ -296,18 +314,9 @@ def static_int8(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
     from model_server.errors import ModelLoadError
     from model_server.optimize import static_int8 as s8
 
-    sample = train.take(range(min(len(train), recipe.calibration_samples)))
-    chunks = list(batches(sample, recipe.batch_size))
-
-    def feed() -> Iterator[Any]:
-        for i, batch in enumerate(chunks, 1):
-            yield encoder(batch.items)
-            progress("calibrating", i, len(chunks))
-            deadline.check("calibrating")
-
-    progress("calibrating", 0, len(chunks), force=True)
+    sample, feed = _calibration_feed(encoder, train, recipe, "calibrating", progress, deadline)
     try:
-        calibration = s8.calibrate(copy.deepcopy(teacher), feed())
+        calibration = s8.calibrate(copy.deepcopy(teacher), feed)
     except ModelLoadError as exc:
         raise BuildError(str(exc)) from exc
     return calibration, {"calibrationSamples": len(sample),
@@ -321,18 +330,9 @@ def activation_norms(teacher: Any, encoder: Encoder, train: Examples, recipe: Re
     from model_server.errors import ModelLoadError
     from model_server.optimize.prune import ffn_activation_norms
 
-    sample = train.take(range(min(len(train), recipe.calibration_samples)))
-    chunks = list(batches(sample, recipe.batch_size))
-
-    def feed() -> Iterator[Any]:
-        for i, batch in enumerate(chunks, 1):
-            yield encoder(batch.items)
-            progress("pruning", i, len(chunks))
-            deadline.check("pruning")
-
-    progress("pruning", 0, len(chunks), force=True)
+    _, feed = _calibration_feed(encoder, train, recipe, "pruning", progress, deadline)
     try:
-        return ffn_activation_norms(teacher, feed())
+        return ffn_activation_norms(teacher, feed)
     except ModelLoadError as exc:
         raise BuildError(str(exc)) from exc
 

@@ -29,6 +29,7 @@ from typing import Any
 from msv_contract import metrics
 from msv_contract import scaletozero as stz
 from msv_contract.api import LABEL_MODELSERVICE, LABEL_SERVING, LABEL_VARIANT, MANAGED_BY
+from msv_contract.scaletozero import Route
 
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 """KEDA: on a ScaledObject, scale to this many replicas and stop autoscaling until removed."""
@@ -271,24 +272,6 @@ def spec_variants(spec: Any) -> list[str]:
     return [v.name for v in spec.variants]
 
 
-@dataclass(frozen=True)
-class Route:
-    port: int
-    namespace: str
-    service: str
-    service_port: int
-    modelservice: str
-    variant: str | None
-
-    def key(self) -> tuple[str, str, int]:
-        return self.namespace, self.service, self.service_port
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"port": self.port, "namespace": self.namespace, "service": self.service,
-                "servicePort": self.service_port, "modelservice": self.modelservice,
-                "variant": self.variant}
-
-
 class PortsExhausted(Exception):
     """Every port of ``PORT_RANGE`` holds a route."""
 
@@ -340,12 +323,19 @@ def assign_ports(routes: Sequence[Route], namespace: str, modelservice: str,
     return sorted(out, key=lambda r: r.port)
 
 
+def _route_dict(route: Route) -> dict[str, Any]:
+    """A route as an entry of ``ROUTES_KEY``."""
+    return {"port": route.port, "namespace": route.namespace, "service": route.service,
+            "servicePort": route.service_port, "modelservice": route.modelservice,
+            "variant": route.variant}
+
+
 def build_routes(namespace: str, routes: Sequence[Route]) -> dict[str, Any]:
     """The routes ConfigMap (in the operator's namespace; the operator is its only writer)."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": stz.ROUTES_CONFIGMAP, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
-            "data": {stz.ROUTES_KEY: json.dumps({"routes": [r.to_dict() for r in routes]},
+            "data": {stz.ROUTES_KEY: json.dumps({"routes": [_route_dict(r) for r in routes]},
                                                 sort_keys=True)}}
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from msv_contract import scaletozero as stz
+from msv_contract.scaletozero import Route
 
 CONTROLLER_MANAGED_BY = "endpointslice-controller.k8s.io"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -24,21 +24,6 @@ DISCOVERY_API = "discovery.k8s.io/v1"
 
 class RouteError(ValueError):
     """The routes document is malformed; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Route:
-    port: int
-    namespace: str
-    service: str
-    service_port: int
-    modelservice: str
-    variant: str | None
-
-    @property
-    def target(self) -> tuple[str, str, str]:
-        """(namespace, modelservice, variant or ""): what KEDA's trigger metadata names."""
-        return (self.namespace, self.modelservice, self.variant or "")
 
 
 def _field(entry: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
