@@ -4,7 +4,8 @@ the in-cluster model store, a private namespace with the CRD, and the operator a
     with real_cluster("rb", prometheus=True) as (c, ns):
         ...
 
-Used by bench/real_pods.py, bench/rollout_rollback.py and bench/autoscale_brownout.py.
+Used by bench/real_pods.py, bench/rollout_rollback.py, bench/autoscale_brownout.py and
+bench/scale_from_zero.py (which installs the chart instead: ``operator=False``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def get_ms(c: lc.Cluster, ns: str, name: str) -> dict[str, Any]:
 
 
 @contextmanager
-def real_cluster(prefix: str, *, prometheus: bool = False) -> Iterator[tuple[lc.Cluster, str]]:
+def real_cluster(prefix: str, *, prometheus: bool = False, operator: bool = True
+                 ) -> Iterator[tuple[lc.Cluster, str]]:
     """Start (or join) the local cluster, which must have its real node; yield it and a new
-    namespace watched by an operator process (with the in-cluster Prometheus if asked).
+    namespace watched by an operator process (with the in-cluster Prometheus if asked; no
+    process with ``operator=False``: the caller brings its own, e.g. the chart's).
     The namespace is deleted and the cluster released afterwards."""
     c = lc.up(out=log, owner="bench", user=os.getpid())
     if not c.real_node:
@@ -66,12 +69,13 @@ def real_cluster(prefix: str, *, prometheus: bool = False) -> Iterator[tuple[lc.
            "--metrics-port", "0", "--health-port", "0"]
     if prometheus:
         cmd += ["--prometheus-url", monitoring.PROMETHEUS_URL]
-    operator = subprocess.Popen(cmd, env=c.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, env=c.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) if operator else None
     try:
         yield c, ns
     finally:
-        operator.terminate()
-        operator.wait(30)
+        if process:
+            process.terminate()
+            process.wait(30)
         c.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
         lc.release(c.state_dir)
