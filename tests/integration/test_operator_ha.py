@@ -18,7 +18,10 @@ from msv_operator.config import OperatorConfig
 from operator_harness import OperatorProcess, condition, free_port
 from waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# serial: two operator processes race for a 15 s Lease and the test reads which one wrote;
+# the other worker's load on the 2-core machine once let a hand-over outrun the test's view
+# (a flake seen once in three parallel runs), so it runs alone after the parallel session.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 LEASE = "msv-test-leader"
 REPLICAS = ("replica-a", "replica-b")

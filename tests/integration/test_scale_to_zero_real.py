@@ -25,7 +25,7 @@ import pytest
 from manifests import MS_API, model, modelservice
 from msv_operator import kube
 from operator_harness import api, condition
-from realpods import SERVER, stores  # noqa: F401 (stores: the fixture)
+from realpods import SERVER, cluster_ip, stores  # noqa: F401 (stores: the fixture)
 from service_load import Load
 from waiting import wait_for
 
@@ -294,7 +294,9 @@ def test_with_the_activator_down_a_modelservice_keeps_serving_and_says_scaling_i
         # and the Service answers from it, not from the (absent) activator.
         wait_for("a pod of idle serving without the activator",
                  lambda: ready_pods(k, ns, name, "baseline") >= 1, timeout=240, interval=1)
-        ip = k.get("v1", "Service", ns, name)["spec"]["clusterIP"]
+        # ... and routed: the EndpointSlice controller and kube-proxy need a moment after the
+        # pod is ready (until then the Service, whose activator slice is gone, refuses)
+        ip = cluster_ip(k, ns, name)
         with Load(ip, name, clients=1, pause=0.1) as load:
             wait_for("answers without the activator", lambda: load.answered >= 10, timeout=120)
         assert load.failures == {}, (load.failures, load.errors)
