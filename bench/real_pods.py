@@ -6,12 +6,13 @@ MLP; ``tensorflow``: a small Keras CNN as a SavedModel, served from the TensorFl
 image), the model published to the in-cluster HTTP store with its SHA-256:
 
 * **pod**: ``kubectl apply`` of a one-variant ModelService (warm images: the framework's
-  runtime image already on the node) with the operator running; polled every 0.1 s: Deployment
-  created by the operator, pod scheduled, pull (init container) done, model-server container
-  running, pod Ready (the server's startup probe after the model loaded). Phases:
-  operator, scheduling, sandbox + pull, start + load + readiness; beside them the operator's
-  own account, ``status.variants[].startup`` (``status_*``: scheduled, image, fetch, load,
-  total).
+  runtime image already on the node) with the operator running; polled every 0.1 s on one
+  kept-alive API connection (a ``kubectl`` process per poll would take a core from the pod
+  being timed): Deployment created by the operator, pod scheduled, pull (init container)
+  done, model-server container running, pod Ready (the server's startup probe after the
+  model loaded). Phases: operator, scheduling, sandbox + pull, start + load + readiness;
+  beside them the operator's own account, ``status.variants[].startup`` (``status_*``:
+  scheduled, image, fetch, load, total).
 * **host**: the same two steps as processes on this machine — ``model-server pull`` of the
   same URI (through the same Service) and ``model-server serve`` until
   ``/v2/health/ready`` answers 200.
@@ -40,7 +41,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _realcluster import get, log, real_cluster
+from _realcluster import api, log, real_cluster
+from msv_operator import kube
 
 from localcluster import cluster as lc
 from localcluster import modelstores
@@ -93,6 +95,7 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
                        "requests": {"cpu": "100m", "memory": "300Mi"}}},
                    "variants": [{"name": "baseline"}]}}
     seen: dict[str, float] = {}
+    k = api(c)
     t0 = time.monotonic()
     c.apply(ms)
     deadline = t0 + 300
@@ -100,11 +103,9 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not Ready after 300 s: {seen}")
         now = time.monotonic() - t0
-        if "deployment" not in seen and get(c, "deployment", f"{name}-baseline", "-n", ns):
+        if "deployment" not in seen and k.get("apps/v1", "Deployment", ns, f"{name}-baseline"):
             seen["deployment"] = now
-        pods = (get(c, "pods", "-n", ns, "-l", f"{LABEL_MODELSERVICE}={name}")
-                or {}).get("items", [])
-        for pod in pods:
+        for pod in k.list("v1", "Pod", ns, f"{LABEL_MODELSERVICE}={name}"):
             st = pod.get("status", {})
             if pod["spec"].get("nodeName"):
                 seen.setdefault("scheduled", now)
@@ -117,7 +118,8 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
             if _ready(pod):
                 seen.setdefault("ready", now)
         time.sleep(0.1)
-    startup = status_startup(c, ns, name, deadline=time.monotonic() + 30)
+    startup = status_startup(k, ns, name, deadline=time.monotonic() + 30)
+    k.close()
     c.kubectl_run("delete", "modelservice", name, "-n", ns, "--wait=false")
     return {"operator": seen["deployment"],
             "scheduling": seen["scheduled"] - seen["deployment"],
@@ -130,10 +132,10 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
                          "totalSeconds")}}
 
 
-def status_startup(c: lc.Cluster, ns: str, name: str, deadline: float) -> dict[str, Any]:
+def status_startup(k: kube.Kube, ns: str, name: str, deadline: float) -> dict[str, Any]:
     """status.variants[0].startup of the ModelService, once the operator wrote it."""
     while True:
-        ms = get(c, "modelservice", name, "-n", ns) or {}
+        ms = k.get(f"{GROUP}/{VERSION}", KIND, ns, name) or {}
         variants = (ms.get("status") or {}).get("variants") or [{}]
         startup = variants[0].get("startup")
         if startup:

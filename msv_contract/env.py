@@ -71,6 +71,11 @@ LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 """200 once the model is loaded and serving, 503 before, after a failure and while draining
 (startup and readiness)."""
+READY_WAIT_PARAM = "wait"
+"""``READY_PATH?wait=<seconds>``: while the model is loading, answer once it is ready or after
+that long (at most ``READY_WAIT_MAX_SECONDS``), not at once. The startup probe asks so: the pod
+is Ready within milliseconds of the load's end instead of on the probe's next tick."""
+READY_WAIT_MAX_SECONDS = 5.0
 
 # The Secrets the operator mounts, as it mounts them.
 TLS_CERT_KEY = "tls.crt"

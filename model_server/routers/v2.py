@@ -10,12 +10,13 @@ the API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -25,7 +26,7 @@ from model_server.errors import ModelNotReady, ServerError
 from model_server.metrics import Tracked
 from model_server.routers import schemas as s
 from model_server.routers.fastpath import RestInfer, body_too_large, check_declared_length
-from msv_contract.env import LIVE_PATH, READY_PATH
+from msv_contract.env import LIVE_PATH, READY_PATH, READY_WAIT_MAX_SECONDS, READY_WAIT_PARAM
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": s.ErrorResponse, "description": "Invalid input (names the problem)"},
@@ -75,8 +76,13 @@ async def live() -> Response:
 
 
 @router.get(READY_PATH, response_model=s.ServerReady, responses=ERRORS, tags=["health"])
-async def ready(request: Request) -> Response:
+async def ready(request: Request, wait: float = Query(
+        0.0, alias=READY_WAIT_PARAM, ge=0, le=READY_WAIT_MAX_SECONDS,
+        description="While the model loads, answer when it is ready or after this many seconds"
+        )) -> Response:
     dp = _dp(request)
+    if not dp.ready and wait > 0:
+        await _until_loaded(dp, wait)
     if not dp.ready:
         dp.require_ready()  # raises ModelNotReady with the state and reason
         raise ModelNotReady("the model is not ready")
@@ -84,6 +90,17 @@ async def ready(request: Request) -> Response:
     if startup is not None and startup.ready_at is None:
         startup.ready_seen()  # the first ready answer ends the start (model_server.startup)
     return Response(b'{"ready":true}', media_type=JSON)
+
+
+READY_WAIT_POLL_SECONDS = 0.02
+
+
+async def _until_loaded(dp: DataPlane, wait: float) -> None:
+    """Return once the model is no longer loading (ready, failed) or after ``wait`` seconds.
+    A flag read every 20 ms: the load runs in a worker thread and the loop stays free."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while dp.model.state == "loading" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(READY_WAIT_POLL_SECONDS)
 
 
 @router.get("/v2", response_model=s.ServerMetadata, tags=["metadata"])

@@ -87,9 +87,13 @@ gone from every Service/gateway before it stops accepting (docs/model-server.md)
 TERMINATION_GRACE_SECONDS = 30
 """Drain + up to 10 s for requests in flight + shutdown, with room to spare."""
 STARTUP_PROBE_PERIOD_SECONDS = 1
-"""The startup probe asks ``READY_PATH`` this often until the model is loaded, so the pod is
-Ready within about this long of the load's end (the kubelet runs the readiness probe at once
-when the startup probe succeeds); its failure budget is spec.server.startupTimeout."""
+"""The startup probe asks ``READY_PATH`` this often until the model is loaded; its failure
+budget is spec.server.startupTimeout."""
+STARTUP_PROBE_WAIT_SECONDS = 0.8
+"""Each startup probe asks the server to hold its answer this long while the model loads
+(``READY_PATH?wait=``; under the probe's 1 s timeout), so the kubelet is nearly always
+asking: the pod is Ready within milliseconds of the load's end (the kubelet runs the readiness
+probe at once when the startup probe succeeds), not up to a period later."""
 READINESS_PERIOD_SECONDS = 5
 """Steady state, after the start: readiness every 5 s, 3 failures to leave the endpoints."""
 LIVENESS_PERIOD_SECONDS = 10
@@ -99,15 +103,17 @@ LIVENESS_PERIOD_SECONDS = 10
 def probes(spec: ModelServiceSpec) -> dict[str, dict[str, Any]]:
     """The server container's probes. The startup probe asks the ready endpoint every second
     for up to spec.server.startupTimeout: liveness and readiness do not run until it
-    succeeds (a slow load is never killed by liveness), and the pod is Ready about a second
-    after the model loaded instead of on the next readiness period."""
+    succeeds (a slow load is never killed by liveness), and the pod is Ready as soon as the
+    model loaded (``STARTUP_PROBE_WAIT_SECONDS``), not on the probe's next tick."""
     scheme = "HTTPS" if spec.tls_secret else "HTTP"
     ready = {"path": env.READY_PATH, "port": "http", "scheme": scheme}
     live = {"path": env.LIVE_PATH, "port": "http", "scheme": scheme}
     budget = math.ceil(spec.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS)
+    waiting = {**ready, "path": f"{env.READY_PATH}?{env.READY_WAIT_PARAM}="
+               f"{STARTUP_PROBE_WAIT_SECONDS}"}
     return {
-        "startupProbe": {"httpGet": ready, "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
-                         "failureThreshold": max(budget, 1)},
+        "startupProbe": {"httpGet": waiting, "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+                         "timeoutSeconds": 1, "failureThreshold": max(budget, 1)},
         "readinessProbe": {"httpGet": dict(ready), "periodSeconds": READINESS_PERIOD_SECONDS,
                            "failureThreshold": 3},
         "livenessProbe": {"httpGet": live, "periodSeconds": LIVENESS_PERIOD_SECONDS,

@@ -530,8 +530,11 @@ def server_container(spec: dict[str, Any]) -> dict[str, Any]:
 def test_startup_probe_asks_ready_every_second_for_the_startup_timeout() -> None:
     c = server_container(ms())
     startup = c["startupProbe"]
-    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": "HTTP"}
+    # the server holds each answer up to 0.8 s while loading: under the probe's 1 s timeout
+    assert startup["httpGet"] == {"path": "/v2/health/ready?wait=0.8", "port": "http",
+                                  "scheme": "HTTP"}
     assert startup["periodSeconds"] == b.STARTUP_PROBE_PERIOD_SECONDS == 1
+    assert b.STARTUP_PROBE_WAIT_SECONDS < startup["timeoutSeconds"] == 1
     # the default budget: 30 minutes of one probe a second
     assert startup["failureThreshold"] * startup["periodSeconds"] == 30 * 60
     # steady state after the start: readiness and liveness keep their periods; liveness needs
@@ -541,8 +544,8 @@ def test_startup_probe_asks_ready_every_second_for_the_startup_timeout() -> None
     assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["failureThreshold"]) == (
         10, 6)
     assert "initialDelaySeconds" not in c["livenessProbe"]
-    assert c["readinessProbe"]["httpGet"] == startup["httpGet"]
-    assert c["readinessProbe"]["httpGet"] is not startup["httpGet"]
+    # readiness answers at once (no wait): a draining or overloaded pod leaves at once
+    assert c["readinessProbe"]["httpGet"] == {**startup["httpGet"], "path": "/v2/health/ready"}
 
 
 @pytest.mark.parametrize(("timeout", "threshold"), [("10s", 10), ("2m", 120), ("2h", 7200)])
