@@ -19,10 +19,12 @@ cache agent, so the first model pod on the node finds it cached.
   into an emptyDir. Owned by the ModelService, removed ``TTL_SECONDS`` after it ends.
 * **What changes.** A new artifact (URI or sha256) or node gives new Job names. A running Job
   that is no longer wanted (another artifact, a node no longer eligible, prewarm turned off)
-  is deleted; finished ones are left to their TTL.
+  is deleted; finished ones are left to their TTL. One that succeeded is not made again once
+  its TTL removed it (``PrewarmState.warmed``; after a restart once more, a cache hit); a
+  failed one is, on the first pass after its TTL.
 * **Status and Events.** ``summarize`` (pure) turns the Jobs into ``status.modelCache.prewarm``;
-  a Warning ``ModelCachePrewarmFailed`` names the node and the reason of each failed Job
-  (once per Job in this process), a Normal ``ModelCachePrewarmed`` marks the pass where every
+  a Warning ``ModelCachePrewarmFailed`` names the node and the reason of each failed or
+  refused Job (once per Job in this process), a Normal ``ModelCachePrewarmed`` marks the pass where every
   Job has succeeded. Pre-warming is best effort: it never changes ``Ready``, ``Progressing``
   or ``Degraded``.
 
@@ -170,8 +172,8 @@ def artifact_label(src: spec.ModelSource) -> str:
     return hashlib.sha256(f"{src.uri}\n{src.sha256 or ''}".encode()).hexdigest()[:16]
 
 
-def ignored(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions,
-            withheld: Collection[str] = ()) -> list[tuple[str, str]]:
+def ignored(parsed: spec.ModelServiceSpec, opts: builders.BuildOptions
+            ) -> list[tuple[str, str]]:
     """(``UNAVAILABLE``, message) when spec.model.prewarm is set but cannot act."""
     if not parsed.prewarm:
         return []
@@ -301,10 +303,11 @@ class PrewarmState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     nodes: list[Node] | None = None
     stamp: float = 0.0
-    reported: set[str] = field(default_factory=set)
-    """Uids of failed Jobs whose Event was posted."""
+    reported: set[str | tuple[str, str]] = field(default_factory=set)
+    """Uids of failed Jobs, and (ModelService uid, name) of refused ones, whose Event was
+    posted."""
     warmed: set[tuple[str, str]] = field(default_factory=set)
-    """(namespace, Job name) of Jobs seen succeeded: not made again once their TTL removed
+    """(ModelService uid, Job name) of Jobs seen succeeded: not made again once their TTL removed
     them (a failed one is: the next pass after its TTL tries again)."""
 
 
@@ -337,7 +340,7 @@ def resolve(kube: Any, state: PrewarmState, ms: Mapping[str, Any],
     """Creates the wanted Jobs, deletes running ones no longer wanted, and says what the
     status and the Events say (see the module's docstring). Raises kube.Transient/Conflict
     for the caller to retry."""
-    out = Prewarm(ignored=ignored(parsed, opts, withheld))
+    out = Prewarm(ignored=ignored(parsed, opts))
     prior = ((ms.get("status") or {}).get("modelCache") or {}).get("prewarm")
     active = parsed.prewarm and not out.ignored
     if not active and not prior:
@@ -370,7 +373,7 @@ def resolve(kube: Any, state: PrewarmState, ms: Mapping[str, Any],
     for name, node in wanted.items():
         job = jobs.get(name)
         per_node[node.name] = job
-        done = (parsed.namespace, name)
+        done = (uid, name)
         if job is not None and job_phase(job) == "Succeeded":
             with state.lock:
                 state.warmed.add(done)
@@ -384,6 +387,12 @@ def resolve(kube: Any, state: PrewarmState, ms: Mapping[str, Any],
             except kubeapi.Rejected as e:
                 log.warning("Could not create prewarm Job %s: %s", name, e,
                             extra={"namespace": parsed.namespace, "modelservice": parsed.name})
+                with state.lock:
+                    first = (uid, name) not in state.reported
+                    state.reported.add((uid, name))
+                if first:
+                    out.events.append(("Warning", PREWARM_FAILED,
+                                       f"node {node.name}: Job {name} was refused: {e}"))
         elif job_phase(job) == "Failed":
             _report_failure(kube, state, parsed, node.name, name, job, out)
     out.status = summarize(artifact_of(parsed.model), len(eligible), per_node, warmed)

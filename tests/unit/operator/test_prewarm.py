@@ -426,6 +426,21 @@ def test_turning_prewarm_off_removes_its_status_and_running_jobs() -> None:
     assert kube.deleted and len(kube.deleted) == 1
 
 
+def test_a_refused_job_is_reported_once_and_tried_again() -> None:
+    class Refusing(FakeKube):
+        def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
+                  field_manager: str | None = None) -> None:
+            raise kubeapi.Rejected("jobs.batch is forbidden: exceeded quota")
+
+    kube = Refusing([node("w1")])
+    ctx = context(kube)
+    ms = body()
+    (message,) = events(run(ctx, ms), prewarm.PREWARM_FAILED)
+    assert "node w1" in message and "was refused" in message and "exceeded quota" in message
+    assert ms["status"]["modelCache"]["prewarm"]["pending"] == ["w1"]
+    assert events(run(ctx, ms), prewarm.PREWARM_FAILED) == []
+
+
 def test_without_a_model_cache_no_job_is_made_and_fields_ignored_says_why() -> None:
     kube = FakeKube([node("w1")])
     ms = body()
