@@ -24,9 +24,9 @@ cache agent, so the first model pod on the node finds it cached.
   failed one is, on the first pass after its TTL.
 * **Status and Events.** ``summarize`` (pure) turns the Jobs into ``status.modelCache.prewarm``;
   a Warning ``ModelCachePrewarmFailed`` names the node and the reason of each failed or
-  refused Job (once per Job in this process), a Normal ``ModelCachePrewarmed`` marks the pass where every
-  Job has succeeded. Pre-warming is best effort: it never changes ``Ready``, ``Progressing``
-  or ``Degraded``.
+  refused Job (once per Job in this process), a Normal ``ModelCachePrewarmed`` marks the pass
+  where every Job has succeeded. Pre-warming is best effort: it never changes ``Ready``,
+  ``Progressing`` or ``Degraded``.
 
 Nodes are LISTed (all of them, trimmed to what the rule reads, ``trim_node``) at most every
 ``NODES_SECONDS`` per operator process, and only for a ModelService that pre-warms.
