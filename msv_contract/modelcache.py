@@ -12,6 +12,8 @@ refuses or lacks it with the caller's credentials, 502 when the store cannot be 
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 ARTIFACT_PATH = "/v1/artifact"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -46,6 +48,27 @@ def credential_header(variable: str) -> str:
 
 CREDENTIAL_HEADERS = {credential_header(v): v for v in CREDENTIAL_ENV}
 """Header -> the variable it carries."""
+
+CACHED_SCHEMES = ("http", "https", "s3")
+"""The artifact URIs the agents of the chart cache: one object over http(s) or S3 (``file://``
+only below an agent's ``--file-root``, which the chart sets none of; never ``pvc://``)."""
+
+
+def not_cached(uri: str) -> str | None:
+    """Why the node's cache agent will not cache ``uri`` as written (None: it takes it; an S3
+    key that turns out to name no object is only found out by the agent)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in CACHED_SCHEMES:
+        return (f"{parts.scheme}:// is not cached (the agents cache one object over "
+                "http(s):// or s3://)")
+    if not parts.netloc:
+        return f"{uri} names no host or bucket"
+    if parts.scheme == "s3":
+        key = unquote(parts.path.lstrip("/"))
+        if not key or key.endswith("/"):
+            return f"{uri} is an S3 prefix, not one object (pulled directly, never cached)"
+    return None
+
 
 # The agent's metrics (prometheus exposition adds ``_total`` to counters).
 PREFIX = "msv_model_cache_"

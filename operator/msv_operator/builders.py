@@ -504,6 +504,24 @@ def pull_volume(src: ModelSource, credentials_secret: str | None, image: str,
                          container=container)
 
 
+def model_volume(spec: ModelServiceSpec, src: ModelSource, opts: BuildOptions
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The model's volumes, its mount and the pull init container, exactly as a variant's pods
+    have them (image, credentials, ``--sha256``, ``--cache`` with the operator's model cache):
+    the Deployments and the model cache's pre-warming Jobs (``prewarm``) both build it here."""
+    return _model_volume(src, spec.credentials_secret, serving_image(spec, opts),
+                         spec.image_pull_policy, container_security(), opts.model_cache_url)
+
+
+def tolerations(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The tolerations of a variant's pods: with spec.gpu the GPU pools' taint and
+    spec.gpu.tolerations; none without."""
+    if spec.gpu is None:
+        return []
+    return [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+            *[dict(t) for t in spec.gpu.tolerations]]
+
+
 def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Variant,
                      opts: BuildOptions, replicas: int | None,
                      scrape_annotations: bool,
@@ -516,9 +534,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
         target = placement.target if placement is not None else spec_target(spec)
     image = serving_image(spec, opts)
     security = container_security()
-    volumes, mount, init = _model_volume(variant.model or spec.model, spec.credentials_secret,
-                                        image, spec.image_pull_policy, security,
-                                        opts.model_cache_url)
+    volumes, mount, init = model_volume(spec, variant.model or spec.model, opts)
     secret_volumes, secret_mounts = _secret_volumes(spec)
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
@@ -560,10 +576,7 @@ def build_deployment(ms: Mapping[str, Any], spec: ModelServiceSpec, variant: Var
     if init:
         pod["initContainers"] = init
     if spec.gpu and target is not None:
-        pod["tolerations"] = [
-            {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
-            *[dict(t) for t in spec.gpu.tolerations],
-        ]
+        pod["tolerations"] = tolerations(spec)
         affinity = target.node_affinity()
         if affinity is not None:
             pod["affinity"] = {"nodeAffinity": affinity}

@@ -6,8 +6,9 @@
   variant's requested weight beside the share it actually receives, and where each runs (a
   GPU pool, or the CPU its pods request), its GPU memory (the estimate, then what its pods
   reserved), its cost per hour and per 1,000 requests, its mark on the Pareto frontier, and
-  where the start of each variant's newest Ready pod went (``status.variants[].startup``)
-  (``-w``: again every 2 s, a live view, until Ctrl-C);
+  where the start of each variant's newest Ready pod went (``status.variants[].startup``),
+  and with spec.model.prewarm how many nodes' model caches hold the artifact
+  (``status.modelCache.prewarm``) (``-w``: again every 2 s, a live view, until Ctrl-C);
 * ``kubectl msv pause|resume NAME`` sets/removes ``serving.modelservice.dev/rollout-paused``;
 * ``kubectl msv promote|abort|retry NAME`` sets the one-shot
   ``serving.modelservice.dev/rollout-action: <verb>/<timestamp>`` (the operator handles it once
@@ -100,6 +101,7 @@ def render(ms: Mapping[str, Any]) -> str:
     else:
         lines += _rollout_lines(RolloutStatus.from_dict(st["rollout"]), spec_rollout or {})
     lines += _brownout_lines(ms)
+    lines += _prewarm_lines(ms)
     variants = [VariantStatus.from_dict(v) for v in st.get("variants") or ()]
     if variants:
         lines.append("Variants:")
@@ -316,6 +318,23 @@ def _brownout_lines(ms: Mapping[str, Any]) -> list[str]:
     if blind.get("status") == "True":
         lines.append(f"Autoscaling is blind ({blind.get('reason')}): {blind.get('message')}")
     return lines
+
+
+def _prewarm_lines(ms: Mapping[str, Any]) -> list[str]:
+    """``status.modelCache.prewarm`` (spec.model.prewarm): how many nodes hold the artifact."""
+    p = ((ms.get("status") or {}).get("modelCache") or {}).get("prewarm")
+    if not isinstance(p, Mapping):
+        return []
+    warmed = p.get("limitedTo", p.get("nodes", 0))
+    line = (f"Model cache prewarm: {p.get('succeeded', 0)}/{warmed} node(s) hold "
+            f"{_short(p.get('artifact')) or '-'}")
+    if p.get("limitedTo") is not None:
+        line += f" (limited to {p['limitedTo']} of {p.get('nodes')} eligible nodes)"
+    if p.get("failed"):
+        line += f", {p['failed']} failed (see the ModelCachePrewarmFailed Events)"
+    if p.get("pending"):
+        line += f", pending on {', '.join(str(n) for n in p['pending'])}"
+    return [line]
 
 
 def steering_annotations(verb: str, now: datetime) -> dict[str, str | None]:

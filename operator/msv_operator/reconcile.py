@@ -60,6 +60,7 @@ from msv_operator import (
     conditions,
     optimize,
     placement,
+    prewarm,
     rollout,
     routing,
     spec,
@@ -251,6 +252,8 @@ class Context:
     pipeline: optimize.PipelineState = field(default_factory=optimize.PipelineState)
     """The optimization pipeline's reads and what it read of its Jobs (``optimize``)."""
     zero: ZeroState = field(default_factory=ZeroState)
+    prewarm: prewarm.PrewarmState = field(default_factory=prewarm.PrewarmState)
+    """The Nodes as pre-warming last listed them and what it reported (``prewarm``)."""
 
 
 def build_options(cfg: OperatorConfig, caps: kubeapi.CapabilityAnswer) -> builders.BuildOptions:
@@ -377,6 +380,7 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
     fit: placement.Fit | None = None
     cpu: dict[str, status.GpuVariant] | None = None
     builds = optimize.Builds()
+    warm = prewarm.Prewarm()
     try:
         parsed = spec.parse_spec(ms)
         builders.serving_image(parsed, opts)  # NoServingImage: refused like an invalid spec
@@ -433,6 +437,14 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         if ctx.config.activator is not None:
             desired += [apply.with_hash(o) for o in activator_slices(
                 ctx, ms, parsed, scale, ability, shed.weights, pods, live)]
+        # best effort: its Jobs, Events and status.modelCache, never Ready or Degraded
+        warm = prewarm.resolve(
+            ctx.kube, ctx.prewarm, ms, parsed, opts,
+            {v: p.target for v, p in (fit.placements if fit else {}).items()},
+            withheld(fit, builds))
+        ignored += warm.ignored
+        result.events += warm.events
+        result.requeue_after = _sooner(result.requeue_after, warm.requeue_after)
     except spec.InvalidSpecError as e:  # also builders.NoServingImage
         result.invalid, result.invalid_reason = str(e), e.reason
 
@@ -539,6 +551,8 @@ def reconcile(ctx: Context, ms: Mapping[str, Any], observed: Observed, now: str)
         builds=builds.summary() if result.invalid is None else None,
         zero_variants=tuple(scale.keda) if scale is not None else (),
         zero_blind=tuple(scale.blind) if scale is not None else (),
+        model_cache=(({"prewarm": warm.status} if warm.status is not None else None)
+                     if result.invalid is None else prior.get("modelCache")),
     )
     write_status(ctx, ms, result)
     return result

@@ -345,6 +345,9 @@ class ModelServiceSpec:
     rollout: Rollout | None = None
     startup_timeout_seconds: float = field(default_factory=lambda: parse_startup_timeout(None))
     """``spec.server.startupTimeout`` (``STARTUP_TIMEOUT_DEFAULT``) in seconds."""
+    prewarm: bool = False
+    """``spec.model.prewarm``: fill the node-local model cache of every node the variants may
+    run on ahead of time (``prewarm``; docs/model-cache.md, "Pre-warming")."""
 
     @property
     def stable_variants(self) -> tuple[str, ...]:
@@ -1003,7 +1006,14 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
         tls_secret=_secret_name(tls, "secretName", "spec.server.tls", "without TLS"),
         rollout=parse_rollout(spec.get("rollout"), tuple(variants), traffic),
         startup_timeout_seconds=parse_startup_timeout(server.get("startupTimeout")),
+        prewarm=_bool(model.get("prewarm", False), "spec.model.prewarm"),
     )
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpecError(f"{where}: {value!r} is not true or false")
+    return value
 
 
 def parse_idle_after(value: Any, where: str) -> float:

@@ -139,7 +139,7 @@ _SECRET_PROBLEMS = {
 
 # Keys of ``status`` this module owns (others, e.g. ``rollout``, belong to other writers).
 OWNED_KEYS = ("observedGeneration", "conditions", "variants", "traffic", "shares",
-              "replicaCounts", "url", "rollout", "brownout")
+              "replicaCounts", "url", "rollout", "brownout", "modelCache")
 
 MEASURED_KEYS = VariantStatus.MEASURED
 """Per-variant measured fields (Prometheus and metrics.k8s.io), carried between refreshes."""
@@ -505,6 +505,7 @@ def compute_status(
     builds: BuildSummary | None = None,
     zero_variants: Sequence[str] = (),
     zero_blind: Sequence[str] = (),
+    model_cache: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status block (only ``OWNED_KEYS``) for ``ms`` given what the cluster holds
     (``invalid_spec``: why the spec was refused, with ``invalid_reason``), the effective
@@ -516,7 +517,8 @@ def compute_status(
     optimization pipeline's answer (``optimize``; the ``Built`` condition, each built
     variant's ``build`` and ``provenance``). ``zero_variants``: the variants KEDA may scale
     to zero (``zero.plan``), ``zero_blind``: why scale to zero cannot act as asked
-    (``AutoscalingBlind``)."""
+    (``AutoscalingBlind``). ``model_cache``: ``status.modelCache`` as written (pre-warming,
+    ``prewarm``; information only, no condition reads it)."""
     meta = ms.get("metadata") or {}
     prior = ms.get("status") or {}
     conditions: list[dict[str, Any]] = list(prior.get("conditions") or ())
@@ -645,6 +647,8 @@ def compute_status(
         status["rollout"] = dict(rollout)
     if brownout:
         status["brownout"] = dict(brownout)
+    if model_cache:
+        status["modelCache"] = dict(model_cache)
     return status
 
 

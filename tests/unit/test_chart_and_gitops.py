@@ -263,6 +263,11 @@ def test_gpu_fit_watches_nodes_and_reads_secrets_only_when_asked() -> None:
     for doc in off:
         if doc["kind"] in ("ClusterRole", "Role"):
             assert not {r for r, _ in rules_of(doc)} & {"nodes", "secrets"}, doc["kind"]
+    # the model cache's pre-warming lists the Nodes without GPU fit too
+    for extra in ((), ("watchNamespaces={team-a}",)):
+        cached = render("gpuFit.enabled=false", "modelCache.enabled=true", *extra)
+        (cluster,) = [d for d in cached if d["kind"] == "ClusterRole"]
+        assert ("nodes", "list") in rules_of(cluster), extra
 
 
 def _lua_health(obj: dict[str, Any]) -> dict[str, str]:
