@@ -41,13 +41,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _realcluster import api, log, real_cluster
-from msv_operator import kube
+from _realcluster import apply_until_ready, log, real_cluster
 
 from localcluster import cluster as lc
 from localcluster import modelstores
 from msv_contract import env as server_env
-from msv_contract.api import GROUP, KIND, LABEL_MODELSERVICE, VERSION
+from msv_contract.api import GROUP, KIND, VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "real_pods.json"
@@ -81,11 +80,6 @@ def model_spec(framework: str, uri: str, sha: str) -> dict[str, Any]:
     return {"uri": uri, "sha256": sha, "framework": framework, **({"task": task} if task else {})}
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(x["type"] == "Ready" and x["status"] == "True"
-               for x in pod.get("status", {}).get("conditions", []))
-
-
 def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[str, float]:
     name = f"bench-{uuid.uuid4().hex[:5]}"
     ms = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
@@ -94,55 +88,9 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
                    "server": {"torchThreads": 1, "resources": {
                        "requests": {"cpu": "100m", "memory": "300Mi"}}},
                    "variants": [{"name": "baseline"}]}}
-    seen: dict[str, float] = {}
-    k = api(c)
-    t0 = time.monotonic()
-    c.apply(ms)
-    deadline = t0 + 300
-    while "ready" not in seen:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} not Ready after 300 s: {seen}")
-        now = time.monotonic() - t0
-        if "deployment" not in seen and k.get("apps/v1", "Deployment", ns, f"{name}-baseline"):
-            seen["deployment"] = now
-        for pod in k.list("v1", "Pod", ns, f"{LABEL_MODELSERVICE}={name}"):
-            st = pod.get("status", {})
-            if pod["spec"].get("nodeName"):
-                seen.setdefault("scheduled", now)
-            init = (st.get("initContainerStatuses") or [{}])[0].get("state", {})
-            if "terminated" in init:
-                seen.setdefault("pulled", now)
-            main = (st.get("containerStatuses") or [{}])[0].get("state", {})
-            if "running" in main:
-                seen.setdefault("started", now)
-            if _ready(pod):
-                seen.setdefault("ready", now)
-        time.sleep(0.1)
-    startup = status_startup(k, ns, name, deadline=time.monotonic() + 30)
-    k.close()
+    timed = apply_until_ready(c, ms)
     c.kubectl_run("delete", "modelservice", name, "-n", ns, "--wait=false")
-    return {"operator": seen["deployment"],
-            "scheduling": seen["scheduled"] - seen["deployment"],
-            "sandbox_and_pull": seen["pulled"] - seen["scheduled"],
-            "start_load_ready": seen["ready"] - seen["pulled"],
-            "total": seen["ready"],
-            # the operator's own account (whole seconds, but the pull's report)
-            **{f"status_{k.removesuffix('Seconds')}": float(startup[k])
-               for k in ("scheduledSeconds", "imageSeconds", "fetchSeconds", "loadSeconds",
-                         "totalSeconds")}}
-
-
-def status_startup(k: kube.Kube, ns: str, name: str, deadline: float) -> dict[str, Any]:
-    """status.variants[0].startup of the ModelService, once the operator wrote it."""
-    while True:
-        ms = k.get(f"{GROUP}/{VERSION}", KIND, ns, name) or {}
-        variants = (ms.get("status") or {}).get("variants") or [{}]
-        startup = variants[0].get("startup")
-        if startup:
-            return dict(startup)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: the operator wrote no status.variants[].startup")
-        time.sleep(0.2)
+    return timed.phases()
 
 
 def _free_port() -> int:

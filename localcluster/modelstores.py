@@ -25,6 +25,8 @@ from localcluster import images, locks, paths
 
 NAMESPACE = "model-stores"
 IMAGE = images.image_ref("model-store")
+HTTP_STORE = "http-store"
+"""The HTTP store's Deployment, Service and ``app.kubernetes.io/name``."""
 HTTP_IP = "10.96.0.80"
 S3_IP = "10.96.0.81"
 HTTP_URL = f"http://{HTTP_IP}"
@@ -75,7 +77,7 @@ def manifests(state_dir: Path | None = None) -> dict[str, Any]:
     """The namespace, both stores and their Services, as one List."""
     served = http_dir(state_dir)
     items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
-    items += _store("http-store", HTTP_IP, 8080,
+    items += _store(HTTP_STORE, HTTP_IP, 8080,
                     ["python3", "-m", "http.server", "8080", "--directory", "/srv/models"],
                     [{"name": "models", "hostPath": {"path": str(served), "type": "Directory"}}],
                     [{"name": "models", "mountPath": "/srv/models", "readOnly": True}])

@@ -98,12 +98,14 @@ def make_text_classifier(
     labels: list[str] | None = None,
     seed: int = 0,
     save: bool = True,
+    vocab_size: int | None = None,
 ) -> Any:
     """A random-init BERT sequence classifier + local WordPiece tokenizer; returns the model.
 
     Labels default to NEGATIVE/POSITIVE for two classes, LABEL_i otherwise. With the
     default sizes the model has ~40k parameters. `save=False` only builds it (benchmarks
-    train it first and save afterwards).
+    train it first and save afterwards). `vocab_size` (at least the tokenizer's) sizes the
+    embeddings like a real vocabulary's (`BERT_BASE`: BERT-base's 30,522).
     """
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -117,7 +119,7 @@ def make_text_classifier(
         else:
             labels = [f"LABEL_{i}" for i in range(num_labels)]
     config = BertConfig(
-        vocab_size=len(tok),
+        vocab_size=max(len(tok), vocab_size or 0),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
@@ -131,6 +133,12 @@ def make_text_classifier(
     if save:
         model.save_pretrained(path, safe_serialization=True)
     return model
+
+
+BERT_BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072,
+             "max_position_embeddings": 512, "vocab_size": 30522}
+"""``make_text_classifier(path, **BERT_BASE)``: BERT-base's shape (110M parameters, ~440 MB of
+float32 safetensors), randomly initialised: a model of realistic size for start-up figures."""
 
 
 def make_text_generator(

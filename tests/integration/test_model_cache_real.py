@@ -9,26 +9,23 @@ operator) and the agent's Prometheus metrics.
 
 Cases (issue "cold start"): two ModelServices naming one artifact share one cached copy (the
 second pull fetches 0 bytes from the store); a corrupted entry is detected and pulled again;
-an entry evicted under a small cap never breaks the pod that was started from it.
+``spec.model.prewarm`` fills the node's cache before any pod runs (a Job on the real node),
+so the first pod's pull is a hit; an entry evicted under a small cap never breaks the pod that
+was started from it.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from cacheagents import Agent, agents
 from manifests import MS_API
 from msv_operator import kube
-from operator_harness import RunningOperator, api
+from operator_harness import RunningOperator
 from realpods import (
     REAL_NODE,
     cluster_ip,
@@ -42,33 +39,11 @@ from waiting import wait_for
 from localcluster import cluster as lc
 from localcluster import modelstores
 from msv_contract import modelcache as mc
+from msv_contract.api import ANNOTATION_PREWARM_NODE, LABEL_MODELSERVICE, LABEL_PREWARM
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "modelservice-operator"
 TEXT = "the service was quick and the staff were kind"
-
-
-@dataclass
-class Agent:
-    url: str
-    """The agents' Service, as the pulls get it."""
-    metrics_url: str
-    """The real node's agent pod."""
-    root: Path
-    """Its cache directory on the node (this machine)."""
-
-    def metrics(self) -> dict[str, float]:
-        """Its counters and gauges, unlabelled samples by name (``_total`` included)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith(mc.PREFIX) and "{" not in line:
-                name, _, value = line.partition(" ")
-                out[name] = float(value)
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +54,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("cache-models")
     out = {}
-    for seed, name in enumerate(("shared", "corrupted", "evicted", "evicting")):
+    for seed, name in enumerate(("shared", "corrupted", "prewarmed", "evicted", "evicting")):
         out[name] = root / name
         make_text_classifier(out[name], seed=seed, hidden_size=128, intermediate_size=512)
     return out
@@ -91,50 +66,10 @@ def archive_size(model_dir: Path) -> int:
 
 @pytest.fixture(scope="module")
 def agent(cluster: lc.Cluster, models: dict[str, Path]) -> Iterator[Agent]:
-    """The chart's model cache agents in a namespace of their own (they need a hostPath:
-    Pod Security ``privileged`` there), on the real node, capped at one and a half of the
+    """The chart's model cache agents on the real node, capped at one and a half of the
     largest artifact: one entry fits, a second one evicts the first."""
-    ns = f"msv-cache-{uuid.uuid4().hex[:6]}"
-    root = cluster.state_dir / f"model-cache-{ns}"
-    cap = int(max(archive_size(m) for m in models.values()) * 1.5)
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
-    rendered = subprocess.run(
-        [str(cluster.helm), "template", "msv-cache", str(CHART), "-n", ns,
-         "--show-only", "templates/model-cache.yaml", "--set", "modelCache.enabled=true",
-         "--set", f"modelCache.maxBytes={cap}", "--set", f"modelCache.hostPath={root}",
-         "--set", f"modelCache.nodeSelector.kubernetes\\.io/hostname={REAL_NODE}",
-         "--set", "modelCache.tolerations=null"],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert {d["kind"] for d in docs} == {"DaemonSet", "Service"}, docs
-    k = api()
-    try:
-        for doc in docs:
-            cluster.apply(doc)
-        svc = next(d for d in docs if d["kind"] == "Service")
-        name = svc["metadata"]["name"]
-
-        def agent_pod() -> dict[str, Any] | None:
-            for pod in k.list("v1", "Pod", ns):
-                statuses = (pod.get("status") or {}).get("containerStatuses") or []
-                if pod["spec"].get("nodeName") == REAL_NODE and statuses \
-                        and all(s.get("ready") for s in statuses):
-                    return pod
-            return None
-        pod = wait_for("the model cache agent Ready on the real node", agent_pod, timeout=180,
-                       interval=1)
-        ip = wait_for(f"Service {ns}/{name}", lambda: (k.get("v1", "Service", ns, name) or {})
-                      .get("spec", {}).get("clusterIP"), timeout=30)
-        port = svc["spec"]["ports"][0]["port"]
-        yield Agent(f"http://{ip}:{port}", f"http://{pod['status']['podIP']}:{port}"
-                    f"{mc.METRICS_PATH}", root)
-    finally:
-        k.close()
-        cluster.kubectl_run("delete", "namespace", ns, "--wait=true", "--timeout=120s",
-                            check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    with agents(cluster, cap=int(max(archive_size(m) for m in models.values()) * 1.5)) as a:
+        yield a
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +163,52 @@ def test_a_corrupted_cache_entry_is_detected_and_pulled_again(
     assert predict(k, ns, "after-damage") == predict(k, ns, "clean")
     for name in ("clean", "after-damage"):
         k.delete(MS_API, "ModelService", ns, name, None)
+
+
+def test_prewarm_fills_the_nodes_cache_before_any_pod_so_the_first_pull_is_a_hit(
+        cluster: lc.Cluster, stores: None, models: dict[str, Path], agent: Agent,  # noqa: F811
+        namespace_and_operator: str, k: kube.Kube) -> None:
+    ns = namespace_and_operator
+    uri, digest, size = publish(models, "prewarmed", ns)
+    before = agent.metrics()
+    # no pod yet (the variant at 0 replicas): only the prewarm Job pulls
+    ms = served("warmed", ns, uri, digest, variants=[{"name": "baseline", "replicas": 0}])
+    ms["spec"]["model"]["prewarm"] = True
+    k.apply(ms)
+
+    def prewarmed() -> dict[str, Any] | None:
+        status = (k.get(MS_API, "ModelService", ns, "warmed") or {}).get("status") or {}
+        progress = (status.get("modelCache") or {}).get("prewarm") or {}
+        assert not progress.get("failed"), progress
+        return progress if progress.get("succeeded") == progress.get("nodes") == 1 else None
+    progress = wait_for("status.modelCache.prewarm: the real node warmed", prewarmed,
+                        timeout=180, interval=1)
+    assert progress["artifact"] == digest and not progress.get("pending"), progress
+    jobs = k.list("batch/v1", "Job", ns, f"{LABEL_MODELSERVICE}=warmed,{LABEL_PREWARM}")
+    assert [j["metadata"]["annotations"][ANNOTATION_PREWARM_NODE] for j in jobs] == [REAL_NODE]
+    assert not [p for p in k.list("v1", "Pod", ns, f"{LABEL_MODELSERVICE}=warmed")]
+    warmed = agent.metrics()
+    # the Job's pull filled the node's cache from the store: one miss, the artifact's bytes
+    assert delta(before, warmed, f"{mc.MISSES}_total") == 1, warmed
+    assert delta(before, warmed, f"{mc.STORE_BYTES}_total") == size, warmed
+    wait_for("Event ModelCachePrewarmed", lambda: any(
+        e.get("reason") == "ModelCachePrewarmed" for e in events_of(k, ns, "warmed")), timeout=60)
+    # the first model pod on the node: a hit, nothing fetched from the store
+    ms["spec"]["variants"] = [{"name": "baseline", "replicas": 1}]
+    k.apply(ms)
+    wait_ready(k, ns, "warmed")
+    first = started(k, ns, "warmed")
+    after = agent.metrics()
+    assert (first["cacheHit"], first["fetchedBytes"]) == (True, 0), first
+    assert delta(warmed, after, f"{mc.HITS}_total") == 1, after
+    assert delta(warmed, after, f"{mc.STORE_BYTES}_total") == 0, after
+    assert predict(k, ns, "warmed")
+    k.delete(MS_API, "ModelService", ns, "warmed", None)
+
+
+def events_of(k: kube.Kube, ns: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in k.list("v1", "Event", ns)
+            if (e.get("involvedObject") or {}).get("name") == name]
 
 
 def test_an_entry_evicted_under_a_small_cap_never_breaks_a_running_pod(
