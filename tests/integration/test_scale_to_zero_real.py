@@ -14,13 +14,13 @@ the ModelService keeps serving at its size and says scaling is blind.
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helmchart
 import pytest
 from manifests import MS_API, model, modelservice
 from msv_operator import kube
@@ -30,60 +30,31 @@ from service_load import Load
 from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import keda as lk
-from localcluster import modelstores, monitoring
+from localcluster import modelstores
 from msv_contract import scaletozero as stz
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "modelservice-operator"
 IDLE = "30s"
 """The shortest idle period the API takes: the test waits for it twice."""
 AUTOSCALING = {"minReplicas": 0, "maxReplicas": 2, "idleAfter": IDLE, "targetInFlight": 4}
 
 
-def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(cluster.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def keda(cluster: lc.Cluster) -> None:
     """KEDA answering in the cluster (the local cluster installs it when it is built)."""
-    k = api()
-    try:
-        def serving() -> bool:
-            svc = k.get("apiregistration.k8s.io/v1", "APIService", None,
-                        lk.EXTERNAL_METRICS_API) or {}
-            return condition(svc, "Available").get("status") == "True"
-        wait_for("KEDA's external metrics adapter available", serving, timeout=180)
-        op = k.get("apps/v1", "Deployment", lk.NAMESPACE, lk.OPERATOR) or {}
-        assert (op.get("status") or {}).get("readyReplicas"), "KEDA's operator is not ready"
-    finally:
-        k.close()
+    helmchart.wait_for_keda(cluster)
 
 
 @pytest.fixture(scope="module")
 def release(crd: None, keda: None, cluster: lc.Cluster, module_real_namespace: str
             ) -> Iterator[tuple[str, str]]:
     """The chart in a namespace of its own, watching the test namespace, with scale to zero
-    on; KEDA and the operator ask the cluster's Prometheus (no cluster DNS here: its IP)."""
-    suffix = uuid.uuid4().hex[:6]
-    system, name = f"msv-zero-{suffix}", f"msv-zero-{suffix}"
-    helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system, "--create-namespace",
-         "--set", f"watchNamespaces={{{module_real_namespace}}}", "--set", "crds.install=false",
-         "--set", f"prometheus.url={monitoring.PROMETHEUS_URL}",
-         "--set", "prometheus.measureSeconds=5",
-         "--set", "scaleToZero.enabled=true",
-         "--set", f"scaleToZero.kedaPrometheusUrl={monitoring.PROMETHEUS_URL}",
-         "--set", "scaleToZero.activator.holdSeconds=150", "--wait", "--timeout=240s")
-    yield system, name
-    helm(cluster, "uninstall", name, "-n", system, check=False)
-    cluster.kubectl_run("delete", "namespace", system, "--wait=false", check=False)
+    on (``helmchart.install_scale_to_zero``): (its namespace, the release's name)."""
+    name = f"msv-zero-{uuid.uuid4().hex[:6]}"
+    helmchart.install_scale_to_zero(cluster, name, watched=module_real_namespace)
+    yield name, name
+    helmchart.uninstall(cluster, name)
 
 
 @pytest.fixture(scope="module")
