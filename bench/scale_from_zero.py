@@ -50,6 +50,7 @@ from typing import Any
 from _realcluster import get, log, real_cluster
 from helmchart import HOLD_SECONDS, install_scale_to_zero, uninstall, wait_for_keda
 from msv_operator.zero import ACTIVITY_WINDOW
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import modelstores
@@ -117,16 +118,6 @@ def infer(ip: str, model: str, text: str, timeout: float) -> Call:
 
 
 # -- the cluster ------------------------------------------------------------------------------
-
-def wait(what: str, check: Any, timeout: float, every: float = 1.0) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 def manifest(name: str, ns: str, model: tuple[str, str]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND,
@@ -290,10 +281,10 @@ def one_start(c: lc.Cluster, ns: str, name: str, ip: str, texts: list[str], warm
         + (f": {cold.error}" if cold.error else ""))
     t_slice = time.time()
     try:
-        wait(f"{name}: the activator's EndpointSlice gone", lambda: not get(
-            c, "endpointslice", f"{name}{SLICE_SUFFIX}", "-n", ns), timeout=30, every=0.5)
+        wait_for(f"{name}: the activator's EndpointSlice gone", lambda: not get(
+            c, "endpointslice", f"{name}{SLICE_SUFFIX}", "-n", ns), timeout=30, interval=0.5)
         slice_gone_s: float | None = round(time.time() - t_slice, 1)
-    except RuntimeError:
+    except AssertionError:
         slice_gone_s = None
     calls = [infer(ip, name, texts[(k + 1) % len(texts)], timeout=WARM_TIMEOUT_S)
              for k in range(warm)]
@@ -349,8 +340,8 @@ def main() -> int:
                 c.apply(manifest(name, ns, model))
             log(f"applied {len(names)} ModelServices; waiting until every one is at zero")
             t = time.time()
-            wait("every ModelService at zero", lambda: at_zero_everywhere(c, ns, names),
-                 timeout=args.settle_timeout, every=10)
+            wait_for("every ModelService at zero", lambda: at_zero_everywhere(c, ns, names),
+                     timeout=args.settle_timeout, interval=10)
             settle_s = round(time.time() - t, 1)
             ips = {n: get(c, "service", n, "-n", ns)["spec"]["clusterIP"] for n in names}
             with Watcher(c, ns) as watcher:
@@ -360,9 +351,9 @@ def main() -> int:
                 log(f"waiting (up to {IDLE_TIMEOUT_S:.0f} s after their last request) for "
                     f"{min(args.idle_checks, len(names))} ModelServices to go back to zero")
                 try:
-                    wait("the watched ModelServices back at zero", watcher.all_done,
-                         timeout=IDLE_TIMEOUT_S + 30, every=POLL_S)
-                except RuntimeError as e:
+                    wait_for("the watched ModelServices back at zero", watcher.all_done,
+                             timeout=IDLE_TIMEOUT_S + 30, interval=POLL_S)
+                except AssertionError as e:
                     log(f"  {e}: reported as not back at zero")
                 idle = [i.summary() for i in watcher.tracked.values()]
         finally:
