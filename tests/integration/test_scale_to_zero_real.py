@@ -217,6 +217,9 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
         rolled: str, module_real_namespace: str, k: kube.Kube) -> None:
     ns, name = module_real_namespace, rolled
     wait_at_zero(k, ns, name, "int8", timeout=300)
+    # ... and its Deployment says so too (the samples below read its ready pods there)
+    wait_for("no ready int8 pod in its Deployment's status",
+             lambda: ready_pods(k, ns, name, "int8") == 0, timeout=60, interval=1)
     assert ready_pods(k, ns, name, "baseline") >= 1
     ms = ms_of(k, ns, name)
     ms["spec"]["rollout"] = {"candidate": "int8", "steps": [50, 100], "stepDuration": "20s",
@@ -224,8 +227,9 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
     k.apply({"apiVersion": MS_API, "kind": "ModelService",
              "metadata": {"name": name, "namespace": ns}, "spec": ms["spec"]})
 
-    # Watch until the rollout gives the candidate traffic: at that moment (and at every
-    # sample before it with a weight) the candidate has a ready pod.
+    # Watch (every 0.5 s: the candidate's pod takes seconds to start and load its model) until
+    # the rollout gives the candidate traffic: at that moment (and at every sample before it
+    # with a weight) the candidate has a ready pod.
     seen: list[tuple[str, int, int]] = []
 
     def sent_traffic() -> bool:
@@ -238,10 +242,13 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
             raise RuntimeError(f"traffic sent to int8 with no ready pod: {seen[-5:]}")
         return weight > 0
     wait_for("the rollout to send int8 traffic", sent_traffic, timeout=300, interval=0.5)
-    phases = [p for p, _, _ in seen]
     changes = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
     print(f"rollout of a candidate at zero: (phase, int8 weight, int8 ready pods) {changes}")
-    assert "Pending" in phases or seen[0][2] >= 1, seen[:10]
+    # The candidate was at zero when the rollout began ...
+    assert seen[0][1:] == (0, 0), changes
+    # ... and the rollout held it without traffic, Pending, while it had no ready pod, until
+    # the sample that saw its first weight (the last one).
+    assert ("Pending", 0, 0) in seen[:-1], changes
     so = k.get(stz.KEDA_API, stz.SCALED_OBJECT, ns, f"{name}-int8")
     assert so and so["spec"]["minReplicaCount"] == 1, "held at one pod during the rollout"
 
