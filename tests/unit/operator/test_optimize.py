@@ -159,6 +159,14 @@ def key_for(ms: Mapping[str, Any]) -> str:
     return optimize.key_of(parsed, build)
 
 
+def recipe_for(ms: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe the built variant's Job runs and its key hashes."""
+    parsed = spec.parse_spec(ms)
+    build = parsed.variants[1].build
+    assert build is not None
+    return optimize.recipe_of(parsed, build)
+
+
 def entry(ms: Mapping[str, Any], name: str) -> dict[str, Any]:
     return next(v for v in ms["status"]["variants"] if v["name"] == name)
 
@@ -212,6 +220,37 @@ def test_job_is_restricted_and_runs_the_agreed_command(
     assert ("Deployment", "s-baseline") in kube.applied
     assert entry(ms, "small")["build"]["phase"] == "Pending"
     assert condition(ms, "Built")["reason"] == "Building"
+
+
+def job_recipe(kube: FakeKube) -> str:
+    """The ``--recipe-json`` the one build Job's container runs with."""
+    (job,) = kube.jobs.values()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    return str(c["args"][c["args"].index("--recipe-json") + 1])
+
+
+def test_the_pruning_ranking_reaches_the_build_and_only_a_non_default_one_changes_the_key(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
+    from model_server.optimize.recipe import parse_recipe
+
+    build = spec.parse_spec(body()).variants[1].build
+    assert build is not None and build.pruning_ranking == pipeline.DEFAULT_RANKING
+    # naming the default builds the same artifact as leaving it out (as specs from before the
+    # field do): the recipe does not carry it, and the build applies it
+    named = body(pruning={"amount": 0.3, "ranking": pipeline.DEFAULT_RANKING})
+    assert key_for(named) == key_for(body())
+    assert "ranking" not in recipe_for(named)
+    assert parse_recipe(pipeline.canonical(recipe_for(named))).ranking == \
+        pipeline.DEFAULT_RANKING
+    # another ranking is a new artifact, and the Job's build is told it
+    (other,) = set(pipeline.RANKINGS) - {pipeline.DEFAULT_RANKING}
+    ms = body(pruning={"amount": 0.3, "ranking": other})
+    assert key_for(ms) != key_for(body())
+    run(ctx, ms)
+    recipe = job_recipe(kube)
+    assert recipe == pipeline.canonical(recipe_for(ms))
+    assert json.loads(recipe)["ranking"] == other
+    assert parse_recipe(recipe).ranking == other
 
 
 def test_published_artifact_is_served_without_a_job(
@@ -337,6 +376,8 @@ def test_a_manifest_of_another_key_is_not_served(
     ({"output": {"uri": "pvc://claim/x", "credentialsSecret": "c"}},
      "build.output.credentialsSecret"),
     ({"recipe": "distill"}, "build.pruning"),
+    ({"pruning": {"amount": 0.3, "ranking": "random"}}, "build.pruning.ranking"),
+    ({"pruning": {"amount": 0.3, "ranking": ["weight"]}}, "build.pruning.ranking"),
 ])
 def test_spec_errors_name_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(spec.InvalidSpecError, match=field.replace(".", r"\.")):
