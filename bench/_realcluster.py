@@ -32,7 +32,10 @@ from msv_contract.api import LABEL_MODELSERVICE
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"
-sys.path.insert(0, str(REPO / "tests"))
+# The tests' helpers: tests/ (modelfactory, waiting, manifests) and tests/integration (the
+# cluster-side ones, e.g. helmchart and service_load), importable by their module names as the
+# tests import them.
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
 
 
 def log(line: str) -> None:

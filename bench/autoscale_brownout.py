@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from _realcluster import get, get_ms, log, real_cluster
+from waiting import wait_for
 
 from localcluster import cluster as lc
 from localcluster import modelstores
@@ -135,16 +136,6 @@ def ready_pods(c: lc.Cluster, ns: str, name: str, variant: str) -> int:
         for x in pod.get("status", {}).get("conditions", [])))
 
 
-def wait(what: str, check: Any, timeout: float = 300, every: float = 1.0) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def hpa_reads_its_metric(c: lc.Cluster, ns: str, name: str) -> bool:
     hpa = get(c, "hpa", f"{name}-baseline", "-n", ns) or {}
     st = hpa.get("status") or {}
@@ -154,11 +145,11 @@ def hpa_reads_its_metric(c: lc.Cluster, ns: str, name: str) -> bool:
 
 
 def settle(c: lc.Cluster, ns: str, name: str) -> None:
-    wait(f"{name}: one Ready pod per variant", lambda: (
+    wait_for(f"{name}: one Ready pod per variant", lambda: (
         ready_pods(c, ns, name, "baseline") >= 1 and ready_pods(c, ns, name, "int8") >= 1),
-        timeout=300)
-    wait(f"{name}: the HPA reading in-flight requests", lambda: hpa_reads_its_metric(
-        c, ns, name), timeout=180)
+        timeout=300, interval=1)
+    wait_for(f"{name}: the HPA reading in-flight requests", lambda: hpa_reads_its_metric(
+        c, ns, name), timeout=180, interval=1)
 
 
 def calibrate(ip: str, name: str, requests: int = 40) -> float:
@@ -198,7 +189,8 @@ def arm(c: lc.Cluster, ns: str, model: tuple[str, str], kind: str, i: int, args:
         objective: list[float]) -> dict[str, Any]:
     name = f"{kind}{i}"
     c.apply(spec(name, ns, model, None))
-    wait(f"{name}: Service", lambda: get(c, "service", name, "-n", ns), timeout=120)
+    wait_for(f"{name}: Service", lambda: get(c, "service", name, "-n", ns), timeout=120,
+             interval=1)
     ip = get(c, "service", name, "-n", ns)["spec"]["clusterIP"]
     settle(c, ns, name)
     if not objective:
@@ -210,9 +202,10 @@ def arm(c: lc.Cluster, ns: str, model: tuple[str, str], kind: str, i: int, args:
             "variant": "int8", "maxShare": args.share, "latencyObjectiveMs": objective[0],
             "engageAfter": "10s", "releaseAfter": "30s", "releaseBelow": 0.8,
             "interval": "5s", "window": "10s"}))
-        wait(f"{name}: brownout watching the baseline at 1/2 replicas", lambda: (
+        wait_for(f"{name}: brownout watching the baseline at 1/2 replicas", lambda: (
             lambda b: b.get("phase") == "Inactive" and b.get("stableMaxReplicas") == 2)(
-                (get_ms(c, ns, name).get("status") or {}).get("brownout") or {}), timeout=120)
+                (get_ms(c, ns, name).get("status") or {}).get("brownout") or {}), timeout=120,
+            interval=1)
     log(f"{name}: step of {args.clients} clients for {args.step:.0f} s")
     seen: dict[str, float] = {}
     with Clients(ip, name, args.clients) as clients:
@@ -275,9 +268,9 @@ def main() -> int:
                 arms.append(arm(c, ns, model, kind, i, args, objective))
                 shown = {k: v for k, v in arms[-1].items() if k != "p95_windows"}
                 log(f"{kind}: {shown}")
-                wait("the arm's pods gone", lambda: not (get(c, "pods", "-n", ns, "-l",
-                     f"{GROUP}/modelservice={arms[-1]['name']}") or {}).get("items"),
-                     timeout=180)
+                wait_for("the arm's pods gone", lambda: not (get(c, "pods", "-n", ns, "-l",
+                         f"{GROUP}/modelservice={arms[-1]['name']}") or {}).get("items"),
+                         timeout=180, interval=1)
 
     def med(kind: str, key: str) -> float | None:
         vals = [a[key] for a in arms if a["arm"] == kind and a[key] is not None]

@@ -48,17 +48,17 @@ from pathlib import Path
 from typing import Any
 
 from _realcluster import get, log, real_cluster
+from helmchart import HOLD_SECONDS, install_scale_to_zero, uninstall, wait_for_keda
 from msv_operator.zero import ACTIVITY_WINDOW
+from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import keda as lk
-from localcluster import modelstores, monitoring
+from localcluster import modelstores
 from msv_contract.api import API_VERSION, KIND, LABEL_MODELSERVICE
 from msv_contract.scaletozero import HELD_HEADER, REASON_SCALED_TO_ZERO, SLICE_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "scale_from_zero.json"
-CHART = REPO / "helm" / "modelservice-operator"
 VARIANT = "baseline"
 IDLE_AFTER = "30s"
 IDLE_AFTER_S = 30.0
@@ -66,8 +66,6 @@ AUTOSCALING = {"minReplicas": 0, "maxReplicas": 2, "idleAfter": IDLE_AFTER, "tar
 SERVER = {"torchThreads": 1,
           "resources": {"requests": {"cpu": "50m", "memory": "300Mi"},
                         "limits": {"memory": "1500Mi"}}}
-HOLD_SECONDS = 150
-"""The activator's ``holdSeconds`` and the cold request's client timeout."""
 WARM_TIMEOUT_S = 30.0
 POLL_S = 2.0
 IDLE_TIMEOUT_S = 300.0
@@ -120,45 +118,6 @@ def infer(ip: str, model: str, text: str, timeout: float) -> Call:
 
 
 # -- the cluster ------------------------------------------------------------------------------
-
-def helm(c: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(c.helm), f"--kubeconfig={c.kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=330, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"helm {args[0]} failed: {proc.stderr.strip()}")
-    return proc
-
-
-def wait(what: str, check: Any, timeout: float, every: float = 1.0) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def keda_ready(c: lc.Cluster) -> bool:
-    api = get(c, "apiservice", lk.EXTERNAL_METRICS_API) or {}
-    available = any(x.get("type") == "Available" and x.get("status") == "True"
-                    for x in (api.get("status") or {}).get("conditions") or [])
-    op = get(c, "deployment", lk.OPERATOR, "-n", lk.NAMESPACE) or {}
-    return available and bool((op.get("status") or {}).get("readyReplicas"))
-
-
-def install_chart(c: lc.Cluster, watched: str, system: str) -> None:
-    """The chart with scale to zero on, in ``system``, watching ``watched``; KEDA and the
-    operator ask the cluster's Prometheus by its IP (no cluster DNS here)."""
-    helm(c, "upgrade", "--install", system, str(CHART), "-n", system, "--create-namespace",
-         "--set", f"watchNamespaces={{{watched}}}", "--set", "crds.install=false",
-         "--set", f"prometheus.url={monitoring.PROMETHEUS_URL}",
-         "--set", "prometheus.measureSeconds=5",
-         "--set", "scaleToZero.enabled=true",
-         "--set", f"scaleToZero.kedaPrometheusUrl={monitoring.PROMETHEUS_URL}",
-         "--set", f"scaleToZero.activator.holdSeconds={HOLD_SECONDS}",
-         "--wait", "--timeout=300s")
-
 
 def manifest(name: str, ns: str, model: tuple[str, str]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND,
@@ -322,10 +281,10 @@ def one_start(c: lc.Cluster, ns: str, name: str, ip: str, texts: list[str], warm
         + (f": {cold.error}" if cold.error else ""))
     t_slice = time.time()
     try:
-        wait(f"{name}: the activator's EndpointSlice gone", lambda: not get(
-            c, "endpointslice", f"{name}{SLICE_SUFFIX}", "-n", ns), timeout=30, every=0.5)
+        wait_for(f"{name}: the activator's EndpointSlice gone", lambda: not get(
+            c, "endpointslice", f"{name}{SLICE_SUFFIX}", "-n", ns), timeout=30, interval=0.5)
         slice_gone_s: float | None = round(time.time() - t_slice, 1)
-    except RuntimeError:
+    except AssertionError:
         slice_gone_s = None
     calls = [infer(ip, name, texts[(k + 1) % len(texts)], timeout=WARM_TIMEOUT_S)
              for k in range(warm)]
@@ -359,7 +318,6 @@ def main() -> int:
     if args.warm < 1:
         raise SystemExit("error: --warm must be at least 1")
     from modelfactory import make_text_classifier
-    sys.path.insert(0, str(REPO / "tests" / "integration"))
     from service_load import NEGATIVE, POSITIVE
 
     texts = POSITIVE + NEGATIVE
@@ -370,10 +328,10 @@ def main() -> int:
         system = f"msv-zero-{uuid.uuid4().hex[:6]}"
         try:
             log("waiting for KEDA's operator and metrics adapter")
-            wait("KEDA ready", lambda: keda_ready(c), timeout=180, every=2)
+            wait_for_keda(c)
             log(f"installing the chart (scale to zero on) as {system}, watching {ns}")
             t = time.time()
-            install_chart(c, ns, system)
+            install_scale_to_zero(c, system, watched=ns)
             chart_s = round(time.time() - t, 1)
             with tempfile.TemporaryDirectory() as tmp:
                 make_text_classifier(Path(tmp) / "classifier")
@@ -382,8 +340,8 @@ def main() -> int:
                 c.apply(manifest(name, ns, model))
             log(f"applied {len(names)} ModelServices; waiting until every one is at zero")
             t = time.time()
-            wait("every ModelService at zero", lambda: at_zero_everywhere(c, ns, names),
-                 timeout=args.settle_timeout, every=10)
+            wait_for("every ModelService at zero", lambda: at_zero_everywhere(c, ns, names),
+                     timeout=args.settle_timeout, interval=10)
             settle_s = round(time.time() - t, 1)
             ips = {n: get(c, "service", n, "-n", ns)["spec"]["clusterIP"] for n in names}
             with Watcher(c, ns) as watcher:
@@ -393,17 +351,16 @@ def main() -> int:
                 log(f"waiting (up to {IDLE_TIMEOUT_S:.0f} s after their last request) for "
                     f"{min(args.idle_checks, len(names))} ModelServices to go back to zero")
                 try:
-                    wait("the watched ModelServices back at zero", watcher.all_done,
-                         timeout=IDLE_TIMEOUT_S + 30, every=POLL_S)
-                except RuntimeError as e:
+                    wait_for("the watched ModelServices back at zero", watcher.all_done,
+                             timeout=IDLE_TIMEOUT_S + 30, interval=POLL_S)
+                except AssertionError as e:
                     log(f"  {e}: reported as not back at zero")
                 idle = [i.summary() for i in watcher.tracked.values()]
         finally:
             log("cleaning up: the ModelServices, the chart")
             c.kubectl_run("delete", "modelservices", "--all", "-n", ns, "--wait=true",
                           "--timeout=120s", check=False, timeout=150)
-            helm(c, "uninstall", system, "-n", system, check=False)
-            c.kubectl_run("delete", "namespace", system, "--wait=false", check=False)
+            uninstall(c, system)
 
     cold_ok = [s["cold"]["ms"] for s in starts if s["cold"]["status"] == 200]
     held = [s["cold"]["held_ms"] for s in starts if s["cold"]["held_ms"] is not None]

@@ -25,6 +25,12 @@ RECIPES = ("static-int8", "prune-recover", "distill")
 structured pruning of FFN neurons, then training the pruned model to match the source's
 outputs on the (unlabeled) data; ``distill``: a smaller student (fewer layers, narrower)
 trained on the source's outputs."""
+RANKINGS = ("activation", "weight")
+"""How ``prune-recover`` chooses the FFN neurons it removes (the spec's
+``build.pruning.ranking``, the recipe's ``ranking``); the first is the default.
+``activation``: by their activations on calibration samples of the data times their outgoing
+weights; ``weight``: by weights alone, as pruning at load time does."""
+DEFAULT_RANKING = RANKINGS[0]
 CODE_VERSION = "2"
 """Bumped when a recipe's implementation changes what it produces (a new key, a new Job)."""
 

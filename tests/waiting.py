@@ -1,6 +1,6 @@
 """Polling until something holds: the one ``wait_for`` of the tests that wait on a cluster or
-a process (tests/integration, tests/e2e, tests/conftest.py; bench scripts through
-operator_harness)."""
+a process (tests/integration, tests/e2e, tests/conftest.py, and the bench scripts that
+run real pods)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per
 
 - ``static-int8``: ``calibrationSamples`` (default 128);
 - ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <= 0.9), ``ranking``
-  (one of RANKINGS, default ``activation``: neurons ranked on ``calibrationSamples`` of the
-  data; ``weight``: by weights alone, as at load time), ``steps`` or ``epochs``,
+  (one of pipeline.RANKINGS, default ``activation``: neurons ranked on ``calibrationSamples``
+  of the data; ``weight``: by weights alone, as at load time), ``steps`` or ``epochs``,
   ``learningRate``;
 - ``distill``: ``student`` (``layers``, optional ``hiddenSize``, ``intermediateSize``,
   ``heads``), ``steps`` or ``epochs``, ``learningRate``;
@@ -26,7 +26,7 @@ from typing import Any
 
 from msv_contract import capabilities as caps
 from msv_contract import pipeline
-from msv_contract.pipeline import Student
+from msv_contract.pipeline import DEFAULT_RANKING, RANKINGS, Student
 
 DEFAULT_HELD_OUT = 0.2
 DEFAULT_CALIBRATION_SAMPLES = 128
@@ -36,8 +36,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_MAX_LENGTH = 128
 MAX_PRUNE_AMOUNT = 0.9
-RANKINGS = ("activation", "weight")
-"""How prune-recover ranks FFN neurons (model_server.optimize.prune); the first is the default."""
 DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
 
@@ -62,7 +60,7 @@ class Recipe:
     max_length: int = DEFAULT_MAX_LENGTH
     amount: float = 0.0
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
-    ranking: str = RANKINGS[0]
+    ranking: str = DEFAULT_RANKING
     student: Student | None = None
     input_range: tuple[float, float] = DEFAULT_INPUT_RANGE
 
@@ -151,7 +149,7 @@ def parse_recipe(text: str) -> Recipe:
             raise BuildError("recipe.amount is required for prune-recover")
         common["amount"] = _number(raw, "amount", None, low=0, low_open=True,
                                    high=MAX_PRUNE_AMOUNT)
-        ranking = raw.get("ranking", RANKINGS[0])
+        ranking = raw.get("ranking", DEFAULT_RANKING)
         if ranking not in RANKINGS:
             raise BuildError(f"recipe.ranking must be one of {', '.join(RANKINGS)}, "
                              f"not {ranking!r}")

@@ -127,10 +127,12 @@ class PipelineState:
 def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any]:
     """The recipe the Job runs and the key hashes, in the form ``model-server optimize build``
     reads (model_server/optimize/recipe.py): the recipe, the framework and task, ``steps`` or
-    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount``; ``student``), how
-    image pixels become a TensorFlow model's input (``inputRange``) and whether the data has
-    labels. Not in it: URIs, credentials, output, resources, deadline,
-    gates, autoRollout (they do not change what is produced)."""
+    ``epochs``, ``budget.maxSeconds``, the recipe's own knobs (``amount`` and ``ranking``;
+    ``student``), how image pixels become a TensorFlow model's input (``inputRange``) and
+    whether the data has labels. Not in it: URIs, credentials, output, resources, deadline,
+    gates, autoRollout (they do not change what is produced). ``ranking`` is given only when it
+    is not the default, which the build applies itself: a spec that names the default builds
+    (and keys) the same artifact as one that leaves it out, as specs from before the field did."""
     out: dict[str, Any] = {"recipe": build.recipe, "framework": parsed.framework,
                            "task": parsed.task, "labels": build.data_labels}
     if build.steps is not None:
@@ -141,6 +143,8 @@ def recipe_of(parsed: spec.ModelServiceSpec, build: spec.Build) -> dict[str, Any
         out["budget"] = {"maxSeconds": build.max_time_seconds}
     if build.pruning_amount is not None:
         out["amount"] = build.pruning_amount
+    if build.pruning_ranking not in (None, pipeline.DEFAULT_RANKING):
+        out["ranking"] = build.pruning_ranking
     if build.student is not None:
         st = build.student
         out["student"] = {k: v for k, v in (

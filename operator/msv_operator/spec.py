@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msv_contract import capabilities as caps
-from msv_contract import env
+from msv_contract import env, pipeline
 from msv_contract.pipeline import Student
 
 FRAMEWORKS = caps.FRAMEWORK_NAMES
@@ -114,6 +114,8 @@ class Build:
     epochs: int | None = None
     max_time_seconds: float | None = None
     pruning_amount: float | None = None
+    pruning_ranking: str | None = None
+    """``pruning.ranking`` (prune-recover): one of ``pipeline.RANKINGS``, the default applied."""
     student: Student | None = None
     input_range: tuple[float, float] | None = None
     """``data.inputRange`` (framework tensorflow): what image pixels 0..255 become."""
@@ -550,10 +552,15 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     out_secret = (_secret_name(output, "credentialsSecret", f"{where}.output", "unsigned")
                   if output.get("credentialsSecret") is not None else None)
     amount: float | None = None
+    ranking: str | None = None
     if recipe == "prune-recover":
-        pr = b.get("pruning") or {}
-        amount = _ratio(_object(pr, f"{where}.pruning", "amount").get(
-            "amount", BUILD_DEFAULTS["pruningAmount"]), f"{where}.pruning.amount", 0.01, 0.95)
+        pr = _object(b.get("pruning") or {}, f"{where}.pruning", "amount, ranking")
+        amount = _ratio(pr.get("amount", BUILD_DEFAULTS["pruningAmount"]),
+                        f"{where}.pruning.amount", 0.01, 0.95)
+        ranking = pr.get("ranking", pipeline.DEFAULT_RANKING)
+        if ranking not in pipeline.RANKINGS:
+            raise InvalidSpecError(f"{where}.pruning.ranking: {ranking!r} is not one of "
+                                   + ", ".join(pipeline.RANKINGS))
     elif b.get("pruning") is not None:
         raise InvalidSpecError(f"{where}.pruning: applies to recipe prune-recover only")
     student: Student | None = None
@@ -595,7 +602,7 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
         epochs=None if epochs is None else _int(epochs, f"{where}.budget.epochs", 1, 1000),
         max_time_seconds=None if max_time is None else parse_duration(
             max_time, f"{where}.budget.maxTime"),
-        pruning_amount=amount, student=student, input_range=input_range,
+        pruning_amount=amount, pruning_ranking=ranking, student=student, input_range=input_range,
         resources=dict(resources),
         deadline_seconds=int(deadline),
         min_agreement=_ratio(g["minAgreement"], f"{where}.gates.minAgreement", 0.0, 1.0),

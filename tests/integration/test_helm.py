@@ -10,28 +10,17 @@ chart with crds.install=false; the CRD template itself is covered by tests/unit.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helmchart import CHART, helm
 from waiting import wait_for
 
 from localcluster import cluster as lc
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "modelservice-operator"
-EXAMPLE = ROOT / "examples" / "sentiment-transformers.yaml"
-
-
-
-def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(cluster.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=180, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment-transformers.yaml"
 
 
 @pytest.fixture

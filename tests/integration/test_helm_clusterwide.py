@@ -12,12 +12,12 @@ release's Lease. ModelServices in two namespaces are reconciled by the one leade
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helmchart import CHART, helm
 from manifests import MS_API, modelservice
 from msv_operator import kube, leader
 from operator_harness import OperatorProcess, api, condition, token_kubeconfig
@@ -27,18 +27,9 @@ from localcluster import cluster as lc
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "modelservice-operator"
 SYSTEM, RELEASE = "msv-system", "msv"
 FULLNAME = f"{RELEASE}-modelservice-operator"
 TEAMS = ("team-a", "team-b")
-
-
-def helm(c: lc.Cluster, *args: str) -> str:
-    proc = subprocess.run([str(c.helm), f"--kubeconfig={c.kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ the ModelService keeps serving at its size and says scaling is blind.
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helmchart
 import pytest
 from manifests import MS_API, model, modelservice
 from msv_operator import kube
@@ -30,60 +30,31 @@ from service_load import Load
 from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import keda as lk
-from localcluster import modelstores, monitoring
+from localcluster import modelstores
 from msv_contract import scaletozero as stz
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "modelservice-operator"
 IDLE = "30s"
 """The shortest idle period the API takes: the test waits for it twice."""
 AUTOSCALING = {"minReplicas": 0, "maxReplicas": 2, "idleAfter": IDLE, "targetInFlight": 4}
 
 
-def helm(cluster: lc.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(cluster.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def keda(cluster: lc.Cluster) -> None:
     """KEDA answering in the cluster (the local cluster installs it when it is built)."""
-    k = api()
-    try:
-        def serving() -> bool:
-            svc = k.get("apiregistration.k8s.io/v1", "APIService", None,
-                        lk.EXTERNAL_METRICS_API) or {}
-            return condition(svc, "Available").get("status") == "True"
-        wait_for("KEDA's external metrics adapter available", serving, timeout=180)
-        op = k.get("apps/v1", "Deployment", lk.NAMESPACE, lk.OPERATOR) or {}
-        assert (op.get("status") or {}).get("readyReplicas"), "KEDA's operator is not ready"
-    finally:
-        k.close()
+    helmchart.wait_for_keda(cluster)
 
 
 @pytest.fixture(scope="module")
 def release(crd: None, keda: None, cluster: lc.Cluster, module_real_namespace: str
             ) -> Iterator[tuple[str, str]]:
     """The chart in a namespace of its own, watching the test namespace, with scale to zero
-    on; KEDA and the operator ask the cluster's Prometheus (no cluster DNS here: its IP)."""
-    suffix = uuid.uuid4().hex[:6]
-    system, name = f"msv-zero-{suffix}", f"msv-zero-{suffix}"
-    helm(cluster, "upgrade", "--install", name, str(CHART), "-n", system, "--create-namespace",
-         "--set", f"watchNamespaces={{{module_real_namespace}}}", "--set", "crds.install=false",
-         "--set", f"prometheus.url={monitoring.PROMETHEUS_URL}",
-         "--set", "prometheus.measureSeconds=5",
-         "--set", "scaleToZero.enabled=true",
-         "--set", f"scaleToZero.kedaPrometheusUrl={monitoring.PROMETHEUS_URL}",
-         "--set", "scaleToZero.activator.holdSeconds=150", "--wait", "--timeout=240s")
-    yield system, name
-    helm(cluster, "uninstall", name, "-n", system, check=False)
-    cluster.kubectl_run("delete", "namespace", system, "--wait=false", check=False)
+    on (``helmchart.install_scale_to_zero``): (its namespace, the release's name)."""
+    name = f"msv-zero-{uuid.uuid4().hex[:6]}"
+    helmchart.install_scale_to_zero(cluster, name, watched=module_real_namespace)
+    yield name, name
+    helmchart.uninstall(cluster, name)
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +217,9 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
         rolled: str, module_real_namespace: str, k: kube.Kube) -> None:
     ns, name = module_real_namespace, rolled
     wait_at_zero(k, ns, name, "int8", timeout=300)
+    # ... and its Deployment says so too (the samples below read its ready pods there)
+    wait_for("no ready int8 pod in its Deployment's status",
+             lambda: ready_pods(k, ns, name, "int8") == 0, timeout=60, interval=1)
     assert ready_pods(k, ns, name, "baseline") >= 1
     ms = ms_of(k, ns, name)
     ms["spec"]["rollout"] = {"candidate": "int8", "steps": [50, 100], "stepDuration": "20s",
@@ -253,8 +227,9 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
     k.apply({"apiVersion": MS_API, "kind": "ModelService",
              "metadata": {"name": name, "namespace": ns}, "spec": ms["spec"]})
 
-    # Watch until the rollout gives the candidate traffic: at that moment (and at every
-    # sample before it with a weight) the candidate has a ready pod.
+    # Watch (every 0.5 s: the candidate's pod takes seconds to start and load its model) until
+    # the rollout gives the candidate traffic: at that moment (and at every sample before it
+    # with a weight) the candidate has a ready pod.
     seen: list[tuple[str, int, int]] = []
 
     def sent_traffic() -> bool:
@@ -267,10 +242,13 @@ def test_a_candidate_at_zero_gets_a_ready_pod_before_the_rollout_sends_it_traffi
             raise RuntimeError(f"traffic sent to int8 with no ready pod: {seen[-5:]}")
         return weight > 0
     wait_for("the rollout to send int8 traffic", sent_traffic, timeout=300, interval=0.5)
-    phases = [p for p, _, _ in seen]
     changes = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
     print(f"rollout of a candidate at zero: (phase, int8 weight, int8 ready pods) {changes}")
-    assert "Pending" in phases or seen[0][2] >= 1, seen[:10]
+    # The candidate was at zero when the rollout began ...
+    assert seen[0][1:] == (0, 0), changes
+    # ... and the rollout held it without traffic, Pending, while it had no ready pod, until
+    # the sample that saw its first weight (the last one).
+    assert ("Pending", 0, 0) in seen[:-1], changes
     so = k.get(stz.KEDA_API, stz.SCALED_OBJECT, ns, f"{name}-int8")
     assert so and so["spec"]["minReplicaCount"] == 1, "held at one pod during the rollout"
 

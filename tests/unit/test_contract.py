@@ -22,7 +22,7 @@ import pytest
 import yaml
 from msv_operator import spec
 
-from msv_contract import api, capabilities, env, metrics
+from msv_contract import api, capabilities, env, metrics, pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / f"{api.CRD_NAME}.yaml"
@@ -55,6 +55,14 @@ def test_crd_enums_are_the_capability_table() -> None:
         capabilities.QUANTIZATION_NAMES)
     assert _at(s, f"{optimization}.pruning.method")["enum"] == list(
         capabilities.PRUNING_METHODS)
+
+
+def test_crd_build_enums_are_the_pipelines() -> None:
+    build = _at(_crd_schema(), "variants.[].build")
+    assert _at(build, "recipe")["enum"] == list(pipeline.RECIPES)
+    ranking = _at(build, "pruning.ranking")
+    assert ranking["enum"] == list(pipeline.RANKINGS)
+    assert _default_in(ranking["description"]) == pipeline.DEFAULT_RANKING
 
 
 def _default_in(description: str) -> str:

@@ -123,10 +123,33 @@ def context(kube: FakeKube, store: Store) -> reconcile.Context:
                                         reads=placement.HeaderReads(executor=Inline())))
 
 
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store()
+
+
+@pytest.fixture
+def ctx(kube: FakeKube, store: Store) -> reconcile.Context:
+    """One operator's context over ``kube`` and ``store``, kept across a test's passes."""
+    return context(kube, store)
+
+
 def run(ctx: reconcile.Context, ms: dict[str, Any]) -> reconcile.Result:
     result = reconcile.reconcile(ctx, ms, reconcile.Observed(), NOW)
     ms["status"] = copy.deepcopy(ctx.kube.status)  # type: ignore[attr-defined]
     return result
+
+
+def start(ctx: reconcile.Context, ms: dict[str, Any]) -> str:
+    """A first pass over ``ms``, which starts its one build Job: that Job's name."""
+    run(ctx, ms)
+    (name,) = ctx.kube.jobs  # type: ignore[attr-defined]
+    return str(name)
 
 
 def key_for(ms: Mapping[str, Any]) -> str:
@@ -134,6 +157,14 @@ def key_for(ms: Mapping[str, Any]) -> str:
     build = parsed.variants[1].build
     assert build is not None
     return optimize.key_of(parsed, build)
+
+
+def recipe_for(ms: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe the built variant's Job runs and its key hashes."""
+    parsed = spec.parse_spec(ms)
+    build = parsed.variants[1].build
+    assert build is not None
+    return optimize.recipe_of(parsed, build)
 
 
 def entry(ms: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -156,10 +187,10 @@ def test_key_is_stable_and_changes_with_the_recipe_not_with_the_output() -> None
     assert key_for(other) != a
 
 
-def test_job_is_restricted_and_runs_the_agreed_command() -> None:
-    kube, store = FakeKube(), Store()
+def test_job_is_restricted_and_runs_the_agreed_command(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body()
-    run(context(kube, store), ms)
+    run(ctx, ms)
     key = key_for(ms)
     (job,) = kube.jobs.values()
     assert job["metadata"]["name"] == f"s-small-build-{key[:10]}"
@@ -191,13 +222,44 @@ def test_job_is_restricted_and_runs_the_agreed_command() -> None:
     assert condition(ms, "Built")["reason"] == "Building"
 
 
-def test_published_artifact_is_served_without_a_job() -> None:
-    kube, store = FakeKube(), Store()
+def job_recipe(kube: FakeKube) -> str:
+    """The ``--recipe-json`` the one build Job's container runs with."""
+    (job,) = kube.jobs.values()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    return str(c["args"][c["args"].index("--recipe-json") + 1])
+
+
+def test_the_pruning_ranking_reaches_the_build_and_only_a_non_default_one_changes_the_key(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
+    from model_server.optimize.recipe import parse_recipe
+
+    build = spec.parse_spec(body()).variants[1].build
+    assert build is not None and build.pruning_ranking == pipeline.DEFAULT_RANKING
+    # naming the default builds the same artifact as leaving it out (as specs from before the
+    # field do): the recipe does not carry it, and the build applies it
+    named = body(pruning={"amount": 0.3, "ranking": pipeline.DEFAULT_RANKING})
+    assert key_for(named) == key_for(body())
+    assert "ranking" not in recipe_for(named)
+    assert parse_recipe(pipeline.canonical(recipe_for(named))).ranking == \
+        pipeline.DEFAULT_RANKING
+    # another ranking is a new artifact, and the Job's build is told it
+    (other,) = set(pipeline.RANKINGS) - {pipeline.DEFAULT_RANKING}
+    ms = body(pruning={"amount": 0.3, "ranking": other})
+    assert key_for(ms) != key_for(body())
+    run(ctx, ms)
+    recipe = job_recipe(kube)
+    assert recipe == pipeline.canonical(recipe_for(ms))
+    assert json.loads(recipe)["ranking"] == other
+    assert parse_recipe(recipe).ranking == other
+
+
+def test_published_artifact_is_served_without_a_job(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body()
     key = key_for(ms)
     store.publish(key, {"summary": {"agreement": 0.995, "latencyRatio": 0.6,
                                     "sizeBytes": 1000, "parameters": 10}})
-    run(context(kube, store), ms)
+    run(ctx, ms)
     assert kube.jobs == {}
     dep = kube.applied[("Deployment", "s-small")]
     (pull,) = dep["spec"]["template"]["spec"]["initContainers"]
@@ -212,7 +274,8 @@ def test_published_artifact_is_served_without_a_job() -> None:
     assert small["derivedFrom"] == f"s3://models/bert.tar.gz@sha256:{SRC}"
     assert small["build"]["readyToRollOut"] is True
     assert condition(ms, "Built")["status"] == "True"
-    # the next pass trusts the verified record: no second MANIFEST read
+    # the next pass, by a new operator (no cache of its own), trusts the verified record in
+    # status: no second MANIFEST read
     reads = len(store.reads)
     run(context(kube, store), ms)
     assert len(store.reads) == reads
@@ -233,12 +296,10 @@ def running_pod(job: str, **state: Any) -> dict[str, Any]:
             "status": {"containerStatuses": [{"name": "optimize", "state": state}]}}
 
 
-def test_running_job_reports_progress_and_serves_nothing() -> None:
-    kube, store = FakeKube(), Store()
+def test_running_job_reports_progress_and_serves_nothing(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body()
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     kube.pods = [running_pod(name, running={})]
     kube.logs["optimize"] = pipeline.PROGRESS_PREFIX + json.dumps(
         {"phase": "training", "step": 50, "total": 200, "etaSeconds": 30})
@@ -250,12 +311,10 @@ def test_running_job_reports_progress_and_serves_nothing() -> None:
     assert ("Deployment", "s-small") not in kube.applied
 
 
-def test_failed_job_names_the_cause_with_log_lines_and_stable_keeps_serving() -> None:
-    kube, store = FakeKube(), Store()
+def test_failed_job_names_the_cause_with_log_lines_and_stable_keeps_serving(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body()
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     kube.jobs[name]["status"] = {"conditions": [
         {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
          "message": "Job was active longer than specified deadline"}]}
@@ -278,11 +337,10 @@ def test_failed_job_names_the_cause_with_log_lines_and_stable_keeps_serving() ->
     assert ("Job", name) in kube.deleted
 
 
-def test_a_changed_recipe_keeps_the_previous_artifact_serving() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_changed_recipe_keeps_the_previous_artifact_serving(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body()
     store.publish(key_for(ms))
-    ctx = context(kube, store)
     run(ctx, ms)
     before = kube.applied[("Deployment", "s-small")]
     ms["spec"]["variants"][1]["build"]["budget"] = {"steps": 400}
@@ -296,13 +354,13 @@ def test_a_changed_recipe_keeps_the_previous_artifact_serving() -> None:
     assert entry(ms, "small")["provenance"]["key"] == key_for(body())
 
 
-def test_a_manifest_of_another_key_is_not_served() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_manifest_of_another_key_is_not_served(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body()
     key = key_for(ms)
     store.files[f"s3://out/built/{key}/MANIFEST"] = json.dumps(
         {"key": "0" * 64, "sha256": ART}).encode()
-    run(context(kube, store), ms)
+    run(ctx, ms)
     assert ("Deployment", "s-small") not in kube.applied
     assert condition(ms, "Built")["reason"] == "BuildFailed"
 
@@ -318,6 +376,8 @@ def test_a_manifest_of_another_key_is_not_served() -> None:
     ({"output": {"uri": "pvc://claim/x", "credentialsSecret": "c"}},
      "build.output.credentialsSecret"),
     ({"recipe": "distill"}, "build.pruning"),
+    ({"pruning": {"amount": 0.3, "ranking": "random"}}, "build.pruning.ranking"),
+    ({"pruning": {"amount": 0.3, "ranking": ["weight"]}}, "build.pruning.ranking"),
 ])
 def test_spec_errors_name_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(spec.InvalidSpecError, match=field.replace(".", r"\.")):
@@ -382,12 +442,10 @@ def test_a_build_needs_the_source_sha256_and_no_model_of_its_own() -> None:
         spec.parse_spec(ms)
 
 
-def test_a_finished_job_is_served_once_its_manifest_is_read() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_finished_job_is_served_once_its_manifest_is_read(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body()
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     key = key_for(ms)
     kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     kube.pods = [running_pod(name, terminated={"exitCode": 0, "message": json.dumps(
@@ -430,10 +488,10 @@ def test_a_pvc_output_is_accepted_with_its_claim_and_prefix() -> None:
     assert bare is not None and optimize.publish_target(bare) == "file:///mnt/output/"
 
 
-def test_a_pvc_output_job_mounts_the_claim_read_write_and_publishes_to_it() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_pvc_output_job_mounts_the_claim_read_write_and_publishes_to_it(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body(output=PVC_OUTPUT)
-    run(context(kube, store), ms)
+    run(ctx, ms)
     (job,) = kube.jobs.values()
     pod = job["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -452,12 +510,9 @@ def test_a_pvc_output_job_mounts_the_claim_read_write_and_publishes_to_it() -> N
 
 
 def test_a_pvc_output_is_served_checksummed_from_the_jobs_result_and_never_recomputed(
-        ) -> None:
-    kube, store = FakeKube(), Store()
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body(output=PVC_OUTPUT)
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     key = key_for(ms)
     finish(kube, name, job_result(key, agreement=0.995, latencyRatio=0.6, parameters=10))
     run(ctx, ms)
@@ -495,12 +550,10 @@ def test_a_pvc_output_is_served_checksummed_from_the_jobs_result_and_never_recom
     assert store.reads == []
 
 
-def test_a_pvc_output_without_a_record_asks_the_job_which_reuses_the_published_key() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_pvc_output_without_a_record_asks_the_job_which_reuses_the_published_key(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body(output=PVC_OUTPUT)
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     key = key_for(ms)
     # the status is lost while the finished Job is still there: its result is read again
     finish(kube, name, job_result(key, agreement=0.995, latencyRatio=0.6, reused=True))
@@ -516,12 +569,10 @@ def test_a_pvc_output_without_a_record_asks_the_job_which_reuses_the_published_k
     assert entry(ms, "small")["build"]["phase"] == "Pending"
 
 
-def test_a_pvc_output_job_that_reports_nothing_is_a_failure_not_a_wait() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_pvc_output_job_that_reports_nothing_is_a_failure_not_a_wait(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body(output=PVC_OUTPUT)
-    ctx = context(kube, store)
-    run(ctx, ms)
-    (name,) = kube.jobs
+    name = start(ctx, ms)
     finish(kube, name, None)
     result = run(ctx, ms)
     built = condition(ms, "Built")
@@ -534,11 +585,10 @@ def test_a_pvc_output_job_that_reports_nothing_is_a_failure_not_a_wait() -> None
     assert ("Job", name) in kube.deleted
 
 
-def test_a_record_at_another_output_is_not_served_from_the_new_one() -> None:
-    kube, store = FakeKube(), Store()
+def test_a_record_at_another_output_is_not_served_from_the_new_one(
+        ctx: reconcile.Context, kube: FakeKube, store: Store) -> None:
     ms = body()
     store.publish(key_for(ms))
-    ctx = context(kube, store)
     run(ctx, ms)
     assert entry(ms, "small")["provenance"]["artifactUri"].startswith("s3://out/built/")
     ms["spec"]["variants"][1]["build"]["output"] = PVC_OUTPUT
