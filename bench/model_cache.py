@@ -52,9 +52,6 @@ from pathlib import Path
 from typing import Any
 
 from _realcluster import REPO, api, apply_until_ready, log, operator_process, real_cluster
-
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
 from cacheagents import agents
 
 from localcluster import cluster as lc
