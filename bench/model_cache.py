@@ -169,6 +169,10 @@ def one_run(c: lc.Cluster, ns: str, model: Path, tag: str) -> dict[str, Any]:
     for name in (cold_name, hit_name):
         c.kubectl_run("delete", "modelservice", name, "-n", ns, "--wait=true",
                       "--timeout=120s", check=False)
+    # until their pods are gone: terminating pods (a 5 s drain) still hold their requests on
+    # the node, and the next run's first pod would wait for room to be scheduled
+    c.kubectl_run("wait", "--for=delete", "pods", "-n", ns, "--all", "--timeout=120s",
+                  check=False)
     (modelstores.http_dir() / f"{ns}-{tag}.tar").unlink(missing_ok=True)
     out: dict[str, Any] = {"artifact_bytes": size}
     for label, timed in (("cold", cold), ("hit", hit)):
