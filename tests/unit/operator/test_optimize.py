@@ -222,6 +222,17 @@ def test_job_is_restricted_and_runs_the_agreed_command(
     assert condition(ms, "Built")["reason"] == "Building"
 
 
+def test_an_image_archive_is_read_from_the_directory_its_pull_unpacks(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
+    # the data pull unpacks an archive and drops it: the build reads the directory
+    ms = body(data={"uri": "s3://data/images/colours.tar.gz", "sha256": DATA})
+    ms["spec"]["model"]["task"] = "image-classification"
+    run(ctx, ms)
+    (job,) = kube.jobs.values()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--data") + 1] == optimize.DATA_DIR
+
+
 def job_recipe(kube: FakeKube) -> str:
     """The ``--recipe-json`` the one build Job's container runs with."""
     (job,) = kube.jobs.values()
