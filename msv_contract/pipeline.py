@@ -31,6 +31,10 @@ RANKINGS = ("activation", "weight")
 ``activation``: by their activations on calibration samples of the data times their outgoing
 weights; ``weight``: by weights alone, as pruning at load time does."""
 DEFAULT_RANKING = RANKINGS[0]
+MAX_PRUNE_AMOUNT = 0.9
+"""The largest ``prune-recover`` amount (the share of each FFN's neurons removed): the CRD's
+maximum of ``build.pruning.amount``, the operator's spec check and the build's recipe check.
+Beyond it too little of the FFN is left for recovery training to restore."""
 CODE_VERSION = "2"
 """Bumped when a recipe's implementation changes what it produces (a new key, a new Job)."""
 

@@ -511,6 +511,38 @@ def colour_images(n: int, seed: int = 0) -> tuple[Any, Any]:
     return images, labels
 
 
+def colour_image_archive(images: Any, labels: Any) -> bytes:
+    """A labelled image data set of the optimization pipeline: a tar.gz of PNGs
+    ``<label>/<index>.png``, ``images`` (float [N, H, W, 3] in [0, 1], as `colour_images`
+    makes them) as 8-bit RGB."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+            png = io.BytesIO()
+            Image.fromarray(np.round(np.asarray(pixels) * 255).astype(np.uint8)).save(
+                png, format="PNG")
+            info = tarfile.TarInfo(f"{int(label)}/{i:03d}.png")
+            info.size = png.tell()
+            tar.addfile(info, io.BytesIO(png.getvalue()))
+    return buf.getvalue()
+
+
+def torch_before_tensorflow() -> None:
+    """Import torch._dynamo, when torch is installed, before anything imports TensorFlow: both
+    register LLVM command-line options and whichever comes second aborts the process unless
+    torch's comes first (docs/optimization.md). A test session may run both."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
+
+
 def make_trained_keras_cnn(
     path: str | Path, format: str = "savedmodel", *, epochs: int = 3, seed: int = 0
 ) -> tuple[Any, float]:

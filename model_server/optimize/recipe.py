@@ -4,10 +4,10 @@ The recipe is JSON (msv_contract.pipeline: the operator hashes it as given into 
 key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per recipe
 
 - ``static-int8``: ``calibrationSamples`` (default 128);
-- ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <= 0.9), ``ranking``
-  (one of pipeline.RANKINGS, default ``activation``: neurons ranked on ``calibrationSamples``
-  of the data; ``weight``: by weights alone, as at load time), ``steps`` or ``epochs``,
-  ``learningRate``;
+- ``prune-recover``: ``amount`` (fraction of FFN neurons, 0 < amount <=
+  pipeline.MAX_PRUNE_AMOUNT), ``ranking`` (one of pipeline.RANKINGS, default ``activation``:
+  neurons ranked on ``calibrationSamples`` of the data; ``weight``: by weights alone, as at
+  load time), ``steps`` or ``epochs``, ``learningRate``;
 - ``distill``: ``student`` (``layers``, optional ``hiddenSize``, ``intermediateSize``,
   ``heads``), ``steps`` or ``epochs``, ``learningRate``;
 
@@ -35,7 +35,6 @@ DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_MAX_LENGTH = 128
-MAX_PRUNE_AMOUNT = 0.9
 DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
 
@@ -148,7 +147,7 @@ def parse_recipe(text: str) -> Recipe:
         if "amount" not in raw:
             raise BuildError("recipe.amount is required for prune-recover")
         common["amount"] = _number(raw, "amount", None, low=0, low_open=True,
-                                   high=MAX_PRUNE_AMOUNT)
+                                   high=pipeline.MAX_PRUNE_AMOUNT)
         ranking = raw.get("ranking", DEFAULT_RANKING)
         if ranking not in RANKINGS:
             raise BuildError(f"recipe.ranking must be one of {', '.join(RANKINGS)}, "

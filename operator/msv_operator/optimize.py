@@ -50,7 +50,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from msv_contract import api, pipeline
+from msv_contract import api, env, pipeline
 from msv_contract.api import LABEL_MODELSERVICE
 from msv_operator import artifacts, builders, placement, spec, status
 from msv_operator import kube as kubeapi
@@ -195,6 +195,14 @@ def data_file(build: spec.Build) -> str:
     return urlparse(build.data.uri).path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def data_path(build: spec.Build) -> str:
+    """Where the build reads the pulled data: the file, or for an archive (an image data set)
+    the directory ``model-server pull`` unpacked it into (``env.ARCHIVE_SUFFIXES``; the
+    archive itself is not kept)."""
+    name = data_file(build)
+    return DATA_DIR if name.endswith(env.ARCHIVE_SUFFIXES) else f"{DATA_DIR}/{name}"
+
+
 # ---- the Job --------------------------------------------------------------------------------
 
 def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spec.Variant,
@@ -217,7 +225,7 @@ def build_job(ms: Mapping[str, Any], parsed: spec.ModelServiceSpec, variant: spe
         container=DATA_PULL)
     recipe = recipe_of(parsed, build)
     args = ["optimize", "build", "--source", SOURCE_DIR,
-            "--data", f"{DATA_DIR}/{data_file(build)}",
+            "--data", data_path(build),
             "--recipe-json", pipeline.canonical(recipe),
             "--source-sha256", str(parsed.model.sha256),
             "--data-sha256", str(build.data.sha256),

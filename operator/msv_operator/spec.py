@@ -556,7 +556,8 @@ def parse_build(raw: Any, where: str, framework: str, task: str | None, source: 
     if recipe == "prune-recover":
         pr = _object(b.get("pruning") or {}, f"{where}.pruning", "amount, ranking")
         amount = _ratio(pr.get("amount", BUILD_DEFAULTS["pruningAmount"]),
-                        f"{where}.pruning.amount", 0.01, 0.95)
+                        f"{where}.pruning.amount", 0.01,
+                        pipeline.MAX_PRUNE_AMOUNT)
         ranking = pr.get("ranking", pipeline.DEFAULT_RANKING)
         if ranking not in pipeline.RANKINGS:
             raise InvalidSpecError(f"{where}.pruning.ranking: {ranking!r} is not one of "

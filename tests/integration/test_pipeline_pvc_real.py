@@ -39,6 +39,7 @@ from test_pipeline_real import (  # noqa: F401 (operator, trained: fixtures)
     predict,
     trained,
     variant,
+    wait_published,
 )
 from waiting import wait_for
 
@@ -99,14 +100,6 @@ def with_pvc_build(name: str, ns: str, source: tuple[str, str], data: tuple[str,
                   traffic={"baseline": 100})
 
 
-def published(k: kube.Kube, ns: str, name: str) -> dict[str, Any] | None:
-    c = condition(k.get(MS_API, "ModelService", ns, name) or {}, "Built")
-    if c.get("reason") == "BuildFailed":
-        raise RuntimeError(f"the build failed: {c}")  # ends the wait at once
-    build = variant(k, ns, name, "pruned").get("build") or {}
-    return build if build.get("phase") == "Published" else None
-
-
 def job_result(k: kube.Kube, ns: str, job: str) -> dict[str, Any]:
     """The build container's termination message (the Job's result)."""
     for pod in k.list("v1", "Pod", ns, f"{JOB_NAME_LABEL}={job}"):
@@ -127,8 +120,7 @@ def test_a_build_published_to_a_claim_is_served_checked_and_never_recomputed(
     k.apply(with_pvc_build(name, ns, source, data))
 
     # the Job publishes to the claim; the operator records its result
-    build = wait_for("the pruned variant's artifact published on the claim",
-                     lambda: published(k, ns, name), timeout=600, interval=1)
+    build = wait_published(k, ns, name, "pruned")
     ms = wait_ready(k, ns, name)
     assert condition(ms, "Built")["status"] == "True"
     (job,) = jobs(k, ns)
@@ -175,8 +167,7 @@ def test_a_build_published_to_a_claim_is_served_checked_and_never_recomputed(
     # the same recipe under another name (no record in its status): a short Job finds the
     # published MANIFEST and ends without work; nothing is rewritten on the claim
     k.apply(with_pvc_build("again", ns, source, data))
-    wait_for("the second variant's artifact recorded", lambda: published(k, ns, "again"),
-             timeout=300, interval=1)
+    wait_published(k, ns, "again", "pruned", timeout=300)
     wait_ready(k, ns, "again")
     again = variant(k, ns, "again", "pruned")["provenance"]
     assert again["key"] == key and again["artifactSha256"] == record["artifactSha256"]

@@ -81,14 +81,22 @@ RECIPES = {"prune-recover": {"pruning": {"amount": 0.5}},
 VARIANT = {"prune-recover": "pruned", "distill": "student"}
 
 
+def build_of(ns: str, data: tuple[str, str], recipe: str, steps: int = 20,
+             **fields: Any) -> dict[str, Any]:
+    """A variant's ``build``: ``recipe`` (with its ``fields``) on the labelled ``data`` (uri,
+    sha256), published to the S3 store's ``built`` bucket under ``<ns>/``, both read and
+    written with the ``s3-creds`` Secret."""
+    return {"recipe": recipe,
+            "data": {"uri": data[0], "sha256": data[1], "credentialsSecret": "s3-creds",
+                     "labels": True},
+            **fields, "budget": {"steps": steps},
+            "output": {"uri": f"s3://built/{ns}/", "credentialsSecret": "s3-creds"}}
+
+
 def with_build(name: str, ns: str, source: tuple[str, str], data: tuple[str, str],
                steps: int = 20, recipe: str = "prune-recover", **extra: Any) -> dict[str, Any]:
     uri, digest = source
-    build = {"recipe": recipe,
-             "data": {"uri": data[0], "sha256": data[1], "credentialsSecret": "s3-creds",
-                      "labels": True},
-             **RECIPES[recipe], "budget": {"steps": steps},
-             "output": {"uri": f"s3://built/{ns}/", "credentialsSecret": "s3-creds"}}
+    build = build_of(ns, data, recipe, steps, **RECIPES[recipe])
     return served(name, ns, uri, digest, credentials="s3-creds",
                   variants=[{"name": "baseline"}, {"name": VARIANT[recipe], "build": build}],
                   traffic={"baseline": 100}, **extra)
@@ -104,6 +112,37 @@ def variant(k: kube.Kube, ns: str, name: str, which: str) -> dict[str, Any]:
 
 def jobs(k: kube.Kube, ns: str) -> list[str]:
     return [j["metadata"]["name"] for j in k.list("batch/v1", "Job", ns)]
+
+
+def wait_published(k: kube.Kube, ns: str, name: str, which: str, timeout: float = 600,
+                   stages: set[str] | None = None) -> dict[str, Any]:
+    """Variant ``which``'s ``status.variants[].build`` once its phase is Published (adding the
+    stages it reports meanwhile to ``stages``); a BuildFailed ``Built`` condition ends the wait
+    at once, with the condition."""
+    def published() -> dict[str, Any] | None:
+        build = variant(k, ns, name, which).get("build") or {}
+        if stages is not None and build.get("stage"):
+            stages.add(build["stage"])
+        c = condition(k.get(MS_API, "ModelService", ns, name) or {}, "Built")
+        if c.get("reason") == "BuildFailed":
+            raise RuntimeError(f"the build failed: {c}")  # ends the wait at once
+        return build if build.get("phase") == "Published" else None
+    return wait_for(f"the {which} variant's artifact published", published, timeout=timeout,
+                    interval=1)
+
+
+def stored_artifact(ns: str, record: dict[str, Any]) -> bytes:
+    """The artifact a provenance ``record`` names in the S3 store's ``built`` bucket, checked:
+    its bytes hash to ``artifactSha256`` and the key's MANIFEST says so."""
+    s3 = modelstores.s3_client()
+    prefix = f"{ns}/{record['key']}"
+    body = s3.get_object(Bucket="built", Key=f"{prefix}/{pipeline.ARTIFACT_FILE}")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == record["artifactSha256"], record
+    assert record["artifactUri"] == f"s3://built/{prefix}/{pipeline.ARTIFACT_FILE}", record
+    manifest = json.loads(s3.get_object(Bucket="built", Key=f"{prefix}/{pipeline.MANIFEST_FILE}")
+                          ["Body"].read())
+    assert manifest["sha256"] == record["artifactSha256"], manifest
+    return bytes(body)
 
 
 def predict(k: kube.Kube, ns: str, service: str, model: str) -> Any:
@@ -131,17 +170,7 @@ def test_a_built_variant_is_served_and_the_rollout_promotes_it(
     job = wait_for("the build Job", lambda: jobs(k, ns) or None, timeout=60)[0]
     assert job.startswith(f"{name}-{built}-build-"), job
     stages: set[str] = set()
-
-    def published() -> dict[str, Any] | None:
-        build = variant(k, ns, name, built).get("build") or {}
-        if build.get("stage"):
-            stages.add(build["stage"])
-        c = condition(k.get(MS_API, "ModelService", ns, name) or {}, "Built")
-        if c.get("reason") == "BuildFailed":
-            raise RuntimeError(f"the build failed: {c}")  # ends the wait at once
-        return build if build.get("phase") == "Published" else None
-    build = wait_for(f"the {built} variant's artifact published", published, timeout=600,
-                     interval=1)
+    build = wait_published(k, ns, name, built, stages=stages)
     assert stages, "no progress was reported while the Job ran"
     ms = wait_ready(k, ns, name)
     assert condition(ms, "Built")["status"] == "True"
@@ -151,12 +180,7 @@ def test_a_built_variant_is_served_and_the_rollout_promotes_it(
     key = build["key"]
     assert record["key"] == key and record["sourceSha256"] == source[1]
     assert record["dataSha256"] == data[1] and record["job"] == job
-    s3 = modelstores.s3_client()
-    stored = s3.get_object(Bucket="built", Key=f"{ns}/{key}/{pipeline.ARTIFACT_FILE}")
-    assert hashlib.sha256(stored["Body"].read()).hexdigest() == record["artifactSha256"]
-    manifest = json.loads(s3.get_object(Bucket="built", Key=f"{ns}/{key}/MANIFEST")["Body"]
-                          .read())
-    assert manifest["sha256"] == record["artifactSha256"]
+    stored_artifact(ns, record)
     report = record["report"]
     assert 0 <= report["agreement"] <= 1 and report["parameters"] < report["baselineParameters"]
     # the variant's pods pull exactly that artifact, checked
@@ -199,8 +223,7 @@ def test_the_same_recipe_reuses_the_artifact_and_a_bad_data_uri_is_reported(
     modelstores.ensure_bucket("built")
     # a finished artifact for this recipe: built once by a first ModelService
     k.apply(with_build("first", ns, source, data))
-    wait_for("the first build published", lambda: (variant(k, ns, "first", "pruned").get(
-        "build") or {}).get("phase") == "Published" or None, timeout=600, interval=1)
+    wait_published(k, ns, "first", "pruned")
     wait_ready(k, ns, "first")
     first = variant(k, ns, "first", "pruned")["provenance"]
     built_jobs = jobs(k, ns)

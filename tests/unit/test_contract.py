@@ -63,6 +63,7 @@ def test_crd_build_enums_are_the_pipelines() -> None:
     ranking = _at(build, "pruning.ranking")
     assert ranking["enum"] == list(pipeline.RANKINGS)
     assert _default_in(ranking["description"]) == pipeline.DEFAULT_RANKING
+    assert _at(build, "pruning.amount")["maximum"] == pipeline.MAX_PRUNE_AMOUNT
 
 
 def _default_in(description: str) -> str:

@@ -28,14 +28,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 KERAS = {"framework": "tensorflow", "task": "image-classification", "heldOut": 0.25, "seed": 0}
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _tar(path: Path, files: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, blob in files.items():
@@ -76,11 +68,29 @@ def test_a_labelled_archive_is_read_in_path_order_with_label_names_or_indices(
     data = images.read_image_data(archive, {"cat": 0, "dog": 1, "bird": 2}, 3)
     assert data.labels == [2, 0, 1]  # 2/c.PNG, cat/a.png, dog/b.png
     assert data.items == [png[2], png[0], png[1]]
-    # a pulled data set: a directory holding the one archive reads the same
-    pulled = tmp_path / "pulled"
-    pulled.mkdir()
-    (pulled / "images.tar.gz").write_bytes(archive.read_bytes())
-    assert images.read_image_data(pulled, {"cat": 0, "dog": 1, "bird": 2}, 3).items == data.items
+    # a directory holding the one archive reads the same
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "images.tar.gz").write_bytes(archive.read_bytes())
+    assert images.read_image_data(held, {"cat": 0, "dog": 1, "bird": 2}, 3).items == data.items
+
+
+def test_an_archive_the_jobs_pull_unpacked_reads_as_the_archive(tmp_path: Path) -> None:
+    """The build Job's data pull (``model-server pull``, sha256-checked) unpacks an archive and
+    drops it; the build reads the directory it leaves (the operator's ``--data``) as the
+    archive itself."""
+    from model_server.pull import pull
+
+    pixels, labels = modelfactory.colour_images(6, seed=3)
+    archive = tmp_path / "colours.tar.gz"
+    archive.write_bytes(modelfactory.colour_image_archive(pixels, labels))
+    digest = publish.sha256_file(archive)
+    pulled = pull(archive.as_uri(), tmp_path / "data", sha256=digest)
+    assert not (pulled / archive.name).exists()
+    want = images.read_image_data(archive, {}, 3)
+    got = images.read_image_data(pulled, {}, 3)
+    assert got.items == want.items and got.labels == want.labels
+    assert sorted(got.labels) == sorted(int(y) for y in labels)  # every image, labelled
 
 
 def test_a_directory_tree_of_unlabelled_images_is_read(tmp_path: Path) -> None:
@@ -193,10 +203,9 @@ def keras_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pixels, labels = modelfactory.colour_images(48, seed=7)
-    files = {f"{int(y)}/{i:03d}.png": _png(np.round(x * 255).astype(np.uint8))
-             for i, (x, y) in enumerate(zip(pixels, labels, strict=True))}
-    return _tar(tmp_path_factory.mktemp("colour") / "colours.tar.gz", files)
+    path = tmp_path_factory.mktemp("colour") / "colours.tar.gz"
+    path.write_bytes(modelfactory.colour_image_archive(*modelfactory.colour_images(48, seed=7)))
+    return path
 
 
 def test_keras_static_int8_publishes_a_full_integer_tflite_model_the_server_serves(

@@ -6,7 +6,6 @@ the way users save them); nothing is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -18,11 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: modelfac
 
 import modelfactory
 
-# TensorFlow and torch._dynamo (imported by transformers' models) both register LLVM
-# command-line options; whichever comes second aborts the process unless torch's comes
-# first. The server never loads both (one model per process), a test session does.
-with contextlib.suppress(ImportError):
-    import torch._dynamo  # noqa: F401
+# torch._dynamo before TensorFlow: the server never loads both (one model per process), a
+# test session does
+modelfactory.torch_before_tensorflow()
 
 
 @pytest.fixture(scope="session")

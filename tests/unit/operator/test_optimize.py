@@ -222,6 +222,25 @@ def test_job_is_restricted_and_runs_the_agreed_command(
     assert condition(ms, "Built")["reason"] == "Building"
 
 
+def test_an_image_archive_is_read_from_the_directory_its_pull_unpacks(
+        ctx: reconcile.Context, kube: FakeKube) -> None:
+    # the data pull unpacks an archive and drops it: the build reads the directory
+    ms = body(data={"uri": "s3://data/images/colours.tar.gz", "sha256": DATA})
+    ms["spec"]["model"]["task"] = "image-classification"
+    run(ctx, ms)
+    (job,) = kube.jobs.values()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--data") + 1] == optimize.DATA_DIR
+
+
+def test_the_pruning_amount_is_bounded_as_the_build_bounds_it() -> None:
+    at_most = spec.parse_spec(body(pruning={"amount": pipeline.MAX_PRUNE_AMOUNT}))
+    assert at_most.variants[1].build is not None
+    assert at_most.variants[1].build.pruning_amount == pipeline.MAX_PRUNE_AMOUNT
+    with pytest.raises(spec.InvalidSpecError, match=r"build\.pruning\.amount"):
+        spec.parse_spec(body(pruning={"amount": pipeline.MAX_PRUNE_AMOUNT + 0.01}))
+
+
 def job_recipe(kube: FakeKube) -> str:
     """The ``--recipe-json`` the one build Job's container runs with."""
     (job,) = kube.jobs.values()
