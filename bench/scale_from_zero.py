@@ -20,8 +20,9 @@ the benchmark waits until every one is at zero (``status.variants[].scaledToZero
 Any non-200 answer or exception is a failure (target: 0). For the first ``--idle-checks``
 ModelServices, a watcher polls every 2 s from their cold start and records the time from
 their last request until status shows ``scaledToZero`` again (and until their last pod is
-gone); KEDA's activity trigger reads the request rate over a 1-minute window, so zero comes
-about ``idleAfter`` + that window after the last request, not ``idleAfter``.
+gone). KEDA's activity trigger reads the request rate over a 1-minute window: requests that
+Prometheus saw keep a variant busy up to that window longer than ``idleAfter``; the burst of a
+cold start, over before the new pod's first scrape, does not (bench/README.md).
 
     python bench/scale_from_zero.py [--cold-starts 10] [--warm 20]   # as root
 
@@ -429,11 +430,9 @@ def report(r: dict[str, Any]) -> None:
     for x in r["idle_to_zero"]:
         log(f"  {x['name']}: status scaledToZero after {x['status_scaled_to_zero_s']} s, "
             f"last pod gone after {x['last_pod_gone_s']} s")
-    log(f"  KEDA's activity trigger reads the request rate over {ACTIVITY_WINDOW}: a variant is "
-        f"idle once that window holds no request, and KEDA's cooldown (idleAfter) starts then, "
-        f"so zero comes about idleAfter + the window ({IDLE_AFTER_S:.0f} s + "
-        f"{ACTIVITY_WINDOW}, plus scrape and polling delays) after the last request.")
-
+    log(f"  KEDA's activity trigger reads the request rate over {ACTIVITY_WINDOW}: requests "
+        f"Prometheus scraped keep a variant busy up to that window beyond idleAfter; requests "
+        f"made before a new pod's first scrape are never seen in the rate")
 
 if __name__ == "__main__":
     sys.exit(main())
