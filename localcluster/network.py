@@ -19,6 +19,10 @@ import subprocess
 from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/16"
+MODEL_CACHE_IP = "10.96.0.85"
+"""The chart's model cache Service as ``make demo`` installs it (``modelCache.clusterIP``):
+with no cluster DNS, the pulls reach the agents by this address (the static band, like the
+stores' and Prometheus's)."""
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's; no DNS server answers for it
 POD_CIDR = "10.244.0.0/16"  # the cluster's pod range: kwok's pools and the real node
 KWOK_POD_CIDR = "10.244.0.0/17"  # simulated pods (their IPs lead nowhere: unreachable)

@@ -193,25 +193,29 @@ def write_oci_archive(dest: Path, ref: str, layers: Sequence[LayerBlob], config:
         info.size, info.mode = len(data), 0o644
         tar.addfile(info, io.BytesIO(data))
 
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]
-        add_bytes(tar, "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
-        add_bytes(tar, "index.json", index_json(ref, manifest))
-        for d in ("blobs", "blobs/sha256"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        add_bytes(tar, f"blobs/sha256/{_digest(config_blob)[7:]}", config_blob)
-        add_bytes(tar, f"blobs/sha256/{digest[7:]}", manifest)
-        seen = set()
-        for la in layers:
-            if la.diff_id in seen:
-                continue
-            seen.add(la.diff_id)
-            info = tarfile.TarInfo(f"blobs/sha256/{la.diff_id[7:]}")
-            info.size, info.mode = la.size, 0o644
-            with open(la.path, "rb") as f:
-                tar.addfile(info, f)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]
+            add_bytes(tar, "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
+            add_bytes(tar, "index.json", index_json(ref, manifest))
+            for d in ("blobs", "blobs/sha256"):
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            add_bytes(tar, f"blobs/sha256/{_digest(config_blob)[7:]}", config_blob)
+            add_bytes(tar, f"blobs/sha256/{digest[7:]}", manifest)
+            seen = set()
+            for la in layers:
+                if la.diff_id in seen:
+                    continue
+                seen.add(la.diff_id)
+                info = tarfile.TarInfo(f"blobs/sha256/{la.diff_id[7:]}")
+                info.size, info.mode = la.size, 0o644
+                with open(la.path, "rb") as f:
+                    tar.addfile(info, f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no partial archive
+        raise
     os.replace(tmp, dest)
     sidecar.write_text(digest + "\n")
     return digest

@@ -333,3 +333,8 @@ def test_the_model_cache_renders_agents_a_node_local_service_and_the_operators_u
     assert env["MSV_MODEL_CACHE_URL"] == (
         f"http://{svc['metadata']['name']}.msv-system.svc:{svc['spec']['ports'][0]['port']}")
     assert "MSV_MODEL_CACHE_URL" not in operator_env(render())
+    # a cluster without DNS: a fixed address for the Service, and the pulls use it
+    docs = render("modelCache.enabled=true", "modelCache.clusterIP=10.96.0.85")
+    (svc,) = [d for d in docs if d["kind"] == "Service" and "model-cache" in d["metadata"]["name"]]
+    assert svc["spec"]["clusterIP"] == "10.96.0.85"
+    assert operator_env(docs)["MSV_MODEL_CACHE_URL"] == "http://10.96.0.85:8090"
