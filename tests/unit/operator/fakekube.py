@@ -11,6 +11,8 @@ What it holds (the tests put objects there; reads answer from it):
 * ``logs`` - a container's log by container name; ``metrics`` - the PodMetrics answer;
 * ``served_apis`` - the (apiVersion, plural) pairs discovery reports as served.
 
+An apply answers ``{}``: the pass goes on with the live objects it was given.
+
 What it records (the tests assert on it): ``applied`` (the last applied object by
 ``owned.key_of``), ``deleted`` ((kind, name)), ``status`` (the last status patch without its
 None values) and ``statuses`` (every patch as sent), ``relabelled`` (pods' label patches),
@@ -127,7 +129,7 @@ class FakeKube(kube.Kube):
             job = copy.deepcopy(applied)
             job["metadata"].setdefault("uid", f"uid-{job['metadata']['name']}")
             self.jobs[job["metadata"]["name"]] = job
-        return copy.deepcopy(applied) if answer else {}
+        return {}  # no live answer: the pass goes on with the objects it observed
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,
                uid: str | None) -> None:
