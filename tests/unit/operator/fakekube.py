@@ -16,8 +16,8 @@ An apply answers ``{}``: the pass goes on with the live objects it was given.
 What it records (the tests assert on it): ``applied`` (the last applied object by
 ``owned.key_of``), ``deleted`` ((kind, name)), ``status`` (the last status patch without its
 None values) and ``statuses`` (every patch as sent), ``relabelled`` (pods' label patches),
-``events`` (posted Event bodies), and the reads (``gets``, ``listed``, ``discoveries``,
-``metric_reads``).
+``events`` (posted Event bodies), ``calls`` (every method called, in order, by name), and
+the reads (``gets``, ``listed``, ``discoveries``, ``metric_reads``).
 
 Variations are explicit: ``errors`` maps a method name to the exception it raises, and
 ``may_delete=False`` makes any delete fail the test. Any call the double does not implement
@@ -88,6 +88,7 @@ class FakeKube(kube.Kube):
         self.listed: builtins.list[str] = []
         self.discoveries: builtins.list[tuple[str, str]] = []
         self.metric_reads: builtins.list[tuple[str, str]] = []
+        self.calls: builtins.list[str] = []
         self.closed = False
         self.put(*objects)
 
@@ -104,14 +105,15 @@ class FakeKube(kube.Kube):
         """The Job ``name`` ends: its ``kind`` condition (Complete, Failed) turns True."""
         self.jobs[name]["status"] = {"conditions": [{"type": kind, "status": "True", **extra}]}
 
-    def _raise(self, method: str) -> None:
+    def _called(self, method: str) -> None:
+        self.calls.append(method)
         error = self.errors.get(method)
         if error is not None:
             raise error
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         if method == "POST" and path.endswith("/events"):  # kube.post_event
-            self._raise("post_event")
+            self._called("post_event")
             self.events.append(copy.deepcopy(kwargs.get("body") or {}))
             return {}
         raise AssertionError(f"the in-memory Kube does not answer {method} {path}")
@@ -122,7 +124,7 @@ class FakeKube(kube.Kube):
     # ---- writes ---------------------------------------------------------------------------
     def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
               field_manager: str | None = None) -> dict[str, Any]:
-        self._raise("apply")
+        self._called("apply")
         applied = copy.deepcopy(dict(obj))
         self.applied[key_of(obj)] = applied
         if obj["kind"] == "Job":
@@ -133,8 +135,8 @@ class FakeKube(kube.Kube):
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,
                uid: str | None) -> None:
+        self._called("delete")
         assert self.may_delete, f"nothing should be deleted: {kind} {namespace}/{name}"
-        self._raise("delete")
         self.deleted.append((kind, name))
         if kind == "Job":
             self.jobs.pop(name, None)
@@ -144,14 +146,14 @@ class FakeKube(kube.Kube):
             self.objects.pop((kind, namespace, name), None)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self._raise("patch_status")
+        self._called("patch_status")
         self.statuses.append(copy.deepcopy(dict(status)))
         self.status = {k: v for k, v in status.items() if v is not None}
 
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
                        labels: Mapping[str, str | None] | None = None,
                        annotations: Mapping[str, str | None] | None = None) -> None:
-        self._raise("patch_metadata")
+        self._called("patch_metadata")
         if kind == "Pod" and labels:
             self.relabelled.append((name, dict(labels)))
         target = (self.pods.get(name) if kind == "Pod" else self.jobs.get(name)
@@ -170,7 +172,7 @@ class FakeKube(kube.Kube):
     # ---- reads ----------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
             ) -> dict[str, Any] | None:
-        self._raise("get")
+        self._called("get")
         self.gets.append((kind, namespace, name))
         found = (self.jobs.get(name) if kind == "Job" else self.pods.get(name)
                  if kind == "Pod" else self.objects.get((kind, namespace, name)))
@@ -178,13 +180,13 @@ class FakeKube(kube.Kube):
 
     def metadata(self, api_version: str, kind: str, namespace: str | None, name: str
                  ) -> dict[str, Any] | None:
-        self._raise("metadata")
+        self._called("metadata")
         found = self.objects.get((kind, namespace, name))
         return None if found is None else {"metadata": copy.deepcopy(found.get("metadata"))}
 
     def list(self, api_version: str, kind: str, namespace: str | None,
              label_selector: str | None = None) -> builtins.list[dict[str, Any]]:
-        self._raise("list")
+        self._called("list")
         self.listed.append(kind)
         if kind in ("Job", "Pod"):
             pool = builtins.list((self.jobs if kind == "Job" else self.pods).values())
@@ -194,16 +196,16 @@ class FakeKube(kube.Kube):
         return [copy.deepcopy(o) for o in pool if selected(o, label_selector)]
 
     def pod_log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
-        self._raise("pod_log")
+        self._called("pod_log")
         return self.logs.get(container, "")[-limit_bytes:]
 
     def pod_metrics(self, namespace: str, label_selector: str
                     ) -> builtins.list[dict[str, Any]]:
-        self._raise("pod_metrics")
+        self._called("pod_metrics")
         self.metric_reads.append((namespace, label_selector))
         return self.metrics
 
     def served(self, api_version: str, plural: str) -> bool:
-        self._raise("served")
+        self._called("served")
         self.discoveries.append((api_version, plural))
         return (api_version, plural) in self.served_apis
