@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fakekube import FakeKube
 from kubernetes.client.exceptions import ApiException
 from msv_operator import kube, reconcile
 from msv_operator.config import OperatorConfig
@@ -46,24 +47,11 @@ def test_a_terminating_namespace_is_its_own_error_and_rbac_stays_rejected() -> N
     assert "cannot create" in str(denied)
 
 
-class TerminatingKube:
-    """Every create is refused as in a namespace being deleted."""
-
-    def __init__(self) -> None:
-        self.status_patches = 0
-        self.applies = 0
-
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> dict[str, Any] | None:
-        self.applies += 1
-        raise kube.translate(refusal(TERMINATING), f"apply {obj['kind']}")
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status_patches += 1
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"a pass in a terminating namespace called kube.{name}")
-
+def terminating() -> FakeKube:
+    """An API refusing every create as in a namespace being deleted."""
+    client = FakeKube()
+    client.errors["apply"] = kube.translate(refusal(TERMINATING), "apply Deployment m-baseline")
+    return client
 
 class Caps:
     def get(self) -> kube.CapabilityAnswer:
@@ -71,8 +59,8 @@ class Caps:
 
 
 def test_a_pass_in_a_terminating_namespace_stops_quietly() -> None:
-    client = TerminatingKube()
-    ctx = reconcile.Context(config=OperatorConfig(), kube=client,  # type: ignore[arg-type]
+    client = terminating()
+    ctx = reconcile.Context(config=OperatorConfig(), kube=client,
                             capabilities=Caps())  # type: ignore[arg-type]
     ms = {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
           "metadata": {"name": "m", "namespace": "ml", "uid": "u-1", "generation": 1},
@@ -81,6 +69,7 @@ def test_a_pass_in_a_terminating_namespace_stops_quietly() -> None:
     result = reconcile.reconcile(ctx, ms, reconcile.Observed(), "2026-01-01T00:00:00Z")
     assert result.namespace_terminating
     assert result.outcome == "terminating"
-    assert client.applies == 1  # it stopped at the first refusal
-    assert client.status_patches == 0 and not result.status_written
+    # it stopped at the first refusal: no status patch, no other call
+    assert client.calls == ["apply"]
+    assert not result.status_written
     assert result.apply_error is None and not result.events

@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from fakekube import FakeKube
 from msv_operator import artifacts, optimize, placement, reconcile, spec
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
-from msv_operator.owned import key_of
 
 from msv_contract import pipeline
 
@@ -65,50 +65,6 @@ class Store:
             {"key": key, "sha256": ART, "sizeBytes": 1000}).encode()
         if report is not None:
             self.files[prefix + pipeline.REPORT_FILE] = json.dumps(report).encode()
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
-        self.deleted: list[tuple[str, str]] = []
-        self.status: dict[str, Any] = {}
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.pods: list[dict[str, Any]] = []
-        self.logs: dict[str, str] = {}
-
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> None:
-        self.applied[key_of(obj)] = copy.deepcopy(dict(obj))
-        if obj["kind"] == "Job":
-            self.jobs[obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
-
-    def list(self, api_version: str, kind: str, namespace: str | None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
-        if kind == "Job":
-            return [copy.deepcopy(j) for j in self.jobs.values()]
-        if kind == "Pod":
-            return copy.deepcopy(self.pods)
-        return []
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
-        return None
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str,
-               uid: str | None = None) -> None:
-        self.deleted.append((kind, name))
-        self.jobs.pop(name, None)
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status = {k: v for k, v in status.items() if v is not None}
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def patch_metadata(self, *args: Any) -> None:
-        return None
-
-    def pod_log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
-        return self.logs.get(container, "")
 
 
 class Caps:
@@ -311,7 +267,9 @@ def test_progress_comes_from_the_newest_line() -> None:
 
 
 def running_pod(job: str, **state: Any) -> dict[str, Any]:
-    return {"metadata": {"name": f"{job}-x", "creationTimestamp": "2026-01-01T11:00:00Z"},
+    return {"kind": "Pod",
+            "metadata": {"name": f"{job}-x", "labels": {optimize.JOB_NAME_SELECTOR: job},
+                         "creationTimestamp": "2026-01-01T11:00:00Z"},
             "status": {"containerStatuses": [{"name": "optimize", "state": state}]}}
 
 
@@ -319,7 +277,7 @@ def test_running_job_reports_progress_and_serves_nothing(
         ctx: reconcile.Context, kube: FakeKube) -> None:
     ms = body()
     name = start(ctx, ms)
-    kube.pods = [running_pod(name, running={})]
+    kube.put(running_pod(name, running={}))
     kube.logs["optimize"] = pipeline.PROGRESS_PREFIX + json.dumps(
         {"phase": "training", "step": 50, "total": 200, "etaSeconds": 30})
     result = run(ctx, ms)
@@ -337,7 +295,7 @@ def test_failed_job_names_the_cause_with_log_lines_and_stable_keeps_serving(
     kube.jobs[name]["status"] = {"conditions": [
         {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
          "message": "Job was active longer than specified deadline"}]}
-    kube.pods = [running_pod(name, terminated={"exitCode": 137, "reason": "Error"})]
+    kube.put(running_pod(name, terminated={"exitCode": 137, "reason": "Error"}))
     kube.logs["optimize"] = "loading\nstep 3\nRuntimeError: out of patience"
     result = run(ctx, ms)
     built = condition(ms, "Built")
@@ -467,8 +425,8 @@ def test_a_finished_job_is_served_once_its_manifest_is_read(
     name = start(ctx, ms)
     key = key_for(ms)
     kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    kube.pods = [running_pod(name, terminated={"exitCode": 0, "message": json.dumps(
-        {"key": key, "sha256": ART, "artifactUri": "x", "sizeBytes": 1, "reportUri": "y"})})]
+    kube.put(running_pod(name, terminated={"exitCode": 0, "message": json.dumps(
+        {"key": key, "sha256": ART, "artifactUri": "x", "sizeBytes": 1, "reportUri": "y"})}))
     store.publish(key)
     run(ctx, ms)  # the "missing" answer is dropped: read again
     run(ctx, ms)
@@ -488,7 +446,7 @@ def finish(kube: FakeKube, name: str, result: Mapping[str, Any] | None) -> None:
     term: dict[str, Any] = {"exitCode": 0}
     if result is not None:
         term["message"] = json.dumps(result)
-    kube.pods = [running_pod(name, terminated=term)]
+    kube.put(running_pod(name, terminated=term))
 
 
 def job_result(key: str, **summary: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from msv_operator import builders, kubectl_msv, pools, prewarm, reconcile, spec
+from fakekube import FakeKube
+from msv_operator import builders, kubectl_msv, optimize, pools, prewarm, reconcile, spec
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
 
@@ -273,52 +274,9 @@ def test_the_crd_has_the_field_and_the_status_keys_the_operator_writes() -> None
 
 # ---- whole passes ---------------------------------------------------------------------------
 
-class FakeKube:
-    def __init__(self, nodes: list[dict[str, Any]]) -> None:
-        self.nodes = nodes
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.pods: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-        self.status: dict[str, Any] = {}
-        self.node_lists = 0
-
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> None:
-        if obj["kind"] == "Job":
-            job = copy.deepcopy(dict(obj))
-            job["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
-            self.jobs[obj["metadata"]["name"]] = job
-
-    def list(self, api_version: str, kind: str, namespace: str | None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
-        if kind == "Node":
-            self.node_lists += 1
-            return copy.deepcopy(self.nodes)
-        if kind == "Job":
-            return [copy.deepcopy(j) for j in self.jobs.values()]
-        if kind == "Pod":
-            return copy.deepcopy(self.pods)
-        return []
-
-    def get(self, *args: Any) -> None:
-        return None
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str,
-               uid: str | None = None) -> None:
-        self.deleted.append(name)
-        self.jobs.pop(name, None)
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status = {k: v for k, v in status.items() if v is not None}
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def patch_metadata(self, *args: Any) -> None:
-        return None
-
-    def finish(self, name: str, kind: str = "Complete", **extra: Any) -> None:
-        self.jobs[name]["status"] = finished(kind, **extra)["status"]
+def cluster(*nodes: dict[str, Any]) -> FakeKube:
+    """An API whose cluster has ``nodes``."""
+    return FakeKube(*({"kind": "Node", **n} for n in nodes))
 
 
 class Caps:
@@ -346,7 +304,7 @@ def events(result: reconcile.Result, reason: str) -> list[str]:
 
 
 def test_a_pass_creates_one_job_per_node_and_reports_progress_then_success_once() -> None:
-    kube = FakeKube([node("w1"), node("w2"), node("cp", taints=[CONTROL_PLANE])])
+    kube = cluster(node("w1"), node("w2"), node("cp", taints=[CONTROL_PLANE]))
     ctx = context(kube)
     ms = body()
     first = run(ctx, ms)
@@ -362,7 +320,7 @@ def test_a_pass_creates_one_job_per_node_and_reports_progress_then_success_once(
     ready = condition(ms, "Ready")
     # a pass without prewarm says the same of Ready
     plain = body(False)
-    run(context(FakeKube([node("w1")])), plain)
+    run(context(cluster(node("w1"))), plain)
     assert (ready["status"], ready["reason"]) == (condition(plain, "Ready")["status"],
                                                   condition(plain, "Ready")["reason"])
     for name in names:
@@ -376,19 +334,21 @@ def test_a_pass_creates_one_job_per_node_and_reports_progress_then_success_once(
     again = run(ctx, ms)
     assert kube.jobs == {} and ms["status"]["modelCache"]["prewarm"]["succeeded"] == 2
     assert events(again, prewarm.PREWARMED) == []
-    assert kube.node_lists == 1  # the Node LIST is reused
+    assert kube.listed.count("Node") == 1  # the Node LIST is reused
 
 
 def test_a_failed_job_is_reported_once_naming_the_node_and_the_reason() -> None:
-    kube = FakeKube([node("w1")])
+    kube = cluster(node("w1"))
     ctx = context(kube)
     ms = body()
     run(ctx, ms)
     (name,) = kube.jobs
     kube.finish(name, "Failed", reason="BackoffLimitExceeded")
-    kube.pods = [{"metadata": {"name": f"{name}-x", "creationTimestamp": NOW},
+    kube.put({"kind": "Pod", "metadata": {
+                  "name": f"{name}-x", "creationTimestamp": NOW,
+                  "labels": {optimize.JOB_NAME_SELECTOR: name}},
                   "status": {"containerStatuses": [{"name": builders.PULL_CONTAINER, "state": {
-                      "terminated": {"exitCode": 1, "message": "403 Forbidden"}}}]}}]
+                      "terminated": {"exitCode": 1, "message": "403 Forbidden"}}}]}})
     result = run(ctx, ms)
     (message,) = events(result, prewarm.PREWARM_FAILED)
     assert "node w1" in message and "failed 3 times" in message and "403 Forbidden" in message
@@ -398,7 +358,7 @@ def test_a_failed_job_is_reported_once_naming_the_node_and_the_reason() -> None:
 
 
 def test_a_new_artifact_gets_new_jobs_and_the_running_old_ones_go() -> None:
-    kube = FakeKube([node("w1"), node("w2")])
+    kube = cluster(node("w1"), node("w2"))
     ctx = context(kube)
     ms = body()
     run(ctx, ms)
@@ -407,14 +367,14 @@ def test_a_new_artifact_gets_new_jobs_and_the_running_old_ones_go() -> None:
     ms["spec"]["model"]["sha256"] = "e" * 64
     ms["metadata"]["generation"] = 2
     run(ctx, ms)
-    assert kube.deleted == [sorted(old)[1]]
+    assert kube.deleted == [("Job", sorted(old)[1])]
     assert set(kube.jobs) - set(old) == {
         prewarm.job_name("s", n, spec.parse_spec(ms).model) for n in ("w1", "w2")}
     assert ms["status"]["modelCache"]["prewarm"]["artifact"] == "e" * 64
 
 
 def test_turning_prewarm_off_removes_its_status_and_running_jobs() -> None:
-    kube = FakeKube([node("w1")])
+    kube = cluster(node("w1"))
     ctx = context(kube)
     ms = body()
     run(ctx, ms)
@@ -427,12 +387,8 @@ def test_turning_prewarm_off_removes_its_status_and_running_jobs() -> None:
 
 
 def test_a_refused_job_is_reported_once_and_tried_again() -> None:
-    class Refusing(FakeKube):
-        def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-                  field_manager: str | None = None) -> None:
-            raise kubeapi.Rejected("jobs.batch is forbidden: exceeded quota")
-
-    kube = Refusing([node("w1")])
+    kube = cluster(node("w1"))
+    kube.errors["apply"] = kubeapi.Rejected("jobs.batch is forbidden: exceeded quota")
     ctx = context(kube)
     ms = body()
     (message,) = events(run(ctx, ms), prewarm.PREWARM_FAILED)
@@ -442,10 +398,10 @@ def test_a_refused_job_is_reported_once_and_tried_again() -> None:
 
 
 def test_without_a_model_cache_no_job_is_made_and_fields_ignored_says_why() -> None:
-    kube = FakeKube([node("w1")])
+    kube = cluster(node("w1"))
     ms = body()
     run(context(kube, cache=None), ms)
-    assert kube.jobs == {} and kube.node_lists == 0 and "modelCache" not in ms["status"]
+    assert kube.jobs == {} and kube.listed.count("Node") == 0 and "modelCache" not in ms["status"]
     ignored = condition(ms, "FieldsIgnored")
     assert ignored["status"] == "True" and ignored["reason"] == prewarm.UNAVAILABLE
     assert "spec.model.prewarm" in ignored["message"] and "modelCache.enabled" in ignored["message"]
@@ -453,7 +409,7 @@ def test_without_a_model_cache_no_job_is_made_and_fields_ignored_says_why() -> N
 
 
 def test_the_jobs_are_capped_and_the_status_says_so() -> None:
-    kube = FakeKube([node(f"w{i:02}") for i in range(prewarm.MAX_NODES + 5)])
+    kube = cluster(*[node(f"w{i:02}") for i in range(prewarm.MAX_NODES + 5)])
     ms = body()
     run(context(kube), ms)
     assert len(kube.jobs) == prewarm.MAX_NODES

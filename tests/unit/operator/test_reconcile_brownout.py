@@ -9,66 +9,34 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fakekube import FakeKube
 from msv_operator import brownout as bo
 from msv_operator import builders, cache, kube, reconcile, rollout, spec
 from msv_operator.config import OperatorConfig
-from msv_operator.owned import key_of
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "u-1"
 
 
-class FakeKube:
-    """Records applies and status patches (the API is not the subject here)."""
-
-    def __init__(self) -> None:
-        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
-        self.status: dict[str, Any] = {}
-        # One running int8 pod, started from its template (spec.traffic gives int8 nothing).
-        self.pods: dict[str, dict[str, Any]] = {"sentiment-int8-1": {
-            "metadata": {"name": "sentiment-int8-1", "labels": {
-                builders.LABEL_MODELSERVICE: "sentiment", builders.LABEL_VARIANT: "int8",
-                builders.LABEL_SERVING: "false"}},
-            "spec": {"nodeName": "node-1"},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}}
-
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> dict[str, Any] | None:
-        self.applied[key_of(obj)] = dict(obj)
-        return None
-
-    def list(self, api_version: str, kind: str, namespace: str | None,
-             selector: str) -> list[dict[str, Any]]:
-        if kind != "HTTPRoute":
-            return []
-        # The route as the gateway's implementation left it: accepted by its parent.
-        return [{"apiVersion": api_version, "kind": kind,
-                 "metadata": {"name": "sentiment", "namespace": "ml",
-                              "creationTimestamp": "2026-01-01T11:00:00Z"},
-                 "status": {"parents": [{"parentRef": {"name": "gw"},
-                                         "controllerName": "example.com/gateway",
-                                         "conditions": [{"type": "Accepted",
-                                                         "status": "True"}]}]}}]
-
-    def get(self, api_version: str, kind: str, namespace: str | None,
-            name: str) -> dict[str, Any] | None:
-        assert (kind, namespace, name) == ("Gateway", "ml", "gw")
-        return {"status": {"conditions": [{"type": "Programmed", "status": "True"}]}}
-
-    def delete(self, *args: Any) -> None:
-        raise AssertionError(f"nothing should be pruned: {args}")
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status = {k: v for k, v in status.items() if v is not None}
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
-                       labels: Mapping[str, str], annotations: Mapping[str, str | None]) -> None:
-        assert (api_version, kind) == ("v1", "Pod") and not annotations  # no rollout here
-        self.pods[name]["metadata"]["labels"].update(labels)
-
+def api() -> FakeKube:
+    """The API as the pass finds it: one running int8 pod, started from its template
+    (spec.traffic gives int8 nothing), the route as the gateway's implementation left it
+    (accepted by its parent) and that parent programmed; nothing is pruned."""
+    pod = {"kind": "Pod", "metadata": {"name": "sentiment-int8-1", "labels": {
+               builders.LABEL_MODELSERVICE: "sentiment", builders.LABEL_VARIANT: "int8",
+               builders.LABEL_SERVING: "false"}},
+           "spec": {"nodeName": "node-1"},
+           "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "sentiment", "namespace": "ml",
+                          "labels": {builders.LABEL_MODELSERVICE: "sentiment"},
+                          "creationTimestamp": "2026-01-01T11:00:00Z"},
+             "status": {"parents": [{"parentRef": {"name": "gw"},
+                                     "controllerName": "example.com/gateway",
+                                     "conditions": [{"type": "Accepted", "status": "True"}]}]}}
+    gateway = {"kind": "Gateway", "metadata": {"name": "gw", "namespace": "ml"},
+               "status": {"conditions": [{"type": "Programmed", "status": "True"}]}}
+    return FakeKube(pod, route, gateway, may_delete=False)
 
 class Caps:
     def get(self) -> kube.CapabilityAnswer:
@@ -138,9 +106,9 @@ class Operator:
 
     def __init__(self, brownout: Mapping[str, Any] = BROWNOUT) -> None:
         self.brownout = brownout
-        self.kube = FakeKube()
+        self.kube = api()
         self.analyzer = ScriptedAnalyzer()
-        self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,  # type: ignore[arg-type]
+        self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,
                                      capabilities=Caps(), analyzer=self.analyzer)  # type: ignore[arg-type]
         self.status: dict[str, Any] = {}
         self.events: list[str] = []

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import safetensors_headers as sh
+from fakekube import FakeKube
 from msv_operator import artifacts, builders, gpufit, placement, pools, prices, reconcile
 from msv_operator import kube as kubeapi
 from msv_operator.config import OperatorConfig
-from msv_operator.owned import key_of
 
 from localcluster import nodes as local
 
@@ -75,44 +75,6 @@ class Held(concurrent.futures.Executor):
             future.set_result(fn(*args))
 
 
-class FakeKube:
-    """Records applies, deletes, status patches and Secret reads."""
-
-    def __init__(self, secrets: Mapping[str, dict[str, Any]] | None = None) -> None:
-        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
-        self.deleted: list[tuple[str, str]] = []
-        self.status: dict[str, Any] = {}
-        self.secrets = dict(secrets or {})
-        self.secret_reads: list[str] = []
-
-    def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> dict[str, Any] | None:
-        self.applied[key_of(obj)] = dict(obj)
-        return None
-
-    def list(self, *args: Any) -> list[dict[str, Any]]:
-        return []
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str
-            ) -> dict[str, Any] | None:
-        assert kind == "Secret", kind
-        self.secret_reads.append(name)
-        return self.secrets.get(name)
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str,
-               uid: str | None = None) -> None:
-        self.deleted.append((kind, name))
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status = {k: v for k, v in status.items() if v is not None}
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def patch_metadata(self, *args: Any) -> None:
-        return None
-
-
 class FixedCapabilities:
     def get(self) -> kubeapi.CapabilityAnswer:
         return kubeapi.CapabilityAnswer(service_monitor=False, gateway_api=False)
@@ -121,7 +83,7 @@ class FixedCapabilities:
 def context(kube: FakeKube, reader: Callable[..., Any],
             reads: placement.HeaderReads | None = None, **config: Any) -> reconcile.Context:
     """A pass's context; its artifact reads end as they start unless ``reads`` says else."""
-    return reconcile.Context(config=OperatorConfig(**config), kube=kube,  # type: ignore[arg-type]
+    return reconcile.Context(config=OperatorConfig(**config), kube=kube,
                              capabilities=FixedCapabilities(),  # type: ignore[arg-type]
                              gpu=placement.GpuFitState(
                                  reader=reader,
@@ -194,6 +156,10 @@ def live_objects(kube: FakeKube, replicas: int = 1) -> list[dict[str, Any]]:
     """Everything the last pass applied, its Deployments running."""
     return [running(o, replicas) if o["kind"] == "Deployment" else dict(o)
             for o in kube.applied.values()]
+
+
+def secret_reads(kube: FakeKube) -> list[str]:
+    return [name for kind, _, name in kube.gets if kind == "Secret"]
 
 
 def entry(kube: FakeKube, variant: str) -> dict[str, Any]:
@@ -423,23 +389,24 @@ def test_s3_reads_are_signed_with_the_credentials_secret_only_when_allowed() -> 
     uri = "s3://models/llama-13b/"
     data = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
             "AWS_ENDPOINT_URL": "http://s3.store.test"}
-    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+    secret = {"kind": "Secret", "metadata": {"name": "store", "namespace": "ml"},
+              "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
     model = {"uri": uri, "framework": "transformers", "task": "text-classification",
              "credentialsSecret": "store"}
-    kube, reader = FakeKube({"store": secret}), Reader()
+    kube, reader = FakeKube(secret), Reader()
     ctx = context(kube, reader, gpu_fit_read_credentials=True)
     run(ctx, ms(FP16, INT8, model=model), kube)
     ((read_uri, access),) = reader.reads
     assert read_uri == uri and access is not None
     assert (access.access_key_id, access.endpoint_url, access.signs) == (
         "key", "http://s3.store.test", True)
-    assert kube.secret_reads == ["store"]  # read once, for the artifact both variants share
+    assert secret_reads(kube) == ["store"]  # read once, for the artifact both variants share
     run(ctx, ms(FP16, INT8, model=model), kube)
-    assert kube.secret_reads == ["store"]  # the read is cached, so is the Secret
+    assert secret_reads(kube) == ["store"]  # the read is cached, so is the Secret
     # without the setting: never read, the S3 request goes unsigned
-    kube, reader = FakeKube({"store": secret}), Reader()
+    kube, reader = FakeKube(secret), Reader()
     result = run(context(kube, reader), ms(FP16, model=model), kube)
-    assert kube.secret_reads == [] and reader.reads == [(uri, None)]
+    assert secret_reads(kube) == [] and reader.reads == [(uri, None)]
     assert result.events[0][1] == "GPUFitNotChecked"
     # allowed but missing: said in the warning
     kube, reader = FakeKube(), Reader()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fakekube import FakeKube
 from msv_operator import builders, measure, reconcile, rollout
 from msv_operator.config import OperatorConfig
 from msv_operator.spec import parse_spec
@@ -24,17 +25,11 @@ def body(**rollout_spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": "sentiment", "namespace": "ml", "uid": "u"}, "spec": spec}
 
 
-class RecordedKube:
-    """Answers pod_metrics with recorded metrics.k8s.io PodMetrics objects."""
-
-    def __init__(self, items: list[dict[str, Any]]) -> None:
-        self.items = items
-        self.calls: list[tuple[str, str]] = []
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        self.calls.append((namespace, selector))
-        return self.items
-
+def recorded(items: list[dict[str, Any]]) -> FakeKube:
+    """An API answering pod_metrics with recorded metrics.k8s.io PodMetrics objects."""
+    kube = FakeKube()
+    kube.metrics = items
+    return kube
 
 class CountingAnalyzer:
     def __init__(self, sample: rollout.Sample) -> None:
@@ -74,20 +69,20 @@ def test_mirror_target_is_the_candidate_service_cluster_ip_once_it_exists() -> N
 
 
 def test_pod_usage_averages_per_pod_of_each_variant() -> None:
-    kube = RecordedKube([pod_metrics("a", "baseline", "250m", "200Mi"),
+    kube = recorded([pod_metrics("a", "baseline", "250m", "200Mi"),
                          pod_metrics("b", "baseline", "150000000n", "100Mi"),
                          pod_metrics("c", "int8", "100m", "64Mi")])
     usage = measure.pod_usage(ctx(kube, None), parse_spec(body()))
     assert usage == {"baseline": {"cpuMillicores": 200, "memoryBytes": 150 * 2**20},
                      "int8": {"cpuMillicores": 100, "memoryBytes": 64 * 2**20}}
-    assert kube.calls == [("ml", f"{builders.LABEL_MODELSERVICE}=sentiment")]
-    assert measure.pod_usage(ctx(RecordedKube([]), None), parse_spec(body())) == {}
+    assert kube.metric_reads == [("ml", f"{builders.LABEL_MODELSERVICE}=sentiment")]
+    assert measure.pod_usage(ctx(recorded([]), None), parse_spec(body())) == {}
 
 
 def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
     sample = rollout.Sample(variants={"int8": rollout.VariantMetrics(p95_ms=12.34, rps=2.0)})
     analyzer = CountingAnalyzer(sample)
-    c = ctx(RecordedKube([pod_metrics("c", "int8", "100m", "64Mi")]), analyzer)
+    c = ctx(recorded([pod_metrics("c", "int8", "100m", "64Mi")]), analyzer)
     spec = parse_spec(body())
     measured: dict[str, dict[str, Any]] = {}
     m = measure.measure(c, spec, {}, T0, measured)
@@ -104,11 +99,11 @@ def test_measurements_refresh_on_the_interval_not_every_pass() -> None:
 def test_a_value_prometheus_no_longer_has_is_dropped_and_an_error_keeps_the_last() -> None:
     stale = {"int8": {"p95Ms": 9.0, "rps": 3.0, "cpuMillicores": 100}}
     now_idle = rollout.Sample(variants={"int8": rollout.VariantMetrics(rps=0.0)})
-    c = ctx(RecordedKube([]), CountingAnalyzer(now_idle))
+    c = ctx(recorded([]), CountingAnalyzer(now_idle))
     measured = {v: dict(f) for v, f in stale.items()}
     measure.measure(c, parse_spec(body()), {}, T0, measured)
     assert measured["int8"] == {"rps": 0.0, "cpuMillicores": 100}
-    down = ctx(RecordedKube([]), CountingAnalyzer(rollout.Sample(error="unreachable")))
+    down = ctx(recorded([]), CountingAnalyzer(rollout.Sample(error="unreachable")))
     measured = {v: dict(f) for v, f in stale.items()}
     measure.measure(down, parse_spec(body()), {}, T0, measured)
     assert measured == stale
@@ -116,7 +111,7 @@ def test_a_value_prometheus_no_longer_has_is_dropped_and_an_error_keeps_the_last
 
 def test_a_due_analysis_is_measured_with_the_step_age_and_handed_to_the_rollout() -> None:
     analyzer = CountingAnalyzer(rollout.Sample())
-    c = ctx(RecordedKube([]), analyzer)
+    c = ctx(recorded([]), analyzer)
     b = body(candidate="int8")
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
@@ -130,7 +125,7 @@ def test_without_prometheus_a_due_analysis_is_an_error_sample_that_pauses() -> N
     spec = parse_spec(b)
     prior = {"rollout": rollout.advance(spec, None, {"int8": rollout.Readiness(1)}, None, {},
                                         T0, routed=True).status}
-    m = measure.measure(ctx(RecordedKube([]), None), spec, prior,
+    m = measure.measure(ctx(recorded([]), None), spec, prior,
                         T0 + timedelta(seconds=30), {})
     got = m.for_rollout
     assert got is not None and got.error == measure.NO_PROMETHEUS and m.wait is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fakekube import FakeKube
 from msv_operator import builders, cache, kube, reconcile, rollout, shares
 from msv_operator.config import OperatorConfig
 from msv_operator.owned import key_of
@@ -25,43 +26,21 @@ def pod(variant: str, n: int, serving: bool, ready: bool = True) -> dict[str, An
                 {"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
-class FakeKube:
-    """Records applies (a Deployment's answer keeps its live status, as the API server's
-    does), pod relabels and status patches; no gateway, no Prometheus."""
+class SharesKube(FakeKube):
+    """A Deployment's apply answers with its live status, as the API server's does; nothing
+    is pruned."""
 
     def __init__(self, pods: list[dict[str, Any]]) -> None:
+        super().__init__(may_delete=False)
         self.pods = {p["metadata"]["name"]: p for p in pods}
         self.live: dict[tuple[str, str], dict[str, Any]] = {}
-        self.applied: dict[tuple[str, str], dict[str, Any]] = {}
-        self.status: dict[str, Any] = {}
-        self.relabelled: list[tuple[str, dict[str, str]]] = []
 
     def apply(self, obj: Mapping[str, Any], *, answer: bool = True,
-              field_manager: str | None = None) -> dict[str, Any] | None:
-        self.applied[key_of(obj)] = dict(obj)
+              field_manager: str | None = None) -> dict[str, Any]:
+        super().apply(obj, answer=answer, field_manager=field_manager)
         if obj["kind"] != "Deployment":
-            return None
+            return {}
         return {**obj, "status": (self.live.get(key_of(obj)) or {}).get("status") or {}}
-
-    def list(self, api_version: str, kind: str, namespace: str | None,
-             selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def delete(self, *args: Any) -> None:
-        raise AssertionError(f"nothing should be pruned: {args}")
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.status = {k: v for k, v in status.items() if v is not None}
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
-                       labels: Mapping[str, str], annotations: Mapping[str, str | None]) -> None:
-        self.pods[name]["metadata"]["labels"].update(labels)
-        if labels:
-            self.relabelled.append((name, dict(labels)))
-
 
 class NoGateway:
     def get(self) -> kube.CapabilityAnswer:
@@ -98,8 +77,8 @@ def deployment(variant: str, replicas: int, ready: int) -> dict[str, Any]:
 
 class Operator:
     def __init__(self, pods: list[dict[str, Any]]) -> None:
-        self.kube = FakeKube(pods)
-        self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,  # type: ignore[arg-type]
+        self.kube = SharesKube(pods)
+        self.ctx = reconcile.Context(config=OperatorConfig(), kube=self.kube,
                                      capabilities=NoGateway(), analyzer=None)  # type: ignore[arg-type]
         self.status: dict[str, Any] = {}
         self.events: list[tuple[str, str, str]] = []

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fakekube import FakeKube
 from msv_operator import cache, conditions, kube, reconcile
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
@@ -26,30 +27,6 @@ B: Key = ("ml", "summarizer")
 def body(key: Key) -> dict[str, Any]:
     return {"apiVersion": "serving.modelservice.dev/v1alpha1", "kind": "ModelService",
             "metadata": {"namespace": key[0], "name": key[1], "uid": f"uid-{key[1]}"}}
-
-
-class FakeKube:
-    """What the runtime itself asks of the API: discovery, and closing at the end."""
-
-    field_manager = "msv-test"
-
-    def __init__(self) -> None:
-        self.serves_gateway = False
-        self.discoveries = 0
-        self.closed = False
-
-    def served(self, api_version: str, plural: str) -> bool:
-        self.discoveries += 1
-        return self.serves_gateway and plural == "httproutes"
-
-    def metadata(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
-        return None  # no HTTPRoute CRD to read: no retries
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
-        return None
-
-    def close(self) -> None:
-        self.closed = True
 
 
 Step = reconcile.Result | BaseException | Callable[[], reconcile.Result]
@@ -124,7 +101,7 @@ def make(**settings: Any) -> tuple[Runtime, FakeKube, OperatorMetrics]:
                                "discovery_seconds": 3600.0, **settings})
     client = FakeKube()
     metrics = OperatorMetrics()
-    rt = Runtime(config, metrics, client=client)  # type: ignore[arg-type]
+    rt = Runtime(config, metrics, client=client)
     return rt, client, metrics
 
 
@@ -391,9 +368,9 @@ def test_a_capability_change_requeues_every_known_modelservice(
     know(rt, A, B)
 
     async def scenario() -> None:
-        await until(lambda: client.discoveries >= 2)  # the first answer: nothing to redo
+        await until(lambda: len(client.discoveries) >= 2)  # the first answer: nothing to redo
         assert scripted.passes == []
-        client.serves_gateway = True  # Gateway API installed
+        client.served_apis.add(kube.HTTPROUTE_API)  # Gateway API installed
         await until(lambda: scripted.count(A) == 1 and scripted.count(B) == 1)
 
     run(rt, scenario)

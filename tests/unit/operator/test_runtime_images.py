@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakekube import FakeKube
 from msv_operator import builders as b
 from msv_operator import kube as kubeapi
 from msv_operator import reconcile, status
@@ -166,24 +167,6 @@ def test_status_reports_no_serving_image_as_a_stalled_failure() -> None:
     assert conds["Progressing"]["message"] == "the spec must be fixed before rolling out"
 
 
-class FakeKube:
-    """Records applies and status patches; lists nothing."""
-
-    def __init__(self) -> None:
-        self.applied: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-
-    def apply(self, obj: dict[str, Any], answer: bool = False, **_: Any) -> dict[str, Any]:
-        self.applied.append(obj)
-        return {}
-
-    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.statuses.append(patch)
-
-    def pod_metrics(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-
 class FixedCapabilities:
     def get(self) -> kubeapi.CapabilityAnswer:
         return kubeapi.CapabilityAnswer(service_monitor=False, gateway_api=False)
@@ -191,14 +174,14 @@ class FixedCapabilities:
 
 def run_pass(body: dict[str, Any], config: OperatorConfig) -> tuple[reconcile.Result, FakeKube]:
     fake = FakeKube()
-    ctx = reconcile.Context(config=config, kube=fake,  # type: ignore[arg-type]
+    ctx = reconcile.Context(config=config, kube=fake,
                             capabilities=FixedCapabilities())  # type: ignore[arg-type]
     return reconcile.reconcile(ctx, body, reconcile.Observed(), NOW), fake
 
 
 def test_a_pass_over_an_unserved_spec_applies_nothing_and_says_why() -> None:
     result, fake = run_pass(ms("tensorflow", gpu={"count": 1}), OperatorConfig())
-    assert fake.applied == []
+    assert fake.applied == {}
     assert result.outcome == "invalid" and result.invalid_reason == "NoServingImage"
     (written,) = fake.statuses
     ready = next(c for c in written["conditions"] if c["type"] == "Ready")
@@ -208,13 +191,13 @@ def test_a_pass_over_an_unserved_spec_applies_nothing_and_says_why() -> None:
     # the same ModelService on CPU: its Deployment carries the TensorFlow image
     result, fake = run_pass(ms("tensorflow"), OperatorConfig())
     assert result.invalid is None
-    deps = [o for o in fake.applied if o["kind"] == "Deployment"]
+    deps = [o for o in fake.applied.values() if o["kind"] == "Deployment"]
     assert [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in deps] == [TF]
 
 
 def test_an_invalid_spec_keeps_its_reason() -> None:
     result, fake = run_pass(ms("tensorflow", variants=[{"name": "Bad_Name"}]), OperatorConfig())
-    assert (result.invalid_reason, fake.applied) == ("InvalidSpec", [])
+    assert (result.invalid_reason, fake.applied) == ("InvalidSpec", {})
 
 
 # -- settings -----------------------------------------------------------------------------------
