@@ -53,6 +53,11 @@ def _cmd_down(args: argparse.Namespace) -> int:
         _out(f"stopped {', '.join(stopped)}; logs kept in {sd / 'logs'}")
     else:
         _out("no control plane was running")
+    old = cluster.stale(args.state_dir)
+    if old:
+        print(f"warning: {len(old)} network namespace(s) from before this cluster started are "
+              "still on the machine; they could not be removed (the kernel holds them: a "
+              "reboot clears them): " + "; ".join(old), file=sys.stderr)
     left = cluster.leftovers(args.state_dir)
     if left:
         print("error: left on the machine: " + "; ".join(left), file=sys.stderr)

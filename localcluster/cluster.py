@@ -689,6 +689,13 @@ def leftovers(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
     return realnode.leftovers(components.Ctx(sd, {}, True))
 
 
+def stale(state_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """What an earlier run left that the real node found, could not remove and so does not
+    count as its own (``realnode.stale_netns``)."""
+    sd = paths.resolve_state_dir(state_dir)
+    return [f"netns {n}" for n in realnode.stale_netns(components.Ctx(sd, {}, True))]
+
+
 # ----------------------------------------------------------------------------- shared use
 
 

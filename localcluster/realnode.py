@@ -108,7 +108,30 @@ def _cni_config(ctx: Ctx) -> dict[str, object]:
     }
 
 
+STALE_NETNS = "netns-before-start"
+"""In the state directory: the CNI network namespaces found when the node started that could
+not be removed (an earlier run's that the kernel still holds, e.g. after a crash or a full
+disk): not this cluster's leftovers, reported apart by ``down`` (a reboot clears them)."""
+
+
+def stale_netns(ctx: Ctx) -> list[str]:
+    """The namespaces recorded in ``STALE_NETNS`` that are still there."""
+    f = _dir(ctx, STALE_NETNS)
+    recorded = set(f.read_text().split()) if f.is_file() else set()
+    return [n for n in netns_left() if n in recorded]
+
+
+def record_stale_netns(ctx: Ctx) -> list[str]:
+    """Before the node starts: remove an earlier run's network namespaces; record (and
+    return) those that cannot go."""
+    _remove_netns()
+    stale = netns_left()
+    _dir(ctx, STALE_NETNS).write_text("".join(f"{n}\n" for n in stale))
+    return stale
+
+
 def _prepare_containerd(ctx: Ctx) -> None:
+    record_stale_netns(ctx)
     for d in ("containerd/state", "cni/net.d", "cni/ipam"):
         _dir(ctx, *d.split("/")).mkdir(parents=True, exist_ok=True)
     paths.containerd_root().mkdir(parents=True, exist_ok=True)
@@ -330,8 +353,11 @@ def _cleanup_containerd(ctx: Ctx) -> None:
 
 
 def leftovers(ctx: Ctx) -> list[str]:
-    """Everything of the node still on the machine (empty after a clean ``down``)."""
-    return ([f"mount {m}" for m in mounts(ctx)] + [f"netns {n}" for n in netns_left()]
+    """Everything of the node still on the machine (empty after a clean ``down``); network
+    namespaces that were there before it started (``stale_netns``) are not its own."""
+    stale = set(stale_netns(ctx))
+    return ([f"mount {m}" for m in mounts(ctx)]
+            + [f"netns {n}" for n in netns_left() if n not in stale]
             + [f"cgroup {c}" for c in cgroups()] + network.leftovers())
 
 

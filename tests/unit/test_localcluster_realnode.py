@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from localcluster import cluster, network, realnode
 from localcluster.components import Ctx
 
@@ -32,3 +34,26 @@ def test_containerd_and_cni_configs(tmp_path: Path) -> None:
     bridge = cni["plugins"][0]
     assert bridge["bridge"] == network.BRIDGE and bridge["ipMasq"] is False
     assert bridge["ipam"]["ranges"][0][0]["subnet"] == network.NODE_SUBNET
+
+
+def test_network_namespaces_from_before_the_start_are_not_the_nodes_leftovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier run's CNI namespace that cannot be removed (the kernel still holds it) is
+    recorded when the node starts; ``down`` then reports it apart, not as this node's."""
+    netns = tmp_path / "netns"
+    netns.mkdir()
+    monkeypatch.setattr(realnode, "NETNS_DIR", netns)
+    monkeypatch.setattr(realnode, "_remove_netns", lambda: None)  # it cannot remove them
+    monkeypatch.setattr(realnode, "mounts", lambda ctx: [])
+    monkeypatch.setattr(realnode, "cgroups", lambda: [])
+    monkeypatch.setattr(network, "leftovers", lambda: [])
+    ctx = Ctx(tmp_path / "state", {}, True)
+    ctx.state_dir.mkdir()
+    (netns / "cni-old").touch()
+    assert realnode.record_stale_netns(ctx) == ["cni-old"]
+    (netns / "cni-mine").touch()  # a pod sandbox of this node, not removed by its down
+    assert realnode.leftovers(ctx) == ["netns cni-mine"]
+    assert realnode.stale_netns(ctx) == ["cni-old"]
+    (netns / "cni-mine").unlink()
+    (netns / "cni-old").unlink()  # gone at last (a reboot)
+    assert realnode.leftovers(ctx) == [] and realnode.stale_netns(ctx) == []
