@@ -643,7 +643,7 @@ def _stop(sd: Path) -> list[str]:
         if _real_node_owner() == sd:
             REAL_NODE_OWNER.unlink(missing_ok=True)
     for item in sd.iterdir() if sd.exists() else []:
-        if item.name in ("logs", ".lock"):
+        if item.name in ("logs", ".lock", realnode.STALE_NETNS):  # the last for `down`'s check
             continue
         if item.is_dir():
             shutil.rmtree(item, ignore_errors=True)
