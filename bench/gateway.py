@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,9 +44,8 @@ from _realcluster import get, log, real_cluster
 from loadgen import build_request, result_header, run_load
 
 from localcluster import cluster as lc
-from localcluster import modelstores, paths
+from localcluster import modelstores, realnode
 from localcluster.gateway import install as gateway
-from localcluster.images.host import need_tool
 from msv_contract.api import GROUP, KIND, LABEL_MODELSERVICE, VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,15 +116,6 @@ def load(ip: str, concurrency: int, seconds: float) -> dict[str, float]:
             "requests": r.requests, "failed": failed}
 
 
-def server_pid(pod: dict[str, Any]) -> int:
-    cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    out = subprocess.run([need_tool("ctr", "containerd"), "--address",
-                          str(paths.containerd_socket()), "-n", "k8s.io", "tasks", "ls"],
-                         capture_output=True, text=True, check=True).stdout
-    return next(int(line.split()[1]) for line in out.splitlines()[1:]
-                if line.split()[0] == cid)
-
-
 def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     """A steady client (one request every 50 ms, a new connection each) through the
     Gateway while one pod's server is killed; counts until the pod is ready again, with the
@@ -149,7 +138,7 @@ def crash(c: lc.Cluster, ns: str, seconds_after: float = 15) -> dict[str, Any]:
     t = threading.Thread(target=client, daemon=True)
     t.start()
     time.sleep(3)
-    os.kill(server_pid(victim), signal.SIGKILL)
+    os.kill(realnode.container_pid(victim), signal.SIGKILL)
 
     def back() -> bool:
         pod = get(c, "pod", victim["metadata"]["name"], "-n", ns) or {}

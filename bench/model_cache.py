@@ -55,8 +55,7 @@ from _realcluster import REPO, api, apply_until_ready, log, operator_process, re
 from cacheagents import agents
 
 from localcluster import cluster as lc
-from localcluster import modelstores, paths
-from localcluster.images.host import need_tool
+from localcluster import modelstores, realnode
 from msv_contract import env as server_env
 from msv_contract.api import GROUP, KIND, LABEL_MODELSERVICE, VERSION
 
@@ -103,13 +102,8 @@ def store_pid(c: lc.Cluster) -> int:
                       f"app.kubernetes.io/name={modelstores.HTTP_STORE}")
     finally:
         k.close()
-    cid = next(s["containerID"] for p in pods for s in p["status"]["containerStatuses"]
-               if s.get("ready")).split("://", 1)[1]
-    out = subprocess.run([need_tool("ctr", "containerd"), "--address",
-                          str(paths.containerd_socket()), "-n", "k8s.io", "tasks", "ls"],
-                         capture_output=True, text=True, check=True).stdout
-    return next(int(line.split()[1]) for line in out.splitlines()[1:]
-                if line.split()[0] == cid)
+    return realnode.container_pid(next(p for p in pods if all(
+        s.get("ready") for s in (p.get("status") or {}).get("containerStatuses") or [{}])))
 
 
 @contextmanager

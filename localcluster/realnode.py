@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from localcluster import certs, images, network, paths
 from localcluster.components import Ctx, Process, http_get, write_kubeconfig
@@ -47,6 +50,22 @@ def ctr(ctx: Ctx, *args: str, check: bool = False, timeout: float = 60
     """Run Debian's ``ctr`` against this node's containerd, in the CRI namespace."""
     return subprocess.run(["ctr", f"--address={socket(ctx)}", "-n", CRI_NAMESPACE, *args],
                           capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def container_pid(pod: Mapping[str, Any], state_dir: str | os.PathLike[str] | None = None
+                  ) -> int:
+    """The host PID of the first started container of ``pod`` (a Pod on the real node), from
+    its containerd task: what a test or benchmark signals to crash a server (``kill -9``)."""
+    cid = next(str(c["containerID"]) for c in (pod.get("status") or {}).get(
+        "containerStatuses") or () if c.get("containerID")).split("://", 1)[1]
+    out = subprocess.run(["ctr", f"--address={paths.containerd_socket(state_dir)}", "-n",
+                          CRI_NAMESPACE, "tasks", "ls"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in out.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == cid:
+            return int(pid)
+    raise RuntimeError(f"no containerd task {cid} on the real node")
 
 
 # ----------------------------------------------------------------------------- containerd

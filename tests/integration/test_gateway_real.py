@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -45,10 +44,9 @@ from test_real_pods import TEXTS, classifier, stores  # noqa: F401
 from waiting import wait_for
 
 from localcluster import cluster as lc
-from localcluster import modelstores, paths
+from localcluster import modelstores, realnode
 from localcluster.gateway import install as gateway
 from localcluster.gateway import render as gateway_render
-from localcluster.images.host import need_tool
 
 pytestmark = [pytest.mark.slow]
 
@@ -189,20 +187,6 @@ def test_the_variant_header_reaches_its_variant_and_nothing_else(routed: Routed)
     assert set(plain) <= set(WEIGHTS) and plain["baseline"] > plain["int8"], plain
 
 
-def server_pid(pod: dict[str, Any]) -> int:
-    """The host PID of the pod's model-server process (the real node's containerd)."""
-    cid = next(c["containerID"] for c in pod["status"]["containerStatuses"]
-               if c.get("containerID")).split("://", 1)[1]
-    out = subprocess.run([need_tool("ctr", "containerd"), "--address",
-                          str(paths.containerd_socket()), "-n", "k8s.io", "tasks", "ls"],
-                         capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines()[1:]:
-        task, pid, *_ = line.split()
-        if task == cid:
-            return int(pid)
-    raise AssertionError(f"no containerd task {cid}")
-
-
 def kill_9_a_baseline_pod(k: kube.Kube, ns: str) -> None:
     """``kill -9`` of one of the two baseline pods' server process; returns once the kubelet
     has restarted the container and it is ready again."""
@@ -211,7 +195,7 @@ def kill_9_a_baseline_pod(k: kube.Kube, ns: str) -> None:
     assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
     victim = pods[0]
     restarts = victim["status"]["containerStatuses"][0].get("restartCount", 0)
-    os.kill(server_pid(victim), signal.SIGKILL)
+    os.kill(realnode.container_pid(victim), signal.SIGKILL)
 
     def back() -> bool:
         pod = k.get("v1", "Pod", ns, victim["metadata"]["name"]) or {}
