@@ -11,6 +11,7 @@ marked ``cluster`` automatically.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -26,6 +27,19 @@ from localcluster import cluster as lc
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [os.path.join(_ROOT, "operator"), _ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Each test leaves the root logger as it found it. A command run in-process (a
+    ``main()``: the operator's, the server's, a build's) installs a handler on the stderr
+    pytest captured for that test alone; left behind, it writes every later record (an
+    in-process operator's, on another thread) to a closed stream as "--- Logging error ---"."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -121,9 +121,17 @@ def ready_reason(k: kube.Kube, ns: str, name: str, reason: str) -> dict[str, Any
 
 
 def variant_status(k: kube.Kube, ns: str, name: str, variant: str) -> dict[str, Any]:
+    """The variant's entry in status.variants; {} until a pass has written it (the pods may
+    be scheduled before the status write of the pass that created them lands)."""
     ms = get_ms(k, ns, name) or {}
-    return next(v for v in (ms.get("status") or {}).get("variants") or ()
-                if v.get("name") == variant)
+    return next((v for v in (ms.get("status") or {}).get("variants") or ()
+                 if v.get("name") == variant), {})
+
+
+def placement_of(k: kube.Kube, ns: str, name: str, variant: str) -> dict[str, Any]:
+    """The variant's status.variants[].placement, once written."""
+    return wait_for(f"{variant}'s placement in the status",
+                    lambda: variant_status(k, ns, name, variant).get("placement"), timeout=60)
 
 
 def test_each_variant_goes_to_the_cheapest_pool_that_holds_it(
@@ -136,9 +144,7 @@ def test_each_variant_goes_to_the_cheapest_pool_that_holds_it(
     assert placed_on(k, namespace, "llm", "fp16") == (A100, {"nvidia.com/gpu": "1"})
     assert placed_on(k, namespace, "llm", "int8") == (L4, {"nvidia.com/gpu": "1"})
     assert placed_on(k, namespace, "llm", "small") == (L4, {"nvidia.com/gpu": "1"})
-    fp16 = wait_for("fp16's placement in the status",
-                    lambda: variant_status(k, namespace, "llm", "fp16").get("placement"),
-                    timeout=60)
+    fp16 = placement_of(k, namespace, "llm", "fp16")
     assert (fp16["product"], fp16["pricePerHour"], fp16["checked"]) == (A100, 5.12, True)
     memory = variant_status(k, namespace, "llm", "fp16")["gpuMemory"]
     assert memory["weightBytes"] == 2 * sh.LLAMA_2_13B.parameters
@@ -156,7 +162,7 @@ def test_a_3b_variant_takes_an_h100_slice_where_its_price_is_the_lowest(
         k.apply(llm(namespace, store, small))
         assert placed_on(k, namespace, "llm", "small") == (
             H100, {"nvidia.com/mig-1g.10gb": "1"})
-        placement = variant_status(k, namespace, "llm", "small")["placement"]
+        placement = placement_of(k, namespace, "llm", "small")
         assert (placement["migProfile"], placement["pricePerHour"]) == ("1g.10gb", 0.5)
         assert op.alive
     finally:
@@ -210,7 +216,7 @@ def test_an_unreadable_artifact_is_placed_as_pinned_with_a_warning(
     assert event["type"] == "Warning"
     assert "answered HTTP 404" in event["message"] and "placed as spec.gpu says" in (
         event["message"])
-    assert variant_status(k, namespace, "llm", "int8")["placement"]["checked"] is False
+    assert placement_of(k, namespace, "llm", "int8")["checked"] is False
 
 
 def test_changed_prices_move_no_running_pod_and_new_pods_follow_them(
