@@ -364,7 +364,7 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
                 "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, encoder, training, recipe,
-                                              progress, deadline)
+                                              progress, deadline, fine_tune=True)
     train.save(student, preprocessor, model_dir)
     return details
 
