@@ -290,6 +290,31 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             "batchSize": recipe.batch_size, "labels": train.labels is not None}
 
 
+RECOVERY_CHECK_SAMPLES = 256
+"""Training examples on which recovery is compared with the pruned model it started from."""
+
+
+def recover(student: Any, teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
+            progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
+    """Recovery training of a pruned `student` (match_teacher, fine-tuning); when it ends
+    farther from the teacher (KL on the first RECOVERY_CHECK_SAMPLES training examples) than
+    it started, as happens once pruning alone is already very close, the pruned weights are
+    kept (``kept``: ``recovered`` or ``pruned``)."""
+    check = train.take(range(min(len(train), RECOVERY_CHECK_SAMPLES)))
+    reference = logits(teacher, encoder, check)
+    _, before = fidelity(student, reference, encoder, check)
+    start = copy.deepcopy(student.state_dict())
+    details = match_teacher(student, teacher, encoder, train, recipe, progress, deadline,
+                            fine_tune=True)
+    _, after = fidelity(student, reference, encoder, check)
+    kept = "recovered"
+    if after > before:
+        student.load_state_dict(start)
+        kept = "pruned"
+    return {**details, "kept": kept, "checkKlBefore": round(before, 8),
+            "checkKlAfter": round(after, 8)}
+
+
 def _calibration_feed(encoder: Encoder, train: Examples, recipe: Recipe, stage: str,
                       progress: Callable[..., None], deadline: Deadline
                       ) -> tuple[Examples, Iterator[Any]]:

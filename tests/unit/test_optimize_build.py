@@ -159,6 +159,7 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     assert report["result"]["klToSource"] < details["beforeRecoveryKlToSource"]
     assert (details["training"]["schedule"], details["training"]["dropout"]) == (
         "warmup-cosine", False)
+    assert details["training"]["kept"] == "recovered"
     assert report["result"]["parameters"] < report["source"]["parameters"]
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))

@@ -152,3 +152,30 @@ def test_narrow_student_keeps_the_teachers_ranked_heads_neurons_and_dimensions(
     dead = last.output.dense.weight[:16, 7]
     assert down.shape == (16, 32)
     assert not any(torch.equal(down[:, j], dead) for j in range(32))
+
+
+def test_recovery_that_ends_farther_from_the_source_keeps_the_pruned_weights(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import torch
+
+    from model_server.optimize import train
+    from model_server.optimize.recipe import parse_recipe
+
+    model, tokenizer = _classifier(tmp_path)
+    texts, _ = modelfactory.sentiment_sentences(40, seed=3)
+    data = train.Examples(texts)
+    encoder = train.text_encoder(tokenizer, 32)
+    pruned, _ = train.prune(model, 0.5)
+    start = {k: v.clone() for k, v in pruned.state_dict().items()}
+    # a learning rate of 1 throws the pruned model far from the source
+    recipe = parse_recipe(json.dumps({"recipe": "prune-recover", "framework": "transformers",
+                                      "task": "text-classification", "amount": 0.5,
+                                      "steps": 3, "learningRate": 1}))
+    details = train.recover(pruned, model, encoder, data, recipe, lambda *a, **k: None,
+                            train.Deadline(None))
+    assert details["kept"] == "pruned"
+    assert details["checkKlAfter"] > details["checkKlBefore"]
+    assert all(torch.equal(v, start[k]) for k, v in pruned.state_dict().items())
