@@ -253,11 +253,9 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: lr_factor(i, steps) if fine_tune else 1.0)
     teacher.eval()
-    student.train()
-    if fine_tune:
-        for module in student.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.eval()
+    # fine-tuning: the whole student in eval mode (gradients flow all the same), since
+    # attention kernels read their module's training flag, not the Dropout module's
+    student.train(not fine_tune)
     epoch = 0
     stream = batches(train, recipe.batch_size, seed=recipe.seed)
     last_loss = math.nan
