@@ -351,8 +351,8 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
         before, before_kl = train.fidelity(student, teacher_held, encoder, held)
         progress("pruning", 1, 1)
         deadline.check("pruning")
-        training_details = train.match_teacher(student, teacher, encoder, training, recipe,
-                                               progress, deadline, fine_tune=True)
+        training_details = train.recover(student, teacher, encoder, training, recipe,
+                                         progress, deadline)
         train.save(student, preprocessor, model_dir)
         return {"ffnNeuronsRemoved": removed,
                 "intermediateSize": int(student.config.intermediate_size),
@@ -364,7 +364,7 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
                 "training": training_details}
     student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, encoder, training, recipe,
-                                              progress, deadline)
+                                              progress, deadline, fine_tune=True)
     train.save(student, preprocessor, model_dir)
     return details
 

@@ -11,11 +11,12 @@ backend uses.
 
 Recovery and distillation train a student to match the teacher's (the source model's) logits:
 KL divergence of the temperature-softened distributions, times T², plus cross-entropy when the
-data has labels; AdamW; batches cycle through the shuffled training split. Recovery
-fine-tunes a pruned model that already nearly matches: dropout off, the learning rate warmed
-up linearly over the first `WARMUP_FRACTION` of the steps, then decayed to zero on a cosine.
-Distillation trains a mostly fresh student: dropout on, constant learning rate (measured
-better for each: bench/README.md). Pruning ranks FFN neurons by their activations on (up to
+data has labels; AdamW; batches cycle through the shuffled training split. Both fine-tune a
+model that starts from the teacher's weights (a pruned copy; a student whose layers are
+teacher layers cut down to the student's width, `build_student`): dropout off, the learning
+rate warmed up linearly over the first `WARMUP_FRACTION` of the steps, then decayed to zero
+on a cosine (measured better than dropout and a constant rate:
+bench/results/pipeline_exploration.md). Pruning ranks FFN neurons by their activations on (up to
 calibrationSamples of) the training split, or by weights alone (``ranking: weight``, what
 load-time pruning does). Progress lines
 (msv_contract.pipeline.PROGRESS_PREFIX) go to stdout at most every `Progress.interval_s`.
@@ -252,11 +253,9 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: lr_factor(i, steps) if fine_tune else 1.0)
     teacher.eval()
-    student.train()
-    if fine_tune:
-        for module in student.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.eval()
+    # fine-tuning: the whole student in eval mode (gradients flow all the same), since
+    # attention kernels read their module's training flag, not the Dropout module's
+    student.train(not fine_tune)
     epoch = 0
     stream = batches(train, recipe.batch_size, seed=recipe.seed)
     last_loss = math.nan
@@ -287,6 +286,31 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             "learningRate": recipe.learning_rate,
             "schedule": "warmup-cosine" if fine_tune else "constant", "dropout": not fine_tune,
             "batchSize": recipe.batch_size, "labels": train.labels is not None}
+
+
+RECOVERY_CHECK_SAMPLES = 256
+"""Training examples on which recovery is compared with the pruned model it started from."""
+
+
+def recover(student: Any, teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
+            progress: Callable[..., None], deadline: Deadline) -> dict[str, Any]:
+    """Recovery training of a pruned `student` (match_teacher, fine-tuning); when it ends
+    farther from the teacher (KL on the first RECOVERY_CHECK_SAMPLES training examples) than
+    it started, as happens once pruning alone is already very close, the pruned weights are
+    kept (``kept``: ``recovered`` or ``pruned``)."""
+    check = train.take(range(min(len(train), RECOVERY_CHECK_SAMPLES)))
+    reference = logits(teacher, encoder, check)
+    _, before = fidelity(student, reference, encoder, check)
+    start = copy.deepcopy(student.state_dict())
+    details = match_teacher(student, teacher, encoder, train, recipe, progress, deadline,
+                            fine_tune=True)
+    _, after = fidelity(student, reference, encoder, check)
+    kept = "recovered"
+    if after > before:
+        student.load_state_dict(start)
+        kept = "pruned"
+    return {**details, "kept": kept, "checkKlBefore": round(before, 8),
+            "checkKlAfter": round(after, 8)}
 
 
 def _calibration_feed(encoder: Encoder, train: Examples, recipe: Recipe, stage: str,
@@ -359,9 +383,91 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
 
 
-def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
+_HEAD_DIM0 = re.compile(r"attention\.self\.(query|key|value)\.(weight|bias)$")
+_HEAD_DIM1 = re.compile(r"attention\.output\.dense\.weight$")
+_FFN_DIM0 = re.compile(r"intermediate\.dense\.(weight|bias)$")
+_FFN_DIM1 = re.compile(r"(?<!attention\.)output\.dense\.weight$")
+
+
+def _top_sorted(score: Any, keep: int) -> Any:
+    import torch
+
+    return torch.sort(torch.topk(score, keep).indices).values
+
+
+def _width_plan(teacher: Any, config: Any, mapping: list[int],
+                ffn_norms: dict[str, Any] | None) -> dict[str, Any]:
+    """Which teacher units a narrower student keeps: residual dimensions (ranked by the
+    LayerNorm gains and shifts summed over the model), attention heads per layer (by the
+    norms of their value and output weights) and FFN neurons per layer (as pruning ranks
+    them: activation norms when given, else incoming weights, times outgoing weights)."""
+    import torch
+
+    t = teacher.config
+    state = teacher.state_dict()
+    res_score = torch.zeros(t.hidden_size)
+    for name, value in state.items():
+        if "LayerNorm" in name and value.dim() == 1 and value.shape[0] == t.hidden_size:
+            res_score += value.float().pow(2)
+    residual = _top_sorted(res_score, config.hidden_size)
+    head_dim = t.hidden_size // t.num_attention_heads
+    student_head_dim = config.hidden_size // config.num_attention_heads
+    heads: dict[int, Any] = {}
+    ffn: dict[int, Any] = {}
+    for layer in sorted(set(mapping)):
+        prefix = next(n for n in state if f".layer.{layer}." in n).split(f".layer.{layer}.")[0]
+        base = f"{prefix}.layer.{layer}."
+        if head_dim == student_head_dim and config.num_attention_heads <= t.num_attention_heads:
+            value = state[base + "attention.self.value.weight"].float()
+            out = state[base + "attention.output.dense.weight"].float()
+            score = torch.stack([
+                value[h * head_dim:(h + 1) * head_dim].norm()
+                * out[:, h * head_dim:(h + 1) * head_dim].norm()
+                for h in range(t.num_attention_heads)])
+            kept = _top_sorted(score, config.num_attention_heads)
+            heads[layer] = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim)
+                                      for h in kept.tolist()])
+        else:
+            heads[layer] = torch.arange(config.hidden_size)
+        up = state[base + "intermediate.dense.weight"].float()
+        down = state[base + "output.dense.weight"].float()
+        norms = None if ffn_norms is None else ffn_norms.get(prefix + f".layer.{layer}")
+        incoming = up.norm(dim=1) if norms is None else norms.float()
+        ffn[layer] = _top_sorted(incoming * down.norm(dim=0),
+                                 min(config.intermediate_size, up.shape[0]))
+    return {"residual": residual, "heads": heads, "ffn": ffn}
+
+
+def _slice_like(name: str, value: Any, shape: Any, plan: dict[str, Any],
+                teacher_layer: int | None, hidden: int) -> Any:
+    """`value` (a teacher tensor) cut down to `shape` along the plan's kept units, or None
+    when a dimension has no plan."""
+    out = value
+    for dim, size in enumerate(shape):
+        if out.shape[dim] == size:
+            continue
+        if teacher_layer is not None and (
+                (dim == 0 and _HEAD_DIM0.search(name)) or (dim == 1 and _HEAD_DIM1.search(name))):
+            keep = plan["heads"][teacher_layer]
+        elif teacher_layer is not None and (
+                (dim == 0 and _FFN_DIM0.search(name)) or (dim == 1 and _FFN_DIM1.search(name))):
+            keep = plan["ffn"][teacher_layer]
+        elif out.shape[dim] == hidden:
+            keep = plan["residual"]
+        else:
+            return None
+        if len(keep) != size:
+            return None
+        out = out.index_select(dim, keep)
+    return out
+
+
+def build_student(teacher: Any, spec: Student,
+                  ffn_norms: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """A smaller model of the teacher's architecture: `spec.layers` layers initialised from
-    every k-th teacher layer; tensors whose shape changed (a narrower width) start fresh."""
+    every k-th teacher layer; a narrower width keeps the teacher's highest-ranked residual
+    dimensions, heads and FFN neurons (`ffn_norms`: activation_norms for the FFN ranking;
+    weights without), and a tensor that cannot be cut down starts fresh."""
     import torch
 
     config = copy.deepcopy(teacher.config)
@@ -370,6 +476,7 @@ def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
             raise BuildError(f"distill needs a BERT-style config ({attr}); "
                              f"{type(config).__name__} has none")
     n_teacher = config.num_hidden_layers
+    teacher_hidden = config.hidden_size
     if spec.layers > n_teacher:
         raise BuildError(f"recipe.student.layers {spec.layers} exceeds the source model's "
                          f"{n_teacher} layers")
@@ -390,11 +497,13 @@ def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
     mapping = layer_map(n_teacher, spec.layers)
     source = teacher.state_dict()
     target = student.state_dict()
-    copied = fresh = 0
+    plan = None
+    copied = sliced = fresh = 0
     with torch.no_grad():
         for name, tensor in target.items():
             match = _LAYER.search(name)
             from_name = name
+            teacher_layer = None
             if match:
                 teacher_layer = mapping[int(match.group(1))]
                 from_name = name[:match.start()] + f".layer.{teacher_layer}." + name[match.end():]
@@ -402,13 +511,24 @@ def build_student(teacher: Any, spec: Student) -> tuple[Any, dict[str, Any]]:
             if value is not None and value.shape == tensor.shape:
                 tensor.copy_(value)
                 copied += 1
-            else:
-                fresh += 1
+                continue
+            if value is not None and value.dim() == tensor.dim() and all(
+                    a >= b for a, b in zip(value.shape, tensor.shape, strict=True)):
+                if plan is None:
+                    plan = _width_plan(teacher, config, mapping, ffn_norms)
+                cut = _slice_like(name, value, tensor.shape, plan, teacher_layer,
+                                  teacher_hidden)
+                if cut is not None:
+                    tensor.copy_(cut)
+                    sliced += 1
+                    continue
+            fresh += 1
     student.load_state_dict(target)
     return student.eval(), {"layers": spec.layers, "hiddenSize": hidden, "heads": heads,
                             "intermediateSize": config.intermediate_size,
                             "initialisedFrom": mapping, "tensorsCopied": copied,
-                            "tensorsFresh": fresh}
+                            "tensorsNarrowed": sliced, "tensorsFresh": fresh,
+                            "ffnRanking": "weight" if ffn_norms is None else "activation"}
 
 
 def save(model: Any, preprocessor: Any, out_dir: Path) -> Path:

@@ -159,6 +159,7 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     assert report["result"]["klToSource"] < details["beforeRecoveryKlToSource"]
     assert (details["training"]["schedule"], details["training"]["dropout"]) == (
         "warmup-cosine", False)
+    assert details["training"]["kept"] == "recovered"
     assert report["result"]["parameters"] < report["source"]["parameters"]
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))
@@ -179,8 +180,11 @@ def test_distill_builds_the_requested_student(
     result = _build(source, data["labelled"], recipe, tmp_path)
     details = _report(result)["details"]
     assert details["initialisedFrom"] == [1]  # the teacher's last layer
-    assert details["tensorsFresh"] > 0  # the narrower tensors start fresh
-    assert (details["training"]["schedule"], details["training"]["dropout"]) == ("constant", True)
+    # every tensor starts from the teacher's: the narrower ones cut down to the kept units
+    assert (details["tensorsFresh"], details["tensorsCopied"] > 0) == (0, True)
+    assert details["tensorsNarrowed"] > 0 and details["ffnRanking"] == "weight"
+    assert (details["training"]["schedule"], details["training"]["dropout"]) == (
+        "warmup-cosine", False)
     config = _served(_unpack(result, tmp_path / "unpacked")).model.config
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size,
             config.num_attention_heads) == (1, 16, 32, 2)

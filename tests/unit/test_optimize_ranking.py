@@ -116,3 +116,66 @@ def test_activation_norms_cover_a_vit_image_classifier(tmp_path: Path) -> None:
         outs = [m.out_features for m in model.get_submodule(name).modules()
                 if isinstance(m, torch.nn.Linear)]
         assert width // 2 in outs and width not in outs, (name, outs)
+
+
+def test_narrow_student_keeps_the_teachers_ranked_heads_neurons_and_dimensions(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from model_server.optimize.train import build_student
+    from msv_contract.pipeline import Student
+
+    model, _ = _classifier(tmp_path)  # 2 layers, hidden 32, 2 heads of 16, FFN 64
+    last = model.bert.encoder.layer[1]  # a one-layer student starts from the last layer
+    with torch.no_grad():
+        last.attention.self.value.weight[:16].zero_()  # head 0 contributes nothing
+        last.output.dense.weight[:, 7].zero_()  # FFN neuron 7 neither
+        for module in model.modules():  # residual dimensions 16.. are the weak half
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight[:16], module.weight[16:], module.bias[:] = 1.0, 0.1, 0.0
+    student, details = build_student(model, Student(layers=1, hidden_size=16,
+                                                    intermediate_size=32, heads=1))
+    assert (details["tensorsFresh"], details["initialisedFrom"]) == (0, [1])
+    assert details["tensorsNarrowed"] > 0
+    layer = student.bert.encoder.layer[0]
+    # head 1 kept whole, over residual dimensions 0..15
+    assert torch.equal(layer.attention.self.query.weight,
+                       last.attention.self.query.weight[16:, :16])
+    assert torch.equal(layer.attention.output.dense.weight,
+                       last.attention.output.dense.weight[:16, 16:])
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
+                       model.bert.embeddings.word_embeddings.weight[:, :16])
+    assert torch.equal(student.classifier.weight, model.classifier.weight[:, :16])
+    # 32 of 64 FFN neurons, never the dead one
+    down = layer.output.dense.weight
+    dead = last.output.dense.weight[:16, 7]
+    assert down.shape == (16, 32)
+    assert not any(torch.equal(down[:, j], dead) for j in range(32))
+
+
+def test_recovery_that_ends_farther_from_the_source_keeps_the_pruned_weights(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import torch
+
+    from model_server.optimize import train
+    from model_server.optimize.recipe import parse_recipe
+
+    model, tokenizer = _classifier(tmp_path)
+    texts, _ = modelfactory.sentiment_sentences(40, seed=3)
+    data = train.Examples(texts)
+    encoder = train.text_encoder(tokenizer, 32)
+    pruned, _ = train.prune(model, 0.5)
+    start = {k: v.clone() for k, v in pruned.state_dict().items()}
+    # a learning rate of 1 throws the pruned model far from the source
+    recipe = parse_recipe(json.dumps({"recipe": "prune-recover", "framework": "transformers",
+                                      "task": "text-classification", "amount": 0.5,
+                                      "steps": 3, "learningRate": 1}))
+    details = train.recover(pruned, model, encoder, data, recipe, lambda *a, **k: None,
+                            train.Deadline(None))
+    assert details["kept"] == "pruned"
+    assert details["checkKlAfter"] > details["checkKlBefore"]
+    assert all(torch.equal(v, start[k]) for k, v in pruned.state_dict().items())

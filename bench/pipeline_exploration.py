@@ -1,0 +1,117 @@
+"""Exploration of issue 19's agreement targets (bench/results/pipeline_exploration.md).
+
+    python bench/pipeline_exploration.py [--source-steps 150] [--samples 3000] [--steps 200] \
+        --variants distill,distill-cos,prune
+
+One source as bench/pipeline.py trains it (cached in the temp directory per --source-steps and
+--source-lr), then distill or prune-recover variants run through the build's training
+functions on the same split the build uses; agreement and KL to the source on the held-out
+split before and after training. No latency timing (bench/pipeline.py does that).
+Variants: distill (the student build_student makes, constant rate, dropout on), distill-act
+(its FFN neurons ranked on activations), distill-cos (warmup-cosine, dropout off: what the
+recipe does), prune (prune-recover with its kept-weights check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _optim_common import torch
+
+from model_server.optimize import train
+from model_server.optimize.recipe import parse_recipe
+
+SOURCE = {"num_labels": 5, "hidden_size": 384, "num_layers": 2, "num_heads": 6,
+          "intermediate_size": 1536}
+STUDENT = {"layers": 1, "hiddenSize": 192, "intermediateSize": 768, "heads": 3}
+BASE = {"framework": "transformers", "task": "text-classification"}
+
+
+def _sentences(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    import modelfactory
+
+    return modelfactory.graded_sentiment_sentences(n, seed=seed, length=48)
+
+
+def _source(steps: int, lr: float) -> tuple[Path, dict[str, Any]]:
+    import modelfactory
+    from transformers import AutoTokenizer
+
+    root = Path(tempfile.gettempdir()) / f"pipeline-exploration-source-{steps}-{lr}"
+    if not (root / "accuracy.json").exists():
+        started = time.time()
+        model = modelfactory.make_text_classifier(root, save=False, **SOURCE)
+        tokenizer = AutoTokenizer.from_pretrained(root)
+        accuracy = modelfactory.train_text_classifier(model, tokenizer, steps=steps, lr=lr,
+                                                      sentences=_sentences)
+        model.save_pretrained(root, safe_serialization=True)
+        (root / "accuracy.json").write_text(json.dumps(
+            {"accuracy": accuracy, "seconds": round(time.time() - started, 1)}))
+    return root, json.loads((root / "accuracy.json").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source-steps", type=int, default=150)
+    parser.add_argument("--source-lr", type=float, default=5e-4)
+    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--variants", default="distill,distill-cos")
+    parser.add_argument("--distill-lr", type=float, default=1e-3)
+    parser.add_argument("--recover-lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path, info = _source(args.source_steps, args.source_lr)
+    print(json.dumps({"sourceSteps": args.source_steps, "sourceLr": args.source_lr, **info}))
+    teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    encoder = train.text_encoder(AutoTokenizer.from_pretrained(path), 64)
+    training, held = train.split(train.Examples(_sentences(args.samples, seed=7)[0]), 0.2, 0)
+    reference = train.logits(teacher, encoder, held)
+    top2 = reference.softmax(-1).topk(2, -1).values
+    print(json.dumps({"nearTieShare": round(float(((top2[:, 0] - top2[:, 1]) < 0.05)
+                                                  .float().mean()), 4)}))
+
+    def quiet(*_a: Any, **_k: Any) -> None:
+        return None
+
+    deadline = train.Deadline(None)
+    for variant in args.variants.split(","):
+        started = time.time()
+        extra: dict[str, Any] = {}
+        if variant == "prune":
+            recipe = parse_recipe(json.dumps({**BASE, "recipe": "prune-recover", "amount": 0.5,
+                                              "steps": args.steps, "learningRate": args.recover_lr,
+                                              "temperature": args.temperature}))
+            norms = train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)
+            student, _ = train.prune(teacher, 0.5, norms)
+            before = train.fidelity(student, reference, encoder, held)
+            extra = train.recover(student, teacher, encoder, training, recipe, quiet, deadline)
+        else:
+            recipe = parse_recipe(json.dumps({**BASE, "recipe": "distill", "student": STUDENT,
+                                              "steps": args.steps, "learningRate": args.distill_lr,
+                                              "temperature": args.temperature}))
+            norms = (train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)
+                     if "act" in variant else None)
+            student, extra = train.build_student(teacher, recipe.student, norms)  # type: ignore[arg-type]
+            before = train.fidelity(student, reference, encoder, held)
+            train.match_teacher(student, teacher, encoder, training, recipe, quiet, deadline,
+                                fine_tune=variant.endswith("-cos"))
+        after = train.fidelity(student, reference, encoder, held)
+        print(json.dumps({"variant": variant, "steps": args.steps, "temperature": args.temperature,
+                          "agreementKlBefore": [round(x, 4) for x in before],
+                          "agreementKlAfter": [round(x, 4) for x in after],
+                          "seconds": round(time.time() - started, 1), "details": extra}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
