@@ -118,7 +118,7 @@ def _near_ties(source: Path, texts: list[str], amount: float) -> dict[str, Any]:
     data = train.Examples(list(texts))
     encoder = train.text_encoder(tokenizer, BASE["maxLength"])
     ref = train.logits(model, encoder, data)
-    pruned, _ = train.prune(model, amount)
+    pruned, _, _ = train.prune(model, amount)
     out = train.logits(pruned, encoder, data)
     top2 = ref.softmax(-1).topk(2, -1).values
     clear = (top2[:, 0] - top2[:, 1]) >= NEAR_TIE

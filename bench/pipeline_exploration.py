@@ -9,7 +9,9 @@ functions on the same split the build uses; agreement and KL to the source on th
 split before and after training. No latency timing (bench/pipeline.py does that).
 Variants: distill (the student build_student makes, constant rate, dropout on), distill-act
 (its FFN neurons ranked on activations), distill-cos (warmup-cosine, dropout off: what the
-recipe does), prune (prune-recover with its kept-weights check).
+recipe does), prune (prune-recover as the build runs it: ranked on the activations, the
+down-projections refitted, then recovery training with its kept-weights check).
+--source-layers 4 distills a 4-layer source into a 2-layer student.
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ def _sentences(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     return modelfactory.graded_sentiment_sentences(n, seed=seed, length=48)
 
 
-def _source(steps: int, lr: float) -> tuple[Path, dict[str, Any]]:
+def _source(steps: int, lr: float, layers: int = 2) -> tuple[Path, dict[str, Any]]:
     import modelfactory
     from transformers import AutoTokenizer
 
-    root = Path(tempfile.gettempdir()) / f"pipeline-exploration-source-{steps}-{lr}"
+    root = Path(tempfile.gettempdir()) / (f"pipeline-exploration-source-{steps}-{lr}"
+                                          + (f"-{layers}l" if layers != 2 else ""))
     if not (root / "accuracy.json").exists():
         started = time.time()
-        model = modelfactory.make_text_classifier(root, save=False, **SOURCE)
+        model = modelfactory.make_text_classifier(root, save=False,
+                                                  **{**SOURCE, "num_layers": layers})
         tokenizer = AutoTokenizer.from_pretrained(root)
         accuracy = modelfactory.train_text_classifier(model, tokenizer, steps=steps, lr=lr,
                                                       sentences=_sentences)
@@ -65,11 +69,12 @@ def main() -> int:
     parser.add_argument("--distill-lr", type=float, default=1e-3)
     parser.add_argument("--recover-lr", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--source-layers", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path, info = _source(args.source_steps, args.source_lr)
+    path, info = _source(args.source_steps, args.source_lr, args.source_layers)
     print(json.dumps({"sourceSteps": args.source_steps, "sourceLr": args.source_lr, **info}))
     teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
     encoder = train.text_encoder(AutoTokenizer.from_pretrained(path), 64)
@@ -90,12 +95,19 @@ def main() -> int:
             recipe = parse_recipe(json.dumps({**BASE, "recipe": "prune-recover", "amount": 0.5,
                                               "steps": args.steps, "learningRate": args.recover_lr,
                                               "temperature": args.temperature}))
-            norms = train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)
-            student, _ = train.prune(teacher, 0.5, norms)
+            stats, _ = train.activation_stats(teacher, encoder, training, recipe, quiet, deadline)
+            assert stats is not None
+            norms = {name: s.norms() for name, s in stats.items()}
+            ranked, _, _ = train.prune(teacher, 0.5, norms)
+            extra = {"rankedOnly": [round(x, 4) for x in train.fidelity(ranked, reference,
+                                                                         encoder, held)]}
+            student, _, _ = train.prune(teacher, 0.5, norms, stats)
             before = train.fidelity(student, reference, encoder, held)
-            extra = train.recover(student, teacher, encoder, training, recipe, quiet, deadline)
+            extra.update(train.recover(student, teacher, encoder, training, recipe, quiet,
+                                       deadline))
         else:
-            recipe = parse_recipe(json.dumps({**BASE, "recipe": "distill", "student": STUDENT,
+            student_spec = {**STUDENT, "layers": max(1, args.source_layers // 2)}
+            recipe = parse_recipe(json.dumps({**BASE, "recipe": "distill", "student": student_spec,
                                               "steps": args.steps, "learningRate": args.distill_lr,
                                               "temperature": args.temperature}))
             norms = (train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)

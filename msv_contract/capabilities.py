@@ -146,7 +146,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "int8 weights and activations, the activation ranges calibrated on the data "
            "(TensorFlow: a full-integer TFLite model)"),
     Recipe("prune-recover", _TRANSFORMERS_CLASSIFIERS,
-           "structured pruning of FFN neurons, then training to match the source's outputs"),
+           "structured pruning of FFN neurons, a least-squares refit of each FFN's remaining "
+           "outgoing weights on the data, then training to match the source's outputs"),
     Recipe("distill", _TRANSFORMERS_CLASSIFIERS,
            "a smaller student (fewer layers, narrower) trained on the source's outputs"),
 )}

@@ -339,15 +339,28 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
         return details
     if recipe.name == "prune-recover":
         # the same pruning at load time (weights only), for the report's comparison
-        load_time, removed = train.prune(teacher, recipe.amount)
+        load_time, removed, _ = train.prune(teacher, recipe.amount)
         prune_only, prune_only_kl = train.fidelity(load_time, teacher_held, encoder, held)
         del load_time
+        # the activations' statistics: the ranking (their norms) and the refit of each
+        # down-projection on the kept neurons (unless too large: then norms alone)
+        stats, no_refit = train.activation_stats(teacher, encoder, training, recipe,
+                                                 progress, deadline)
         norms = None
         if recipe.ranking == "activation":
-            norms = train.activation_norms(teacher, encoder, training, recipe, progress,
-                                           deadline)
+            norms = ({name: s.norms() for name, s in stats.items()} if stats is not None
+                     else train.activation_norms(teacher, encoder, training, recipe,
+                                                 progress, deadline))
         progress("pruning", 0, 1, force=True)
-        student, removed = train.prune(teacher, recipe.amount, norms)
+        reconstruction: dict[str, Any] = {"skipped": no_refit} if no_refit else {}
+        if stats is not None:
+            ranked, _, _ = train.prune(teacher, recipe.amount, norms)
+            agree, kl = train.fidelity(ranked, teacher_held, encoder, held)
+            del ranked
+            reconstruction = {"beforeAgreement": round(agree, 6),
+                              "beforeKlToSource": round(kl, 8)}
+        student, removed, refit = train.prune(teacher, recipe.amount, norms, stats)
+        reconstruction.update(refit or {})
         before, before_kl = train.fidelity(student, teacher_held, encoder, held)
         progress("pruning", 1, 1)
         deadline.check("pruning")
@@ -359,6 +372,7 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
                 "ranking": recipe.ranking,
                 "pruneOnlyAgreement": round(prune_only, 6),
                 "pruneOnlyKlToSource": round(prune_only_kl, 8),
+                "reconstruction": reconstruction,
                 "beforeRecoveryAgreement": round(before, 6),
                 "beforeRecoveryKlToSource": round(before_kl, 8),
                 "training": training_details}

@@ -12,7 +12,12 @@ of the L2 norms of their incoming and outgoing weights (data-free: what load-tim
 does), or, given activation norms measured on data (`ffn_activation_norms`), by the L2 norm
 of the neuron's activation over the data's tokens times that of its outgoing weights (the
 neuron's actual contribution to the block's output; the optimization pipeline's
-prune-recover uses this). Every block keeps the same width
+prune-recover uses this). Given the activations' statistics instead
+(`ffn_activation_stats`: per block, the second moments of the intermediate neurons over the
+data's tokens), the down-projection of each block is then refitted by least squares on the
+kept neurons, so that they reproduce over that data what the whole block produced (the
+dropped neurons' share moves into the kept ones' weights and the bias; a data-aware
+reconstruction in the spirit of layer-wise post-training pruning). Every block keeps the same width
 (rounded to a multiple of 8), and the config's intermediate size is updated, so the
 pruned model saves and reloads with `save_pretrained` / `from_pretrained`.
 Supported layouts: BERT/RoBERTa-style (`intermediate.dense` + `output.dense`),
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from model_server.errors import ModelLoadError
@@ -204,24 +209,27 @@ def _ffn(module: Any) -> _Ffn | None:
     return None
 
 
-def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Per FFN block (keyed by its module name): the L2 norm of each intermediate neuron's
-    activation over every token of `inputs` (model keyword arguments, e.g. tokenizer
-    output; positions an ``attention_mask`` marks as padding are left out)."""
+def _over_ffn_inputs(model: Any, inputs: Iterable[dict[str, Any]],
+                     take: Callable[[str, Any], None]) -> None:
+    """Run `model` over `inputs` (model keyword arguments, e.g. tokenizer output) and hand
+    each FFN block's intermediate activations (the down-projection's input, as rows of
+    [tokens, width], positions an ``attention_mask`` marks as padding left out) to
+    ``take(block name, rows)``."""
     import torch
 
-    sums: dict[str, Any] = {}
     mask: list[Any] = [None]
     hooks = []
+    seen: list[bool] = [False]
 
     def hook_for(name: str) -> Any:
         def hook(_module: Any, args: tuple[Any, ...]) -> None:
             x = args[0].detach().float()
             m = mask[0]
+            rows = x.reshape(-1, x.shape[-1])
             if m is not None and tuple(m.shape) == tuple(x.shape[:2]):
-                x = x * m.to(x.dtype).unsqueeze(-1)
-            sq = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
-            sums[name] = sq if name not in sums else sums[name] + sq
+                rows = rows[m.reshape(-1).bool()]
+            seen[0] = True
+            take(name, rows)
 
         return hook
 
@@ -244,59 +252,194 @@ def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[s
         for handle in hooks:
             handle.remove()
         model.train(was_training)
-    if not sums:
-        raise ModelLoadError("no data reached the FFN blocks: activation norms need inputs")
+    if not seen[0]:
+        raise ModelLoadError("no data reached the FFN blocks: activation statistics need inputs")
+
+
+def ffn_activation_norms(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per FFN block (keyed by its module name): the L2 norm of each intermediate neuron's
+    activation over every token of `inputs` (model keyword arguments, e.g. tokenizer
+    output; positions an ``attention_mask`` marks as padding are left out)."""
+    sums: dict[str, Any] = {}
+
+    def take(name: str, rows: Any) -> None:
+        sq = rows.pow(2).sum(0)
+        sums[name] = sq if name not in sums else sums[name] + sq
+
+    _over_ffn_inputs(model, inputs, take)
     return {name: total.sqrt() for name, total in sums.items()}
 
 
-def _prune_ffn_block(found: _Ffn, amount: float, activation: Any = None) -> tuple[int, int]:
+class FfnStats(NamedTuple):
+    """One FFN block's intermediate activations over some data, in float64: ``gram`` the sum
+    of h·hᵀ over the tokens [width, width], ``total`` the sum of h [width], ``tokens`` how
+    many. What the ranking (``norms``) and the reconstruction of the down-projection need."""
+
+    gram: Any
+    total: Any
+    tokens: int
+
+    def norms(self) -> Any:
+        """Each neuron's activation L2 norm over the tokens (as ffn_activation_norms)."""
+        return self.gram.diagonal().clamp(min=0).sqrt().float()
+
+
+STATS_MAX_BYTES = 2 << 30
+"""Bound on the float64 activation statistics of all FFN blocks together (width² · 8 bytes
+each: a BERT-base's 12 blocks of 3,072 take 0.9 GB); beyond it the pruning is not
+reconstructed (``stats_bytes``)."""
+
+
+def stats_bytes(model: Any) -> int:
+    """Memory ``ffn_activation_stats`` takes for `model`."""
+    total = 0
+    for module in model.modules():
+        found = _ffn(module)
+        if found is not None:
+            width = _width(found)
+            total += 8 * width * (width + 1)
+    return total
+
+
+def ffn_activation_stats(model: Any, inputs: Iterable[dict[str, Any]]) -> dict[str, FfnStats]:
+    """Per FFN block (keyed by its module name): its FfnStats over every token of `inputs`
+    (as ffn_activation_norms). Takes ``stats_bytes(model)`` of memory."""
+    found: dict[str, list[Any]] = {}
+
+    def take(name: str, rows: Any) -> None:
+        x = rows.double()
+        acc = found.setdefault(name, [0, 0, 0])
+        acc[0] = acc[0] + x.T @ x
+        acc[1] = acc[1] + x.sum(0)
+        acc[2] += int(x.shape[0])
+
+    _over_ffn_inputs(model, inputs, take)
+    return {name: FfnStats(g, t, n) for name, (g, t, n) in found.items()}
+
+
+RIDGE = 1e-3
+"""Ridge of the reconstruction's least squares, relative to the kept neurons' mean
+activation variance: keeps the solve stable where kept neurons are collinear."""
+
+
+class Reconstruction(NamedTuple):
+    """What reconstructing one block's down-projection did: the share of the block's output
+    variance (over the data) that pruning alone leaves unexplained, and after the refit."""
+
+    unexplained_before: float
+    unexplained_after: float
+
+
+def _refit(weight: Any, bias: Any, stats: FfnStats, keep: Any) -> tuple[Any, Any, Reconstruction]:
+    """The down-projection (`weight` [out, width], `bias` [out] or None) refitted on the
+    kept neurons `keep` by least squares over `stats`: (new weight [out, kept], new bias or
+    None, what it did). With a bias the fit is affine (the dropped neurons' mean output
+    moves into the bias), without it linear."""
+    import torch
+
+    w = weight.detach().double()
+    n = max(1, stats.tokens)
+    second = stats.gram / n
+    mean = stats.total / n
+    k = keep
+    # with a bias, the covariance (the bias absorbs the means); without, the second moment
+    moment = second - torch.outer(mean, mean) if bias is not None else second
+    m_kk = moment[k][:, k]
+    ridge = RIDGE * float(m_kk.diagonal().mean().clamp(min=1e-12))
+    rhs = moment[k] @ w.T  # [kept, out]
+    eye = torch.eye(len(k), dtype=torch.float64)
+    try:
+        a = torch.linalg.solve(m_kk + ridge * eye, rhs)
+    except RuntimeError:  # singular even with the ridge: the least-norm solution
+        a = torch.linalg.lstsq(m_kk + ridge * eye, rhs).solution
+    new_w = a.T  # [out, kept]
+    new_b = None
+    if bias is not None:
+        new_b = bias.detach().double() + w @ mean - new_w @ mean[k]
+
+    def unexplained(ws: Any, bs: Any) -> float:
+        # E||y - ŷ||² / E||y - E y||² with y = W h + b, ŷ = ws h_keep + bs
+        full = torch.zeros_like(w)
+        full[:, k] = ws
+        d = w - full
+        err = float((d @ second @ d.T).trace())
+        if bias is not None:
+            shift = bias.detach().double() - bs
+            err += float(2 * (d @ mean) @ shift + (shift * shift).sum())
+        total = float((w @ (second - torch.outer(mean, mean)) @ w.T).trace())
+        return err / total if total > 0 else 0.0
+
+    before = unexplained(w[:, k], bias.detach().double() if bias is not None else None)
+    after = unexplained(new_w, new_b)
+    if after > before:  # cannot happen in exact arithmetic; the ridge or rounding did it
+        return weight[:, k].detach().clone(), None if bias is None else bias.detach().clone(), \
+            Reconstruction(before, before)
+    return (new_w.to(weight.dtype), None if new_b is None else new_b.to(weight.dtype),
+            Reconstruction(before, after))
+
+
+def _width(found: _Ffn) -> int:
+    """The block's intermediate width."""
+    if found.kind == "conv1d":  # Conv1D: weight [in, out]
+        return int(found.up.weight.shape[1])
+    return int(found.up.out_features)
+
+
+def _prune_ffn_block(found: _Ffn, amount: float, activation: Any = None,
+                     stats: FfnStats | None = None) -> tuple[int, int, Reconstruction | None]:
     """Prune the FFN block `found` in place, ranking neurons by `activation` (their
     activation norms) or, without it, by their incoming weights; both times the norms of
-    their outgoing weights. Returns (neurons removed, width kept)."""
-    if found.kind == "linear":
-        return _prune_linear_pair(found.up_owner, found.up_name, found.down_owner,
-                                  found.down_name, amount, activation)
-    mlp, up, down = found.up_owner, found.up, found.down
+    their outgoing weights. With `stats` the down-projection is refitted on the kept
+    neurons (``_refit``). Returns (neurons removed, width kept, the refit or None)."""
+    width = _width(found)
     if found.kind == "conv1d":  # Conv1D: weight [in, out]
-        width = up.weight.shape[1]
+        mlp, up, down = found.up_owner, found.up, found.down
         incoming = up.weight.norm(dim=0) if activation is None else activation
-        score = incoming * down.weight.norm(dim=1)
-        keep = _top(score, _keep_count(width, amount))
+        keep = _top(incoming * down.weight.norm(dim=1), _keep_count(width, amount))
         mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
-        return width - len(keep), len(keep)
-    gate = mlp.gate_proj
-    incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
-                if activation is None else activation)
-    score = incoming * down.weight.norm(dim=0)
-    keep = _top(score, _keep_count(up.out_features, amount))
-    mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
-    mlp.down_proj = _linear_cols(down, keep)
-    return up.out_features - len(keep), len(keep)
+    elif found.kind == "gated":
+        mlp, up, down = found.up_owner, found.up, found.down
+        gate = mlp.gate_proj
+        incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
+                    if activation is None else activation)
+        keep = _top(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
+        mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
+        mlp.down_proj = _linear_cols(down, keep)
+    else:
+        up, down = found.up, found.down
+        incoming = up.weight.norm(dim=1) if activation is None else activation
+        keep = _top(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
+        setattr(found.up_owner, found.up_name, _linear_rows(up, keep))
+        setattr(found.down_owner, found.down_name, _linear_cols(down, keep))
+    refit = None
+    if stats is not None and stats.tokens:
+        import torch
 
-
-def _prune_linear_pair(
-    up_owner: Any, up_name: str, down_owner: Any, down_name: str, amount: float,
-    activation: Any = None,
-) -> tuple[int, int]:
-    """Prune a Linear up-projection and the matching down-projection (attributes of their
-    owners); returns (neurons removed, width kept)."""
-    up, down = getattr(up_owner, up_name), getattr(down_owner, down_name)
-    incoming = up.weight.norm(dim=1) if activation is None else activation
-    score = incoming * down.weight.norm(dim=0)
-    keep = _top(score, _keep_count(up.out_features, amount))
-    setattr(up_owner, up_name, _linear_rows(up, keep))
-    setattr(down_owner, down_name, _linear_cols(down, keep))
-    return up.out_features - len(keep), len(keep)
+        new_down = found.down
+        conv = found.kind == "conv1d"
+        # the original down-projection as [out, width]
+        weight = down.weight.T if conv else down.weight
+        w, b, refit = _refit(weight, down.bias, stats, keep)
+        with torch.no_grad():
+            new_down.weight.copy_(w.T if conv else w)
+            if b is not None:
+                new_down.bias.copy_(b)
+    return width - len(keep), len(keep), refit
 
 
 def prune_structured_ffn(model: Any, amount: float,
-                         activation_norms: dict[str, Any] | None = None) -> int:
+                         activation_norms: dict[str, Any] | None = None, *,
+                         stats: dict[str, FfnStats] | None = None,
+                         refits: dict[str, Reconstruction] | None = None) -> int:
     """Remove `amount` of the FFN neurons of every block; returns the neurons removed.
 
     With `activation_norms` (`ffn_activation_norms` of this model) neurons are ranked by
-    what they contribute on that data, else by their weights alone. Raises ModelLoadError
-    when the architecture has no FFN layout this function knows, or when
-    `activation_norms` lacks a block.
+    what they contribute on that data, else by their weights alone. With `stats`
+    (`ffn_activation_stats` of this model) each block's down-projection is then refitted by
+    least squares so that the kept neurons reproduce, over that data, the block's output
+    with every neuron (what each refit did goes to `refits`, by block). Raises
+    ModelLoadError when the architecture has no FFN layout this function knows, or when
+    `activation_norms` or `stats` lacks a block.
     """
     import torch
 
@@ -313,7 +456,14 @@ def prune_structured_ffn(model: Any, amount: float,
                 activation = activation_norms.get(name)
                 if activation is None:
                     raise ModelLoadError(f"no activation norms for the FFN block {name!r}")
-            dropped, new_width = _prune_ffn_block(found, amount, activation)
+            block_stats = None
+            if stats is not None:
+                block_stats = stats.get(name)
+                if block_stats is None:
+                    raise ModelLoadError(f"no activation statistics for the FFN block {name!r}")
+            dropped, new_width, refit = _prune_ffn_block(found, amount, activation, block_stats)
+            if refit is not None and refits is not None:
+                refits[name] = refit
             removed += dropped
     if new_width is None:
         raise ModelLoadError(

@@ -361,18 +361,52 @@ def activation_norms(teacher: Any, encoder: Encoder, train: Examples, recipe: Re
         raise BuildError(str(exc)) from exc
 
 
-def prune(teacher: Any, amount: float, norms: dict[str, Any] | None = None) -> tuple[Any, int]:
+def activation_stats(teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
+                     progress: Callable[..., None], deadline: Deadline
+                     ) -> tuple[dict[str, Any] | None, str | None]:
+    """(the teacher's FFN activation statistics over up to calibrationSamples training
+    examples (prune.ffn_activation_stats), None) or, when they would take more than
+    prune.STATS_MAX_BYTES, (None, why)."""
+    from model_server.errors import ModelLoadError
+    from model_server.optimize import prune as p
+
+    need = p.stats_bytes(teacher)
+    if need > p.STATS_MAX_BYTES:
+        return None, (f"the FFN activation statistics would take {need / 2**30:.1f} GiB, over "
+                      f"the {p.STATS_MAX_BYTES / 2**30:.0f} GiB bound")
+    _, feed = _calibration_feed(encoder, train, recipe, "pruning", progress, deadline)
+    try:
+        return p.ffn_activation_stats(teacher, feed), None
+    except ModelLoadError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def prune(teacher: Any, amount: float, norms: dict[str, Any] | None = None,
+          stats: dict[str, Any] | None = None) -> tuple[Any, int, dict[str, Any] | None]:
     """A copy of `teacher` with `amount` of every FFN's neurons removed, ranked by `norms`
-    (activation_norms) or, without, by weights; (model, removed)."""
+    (activation_norms) or, without, by weights; with `stats` (activation_stats) each
+    down-projection refitted on the kept neurons. (model, removed, the refit's summary or
+    None: blocks, tokens, mean share of the blocks' output variance left unexplained
+    before and after)."""
     from model_server.errors import ModelLoadError
     from model_server.optimize.prune import prune_structured_ffn
 
     student = copy.deepcopy(teacher)
+    refits: dict[str, Any] = {}
     try:
-        removed = prune_structured_ffn(student, amount, norms)
+        removed = prune_structured_ffn(student, amount, norms, stats=stats, refits=refits)
     except ModelLoadError as exc:
         raise BuildError(str(exc)) from exc
-    return student, removed
+    summary = None
+    if refits:
+        summary = {
+            "blocks": len(refits),
+            "tokens": int(next(iter(stats.values())).tokens) if stats else 0,
+            "unexplainedBefore": round(sum(r.unexplained_before for r in refits.values())
+                                       / len(refits), 6),
+            "unexplainedAfter": round(sum(r.unexplained_after for r in refits.values())
+                                      / len(refits), 6)}
+    return student, removed, summary
 
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")

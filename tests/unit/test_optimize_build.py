@@ -154,12 +154,20 @@ def test_prune_recover_recovers_what_pruning_alone_loses(
     # shows the recovery: at least halved, and never fewer agreeing predictions
     assert report["result"]["klToSource"] < 0.5 * details["pruneOnlyKlToSource"]
     assert report["result"]["agreement"] >= details["pruneOnlyAgreement"]
-    # ranked on the data by default; the report also has that model before recovery
+    # ranked on the data by default; then each down-projection refitted on the kept
+    # neurons: less of the blocks' output left unexplained, closer to the source on the
+    # held-out split than the ranked pruning alone
     assert details["ranking"] == "activation"
-    assert report["result"]["klToSource"] < details["beforeRecoveryKlToSource"]
-    assert (details["training"]["schedule"], details["training"]["dropout"]) == (
-        "warmup-cosine", False)
-    assert details["training"]["kept"] == "recovered"
+    refit = details["reconstruction"]
+    assert (refit["blocks"], refit["tokens"] > 0) == (2, True)
+    assert refit["unexplainedAfter"] < 0.5 * refit["unexplainedBefore"]
+    assert details["beforeRecoveryKlToSource"] < 0.5 * refit["beforeKlToSource"]
+    assert refit["beforeKlToSource"] != details["pruneOnlyKlToSource"]
+    # then fine-tuned, kept only if it came closer on the training examples it checks
+    training = details["training"]
+    assert (training["schedule"], training["dropout"]) == ("warmup-cosine", False)
+    assert training["kept"] == ("recovered" if training["checkKlAfter"]
+                                <= training["checkKlBefore"] else "pruned")
     assert report["result"]["parameters"] < report["source"]["parameters"]
     assert "accuracy" not in report["result"]  # unlabelled data
     backend = _served(_unpack(result, tmp_path / "unpacked"))

@@ -168,7 +168,7 @@ def test_recovery_that_ends_farther_from_the_source_keeps_the_pruned_weights(
     texts, _ = modelfactory.sentiment_sentences(40, seed=3)
     data = train.Examples(texts)
     encoder = train.text_encoder(tokenizer, 32)
-    pruned, _ = train.prune(model, 0.5)
+    pruned, _, _ = train.prune(model, 0.5)
     start = {k: v.clone() for k, v in pruned.state_dict().items()}
     # a learning rate of 1 throws the pruned model far from the source
     recipe = parse_recipe(json.dumps({"recipe": "prune-recover", "framework": "transformers",
