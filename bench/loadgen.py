@@ -210,11 +210,10 @@ def wait_http(host: str, port: int, path: str, timeout_s: float = 60.0) -> None:
 
 
 def free_port() -> int:
-    import socket
+    """A free loopback port (localcluster.ports: below the ephemeral range)."""
+    from localcluster.ports import free_port as pick
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return pick()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -34,7 +34,6 @@ import concurrent.futures as cf
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from msv_operator.config import uniform_images
 
 import localcluster
 from localcluster import paths
+from localcluster.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
@@ -79,12 +79,6 @@ sys.exit(main(sys.argv[1:]))
 
 _SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def apiserver_writes(client: kube.Kube) -> Counter[tuple[str, str, str]]:

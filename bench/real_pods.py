@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from _realcluster import apply_until_ready, log, real_cluster
 
 from localcluster import cluster as lc
 from localcluster import modelstores
+from localcluster.ports import free_port
 from msv_contract import env as server_env
 from msv_contract.api import GROUP, KIND, VERSION
 
@@ -93,12 +93,6 @@ def pod_run(c: lc.Cluster, ns: str, framework: str, uri: str, sha: str) -> dict[
     return timed.phases()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def host_run(framework: str, uri: str, sha: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "model"
@@ -106,7 +100,7 @@ def host_run(framework: str, uri: str, sha: str) -> dict[str, float]:
         subprocess.run([sys.executable, "-m", "model_server", "pull", uri, str(dest),
                         "--sha256", sha], check=True, capture_output=True)
         pulled = time.monotonic() - t0
-        port = _free_port()
+        port = free_port()
         task = FRAMEWORKS[framework][0]
         env = {**os.environ, server_env.MODEL_DIR: str(dest), server_env.PORT: str(port),
                server_env.var("host"): "127.0.0.1", server_env.MODEL_NAME: "bench",

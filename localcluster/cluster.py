@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from localcluster import (
     network,
     nodes,
     paths,
+    ports,
     realnode,
 )
 from localcluster.gateway import install as gateway_install
@@ -193,18 +193,8 @@ def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _free_ports(names: list[str]) -> dict[str, int]:
-    """Ask the kernel for distinct free loopback ports (held open until all are chosen)."""
-    socks, ports = [], {}
-    try:
-        for n in names:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports[n] = s.getsockname()[1]
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    """Distinct free loopback ports, one per name (localcluster.ports)."""
+    return dict(zip(names, ports.free_ports(len(names)), strict=True))
 
 
 def _proc_alive(pid: int | None, binary: str | None = None) -> bool:

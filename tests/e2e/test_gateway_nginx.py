@@ -46,16 +46,11 @@ from waiting import wait_for
 
 from localcluster.gateway import controller, render
 from localcluster.gateway.nginx import DataPlane, Nginx, NginxError, find_binary
+from localcluster.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 VARIANT_HEADER = "x-msv-variant"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -158,15 +153,15 @@ class Gateway:
 
     binary: str
     dir: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     plane: DataPlane | None = None
     last: render.Rendered | None = None
 
     def __post_init__(self) -> None:
         self.options = render.Options(
             runtime_dir=str(self.dir), ports=frozenset({self.port}), listen_address="127.0.0.1",
-            status_listen=f"127.0.0.1:{_free_port()}",
-            edge_status_listen=f"127.0.0.1:{_free_port()}", workers="1")
+            status_listen=f"127.0.0.1:{free_port()}",
+            edge_status_listen=f"127.0.0.1:{free_port()}", workers="1")
 
     def serve(self, *items: Mapping[str, Any]) -> render.Rendered:
         out = render.render(objects(gateway_class(), gateway([listener(self.port)]), *items),

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_model_server_process import REPO, _free_port, model_server
+from test_model_server_process import REPO, free_port, model_server
 from waiting import wait_for
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -111,7 +111,7 @@ def test_classifier_mirror_agreement_candidate_down_and_grpc(tmp_path: Path) -> 
     factory.make_trained_text_classifier(same)  # its labels follow the sentences
     factory.make_text_classifier(other, seed=2)  # random: one label for everything
     (tmp_path / "tokens").write_text(TOKEN + "\n")
-    candidate_port, grpc_port = _free_port(), _free_port()
+    candidate_port, grpc_port = free_port(), free_port()
     common = ("--task", "text-classification", "--auth-tokens", str(tmp_path / "tokens"),
               "--no-auth-metrics")  # fmt: skip
     env = {
@@ -163,7 +163,7 @@ def test_generator_mirror_covers_generate_stream_and_openai(tmp_path: Path) -> N
     model_dir = tmp_path / "gpt"
     factory.make_text_generator(model_dir)
     (tmp_path / "tokens").write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     common = ("--model-dir", str(model_dir), "--task", "text-generation",
               "--auth-tokens", str(tmp_path / "tokens"), "--no-auth-metrics")  # fmt: skip
     env = {

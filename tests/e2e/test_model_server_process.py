@@ -7,7 +7,6 @@ command on a free port, waits for readiness and calls it like a user would.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,11 @@ import numpy as np
 import pytest
 from waiting import wait_for
 
+from localcluster.ports import free_port
+
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn(
@@ -38,7 +33,7 @@ def _spawn(
 ) -> tuple[subprocess.Popen, str, Any]:  # type: ignore[type-arg]
     """Start `model-server serve` on loopback (a free port unless given); (process,
     host:port, log file)."""
-    port = port or _free_port()
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "model_server", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--torch-threads", "1", *flags,
@@ -228,7 +223,7 @@ def test_three_front_ends_with_a_token_on_one_process(tmp_path: Path) -> None:
     model_dir = tmp_path / "gpt"
     make_text_generator(model_dir)
     (tmp_path / "tokens").write_text("e2e-token\n")
-    grpc_port = _free_port()
+    grpc_port = free_port()
     flags = ("--model-dir", str(model_dir), "--task", "text-generation",
              "--grpc-port", str(grpc_port), "--auth-tokens", str(tmp_path / "tokens"))  # fmt: skip
     auth = {"Authorization": "Bearer e2e-token"}

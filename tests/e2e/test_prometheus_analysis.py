@@ -11,7 +11,6 @@ size back exactly as recorded, and the rollout gates must judge them.
 from __future__ import annotations
 
 import math
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from waiting import wait_for
 
 from localcluster import paths
+from localcluster.ports import free_port
 from model_server.metrics import ServerMetrics
 
 pytestmark = pytest.mark.slow
@@ -35,12 +35,6 @@ NAMESPACE, MODEL = "ml", "sentiment"
 def prometheus_binary() -> Path | None:
     found = sorted(paths.bin_root().glob("prometheus-v*/prometheus"))
     return found[-1] if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Exporters:

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from msv_operator import handlers, kube
 from msv_operator.config import OperatorConfig
 from msv_operator.metrics import OperatorMetrics
 from waiting import wait_for
+
+from localcluster.ports import free_port as free_port  # re-exported: test_operator_ha
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modelservices.serving.modelservice.dev.yaml"
@@ -87,12 +88,6 @@ class RunningOperator:
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def operator_metrics(port: int) -> dict[str, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,15 +26,10 @@ from msv_operator.activator.holder import Holder, Signal
 from msv_operator.activator.metrics import Metrics
 from msv_operator.activator.proxy import RETRY_AFTER_SECONDS, Proxy
 
+from localcluster.ports import free_port
 from msv_contract import scaletozero as stz
 
 NS, SVC, MS = "team", "sentiment", "sentiment"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def route(port: int, variant: str | None = None) -> r.Route:

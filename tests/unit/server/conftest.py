@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from localcluster.ports import free_port
 from model_server.app import create_app
 from model_server.backends.base import Backend
 from model_server.settings import Settings
@@ -52,12 +52,6 @@ def client() -> Iterator[TestClient]:
 @pytest.fixture
 def app_factory() -> Callable[..., Any]:
     return serve_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class UvicornThread:
