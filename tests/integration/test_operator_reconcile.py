@@ -4,7 +4,6 @@ Invalid specs: test_bad_modelservices.py."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -271,7 +270,16 @@ def test_no_writes_when_nothing_changed(
         operator: RunningOperator, k: kube.Kube, namespace: str) -> None:
     apply_ms(k, modelservice("quiet", namespace))
     wait_for("Ready=True", lambda: ready(k, namespace, "quiet"), timeout=90)
-    time.sleep(1)  # let the last status write land in the watch cache
+    def quiet_pass() -> bool:
+        """One more resync pass, and whether it wrote no status (a pass may still follow
+        Ready with a write, e.g. the pods' start-up times)."""
+        writes = operator.metric("msv_operator_status_writes_total")
+        seen = operator.metric("msv_operator_reconciles_total", {"result": "unchanged"})
+        wait_for("a resync pass", lambda: operator.metric(
+            "msv_operator_reconciles_total", {"result": "unchanged"}) > seen, timeout=30)
+        return operator.metric("msv_operator_status_writes_total") == writes
+
+    wait_for("a pass that writes nothing", quiet_pass, timeout=90)
     before = k.get(MS_API, "ModelService", namespace, "quiet")
     writes = operator.metric("msv_operator_status_writes_total")
     applies = sum(operator.metric("msv_operator_applies_total", {"kind": kd})
