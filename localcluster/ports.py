@@ -48,9 +48,9 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     held: list[socket.socket] = []
     ports: list[int] = []
     try:
-        for _ in range(100 * count + 100):
-            if len(ports) == count:
-                return ports
+        tries = 100 * count + 100
+        while len(ports) < count and tries:
+            tries -= 1
             port = pick.randrange(low, high)
             if port in ports:
                 continue
@@ -62,12 +62,12 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
                 continue
             held.append(s)
             ports.append(port)
-        if len(ports) == count:
-            return ports
-        raise OSError(f"no {count} free ports found on {host} in {low}-{high - 1}")
     finally:
         for s in held:
             s.close()
+    if len(ports) < count:
+        raise OSError(f"no {count} free ports found on {host} in {low}-{high - 1}")
+    return ports
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -151,7 +151,8 @@ def _conv1d_rows(conv: Any, keep: Any) -> Any:
     return new
 
 
-def _top(score: Any, keep: int) -> Any:
+def top_sorted(score: Any, keep: int) -> Any:
+    """The indices of the `keep` highest scores, in ascending order."""
     import torch
 
     return torch.sort(torch.topk(score, keep).indices).values
@@ -395,20 +396,20 @@ def _prune_ffn_block(found: _Ffn, amount: float, activation: Any = None,
     if found.kind == "conv1d":  # Conv1D: weight [in, out]
         mlp, up, down = found.up_owner, found.up, found.down
         incoming = up.weight.norm(dim=0) if activation is None else activation
-        keep = _top(incoming * down.weight.norm(dim=1), _keep_count(width, amount))
+        keep = top_sorted(incoming * down.weight.norm(dim=1), _keep_count(width, amount))
         mlp.c_fc, mlp.c_proj = _conv1d_cols(up, keep), _conv1d_rows(down, keep)
     elif found.kind == "gated":
         mlp, up, down = found.up_owner, found.up, found.down
         gate = mlp.gate_proj
         incoming = (gate.weight.norm(dim=1) + up.weight.norm(dim=1)
                     if activation is None else activation)
-        keep = _top(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
+        keep = top_sorted(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
         mlp.gate_proj, mlp.up_proj = _linear_rows(gate, keep), _linear_rows(up, keep)
         mlp.down_proj = _linear_cols(down, keep)
     else:
         up, down = found.up, found.down
         incoming = up.weight.norm(dim=1) if activation is None else activation
-        keep = _top(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
+        keep = top_sorted(incoming * down.weight.norm(dim=0), _keep_count(width, amount))
         setattr(found.up_owner, found.up_name, _linear_rows(up, keep))
         setattr(found.down_owner, found.down_name, _linear_cols(down, keep))
     refit = None

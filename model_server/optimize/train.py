@@ -423,12 +423,6 @@ _FFN_DIM0 = re.compile(r"intermediate\.dense\.(weight|bias)$")
 _FFN_DIM1 = re.compile(r"(?<!attention\.)output\.dense\.weight$")
 
 
-def _top_sorted(score: Any, keep: int) -> Any:
-    import torch
-
-    return torch.sort(torch.topk(score, keep).indices).values
-
-
 def _width_plan(teacher: Any, config: Any, mapping: list[int],
                 ffn_norms: dict[str, Any] | None) -> dict[str, Any]:
     """Which teacher units a narrower student keeps: residual dimensions (ranked by the
@@ -437,13 +431,15 @@ def _width_plan(teacher: Any, config: Any, mapping: list[int],
     them: activation norms when given, else incoming weights, times outgoing weights)."""
     import torch
 
+    from model_server.optimize.prune import top_sorted
+
     t = teacher.config
     state = teacher.state_dict()
     res_score = torch.zeros(t.hidden_size)
     for name, value in state.items():
         if "LayerNorm" in name and value.dim() == 1 and value.shape[0] == t.hidden_size:
             res_score += value.float().pow(2)
-    residual = _top_sorted(res_score, config.hidden_size)
+    residual = top_sorted(res_score, config.hidden_size)
     head_dim = t.hidden_size // t.num_attention_heads
     student_head_dim = config.hidden_size // config.num_attention_heads
     heads: dict[int, Any] = {}
@@ -458,7 +454,7 @@ def _width_plan(teacher: Any, config: Any, mapping: list[int],
                 value[h * head_dim:(h + 1) * head_dim].norm()
                 * out[:, h * head_dim:(h + 1) * head_dim].norm()
                 for h in range(t.num_attention_heads)])
-            kept = _top_sorted(score, config.num_attention_heads)
+            kept = top_sorted(score, config.num_attention_heads)
             heads[layer] = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim)
                                       for h in kept.tolist()])
         else:
@@ -467,7 +463,7 @@ def _width_plan(teacher: Any, config: Any, mapping: list[int],
         down = state[base + "output.dense.weight"].float()
         norms = None if ffn_norms is None else ffn_norms.get(prefix + f".layer.{layer}")
         incoming = up.norm(dim=1) if norms is None else norms.float()
-        ffn[layer] = _top_sorted(incoming * down.norm(dim=0),
+        ffn[layer] = top_sorted(incoming * down.norm(dim=0),
                                  min(config.intermediate_size, up.shape[0]))
     return {"residual": residual, "heads": heads, "ffn": ffn}
 

@@ -278,3 +278,18 @@ def test_latency_interleaves_source_and_result_in_alternating_order() -> None:
     assert batch1 == ["source", "result", "source", "result", "result", "source",
                       "source", "result", "result", "source"]
     assert [size for _, size in calls].count(8) == 10  # held-out texts cycled to batch 8
+
+
+def test_prune_recover_over_the_statistics_bound_prunes_without_the_refit(
+    source: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_server.optimize import prune
+
+    monkeypatch.setattr(prune, "STATS_MAX_BYTES", 0)
+    recipe = {"recipe": "prune-recover", "amount": 0.5, "steps": 2}
+    details = _report(_build(source, data["plain"], recipe, tmp_path))["details"]
+    # no statistics taken: the report says why, the ranking still used the activations
+    assert details["reconstruction"] == {
+        "skipped": "the FFN activation statistics would take 0.0 GiB, over the 0 GiB bound"}
+    assert details["ranking"] == "activation"
+    assert details["beforeRecoveryKlToSource"] != details["pruneOnlyKlToSource"]

@@ -123,7 +123,7 @@ def test_the_refit_leaves_padding_out_and_needs_a_blocks_statistics() -> None:
         prune.prune_structured_ffn(model, 0.5, stats={"elsewhere": only})
 
 
-def test_statistics_memory_is_bounded_before_any_is_taken() -> None:
+def test_statistics_memory_is_width_squared_per_block_and_bounded() -> None:
     # BERT-base: 12 blocks of 3,072 neurons, float64 second moments
     blocks = torch.nn.ModuleList([_Bert() for _ in range(3)])
     assert prune.stats_bytes(blocks) == 3 * 8 * WIDTH * (WIDTH + 1)
