@@ -9,7 +9,8 @@ functions on the same split the build uses; agreement and KL to the source on th
 split before and after training. No latency timing (bench/pipeline.py does that).
 Variants: distill (the student build_student makes, constant rate, dropout on), distill-act
 (its FFN neurons ranked on activations), distill-cos (warmup-cosine, dropout off: what the
-recipe does), prune (prune-recover as the build runs it: ranked on the activations, the
+recipe did before its hidden-state term), distill-cos-hidden (with it: what the recipe does),
+prune (prune-recover as the build runs it: ranked on the activations, the
 down-projections refitted, then recovery training with its kept-weights check).
 --source-layers 4 distills a 4-layer source into a 2-layer student.
 """
@@ -52,7 +53,8 @@ def _source(steps: int, lr: float, layers: int = 2) -> tuple[Path, dict[str, Any
                                                   **{**SOURCE, "num_layers": layers})
         tokenizer = AutoTokenizer.from_pretrained(root)
         accuracy = modelfactory.train_text_classifier(model, tokenizer, steps=steps, lr=lr,
-                                                      sentences=_sentences)
+                                                      sentences=_sentences,
+                                                      warmup_cosine=layers > 2)
         model.save_pretrained(root, safe_serialization=True)
         (root / "accuracy.json").write_text(json.dumps(
             {"accuracy": accuracy, "seconds": round(time.time() - started, 1)}))
@@ -112,10 +114,11 @@ def main() -> int:
                                               "temperature": args.temperature}))
             norms = (train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)
                      if "act" in variant else None)
-            student, extra = train.build_student(teacher, recipe.student, norms)  # type: ignore[arg-type]
+            student, extra, align = train.build_student(teacher, recipe.student, norms)  # type: ignore[arg-type]
             before = train.fidelity(student, reference, encoder, held)
             train.match_teacher(student, teacher, encoder, training, recipe, quiet, deadline,
-                                fine_tune=variant.endswith("-cos"))
+                                fine_tune="-cos" in variant,
+                                align=align if variant.endswith("-hidden") else None)
         after = train.fidelity(student, reference, encoder, held)
         print(json.dumps({"variant": variant, "steps": args.steps, "temperature": args.temperature,
                           "agreementKlBefore": [round(x, 4) for x in before],

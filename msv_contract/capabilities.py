@@ -149,7 +149,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "structured pruning of FFN neurons, a least-squares refit of each FFN's remaining "
            "outgoing weights on the data, then training to match the source's outputs"),
     Recipe("distill", _TRANSFORMERS_CLASSIFIERS,
-           "a smaller student (fewer layers, narrower) trained on the source's outputs"),
+           "a smaller student (fewer layers, narrower) trained on the source's outputs and "
+           "the hidden states of the layers it starts from"),
 )}
 RECIPE_NAMES = tuple(RECIPES)
 DATA_KINDS = {"image-classification": "images"}

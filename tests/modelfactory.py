@@ -461,22 +461,32 @@ def train_text_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     sentences: Callable[..., tuple[list[str], list[int]]] | None = None,
+    warmup_cosine: bool = False,
 ) -> float:
     """Train `model` in place on `sentences(n, seed=...)` (default `sentiment_sentences`);
-    returns held-out accuracy."""
+    returns held-out accuracy. `warmup_cosine`: the optimize build's learning-rate schedule
+    (train.lr_factor) and gradients clipped to norm 1, which deeper models (4 layers) need
+    to learn at all; else a constant rate."""
     import torch
+
+    from model_server.optimize.train import lr_factor
 
     sentences = sentences or sentiment_sentences
     torch.manual_seed(seed)
     texts, labels = sentences(steps * batch_size, seed=seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_factor(i, steps) if warmup_cosine else 1.0)
     for step in range(steps):
         chunk = slice(step * batch_size, (step + 1) * batch_size)
         enc = tokenizer(texts[chunk], padding=True, truncation=True, return_tensors="pt")
         out = model(**enc, labels=torch.tensor(labels[chunk]))
         out.loss.backward()
+        if warmup_cosine:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         opt.zero_grad()
     model.eval()
     test_texts, test_labels = sentences(256, seed=seed + 1000)

@@ -376,9 +376,9 @@ def _run_recipe(recipe: Recipe, teacher: Any, preprocessor: Any, encoder: Any, t
                 "beforeRecoveryAgreement": round(before, 6),
                 "beforeRecoveryKlToSource": round(before_kl, 8),
                 "training": training_details}
-    student, details = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
+    student, details, align = train.build_student(teacher, recipe.student)  # type: ignore[arg-type]
     details["training"] = train.match_teacher(student, teacher, encoder, training, recipe,
-                                              progress, deadline, fine_tune=True)
+                                              progress, deadline, fine_tune=True, align=align)
     train.save(student, preprocessor, model_dir)
     return details
 

@@ -9,10 +9,12 @@ key): ``{"recipe": one of pipeline.RECIPES, "framework", "task", ...}`` with per
   neurons ranked on ``calibrationSamples`` of the data; ``weight``: by weights alone, as at
   load time), ``steps`` or ``epochs``, ``learningRate``;
 - ``distill``: ``student`` (``layers``, optional ``hiddenSize``, ``intermediateSize``,
-  ``heads``), ``steps`` or ``epochs``, ``learningRate``;
+  ``heads``), ``steps`` or ``epochs``, ``learningRate``, ``hiddenWeight`` (default 1: the
+  weight of the hidden-state term, model_server.optimize.train; 0 turns it off);
 
-and for all: ``budget.maxSeconds``, ``heldOut`` (fraction, default 0.2), ``seed``, and for the
-training recipes ``batchSize``, ``temperature``, ``maxLength``; for TensorFlow models (tensor
+(``learningRate``'s default is per recipe: DEFAULT_LEARNING_RATES) and for all:
+``budget.maxSeconds``, ``heldOut`` (fraction, default 0.2), ``seed``, and for the training
+recipes ``batchSize``, ``temperature``, ``maxLength``; for TensorFlow models (tensor
 inputs) ``inputRange`` ([low, high], default [0, 1]: what the image pixels 0..255 become).
 The (recipe, framework, task) triples implemented are msv_contract.capabilities.RECIPES's.
 Every error names the field.
@@ -31,9 +33,12 @@ from msv_contract.pipeline import DEFAULT_RANKING, RANKINGS, Student
 DEFAULT_HELD_OUT = 0.2
 DEFAULT_CALIBRATION_SAMPLES = 128
 DEFAULT_STEPS = 100
-DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_LEARNING_RATES = {"prune-recover": 1e-4, "distill": 1e-3}
+"""Per training recipe. Recovery starts next to the source and needs small steps; a student
+starts far from it (agreement ~0.3 on bench/pipeline.py's source) and learns 1e-3's steps."""
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_TEMPERATURE = 2.0
+DEFAULT_HIDDEN_WEIGHT = 1.0
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
@@ -53,7 +58,7 @@ class Recipe:
     max_seconds: float | None = None
     steps: int | None = None
     epochs: float | None = None
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    learning_rate: float = DEFAULT_LEARNING_RATES["prune-recover"]
     batch_size: int = DEFAULT_BATCH_SIZE
     temperature: float = DEFAULT_TEMPERATURE
     max_length: int = DEFAULT_MAX_LENGTH
@@ -61,6 +66,7 @@ class Recipe:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     ranking: str = DEFAULT_RANKING
     student: Student | None = None
+    hidden_weight: float = 0.0
     input_range: tuple[float, float] = DEFAULT_INPUT_RANGE
 
     @property
@@ -140,7 +146,7 @@ def parse_recipe(text: str) -> Recipe:
         steps = DEFAULT_STEPS
     common.update(
         steps=steps, epochs=epochs,
-        learning_rate=_number(raw, "learningRate", DEFAULT_LEARNING_RATE, low=0,
+        learning_rate=_number(raw, "learningRate", DEFAULT_LEARNING_RATES[name], low=0,
                               low_open=True, high=1),
     )
     if name == "prune-recover":
@@ -158,6 +164,7 @@ def parse_recipe(text: str) -> Recipe:
     if not isinstance(student, dict):
         raise BuildError("recipe.student (an object with layers) is required for distill")
     w = "recipe.student"
+    common["hidden_weight"] = _number(raw, "hiddenWeight", DEFAULT_HIDDEN_WEIGHT, low=0)
     common["student"] = Student(
         layers=_number(student, "layers", None, integer=True, low=1, where=w)
         or _missing(f"{w}.layers"),

@@ -11,7 +11,11 @@ backend uses.
 
 Recovery and distillation train a student to match the teacher's (the source model's) logits:
 KL divergence of the temperature-softened distributions, times T², plus cross-entropy when the
-data has labels; AdamW; batches cycle through the shuffled training split. Both fine-tune a
+data has labels; AdamW; batches cycle through the shuffled training split. A distilled student
+also matches the hidden states of the teacher layers it was initialised from (`Alignment`):
+recipe.hidden_weight times the mean cosine distance over the non-padding tokens, on the
+residual dimensions the student kept (more signal per example than the logits alone:
+bench/results/pipeline_exploration.md). Both fine-tune a
 model that starts from the teacher's weights (a pruned copy; a student whose layers are
 teacher layers cut down to the student's width, `build_student`): dropout off, the learning
 rate warmed up linearly over the first `WARMUP_FRACTION` of the steps, then decayed to zero
@@ -57,6 +61,16 @@ class Examples:
 
 Encoder = Callable[[Sequence[Any]], dict[str, Any]]
 """A batch of examples -> the model's keyword inputs (torch tensors)."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Which teacher hidden states a student's match: student layer i's output against
+    teacher layer `layers[i]`'s, on the teacher's residual dimensions `residual` (all when
+    None: the same width)."""
+
+    layers: list[int]
+    residual: Any = None
 
 
 def text_encoder(tokenizer: Any, max_length: int) -> Encoder:
@@ -238,11 +252,30 @@ def total_steps(recipe: Recipe, n_train: int) -> int:
     return max(1, math.ceil((recipe.epochs or 1) * per_epoch))
 
 
+def hidden_distance(student_out: Any, teacher_out: Any, align: Alignment,
+                    mask: Any) -> Any:
+    """Mean over the aligned layers of the mean cosine distance between the student's and
+    the teacher's hidden states at the tokens `mask` selects (None: all)."""
+    import torch.nn.functional as F
+
+    total: Any = 0.0
+    for i, layer in enumerate(align.layers):
+        theirs = teacher_out.hidden_states[layer + 1]
+        if align.residual is not None:
+            theirs = theirs[..., align.residual]
+        ours = student_out.hidden_states[i + 1]
+        if mask is not None:
+            theirs, ours = theirs[mask], ours[mask]
+        total = total + (1.0 - F.cosine_similarity(ours.float(), theirs.float(), dim=-1)).mean()
+    return total / len(align.layers)
+
+
 def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples, recipe: Recipe,
                   progress: Callable[..., None], deadline: Deadline, *,
-                  fine_tune: bool = False) -> dict[str, Any]:
+                  fine_tune: bool = False, align: Alignment | None = None) -> dict[str, Any]:
     """Train `student` in place on the teacher's logits (and the labels, if any);
-    `fine_tune`: dropout off and a warmup-cosine learning rate (recovery)."""
+    `fine_tune`: dropout off and a warmup-cosine learning rate (recovery); `align`: also on
+    those hidden states, weighted recipe.hidden_weight (distillation)."""
     import torch
     import torch.nn.functional as F
 
@@ -267,11 +300,18 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             stream = batches(train, recipe.batch_size, seed=recipe.seed + epoch)
             batch = next(stream)
         enc = encoder(batch.items)
+        hidden = align is not None and recipe.hidden_weight > 0
         with torch.no_grad():
-            target = teacher(**enc).logits.float()
-        out = student(**enc).logits.float()
+            teacher_out = teacher(**enc, output_hidden_states=hidden)
+        student_out = student(**enc, output_hidden_states=hidden)
+        target, out = teacher_out.logits.float(), student_out.logits.float()
         loss = F.kl_div(F.log_softmax(out / temp, -1), F.softmax(target / temp, -1),
                         reduction="batchmean") * temp * temp
+        if hidden:
+            mask = enc.get("attention_mask")
+            loss = loss + recipe.hidden_weight * hidden_distance(
+                student_out, teacher_out, align,  # type: ignore[arg-type]
+                None if mask is None else mask.bool())
         if batch.labels is not None:
             loss = loss + F.cross_entropy(out, torch.tensor(batch.labels))
         loss.backward()
@@ -285,7 +325,8 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
     return {"steps": steps, "finalLoss": round(last_loss, 6), "temperature": temp,
             "learningRate": recipe.learning_rate,
             "schedule": "warmup-cosine" if fine_tune else "constant", "dropout": not fine_tune,
-            "batchSize": recipe.batch_size, "labels": train.labels is not None}
+            "batchSize": recipe.batch_size, "labels": train.labels is not None,
+            "hiddenWeight": recipe.hidden_weight if align is not None else 0.0}
 
 
 RECOVERY_CHECK_SAMPLES = 256
@@ -492,12 +533,13 @@ def _slice_like(name: str, value: Any, shape: Any, plan: dict[str, Any],
     return out
 
 
-def build_student(teacher: Any, spec: Student,
-                  ffn_norms: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def build_student(teacher: Any, spec: Student, ffn_norms: dict[str, Any] | None = None
+                  ) -> tuple[Any, dict[str, Any], Alignment]:
     """A smaller model of the teacher's architecture: `spec.layers` layers initialised from
     every k-th teacher layer; a narrower width keeps the teacher's highest-ranked residual
     dimensions, heads and FFN neurons (`ffn_norms`: activation_norms for the FFN ranking;
-    weights without), and a tensor that cannot be cut down starts fresh."""
+    weights without), and a tensor that cannot be cut down starts fresh. Returns the student,
+    the report's details and how its hidden states align with the teacher's."""
     import torch
 
     config = copy.deepcopy(teacher.config)
@@ -554,11 +596,17 @@ def build_student(teacher: Any, spec: Student,
                     continue
             fresh += 1
     student.load_state_dict(target)
+    residual = None
+    if hidden != teacher_hidden:
+        plan = plan or _width_plan(teacher, config, mapping, ffn_norms)
+        residual = plan["residual"]
+    align = Alignment(layers=mapping, residual=residual)
     return student.eval(), {"layers": spec.layers, "hiddenSize": hidden, "heads": heads,
                             "intermediateSize": config.intermediate_size,
                             "initialisedFrom": mapping, "tensorsCopied": copied,
                             "tensorsNarrowed": sliced, "tensorsFresh": fresh,
-                            "ffnRanking": "weight" if ffn_norms is None else "activation"}
+                            "ffnRanking": "weight" if ffn_norms is None else "activation"
+                            }, align
 
 
 def save(model: Any, preprocessor: Any, out_dir: Path) -> Path:

@@ -193,6 +193,7 @@ def test_distill_builds_the_requested_student(
     assert details["tensorsNarrowed"] > 0 and details["ffnRanking"] == "weight"
     assert (details["training"]["schedule"], details["training"]["dropout"]) == (
         "warmup-cosine", False)
+    assert details["training"]["hiddenWeight"] == 1.0  # the hidden-state term is on
     config = _served(_unpack(result, tmp_path / "unpacked")).model.config
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size,
             config.num_attention_heads) == (1, 16, 32, 2)
@@ -206,6 +207,8 @@ def test_distill_builds_the_requested_student(
          "labelled", "hiddenSize 30 is not divisible by heads 4"),
         ({"recipe": "distill", "student": {"layers": 3}}, "labelled",
          "student.layers 3 exceeds the source model's 2 layers"),
+        ({"recipe": "distill", "student": {"layers": 1}, "hiddenWeight": -1}, "labelled",
+         "recipe.hiddenWeight must be >= 0"),
         ({"recipe": "prune-recover", "amount": 0.95}, "labelled",
          "recipe.amount must be <= 0.9"),
         ({"recipe": "prune-recover", "amount": 0.5, "ranking": "random"}, "labelled",

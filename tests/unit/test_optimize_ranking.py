@@ -1,5 +1,5 @@
-"""Activation-aware FFN pruning (the prune-recover recipe's ranking) and the recovery's
-learning-rate schedule."""
+"""Activation-aware FFN pruning (the prune-recover recipe's ranking), the recovery's
+learning-rate schedule, and the distilled student's start and hidden-state alignment."""
 
 from __future__ import annotations
 
@@ -134,9 +134,11 @@ def test_narrow_student_keeps_the_teachers_ranked_heads_neurons_and_dimensions(
         for module in model.modules():  # residual dimensions 16.. are the weak half
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight[:16], module.weight[16:], module.bias[:] = 1.0, 0.1, 0.0
-    student, details = build_student(model, Student(layers=1, hidden_size=16,
-                                                    intermediate_size=32, heads=1))
+    student, details, align = build_student(model, Student(layers=1, hidden_size=16,
+                                                           intermediate_size=32, heads=1))
     assert (details["tensorsFresh"], details["initialisedFrom"]) == (0, [1])
+    # its hidden states are matched against the last layer's, on the dimensions it kept
+    assert align.layers == [1] and sorted(align.residual.tolist()) == list(range(16))
     assert details["tensorsNarrowed"] > 0
     layer = student.bert.encoder.layer[0]
     # head 1 kept whole, over residual dimensions 0..15
@@ -179,3 +181,80 @@ def test_recovery_that_ends_farther_from_the_source_keeps_the_pruned_weights(
     assert details["kept"] == "pruned"
     assert details["checkKlAfter"] > details["checkKlBefore"]
     assert all(torch.equal(v, start[k]) for k, v in pruned.state_dict().items())
+
+
+def _recipe(name: str, **extra: Any) -> Any:
+    import json
+
+    from model_server.optimize.recipe import parse_recipe
+
+    base = {"recipe": name, "framework": "transformers", "task": "text-classification"}
+    if name == "prune-recover":
+        base["amount"] = 0.5
+    if name == "distill":
+        base["student"] = {"layers": 1, "hiddenSize": 16, "intermediateSize": 32, "heads": 1}
+    return parse_recipe(json.dumps({**base, **extra}))
+
+
+def test_learning_rate_and_hidden_weight_defaults_are_per_recipe() -> None:
+    assert _recipe("prune-recover").learning_rate == 1e-4  # starts next to the source
+    distill = _recipe("distill")
+    assert (distill.learning_rate, distill.hidden_weight) == (1e-3, 1.0)
+    assert _recipe("distill", hiddenWeight=0).hidden_weight == 0
+    assert _recipe("prune-recover").hidden_weight == 0  # recovery matches logits only
+
+
+def test_hidden_distance_compares_kept_dimensions_at_real_tokens_only() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from model_server.optimize.train import Alignment, hidden_distance
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 5, 8) for _ in range(3)]  # embeddings, layer 0, layer 1
+    keep = torch.tensor([6, 1, 3, 0])
+    student = [t[..., keep].clone() for t in (teacher[0], teacher[2])]  # 1 layer <- layer 1
+    align = Alignment(layers=[1], residual=keep)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # the second input's last two tokens are padding
+
+    def distance() -> float:
+        return float(hidden_distance(SimpleNamespace(hidden_states=student),
+                                     SimpleNamespace(hidden_states=teacher), align, mask))
+
+    assert distance() == pytest.approx(0.0, abs=1e-6)
+    student[1][1, 3:] = torch.randn(2, 4)  # padding differs: not counted
+    assert distance() == pytest.approx(0.0, abs=1e-6)
+    student[1][0, 0] = -student[1][0, 0]  # one real token points the other way: distance 2
+    assert distance() == pytest.approx(2.0 / 8, abs=1e-5)
+
+
+def test_hidden_state_term_brings_the_students_layers_to_the_teachers(tmp_path: Path) -> None:
+    import torch
+
+    from model_server.optimize import train
+    from msv_contract.pipeline import Student
+
+    model, tokenizer = _classifier(tmp_path)
+    texts, _ = modelfactory.sentiment_sentences(96, seed=5)
+    training, held = train.Examples(texts[:64]), train.Examples(texts[64:])
+    encoder = train.text_encoder(tokenizer, 32)
+
+    def trained(hidden_weight: float) -> float:
+        student, _, align = train.build_student(model, Student(layers=1, hidden_size=16,
+                                                               intermediate_size=32, heads=1))
+        recipe = _recipe("distill", steps=24, hiddenWeight=hidden_weight)
+        details = train.match_teacher(student, model, encoder, training, recipe,
+                                      lambda *a, **k: None, train.Deadline(None),
+                                      fine_tune=True, align=align)
+        assert details["hiddenWeight"] == hidden_weight
+        enc = encoder(held.items)
+        with torch.inference_mode():
+            return float(train.hidden_distance(
+                student(**enc, output_hidden_states=True),
+                model(**enc, output_hidden_states=True), align,
+                enc["attention_mask"].bool()))
+
+    without, with_term = trained(0.0), trained(1.0)
+    assert with_term < 0.8 * without, (with_term, without)
