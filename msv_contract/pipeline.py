@@ -35,7 +35,7 @@ MAX_PRUNE_AMOUNT = 0.9
 """The largest ``prune-recover`` amount (the share of each FFN's neurons removed): the CRD's
 maximum of ``build.pruning.amount``, the operator's spec check and the build's recipe check.
 Beyond it too little of the FFN is left for recovery training to restore."""
-CODE_VERSION = "5"
+CODE_VERSION = "6"
 """Bumped when a recipe's implementation changes what it produces (a new key, a new Job)."""
 
 ARTIFACT_FILE = "model.tar.gz"

@@ -289,6 +289,7 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
     # fine-tuning: the whole student in eval mode (gradients flow all the same), since
     # attention kernels read their module's training flag, not the Dropout module's
     student.train(not fine_tune)
+    hidden_weight = recipe.hidden_weight if align is not None else 0.0
     epoch = 0
     stream = batches(train, recipe.batch_size, seed=recipe.seed)
     last_loss = math.nan
@@ -300,16 +301,15 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             stream = batches(train, recipe.batch_size, seed=recipe.seed + epoch)
             batch = next(stream)
         enc = encoder(batch.items)
-        hidden = align is not None and recipe.hidden_weight > 0
         with torch.no_grad():
-            teacher_out = teacher(**enc, output_hidden_states=hidden)
-        student_out = student(**enc, output_hidden_states=hidden)
+            teacher_out = teacher(**enc, output_hidden_states=hidden_weight > 0)
+        student_out = student(**enc, output_hidden_states=hidden_weight > 0)
         target, out = teacher_out.logits.float(), student_out.logits.float()
         loss = F.kl_div(F.log_softmax(out / temp, -1), F.softmax(target / temp, -1),
                         reduction="batchmean") * temp * temp
-        if hidden:
+        if hidden_weight > 0:
             mask = enc.get("attention_mask")
-            loss = loss + recipe.hidden_weight * hidden_distance(
+            loss = loss + hidden_weight * hidden_distance(
                 student_out, teacher_out, align,  # type: ignore[arg-type]
                 None if mask is None else mask.bool())
         if batch.labels is not None:
@@ -326,7 +326,7 @@ def match_teacher(student: Any, teacher: Any, encoder: Encoder, train: Examples,
             "learningRate": recipe.learning_rate,
             "schedule": "warmup-cosine" if fine_tune else "constant", "dropout": not fine_tune,
             "batchSize": recipe.batch_size, "labels": train.labels is not None,
-            "hiddenWeight": recipe.hidden_weight if align is not None else 0.0}
+            "hiddenWeight": hidden_weight}
 
 
 RECOVERY_CHECK_SAMPLES = 256

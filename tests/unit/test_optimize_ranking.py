@@ -196,10 +196,12 @@ def _recipe(name: str, **extra: Any) -> Any:
     return parse_recipe(json.dumps({**base, **extra}))
 
 
-def test_learning_rate_and_hidden_weight_defaults_are_per_recipe() -> None:
-    assert _recipe("prune-recover").learning_rate == 1e-4  # starts next to the source
+def test_training_defaults_are_per_recipe() -> None:
+    recover = _recipe("prune-recover")
+    assert (recover.learning_rate, recover.temperature) == (1e-4, 2.0)  # next to the source
     distill = _recipe("distill")
-    assert (distill.learning_rate, distill.hidden_weight) == (1e-3, 1.0)
+    assert (distill.learning_rate, distill.hidden_weight, distill.temperature) == (1e-3, 1.0, 1.0)
+    assert _recipe("distill", temperature=3).temperature == 3
     assert _recipe("distill", hiddenWeight=0).hidden_weight == 0
     assert _recipe("prune-recover").hidden_weight == 0  # recovery matches logits only
 
