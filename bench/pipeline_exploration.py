@@ -9,7 +9,8 @@ functions on the same split the build uses; agreement and KL to the source on th
 split before and after training. No latency timing (bench/pipeline.py does that).
 Variants: distill (the student build_student makes, constant rate, dropout on), distill-act
 (its FFN neurons ranked on activations), distill-cos (warmup-cosine, dropout off: what the
-recipe did before its hidden-state term), distill-cos-hidden (with it: what the recipe does),
+recipe did before its hidden-state term), distill-cos-hidden (with it: what the recipe does;
+each at the recipe's temperature unless --temperature is given),
 prune (prune-recover as the build runs it: ranked on the activations, the
 down-projections refitted, then recovery training with its kept-weights check).
 --source-layers 4 distills a 4-layer source into a 2-layer student.
@@ -70,7 +71,8 @@ def main() -> int:
     parser.add_argument("--variants", default="distill,distill-cos")
     parser.add_argument("--distill-lr", type=float, default=1e-3)
     parser.add_argument("--recover-lr", type=float, default=1e-4)
-    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="default: the recipe's (prune-recover 2, distill 1)")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's seed (batch order)")
     parser.add_argument("--source-layers", type=int, default=2)
     args = parser.parse_args()
@@ -91,14 +93,14 @@ def main() -> int:
         return None
 
     deadline = train.Deadline(None)
+    temperature = {} if args.temperature is None else {"temperature": args.temperature}
     for variant in args.variants.split(","):
         started = time.time()
         extra: dict[str, Any] = {}
         if variant == "prune":
             recipe = parse_recipe(json.dumps({**BASE, "recipe": "prune-recover", "amount": 0.5,
                                               "steps": args.steps, "learningRate": args.recover_lr,
-                                              "temperature": args.temperature,
-                                              "seed": args.seed}))
+                                              **temperature, "seed": args.seed}))
             stats, _ = train.activation_stats(teacher, encoder, training, recipe, quiet, deadline)
             assert stats is not None
             norms = {name: s.norms() for name, s in stats.items()}
@@ -113,8 +115,7 @@ def main() -> int:
             student_spec = {**STUDENT, "layers": max(1, args.source_layers // 2)}
             recipe = parse_recipe(json.dumps({**BASE, "recipe": "distill", "student": student_spec,
                                               "steps": args.steps, "learningRate": args.distill_lr,
-                                              "temperature": args.temperature,
-                                              "seed": args.seed}))
+                                              **temperature, "seed": args.seed}))
             norms = (train.activation_norms(teacher, encoder, training, recipe, quiet, deadline)
                      if "act" in variant else None)
             student, extra, align = train.build_student(teacher, recipe.student, norms)  # type: ignore[arg-type]
@@ -124,8 +125,8 @@ def main() -> int:
                                 align=align if variant.endswith("-hidden") else None)
         after = train.fidelity(student, reference, encoder, held)
         agree = train.logits(student, encoder, held).argmax(-1) == reference.argmax(-1)
-        print(json.dumps({"variant": variant, "steps": args.steps, "temperature": args.temperature,
-                          "seed": args.seed,
+        print(json.dumps({"variant": variant, "steps": args.steps,
+                          "temperature": recipe.temperature, "seed": args.seed,
                           "agreementOffNearTies": round(float(agree[clear].float().mean()), 4),
                           "agreementKlBefore": [round(x, 4) for x in before],
                           "agreementKlAfter": [round(x, 4) for x in after],
