@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from _optim_common import torch
+from pipeline import NEAR_TIE
 
 from model_server.optimize import train
 from model_server.optimize.recipe import parse_recipe
@@ -86,7 +87,7 @@ def main() -> int:
     training, held = train.split(train.Examples(_sentences(args.samples, seed=7)[0]), 0.2, 0)
     reference = train.logits(teacher, encoder, held)
     top2 = reference.softmax(-1).topk(2, -1).values
-    clear = (top2[:, 0] - top2[:, 1]) >= 0.05
+    clear = (top2[:, 0] - top2[:, 1]) >= NEAR_TIE
     print(json.dumps({"nearTieShare": round(float(1 - clear.float().mean()), 4)}))
 
     def quiet(*_a: Any, **_k: Any) -> None:
